@@ -1,0 +1,1 @@
+//! skiff-controlplane: not built yet; see the open issues.

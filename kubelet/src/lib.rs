@@ -1,0 +1,1 @@
+//! skiff-kubelet: not built yet; see the open issues.

@@ -1,0 +1,1 @@
+//! skiff-proxy: not built yet; see the open issues.

@@ -1,0 +1,1 @@
+//! skiff-tests: not built yet; see the open issues.
