@@ -1,0 +1,476 @@
+//! The lifecycle verbs of runc's command line, as a library: create, start, run, state, kill,
+//! delete, list, ps.
+
+use crate::bundle::Bundle;
+use crate::cgroups::{self, CgroupPaths, Layout};
+use crate::console;
+use crate::error::{Context, Error, Result};
+use crate::fsutil;
+use crate::hooks;
+use crate::namespaces::Namespaces;
+use crate::process::{self, InitConfig};
+use crate::state::{self, Record, StateDir, Status};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxNamespaceType};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub const DEFAULT_ROOT: &str = "/run/skiff-runc";
+
+pub struct Runtime {
+    pub root: PathBuf,
+}
+
+#[derive(Default)]
+pub struct CreateOptions {
+    pub bundle: PathBuf,
+    pub console_socket: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub no_pivot: bool,
+    pub preserve_fds: i32,
+}
+
+/// Removes what a failed create made, unless disarmed.
+struct Undo {
+    dir: Option<PathBuf>,
+    cgroup: Option<CgroupPaths>,
+    pid: Option<Pid>,
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        if let Some(cg) = &self.cgroup {
+            cg.remove();
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+impl Runtime {
+    pub fn new(root: impl Into<PathBuf>) -> Runtime {
+        Runtime { root: root.into() }
+    }
+
+    fn dir(&self, id: &str) -> StateDir {
+        StateDir::new(&self.root, id)
+    }
+
+    /// Sets up the container and leaves its process blocked until `start`. Returns its pid.
+    pub fn create(&self, id: &str, opts: CreateOptions) -> Result<Pid> {
+        self.create_with_console(id, opts, None)
+    }
+
+    fn create_with_console(
+        &self,
+        id: &str,
+        opts: CreateOptions,
+        console_fd: Option<OwnedFd>,
+    ) -> Result<Pid> {
+        state::validate_id(id)?;
+        // Everything that can be checked is checked before anything is made.
+        let bundle = Bundle::load(&opts.bundle)?;
+        let spec = &bundle.spec;
+        let linux = spec
+            .linux()
+            .as_ref()
+            .ok_or_else(|| Error::Config("linux: missing".into()))?;
+        let namespaces = Namespaces::from_spec(linux.namespaces().as_deref().unwrap_or_default())?;
+        if !namespaces.has(LinuxNamespaceType::Mount) {
+            return Err(Error::Config(
+                "linux.namespaces: a mount namespace is required".into(),
+            ));
+        }
+        let layout = Layout::detect()?;
+        let resources = linux.resources().clone().unwrap_or_default();
+        cgroups::check_available(&layout, &resources)?;
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let console_socket = match (console_fd, &opts.console_socket) {
+            (Some(fd), _) => Some(fd),
+            (None, Some(path)) => Some(console::connect(path)?),
+            (None, None) if terminal => {
+                return Err(Error::Config(
+                    "process.terminal is true: cannot allocate a tty without --console-socket"
+                        .into(),
+                ));
+            }
+            (None, None) => None,
+        };
+        std::fs::create_dir_all(&self.root)
+            .ctx(|| format!("create root {}", self.root.display()))?;
+        let sd = self.dir(id);
+        match std::fs::create_dir(&sd.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::Exists(id.into()));
+            }
+            Err(e) => return Err(e).ctx(|| format!("create {}", sd.dir.display())),
+        }
+        let mut undo = Undo {
+            dir: Some(sd.dir.clone()),
+            cgroup: None,
+            pid: None,
+        };
+        let cgroup = CgroupPaths::create(&layout, linux.cgroups_path().as_deref(), id)?;
+        undo.cgroup = Some(cgroup.clone());
+        let mut record = Record {
+            id: id.to_string(),
+            pid: 0,
+            start_time: 0,
+            bundle: bundle.path.clone(),
+            rootfs: bundle.rootfs.clone(),
+            created: state::now_rfc3339(),
+            owner: String::new(),
+            annotations: spec.annotations().clone().unwrap_or_default(),
+            cgroup: cgroup.clone(),
+            hooks: spec.hooks().clone(),
+        };
+        // Saved before the process exists so that `delete --force` can clean up after a crash.
+        sd.save(&record)?;
+        cgroup.apply(&layout, &resources, &device_rules(spec))?;
+        nix::unistd::mkfifo(&sd.fifo(), nix::sys::stat::Mode::from_bits_truncate(0o622))
+            .ctx(|| format!("mkfifo {}", sd.fifo().display()))?;
+        let fifo = sd.fifo();
+        let hooks = spec.hooks().clone().unwrap_or_default();
+        let pid = process::spawn(
+            InitConfig {
+                spec,
+                rootfs: &bundle.rootfs,
+                fifo: &fifo,
+                layout: &layout,
+                cgroup: &cgroup,
+                namespaces: &namespaces,
+                console_socket,
+                preserve_fds: opts.preserve_fds,
+                no_pivot: opts.no_pivot,
+            },
+            &mut |pid| {
+                let mut r = record.clone();
+                r.pid = pid.as_raw();
+                let json = state_json(&r, Status::Creating);
+                hooks::run(
+                    "prestart",
+                    hooks.prestart().as_deref().unwrap_or_default(),
+                    json.as_bytes(),
+                )?;
+                hooks::run(
+                    "createRuntime",
+                    hooks.create_runtime().as_deref().unwrap_or_default(),
+                    json.as_bytes(),
+                )?;
+                Ok(state_json(&r, Status::Created))
+            },
+        )?;
+        undo.pid = Some(pid);
+        record.pid = pid.as_raw();
+        record.start_time = state::process_start_time(pid.as_raw())
+            .map(|(t, _)| t)
+            .unwrap_or(0);
+        sd.save(&record)?;
+        if let Some(pid_file) = &opts.pid_file {
+            let path = std::path::absolute(pid_file)
+                .ctx(|| format!("--pid-file {}", pid_file.display()))?;
+            fsutil::write_atomic(&path, pid.to_string().as_bytes())?;
+        }
+        undo.dir = None;
+        undo.cgroup = None;
+        undo.pid = None;
+        Ok(pid)
+    }
+
+    pub fn load(&self, id: &str) -> Result<(Record, Status)> {
+        state::validate_id(id)?;
+        let sd = self.dir(id);
+        let record = sd.load(id)?;
+        let status = record.status(&sd);
+        Ok((record, status))
+    }
+
+    /// Lets a created container's process exec the user's program.
+    pub fn start(&self, id: &str) -> Result<()> {
+        let (record, status) = self.load(id)?;
+        match status {
+            Status::Created => {}
+            Status::Stopped => {
+                return Err(Error::State(
+                    "cannot start a container that has stopped".into(),
+                ));
+            }
+            Status::Running | Status::Paused => {
+                return Err(Error::State(
+                    "cannot start an already running container".into(),
+                ));
+            }
+            Status::Creating => {
+                return Err(Error::State(
+                    "cannot start a container that is still being created".into(),
+                ));
+            }
+        }
+        let sd = self.dir(id);
+        let fifo = sd.fifo();
+        // Non-blocking open, then wait for the byte while the init is alive.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .ctx(|| format!("open {}", fifo.display()))?;
+        let mut got = false;
+        while !got {
+            let mut fds = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(&file),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
+            let mut b = [0u8; 1];
+            match nix::unistd::read(&file, &mut b) {
+                Ok(1) => got = true,
+                _ if !state::process_alive(record.pid, record.start_time) => {
+                    return Err(Error::State("container init exited before start".into()));
+                }
+                _ => {}
+            }
+        }
+        let _ = std::fs::remove_file(&fifo);
+        if let Some(h) = record.hooks.as_ref().and_then(|h| h.poststart().clone()) {
+            let json = state_json(&record, Status::Running);
+            if let Err(e) = hooks::run("poststart", &h, json.as_bytes()) {
+                tracing::warn!("{e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// runc's `run`: create, start, wait and delete; returns the exit code (128+signal when
+    /// killed). With `detach`, returns 0 once started.
+    pub fn run(&self, id: &str, opts: CreateOptions, detach: bool) -> Result<i32> {
+        let bundle_terminal = Bundle::load(&opts.bundle)
+            .ok()
+            .and_then(|b| b.spec.process().as_ref().and_then(|p| p.terminal()))
+            .unwrap_or(false);
+        if detach {
+            if bundle_terminal && opts.console_socket.is_none() {
+                return Err(Error::Config(
+                    "cannot allocate tty if runc will detach without setting console socket".into(),
+                ));
+            }
+            self.create(id, opts)?;
+            self.start(id)?;
+            return Ok(0);
+        }
+        let forwarded = forwarded_signals();
+        // Blocked before the clone so none is lost; the child unblocks its own copy.
+        nix::sys::signal::sigprocmask(
+            nix::sys::signal::SigmaskHow::SIG_BLOCK,
+            Some(&forwarded),
+            None,
+        )
+        .ctx(|| "block signals".into())?;
+        let mut pty_proxy = None;
+        let pid = if bundle_terminal && opts.console_socket.is_none() {
+            let (ours, theirs) =
+                std::os::unix::net::UnixStream::pair().ctx(|| "socketpair".into())?;
+            let pid = self.create_with_console(id, opts, Some(OwnedFd::from(theirs)))?;
+            pty_proxy = Some(crate::console::Proxy::start(&ours)?);
+            pid
+        } else {
+            self.create(id, opts)?
+        };
+        if let Err(e) = self.start(id) {
+            let _ = self.delete(id, true);
+            return Err(e);
+        }
+        let code = wait_forwarding(pid, &forwarded);
+        drop(pty_proxy);
+        self.delete(id, true)?;
+        Ok(code)
+    }
+
+    pub fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()> {
+        let (record, status) = self.load(id)?;
+        if matches!(status, Status::Stopped | Status::Creating) {
+            return Err(Error::State("container not running".into()));
+        }
+        if all {
+            for pid in record.cgroup.pids()? {
+                let _ = kill(Pid::from_raw(pid), signal);
+            }
+            if status == Status::Paused {
+                // A frozen process only dies once thawed.
+                record.cgroup.set_frozen(false)?;
+            }
+            return Ok(());
+        }
+        kill(Pid::from_raw(record.pid), signal).ctx(|| format!("kill container {id}"))
+    }
+
+    /// Removes a stopped (or, with `force`, any) container: its process, cgroup and state.
+    pub fn delete(&self, id: &str, force: bool) -> Result<()> {
+        state::validate_id(id)?;
+        let sd = self.dir(id);
+        let record = match sd.load(id) {
+            Ok(r) => r,
+            // A create killed before its first state write leaves only the directory.
+            Err(Error::NotFound(_)) if force && sd.dir.is_dir() => {
+                return std::fs::remove_dir_all(&sd.dir)
+                    .ctx(|| format!("remove {}", sd.dir.display()));
+            }
+            Err(Error::NotFound(_)) if force => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let status = record.status(&sd);
+        match status {
+            Status::Stopped => {}
+            Status::Created => self.kill_all(&record),
+            Status::Creating if force => self.kill_all(&record),
+            Status::Running | Status::Paused if force => self.kill_all(&record),
+            s => {
+                return Err(Error::State(format!(
+                    "cannot delete container {id} that is not stopped: {s}"
+                )));
+            }
+        }
+        record.cgroup.remove();
+        std::fs::remove_dir_all(&sd.dir).ctx(|| format!("remove {}", sd.dir.display()))?;
+        if let Some(h) = record.hooks.as_ref().and_then(|h| h.poststop().as_ref()) {
+            let json = state_json(&record, Status::Stopped);
+            if let Err(e) = hooks::run("poststop", h, json.as_bytes()) {
+                tracing::warn!("{e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILL to every process of the container, then wait until they are gone.
+    fn kill_all(&self, record: &Record) {
+        let mut pids = record.cgroup.pids().unwrap_or_default();
+        if record.pid > 0 && state::process_alive(record.pid, record.start_time) {
+            pids.push(record.pid);
+        }
+        for pid in &pids {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        let _ = record.cgroup.set_frozen(false);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            // Our own child (run) must be reaped; others are reaped by their parent.
+            let _ = nix::sys::wait::waitpid(
+                Pid::from_raw(record.pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+            let alive = state::process_alive(record.pid, record.start_time)
+                || record.cgroup.pids().is_ok_and(|p| !p.is_empty());
+            if !alive {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        tracing::warn!("container {} still has processes after SIGKILL", record.id);
+    }
+
+    pub fn list(&self) -> Result<Vec<(Record, Status)>> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(e).ctx(|| format!("read {}", self.root.display())),
+        };
+        let mut out = vec![];
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if let Ok(found) = self.load(&id) {
+                out.push(found);
+            }
+        }
+        out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        Ok(out)
+    }
+
+    /// The pids of every process in the container.
+    pub fn pids(&self, id: &str) -> Result<Vec<i32>> {
+        let (record, status) = self.load(id)?;
+        if status == Status::Stopped {
+            return Err(Error::State("container not running".into()));
+        }
+        record.cgroup.pids()
+    }
+}
+
+pub fn state_json(record: &Record, status: Status) -> String {
+    serde_json::to_string(&record.oci_state(status)).unwrap_or_default()
+}
+
+/// The device rules: config.json's, then runc's default allowed devices, then linux.devices.
+fn device_rules(spec: &oci_spec::runtime::Spec) -> Vec<LinuxDeviceCgroup> {
+    let linux = spec.linux().as_ref();
+    let mut rules: Vec<LinuxDeviceCgroup> = linux
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.devices().clone())
+        .unwrap_or_default();
+    rules.extend(cgroups::default_device_rules());
+    for d in linux
+        .and_then(|l| l.devices().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let mut r = LinuxDeviceCgroup::default();
+        r.set_allow(true);
+        r.set_typ(Some(d.typ()));
+        r.set_major(Some(d.major()));
+        r.set_minor(Some(d.minor()));
+        r.set_access(Some("rwm".into()));
+        rules.push(r);
+    }
+    rules
+}
+
+fn forwarded_signals() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// Waits for the container's init, forwarding the signals we receive to it, and returns its
+/// exit code as a shell would (128+signal when killed).
+fn wait_forwarding(pid: Pid, set: &nix::sys::signal::SigSet) -> i32 {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Err(nix::errno::Errno::ECHILD) => return 255,
+            _ => {}
+        }
+        match set.wait() {
+            Ok(Signal::SIGCHLD) | Err(_) => {}
+            Ok(sig) => {
+                let _ = kill(pid, sig);
+            }
+        }
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt;

@@ -1,0 +1,266 @@
+//! The child side of create: runs inside the new namespaces, sets up everything the container
+//! will see, reports ready, blocks on the exec fifo until `start`, then execs the user's program.
+
+use super::InitConfig;
+use super::channel::{Channel, Msg};
+use crate::error::{Context, Error, Result};
+use crate::rootfs::{self, RootfsContext};
+use crate::{capabilities, console, rlimits};
+use nix::fcntl::{OFlag, open, openat};
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::stat::Mode;
+use oci_spec::runtime::LinuxNamespaceType;
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
+    // If the runtime dies during setup, so do we.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .ctx(|| "prctl PDEATHSIG".into())?;
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    )
+    .ctx(|| "reset the signal mask".into())?;
+    match chan.recv()? {
+        Some(Msg::Go) => {}
+        _ => return Err(Error::Other("parent went away before setup".into())),
+    }
+    let spec = cfg.spec;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::Config("process: missing".into()))?;
+    let ns = cfg.namespaces;
+    for (typ, fd) in &ns.join {
+        if !matches!(typ, LinuxNamespaceType::Pid | LinuxNamespaceType::Time) {
+            setns(fd, CloneFlags::empty())
+                .ctx(|| format!("join {} namespace", crate::namespaces::name(*typ)))?;
+        }
+    }
+    let in_user_ns = ns.has(LinuxNamespaceType::User);
+    if in_user_ns {
+        nix::unistd::setresgid(0.into(), 0.into(), 0.into())
+            .ctx(|| "setgid 0 in the user namespace".into())?;
+        nix::unistd::setresuid(0.into(), 0.into(), 0.into())
+            .ctx(|| "setuid 0 in the user namespace".into())?;
+    }
+    if ns.new_cgroup {
+        unshare(CloneFlags::CLONE_NEWCGROUP).ctx(|| "create cgroup namespace".into())?;
+    }
+    nix::unistd::setsid().ctx(|| "setsid".into())?;
+    if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+        nix::unistd::sethostname(h).ctx(|| format!("hostname {h:?}"))?;
+    }
+    if let Some(d) = spec.domainname().as_deref().filter(|d| !d.is_empty()) {
+        // SAFETY: setdomainname with a valid buffer and length.
+        if unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } != 0 {
+            return Err(Error::Other(format!(
+                "domainname {d:?}: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    let ctx = RootfsContext {
+        rootfs: cfg.rootfs,
+        layout: cfg.layout,
+        cgroup: cfg.cgroup,
+        new_cgroup_ns: ns.new_cgroup,
+        in_user_ns,
+    };
+    rootfs::prepare(spec, &ctx)?;
+    let hooks = spec.hooks().clone().unwrap_or_default();
+    let wants_hooks = [
+        hooks.prestart(),
+        hooks.create_runtime(),
+        hooks.create_container(),
+        hooks.start_container(),
+    ]
+    .iter()
+    .any(|h| h.as_ref().is_some_and(|h| !h.is_empty()));
+    let mut state_json = String::new();
+    if wants_hooks {
+        chan.send(&Msg::Hook)?;
+        state_json = match chan.recv()? {
+            Some(Msg::HookDone(s)) => s,
+            _ => return Err(Error::Other("parent went away during hooks".into())),
+        };
+        crate::hooks::run(
+            "createContainer",
+            hooks.create_container().as_deref().unwrap_or_default(),
+            state_json.as_bytes(),
+        )?;
+    }
+    // Opened before pivot_root, while the host paths are visible; reopened for writing at the end.
+    let fifo = open(cfg.fifo, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+        .ctx(|| format!("open {}", cfg.fifo.display()))?;
+    let host_proc = open(
+        "/proc",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| "open /proc".into())?;
+    let cwd = rootfs::secure_join(cfg.rootfs, process.cwd())?;
+    if !cwd.exists() {
+        std::fs::create_dir_all(&cwd)
+            .ctx(|| format!("process.cwd: create {}", process.cwd().display()))?;
+    }
+    rootfs::pivot(cfg.rootfs, cfg.no_pivot)?;
+    rootfs::finalize(spec)?;
+    if process.terminal().unwrap_or(false) {
+        let socket = cfg.console_socket.as_ref().ok_or_else(|| {
+            Error::Config("process.terminal is true but there is no --console-socket".into())
+        })?;
+        let size = process.console_size().map(|b| (b.height(), b.width()));
+        let master = console::setup_pty(size)?;
+        console::send_fd(socket.as_raw_fd(), master.as_raw_fd(), "/dev/ptmx")?;
+    }
+    drop(cfg.console_socket);
+    let env: Vec<String> = with_home(
+        process.env().clone().unwrap_or_default(),
+        process.user().uid(),
+    );
+    let args = process.args().clone().unwrap_or_default();
+    let program = find_program(&args[0], &env)?;
+    rlimits::apply(process.rlimits().as_deref().unwrap_or_default())?;
+    if process.no_new_privileges().unwrap_or(false) {
+        nix::sys::prctl::set_no_new_privs().ctx(|| "set no_new_privs".into())?;
+    }
+    if let Some(caps) = process.capabilities() {
+        capabilities::apply_bounding(caps)?;
+    }
+    switch_user(process.user())?;
+    nix::unistd::chdir(process.cwd())
+        .ctx(|| format!("process.cwd: chdir {}", process.cwd().display()))?;
+    if let Some(caps) = process.capabilities() {
+        capabilities::apply_sets(caps)?;
+    } else {
+        for set in [
+            caps::CapSet::Effective,
+            caps::CapSet::Permitted,
+            caps::CapSet::Inheritable,
+            caps::CapSet::Ambient,
+        ] {
+            caps::clear(None, set).map_err(|e| Error::Other(format!("clear capabilities: {e}")))?;
+        }
+    }
+    // After Ready the parent exits (create): the death signal must not follow.
+    nix::sys::prctl::set_pdeathsig(None).ctx(|| "prctl PDEATHSIG".into())?;
+    chan.send(&Msg::Ready)?;
+    // Blocks until `start` opens the fifo for reading.
+    let fd = format!("thread-self/fd/{}", fifo.as_raw_fd());
+    let writer = openat(
+        &host_proc,
+        fd.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| "open the exec fifo".into())?;
+    nix::unistd::write(&writer, &[0]).ctx(|| "write the exec fifo".into())?;
+    drop((writer, fifo, host_proc));
+    if let Some(start_hooks) = hooks.start_container().as_deref().filter(|h| !h.is_empty()) {
+        crate::hooks::run("startContainer", start_hooks, state_json.as_bytes())?;
+    }
+    // Nothing of ours past the preserved fds reaches the program.
+    // SAFETY: close_range on fd numbers only; CLOEXEC leaves them open until execve.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 + cfg.preserve_fds as u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    exec(&program, &args, &env)
+}
+
+/// HOME from the container's /etc/passwd when the config does not set it, as runc does.
+fn with_home(mut env: Vec<String>, uid: u32) -> Vec<String> {
+    if env.iter().any(|e| e.starts_with("HOME=")) {
+        return env;
+    }
+    let home = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 5 && f[2].parse() == Ok(uid)).then(|| f[5].to_string())
+            })
+        })
+        .unwrap_or_else(|| "/".into());
+    env.push(format!("HOME={home}"));
+    env
+}
+
+/// Resolves the program as execvp would, with the container's PATH, inside the container.
+fn find_program(name: &str, env: &[String]) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        if is_exec(Path::new(name)) {
+            return Ok(PathBuf::from(name));
+        }
+        return Err(Error::Config(format!(
+            "exec: {name:?}: no such executable file"
+        )));
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    path.split(':')
+        .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(name))
+        .find(|p| is_exec(p))
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "exec: {name:?}: executable file not found in $PATH"
+            ))
+        })
+}
+
+/// process.user: groups, gid, uid, umask — keeping capabilities across the uid change so
+/// the configured sets can be applied after it.
+fn switch_user(user: &oci_spec::runtime::User) -> Result<()> {
+    let gids: Vec<nix::unistd::Gid> = user
+        .additional_gids()
+        .iter()
+        .flatten()
+        .map(|g| (*g).into())
+        .collect();
+    // setgroups is denied in a user namespace whose setgroups file says "deny": skip only then.
+    if let Err(e) = nix::unistd::setgroups(&gids)
+        && !gids.is_empty()
+    {
+        return Err(Error::Other(format!(
+            "process.user.additionalGids: setgroups: {e}"
+        )));
+    }
+    nix::sys::prctl::set_keepcaps(true).ctx(|| "prctl KEEPCAPS".into())?;
+    let gid = user.gid().into();
+    nix::unistd::setresgid(gid, gid, gid).ctx(|| format!("process.user.gid {}", user.gid()))?;
+    let uid = user.uid().into();
+    nix::unistd::setresuid(uid, uid, uid).ctx(|| format!("process.user.uid {}", user.uid()))?;
+    nix::sys::prctl::set_keepcaps(false).ctx(|| "prctl KEEPCAPS".into())?;
+    if let Some(mask) = user.umask() {
+        nix::sys::stat::umask(Mode::from_bits_truncate(mask));
+    }
+    Ok(())
+}
+
+fn exec(program: &Path, args: &[String], env: &[String]) -> Result<Infallible> {
+    let cstr = |s: &str| {
+        CString::new(s).map_err(|_| Error::Config(format!("process: {s:?} contains a NUL byte")))
+    };
+    let path = cstr(&program.to_string_lossy())?;
+    let argv = args.iter().map(|a| cstr(a)).collect::<Result<Vec<_>>>()?;
+    let envp = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>>>()?;
+    let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
+    Err(Error::Other(format!("exec {}: {err}", program.display())))
+}

@@ -1,0 +1,202 @@
+//! The container's init process: one clone3 carrying every new namespace (and, on a unified
+//! cgroup2 host, CLONE_INTO_CGROUP so no migration write is needed), synchronised with the parent
+//! over a SOCK_SEQPACKET pair. The child is a fork of the runtime, not a re-exec: it runs the
+//! setup in `init.rs` straight away and its last act is execve of the user's program.
+
+pub mod channel;
+pub mod init;
+
+use crate::cgroups::{CgroupPaths, Layout};
+use crate::error::{Context, Error, Result};
+use crate::namespaces::{CLONE_NEWTIME, Namespaces};
+use channel::{Channel, Msg};
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Spec};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+/// Everything the child needs; it is a fork, so this is simply shared memory.
+pub struct InitConfig<'a> {
+    pub spec: &'a Spec,
+    pub rootfs: &'a Path,
+    pub fifo: &'a Path,
+    pub layout: &'a Layout,
+    pub cgroup: &'a CgroupPaths,
+    pub namespaces: &'a Namespaces,
+    /// Where the pty master goes when process.terminal is true.
+    pub console_socket: Option<OwnedFd>,
+    pub preserve_fds: i32,
+    pub no_pivot: bool,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// clone3 without a new stack: fork semantics, returns 0 in the child.
+fn clone3(flags: u64, cgroup: Option<&std::fs::File>) -> Result<i32> {
+    let mut args = CloneArgs {
+        flags,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    if let Some(dir) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = dir.as_raw_fd() as u64;
+    }
+    // SAFETY: the runtime is single-threaded, so the child gets a consistent copy of our
+    // memory; it only runs `init::run` and then execs or exits.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            size_of::<CloneArgs>(),
+        )
+    };
+    if r < 0 {
+        return Err(Error::Other(format!(
+            "clone3: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(r as i32)
+}
+
+/// Starts the container's init and drives it through setup. Returns its pid once it is
+/// blocked on the exec fifo; on error the child is killed and reaped.
+/// `on_hooks(pid)` runs the runtime-side create hooks and returns the state JSON for the
+/// container-side ones.
+pub fn spawn(cfg: InitConfig, on_hooks: &mut dyn FnMut(Pid) -> Result<String>) -> Result<Pid> {
+    let (parent, child) = channel::pair()?;
+    let ns = cfg.namespaces;
+    let linux = cfg.spec.linux().as_ref();
+    // pid and time namespaces are entered by children: join/create them here so the clone lands
+    // in them.
+    for (typ, fd) in &ns.join {
+        if matches!(typ, LinuxNamespaceType::Pid | LinuxNamespaceType::Time) {
+            nix::sched::setns(fd, nix::sched::CloneFlags::empty())
+                .ctx(|| format!("join {} namespace", crate::namespaces::name(*typ)))?;
+        }
+    }
+    if ns.new_time {
+        nix::sched::unshare(nix::sched::CloneFlags::from_bits_retain(
+            CLONE_NEWTIME as i32,
+        ))
+        .ctx(|| "create time namespace".into())?;
+        let mut offsets = String::new();
+        for (clock, off) in linux
+            .and_then(|l| l.time_offsets().as_ref())
+            .into_iter()
+            .flatten()
+        {
+            offsets.push_str(&format!(
+                "{clock} {} {}\n",
+                off.secs().unwrap_or(0),
+                off.nanosecs().unwrap_or(0)
+            ));
+        }
+        if !offsets.is_empty() {
+            std::fs::write("/proc/self/timens_offsets", offsets)
+                .map_err(|e| Error::Config(format!("linux.timeOffsets: {e}")))?;
+        }
+    }
+    let cgroup_dir = match (&cfg.cgroup.v2, cfg.layout.is_unified()) {
+        (Some(dir), true) => {
+            Some(std::fs::File::open(dir).ctx(|| format!("open {}", dir.display()))?)
+        }
+        _ => None,
+    };
+    let pid = clone3(ns.clone_flags, cgroup_dir.as_ref())?;
+    if pid == 0 {
+        drop(parent);
+        let err = init::run(cfg, &child).unwrap_err();
+        let _ = child.send(&Msg::Failed(err.to_string()));
+        // SAFETY: leave the forked child without running the parent's destructors.
+        unsafe { libc::_exit(1) };
+    }
+    drop(child);
+    let pid = Pid::from_raw(pid);
+    let result = drive(&cfg, pid, &parent, cgroup_dir.is_none(), on_hooks);
+    if result.is_err() {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+    }
+    result.map(|_| pid)
+}
+
+fn drive(
+    cfg: &InitConfig,
+    pid: Pid,
+    chan: &Channel,
+    join_cgroup: bool,
+    on_hooks: &mut dyn FnMut(Pid) -> Result<String>,
+) -> Result<()> {
+    let linux = cfg.spec.linux().as_ref();
+    if cfg.namespaces.new_user {
+        let write_map = |file: &str, maps: &Option<Vec<LinuxIdMapping>>| -> Result<()> {
+            let text: String = maps
+                .iter()
+                .flatten()
+                .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+                .collect();
+            if text.is_empty() {
+                return Ok(());
+            }
+            std::fs::write(format!("/proc/{pid}/{file}"), &text).map_err(|e| {
+                Error::Config(format!(
+                    "linux.{}: {e}",
+                    if file == "uid_map" {
+                        "uidMappings"
+                    } else {
+                        "gidMappings"
+                    }
+                ))
+            })
+        };
+        write_map("uid_map", linux.map(|l| l.uid_mappings()).unwrap_or(&None))?;
+        write_map("gid_map", linux.map(|l| l.gid_mappings()).unwrap_or(&None))?;
+    }
+    if join_cgroup {
+        cfg.cgroup.join(pid.as_raw())?;
+    }
+    if let Some(adj) = cfg.spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
+        match std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string()) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) => {
+                tracing::warn!("cannot set process.oomScoreAdj to {adj} (no CAP_SYS_RESOURCE): {e}")
+            }
+            Err(e) => return Err(Error::Other(format!("process.oomScoreAdj {adj}: {e}"))),
+        }
+    }
+    chan.send(&Msg::Go)?;
+    loop {
+        match chan.recv()? {
+            Some(Msg::Ready) => return Ok(()),
+            Some(Msg::Hook) => {
+                let state = on_hooks(pid)?;
+                chan.send(&Msg::HookDone(state))?;
+            }
+            Some(Msg::Failed(e)) => return Err(Error::Other(e)),
+            Some(other) => {
+                return Err(Error::Other(format!(
+                    "unexpected message from init: {other:?}"
+                )));
+            }
+            None => return Err(Error::Other("container init exited during setup".into())),
+        }
+    }
+}

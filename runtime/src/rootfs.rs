@@ -1,0 +1,504 @@
+//! The container's filesystem: propagation, config.json's mounts in order, /dev, pivot_root
+//! (or MS_MOVE+chroot with --no-pivot), then masked and read-only paths.
+//! Everything runs in the container's mount namespace before its process gets control.
+
+use crate::cgroups::{CgroupPaths, Layout};
+use crate::devices;
+use crate::error::{Context, Error, Result};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use oci_spec::runtime::{Mount, Spec};
+use std::path::{Component, Path, PathBuf};
+
+/// What a mount's options mean to mount(2): flags to set, flags to clear, propagation, data.
+#[derive(Debug)]
+pub struct MountOptions {
+    pub flags: MsFlags,
+    pub clear: MsFlags,
+    pub propagation: MsFlags,
+    pub data: Vec<String>,
+}
+
+pub fn parse_options(options: &[String]) -> MountOptions {
+    let mut o = MountOptions {
+        flags: MsFlags::empty(),
+        clear: MsFlags::empty(),
+        propagation: MsFlags::empty(),
+        data: vec![],
+    };
+    for opt in options {
+        let (set, flag) = match opt.as_str() {
+            "defaults" => continue,
+            "ro" => (true, MsFlags::MS_RDONLY),
+            "rw" => (false, MsFlags::MS_RDONLY),
+            "nosuid" => (true, MsFlags::MS_NOSUID),
+            "suid" => (false, MsFlags::MS_NOSUID),
+            "nodev" => (true, MsFlags::MS_NODEV),
+            "dev" => (false, MsFlags::MS_NODEV),
+            "noexec" => (true, MsFlags::MS_NOEXEC),
+            "exec" => (false, MsFlags::MS_NOEXEC),
+            "sync" => (true, MsFlags::MS_SYNCHRONOUS),
+            "async" => (false, MsFlags::MS_SYNCHRONOUS),
+            "dirsync" => (true, MsFlags::MS_DIRSYNC),
+            "remount" => (true, MsFlags::MS_REMOUNT),
+            "mand" => (true, MsFlags::MS_MANDLOCK),
+            "nomand" => (false, MsFlags::MS_MANDLOCK),
+            "noatime" => (true, MsFlags::MS_NOATIME),
+            "atime" => (false, MsFlags::MS_NOATIME),
+            "nodiratime" => (true, MsFlags::MS_NODIRATIME),
+            "diratime" => (false, MsFlags::MS_NODIRATIME),
+            "relatime" => (true, MsFlags::MS_RELATIME),
+            "norelatime" => (false, MsFlags::MS_RELATIME),
+            "strictatime" => (true, MsFlags::MS_STRICTATIME),
+            "nostrictatime" => (false, MsFlags::MS_STRICTATIME),
+            "bind" => (true, MsFlags::MS_BIND),
+            "rbind" => (true, MsFlags::MS_BIND | MsFlags::MS_REC),
+            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
+            | "runbindable" => {
+                o.propagation |= propagation(opt).unwrap_or(MsFlags::empty());
+                continue;
+            }
+            // Accepted for compatibility, nothing to do for them here.
+            "tmpcopyup" | "idmap" | "ridmap" => continue,
+            _ => {
+                o.data.push(opt.clone());
+                continue;
+            }
+        };
+        if set {
+            o.flags |= flag;
+            o.clear.remove(flag);
+        } else {
+            o.flags.remove(flag);
+            o.clear |= flag;
+        }
+    }
+    o
+}
+
+pub fn propagation(name: &str) -> Option<MsFlags> {
+    Some(match name {
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        _ => return None,
+    })
+}
+
+/// Joins `path` under `root`, resolving symlinks as if `root` were `/`, so that no link in the
+/// container's image can point a mount outside of it.
+pub fn secure_join(root: &Path, path: &Path) -> Result<PathBuf> {
+    let mut pending: Vec<PathBuf> = vec![path.to_path_buf()];
+    let mut current = PathBuf::new();
+    let mut links = 0;
+    let mut queue: std::collections::VecDeque<std::ffi::OsString> =
+        std::collections::VecDeque::new();
+    for c in pending.pop().unwrap_or_default().components() {
+        if let Component::Normal(n) = c {
+            queue.push_back(n.to_os_string());
+        } else if c == Component::ParentDir {
+            queue.push_back("..".into());
+        }
+    }
+    while let Some(part) = queue.pop_front() {
+        if part == ".." {
+            current.pop();
+            continue;
+        }
+        let candidate = current.join(&part);
+        let full = root.join(&candidate);
+        match std::fs::symlink_metadata(&full) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > 255 {
+                    return Err(Error::Config(format!(
+                        "too many symlinks resolving {}",
+                        path.display()
+                    )));
+                }
+                let target =
+                    std::fs::read_link(&full).ctx(|| format!("readlink {}", full.display()))?;
+                if target.is_absolute() {
+                    current = PathBuf::new();
+                }
+                let mut parts: Vec<std::ffi::OsString> = vec![];
+                for c in target.components() {
+                    match c {
+                        Component::Normal(n) => parts.push(n.to_os_string()),
+                        Component::ParentDir => parts.push("..".into()),
+                        _ => {}
+                    }
+                }
+                for p in parts.into_iter().rev() {
+                    queue.push_front(p);
+                }
+            }
+            _ => current = candidate,
+        }
+    }
+    Ok(root.join(current))
+}
+
+/// Everything the mount setup needs besides the spec.
+pub struct RootfsContext<'a> {
+    pub rootfs: &'a Path,
+    pub layout: &'a Layout,
+    pub cgroup: &'a CgroupPaths,
+    pub new_cgroup_ns: bool,
+    pub in_user_ns: bool,
+}
+
+/// Prepares the root filesystem in place (before pivot_root).
+pub fn prepare(spec: &Spec, ctx: &RootfsContext) -> Result<()> {
+    let linux = spec.linux().as_ref();
+    // Nothing we mount may leak back to the host: make / a slave unless told otherwise.
+    let root_prop = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
+        Some(p) if !p.is_empty() => propagation(p).ok_or_else(|| {
+            Error::Config(format!("linux.rootfsPropagation: unknown value {p:?}"))
+        })?,
+        _ => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+    };
+    // Shared would propagate into the host: start as slave, the final value is set after pivot.
+    let first = if root_prop.contains(MsFlags::MS_SHARED) {
+        MsFlags::MS_SLAVE | MsFlags::MS_REC
+    } else {
+        root_prop
+    };
+    mount(None::<&str>, "/", None::<&str>, first, None::<&str>)
+        .ctx(|| "set propagation of /".into())?;
+    // pivot_root needs the new root to be a mount point.
+    mount(
+        Some(ctx.rootfs),
+        ctx.rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .ctx(|| format!("bind mount rootfs {}", ctx.rootfs.display()))?;
+    let mut dev_bound = false;
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        mount_one(m, ctx).map_err(|e| {
+            Error::Config(format!("mounts[{i}] ({}): {e}", m.destination().display()))
+        })?;
+        let opts = parse_options(m.options().as_deref().unwrap_or_default());
+        dev_bound |= m.destination() == Path::new("/dev") && opts.flags.contains(MsFlags::MS_BIND);
+    }
+    if !dev_bound {
+        let devs = linux.and_then(|l| l.devices().clone()).unwrap_or_default();
+        devices::create(ctx.rootfs, &devs, ctx.in_user_ns)?;
+        devices::create_links(ctx.rootfs)?;
+    }
+    Ok(())
+}
+
+fn mount_one(m: &Mount, ctx: &RootfsContext) -> Result<()> {
+    let opts = parse_options(m.options().as_deref().unwrap_or_default());
+    let typ = m.typ().as_deref().unwrap_or("");
+    let is_bind = opts.flags.contains(MsFlags::MS_BIND) || typ == "bind";
+    let dest = secure_join(ctx.rootfs, &Path::new("/").join(m.destination()))?;
+    let source = m.source().clone().unwrap_or_default();
+    if typ == "cgroup" {
+        return mount_cgroup(&dest, &opts, ctx);
+    }
+    if is_bind {
+        let meta = std::fs::metadata(&source)
+            .map_err(|e| Error::Config(format!("bind source {}: {e}", source.display())))?;
+        make_mountpoint(&dest, meta.is_dir())?;
+        mount(
+            Some(&source),
+            &dest,
+            None::<&str>,
+            MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC),
+            None::<&str>,
+        )
+        .ctx(|| format!("bind {} to {}", source.display(), dest.display()))?;
+        let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+        if !extra.is_empty() {
+            remount(&dest, extra)?;
+        }
+    } else {
+        make_mountpoint(&dest, true)?;
+        let data = opts.data.join(",");
+        let flags = opts.flags & !MsFlags::MS_REMOUNT;
+        let mut result = mount(Some(&source), &dest, Some(typ), flags, Some(data.as_str()));
+        if result == Err(nix::errno::Errno::EPERM) && typ == "sysfs" && ctx.in_user_ns {
+            // A user namespace without its own network namespace may not mount sysfs: bind it.
+            result = mount(
+                Some("/sys"),
+                &dest,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            );
+        }
+        result.ctx(|| format!("mount {typ} on {}", dest.display()))?;
+    }
+    if !opts.propagation.is_empty() {
+        mount(
+            None::<&str>,
+            &dest,
+            None::<&str>,
+            opts.propagation,
+            None::<&str>,
+        )
+        .ctx(|| format!("set propagation of {}", dest.display()))?;
+    }
+    Ok(())
+}
+
+fn make_mountpoint(dest: &Path, dir: bool) -> Result<()> {
+    if dir {
+        std::fs::create_dir_all(dest).ctx(|| format!("create mount point {}", dest.display()))
+    } else {
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).ctx(|| format!("create {}", parent.display()))?;
+        }
+        if !dest.exists() {
+            std::fs::File::create(dest).ctx(|| format!("create mount point {}", dest.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Re-applies flags to a bind mount, keeping the flags the kernel locks in a user namespace.
+fn remount(dest: &Path, flags: MsFlags) -> Result<()> {
+    let locked = locked_flags(dest);
+    mount(
+        None::<&str>,
+        dest,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags | locked,
+        None::<&str>,
+    )
+    .ctx(|| format!("remount {} with {flags:?}", dest.display()))
+}
+
+fn locked_flags(path: &Path) -> MsFlags {
+    use nix::sys::statvfs::{FsFlags, statvfs};
+    let Ok(st) = statvfs(path) else {
+        return MsFlags::empty();
+    };
+    let f = st.flags();
+    let mut out = MsFlags::empty();
+    for (fs, ms) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(fs) {
+            out |= ms;
+        }
+    }
+    out
+}
+
+/// `type: cgroup`: cgroup2 on a unified host; on v1 a tmpfs with one directory per hierarchy,
+/// each the container's own cgroup (a cgroup mount inside its cgroup namespace, or a bind of
+/// its directory when it has none).
+fn mount_cgroup(dest: &Path, opts: &MountOptions, ctx: &RootfsContext) -> Result<()> {
+    make_mountpoint(dest, true)?;
+    let flags = (opts.flags & !MsFlags::MS_BIND & !MsFlags::MS_REC)
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    if ctx.layout.is_unified() {
+        if ctx.new_cgroup_ns {
+            return mount(Some("cgroup2"), dest, Some("cgroup2"), flags, None::<&str>)
+                .ctx(|| format!("mount cgroup2 on {}", dest.display()));
+        }
+        // Without a cgroup namespace a cgroup2 mount would show the whole host: bind our own.
+        if let Some(dir) = &ctx.cgroup.v2 {
+            mount(
+                Some(dir),
+                dest,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .ctx(|| format!("bind cgroup {}", dir.display()))?;
+            remount(dest, flags)?;
+        }
+        return Ok(());
+    }
+    mount(
+        Some("tmpfs"),
+        dest,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=755"),
+    )
+    .ctx(|| format!("mount tmpfs on {}", dest.display()))?;
+    for h in &ctx.layout.v1 {
+        let opts = h.controllers.join(",");
+        let name = opts.strip_prefix("name=").unwrap_or(&opts).to_string();
+        let target = dest.join(&name);
+        std::fs::create_dir_all(&target).ctx(|| format!("create {}", target.display()))?;
+        if ctx.new_cgroup_ns {
+            mount(
+                Some("cgroup"),
+                &target,
+                Some("cgroup"),
+                flags,
+                Some(opts.as_str()),
+            )
+            .ctx(|| format!("mount cgroup {opts} on {}", target.display()))?;
+        } else if let Some(dir) = ctx.cgroup.v1.get(&h.mountpoint) {
+            mount(
+                Some(dir),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .ctx(|| format!("bind cgroup {}", dir.display()))?;
+            if flags.contains(MsFlags::MS_RDONLY) {
+                remount(
+                    &target,
+                    MsFlags::MS_RDONLY
+                        | MsFlags::MS_NOSUID
+                        | MsFlags::MS_NODEV
+                        | MsFlags::MS_NOEXEC,
+                )?;
+            }
+        }
+        // "cpu,cpuacct" is also reachable as "cpu" and "cpuacct".
+        if h.controllers.len() > 1 {
+            for c in &h.controllers {
+                let _ = std::os::unix::fs::symlink(&name, dest.join(c));
+            }
+        }
+    }
+    // Hybrid hosts: the cgroup2 mount (hugetlb here) appears as "unified", as on the host.
+    if let Some((_, _, _)) = &ctx.layout.v2 {
+        let target = dest.join("unified");
+        std::fs::create_dir_all(&target).ctx(|| format!("create {}", target.display()))?;
+        let mounted = ctx.new_cgroup_ns
+            && mount(
+                Some("cgroup2"),
+                &target,
+                Some("cgroup2"),
+                flags,
+                None::<&str>,
+            )
+            .is_ok();
+        if !mounted && let Some(dir) = &ctx.cgroup.v2 {
+            mount(
+                Some(dir),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .ctx(|| format!("bind cgroup {}", dir.display()))?;
+        }
+    }
+    if flags.contains(MsFlags::MS_RDONLY) {
+        remount(
+            dest,
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        )?;
+    }
+    Ok(())
+}
+
+/// Makes `rootfs` the container's `/`.
+pub fn pivot(rootfs: &Path, no_pivot: bool) -> Result<()> {
+    nix::unistd::chdir(rootfs).ctx(|| format!("chdir {}", rootfs.display()))?;
+    if no_pivot {
+        mount(
+            Some(rootfs),
+            "/",
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .ctx(|| "move rootfs to /".into())?;
+        nix::unistd::chroot(".").ctx(|| "chroot".into())?;
+    } else {
+        // pivot_root(".", ".") stacks the old root on top of the new one; detach it.
+        nix::unistd::pivot_root(".", ".")
+            .ctx(|| format!("pivot_root into {}", rootfs.display()))?;
+        mount(
+            None::<&str>,
+            ".",
+            None::<&str>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .ctx(|| "make the old root a slave".into())?;
+        umount2(".", MntFlags::MNT_DETACH).ctx(|| "unmount the old root".into())?;
+    }
+    nix::unistd::chdir("/").ctx(|| "chdir /".into())
+}
+
+/// After pivot_root: sysctls, masked and read-only paths, read-only root, final propagation.
+pub fn finalize(spec: &Spec) -> Result<()> {
+    let Some(linux) = spec.linux() else {
+        return Ok(());
+    };
+    for (key, value) in linux.sysctl().iter().flatten() {
+        if key.contains('/') || key.contains("..") {
+            return Err(Error::Config(format!("linux.sysctl: invalid key {key:?}")));
+        }
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, value)
+            .map_err(|e| Error::Config(format!("linux.sysctl: {key}={value}: {e}")))?;
+    }
+    for p in linux.readonly_paths().iter().flatten() {
+        let path = Path::new(p);
+        match mount(
+            Some(path),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ) {
+            Err(nix::errno::Errno::ENOENT) => continue,
+            r => r.ctx(|| format!("linux.readonlyPaths: bind {p}"))?,
+        }
+        remount(path, MsFlags::MS_RDONLY | MsFlags::MS_REC)?;
+    }
+    for p in linux.masked_paths().iter().flatten() {
+        let path = Path::new(p);
+        let r = match std::fs::metadata(path) {
+            Err(_) => continue,
+            Ok(m) if m.is_dir() => mount(
+                Some("tmpfs"),
+                path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                Some("size=0k"),
+            ),
+            Ok(_) => mount(
+                Some("/dev/null"),
+                path,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            ),
+        };
+        r.ctx(|| format!("linux.maskedPaths: mask {p}"))?;
+    }
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
+        remount(Path::new("/"), MsFlags::MS_RDONLY)?;
+    }
+    if let Some(p) = linux.rootfs_propagation().as_deref().and_then(propagation)
+        && p.contains(MsFlags::MS_SHARED)
+    {
+        mount(None::<&str>, "/", None::<&str>, p, None::<&str>)
+            .ctx(|| "set propagation of /".into())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! CVE-2019-5736: a container must never be able to open the runtime binary for writing through
+//! /proc/<pid>/exe. Instead of copying the binary into a sealed memfd on every run, we re-exec
+//! once from a *detached read-only bind mount* of ourselves (open_tree + mount_setattr): the new
+//! /proc/self/exe points into a mount that is read-only and attached nowhere, so opening it for
+//! writing fails with EROFS. When the binary already sits on a read-only mount nothing is done
+//! (as crun skips its copy then). Cost: one execveat, no copy.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOUNT_ATTR_RDONLY: u64 = 1;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// True when /proc/self/exe cannot be written through.
+pub fn exe_is_read_only() -> bool {
+    nix::sys::statvfs::statvfs("/proc/self/exe")
+        .is_ok_and(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+}
+
+/// Re-executes the current command from a read-only detached mount of our binary, unless the
+/// binary is already read-only. Returns only if that cannot be done (old kernel), with a reason.
+pub fn ensure() -> Result<(), String> {
+    if exe_is_read_only() {
+        return Ok(());
+    }
+    // SAFETY: open_tree with a valid path; returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c"/proc/self/exe".as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(format!("open_tree: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the kernel just returned this fd.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr on our detached tree with AT_EMPTY_PATH.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(format!(
+            "mount_setattr: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let args: Vec<CString> = std::env::args_os()
+        .map(|a| CString::new(std::os::unix::ffi::OsStringExt::into_vec(a)).unwrap_or_default())
+        .collect();
+    let env: Vec<CString> = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut kv = std::os::unix::ffi::OsStringExt::into_vec(k);
+            kv.push(b'=');
+            kv.extend(std::os::unix::ffi::OsStringExt::into_vec(v));
+            CString::new(kv).unwrap_or_default()
+        })
+        .collect();
+    let err = nix::unistd::execveat(&tree, c"", &args, &env, nix::fcntl::AtFlags::AT_EMPTY_PATH);
+    Err(format!("execveat from the read-only mount: {err:?}"))
+}
