@@ -1,1 +1,7 @@
-//! skiff-controlplane: not built yet; see the open issues.
+//! skiff-controlplane: the Kubernetes API server (REST, watch, TLS, client-certificate auth) on a
+//! revisioned store, plus the `skiff` command line.
+
+pub mod api;
+pub mod pki;
+pub mod server;
+pub mod store;

@@ -1,0 +1,85 @@
+//! The `skiff` command: parses flags and calls the library.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use skiff_controlplane::server::{self, ServerConfig};
+
+#[derive(Parser)]
+#[command(name = "skiff", about = "skiff: a small Kubernetes", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Kubernetes API from an embedded store.
+    Server {
+        /// Where the store, certificates and admin.kubeconfig live.
+        #[arg(long, default_value = "/var/lib/skiff/server")]
+        data_dir: PathBuf,
+        /// Address and port to serve HTTPS on.
+        #[arg(long, default_value = "0.0.0.0:6443", value_parser = server::parse_listen)]
+        listen: std::net::SocketAddr,
+        /// Range Service ClusterIPs are allocated from.
+        #[arg(long, default_value = "10.96.0.0/12")]
+        service_cidr: String,
+        /// Seconds between compactions of the store's history.
+        #[arg(long, default_value_t = 300)]
+        compaction_interval: u64,
+        /// Seconds between bookmarks on watches that asked for them.
+        #[arg(long, default_value_t = 60)]
+        bookmark_interval: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match cli.command {
+        Command::Server {
+            data_dir,
+            listen,
+            service_cidr,
+            compaction_interval,
+            bookmark_interval,
+        } => {
+            let cfg = ServerConfig {
+                data_dir,
+                listen,
+                service_cidr,
+                compaction_interval: Duration::from_secs(compaction_interval.max(1)),
+                bookmark_interval: Duration::from_secs(bookmark_interval.max(1)),
+            };
+            rt.block_on(server::run(cfg, shutdown_signal()))
+                .context("skiff server")?;
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,273 @@
+//! The cluster's certificates: a CA, the API server's serving certificate and the admin client
+//! certificate (group `system:masters`), plus `admin.kubeconfig`. Made on first start, reused after;
+//! the serving certificate is re-issued when the wanted names or addresses change.
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("{path}: invalid PEM: {detail}")]
+    Pem { path: PathBuf, detail: String },
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
+const CA_CN: &str = "skiff-ca";
+
+/// Paths of the files under the data directory.
+pub struct Pki {
+    dir: PathBuf,
+}
+
+fn write(path: &Path, data: &[u8], private: bool) -> Result<(), PkiError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let io = |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(data).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    fs::read_to_string(path).map_err(|source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn ca_params() -> Result<CertificateParams, PkiError> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name.push(DnType::CommonName, CA_CN);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(p)
+}
+
+/// The names and addresses the serving certificate carries.
+pub fn serving_sans(listen: SocketAddr, first_service_ip: IpAddr) -> (Vec<String>, Vec<IpAddr>) {
+    let mut dns: Vec<String> = [
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Ok(h) = nix::unistd::gethostname()
+        && let Some(h) = h.to_str()
+        && !h.is_empty()
+    {
+        dns.push(h.to_string());
+    }
+    let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), first_service_ip];
+    if !listen.ip().is_unspecified() {
+        ips.push(listen.ip());
+    }
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            let Some(sa) = a.address else { continue };
+            if let Some(v4) = sa.as_sockaddr_in() {
+                ips.push(IpAddr::V4(v4.ip()));
+            } else if let Some(v6) = sa.as_sockaddr_in6() {
+                let ip = v6.ip();
+                // Link-local addresses need a zone and are useless in a certificate.
+                if (ip.segments()[0] & 0xffc0) != 0xfe80 {
+                    ips.push(IpAddr::V6(ip));
+                }
+            }
+        }
+    }
+    ips.sort();
+    ips.dedup();
+    dns.sort();
+    dns.dedup();
+    (dns, ips)
+}
+
+/// What the server needs from the PKI at start.
+pub struct ServingMaterial {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Makes whatever is missing (CA, serving and admin certificates, kubeconfig) and returns the
+    /// serving material. `server_url` is what the kubeconfig points at.
+    pub fn ensure(
+        &self,
+        listen: SocketAddr,
+        first_service_ip: IpAddr,
+        server_url: &str,
+    ) -> Result<ServingMaterial, PkiError> {
+        fs::create_dir_all(&self.dir).map_err(|source| PkiError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let (ca_crt, ca_key_path) = (self.path("ca.crt"), self.path("ca.key"));
+        let ca_key = if ca_crt.exists() && ca_key_path.exists() {
+            KeyPair::from_pem(&read(&ca_key_path)?)?
+        } else {
+            tracing::info!(dir = %self.dir.display(), "creating cluster CA");
+            let key = KeyPair::generate()?;
+            let cert = ca_params()?.self_signed(&key)?;
+            write(&ca_key_path, key.serialize_pem().as_bytes(), true)?;
+            write(&ca_crt, cert.pem().as_bytes(), false)?;
+            // A new CA invalidates everything it signed before.
+            for stale in ["apiserver.crt", "admin.crt", "admin.kubeconfig"] {
+                let _ = fs::remove_file(self.path(stale));
+            }
+            key
+        };
+        let ca_pem = read(&ca_crt)?;
+        let issuer = Issuer::new(ca_params()?, ca_key);
+
+        // Serving certificate, re-issued when the SANs changed.
+        let (dns, ips) = serving_sans(listen, first_service_ip);
+        let sans_record = format!("{dns:?} {ips:?}");
+        let (srv_crt, srv_key, srv_sans) = (
+            self.path("apiserver.crt"),
+            self.path("apiserver.key"),
+            self.path("apiserver.sans"),
+        );
+        let current = fs::read_to_string(&srv_sans).unwrap_or_default();
+        if !(srv_crt.exists() && srv_key.exists() && current == sans_record) {
+            tracing::info!(?dns, ?ips, "issuing API server serving certificate");
+            let mut p = CertificateParams::new(dns.clone())?;
+            p.distinguished_name
+                .push(DnType::CommonName, "kube-apiserver");
+            p.subject_alt_names
+                .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            p.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            let key = KeyPair::generate()?;
+            let cert = p.signed_by(&key, &issuer)?;
+            write(&srv_key, key.serialize_pem().as_bytes(), true)?;
+            write(&srv_crt, cert.pem().as_bytes(), false)?;
+            write(&srv_sans, sans_record.as_bytes(), false)?;
+        }
+
+        // Admin client certificate and kubeconfig.
+        let (adm_crt, adm_key) = (self.path("admin.crt"), self.path("admin.key"));
+        if !(adm_crt.exists() && adm_key.exists()) {
+            tracing::info!("issuing admin client certificate (O=system:masters)");
+            let mut p = CertificateParams::new(Vec::<String>::new())?;
+            p.distinguished_name
+                .push(DnType::CommonName, "kubernetes-admin");
+            p.distinguished_name
+                .push(DnType::OrganizationName, "system:masters");
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            p.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            let key = KeyPair::generate()?;
+            let cert = p.signed_by(&key, &issuer)?;
+            write(&adm_key, key.serialize_pem().as_bytes(), true)?;
+            write(&adm_crt, cert.pem().as_bytes(), false)?;
+        }
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server_url}\n    certificate-authority-data: {}\nusers:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: admin\ncurrent-context: skiff\n",
+            b64(&ca_pem),
+            b64(&read(&adm_crt)?),
+            b64(&read(&adm_key)?)
+        );
+        let kc_path = self.path("admin.kubeconfig");
+        if fs::read_to_string(&kc_path).ok().as_deref() != Some(kubeconfig.as_str()) {
+            write(&kc_path, kubeconfig.as_bytes(), true)?;
+        }
+        Ok(ServingMaterial {
+            ca_pem,
+            cert_pem: read(&srv_crt)?,
+            key_pem: read(&srv_key)?,
+        })
+    }
+}
+
+impl ServingMaterial {
+    /// A rustls server configuration (ring provider) that offers h2 and HTTP/1.1 and asks for,
+    /// but does not require, a client certificate signed by the cluster CA: requests without one
+    /// are refused later with 401, except the health and version endpoints.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        let pem_err = |what: &str, e: rustls::pki_types::pem::Error| PkiError::Pem {
+            path: PathBuf::from(what),
+            detail: e.to_string(),
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots
+                .add(c.map_err(|e| pem_err("ca.crt", e))?)
+                .map_err(|e| PkiError::Tls(e.to_string()))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| PkiError::Tls(e.to_string()))?;
+        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem_err("apiserver.crt", e))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| pem_err("apiserver.key", e))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PkiError::Tls(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| PkiError::Tls(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}

@@ -1,0 +1,630 @@
+//! The embedded backend: one redb file. Three tables hold the current keys (`kv`), the
+//! revisioned change log that watches replay (`log`) and the store's counters (`meta`). Each
+//! write is one redb transaction committed with `Durability::Immediate` before it is
+//! acknowledged, so a crash loses nothing that a client was told succeeded.
+//!
+//! Live watchers are fed from a broadcast channel filled, in revision order, after each commit;
+//! a watcher that falls behind re-reads the missed revisions from the log.
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{broadcast, mpsc};
+
+use super::{Event, EventKind, KeyValue, RangeResult, Store, StoreError, StoreResult, WatchStream};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_REVISION: &str = "revision";
+const META_COMPACTED: &str = "compacted";
+
+fn backend<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+struct Inner {
+    db: Database,
+    /// Serialises writers so that events reach the broadcast channel in revision order.
+    write_lock: Mutex<()>,
+    events: broadcast::Sender<Arc<Event>>,
+    compacted: AtomicU64,
+}
+
+/// The redb-backed [`Store`].
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store file at `path`.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let db = Database::create(path).map_err(backend)?;
+        let txn = db.begin_write().map_err(backend)?;
+        let compacted;
+        {
+            txn.open_table(KV).map_err(backend)?;
+            txn.open_table(LOG).map_err(backend)?;
+            let meta = txn.open_table(META).map_err(backend)?;
+            compacted = meta
+                .get(META_COMPACTED)
+                .map_err(backend)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+        }
+        txn.commit().map_err(backend)?;
+        let (events, _) = broadcast::channel(4096);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                write_lock: Mutex::new(()),
+                events,
+                compacted: AtomicU64::new(compacted),
+            }),
+        })
+    }
+}
+
+fn encode_kv(create: u64, modr: u64, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + value.len());
+    out.extend_from_slice(&create.to_le_bytes());
+    out.extend_from_slice(&modr.to_le_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+fn decode_kv(key: &str, raw: &[u8]) -> StoreResult<KeyValue> {
+    if raw.len() < 16 {
+        return Err(StoreError::Backend(format!("corrupt record for {key}")));
+    }
+    Ok(KeyValue {
+        key: key.to_string(),
+        create_revision: u64::from_le_bytes(raw[0..8].try_into().expect("8 bytes")),
+        mod_revision: u64::from_le_bytes(raw[8..16].try_into().expect("8 bytes")),
+        value: raw[16..].to_vec(),
+    })
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn u64(&mut self) -> StoreResult<u64> {
+        if self.0.len() < 8 {
+            return Err(StoreError::Backend("corrupt log entry".into()));
+        }
+        let (a, b) = self.0.split_at(8);
+        self.0 = b;
+        Ok(u64::from_le_bytes(a.try_into().expect("8 bytes")))
+    }
+    fn bytes(&mut self) -> StoreResult<&'a [u8]> {
+        let n = self.u64()? as usize;
+        if self.0.len() < n {
+            return Err(StoreError::Backend("corrupt log entry".into()));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+}
+
+fn encode_event(ev: &Event) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.push(match ev.kind {
+        EventKind::Put => 0,
+        EventKind::Delete => 1,
+    });
+    put_bytes(&mut out, ev.kv.key.as_bytes());
+    out.extend_from_slice(&ev.kv.create_revision.to_le_bytes());
+    put_bytes(&mut out, &ev.kv.value);
+    match &ev.prev {
+        Some(p) => {
+            out.push(1);
+            out.extend_from_slice(&p.create_revision.to_le_bytes());
+            out.extend_from_slice(&p.mod_revision.to_le_bytes());
+            put_bytes(&mut out, &p.value);
+        }
+        None => out.push(0),
+    }
+    out
+}
+
+fn decode_event(revision: u64, raw: &[u8]) -> StoreResult<Event> {
+    let corrupt = || StoreError::Backend(format!("corrupt log entry at revision {revision}"));
+    let (&kind, rest) = raw.split_first().ok_or_else(corrupt)?;
+    let mut r = Reader(rest);
+    let key = String::from_utf8(r.bytes()?.to_vec()).map_err(|_| corrupt())?;
+    let create_revision = r.u64()?;
+    let value = r.bytes()?.to_vec();
+    let (&has_prev, rest) = r.0.split_first().ok_or_else(corrupt)?;
+    r.0 = rest;
+    let prev = if has_prev == 1 {
+        let create_revision = r.u64()?;
+        let mod_revision = r.u64()?;
+        Some(KeyValue {
+            key: key.clone(),
+            value: r.bytes()?.to_vec(),
+            create_revision,
+            mod_revision,
+        })
+    } else {
+        None
+    };
+    Ok(Event {
+        kind: if kind == 0 {
+            EventKind::Put
+        } else {
+            EventKind::Delete
+        },
+        kv: KeyValue {
+            key,
+            value,
+            create_revision,
+            mod_revision: revision,
+        },
+        prev,
+    })
+}
+
+/// What a guarded write wants to do, decided from the key's current value.
+enum WriteOp {
+    Put(Vec<u8>),
+    Delete,
+}
+
+impl Inner {
+    /// Runs one guarded write: `decide` sees the current value and returns the operation (or an
+    /// error, which aborts the transaction). Commits durably, then publishes the event.
+    fn write(
+        &self,
+        key: &str,
+        decide: impl FnOnce(Option<&KeyValue>) -> StoreResult<WriteOp>,
+    ) -> StoreResult<Event> {
+        let _guard = self.write_lock.lock().map_err(backend)?;
+        let txn = self.db.begin_write().map_err(backend)?;
+        let event;
+        {
+            let mut kv = txn.open_table(KV).map_err(backend)?;
+            let mut log = txn.open_table(LOG).map_err(backend)?;
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let current = match kv.get(key).map_err(backend)? {
+                Some(raw) => Some(decode_kv(key, raw.value())?),
+                None => None,
+            };
+            let op = decide(current.as_ref())?;
+            let revision = meta
+                .get(META_REVISION)
+                .map_err(backend)?
+                .map(|v| v.value())
+                .unwrap_or(0)
+                + 1;
+            event = match op {
+                WriteOp::Put(value) => {
+                    let create = current.as_ref().map_or(revision, |c| c.create_revision);
+                    kv.insert(key, encode_kv(create, revision, &value).as_slice())
+                        .map_err(backend)?;
+                    Event {
+                        kind: EventKind::Put,
+                        kv: KeyValue {
+                            key: key.to_string(),
+                            value,
+                            create_revision: create,
+                            mod_revision: revision,
+                        },
+                        prev: current,
+                    }
+                }
+                WriteOp::Delete => {
+                    let prev = current.ok_or_else(|| StoreError::NotFound(key.to_string()))?;
+                    kv.remove(key).map_err(backend)?;
+                    Event {
+                        kind: EventKind::Delete,
+                        kv: KeyValue {
+                            key: key.to_string(),
+                            value: prev.value.clone(),
+                            create_revision: prev.create_revision,
+                            mod_revision: revision,
+                        },
+                        prev: Some(prev),
+                    }
+                }
+            };
+            log.insert(revision, encode_event(&event).as_slice())
+                .map_err(backend)?;
+            meta.insert(META_REVISION, revision).map_err(backend)?;
+        }
+        txn.commit().map_err(backend)?;
+        let event = Arc::new(event);
+        // No receivers is fine: nobody is watching.
+        let _ = self.events.send(event.clone());
+        Ok((*event).clone())
+    }
+
+    fn get(&self, key: &str) -> StoreResult<Option<KeyValue>> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let kv = txn.open_table(KV).map_err(backend)?;
+        match kv.get(key).map_err(backend)? {
+            Some(raw) => Ok(Some(decode_kv(key, raw.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn range(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<RangeResult> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let kv = txn.open_table(KV).map_err(backend)?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        let revision = meta
+            .get(META_REVISION)
+            .map_err(backend)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let lower = match start_after {
+            Some(s) if s >= prefix => Bound::Excluded(s),
+            _ => Bound::Included(prefix),
+        };
+        let mut kvs = Vec::new();
+        let mut more = false;
+        for item in kv
+            .range::<&str>((lower, Bound::Unbounded))
+            .map_err(backend)?
+        {
+            let (k, v) = item.map_err(backend)?;
+            let key = k.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if limit > 0 && kvs.len() == limit {
+                more = true;
+                break;
+            }
+            kvs.push(decode_kv(key, v.value())?);
+        }
+        Ok(RangeResult {
+            kvs,
+            more,
+            revision,
+        })
+    }
+
+    fn current_revision(&self) -> StoreResult<u64> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        Ok(meta
+            .get(META_REVISION)
+            .map_err(backend)?
+            .map(|v| v.value())
+            .unwrap_or(0))
+    }
+
+    /// Log entries with revision > `after`, under `prefix`; also returns the revision read at.
+    fn history(&self, prefix: &str, after: u64) -> StoreResult<(Vec<Event>, u64)> {
+        let compacted = self.compacted.load(Ordering::SeqCst);
+        if after < compacted {
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted,
+            });
+        }
+        let txn = self.db.begin_read().map_err(backend)?;
+        let log = txn.open_table(LOG).map_err(backend)?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        let upto = meta
+            .get(META_REVISION)
+            .map_err(backend)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let mut out = Vec::new();
+        for item in log.range((after + 1)..=upto).map_err(backend)? {
+            let (rev, raw) = item.map_err(backend)?;
+            let ev = decode_event(rev.value(), raw.value())?;
+            if ev.kv.key.starts_with(prefix) {
+                out.push(ev);
+            }
+        }
+        Ok((out, upto))
+    }
+
+    fn compact(&self, revision: u64) -> StoreResult<()> {
+        let _guard = self.write_lock.lock().map_err(backend)?;
+        let txn = self.db.begin_write().map_err(backend)?;
+        {
+            let mut log = txn.open_table(LOG).map_err(backend)?;
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let current = meta
+                .get(META_COMPACTED)
+                .map_err(backend)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            if revision <= current {
+                return Ok(());
+            }
+            log.retain_in(..=revision, |_, _| false).map_err(backend)?;
+            meta.insert(META_COMPACTED, revision).map_err(backend)?;
+        }
+        txn.commit().map_err(backend)?;
+        self.compacted.store(revision, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> StoreResult<T> + Send + 'static,
+) -> StoreResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(backend)?
+}
+
+/// Feeds one watcher: replayed history first, then live events, re-reading the log if the
+/// broadcast channel overflowed.
+async fn pump(
+    inner: Arc<Inner>,
+    prefix: String,
+    mut rx: broadcast::Receiver<Arc<Event>>,
+    history: Vec<Event>,
+    mut last: u64,
+    tx: mpsc::Sender<StoreResult<Event>>,
+) {
+    for ev in history {
+        if tx.send(Ok(ev)).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        let received = tokio::select! {
+            r = rx.recv() => r,
+            _ = tx.closed() => return,
+        };
+        match received {
+            Ok(ev) => {
+                if ev.revision() <= last {
+                    continue;
+                }
+                last = ev.revision();
+                if ev.kv.key.starts_with(&prefix) && tx.send(Ok((*ev).clone())).await.is_err() {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                let (inner2, prefix2) = (inner.clone(), prefix.clone());
+                match blocking(move || inner2.history(&prefix2, last)).await {
+                    Ok((events, upto)) => {
+                        for ev in events {
+                            if tx.send(Ok(ev)).await.is_err() {
+                                return;
+                            }
+                        }
+                        last = upto;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn get(&self, key: &str) -> BoxFuture<'_, StoreResult<Option<KeyValue>>> {
+        let (inner, key) = (self.inner.clone(), key.to_string());
+        blocking(move || inner.get(&key)).boxed()
+    }
+
+    fn range(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> BoxFuture<'_, StoreResult<RangeResult>> {
+        let (inner, prefix, start) = (
+            self.inner.clone(),
+            prefix.to_string(),
+            start_after.map(str::to_string),
+        );
+        blocking(move || inner.range(&prefix, start.as_deref(), limit)).boxed()
+    }
+
+    fn create(&self, key: &str, value: Vec<u8>) -> BoxFuture<'_, StoreResult<KeyValue>> {
+        let (inner, key) = (self.inner.clone(), key.to_string());
+        blocking(move || {
+            inner
+                .write(&key, |cur| match cur {
+                    Some(_) => Err(StoreError::AlreadyExists(key.clone())),
+                    None => Ok(WriteOp::Put(value)),
+                })
+                .map(|e| e.kv)
+        })
+        .boxed()
+    }
+
+    fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected_mod_revision: u64,
+    ) -> BoxFuture<'_, StoreResult<KeyValue>> {
+        let (inner, key) = (self.inner.clone(), key.to_string());
+        blocking(move || {
+            inner
+                .write(&key, |cur| match cur {
+                    None => Err(StoreError::NotFound(key.clone())),
+                    Some(c) if c.mod_revision != expected_mod_revision => {
+                        Err(StoreError::Conflict {
+                            key: key.clone(),
+                            expected: expected_mod_revision,
+                            found: c.mod_revision,
+                        })
+                    }
+                    Some(_) => Ok(WriteOp::Put(value)),
+                })
+                .map(|e| e.kv)
+        })
+        .boxed()
+    }
+
+    fn delete(
+        &self,
+        key: &str,
+        expected_mod_revision: Option<u64>,
+    ) -> BoxFuture<'_, StoreResult<KeyValue>> {
+        let (inner, key) = (self.inner.clone(), key.to_string());
+        blocking(move || {
+            inner
+                .write(&key, |cur| match (cur, expected_mod_revision) {
+                    (None, _) => Err(StoreError::NotFound(key.clone())),
+                    (Some(c), Some(expected)) if c.mod_revision != expected => {
+                        Err(StoreError::Conflict {
+                            key: key.clone(),
+                            expected,
+                            found: c.mod_revision,
+                        })
+                    }
+                    _ => Ok(WriteOp::Delete),
+                })
+                .map(|e| e.kv)
+        })
+        .boxed()
+    }
+
+    fn watch(&self, prefix: &str, after_revision: u64) -> BoxFuture<'_, StoreResult<WatchStream>> {
+        let inner = self.inner.clone();
+        let prefix = prefix.to_string();
+        async move {
+            // Subscribe before reading history so that nothing falls between the two.
+            let rx = inner.events.subscribe();
+            let (i2, p2) = (inner.clone(), prefix.clone());
+            let (history, upto) = blocking(move || i2.history(&p2, after_revision)).await?;
+            let (tx, out) = mpsc::channel(1024);
+            tokio::spawn(pump(inner, prefix, rx, history, upto, tx));
+            let stream = futures::stream::unfold(out, |mut out| async move {
+                out.recv().await.map(|item| (item, out))
+            });
+            Ok(Box::pin(stream) as WatchStream)
+        }
+        .boxed()
+    }
+
+    fn current_revision(&self) -> BoxFuture<'_, StoreResult<u64>> {
+        let inner = self.inner.clone();
+        blocking(move || inner.current_revision()).boxed()
+    }
+
+    fn compacted_revision(&self) -> u64 {
+        self.inner.compacted.load(Ordering::SeqCst)
+    }
+
+    fn compact(&self, revision: u64) -> BoxFuture<'_, StoreResult<()>> {
+        let inner = self.inner.clone();
+        blocking(move || inner.compact(revision)).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    fn open() -> (tempfile::TempDir, EmbeddedStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(&dir.path().join("store.redb")).expect("open");
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn create_update_delete_with_revisions() {
+        let (_d, s) = open();
+        let a = s
+            .create("/registry/pods/ns/a", b"1".to_vec())
+            .await
+            .unwrap();
+        assert_eq!((a.create_revision, a.mod_revision), (1, 1));
+        assert!(matches!(
+            s.create("/registry/pods/ns/a", b"x".to_vec()).await,
+            Err(StoreError::AlreadyExists(_))
+        ));
+        let b = s
+            .update("/registry/pods/ns/a", b"2".to_vec(), 1)
+            .await
+            .unwrap();
+        assert_eq!((b.create_revision, b.mod_revision), (1, 2));
+        assert!(matches!(
+            s.update("/registry/pods/ns/a", b"3".to_vec(), 1).await,
+            Err(StoreError::Conflict { found: 2, .. })
+        ));
+        let d = s.delete("/registry/pods/ns/a", Some(2)).await.unwrap();
+        assert_eq!(d.value, b"2");
+        assert_eq!(d.mod_revision, 3);
+        assert!(s.get("/registry/pods/ns/a").await.unwrap().is_none());
+        assert_eq!(s.current_revision().await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn range_pages_by_prefix() {
+        let (_d, s) = open();
+        for n in ["a", "b", "c"] {
+            s.create(&format!("/registry/cm/ns/{n}"), vec![])
+                .await
+                .unwrap();
+        }
+        s.create("/registry/cmx/ns/z", vec![]).await.unwrap();
+        let p1 = s.range("/registry/cm/", None, 2).await.unwrap();
+        assert_eq!(p1.kvs.len(), 2);
+        assert!(p1.more);
+        let p2 = s
+            .range("/registry/cm/", Some(&p1.kvs[1].key), 2)
+            .await
+            .unwrap();
+        assert_eq!(p2.kvs.len(), 1);
+        assert!(!p2.more);
+        assert_eq!(p2.kvs[0].key, "/registry/cm/ns/c");
+    }
+
+    #[tokio::test]
+    async fn watch_replays_then_follows_and_compaction_refuses_old() {
+        let (_d, s) = open();
+        s.create("/registry/a/x", b"1".to_vec()).await.unwrap();
+        s.create("/registry/b/y", b"1".to_vec()).await.unwrap();
+        let mut w = s.watch("/registry/a/", 0).await.unwrap();
+        let ev = w.next().await.unwrap().unwrap();
+        assert_eq!((ev.kind, ev.revision()), (EventKind::Put, 1));
+        s.update("/registry/a/x", b"2".to_vec(), 1).await.unwrap();
+        let ev = w.next().await.unwrap().unwrap();
+        assert_eq!(ev.revision(), 3);
+        assert_eq!(ev.prev.unwrap().value, b"1");
+        s.compact(2).await.unwrap();
+        assert!(matches!(
+            s.watch("/registry/", 1).await,
+            Err(StoreError::Compacted { .. })
+        ));
+        assert!(s.watch("/registry/", 2).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn reopen_keeps_data_and_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        {
+            let s = EmbeddedStore::open(&path).unwrap();
+            s.create("/k", b"v".to_vec()).await.unwrap();
+        }
+        let s = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(s.get("/k").await.unwrap().unwrap().value, b"v");
+        assert_eq!(s.current_revision().await.unwrap(), 1);
+    }
+}
