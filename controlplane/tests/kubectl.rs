@@ -1,0 +1,435 @@
+//! The API server driven by the real kubectl 1.32.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{Server, path_str};
+
+const APP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: demo
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.27
+        ports:
+        - containerPort: 80
+        env:
+        - {name: MODE, value: "one"}
+        - {name: KEEP, value: "yes"}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: demo
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 80
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  namespace: demo
+data:
+  color: blue
+  size: large
+"#;
+
+#[test]
+fn discovery_and_api_resources() {
+    let s = Server::start();
+    let out = s.kubectl(&["api-resources"]);
+    for line in [
+        "pods                po           v1",
+        "deployments         deploy       apps/v1",
+        "namespaces          ns           v1",
+    ] {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            out.lines()
+                .any(|l| l.split_whitespace().take(3).eq(cols.iter().copied())),
+            "{line:?} missing from:\n{out}"
+        );
+    }
+    for short in ["svc", "no", "cm", "ep", "rs", "ds"] {
+        assert!(
+            out.split_whitespace().any(|w| w == short),
+            "short name {short} missing"
+        );
+    }
+    let version = s.kubectl(&["version", "-o", "json"]);
+    assert!(version.contains("\"minor\": \"32\""), "{version}");
+    // `all` expands through the categories.
+    s.kubectl_stdin(&["apply", "-f", "-"], APP);
+    let all = s.kubectl(&["get", "all", "-n", "demo"]);
+    assert!(all.contains("deployment.apps/web"), "{all}");
+    assert!(all.contains("service/web"), "{all}");
+    assert!(!all.contains("configmap"), "{all}");
+}
+
+#[test]
+fn apply_get_patch_scale_delete() {
+    let s = Server::start();
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], APP);
+    assert!(out.contains("deployment.apps/web created"), "{out}");
+    assert!(out.contains("service/web created"), "{out}");
+
+    // Apply again, changed: kubectl computes a 3-way strategic merge patch.
+    let changed = APP
+        .replace("replicas: 2", "replicas: 3")
+        .replace("nginx:1.27", "nginx:1.28")
+        .replace(
+            "{name: MODE, value: \"one\"}\n        - {name: KEEP, value: \"yes\"}",
+            "{name: MODE, value: \"two\"}",
+        )
+        .replace("size: large", "shape: round");
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], &changed);
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    assert!(out.contains("namespace/demo unchanged"), "{out}");
+    let got = s.kubectl(&[
+        "get", "deploy", "web", "-n", "demo", "-o",
+        "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].env[*].name} {.metadata.generation}",
+    ]);
+    assert_eq!(got, "3 nginx:1.28 MODE 2");
+    let cm = s.kubectl(&[
+        "get",
+        "cm",
+        "settings",
+        "-n",
+        "demo",
+        "-o",
+        "jsonpath={.data}",
+    ]);
+    assert_eq!(cm, r#"{"color":"blue","shape":"round"}"#);
+
+    // Every output format.
+    let table = s.kubectl(&["get", "deploy", "-n", "demo"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[..4], ["web", "0/3", "0", "0"], "{table}");
+    let wide = s.kubectl(&["get", "deploy", "-n", "demo", "-o", "wide"]);
+    assert!(
+        wide.contains("CONTAINERS   IMAGES       SELECTOR"),
+        "{wide}"
+    );
+    assert!(wide.contains("nginx        nginx:1.28   app=web"), "{wide}");
+    let svc = s.kubectl(&["get", "svc", "web", "-n", "demo"]);
+    let row: Vec<&str> = svc.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[1], "NodePort");
+    assert!(row[2].starts_with("10."), "{svc}");
+    assert!(
+        row[4].starts_with("80:3") && row[4].ends_with("/TCP"),
+        "{svc}"
+    );
+    let yaml = s.kubectl(&["get", "svc", "web", "-n", "demo", "-o", "yaml"]);
+    assert!(
+        yaml.contains("kind: Service") && yaml.contains("clusterIPs:"),
+        "{yaml}"
+    );
+    let json = s.kubectl(&["get", "cm", "settings", "-n", "demo", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["kind"], "ConfigMap");
+    assert!(v["metadata"]["uid"].as_str().is_some_and(|u| u.len() == 36));
+    assert_eq!(
+        s.kubectl(&["get", "deploy,svc", "-n", "demo", "-o", "name"]),
+        "deployment.apps/web\nservice/web\n"
+    );
+
+    // label, annotate, and the three patch types.
+    s.kubectl(&["label", "deploy", "web", "-n", "demo", "tier=front"]);
+    s.kubectl(&["annotate", "deploy", "web", "-n", "demo", "owner=team-a"]);
+    let labels = s.kubectl(&[
+        "get",
+        "deploy",
+        "-n",
+        "demo",
+        "-l",
+        "tier=front",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(labels, "deployment.apps/web\n");
+    s.kubectl(&["patch", "deploy", "web", "-n", "demo", "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"sidecar","image":"busybox:1.36"}]}}}}"#]);
+    s.kubectl(&[
+        "patch",
+        "deploy",
+        "web",
+        "-n",
+        "demo",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"labels":{"merged":"yes"}}}"#,
+    ]);
+    s.kubectl(&["patch", "deploy", "web", "-n", "demo", "--type=json", "-p",
+        r#"[{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"nginx:1.29"}]"#]);
+    let got = s.kubectl(&["get", "deploy", "web", "-n", "demo", "-o",
+        "jsonpath={.spec.template.spec.containers[*].name} {.spec.template.spec.containers[*].image} {.metadata.labels.merged} {.metadata.annotations.owner}"]);
+    assert_eq!(got, "nginx sidecar nginx:1.29 busybox:1.36 yes team-a");
+
+    // scale through the scale subresource.
+    s.kubectl(&["scale", "deploy", "web", "-n", "demo", "--replicas=7"]);
+    assert_eq!(
+        s.kubectl(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "7"
+    );
+
+    // describe.
+    let d = s.kubectl(&["describe", "deploy", "web", "-n", "demo"]);
+    assert!(d.contains("Replicas:               7 desired"), "{d}");
+    let d = s.kubectl(&["describe", "svc", "web", "-n", "demo"]);
+    assert!(d.contains("Type:                     NodePort"), "{d}");
+
+    // delete.
+    let out = s.kubectl(&["delete", "cm", "settings", "-n", "demo"]);
+    assert_eq!(out, "configmap \"settings\" deleted\n");
+    let err = s.kubectl_err(&["get", "cm", "settings", "-n", "demo"], None);
+    assert!(err.contains("configmaps \"settings\" not found"), "{err}");
+    s.kubectl(&["delete", "namespace", "demo"]);
+    let err = s.kubectl_err(&["get", "deploy", "web", "-n", "demo"], None);
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[test]
+fn server_side_apply_tracks_managers_and_conflicts() {
+    let s = Server::start();
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n  namespace: default\ndata:\n  a: \"1\"\n  b: \"2\"\n";
+    let out = s.kubectl_stdin(&["apply", "--server-side", "-f", "-"], cm);
+    assert!(out.contains("configmap/ssa serverside-applied"), "{out}");
+    let mf = s.kubectl(&[
+        "get",
+        "cm",
+        "ssa",
+        "-o",
+        "jsonpath={.metadata.managedFields[0].manager} {.metadata.managedFields[0].operation}",
+        "--show-managed-fields",
+    ]);
+    assert_eq!(mf, "kubectl Apply");
+    // Dropping a field from the applied configuration removes it.
+    s.kubectl_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        &cm.replace("  b: \"2\"\n", ""),
+    );
+    assert_eq!(
+        s.kubectl(&["get", "cm", "ssa", "-o", "jsonpath={.data}"]),
+        r#"{"a":"1"}"#
+    );
+    // Another manager changing an owned field conflicts, unless forced.
+    let other = cm
+        .replace("a: \"1\"", "a: \"9\"")
+        .replace("  b: \"2\"\n", "");
+    let err = s.kubectl_err(
+        &["apply", "--server-side", "--field-manager=other", "-f", "-"],
+        Some(&other),
+    );
+    assert!(err.contains("conflict") && err.contains(".data.a"), "{err}");
+    s.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=other",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        &other,
+    );
+    assert_eq!(
+        s.kubectl(&["get", "cm", "ssa", "-o", "jsonpath={.data.a}"]),
+        "9"
+    );
+}
+
+#[test]
+fn invalid_objects_are_refused_with_the_field_named() {
+    let s = Server::start();
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: Bad_Name\n  namespace: default\nspec:\n  containers:\n  - name: c\n";
+    let err = s.kubectl_err(&["apply", "-f", "-"], Some(pod));
+    assert!(err.contains("is invalid"), "{err}");
+    assert!(
+        err.contains("metadata.name: Invalid value: \"Bad_Name\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.containers[0].image: Required value"),
+        "{err}"
+    );
+    let deploy = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\n  namespace: default\nspec:\n  selector:\n    matchLabels: {app: a}\n  template:\n    metadata:\n      labels: {app: b}\n    spec:\n      containers:\n      - {name: c, image: i}\n";
+    let err = s.kubectl_err(&["apply", "-f", "-"], Some(deploy));
+    assert!(
+        err.contains("spec.template.metadata.labels: Invalid value"),
+        "{err}"
+    );
+    // Unknown fields: kubectl asks for strict validation by default.
+    let unknown = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: u\n  namespace: default\ndatta:\n  a: b\n";
+    let err = s.kubectl_err(&["apply", "-f", "-"], Some(unknown));
+    assert!(
+        err.contains("strict decoding error: unknown field \"datta\""),
+        "{err}"
+    );
+    let out = s
+        .kubectl_cmd(&["apply", "--validate=warn", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(unknown.as_bytes())
+                .unwrap();
+            c.wait_with_output().unwrap()
+        })
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field \"datta\""));
+    // Malformed input.
+    let path = s.write(
+        "broken.json",
+        "{\"apiVersion\": \"v1\", \"kind\": \"ConfigMap\", ",
+    );
+    let err = s.kubectl_err(&["create", "-f", path_str(&path)], None);
+    assert!(err.contains("error"), "{err}");
+    // A NodePort already taken.
+    let svc = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  type: NodePort\n  ports:\n  - port: 80\n    nodePort: 30080\n"
+        )
+    };
+    s.kubectl_stdin(&["apply", "-f", "-"], &svc("first"));
+    let err = s.kubectl_err(&["apply", "-f", "-"], Some(&svc("second")));
+    assert!(
+        err.contains(
+            "spec.ports[0].nodePort: Invalid value: 30080: provided port is already allocated"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn optimistic_concurrency_conflicts() {
+    let s = Server::start();
+    s.kubectl_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  namespace: default\ndata:\n  k: v\n");
+    let json = s.kubectl(&["get", "cm", "c", "-o", "json"]);
+    s.kubectl(&["label", "cm", "c", "bump=1"]);
+    // `kubectl replace` of the now stale object must fail with 409.
+    let path = s.write("stale.json", &json);
+    let err = s.kubectl_err(&["replace", "-f", path_str(&path)], None);
+    assert!(err.contains("the object has been modified"), "{err}");
+}
+
+#[test]
+fn watch_sees_changes() {
+    let s = Server::start();
+    let mut child = s
+        .kubectl_cmd(&[
+            "get",
+            "configmaps",
+            "-n",
+            "default",
+            "--watch",
+            "--output-watch-events",
+            "-o",
+            "jsonpath={.type} {.object.metadata.name}{\"\\n\"}",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl get --watch");
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("a watch event")
+    };
+    // Wait for the watch to be established by creating objects until kubectl reports one.
+    let cm = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: default\n"
+        )
+    };
+    s.kubectl_stdin(&["apply", "-f", "-"], &cm("w1"));
+    assert_eq!(next(), "ADDED w1");
+    s.kubectl(&["label", "cm", "w1", "x=y"]);
+    assert_eq!(next(), "MODIFIED w1");
+    s.kubectl(&["delete", "cm", "w1"]);
+    assert_eq!(next(), "DELETED w1");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn unauthenticated_requests_get_401_except_health_and_version() {
+    let s = Server::start();
+    let server = format!("https://127.0.0.1:{}", s.port);
+    let ca = s.data_dir().join("ca.crt");
+    let anon = |args: &[&str]| {
+        // A bearer token is not a credential this server accepts (and keeps kubectl from
+        // prompting for a username).
+        let mut full = vec![
+            "--kubeconfig=/dev/null",
+            "--server",
+            &server,
+            "--certificate-authority",
+            path_str(&ca),
+            "--token=not-a-credential",
+        ];
+        full.extend_from_slice(args);
+        s.kubectl_cmd(&full)
+            .env_remove("KUBECONFIG")
+            .output()
+            .expect("kubectl")
+    };
+    let out = anon(&["get", "--raw", "/healthz"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok");
+    let out = anon(&["get", "--raw", "/version"]);
+    assert!(out.status.success());
+    let out = anon(&["get", "--raw", "/api/v1/namespaces"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Unauthorized"), "{err}");
+}
