@@ -433,3 +433,99 @@ fn unauthenticated_requests_get_401_except_health_and_version() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Unauthorized"), "{err}");
 }
+
+#[test]
+fn kubectl_create_sends_protobuf_and_it_is_understood() {
+    let s = Server::start();
+    s.kubectl(&["create", "namespace", "pb"]);
+    s.kubectl(&["create", "configmap", "c", "-n", "pb", "--from-literal=k=v"]);
+    s.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "s",
+        "-n",
+        "pb",
+        "--from-literal=p=q",
+    ]);
+    s.kubectl(&[
+        "create",
+        "deployment",
+        "d",
+        "-n",
+        "pb",
+        "--image=nginx:1.27",
+        "--replicas=2",
+        "--port=80",
+    ]);
+    s.kubectl(&[
+        "create",
+        "service",
+        "nodeport",
+        "n",
+        "-n",
+        "pb",
+        "--tcp=80:8080",
+    ]);
+    s.kubectl(&["create", "serviceaccount", "sa", "-n", "pb"]);
+    s.kubectl(&[
+        "create",
+        "job",
+        "j",
+        "-n",
+        "pb",
+        "--image=busybox",
+        "--",
+        "echo",
+        "hi",
+    ]);
+    s.kubectl(&["run", "p", "-n", "pb", "--image=nginx"]);
+    assert_eq!(
+        s.kubectl(&["get", "cm", "c", "-n", "pb", "-o", "jsonpath={.data.k}"]),
+        "v"
+    );
+    assert_eq!(
+        s.kubectl(&["get", "secret", "s", "-n", "pb", "-o", "jsonpath={.data.p}"]),
+        "cQ=="
+    );
+    assert_eq!(
+        s.kubectl(&["get", "deploy", "d", "-n", "pb", "-o", "jsonpath={.spec.replicas} {.spec.strategy.type} {.spec.template.spec.containers[0].ports[0].protocol}"]),
+        "2 RollingUpdate TCP"
+    );
+    assert_eq!(
+        s.kubectl(&[
+            "get",
+            "job",
+            "j",
+            "-n",
+            "pb",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].command}"
+        ]),
+        r#"["echo","hi"]"#
+    );
+    let pods = s.kubectl(&["get", "pods", "-n", "pb", "-o", "wide"]);
+    let header: Vec<&str> = pods.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "READY",
+            "STATUS",
+            "RESTARTS",
+            "AGE",
+            "IP",
+            "NODE",
+            "NOMINATED",
+            "NODE",
+            "READINESS",
+            "GATES"
+        ]
+    );
+    let row: Vec<&str> = pods.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[..4], ["p", "0/1", "Pending", "0"]);
+    assert!(
+        s.kubectl(&["describe", "pod", "p", "-n", "pb"])
+            .contains("Image:         nginx")
+    );
+}

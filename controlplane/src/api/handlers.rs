@@ -164,7 +164,10 @@ pub fn decode_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
     let essence = ct.split(';').next().unwrap_or_default().trim();
-    if essence.contains("protobuf") {
+    if essence == "application/vnd.kubernetes.protobuf" {
+        return super::protobuf::decode(body).map_err(|e| ApiError::bad_request(e.to_string()));
+    }
+    if essence.contains("protobuf") || essence.contains("cbor") {
         return Err(ApiError::unsupported_media_type(ct));
     }
     if essence.ends_with("yaml") {

@@ -8,6 +8,8 @@ pub mod discovery;
 pub mod handlers;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
+mod protobuf_fields;
 pub mod resources;
 pub mod schema;
 pub mod selectors;
