@@ -141,6 +141,13 @@ impl Runtime {
         cgroup.apply(&layout, &resources, &device_rules(spec))?;
         nix::unistd::mkfifo(&sd.fifo(), nix::sys::stat::Mode::from_bits_truncate(0o622))
             .ctx(|| format!("mkfifo {}", sd.fifo().display()))?;
+        // The umask trimmed the mode: any container user (or mapped root) must open it for writing.
+        std::fs::set_permissions(
+            &sd.fifo(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o622),
+        )
+        .ctx(|| format!("chmod {}", sd.fifo().display()))?;
+
         let fifo = sd.fifo();
         let hooks = spec.hooks().clone().unwrap_or_default();
         let pid = process::spawn(

@@ -422,17 +422,10 @@ pub fn pivot(rootfs: &Path, no_pivot: bool) -> Result<()> {
         .ctx(|| "move rootfs to /".into())?;
         nix::unistd::chroot(".").ctx(|| "chroot".into())?;
     } else {
-        // pivot_root(".", ".") stacks the old root on top of the new one; detach it.
+        // pivot_root(".", ".") stacks the old root on top of the new one; detach it. The old
+        // root is already a slave (see `prepare`), so the unmount does not reach the host.
         nix::unistd::pivot_root(".", ".")
             .ctx(|| format!("pivot_root into {}", rootfs.display()))?;
-        mount(
-            None::<&str>,
-            ".",
-            None::<&str>,
-            MsFlags::MS_SLAVE | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .ctx(|| "make the old root a slave".into())?;
         umount2(".", MntFlags::MNT_DETACH).ctx(|| "unmount the old root".into())?;
     }
     nix::unistd::chdir("/").ctx(|| "chdir /".into())

@@ -262,13 +262,20 @@ impl CgroupPaths {
     /// Removes the directories this container created, deepest first. Waits briefly for
     /// exiting processes to leave (rmdir answers EBUSY until they have).
     pub fn remove(&self) {
+        let leaves: Vec<&PathBuf> = self.v1.values().chain(self.v2.iter()).collect();
         for dir in self.created.iter().rev() {
-            for attempt in 0..200 {
+            // A parent we made may be shared by other containers by now: one try only.
+            let attempts = if leaves.contains(&dir) { 2000 } else { 1 };
+            for attempt in 1..=attempts {
                 match std::fs::remove_dir(dir) {
                     Ok(()) => break,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < 199 => {
-                        std::thread::sleep(std::time::Duration::from_millis(5))
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < attempts => {
+                        std::thread::sleep(std::time::Duration::from_millis(1))
+                    }
+                    Err(e) if attempts == 1 => {
+                        tracing::debug!("keep cgroup parent {}: {e}", dir.display());
+                        break;
                     }
                     Err(e) => {
                         tracing::warn!("remove cgroup {}: {e}", dir.display());

@@ -124,7 +124,11 @@ pub fn spawn(cfg: InitConfig, on_hooks: &mut dyn FnMut(Pid) -> Result<String>) -
     if pid == 0 {
         drop(parent);
         let err = init::run(cfg, &child).unwrap_err();
-        let _ = child.send(&Msg::Failed(err.to_string()));
+        // Before Ready the parent reports it; after, the parent is gone and stderr is all we have.
+        if child.send(&Msg::Failed(err.to_string())).is_err() {
+            eprintln!("skiff-runc init: {err}");
+        }
+
         // SAFETY: leave the forked child without running the parent's destructors.
         unsafe { libc::_exit(1) };
     }
