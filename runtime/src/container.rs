@@ -138,12 +138,15 @@ impl Runtime {
         };
         // Saved before the process exists so that `delete --force` can clean up after a crash.
         sd.save(&record)?;
-        cgroup.apply(&layout, &resources, &device_rules(spec))?;
+        cgroup
+            .apply(&layout, &resources, &device_rules(spec))
+            .map_err(|e| Error::Config(format!("linux.resources: {e}")))?;
+
         nix::unistd::mkfifo(&sd.fifo(), nix::sys::stat::Mode::from_bits_truncate(0o622))
             .ctx(|| format!("mkfifo {}", sd.fifo().display()))?;
         // The umask trimmed the mode: any container user (or mapped root) must open it for writing.
         std::fs::set_permissions(
-            &sd.fifo(),
+            sd.fifo(),
             std::os::unix::fs::PermissionsExt::from_mode(0o622),
         )
         .ctx(|| format!("chmod {}", sd.fifo().display()))?;

@@ -44,7 +44,7 @@ fn create_start_kill_delete_with_states() {
     runc.ok(&["start", &id]);
     assert_eq!(runc.status(&id), "running");
     let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
-    assert_eq!(cmdline, "sleep\01000\0");
+    assert_eq!(cmdline, "sleep\u{0}1000\u{0}");
     let out = runc.run(&["start", &id]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));

@@ -1,0 +1,222 @@
+//! cgroups on this host's layout: v1 hierarchies plus hugetlb on the cgroup2 mount (a hybrid).
+//! The same checks on a cgroup2-only machine run in the VM of `cgroup_v2_vm.rs`.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::path::Path;
+
+fn read(path: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(path.as_ref())
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.as_ref().display()))
+        .trim()
+        .to_string()
+}
+
+const V1: &str = "/sys/fs/cgroup";
+
+#[test]
+fn resources_are_written_and_removed_on_delete() {
+    let runc = Runc::new();
+    let cg = format!("/skiff-test-{}", unique("res"));
+    let b = Bundle::new(&["sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max; sleep 1000"]).with(|c| {
+        c["linux"]["cgroupsPath"] = json!(format!("{cg}/c"));
+        c["linux"]["resources"] = json!({
+            "memory": {"limit": 200 << 20, "reservation": 50 << 20, "swap": 300 << 20, "swappiness": 10},
+            "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0", "mems": "0"},
+            "pids": {"limit": 42},
+            "blockIO": {"throttleReadBpsDevice": [{"major": 254, "minor": 0, "rate": 1048576}]},
+            "hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}],
+            "devices": [{"allow": false, "access": "rwm"}]
+        });
+    });
+    let id = unique("res");
+    runc.ok(&["create", "--bundle", b.path_str(), &id]);
+    let pid = runc.state(&id)["pid"].as_i64().unwrap().to_string();
+    let dir = |ctrl: &str| format!("{V1}/{ctrl}{cg}/c");
+    assert_eq!(
+        read(format!("{}/memory.limit_in_bytes", dir("memory"))),
+        (200u64 << 20).to_string()
+    );
+    assert_eq!(
+        read(format!("{}/memory.soft_limit_in_bytes", dir("memory"))),
+        (50u64 << 20).to_string()
+    );
+    assert_eq!(
+        read(format!("{}/memory.memsw.limit_in_bytes", dir("memory"))),
+        (300u64 << 20).to_string()
+    );
+    assert_eq!(read(format!("{}/memory.swappiness", dir("memory"))), "10");
+    assert_eq!(read(format!("{}/cpu.shares", dir("cpu"))), "512");
+    assert_eq!(read(format!("{}/cpu.cfs_quota_us", dir("cpu"))), "50000");
+    assert_eq!(read(format!("{}/cpu.cfs_period_us", dir("cpu"))), "100000");
+    assert_eq!(read(format!("{}/cpuset.cpus", dir("cpuset"))), "0");
+    assert_eq!(read(format!("{}/cpuset.mems", dir("cpuset"))), "0");
+    assert_eq!(read(format!("{}/pids.max", dir("pids"))), "42");
+    assert_eq!(
+        read(format!("{}/blkio.throttle.read_bps_device", dir("blkio"))),
+        "254:0 1048576"
+    );
+    // hugetlb lives on the cgroup2 mount of this hybrid host.
+    assert_eq!(
+        read(format!("{}/hugetlb.2MB.max", dir("unified"))),
+        "4194304"
+    );
+    let devices = read(format!("{}/devices.list", dir("devices")));
+    assert!(
+        devices.contains("c 1:3 rwm") && !devices.contains("a *:* rwm"),
+        "{devices}"
+    );
+    // The init sits in every hierarchy's cgroup, including the cgroup2 one.
+    for ctrl in [
+        "memory", "cpu", "cpuset", "pids", "blkio", "devices", "freezer", "systemd", "unified",
+    ] {
+        assert!(
+            read(format!("{}/cgroup.procs", dir(ctrl)))
+                .lines()
+                .any(|l| l == pid),
+            "{ctrl}: init not in the cgroup"
+        );
+    }
+    runc.ok(&["start", &id]);
+    runc.ok(&["delete", "--force", &id]);
+    for ctrl in ["memory", "cpu", "cpuset", "pids", "unified", "systemd"] {
+        assert!(!Path::new(&dir(ctrl)).exists(), "{} left behind", dir(ctrl));
+        assert!(
+            !Path::new(&format!("{V1}/{ctrl}{cg}")).exists(),
+            "parent {cg} left behind in {ctrl}"
+        );
+    }
+}
+
+#[test]
+fn the_container_sees_its_own_cgroup_and_limits() {
+    let runc = Runc::new();
+    let cg = format!("/skiff-test-{}", unique("inside"));
+    let out = Bundle::sh(
+        &runc,
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max; grep -c ':/$' /proc/self/cgroup; \
+         for i in 1 2 3 4 5 6 7 8; do sleep 5 & done 2>&1 | grep -c 'Resource temporarily unavailable'; true",
+        |c| {
+            c["linux"]["cgroupsPath"] = json!(cg);
+            c["linux"]["resources"] = json!({"memory": {"limit": 64 << 20}, "pids": {"limit": 5}});
+        },
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], (64u64 << 20).to_string());
+    assert_eq!(lines[1], "5");
+    // With a cgroup namespace every hierarchy shows "/" as our own cgroup.
+    assert_eq!(
+        lines[2],
+        read("/proc/self/cgroup").lines().count().to_string()
+    );
+}
+
+#[test]
+fn relative_cgroups_path_is_under_our_own_cgroup() {
+    let runc = Runc::new();
+    let rel = unique("skiff-rel");
+    let b = Bundle::new(&["sleep", "1000"]).with(|c| {
+        c["linux"]["cgroupsPath"] = json!(format!("{rel}/c"));
+        c["linux"]["resources"] = json!({"pids": {"limit": 9}});
+    });
+    let id = unique("rel");
+    runc.ok(&["create", "--bundle", b.path_str(), &id]);
+    // Our own pids cgroup, as /proc/self/cgroup says.
+    let own = read("/proc/self/cgroup")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("8:pids:")
+                .or_else(|| l.split_once(":pids:").map(|x| x.1))
+        })
+        .unwrap_or("/")
+        .to_string();
+    let dir = Path::new(V1)
+        .join("pids")
+        .join(own.trim_start_matches('/'))
+        .join(&rel)
+        .join("c");
+    assert_eq!(read(dir.join("pids.max")), "9");
+    runc.ok(&["delete", "--force", &id]);
+    assert!(!dir.exists());
+}
+
+#[test]
+fn device_rules_are_enforced() {
+    let runc = Runc::new();
+    let out = Bundle::sh(
+        &runc,
+        "head -c1 /dev/null && echo null-ok; mknod /dev/blk b 7 0; head -c1 /dev/blk 2>&1 | grep -c 'not permitted'; \
+         mknod /dev/mem2 c 1 1; head -c1 /dev/mem2 2>&1 | grep -c 'not permitted'; \
+         mknod /dev/kmsg2 c 1 11; head -c1 /dev/kmsg2 >/dev/null 2>&1; echo kmsg-read-$?",
+        |c| {
+            c["linux"]["resources"] = json!({"devices": [
+                {"allow": false, "access": "rwm"},
+                {"allow": true, "type": "c", "major": 1, "minor": 11, "access": "r"}
+            ]});
+            c["process"]["capabilities"]["bounding"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("CAP_MKNOD"));
+            c["process"]["capabilities"]["effective"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("CAP_MKNOD"));
+            c["process"]["capabilities"]["permitted"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("CAP_MKNOD"));
+            c["root"]["readonly"] = json!(false);
+        },
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "null-ok");
+    assert_eq!(lines[1], "1", "block device 7:0 must be denied: {out}");
+    assert_eq!(lines[2], "1", "/dev/mem must be denied: {out}");
+    assert_ne!(lines[3], "kmsg-read-1 not permitted", "{out}");
+}
+
+#[test]
+fn block_io_weight_goes_to_bfq() {
+    let runc = Runc::new();
+    let cg = format!("/skiff-test-{}", unique("weight"));
+    let b = Bundle::new(&["sleep", "100"]).with(|c| {
+        c["linux"]["cgroupsPath"] = json!(cg);
+        c["linux"]["resources"] = json!({"blockIO": {"weight": 500}});
+    });
+    let id = unique("weight");
+    runc.ok(&["create", "--bundle", b.path_str(), &id]);
+    // No blkio.weight without CFQ: BFQ's weight file takes the same range, as runc does.
+    let file = ["blkio.weight", "blkio.bfq.weight"]
+        .iter()
+        .map(|f| format!("{V1}/blkio{cg}/{f}"))
+        .find(|f| Path::new(f).exists())
+        .unwrap();
+    assert!(read(&file).contains("500"), "{file}: {}", read(&file));
+    runc.ok(&["delete", "--force", &id]);
+}
+
+#[test]
+fn an_impossible_limit_is_a_clear_error_and_leaves_nothing() {
+    let runc = Runc::new();
+    let cg = format!("/skiff-test-{}", unique("bad"));
+    let b = Bundle::new(&["true"]).with(|c| {
+        c["linux"]["cgroupsPath"] = json!(format!("{cg}/c"));
+        c["linux"]["resources"] = json!({"memory": {"limit": 64 << 20}, "cpu": {"cpus": "4096"}});
+    });
+    let id = unique("bad");
+    let out = runc.run(&["create", "--bundle", b.path_str(), &id]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("linux.resources") && err.contains("cpuset.cpus"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(!runc.root.path().join(&id).exists());
+    assert!(
+        cgroup_dirs(&cg).is_empty(),
+        "cgroups left: {:?}",
+        cgroup_dirs(&cg)
+    );
+}

@@ -1,0 +1,96 @@
+//! kill -9 of the runtime mid-create, and concurrent lifecycles (needs root).
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+#[test]
+fn delete_force_cleans_up_after_a_runtime_killed_mid_create() {
+    let runc = Runc::new();
+    let cg = format!("/skiff-test-{}", unique("crash"));
+    let marker = tempfile::NamedTempFile::new().unwrap();
+    // The createRuntime hook runs while the container is half made: note we got there, then hang.
+    let b = Bundle::new(&["sleep", "1000"]).with(|c| {
+        c["linux"]["cgroupsPath"] = json!(cg);
+        c["hooks"] = json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}; sleep 30", marker.path().display())], "timeout": 60}]});
+    });
+    let id = unique("crash");
+    let mut create = runc
+        .cmd()
+        .args(["create", "--bundle", b.path_str(), &id])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(marker.path())
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the hook never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The hook got the state on stdin: the init exists, in the cgroup.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(marker.path()).unwrap()).unwrap();
+    assert_eq!(state["status"], "creating");
+    let init = state["pid"].as_i64().unwrap();
+    assert!(!cgroup_dirs(&cg).is_empty());
+    create.kill().unwrap(); // SIGKILL
+    create.wait().unwrap();
+    // Our init dies with its parent (PDEATHSIG).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{init}/stat")).exists()
+        && !std::fs::read_to_string(format!("/proc/{init}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "init {init} survived its runtime"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(runc.status(&id), "creating");
+    let out = runc.run(&["delete", &id]);
+    assert!(!out.status.success(), "a half-made container needs --force");
+    runc.ok(&["delete", "--force", &id]);
+    assert!(!runc.root.path().join(&id).exists());
+    assert!(
+        cgroup_dirs(&cg).is_empty(),
+        "cgroups left behind: {:?}",
+        cgroup_dirs(&cg)
+    );
+    // The orphaned hook (sleep 30) is not ours to keep.
+    let _ = std::process::Command::new("pkill")
+        .args(["-f", &format!("cat > {}", marker.path().display())])
+        .status();
+}
+
+#[test]
+fn concurrent_lifecycles_of_distinct_ids() {
+    let runc = std::sync::Arc::new(Runc::new());
+    let b = std::sync::Arc::new(Bundle::new(&["sh", "-c", "echo $(hostname)"]));
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let (runc, b) = (runc.clone(), b.clone());
+            std::thread::spawn(move || {
+                for round in 0..3 {
+                    let id = format!("conc-{i}-{round}");
+                    runc.ok(&["create", "--bundle", b.path_str(), &id]);
+                    runc.ok(&["start", &id]);
+                    let deadline = Instant::now() + Duration::from_secs(20);
+                    while runc.status(&id) != "stopped" {
+                        assert!(Instant::now() < deadline);
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    runc.ok(&["delete", &id]);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a lifecycle failed");
+    }
+    assert_eq!(runc.ok(&["list", "-q"]), "");
+    assert!(cgroup_dirs("conc-0-0").is_empty());
+}
