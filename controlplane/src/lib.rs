@@ -2,6 +2,7 @@
 //! revisioned store, plus the `skiff` command line.
 
 pub mod api;
+pub mod bench;
 pub mod pki;
 pub mod server;
 pub mod store;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use skiff_controlplane::bench;
 use skiff_controlplane::server::{self, ServerConfig};
 
 #[derive(Parser)]
@@ -34,6 +35,19 @@ enum Command {
         /// Seconds between bookmarks on watches that asked for them.
         #[arg(long, default_value_t = 60)]
         bookmark_interval: u64,
+    },
+    /// Measure an API server (started on a loopback port in a scratch directory) through a
+    /// Kubernetes client and print a table.
+    Bench {
+        /// Collection sizes to create, get from and list.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        sizes: Vec<usize>,
+        /// Watchers a change is fanned out to.
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+        /// Concurrent clients for create and get.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
     },
 }
 
@@ -64,6 +78,20 @@ fn main() -> anyhow::Result<()> {
             };
             rt.block_on(server::run(cfg, shutdown_signal()))
                 .context("skiff server")?;
+        }
+        Command::Bench {
+            sizes,
+            watchers,
+            concurrency,
+        } => {
+            let cfg = bench::BenchConfig {
+                sizes,
+                watchers,
+                concurrency: concurrency.max(1),
+                ..Default::default()
+            };
+            let rows = rt.block_on(bench::run(&cfg)).context("skiff bench")?;
+            print!("{}", bench::render(&rows));
         }
     }
     Ok(())
