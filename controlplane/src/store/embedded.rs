@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{Event, EventKind, KeyValue, RangeResult, Store, StoreError, StoreResult, WatchStream};
 
@@ -28,12 +28,36 @@ fn backend<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+type Decide = Box<dyn FnOnce(Option<&KeyValue>) -> StoreResult<WriteOp> + Send>;
+
+/// One guarded write waiting for the writer thread.
+struct WriteRequest {
+    key: String,
+    decide: Decide,
+    reply: oneshot::Sender<StoreResult<Event>>,
+}
+
+/// Most writes one transaction carries.
+const MAX_BATCH: usize = 512;
+
 struct Inner {
-    db: Database,
-    /// Serialises writers so that events reach the broadcast channel in revision order.
-    write_lock: Mutex<()>,
+    db: Arc<Database>,
+    writer: Mutex<Option<std::sync::mpsc::Sender<WriteRequest>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     events: broadcast::Sender<Arc<Event>>,
     compacted: AtomicU64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer thread; wait for it so the file is released.
+        if let Ok(mut w) = self.writer.lock() {
+            w.take();
+        }
+        if let Some(t) = self.writer_thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The redb-backed [`Store`].
@@ -60,10 +84,20 @@ impl EmbeddedStore {
         }
         txn.commit().map_err(backend)?;
         let (events, _) = broadcast::channel(4096);
+        let db = Arc::new(db);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = {
+            let (db, events) = (db.clone(), events.clone());
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || writer_loop(&db, &events, rx))
+                .map_err(backend)?
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
-                write_lock: Mutex::new(()),
+                writer: Mutex::new(Some(tx)),
+                writer_thread: Mutex::new(Some(thread)),
                 events,
                 compacted: AtomicU64::new(compacted),
             }),
@@ -182,72 +216,143 @@ enum WriteOp {
     Delete,
 }
 
+/// Applies one request inside the batch's transaction; an error leaves the tables untouched.
+fn apply_one(
+    kv: &mut redb::Table<&str, &[u8]>,
+    log: &mut redb::Table<u64, &[u8]>,
+    revision: u64,
+    key: &str,
+    decide: Decide,
+) -> StoreResult<Event> {
+    let current = match kv.get(key).map_err(backend)? {
+        Some(raw) => Some(decode_kv(key, raw.value())?),
+        None => None,
+    };
+    let event = match decide(current.as_ref())? {
+        WriteOp::Put(value) => {
+            let create = current.as_ref().map_or(revision, |c| c.create_revision);
+            kv.insert(key, encode_kv(create, revision, &value).as_slice())
+                .map_err(backend)?;
+            Event {
+                kind: EventKind::Put,
+                kv: KeyValue {
+                    key: key.to_string(),
+                    value,
+                    create_revision: create,
+                    mod_revision: revision,
+                },
+                prev: current,
+            }
+        }
+        WriteOp::Delete => {
+            let prev = current.ok_or_else(|| StoreError::NotFound(key.to_string()))?;
+            kv.remove(key).map_err(backend)?;
+            Event {
+                kind: EventKind::Delete,
+                kv: KeyValue {
+                    key: key.to_string(),
+                    value: prev.value.clone(),
+                    create_revision: prev.create_revision,
+                    mod_revision: revision,
+                },
+                prev: Some(prev),
+            }
+        }
+    };
+    log.insert(revision, encode_event(&event).as_slice())
+        .map_err(backend)?;
+    Ok(event)
+}
+
+/// Commits one batch; returns each request's outcome, in order.
+fn commit_batch(
+    db: &Database,
+    batch: Vec<(String, Decide)>,
+) -> StoreResult<Vec<StoreResult<Event>>> {
+    let txn = db.begin_write().map_err(backend)?;
+    let mut out = Vec::with_capacity(batch.len());
+    {
+        let mut kv = txn.open_table(KV).map_err(backend)?;
+        let mut log = txn.open_table(LOG).map_err(backend)?;
+        let mut meta = txn.open_table(META).map_err(backend)?;
+        let mut revision = meta
+            .get(META_REVISION)
+            .map_err(backend)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        for (key, decide) in batch {
+            let r = apply_one(&mut kv, &mut log, revision + 1, &key, decide);
+            if r.is_ok() {
+                revision += 1;
+            }
+            out.push(r);
+        }
+        meta.insert(META_REVISION, revision).map_err(backend)?;
+    }
+    txn.commit().map_err(backend)?;
+    Ok(out)
+}
+
+fn writer_loop(
+    db: &Database,
+    events: &broadcast::Sender<Arc<Event>>,
+    rx: std::sync::mpsc::Receiver<WriteRequest>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut requests = vec![first];
+        while requests.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => requests.push(r),
+                Err(_) => break,
+            }
+        }
+        let (batch, replies): (Vec<_>, Vec<_>) = requests
+            .into_iter()
+            .map(|r| ((r.key, r.decide), r.reply))
+            .unzip();
+        match commit_batch(db, batch) {
+            Ok(results) => {
+                for (result, reply) in results.into_iter().zip(replies) {
+                    if let Ok(ev) = &result {
+                        // No receivers is fine: nobody is watching.
+                        let _ = events.send(Arc::new(ev.clone()));
+                    }
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store commit failed");
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Backend(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
 impl Inner {
-    /// Runs one guarded write: `decide` sees the current value and returns the operation (or an
-    /// error, which aborts the transaction). Commits durably, then publishes the event.
-    fn write(
+    /// Queues one guarded write: `decide` sees the current value and returns the operation (or
+    /// an error, which leaves the store unchanged). Resolves once the write is durable.
+    async fn write(
         &self,
         key: &str,
-        decide: impl FnOnce(Option<&KeyValue>) -> StoreResult<WriteOp>,
+        decide: impl FnOnce(Option<&KeyValue>) -> StoreResult<WriteOp> + Send + 'static,
     ) -> StoreResult<Event> {
-        let _guard = self.write_lock.lock().map_err(backend)?;
-        let txn = self.db.begin_write().map_err(backend)?;
-        let event;
-        {
-            let mut kv = txn.open_table(KV).map_err(backend)?;
-            let mut log = txn.open_table(LOG).map_err(backend)?;
-            let mut meta = txn.open_table(META).map_err(backend)?;
-            let current = match kv.get(key).map_err(backend)? {
-                Some(raw) => Some(decode_kv(key, raw.value())?),
-                None => None,
-            };
-            let op = decide(current.as_ref())?;
-            let revision = meta
-                .get(META_REVISION)
-                .map_err(backend)?
-                .map(|v| v.value())
-                .unwrap_or(0)
-                + 1;
-            event = match op {
-                WriteOp::Put(value) => {
-                    let create = current.as_ref().map_or(revision, |c| c.create_revision);
-                    kv.insert(key, encode_kv(create, revision, &value).as_slice())
-                        .map_err(backend)?;
-                    Event {
-                        kind: EventKind::Put,
-                        kv: KeyValue {
-                            key: key.to_string(),
-                            value,
-                            create_revision: create,
-                            mod_revision: revision,
-                        },
-                        prev: current,
-                    }
-                }
-                WriteOp::Delete => {
-                    let prev = current.ok_or_else(|| StoreError::NotFound(key.to_string()))?;
-                    kv.remove(key).map_err(backend)?;
-                    Event {
-                        kind: EventKind::Delete,
-                        kv: KeyValue {
-                            key: key.to_string(),
-                            value: prev.value.clone(),
-                            create_revision: prev.create_revision,
-                            mod_revision: revision,
-                        },
-                        prev: Some(prev),
-                    }
-                }
-            };
-            log.insert(revision, encode_event(&event).as_slice())
-                .map_err(backend)?;
-            meta.insert(META_REVISION, revision).map_err(backend)?;
-        }
-        txn.commit().map_err(backend)?;
-        let event = Arc::new(event);
-        // No receivers is fine: nobody is watching.
-        let _ = self.events.send(event.clone());
-        Ok((*event).clone())
+        let (reply, rx) = oneshot::channel();
+        let request = WriteRequest {
+            key: key.to_string(),
+            decide: Box::new(decide),
+            reply,
+        };
+        self.writer
+            .lock()
+            .map_err(backend)?
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("store is closed".into()))?
+            .send(request)
+            .map_err(|_| StoreError::Backend("store writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("store writer stopped".into()))?
     }
 
     fn get(&self, key: &str) -> StoreResult<Option<KeyValue>> {
@@ -340,7 +445,6 @@ impl Inner {
     }
 
     fn compact(&self, revision: u64) -> StoreResult<()> {
-        let _guard = self.write_lock.lock().map_err(backend)?;
         let txn = self.db.begin_write().map_err(backend)?;
         {
             let mut log = txn.open_table(LOG).map_err(backend)?;
@@ -441,15 +545,16 @@ impl Store for EmbeddedStore {
     }
 
     fn create(&self, key: &str, value: Vec<u8>) -> BoxFuture<'_, StoreResult<KeyValue>> {
-        let (inner, key) = (self.inner.clone(), key.to_string());
-        blocking(move || {
-            inner
-                .write(&key, |cur| match cur {
-                    Some(_) => Err(StoreError::AlreadyExists(key.clone())),
+        let k = key.to_string();
+        async move {
+            self.inner
+                .write(&k.clone(), move |cur| match cur {
+                    Some(_) => Err(StoreError::AlreadyExists(k)),
                     None => Ok(WriteOp::Put(value)),
                 })
+                .await
                 .map(|e| e.kv)
-        })
+        }
         .boxed()
     }
 
@@ -459,22 +564,23 @@ impl Store for EmbeddedStore {
         value: Vec<u8>,
         expected_mod_revision: u64,
     ) -> BoxFuture<'_, StoreResult<KeyValue>> {
-        let (inner, key) = (self.inner.clone(), key.to_string());
-        blocking(move || {
-            inner
-                .write(&key, |cur| match cur {
-                    None => Err(StoreError::NotFound(key.clone())),
+        let k = key.to_string();
+        async move {
+            self.inner
+                .write(&k.clone(), move |cur| match cur {
+                    None => Err(StoreError::NotFound(k)),
                     Some(c) if c.mod_revision != expected_mod_revision => {
                         Err(StoreError::Conflict {
-                            key: key.clone(),
+                            key: k,
                             expected: expected_mod_revision,
                             found: c.mod_revision,
                         })
                     }
                     Some(_) => Ok(WriteOp::Put(value)),
                 })
+                .await
                 .map(|e| e.kv)
-        })
+        }
         .boxed()
     }
 
@@ -483,22 +589,23 @@ impl Store for EmbeddedStore {
         key: &str,
         expected_mod_revision: Option<u64>,
     ) -> BoxFuture<'_, StoreResult<KeyValue>> {
-        let (inner, key) = (self.inner.clone(), key.to_string());
-        blocking(move || {
-            inner
-                .write(&key, |cur| match (cur, expected_mod_revision) {
-                    (None, _) => Err(StoreError::NotFound(key.clone())),
+        let k = key.to_string();
+        async move {
+            self.inner
+                .write(&k.clone(), move |cur| match (cur, expected_mod_revision) {
+                    (None, _) => Err(StoreError::NotFound(k)),
                     (Some(c), Some(expected)) if c.mod_revision != expected => {
                         Err(StoreError::Conflict {
-                            key: key.clone(),
+                            key: k,
                             expected,
                             found: c.mod_revision,
                         })
                     }
                     _ => Ok(WriteOp::Delete),
                 })
+                .await
                 .map(|e| e.kv)
-        })
+        }
         .boxed()
     }
 
@@ -613,6 +720,40 @@ mod tests {
             Err(StoreError::Compacted { .. })
         ));
         assert!(s.watch("/registry/", 2).await.is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_batch_with_unique_revisions() {
+        let (_d, s) = open();
+        let mut tasks = Vec::new();
+        for i in 0..60 {
+            let s = s.clone();
+            // Ten writers race for the same key: exactly one may create it.
+            let key = if i < 10 {
+                "/registry/x/same".to_string()
+            } else {
+                format!("/registry/x/k{i}")
+            };
+            tasks.push(tokio::spawn(async move { s.create(&key, vec![1]).await }));
+        }
+        let mut revs = Vec::new();
+        let mut same_ok = 0;
+        for (i, t) in tasks.into_iter().enumerate() {
+            match t.await.unwrap() {
+                Ok(kv) => {
+                    revs.push(kv.mod_revision);
+                    if i < 10 {
+                        same_ok += 1;
+                    }
+                }
+                Err(StoreError::AlreadyExists(_)) => assert!(i < 10),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(same_ok, 1);
+        revs.sort();
+        assert_eq!(revs, (1..=51).collect::<Vec<u64>>());
+        assert_eq!(s.current_revision().await.unwrap(), 51);
     }
 
     #[tokio::test]
