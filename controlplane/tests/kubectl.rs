@@ -531,3 +531,41 @@ fn kubectl_create_sends_protobuf_and_it_is_understood() {
         "{d}"
     );
 }
+
+#[test]
+fn events_are_served_by_both_event_apis() {
+    let s = Server::start();
+    let ev = r#"
+apiVersion: events.k8s.io/v1
+kind: Event
+metadata: {name: pulled, namespace: default}
+eventTime: "2026-01-01T00:00:00.000000Z"
+reportingController: skiff-kubelet
+reportingInstance: node-1
+action: Pulling
+reason: Pulled
+regarding: {kind: Pod, name: web, namespace: default}
+note: Successfully pulled image
+type: Normal
+"#;
+    s.kubectl_stdin(&["apply", "-f", "-"], ev);
+    let core = s.kubectl(&["get", "events", "-n", "default", "-o", "jsonpath={.items[0].involvedObject.name} {.items[0].message} {.items[0].reportingComponent}"]);
+    assert_eq!(core, "web Successfully pulled image skiff-kubelet");
+    let table = s.kubectl(&["get", "events", "-n", "default"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    );
+    assert!(table.contains("pod/web"), "{table}");
+    let new = s.kubectl(&[
+        "get",
+        "events.events.k8s.io",
+        "pulled",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.regarding.name} {.note}",
+    ]);
+    assert_eq!(new, "web Successfully pulled image");
+}

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use super::resources::{self, RESOURCES, ResourceInfo};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{ApiError, ApiResult, FieldError};
-use super::{ApiServer, alloc, apply, defaults, patch, table, validation, watch};
+use super::{ApiServer, alloc, apply, convert, defaults, patch, table, validation, watch};
 use crate::store::{KeyValue, StoreError};
 
 /// The resource a request path names.
@@ -114,6 +114,11 @@ fn encode(o: &Value) -> Vec<u8> {
     let mut o = o.clone();
     meta_mut(&mut o).remove("resourceVersion");
     serde_json::to_vec(&o).expect("JSON values always serialise")
+}
+
+/// The stored bytes of an object served as `r`.
+fn encode_for(r: &ResourceInfo, o: &Value) -> Vec<u8> {
+    encode(&convert::to_storage(r, o.clone()))
 }
 
 fn set_rv(o: &mut Value, rev: u64) {
@@ -358,7 +363,7 @@ impl ApiServer {
             .get(&r.key(ns, name))
             .await?
             .ok_or_else(|| ApiError::not_found(r, name))?;
-        let v = decode_kv(&kv)?;
+        let v = convert::from_storage(r, decode_kv(&kv)?);
         Ok((kv, v))
     }
 
@@ -429,7 +434,7 @@ impl ApiServer {
                     stopped_early = true;
                     break;
                 }
-                let obj = decode_kv(&kv)?;
+                let obj = convert::from_storage(r, decode_kv(&kv)?);
                 last_key = Some(kv.key.clone());
                 let l = obj.pointer("/metadata/labels").and_then(Value::as_object);
                 if labels.matches(l) && fields.matches(&obj) {
@@ -652,7 +657,7 @@ impl ApiServer {
         if opts.dry_run {
             return Ok((StatusCode::CREATED, obj, warnings));
         }
-        let kv = match self.store.create(&key, encode(&obj)).await {
+        let kv = match self.store.create(&key, encode_for(r, &obj)).await {
             Ok(kv) => kv,
             Err(StoreError::AlreadyExists(_)) => return Err(ApiError::already_exists(r, &name)),
             Err(e) => return Err(e.into()),
@@ -779,7 +784,7 @@ impl ApiServer {
         }
         let kv = self
             .store
-            .update(&cur_kv.key, encode(&new), cur_kv.mod_revision)
+            .update(&cur_kv.key, encode_for(r, &new), cur_kv.mod_revision)
             .await
             .map_err(|e| self.write_error(r, &name, e))?;
         set_rv(&mut new, kv.mod_revision);
@@ -890,7 +895,7 @@ impl ApiServer {
                         apply::record_apply(&self.schemas, r, &mut owned, &manager, &config);
                         let kv2 = self
                             .store
-                            .update(&kv.key, encode(&owned), kv.mod_revision)
+                            .update(&kv.key, encode_for(r, &owned), kv.mod_revision)
                             .await
                             .map_err(|e| self.write_error(r, name, e))?;
                         set_rv(&mut owned, kv2.mod_revision);
@@ -1125,7 +1130,7 @@ impl ApiServer {
                 }
                 let kv2 = self
                     .store
-                    .update(&kv.key, encode(&new), kv.mod_revision)
+                    .update(&kv.key, encode_for(r, &new), kv.mod_revision)
                     .await
                     .map_err(|e| self.write_error(r, name, e))?;
                 set_rv(&mut new, kv2.mod_revision);

@@ -3,6 +3,7 @@
 
 pub mod alloc;
 pub mod apply;
+pub mod convert;
 pub mod defaults;
 pub mod discovery;
 pub mod handlers;

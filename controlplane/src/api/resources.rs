@@ -312,7 +312,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         ["ev"],
         [],
         [],
-        "events.k8s.io/events",
+        "events",
         "io.k8s.api.events.v1.Event"
     ),
 ];

@@ -20,7 +20,7 @@ use super::handlers::decode_kv;
 use super::resources::ResourceInfo;
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{ApiError, ApiResult};
-use super::table;
+use super::{convert, table};
 use crate::store::{EventKind, KeyValue};
 
 struct Filter {
@@ -73,8 +73,8 @@ impl Encoder {
     }
 }
 
-fn decode_event_kv(kv: &KeyValue) -> Option<Value> {
-    decode_kv(kv).ok()
+fn decode_event_kv(r: &ResourceInfo, kv: &KeyValue) -> Option<Value> {
+    decode_kv(kv).ok().map(|o| convert::from_storage(r, o))
 }
 
 pub async fn serve(
@@ -114,7 +114,7 @@ pub async fn serve(
     if initial {
         let list = app.store.range(&prefix, None, 0).await?;
         for kv in &list.kvs {
-            if let Some(o) = decode_event_kv(kv)
+            if let Some(o) = decode_event_kv(r, kv)
                 && filter.matches(&o)
             {
                 first.push(enc.line("ADDED", &o));
@@ -178,8 +178,8 @@ pub async fn serve(
                         }
                     };
                     last_rev = ev.revision();
-                    let new = decode_event_kv(&ev.kv);
-                    let old = ev.prev.as_ref().and_then(decode_event_kv);
+                    let new = decode_event_kv(r, &ev.kv);
+                    let old = ev.prev.as_ref().and_then(|p| decode_event_kv(r, p));
                     let old_match = old.as_ref().is_some_and(|o| filter.matches(o));
                     let line = match (ev.kind, new) {
                         (EventKind::Delete, Some(o)) if old_match => Some(enc.line("DELETED", &o)),
