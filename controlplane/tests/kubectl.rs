@@ -569,3 +569,87 @@ type: Normal
     ]);
     assert_eq!(new, "web Successfully pulled image");
 }
+
+#[test]
+fn status_subresource_cascading_delete_and_initial_events() {
+    let s = Server::start();
+    s.kubectl(&["create", "deployment", "web", "--image=nginx:1.27"]);
+    let uid = s.kubectl(&["get", "deploy", "web", "-o", "jsonpath={.metadata.uid}"]);
+    let rs = |name: &str, uid: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata:\n  name: {name}\n  namespace: default\n  ownerReferences:\n  - {{apiVersion: apps/v1, kind: Deployment, name: web, uid: {uid}, controller: true}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec: {{containers: [{{name: nginx, image: nginx:1.27}}]}}\n"
+        )
+    };
+    s.kubectl_stdin(&["apply", "-f", "-"], &rs("web-1", &uid));
+    // The status subresource changes status only; the main resource ignores status.
+    s.kubectl(&[
+        "patch",
+        "deploy",
+        "web",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"replicas":1,"readyReplicas":1},"spec":{"replicas":5}}"#,
+    ]);
+    assert_eq!(
+        s.kubectl(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.status.readyReplicas} {.spec.replicas} {.metadata.generation}"
+        ]),
+        "1 1 1"
+    );
+    s.kubectl(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"readyReplicas":9}}"#,
+    ]);
+    assert_eq!(
+        s.kubectl(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.status.readyReplicas}"
+        ]),
+        "1"
+    );
+    // Orphan keeps the dependent and drops its owner reference; background deletes it.
+    s.kubectl(&["delete", "deploy", "web", "--cascade=orphan"]);
+    assert_eq!(
+        s.kubectl(&[
+            "get",
+            "rs",
+            "web-1",
+            "-o",
+            "jsonpath={.metadata.ownerReferences}"
+        ]),
+        ""
+    );
+    s.kubectl(&["create", "deployment", "web", "--image=nginx:1.27"]);
+    let uid = s.kubectl(&["get", "deploy", "web", "-o", "jsonpath={.metadata.uid}"]);
+    s.kubectl_stdin(&["apply", "-f", "-"], &rs("web-2", &uid));
+    s.kubectl(&["delete", "deploy", "web"]);
+    let err = s.kubectl_err(&["get", "rs", "web-2"], None);
+    assert!(err.contains("not found"), "{err}");
+    s.kubectl(&["get", "rs", "web-1"]);
+
+    // A watch list: the initial state, then a bookmark marking its end.
+    let out = s.kubectl(&["get", "--raw", "/apis/apps/v1/namespaces/default/replicasets?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1"]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["type"], "ADDED");
+    assert_eq!(lines[0]["object"]["metadata"]["name"], "web-1");
+    assert_eq!(lines[1]["type"], "BOOKMARK");
+    assert_eq!(
+        lines[1]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+}

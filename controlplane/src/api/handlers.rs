@@ -1181,6 +1181,13 @@ impl ApiServer {
                     {
                         refs.retain(|o| o["uid"] != uid);
                     }
+                    if new
+                        .pointer("/metadata/ownerReferences")
+                        .and_then(Value::as_array)
+                        .is_some_and(|r| r.is_empty())
+                    {
+                        meta_mut(&mut new).remove("ownerReferences");
+                    }
                     // Lost races are fine: the dependent changed or went away.
                     let _ = self
                         .store
