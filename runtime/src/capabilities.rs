@@ -5,11 +5,17 @@ use caps::{CapSet, Capability, CapsHashSet};
 use oci_spec::runtime::{Capabilities, LinuxCapabilities};
 use std::str::FromStr;
 
+/// The capabilities this kernel knows, probed once (each probe is a prctl).
+fn supported() -> &'static CapsHashSet {
+    static SUPPORTED: std::sync::OnceLock<CapsHashSet> = std::sync::OnceLock::new();
+    SUPPORTED.get_or_init(caps::runtime::thread_all_supported)
+}
+
 fn convert(set: &Option<Capabilities>) -> CapsHashSet {
     let mut out = CapsHashSet::new();
     for c in set.iter().flatten() {
         match Capability::from_str(&format!("CAP_{c}")) {
-            Ok(cap) if caps::runtime::thread_all_supported().contains(&cap) => {
+            Ok(cap) if supported().contains(&cap) => {
                 out.insert(cap);
             }
             // As runc: a capability this kernel does not know is skipped with a warning.
@@ -23,7 +29,7 @@ fn convert(set: &Option<Capabilities>) -> CapsHashSet {
 /// switching user.
 pub fn apply_bounding(caps: &LinuxCapabilities) -> Result<()> {
     let keep = convert(caps.bounding());
-    for cap in caps::runtime::thread_all_supported() {
+    for &cap in supported() {
         if !keep.contains(&cap) {
             caps::drop(None, CapSet::Bounding, cap)
                 .map_err(|e| Error::Other(format!("drop {cap} from the bounding set: {e}")))?;

@@ -65,18 +65,19 @@ impl Runtime {
 
     /// Sets up the container and leaves its process blocked until `start`. Returns its pid.
     pub fn create(&self, id: &str, opts: CreateOptions) -> Result<Pid> {
-        self.create_with_console(id, opts, None)
+        state::validate_id(id)?;
+        let bundle = Bundle::load(&opts.bundle)?;
+        self.create_bundle(id, bundle, opts, None)
     }
 
-    fn create_with_console(
+    fn create_bundle(
         &self,
         id: &str,
+        bundle: Bundle,
         opts: CreateOptions,
         console_fd: Option<OwnedFd>,
     ) -> Result<Pid> {
-        state::validate_id(id)?;
         // Everything that can be checked is checked before anything is made.
-        let bundle = Bundle::load(&opts.bundle)?;
         let spec = &bundle.spec;
         let linux = spec
             .linux()
@@ -265,9 +266,13 @@ impl Runtime {
     /// runc's `run`: create, start, wait and delete; returns the exit code (128+signal when
     /// killed). With `detach`, returns 0 once started.
     pub fn run(&self, id: &str, opts: CreateOptions, detach: bool) -> Result<i32> {
-        let bundle_terminal = Bundle::load(&opts.bundle)
-            .ok()
-            .and_then(|b| b.spec.process().as_ref().and_then(|p| p.terminal()))
+        state::validate_id(id)?;
+        let bundle = Bundle::load(&opts.bundle)?;
+        let bundle_terminal = bundle
+            .spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
             .unwrap_or(false);
         if detach {
             if bundle_terminal && opts.console_socket.is_none() {
@@ -275,7 +280,7 @@ impl Runtime {
                     "cannot allocate tty if runc will detach without setting console socket".into(),
                 ));
             }
-            self.create(id, opts)?;
+            self.create_bundle(id, bundle, opts, None)?;
             self.start(id)?;
             return Ok(0);
         }
@@ -291,11 +296,11 @@ impl Runtime {
         let pid = if bundle_terminal && opts.console_socket.is_none() {
             let (ours, theirs) =
                 std::os::unix::net::UnixStream::pair().ctx(|| "socketpair".into())?;
-            let pid = self.create_with_console(id, opts, Some(OwnedFd::from(theirs)))?;
+            let pid = self.create_bundle(id, bundle, opts, Some(OwnedFd::from(theirs)))?;
             pty_proxy = Some(crate::console::Proxy::start(&ours)?);
             pid
         } else {
-            self.create(id, opts)?
+            self.create_bundle(id, bundle, opts, None)?
         };
         if let Err(e) = self.start(id) {
             let _ = self.delete(id, true);

@@ -4,8 +4,10 @@ use crate::error::{Context, Result};
 use std::io::Write;
 use std::path::Path;
 
-/// Writes `data` to `path` atomically: a temporary file in the same directory, fsync, rename.
-/// A crash leaves either the old or the new content, never a torn file.
+/// Writes `data` to `path` atomically: a temporary file in the same directory, then rename.
+/// A crash of the writer (kill -9) leaves either the old or the new content, never a torn
+/// file. No fsync: runtime state lives on /run, which does not survive a reboot anyway, and an
+/// fsync costs milliseconds per container on a disk-backed root.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
@@ -16,7 +18,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+
         std::fs::rename(&tmp, path)
     };
     write()
