@@ -185,11 +185,41 @@ pub fn decode_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
         .map_err(|e| ApiError::bad_request(format!("error decoding request body as JSON: {e}")))
 }
 
-fn wants_table(headers: &HeaderMap) -> bool {
-    headers
+/// What the client asked the response to be: the object, a Table, or metadata only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Object,
+    Table,
+    Metadata,
+}
+
+fn shape(headers: &HeaderMap) -> Shape {
+    let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("as=Table"))
+        .unwrap_or_default();
+    // The first clause we can serve wins, as in content negotiation.
+    for clause in accept.split(',') {
+        if clause.contains("as=Table") {
+            return Shape::Table;
+        }
+        if clause.contains("as=PartialObjectMetadata") {
+            return Shape::Metadata;
+        }
+        if clause.contains("json") || clause.contains("*/*") {
+            return Shape::Object;
+        }
+    }
+    Shape::Object
+}
+
+/// The `meta.k8s.io/v1` PartialObjectMetadata of an object.
+pub fn partial(o: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": o.get("metadata").cloned().unwrap_or(json!({})),
+    })
 }
 
 fn respond(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
@@ -239,7 +269,7 @@ impl ApiServer {
         let r = t.res;
         let ns = t.namespace.as_deref();
         let is_watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
-        let table = wants_table(headers);
+        let shape = shape(headers);
         let write = |(code, v, w): (StatusCode, Value, Vec<String>)| -> ApiResult<Response> {
             Ok(respond(code, &v, &w))
         };
@@ -254,36 +284,45 @@ impl ApiServer {
         }
         match (method, t.name.as_deref(), t.sub.as_deref()) {
             (&Method::GET, None, None) if is_watch => {
-                watch::serve(self.clone(), r, t.namespace.clone(), q, table).await
+                watch::serve(self.clone(), r, t.namespace.clone(), q, shape).await
             }
             (&Method::GET, None, None) => {
                 let list = self.list(r, ns, q).await?;
-                if table {
-                    let include = q.get("includeObject").map(String::as_str);
-                    Ok(respond(
-                        StatusCode::OK,
-                        &table::table_for_list(r, &list, include),
-                        &[],
-                    ))
-                } else {
-                    Ok(respond(StatusCode::OK, &list, &[]))
-                }
+                let include = q.get("includeObject").map(String::as_str);
+                let body = match shape {
+                    Shape::Table => table::table_for_list(r, &list, include),
+                    Shape::Metadata => {
+                        let items: Vec<Value> = list["items"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(partial)
+                            .collect();
+                        json!({
+                            "kind": "PartialObjectMetadataList",
+                            "apiVersion": "meta.k8s.io/v1",
+                            "metadata": list["metadata"],
+                            "items": items,
+                        })
+                    }
+                    Shape::Object => list,
+                };
+                Ok(respond(StatusCode::OK, &body, &[]))
             }
             (&Method::GET, Some(name), None) => {
                 let obj = self.get(r, ns, name).await?.1;
-                if table {
-                    let include = q.get("includeObject").map(String::as_str);
-                    let rv = meta_str(&obj, "resourceVersion")
-                        .unwrap_or_default()
-                        .to_string();
-                    Ok(respond(
-                        StatusCode::OK,
-                        &table::table_for_objects(r, std::slice::from_ref(&obj), &rv, include),
-                        &[],
-                    ))
-                } else {
-                    Ok(respond(StatusCode::OK, &obj, &[]))
-                }
+                let body = match shape {
+                    Shape::Table => {
+                        let include = q.get("includeObject").map(String::as_str);
+                        let rv = meta_str(&obj, "resourceVersion")
+                            .unwrap_or_default()
+                            .to_string();
+                        table::table_for_objects(r, std::slice::from_ref(&obj), &rv, include)
+                    }
+                    Shape::Metadata => partial(&obj),
+                    Shape::Object => obj,
+                };
+                Ok(respond(StatusCode::OK, &body, &[]))
             }
             (&Method::GET, Some(name), Some("status")) => Ok(respond(
                 StatusCode::OK,
@@ -1434,6 +1473,28 @@ mod tests {
                 .unwrap()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        let h = |a: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::ACCEPT, HeaderValue::from_str(a).unwrap());
+            shape(&m)
+        };
+        assert_eq!(
+            h("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"),
+            Shape::Table
+        );
+        assert_eq!(
+            h("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"),
+            Shape::Metadata
+        );
+        assert_eq!(
+            h("application/vnd.kubernetes.protobuf,application/json"),
+            Shape::Object
+        );
+        assert_eq!(shape(&HeaderMap::new()), Shape::Object);
     }
 
     #[test]

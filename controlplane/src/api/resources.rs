@@ -334,12 +334,6 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
         .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
-pub fn find_kind(group: &str, kind: &str) -> Option<&'static ResourceInfo> {
-    RESOURCES
-        .iter()
-        .find(|r| r.group == group && r.kind == kind)
-}
-
 fn roundtrip<T: DeserializeOwned + Serialize>(v: Value) -> Result<Value, String> {
     let typed: T = serde_json::from_value(v).map_err(|e| e.to_string())?;
     serde_json::to_value(typed).map_err(|e| e.to_string())

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::ApiServer;
-use super::handlers::decode_kv;
+use super::handlers::{Shape, decode_kv, partial};
 use super::resources::ResourceInfo;
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{ApiError, ApiResult};
@@ -38,20 +38,23 @@ impl Filter {
 
 struct Encoder {
     r: &'static ResourceInfo,
-    table: bool,
+    shape: Shape,
 }
 
 impl Encoder {
     fn line(&self, ty: &str, obj: &Value) -> Bytes {
-        let object = if self.table && ty != "ERROR" && ty != "BOOKMARK" {
-            let rv = obj
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            table::table_for_objects(self.r, std::slice::from_ref(obj), &rv, None)
-        } else {
-            obj.clone()
+        let object = match self.shape {
+            _ if ty == "ERROR" || ty == "BOOKMARK" => obj.clone(),
+            Shape::Table => {
+                let rv = obj
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                table::table_for_objects(self.r, std::slice::from_ref(obj), &rv, None)
+            }
+            Shape::Metadata => partial(obj),
+            Shape::Object => obj.clone(),
         };
         let mut s =
             serde_json::to_vec(&json!({"type": ty, "object": object})).expect("serialisable");
@@ -82,7 +85,7 @@ pub async fn serve(
     r: &'static ResourceInfo,
     namespace: Option<String>,
     q: &HashMap<String, String>,
-    table: bool,
+    shape: Shape,
 ) -> ApiResult<Response> {
     let filter = Filter {
         labels: LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))?,
@@ -101,7 +104,7 @@ pub async fn serve(
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(1800));
     let prefix = r.prefix(namespace.as_deref());
-    let enc = Encoder { r, table };
+    let enc = Encoder { r, shape };
 
     // Initial state: unset/"0" resourceVersion or sendInitialEvents=true.
     let initial = match send_initial {
