@@ -187,11 +187,14 @@ pub fn allocate(
     spec.insert("clusterIPs".into(), json!([ip]));
 
     let wants_node_ports = ty == "NodePort" || ty == "LoadBalancer";
-    let old_ports: Vec<i64> = old
+    let old_list: Vec<&Value> = old
         .and_then(|o| o.pointer("/spec/ports"))
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
+        .collect();
+    let old_ports: Vec<i64> = old_list
+        .iter()
         .filter_map(|p| p["nodePort"].as_i64())
         .collect();
     let mut taken: HashSet<i64> = in_use.node_ports.clone();
@@ -202,13 +205,19 @@ pub fn allocate(
                 p.remove("nodePort");
                 continue;
             }
-            match p
+            // An update that leaves a port's nodePort out keeps the one it had.
+            let kept = old_list
+                .iter()
+                .find(|o| o.get("port") == p.get("port") && o.get("protocol") == p.get("protocol"))
+                .and_then(|o| o["nodePort"].as_i64());
+            let requested = p
                 .get("nodePort")
                 .and_then(Value::as_i64)
-                .filter(|n| *n != 0)
-            {
+                .filter(|n| *n != 0);
+            match requested.or(kept) {
                 Some(n) if old_ports.contains(&n) => {
                     taken.insert(n);
+                    p.insert("nodePort".into(), json!(n));
                 }
                 Some(n) => {
                     let range = i64::from(net.node_port_min)..=i64::from(net.node_port_max);
@@ -277,5 +286,12 @@ mod tests {
         let mut same = a.clone();
         allocate(&net, &mut same, Some(&a), &used).unwrap();
         assert_eq!(same, a);
+        // ...also when the update leaves them out.
+        a["spec"]["ports"][0]["protocol"] = json!("TCP");
+        let mut bare =
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP"}]}});
+        allocate(&net, &mut bare, Some(&a), &used).unwrap();
+        assert_eq!(bare["spec"]["clusterIP"], a["spec"]["clusterIP"]);
+        assert_eq!(bare["spec"]["ports"][0]["nodePort"], json!(np));
     }
 }

@@ -778,6 +778,14 @@ impl ApiServer {
             );
         }
         defaults::apply(r.group, r.kind, &mut new);
+        // Allocated addresses and ports an update leaves out are kept, as the real server does.
+        let _alloc_guard;
+        if r.kind == "Service" {
+            _alloc_guard = self.alloc_lock.lock().await;
+            let in_use = self.services_in_use(&cur_kv.key).await?;
+            alloc::allocate(&self.network, &mut new, Some(cur), &in_use)
+                .map_err(|errs| ApiError::invalid(r, &name, errs))?;
+        }
         let mut errs = validation::validate(r, &new);
         errs.extend(validation::validate_update(r, cur, &new));
         if !errs.is_empty() {
@@ -793,13 +801,6 @@ impl ApiServer {
         if let Some(m) = &opts.field_manager {
             let changed = apply::changed_fields(cur, &new);
             apply::record_update(&self.schemas, r, &mut new, m, &changed, sub);
-        }
-        let _alloc_guard;
-        if r.kind == "Service" {
-            _alloc_guard = self.alloc_lock.lock().await;
-            let in_use = self.services_in_use(&cur_kv.key).await?;
-            alloc::allocate(&self.network, &mut new, Some(cur), &in_use)
-                .map_err(|errs| ApiError::invalid(r, &name, errs))?;
         }
         if &new == cur {
             return Ok((StatusCode::OK, new));
@@ -1245,7 +1246,8 @@ impl ApiServer {
         Ok(())
     }
 
-    /// Marks the namespace terminating, then empties it and removes it in the background.
+    /// Marks the namespace terminating, then empties it and removes it before answering (there
+    /// is no namespace controller yet to do it later).
     async fn delete_namespace(
         &self,
         r: &'static ResourceInfo,
