@@ -48,7 +48,14 @@ impl Bundle {
 
 /// Parses a runtime spec, naming the JSON path of a field that does not fit.
 pub fn parse_spec(data: &[u8]) -> Result<Spec, String> {
+    parse_json(data)
+}
+
+/// Parses any JSON input (config.json, exec's --process, update's --resources), naming the
+/// JSON path of a field that does not fit.
+pub fn parse_json<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T, String> {
     let de = &mut serde_json::Deserializer::from_slice(data);
+
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         if path == "." {

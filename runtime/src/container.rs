@@ -23,6 +23,16 @@ pub struct Runtime {
     pub root: PathBuf,
 }
 
+/// `exec`'s options; the process is complete (from --process or built from the flags).
+pub struct ExecOptions {
+    pub process: oci_spec::runtime::Process,
+    pub console_socket: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub detach: bool,
+    pub preserve_fds: i32,
+    pub ignore_paused: bool,
+}
+
 #[derive(Default)]
 pub struct CreateOptions {
     pub bundle: PathBuf,
@@ -92,6 +102,11 @@ impl Runtime {
         let layout = Layout::detect()?;
         let resources = linux.resources().clone().unwrap_or_default();
         cgroups::check_available(&layout, &resources)?;
+        let seccomp = linux
+            .seccomp()
+            .as_ref()
+            .map(crate::seccomp::Filter::new)
+            .transpose()?;
         let terminal = spec
             .process()
             .as_ref()
@@ -136,11 +151,13 @@ impl Runtime {
             annotations: spec.annotations().clone().unwrap_or_default(),
             cgroup: cgroup.clone(),
             hooks: spec.hooks().clone(),
+            seccomp: linux.seccomp().clone(),
         };
+
         // Saved before the process exists so that `delete --force` can clean up after a crash.
         sd.save(&record)?;
         cgroup
-            .apply(&layout, &resources, &device_rules(spec))
+            .apply(&layout, &resources, Some(&device_rules(spec)))
             .map_err(|e| Error::Config(format!("linux.resources: {e}")))?;
 
         nix::unistd::mkfifo(&sd.fifo(), nix::sys::stat::Mode::from_bits_truncate(0o622))
@@ -165,6 +182,7 @@ impl Runtime {
                 console_socket,
                 preserve_fds: opts.preserve_fds,
                 no_pivot: opts.no_pivot,
+                seccomp: seccomp.as_ref(),
             },
             &mut |pid| {
                 let mut r = record.clone();
@@ -310,6 +328,165 @@ impl Runtime {
         drop(pty_proxy);
         self.delete(id, true)?;
         Ok(code)
+    }
+
+    /// The process of the container's config.json: runc's template for `exec ID ARGS…`.
+    pub fn exec_template(&self, id: &str) -> Result<oci_spec::runtime::Process> {
+        let (record, _) = self.load(id)?;
+        let bundle = Bundle::load(&record.bundle)?;
+        bundle
+            .spec
+            .process()
+            .clone()
+            .ok_or_else(|| Error::Config("process: missing".into()))
+    }
+
+    /// Runs another process in the container; returns its exit code (0 once started with
+    /// `detach`).
+    pub fn exec(&self, id: &str, opts: ExecOptions) -> Result<i32> {
+        let (record, status) = self.load(id)?;
+        match status {
+            Status::Running | Status::Created => {}
+            Status::Paused if opts.ignore_paused => {}
+            Status::Paused => {
+                return Err(Error::State(
+                    "cannot exec in a paused container (use --ignore-paused)".into(),
+                ));
+            }
+            Status::Stopped | Status::Creating => {
+                return Err(Error::State("cannot exec in a stopped container".into()));
+            }
+        }
+        let terminal = opts.process.terminal().unwrap_or(false);
+        if terminal && opts.detach && opts.console_socket.is_none() {
+            return Err(Error::Config(
+                "cannot allocate tty if runc will detach without setting console socket".into(),
+            ));
+        }
+        let seccomp = record
+            .seccomp
+            .as_ref()
+            .map(crate::seccomp::Filter::new)
+            .transpose()?;
+        let layout = Layout::detect()?;
+        let (mut proxy_socket, console_socket) = match &opts.console_socket {
+            Some(path) => (None, Some(console::connect(path)?)),
+            None if terminal => {
+                let (ours, theirs) =
+                    std::os::unix::net::UnixStream::pair().ctx(|| "socketpair".into())?;
+                (Some(ours), Some(OwnedFd::from(theirs)))
+            }
+            None => (None, None),
+        };
+        let forwarded = forwarded_signals();
+        if !opts.detach {
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_BLOCK,
+                Some(&forwarded),
+                None,
+            )
+            .ctx(|| "block signals".into())?;
+        }
+        let pid = process::spawn_exec(process::ExecConfig {
+            process: &opts.process,
+            init_pid: record.pid,
+            layout: &layout,
+            cgroup: &record.cgroup,
+            seccomp: seccomp.as_ref(),
+            state_json: state_json(&record, status),
+            console_socket,
+            preserve_fds: opts.preserve_fds,
+        })?;
+        if let Some(pid_file) = &opts.pid_file {
+            let path = std::path::absolute(pid_file)
+                .ctx(|| format!("--pid-file {}", pid_file.display()))?;
+            fsutil::write_atomic(&path, pid.to_string().as_bytes())?;
+        }
+        if opts.detach {
+            return Ok(0);
+        }
+        let proxy = proxy_socket
+            .take()
+            .map(|s| console::Proxy::start(&s))
+            .transpose()?;
+        let code = wait_forwarding(pid, &forwarded);
+        drop(proxy);
+        Ok(code)
+    }
+
+    /// Freezes every process of the container.
+    pub fn pause(&self, id: &str) -> Result<()> {
+        let (record, status) = self.load(id)?;
+        match status {
+            Status::Running | Status::Created => record.cgroup.set_frozen(true),
+            Status::Paused => Err(Error::State("container already paused".into())),
+            _ => Err(Error::State("container not running".into())),
+        }
+    }
+
+    pub fn resume(&self, id: &str) -> Result<()> {
+        let (record, status) = self.load(id)?;
+        match status {
+            Status::Paused => record.cgroup.set_frozen(false),
+            _ => Err(Error::State("container not paused".into())),
+        }
+    }
+
+    /// Changes the resource limits of a live container (devices are left as created).
+    pub fn update(&self, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        let (record, status) = self.load(id)?;
+        if status == Status::Stopped {
+            return Err(Error::State("container not running".into()));
+        }
+        if resources.devices().as_ref().is_some_and(|d| !d.is_empty()) {
+            tracing::warn!("update: device rules cannot be changed on a live container; ignored");
+        }
+        let layout = Layout::detect()?;
+        cgroups::check_available(&layout, resources)?;
+        record
+            .cgroup
+            .apply(&layout, resources, None)
+            .map_err(|e| Error::Config(format!("linux.resources: {e}")))
+    }
+
+    /// runc's `events --stats` event: `{"type":"stats","id":…,"data":…}`.
+    pub fn stats(&self, id: &str) -> Result<serde_json::Value> {
+        let (record, status) = self.load(id)?;
+        if status == Status::Stopped {
+            return Err(Error::State("container not running".into()));
+        }
+        Ok(serde_json::json!({"type": "stats", "id": id, "data": record.cgroup.stats()}))
+    }
+
+    /// runc's `events`: a stats event every `interval` and an `oom` event whenever the kernel
+    /// OOM-kills a process of the container, until it stops.
+    pub fn events(
+        &self,
+        id: &str,
+        interval: Duration,
+        emit: &mut dyn FnMut(&serde_json::Value),
+    ) -> Result<()> {
+        let (record, _) = self.load(id)?;
+        let mut ooms = record.cgroup.oom_kills();
+        let mut next_stats = Instant::now();
+        loop {
+            let status = record.status(&self.dir(id));
+            if status == Status::Stopped || !self.dir(id).dir.exists() {
+                return Ok(());
+            }
+            let now_ooms = record.cgroup.oom_kills();
+            if now_ooms > ooms {
+                emit(&serde_json::json!({"type": "oom", "id": id}));
+                ooms = now_ooms;
+            }
+            if Instant::now() >= next_stats {
+                emit(
+                    &serde_json::json!({"type": "stats", "id": id, "data": record.cgroup.stats()}),
+                );
+                next_stats = Instant::now() + interval;
+            }
+            std::thread::sleep(Duration::from_millis(100).min(interval));
+        }
     }
 
     pub fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()> {

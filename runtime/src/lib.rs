@@ -18,8 +18,9 @@ pub mod process;
 pub mod rlimits;
 pub mod rootfs;
 pub mod sealed_exe;
+pub mod seccomp;
 pub mod spec_template;
 pub mod state;
 
-pub use container::{CreateOptions, Runtime};
+pub use container::{CreateOptions, ExecOptions, Runtime};
 pub use error::{Error, Result};

@@ -121,6 +121,100 @@ enum Command {
     },
     /// Print the features this runtime implements as JSON.
     Features,
+    /// Run another process in a running container.
+    Exec(ExecArgs),
+    /// Freeze every process of a container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// Print the container's stats (--stats) or stream stats and OOM events.
+    Events {
+        #[arg(long)]
+        stats: bool,
+        /// Interval between stats events, e.g. 5s, 500ms.
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        id: String,
+    },
+    /// Change the resource limits of a running container.
+    Update(UpdateArgs),
+}
+
+#[derive(clap::Args)]
+struct ExecArgs {
+    #[arg(long = "console-socket")]
+    console_socket: Option<PathBuf>,
+    #[arg(long)]
+    cwd: Option<PathBuf>,
+    #[arg(short, long = "env")]
+    env: Vec<String>,
+    #[arg(short, long)]
+    tty: bool,
+    /// uid[:gid]
+    #[arg(short, long)]
+    user: Option<String>,
+    #[arg(short = 'g', long = "additional-gids")]
+    additional_gids: Vec<u32>,
+    /// A process.json (the "process" object of config.json).
+    #[arg(short, long)]
+    process: Option<PathBuf>,
+    #[arg(short, long)]
+    detach: bool,
+    #[arg(long = "pid-file")]
+    pid_file: Option<PathBuf>,
+    /// Accepted for compatibility; no SELinux here.
+    #[arg(long = "process-label")]
+    process_label: Option<String>,
+    /// Accepted for compatibility; no AppArmor here.
+    #[arg(short, long)]
+    apparmor: Option<String>,
+    #[arg(long = "no-new-privs")]
+    no_new_privs: bool,
+    #[arg(short, long = "cap")]
+    cap: Vec<String>,
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    preserve_fds: i32,
+    #[arg(long = "ignore-paused")]
+    ignore_paused: bool,
+    id: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct UpdateArgs {
+    /// A JSON file with linux.resources ("-" for stdin).
+    #[arg(short, long)]
+    resources: Option<PathBuf>,
+    #[arg(long = "blkio-weight")]
+    blkio_weight: Option<u16>,
+    #[arg(long = "cpu-period")]
+    cpu_period: Option<u64>,
+    #[arg(long = "cpu-quota")]
+    cpu_quota: Option<i64>,
+    #[arg(long = "cpu-rt-period")]
+    cpu_rt_period: Option<u64>,
+    #[arg(long = "cpu-rt-runtime")]
+    cpu_rt_runtime: Option<i64>,
+    #[arg(long = "cpu-share")]
+    cpu_share: Option<u64>,
+    #[arg(long = "cpuset-cpus")]
+    cpuset_cpus: Option<String>,
+    #[arg(long = "cpuset-mems")]
+    cpuset_mems: Option<String>,
+    /// Bytes, or with a unit: 512k, 100m, 1g.
+    #[arg(long)]
+    memory: Option<String>,
+    #[arg(long = "memory-reservation")]
+    memory_reservation: Option<String>,
+    #[arg(long = "memory-swap")]
+    memory_swap: Option<String>,
+    #[arg(long = "pids-limit")]
+    pids_limit: Option<i64>,
+    /// Accepted for compatibility; kernel memory limits are gone from current kernels.
+    #[arg(long = "kernel-memory")]
+    kernel_memory: Option<String>,
+    id: String,
 }
 
 fn main() {
@@ -222,6 +316,28 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
             std::fs::write(&path, serde_json::to_string_pretty(&spec)? + "\n")?;
         }
         Command::Features => println!("{}", serde_json::to_string_pretty(&features::features())?),
+        Command::Exec(args) => {
+            seal()?;
+            return exec(&rt, args);
+        }
+        Command::Pause { id } => rt.pause(id)?,
+        Command::Resume { id } => rt.resume(id)?,
+        Command::Events {
+            stats,
+            interval,
+            id,
+        } => {
+            if *stats {
+                println!("{}", rt.stats(id)?);
+            } else {
+                let interval = parse_duration(interval)?;
+                rt.events(id, interval, &mut |event| {
+                    println!("{event}");
+                    let _ = std::io::stdout().flush();
+                })?;
+            }
+        }
+        Command::Update(args) => rt.update(&args.id, &update_resources(args)?)?,
     }
     Ok(0)
 }
@@ -376,4 +492,216 @@ fn ps(rt: &Runtime, id: &str, format: &str, ps_args: &[String]) -> anyhow::Resul
         other => anyhow::bail!("invalid format option {other:?}: want table or json"),
     }
     Ok(())
+}
+
+/// exec's process: --process FILE as is, or the container's own process with the flags applied
+/// (runc's rules: env appended, --cap added to bounding/effective/permitted and to ambient when
+/// inheritable is set).
+fn exec(rt: &Runtime, a: &ExecArgs) -> anyhow::Result<i32> {
+    let process: oci_spec::runtime::Process = match &a.process {
+        Some(path) => {
+            let data = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("--process {}: {e}", path.display()))?;
+            skiff_runtime::bundle::parse_json(&data)
+                .map_err(|e| anyhow::anyhow!("--process {}: {e}", path.display()))?
+        }
+        None => {
+            if a.args.is_empty() {
+                anyhow::bail!("exec: no command given (use --process FILE or ARGS)");
+            }
+            let mut p = rt.exec_template(&a.id)?;
+            p.set_args(Some(a.args.clone()));
+            let mut env = p.env().clone().unwrap_or_default();
+            env.extend(a.env.iter().cloned());
+            p.set_env(Some(env));
+            if let Some(cwd) = &a.cwd {
+                p.set_cwd(cwd.clone());
+            }
+            if let Some(user) = &a.user {
+                let (uid, gid) = user.split_once(':').unwrap_or((user, "0"));
+                let uid = uid
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--user {user}: want uid[:gid]"))?;
+                let gid = gid
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--user {user}: want uid[:gid]"))?;
+                p.user_mut().set_uid(uid);
+                p.user_mut().set_gid(gid);
+            }
+            if !a.additional_gids.is_empty() {
+                p.user_mut()
+                    .set_additional_gids(Some(a.additional_gids.clone()));
+            }
+            p.set_terminal(Some(a.tty));
+            if a.no_new_privs {
+                p.set_no_new_privileges(Some(true));
+            }
+            if !a.cap.is_empty() {
+                p.set_capabilities(Some(add_caps(
+                    p.capabilities().clone().unwrap_or_default(),
+                    &a.cap,
+                )?));
+            }
+            p
+        }
+    };
+    Ok(rt.exec(
+        &a.id,
+        skiff_runtime::ExecOptions {
+            process,
+            console_socket: a.console_socket.clone(),
+            pid_file: a.pid_file.clone(),
+            detach: a.detach,
+            preserve_fds: a.preserve_fds,
+            ignore_paused: a.ignore_paused,
+        },
+    )?)
+}
+
+fn add_caps(
+    mut caps: oci_spec::runtime::LinuxCapabilities,
+    add: &[String],
+) -> anyhow::Result<oci_spec::runtime::LinuxCapabilities> {
+    use std::str::FromStr;
+    let mut parsed = vec![];
+    for c in add {
+        let name = c.strip_prefix("CAP_").unwrap_or(c);
+        parsed.push(
+            oci_spec::runtime::Capability::from_str(name)
+                .map_err(|_| anyhow::anyhow!("--cap {c}: unknown capability"))?,
+        );
+    }
+    let extend = |set: &Option<oci_spec::runtime::Capabilities>| {
+        let mut s = set.clone().unwrap_or_default();
+        s.extend(parsed.iter().copied());
+        Some(s)
+    };
+    let with_ambient = caps.inheritable().as_ref().is_some_and(|i| !i.is_empty());
+    let (b, e, p) = (
+        extend(caps.bounding()),
+        extend(caps.effective()),
+        extend(caps.permitted()),
+    );
+    caps.set_bounding(b);
+    caps.set_effective(e);
+    caps.set_permitted(p);
+    if with_ambient {
+        let a = extend(caps.ambient());
+        caps.set_ambient(a);
+    }
+    Ok(caps)
+}
+
+/// "5s", "500ms", "1m", or plain seconds.
+fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => anyhow::bail!("invalid duration {s:?}: unit must be ms, s, m or h"),
+    };
+    if secs <= 0.0 {
+        anyhow::bail!("invalid duration {s:?}: must be positive");
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// Bytes with an optional binary unit (k, m, g, t; "b" and "-1" allowed), as runc's flags take.
+fn parse_bytes(flag: &str, s: &str) -> anyhow::Result<i64> {
+    if s == "-1" {
+        return Ok(-1);
+    }
+    let lower = s.trim().to_ascii_lowercase();
+    let lower = lower.strip_suffix('b').unwrap_or(&lower);
+    let (num, mult) = match lower.chars().last() {
+        Some('k') => (&lower[..lower.len() - 1], 1i64 << 10),
+        Some('m') => (&lower[..lower.len() - 1], 1 << 20),
+        Some('g') => (&lower[..lower.len() - 1], 1 << 30),
+        Some('t') => (&lower[..lower.len() - 1], 1 << 40),
+        _ => (lower, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--{flag} {s:?}: not a size"))?;
+    Ok((n * mult as f64) as i64)
+}
+
+/// update's resources: --resources FILE (or stdin), then the flags on top.
+fn update_resources(a: &UpdateArgs) -> anyhow::Result<oci_spec::runtime::LinuxResources> {
+    use serde_json::{Value, json};
+    let mut r: Value = match &a.resources {
+        Some(path) => {
+            let data = if path.as_os_str() == "-" {
+                let mut v = vec![];
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)?;
+                v
+            } else {
+                std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("--resources {}: {e}", path.display()))?
+            };
+            skiff_runtime::bundle::parse_json(&data)
+                .map_err(|e| anyhow::anyhow!("--resources {}: {e}", path.display()))?
+        }
+        None => json!({}),
+    };
+    let mut set = |section: &str, key: &str, v: Value| {
+        if !r[section].is_object() {
+            r[section] = json!({});
+        }
+        r[section][key] = v;
+    };
+    if let Some(v) = a.blkio_weight {
+        set("blockIO", "weight", v.into());
+    }
+    if let Some(v) = a.cpu_period {
+        set("cpu", "period", v.into());
+    }
+    if let Some(v) = a.cpu_quota {
+        set("cpu", "quota", v.into());
+    }
+    if let Some(v) = a.cpu_rt_period {
+        set("cpu", "realtimePeriod", v.into());
+    }
+    if let Some(v) = a.cpu_rt_runtime {
+        set("cpu", "realtimeRuntime", v.into());
+    }
+    if let Some(v) = a.cpu_share {
+        set("cpu", "shares", v.into());
+    }
+    if let Some(v) = &a.cpuset_cpus {
+        set("cpu", "cpus", v.clone().into());
+    }
+    if let Some(v) = &a.cpuset_mems {
+        set("cpu", "mems", v.clone().into());
+    }
+    if let Some(v) = &a.memory {
+        set("memory", "limit", parse_bytes("memory", v)?.into());
+    }
+    if let Some(v) = &a.memory_reservation {
+        set(
+            "memory",
+            "reservation",
+            parse_bytes("memory-reservation", v)?.into(),
+        );
+    }
+    if let Some(v) = &a.memory_swap {
+        set("memory", "swap", parse_bytes("memory-swap", v)?.into());
+    }
+    if let Some(v) = a.pids_limit {
+        set("pids", "limit", v.into());
+    }
+    if a.kernel_memory.is_some() {
+        tracing::warn!(
+            "--kernel-memory is ignored: kernel memory limits are not supported by current kernels"
+        );
+    }
+    serde_json::from_value(r).map_err(|e| anyhow::anyhow!("resources: {e}"))
 }

@@ -55,6 +55,9 @@ pub struct Record {
     /// The hooks of config.json at create time (poststart and poststop run later).
     #[serde(default)]
     pub hooks: Option<oci_spec::runtime::Hooks>,
+    /// linux.seccomp at create time: `exec` puts its processes under the same filter.
+    #[serde(default)]
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
 }
 
 /// runc's `state` JSON.

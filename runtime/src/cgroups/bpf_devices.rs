@@ -175,7 +175,13 @@ pub fn apply(dir: &Path, rules: &[LinuxDeviceCgroup]) -> Result<()> {
             license: license.as_ptr() as u64,
             log_level: u32::from(!log.is_empty()),
             log_size: log.len() as u32,
-            log_buf: log.as_mut_ptr() as u64,
+            // The kernel refuses a non-null buffer of size 0: null when there is no log.
+            log_buf: if log.is_empty() {
+                0
+            } else {
+                log.as_mut_ptr() as u64
+            },
+
             ..Default::default()
         };
         bpf(BPF_PROG_LOAD, &mut attr)

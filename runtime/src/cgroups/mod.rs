@@ -7,6 +7,7 @@
 //! `bpf_devices.rs` the v2 device program. Every write is a single write(2) to a cgroupfs file.
 
 pub mod bpf_devices;
+pub mod stats;
 pub mod v1;
 pub mod v2;
 
@@ -374,7 +375,7 @@ impl CgroupPaths {
         &self,
         layout: &Layout,
         res: &LinuxResources,
-        devices: &[LinuxDeviceCgroup],
+        devices: Option<&[LinuxDeviceCgroup]>,
     ) -> Result<()> {
         for (mount, dir) in &self.v1 {
             let ctrls = layout
@@ -383,7 +384,7 @@ impl CgroupPaths {
                 .find(|h| &h.mountpoint == mount)
                 .map(|h| h.controllers.clone());
             for ctrl in ctrls.iter().flatten() {
-                v1::apply(ctrl, dir, res, devices)?;
+                v1::apply(ctrl, dir, res, devices.unwrap_or_default())?;
             }
         }
         if let (Some(dir), Some((_, ctrls, _))) = (&self.v2, &layout.v2) {
@@ -391,7 +392,9 @@ impl CgroupPaths {
                 ctrls.iter().any(|x| x == c) && layout.controller(c) == Some(Hierarchy::V2)
             };
             v2::apply(dir, res, &on_v2)?;
-            if layout.is_unified() {
+            if layout.is_unified()
+                && let Some(devices) = devices
+            {
                 bpf_devices::apply(dir, devices)?;
             }
         }

@@ -5,14 +5,15 @@ use super::InitConfig;
 use super::channel::{Channel, Msg};
 use crate::error::{Context, Error, Result};
 use crate::rootfs::{self, RootfsContext};
+use crate::seccomp::Filter;
 use crate::{capabilities, console, rlimits};
 use nix::fcntl::{OFlag, open, openat};
 use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::stat::Mode;
-use oci_spec::runtime::LinuxNamespaceType;
+use oci_spec::runtime::{LinuxNamespaceType, Process};
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -112,24 +113,71 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
     }
     rootfs::pivot(cfg.rootfs, cfg.no_pivot)?;
     rootfs::finalize(spec)?;
+    let seccomp = cfg.seccomp;
+    let ready = prepare(process, cfg.console_socket, seccomp, &state_json)?;
+    // After Ready the parent exits (create): the death signal must not follow.
+    nix::sys::prctl::set_pdeathsig(None).ctx(|| "prctl PDEATHSIG".into())?;
+    chan.send(&Msg::Ready)?;
+    // Blocks until `start` opens the fifo for reading.
+    let fd = format!("thread-self/fd/{}", fifo.as_raw_fd());
+    let writer = openat(
+        &host_proc,
+        fd.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| "open the exec fifo".into())?;
+    nix::unistd::write(&writer, &[0]).ctx(|| "write the exec fifo".into())?;
+    drop((writer, fifo, host_proc));
+    if let Some(start_hooks) = hooks.start_container().as_deref().filter(|h| !h.is_empty()) {
+        crate::hooks::run("startContainer", start_hooks, state_json.as_bytes())?;
+    }
+    ready.exec(cfg.preserve_fds, seccomp, &state_json)
+}
+
+/// A process about to exec: everything is set up but the late seccomp filter.
+pub struct Ready {
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<String>,
+    /// With no_new_privs the filter is loaded last, right before execve, so that as few of our
+    /// own syscalls as possible run under it (as runc does).
+    seccomp_late: bool,
+}
+
+/// The steps shared by a container's init and an exec'd process, inside the container: the
+/// terminal, the program lookup, rlimits, no_new_privs, seccomp (early when it needs
+/// CAP_SYS_ADMIN), the bounding set, the user, the working directory and the capabilities.
+pub fn prepare(
+    process: &Process,
+    console_socket: Option<OwnedFd>,
+    seccomp: Option<&Filter>,
+    state_json: &str,
+) -> Result<Ready> {
     if process.terminal().unwrap_or(false) {
-        let socket = cfg.console_socket.as_ref().ok_or_else(|| {
+        let socket = console_socket.as_ref().ok_or_else(|| {
             Error::Config("process.terminal is true but there is no --console-socket".into())
         })?;
         let size = process.console_size().map(|b| (b.height(), b.width()));
         let master = console::setup_pty(size)?;
         console::send_fd(socket.as_raw_fd(), master.as_raw_fd(), "/dev/ptmx")?;
     }
-    drop(cfg.console_socket);
+    drop(console_socket);
     let env: Vec<String> = with_home(
         process.env().clone().unwrap_or_default(),
         process.user().uid(),
     );
     let args = process.args().clone().unwrap_or_default();
-    let program = find_program(&args[0], &env)?;
+    let name = args
+        .first()
+        .ok_or_else(|| Error::Config("process.args: must name the program to run".into()))?;
+    let program = find_program(name, &env)?;
     rlimits::apply(process.rlimits().as_deref().unwrap_or_default())?;
-    if process.no_new_privileges().unwrap_or(false) {
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    if nnp {
         nix::sys::prctl::set_no_new_privs().ctx(|| "set no_new_privs".into())?;
+    } else if let Some(filter) = seccomp {
+        filter.load(state_json)?;
     }
     if let Some(caps) = process.capabilities() {
         capabilities::apply_bounding(caps)?;
@@ -149,37 +197,41 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
             caps::clear(None, set).map_err(|e| Error::Other(format!("clear capabilities: {e}")))?;
         }
     }
-    // After Ready the parent exits (create): the death signal must not follow.
-    nix::sys::prctl::set_pdeathsig(None).ctx(|| "prctl PDEATHSIG".into())?;
-    chan.send(&Msg::Ready)?;
-    // Blocks until `start` opens the fifo for reading.
-    let fd = format!("thread-self/fd/{}", fifo.as_raw_fd());
-    let writer = openat(
-        &host_proc,
-        fd.as_str(),
-        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .ctx(|| "open the exec fifo".into())?;
-    nix::unistd::write(&writer, &[0]).ctx(|| "write the exec fifo".into())?;
-    drop((writer, fifo, host_proc));
-    if let Some(start_hooks) = hooks.start_container().as_deref().filter(|h| !h.is_empty()) {
-        crate::hooks::run("startContainer", start_hooks, state_json.as_bytes())?;
-    }
-    // Nothing of ours past the preserved fds reaches the program.
-    // SAFETY: close_range on fd numbers only; CLOEXEC leaves them open until execve.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3 + cfg.preserve_fds as u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
-    exec(&program, &args, &env)
+    Ok(Ready {
+        program,
+        args,
+        env,
+        seccomp_late: nnp && seccomp.is_some(),
+    })
 }
 
-/// HOME from the container's /etc/passwd when the config does not set it, as runc does.
+impl Ready {
+    /// Closes what the program must not inherit, loads a late seccomp filter, and execs.
+    pub fn exec(
+        self,
+        preserve_fds: i32,
+        seccomp: Option<&Filter>,
+        state_json: &str,
+    ) -> Result<Infallible> {
+        // Nothing of ours past the preserved fds reaches the program.
+        // SAFETY: close_range on fd numbers only; CLOEXEC leaves them open until execve.
+        unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3 + preserve_fds as u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if self.seccomp_late
+            && let Some(filter) = seccomp
+        {
+            filter.load(state_json)?;
+        }
+        exec(&self.program, &self.args, &self.env)
+    }
+}
+
 fn with_home(mut env: Vec<String>, uid: u32) -> Vec<String> {
     if env.iter().any(|e| e.starts_with("HOME=")) {
         return env;
@@ -263,4 +315,47 @@ fn exec(program: &Path, args: &[String], env: &[String]) -> Result<Infallible> {
     let envp = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>>>()?;
     let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
     Err(Error::Other(format!("exec {}: {err}", program.display())))
+}
+
+/// The child side of `exec`: join the container, prepare, report ready, exec.
+pub fn run_exec(
+    cfg: super::ExecConfig,
+    join: &[(LinuxNamespaceType, OwnedFd)],
+    in_user_ns: bool,
+    chan: &Channel,
+) -> Result<Infallible> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .ctx(|| "prctl PDEATHSIG".into())?;
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    )
+    .ctx(|| "reset the signal mask".into())?;
+    match chan.recv()? {
+        Some(Msg::Go) => {}
+        _ => return Err(Error::Other("parent went away before exec".into())),
+    }
+    for (typ, fd) in join {
+        if !matches!(typ, LinuxNamespaceType::Pid | LinuxNamespaceType::Time) {
+            setns(fd, CloneFlags::empty())
+                .ctx(|| format!("join {} namespace", crate::namespaces::name(*typ)))?;
+        }
+    }
+    if in_user_ns {
+        nix::unistd::setresgid(0.into(), 0.into(), 0.into())
+            .ctx(|| "setgid 0 in the user namespace".into())?;
+        nix::unistd::setresuid(0.into(), 0.into(), 0.into())
+            .ctx(|| "setuid 0 in the user namespace".into())?;
+    }
+    nix::unistd::setsid().ctx(|| "setsid".into())?;
+    let ready = prepare(
+        cfg.process,
+        cfg.console_socket,
+        cfg.seccomp,
+        &cfg.state_json,
+    )?;
+    nix::sys::prctl::set_pdeathsig(None).ctx(|| "prctl PDEATHSIG".into())?;
+    chan.send(&Msg::Ready)?;
+    ready.exec(cfg.preserve_fds, cfg.seccomp, &cfg.state_json)
 }

@@ -27,6 +27,7 @@ pub struct InitConfig<'a> {
     pub console_socket: Option<OwnedFd>,
     pub preserve_fds: i32,
     pub no_pivot: bool,
+    pub seccomp: Option<&'a crate::seccomp::Filter>,
 }
 
 #[repr(C)]
@@ -203,4 +204,90 @@ fn drive(
             None => return Err(Error::Other("container init exited during setup".into())),
         }
     }
+}
+
+/// What `exec` needs to start a process in a running container.
+pub struct ExecConfig<'a> {
+    pub process: &'a oci_spec::runtime::Process,
+    /// The container's init, whose namespaces are joined.
+    pub init_pid: i32,
+    pub layout: &'a Layout,
+    pub cgroup: &'a CgroupPaths,
+    pub seccomp: Option<&'a crate::seccomp::Filter>,
+    pub state_json: String,
+    pub console_socket: Option<OwnedFd>,
+    pub preserve_fds: i32,
+}
+
+/// Namespaces in the order they are joined: user first (it owns the others), mount last (after
+/// it, paths are the container's). pid and time are joined by the parent for its child.
+const EXEC_NAMESPACES: [(&str, LinuxNamespaceType); 8] = [
+    ("user", LinuxNamespaceType::User),
+    ("cgroup", LinuxNamespaceType::Cgroup),
+    ("ipc", LinuxNamespaceType::Ipc),
+    ("uts", LinuxNamespaceType::Uts),
+    ("net", LinuxNamespaceType::Network),
+    ("pid", LinuxNamespaceType::Pid),
+    ("time", LinuxNamespaceType::Time),
+    ("mnt", LinuxNamespaceType::Mount),
+];
+
+/// Starts a process inside the namespaces and cgroup of the container whose init is
+/// `cfg.init_pid`. Returns its pid once it is about to exec.
+pub fn spawn_exec(cfg: ExecConfig) -> Result<Pid> {
+    use std::os::unix::fs::MetadataExt;
+    let mut join = vec![];
+    for (file, typ) in EXEC_NAMESPACES {
+        let theirs = format!("/proc/{}/ns/{file}", cfg.init_pid);
+        let ours = std::fs::metadata(format!("/proc/self/ns/{file}"))
+            .ok()
+            .map(|m| m.ino());
+        let meta = std::fs::metadata(&theirs).ctx(|| format!("container namespace {theirs}"))?;
+        if Some(meta.ino()) != ours {
+            let fd = std::fs::File::open(&theirs).ctx(|| format!("open {theirs}"))?;
+            join.push((typ, OwnedFd::from(fd)));
+        }
+    }
+    let in_user_ns = join.iter().any(|(t, _)| *t == LinuxNamespaceType::User);
+    for (typ, fd) in &join {
+        if matches!(typ, LinuxNamespaceType::Pid | LinuxNamespaceType::Time) {
+            nix::sched::setns(fd, nix::sched::CloneFlags::empty())
+                .ctx(|| format!("join {} namespace", crate::namespaces::name(*typ)))?;
+        }
+    }
+    let (parent, child) = channel::pair()?;
+    let cgroup_dir = match (&cfg.cgroup.v2, cfg.layout.is_unified()) {
+        (Some(dir), true) => {
+            Some(std::fs::File::open(dir).ctx(|| format!("open {}", dir.display()))?)
+        }
+        _ => None,
+    };
+    let pid = clone3(0, cgroup_dir.as_ref())?;
+    if pid == 0 {
+        drop(parent);
+        let err = init::run_exec(cfg, &join, in_user_ns, &child).unwrap_err();
+        if child.send(&Msg::Failed(err.to_string())).is_err() {
+            eprintln!("skiff-runc exec: {err}");
+        }
+        // SAFETY: leave the forked child without running the parent's destructors.
+        unsafe { libc::_exit(255) };
+    }
+    drop(child);
+    let pid = Pid::from_raw(pid);
+    let result = (|| {
+        if cgroup_dir.is_none() {
+            cfg.cgroup.join(pid.as_raw())?;
+        }
+        parent.send(&Msg::Go)?;
+        match parent.recv()? {
+            Some(Msg::Ready) => Ok(()),
+            Some(Msg::Failed(e)) => Err(Error::Other(e)),
+            _ => Err(Error::Other("exec process exited during setup".into())),
+        }
+    })();
+    if result.is_err() {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+    }
+    result.map(|_| pid)
 }

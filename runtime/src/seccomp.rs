@@ -1,0 +1,184 @@
+//! linux.seccomp, compiled with libseccomp (seccompiler cannot express NOTIFY or multi-arch
+//! profiles). Rules follow runc: syscall names unknown to this architecture are skipped, a rule
+//! whose action equals the default is dropped, several conditions on the same argument become
+//! separate rules (OR), conditions on different arguments one rule (AND). With SCMP_ACT_NOTIFY the
+//! listener fd goes to `listenerPath` with the container state, as the spec's seccomp state.
+
+use crate::error::{Error, Result};
+use libseccomp::{
+    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+};
+use oci_spec::runtime::{
+    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator,
+};
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+fn err(what: impl std::fmt::Display) -> Error {
+    Error::Config(format!("linux.seccomp: {what}"))
+}
+
+fn action(a: LinuxSeccompAction, errno: Option<u32>) -> ScmpAction {
+    use LinuxSeccompAction::*;
+    match a {
+        ScmpActKill | ScmpActKillThread => ScmpAction::KillThread,
+        ScmpActKillProcess => ScmpAction::KillProcess,
+        ScmpActTrap => ScmpAction::Trap,
+        ScmpActErrno => ScmpAction::Errno(errno.unwrap_or(libc::EPERM as u32) as i32),
+        ScmpActNotify => ScmpAction::Notify,
+        ScmpActTrace => ScmpAction::Trace(errno.unwrap_or(libc::EPERM as u32) as u16),
+        ScmpActLog => ScmpAction::Log,
+        ScmpActAllow => ScmpAction::Allow,
+    }
+}
+
+fn compare(arg: &oci_spec::runtime::LinuxSeccompArg) -> ScmpArgCompare {
+    use LinuxSeccompOperator::*;
+    let (op, datum) = match arg.op() {
+        ScmpCmpNe => (ScmpCompareOp::NotEqual, arg.value()),
+        ScmpCmpLt => (ScmpCompareOp::Less, arg.value()),
+        ScmpCmpLe => (ScmpCompareOp::LessOrEqual, arg.value()),
+        ScmpCmpEq => (ScmpCompareOp::Equal, arg.value()),
+        ScmpCmpGe => (ScmpCompareOp::GreaterEqual, arg.value()),
+        ScmpCmpGt => (ScmpCompareOp::Greater, arg.value()),
+        // The spec's masked equality: value is the mask, valueTwo the datum.
+        ScmpCmpMaskedEq => (
+            ScmpCompareOp::MaskedEqual(arg.value()),
+            arg.value_two().unwrap_or(0),
+        ),
+    };
+    ScmpArgCompare::new(arg.index() as u32, op, datum)
+}
+
+/// Builds the filter for `config` (not loaded yet).
+pub fn build(config: &LinuxSeccomp) -> Result<ScmpFilterContext> {
+    let default = action(config.default_action(), config.default_errno_ret());
+    let mut ctx = ScmpFilterContext::new(default).map_err(err)?;
+    for arch in config.architectures().iter().flatten() {
+        let name = serde_json::to_value(arch)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let arch =
+            ScmpArch::from_str(&name).map_err(|_| err(format!("unknown architecture {name}")))?;
+        ctx.add_arch(arch)
+            .map_err(|e| err(format!("architecture {name}: {e}")))?;
+    }
+    for flag in config.flags().iter().flatten() {
+        match flag {
+            LinuxSeccompFilterFlag::SeccompFilterFlagLog => ctx.set_ctl_log(true),
+            LinuxSeccompFilterFlag::SeccompFilterFlagTsync => ctx.set_ctl_tsync(true),
+            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => ctx.set_ctl_ssb(true),
+            LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => ctx.set_ctl_waitkill(true),
+        }
+        .map_err(|e| err(format!("flag {flag}: {e}")))?;
+    }
+    // The kernel sets no_new_privs itself only when asked; process.noNewPrivileges decides.
+    ctx.set_ctl_nnp(false).map_err(err)?;
+    for (i, rule) in config.syscalls().iter().flatten().enumerate() {
+        let act = action(rule.action(), rule.errno_ret());
+        if act == default {
+            continue;
+        }
+        // Conditions on the same argument are alternatives: one rule per combination index.
+        let mut by_index: BTreeMap<usize, Vec<ScmpArgCompare>> = BTreeMap::new();
+        for a in rule.args().iter().flatten() {
+            by_index.entry(a.index()).or_default().push(compare(a));
+        }
+        let alternatives = by_index.values().map(Vec::len).max().unwrap_or(0);
+        for name in rule.names() {
+            let Ok(syscall) = ScmpSyscall::from_name(name) else {
+                tracing::debug!("seccomp: syscall {name} unknown on this architecture; skipped");
+                continue;
+            };
+            if alternatives <= 1 {
+                let conds: Vec<ScmpArgCompare> = by_index.values().flatten().copied().collect();
+                add(&mut ctx, act, syscall, &conds)
+                    .map_err(|e| err(format!("syscalls[{i}] {name}: {e}")))?;
+            } else {
+                for k in 0..alternatives {
+                    let conds: Vec<ScmpArgCompare> = by_index
+                        .values()
+                        .filter_map(|v| v.get(k).or(v.first()).copied())
+                        .collect();
+                    add(&mut ctx, act, syscall, &conds)
+                        .map_err(|e| err(format!("syscalls[{i}] {name}: {e}")))?;
+                }
+            }
+        }
+    }
+    Ok(ctx)
+}
+
+fn add(
+    ctx: &mut ScmpFilterContext,
+    act: ScmpAction,
+    syscall: ScmpSyscall,
+    conds: &[ScmpArgCompare],
+) -> std::result::Result<(), libseccomp::error::SeccompError> {
+    if conds.is_empty() {
+        ctx.add_rule(act, syscall).map(|_| ())
+    } else {
+        ctx.add_rule_conditional(act, syscall, conds).map(|_| ())
+    }
+}
+
+/// True when the profile uses SCMP_ACT_NOTIFY anywhere.
+fn uses_notify(config: &LinuxSeccomp) -> bool {
+    config.default_action() == LinuxSeccompAction::ScmpActNotify
+        || config
+            .syscalls()
+            .iter()
+            .flatten()
+            .any(|s| s.action() == LinuxSeccompAction::ScmpActNotify)
+}
+
+/// A compiled profile: built by the runtime before the clone (so a bad profile fails early and
+/// the work is done once), loaded by the container's process.
+pub struct Filter {
+    ctx: ScmpFilterContext,
+    /// listenerPath and listenerMetadata, when the profile uses SCMP_ACT_NOTIFY.
+    notify: Option<(std::path::PathBuf, String)>,
+}
+
+impl Filter {
+    pub fn new(config: &LinuxSeccomp) -> Result<Filter> {
+        let notify = if uses_notify(config) {
+            let path = config
+                .listener_path()
+                .clone()
+                .ok_or_else(|| err("SCMP_ACT_NOTIFY needs listenerPath"))?;
+            Some((path, config.listener_metadata().clone().unwrap_or_default()))
+        } else {
+            None
+        };
+        Ok(Filter {
+            ctx: build(config)?,
+            notify,
+        })
+    }
+
+    /// Loads the filter into this process. With NOTIFY, sends the listener fd to `listenerPath`
+    /// with the seccomp state JSON (`state_json` is the container's state).
+    pub fn load(&self, state_json: &str) -> Result<()> {
+        self.ctx.load().map_err(|e| err(format!("load: {e}")))?;
+        if let Some((path, metadata)) = &self.notify {
+            let fd = self
+                .ctx
+                .get_notify_fd()
+                .map_err(|e| err(format!("notify fd: {e}")))?;
+            let state: serde_json::Value = serde_json::from_str(state_json).unwrap_or_default();
+            let msg = serde_json::json!({
+                "ociVersion": crate::state::OCI_VERSION,
+                "fds": ["seccompFd"],
+                "pid": std::process::id(),
+                "metadata": metadata,
+                "state": state,
+            });
+            let sock = std::os::unix::net::UnixStream::connect(path)
+                .map_err(|e| err(format!("listenerPath {}: {e}", path.display())))?;
+            crate::console::send_fd(std::os::fd::AsRawFd::as_raw_fd(&sock), fd, &msg.to_string())?;
+        }
+        Ok(())
+    }
+}
