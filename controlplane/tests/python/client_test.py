@@ -20,6 +20,20 @@ apps = client.AppsV1Api()
 NS = "py"
 
 
+def raw(method, path, body=None, content_type="application/json"):
+    """A request with the admin certificate, below the client library: (code, decoded body)."""
+    cfg = client.Configuration.get_default_copy()
+    ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+    ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    req = urllib.request.Request(cfg.host + path, data=body, method=method,
+                                 headers={"Content-Type": content_type, "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(req, context=ctx) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
 def cm(name, labels=None, data=None, finalizers=None):
     return client.V1ConfigMap(
         metadata=client.V1ObjectMeta(name=name, labels=labels or {}, finalizers=finalizers),
@@ -173,6 +187,25 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(ApiException) as e:
             v1.create_namespaced_service(NS, clash)
         self.assertEqual(e.exception.status, 422)
+
+    def test_deletecollection(self):
+        for i in range(3):
+            v1.create_namespaced_config_map(NS, cm(f"dc-{i}", labels={"set": "dc"}))
+        v1.create_namespaced_config_map(NS, cm("dc-keep"))
+        v1.delete_collection_namespaced_config_map(NS, label_selector="set=dc")
+        left = [i.metadata.name for i in v1.list_namespaced_config_map(NS).items if i.metadata.name.startswith("dc-")]
+        self.assertEqual(left, ["dc-keep"])
+
+    def test_raw_errors(self):
+        self.assertEqual(raw("POST", f"/api/v1/namespaces/{NS}/configmaps/x", b"{}")[0], 405)
+        code, status = raw("POST", f"/api/v1/namespaces/{NS}/configmaps", b'{"apiVersion": "v1", ')
+        self.assertEqual((code, status["reason"]), (400, "BadRequest"))
+        code, status = raw("POST", f"/api/v1/namespaces/{NS}/configmaps", b"kind: [", "application/yaml")
+        self.assertEqual((code, status["reason"]), (400, "BadRequest"))
+        ok = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  a: b\n"
+        self.assertEqual(raw("POST", f"/api/v1/namespaces/{NS}/configmaps", ok, "application/yaml")[0], 201)
+        self.assertEqual(raw("GET", f"/api/v1/namespaces/{NS}/configmaps/missing")[1]["reason"], "NotFound")
+        self.assertEqual(raw("GET", "/api/v1/namespaces/nope/bogus")[0], 404)
 
     def test_no_client_certificate_is_401(self):
         cfg = client.Configuration.get_default_copy()
