@@ -138,7 +138,36 @@ impl Runtime {
             cgroup: None,
             pid: None,
         };
-        let cgroup = CgroupPaths::create(&layout, linux.cgroups_path().as_deref(), id)?;
+        let cgroup = match CgroupPaths::create(&layout, linux.cgroups_path().as_deref(), id) {
+            // Rootless, as runc: without a delegated (writable) cgroup, run without one —
+            // unless limits were asked for.
+            Err(Error::Io { source, .. })
+                if !nix::unistd::geteuid().is_root()
+                    && matches!(
+                        source.raw_os_error(),
+                        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS)
+                    ) =>
+            {
+                let has_limits = resources.memory().is_some()
+                    || resources.cpu().is_some()
+                    || resources.pids().is_some()
+                    || resources.block_io().is_some()
+                    || resources
+                        .hugepage_limits()
+                        .as_ref()
+                        .is_some_and(|h| !h.is_empty())
+                    || resources.unified().as_ref().is_some_and(|u| !u.is_empty());
+                if has_limits {
+                    return Err(Error::Config(
+                        "linux.resources: a rootless container gets limits only in a delegated cgroup, and this one is not writable".into(),
+                    ));
+                }
+                tracing::debug!("rootless: no writable cgroup, running without one");
+                CgroupPaths::default()
+            }
+            r => r?,
+        };
+
         undo.cgroup = Some(cgroup.clone());
         let mut record = Record {
             id: id.to_string(),

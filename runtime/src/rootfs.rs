@@ -308,6 +308,18 @@ fn mount_cgroup(dest: &Path, opts: &MountOptions, ctx: &RootfsContext) -> Result
         | MsFlags::MS_NOSUID
         | MsFlags::MS_NODEV
         | MsFlags::MS_NOEXEC;
+    if ctx.cgroup.v1.is_empty() && ctx.cgroup.v2.is_none() {
+        // Rootless without a cgroup of its own: the host's hierarchies, read-only.
+        mount(
+            Some("/sys/fs/cgroup"),
+            dest,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .ctx(|| format!("bind /sys/fs/cgroup on {}", dest.display()))?;
+        return remount(dest, MsFlags::MS_RDONLY | MsFlags::MS_REC);
+    }
     if ctx.layout.is_unified() {
         if ctx.new_cgroup_ns {
             return mount(Some("cgroup2"), dest, Some("cgroup2"), flags, None::<&str>)

@@ -31,6 +31,14 @@ pub fn ensure() -> Result<(), String> {
     if exe_is_read_only() {
         return Ok(());
     }
+    // Rootless: a binary we cannot write cannot be written by our containers either (they run
+    // as us or as less), and open_tree needs privileges we do not have.
+    if !nix::unistd::geteuid().is_root()
+        && nix::unistd::access("/proc/self/exe", nix::unistd::AccessFlags::W_OK).is_err()
+    {
+        return Ok(());
+    }
+
     // SAFETY: open_tree with a valid path; returns a new fd or -1.
     let fd = unsafe {
         libc::syscall(

@@ -173,6 +173,11 @@ fn drive(
             })
         };
         write_map("uid_map", linux.map(|l| l.uid_mappings()).unwrap_or(&None))?;
+        if !nix::unistd::geteuid().is_root() {
+            // An unprivileged writer may map gids only once setgroups is denied.
+            std::fs::write(format!("/proc/{pid}/setgroups"), "deny")
+                .map_err(|e| Error::Other(format!("deny setgroups for the user namespace: {e}")))?;
+        }
         write_map("gid_map", linux.map(|l| l.gid_mappings()).unwrap_or(&None))?;
     }
     if join_cgroup {
