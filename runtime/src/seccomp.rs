@@ -138,7 +138,7 @@ fn uses_notify(config: &LinuxSeccomp) -> bool {
 pub struct Filter {
     ctx: ScmpFilterContext,
     /// listenerPath and listenerMetadata, when the profile uses SCMP_ACT_NOTIFY.
-    notify: Option<(std::path::PathBuf, String)>,
+    notify: Option<(std::os::unix::net::UnixStream, String)>,
 }
 
 impl Filter {
@@ -148,7 +148,10 @@ impl Filter {
                 .listener_path()
                 .clone()
                 .ok_or_else(|| err("SCMP_ACT_NOTIFY needs listenerPath"))?;
-            Some((path, config.listener_metadata().clone().unwrap_or_default()))
+            // Connected by the runtime, where the host path means what it says.
+            let sock = std::os::unix::net::UnixStream::connect(&path)
+                .map_err(|e| err(format!("listenerPath {}: {e}", path.display())))?;
+            Some((sock, config.listener_metadata().clone().unwrap_or_default()))
         } else {
             None
         };
@@ -158,11 +161,16 @@ impl Filter {
         })
     }
 
-    /// Loads the filter into this process. With NOTIFY, sends the listener fd to `listenerPath`
-    /// with the seccomp state JSON (`state_json` is the container's state).
+    /// True when loading needs the container's state (to tell the NOTIFY listener).
+    pub fn wants_state(&self) -> bool {
+        self.notify.is_some()
+    }
+
+    /// Loads the filter into this process. With NOTIFY, sends the listener fd over the
+    /// listener connection with the seccomp state JSON (`state_json` is the container's state).
     pub fn load(&self, state_json: &str) -> Result<()> {
         self.ctx.load().map_err(|e| err(format!("load: {e}")))?;
-        if let Some((path, metadata)) = &self.notify {
+        if let Some((sock, metadata)) = &self.notify {
             let fd = self
                 .ctx
                 .get_notify_fd()
@@ -171,13 +179,11 @@ impl Filter {
             let msg = serde_json::json!({
                 "ociVersion": crate::state::OCI_VERSION,
                 "fds": ["seccompFd"],
-                "pid": std::process::id(),
+                "pid": state["pid"],
                 "metadata": metadata,
                 "state": state,
             });
-            let sock = std::os::unix::net::UnixStream::connect(path)
-                .map_err(|e| err(format!("listenerPath {}: {e}", path.display())))?;
-            crate::console::send_fd(std::os::fd::AsRawFd::as_raw_fd(&sock), fd, &msg.to_string())?;
+            crate::console::send_fd(std::os::fd::AsRawFd::as_raw_fd(sock), fd, &msg.to_string())?;
         }
         Ok(())
     }

@@ -83,7 +83,9 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
         hooks.start_container(),
     ]
     .iter()
-    .any(|h| h.as_ref().is_some_and(|h| !h.is_empty()));
+    .any(|h| h.as_ref().is_some_and(|h| !h.is_empty()))
+        // A seccomp listener is told the container's state too.
+        || cfg.seccomp.is_some_and(|f| f.wants_state());
     let mut state_json = String::new();
     if wants_hooks {
         chan.send(&Msg::Hook)?;
