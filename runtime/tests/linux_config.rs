@@ -325,3 +325,27 @@ fn rootless_spec_is_runnable_as_root() {
     });
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["0", "0", "1"]);
 }
+
+#[test]
+fn rootfs_propagation() {
+    let runc = Runc::new();
+    // Field 7 of the root's mountinfo line: the first optional field ("shared:N", …) or "-".
+    let mountinfo_root = "awk '$5 == \"/\" {print $7}' /proc/self/mountinfo";
+    let out = Bundle::sh(&runc, mountinfo_root, |c| {
+        c["linux"]["rootfsPropagation"] = json!("shared")
+    });
+    assert!(
+        out.starts_with("shared:"),
+        "rootfsPropagation shared: {out}"
+    );
+    let out = Bundle::sh(&runc, mountinfo_root, |c| {
+        c["linux"]["rootfsPropagation"] = json!("private")
+    });
+    assert!(
+        !out.contains("shared:") && !out.contains("master:"),
+        "rootfsPropagation private: {out}"
+    );
+    let b = Bundle::new(&["true"]).with(|c| c["linux"]["rootfsPropagation"] = json!("sideways"));
+    let out = runc.run(&["run", "--bundle", b.path_str(), &unique("prop")]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("linux.rootfsPropagation"));
+}
