@@ -653,3 +653,35 @@ fn status_subresource_cascading_delete_and_initial_events() {
         "true"
     );
 }
+
+#[test]
+fn server_side_apply_of_a_deployment_merges_lists_by_key_and_sees_scale() {
+    let s = Server::start();
+    let full = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: ssa, namespace: default}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: ssa}}\n  template:\n    metadata: {labels: {app: ssa}}\n    spec:\n      containers:\n      - {name: a, image: nginx:1.27, env: [{name: X, value: \"1\"}, {name: Z, value: \"2\"}]}\n      - {name: b, image: busybox}\n";
+    s.kubectl_stdin(&["apply", "--server-side", "-f", "-"], full);
+    let fewer = full
+        .replace(", {name: Z, value: \"2\"}", "")
+        .replace("      - {name: b, image: busybox}\n", "");
+    s.kubectl_stdin(&["apply", "--server-side", "-f", "-"], &fewer);
+    assert_eq!(
+        s.kubectl(&["get", "deploy", "ssa", "-o", "jsonpath={.spec.template.spec.containers[*].name} {.spec.template.spec.containers[0].env[*].name}"]),
+        "a X"
+    );
+    // `kubectl scale` takes .spec.replicas (manager "kubectl", subresource "scale").
+    s.kubectl(&["scale", "deploy", "ssa", "--replicas=4"]);
+    let err = s.kubectl_err(&["apply", "--server-side", "-f", "-"], Some(&fewer));
+    assert!(
+        err.contains(
+            r#"conflict with "kubectl" with subresource "scale" using apps/v1: .spec.replicas"#
+        ),
+        "{err}"
+    );
+    s.kubectl_stdin(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        &fewer,
+    );
+    assert_eq!(
+        s.kubectl(&["get", "deploy", "ssa", "-o", "jsonpath={.spec.replicas}"]),
+        "2"
+    );
+}

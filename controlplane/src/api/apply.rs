@@ -377,7 +377,7 @@ pub fn apply(
     let mut list = entries(live);
     let mut conflicts: Vec<(String, String)> = Vec::new();
     for e in list.iter_mut() {
-        if e.value["manager"] == manager {
+        if is(e, manager, "Apply", None) {
             continue;
         }
         let clashing: Vec<Path> = e
@@ -390,7 +390,10 @@ pub fn apply(
         if force {
             e.set.retain(|p| !clashing.contains(p));
         } else {
-            let mgr = e.value["manager"].as_str().unwrap_or_default().to_string();
+            let mut mgr = format!("\"{}\"", e.value["manager"].as_str().unwrap_or_default());
+            if let Some(sub) = e.value.get("subresource").and_then(Value::as_str) {
+                mgr.push_str(&format!(" with subresource \"{sub}\""));
+            }
             conflicts.extend(clashing.iter().map(|p| (mgr.clone(), render(p))));
         }
     }
@@ -398,7 +401,7 @@ pub fn apply(
         let n = conflicts.len();
         let lines: Vec<String> = conflicts
             .iter()
-            .map(|(m, p)| format!("conflict with \"{m}\" using {}: {p}", r.api_version()))
+            .map(|(m, p)| format!("conflict with {m} using {}: {p}", r.api_version()))
             .collect();
         let message = if n == 1 {
             format!("Apply failed with 1 conflict: {}", lines[0])
@@ -407,7 +410,7 @@ pub fn apply(
         };
         let causes: Vec<Value> = conflicts
             .iter()
-            .map(|(m, p)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{m}\" using {}", r.api_version()), "field": p}))
+            .map(|(m, p)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {m} using {}", r.api_version()), "field": p}))
             .collect();
         return Err(ApiError {
             code: 409,

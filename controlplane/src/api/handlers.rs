@@ -132,10 +132,14 @@ pub struct WriteOptions {
     pub field_manager: Option<String>,
     /// `Strict`, `Warn` or `Ignore`.
     pub field_validation: String,
+    /// The subresource the write came through, when it is not the one being committed (scale).
+    pub subresource: Option<&'static str>,
 }
 
 impl WriteOptions {
-    fn from_query(q: &HashMap<String, String>) -> ApiResult<Self> {
+    /// From the query; without `fieldManager`, the manager is named after the User-Agent's
+    /// program, as the real server does (`kubectl/v1.32.4 (linux/amd64) …` → `kubectl`).
+    fn from_request(q: &HashMap<String, String>, headers: &HeaderMap) -> ApiResult<Self> {
         let dry_run = match q.get("dryRun").map(String::as_str) {
             None | Some("") => false,
             Some("All") => true,
@@ -156,8 +160,20 @@ impl WriteOptions {
         };
         Ok(Self {
             dry_run,
-            field_manager: q.get("fieldManager").cloned().filter(|m| !m.is_empty()),
+            field_manager: q
+                .get("fieldManager")
+                .cloned()
+                .filter(|m| !m.is_empty())
+                .or_else(|| {
+                    headers
+                        .get(header::USER_AGENT)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|ua| ua.split('/').next())
+                        .map(|p| p.chars().take(128).collect::<String>())
+                        .filter(|p| !p.is_empty())
+                }),
             field_validation,
+            subresource: None,
         })
     }
 }
@@ -175,7 +191,13 @@ pub fn decode_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
     if essence.contains("protobuf") || essence.contains("cbor") {
         return Err(ApiError::unsupported_media_type(ct));
     }
-    if essence.ends_with("yaml") {
+    // JSON is YAML too, but YAML's scalar rules would read an unquoted-looking JSON string such
+    // as "Y" differently under some parsers: JSON bodies are read as JSON whatever the type says.
+    let looks_json = body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{' || *b == b'[');
+    if essence.ends_with("yaml") && !looks_json {
         let text = std::str::from_utf8(body)
             .map_err(|e| ApiError::bad_request(format!("body is not UTF-8: {e}")))?;
         return serde_saphyr::from_str::<Value>(text)
@@ -334,7 +356,7 @@ impl ApiServer {
                 Ok(respond(StatusCode::OK, &to_scale(&obj), &[]))
             }
             (&Method::POST, None, None) => {
-                let opts = WriteOptions::from_query(q)?;
+                let opts = WriteOptions::from_request(q, headers)?;
                 let obj = decode_body(headers, body)?;
                 write(self.create(r, ns, obj, &opts).await?)
             }
@@ -350,12 +372,12 @@ impl ApiServer {
                 Ok(respond(StatusCode::CREATED, &success(201), &[]))
             }
             (&Method::PUT, Some(name), sub) => {
-                let opts = WriteOptions::from_query(q)?;
+                let opts = WriteOptions::from_request(q, headers)?;
                 let obj = decode_body(headers, body)?;
                 write(self.update(r, ns, name, obj, sub, &opts).await?)
             }
             (&Method::PATCH, Some(name), sub) => {
-                let opts = WriteOptions::from_query(q)?;
+                let opts = WriteOptions::from_request(q, headers)?;
                 let ct = headers
                     .get(header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())
@@ -800,7 +822,14 @@ impl ApiServer {
         }
         if let Some(m) = &opts.field_manager {
             let changed = apply::changed_fields(cur, &new);
-            apply::record_update(&self.schemas, r, &mut new, m, &changed, sub);
+            apply::record_update(
+                &self.schemas,
+                r,
+                &mut new,
+                m,
+                &changed,
+                opts.subresource.or(sub),
+            );
         }
         if &new == cur {
             return Ok((StatusCode::OK, new));
@@ -858,7 +887,13 @@ impl ApiServer {
                 return Err(ApiError::modified(r, name));
             }
             let new = from_scale(r, &cur, &obj)?;
-            let (code, out) = self.commit_update(r, &kv, &cur, new, None, opts).await?;
+            let scale_opts = WriteOptions {
+                subresource: Some("scale"),
+                ..opts.clone()
+            };
+            let (code, out) = self
+                .commit_update(r, &kv, &cur, new, None, &scale_opts)
+                .await?;
             return Ok((code, to_scale(&out), warnings));
         }
         if sub == Some("finalize") {
@@ -1000,6 +1035,9 @@ impl ApiServer {
             let mut patch_opts = opts.clone();
             if is_apply {
                 patch_opts.field_manager = None;
+            }
+            if sub == Some("scale") {
+                patch_opts.subresource = Some("scale");
             }
             match self
                 .commit_update(r, &kv, &cur, new, commit_sub, &patch_opts)
