@@ -327,15 +327,7 @@ fn mount_cgroup(dest: &Path, opts: &MountOptions, ctx: &RootfsContext) -> Result
         }
         // Without a cgroup namespace a cgroup2 mount would show the whole host: bind our own.
         if let Some(dir) = &ctx.cgroup.v2 {
-            mount(
-                Some(dir),
-                dest,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .ctx(|| format!("bind cgroup {}", dir.display()))?;
-            remount(dest, flags)?;
+            bind_cgroup(dir, dest, flags)?;
         }
         return Ok(());
     }
@@ -362,23 +354,7 @@ fn mount_cgroup(dest: &Path, opts: &MountOptions, ctx: &RootfsContext) -> Result
             )
             .ctx(|| format!("mount cgroup {opts} on {}", target.display()))?;
         } else if let Some(dir) = ctx.cgroup.v1.get(&h.mountpoint) {
-            mount(
-                Some(dir),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .ctx(|| format!("bind cgroup {}", dir.display()))?;
-            if flags.contains(MsFlags::MS_RDONLY) {
-                remount(
-                    &target,
-                    MsFlags::MS_RDONLY
-                        | MsFlags::MS_NOSUID
-                        | MsFlags::MS_NODEV
-                        | MsFlags::MS_NOEXEC,
-                )?;
-            }
+            bind_cgroup(dir, &target, flags)?;
         }
         // "cpu,cpuacct" is also reachable as "cpu" and "cpuacct".
         if h.controllers.len() > 1 {
@@ -401,19 +377,31 @@ fn mount_cgroup(dest: &Path, opts: &MountOptions, ctx: &RootfsContext) -> Result
             )
             .is_ok();
         if !mounted && let Some(dir) = &ctx.cgroup.v2 {
-            mount(
-                Some(dir),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .ctx(|| format!("bind cgroup {}", dir.display()))?;
+            bind_cgroup(dir, &target, flags)?;
         }
     }
     if flags.contains(MsFlags::MS_RDONLY) {
         remount(
             dest,
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        )?;
+    }
+    Ok(())
+}
+
+/// Binds the container's own cgroup directory at `target`, read-only when asked.
+fn bind_cgroup(dir: &Path, target: &Path, flags: MsFlags) -> Result<()> {
+    mount(
+        Some(dir),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .ctx(|| format!("bind cgroup {}", dir.display()))?;
+    if flags.contains(MsFlags::MS_RDONLY) {
+        remount(
+            target,
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         )?;
     }

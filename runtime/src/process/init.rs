@@ -19,19 +19,7 @@ use std::path::{Path, PathBuf};
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
-    // If the runtime dies during setup, so do we.
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-        .ctx(|| "prctl PDEATHSIG".into())?;
-    nix::sys::signal::sigprocmask(
-        nix::sys::signal::SigmaskHow::SIG_SETMASK,
-        Some(&nix::sys::signal::SigSet::empty()),
-        None,
-    )
-    .ctx(|| "reset the signal mask".into())?;
-    match chan.recv()? {
-        Some(Msg::Go) => {}
-        _ => return Err(Error::Other("parent went away before setup".into())),
-    }
+    await_go(chan)?;
     let spec = cfg.spec;
     let process = spec
         .process()
@@ -135,6 +123,23 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
         crate::hooks::run("startContainer", start_hooks, state_json.as_bytes())?;
     }
     ready.exec(cfg.preserve_fds, seccomp, &state_json)
+}
+
+/// The child's first steps: die with the runtime until ready, take back the signals the parent
+/// blocked, and wait until the parent has put us in our cgroup (and written the id maps).
+fn await_go(chan: &Channel) -> Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .ctx(|| "prctl PDEATHSIG".into())?;
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    )
+    .ctx(|| "reset the signal mask".into())?;
+    match chan.recv()? {
+        Some(Msg::Go) => Ok(()),
+        _ => Err(Error::Other("the runtime went away before setup".into())),
+    }
 }
 
 /// A process about to exec: everything is set up but the late seccomp filter.
@@ -326,18 +331,7 @@ pub fn run_exec(
     in_user_ns: bool,
     chan: &Channel,
 ) -> Result<Infallible> {
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-        .ctx(|| "prctl PDEATHSIG".into())?;
-    nix::sys::signal::sigprocmask(
-        nix::sys::signal::SigmaskHow::SIG_SETMASK,
-        Some(&nix::sys::signal::SigSet::empty()),
-        None,
-    )
-    .ctx(|| "reset the signal mask".into())?;
-    match chan.recv()? {
-        Some(Msg::Go) => {}
-        _ => return Err(Error::Other("parent went away before exec".into())),
-    }
+    await_go(chan)?;
     for (typ, fd) in join {
         if !matches!(typ, LinuxNamespaceType::Pid | LinuxNamespaceType::Time) {
             setns(fd, CloneFlags::empty())
