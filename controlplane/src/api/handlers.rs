@@ -485,8 +485,17 @@ impl ApiServer {
         // Only the name pins a single key; everything else filters a range.
         let page = if limit == 0 { 0 } else { limit.max(100) };
         loop {
-            let res = self.store.range(&prefix, start.as_deref(), page).await?;
-            revision = first_rev.unwrap_or(res.revision);
+            // Later pages read the state at the first page's revision.
+            let res = match first_rev {
+                Some(at) => {
+                    self.store
+                        .range_at(&prefix, start.as_deref(), page, at)
+                        .await?
+                }
+                None => self.store.range(&prefix, start.as_deref(), page).await?,
+            };
+            revision = res.revision;
+            first_rev = Some(revision);
             let n = res.kvs.len();
             let mut stopped_early = false;
             for kv in res.kvs {

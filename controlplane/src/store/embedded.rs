@@ -6,6 +6,7 @@
 //! Live watchers are fed from a broadcast channel filled, in revision order, after each commit;
 //! a watcher that falls behind re-reads the missed revisions from the log.
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -406,6 +407,85 @@ impl Inner {
         })
     }
 
+    fn range_at(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        at: u64,
+    ) -> StoreResult<RangeResult> {
+        let compacted = self.compacted.load(Ordering::SeqCst);
+        if at < compacted {
+            return Err(StoreError::Compacted {
+                requested: at,
+                compacted,
+            });
+        }
+        let txn = self.db.begin_read().map_err(backend)?;
+        let kv = txn.open_table(KV).map_err(backend)?;
+        let log = txn.open_table(LOG).map_err(backend)?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        let current = meta
+            .get(META_REVISION)
+            .map_err(backend)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let after = |k: &str| k.starts_with(prefix) && start_after.is_none_or(|s| k > s);
+        // The state at `at` of every key changed since: what its first later event replaced.
+        let mut changed: BTreeMap<String, Option<KeyValue>> = BTreeMap::new();
+        if at < current {
+            for item in log.range((at + 1)..=current).map_err(backend)? {
+                let (rev, raw) = item.map_err(backend)?;
+                let ev = decode_event(rev.value(), raw.value())?;
+                if after(&ev.kv.key) {
+                    changed.entry(ev.kv.key.clone()).or_insert(ev.prev);
+                }
+            }
+        }
+        let lower = match start_after {
+            Some(s) if s >= prefix => Bound::Excluded(s),
+            _ => Bound::Included(prefix),
+        };
+        let mut then = changed.into_values().flatten().peekable();
+        let want = if limit == 0 { usize::MAX } else { limit + 1 };
+        let mut kvs: Vec<KeyValue> = Vec::new();
+        for item in kv
+            .range::<&str>((lower, Bound::Unbounded))
+            .map_err(backend)?
+        {
+            let (k, v) = item.map_err(backend)?;
+            let key = k.value();
+            if !key.starts_with(prefix) || kvs.len() >= want {
+                break;
+            }
+            while then.peek().is_some_and(|h| h.key.as_str() < key) && kvs.len() < want {
+                kvs.extend(then.next());
+            }
+            let cur = decode_kv(key, v.value())?;
+            if cur.mod_revision <= at {
+                kvs.push(cur);
+            } else if then.peek().is_some_and(|h| h.key == key) {
+                // Changed since `at`: the historical value stands in for it.
+                kvs.extend(then.next());
+            }
+        }
+        while kvs.len() < want {
+            match then.next() {
+                Some(h) => kvs.push(h),
+                None => break,
+            }
+        }
+        let more = kvs.len() > limit && limit > 0;
+        if more {
+            kvs.truncate(limit);
+        }
+        Ok(RangeResult {
+            kvs,
+            more,
+            revision: at,
+        })
+    }
+
     fn current_revision(&self) -> StoreResult<u64> {
         let txn = self.db.begin_read().map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
@@ -542,6 +622,21 @@ impl Store for EmbeddedStore {
             start_after.map(str::to_string),
         );
         blocking(move || inner.range(&prefix, start.as_deref(), limit)).boxed()
+    }
+
+    fn range_at(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        revision: u64,
+    ) -> BoxFuture<'_, StoreResult<RangeResult>> {
+        let (inner, prefix, start) = (
+            self.inner.clone(),
+            prefix.to_string(),
+            start_after.map(str::to_string),
+        );
+        blocking(move || inner.range_at(&prefix, start.as_deref(), limit, revision)).boxed()
     }
 
     fn create(&self, key: &str, value: Vec<u8>) -> BoxFuture<'_, StoreResult<KeyValue>> {
@@ -754,6 +849,36 @@ mod tests {
         revs.sort();
         assert_eq!(revs, (1..=51).collect::<Vec<u64>>());
         assert_eq!(s.current_revision().await.unwrap(), 51);
+    }
+
+    #[tokio::test]
+    async fn range_at_an_old_revision_is_a_snapshot() {
+        let (_d, s) = open();
+        for n in ["a", "b", "c", "d"] {
+            s.create(&format!("/r/{n}"), b"1".to_vec()).await.unwrap();
+        }
+        let at = s.current_revision().await.unwrap();
+        // After the snapshot: b changes, c goes, aa and e appear.
+        s.update("/r/b", b"2".to_vec(), 2).await.unwrap();
+        s.delete("/r/c", None).await.unwrap();
+        s.create("/r/aa", b"new".to_vec()).await.unwrap();
+        s.create("/r/e", b"new".to_vec()).await.unwrap();
+        let page = s.range_at("/r/", Some("/r/a"), 2, at).await.unwrap();
+        let keys: Vec<&str> = page.kvs.iter().map(|k| k.key.as_str()).collect();
+        assert_eq!(keys, ["/r/b", "/r/c"]);
+        assert_eq!(page.kvs[0].value, b"1");
+        assert!(page.more);
+        let rest = s.range_at("/r/", Some("/r/c"), 2, at).await.unwrap();
+        let keys: Vec<&str> = rest.kvs.iter().map(|k| k.key.as_str()).collect();
+        assert_eq!(keys, ["/r/d"]);
+        assert!(!rest.more);
+        let all = s.range_at("/r/", None, 0, at).await.unwrap();
+        assert_eq!(all.kvs.len(), 4);
+        s.compact(at + 1).await.unwrap();
+        assert!(matches!(
+            s.range_at("/r/", None, 0, at).await,
+            Err(StoreError::Compacted { .. })
+        ));
     }
 
     #[tokio::test]

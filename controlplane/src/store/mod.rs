@@ -90,6 +90,16 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'_, StoreResult<RangeResult>>;
 
+    /// As [`Store::range`], but as the keys were at `revision` (a consistent later page of a
+    /// list). Fails with `Compacted` when that history is gone.
+    fn range_at(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        revision: u64,
+    ) -> BoxFuture<'_, StoreResult<RangeResult>>;
+
     /// Creates `key`; fails with `AlreadyExists` if present. Returns the stored key-value once the
     /// write is durable.
     fn create(&self, key: &str, value: Vec<u8>) -> BoxFuture<'_, StoreResult<KeyValue>>;
