@@ -623,12 +623,23 @@ impl ApiServer {
                 warnings.extend(msgs);
             }
         }
-        resources::normalize(schema, obj).map_err(|e| {
+        let mut typed = resources::normalize(schema, obj).map_err(|e| {
             ApiError::bad_request(format!(
                 "{kind} in version \"{}\" cannot be handled as a {kind}: {e}",
                 r.version
             ))
-        })
+        })?;
+        // Go omits empty metadata collections; so do we.
+        if let Some(m) = typed.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.retain(|k, v| {
+                !(matches!(
+                    k.as_str(),
+                    "labels" | "annotations" | "finalizers" | "ownerReferences" | "managedFields"
+                ) && (v.as_object().is_some_and(Map::is_empty)
+                    || v.as_array().is_some_and(Vec::is_empty)))
+            });
+        }
+        Ok(typed)
     }
 
     async fn namespace_must_exist(&self, ns: &str) -> ApiResult<()> {
