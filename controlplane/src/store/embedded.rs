@@ -713,7 +713,15 @@ impl Store for EmbeddedStore {
             let (i2, p2) = (inner.clone(), prefix.clone());
             let (history, upto) = blocking(move || i2.history(&p2, after_revision)).await?;
             let (tx, out) = mpsc::channel(1024);
-            tokio::spawn(pump(inner, prefix, rx, history, upto, tx));
+            // A watch from a future revision skips what happens up to it.
+            tokio::spawn(pump(
+                inner,
+                prefix,
+                rx,
+                history,
+                upto.max(after_revision),
+                tx,
+            ));
             let stream = futures::stream::unfold(out, |mut out| async move {
                 out.recv().await.map(|item| (item, out))
             });
