@@ -247,25 +247,7 @@ pub async fn run(
         context: format!("creating {}", cfg.data_dir.display()),
         source,
     })?;
-    let host = if cfg.listen.ip().is_unspecified() {
-        IpAddr::from([127, 0, 0, 1])
-    } else {
-        cfg.listen.ip()
-    };
-    let server_url = match host {
-        IpAddr::V6(v6) => format!("https://[{v6}]:{}", cfg.listen.port()),
-        IpAddr::V4(v4) => format!("https://{v4}:{}", cfg.listen.port()),
-    };
-    let material = Pki::new(&cfg.data_dir).ensure(
-        cfg.listen,
-        IpAddr::V4(network.first_service_ip()),
-        &server_url,
-    )?;
-    let tls = tokio_rustls::TlsAcceptor::from(material.server_config()?);
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&cfg.data_dir.join("store.redb"))?);
-    let app = ApiServer::new(store.clone(), network, cfg.bookmark_interval);
-    bootstrap(&app, cfg.listen).await?;
-    spawn_compactor(store, cfg.compaction_interval);
+    // Bind first: with port 0 the kernel picks the port the kubeconfig must name.
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServerError::Io {
@@ -276,6 +258,25 @@ pub async fn run(
         context: "reading the listening address".into(),
         source,
     })?;
+    let host = if local.ip().is_unspecified() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        local.ip()
+    };
+    let server_url = match host {
+        IpAddr::V6(v6) => format!("https://[{v6}]:{}", local.port()),
+        IpAddr::V4(v4) => format!("https://{v4}:{}", local.port()),
+    };
+    let material = Pki::new(&cfg.data_dir).ensure(
+        local,
+        IpAddr::V4(network.first_service_ip()),
+        &server_url,
+    )?;
+    let tls = tokio_rustls::TlsAcceptor::from(material.server_config()?);
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&cfg.data_dir.join("store.redb"))?);
+    let app = ApiServer::new(store.clone(), network, cfg.bookmark_interval);
+    bootstrap(&app, local).await?;
+    spawn_compactor(store, cfg.compaction_interval);
     let server_address = Arc::new(format!("{host}:{}", local.port()));
     tracing::info!(listen = %local, kubeconfig = %cfg.data_dir.join("admin.kubeconfig").display(), "serving the Kubernetes API");
     tokio::pin!(shutdown);

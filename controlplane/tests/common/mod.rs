@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -29,14 +28,6 @@ pub fn require(tool: &str, probe: &[&str], hint: &str) {
     );
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("binding an ephemeral port")
-        .local_addr()
-        .expect("local address")
-        .port()
-}
-
 impl Server {
     pub fn start() -> Self {
         Self::start_with(&[])
@@ -47,7 +38,9 @@ impl Server {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut s = Server {
             dir,
-            port: free_port(),
+            // 0 on first start: the server picks a free port and names it in the kubeconfig;
+            // restarts reuse it.
+            port: 0,
             child: None,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
         };
@@ -85,9 +78,10 @@ impl Server {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if self.kubeconfig().exists() {
+            if let Some(port) = self.kubeconfig_port() {
                 let out = self.kubectl_output(&["get", "--raw", "/readyz"]);
                 if out.status.success() {
+                    self.port = port;
                     return;
                 }
             }
@@ -105,6 +99,17 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The port the kubeconfig names, once the server has written it for this start.
+    fn kubeconfig_port(&self) -> Option<u16> {
+        let kc = std::fs::read_to_string(self.kubeconfig()).ok()?;
+        let port: u16 = kc
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:"))?
+            .parse()
+            .ok()?;
+        (self.port == 0 || port == self.port).then_some(port)
     }
 
     pub fn log(&self) -> String {
