@@ -2,7 +2,7 @@
 //! through a real Kubernetes client (kube-rs over HTTPS with the admin certificate): create, get
 //! and list throughput and latency, and the time to fan one change out to many watchers.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -276,16 +276,16 @@ pub async fn measure(client: Client, cfg: &BenchConfig) -> Result<Vec<Row>, Benc
 
 /// Starts a server in a scratch directory, measures it, stops it, and removes the directory.
 pub async fn run(cfg: &BenchConfig) -> Result<Vec<Row>, BenchError> {
-    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map_err(|e| BenchError::Setup(format!("picking a port: {e}")))?
-        .port();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
     let dir: PathBuf =
-        std::env::temp_dir().join(format!("skiff-bench-{}-{port}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+        std::env::temp_dir().join(format!("skiff-bench-{}-{stamp}", std::process::id()));
     let scfg = ServerConfig {
         data_dir: dir.clone(),
-        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        // Port 0: the server picks a free one and names it in the kubeconfig.
+        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         service_cidr: "10.96.0.0/12".into(),
         compaction_interval: Duration::from_secs(300),
         bookmark_interval: Duration::from_secs(60),
