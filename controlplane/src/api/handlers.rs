@@ -371,12 +371,12 @@ impl ApiServer {
                 self.delete(r, ns, name, &opts, &HashMap::new()).await?;
                 Ok(respond(StatusCode::CREATED, &success(201), &[]))
             }
-            (&Method::PUT, Some(name), sub) => {
+            (&Method::PUT, Some(name), sub @ (None | Some("status" | "scale" | "finalize"))) => {
                 let opts = WriteOptions::from_request(q, headers)?;
                 let obj = decode_body(headers, body)?;
                 write(self.update(r, ns, name, obj, sub, &opts).await?)
             }
-            (&Method::PATCH, Some(name), sub) => {
+            (&Method::PATCH, Some(name), sub @ (None | Some("status" | "scale"))) => {
                 let opts = WriteOptions::from_request(q, headers)?;
                 let ct = headers
                     .get(header::CONTENT_TYPE)
@@ -1532,6 +1532,19 @@ mod tests {
             parse_target("/apis/apps/v1/namespaces/d/deployments/x/scale")
                 .unwrap()
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn paths_for_subresources() {
+        let t = parse_target("/api/v1/namespaces/d/pods/p/binding")
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.sub.as_deref(), Some("binding"));
+        assert!(
+            parse_target("/api/v1/namespaces/d/configmaps/c/status")
+                .unwrap()
+                .is_err()
         );
     }
 

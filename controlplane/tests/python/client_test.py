@@ -198,6 +198,10 @@ class ClientTest(unittest.TestCase):
 
     def test_raw_errors(self):
         self.assertEqual(raw("POST", f"/api/v1/namespaces/{NS}/configmaps/x", b"{}")[0], 405)
+        v1.create_namespaced_pod(NS, client.V1Pod(
+            metadata=client.V1ObjectMeta(name="sub"),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="i")])))
+        self.assertEqual(raw("PUT", f"/api/v1/namespaces/{NS}/pods/sub/binding", b"{}")[0], 405)
         code, status = raw("POST", f"/api/v1/namespaces/{NS}/configmaps", b'{"apiVersion": "v1", ')
         self.assertEqual((code, status["reason"]), (400, "BadRequest"))
         code, status = raw("POST", f"/api/v1/namespaces/{NS}/configmaps", b"kind: [", "application/yaml")
