@@ -105,7 +105,7 @@ impl Runtime {
         let seccomp = linux
             .seccomp()
             .as_ref()
-            .map(crate::seccomp::Filter::new)
+            .map(|s| crate::seccomp::Filter::new(s, &self.root))
             .transpose()?;
         let terminal = spec
             .process()
@@ -395,7 +395,7 @@ impl Runtime {
         let seccomp = record
             .seccomp
             .as_ref()
-            .map(crate::seccomp::Filter::new)
+            .map(|s| crate::seccomp::Filter::new(s, &self.root))
             .transpose()?;
         let layout = Layout::detect()?;
         let (mut proxy_socket, console_socket) = match &opts.console_socket {

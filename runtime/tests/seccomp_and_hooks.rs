@@ -40,6 +40,7 @@ fn errno_with_errno_ret_and_argument_conditions() {
             {"names": ["uname"], "action": "SCMP_ACT_LOG"}
         ]
     });
+    let profile_again = profile.clone();
     let (code, out, err) = run_script(
         &runc,
         "mkdir /tmp/d 2>&1; touch /tmp/f; chmod 700 /tmp/f 2>&1; chmod 755 /tmp/f && echo 755-ok; chmod 4755 /tmp/f 2>&1; \
@@ -54,6 +55,29 @@ fn errno_with_errno_ret_and_argument_conditions() {
          chmod: /tmp/f: Invalid argument\nchmod: /tmp/f: Invalid argument\nLinux\n",
         "{out}"
     );
+    // Compiled once, cached by content hash under <root>/seccomp, reused by the next container.
+    let cached = || {
+        std::fs::read_dir(runc.root.path().join("seccomp"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "bpf")
+            })
+            .count()
+    };
+    assert_eq!(cached(), 1);
+    let (code, again, _) = run_script(&runc, "mkdir /tmp/d 2>&1", profile_again);
+    assert_eq!(
+        (code, again.as_str()),
+        (
+            0,
+            "mkdir: can't create directory '/tmp/d': Operation not supported\n"
+        )
+    );
+    assert_eq!(cached(), 1);
 }
 
 #[test]

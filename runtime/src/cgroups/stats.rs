@@ -95,12 +95,23 @@ impl CgroupPaths {
             memory = json!({
                 "cache": num(&raw, "file"),
                 "usage": {"limit": read_limit(&d.join("memory.max")), "usage": read_u64(&d.join("memory.current")), "max": read_u64(&d.join("memory.peak")), "failcnt": num(&events, "max")},
-                "swap": {"limit": read_limit(&d.join("memory.swap.max")), "usage": read_u64(&d.join("memory.swap.current")), "failcnt": 0},
+                // As runc and cgroup v1: swap counts memory+swap.
+                "swap": {
+                    "limit": match (read_limit(&d.join("memory.max")), read_limit(&d.join("memory.swap.max"))) {
+                        (m, s) if m == u64::MAX || s == u64::MAX => u64::MAX,
+                        (m, s) => m + s,
+                    },
+                    "usage": read_u64(&d.join("memory.current")) + read_u64(&d.join("memory.swap.current")),
+                    "failcnt": 0,
+                },
                 "raw": raw,
             });
         }
         let pids_dir = self.v1_dir("pids").or_else(|| self.v2_with("pids.current"));
-        let pids = pids_dir.map(|d| json!({"current": read_u64(&d.join("pids.current")), "limit": read_limit(&d.join("pids.max"))})).unwrap_or(json!({}));
+        // No pids limit reads as 0 (runc leaves it out), unlike memory where "max" is u64::MAX.
+        let pids = pids_dir
+            .map(|d| json!({"current": read_u64(&d.join("pids.current")), "limit": match read_limit(&d.join("pids.max")) { u64::MAX => 0, n => n }}))
+            .unwrap_or(json!({}));
         let mut hugetlb = Map::new();
         let huge_dir = self
             .v1_dir("hugetlb")

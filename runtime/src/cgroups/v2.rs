@@ -89,8 +89,12 @@ pub fn apply(dir: &Path, res: &LinuxResources, on_v2: &dyn Fn(&str) -> bool) -> 
                     .filter(|q| *q > 0)
                     .map(|q| q.to_string())
                     .unwrap_or("max".into());
-                let period = cpu.period().filter(|p| *p != 0).unwrap_or(100_000);
-                write_value(&dir.join("cpu.max"), &format!("{quota} {period}"))?;
+                // Without a period only the quota is written: the kernel keeps the period.
+                let value = match cpu.period().filter(|p| *p != 0) {
+                    Some(period) => format!("{quota} {period}"),
+                    None => quota,
+                };
+                write_value(&dir.join("cpu.max"), &value)?;
             }
             if let Some(idle) = cpu.idle() {
                 write_value(&dir.join("cpu.idle"), &idle.to_string())?;

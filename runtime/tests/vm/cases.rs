@@ -11,7 +11,13 @@
 //! - `finish fail WORD`: `create` must fail, saying WORD on stderr, and leave no cgroup nor state;
 //! - `finish run EXIT`: the container is run with `run` (in the background of the scenario, which
 //!   checks the cgroup from outside meanwhile, then lets it go by creating /tmp/run-shared/go, seen
-//!   in the container as /shared/go) and must exit with EXIT.
+//!   in the container as /shared/go) and must exit with EXIT;
+//! - `finish live`: after the checks of a started container, scenario.sh's `live_<id>` (dashes as
+//!   underscores) drives it further (exec, pause/resume, events, update) and ends it;
+//! - `update flags ARGS…` / `update resources JSON`: (`live` cases) `update` with those flags, or
+//!   with `--resources` of a file holding JSON, on the running container, in order; each followed
+//!   by `after NAME VALUE` lines: what the cgroup file NAME must then read, from outside and (via
+//!   `exec`) from inside.
 //!
 //! Inside the container, the process prints `IN NAME VALUE` for each file, `CGROUP <own cgroup>`,
 //! the lines of its extra checks (`CHECK ok|fail NAME DETAIL`), then `PROBE-DONE`, and sleeps.
@@ -49,6 +55,8 @@ pub struct Case {
     pub mounts: Vec<Value>,
     pub before: Option<&'static str>,
     pub finish: &'static str,
+    /// `live` cases: `update` calls (`flags …` or `resources {json}`) and the files they must set.
+    pub updates: Vec<(String, Vec<(&'static str, String)>)>,
 }
 
 /// Shell prelude of every container's process.
@@ -105,6 +113,17 @@ check last-rule-allowed "No such device or address" "$(open_w /tmp/d63)"
 check unlisted-denied "Operation not permitted" "$(open_r /tmp/d64)"
 "#;
 
+/// The device rules of the `stats-update` case before any update (scenario.sh's DEVICES_PROBE tries
+/// the same after each one, through exec).
+const UPDATE_DEVICES_INSIDE: &str = r#"
+check dev-null-w "" "$(open_w /dev/null)"
+check mknod-allowed "" "$(mknod /tmp/sda b 8 0 2>&1; mknod /tmp/kmsg c 1 11 2>&1)"
+check denied-block-read "Operation not permitted" "$(open_r /tmp/sda)"
+check denied-block-write "Operation not permitted" "$(open_w /tmp/sda)"
+check read-only-rule-read "" "$(open_r /tmp/kmsg)"
+check read-only-rule-write "Operation not permitted" "$(open_w /tmp/kmsg)"
+"#;
+
 fn dev(allow: bool, kind: &str, major: Option<i64>, minor: Option<i64>, access: &str) -> Value {
     let mut d = json!({"allow": allow, "access": access});
     if kind != "a" {
@@ -155,6 +174,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![hugetlbfs],
             before: None,
             finish: "kill KILL",
+            updates: vec![],
         },
         Case {
             id: "relative",
@@ -176,6 +196,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: None,
             finish: "kill 9",
+            updates: vec![],
         },
         Case {
             id: "devices",
@@ -201,6 +222,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: None,
             finish: "kill KILL",
+            updates: vec![],
         },
         Case {
             id: "many-devices",
@@ -212,6 +234,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: None,
             finish: "kill KILL",
+            updates: vec![],
         },
         Case {
             // A ramdisk (brd, block 1:0) to throttle: io.max needs a device that exists.
@@ -230,6 +253,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: Some("insmod /skiff/modules/brd.ko rd_nr=1 rd_size=4096"),
             finish: "kill KILL",
+            updates: vec![],
         },
         Case {
             // A limit the kernel refuses: create fails naming it, and leaves nothing behind.
@@ -242,6 +266,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: None,
             finish: "fail cpuset.cpus",
+            updates: vec![],
         },
         Case {
             // After bfq is loaded, io.bfq.weight exists and runc writes blkio.weight there as is.
@@ -254,6 +279,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: Some("insmod /skiff/modules/bfq.ko"),
             finish: "force",
+            updates: vec![],
         },
         Case {
             id: "run",
@@ -267,6 +293,107 @@ pub fn cases() -> Vec<Case> {
             ],
             before: None,
             finish: "run 7",
+            updates: vec![],
+        },
+        // The `live` cases come last: the bfq case above has loaded bfq, so `--blkio-weight` lands
+        // in io.bfq.weight, as runc writes it when that file exists.
+        Case {
+            // memory = memory+swap = 32 MiB, no pids limit: exec (args, --detach --pid-file,
+            // --process), an exec'd dd OOM-killed and seen in the `events` stream, pause/resume
+            // (cgroup.freeze), kill --all of a paused container: live_exec_oom_pause.
+            id: "exec-oom-pause",
+            cgroups_path: Some("/skiff-abs/exec-oom-pause"),
+            resources: json!({"memory": {"limit": 32 * MIB, "swap": 32 * MIB}}),
+            path: ("exact", "/skiff-abs/exec-oom-pause"),
+            files: vec![
+                ("memory.max", (32 * MIB).to_string()),
+                ("memory.swap.max", "0".into()),
+                ("cgroup.freeze", "0".into()),
+            ],
+            inside: String::new(),
+            mounts: vec![],
+            before: None,
+            finish: "live",
+            updates: vec![],
+        },
+        Case {
+            // events --stats against the cgroup files, then `update` (flags, --resources, memory
+            // alone) with the device program checked after each: live_stats_update.
+            id: "stats-update",
+            cgroups_path: Some("/skiff-abs/stats-update"),
+            resources: json!({
+                "memory": {"limit": 64 * MIB, "swap": 128 * MIB},
+                "cpu": {"shares": 1024},
+                "pids": {"limit": 32},
+                "hugepageLimits": [{"pageSize": "2MB", "limit": 4 * MIB}],
+                "devices": [
+                    dev(false, "a", None, None, "rwm"),
+                    dev(true, "c", None, None, "m"),
+                    dev(true, "b", None, None, "m"),
+                    dev(true, "c", Some(1), Some(3), "rwm"),
+                    dev(true, "c", Some(1), Some(5), "rwm"),
+                    dev(true, "c", Some(1), Some(11), "r"),
+                ],
+            }),
+            path: ("exact", "/skiff-abs/stats-update"),
+            files: vec![
+                ("memory.max", (64 * MIB).to_string()),
+                ("memory.swap.max", (64 * MIB).to_string()),
+                ("cpu.weight", cpu_weight(1024).to_string()),
+                ("pids.max", "32".into()),
+            ],
+            inside: UPDATE_DEVICES_INSIDE.into(),
+            mounts: vec![],
+            before: None,
+            finish: "live",
+            updates: vec![
+                (
+                    "flags --memory 128m --memory-swap 256m --memory-reservation 16m \
+                     --cpu-share 512 --cpu-quota 500000 --cpu-period 250000 --cpuset-cpus 0 \
+                     --cpuset-mems 0 --pids-limit 99 --blkio-weight 200"
+                        .into(),
+                    vec![
+                        ("memory.max", (128 * MIB).to_string()),
+                        // v2 has no memory+swap: memory.swap.max is the swap alone.
+                        ("memory.swap.max", (128 * MIB).to_string()),
+                        ("memory.low", (16 * MIB).to_string()),
+                        ("cpu.weight", cpu_weight(512).to_string()),
+                        // Room for two CPUs: a tight quota makes every later exec crawl under TCG.
+                        ("cpu.max", "500000 250000".into()),
+                        ("cpuset.cpus", "0".into()),
+                        ("cpuset.mems", "0".into()),
+                        ("pids.max", "99".into()),
+                        ("io.bfq.weight", "default 200".into()),
+                    ],
+                ),
+                (
+                    // Memory lowered below the current memory.swap.max (128m); what is left out
+                    // stays as it is.
+                    format!(
+                        "resources {}",
+                        json!({"memory": {"limit": 48 * MIB, "swap": 64 * MIB}, "cpu": {"quota": -1}, "pids": {"limit": 12}})
+                    ),
+                    vec![
+                        ("memory.max", (48 * MIB).to_string()),
+                        ("memory.swap.max", (16 * MIB).to_string()),
+                        ("memory.low", (16 * MIB).to_string()),
+                        ("cpu.weight", cpu_weight(512).to_string()),
+                        ("cpu.max", "max 250000".into()),
+                        ("pids.max", "12".into()),
+                    ],
+                ),
+                (
+                    // Memory alone: memory.swap.max is left as it is (runc: an update without
+                    // --memory-swap writes no swap limit), not recomputed from an earlier
+                    // memory+swap.
+                    "flags --memory 32m".into(),
+                    vec![
+                        ("memory.max", (32 * MIB).to_string()),
+                        ("memory.swap.max", (16 * MIB).to_string()),
+                        ("pids.max", "12".into()),
+                    ],
+                ),
+            ],
         },
     ]
 }
@@ -347,6 +474,13 @@ impl Case {
         }
         for (f, v) in &self.files {
             e.push_str(&format!("file {f} {v}\n"));
+        }
+        for (update, after) in &self.updates {
+            let update: Vec<&str> = update.split_whitespace().collect();
+            e.push_str(&format!("update {}\n", update.join(" ")));
+            for (f, v) in after {
+                e.push_str(&format!("after {f} {v}\n"));
+            }
         }
         e
     }
