@@ -73,7 +73,7 @@ fn errno_with_errno_ret_and_argument_conditions() {
     assert_eq!(
         (code, again.as_str()),
         (
-            0,
+            1,
             "mkdir: can't create directory '/tmp/d': Operation not supported\n"
         )
     );
