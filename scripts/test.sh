@@ -14,8 +14,9 @@ packages=(
     build-essential pkg-config protobuf-compiler libprotobuf-dev libseccomp-dev
     # runtime tests: busybox rootfs, ps for `skiff-runc ps`, the cgroup v2 VM
     busybox-static procps qemu-system-x86 cpio kmod
-    # peers the runtime is compared with and driven by
-    runc crun
+    # peers the runtime is compared with and driven by: containerd's runc shim, podman (conmon),
+    # umoci for the OCI test image, grpcio for the CRI client of the containerd tests
+    runc crun containerd podman umoci python3-grpcio
     # networking tools used by tests
     iproute2 iptables
 )

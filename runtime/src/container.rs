@@ -520,7 +520,9 @@ impl Runtime {
 
     pub fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()> {
         let (record, status) = self.load(id)?;
-        if matches!(status, Status::Stopped | Status::Creating) {
+        // As runc: --all signals whatever is left in the cgroup even once init is gone (a
+        // container without its own pid namespace can leave processes behind).
+        if matches!(status, Status::Stopped | Status::Creating) && !all {
             return Err(Error::State("container not running".into()));
         }
         if all {
@@ -552,7 +554,8 @@ impl Runtime {
         };
         let status = record.status(&sd);
         match status {
-            Status::Stopped => {}
+            // Init is gone, but without a pid namespace of its own other processes may remain.
+            Status::Stopped => self.kill_all(&record),
             Status::Created => self.kill_all(&record),
             Status::Creating if force => self.kill_all(&record),
             Status::Running | Status::Paused if force => self.kill_all(&record),

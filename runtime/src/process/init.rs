@@ -262,13 +262,16 @@ fn find_program(name: &str, env: &[String]) -> Result<PathBuf> {
     let is_exec = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
+    // The wording matters: podman maps "no such file or directory" and "executable file not
+    // found" to exit 127 and anything else to 126, as with runc.
     if name.contains('/') {
-        if is_exec(Path::new(name)) {
-            return Ok(PathBuf::from(name));
-        }
-        return Err(Error::Config(format!(
-            "exec: {name:?}: no such executable file"
-        )));
+        return match std::fs::metadata(name) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Config(format!(
+                "exec: {name:?}: stat {name}: no such file or directory"
+            ))),
+            Ok(_) if is_exec(Path::new(name)) => Ok(PathBuf::from(name)),
+            _ => Err(Error::Config(format!("exec: {name:?}: permission denied"))),
+        };
     }
     let path = env
         .iter()
