@@ -3,6 +3,8 @@
 
 pub mod api;
 pub mod bench;
+pub mod components;
 pub mod pki;
+pub mod scheduler;
 pub mod server;
 pub mod store;

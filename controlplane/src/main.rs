@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use skiff_controlplane::bench;
+use skiff_controlplane::components::{self, Components};
 use skiff_controlplane::server::{self, ServerConfig};
 
 #[derive(Parser)]
@@ -35,6 +36,24 @@ enum Command {
         /// Seconds between bookmarks on watches that asked for them.
         #[arg(long, default_value_t = 60)]
         bookmark_interval: u64,
+        /// Do not run the scheduler inside the server.
+        #[arg(long)]
+        disable_scheduler: bool,
+        /// Do not run the controllers inside the server.
+        #[arg(long)]
+        disable_controllers: bool,
+    },
+    /// Run the scheduler against an API server.
+    Scheduler {
+        /// Credentials and address of the API server.
+        #[arg(long)]
+        kubeconfig: PathBuf,
+    },
+    /// Run the controllers against an API server.
+    Controllers {
+        /// Credentials and address of the API server.
+        #[arg(long)]
+        kubeconfig: PathBuf,
     },
     /// Measure an API server (started on a loopback port in a scratch directory) through a
     /// Kubernetes client and print a table.
@@ -68,7 +87,14 @@ fn main() -> anyhow::Result<()> {
             service_cidr,
             compaction_interval,
             bookmark_interval,
+            disable_scheduler,
+            disable_controllers,
         } => {
+            let which = Components {
+                scheduler: !disable_scheduler,
+                controllers: !disable_controllers,
+            };
+            let kubeconfig = data_dir.join("admin.kubeconfig");
             let cfg = ServerConfig {
                 data_dir,
                 listen,
@@ -76,8 +102,38 @@ fn main() -> anyhow::Result<()> {
                 compaction_interval: Duration::from_secs(compaction_interval.max(1)),
                 bookmark_interval: Duration::from_secs(bookmark_interval.max(1)),
             };
-            rt.block_on(server::run(cfg, shutdown_signal()))
-                .context("skiff server")?;
+            rt.block_on(async {
+                if which.scheduler || which.controllers {
+                    tokio::spawn(async move {
+                        let client = components::wait_for_api(&kubeconfig).await;
+                        components::run(client, which).await;
+                    });
+                }
+                server::run(cfg, shutdown_signal()).await
+            })
+            .context("skiff server")?;
+        }
+        Command::Scheduler { kubeconfig } => {
+            rt.block_on(async {
+                let client = components::client(&kubeconfig).await?;
+                tokio::select! {
+                    _ = components::run(client, Components { scheduler: true, controllers: false }) => {}
+                    _ = shutdown_signal() => {}
+                }
+                anyhow::Ok(())
+            })
+            .context("skiff scheduler")?;
+        }
+        Command::Controllers { kubeconfig } => {
+            rt.block_on(async {
+                let client = components::client(&kubeconfig).await?;
+                tokio::select! {
+                    _ = components::run(client, Components { scheduler: false, controllers: true }) => {}
+                    _ = shutdown_signal() => {}
+                }
+                anyhow::Ok(())
+            })
+            .context("skiff controllers")?;
         }
         Command::Bench {
             sizes,
