@@ -62,11 +62,23 @@ pub async fn run_scheduler(client: Client) {
     }
 }
 
+/// Runs the controllers, restarting them should they end.
+pub async fn run_controllers(client: Client) {
+    loop {
+        crate::controllers::run(client.clone()).await;
+        tracing::error!("controllers stopped; restarting");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Runs the selected components until the process ends.
 pub async fn run(client: Client, which: Components) {
     let mut tasks = Vec::new();
     if which.scheduler {
         tasks.push(tokio::spawn(run_scheduler(client.clone())));
+    }
+    if which.controllers {
+        tasks.push(tokio::spawn(run_controllers(client.clone())));
     }
     for t in tasks {
         let _ = t.await;

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod bench;
 pub mod components;
+pub mod controllers;
 pub mod pki;
 pub mod scheduler;
 pub mod server;

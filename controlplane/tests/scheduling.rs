@@ -38,7 +38,7 @@ async fn wait_bound(api: &Api<Pod>, name: &str) -> String {
 }
 
 async fn start(nodes: &[NodeSpec]) -> (Server, Client, Hollow) {
-    let s = Server::start();
+    let s = Server::start_cluster();
     let client = hollow::client(&s).await;
     let h = Hollow::start(client.clone(), nodes).await;
     (s, client, h)

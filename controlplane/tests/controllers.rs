@@ -1,0 +1,352 @@
+//! The controllers and the scheduler inside a real `skiff server`, driven by kubectl, with
+//! simulated nodes that run the pods bound to them.
+
+mod common;
+mod hollow;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Server;
+use futures::TryStreamExt;
+use hollow::{Hollow, NodeSpec};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use serde_json::json;
+
+async fn start() -> (Server, Client, Hollow) {
+    let s = Server::start_cluster();
+    let client = hollow::client(&s).await;
+    let h = Hollow::start(
+        client.clone(),
+        &[
+            NodeSpec::new("node-a", "4", "8Gi"),
+            NodeSpec::new("node-b", "4", "8Gi"),
+            NodeSpec::new("node-c", "4", "8Gi"),
+        ],
+    )
+    .await;
+    (s, client, h)
+}
+
+fn deployment(name: &str, replicas: u32, image: &str, strategy: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  strategy: {strategy}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+      - name: c
+        image: {image}
+        ports: [{{name: http, containerPort: 8080}}]
+        resources: {{requests: {{cpu: 100m, memory: 64Mi}}}}
+"#
+    )
+}
+
+async fn active_pods(client: &Client, selector: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(client.clone(), "default")
+        .list(&ListParams::default().labels(selector))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_of_6_spreads_over_3_nodes_and_rollout_status_returns() {
+    let (s, client, _h) = start().await;
+    let f = s.write(
+        "web.yaml",
+        &deployment("web", 6, "registry.invalid/web:1", "{type: RollingUpdate}"),
+    );
+    s.kubectl(&["apply", "-f", common::path_str(&f)]);
+    let out = s.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let pods = active_pods(&client, "app=web").await;
+    assert_eq!(pods.len(), 6);
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for p in &pods {
+        *per_node
+            .entry(p.spec.as_ref().unwrap().node_name.clone().unwrap())
+            .or_default() += 1;
+        let owner = &p.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("ReplicaSet", Some(true))
+        );
+    }
+    assert_eq!(
+        per_node.values().copied().collect::<Vec<_>>(),
+        [2, 2, 2],
+        "{per_node:?}"
+    );
+    let status = s.kubectl(&[
+        "get", "deployment", "web", "-o",
+        "jsonpath={.status.replicas}/{.status.updatedReplicas}/{.status.readyReplicas}/{.status.availableReplicas} {.status.conditions[?(@.type==\"Progressing\")].reason} {.status.conditions[?(@.type==\"Available\")].status} {.metadata.annotations.deployment\\.kubernetes\\.io/revision}",
+    ]);
+    assert_eq!(status, "6/6/6/6 NewReplicaSetAvailable True 1");
+    let rs = s.kubectl(&[
+        "get",
+        "rs",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[*].status.readyReplicas}",
+    ]);
+    assert_eq!(rs, "6");
+    // Scaling down removes pods and keeps the spread even.
+    s.kubectl(&["scale", "deployment/web", "--replicas=3"]);
+    s.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    eventually("3 pods", || async {
+        active_pods(&client, "app=web").await.len() == 3
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_stays_within_surge_and_unavailable_and_undo_goes_back() {
+    let (s, client, _h) = start().await;
+    let strategy = "{type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}";
+    let f = s.write(
+        "app.yaml",
+        &deployment("app", 4, "registry.invalid/app:1", strategy),
+    );
+    s.kubectl(&["apply", "-f", common::path_str(&f)]);
+    s.kubectl(&["rollout", "status", "deployment/app", "--timeout=60s"]);
+
+    // Watch pods and ReplicaSets through the update: never fewer than 4 ready pods (maxUnavailable
+    // 0), never more than 5 replicas asked for across the ReplicaSets (maxSurge 1).
+    let ready: Arc<Mutex<HashMap<String, bool>>> = Arc::default();
+    let min_ready = Arc::new(Mutex::new(usize::MAX));
+    let max_spec = Arc::new(Mutex::new(0i32));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let (r, m) = (ready.clone(), min_ready.clone());
+    let pod_watch = tokio::spawn(async move {
+        let mut st = std::pin::pin!(
+            watcher(pods, watcher::Config::default().labels("app=app")).default_backoff()
+        );
+        let mut synced = false;
+        while let Ok(Some(ev)) = st.try_next().await {
+            let mut r = r.lock().unwrap();
+            match ev {
+                watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                    let ok = p.metadata.deletion_timestamp.is_none()
+                        && p.status
+                            .iter()
+                            .flat_map(|s| s.conditions.iter().flatten())
+                            .any(|c| c.type_ == "Ready" && c.status == "True");
+                    r.insert(p.metadata.name.unwrap(), ok);
+                }
+                watcher::Event::Delete(p) => {
+                    r.remove(&p.metadata.name.unwrap());
+                }
+                watcher::Event::InitDone => synced = true,
+                watcher::Event::Init => r.clear(),
+            }
+            if !synced {
+                continue;
+            }
+            let n = r.values().filter(|v| **v).count();
+            let mut m = m.lock().unwrap();
+            *m = (*m).min(n);
+        }
+    });
+    let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let ms = max_spec.clone();
+    let rs_watch = tokio::spawn(async move {
+        let mut specs: HashMap<String, i32> = HashMap::new();
+        let mut st = std::pin::pin!(
+            watcher(rss, watcher::Config::default().labels("app=app")).default_backoff()
+        );
+        while let Ok(Some(ev)) = st.try_next().await {
+            match ev {
+                watcher::Event::Apply(rs) | watcher::Event::InitApply(rs) => {
+                    specs.insert(
+                        rs.metadata.name.unwrap(),
+                        rs.spec.unwrap().replicas.unwrap_or(0),
+                    );
+                }
+                watcher::Event::Delete(rs) => {
+                    specs.remove(&rs.metadata.name.unwrap());
+                }
+                _ => {}
+            }
+            let total: i32 = specs.values().sum();
+            let mut m = ms.lock().unwrap();
+            *m = (*m).max(total);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.kubectl(&["set", "image", "deployment/app", "c=registry.invalid/app:2"]);
+    s.kubectl(&["rollout", "status", "deployment/app", "--timeout=90s"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pod_watch.abort();
+    rs_watch.abort();
+    let (min_ready, max_spec) = (*min_ready.lock().unwrap(), *max_spec.lock().unwrap());
+    assert!(min_ready >= 4, "ready pods dropped to {min_ready}");
+    assert_eq!(
+        max_spec, 5,
+        "replicas across ReplicaSets peaked at {max_spec}"
+    );
+    let images = |pods: Vec<Pod>| -> Vec<String> {
+        pods.iter()
+            .map(|p| {
+                p.spec.as_ref().unwrap().containers[0]
+                    .image
+                    .clone()
+                    .unwrap()
+            })
+            .collect()
+    };
+    eventually("4 pods of v2", || async {
+        let p = active_pods(&client, "app=app").await;
+        p.len() == 4 && images(p).iter().all(|i| i.ends_with(":2"))
+    })
+    .await;
+    let history = s.kubectl(&["rollout", "history", "deployment/app"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+
+    s.kubectl(&["rollout", "undo", "deployment/app"]);
+    s.kubectl(&["rollout", "status", "deployment/app", "--timeout=90s"]);
+    eventually("4 pods of v1 again", || async {
+        let p = active_pods(&client, "app=app").await;
+        p.len() == 4 && images(p).iter().all(|i| i.ends_with(":1"))
+    })
+    .await;
+    let rev = s.kubectl(&[
+        "get",
+        "deployment",
+        "app",
+        "-o",
+        "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}",
+    ]);
+    assert_eq!(rev, "3");
+    // Two ReplicaSets: the first one, back in service as revision 3, and the emptied v2 one.
+    let rs = s.kubectl(&[
+        "get",
+        "rs",
+        "-l",
+        "app=app",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.replicas} {end}",
+    ]);
+    let mut counts: Vec<&str> = rs.split_whitespace().collect();
+    counts.sort();
+    assert_eq!(counts, ["0", "4"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreate_replaces_all_pods_at_once() {
+    let (s, client, _h) = start().await;
+    let f = s.write(
+        "re.yaml",
+        &deployment("re", 3, "registry.invalid/re:1", "{type: Recreate}"),
+    );
+    s.kubectl(&["apply", "-f", common::path_str(&f)]);
+    s.kubectl(&["rollout", "status", "deployment/re", "--timeout=60s"]);
+    s.kubectl(&["set", "image", "deployment/re", "c=registry.invalid/re:2"]);
+    s.kubectl(&["rollout", "status", "deployment/re", "--timeout=60s"]);
+    eventually("3 pods of v2", || async {
+        let p = active_pods(&client, "app=re").await;
+        p.len() == 3
+            && p.iter().all(|p| {
+                p.spec.as_ref().unwrap().containers[0].image.as_deref()
+                    == Some("registry.invalid/re:2")
+            })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicaset_adopts_orphans_creates_and_deletes() {
+    let (s, client, _h) = start().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let orphan: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "orphan", "labels": {"app": "rs"}},
+        "spec": {"containers": [{"name": "c", "image": "registry.invalid/x:1"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &orphan).await.unwrap();
+    let rs = r#"apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {name: rs}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: rs}}
+  template:
+    metadata: {labels: {app: rs}}
+    spec:
+      containers: [{name: c, image: registry.invalid/x:1}]
+"#;
+    s.kubectl_stdin(&["apply", "-f", "-"], rs);
+    eventually("3 ready replicas", || async {
+        s.kubectl(&["get", "rs", "rs", "-o", "jsonpath={.status.replicas}/{.status.readyReplicas}/{.status.availableReplicas}/{.status.observedGeneration}"]) == "3/3/3/1"
+    })
+    .await;
+    let owner = pods
+        .get("orphan")
+        .await
+        .unwrap()
+        .metadata
+        .owner_references
+        .unwrap();
+    assert_eq!(
+        (owner[0].name.as_str(), owner[0].controller),
+        ("rs", Some(true))
+    );
+    assert_eq!(active_pods(&client, "app=rs").await.len(), 3);
+    s.kubectl(&["scale", "rs/rs", "--replicas=1"]);
+    eventually("1 pod", || async {
+        active_pods(&client, "app=rs").await.len() == 1
+    })
+    .await;
+    // Relabelling the last pod releases it; the ReplicaSet replaces it.
+    let last = active_pods(&client, "app=rs").await[0]
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    s.kubectl(&["label", "pod", &last, "app=gone", "--overwrite"]);
+    eventually("a replacement", || async {
+        active_pods(&client, "app=rs").await.len() == 1
+    })
+    .await;
+    eventually("the released pod has no owner", || async {
+        pods.get(&last)
+            .await
+            .unwrap()
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty()
+    })
+    .await;
+}
