@@ -10,6 +10,8 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 
+use crate::controllers::nodeipam::ClusterCidr;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ComponentError {
     #[error("reading kubeconfig {path}: {message}")]
@@ -21,6 +23,8 @@ pub enum ComponentError {
 pub struct Components {
     pub scheduler: bool,
     pub controllers: bool,
+    /// The range node pod CIDRs are allocated from.
+    pub cluster_cidr: ClusterCidr,
 }
 
 /// A client for the cluster `path` describes.
@@ -63,9 +67,9 @@ pub async fn run_scheduler(client: Client) {
 }
 
 /// Runs the controllers, restarting them should they end.
-pub async fn run_controllers(client: Client) {
+pub async fn run_controllers(client: Client, cluster_cidr: ClusterCidr) {
     loop {
-        crate::controllers::run(client.clone()).await;
+        crate::controllers::run(client.clone(), cluster_cidr).await;
         tracing::error!("controllers stopped; restarting");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -78,7 +82,10 @@ pub async fn run(client: Client, which: Components) {
         tasks.push(tokio::spawn(run_scheduler(client.clone())));
     }
     if which.controllers {
-        tasks.push(tokio::spawn(run_controllers(client.clone())));
+        tasks.push(tokio::spawn(run_controllers(
+            client.clone(),
+            which.cluster_cidr,
+        )));
     }
     for t in tasks {
         let _ = t.await;

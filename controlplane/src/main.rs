@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use skiff_controlplane::bench;
 use skiff_controlplane::components::{self, Components};
+use skiff_controlplane::controllers::nodeipam::ClusterCidr;
 use skiff_controlplane::server::{self, ServerConfig};
 
 #[derive(Parser)]
@@ -42,6 +43,9 @@ enum Command {
         /// Do not run the controllers inside the server.
         #[arg(long)]
         disable_controllers: bool,
+        /// Range (a /16) node pod CIDRs are allocated from.
+        #[arg(long, default_value = "10.244.0.0/16", value_parser = parse_cluster_cidr)]
+        cluster_cidr: ClusterCidr,
     },
     /// Run the scheduler against an API server.
     Scheduler {
@@ -54,6 +58,9 @@ enum Command {
         /// Credentials and address of the API server.
         #[arg(long)]
         kubeconfig: PathBuf,
+        /// Range (a /16) node pod CIDRs are allocated from.
+        #[arg(long, default_value = "10.244.0.0/16", value_parser = parse_cluster_cidr)]
+        cluster_cidr: ClusterCidr,
     },
     /// Measure an API server (started on a loopback port in a scratch directory) through a
     /// Kubernetes client and print a table.
@@ -89,10 +96,12 @@ fn main() -> anyhow::Result<()> {
             bookmark_interval,
             disable_scheduler,
             disable_controllers,
+            cluster_cidr,
         } => {
             let which = Components {
                 scheduler: !disable_scheduler,
                 controllers: !disable_controllers,
+                cluster_cidr,
             };
             let kubeconfig = data_dir.join("admin.kubeconfig");
             let cfg = ServerConfig {
@@ -117,18 +126,21 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(async {
                 let client = components::client(&kubeconfig).await?;
                 tokio::select! {
-                    _ = components::run(client, Components { scheduler: true, controllers: false }) => {}
+                    _ = components::run(client, Components { scheduler: true, controllers: false, cluster_cidr: ClusterCidr::default() }) => {}
                     _ = shutdown_signal() => {}
                 }
                 anyhow::Ok(())
             })
             .context("skiff scheduler")?;
         }
-        Command::Controllers { kubeconfig } => {
+        Command::Controllers {
+            kubeconfig,
+            cluster_cidr,
+        } => {
             rt.block_on(async {
                 let client = components::client(&kubeconfig).await?;
                 tokio::select! {
-                    _ = components::run(client, Components { scheduler: false, controllers: true }) => {}
+                    _ = components::run(client, Components { scheduler: false, controllers: true, cluster_cidr }) => {}
                     _ = shutdown_signal() => {}
                 }
                 anyhow::Ok(())
@@ -151,6 +163,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn parse_cluster_cidr(s: &str) -> Result<ClusterCidr, String> {
+    ClusterCidr::parse(s).map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {

@@ -350,3 +350,126 @@ spec:
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_endpoint_slices_follow_readiness() {
+    let (s, client, _h) = start().await;
+    let f = s.write(
+        "web.yaml",
+        &deployment("web", 3, "registry.invalid/web:1", "{type: RollingUpdate}"),
+    );
+    s.kubectl(&["apply", "-f", common::path_str(&f)]);
+    s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n",
+    );
+    s.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let slice = |jsonpath: &str| {
+        s.kubectl(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            &format!("jsonpath={jsonpath}"),
+        ])
+    };
+    eventually("3 ready endpoints", || async {
+        slice("{.items[*].endpoints[*].conditions.ready}") == "true true true"
+    })
+    .await;
+    assert_eq!(
+        slice("{.items[0].ports[0].name}/{.items[0].ports[0].port}/{.items[0].addressType}"),
+        "http/8080/IPv4"
+    );
+    assert_eq!(
+        slice("{.items[0].metadata.ownerReferences[0].kind}"),
+        "Service"
+    );
+    let ips = s.kubectl(&[
+        "get",
+        "endpoints",
+        "web",
+        "-o",
+        "jsonpath={.subsets[0].addresses[*].ip}",
+    ]);
+    assert_eq!(ips.split_whitespace().count(), 3, "{ips}");
+
+    // One pod turns unready: its endpoint follows, and Endpoints moves it to notReadyAddresses.
+    let pod = active_pods(&client, "app=web").await[0]
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    s.kubectl(&["label", "pod", &pod, "hollow/ready=false"]);
+    eventually("one unready endpoint", || async {
+        let mut r: Vec<String> = slice("{.items[*].endpoints[*].conditions.ready}")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        r.sort();
+        r == ["false", "true", "true"]
+    })
+    .await;
+    eventually("notReadyAddresses", || async {
+        s.kubectl(&[
+            "get",
+            "endpoints",
+            "web",
+            "-o",
+            "jsonpath={.subsets[0].notReadyAddresses[*].targetRef.name}",
+        ]) == pod
+    })
+    .await;
+    // Ready again, then scaled to nothing.
+    s.kubectl(&["label", "pod", &pod, "hollow/ready-"]);
+    eventually("3 ready again", || async {
+        slice("{.items[*].endpoints[*].conditions.ready}") == "true true true"
+    })
+    .await;
+    s.kubectl(&["scale", "deployment/web", "--replicas=0"]);
+    eventually("no endpoints", || async {
+        slice("{.items[*].endpoints[*].addresses}").is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_get_distinct_pod_cidrs_and_a_deleted_nodes_range_is_reused() {
+    let (s, _client, h) = start().await;
+    let cidrs = || {
+        s.kubectl(&[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.spec.podCIDR} {end}",
+        ])
+    };
+    eventually("3 pod CIDRs", || async {
+        cidrs().matches("/24").count() == 3
+    })
+    .await;
+    let mut got: Vec<String> = cidrs()
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(_, c)| c.to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["10.244.0.0/24", "10.244.1.0/24", "10.244.2.0/24"]);
+    let b = cidrs()
+        .split_whitespace()
+        .find(|kv| kv.starts_with("node-b="))
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_string();
+    s.kubectl(&["delete", "node", "node-b"]);
+    h.add(NodeSpec::new("node-d", "4", "8Gi")).await;
+    eventually("node-d gets node-b's range", || async {
+        cidrs()
+            .split_whitespace()
+            .any(|kv| kv == format!("node-d={b}"))
+    })
+    .await;
+}

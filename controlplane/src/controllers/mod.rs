@@ -3,6 +3,8 @@
 //! decision never rests on a cache that lags behind its own writes.
 
 pub mod deployment;
+pub mod endpoints;
+pub mod nodeipam;
 pub mod pods;
 pub mod replicaset;
 
@@ -108,9 +110,11 @@ where
 }
 
 /// Runs every controller until the process ends.
-pub async fn run(client: Client) {
+pub async fn run(client: Client, cluster_cidr: nodeipam::ClusterCidr) {
     tokio::join!(
         replicaset::run(client.clone()),
         deployment::run(client.clone()),
+        endpoints::run(client.clone()),
+        nodeipam::run(client.clone(), cluster_cidr),
     );
 }
