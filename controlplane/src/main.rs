@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use skiff_controlplane::bench;
 use skiff_controlplane::components::{self, Components};
 use skiff_controlplane::controllers::nodeipam::ClusterCidr;
+use skiff_controlplane::scheduler::perf;
 use skiff_controlplane::server::{self, ServerConfig};
 
 #[derive(Parser)]
@@ -74,7 +75,26 @@ enum Command {
         /// Concurrent clients for create and get.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// What to measure: the API server (`api`) or scheduling throughput (`scheduling`,
+        /// scheduler_perf's SchedulingBasic shape).
+        #[arg(long, value_enum, default_value = "api")]
+        mode: BenchMode,
+        /// Scheduling: simulated nodes.
+        #[arg(long, default_value_t = 5000)]
+        nodes: usize,
+        /// Scheduling: pods bound before measuring.
+        #[arg(long, default_value_t = 1000)]
+        init_pods: usize,
+        /// Scheduling: measured pods.
+        #[arg(long, default_value_t = 10000)]
+        pods: usize,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchMode {
+    Api,
+    Scheduling,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -148,9 +168,30 @@ fn main() -> anyhow::Result<()> {
             .context("skiff controllers")?;
         }
         Command::Bench {
+            concurrency,
+            mode: BenchMode::Scheduling,
+            nodes,
+            init_pods,
+            pods,
+            ..
+        } => {
+            let cfg = perf::PerfConfig {
+                nodes: nodes.max(1),
+                init_pods,
+                pods: pods.max(1),
+                concurrency: concurrency.max(1),
+            };
+            let result = rt
+                .block_on(perf::run(&cfg))
+                .context("skiff bench --mode scheduling")?;
+            print!("{}", perf::render(&result));
+        }
+        Command::Bench {
             sizes,
             watchers,
             concurrency,
+            mode: BenchMode::Api,
+            ..
         } => {
             let cfg = bench::BenchConfig {
                 sizes,

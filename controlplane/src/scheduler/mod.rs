@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod filters;
+pub mod perf;
 pub mod queue;
 pub mod resources;
 pub mod scores;
