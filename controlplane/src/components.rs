@@ -10,8 +10,6 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 
-use crate::controllers::nodeipam::ClusterCidr;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ComponentError {
     #[error("reading kubeconfig {path}: {message}")]
@@ -23,8 +21,7 @@ pub enum ComponentError {
 pub struct Components {
     pub scheduler: bool,
     pub controllers: bool,
-    /// The range node pod CIDRs are allocated from.
-    pub cluster_cidr: ClusterCidr,
+    pub settings: crate::controllers::Config,
 }
 
 /// A client for the cluster `path` describes.
@@ -67,9 +64,9 @@ pub async fn run_scheduler(client: Client) {
 }
 
 /// Runs the controllers, restarting them should they end.
-pub async fn run_controllers(client: Client, cluster_cidr: ClusterCidr) {
+pub async fn run_controllers(client: Client, settings: crate::controllers::Config) {
     loop {
-        crate::controllers::run(client.clone(), cluster_cidr).await;
+        crate::controllers::run(client.clone(), settings).await;
         tracing::error!("controllers stopped; restarting");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -84,7 +81,7 @@ pub async fn run(client: Client, which: Components) {
     if which.controllers {
         tasks.push(tokio::spawn(run_controllers(
             client.clone(),
-            which.cluster_cidr,
+            which.settings,
         )));
     }
     for t in tasks {

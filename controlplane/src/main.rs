@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 
 use skiff_controlplane::bench;
 use skiff_controlplane::components::{self, Components};
-use skiff_controlplane::controllers::nodeipam::ClusterCidr;
+use skiff_controlplane::controllers::{
+    self, nodeipam::ClusterCidr, nodelifecycle::LifecycleConfig,
+};
 use skiff_controlplane::scheduler::perf;
 use skiff_controlplane::server::{self, ServerConfig};
 
@@ -44,9 +46,8 @@ enum Command {
         /// Do not run the controllers inside the server.
         #[arg(long)]
         disable_controllers: bool,
-        /// Range (a /16) node pod CIDRs are allocated from.
-        #[arg(long, default_value = "10.244.0.0/16", value_parser = parse_cluster_cidr)]
-        cluster_cidr: ClusterCidr,
+        #[command(flatten)]
+        settings: ControllerFlags,
     },
     /// Run the scheduler against an API server.
     Scheduler {
@@ -59,9 +60,8 @@ enum Command {
         /// Credentials and address of the API server.
         #[arg(long)]
         kubeconfig: PathBuf,
-        /// Range (a /16) node pod CIDRs are allocated from.
-        #[arg(long, default_value = "10.244.0.0/16", value_parser = parse_cluster_cidr)]
-        cluster_cidr: ClusterCidr,
+        #[command(flatten)]
+        settings: ControllerFlags,
     },
     /// Measure an API server (started on a loopback port in a scratch directory) through a
     /// Kubernetes client and print a table.
@@ -91,6 +91,32 @@ enum Command {
     },
 }
 
+/// Settings of the controllers.
+#[derive(clap::Args)]
+struct ControllerFlags {
+    /// Range (a /16) node pod CIDRs are allocated from.
+    #[arg(long, default_value = "10.244.0.0/16", value_parser = parse_cluster_cidr)]
+    cluster_cidr: ClusterCidr,
+    /// Seconds without a heartbeat before a node is marked Ready=Unknown and tainted.
+    #[arg(long, default_value_t = 50)]
+    node_monitor_grace_period: u64,
+    /// Seconds pods stay on an unreachable or not-ready node unless they tolerate it otherwise.
+    #[arg(long, default_value_t = 300)]
+    default_toleration_seconds: u64,
+}
+
+impl ControllerFlags {
+    fn config(&self) -> controllers::Config {
+        controllers::Config {
+            cluster_cidr: self.cluster_cidr,
+            lifecycle: LifecycleConfig {
+                grace_period: Duration::from_secs(self.node_monitor_grace_period.max(1)),
+                default_toleration: Duration::from_secs(self.default_toleration_seconds),
+            },
+        }
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum BenchMode {
     Api,
@@ -116,12 +142,12 @@ fn main() -> anyhow::Result<()> {
             bookmark_interval,
             disable_scheduler,
             disable_controllers,
-            cluster_cidr,
+            settings,
         } => {
             let which = Components {
                 scheduler: !disable_scheduler,
                 controllers: !disable_controllers,
-                cluster_cidr,
+                settings: settings.config(),
             };
             let kubeconfig = data_dir.join("admin.kubeconfig");
             let cfg = ServerConfig {
@@ -146,7 +172,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(async {
                 let client = components::client(&kubeconfig).await?;
                 tokio::select! {
-                    _ = components::run(client, Components { scheduler: true, controllers: false, cluster_cidr: ClusterCidr::default() }) => {}
+                    _ = components::run(client, Components { scheduler: true, controllers: false, settings: controllers::Config::default() }) => {}
                     _ = shutdown_signal() => {}
                 }
                 anyhow::Ok(())
@@ -155,12 +181,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Controllers {
             kubeconfig,
-            cluster_cidr,
+            settings,
         } => {
             rt.block_on(async {
                 let client = components::client(&kubeconfig).await?;
                 tokio::select! {
-                    _ = components::run(client, Components { scheduler: false, controllers: true, cluster_cidr }) => {}
+                    _ = components::run(client, Components { scheduler: false, controllers: true, settings: settings.config() }) => {}
                     _ = shutdown_signal() => {}
                 }
                 anyhow::Ok(())

@@ -473,3 +473,80 @@ async fn nodes_get_distinct_pod_cidrs_and_a_deleted_nodes_range_is_reused() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_is_tainted_and_its_pods_move() {
+    let s = Server::start_cluster_with(&["--node-monitor-grace-period", "6"]);
+    let client = hollow::client(&s).await;
+    let h = Hollow::start(
+        client.clone(),
+        &[
+            NodeSpec::new("node-a", "4", "8Gi"),
+            NodeSpec::new("node-b", "4", "8Gi"),
+            NodeSpec::new("node-c", "4", "8Gi"),
+        ],
+    )
+    .await;
+    // The API server gives pods 300 s tolerations of unreachable nodes; these pods ask for 2 s.
+    let manifest = deployment("web", 3, "registry.invalid/web:1", "{type: RollingUpdate}").replace(
+        "      containers:",
+        "      tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}]\n      containers:",
+    );
+    let f = s.write("web.yaml", &manifest);
+    s.kubectl(&["apply", "-f", common::path_str(&f)]);
+    s.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let on = |node: &'static str| {
+        let client = client.clone();
+        async move {
+            active_pods(&client, "app=web")
+                .await
+                .into_iter()
+                .filter(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some(node))
+                .count()
+        }
+    };
+    assert_eq!(on("node-a").await, 1);
+    h.silence("node-a");
+    eventually("node-a Ready=Unknown", || async {
+        s.kubectl(&[
+            "get",
+            "node",
+            "node-a",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]) == "Unknown"
+    })
+    .await;
+    let taints = s.kubectl(&[
+        "get",
+        "node",
+        "node-a",
+        "-o",
+        "jsonpath={range .spec.taints[*]}{.key}:{.effect} {end}",
+    ]);
+    assert!(
+        taints.contains("node.kubernetes.io/unreachable:NoExecute"),
+        "{taints}"
+    );
+    assert!(
+        taints.contains("node.kubernetes.io/unreachable:NoSchedule"),
+        "{taints}"
+    );
+    // The pod is evicted after its (default) toleration; its replacement lands elsewhere.
+    eventually("the pod to leave node-a", || async {
+        on("node-a").await == 0
+    })
+    .await;
+    eventually("3 pods on node-b and node-c", || async {
+        on("node-b").await + on("node-c").await == 3
+    })
+    .await;
+    s.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    // Heartbeats again: the taints go.
+    h.resume("node-a");
+    eventually("node-a untainted", || async {
+        !s.kubectl(&["get", "node", "node-a", "-o", "jsonpath={.spec.taints}"])
+            .contains("unreachable")
+    })
+    .await;
+}

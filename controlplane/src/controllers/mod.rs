@@ -5,6 +5,7 @@
 pub mod deployment;
 pub mod endpoints;
 pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod pods;
 pub mod replicaset;
 
@@ -109,12 +110,20 @@ where
         .await;
 }
 
+/// Settings of the controllers that have any.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Config {
+    pub cluster_cidr: nodeipam::ClusterCidr,
+    pub lifecycle: nodelifecycle::LifecycleConfig,
+}
+
 /// Runs every controller until the process ends.
-pub async fn run(client: Client, cluster_cidr: nodeipam::ClusterCidr) {
+pub async fn run(client: Client, cfg: Config) {
     tokio::join!(
         replicaset::run(client.clone()),
         deployment::run(client.clone()),
         endpoints::run(client.clone()),
-        nodeipam::run(client.clone(), cluster_cidr),
+        nodeipam::run(client.clone(), cfg.cluster_cidr),
+        nodelifecycle::run(client.clone(), cfg.lifecycle),
     );
 }

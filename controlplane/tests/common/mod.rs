@@ -50,6 +50,11 @@ impl Server {
         Self::launch(&[], true)
     }
 
+    /// The API server with its scheduler and controllers, and extra flags.
+    pub fn start_cluster_with(extra: &[&str]) -> Self {
+        Self::launch(extra, true)
+    }
+
     pub fn start_with(extra: &[&str]) -> Self {
         Self::launch(extra, false)
     }

@@ -155,6 +155,11 @@ impl Hollow {
     pub fn silence(&self, node: &str) {
         self.silenced.lock().unwrap().push(node.into());
     }
+
+    /// Starts the heartbeats of `node` again.
+    pub fn resume(&self, node: &str) {
+        self.silenced.lock().unwrap().retain(|n| n != node);
+    }
 }
 
 async fn heartbeats(
@@ -189,7 +194,7 @@ async fn heartbeats(
                 .patch_status(&n, &PatchParams::default(), &Patch::Strategic(&cond))
                 .await;
         }
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 
