@@ -10,6 +10,8 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 
+use crate::leader::{self, Election};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ComponentError {
     #[error("reading kubeconfig {path}: {message}")]
@@ -72,17 +74,33 @@ pub async fn run_controllers(client: Client, settings: crate::controllers::Confi
     }
 }
 
-/// Runs the selected components until the process ends.
+/// Runs the selected components until the process ends, each only while this process holds
+/// its Lease (`kube-system/kube-scheduler`, `kube-system/kube-controller-manager`), so that
+/// several control-plane processes can run and one takes over when the leader dies.
 pub async fn run(client: Client, which: Components) {
     let mut tasks = Vec::new();
     if which.scheduler {
-        tasks.push(tokio::spawn(run_scheduler(client.clone())));
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let election = Election::new("kube-scheduler");
+            loop {
+                leader::lead(c.clone(), &election, run_scheduler(c.clone())).await;
+            }
+        }));
     }
     if which.controllers {
-        tasks.push(tokio::spawn(run_controllers(
-            client.clone(),
-            which.settings,
-        )));
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let election = Election::new("kube-controller-manager");
+            loop {
+                leader::lead(
+                    c.clone(),
+                    &election,
+                    run_controllers(c.clone(), which.settings),
+                )
+                .await;
+            }
+        }));
     }
     for t in tasks {
         let _ = t.await;

@@ -550,3 +550,84 @@ async fn a_silent_node_is_tainted_and_its_pods_move() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leading_controllers_process_hands_over() {
+    // The API server alone; the controllers run as two separate processes.
+    let s = Server::start();
+    let client = hollow::client(&s).await;
+    let spawn = |n: &str| {
+        let log = std::fs::File::create(s.dir.path().join(format!("controllers-{n}.log"))).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args([
+                "controllers",
+                "--kubeconfig",
+                common::path_str(&s.kubeconfig()),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting skiff controllers")
+    };
+    let holder = || {
+        s.kubectl_output(&[
+            "get",
+            "lease",
+            "-n",
+            "kube-system",
+            "kube-controller-manager",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+    };
+    let mut first = spawn("first");
+    eventually("a leader", || async {
+        holder().status.success() && !holder().stdout.is_empty()
+    })
+    .await;
+    let leader = String::from_utf8(holder().stdout).unwrap();
+    let mut second = spawn("second");
+    let rs_for = |d: &'static str| {
+        let client = client.clone();
+        async move {
+            !Api::<ReplicaSet>::namespaced(client, "default")
+                .list(&ListParams::default().labels(&format!("app={d}")))
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        }
+    };
+    let f = s.write(
+        "one.yaml",
+        &deployment("one", 1, "registry.invalid/one:1", "{type: RollingUpdate}"),
+    );
+    s.kubectl(&["apply", "-f", common::path_str(&f)]);
+    eventually("the leader to make one's ReplicaSet", || rs_for("one")).await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let f = s.write(
+        "two.yaml",
+        &deployment("two", 1, "registry.invalid/two:1", "{type: RollingUpdate}"),
+    );
+    s.kubectl(&["apply", "-f", common::path_str(&f)]);
+    eventually(
+        "the second process to take over and make two's ReplicaSet",
+        || rs_for("two"),
+    )
+    .await;
+    let now = String::from_utf8(holder().stdout).unwrap();
+    assert_ne!(now, leader);
+    let transitions = s.kubectl(&[
+        "get",
+        "lease",
+        "-n",
+        "kube-system",
+        "kube-controller-manager",
+        "-o",
+        "jsonpath={.spec.leaseTransitions}",
+    ]);
+    assert_eq!(transitions, "1");
+    second.kill().unwrap();
+    second.wait().unwrap();
+}

@@ -183,6 +183,11 @@ impl Cache {
         self.order.clone()
     }
 
+    /// The nodes in their stable order.
+    pub fn ordered(&self) -> &[String] {
+        &self.order
+    }
+
     /// Adds or updates a pod that is bound to a node; confirms an assumption.
     pub fn set_pod(&mut self, node: &str, info: PodInfo) {
         let key = info.key();

@@ -71,6 +71,16 @@ impl std::fmt::Display for FitError {
     }
 }
 
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
 struct State {
     cache: Cache,
     next_start: usize,
@@ -150,12 +160,18 @@ impl Scheduler {
                 }
             })
         };
+        // Dropping this future (leadership lost) stops every task it started.
+        let guard = AbortOnDrop(vec![
+            nodes.abort_handle(),
+            pods.abort_handle(),
+            ticker.abort_handle(),
+            scheduling.abort_handle(),
+        ]);
         let result = tokio::select! {
             r = nodes => r,
             r = pods => r,
         };
-        ticker.abort();
-        scheduling.abort();
+        drop(guard);
         result.unwrap_or(Ok(()))
     }
 
@@ -275,7 +291,7 @@ impl Scheduler {
 
     /// Picks a node for `pod`: filters a rotating sample of the nodes, scores the feasible ones.
     fn find_node(&self, st: &mut State, pod: &PodInfo) -> Result<String, FitError> {
-        let names = st.cache.node_names();
+        let names = st.cache.ordered();
         let all = names.len();
         let want = nodes_to_find(all);
         let mut feasible = Vec::new();
