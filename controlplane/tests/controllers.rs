@@ -693,3 +693,64 @@ async fn namespace_and_foreground_deletion_leave_nothing_behind() {
             .success()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemonset_runs_one_pod_per_eligible_node_and_rolls() {
+    let s = Server::start_cluster();
+    let client = hollow::client(&s).await;
+    let h = Hollow::start(
+        client.clone(),
+        &[
+            NodeSpec::new("node-a", "4", "8Gi"),
+            NodeSpec::new("node-b", "4", "8Gi"),
+            NodeSpec::new("node-c", "4", "8Gi").taint("dedicated", "gpu", "NoSchedule"),
+        ],
+    )
+    .await;
+    let ds = |image: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: agent}}\nspec:\n  selector: {{matchLabels: {{app: agent}}}}\n  template:\n    metadata: {{labels: {{app: agent}}}}\n    spec:\n      containers: [{{name: c, image: {image}}}]\n"
+        )
+    };
+    s.kubectl_stdin(&["apply", "-f", "-"], &ds("registry.invalid/agent:1"));
+    s.kubectl(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
+    let nodes = || {
+        let client = client.clone();
+        async move {
+            let mut n: Vec<String> = active_pods(&client, "app=agent")
+                .await
+                .iter()
+                .filter_map(|p| p.spec.as_ref().unwrap().node_name.clone())
+                .collect();
+            n.sort();
+            n
+        }
+    };
+    // The tainted node gets none.
+    assert_eq!(nodes().await, ["node-a", "node-b"]);
+    let status = s.kubectl(&["get", "ds", "agent", "-o", "jsonpath={.status.desiredNumberScheduled}/{.status.numberReady}/{.status.updatedNumberScheduled}"]);
+    assert_eq!(status, "2/2/2");
+    // A new node gets its daemon.
+    h.add(NodeSpec::new("node-d", "4", "8Gi")).await;
+    eventually("a daemon on node-d", || async {
+        nodes().await == ["node-a", "node-b", "node-d"]
+    })
+    .await;
+    // A new template rolls over every node.
+    s.kubectl(&[
+        "set",
+        "image",
+        "daemonset/agent",
+        "c=registry.invalid/agent:2",
+    ]);
+    s.kubectl(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
+    eventually("3 pods of v2", || async {
+        let p = active_pods(&client, "app=agent").await;
+        p.len() == 3
+            && p.iter().all(|p| {
+                p.spec.as_ref().unwrap().containers[0].image.as_deref()
+                    == Some("registry.invalid/agent:2")
+            })
+    })
+    .await;
+}

@@ -2,6 +2,7 @@
 //! `reconcile(object) -> Action` reads the current state straight from the API server, so that a
 //! decision never rests on a cache that lags behind its own writes.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod nodeipam;
@@ -122,6 +123,7 @@ pub async fn run(client: Client, cfg: Config) {
     tokio::join!(
         replicaset::run(client.clone()),
         deployment::run(client.clone()),
+        daemonset::run(client.clone()),
         endpoints::run(client.clone()),
         nodeipam::run(client.clone(), cfg.cluster_cidr),
         nodelifecycle::run(client.clone(), cfg.lifecycle),

@@ -143,7 +143,7 @@ pub fn untolerated<'a>(
 }
 
 /// nodeSelector and required node affinity (both must match).
-fn affinity_matches(pod: &Pod, node: &Node) -> bool {
+pub fn affinity_matches(pod: &Pod, node: &Node) -> bool {
     let Some(spec) = pod.spec.as_ref() else {
         return true;
     };
