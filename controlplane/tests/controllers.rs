@@ -754,3 +754,41 @@ async fn a_daemonset_runs_one_pod_per_eligible_node_and_rolls() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_complete_or_fail_past_their_backoff_limit() {
+    let (s, _client, _h) = start().await;
+    let job = |name: &str, exit: i32, extra: &str| {
+        format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n{extra}  template:\n    metadata: {{labels: {{hollow/exit: \"{exit}\"}}}}\n    spec:\n      restartPolicy: Never\n      containers: [{{name: c, image: registry.invalid/task:1}}]\n"
+        )
+    };
+    s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &job("ok", 0, "  completions: 3\n  parallelism: 2\n"),
+    );
+    s.kubectl(&[
+        "wait",
+        "--for=condition=complete",
+        "job/ok",
+        "--timeout=60s",
+    ]);
+    let st = s.kubectl(&[
+        "get",
+        "job",
+        "ok",
+        "-o",
+        "jsonpath={.status.succeeded}/{.status.active}",
+    ]);
+    assert_eq!(st, "3/0");
+    s.kubectl_stdin(&["apply", "-f", "-"], &job("bad", 1, "  backoffLimit: 1\n"));
+    s.kubectl(&["wait", "--for=condition=failed", "job/bad", "--timeout=60s"]);
+    let st = s.kubectl(&[
+        "get",
+        "job",
+        "bad",
+        "-o",
+        "jsonpath={.status.failed} {.status.conditions[?(@.type==\"Failed\")].reason}",
+    ]);
+    assert_eq!(st, "2 BackoffLimitExceeded");
+}

@@ -5,6 +5,7 @@
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
+pub mod job;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod pods;
@@ -124,6 +125,7 @@ pub async fn run(client: Client, cfg: Config) {
         replicaset::run(client.clone()),
         deployment::run(client.clone()),
         daemonset::run(client.clone()),
+        job::run(client.clone()),
         endpoints::run(client.clone()),
         nodeipam::run(client.clone(), cfg.cluster_cidr),
         nodelifecycle::run(client.clone(), cfg.lifecycle),

@@ -229,6 +229,28 @@ async fn pod_loop(client: Client, nodes: Arc<Mutex<Vec<String>>>) {
                 .await;
             continue;
         }
+        // Pods labelled `hollow/exit=CODE` run to completion with that exit code.
+        if let Some(code) = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("hollow/exit"))
+            .and_then(|c| c.parse::<i32>().ok())
+        {
+            let phase = if code == 0 { "Succeeded" } else { "Failed" };
+            if pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some(phase) {
+                let t = now();
+                let patch = json!({"status": {"phase": phase, "podIP": pod_ip(index, &pod), "startTime": t,
+                    "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": t}],
+                    "containerStatuses": pod.spec.iter().flat_map(|s| s.containers.iter()).map(|c| json!({
+                        "name": c.name, "image": c.image, "imageID": "", "ready": false, "restartCount": 0,
+                        "state": {"terminated": {"exitCode": code, "reason": if code == 0 {"Completed"} else {"Error"}, "startedAt": t, "finishedAt": t}}})).collect::<Vec<_>>()}});
+                let _ = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await;
+            }
+            continue;
+        }
         let want_ready = pod
             .metadata
             .labels
