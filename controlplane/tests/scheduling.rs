@@ -188,3 +188,63 @@ async fn pods_of_one_owner_spread_over_nodes() {
         .unwrap();
     assert_eq!(listed.items.len(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_spread_constraints_balance_zones() {
+    let (_s, client, _h) = start(&[
+        NodeSpec::new("a", "4", "8Gi").label("zone", "z1"),
+        NodeSpec::new("b", "4", "8Gi").label("zone", "z1"),
+        NodeSpec::new("d", "4", "8Gi").label("zone", "z1"),
+        NodeSpec::new("c", "4", "8Gi").label("zone", "z2"),
+    ])
+    .await;
+    let api: Api<Pod> = Api::namespaced(client, "default");
+    let constraint = |key: &str| {
+        json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": key,
+            "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "spread"}}}]})
+    };
+    // One pod per node would put 3 in z1 and 1 in z2; the constraint keeps them 2 and 2.
+    let mut zones: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 0..4 {
+        let mut p = pod(&format!("s-{i}"), "100m", constraint("zone"));
+        p.metadata.labels = Some([("app".to_string(), "spread".to_string())].into());
+        api.create(&PostParams::default(), &p).await.unwrap();
+        let node = wait_bound(&api, &format!("s-{i}")).await;
+        *zones
+            .entry(if node == "c" {
+                "z2".into()
+            } else {
+                "z1".into()
+            })
+            .or_default() += 1;
+    }
+    assert_eq!(
+        zones.values().copied().collect::<Vec<_>>(),
+        [2, 2],
+        "{zones:?}"
+    );
+    // A topology key no node carries fits nowhere, and says so.
+    let mut p = pod("no-rack", "100m", constraint("rack"));
+    p.metadata.labels = Some([("app".to_string(), "spread".to_string())].into());
+    api.create(&PostParams::default(), &p).await.unwrap();
+    let want = "0/4 nodes are available: 4 node(s) didn't match pod topology spread constraints (missing required label).";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let msg = api
+            .get("no-rack")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "PodScheduled")
+            .and_then(|c| c.message);
+        if let Some(m) = msg {
+            assert_eq!(m, want);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no PodScheduled condition");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

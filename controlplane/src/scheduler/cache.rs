@@ -231,6 +231,11 @@ impl Cache {
         self.pods.keys().cloned().collect()
     }
 
+    /// Every bound (or assumed) pod with its node.
+    pub fn bound_pods(&self) -> impl Iterator<Item = (&str, &PodInfo)> {
+        self.pods.values().map(|(n, p)| (n.as_str(), p))
+    }
+
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
         self.nodes.get(name).filter(|n| n.node.is_some())
     }

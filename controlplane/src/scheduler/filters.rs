@@ -20,6 +20,8 @@ pub enum Reason {
     Ports,
     Insufficient(&'static str),
     TooManyPods,
+    Spread,
+    SpreadMissingLabel,
 }
 
 impl std::fmt::Display for Reason {
@@ -37,6 +39,11 @@ impl std::fmt::Display for Reason {
             ),
             Reason::Insufficient(r) => write!(f, "Insufficient {r}"),
             Reason::TooManyPods => write!(f, "Too many pods"),
+            Reason::Spread => write!(f, "node(s) didn't match pod topology spread constraints"),
+            Reason::SpreadMissingLabel => write!(
+                f,
+                "node(s) didn't match pod topology spread constraints (missing required label)"
+            ),
         }
     }
 }

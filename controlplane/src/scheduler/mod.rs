@@ -10,6 +10,7 @@ pub mod perf;
 pub mod queue;
 pub mod resources;
 pub mod scores;
+pub mod spread;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -291,6 +292,7 @@ impl Scheduler {
 
     /// Picks a node for `pod`: filters a rotating sample of the nodes, scores the feasible ones.
     fn find_node(&self, st: &mut State, pod: &PodInfo) -> Result<String, FitError> {
+        let spread = spread::Spread::prepare(pod, &st.cache);
         let names = st.cache.ordered();
         let all = names.len();
         let want = nodes_to_find(all);
@@ -304,7 +306,7 @@ impl Scheduler {
             let Some(node) = st.cache.node(name) else {
                 continue;
             };
-            match filters::run(pod, node) {
+            match filters::run(pod, node).and_then(|()| spread.filter(node)) {
                 Ok(()) => {
                     feasible.push(node);
                     if feasible.len() >= want {
