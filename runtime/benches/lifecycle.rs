@@ -93,7 +93,6 @@ fn main() {
 /// Reaped with wait4 rather than Child::wait, for the rusage of that one child.
 #[allow(clippy::zombie_processes)]
 fn timed(cmd: &mut Command) -> (f64, i64) {
-
     let start = Instant::now();
     let child = cmd
         .stdin(Stdio::null())
