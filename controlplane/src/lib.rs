@@ -3,6 +3,10 @@
 
 pub mod api;
 pub mod bench;
+pub mod components;
+pub mod controllers;
+pub mod leader;
 pub mod pki;
+pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -7,6 +7,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use skiff_controlplane::bench;
+use skiff_controlplane::components::{self, Components};
+use skiff_controlplane::controllers::{
+    self, nodeipam::ClusterCidr, nodelifecycle::LifecycleConfig,
+};
+use skiff_controlplane::scheduler::perf;
 use skiff_controlplane::server::{self, ServerConfig};
 
 #[derive(Parser)]
@@ -35,6 +40,28 @@ enum Command {
         /// Seconds between bookmarks on watches that asked for them.
         #[arg(long, default_value_t = 60)]
         bookmark_interval: u64,
+        /// Do not run the scheduler inside the server.
+        #[arg(long)]
+        disable_scheduler: bool,
+        /// Do not run the controllers inside the server.
+        #[arg(long)]
+        disable_controllers: bool,
+        #[command(flatten)]
+        settings: ControllerFlags,
+    },
+    /// Run the scheduler against an API server.
+    Scheduler {
+        /// Credentials and address of the API server.
+        #[arg(long)]
+        kubeconfig: PathBuf,
+    },
+    /// Run the controllers against an API server.
+    Controllers {
+        /// Credentials and address of the API server.
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        #[command(flatten)]
+        settings: ControllerFlags,
     },
     /// Measure an API server (started on a loopback port in a scratch directory) through a
     /// Kubernetes client and print a table.
@@ -48,7 +75,52 @@ enum Command {
         /// Concurrent clients for create and get.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// What to measure: the API server (`api`) or scheduling throughput (`scheduling`,
+        /// scheduler_perf's SchedulingBasic shape).
+        #[arg(long, value_enum, default_value = "api")]
+        mode: BenchMode,
+        /// Scheduling: simulated nodes.
+        #[arg(long, default_value_t = 5000)]
+        nodes: usize,
+        /// Scheduling: pods bound before measuring.
+        #[arg(long, default_value_t = 1000)]
+        init_pods: usize,
+        /// Scheduling: measured pods.
+        #[arg(long, default_value_t = 10000)]
+        pods: usize,
     },
+}
+
+/// Settings of the controllers.
+#[derive(clap::Args)]
+struct ControllerFlags {
+    /// Range (a /16) node pod CIDRs are allocated from.
+    #[arg(long, default_value = "10.244.0.0/16", value_parser = parse_cluster_cidr)]
+    cluster_cidr: ClusterCidr,
+    /// Seconds without a heartbeat before a node is marked Ready=Unknown and tainted.
+    #[arg(long, default_value_t = 50)]
+    node_monitor_grace_period: u64,
+    /// Seconds pods stay on an unreachable or not-ready node unless they tolerate it otherwise.
+    #[arg(long, default_value_t = 300)]
+    default_toleration_seconds: u64,
+}
+
+impl ControllerFlags {
+    fn config(&self) -> controllers::Config {
+        controllers::Config {
+            cluster_cidr: self.cluster_cidr,
+            lifecycle: LifecycleConfig {
+                grace_period: Duration::from_secs(self.node_monitor_grace_period.max(1)),
+                default_toleration: Duration::from_secs(self.default_toleration_seconds),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchMode {
+    Api,
+    Scheduling,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,7 +140,16 @@ fn main() -> anyhow::Result<()> {
             service_cidr,
             compaction_interval,
             bookmark_interval,
+            disable_scheduler,
+            disable_controllers,
+            settings,
         } => {
+            let which = Components {
+                scheduler: !disable_scheduler,
+                controllers: !disable_controllers,
+                settings: settings.config(),
+            };
+            let kubeconfig = data_dir.join("admin.kubeconfig");
             let cfg = ServerConfig {
                 data_dir,
                 listen,
@@ -76,13 +157,67 @@ fn main() -> anyhow::Result<()> {
                 compaction_interval: Duration::from_secs(compaction_interval.max(1)),
                 bookmark_interval: Duration::from_secs(bookmark_interval.max(1)),
             };
-            rt.block_on(server::run(cfg, shutdown_signal()))
-                .context("skiff server")?;
+            rt.block_on(async {
+                if which.scheduler || which.controllers {
+                    tokio::spawn(async move {
+                        let client = components::wait_for_api(&kubeconfig).await;
+                        components::run(client, which).await;
+                    });
+                }
+                server::run(cfg, shutdown_signal()).await
+            })
+            .context("skiff server")?;
+        }
+        Command::Scheduler { kubeconfig } => {
+            rt.block_on(async {
+                let client = components::client(&kubeconfig).await?;
+                tokio::select! {
+                    _ = components::run(client, Components { scheduler: true, controllers: false, settings: controllers::Config::default() }) => {}
+                    _ = shutdown_signal() => {}
+                }
+                anyhow::Ok(())
+            })
+            .context("skiff scheduler")?;
+        }
+        Command::Controllers {
+            kubeconfig,
+            settings,
+        } => {
+            rt.block_on(async {
+                let client = components::client(&kubeconfig).await?;
+                tokio::select! {
+                    _ = components::run(client, Components { scheduler: false, controllers: true, settings: settings.config() }) => {}
+                    _ = shutdown_signal() => {}
+                }
+                anyhow::Ok(())
+            })
+            .context("skiff controllers")?;
+        }
+        Command::Bench {
+            concurrency,
+            mode: BenchMode::Scheduling,
+            nodes,
+            init_pods,
+            pods,
+            ..
+        } => {
+            let cfg = perf::PerfConfig {
+                nodes: nodes.max(1),
+                init_pods,
+                pods: pods.max(1),
+                concurrency: concurrency.max(1),
+            };
+            let result = rt
+                .block_on(perf::run(&cfg))
+                .context("skiff bench --mode scheduling")?;
+            print!("{}", perf::render(&result));
         }
         Command::Bench {
             sizes,
             watchers,
             concurrency,
+            mode: BenchMode::Api,
+            ..
         } => {
             let cfg = bench::BenchConfig {
                 sizes,
@@ -95,6 +230,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn parse_cluster_cidr(s: &str) -> Result<ClusterCidr, String> {
+    ClusterCidr::parse(s).map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {

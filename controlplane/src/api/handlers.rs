@@ -1116,6 +1116,18 @@ impl ApiServer {
         }
         let mut new = cur.clone();
         new["spec"]["nodeName"] = json!(node);
+        // As the real binding storage does: the pod is now scheduled.
+        let scheduled = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()});
+        match new
+            .pointer_mut("/status/conditions")
+            .and_then(Value::as_array_mut)
+        {
+            Some(conds) => {
+                conds.retain(|c| c["type"] != "PodScheduled");
+                conds.push(scheduled);
+            }
+            None => new["status"]["conditions"] = json!([scheduled]),
+        }
         self.store
             .update(&kv.key, encode(&new), kv.mod_revision)
             .await

@@ -12,6 +12,8 @@ pub struct Server {
     pub port: u16,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// Whether the scheduler and controllers run inside the server (API-only tests leave them out).
+    components: bool,
 }
 
 /// Fails the test with a clear message when a tool the test needs is missing.
@@ -29,11 +31,26 @@ pub fn require(tool: &str, probe: &[&str], hint: &str) {
 }
 
 impl Server {
+    /// The API server alone.
     pub fn start() -> Self {
         Self::start_with(&[])
     }
 
+    /// The API server with its scheduler and controllers.
+    pub fn start_cluster() -> Self {
+        Self::launch(&[], true)
+    }
+
+    /// The API server with its scheduler and controllers, and extra flags.
+    pub fn start_cluster_with(extra: &[&str]) -> Self {
+        Self::launch(extra, true)
+    }
+
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::launch(extra, false)
+    }
+
+    fn launch(extra: &[&str], components: bool) -> Self {
         require("kubectl", &["version", "--client"], "kubectl 1.32 on PATH");
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut s = Server {
@@ -43,6 +60,7 @@ impl Server {
             port: 0,
             child: None,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            components,
         };
         s.spawn();
         s
@@ -71,6 +89,11 @@ impl Server {
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .args(&self.extra_args)
+            .args(if self.components {
+                &[][..]
+            } else {
+                &["--disable-scheduler", "--disable-controllers"][..]
+            })
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
