@@ -5,22 +5,52 @@ use common::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
+/// The runtime process and its createRuntime hook (whose pid the hook writes to `hook_pid`),
+/// killed on drop, so a failing assertion leaves neither behind.
+struct Stray {
+    runtime: std::process::Child,
+    hook_pid: std::path::PathBuf,
+}
+
+impl Drop for Stray {
+    fn drop(&mut self) {
+        let _ = self.runtime.kill();
+        let _ = self.runtime.wait();
+        if let Ok(pid) = std::fs::read_to_string(&self.hook_pid)
+            && let Ok(pid) = pid.trim().parse::<i32>()
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 #[test]
 fn delete_force_cleans_up_after_a_runtime_killed_mid_create() {
     let runc = Runc::new();
     let cg = format!("/skiff-test-{}", unique("crash"));
     let marker = tempfile::NamedTempFile::new().unwrap();
+    let hook_pid = tempfile::NamedTempFile::new().unwrap();
     // The createRuntime hook runs while the container is half made: note we got there, then hang.
     let b = Bundle::new(&["sleep", "1000"]).with(|c| {
         c["linux"]["cgroupsPath"] = json!(cg);
-        c["hooks"] = json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}; sleep 30", marker.path().display())], "timeout": 60}]});
+        c["hooks"] = json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", format!(
+                    "echo $$ > {}; cat > {}; exec sleep 30",
+                    hook_pid.path().display(),
+                    marker.path().display()
+                )], "timeout": 60}]});
     });
     let id = unique("crash");
-    let mut create = runc
-        .cmd()
-        .args(["create", "--bundle", b.path_str(), &id])
-        .spawn()
-        .unwrap();
+    let mut create = Stray {
+        runtime: runc
+            .cmd()
+            .args(["create", "--bundle", b.path_str(), &id])
+            .spawn()
+            .unwrap(),
+        hook_pid: hook_pid.path().to_path_buf(),
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::fs::read_to_string(marker.path())
         .unwrap_or_default()
@@ -35,8 +65,8 @@ fn delete_force_cleans_up_after_a_runtime_killed_mid_create() {
     assert_eq!(state["status"], "creating");
     let init = state["pid"].as_i64().unwrap();
     assert!(!cgroup_dirs(&cg).is_empty());
-    create.kill().unwrap(); // SIGKILL
-    create.wait().unwrap();
+    create.runtime.kill().unwrap(); // SIGKILL
+    create.runtime.wait().unwrap();
     // Our init dies with its parent (PDEATHSIG).
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::path::Path::new(&format!("/proc/{init}/stat")).exists()
@@ -60,10 +90,8 @@ fn delete_force_cleans_up_after_a_runtime_killed_mid_create() {
         "cgroups left behind: {:?}",
         cgroup_dirs(&cg)
     );
-    // The orphaned hook (sleep 30) is not ours to keep.
-    let _ = std::process::Command::new("pkill")
-        .args(["-f", &format!("cat > {}", marker.path().display())])
-        .status();
+    // The orphaned hook (sleep 30) goes with `create`'s guard.
+    drop(create);
 }
 
 #[test]

@@ -289,14 +289,20 @@ impl Recorder {
         let log = dir.join("runtime-argv.log");
         fs::write(&log, "").unwrap();
         // One write per call (the line is built first), so concurrent calls do not interleave.
+        // A caller that passes no --root (podman) would leave state and the seccomp cache in
+        // the runtime's default root on the host: give it one under DIR instead, after the
+        // call was recorded as the caller made it.
+        let root = dir.join("runtime-root");
         let script = format!(
             "#!/bin/sh\n\
              # Records this call's arguments (tab-separated, one line) and runs the runtime.\n\
              line=$(for a in \"$@\"; do printf '%s\\t' \"$a\"; done)\n\
-             printf '%s\\n' \"$line\" >> '{}'\n\
-             exec '{}' \"$@\"\n",
-            log.display(),
-            runtime.display()
+             printf '%s\\n' \"$line\" >> '{log}'\n\
+             case \"$line\" in --root*|*\"\t--root\"*) exec '{rt}' \"$@\";; esac\n\
+             exec '{rt}' --root '{root}' \"$@\"\n",
+            log = log.display(),
+            rt = runtime.display(),
+            root = root.display(),
         );
         fs::write(&wrapper, script).unwrap();
         fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
@@ -563,6 +569,7 @@ impl Containerd {
             ("tar", "tar"),
         ]);
         let runtime = runtime_under_test();
+        LIVE_CONTAINERDS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         // Short, in /tmp: the socket path must fit in sun_path.
         let dir = tempfile::Builder::new()
             .prefix("skiff-ctrd.")
@@ -802,8 +809,18 @@ impl Drop for Containerd {
         delete_leftovers(&self.runtime, &self.runc_root.join(CRI_NAMESPACE));
         unmount_under(self.dir.path());
         remove_cgroups_named(&self.ns);
+        // containerd 1.6 puts every shim socket under a fixed /run/containerd/s: once the last
+        // of this process's containerds is gone, remove it if it is empty (never anyone
+        // else's socket).
+        if LIVE_CONTAINERDS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            let _ = fs::remove_dir("/run/containerd/s");
+            let _ = fs::remove_dir("/run/containerd");
+        }
     }
 }
+
+/// How many `Containerd`s of this test process are running (see `Drop`).
+static LIVE_CONTAINERDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// podman with storage (vfs), run root, tmp dir and events of its own under a temp dir;
 /// containers get `--network none`. Cleaned up on drop.
