@@ -4,7 +4,7 @@
 //! `linux.resources.memory.limit: invalid type: string "x", expected i64` reaches the user instead
 //! of a bare serde message.
 
-use crate::error::{Error, Result, config_err};
+use crate::error::{Result, config_err};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -118,10 +118,4 @@ fn validate(spec: &Spec) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-impl From<String> for Error {
-    fn from(s: String) -> Self {
-        Error::Config(s)
-    }
 }

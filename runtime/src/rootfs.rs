@@ -92,18 +92,9 @@ pub fn propagation(name: &str) -> Option<MsFlags> {
 /// Joins `path` under `root`, resolving symlinks as if `root` were `/`, so that no link in the
 /// container's image can point a mount outside of it.
 pub fn secure_join(root: &Path, path: &Path) -> Result<PathBuf> {
-    let mut pending: Vec<PathBuf> = vec![path.to_path_buf()];
     let mut current = PathBuf::new();
     let mut links = 0;
-    let mut queue: std::collections::VecDeque<std::ffi::OsString> =
-        std::collections::VecDeque::new();
-    for c in pending.pop().unwrap_or_default().components() {
-        if let Component::Normal(n) = c {
-            queue.push_back(n.to_os_string());
-        } else if c == Component::ParentDir {
-            queue.push_back("..".into());
-        }
-    }
+    let mut queue: std::collections::VecDeque<std::ffi::OsString> = walk_parts(path).collect();
     while let Some(part) = queue.pop_front() {
         if part == ".." {
             current.pop();
@@ -125,14 +116,7 @@ pub fn secure_join(root: &Path, path: &Path) -> Result<PathBuf> {
                 if target.is_absolute() {
                     current = PathBuf::new();
                 }
-                let mut parts: Vec<std::ffi::OsString> = vec![];
-                for c in target.components() {
-                    match c {
-                        Component::Normal(n) => parts.push(n.to_os_string()),
-                        Component::ParentDir => parts.push("..".into()),
-                        _ => {}
-                    }
-                }
+                let parts: Vec<std::ffi::OsString> = walk_parts(&target).collect();
                 for p in parts.into_iter().rev() {
                     queue.push_front(p);
                 }
@@ -141,6 +125,15 @@ pub fn secure_join(root: &Path, path: &Path) -> Result<PathBuf> {
         }
     }
     Ok(root.join(current))
+}
+
+/// The names and ".." of a path, in order; "/" and "." carry no step.
+fn walk_parts(path: &Path) -> impl Iterator<Item = std::ffi::OsString> + '_ {
+    path.components().filter_map(|c| match c {
+        Component::Normal(n) => Some(n.to_os_string()),
+        Component::ParentDir => Some("..".into()),
+        _ => None,
+    })
 }
 
 /// Everything the mount setup needs besides the spec.

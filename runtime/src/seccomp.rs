@@ -64,17 +64,7 @@ pub fn build(config: &LinuxSeccomp) -> Result<ScmpFilterContext> {
         ctx.add_arch(arch)
             .map_err(|e| err(format!("architecture {name}: {e}")))?;
     }
-    for flag in config.flags().iter().flatten() {
-        match flag {
-            LinuxSeccompFilterFlag::SeccompFilterFlagLog => ctx.set_ctl_log(true),
-            LinuxSeccompFilterFlag::SeccompFilterFlagTsync => ctx.set_ctl_tsync(true),
-            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => ctx.set_ctl_ssb(true),
-            LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => ctx.set_ctl_waitkill(true),
-        }
-        .map_err(|e| err(format!("flag {flag}: {e}")))?;
-    }
-    // The kernel sets no_new_privs itself only when asked; process.noNewPrivileges decides.
-    ctx.set_ctl_nnp(false).map_err(err)?;
+    // The filter flags are seccomp(2)'s, given when the exported program is loaded (Filter).
     for (i, rule) in config.syscalls().iter().flatten().enumerate() {
         let act = action(rule.action(), rule.errno_ret());
         if act == default {

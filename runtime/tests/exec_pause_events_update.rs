@@ -5,21 +5,12 @@ use common::*;
 use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 fn running(runc: &Runc, edit: impl FnOnce(&mut serde_json::Value)) -> (Bundle, String) {
     let b = Bundle::new(&["sleep", "1000"]).with(edit);
     let id = unique("live");
     runc.ok(&["run", "-d", "--bundle", b.path_str(), &id]);
     (b, id)
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "condition not reached in 20s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -97,7 +88,7 @@ fn exec_with_process_file_detach_and_pid_file() {
         status.contains("CapEff:\t0000000000000020") && status.contains("NoNewPrivs:\t1"),
         "{status}"
     );
-    wait_for(|| {
+    wait_until(20, || {
         runc.run(&["exec", &id, "cat", "/dev/shm/marker"]).stdout == b"from-process-json\n"
     });
     let pids: Vec<i32> = serde_json::from_str(&runc.ok(&["ps", "--format", "json", &id])).unwrap();
@@ -170,7 +161,7 @@ fn pause_and_resume() {
     // kill --all reaches a paused container (it is thawed for the signal).
     runc.ok(&["pause", &id]);
     runc.ok(&["kill", "--all", &id, "KILL"]);
-    wait_for(|| runc.status(&id) == "stopped");
+    wait_until(20, || runc.status(&id) == "stopped");
     runc.ok(&["delete", &id]);
 }
 

@@ -57,24 +57,13 @@ fn create_start_kill_delete_with_states() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not stopped: running"));
 
     runc.ok(&["kill", &id, "KILL"]);
-    wait_for(|| runc.status(&id) == "stopped");
+    wait_until(10, || runc.status(&id) == "stopped");
     assert_eq!(runc.state(&id)["pid"], 0);
     runc.ok(&["delete", &id]);
     let out = runc.run(&["state", &id]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
     assert!(!runc.root.path().join(&id).exists());
-}
-
-fn wait_for(mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "condition not reached in 10s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
 }
 
 #[test]
@@ -91,7 +80,9 @@ fn run_returns_exit_code_and_128_plus_signal() {
         .stdin(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_for(|| runc.run(&["state", &id]).status.success() && runc.status(&id) == "running");
+    wait_until(10, || {
+        runc.run(&["state", &id]).status.success() && runc.status(&id) == "running"
+    });
     runc.ok(&["kill", &id, "KILL"]);
     assert_eq!(run.wait().unwrap().code(), Some(137));
     // run deletes the container afterwards.
@@ -131,19 +122,19 @@ fn kill_by_name_number_and_all() {
     let pids: Vec<i32> = serde_json::from_str(&runc.ok(&["ps", "--format", "json", &id])).unwrap();
     assert!(!pids.is_empty());
     runc.ok(&["kill", &id, "SIGUSR1"]);
-    wait_for(|| runc.status(&id) == "stopped");
+    wait_until(10, || runc.status(&id) == "stopped");
     runc.ok(&["delete", &id]);
 
     let id = unique("killall");
     runc.ok(&["run", "-d", "--bundle", b.path_str(), &id]);
-    wait_for(|| {
+    wait_until(10, || {
         serde_json::from_str::<Vec<i32>>(&runc.ok(&["ps", "--format", "json", &id]))
             .unwrap()
             .len()
             >= 2
     });
     runc.ok(&["kill", "--all", &id, "9"]);
-    wait_for(|| runc.status(&id) == "stopped");
+    wait_until(10, || runc.status(&id) == "stopped");
     let out = runc.run(&["kill", &id, "KILL"]);
     assert!(
         !out.status.success(),
@@ -276,7 +267,7 @@ fn console_socket_receives_the_pty_master() {
     let out = receiver.join().unwrap();
     assert!(out.contains("/dev/pts/0"), "tty output: {out:?}");
     assert!(out.contains("size 30 100"), "tty output: {out:?}");
-    wait_for(|| runc.status(&id) == "stopped");
+    wait_until(10, || runc.status(&id) == "stopped");
     runc.ok(&["delete", &id]);
 }
 

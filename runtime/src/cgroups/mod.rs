@@ -296,12 +296,23 @@ impl CgroupPaths {
     }
 
     /// Every process in the container's cgroup.
+    /// The container's directory in the v1 hierarchy of `controller`. Mounts are named after
+    /// their controllers: "memory", "cpu,cpuacct".
+    fn v1_dir(&self, controller: &str) -> Option<&PathBuf> {
+        self.v1
+            .iter()
+            .find(|(m, _)| {
+                m.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.split(',').any(|c| c == controller))
+            })
+            .map(|(_, d)| d)
+    }
+
     pub fn pids(&self) -> Result<Vec<i32>> {
         let dir = self
-            .v1
-            .iter()
-            .find(|(m, _)| m.ends_with("pids") || m.ends_with("memory"))
-            .map(|(_, d)| d)
+            .v1_dir("pids")
+            .or_else(|| self.v1_dir("memory"))
             .or(self.v2.as_ref())
             .or_else(|| self.v1.values().next())
             .ok_or_else(|| Error::Other("container has no cgroup".into()))?;
@@ -314,7 +325,7 @@ impl CgroupPaths {
     }
 
     fn freezer(&self) -> Option<(PathBuf, bool)> {
-        if let Some((_, d)) = self.v1.iter().find(|(m, _)| m.ends_with("freezer")) {
+        if let Some(d) = self.v1_dir("freezer") {
             return Some((d.join("freezer.state"), true));
         }
         self.v2.as_ref().map(|d| (d.join("cgroup.freeze"), false))

@@ -39,18 +39,6 @@ fn read_limit(path: &Path) -> u64 {
 }
 
 impl CgroupPaths {
-    fn v1_dir(&self, controller: &str) -> Option<&PathBuf> {
-        // Mounts are named after their controllers: "memory", "cpu,cpuacct".
-        self.v1
-            .iter()
-            .find(|(m, _)| {
-                m.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.split(',').any(|c| c == controller))
-            })
-            .map(|(_, d)| d)
-    }
-
     /// The v2 directory, when it has `file` (that controller is enabled there).
     fn v2_with(&self, file: &str) -> Option<&PathBuf> {
         self.v2.as_ref().filter(|d| d.join(file).exists())

@@ -48,6 +48,17 @@ struct CloneArgs {
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
+/// On a unified cgroup2 host the child is born in the container's cgroup (CLONE_INTO_CGROUP);
+/// elsewhere (`None`) the parent moves it with cgroup.procs writes.
+fn clone_into(layout: &Layout, cgroup: &CgroupPaths) -> Result<Option<std::fs::File>> {
+    match (&cgroup.v2, layout.is_unified()) {
+        (Some(dir), true) => Ok(Some(
+            std::fs::File::open(dir).ctx(|| format!("open {}", dir.display()))?,
+        )),
+        _ => Ok(None),
+    }
+}
+
 /// clone3 without a new stack: fork semantics, returns 0 in the child.
 fn clone3(flags: u64, cgroup: Option<&std::fs::File>) -> Result<i32> {
     let mut args = CloneArgs {
@@ -115,12 +126,7 @@ pub fn spawn(cfg: InitConfig, on_hooks: &mut dyn FnMut(Pid) -> Result<String>) -
                 .map_err(|e| Error::Config(format!("linux.timeOffsets: {e}")))?;
         }
     }
-    let cgroup_dir = match (&cfg.cgroup.v2, cfg.layout.is_unified()) {
-        (Some(dir), true) => {
-            Some(std::fs::File::open(dir).ctx(|| format!("open {}", dir.display()))?)
-        }
-        _ => None,
-    };
+    let cgroup_dir = clone_into(cfg.layout, cfg.cgroup)?;
     let pid = clone3(ns.clone_flags, cgroup_dir.as_ref())?;
     if pid == 0 {
         drop(parent);
@@ -261,12 +267,7 @@ pub fn spawn_exec(cfg: ExecConfig) -> Result<Pid> {
         }
     }
     let (parent, child) = channel::pair()?;
-    let cgroup_dir = match (&cfg.cgroup.v2, cfg.layout.is_unified()) {
-        (Some(dir), true) => {
-            Some(std::fs::File::open(dir).ctx(|| format!("open {}", dir.display()))?)
-        }
-        _ => None,
-    };
+    let cgroup_dir = clone_into(cfg.layout, cfg.cgroup)?;
     let pid = clone3(0, cgroup_dir.as_ref())?;
     if pid == 0 {
         drop(parent);

@@ -230,6 +230,18 @@ impl Bundle {
     }
 }
 
+/// Polls `cond` until it holds; fails the test if it does not within `secs` seconds.
+pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not reached in {secs}s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Every cgroup directory on this machine whose path ends with `name`.
 pub fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
     let mut found = vec![];
