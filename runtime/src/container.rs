@@ -5,6 +5,7 @@ use crate::bundle::Bundle;
 use crate::cgroups::{self, CgroupPaths, Layout};
 use crate::console;
 use crate::error::{Context, Error, Result};
+use crate::foreground::Foreground;
 use crate::fsutil;
 use crate::hooks;
 use crate::namespaces::Namespaces;
@@ -331,20 +332,12 @@ impl Runtime {
             self.start(id)?;
             return Ok(0);
         }
-        let forwarded = forwarded_signals();
-        // Blocked before the clone so none is lost; the child unblocks its own copy.
-        nix::sys::signal::sigprocmask(
-            nix::sys::signal::SigmaskHow::SIG_BLOCK,
-            Some(&forwarded),
-            None,
-        )
-        .ctx(|| "block signals".into())?;
-        let mut pty_proxy = None;
+        let mut foreground = Foreground::block()?;
         let pid = if bundle_terminal && opts.console_socket.is_none() {
             let (ours, theirs) =
                 std::os::unix::net::UnixStream::pair().ctx(|| "socketpair".into())?;
             let pid = self.create_bundle(id, bundle, opts, Some(OwnedFd::from(theirs)))?;
-            pty_proxy = Some(crate::console::Proxy::start(&ours)?);
+            foreground.relay_pty(&ours)?;
             pid
         } else {
             self.create_bundle(id, bundle, opts, None)?
@@ -353,8 +346,7 @@ impl Runtime {
             let _ = self.delete(id, true);
             return Err(e);
         }
-        let code = wait_forwarding(pid, &forwarded);
-        drop(pty_proxy);
+        let code = foreground.wait(pid);
         self.delete(id, true)?;
         Ok(code)
     }
@@ -398,7 +390,7 @@ impl Runtime {
             .map(|s| crate::seccomp::Filter::new(s, &self.root))
             .transpose()?;
         let layout = Layout::detect()?;
-        let (mut proxy_socket, console_socket) = match &opts.console_socket {
+        let (proxy_socket, console_socket) = match &opts.console_socket {
             Some(path) => (None, Some(console::connect(path)?)),
             None if terminal => {
                 let (ours, theirs) =
@@ -407,15 +399,11 @@ impl Runtime {
             }
             None => (None, None),
         };
-        let forwarded = forwarded_signals();
-        if !opts.detach {
-            nix::sys::signal::sigprocmask(
-                nix::sys::signal::SigmaskHow::SIG_BLOCK,
-                Some(&forwarded),
-                None,
-            )
-            .ctx(|| "block signals".into())?;
-        }
+        let foreground = if opts.detach {
+            None
+        } else {
+            Some(Foreground::block()?)
+        };
         let pid = process::spawn_exec(process::ExecConfig {
             process: &opts.process,
             init_pid: record.pid,
@@ -431,16 +419,13 @@ impl Runtime {
                 .ctx(|| format!("--pid-file {}", pid_file.display()))?;
             fsutil::write_atomic(&path, pid.to_string().as_bytes())?;
         }
-        if opts.detach {
+        let Some(mut foreground) = foreground else {
             return Ok(0);
+        };
+        if let Some(socket) = &proxy_socket {
+            foreground.relay_pty(socket)?;
         }
-        let proxy = proxy_socket
-            .take()
-            .map(|s| console::Proxy::start(&s))
-            .transpose()?;
-        let code = wait_forwarding(pid, &forwarded);
-        drop(proxy);
-        Ok(code)
+        Ok(foreground.wait(pid))
     }
 
     /// Freezes every process of the container.
@@ -658,43 +643,6 @@ fn device_rules(spec: &oci_spec::runtime::Spec) -> Vec<LinuxDeviceCgroup> {
         rules.push(r);
     }
     rules
-}
-
-fn forwarded_signals() -> nix::sys::signal::SigSet {
-    let mut set = nix::sys::signal::SigSet::empty();
-    for s in [
-        Signal::SIGCHLD,
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGWINCH,
-    ] {
-        set.add(s);
-    }
-    set
-}
-
-/// Waits for the container's init, forwarding the signals we receive to it, and returns its
-/// exit code as a shell would (128+signal when killed).
-fn wait_forwarding(pid: Pid, set: &nix::sys::signal::SigSet) -> i32 {
-    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-    loop {
-        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => return code,
-            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
-            Err(nix::errno::Errno::ECHILD) => return 255,
-            _ => {}
-        }
-        match set.wait() {
-            Ok(Signal::SIGCHLD) | Err(_) => {}
-            Ok(sig) => {
-                let _ = kill(pid, sig);
-            }
-        }
-    }
 }
 
 use std::os::unix::fs::OpenOptionsExt;

@@ -10,6 +10,7 @@ pub mod container;
 pub mod devices;
 pub mod error;
 pub mod features;
+pub mod foreground;
 pub mod fsutil;
 pub mod hooks;
 pub mod log;
