@@ -182,6 +182,7 @@ impl Runtime {
             cgroup: cgroup.clone(),
             hooks: spec.hooks().clone(),
             seccomp: linux.seccomp().clone(),
+            personality: linux.personality().clone(),
         };
 
         // Saved before the process exists so that `delete --force` can clean up after a crash.
@@ -410,7 +411,9 @@ impl Runtime {
             layout: &layout,
             cgroup: &record.cgroup,
             seccomp: seccomp.as_ref(),
+            personality: record.personality.as_ref(),
             state_json: state_json(&record, status),
+
             console_socket,
             preserve_fds: opts.preserve_fds,
         })?;

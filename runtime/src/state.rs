@@ -58,6 +58,9 @@ pub struct Record {
     /// linux.seccomp at create time: `exec` puts its processes under the same filter.
     #[serde(default)]
     pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    /// linux.personality at create time, for `exec` too.
+    #[serde(default)]
+    pub personality: Option<oci_spec::runtime::LinuxPersonality>,
 }
 
 /// runc's `state` JSON.

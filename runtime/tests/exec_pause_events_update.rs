@@ -59,6 +59,44 @@ fn exec_joins_the_container() {
 }
 
 #[test]
+fn exec_cpu_affinity_and_personality() {
+    let runc = Runc::new();
+    let (b, id) = running(&runc, |c| {
+        c["linux"]["personality"] = json!({"domain": "LINUX32"});
+    });
+    let exec = |affinity: serde_json::Value| {
+        let mut process = b.config["process"].clone();
+        process["args"] = json!([
+            "sh",
+            "-c",
+            "grep Cpus_allowed_list /proc/self/status; cat /proc/self/personality"
+        ]);
+        process["execCPUAffinity"] = affinity;
+        let file = b.path().join("affinity.json");
+        std::fs::write(&file, process.to_string()).unwrap();
+        runc.ok(&["exec", "--process", file.to_str().unwrap(), &id])
+    };
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let last = (cpus - 1).to_string();
+    assert_eq!(
+        exec(json!({"initial": "0", "final": last})),
+        format!("Cpus_allowed_list:\t{last}\n00000008\n")
+    );
+    // Only initial: the affinity the process had on entering the cgroup stays.
+    assert_eq!(
+        exec(json!({"initial": "0"})),
+        "Cpus_allowed_list:\t0\n00000008\n"
+    );
+    let file = b.path().join("bad.json");
+    let mut process = b.config["process"].clone();
+    process["execCPUAffinity"] = json!({"final": "9999999"});
+    std::fs::write(&file, process.to_string()).unwrap();
+    let out = runc.run(&["exec", "--process", file.to_str().unwrap(), &id]);
+    assert!(!out.status.success());
+    runc.ok(&["delete", "--force", &id]);
+}
+
+#[test]
 fn exec_with_process_file_detach_and_pid_file() {
     let runc = Runc::new();
     let (b, id) = running(&runc, |_| {});

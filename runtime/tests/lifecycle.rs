@@ -220,6 +220,13 @@ fn spec_and_features() {
             .contains(&json!("time"))
     );
     assert_eq!(f["linux"]["cgroup"]["v2"], true);
+    assert_eq!(f["linux"]["seccomp"]["enabled"], true);
+    assert!(
+        f["linux"]["seccomp"]["actions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("SCMP_ACT_NOTIFY"))
+    );
     assert!(
         f["linux"]["capabilities"]
             .as_array()

@@ -349,3 +349,34 @@ fn rootfs_propagation() {
     let out = runc.run(&["run", "--bundle", b.path_str(), &unique("prop")]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("linux.rootfsPropagation"));
 }
+
+#[test]
+fn scheduler_io_priority_personality_and_memory_policy() {
+    let runc = Runc::new();
+    let out = Bundle::sh(
+        &runc,
+        "cut -d' ' -f19,41 /proc/self/stat; ionice; cat /proc/self/personality; uname -m; grep -c bind:0 /proc/self/numa_maps",
+        |c| {
+            c["process"]["scheduler"] = json!({"policy": "SCHED_BATCH", "nice": 5});
+            c["process"]["ioPriority"] = json!({"class": "IOPRIO_CLASS_BE", "priority": 6});
+            c["linux"]["personality"] = json!({"domain": "LINUX32"});
+            c["linux"]["memoryPolicy"] = json!({"mode": "MPOL_BIND", "nodes": "0"});
+        },
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    // nice 5, policy 3 (SCHED_BATCH); PER_LINUX32 makes x86_64 say i686.
+    assert_eq!(
+        &lines[..3],
+        ["5 3", "best-effort: prio 6", "00000008"],
+        "{out}"
+    );
+    assert_ne!(lines[3], "x86_64", "{out}");
+    assert_ne!(lines[4], "0", "no mapping under MPOL_BIND: {out}");
+
+    let b = Bundle::new(&["true"]).with(|c| {
+        c["process"]["ioPriority"] = json!({"class": "IOPRIO_CLASS_RT", "priority": 9});
+    });
+    let (code, _, err) = b.run(&runc, &unique("ioprio"));
+    assert_eq!(code, 1);
+    assert!(err.contains("process.ioPriority.priority: 9"), "{err}");
+}

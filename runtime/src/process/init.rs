@@ -2,6 +2,8 @@
 //! will see, reports ready, blocks on the exec fifo until `start`, then execs the user's program.
 
 use super::InitConfig;
+use super::attributes;
+
 use super::channel::{Channel, Msg};
 use crate::error::{Context, Error, Result};
 use crate::rootfs::{self, RootfsContext};
@@ -103,6 +105,14 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
     }
     rootfs::pivot(cfg.rootfs, cfg.no_pivot)?;
     rootfs::finalize(spec)?;
+    if let Some(linux) = spec.linux() {
+        if let Some(p) = linux.personality() {
+            attributes::set_personality(p)?;
+        }
+        if let Some(p) = linux.memory_policy() {
+            attributes::set_memory_policy(p)?;
+        }
+    }
     let seccomp = cfg.seccomp;
     let ready = prepare(process, cfg.console_socket, seccomp, &state_json)?;
     // After Ready the parent exits (create): the death signal must not follow.
@@ -180,6 +190,7 @@ pub fn prepare(
         .ok_or_else(|| Error::Config("process.args: must name the program to run".into()))?;
     let program = find_program(name, &env)?;
     rlimits::apply(process.rlimits().as_deref().unwrap_or_default())?;
+    attributes::apply(process)?;
     let nnp = process.no_new_privileges().unwrap_or(false);
     if nnp {
         nix::sys::prctl::set_no_new_privs().ctx(|| "set no_new_privs".into())?;
@@ -335,6 +346,14 @@ pub fn run_exec(
     chan: &Channel,
 ) -> Result<Infallible> {
     await_go(chan)?;
+    // Now in the container's cgroup.
+    let affinity = cfg.process.exec_cpu_affinity().as_ref();
+    if let Some(last) = affinity.and_then(|a| a.cpu_affinity_final().as_deref()) {
+        attributes::set_affinity("process.execCPUAffinity.final", last)?;
+    }
+    if let Some(p) = cfg.personality {
+        attributes::set_personality(p)?;
+    }
     for (typ, fd) in join {
         if !matches!(typ, LinuxNamespaceType::Pid | LinuxNamespaceType::Time) {
             setns(fd, CloneFlags::empty())

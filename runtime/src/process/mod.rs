@@ -3,6 +3,7 @@
 //! over a SOCK_SEQPACKET pair. The child is a fork of the runtime, not a re-exec: it runs the
 //! setup in `init.rs` straight away and its last act is execve of the user's program.
 
+pub mod attributes;
 pub mod channel;
 pub mod init;
 
@@ -225,6 +226,7 @@ pub struct ExecConfig<'a> {
     pub layout: &'a Layout,
     pub cgroup: &'a CgroupPaths,
     pub seccomp: Option<&'a crate::seccomp::Filter>,
+    pub personality: Option<&'a oci_spec::runtime::LinuxPersonality>,
     pub state_json: String,
     pub console_socket: Option<OwnedFd>,
     pub preserve_fds: i32,
@@ -266,8 +268,14 @@ pub fn spawn_exec(cfg: ExecConfig) -> Result<Pid> {
                 .ctx(|| format!("join {} namespace", crate::namespaces::name(*typ)))?;
         }
     }
+    let affinity = cfg.process.exec_cpu_affinity().as_ref();
+    if let Some(initial) = affinity.and_then(|a| a.initial().as_deref()) {
+        // Inherited by the child until it is in the container's cgroup.
+        attributes::set_affinity("process.execCPUAffinity.initial", initial)?;
+    }
     let (parent, child) = channel::pair()?;
     let cgroup_dir = clone_into(cfg.layout, cfg.cgroup)?;
+
     let pid = clone3(0, cgroup_dir.as_ref())?;
     if pid == 0 {
         drop(parent);
