@@ -12,7 +12,7 @@ use common::Server;
 use futures::StreamExt;
 use hollow::{Hollow, NodeSpec};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -393,17 +393,21 @@ async fn a_collector_started_later_finishes_what_deletions_left() {
     let s = Server::start();
     let client = hollow::client(&s).await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
     let pp = PostParams::default();
+    // ConfigMaps own Secrets: the dependents are listed by another watch than their owners.
     for x in ["a", "b", "c"] {
         let owner = cms
             .create(&pp, &owned_configmap(&format!("owner-{x}"), json!([])))
             .await
             .unwrap();
-        let r = json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": owner.name_any(),
-            "uid": owner.uid(), "blockOwnerDeletion": true}]);
-        cms.create(&pp, &owned_configmap(&format!("child-{x}"), r))
-            .await
-            .unwrap();
+        let child: Secret = serde_json::from_value(json!({
+            "metadata": {"name": format!("child-{x}"), "labels": {"gc": "owners"},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": owner.name_any(),
+                    "uid": owner.uid(), "blockOwnerDeletion": true}]},
+        }))
+        .unwrap();
+        secrets.create(&pp, &child).await.unwrap();
     }
     s.kubectl(&["delete", "cm", "owner-a"]);
     s.kubectl(&[
@@ -430,19 +434,21 @@ async fn a_collector_started_later_finishes_what_deletions_left() {
     };
     assert_eq!(finalizers("owner-b").await, ["orphan"]);
     assert_eq!(finalizers("owner-c").await, ["foregroundDeletion"]);
+    assert_eq!(names(&cms, "gc=owners").await, ["owner-b", "owner-c"]);
     assert_eq!(
-        names(&cms, "gc=owners").await,
-        ["child-a", "child-b", "child-c", "owner-b", "owner-c"]
+        names(&secrets, "gc=owners").await,
+        ["child-a", "child-b", "child-c"]
     );
 
     // Its first lists rebuild the graph: child-a lost its owner, owner-b orphans child-b,
     // owner-c waits for child-c.
     let _gc = Controllers::start(&s, "garbage-collector-controller");
     eventually("the collector to finish", || async {
-        names(&cms, "gc=owners").await == ["child-b"]
+        names(&cms, "gc=owners").await.is_empty()
+            && names(&secrets, "gc=owners").await == ["child-b"]
     })
     .await;
-    let b = cms.get("child-b").await.unwrap();
+    let b = secrets.get("child-b").await.unwrap();
     assert!(b.metadata.owner_references.is_none(), "{b:?}");
 }
 

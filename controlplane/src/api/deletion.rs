@@ -302,7 +302,7 @@ impl ApiServer {
     /// Deletes or marks one object (see the module documentation).
     pub async fn delete(
         &self,
-        r: &'static ResourceInfo,
+        r: &ResourceInfo,
         ns: Option<&str>,
         name: &str,
         o: &DeleteOptions,
@@ -320,7 +320,7 @@ impl ApiServer {
     /// One attempt against the stored `kv`; `None` when it changed meanwhile.
     async fn delete_once(
         &self,
-        r: &'static ResourceInfo,
+        r: &ResourceInfo,
         name: &str,
         kv: &KeyValue,
         cur: Value,
@@ -428,7 +428,7 @@ impl ApiServer {
     /// options.
     pub async fn delete_collection(
         &self,
-        r: &'static ResourceInfo,
+        r: &ResourceInfo,
         ns: Option<&str>,
         o: &DeleteOptions,
         q: &HashMap<String, String>,

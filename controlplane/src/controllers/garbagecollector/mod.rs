@@ -35,6 +35,7 @@ use kube::runtime::events::{Event as Recorded, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
+use tokio::sync::oneshot;
 
 use self::graph::{Graph, Identity, Work, deleting_dependents, has_finalizer};
 use self::queue::WorkQueue;
@@ -117,7 +118,7 @@ pub async fn run(client: Client) {
         graph: Mutex::new(Graph::default()),
         queue: WorkQueue::new(),
     });
-    let monitors = served
+    let watched: Vec<ApiResource> = served
         .into_iter()
         .filter(|(ar, caps)| {
             ["list", "watch", "delete"]
@@ -125,12 +126,22 @@ pub async fn run(client: Client) {
                 .all(|v| caps.supports_operation(v))
                 && !IGNORED.contains(&(ar.group.as_str(), ar.plural.as_str()))
         })
-        .map(|(ar, _)| gc.clone().monitor(ar));
-    let workers = (0..WORKERS).map(|_| gc.clone().work());
-    futures::join!(
-        futures::future::join_all(monitors),
-        futures::future::join_all(workers)
-    );
+        .map(|(ar, _)| ar)
+        .collect();
+    let (listed, all_listed): (Vec<_>, Vec<_>) =
+        watched.iter().map(|_| oneshot::channel::<()>()).unzip();
+    let monitors = watched
+        .into_iter()
+        .zip(listed)
+        .map(|(ar, listed)| gc.clone().monitor(ar, listed));
+    // No decision before the whole graph is known: an owner's dependents may be in any
+    // resource (after a restart, an orphaning owner would otherwise lose dependents not yet
+    // listed).
+    let workers = async {
+        futures::future::join_all(all_listed).await;
+        futures::future::join_all((0..WORKERS).map(|_| gc.clone().work())).await
+    };
+    futures::join!(futures::future::join_all(monitors), workers);
 }
 
 impl Collector {
@@ -146,7 +157,7 @@ impl Collector {
 
     /// Follows one resource's metadata into the graph. After every (re)list, what was in the
     /// graph but not listed is gone.
-    async fn monitor(self: Arc<Self>, ar: ApiResource) {
+    async fn monitor(self: Arc<Self>, ar: ApiResource, listed_once: oneshot::Sender<()>) {
         let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(self.client.clone(), &ar);
         let identity = |meta: &ObjectMeta| Identity {
             api_version: ar.api_version.clone(),
@@ -155,6 +166,7 @@ impl Collector {
             name: meta.name.clone().unwrap_or_default(),
             uid: meta.uid.clone().unwrap_or_default(),
         };
+        let mut listed_once = Some(listed_once);
         let mut listed: HashSet<String> = HashSet::new();
         let mut events =
             std::pin::pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
@@ -180,6 +192,9 @@ impl Collector {
                         .filter(|uid| !listed.contains(uid))
                         .collect();
                     listed.clear();
+                    if let Some(tx) = listed_once.take() {
+                        let _ = tx.send(());
+                    }
                     gone.iter().flat_map(|uid| g.remove(uid)).collect()
                 }
                 Err(e) => {
