@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::ApiServer;
-use super::handlers::{WriteResult, encode_for, meta_mut, meta_str, now, set_rv};
+use super::handlers::{WriteResult, encode_for, meta_mut, meta_str, set_rv};
 use super::resources::ResourceInfo;
 use super::status::{ApiError, ApiResult, FieldError};
 use crate::store::{KeyValue, StoreError};
@@ -331,7 +331,7 @@ impl ApiServer {
         let mut new = cur.clone();
         if r.kind == "Namespace" {
             if !deleting {
-                meta_mut(&mut new).insert("deletionTimestamp".into(), json!(now()));
+                meta_mut(&mut new).insert("deletionTimestamp".into(), json!(timestamp(at)));
                 new["status"]["phase"] = json!("Terminating");
                 set_finalizers(&mut new, &finalizers_after_delete(r, &cur, o));
                 return self
