@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use skiff_controlplane::bench;
 use skiff_controlplane::components::{self, Components};
 use skiff_controlplane::controllers::{
-    self, nodeipam::ClusterCidr, nodelifecycle::LifecycleConfig,
+    self, Selection, nodeipam::ClusterCidr, nodelifecycle::LifecycleConfig, podgc::PodGcConfig,
 };
 use skiff_controlplane::scheduler::perf;
 use skiff_controlplane::server::{self, ServerConfig};
@@ -103,6 +103,16 @@ struct ControllerFlags {
     /// Seconds pods stay on an unreachable or not-ready node unless they tolerate it otherwise.
     #[arg(long, default_value_t = 300)]
     default_toleration_seconds: u64,
+    /// Finished pods kept before the oldest are deleted (0 keeps them all).
+    #[arg(long, default_value_t = 12500)]
+    terminated_pod_gc_threshold: usize,
+    /// Seconds a node must be missing before the pods bound to it are deleted.
+    #[arg(long, default_value_t = 40)]
+    pod_gc_quarantine: u64,
+    /// Controllers to run: `*` for all, `name` to enable one, `-name` to disable one
+    /// (kube-controller-manager's names, e.g. garbage-collector-controller).
+    #[arg(long, value_delimiter = ',', default_value = "*", value_parser = parse_controller_name)]
+    controllers: Vec<String>,
 }
 
 impl ControllerFlags {
@@ -113,6 +123,12 @@ impl ControllerFlags {
                 grace_period: Duration::from_secs(self.node_monitor_grace_period.max(1)),
                 default_toleration: Duration::from_secs(self.default_toleration_seconds),
             },
+            pod_gc: PodGcConfig {
+                terminated_pod_threshold: self.terminated_pod_gc_threshold,
+                quarantine: Duration::from_secs(self.pod_gc_quarantine.max(1)),
+            },
+            selection: Selection::parse(&self.controllers)
+                .expect("each name was checked when the flag was parsed"),
         }
     }
 }
@@ -183,10 +199,11 @@ fn main() -> anyhow::Result<()> {
             kubeconfig,
             settings,
         } => {
+            let settings = settings.config();
             rt.block_on(async {
                 let client = components::client(&kubeconfig).await?;
                 tokio::select! {
-                    _ = components::run(client, Components { scheduler: false, controllers: true, settings: settings.config() }) => {}
+                    _ = components::run(client, Components { scheduler: false, controllers: true, settings }) => {}
                     _ = shutdown_signal() => {}
                 }
                 anyhow::Ok(())
@@ -230,6 +247,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn parse_controller_name(s: &str) -> Result<String, String> {
+    Selection::parse(&[s.to_string()]).map(|_| s.to_string())
 }
 
 fn parse_cluster_cidr(s: &str) -> Result<ClusterCidr, String> {

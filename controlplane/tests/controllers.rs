@@ -633,68 +633,6 @@ async fn killing_the_leading_controllers_process_hands_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn namespace_and_foreground_deletion_leave_nothing_behind() {
-    let (s, client, _h) = start().await;
-    s.kubectl(&["create", "namespace", "gone"]);
-    let f = s.write(
-        "ns.yaml",
-        &deployment("web", 3, "registry.invalid/web:1", "{type: RollingUpdate}"),
-    );
-    s.kubectl(&["apply", "-n", "gone", "-f", common::path_str(&f)]);
-    s.kubectl(&[
-        "rollout",
-        "status",
-        "-n",
-        "gone",
-        "deployment/web",
-        "--timeout=60s",
-    ]);
-    s.kubectl(&["delete", "namespace", "gone", "--timeout=60s"]);
-    eventually("namespace gone", || async {
-        !s.kubectl_output(&["get", "namespace", "gone"])
-            .status
-            .success()
-    })
-    .await;
-    let left = Api::<Pod>::namespaced(client.clone(), "gone")
-        .list(&ListParams::default())
-        .await
-        .unwrap();
-    assert!(left.items.is_empty(), "pods left: {}", left.items.len());
-
-    let f = s.write(
-        "fg.yaml",
-        &deployment("fg", 3, "registry.invalid/fg:1", "{type: RollingUpdate}"),
-    );
-    s.kubectl(&["apply", "-f", common::path_str(&f)]);
-    s.kubectl(&["rollout", "status", "deployment/fg", "--timeout=60s"]);
-    s.kubectl(&[
-        "delete",
-        "deployment",
-        "fg",
-        "--cascade=foreground",
-        "--timeout=60s",
-    ]);
-    eventually("no ReplicaSets or pods of fg", || async {
-        let rs = Api::<ReplicaSet>::namespaced(client.clone(), "default")
-            .list(&ListParams::default().labels("app=fg"))
-            .await
-            .unwrap();
-        let pods = Api::<Pod>::namespaced(client.clone(), "default")
-            .list(&ListParams::default().labels("app=fg"))
-            .await
-            .unwrap();
-        rs.items.is_empty() && pods.items.is_empty()
-    })
-    .await;
-    assert!(
-        !s.kubectl_output(&["get", "deployment", "fg"])
-            .status
-            .success()
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemonset_runs_one_pod_per_eligible_node_and_rolls() {
     let s = Server::start_cluster();
     let client = hollow::client(&s).await;

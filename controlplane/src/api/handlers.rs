@@ -8,11 +8,10 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 
-use super::resources::{self, RESOURCES, ResourceInfo};
+use super::deletion::{self, DeleteOptions};
+use super::resources::{self, ResourceInfo};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{ApiError, ApiResult, FieldError};
 use super::{ApiServer, alloc, apply, convert, defaults, patch, table, validation, watch};
@@ -117,11 +116,11 @@ fn encode(o: &Value) -> Vec<u8> {
 }
 
 /// The stored bytes of an object served as `r`.
-fn encode_for(r: &ResourceInfo, o: &Value) -> Vec<u8> {
+pub(super) fn encode_for(r: &ResourceInfo, o: &Value) -> Vec<u8> {
     encode(&convert::to_storage(r, o.clone()))
 }
 
-fn set_rv(o: &mut Value, rev: u64) {
+pub(super) fn set_rv(o: &mut Value, rev: u64) {
     meta_mut(o).insert("resourceVersion".into(), json!(rev.to_string()));
 }
 
@@ -259,7 +258,7 @@ fn respond(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
 }
 
 /// Result of a write: status code, object, warnings.
-type WriteResult = ApiResult<(StatusCode, Value, Vec<String>)>;
+pub(super) type WriteResult = ApiResult<(StatusCode, Value, Vec<String>)>;
 
 impl ApiServer {
     /// Serves one request under `/api` or `/apis` that names a resource.
@@ -368,7 +367,8 @@ impl ApiServer {
             (&Method::POST, Some(name), Some("eviction")) => {
                 let ev = decode_body(headers, body)?;
                 let opts = ev.get("deleteOptions").cloned().unwrap_or(json!({}));
-                self.delete(r, ns, name, &opts, &HashMap::new()).await?;
+                let opts = DeleteOptions::parse(r, name, &opts, &HashMap::new())?;
+                self.delete(r, ns, name, &opts).await?;
                 Ok(respond(StatusCode::CREATED, &success(201), &[]))
             }
             (&Method::PUT, Some(name), sub @ (None | Some("status" | "scale" | "finalize"))) => {
@@ -397,8 +397,8 @@ impl ApiServer {
                 } else {
                     decode_body(headers, body)?
                 };
-                let (code, obj) = self.delete(r, ns, name, &opts, q).await?;
-                Ok(respond(code, &obj, &[]))
+                let opts = DeleteOptions::parse(r, name, &opts, q)?;
+                write(self.delete(r, ns, name, &opts).await?)
             }
             (&Method::DELETE, None, None) => {
                 let opts = if body.is_empty() {
@@ -406,8 +406,9 @@ impl ApiServer {
                 } else {
                     decode_body(headers, body)?
                 };
-                let list = self.delete_collection(r, ns, &opts, q).await?;
-                Ok(respond(StatusCode::OK, &list, &[]))
+                let opts = DeleteOptions::parse(r, "", &opts, q)?;
+                let (list, warnings) = self.delete_collection(r, ns, &opts, q).await?;
+                Ok(respond(StatusCode::OK, &list, &warnings))
             }
             _ => Err(ApiError::method_not_allowed()),
         }
@@ -642,16 +643,16 @@ impl ApiServer {
         Ok(typed)
     }
 
-    async fn namespace_must_exist(&self, ns: &str) -> ApiResult<()> {
+    /// The namespace lifecycle admission: content is created only in a namespace that exists
+    /// and is not terminating.
+    async fn namespace_must_exist(&self, r: &ResourceInfo, ns: &str, name: &str) -> ApiResult<()> {
         let nsr = resources::find("", "v1", "namespaces").expect("namespaces are served");
         match self.store.get(&nsr.key(None, ns)).await? {
             None => Err(ApiError::namespace_not_found(ns)),
             Some(kv) => {
                 let o = decode_kv(&kv)?;
                 if o.pointer("/metadata/deletionTimestamp").is_some() {
-                    Err(ApiError::forbidden(format!(
-                        "unable to create new content in namespace {ns} because it is being terminated"
-                    )))
+                    Err(ApiError::namespace_terminating(r, name, ns))
                 } else {
                     Ok(())
                 }
@@ -725,7 +726,8 @@ impl ApiServer {
             apply::record_update(&self.schemas, r, &mut obj, m, &body, None);
         }
         if r.namespaced {
-            self.namespace_must_exist(ns.unwrap_or_default()).await?;
+            self.namespace_must_exist(r, ns.unwrap_or_default(), &name)
+                .await?;
         }
         let key = r.key(ns, &name);
         let _alloc_guard;
@@ -857,12 +859,7 @@ impl ApiServer {
         if opts.dry_run {
             return Ok((StatusCode::OK, new));
         }
-        let finalized = new.pointer("/metadata/deletionTimestamp").is_some()
-            && new
-                .pointer("/metadata/finalizers")
-                .and_then(Value::as_array)
-                .is_none_or(|f| f.is_empty());
-        if finalized && !(r.kind == "Pod" && pod_awaits_kubelet(&new)) {
+        if deletion::finalized(r, &new) {
             let kv = self
                 .store
                 .delete(&cur_kv.key, Some(cur_kv.mod_revision))
@@ -880,7 +877,7 @@ impl ApiServer {
         Ok((StatusCode::OK, new))
     }
 
-    fn write_error(&self, r: &ResourceInfo, name: &str, e: StoreError) -> ApiError {
+    pub(super) fn write_error(&self, r: &ResourceInfo, name: &str, e: StoreError) -> ApiError {
         match e {
             StoreError::Conflict { .. } => ApiError::modified(r, name),
             StoreError::NotFound(_) => ApiError::not_found(r, name),
@@ -1134,291 +1131,6 @@ impl ApiServer {
             .map_err(|e| self.write_error(r, name, e))?;
         Ok(())
     }
-
-    /// Deletes one object, honouring grace periods (pods on a node wait for their kubelet),
-    /// finalizers, preconditions and the propagation policy towards dependents.
-    pub fn delete<'a>(
-        &'a self,
-        r: &'static ResourceInfo,
-        ns: Option<&'a str>,
-        name: &'a str,
-        opts: &'a Value,
-        q: &'a HashMap<String, String>,
-    ) -> BoxFuture<'a, ApiResult<(StatusCode, Value)>> {
-        async move {
-            let dry_run = q.get("dryRun").is_some_and(|d| d == "All")
-                || opts["dryRun"].as_array().is_some_and(|a| !a.is_empty());
-            let grace = q
-                .get("gracePeriodSeconds")
-                .and_then(|g| g.parse::<i64>().ok())
-                .or_else(|| opts["gracePeriodSeconds"].as_i64());
-            let policy = q
-                .get("propagationPolicy")
-                .cloned()
-                .or_else(|| opts["propagationPolicy"].as_str().map(str::to_string))
-                .or_else(|| {
-                    opts["orphanDependents"]
-                        .as_bool()
-                        .filter(|o| *o)
-                        .map(|_| "Orphan".to_string())
-                })
-                .unwrap_or_else(|| "Background".to_string());
-            if !matches!(policy.as_str(), "Orphan" | "Background" | "Foreground") {
-                return Err(ApiError::invalid(
-                    r,
-                    name,
-                    vec![FieldError::not_supported(
-                        "propagationPolicy",
-                        &json!(policy),
-                        &["Foreground", "Background", "Orphan"],
-                    )],
-                ));
-            }
-            let (kv, cur) = self.get(r, ns, name).await?;
-            if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
-                let actual = meta_str(&cur, "uid").unwrap_or_default();
-                if uid != actual {
-                    return Err(ApiError::conflict(
-                        r,
-                        name,
-                        &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"),
-                    ));
-                }
-            }
-            if let Some(rv) = opts
-                .pointer("/preconditions/resourceVersion")
-                .and_then(Value::as_str)
-                && rv != kv.mod_revision.to_string()
-            {
-                return Err(ApiError::conflict(
-                    r,
-                    name,
-                    &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", kv.mod_revision),
-                ));
-            }
-            if dry_run {
-                return Ok((StatusCode::OK, cur));
-            }
-            let has_finalizers = cur
-                .pointer("/metadata/finalizers")
-                .and_then(Value::as_array)
-                .is_some_and(|f| !f.is_empty());
-            // Pods bound to a node terminate gracefully: marked now, removed by the kubelet.
-            let graceful_pod = r.kind == "Pod" && pod_on_node(&cur) && {
-                let g = grace.unwrap_or_else(|| {
-                    cur.pointer("/spec/terminationGracePeriodSeconds")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(30)
-                });
-                g > 0
-            };
-            if r.kind == "Namespace" {
-                return self.delete_namespace(r, name, kv, cur).await;
-            }
-            if graceful_pod || has_finalizers {
-                let already = cur.pointer("/metadata/deletionTimestamp").is_some();
-                let mut new = cur.clone();
-                let m = meta_mut(&mut new);
-                if graceful_pod {
-                    let g = grace.unwrap_or_else(|| {
-                        cur.pointer("/spec/terminationGracePeriodSeconds")
-                            .and_then(Value::as_i64)
-                            .unwrap_or(30)
-                    });
-                    let current = m.get("deletionGracePeriodSeconds").and_then(Value::as_i64);
-                    if !already || current.is_some_and(|c| g < c) {
-                        let at = chrono::Utc::now() + chrono::Duration::seconds(g);
-                        m.insert("deletionTimestamp".into(), json!(at.format("%Y-%m-%dT%H:%M:%SZ").to_string()));
-                        m.insert("deletionGracePeriodSeconds".into(), json!(g));
-                    }
-                } else if !already {
-                    m.insert("deletionTimestamp".into(), json!(now()));
-                    m.insert("deletionGracePeriodSeconds".into(), json!(0));
-                }
-                if new == cur {
-                    return Ok((StatusCode::OK, cur));
-                }
-                let kv2 = self
-                    .store
-                    .update(&kv.key, encode_for(r, &new), kv.mod_revision)
-                    .await
-                    .map_err(|e| self.write_error(r, name, e))?;
-                set_rv(&mut new, kv2.mod_revision);
-                if !has_finalizers || policy != "Orphan" {
-                    self.cascade(&cur, &policy).await?;
-                }
-                return Ok((StatusCode::OK, new));
-            }
-            let deleted = self
-                .store
-                .delete(&kv.key, Some(kv.mod_revision))
-                .await
-                .map_err(|e| self.write_error(r, name, e))?;
-            self.cascade(&cur, &policy).await?;
-            let mut out = cur;
-            set_rv(&mut out, deleted.mod_revision);
-            Ok((StatusCode::OK, out))
-        }
-        .boxed()
-    }
-
-    /// Deletes (Background/Foreground) or orphans the dependents of `owner`.
-    async fn cascade(&self, owner: &Value, policy: &str) -> ApiResult<()> {
-        let Some(uid) = meta_str(owner, "uid") else {
-            return Ok(());
-        };
-        let ns = meta_str(owner, "namespace");
-        let no_q = HashMap::new();
-        for dr in RESOURCES.iter().filter(|d| d.namespaced || ns.is_none()) {
-            let prefix = dr.prefix(if dr.namespaced { ns } else { None });
-            let res = self.store.range(&prefix, None, 0).await?;
-            for kv in res.kvs {
-                let dep = decode_kv(&kv)?;
-                let owned = dep
-                    .pointer("/metadata/ownerReferences")
-                    .and_then(Value::as_array)
-                    .is_some_and(|refs| refs.iter().any(|o| o["uid"] == uid));
-                if !owned {
-                    continue;
-                }
-                let dname = meta_str(&dep, "name").unwrap_or_default().to_string();
-                let dns = meta_str(&dep, "namespace").map(str::to_string);
-                if policy == "Orphan" {
-                    let mut new = dep.clone();
-                    if let Some(refs) = new
-                        .pointer_mut("/metadata/ownerReferences")
-                        .and_then(Value::as_array_mut)
-                    {
-                        refs.retain(|o| o["uid"] != uid);
-                    }
-                    if new
-                        .pointer("/metadata/ownerReferences")
-                        .and_then(Value::as_array)
-                        .is_some_and(|r| r.is_empty())
-                    {
-                        meta_mut(&mut new).remove("ownerReferences");
-                    }
-                    // Lost races are fine: the dependent changed or went away.
-                    let _ = self
-                        .store
-                        .update(&kv.key, encode(&new), kv.mod_revision)
-                        .await;
-                } else {
-                    let opts = json!({"propagationPolicy": "Background"});
-                    match self.delete(dr, dns.as_deref(), &dname, &opts, &no_q).await {
-                        Ok(_) => {}
-                        Err(e) if e.code == 404 => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Marks the namespace terminating, then empties it and removes it before answering (there
-    /// is no namespace controller yet to do it later).
-    async fn delete_namespace(
-        &self,
-        r: &'static ResourceInfo,
-        name: &str,
-        kv: KeyValue,
-        cur: Value,
-    ) -> ApiResult<(StatusCode, Value)> {
-        let mut new = cur.clone();
-        if cur.pointer("/metadata/deletionTimestamp").is_none() {
-            meta_mut(&mut new).insert("deletionTimestamp".into(), json!(now()));
-            meta_mut(&mut new).insert("deletionGracePeriodSeconds".into(), json!(0));
-            new["status"]["phase"] = json!("Terminating");
-            let kv2 = self
-                .store
-                .update(&kv.key, encode(&new), kv.mod_revision)
-                .await
-                .map_err(|e| self.write_error(r, name, e))?;
-            set_rv(&mut new, kv2.mod_revision);
-        }
-        let no_q = HashMap::new();
-        let force = json!({"gracePeriodSeconds": 0, "propagationPolicy": "Background"});
-        for dr in RESOURCES.iter().filter(|d| d.namespaced) {
-            let res = self.store.range(&dr.prefix(Some(name)), None, 0).await?;
-            for kv in res.kvs {
-                let obj = decode_kv(&kv)?;
-                let oname = meta_str(&obj, "name").unwrap_or_default().to_string();
-                // Finalizers of the contents are dropped: nothing else will remove them.
-                if obj.pointer("/metadata/finalizers").is_some() {
-                    let mut o2 = obj.clone();
-                    meta_mut(&mut o2).remove("finalizers");
-                    let _ = self
-                        .store
-                        .update(&kv.key, encode(&o2), kv.mod_revision)
-                        .await;
-                }
-                match self.delete(dr, Some(name), &oname, &force, &no_q).await {
-                    Ok(_) => {}
-                    Err(e) if e.code == 404 => {}
-                    Err(e) => return Err(e),
-                }
-                // A pod on a node is only marked by a graceful delete; finish it.
-                if let Ok(Some(kv)) = self.store.get(&kv.key).await {
-                    let _ = self.store.delete(&kv.key, Some(kv.mod_revision)).await;
-                }
-            }
-        }
-        let latest = self.store.get(&kv.key).await?;
-        if let Some(latest) = latest {
-            let deleted = self
-                .store
-                .delete(&latest.key, Some(latest.mod_revision))
-                .await
-                .map_err(|e| self.write_error(r, name, e))?;
-            set_rv(&mut new, deleted.mod_revision);
-        }
-        Ok((StatusCode::OK, new))
-    }
-
-    async fn delete_collection(
-        &self,
-        r: &'static ResourceInfo,
-        ns: Option<&str>,
-        opts: &Value,
-        q: &HashMap<String, String>,
-    ) -> ApiResult<Value> {
-        let mut lq = q.clone();
-        lq.remove("limit");
-        lq.remove("continue");
-        let list = self.list(r, ns, &lq).await?;
-        let mut deleted = Vec::new();
-        for item in list["items"].as_array().into_iter().flatten() {
-            let name = meta_str(item, "name").unwrap_or_default();
-            let ins = meta_str(item, "namespace");
-            match self.delete(r, ins, name, opts, q).await {
-                Ok((_, o)) => deleted.push(o),
-                Err(e) if e.code == 404 => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(json!({
-            "kind": r.list_kind(),
-            "apiVersion": r.api_version(),
-            "metadata": {"resourceVersion": list["metadata"]["resourceVersion"]},
-            "items": deleted,
-        }))
-    }
-}
-
-fn pod_on_node(pod: &Value) -> bool {
-    pod.pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .is_some_and(|n| !n.is_empty())
-}
-
-/// A terminating pod on a node stays until its kubelet deletes it with grace 0.
-fn pod_awaits_kubelet(pod: &Value) -> bool {
-    pod_on_node(pod)
-        && pod
-            .pointer("/metadata/deletionGracePeriodSeconds")
-            .and_then(Value::as_i64)
-            .is_some_and(|g| g > 0)
 }
 
 fn success(code: u16) -> Value {

@@ -5,6 +5,7 @@ pub mod alloc;
 pub mod apply;
 pub mod convert;
 pub mod defaults;
+pub mod deletion;
 pub mod discovery;
 pub mod handlers;
 pub mod openapi;

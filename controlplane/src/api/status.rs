@@ -183,8 +183,22 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(403, "Forbidden", message)
+    /// Creating `name` in the terminating namespace `ns`.
+    pub fn namespace_terminating(r: &ResourceInfo, name: &str, ns: &str) -> Self {
+        let mut e = Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                r.group_resource()
+            ),
+        )
+        .with_details(r, name);
+        if let Some(d) = e.details.as_mut() {
+            d["causes"] = json!([{"reason": "NamespaceTerminating",
+                "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]);
+        }
+        e
     }
 
     pub fn unauthorized() -> Self {

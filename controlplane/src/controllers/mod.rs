@@ -5,9 +5,12 @@
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
+pub mod garbagecollector;
 pub mod job;
+pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod podgc;
 pub mod pods;
 pub mod replicaset;
 
@@ -15,8 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use kube::api::ApiResource;
 use kube::core::{Selector, SelectorExt};
+use kube::discovery::{ApiCapabilities, Discovery};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
@@ -112,22 +118,149 @@ where
         .await;
 }
 
-/// Settings of the controllers that have any.
+/// Every resource the API server serves, with its verbs (from aggregated discovery), for the
+/// controllers that work on all of them.
+pub async fn served_resources(
+    client: &Client,
+) -> Result<Vec<(ApiResource, ApiCapabilities)>, kube::Error> {
+    let discovery = Discovery::new(client.clone()).run_aggregated().await?;
+    Ok(discovery
+        .groups()
+        .flat_map(|g| g.recommended_resources())
+        .collect())
+}
+
+/// The controllers, by the names kube-controller-manager's `--controllers` uses.
+pub const NAMES: &[&str] = &[
+    "replicaset-controller",
+    "deployment-controller",
+    "daemonset-controller",
+    "job-controller",
+    // One controller here keeps both Endpoints and EndpointSlices.
+    "endpoints-controller",
+    "endpointslice-controller",
+    "node-ipam-controller",
+    "node-lifecycle-controller",
+    "garbage-collector-controller",
+    "namespace-controller",
+    "pod-garbage-collector-controller",
+];
+
+/// Which controllers run, as kube-controller-manager's `--controllers` says: `*` for all,
+/// `name` to enable one, `-name` to disable one; the first mention of a name wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selection(u32);
+
+impl Selection {
+    pub fn parse(items: &[String]) -> Result<Self, String> {
+        for item in items {
+            let name = item.strip_prefix('-').unwrap_or(item);
+            if item != "*" && !NAMES.contains(&name) {
+                return Err(format!("{item:?} is not in the list of known controllers"));
+            }
+        }
+        let enabled = |name: &str| {
+            for i in items {
+                if i == name {
+                    return true;
+                }
+                if i.strip_prefix('-') == Some(name) {
+                    return false;
+                }
+            }
+            items.iter().any(|i| i == "*")
+        };
+        Ok(Selection(
+            NAMES
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| enabled(n))
+                .fold(0, |bits, (i, _)| bits | 1 << i),
+        ))
+    }
+
+    pub fn has(self, name: &str) -> bool {
+        NAMES
+            .iter()
+            .position(|n| *n == name)
+            .is_some_and(|i| self.0 & (1 << i) != 0)
+    }
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Selection((1 << NAMES.len()) - 1)
+    }
+}
+
+/// Settings of the controllers that have any, and which run.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Config {
     pub cluster_cidr: nodeipam::ClusterCidr,
     pub lifecycle: nodelifecycle::LifecycleConfig,
+    pub pod_gc: podgc::PodGcConfig,
+    pub selection: Selection,
 }
 
-/// Runs every controller until the process ends.
+/// Runs the selected controllers until the process ends.
 pub async fn run(client: Client, cfg: Config) {
-    tokio::join!(
-        replicaset::run(client.clone()),
-        deployment::run(client.clone()),
-        daemonset::run(client.clone()),
-        job::run(client.clone()),
-        endpoints::run(client.clone()),
-        nodeipam::run(client.clone(), cfg.cluster_cidr),
-        nodelifecycle::run(client.clone(), cfg.lifecycle),
-    );
+    let on = |name: &str| cfg.selection.has(name);
+    let c = || client.clone();
+    let mut running: Vec<BoxFuture<'static, ()>> = Vec::new();
+    if on("replicaset-controller") {
+        running.push(Box::pin(replicaset::run(c())));
+    }
+    if on("deployment-controller") {
+        running.push(Box::pin(deployment::run(c())));
+    }
+    if on("daemonset-controller") {
+        running.push(Box::pin(daemonset::run(c())));
+    }
+    if on("job-controller") {
+        running.push(Box::pin(job::run(c())));
+    }
+    if on("endpoints-controller") || on("endpointslice-controller") {
+        running.push(Box::pin(endpoints::run(c())));
+    }
+    if on("node-ipam-controller") {
+        running.push(Box::pin(nodeipam::run(c(), cfg.cluster_cidr)));
+    }
+    if on("node-lifecycle-controller") {
+        running.push(Box::pin(nodelifecycle::run(c(), cfg.lifecycle)));
+    }
+    if on("garbage-collector-controller") {
+        running.push(Box::pin(garbagecollector::run(c())));
+    }
+    if on("namespace-controller") {
+        running.push(Box::pin(namespace::run(c())));
+    }
+    if on("pod-garbage-collector-controller") {
+        running.push(Box::pin(podgc::run(c(), cfg.pod_gc)));
+    }
+    if running.is_empty() {
+        // Nothing selected: nothing to end either.
+        futures::future::pending::<()>().await;
+    }
+    futures::future::join_all(running).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controllers_are_selected_as_kube_controller_manager_does() {
+        let sel =
+            |s: &[&str]| Selection::parse(&s.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+        let all = sel(&["*"]).unwrap();
+        assert_eq!(all, Selection::default());
+        let some = sel(&["garbage-collector-controller", "namespace-controller"]).unwrap();
+        assert!(some.has("namespace-controller") && !some.has("deployment-controller"));
+        let but = sel(&["*", "-job-controller"]).unwrap();
+        assert!(but.has("deployment-controller") && !but.has("job-controller"));
+        assert_eq!(
+            sel(&["bogus"]).unwrap_err(),
+            "\"bogus\" is not in the list of known controllers"
+        );
+    }
 }
