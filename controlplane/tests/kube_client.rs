@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::Server;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 
@@ -60,4 +60,28 @@ async fn metadata_lists_watches_and_pages() {
         WatchEvent::Deleted(m) => assert_eq!(m.metadata.name.as_deref(), Some("m3")),
         other => panic!("unexpected {other:?}"),
     }
+
+    // A uid in a patch is a precondition: the object it was meant for, not a look-alike.
+    let wrong = serde_json::json!({"metadata": {"uid": "not-the-uid", "labels": {"x": "1"}}});
+    let err = api
+        .patch("m1", &PatchParams::default(), &Patch::Merge(&wrong))
+        .await
+        .unwrap_err();
+    match err {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 409);
+            assert!(
+                s.message
+                    .contains("Precondition failed: UID in precondition: not-the-uid"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let uid = api.get("m1").await.unwrap().metadata.uid.unwrap();
+    let right = serde_json::json!({"metadata": {"uid": uid, "labels": {"x": "1"}}});
+    api.patch("m1", &PatchParams::default(), &Patch::Merge(&right))
+        .await
+        .unwrap();
 }

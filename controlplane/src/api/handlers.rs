@@ -935,6 +935,7 @@ impl ApiServer {
             {
                 return Err(ApiError::modified(r, name));
             }
+            check_uid(r, name, &obj, &cur)?;
             match self
                 .commit_update(r, &kv, &cur, obj.clone(), sub, opts)
                 .await
@@ -1038,6 +1039,7 @@ impl ApiServer {
             if precondition.is_some() {
                 return Err(ApiError::modified(r, name));
             }
+            check_uid(r, name, &patched, &base)?;
             let mut patched = patched;
             if sub != Some("scale") {
                 Self::check_identity(r, &mut patched, ns, Some(name))?;
@@ -1135,6 +1137,24 @@ impl ApiServer {
 
 fn success(code: u16) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": code})
+}
+
+/// A uid in the body of an update or patch is a precondition: the object it was meant for, not
+/// a new one of the same name.
+fn check_uid(r: &ResourceInfo, name: &str, new: &Value, cur: &Value) -> ApiResult<()> {
+    match (
+        meta_str(new, "uid").filter(|u| !u.is_empty()),
+        meta_str(cur, "uid"),
+    ) {
+        (Some(want), Some(have)) if want != have => Err(ApiError::conflict(
+            r,
+            name,
+            &format!(
+                "Precondition failed: UID in precondition: {want}, UID in object meta: {have}"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn random_suffix() -> String {
