@@ -5,6 +5,7 @@
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
+pub mod events;
 pub mod job;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -21,7 +22,6 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,18 +35,12 @@ pub enum ControllerError {
 /// What every reconcile gets: a client and an event recorder.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub recorder: events::Recorder,
 }
 
 impl Context {
     pub fn new(client: Client, controller: &str) -> Arc<Self> {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: controller.into(),
-                instance: None,
-            },
-        );
+        let recorder = events::Recorder::new(client.clone(), controller);
         Arc::new(Context { client, recorder })
     }
 }
