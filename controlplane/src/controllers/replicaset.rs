@@ -75,7 +75,7 @@ pub async fn run(client: Client) {
 }
 
 /// The pod a ReplicaSet creates from its template.
-pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
+fn pod_from_template(rs: &ReplicaSet) -> Pod {
     let template = rs
         .spec
         .as_ref()

@@ -162,7 +162,7 @@ fn same_template(d: &Deployment, rs: &ReplicaSet) -> bool {
 
 /// What one sync of a Deployment works with: its ReplicaSets as they are now and the status it
 /// is building, written once at the end if it changed.
-struct Sync<'a> {
+struct DeploymentSync<'a> {
     d: &'a Deployment,
     ctx: &'a Context,
     api: Api<ReplicaSet>,
@@ -171,7 +171,7 @@ struct Sync<'a> {
     now: Timestamp,
 }
 
-impl Sync<'_> {
+impl DeploymentSync<'_> {
     /// The ReplicaSet whose template is the Deployment's (the oldest if several are).
     fn new_rs(&self) -> Option<&ReplicaSet> {
         self.all
@@ -253,7 +253,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Cont
         api.list(&ListParams::default()).await?.items,
     )
     .await?;
-    let mut sync = Sync {
+    let mut sync = DeploymentSync {
         d: &d,
         ctx: &ctx,
         api,

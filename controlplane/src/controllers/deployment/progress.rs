@@ -14,9 +14,9 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
 use super::super::ControllerError;
-use super::{Sync, desired, max_unavailable, replicas, status_of};
+use super::{DeploymentSync, desired, max_unavailable, replicas, status_of};
 
-pub(super) const PROGRESSING: &str = "Progressing";
+const PROGRESSING: &str = "Progressing";
 const TIMED_OUT: &str = "ProgressDeadlineExceeded";
 const NEW_RS_AVAILABLE: &str = "NewReplicaSetAvailable";
 
@@ -75,7 +75,7 @@ pub(super) fn set_condition(status: &mut DeploymentStatus, mut c: DeploymentCond
 }
 
 /// All of `spec.replicas` updated, available, and nothing else running.
-fn complete(d: &Deployment, s: &DeploymentStatus) -> bool {
+pub(super) fn complete(d: &Deployment, s: &DeploymentStatus) -> bool {
     let want = desired(d);
     s.updated_replicas.unwrap_or(0) == want
         && s.replicas.unwrap_or(0) == want
@@ -123,7 +123,7 @@ fn recheck_after(d: &Deployment, s: &DeploymentStatus, now: Timestamp) -> Option
     Some(Duration::from_secs(left.max(0) as u64 + 1))
 }
 
-impl Sync<'_> {
+impl DeploymentSync<'_> {
     /// Marks `Progressing` Unknown with `DeploymentPaused` while paused, `DeploymentResumed` once
     /// resumed — written at once, as kube does — so the time spent paused never counts against
     /// the progress deadline.

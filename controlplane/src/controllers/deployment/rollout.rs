@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use super::super::pods::is_terminal;
 use super::super::{ControllerError, controller_uid, selects};
-use super::{Sync, desired, max_unavailable, replicas, status_of};
+use super::progress::complete;
+use super::{DeploymentSync, desired, max_unavailable, replicas, status_of};
 
-impl Sync<'_> {
+impl DeploymentSync<'_> {
     pub(super) async fn rollout_rolling(&mut self) -> Result<Action, ControllerError> {
         let new_rs = self
             .new_replica_set(true)
@@ -23,7 +24,7 @@ impl Sync<'_> {
         if self.reconcile_new(&new_rs).await? || self.reconcile_old(&new_rs).await? {
             return self.sync_rollout_status(Some(&new_rs)).await;
         }
-        if self.rollout_complete() {
+        if complete(self.d, &self.status) {
             self.cleanup().await?;
         }
         self.sync_rollout_status(Some(&new_rs)).await
@@ -48,20 +49,10 @@ impl Sync<'_> {
         }
         let new_rs = new_rs.expect("created when missing");
         self.scale_to(&new_rs, desired(self.d)).await?;
-        if self.rollout_complete() {
+        if complete(self.d, &self.status) {
             self.cleanup().await?;
         }
         self.sync_rollout_status(Some(&new_rs)).await
-    }
-
-    /// Whether the status read at the start of this sync shows the rollout complete.
-    fn rollout_complete(&self) -> bool {
-        let s = &self.status;
-        let want = desired(self.d);
-        s.updated_replicas.unwrap_or(0) == want
-            && s.replicas.unwrap_or(0) == want
-            && s.available_replicas.unwrap_or(0) == want
-            && s.observed_generation.unwrap_or(0) >= self.d.metadata.generation.unwrap_or(0)
     }
 
     /// Whether a pod of an old ReplicaSet is still there and not finished (terminating ones

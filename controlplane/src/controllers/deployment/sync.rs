@@ -16,8 +16,8 @@ use super::super::pod_control::{error_message, record};
 use super::super::{ControllerError, controller_ref, controller_uid, is_not_found, template_hash};
 use super::progress::{has_progress_deadline, new_condition, set_condition};
 use super::{
-    DESIRED_REPLICAS, HASH_LABEL, MAX_REPLICAS, REVISION, REVISION_HISTORY, Sync, desired,
-    max_surge, replicas, revision, same_template, status_of,
+    DESIRED_REPLICAS, DeploymentSync, HASH_LABEL, MAX_REPLICAS, REVISION, REVISION_HISTORY,
+    desired, max_surge, replicas, revision, same_template, status_of,
 };
 
 /// Annotations of the Deployment never copied to its ReplicaSets.
@@ -184,7 +184,7 @@ fn proportional_sizes(
     (sizes, op)
 }
 
-impl Sync<'_> {
+impl DeploymentSync<'_> {
     /// Sets `spec.replicas` of a ReplicaSet (and its replica annotations) and records
     /// `ScalingReplicaSet` "Scaled up|down replica set NAME from A to B" if the size changed.
     pub(super) async fn scale(

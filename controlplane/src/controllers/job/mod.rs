@@ -10,7 +10,7 @@
 //! `batch.kubernetes.io/job-tracking` finalizer, which keeps pods until counted, is not used.
 
 mod failure_policy;
-pub mod indexed;
+mod indexed;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -414,7 +414,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Controlle
                     } else if missing > 0 {
                         let indexes: Vec<Option<i32>> = if indexed {
                             let mut taken = succeeded_indexes.clone();
-                            taken.extend(active.iter().filter_map(|p| indexed::index_of(p)));
+                            taken.extend(active.iter().copied().filter_map(indexed::index_of));
                             indexed::first_pending(&taken, missing, completions.unwrap_or(0))
                                 .into_iter()
                                 .map(Some)
