@@ -6,32 +6,17 @@ mod hollow;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Server;
 use futures::TryStreamExt;
-use hollow::{Hollow, NodeSpec};
+use hollow::{Hollow, NodeSpec, active_pods, cluster, eventually};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
 use serde_json::json;
-
-async fn start() -> (Server, Client, Hollow) {
-    let s = Server::start_cluster();
-    let client = hollow::client(&s).await;
-    let h = Hollow::start(
-        client.clone(),
-        &[
-            NodeSpec::new("node-a", "4", "8Gi"),
-            NodeSpec::new("node-b", "4", "8Gi"),
-            NodeSpec::new("node-c", "4", "8Gi"),
-        ],
-    )
-    .await;
-    (s, client, h)
-}
 
 fn deployment(name: &str, replicas: u32, image: &str, strategy: &str) -> String {
     format!(
@@ -57,32 +42,9 @@ spec:
     )
 }
 
-async fn active_pods(client: &Client, selector: &str) -> Vec<Pod> {
-    Api::<Pod>::namespaced(client.clone(), "default")
-        .list(&ListParams::default().labels(selector))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect()
-}
-
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_of_6_spreads_over_3_nodes_and_rollout_status_returns() {
-    let (s, client, _h) = start().await;
+    let (s, client, _h) = cluster().await;
     let f = s.write(
         "web.yaml",
         &deployment("web", 6, "registry.invalid/web:1", "{type: RollingUpdate}"),
@@ -133,7 +95,7 @@ async fn a_deployment_of_6_spreads_over_3_nodes_and_rollout_status_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_update_stays_within_surge_and_unavailable_and_undo_goes_back() {
-    let (s, client, _h) = start().await;
+    let (s, client, _h) = cluster().await;
     let strategy = "{type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}";
     let f = s.write(
         "app.yaml",
@@ -265,7 +227,7 @@ async fn rolling_update_stays_within_surge_and_unavailable_and_undo_goes_back() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recreate_replaces_all_pods_at_once() {
-    let (s, client, _h) = start().await;
+    let (s, client, _h) = cluster().await;
     let f = s.write(
         "re.yaml",
         &deployment("re", 3, "registry.invalid/re:1", "{type: Recreate}"),
@@ -287,7 +249,7 @@ async fn recreate_replaces_all_pods_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replicaset_adopts_orphans_creates_and_deletes() {
-    let (s, client, _h) = start().await;
+    let (s, client, _h) = cluster().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let orphan: Pod = serde_json::from_value(json!({
         "metadata": {"name": "orphan", "labels": {"app": "rs"}},
@@ -353,7 +315,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_endpoint_slices_follow_readiness() {
-    let (s, client, _h) = start().await;
+    let (s, client, _h) = cluster().await;
     let f = s.write(
         "web.yaml",
         &deployment("web", 3, "registry.invalid/web:1", "{type: RollingUpdate}"),
@@ -436,7 +398,7 @@ async fn service_endpoint_slices_follow_readiness() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_get_distinct_pod_cidrs_and_a_deleted_nodes_range_is_reused() {
-    let (s, _client, h) = start().await;
+    let (s, _client, h) = cluster().await;
     let cidrs = || {
         s.kubectl(&[
             "get",
@@ -695,7 +657,7 @@ async fn a_daemonset_runs_one_pod_per_eligible_node_and_rolls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_complete_or_fail_past_their_backoff_limit() {
-    let (s, _client, _h) = start().await;
+    let (s, _client, _h) = cluster().await;
     let job = |name: &str, exit: i32, extra: &str| {
         format!(
             "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n{extra}  template:\n    metadata: {{labels: {{hollow/exit: \"{exit}\"}}}}\n    spec:\n      restartPolicy: Never\n      containers: [{{name: c, image: registry.invalid/task:1}}]\n"

@@ -6,31 +6,16 @@ mod common;
 mod hollow;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use common::Server;
 use futures::StreamExt;
-use hollow::{Hollow, NodeSpec};
+use hollow::{NodeSpec, cluster, eventually};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
-
-async fn start() -> (Server, Client, Hollow) {
-    let s = Server::start_cluster();
-    let client = hollow::client(&s).await;
-    let h = Hollow::start(
-        client.clone(),
-        &[
-            NodeSpec::new("node-a", "4", "8Gi"),
-            NodeSpec::new("node-b", "4", "8Gi"),
-        ],
-    )
-    .await;
-    (s, client, h)
-}
 
 fn deployment(name: &str, replicas: u32) -> String {
     format!(
@@ -60,18 +45,6 @@ fn roll_out(s: &Server, ns: &str, name: &str, replicas: u32) {
     s.kubectl(&["apply", "-n", ns, "-f", common::path_str(&f)]);
     let target = format!("deployment/{name}");
     s.kubectl(&["rollout", "status", "-n", ns, &target, "--timeout=60s"]);
-}
-
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn names<K>(api: &Api<K>, labels: &str) -> Vec<String>
@@ -158,7 +131,7 @@ fn seen(log: &Log, kind: &str, f: impl Fn(&Seen) -> bool) -> Vec<Seen> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_deletion_takes_the_replicasets_and_pods_after_the_deployment() {
-    let (s, client, _h) = start().await;
+    let (s, client, _h) = cluster().await;
     roll_out(&s, "default", "bg", 2);
     let rs: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -174,7 +147,7 @@ async fn background_deletion_takes_the_replicasets_and_pods_after_the_deployment
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreground_deletion_keeps_the_deployment_until_its_dependents_are_gone() {
-    let (s, client, _h) = start().await;
+    let (s, client, _h) = cluster().await;
     roll_out(&s, "default", "fg", 3);
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let pods_before = names(&pods, "app=fg").await;
@@ -249,7 +222,7 @@ async fn foreground_deletion_keeps_the_deployment_until_its_dependents_are_gone(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_deletion_leaves_the_replicaset_and_pods_without_their_owner() {
-    let (s, client, _h) = start().await;
+    let (s, client, _h) = cluster().await;
     roll_out(&s, "default", "or", 2);
     let rs: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -454,7 +427,7 @@ async fn a_collector_started_later_finishes_what_deletions_left() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_namespace_is_emptied_then_removed() {
-    let (s, client, _h) = start().await;
+    let (s, client, _h) = cluster().await;
     s.kubectl(&["create", "namespace", "gone"]);
     roll_out(&s, "gone", "web", 2);
     s.kubectl(&[

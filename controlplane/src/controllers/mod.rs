@@ -5,26 +5,29 @@
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
+pub mod events;
 pub mod garbagecollector;
 pub mod job;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod pod_control;
 pub mod podgc;
 pub mod pods;
 pub mod replicaset;
+pub mod ttl_after_finished;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::ApiResource;
 use kube::core::{Selector, SelectorExt};
 use kube::discovery::{ApiCapabilities, Discovery};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,18 +41,12 @@ pub enum ControllerError {
 /// What every reconcile gets: a client and an event recorder.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub recorder: events::Recorder,
 }
 
 impl Context {
     pub fn new(client: Client, controller: &str) -> Arc<Self> {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: controller.into(),
-                instance: None,
-            },
-        );
+        let recorder = events::Recorder::new(client.clone(), controller);
         Arc::new(Context { client, recorder })
     }
 }
@@ -98,6 +95,89 @@ pub fn controller_uid<K: Resource>(obj: &K) -> Option<&str> {
         .map(|o| o.uid.as_str())
 }
 
+/// FNV-1a, 32 bits: the hash kube-controller-manager names ReplicaSets and revisions with.
+fn fnv32a(data: &[u8]) -> u32 {
+    data.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The hash of a pod template (`pod-template-hash`, `controller-revision-hash`; kube's
+/// `ComputeHash`), salted by the owner's `status.collisionCount`, in the alphabet Kubernetes uses
+/// for names (no vowels, no look-alike digits).
+pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
+    let mut data = serde_json::to_vec(template).unwrap_or_default();
+    if let Some(c) = collision_count {
+        data.extend_from_slice(c.to_string().as_bytes());
+    }
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    fnv32a(&data)
+        .to_string()
+        .bytes()
+        .map(|b| ALPHABET[usize::from(b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Now, to the second: the precision API timestamps keep, so that a condition written and read
+/// back compares equal.
+pub fn now() -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::from_second(k8s_openapi::jiff::Timestamp::now().as_second())
+        .expect("the current time is a valid timestamp")
+}
+
+/// kube's `ControllerRefManager`: of `candidates`, the objects `owner` controls after adopting
+/// the orphans its `selector` matches (unless the owner or the orphan is being deleted) and
+/// releasing the owned ones it no longer matches.
+pub async fn claim<O, K>(
+    owner: &O,
+    selector: &LabelSelector,
+    api: &kube::Api<K>,
+    candidates: Vec<K>,
+) -> Result<Vec<K>, kube::Error>
+where
+    O: Resource<DynamicType = ()>,
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let uid = owner.uid().unwrap_or_default();
+    let empty = std::collections::BTreeMap::new();
+    let mut owned = Vec::new();
+    for obj in candidates {
+        let matches = selects(selector, obj.meta().labels.as_ref().unwrap_or(&empty));
+        let refs = obj.meta().owner_references.clone().unwrap_or_default();
+        let refs = match controller_uid(&obj) {
+            Some(u) if u == uid && matches => {
+                owned.push(obj);
+                continue;
+            }
+            Some(u) if u == uid => refs.into_iter().filter(|o| o.uid != uid).collect(),
+            None if matches
+                && obj.meta().deletion_timestamp.is_none()
+                && owner.meta().deletion_timestamp.is_none() =>
+            {
+                let mut refs = refs;
+                refs.push(controller_ref(owner));
+                refs
+            }
+            _ => continue,
+        };
+        // The uid guards against acting on a namesake created since the list.
+        let patch =
+            serde_json::json!({"metadata": {"ownerReferences": refs, "uid": obj.meta().uid}});
+        let patched = api
+            .patch(
+                &obj.name_any(),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await?;
+        if controller_uid(&patched) == Some(uid.as_str()) {
+            tracing::info!(owner = %owner.name_any(), adopted = %patched.name_any(), "adopted");
+            owned.push(patched);
+        }
+    }
+    Ok(owned)
+}
+
 /// A 404: the object is already gone.
 pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
@@ -136,6 +216,7 @@ pub const NAMES: &[&str] = &[
     "deployment-controller",
     "daemonset-controller",
     "job-controller",
+    "ttl-after-finished-controller",
     // One controller here keeps both Endpoints and EndpointSlices.
     "endpoints-controller",
     "endpointslice-controller",
@@ -218,6 +299,9 @@ pub async fn run(client: Client, cfg: Config) {
     }
     if on("job-controller") {
         running.push(Box::pin(job::run(c())));
+    }
+    if on("ttl-after-finished-controller") {
+        running.push(Box::pin(ttl_after_finished::run(c())));
     }
     if on("endpoints-controller") || on("endpointslice-controller") {
         running.push(Box::pin(endpoints::run(c())));

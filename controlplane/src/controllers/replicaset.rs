@@ -1,28 +1,30 @@
 //! The ReplicaSet controller: keeps as many active pods as `spec.replicas` asks for, creating
-//! them from the template in slow-start batches (1, 2, 4, …) and deleting the least useful first
-//! (unscheduled, pending, not ready, newest); adopts orphans its selector matches and releases
-//! owned pods it no longer matches; reports replicas, fullyLabeled, ready and available replicas
-//! and the observed generation.
+//! them from the template in slow-start batches and deleting first those kube's
+//! `ActivePodsWithRanks` order gives up first (see `pods::deletion_key`), with a
+//! `SuccessfulCreate`/`SuccessfulDelete` event per pod; adopts orphans its selector matches and
+//! releases owned pods it no longer matches; reports replicas, fullyLabeled, ready and available
+//! replicas, the observed generation and, while creating or deleting fails, a `ReplicaFailure`
+//! condition.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
-use serde_json::json;
+use serde_json::{Value, json};
 
-use super::pods::{is_active, is_available, is_ready};
+use super::pod_control::{self, BURST};
+use super::pods::{ScaleDown, deletion_key, is_active, is_available, is_ready};
 use super::{
-    Context, ControllerError, controller_ref, controller_uid, drive, error_policy, selects,
+    Context, ControllerError, claim, controller_ref, controller_uid, drive, error_policy, selects,
 };
 
 pub async fn run(client: Client) {
@@ -73,7 +75,7 @@ pub async fn run(client: Client) {
 }
 
 /// The pod a ReplicaSet creates from its template.
-pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
+fn pod_from_template(rs: &ReplicaSet) -> Pod {
     let template = rs
         .spec
         .as_ref()
@@ -95,121 +97,128 @@ pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
     }
 }
 
-/// Deletion order: unscheduled before scheduled, pending before running, not ready before
-/// ready, newer before older.
-fn deletion_rank(p: &Pod) -> (bool, u8, bool, std::cmp::Reverse<Option<Timestamp>>) {
-    let scheduled = p
+/// The active pods of this ReplicaSet and of its siblings (the ReplicaSets of the same
+/// controller), whose spread over nodes decides which pods go first.
+async fn related_pods<'a>(
+    rs: &ReplicaSet,
+    ctx: &Context,
+    all: &'a [Pod],
+) -> Result<Vec<&'a Pod>, kube::Error> {
+    let mut owners = vec![rs.uid().unwrap_or_default()];
+    if let Some(controller) = controller_uid(rs) {
+        let siblings =
+            Api::<ReplicaSet>::namespaced(ctx.client.clone(), &rs.namespace().unwrap_or_default())
+                .list(&ListParams::default())
+                .await?;
+        owners.extend(
+            siblings
+                .items
+                .iter()
+                .filter(|s| controller_uid(*s) == Some(controller))
+                .filter_map(|s| s.uid()),
+        );
+    }
+    Ok(all
+        .iter()
+        .filter(|p| controller_uid(*p).is_some_and(|u| owners.iter().any(|o| o == u)))
+        .collect())
+}
+
+/// Creates or deletes pods towards `spec.replicas`, at most `BURST` per sync.
+async fn manage_replicas(
+    rs: &ReplicaSet,
+    ctx: &Context,
+    owned: &[Pod],
+    all: &[Pod],
+) -> Result<(), kube::Error> {
+    let ns = rs.namespace().unwrap_or_default();
+    let want = rs
         .spec
         .as_ref()
-        .and_then(|s| s.node_name.as_deref())
-        .is_some_and(|n| !n.is_empty());
-    let phase = match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
-        Some("Pending") | None => 0,
-        Some("Unknown") => 1,
-        _ => 2,
-    };
-    (
-        scheduled,
-        phase,
-        is_ready(p),
-        std::cmp::Reverse(p.metadata.creation_timestamp.as_ref().map(|t| t.0)),
-    )
+        .and_then(|s| s.replicas)
+        .unwrap_or(1)
+        .max(0) as usize;
+    if owned.len() < want {
+        let template = pod_from_template(rs);
+        let missing = (want - owned.len()).min(BURST);
+        let (created, err) =
+            pod_control::slow_start(missing, |_| pod_control::create(ctx, rs, &template)).await;
+        tracing::info!(replicaset = %rs.name_any(), created, "created pods");
+        return err.map_or(Ok(()), Err);
+    }
+    if owned.len() > want {
+        let excess = (owned.len() - want).min(BURST);
+        let related = related_pods(rs, ctx, all).await?;
+        let scale_down = ScaleDown::new(related, Timestamp::now());
+        let mut victims: Vec<&Pod> = owned.iter().collect();
+        victims.sort_by_cached_key(|p| deletion_key(p, Some(&scale_down)));
+        let names: Vec<String> = victims[..excess].iter().map(|p| p.name_any()).collect();
+        pod_control::delete_all(ctx, rs, &ns, &names).await?;
+        tracing::info!(replicaset = %rs.name_any(), deleted = names.len(), "deleted pods");
+    }
+    Ok(())
 }
 
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
-    if rs.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
     let ns = rs.namespace().unwrap_or_default();
-    let spec = rs.spec.as_ref().ok_or_else(|| {
-        ControllerError::Invalid(format!("replicaset {ns}/{} has no spec", rs.name_any()))
-    })?;
-    let uid = rs.uid().unwrap_or_default();
+    if rs.spec.is_none() {
+        return Err(ControllerError::Invalid(format!(
+            "replicaset {ns}/{} has no spec",
+            rs.name_any()
+        )));
+    }
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let empty = BTreeMap::new();
-    let mut owned = Vec::new();
-    for p in api.list(&ListParams::default()).await?.items {
-        let labels = p.metadata.labels.as_ref().unwrap_or(&empty);
-        let matches = selects(&spec.selector, labels);
-        match controller_uid(&p) {
-            Some(u) if u == uid && matches => owned.push(p),
-            Some(u) if u == uid => {
-                // Released: drop our reference.
-                let refs: Vec<_> = p
-                    .metadata
-                    .owner_references
-                    .iter()
-                    .flatten()
-                    .filter(|o| o.uid != uid)
-                    .cloned()
-                    .collect();
-                let patch = json!({"metadata": {"ownerReferences": refs, "uid": p.metadata.uid}});
-                api.patch(
-                    &p.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await?;
-            }
-            None if matches && is_active(&p) && rs.metadata.deletion_timestamp.is_none() => {
-                let mut refs = p.metadata.owner_references.clone().unwrap_or_default();
-                refs.push(controller_ref(&*rs));
-                let patch = json!({"metadata": {"ownerReferences": refs, "uid": p.metadata.uid}});
-                let adopted = api
-                    .patch(
-                        &p.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    )
-                    .await?;
-                tracing::info!(replicaset = %rs.name_any(), pod = %adopted.name_any(), "adopted");
-                owned.push(adopted);
-            }
-            _ => {}
+    let all = api.list(&ListParams::default()).await?.items;
+    let active: Vec<Pod> = all.iter().filter(|p| is_active(p)).cloned().collect();
+    let selector = &rs.spec.as_ref().expect("checked above").selector;
+    let owned = claim(&*rs, selector, &api, active).await?;
+    let manage_err = if rs.metadata.deletion_timestamp.is_none() {
+        manage_replicas(&rs, &ctx, &owned, &all).await.err()
+    } else {
+        None
+    };
+    let action = update_status(&rs, &owned, manage_err.as_ref(), &ctx).await?;
+    match manage_err {
+        Some(e) => Err(e.into()),
+        None => Ok(action),
+    }
+}
+
+/// The `ReplicaFailure` condition while creating or deleting fails, none otherwise.
+fn failure_condition(rs: &ReplicaSet, owned: usize, err: Option<&kube::Error>) -> Option<Value> {
+    let previous = rs
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "ReplicaFailure"));
+    match (err, previous) {
+        (None, _) => None,
+        (Some(_), Some(p)) => Some(serde_json::to_value(p).unwrap_or_default()),
+        (Some(e), None) => {
+            let want = rs
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas)
+                .unwrap_or(1)
+                .max(0) as usize;
+            let reason = if owned < want {
+                "FailedCreate"
+            } else {
+                "FailedDelete"
+            };
+            Some(
+                json!({"type": "ReplicaFailure", "status": "True", "reason": reason,
+                "message": pod_control::error_message(e),
+                "lastTransitionTime": Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()}),
+            )
         }
     }
-    let mut active: Vec<&Pod> = owned.iter().filter(|p| is_active(p)).collect();
-    let want = spec.replicas.unwrap_or(1).max(0) as usize;
-    if active.len() < want {
-        let template = pod_from_template(&rs);
-        let pp = PostParams::default();
-        let mut remaining = want - active.len();
-        let mut batch = 1;
-        while remaining > 0 {
-            let n = batch.min(remaining);
-            let results = join_all((0..n).map(|_| api.create(&pp, &template))).await;
-            for r in results {
-                r?;
-            }
-            remaining -= n;
-            batch *= 2;
-        }
-        tracing::info!(replicaset = %rs.name_any(), created = want - active.len(), "created pods");
-    } else if active.len() > want {
-        active.sort_by_key(|p| deletion_rank(p));
-        let victims = &active[..active.len() - want];
-        let dp = DeleteParams::default();
-        let results = join_all(
-            victims
-                .iter()
-                .map(|p| api.delete(p.metadata.name.as_deref().unwrap_or_default(), &dp)),
-        )
-        .await;
-        for r in results {
-            match r {
-                Ok(_) => {}
-                Err(e) if super::is_not_found(&e) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        tracing::info!(replicaset = %rs.name_any(), deleted = victims.len(), "deleted pods");
-    }
-    update_status(&rs, &owned, &ctx).await
 }
 
 async fn update_status(
     rs: &ReplicaSet,
     owned: &[Pod],
+    manage_err: Option<&kube::Error>,
     ctx: &Context,
 ) -> Result<Action, ControllerError> {
     let spec = rs.spec.as_ref();
@@ -220,8 +229,7 @@ async fn update_status(
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
     let now = Timestamp::now();
-    let active: Vec<&Pod> = owned.iter().filter(|p| is_active(p)).collect();
-    let count = |f: &dyn Fn(&Pod) -> bool| active.iter().filter(|p| f(p)).count() as i32;
+    let count = |f: &dyn Fn(&Pod) -> bool| owned.iter().filter(|p| f(p)).count() as i32;
     let ready = count(&is_ready);
     let available = count(&|p| is_available(p, min_ready, now));
     let fully_labeled = count(&|p| {
@@ -230,20 +238,29 @@ async fn update_status(
             .iter()
             .all(|(k, v)| labels.get(k) == Some(v))
     });
+    let conditions: Vec<Value> = failure_condition(rs, owned.len(), manage_err)
+        .into_iter()
+        .collect();
     let status = json!({
-        "replicas": active.len(),
+        "replicas": owned.len(),
         "fullyLabeledReplicas": fully_labeled,
         "readyReplicas": ready,
         "availableReplicas": available,
         "observedGeneration": rs.metadata.generation,
+        "conditions": conditions,
     });
     let current = rs.status.as_ref();
+    let current_conditions = current
+        .and_then(|c| c.conditions.as_ref())
+        .map(|c| serde_json::to_value(c).unwrap_or_default())
+        .unwrap_or(json!([]));
     let same = current.is_some_and(|c| {
-        c.replicas == active.len() as i32
+        c.replicas == owned.len() as i32
             && c.fully_labeled_replicas.unwrap_or(0) == fully_labeled
             && c.ready_replicas.unwrap_or(0) == ready
             && c.available_replicas.unwrap_or(0) == available
             && c.observed_generation == rs.metadata.generation
+            && current_conditions == status["conditions"]
     });
     if !same {
         let api: Api<ReplicaSet> =
@@ -261,75 +278,4 @@ async fn update_status(
     } else {
         Action::requeue(Duration::from_secs(300))
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn least_useful_pods_are_deleted_first() {
-        let pod = |name: &str,
-                   node: Option<&str>,
-                   phase: &str,
-                   ready: bool,
-                   created: &str|
-         -> Pod {
-            serde_json::from_value(json!({
-                "metadata": {"name": name, "creationTimestamp": created},
-                "spec": {"containers": [], "nodeName": node},
-                "status": {"phase": phase, "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]},
-            }))
-            .unwrap()
-        };
-        let mut pods = [
-            pod(
-                "old-ready",
-                Some("n"),
-                "Running",
-                true,
-                "2026-01-01T00:00:00Z",
-            ),
-            pod(
-                "new-ready",
-                Some("n"),
-                "Running",
-                true,
-                "2026-01-02T00:00:00Z",
-            ),
-            pod(
-                "unready",
-                Some("n"),
-                "Running",
-                false,
-                "2026-01-01T00:00:00Z",
-            ),
-            pod(
-                "pending",
-                Some("n"),
-                "Pending",
-                false,
-                "2026-01-01T00:00:00Z",
-            ),
-            pod(
-                "unscheduled",
-                None,
-                "Pending",
-                false,
-                "2026-01-01T00:00:00Z",
-            ),
-        ];
-        pods.sort_by_key(deletion_rank);
-        let order: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
-        assert_eq!(
-            order,
-            [
-                "unscheduled",
-                "pending",
-                "unready",
-                "new-ready",
-                "old-ready"
-            ]
-        );
-    }
 }

@@ -1,18 +1,21 @@
 //! Simulated nodes for scheduler and controller tests, as kubemark's hollow nodes: Node objects
 //! with capacity and a Ready condition, a Lease renewed every few seconds, and a pod loop that
 //! marks the pods bound to them Running (Ready unless labelled `hollow/ready=false`), gives them
-//! an address from the node's range, and confirms deletions as a kubelet would.
+//! an address from the node's range, and confirms deletions as a kubelet would. A pod labelled
+//! `hollow/exit=CODE` runs to completion instead: Succeeded for 0, else Failed with its containers
+//! terminated with that exit code (what Job tests need); the label may be added to a running pod.
+//! Also the helpers cluster tests share: a server with three nodes, waiting for a condition.
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -23,6 +26,47 @@ pub async fn client(s: &Server) -> Client {
     skiff_controlplane::components::client(&s.kubeconfig())
         .await
         .expect("a client for the test server")
+}
+
+/// A server with its scheduler and controllers and three hollow nodes of 4 CPUs and 8 GiB.
+pub async fn cluster() -> (Server, Client, Hollow) {
+    let s = Server::start_cluster();
+    let client = client(&s).await;
+    let h = Hollow::start(
+        client.clone(),
+        &[
+            NodeSpec::new("node-a", "4", "8Gi"),
+            NodeSpec::new("node-b", "4", "8Gi"),
+            NodeSpec::new("node-c", "4", "8Gi"),
+        ],
+    )
+    .await;
+    (s, client, h)
+}
+
+/// The pods in `default` that `selector` selects and that are not being deleted.
+pub async fn active_pods(client: &Client, selector: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(client.clone(), "default")
+        .list(&ListParams::default().labels(selector))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+/// Waits up to 60 s for `f` to hold, polling.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// One simulated node.
