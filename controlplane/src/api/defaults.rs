@@ -252,8 +252,12 @@ pub fn apply(group: &str, kind: &str, o: &mut Value) {
                 .cloned()
                 .unwrap_or(Value::Null);
             let spec = child(root, "spec");
+            // Neither set: one pod to completion. Only parallelism: a work queue, no count.
+            let unset = |k: &str| spec.get(k).is_none_or(Value::is_null);
+            if unset("completions") && unset("parallelism") {
+                spec.insert("completions".into(), json!(1));
+            }
             default(spec, "parallelism", json!(1));
-            default(spec, "completions", json!(1));
             default(spec, "backoffLimit", json!(6));
             default(spec, "completionMode", json!("NonIndexed"));
             default(spec, "suspend", json!(false));
@@ -304,6 +308,21 @@ mod tests {
         assert_eq!(p["status"]["phase"], "Pending");
         assert_eq!(p["status"]["qosClass"], "BestEffort");
         assert_eq!(p["spec"]["serviceAccountName"], "default");
+    }
+
+    #[test]
+    fn job_counts_default_as_kube_does() {
+        let counts = |spec: Value| {
+            let mut j = json!({"metadata": {"name": "j"}, "spec": spec});
+            apply("batch", "Job", &mut j);
+            (
+                j["spec"]["completions"].clone(),
+                j["spec"]["parallelism"].clone(),
+            )
+        };
+        assert_eq!(counts(json!({})), (json!(1), json!(1)));
+        assert_eq!(counts(json!({"parallelism": 3})), (Value::Null, json!(3)));
+        assert_eq!(counts(json!({"completions": 5})), (json!(5), json!(1)));
     }
 
     #[test]
