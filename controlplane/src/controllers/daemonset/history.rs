@@ -39,9 +39,12 @@ fn hash_of(r: &ControllerRevision) -> Option<&str> {
 }
 
 /// kube's `getPatch`: the strategic merge patch that puts `template` back in a DaemonSet
-/// (`{"spec":{"template":{...,"$patch":"replace"}}}`), a revision's `data`.
+/// (`{"spec":{"template":{...,"$patch":"replace"}}}`), a revision's `data`. Written as Go writes
+/// it — keys sorted, and the template's zero `creationTimestamp` as `null` — so that it is the
+/// same text kubectl computes from the DaemonSet to tell whether a rollback has anything to do.
 fn revision_data(template: &PodTemplateSpec) -> Value {
     let mut template = serde_json::to_value(template).unwrap_or_else(|_| json!({}));
+    template["metadata"]["creationTimestamp"] = Value::Null;
     template["$patch"] = json!("replace");
     json!({"spec": {"template": template}})
 }
@@ -84,24 +87,12 @@ struct Split {
 }
 
 fn split(revisions: Vec<ControllerRevision>, data: &Value) -> Split {
-    let (matching, old): (Vec<_>, Vec<_>) = revisions.into_iter().partition(|r| holds(r, data));
-    let mut current = None::<ControllerRevision>;
-    let mut duplicates = Vec::new();
-    for r in matching {
-        match current.take() {
-            Some(c) if c.revision > r.revision => {
-                duplicates.push(r);
-                current = Some(c);
-            }
-            Some(c) => {
-                duplicates.push(c);
-                current = Some(r);
-            }
-            None => current = Some(r),
-        }
-    }
+    let (mut duplicates, old): (Vec<_>, Vec<_>) =
+        revisions.into_iter().partition(|r| holds(r, data));
+    // Of equal revisions the last listed is kept, as kube's `dedupCurHistories` does.
+    let newest = (0..duplicates.len()).max_by_key(|&i| duplicates[i].revision);
     Split {
-        current,
+        current: newest.map(|i| duplicates.remove(i)),
         duplicates,
         old,
     }
@@ -304,7 +295,8 @@ mod tests {
     fn data_is_the_patch_that_replaces_the_template() {
         assert_eq!(
             revision_data(&template("i:1")),
-            json!({"spec": {"template": {"$patch": "replace", "metadata": {"labels": {"app": "a"}},
+            json!({"spec": {"template": {"$patch": "replace",
+                "metadata": {"creationTimestamp": null, "labels": {"app": "a"}},
                 "spec": {"containers": [{"name": "c", "image": "i:1"}]}}}})
         );
     }
@@ -351,6 +343,8 @@ mod tests {
         assert_eq!(names(&s.old), ["a-1", "a-3"]);
         assert_eq!(next_revision(&s.old), 4);
         assert_eq!(next_revision(&[]), 1);
+        let tie = split(vec![rev("b-1", "i:2", 4), rev("b-2", "i:2", 4)], &data);
+        assert_eq!(tie.current.unwrap().name_any(), "b-2");
     }
 
     #[test]
