@@ -1,8 +1,8 @@
 //! The workload controllers (Deployment, ReplicaSet, DaemonSet, Job, TTL-after-finished) inside a
 //! real `skiff server`, driven by kubectl and kube-rs, with hollow nodes that run the pods bound
 //! to them: pause/resume, progress deadline, hash collisions, proportional scaling, the history
-//! limit, pod events, DaemonSet surge/unavailability/OnDelete, Indexed Jobs, suspend, TTL,
-//! back-off and pod failure policy.
+//! limit, pod events, DaemonSet surge/unavailability/OnDelete, DaemonSet revision history and
+//! rollback, Indexed Jobs, suspend, TTL, back-off and pod failure policy.
 
 mod common;
 mod hollow;
@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use common::Server;
 use futures::TryStreamExt;
 use hollow::{Hollow, NodeSpec, active_pods, cluster, eventually};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
@@ -22,6 +22,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use skiff_controlplane::controllers::template_hash;
+
+const HASH: &str = "controller-revision-hash";
 
 fn deployment(name: &str, replicas: u32, image: &str, extra_spec: &str) -> String {
     format!(
@@ -569,7 +571,7 @@ async fn a_surging_daemonset_starts_each_new_pod_before_removing_the_old() {
         .unwrap();
     let hash = template_hash(&ds.spec.unwrap().template, None);
     for p in active_pods(&client, "app=agent").await {
-        assert_eq!(p.labels()["controller-revision-hash"], hash);
+        assert_eq!(p.labels()[HASH], hash);
     }
     assert_eq!(
         get(
@@ -684,6 +686,280 @@ async fn an_on_delete_daemonset_replaces_only_pods_that_are_deleted() {
         ) == "1/3"
     })
     .await;
+}
+
+/// A DaemonSet's ControllerRevisions by revision number: (name, first container image, hash).
+async fn revisions(client: &Client, selector: &str) -> BTreeMap<i64, (String, String, String)> {
+    Api::<ControllerRevision>::namespaced(client.clone(), "default")
+        .list(&ListParams::default().labels(selector))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|r| {
+            let image = r
+                .data
+                .as_ref()
+                .and_then(|d| d.0.pointer("/spec/template/spec/containers/0/image"))
+                .and_then(|i| i.as_str())
+                .unwrap_or_default()
+                .to_string();
+            let hash = r.labels()[HASH].clone();
+            (r.revision, (r.name_any(), image, hash))
+        })
+        .collect()
+}
+
+/// The REVISION column of `kubectl rollout history`.
+fn history_revisions(s: &Server, target: &str) -> Vec<String> {
+    let out = s.kubectl(&["rollout", "history", target]);
+    assert!(out.contains("REVISION  CHANGE-CAUSE"), "{out}");
+    out.lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether the DaemonSet's pods are one per node, all of `image` and revision `hash`.
+async fn daemons_run(client: &Client, selector: &str, image_: &str, hash: &str) -> bool {
+    let pods = active_pods(client, selector).await;
+    let nodes: BTreeSet<_> = pods
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    pods.len() == 3
+        && nodes.len() == 3
+        && pods
+            .iter()
+            .all(|p| image(p) == image_ && p.labels().get(HASH).map(String::as_str) == Some(hash))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemonset_keeps_a_revision_per_template_and_rolls_back_to_one() {
+    let (s, client, _h) = cluster().await;
+    s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &daemonset("hist", "registry.invalid/hist:1", "{type: RollingUpdate}"),
+    );
+    s.kubectl(&["rollout", "status", "daemonset/hist", "--timeout=60s"]);
+    for v in [2, 3] {
+        s.kubectl(&[
+            "set",
+            "image",
+            "daemonset/hist",
+            &format!("c=registry.invalid/hist:{v}"),
+        ]);
+        s.kubectl(&["rollout", "status", "daemonset/hist", "--timeout=90s"]);
+    }
+    let revs = revisions(&client, "app=hist").await;
+    let images: Vec<(i64, &str)> = revs.iter().map(|(n, r)| (*n, r.1.as_str())).collect();
+    assert_eq!(
+        images,
+        [
+            (1, "registry.invalid/hist:1"),
+            (2, "registry.invalid/hist:2"),
+            (3, "registry.invalid/hist:3")
+        ]
+    );
+    let ds = Api::<DaemonSet>::namespaced(client.clone(), "default")
+        .get("hist")
+        .await
+        .unwrap();
+    let newest = template_hash(&ds.spec.as_ref().unwrap().template, None);
+    assert_eq!(
+        (revs[&3].0.as_str(), revs[&3].2.as_str()),
+        (format!("hist-{newest}").as_str(), newest.as_str())
+    );
+    eventually("every daemon on the newest revision", || {
+        daemons_run(&client, "app=hist", "registry.invalid/hist:3", &newest)
+    })
+    .await;
+    let first = Api::<ControllerRevision>::namespaced(client.clone(), "default")
+        .get(&revs[&1].0)
+        .await
+        .unwrap();
+    let owner = &first.owner_references()[0];
+    assert_eq!(
+        (
+            owner.kind.as_str(),
+            owner.name.as_str(),
+            Some(owner.uid.clone()),
+            owner.controller,
+            owner.block_owner_deletion
+        ),
+        ("DaemonSet", "hist", ds.uid(), Some(true), Some(true))
+    );
+    assert_eq!(first.labels()["app"], "hist");
+
+    assert_eq!(history_revisions(&s, "daemonset/hist"), ["1", "2", "3"]);
+    let second = s.kubectl(&["rollout", "history", "daemonset/hist", "--revision=2"]);
+    assert!(
+        second.contains("registry.invalid/hist:2") && !second.contains("hist:3"),
+        "{second}"
+    );
+    let table = s.kubectl(&["get", "controllerrevisions"]);
+    let mut lines = table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>());
+    assert_eq!(
+        lines.next().unwrap(),
+        ["NAME", "CONTROLLER", "REVISION", "AGE"]
+    );
+    let rows: BTreeSet<(String, String, String)> = lines
+        .map(|c| (c[0].to_string(), c[1].to_string(), c[2].to_string()))
+        .collect();
+    let want: BTreeSet<(String, String, String)> = revs
+        .iter()
+        .map(|(n, r)| (r.0.clone(), "daemonset.apps/hist".into(), n.to_string()))
+        .collect();
+    assert_eq!(rows, want, "{table}");
+
+    let out = s.kubectl(&["rollout", "undo", "daemonset/hist", "--to-revision=1"]);
+    assert!(out.contains("daemonset.apps/hist rolled back"), "{out}");
+    s.kubectl(&["rollout", "status", "daemonset/hist", "--timeout=90s"]);
+    let first_hash = revs[&1].2.clone();
+    eventually("the first image back on every node", || {
+        daemons_run(&client, "app=hist", "registry.invalid/hist:1", &first_hash)
+    })
+    .await;
+    eventually("revision 1 reused as revision 4", || async {
+        let now = revisions(&client, "app=hist").await;
+        now.keys().copied().collect::<Vec<_>>() == [2, 3, 4] && now[&4].0 == revs[&1].0
+    })
+    .await;
+    assert_eq!(history_revisions(&s, "daemonset/hist"), ["2", "3", "4"]);
+    // kubectl sees the current template in revision 4's data, as it would in kube's.
+    let out = s.kubectl(&["rollout", "undo", "daemonset/hist", "--to-revision=4"]);
+    assert!(
+        out.contains("skipped rollback (current template already matches revision 4)"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonset_revisions_beyond_the_history_limit_are_deleted_and_go_with_the_daemonset() {
+    let (s, client, _h) = cluster().await;
+    let manifest = daemonset("lim", "registry.invalid/lim:1", "{type: RollingUpdate}").replacen(
+        "\nspec:\n",
+        "\nspec:\n  revisionHistoryLimit: 1\n",
+        1,
+    );
+    s.kubectl_stdin(&["apply", "-f", "-"], &manifest);
+    s.kubectl(&["rollout", "status", "daemonset/lim", "--timeout=60s"]);
+    for v in 2..=4 {
+        s.kubectl(&[
+            "set",
+            "image",
+            "daemonset/lim",
+            &format!("c=registry.invalid/lim:{v}"),
+        ]);
+        s.kubectl(&["rollout", "status", "daemonset/lim", "--timeout=90s"]);
+    }
+    eventually("only the current revision and one more", || async {
+        let revs = revisions(&client, "app=lim").await;
+        let images: Vec<(i64, &str)> = revs.iter().map(|(n, r)| (*n, r.1.as_str())).collect();
+        images == [(3, "registry.invalid/lim:3"), (4, "registry.invalid/lim:4")]
+    })
+    .await;
+    assert_eq!(history_revisions(&s, "daemonset/lim"), ["3", "4"]);
+    s.kubectl(&["delete", "daemonset", "lim"]);
+    eventually("the revisions collected with their DaemonSet", || async {
+        revisions(&client, "app=lim").await.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_name_taken_by_another_template_bumps_the_daemonset_collision_count() {
+    let (s, client, _h) = cluster().await;
+    let manifest = daemonset("clash", "registry.invalid/clash:1", "{type: RollingUpdate}");
+    // The template as the server will store it (defaulted) names the first revision.
+    let dry = s.kubectl_stdin(
+        &["apply", "--dry-run=server", "-o", "json", "-f", "-"],
+        &manifest,
+    );
+    let dry: DaemonSet = serde_json::from_str(&dry).unwrap();
+    let template = dry.spec.unwrap().template;
+    let taken = template_hash(&template, None);
+    let crs: Api<ControllerRevision> = Api::namespaced(client.clone(), "default");
+    let squatter: ControllerRevision = serde_json::from_value(json!({
+        "metadata": {"name": format!("clash-{taken}"), "labels": {"app": "other"}},
+        "data": {"spec": {"template": {"$patch": "replace"}}},
+        "revision": 1,
+    }))
+    .unwrap();
+    crs.create(&PostParams::default(), &squatter).await.unwrap();
+
+    s.kubectl_stdin(&["apply", "-f", "-"], &manifest);
+    s.kubectl(&["rollout", "status", "daemonset/clash", "--timeout=60s"]);
+    assert_eq!(
+        get(&s, "daemonset", "clash", "{.status.collisionCount}"),
+        "1"
+    );
+    let next = template_hash(&template, Some(1));
+    let revs = revisions(&client, "app=clash").await;
+    assert_eq!(
+        revs.into_iter().collect::<Vec<_>>(),
+        [(
+            1,
+            (
+                format!("clash-{next}"),
+                "registry.invalid/clash:1".to_string(),
+                next.clone()
+            )
+        )]
+    );
+    eventually("the daemons carry the new hash", || {
+        daemons_run(&client, "app=clash", "registry.invalid/clash:1", &next)
+    })
+    .await;
+    let squatter = crs.get(&format!("clash-{taken}")).await.unwrap();
+    assert!(squatter.owner_references().is_empty());
+
+    // A revision's data never changes; its number may, and it cannot be made without data.
+    let name = format!("controllerrevision/clash-{taken}");
+    let err = s.kubectl_err(
+        &[
+            "patch",
+            &name,
+            "--type=merge",
+            "-p",
+            r#"{"data": {"x": 1}}"#,
+        ],
+        None,
+    );
+    assert!(
+        err.contains("data: Invalid value") && err.contains("field is immutable"),
+        "{err}"
+    );
+    s.kubectl(&["patch", &name, "--type=merge", "-p", r#"{"revision": 7}"#]);
+    let err = s.kubectl_err(
+        &["create", "-f", "-"],
+        Some(
+            "apiVersion: apps/v1\nkind: ControllerRevision\nmetadata: {name: empty}\nrevision: 1\n",
+        ),
+    );
+    assert!(
+        err.contains("data: Required value: data is mandatory"),
+        "{err}"
+    );
+    // Discovered and documented as kube-apiserver serves it.
+    let resources = s.kubectl(&["api-resources", "--api-group=apps", "--no-headers"]);
+    assert!(
+        resources.lines().any(|l| l.split_whitespace().eq([
+            "controllerrevisions",
+            "apps/v1",
+            "true",
+            "ControllerRevision"
+        ])),
+        "{resources}"
+    );
+    let explained = s.kubectl(&["explain", "controllerrevision.revision"]);
+    assert!(
+        explained.contains("Revision indicates the revision of the state represented by Data."),
+        "{explained}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,7 @@ ROOTS = [
     "io.k8s.api.core.v1.Secret", "io.k8s.api.core.v1.Event", "io.k8s.api.core.v1.ServiceAccount",
     "io.k8s.api.core.v1.Binding", "io.k8s.api.apps.v1.Deployment", "io.k8s.api.apps.v1.ReplicaSet",
     "io.k8s.api.apps.v1.DaemonSet", "io.k8s.api.batch.v1.Job", "io.k8s.api.coordination.v1.Lease",
+    "io.k8s.api.apps.v1.ControllerRevision",
     "io.k8s.api.discovery.v1.EndpointSlice", "io.k8s.api.events.v1.Event",
     "io.k8s.api.autoscaling.v1.Scale", "io.k8s.api.policy.v1.Eviction",
     "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions",

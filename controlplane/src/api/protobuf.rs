@@ -396,4 +396,32 @@ mod tests {
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "labels": {"a": "b"}}, "data": {"k": "v"}})
         );
     }
+
+    #[test]
+    fn decodes_a_controller_revision_with_its_raw_json_data() {
+        let mut meta = Vec::new();
+        bytes_field(1, b"ds-1", &mut meta);
+        let mut raw = Vec::new();
+        bytes_field(
+            1,
+            br#"{"spec":{"template":{"$patch":"replace"}}}"#,
+            &mut raw,
+        );
+        let mut cr = Vec::new();
+        bytes_field(1, &meta, &mut cr);
+        bytes_field(2, &raw, &mut cr);
+        varint(3 << 3, &mut cr);
+        varint(2, &mut cr);
+        let mut tm = Vec::new();
+        bytes_field(1, b"apps/v1", &mut tm);
+        bytes_field(2, b"ControllerRevision", &mut tm);
+        let mut body = MAGIC.to_vec();
+        bytes_field(1, &tm, &mut body);
+        bytes_field(2, &cr, &mut body);
+        assert_eq!(
+            decode(&body).unwrap(),
+            json!({"apiVersion": "apps/v1", "kind": "ControllerRevision", "metadata": {"name": "ds-1"},
+                "data": {"spec": {"template": {"$patch": "replace"}}}, "revision": 2})
+        );
+    }
 }

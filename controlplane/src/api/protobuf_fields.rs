@@ -5,6 +5,29 @@ use super::protobuf::{Card, F, Ty};
 
 pub static MESSAGES: &[(&str, &[F])] = &[
     (
+        "io.k8s.api.apps.v1.ControllerRevision",
+        &[
+            F {
+                tag: 1,
+                name: "metadata",
+                ty: Ty::Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "data",
+                ty: Ty::Msg("io.k8s.apimachinery.pkg.runtime.RawExtension"),
+                card: Card::One,
+            },
+            F {
+                tag: 3,
+                name: "revision",
+                ty: Ty::I64,
+                card: Card::One,
+            },
+        ],
+    ),
+    (
         "io.k8s.api.apps.v1.DaemonSet",
         &[
             F {

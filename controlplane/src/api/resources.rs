@@ -264,6 +264,19 @@ pub static RESOURCES: &[ResourceInfo] = &[
         "io.k8s.api.apps.v1.DaemonSet"
     ),
     r!(
+        "apps",
+        "v1",
+        "ControllerRevision",
+        "controllerrevisions",
+        "controllerrevision",
+        true,
+        [],
+        [],
+        [],
+        "controllerrevisions",
+        "io.k8s.api.apps.v1.ControllerRevision"
+    ),
+    r!(
         "batch",
         "v1",
         "Job",
@@ -371,6 +384,7 @@ typed! {
     "io.k8s.api.apps.v1.Deployment" => apps::v1::Deployment,
     "io.k8s.api.apps.v1.ReplicaSet" => apps::v1::ReplicaSet,
     "io.k8s.api.apps.v1.DaemonSet" => apps::v1::DaemonSet,
+    "io.k8s.api.apps.v1.ControllerRevision" => apps::v1::ControllerRevision,
     "io.k8s.api.batch.v1.Job" => batch::v1::Job,
     "io.k8s.api.coordination.v1.Lease" => coordination::v1::Lease,
     "io.k8s.api.discovery.v1.EndpointSlice" => discovery::v1::EndpointSlice,

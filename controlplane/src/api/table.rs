@@ -468,6 +468,17 @@ fn columns(kind: &str, group: &str) -> Vec<Col> {
                 "A label query over pods that are managed by the daemon set.",
             ),
         ],
+        ("apps", "ControllerRevision") => vec![
+            NAME,
+            ("Controller", "string", 0, "Controller of the object"),
+            (
+                "Revision",
+                "string",
+                0,
+                "Revision indicates the revision of the state represented by Data.",
+            ),
+            AGE,
+        ],
         ("batch", "Job") => vec![
             NAME,
             ("Status", "string", 0, "Status of the job."),
@@ -779,6 +790,27 @@ fn job_duration(o: &Value) -> String {
     }
 }
 
+/// The controlling owner as `kind.group/name` (kubectl's resource name form), or `<none>`.
+fn controller_of(o: &Value) -> String {
+    let Some(owner) = arr(o, "/metadata/ownerReferences").find(|r| r["controller"] == true) else {
+        return "<none>".into();
+    };
+    let kind = s(owner, "/kind");
+    let group = match s(owner, "/apiVersion").split_once('/') {
+        Some((g, _)) => g,
+        None => "",
+    };
+    let group_kind = if group.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}.{group}")
+    };
+    if group_kind.is_empty() {
+        return s(owner, "/name").to_string();
+    }
+    format!("{}/{}", group_kind.to_lowercase(), s(owner, "/name"))
+}
+
 fn cells(r: &ResourceInfo, o: &Value) -> Vec<Value> {
     let name = json!(s(o, "/metadata/name"));
     match (r.group, r.kind) {
@@ -967,6 +999,12 @@ fn cells(r: &ResourceInfo, o: &Value) -> Vec<Value> {
                 sel,
             ]
         }
+        ("apps", "ControllerRevision") => vec![
+            name,
+            json!(controller_of(o)),
+            json!(i(o, "/revision")),
+            age(o),
+        ],
         ("batch", "Job") => {
             let [c, im, sel] = template_cells(o);
             let completions = match o.pointer("/spec/completions").and_then(Value::as_i64) {
@@ -1102,6 +1140,21 @@ mod tests {
         ] {
             assert_eq!(human_duration(s), want, "{s}");
         }
+    }
+
+    #[test]
+    fn controller_revision_rows_name_the_controller_with_its_group() {
+        let r = crate::api::resources::find("apps", "v1", "controllerrevisions").unwrap();
+        let owned = json!({"metadata": {"name": "ds-5d4b", "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "ds", "uid": "u", "controller": true}]},
+            "revision": 3});
+        let c = cells(r, &owned);
+        assert_eq!(
+            c[..3],
+            [json!("ds-5d4b"), json!("daemonset.apps/ds"), json!(3)]
+        );
+        let orphan = json!({"metadata": {"name": "x"}, "revision": 1});
+        assert_eq!(cells(r, &orphan)[1], "<none>");
     }
 
     #[test]

@@ -392,6 +392,21 @@ pub fn validate(r: &ResourceInfo, o: &Value) -> Vec<FieldError> {
                 ));
             }
         }
+        ("apps", "ControllerRevision") => {
+            if o.get("data").is_none_or(Value::is_null) {
+                errs.push(FieldError {
+                    message: "Required value: data is mandatory".into(),
+                    ..FieldError::required("data")
+                });
+            }
+            if o["revision"].as_i64().is_some_and(|r| r < 0) {
+                errs.push(FieldError::invalid(
+                    "revision",
+                    &o["revision"],
+                    "must be greater than or equal to 0",
+                ));
+            }
+        }
         ("batch", "Job") => {
             workload_template(o, &mut errs, false);
             let rp = o.pointer("/spec/template/spec/restartPolicy");
@@ -481,6 +496,8 @@ pub fn validate_update(r: &ResourceInfo, old: &Value, new: &Value) -> Vec<FieldE
                 immutable("type", old, new, &mut errs);
             }
         }
+        // The revision number may change (a rollback reuses a revision), its data never.
+        ("apps", "ControllerRevision") => immutable("data", old, new, &mut errs),
         ("apps", _) => immutable("spec.selector", old, new, &mut errs),
         ("batch", "Job") => {
             immutable("spec.selector", old, new, &mut errs);
@@ -523,6 +540,35 @@ mod tests {
         let mut n = o.clone();
         n["spec"]["selector"]["matchLabels"]["app"] = json!("x");
         assert_eq!(validate_update(d, &o, &n)[0].field, "spec.selector");
+    }
+
+    #[test]
+    fn a_controller_revision_needs_data_that_never_changes() {
+        let r = find("apps", "v1", "controllerrevisions").unwrap();
+        let meta = json!({"name": "ds-1", "namespace": "d"});
+        let errs = validate(r, &json!({"metadata": meta, "revision": -1}));
+        let msgs: Vec<(&str, &str)> = errs
+            .iter()
+            .map(|e| (e.field.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            msgs,
+            [
+                ("data", "Required value: data is mandatory"),
+                (
+                    "revision",
+                    "Invalid value: -1: must be greater than or equal to 0"
+                )
+            ]
+        );
+        let old = json!({"metadata": meta, "revision": 1, "data": {"a": 1}});
+        let mut bumped = old.clone();
+        bumped["revision"] = json!(2);
+        assert!(validate(r, &bumped).is_empty());
+        assert!(validate_update(r, &old, &bumped).is_empty());
+        let mut changed = old.clone();
+        changed["data"] = json!({"a": 2});
+        assert_eq!(validate_update(r, &old, &changed)[0].field, "data");
     }
 
     #[test]

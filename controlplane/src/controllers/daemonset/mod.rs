@@ -7,16 +7,15 @@
 //! templates within `maxUnavailable` — or, with `maxSurge`, starts the new pod beside the old one
 //! and removes the old one once the new one is available; OnDelete waits for old pods to be
 //! deleted. Status: desired/current/misscheduled/ready/available/unavailable/updated numbers.
-//!
-//! kube also records each template as a ControllerRevision (what `kubectl rollout history|undo
-//! daemonset` read); this API server does not serve `controllerrevisions`, so the hash is
-//! computed from the template as kube names those revisions, and no history is kept.
+//! Each template is recorded as a ControllerRevision (`history.rs`), whose hash the pods carry.
+
+mod history;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
 use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -31,7 +30,7 @@ use serde_json::json;
 
 use super::pod_control::{self, BURST};
 use super::pods::{is_available, is_ready, is_terminal, node_name, phase};
-use super::{Context, ControllerError, claim, controller_ref, drive, error_policy, template_hash};
+use super::{Context, ControllerError, claim, controller_ref, drive, error_policy};
 use crate::scheduler::filters::{affinity_matches, untolerated};
 
 pub const HASH_LABEL: &str = "controller-revision-hash";
@@ -45,6 +44,10 @@ pub async fn run(client: Client) {
     let store = controller.store();
     let stream = controller
         .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .owns(
+            Api::<ControllerRevision>::all(client.clone()),
+            watcher::Config::default(),
+        )
         // Any node change may change where daemons belong.
         .watches(
             Api::<Node>::all(client),
@@ -439,20 +442,18 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Cont
     let spec = ds.spec.as_ref().ok_or_else(|| {
         ControllerError::Invalid(format!("daemonset {ns}/{} has no spec", ds.name_any()))
     })?;
-    let hash = template_hash(
-        &spec.template,
-        ds.status.as_ref().and_then(|s| s.collision_count),
-    );
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let nodes = Api::<Node>::all(ctx.client.clone())
         .list(&ListParams::default())
         .await?
         .items;
     let candidates = api.list(&ListParams::default()).await?.items;
-    let pods = claim(&*ds, &spec.selector, &api, candidates).await?;
+    let mut all_pods = claim(&*ds, &spec.selector, &api, candidates).await?;
+    let history = history::construct(&ds, &ctx, &mut all_pods).await?;
+    let hash = history.hash().to_string();
     // Finished pods on their way out are no concern of the DaemonSet any more.
-    let pods: Vec<Pod> = pods
-        .into_iter()
+    let pods: Vec<&Pod> = all_pods
+        .iter()
         .filter(|p| !(is_terminal(p) && p.metadata.deletion_timestamp.is_some()))
         .collect();
     let mut by_node: BTreeMap<String, NodeState> = nodes
@@ -469,7 +470,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Cont
             (n.name_any(), state)
         })
         .collect();
-    for p in &pods {
+    for p in pods {
         let Some(node) = target_node(p) else { continue };
         by_node
             .entry(node.clone())
@@ -513,11 +514,14 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Cont
     if !plan.create.is_empty() || !plan.delete.is_empty() {
         tracing::info!(daemonset = %ds.name_any(), created = plan.create.len(), deleted = plan.delete.len(), "synced daemon pods");
     }
+    // Pods of old templates still count (finished ones too), so their revisions stay.
+    let cleanup_result = history::cleanup(&ds, &ctx, &history.old, &all_pods).await;
     let action = update_status(&ds, &ctx, &nodes, &hash, now).await?;
     if let Some(e) = create_err {
         return Err(e.into());
     }
     delete_result?;
+    cleanup_result?;
     Ok(action)
 }
 
