@@ -129,3 +129,22 @@ impl ApiServer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn updates_keep_what_creation_resolved() {
+        let cur =
+            json!({"spec": {"priority": 1000, "preemptionPolicy": "Never", "containers": []}});
+        let mut new = json!({"spec": {"containers": []}});
+        keep_pod_priority(&cur, &mut new);
+        assert_eq!(new["spec"]["priority"], 1000);
+        assert_eq!(new["spec"]["preemptionPolicy"], "Never");
+        // A value the update states is left for validation to judge.
+        let mut changed = json!({"spec": {"priority": 5, "containers": []}});
+        keep_pod_priority(&cur, &mut changed);
+        assert_eq!(changed["spec"]["priority"], 5);
+    }
+}

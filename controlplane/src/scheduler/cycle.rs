@@ -69,3 +69,37 @@ impl Cycle {
         self.interpod.update(p, node, delta, ns);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn pod(name: &str, priority: i32, cpu: &str) -> PodInfo {
+        PodInfo::new(Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "d"},
+                "spec": {"priority": priority, "containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}]}}))
+            .unwrap(),
+        ))
+    }
+
+    #[test]
+    fn room_freed_for_a_nominated_pod_is_kept_from_others() {
+        let mut c = Cache::default();
+        c.set_node(
+            serde_json::from_value(json!({"metadata": {"name": "n"},
+                "status": {"allocatable": {"cpu": "1", "pods": "10"}}}))
+            .unwrap(),
+        );
+        c.nominate("n", pod("preemptor", 10, "600m"));
+        let n = c.node("n").unwrap();
+        let check = |p: &PodInfo| Cycle::prepare(p, &c).check(p, n);
+        // Lower or equal priority: the nominated pod counts as if it ran there.
+        assert!(check(&pod("equal", 10, "500m")).is_err());
+        assert!(check(&pod("lower", 1, "500m")).is_err());
+        // Higher priority may take the room; the nominated pod itself of course fits.
+        assert!(check(&pod("higher", 11, "500m")).is_ok());
+        assert!(check(&pod("preemptor", 10, "600m")).is_ok());
+    }
+}
