@@ -300,6 +300,11 @@ impl Cache {
         self.nominated.get(key).map(|(n, _)| n.as_str())
     }
 
+    /// The copy of a nominated pod the nomination was recorded with.
+    pub fn nominated_pod(&self, key: &str) -> Option<&PodInfo> {
+        self.nominated.get(key).map(|(_, p)| p)
+    }
+
     /// Every nominated pod with its node.
     pub fn nominated_pods(&self) -> impl Iterator<Item = (&str, &PodInfo)> {
         self.nominated.values().map(|(n, p)| (n.as_str(), p))

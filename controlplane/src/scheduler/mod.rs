@@ -138,6 +138,14 @@ fn is_pending_for_us(pod: &Pod) -> bool {
         && !is_terminal(pod)
 }
 
+/// `status.nominatedNodeName`, when set.
+fn nominated_node(pod: &Pod) -> Option<&str> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.nominated_node_name.as_deref())
+        .filter(|n| !n.is_empty())
+}
+
 fn is_terminal(pod: &Pod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -269,15 +277,18 @@ impl Scheduler {
             }
         } else if is_pending_for_us(&pod) {
             let pod = Arc::new(pod);
-            // A nomination seen in the status (ours, or a previous leader's) is honoured; one
-            // made a moment ago but not yet written stays until the status says otherwise.
-            if let Some(n) = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.nominated_node_name.as_deref())
-                .filter(|n| !n.is_empty())
-            {
-                st.cache.nominate(n, PodInfo::new(pod.clone()));
+            // A nomination in the status (ours, or a previous leader's) is honoured, and ends
+            // when the status loses it; one made a moment ago and not yet written stays.
+            match nominated_node(&pod) {
+                Some(n) => st.cache.nominate(n, PodInfo::new(pod.clone())),
+                None if st
+                    .cache
+                    .nominated_pod(&key)
+                    .is_some_and(|p| nominated_node(&p.pod).is_some()) =>
+                {
+                    st.cache.forget_nomination(&key)
+                }
+                None => {}
             }
             if !st.cache.is_assumed(&key) {
                 self.queue.add(&key, pod);
@@ -299,12 +310,9 @@ impl Scheduler {
     /// of the feasible nodes in a rotating sample.
     fn find_node(&self, st: &mut State, pod: &PodInfo, cycle: &Cycle) -> Result<String, FitError> {
         let cache = &st.cache;
-        let nominated = cache.nominated_node(&pod.key()).or_else(|| {
-            pod.pod
-                .status
-                .as_ref()
-                .and_then(|s| s.nominated_node_name.as_deref())
-        });
+        let nominated = cache
+            .nominated_node(&pod.key())
+            .or_else(|| nominated_node(&pod.pod));
         if let Some(node) = nominated.and_then(|n| cache.node(n))
             && cycle.check(pod, node).is_ok()
         {
@@ -560,14 +568,10 @@ impl Scheduler {
         if let Err(e) = self.recorder.publish(&event, &reference).await {
             tracing::warn!(pod = %key, error = %e, "recording FailedScheduling");
         }
-        let nominated = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.nominated_node_name.as_deref())
-            .unwrap_or_default();
+        let nominated = nominated_node(&pod);
         let nominate = match &nomination {
-            Nomination::Set(n) if n != nominated => Some(json!(n)),
-            Nomination::Clear if !nominated.is_empty() => Some(json!(null)),
+            Nomination::Set(n) if nominated != Some(n.as_str()) => Some(json!(n)),
+            Nomination::Clear if nominated.is_some() => Some(json!(null)),
             _ => None,
         };
         if already && nominate.is_none() {

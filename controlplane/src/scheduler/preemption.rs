@@ -40,13 +40,9 @@ pub fn ineligible(pod: &PodInfo, cache: &Cache, resolvable: &[String]) -> Option
         return Some("not eligible due to preemptionPolicy=Never.");
     }
     let key = pod.key();
-    let nominated = cache.nominated_node(&key).or_else(|| {
-        pod.pod
-            .status
-            .as_ref()
-            .and_then(|s| s.nominated_node_name.as_deref())
-            .filter(|n| !n.is_empty())
-    });
+    let nominated = cache
+        .nominated_node(&key)
+        .or_else(|| super::nominated_node(&pod.pod));
     // It already preempted: wait for its victims to go rather than evict more, unless its
     // node can no longer take it at all.
     let waiting = nominated
