@@ -278,9 +278,10 @@ impl InterPod {
                 }
             }
         }
-        let labels = node.labels();
+        // Node labels are read only when there is something to check: pods without terms then
+        // never touch the node object (a cache miss per node on big clusters).
         let forbidden = self.existing_anti.iter().any(|(key, values)| {
-            labels
+            node.labels()
                 .and_then(|l| l.get(key))
                 .and_then(|v| values.get(v))
                 .is_some_and(|&n| n > 0)
