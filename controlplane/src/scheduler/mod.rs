@@ -96,7 +96,7 @@ struct Eviction {
 }
 
 /// What a failed attempt does to the pod's `status.nominatedNodeName`.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 enum Nomination {
     Keep,
     Set(String),
