@@ -181,7 +181,7 @@ async fn route_inner(
         .await
 }
 
-/// The namespaces and the `kubernetes` Service every cluster starts with.
+/// The namespaces, system PriorityClasses and `kubernetes` Service every cluster starts with.
 async fn bootstrap(app: &Arc<ApiServer>, listen: SocketAddr) -> Result<(), ApiError> {
     let opts = WriteOptions {
         field_validation: "Strict".into(),
@@ -193,6 +193,15 @@ async fn bootstrap(app: &Arc<ApiServer>, listen: SocketAddr) -> Result<(), ApiEr
         match app.create(nsr, None, obj, &opts).await {
             Ok(_) => tracing::info!(namespace = ns, "created namespace"),
             Err(e) if e.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let pcr = resources::find("scheduling.k8s.io", "v1", "priorityclasses").expect("served");
+    for (name, value, description) in crate::api::priority::SYSTEM_CLASSES {
+        let obj = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+            "metadata": {"name": name}, "value": value, "description": description});
+        match app.create(pcr, None, obj, &opts).await {
+            Ok(_) | Err(ApiError { code: 409, .. }) => {}
             Err(e) => return Err(e),
         }
     }

@@ -25,6 +25,7 @@ ROOTS = [
     "io.k8s.api.apps.v1.ControllerRevision",
     "io.k8s.api.discovery.v1.EndpointSlice", "io.k8s.api.events.v1.Event",
     "io.k8s.api.autoscaling.v1.Scale", "io.k8s.api.policy.v1.Eviction",
+    "io.k8s.api.scheduling.v1.PriorityClass",
     "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions",
 ]
 SPECIAL = {

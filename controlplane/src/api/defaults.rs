@@ -196,6 +196,9 @@ pub fn apply(group: &str, kind: &str, o: &mut Value) {
             default(child(root, "spec"), "finalizers", json!(["kubernetes"]));
             default(child(root, "status"), "phase", json!("Active"));
         }
+        ("scheduling.k8s.io", "PriorityClass") => {
+            default(root, "preemptionPolicy", json!("PreemptLowerPriority"));
+        }
         ("", "Secret") => {
             default(root, "type", json!("Opaque"));
             if let Some(Value::Object(sd)) = root.remove("stringData") {

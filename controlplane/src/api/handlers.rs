@@ -14,7 +14,9 @@ use super::deletion::{self, DeleteOptions};
 use super::resources::{self, ResourceInfo};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{ApiError, ApiResult, FieldError};
-use super::{ApiServer, alloc, apply, convert, defaults, patch, table, validation, watch};
+use super::{
+    ApiServer, alloc, apply, convert, defaults, patch, priority, table, validation, watch,
+};
 use crate::store::{KeyValue, StoreError};
 
 /// The resource a request path names.
@@ -716,6 +718,12 @@ impl ApiServer {
         {
             o.remove("status");
         }
+        // Admission (the Priority plugins) before defaulting, which would fill in priority 0.
+        match (r.group, r.kind) {
+            ("", "Pod") => self.admit_pod_priority(&mut obj).await?,
+            ("scheduling.k8s.io", "PriorityClass") => self.admit_priority_class(&obj).await?,
+            _ => {}
+        }
         defaults::apply(r.group, r.kind, &mut obj);
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         let errs = validation::validate(r, &obj);
@@ -820,6 +828,11 @@ impl ApiServer {
                 "resourceVersion".into(),
                 json!(cur_kv.mod_revision.to_string()),
             );
+        }
+        match (r.group, r.kind) {
+            ("", "Pod") => priority::keep_pod_priority(cur, &mut new),
+            ("scheduling.k8s.io", "PriorityClass") => self.admit_priority_class(&new).await?,
+            _ => {}
         }
         defaults::apply(r.group, r.kind, &mut new);
         // Allocated addresses and ports an update leaves out are kept, as the real server does.

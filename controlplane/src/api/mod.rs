@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod handlers;
 pub mod openapi;
 pub mod patch;
+pub mod priority;
 pub mod protobuf;
 mod protobuf_fields;
 pub mod resources;

@@ -288,6 +288,7 @@ fn package(group: &str) -> Option<&'static str> {
         "events.k8s.io" => "io.k8s.api.events",
         "autoscaling" => "io.k8s.api.autoscaling",
         "policy" => "io.k8s.api.policy",
+        "scheduling.k8s.io" => "io.k8s.api.scheduling",
         "meta.k8s.io" => "io.k8s.apimachinery.pkg.apis.meta",
         _ => return None,
     })

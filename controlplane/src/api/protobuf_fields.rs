@@ -6579,6 +6579,41 @@ pub static MESSAGES: &[(&str, &[F])] = &[
         ],
     ),
     (
+        "io.k8s.api.scheduling.v1.PriorityClass",
+        &[
+            F {
+                tag: 1,
+                name: "metadata",
+                ty: Ty::Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "value",
+                ty: Ty::I32,
+                card: Card::One,
+            },
+            F {
+                tag: 3,
+                name: "globalDefault",
+                ty: Ty::Bool,
+                card: Card::One,
+            },
+            F {
+                tag: 4,
+                name: "description",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 5,
+                name: "preemptionPolicy",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+        ],
+    ),
+    (
         "io.k8s.apimachinery.pkg.apis.meta.v1.Condition",
         &[
             F {

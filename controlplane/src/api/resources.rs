@@ -1,7 +1,7 @@
 //! The resources this API server serves: names, scope, short names, categories, subresources,
 //! and the k8s-openapi type each one is (de)serialised through.
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, events};
+use k8s_openapi::api::{apps, batch, coordination, core, discovery, events, scheduling};
 use k8s_openapi::schemars::SchemaGenerator;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -316,6 +316,19 @@ pub static RESOURCES: &[ResourceInfo] = &[
         "io.k8s.api.discovery.v1.EndpointSlice"
     ),
     r!(
+        "scheduling.k8s.io",
+        "v1",
+        "PriorityClass",
+        "priorityclasses",
+        "priorityclass",
+        false,
+        ["pc"],
+        [],
+        [],
+        "priorityclasses",
+        "io.k8s.api.scheduling.v1.PriorityClass"
+    ),
+    r!(
         "events.k8s.io",
         "v1",
         "Event",
@@ -389,6 +402,7 @@ typed! {
     "io.k8s.api.coordination.v1.Lease" => coordination::v1::Lease,
     "io.k8s.api.discovery.v1.EndpointSlice" => discovery::v1::EndpointSlice,
     "io.k8s.api.events.v1.Event" => events::v1::Event,
+    "io.k8s.api.scheduling.v1.PriorityClass" => scheduling::v1::PriorityClass,
     "io.k8s.api.autoscaling.v1.Scale" => k8s_openapi::api::autoscaling::v1::Scale,
     "io.k8s.api.policy.v1.Eviction" => k8s_openapi::api::policy::v1::Eviction,
 }

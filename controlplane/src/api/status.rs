@@ -183,16 +183,16 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(403, "Forbidden", message)
+    }
+
     /// Creating `name` in the terminating namespace `ns`.
     pub fn namespace_terminating(r: &ResourceInfo, name: &str, ns: &str) -> Self {
-        let mut e = Self::new(
-            403,
-            "Forbidden",
-            format!(
-                "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-                r.group_resource()
-            ),
-        )
+        let mut e = Self::forbidden(format!(
+            "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+            r.group_resource()
+        ))
         .with_details(r, name);
         if let Some(d) = e.details.as_mut() {
             d["causes"] = json!([{"reason": "NamespaceTerminating",

@@ -514,6 +514,28 @@ fn columns(kind: &str, group: &str) -> Vec<Col> {
                 "A label query over pods that should match the pod count.",
             ),
         ],
+        ("scheduling.k8s.io", "PriorityClass") => vec![
+            NAME,
+            (
+                "Value",
+                "integer",
+                0,
+                "value represents the integer value of this priority class. This is the actual priority that pods receive when they have the name of this class in their pod spec.",
+            ),
+            (
+                "Global-Default",
+                "boolean",
+                0,
+                "globalDefault specifies whether this PriorityClass should be considered as the default priority for pods that do not have any priority class. Only one PriorityClass can be marked as `globalDefault`. However, if more than one PriorityClasses exists with their `globalDefault` field set to true, the smallest value of such global default PriorityClasses will be used as the default priority.",
+            ),
+            AGE,
+            (
+                "PreemptionPolicy",
+                "string",
+                0,
+                "preemptionPolicy is the Policy for preempting pods with lower priority. One of Never, PreemptLowerPriority. Defaults to PreemptLowerPriority if unset.",
+            ),
+        ],
         ("coordination.k8s.io", "Lease") => vec![
             NAME,
             ("Holder", "string", 0, "The holder of the lease."),
@@ -1027,6 +1049,13 @@ fn cells(r: &ResourceInfo, o: &Value) -> Vec<Value> {
             ]
         }
         ("coordination.k8s.io", "Lease") => vec![name, json!(s(o, "/spec/holderIdentity")), age(o)],
+        ("scheduling.k8s.io", "PriorityClass") => vec![
+            name,
+            json!(o["value"].as_i64().unwrap_or(0)),
+            json!(o["globalDefault"].as_bool().unwrap_or(false)),
+            age(o),
+            json!(s(o, "/preemptionPolicy")),
+        ],
         ("discovery.k8s.io", "EndpointSlice") => {
             let ports: Vec<String> = arr(o, "/ports")
                 .filter_map(|p| p["port"].as_i64())

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
+use super::priority;
 use super::resources::ResourceInfo;
 use super::selectors::LabelSelector;
 use super::status::FieldError;
@@ -366,6 +367,43 @@ fn data_keys(field: &str, o: &Value, errs: &mut Vec<FieldError>) {
     }
 }
 
+/// Names starting with `system-` are the built-in classes'; other classes stay below them.
+fn priority_class(o: &Value, errs: &mut Vec<FieldError>) {
+    let name = o
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let value = o["value"].as_i64().unwrap_or(0);
+    if name.starts_with("system-") {
+        if !priority::SYSTEM_CLASSES
+            .iter()
+            .any(|(n, v, _)| *n == name && i64::from(*v) == value)
+        {
+            errs.push(FieldError::forbidden(
+                "metadata.name",
+                format!("priority class names with 'system-' prefix are reserved for system use only. error: {name} is not a known system priority class"),
+            ));
+        }
+    } else if value > priority::HIGHEST_USER_PRIORITY {
+        errs.push(FieldError::forbidden(
+            "value",
+            format!(
+                "maximum allowed value of a user defined priority is {}",
+                priority::HIGHEST_USER_PRIORITY
+            ),
+        ));
+    }
+    if let Some(p) = o.get("preemptionPolicy")
+        && !matches!(p.as_str(), Some("Never" | "PreemptLowerPriority"))
+    {
+        errs.push(FieldError::not_supported(
+            "preemptionPolicy",
+            p,
+            &["Never", "PreemptLowerPriority"],
+        ));
+    }
+}
+
 /// Validates a whole object of resource `r` (on create and update).
 pub fn validate(r: &ResourceInfo, o: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
@@ -407,6 +445,7 @@ pub fn validate(r: &ResourceInfo, o: &Value) -> Vec<FieldError> {
                 ));
             }
         }
+        ("scheduling.k8s.io", "PriorityClass") => priority_class(o, &mut errs),
         ("batch", "Job") => {
             workload_template(o, &mut errs, false);
             let rp = o.pointer("/spec/template/spec/restartPolicy");
@@ -499,6 +538,15 @@ pub fn validate_update(r: &ResourceInfo, old: &Value, new: &Value) -> Vec<FieldE
         // The revision number may change (a rollback reuses a revision), its data never.
         ("apps", "ControllerRevision") => immutable("data", old, new, &mut errs),
         ("apps", _) => immutable("spec.selector", old, new, &mut errs),
+        ("scheduling.k8s.io", "PriorityClass") => {
+            if old.get("value") != new.get("value") {
+                errs.push(FieldError::forbidden(
+                    "value",
+                    "may not be changed in an update.",
+                ));
+            }
+            immutable("preemptionPolicy", old, new, &mut errs);
+        }
         ("batch", "Job") => {
             immutable("spec.selector", old, new, &mut errs);
             immutable("spec.completions", old, new, &mut errs);

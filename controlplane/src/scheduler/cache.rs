@@ -1,12 +1,15 @@
 //! The scheduler's view of the cluster: every node with what its bound pods request, the host
 //! ports they hold and how many pods of each owner it runs. Pods the scheduler has just bound are
 //! "assumed" onto their node at once, so the next decision sees them before the watch confirms.
+//! It also keeps the index of bound pods with inter-pod (anti-)affinity, the namespaces' labels
+//! (for affinity terms' namespace selectors) and the pods nominated onto a node by preemption.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
+use super::interpod::Terms;
 use super::resources::{Resources, pod_requests};
 
 /// A host port a container binds: protocol, address, port.
@@ -37,6 +40,10 @@ pub struct PodInfo {
     pub host_ports: Vec<HostPort>,
     /// The uid of the controlling owner, whose pods are spread apart.
     pub owner: Option<String>,
+    /// `spec.priority`, which the API server resolves from the PriorityClass.
+    pub priority: i32,
+    /// Its inter-pod affinity and anti-affinity terms, when it has any.
+    pub affinity: Option<Arc<Terms>>,
 }
 
 impl PodInfo {
@@ -69,12 +76,22 @@ impl PodInfo {
             non_zero: pod_requests(&pod, true),
             host_ports,
             owner,
+            priority: pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0),
+            affinity: Terms::of(&pod).map(Arc::new),
             pod,
         }
     }
 
     pub fn key(&self) -> String {
         pod_key(&self.pod)
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.pod.metadata.namespace.as_deref().unwrap_or_default()
+    }
+
+    pub fn is_terminating(&self) -> bool {
+        self.pod.metadata.deletion_timestamp.is_some()
     }
 }
 
@@ -87,7 +104,7 @@ pub fn pod_key(pod: &Pod) -> String {
 }
 
 /// One node and the aggregate of the pods bound to it.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct NodeInfo {
     pub node: Option<Arc<Node>>,
     pub allocatable: Resources,
@@ -99,7 +116,9 @@ pub struct NodeInfo {
 }
 
 impl NodeInfo {
-    fn add(&mut self, p: &PodInfo) {
+    /// Counts `p` on this node (the cache's own nodes change only through [`Cache`]; copies are
+    /// changed freely to ask "what if").
+    pub fn add(&mut self, p: &PodInfo) {
         if !self.pods.insert(p.key()) {
             return;
         }
@@ -111,7 +130,7 @@ impl NodeInfo {
         }
     }
 
-    fn remove(&mut self, p: &PodInfo) {
+    pub fn remove(&mut self, p: &PodInfo) {
         if !self.pods.remove(&p.key()) {
             return;
         }
@@ -144,6 +163,9 @@ impl NodeInfo {
     }
 }
 
+/// Namespace name → its labels.
+pub type Namespaces = HashMap<String, BTreeMap<String, String>>;
+
 #[derive(Default)]
 pub struct Cache {
     nodes: HashMap<String, NodeInfo>,
@@ -152,6 +174,12 @@ pub struct Cache {
     /// Pods bound (or assumed) to a node, by `namespace/name`.
     pods: HashMap<String, (String, PodInfo)>,
     assumed: HashSet<String>,
+    /// Keys of the bound pods that have inter-pod affinity terms, so that pods without any pay
+    /// nothing for the symmetric checks against them.
+    with_affinity: HashSet<String>,
+    pub namespaces: Namespaces,
+    /// Pending pods nominated onto a node by preemption: key → (node, pod).
+    nominated: HashMap<String, (String, PodInfo)>,
 }
 
 impl Cache {
@@ -188,16 +216,22 @@ impl Cache {
         &self.order
     }
 
-    /// Adds or updates a pod that is bound to a node; confirms an assumption.
+    /// Adds or updates a pod that is bound to a node; confirms an assumption and ends a
+    /// nomination.
     pub fn set_pod(&mut self, node: &str, info: PodInfo) {
         let key = info.key();
         self.assumed.remove(&key);
+        self.nominated.remove(&key);
         self.remove_pod(&key);
         self.nodes.entry(node.to_string()).or_default().add(&info);
+        if info.affinity.is_some() {
+            self.with_affinity.insert(key.clone());
+        }
         self.pods.insert(key, (node.to_string(), info));
     }
 
     pub fn remove_pod(&mut self, key: &str) {
+        self.with_affinity.remove(key);
         if let Some((node, info)) = self.pods.remove(key)
             && let Some(n) = self.nodes.get_mut(&node)
         {
@@ -234,6 +268,46 @@ impl Cache {
     /// Every bound (or assumed) pod with its node.
     pub fn bound_pods(&self) -> impl Iterator<Item = (&str, &PodInfo)> {
         self.pods.values().map(|(n, p)| (n.as_str(), p))
+    }
+
+    /// The bound pods that have inter-pod affinity terms, with their node.
+    pub fn pods_with_affinity(&self) -> impl Iterator<Item = (&str, &PodInfo)> {
+        self.with_affinity
+            .iter()
+            .filter_map(|k| self.pods.get(k))
+            .map(|(n, p)| (n.as_str(), p))
+    }
+
+    /// The pods bound (or assumed) to `node`.
+    pub fn pods_on<'a>(&'a self, node: &'a NodeInfo) -> impl Iterator<Item = &'a PodInfo> + 'a {
+        node.pods
+            .iter()
+            .filter_map(|k| self.pods.get(k))
+            .map(|(_, p)| p)
+    }
+
+    /// Records that `info` waits for room that preemption is making on `node`.
+    pub fn nominate(&mut self, node: &str, info: PodInfo) {
+        self.nominated.insert(info.key(), (node.to_string(), info));
+    }
+
+    pub fn forget_nomination(&mut self, key: &str) {
+        self.nominated.remove(key);
+    }
+
+    /// The node `key` is nominated onto, if any.
+    pub fn nominated_node(&self, key: &str) -> Option<&str> {
+        self.nominated.get(key).map(|(n, _)| n.as_str())
+    }
+
+    /// The copy of a nominated pod the nomination was recorded with.
+    pub fn nominated_pod(&self, key: &str) -> Option<&PodInfo> {
+        self.nominated.get(key).map(|(_, p)| p)
+    }
+
+    /// Every nominated pod with its node.
+    pub fn nominated_pods(&self) -> impl Iterator<Item = (&str, &PodInfo)> {
+        self.nominated.values().map(|(n, p)| (n.as_str(), p))
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {

@@ -22,6 +22,25 @@ pub enum Reason {
     TooManyPods,
     Spread,
     SpreadMissingLabel,
+    PodAffinity,
+    PodAntiAffinity,
+    ExistingAntiAffinity,
+}
+
+impl Reason {
+    /// Whether removing pods from the node cannot help (kube-scheduler's
+    /// `UnschedulableAndUnresolvable`), so preemption leaves the node alone.
+    pub fn unresolvable(&self) -> bool {
+        matches!(
+            self,
+            Reason::Unschedulable
+                | Reason::NodeName
+                | Reason::UntoleratedTaint { .. }
+                | Reason::Affinity
+                | Reason::SpreadMissingLabel
+                | Reason::PodAffinity
+        )
+    }
 }
 
 impl std::fmt::Display for Reason {
@@ -44,6 +63,14 @@ impl std::fmt::Display for Reason {
                 f,
                 "node(s) didn't match pod topology spread constraints (missing required label)"
             ),
+            Reason::PodAffinity => write!(f, "node(s) didn't match pod affinity rules"),
+            Reason::PodAntiAffinity => write!(f, "node(s) didn't match pod anti-affinity rules"),
+            Reason::ExistingAntiAffinity => {
+                write!(
+                    f,
+                    "node(s) didn't satisfy existing pods anti-affinity rules"
+                )
+            }
         }
     }
 }

@@ -1,30 +1,38 @@
-//! The scheduler: watches nodes and pods through kube-rs, keeps a [`cache::Cache`] of what each
-//! node holds, takes pending pods of the default `schedulerName` from a [`queue::Queue`] one at a
-//! time, filters and scores a sample of the nodes as kube-scheduler does, assumes the pod onto
-//! the best node and binds it through `pods/binding` in the background. A pod that fits nowhere
-//! gets a `FailedScheduling` event and `PodScheduled=False` with the reasons per filter.
+//! The scheduler: watches nodes, pods and namespaces through kube-rs, keeps a [`cache::Cache`]
+//! of what each node holds, takes pending pods of the default `schedulerName` from a
+//! [`queue::Queue`] one at a time, filters and scores a sample of the nodes as kube-scheduler
+//! does, assumes the pod onto the best node and binds it through `pods/binding` in the
+//! background. A pod that fits nowhere may preempt lower-priority pods ([`preemption`]); either
+//! way it gets a `FailedScheduling` event and `PodScheduled=False` with the reasons per filter.
 
 pub mod cache;
+pub mod cycle;
 pub mod filters;
+pub mod interpod;
 pub mod perf;
+pub mod preemption;
 pub mod queue;
 pub mod resources;
 pub mod scores;
 pub mod spread;
 
 use std::collections::{BTreeMap, HashSet};
+use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use cache::{Cache, PodInfo, pod_key};
+use cycle::Cycle;
+use preemption::Candidate;
 use queue::{Popped, Queue};
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
@@ -53,6 +61,10 @@ pub fn nodes_to_find(all: usize) -> usize {
 pub struct FitError {
     pub nodes: usize,
     pub reasons: BTreeMap<String, usize>,
+    /// The nodes whose failure removing pods might resolve (where preemption looks).
+    pub resolvable: Vec<String>,
+    /// What preemption said, appended to the message.
+    pub post_filter: Option<String>,
 }
 
 impl std::fmt::Display for FitError {
@@ -65,11 +77,30 @@ impl std::fmt::Display for FitError {
         parts.sort();
         write!(f, "0/{} nodes are available", self.nodes)?;
         if parts.is_empty() {
-            write!(f, ".")
+            write!(f, ".")?;
         } else {
-            write!(f, ": {}.", parts.join(", "))
+            write!(f, ": {}.", parts.join(", "))?;
         }
+        if let Some(p) = &self.post_filter {
+            write!(f, " {p}")?;
+        }
+        Ok(())
     }
+}
+
+/// The API writes a successful preemption leaves to do: evict the candidate's victims, and
+/// clear the nomination of the lower-priority pods that were waiting on its node.
+struct Eviction {
+    candidate: Candidate,
+    displaced: Vec<Arc<Pod>>,
+}
+
+/// What a failed attempt does to the pod's `status.nominatedNodeName`.
+#[derive(Debug)]
+enum Nomination {
+    Keep,
+    Set(String),
+    Clear,
 }
 
 struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
@@ -107,6 +138,14 @@ fn is_pending_for_us(pod: &Pod) -> bool {
         && !is_terminal(pod)
 }
 
+/// `status.nominatedNodeName`, when set.
+fn nominated_node(pod: &Pod) -> Option<&str> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.nominated_node_name.as_deref())
+        .filter(|n| !n.is_empty())
+}
+
 fn is_terminal(pod: &Pod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -140,8 +179,9 @@ impl Scheduler {
 
     /// Runs until a watch fails for good.
     pub async fn run(self: Arc<Self>) -> Result<(), SchedulerError> {
-        let nodes = tokio::spawn(self.clone().watch_nodes());
-        let pods = tokio::spawn(self.clone().watch_pods());
+        let nodes = tokio::spawn(self.clone().watch::<Node>());
+        let pods = tokio::spawn(self.clone().watch::<Pod>());
+        let namespaces = tokio::spawn(self.clone().watch::<Namespace>());
         let ticker = {
             let me = self.clone();
             tokio::spawn(async move {
@@ -165,19 +205,22 @@ impl Scheduler {
         let guard = AbortOnDrop(vec![
             nodes.abort_handle(),
             pods.abort_handle(),
+            namespaces.abort_handle(),
             ticker.abort_handle(),
             scheduling.abort_handle(),
         ]);
         let result = tokio::select! {
             r = nodes => r,
             r = pods => r,
+            r = namespaces => r,
         };
         drop(guard);
         result.unwrap_or(Ok(()))
     }
 
-    async fn watch_nodes(self: Arc<Self>) -> Result<(), SchedulerError> {
-        let api: Api<Node> = Api::all(self.client.clone());
+    /// Follows one kind of object into the state: a relist replaces what the state holds.
+    async fn watch<K: Watched>(self: Arc<Self>) -> Result<(), SchedulerError> {
+        let api: Api<K> = Api::all(self.client.clone());
         let mut stream = watcher(api, watcher::Config::default())
             .default_backoff()
             .boxed();
@@ -186,35 +229,33 @@ impl Scheduler {
             .try_next()
             .await
             .map_err(|source| SchedulerError::Watch {
-                what: "nodes",
+                what: K::WHAT,
                 source,
             })?
         {
             let mut st = self.state();
             match ev {
                 watcher::Event::Init => seen = Some(HashSet::new()),
-                watcher::Event::InitApply(n) => {
-                    if let (Some(s), Some(name)) = (seen.as_mut(), n.metadata.name.clone()) {
-                        s.insert(name);
+                watcher::Event::InitApply(o) => {
+                    if let Some(s) = seen.as_mut() {
+                        s.insert(o.key());
                     }
-                    st.cache.set_node(n);
+                    o.apply(&self, &mut st);
                 }
                 watcher::Event::InitDone => {
                     if let Some(s) = seen.take() {
-                        for name in st.cache.node_names() {
-                            if !s.contains(&name) {
-                                st.cache.remove_node(&name);
+                        for key in K::known(&st) {
+                            if !s.contains(&key) {
+                                K::remove(&self, &mut st, &key);
                             }
                         }
                     }
+                    drop(st);
+                    self.queue.cluster_changed();
                 }
-                watcher::Event::Apply(n) => st.cache.set_node(n),
-                watcher::Event::Delete(n) => st
-                    .cache
-                    .remove_node(n.metadata.name.as_deref().unwrap_or_default()),
+                watcher::Event::Apply(o) => o.apply(&self, &mut st),
+                watcher::Event::Delete(o) => K::remove(&self, &mut st, &o.key()),
             }
-            drop(st);
-            self.queue.cluster_changed();
         }
         Ok(())
     }
@@ -235,78 +276,63 @@ impl Scheduler {
                 st.cache.set_pod(&node, PodInfo::new(Arc::new(pod)));
             }
         } else if is_pending_for_us(&pod) {
+            let pod = Arc::new(pod);
+            // A nomination in the status (ours, or a previous leader's) is honoured, and ends
+            // when the status loses it; one made a moment ago and not yet written stays.
+            match nominated_node(&pod) {
+                Some(n) => st.cache.nominate(n, PodInfo::new(pod.clone())),
+                None if st
+                    .cache
+                    .nominated_pod(&key)
+                    .is_some_and(|p| nominated_node(&p.pod).is_some()) =>
+                {
+                    st.cache.forget_nomination(&key)
+                }
+                None => {}
+            }
             if !st.cache.is_assumed(&key) {
-                self.queue.add(&key, Arc::new(pod));
+                self.queue.add(&key, pod);
             }
         } else {
+            st.cache.forget_nomination(&key);
             self.queue.remove(&key);
         }
     }
 
-    async fn watch_pods(self: Arc<Self>) -> Result<(), SchedulerError> {
-        let api: Api<Pod> = Api::all(self.client.clone());
-        let mut stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
-        let mut seen: Option<HashSet<String>> = None;
-        while let Some(ev) = stream
-            .try_next()
-            .await
-            .map_err(|source| SchedulerError::Watch {
-                what: "pods",
-                source,
-            })?
-        {
-            let mut st = self.state();
-            match ev {
-                watcher::Event::Init => seen = Some(HashSet::new()),
-                watcher::Event::InitApply(p) => {
-                    if let Some(s) = seen.as_mut() {
-                        s.insert(pod_key(&p));
-                    }
-                    self.apply_pod(&mut st, p);
-                }
-                watcher::Event::InitDone => {
-                    if let Some(s) = seen.take() {
-                        for key in st.cache.pod_keys() {
-                            if !s.contains(&key) && !st.cache.is_assumed(&key) {
-                                st.cache.remove_pod(&key);
-                            }
-                        }
-                    }
-                    drop(st);
-                    self.queue.cluster_changed();
-                }
-                watcher::Event::Apply(p) => self.apply_pod(&mut st, p),
-                watcher::Event::Delete(p) => {
-                    let key = pod_key(&p);
-                    st.cache.remove_pod(&key);
-                    self.queue.remove(&key);
-                    drop(st);
-                    self.queue.cluster_changed();
-                }
-            }
-        }
-        Ok(())
+    fn remove_pod(&self, st: &mut State, key: &str) {
+        st.cache.remove_pod(key);
+        st.cache.forget_nomination(key);
+        self.queue.remove(key);
+        self.queue.cluster_changed();
     }
 
-    /// Picks a node for `pod`: filters a rotating sample of the nodes, scores the feasible ones.
-    fn find_node(&self, st: &mut State, pod: &PodInfo) -> Result<String, FitError> {
-        let spread = spread::Spread::prepare(pod, &st.cache);
-        let names = st.cache.ordered();
+    /// Picks a node for `pod`: its nominated node if it fits there, otherwise the best scored
+    /// of the feasible nodes in a rotating sample.
+    fn find_node(&self, st: &mut State, pod: &PodInfo, cycle: &Cycle) -> Result<String, FitError> {
+        let cache = &st.cache;
+        let nominated = cache
+            .nominated_node(&pod.key())
+            .or_else(|| nominated_node(&pod.pod));
+        if let Some(node) = nominated.and_then(|n| cache.node(n))
+            && cycle.check(pod, node).is_ok()
+        {
+            return Ok(node.name().to_string());
+        }
+        let names = cache.ordered();
         let all = names.len();
         let want = nodes_to_find(all);
         let mut feasible = Vec::new();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        let mut resolvable = Vec::new();
         let start = if all == 0 { 0 } else { st.next_start % all };
         let mut visited = 0;
         for i in 0..all {
             let name = &names[(start + i) % all];
             visited += 1;
-            let Some(node) = st.cache.node(name) else {
+            let Some(node) = cache.node(name) else {
                 continue;
             };
-            match filters::run(pod, node).and_then(|()| spread.filter(node)) {
+            match cycle.check(pod, node) {
                 Ok(()) => {
                     feasible.push(node);
                     if feasible.len() >= want {
@@ -314,6 +340,9 @@ impl Scheduler {
                     }
                 }
                 Err(rs) => {
+                    if !rs.iter().any(filters::Reason::unresolvable) {
+                        resolvable.push(name.clone());
+                    }
                     for r in rs {
                         *reasons.entry(r.to_string()).or_default() += 1;
                     }
@@ -324,9 +353,11 @@ impl Scheduler {
             return Err(FitError {
                 nodes: all,
                 reasons,
+                resolvable,
+                post_filter: None,
             });
         }
-        let scores = scores::score(pod, &feasible);
+        let scores = scores::score(pod, cache, &feasible);
         let best = scores.iter().copied().max().unwrap_or(0);
         // Ties are broken at random, as kube-scheduler's selectHost does.
         let ties: Vec<usize> = (0..feasible.len()).filter(|&i| scores[i] == best).collect();
@@ -336,24 +367,141 @@ impl Scheduler {
         Ok(chosen)
     }
 
+    /// DefaultPreemption for a pod that fit nowhere: on success the pod is nominated onto the
+    /// chosen node (and lower-priority pods nominated there lose their place); the message of
+    /// `fit` gets preemption's answer otherwise.
+    fn preempt(
+        &self,
+        st: &mut State,
+        pod: &PodInfo,
+        cycle: &Cycle,
+        fit: &mut FitError,
+    ) -> (Nomination, Option<Eviction>) {
+        if let Some(why) = preemption::ineligible(pod, &st.cache, &fit.resolvable) {
+            fit.post_filter = Some(format!("preemption: {why}"));
+            return (Nomination::Keep, None);
+        }
+        match preemption::find(pod, &st.cache, cycle, &fit.resolvable, fit.nodes) {
+            Err(why) => {
+                fit.post_filter = Some(format!("preemption: {why}"));
+                st.cache.forget_nomination(&pod.key());
+                (Nomination::Clear, None)
+            }
+            Ok(c) => {
+                let displaced: Vec<Arc<Pod>> = st
+                    .cache
+                    .nominated_pods()
+                    .filter(|(n, p)| *n == c.node && p.priority < pod.priority)
+                    .map(|(_, p)| p.pod.clone())
+                    .collect();
+                for p in &displaced {
+                    st.cache.forget_nomination(&pod_key(p));
+                }
+                st.cache.nominate(&c.node, pod.clone());
+                let nomination = Nomination::Set(c.node.clone());
+                (
+                    nomination,
+                    Some(Eviction {
+                        candidate: c,
+                        displaced,
+                    }),
+                )
+            }
+        }
+    }
+
     fn schedule_one(self: Arc<Self>, p: Popped) {
         let info = PodInfo::new(p.pod.clone());
         let decision = {
             let mut st = self.state();
-            let d = self.find_node(&mut st, &info);
-            if let Ok(node) = &d {
-                st.cache.assume(node, info);
-                self.queue.remove(&p.key);
+            let cycle = Cycle::prepare(&info, &st.cache);
+            match self.find_node(&mut st, &info, &cycle) {
+                Ok(node) => {
+                    st.cache.assume(&node, info);
+                    self.queue.remove(&p.key);
+                    Ok(node)
+                }
+                Err(mut fit) => {
+                    let (nomination, eviction) = self.preempt(&mut st, &info, &cycle, &mut fit);
+                    Err((fit, nomination, eviction))
+                }
             }
-            d
         };
         match decision {
             Ok(node) => {
                 tokio::spawn(async move { self.bind(p, node).await });
             }
-            Err(fit) => {
+            Err((fit, nomination, eviction)) => {
                 self.queue.done_unschedulable(&p);
-                tokio::spawn(async move { self.report_unschedulable(p.pod, fit).await });
+                tokio::spawn(async move {
+                    if let Some(e) = eviction {
+                        self.evict(&p.pod, e).await;
+                    }
+                    self.report_unschedulable(p.pod, fit, nomination).await
+                });
+            }
+        }
+    }
+
+    /// Evicts the victims as kube-scheduler does: a `DisruptionTarget` condition, a graceful
+    /// delete (the node's kubelet finishes it) and a `Preempted` event on each; then clears the
+    /// nomination of the lower-priority pods that were waiting on that node.
+    async fn evict(&self, preemptor: &Pod, e: Eviction) {
+        let Eviction {
+            candidate: c,
+            displaced,
+        } = e;
+        let uid = preemptor.metadata.uid.clone().unwrap_or_default();
+        let scheduler = preemptor
+            .spec
+            .as_ref()
+            .and_then(|s| s.scheduler_name.clone())
+            .unwrap_or_else(|| SCHEDULER_NAME.into());
+        for v in &c.victims {
+            let key = v.key();
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), v.namespace());
+            let name = v.pod.metadata.name.as_deref().unwrap_or_default();
+            let condition = json!({"status": {"conditions": [{
+                "type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                "message": format!("{scheduler}: preempting to accommodate a higher priority pod"),
+                "lastTransitionTime": now(),
+            }]}});
+            if let Err(e) = api
+                .patch_status(name, &PatchParams::default(), &Patch::Strategic(&condition))
+                .await
+            {
+                tracing::warn!(pod = %key, error = %e, "marking a preemption victim");
+            }
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => tracing::info!(pod = %key, node = %c.node, "preempted"),
+                Err(e) => tracing::warn!(pod = %key, error = %e, "deleting a preemption victim"),
+            }
+            let event = Event {
+                type_: EventType::Normal,
+                reason: "Preempted".into(),
+                note: Some(format!("Preempted by pod {uid} on node {}", c.node)),
+                action: "Preempting".into(),
+                secondary: Some(preemptor.object_ref(&())),
+            };
+            if let Err(e) = self.recorder.publish(&event, &v.pod.object_ref(&())).await {
+                tracing::warn!(pod = %key, error = %e, "recording Preempted");
+            }
+        }
+        for p in displaced {
+            let api: Api<Pod> = Api::namespaced(
+                self.client.clone(),
+                p.metadata.namespace.as_deref().unwrap_or_default(),
+            );
+            let clear = json!({"status": {"nominatedNodeName": null}});
+            if let Err(e) = api
+                .patch_status(
+                    p.metadata.name.as_deref().unwrap_or_default(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&clear),
+                )
+                .await
+            {
+                tracing::debug!(pod = %pod_key(&p), error = %e, "clearing a nomination");
             }
         }
     }
@@ -394,7 +542,7 @@ impl Scheduler {
         }
     }
 
-    async fn report_unschedulable(&self, pod: Arc<Pod>, fit: FitError) {
+    async fn report_unschedulable(&self, pod: Arc<Pod>, fit: FitError, nomination: Nomination) {
         let message = fit.to_string();
         let key = pod_key(&pod);
         tracing::info!(pod = %key, %message, "unschedulable");
@@ -420,18 +568,26 @@ impl Scheduler {
         if let Err(e) = self.recorder.publish(&event, &reference).await {
             tracing::warn!(pod = %key, error = %e, "recording FailedScheduling");
         }
-        if already {
+        let nominated = nominated_node(&pod);
+        let nominate = match &nomination {
+            Nomination::Set(n) if nominated != Some(n.as_str()) => Some(json!(n)),
+            Nomination::Clear if nominated.is_some() => Some(json!(null)),
+            _ => None,
+        };
+        if already && nominate.is_none() {
             return;
         }
         let api: Api<Pod> = Api::namespaced(
             self.client.clone(),
             pod.metadata.namespace.as_deref().unwrap_or_default(),
         );
-        let patch = json!({"status": {"conditions": [{
+        let mut patch = json!({"status": {"conditions": [{
             "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-            "message": message, "lastProbeTime": null,
-            "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            "message": message, "lastProbeTime": null, "lastTransitionTime": now(),
         }]}});
+        if let Some(n) = nominate {
+            patch["status"]["nominatedNodeName"] = n;
+        }
         if let Err(e) = api
             .patch_status(
                 pod.metadata.name.as_deref().unwrap_or_default(),
@@ -442,6 +598,95 @@ impl Scheduler {
         {
             tracing::debug!(pod = %key, error = %e, "setting PodScheduled=False");
         }
+    }
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// One kind of object the scheduler watches, and how it enters and leaves the state.
+trait Watched: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static {
+    const WHAT: &'static str;
+    fn key(&self) -> String;
+    fn apply(self, s: &Scheduler, st: &mut State);
+    fn remove(s: &Scheduler, st: &mut State, key: &str);
+    /// The keys the state holds, pruned after a relist when the list no longer has them.
+    fn known(st: &State) -> Vec<String>;
+}
+
+impl Watched for Node {
+    const WHAT: &'static str = "nodes";
+
+    fn key(&self) -> String {
+        self.metadata.name.clone().unwrap_or_default()
+    }
+
+    fn apply(self, s: &Scheduler, st: &mut State) {
+        st.cache.set_node(self);
+        s.queue.cluster_changed();
+    }
+
+    fn remove(s: &Scheduler, st: &mut State, key: &str) {
+        st.cache.remove_node(key);
+        s.queue.cluster_changed();
+    }
+
+    fn known(st: &State) -> Vec<String> {
+        st.cache.node_names()
+    }
+}
+
+impl Watched for Pod {
+    const WHAT: &'static str = "pods";
+
+    fn key(&self) -> String {
+        pod_key(self)
+    }
+
+    fn apply(self, s: &Scheduler, st: &mut State) {
+        s.apply_pod(st, self);
+    }
+
+    fn remove(s: &Scheduler, st: &mut State, key: &str) {
+        s.remove_pod(st, key);
+    }
+
+    fn known(st: &State) -> Vec<String> {
+        // Pods bound a moment ago may not be in the list yet.
+        st.cache
+            .pod_keys()
+            .into_iter()
+            .filter(|k| !st.cache.is_assumed(k))
+            .collect()
+    }
+}
+
+/// Namespace labels, for affinity terms' namespace selectors.
+impl Watched for Namespace {
+    const WHAT: &'static str = "namespaces";
+
+    fn key(&self) -> String {
+        self.metadata.name.clone().unwrap_or_default()
+    }
+
+    fn apply(self, s: &Scheduler, st: &mut State) {
+        let labels = self.metadata.labels.unwrap_or_default();
+        let name = self.metadata.name.unwrap_or_default();
+        if st.cache.namespaces.get(&name) != Some(&labels) {
+            st.cache.namespaces.insert(name, labels);
+            s.queue.cluster_changed();
+        }
+    }
+
+    fn remove(_: &Scheduler, st: &mut State, key: &str) {
+        st.cache.namespaces.remove(key);
+    }
+
+    fn known(st: &State) -> Vec<String> {
+        st.cache.namespaces.keys().cloned().collect()
     }
 }
 
@@ -463,10 +708,15 @@ mod tests {
                 ("node(s) had untolerated taint {k: v}".to_string(), 1),
             ]
             .into(),
+            resolvable: vec!["n2".into(), "n3".into()],
+            post_filter: Some(
+                "preemption: 0/3 nodes are available: 1 Preemption is not helpful for scheduling, 2 No preemption victims found for incoming pod.".into(),
+            ),
         };
         assert_eq!(
             fit.to_string(),
-            "0/3 nodes are available: 1 node(s) had untolerated taint {k: v}, 2 Insufficient cpu."
+            "0/3 nodes are available: 1 node(s) had untolerated taint {k: v}, 2 Insufficient cpu. \
+             preemption: 0/3 nodes are available: 1 Preemption is not helpful for scheduling, 2 No preemption victims found for incoming pod."
         );
         assert_eq!(nodes_to_find(50), 50);
         assert_eq!(nodes_to_find(1000), 420);

@@ -1,15 +1,17 @@
 //! Score plugins with kube-scheduler's default weights: NodeResourcesFit (LeastAllocated, 1),
 //! NodeResourcesBalancedAllocation (1), NodeAffinity preferred terms (2), TaintToleration
-//! PreferNoSchedule (3) and spreading the pods of one owner across nodes (2). Each plugin scores
-//! 0–100 per node; plugins with relative raw scores are normalised across the candidates.
+//! PreferNoSchedule (3), InterPodAffinity (2), PodTopologySpread ScheduleAnyway constraints (2)
+//! and spreading the pods of one owner across nodes (2). Each plugin scores 0–100 per node;
+//! plugins with relative raw scores are normalised across the candidates.
 
-use super::cache::{NodeInfo, PodInfo};
+use super::cache::{Cache, NodeInfo, PodInfo};
 use super::filters::{term_matches, untolerated};
+use super::{interpod, spread};
 
 const MAX: i64 = 100;
 
 /// Total weighted scores of `nodes` for `pod`, in the same order.
-pub fn score(pod: &PodInfo, nodes: &[&NodeInfo]) -> Vec<i64> {
+pub fn score(pod: &PodInfo, cache: &Cache, nodes: &[&NodeInfo]) -> Vec<i64> {
     let mut total: Vec<i64> = nodes
         .iter()
         .map(|n| least_allocated(pod, n) + balanced(pod, n))
@@ -22,9 +24,21 @@ pub fn score(pod: &PodInfo, nodes: &[&NodeInfo]) -> Vec<i64> {
         nodes.iter().map(|n| prefer_no_schedule(pod, n)).collect(),
         true,
     );
-    let spread = normalize(nodes.iter().map(|n| same_owner(pod, n)).collect(), true);
+    let owners = normalize(nodes.iter().map(|n| same_owner(pod, n)).collect(), true);
     for (i, t) in total.iter_mut().enumerate() {
-        *t += 2 * affinity[i] + 3 * taints[i] + 2 * spread[i];
+        *t += 2 * affinity[i] + 3 * taints[i] + 2 * owners[i];
+    }
+    // The two below cost nothing unless the pod (or, for affinity, a bound pod) has terms.
+    for plugin in [
+        interpod::score(pod, cache, nodes),
+        spread::score(pod, cache, nodes),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        for (t, s) in total.iter_mut().zip(plugin) {
+            *t += 2 * s;
+        }
     }
     total
 }
@@ -153,7 +167,7 @@ mod tests {
     fn best(c: &Cache, p: &PodInfo) -> String {
         let names = c.node_names();
         let nodes: Vec<&NodeInfo> = names.iter().filter_map(|n| c.node(n)).collect();
-        let s = score(p, &nodes);
+        let s = score(p, c, &nodes);
         let i = (0..nodes.len())
             .max_by_key(|&i| (s[i], std::cmp::Reverse(i)))
             .unwrap();
