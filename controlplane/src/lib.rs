@@ -5,6 +5,7 @@ pub mod api;
 pub mod bench;
 pub mod components;
 pub mod controllers;
+pub mod events;
 pub mod leader;
 pub mod pki;
 pub mod scheduler;

@@ -5,7 +5,6 @@
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
-pub mod events;
 pub mod garbagecollector;
 pub mod job;
 pub mod namespace;
@@ -41,12 +40,12 @@ pub enum ControllerError {
 /// What every reconcile gets: a client and an event recorder.
 pub struct Context {
     pub client: Client,
-    pub recorder: events::Recorder,
+    pub recorder: crate::events::Recorder,
 }
 
 impl Context {
     pub fn new(client: Client, controller: &str) -> Arc<Self> {
-        let recorder = events::Recorder::new(client.clone(), controller);
+        let recorder = crate::events::Recorder::new(client.clone(), controller);
         Arc::new(Context { client, recorder })
     }
 }

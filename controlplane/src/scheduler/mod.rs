@@ -21,10 +21,11 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::events::Recorder;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -155,13 +156,7 @@ fn is_terminal(pod: &Pod) -> bool {
 
 impl Scheduler {
     pub fn new(client: Client) -> Arc<Self> {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: SCHEDULER_NAME.into(),
-                instance: None,
-            },
-        );
+        let recorder = Recorder::new(client.clone(), SCHEDULER_NAME);
         Arc::new(Scheduler {
             client,
             state: Mutex::new(State {

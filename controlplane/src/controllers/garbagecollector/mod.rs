@@ -21,6 +21,7 @@ mod queue;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::events::Recorder;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -31,7 +32,7 @@ use kube::api::{
 use kube::core::DynamicResourceScope;
 use kube::discovery::Scope;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::events::{Event as Recorded, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event as Recorded, EventType};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
@@ -106,13 +107,7 @@ pub async fn run(client: Client) {
             .collect(),
     );
     let gc = Arc::new(Collector {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "garbage-collector-controller".into(),
-                instance: None,
-            },
-        ),
+        recorder: Recorder::new(client.clone(), "garbage-collector-controller"),
         client,
         kinds,
         graph: Mutex::new(Graph::default()),

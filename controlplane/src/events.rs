@@ -75,7 +75,7 @@ impl Recorder {
                     return Ok(());
                 }
                 // Deleted meanwhile (events expire): write a new one.
-                Err(e) if super::is_not_found(&e) => {}
+                Err(e) if crate::controllers::is_not_found(&e) => {}
                 Err(e) => return Err(e),
             }
         }
