@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::Server;
 use futures::TryStreamExt;
-use hollow::{Hollow, NodeSpec, active_pods, cluster, eventually};
+use hollow::{Hollow, NodeSpec, active_pods, cluster, deployment, eventually};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -18,36 +18,17 @@ use kube::api::{ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
-fn deployment(name: &str, replicas: u32, image: &str, strategy: &str) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: {name}}}
-  strategy: {strategy}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-    spec:
-      containers:
-      - name: c
-        image: {image}
-        ports: [{{name: http, containerPort: 8080}}]
-        resources: {{requests: {{cpu: 100m, memory: 64Mi}}}}
-"#
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_of_6_spreads_over_3_nodes_and_rollout_status_returns() {
     let (s, client, _h) = cluster().await;
     let f = s.write(
         "web.yaml",
-        &deployment("web", 6, "registry.invalid/web:1", "{type: RollingUpdate}"),
+        &deployment(
+            "web",
+            6,
+            "registry.invalid/web:1",
+            "  strategy: {type: RollingUpdate}\n",
+        ),
     );
     s.kubectl(&["apply", "-f", common::path_str(&f)]);
     let out = s.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
@@ -99,7 +80,12 @@ async fn rolling_update_stays_within_surge_and_unavailable_and_undo_goes_back() 
     let strategy = "{type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}";
     let f = s.write(
         "app.yaml",
-        &deployment("app", 4, "registry.invalid/app:1", strategy),
+        &deployment(
+            "app",
+            4,
+            "registry.invalid/app:1",
+            &format!("  strategy: {strategy}\n"),
+        ),
     );
     s.kubectl(&["apply", "-f", common::path_str(&f)]);
     s.kubectl(&["rollout", "status", "deployment/app", "--timeout=60s"]);
@@ -230,7 +216,12 @@ async fn recreate_replaces_all_pods_at_once() {
     let (s, client, _h) = cluster().await;
     let f = s.write(
         "re.yaml",
-        &deployment("re", 3, "registry.invalid/re:1", "{type: Recreate}"),
+        &deployment(
+            "re",
+            3,
+            "registry.invalid/re:1",
+            "  strategy: {type: Recreate}\n",
+        ),
     );
     s.kubectl(&["apply", "-f", common::path_str(&f)]);
     s.kubectl(&["rollout", "status", "deployment/re", "--timeout=60s"]);
@@ -318,7 +309,12 @@ async fn service_endpoint_slices_follow_readiness() {
     let (s, client, _h) = cluster().await;
     let f = s.write(
         "web.yaml",
-        &deployment("web", 3, "registry.invalid/web:1", "{type: RollingUpdate}"),
+        &deployment(
+            "web",
+            3,
+            "registry.invalid/web:1",
+            "  strategy: {type: RollingUpdate}\n",
+        ),
     );
     s.kubectl(&["apply", "-f", common::path_str(&f)]);
     s.kubectl_stdin(
@@ -450,7 +446,7 @@ async fn a_silent_node_is_tainted_and_its_pods_move() {
     )
     .await;
     // The API server gives pods 300 s tolerations of unreachable nodes; these pods ask for 2 s.
-    let manifest = deployment("web", 3, "registry.invalid/web:1", "{type: RollingUpdate}").replace(
+    let manifest = deployment("web", 3, "registry.invalid/web:1", "  strategy: {type: RollingUpdate}\n").replace(
         "      containers:",
         "      tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}]\n      containers:",
     );
@@ -562,7 +558,12 @@ async fn killing_the_leading_controllers_process_hands_over() {
     };
     let f = s.write(
         "one.yaml",
-        &deployment("one", 1, "registry.invalid/one:1", "{type: RollingUpdate}"),
+        &deployment(
+            "one",
+            1,
+            "registry.invalid/one:1",
+            "  strategy: {type: RollingUpdate}\n",
+        ),
     );
     s.kubectl(&["apply", "-f", common::path_str(&f)]);
     eventually("the leader to make one's ReplicaSet", || rs_for("one")).await;
@@ -570,7 +571,12 @@ async fn killing_the_leading_controllers_process_hands_over() {
     first.wait().unwrap();
     let f = s.write(
         "two.yaml",
-        &deployment("two", 1, "registry.invalid/two:1", "{type: RollingUpdate}"),
+        &deployment(
+            "two",
+            1,
+            "registry.invalid/two:1",
+            "  strategy: {type: RollingUpdate}\n",
+        ),
     );
     s.kubectl(&["apply", "-f", common::path_str(&f)]);
     eventually(

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use common::Server;
 use futures::StreamExt;
-use hollow::{NodeSpec, cluster, eventually};
+use hollow::{NodeSpec, cluster, deployment, eventually};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -17,31 +17,12 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-fn deployment(name: &str, replicas: u32) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: {name}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-    spec:
-      containers:
-      - name: c
-        image: registry.invalid/{name}:1
-        resources: {{requests: {{cpu: 100m, memory: 64Mi}}}}
-"#
-    )
-}
-
 /// Applies a Deployment in `ns` and waits for its rollout.
 fn roll_out(s: &Server, ns: &str, name: &str, replicas: u32) {
-    let f = s.write(&format!("{ns}-{name}.yaml"), &deployment(name, replicas));
+    let f = s.write(
+        &format!("{ns}-{name}.yaml"),
+        &deployment(name, replicas, &format!("registry.invalid/{name}:1"), ""),
+    );
     s.kubectl(&["apply", "-n", ns, "-f", common::path_str(&f)]);
     let target = format!("deployment/{name}");
     s.kubectl(&["rollout", "status", "-n", ns, &target, "--timeout=60s"]);

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use common::Server;
 use futures::TryStreamExt;
-use hollow::{Hollow, NodeSpec, active_pods, cluster, eventually};
+use hollow::{Hollow, NodeSpec, active_pods, cluster, deployment, eventually};
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -24,28 +24,6 @@ use serde_json::json;
 use skiff_controlplane::controllers::template_hash;
 
 const HASH: &str = "controller-revision-hash";
-
-fn deployment(name: &str, replicas: u32, image: &str, extra_spec: &str) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: {name}}}
-{extra_spec}  template:
-    metadata:
-      labels: {{app: {name}}}
-    spec:
-      containers:
-      - name: c
-        image: {image}
-        resources: {{requests: {{cpu: 50m, memory: 32Mi}}}}
-"#
-    )
-}
 
 fn daemonset(name: &str, image: &str, strategy: &str) -> String {
     format!(
@@ -534,16 +512,20 @@ fn readiness_and_crowding(pods: &[&Pod]) -> (usize, usize) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_surging_daemonset_starts_each_new_pod_before_removing_the_old() {
-    let (s, client, _h) = cluster().await;
-    let strategy = "{type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}";
+/// Applies the DaemonSet `agent` (image :1) with `strategy`, rolls it to :2 on all `nodes` and
+/// returns (ready pods, most pods on one node) as seen after every pod change during the rollout.
+async fn roll_daemonset(
+    s: &Server,
+    client: &Client,
+    strategy: &str,
+    nodes: usize,
+) -> Vec<(usize, usize)> {
     s.kubectl_stdin(
         &["apply", "-f", "-"],
         &daemonset("agent", "registry.invalid/agent:1", strategy),
     );
     s.kubectl(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
-    let (watch, seen) = watch_pods(&client, "app=agent", readiness_and_crowding);
+    let (watch, seen) = watch_pods(client, "app=agent", readiness_and_crowding);
     s.kubectl(&[
         "set",
         "image",
@@ -551,13 +533,25 @@ async fn a_surging_daemonset_starts_each_new_pod_before_removing_the_old() {
         "c=registry.invalid/agent:2",
     ]);
     s.kubectl(&["rollout", "status", "daemonset/agent", "--timeout=90s"]);
-    eventually("3 pods, all new", || async {
-        let pods = active_pods(&client, "app=agent").await;
-        pods.len() == 3 && pods.iter().all(|p| image(p).ends_with(":2"))
+    eventually("every daemon pod new", || async {
+        let pods = active_pods(client, "app=agent").await;
+        pods.len() == nodes && pods.iter().all(|p| image(p).ends_with(":2"))
     })
     .await;
     watch.abort();
-    let seen = seen.lock().unwrap().clone();
+    seen.lock().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_surging_daemonset_starts_each_new_pod_before_removing_the_old() {
+    let (s, client, _h) = cluster().await;
+    let seen = roll_daemonset(
+        &s,
+        &client,
+        "{type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}",
+        3,
+    )
+    .await;
     let min_ready = seen.iter().map(|m| m.0).min().unwrap();
     let most_on_a_node = seen.iter().map(|m| m.1).max().unwrap();
     assert!(min_ready >= 3, "ready daemons dropped to {min_ready}");
@@ -601,27 +595,13 @@ async fn a_daemonset_rollout_keeps_within_max_unavailable() {
         .map(|n| NodeSpec::new(n, "4", "8Gi"))
         .collect();
     let _h = Hollow::start(client.clone(), &nodes).await;
-    let strategy = "{type: RollingUpdate, rollingUpdate: {maxUnavailable: 2}}";
-    s.kubectl_stdin(
-        &["apply", "-f", "-"],
-        &daemonset("agent", "registry.invalid/agent:1", strategy),
-    );
-    s.kubectl(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
-    let (watch, seen) = watch_pods(&client, "app=agent", readiness_and_crowding);
-    s.kubectl(&[
-        "set",
-        "image",
-        "daemonset/agent",
-        "c=registry.invalid/agent:2",
-    ]);
-    s.kubectl(&["rollout", "status", "daemonset/agent", "--timeout=90s"]);
-    eventually("4 pods, all new", || async {
-        let pods = active_pods(&client, "app=agent").await;
-        pods.len() == 4 && pods.iter().all(|p| image(p).ends_with(":2"))
-    })
+    let seen = roll_daemonset(
+        &s,
+        &client,
+        "{type: RollingUpdate, rollingUpdate: {maxUnavailable: 2}}",
+        4,
+    )
     .await;
-    watch.abort();
-    let seen = seen.lock().unwrap().clone();
     assert!(
         seen.iter().all(|m| m.0 >= 2),
         "more than 2 of 4 daemons unavailable: {seen:?}"

@@ -44,6 +44,31 @@ pub async fn cluster() -> (Server, Client, Hollow) {
     (s, client, h)
 }
 
+/// A Deployment manifest: `replicas` pods labelled `app: NAME` running `image` with a named port
+/// and small requests; `extra_spec` holds more lines of `spec` (two-space indented), e.g. a strategy.
+pub fn deployment(name: &str, replicas: u32, image: &str, extra_spec: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+{extra_spec}  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+      - name: c
+        image: {image}
+        ports: [{{name: http, containerPort: 8080}}]
+        resources: {{requests: {{cpu: 100m, memory: 64Mi}}}}
+"#
+    )
+}
+
 /// The pods in `default` that `selector` selects and that are not being deleted.
 pub async fn active_pods(client: &Client, selector: &str) -> Vec<Pod> {
     Api::<Pod>::namespaced(client.clone(), "default")
