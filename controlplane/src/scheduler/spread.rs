@@ -85,6 +85,18 @@ fn has_keys(node: &NodeInfo, constraints: &[Constraint]) -> bool {
         .is_some_and(|l| constraints.iter().all(|c| l.contains_key(&c.key)))
 }
 
+/// The nodes that carry every constraint's topology key, with their Node and labels.
+fn labelled_nodes<'a>(
+    cache: &'a Cache,
+    constraints: &'a [Constraint],
+) -> impl Iterator<Item = (&'a NodeInfo, &'a Node, &'a BTreeMap<String, String>)> {
+    cache.ordered().iter().filter_map(move |name| {
+        let info = cache.node(name)?;
+        let (node, labels) = (info.node.as_deref()?, info.labels()?);
+        has_keys(info, constraints).then_some((info, node, labels))
+    })
+}
+
 /// The DoNotSchedule constraints of one pod, counted once per scheduling attempt.
 #[derive(Clone)]
 pub struct Spread {
@@ -102,16 +114,7 @@ impl Spread {
         let mut counts = vec![HashMap::new(); constraints.len()];
         if !constraints.is_empty() {
             let ns = pod.namespace();
-            for name in cache.ordered() {
-                let Some(info) = cache.node(name) else {
-                    continue;
-                };
-                let (Some(node), Some(labels)) = (info.node.as_deref(), info.labels()) else {
-                    continue;
-                };
-                if !has_keys(info, &constraints) {
-                    continue;
-                }
+            for (info, node, labels) in labelled_nodes(cache, &constraints) {
                 for (c, domains) in constraints.iter().zip(counts.iter_mut()) {
                     if c.includes(&pod.pod, node) {
                         let n = cache.pods_on(info).filter(|p| c.counts(ns, p)).count();
@@ -195,16 +198,7 @@ pub fn score(pod: &PodInfo, cache: &Cache, nodes: &[&NodeInfo]) -> Option<Vec<i6
     }
     let weights: Vec<f64> = counts.iter().map(|c| ((c.len() + 2) as f64).ln()).collect();
     let ns = pod.namespace();
-    for name in cache.ordered() {
-        let Some(info) = cache.node(name) else {
-            continue;
-        };
-        let (Some(node), Some(labels)) = (info.node.as_deref(), info.labels()) else {
-            continue;
-        };
-        if !has_keys(info, &constraints) {
-            continue;
-        }
+    for (info, node, labels) in labelled_nodes(cache, &constraints) {
         for (c, domains) in constraints.iter().zip(counts.iter_mut()) {
             if let Some(slot) = domains.get_mut(&labels[&c.key])
                 && c.includes(&pod.pod, node)
