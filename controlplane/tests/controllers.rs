@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::Server;
 use futures::TryStreamExt;
-use hollow::{Hollow, NodeSpec, active_pods, cluster, deployment, eventually};
+use hollow::{Hollow, NodeSpec, active_pods, cluster, deployment, eventually, image};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -229,11 +229,7 @@ async fn recreate_replaces_all_pods_at_once() {
     s.kubectl(&["rollout", "status", "deployment/re", "--timeout=60s"]);
     eventually("3 pods of v2", || async {
         let p = active_pods(&client, "app=re").await;
-        p.len() == 3
-            && p.iter().all(|p| {
-                p.spec.as_ref().unwrap().containers[0].image.as_deref()
-                    == Some("registry.invalid/re:2")
-            })
+        p.len() == 3 && p.iter().all(|p| image(p) == "registry.invalid/re:2")
     })
     .await;
 }
@@ -652,11 +648,7 @@ async fn a_daemonset_runs_one_pod_per_eligible_node_and_rolls() {
     s.kubectl(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
     eventually("3 pods of v2", || async {
         let p = active_pods(&client, "app=agent").await;
-        p.len() == 3
-            && p.iter().all(|p| {
-                p.spec.as_ref().unwrap().containers[0].image.as_deref()
-                    == Some("registry.invalid/agent:2")
-            })
+        p.len() == 3 && p.iter().all(|p| image(p) == "registry.invalid/agent:2")
     })
     .await;
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use common::Server;
 use futures::TryStreamExt;
-use hollow::{Hollow, NodeSpec, active_pods, cluster, deployment, eventually};
+use hollow::{Hollow, NodeSpec, active_pods, cluster, deployment, eventually, image};
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -61,13 +61,6 @@ fn events(s: &Server, name: &str) -> Vec<String> {
     .lines()
     .map(str::to_string)
     .collect()
-}
-
-fn image(p: &Pod) -> String {
-    p.spec.as_ref().unwrap().containers[0]
-        .image
-        .clone()
-        .unwrap_or_default()
 }
 
 fn is_ready(p: &Pod) -> bool {

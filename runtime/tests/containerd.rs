@@ -18,11 +18,7 @@ fn setup() -> Containerd {
 
 /// `ctr run` with our runtime options, then `rest` (image, id, command…).
 fn ctr_run(c: &Containerd, extra: &[&str], rest: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = vec!["run".into()];
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v.extend(c.runtime_opts());
-    v.extend(rest.iter().map(|s| s.to_string()));
-    v
+    run_line(extra, c.runtime_opts(), rest)
 }
 
 /// The global options the shim passes on every call for container `id`.

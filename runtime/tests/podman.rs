@@ -18,11 +18,7 @@ fn setup() -> Podman {
 
 /// `podman run` + our options + `rest`.
 fn run_args(p: &Podman, extra: &[&str], rest: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = vec!["run".into()];
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v.extend(p.run_opts());
-    v.extend(rest.iter().map(|s| s.to_string()));
-    v
+    run_line(extra, p.run_opts(), rest)
 }
 
 /// `--log-format=json --log FILE`: podman's global options on create and exec.

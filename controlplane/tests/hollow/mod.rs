@@ -69,6 +69,14 @@ spec:
     )
 }
 
+/// The image of the pod's first container.
+pub fn image(p: &Pod) -> String {
+    p.spec.as_ref().unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap_or_default()
+}
+
 /// The pods in `default` that `selector` selects and that are not being deleted.
 pub async fn active_pods(client: &Client, selector: &str) -> Vec<Pod> {
     Api::<Pod>::namespaced(client.clone(), "default")

@@ -49,6 +49,16 @@ fn which(bin: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// A `run` command line: `run`, the test's `extra` options, the driver's `opts` (runtime
+/// selection), then `rest` (image, id, command…).
+pub fn run_line(extra: &[&str], opts: Vec<String>, rest: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = vec!["run".into()];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v.extend(opts);
+    v.extend(rest.iter().map(|s| s.to_string()));
+    v
+}
+
 /// Fails (never skips) unless running as root with every `(binary, Debian package)` present.
 pub fn require(tools: &[(&str, &str)]) {
     assert!(
