@@ -1,3 +1,29 @@
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+//! `skiff-kubelet`: parses flags and starts the node agent, or runs an image command.
+
+use clap::Parser;
+use skiff_kubelet::{agent, image};
+
+#[derive(Debug, Parser)]
+#[command(name = "skiff-kubelet", version, about = "skiff's node agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    agent: agent::AgentArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Manage the node's images.
+    #[command(subcommand)]
+    Image(image::cli::ImageCommand),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Image(command)) => image::cli::run(&cli.agent.root_dir, command).await,
+        None => agent::run(cli.agent).await,
+    }
 }

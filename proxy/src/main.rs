@@ -1,3 +1,3 @@
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+    anyhow::bail!("skiff-proxy is not built yet")
 }

@@ -1,0 +1,3 @@
+//! The node's image store: see the crate comment.
+
+pub mod cli;

@@ -1,0 +1,1 @@
+//! The pod sandbox's namespaces and the pod network: see the crate comment.
