@@ -10,12 +10,18 @@
 //! - [`pod_files`]: the pod's `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname`, and its
 //!   hostname, as the kubelet computes them.
 
+pub mod ipam;
+pub mod iptables;
+mod netlink;
 pub mod pod_files;
+pub mod pod_network;
+pub mod routes;
 pub mod sandbox;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+pub use pod_network::{HostPortMapping, HostPortProtocol, NetworkConfig, NodeNetwork};
 pub use sandbox::{Sandbox, SandboxOptions};
 
 /// What can go wrong in this module; every variant names what it was doing.
