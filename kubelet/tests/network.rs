@@ -60,8 +60,8 @@ fn require_tools() {
     }
 }
 
-/// What the root namespace looks like: its links and its iptables rules.
-fn root_snapshot() -> (String, String) {
+/// What the root namespace looks like: its links, its iptables rules, its forwarding sysctls.
+fn root_snapshot() -> (String, String, String) {
     let links = run("ip", &["-d", "link"]);
     // Packet counters change with traffic; the rules must not.
     let rules = run("iptables-save", &[])
@@ -70,7 +70,10 @@ fn root_snapshot() -> (String, String) {
         .map(|l| l.split(" [").next().unwrap_or(l).to_string())
         .collect::<Vec<_>>()
         .join("\n");
-    (links, rules)
+    let sysctls = ["net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables"]
+        .map(|key| std::fs::read_to_string(Path::new("/proc/sys").join(key)).unwrap_or_default())
+        .join(",");
+    (links, rules, sysctls)
 }
 
 /// A named network namespace made for one test, deleted (with everything in it) on drop.
@@ -323,6 +326,13 @@ fn pods_reach_each_other_the_outside_and_host_ports() {
         "hello"
     );
     assert_eq!(pod.join().unwrap().unwrap().ip(), EXTERNAL_IP);
+    // ... from pod-b on the same bridge (the reply un-DNATed thanks to br_netfilter) ...
+    let pod = serve_once(&a.net(), SocketAddr::from((Ipv4Addr::UNSPECIFIED, 80)));
+    assert_eq!(
+        connect_from(&b.net(), SocketAddr::from((NODE_IP, 8080))),
+        "hello"
+    );
+    assert_eq!(pod.join().unwrap().unwrap().ip(), ip_b);
     // ... and from pod-a itself (hairpin, masqueraded).
     let pod = serve_once(&a.net(), SocketAddr::from((Ipv4Addr::UNSPECIFIED, 80)));
     assert_eq!(
@@ -538,4 +548,87 @@ fn routes_to_other_nodes_follow_the_node_list() {
             .contains("10.99.0.0/16 via 198.51.100.9"),
         "a foreign route was removed"
     );
+}
+
+/// The child process of `kill_9_at_any_point_recovers`: attaches and detaches one pod in a loop
+/// until it is killed. Does nothing when run on its own.
+#[test]
+#[ignore = "run as a child process by kill_9_at_any_point_recovers"]
+fn attach_detach_until_killed() {
+    let Ok(spec) = std::env::var("SKNET_CRASH_CHILD") else {
+        return;
+    };
+    let [node, state, pod] = <[&str; 3]>::try_from(spec.split('\n').collect::<Vec<_>>()).unwrap();
+    on_node(Path::new(node), async {
+        let net = NodeNetwork::new(config(Path::new(state))).unwrap();
+        net.ensure_bridge().await.unwrap();
+        loop {
+            net.attach("pod-k", Path::new(pod)).await.unwrap();
+            net.detach("pod-k").await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn kill_9_at_any_point_recovers() {
+    require_tools();
+    let (node, _external) = node_with_uplink();
+    let dir = tempfile::tempdir().unwrap();
+    let (state, run_dir) = (dir.path().join("state"), dir.path().join("run"));
+    let stable = PodSandbox::new(&run_dir, "pod-stable");
+    let killed = PodSandbox::new(&run_dir, "pod-k");
+    let stable_ip = on_node(&node.path(), async {
+        let net = NodeNetwork::new(config(&state)).unwrap();
+        net.ensure_bridge().await.unwrap();
+        net.attach("pod-stable", &stable.net()).await.unwrap()
+    });
+    let spec = format!(
+        "{}\n{}\n{}",
+        node.path().display(),
+        state.display(),
+        killed.net().display()
+    );
+    // The child needs ~60 ms to start (debug build) and ~30 ms per attach+detach round, so
+    // these land in every phase of the loop.
+    for delay_ms in (60..=200).step_by(20) {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "attach_detach_until_killed",
+                "--ignored",
+                "--quiet",
+            ])
+            .env("SKNET_CRASH_CHILD", &spec)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let ip = on_node(&node.path(), async {
+            let net = NodeNetwork::new(config(&state)).unwrap();
+            net.attach("pod-k", &killed.net()).await.unwrap()
+        });
+        let allocations = Ipam::open(&state.join("ipam"), "10.244.1.0/24".parse().unwrap())
+            .unwrap()
+            .allocations()
+            .unwrap();
+        let mut owners: Vec<_> = allocations.iter().map(|(_, uid)| uid.as_str()).collect();
+        owners.sort();
+        assert_eq!(
+            owners,
+            ["pod-k", "pod-stable"],
+            "after a kill at {delay_ms} ms"
+        );
+        assert_ne!(ip, stable_ip);
+        assert!(
+            ping(&killed.net(), stable_ip),
+            "pod-k cut off after a kill at {delay_ms} ms"
+        );
+    }
+    on_node(&node.path(), async {
+        let net = NodeNetwork::new(config(&state)).unwrap();
+        assert_eq!(net.reconcile(&[]).await.unwrap().len(), 2);
+    });
+    assert!(!node.ip(&["link"]).contains("skv"));
 }

@@ -132,7 +132,8 @@ impl NodeNetwork {
     }
 
     /// Creates the bridge with the gateway address (dropping any other IPv4 address on it) and
-    /// brings it up, enables IPv4 forwarding and installs the MASQUERADE rules. Idempotent.
+    /// brings it up, enables IPv4 forwarding (and bridge-nf-call-iptables where br_netfilter
+    /// is loaded) and installs the MASQUERADE rules. Idempotent.
     pub async fn ensure_bridge(&self) -> Result<()> {
         let name = &self.config.bridge;
         let bridge = match link_by_name(&self.handle, name).await? {
@@ -194,6 +195,17 @@ impl NodeNetwork {
         set_link_up(&self.handle, index, name).await?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(io_err("enabling IPv4 forwarding"))?;
+        // Bridged pod-to-pod packets must pass through iptables too, or the reply to a pod that
+        // reached another pod through a DNAT (hostPort, Service) skips the un-DNAT. The sysctl
+        // is per network namespace and exists once the br_netfilter module is loaded.
+        let bridge_nf = Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables");
+        if bridge_nf.exists() {
+            std::fs::write(bridge_nf, "1").map_err(io_err("enabling bridge-nf-call-iptables"))?;
+        } else {
+            tracing::warn!(
+                "br_netfilter is not loaded: a pod reaching another pod on this node through a DNAT gets no reply"
+            );
+        }
         iptables::ensure_masquerade(self.config.pod_cidr, self.config.cluster_cidr).await
     }
 
