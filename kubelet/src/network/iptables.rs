@@ -15,6 +15,7 @@ use std::net::Ipv4Addr;
 use std::process::Stdio;
 
 use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Pod;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -33,6 +34,56 @@ pub struct HostPortMapping {
     pub protocol: HostPortProtocol,
     pub pod_ip: Ipv4Addr,
     pub container_port: u16,
+}
+
+impl HostPortMapping {
+    /// The hostPorts of `pod`'s containers (as the kubelet collects them: `spec.containers`
+    /// only), mapped to `pod_ip`. A `hostIP` of `""` or `0.0.0.0` means every local address;
+    /// IPv6 host addresses are skipped (the pod network is IPv4).
+    pub fn for_pod(pod: &Pod, pod_ip: Ipv4Addr) -> Result<Vec<HostPortMapping>> {
+        let containers = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.as_slice())
+            .unwrap_or_default();
+        let mut mappings = Vec::new();
+        for port in containers.iter().flat_map(|c| c.ports.iter().flatten()) {
+            let Some(host_port) = port.host_port.filter(|p| *p != 0) else {
+                continue;
+            };
+            let port_number = |value: i32, field| {
+                u16::try_from(value)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| NetworkError::InvalidInput {
+                        field,
+                        reason: format!("{value} is not a port number"),
+                    })
+            };
+            let host_ip = match port.host_ip.as_deref().unwrap_or_default() {
+                "" => None,
+                ip => match ip.parse::<std::net::IpAddr>() {
+                    Ok(std::net::IpAddr::V4(ip)) if ip.is_unspecified() => None,
+                    Ok(std::net::IpAddr::V4(ip)) => Some(ip),
+                    Ok(std::net::IpAddr::V6(_)) => continue,
+                    Err(_) => {
+                        return Err(NetworkError::InvalidInput {
+                            field: "ports.hostIP",
+                            reason: format!("{ip:?} is not an IP address"),
+                        });
+                    }
+                },
+            };
+            mappings.push(HostPortMapping {
+                host_ip,
+                host_port: port_number(host_port, "ports.hostPort")?,
+                protocol: HostPortProtocol::from_k8s(port.protocol.as_deref())?,
+                pod_ip,
+                container_port: port_number(port.container_port, "ports.containerPort")?,
+            });
+        }
+        Ok(mappings)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -215,6 +266,64 @@ mod tests {
              -A SKIFF-KUBELET-POSTROUTING -s 10.244.1.0/24 -j MASQUERADE\n\
              COMMIT\n"
         );
+    }
+
+    #[test]
+    fn host_ports_from_the_pod() {
+        use k8s_openapi::api::core::v1::{Container, ContainerPort, PodSpec};
+        let port = |container_port,
+                    host_port: Option<i32>,
+                    host_ip: Option<&str>,
+                    protocol: Option<&str>| ContainerPort {
+            container_port,
+            host_port,
+            host_ip: host_ip.map(Into::into),
+            protocol: protocol.map(Into::into),
+            name: None,
+        };
+        let pod_with = |ports| Pod {
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "c".into(),
+                    ports: Some(ports),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pod_ip: Ipv4Addr = "10.244.1.5".parse().unwrap();
+        let pod = pod_with(vec![
+            port(80, Some(8080), None, None),
+            port(53, Some(5353), Some("192.0.2.10"), Some("UDP")),
+            port(443, Some(8443), Some("0.0.0.0"), None),
+            port(9000, None, None, None),
+            port(9001, Some(9001), Some("::1"), None),
+        ]);
+        let mappings = HostPortMapping::for_pod(&pod, pod_ip).unwrap();
+        let summary: Vec<_> = mappings
+            .iter()
+            .map(|m| (m.host_ip, m.host_port, m.protocol, m.container_port))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (None, 8080, HostPortProtocol::Tcp, 80),
+                (
+                    Some("192.0.2.10".parse().unwrap()),
+                    5353,
+                    HostPortProtocol::Udp,
+                    53
+                ),
+                (None, 8443, HostPortProtocol::Tcp, 443),
+            ]
+        );
+        for bad in [
+            port(80, Some(70000), None, None),
+            port(80, Some(1), Some("nope"), None),
+        ] {
+            assert!(HostPortMapping::for_pod(&pod_with(vec![bad]), pod_ip).is_err());
+        }
     }
 
     #[test]

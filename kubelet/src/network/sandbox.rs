@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::core::v1::Pod;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,25 @@ pub struct SandboxOptions {
     pub host_ipc: bool,
     /// The pod's hostname (see [`super::pod_files::pod_hostname`]); unused with host_network.
     pub hostname: String,
+}
+
+impl SandboxOptions {
+    /// The options of `pod`'s sandbox: `spec.hostNetwork`, `spec.hostIPC` and the hostname the
+    /// kubelet gives it ([`super::pod_files::pod_hostname`]).
+    pub fn for_pod(pod: &Pod, cluster_domain: &str) -> Result<SandboxOptions> {
+        let spec = pod.spec.as_ref();
+        let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+        let hostname = if host_network {
+            String::new()
+        } else {
+            super::pod_files::pod_hostname(pod, cluster_domain)?
+        };
+        Ok(SandboxOptions {
+            host_network,
+            host_ipc: spec.and_then(|s| s.host_ipc).unwrap_or(false),
+            hostname,
+        })
+    }
 }
 
 /// A namespace kind the sandbox may own.
@@ -313,5 +333,33 @@ fn remove_dir(dir: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err(format!("removing {}", dir.display()))(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PodSpec;
+
+    #[test]
+    fn options_from_the_pod() {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("web-0".into());
+        pod.spec = Some(PodSpec {
+            host_ipc: Some(true),
+            ..Default::default()
+        });
+        let options = SandboxOptions::for_pod(&pod, "cluster.local").unwrap();
+        assert_eq!(
+            options,
+            SandboxOptions {
+                host_network: false,
+                host_ipc: true,
+                hostname: "web-0".into()
+            }
+        );
+        pod.spec.as_mut().unwrap().host_network = Some(true);
+        let options = SandboxOptions::for_pod(&pod, "cluster.local").unwrap();
+        assert!(options.host_network && options.hostname.is_empty());
     }
 }
