@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use skiff_kubelet::network::ipam::Ipam;
-use skiff_kubelet::network::pod_network::veth_name;
+use skiff_kubelet::network::veth::veth_name;
 use skiff_kubelet::network::{
     HostPortMapping, HostPortProtocol, NetworkConfig, NodeNetwork, Sandbox, SandboxOptions,
 };

@@ -6,7 +6,7 @@
 //! - [`pod_network`]: the node's pod network ([`NodeNetwork`]): bridge `skiff0`, a veth per pod,
 //!   addresses from the node's podCIDR ([`ipam`], kept on disk), routes to the other nodes'
 //!   podCIDRs ([`routes`]), MASQUERADE and hostPort DNAT ([`iptables`]). Everything but the
-//!   iptables rules goes through netlink ([`netlink`]).
+//!   iptables rules goes through netlink ([`netlink`]); the pod's end of it is in [`veth`].
 //! - [`pod_files`]: the pod's `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname`, and its
 //!   hostname, as the kubelet computes them.
 
@@ -17,6 +17,7 @@ pub mod pod_files;
 pub mod pod_network;
 pub mod routes;
 pub mod sandbox;
+pub mod veth;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -24,33 +24,23 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
-};
-use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
-    RouteMessageBuilder,
-};
-use sha2::{Digest, Sha256};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::{Handle, LinkBridge};
 
 use super::ipam::Ipam;
 pub use super::iptables::{HostPortMapping, HostPortProtocol};
 use super::netlink::{
-    all_links, connect, delete_link, ignore_errno, in_netns, link_by_name, link_controller,
-    link_mtu, link_name, link_peer, nl_err, set_link_up,
+    all_links, connect, delete_link, ignore_errno, link_by_name, link_mtu, link_name, nl_err,
+    set_link_up,
 };
+use super::veth::{self, VETH_PREFIX, veth_name};
 use super::{NetworkError, Result, io_err, iptables, routes, validate_pod_uid};
 
-/// Host-side veth names: this prefix and a hash of the pod uid (interface names are at most
-/// 15 bytes).
-const VETH_PREFIX: &str = "skv";
-const POD_INTERFACE: &str = "eth0";
 const DEFAULT_MTU: u32 = 1500;
 
 /// The node's pod network settings.
@@ -167,7 +157,7 @@ impl NodeNetwork {
         let index = bridge.header.index;
         let prefix = self.config.pod_cidr.prefix_len();
         let mut present = false;
-        for address in self.ipv4_addresses(&self.handle, index).await? {
+        for address in self.ipv4_addresses(index).await? {
             if address_of(&address) == Some(self.gateway()) && address.header.prefix_len == prefix {
                 present = true;
             } else {
@@ -240,113 +230,10 @@ impl NodeNetwork {
                 reason: format!("{bridge_name} does not exist: ensure_bridge first"),
             })?;
         let mtu = self.mtu().await?;
-        let host_name = veth_name(uid);
-        let host = link_by_name(&self.handle, &host_name).await?;
-        let host_peer = host.as_ref().and_then(link_peer);
-        // The pair is whole when the pod's eth0 is the host veth's peer; a lone or foreign
-        // eth0 is deleted (ifindexes are per namespace, so this compares the peer's index in
-        // the pod's namespace with eth0's there).
-        let paired = in_netns(netns, move |handle| async move {
-            match link_by_name(&handle, POD_INTERFACE).await? {
-                Some(eth0) if Some(eth0.header.index) == host_peer => Ok(true),
-                Some(eth0) => delete_link(&handle, eth0.header.index, POD_INTERFACE)
-                    .await
-                    .map(|_| false),
-                None => Ok(false),
-            }
-        })
-        .await?;
-        if !paired {
-            if let Some(host) = &host {
-                delete_link(&self.handle, host.header.index, &host_name).await?;
-            }
-            let netns_file = std::fs::File::open(netns)
-                .map_err(io_err(format!("opening {}", netns.display())))?;
-            let peer = LinkUnspec::new_with_name(POD_INTERFACE)
-                .mtu(mtu)
-                .setns_by_fd(netns_file.as_raw_fd())
-                .build();
-            let message = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-                .name(host_name.clone())
-                .mtu(mtu)
-                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-                .build();
-            self.handle
-                .link()
-                .add(message)
-                .execute()
-                .await
-                .map_err(nl_err(format!("creating veth {host_name} for pod {uid}")))?;
-        }
-        let host = link_by_name(&self.handle, &host_name)
-            .await?
-            .ok_or_else(|| NetworkError::InvalidInput {
-                field: "veth",
-                reason: format!("{host_name} vanished after creation"),
-            })?;
-        let index = host.header.index;
-        if link_controller(&host) != Some(bridge.header.index) {
-            self.handle
-                .link()
-                .set(
-                    LinkUnspec::new_with_index(index)
-                        .controller(bridge.header.index)
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(nl_err(format!("adding {host_name} to {bridge_name}")))?;
-        }
-        // Hairpin, so a pod reaching itself through a bridged (br_netfilter) DNAT gets its
-        // packets back out of the port they came in.
-        self.handle
-            .link()
-            .set_port(LinkBridgePort::new(index).hairpin(true).build())
-            .execute()
-            .await
-            .map_err(nl_err(format!("setting hairpin mode on {host_name}")))?;
-        set_link_up(&self.handle, index, &host_name).await?;
-
-        let prefix = self.config.pod_cidr.prefix_len();
-        let gateway = self.gateway();
-        in_netns(netns, move |handle| async move {
-            let lo = link_by_name(&handle, "lo").await?.map(|l| l.header.index);
-            if let Some(lo) = lo {
-                set_link_up(&handle, lo, "lo").await?;
-            }
-            let eth0 = link_by_name(&handle, POD_INTERFACE)
-                .await?
-                .ok_or_else(|| NetworkError::InvalidInput {
-                    field: "netns",
-                    reason: format!("{POD_INTERFACE} missing after creation"),
-                })?
-                .header
-                .index;
-            handle
-                .address()
-                .add(eth0, IpAddr::V4(ip), prefix)
-                .replace()
-                .execute()
-                .await
-                .map_err(nl_err(format!(
-                    "adding {ip}/{prefix} to the pod's {POD_INTERFACE}"
-                )))?;
-            set_link_up(&handle, eth0, POD_INTERFACE).await?;
-            let default = RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(gateway)
-                .output_interface(eth0)
-                .build();
-            handle
-                .route()
-                .add(default)
-                .replace()
-                .execute()
-                .await
-                .map_err(nl_err(format!(
-                    "adding the pod's default route via {gateway}"
-                )))
-        })
-        .await
+        let host = veth::ensure_pair(&self.handle, &veth_name(uid), netns, mtu).await?;
+        veth::ensure_bridge_port(&self.handle, &host, &bridge).await?;
+        let address = Ipv4Net::new(ip, self.config.pod_cidr.prefix_len()).expect("valid prefix");
+        veth::configure_pod_side(netns, address, self.gateway()).await
     }
 
     /// Disconnects the pod: deletes its veth pair and releases its address. Idempotent.
@@ -445,8 +332,9 @@ impl NodeNetwork {
         Ok(link.as_ref().and_then(link_mtu).unwrap_or(DEFAULT_MTU))
     }
 
-    async fn ipv4_addresses(&self, handle: &Handle, index: u32) -> Result<Vec<AddressMessage>> {
-        let addresses: Vec<AddressMessage> = handle
+    async fn ipv4_addresses(&self, index: u32) -> Result<Vec<AddressMessage>> {
+        let addresses: Vec<AddressMessage> = self
+            .handle
             .address()
             .get()
             .set_link_index_filter(index)
@@ -459,13 +347,6 @@ impl NodeNetwork {
             .filter(|a| a.header.index == index && matches!(address_of_any(a), Some(IpAddr::V4(_))))
             .collect())
     }
-}
-
-/// The host-side veth of a pod: `skv` and 11 hex digits of the uid's SHA-256.
-pub fn veth_name(uid: &str) -> String {
-    let digest = Sha256::digest(uid.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{VETH_PREFIX}{}", &hex[..11])
 }
 
 fn link_kind(link: &LinkMessage) -> Option<&InfoKind> {
@@ -489,19 +370,5 @@ fn address_of(address: &AddressMessage) -> Option<Ipv4Addr> {
     match address_of_any(address) {
         Some(IpAddr::V4(ip)) => Some(ip),
         _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn veth_names_fit_and_differ() {
-        let a = veth_name("0d5b7f0e-2f7c-4f57-9a43-6d8e1f0a2b3c");
-        assert_eq!(a.len(), 14);
-        assert!(a.starts_with("skv"));
-        assert_ne!(a, veth_name("0d5b7f0e-2f7c-4f57-9a43-6d8e1f0a2b3d"));
-        assert_eq!(a, veth_name("0d5b7f0e-2f7c-4f57-9a43-6d8e1f0a2b3c"));
     }
 }
