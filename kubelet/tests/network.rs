@@ -326,6 +326,13 @@ fn pods_reach_each_other_the_outside_and_host_ports() {
         "hello"
     );
     assert_eq!(pod.join().unwrap().unwrap().ip(), EXTERNAL_IP);
+    // ... from a process on the node (the OUTPUT chain) ...
+    let pod = serve_once(&a.net(), SocketAddr::from((Ipv4Addr::UNSPECIFIED, 80)));
+    assert_eq!(
+        connect_from(&node.path(), SocketAddr::from((NODE_IP, 8080))),
+        "hello"
+    );
+    assert_eq!(pod.join().unwrap().unwrap().ip(), NODE_IP);
     // ... from pod-b on the same bridge (the reply un-DNATed thanks to br_netfilter) ...
     let pod = serve_once(&a.net(), SocketAddr::from((Ipv4Addr::UNSPECIFIED, 80)));
     assert_eq!(

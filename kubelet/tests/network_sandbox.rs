@@ -62,6 +62,16 @@ fn sandbox_pins_namespaces_and_is_adopted_and_removed() {
     let links = nsenter_output(&[&net_arg, "cat", "/proc/net/dev"]);
     assert!(links.contains("lo:") && !links.contains("eth0"), "{links}");
 
+    let oci = serde_json::to_value(sandbox.oci_namespaces()).unwrap();
+    assert_eq!(
+        oci,
+        serde_json::json!([
+            {"type": "network", "path": net},
+            {"type": "ipc", "path": ipc},
+            {"type": "uts", "path": uts},
+        ])
+    );
+
     // A second create is refused; a restarted kubelet adopts the same namespaces.
     assert!(Sandbox::create(run.path(), "uid-1", &options).is_err());
     let adopted = Sandbox::open(run.path(), "uid-1").unwrap().unwrap();

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::Pod;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType};
 use serde::{Deserialize, Serialize};
 
 use super::{NetworkError, Result, io_err, sys_err, validate_pod_uid, write_file_atomically};
@@ -79,6 +80,14 @@ impl NamespaceKind {
             Self::Network => "network",
             Self::Ipc => "ipc",
             Self::Uts => "uts",
+        }
+    }
+
+    fn oci(self) -> LinuxNamespaceType {
+        match self {
+            Self::Network => LinuxNamespaceType::Network,
+            Self::Ipc => LinuxNamespaceType::Ipc,
+            Self::Uts => LinuxNamespaceType::Uts,
         }
     }
 
@@ -227,6 +236,20 @@ impl Sandbox {
         NamespaceKind::ALL
             .into_iter()
             .filter_map(|kind| self.path_of(kind).map(|path| (kind, path)))
+            .collect()
+    }
+
+    /// The sandbox's namespaces as OCI `linux.namespaces` entries joining them by path; a
+    /// container's spec adds its own (mount, pid, ...) beside these.
+    pub fn oci_namespaces(&self) -> Vec<LinuxNamespace> {
+        self.namespaces()
+            .into_iter()
+            .map(|(kind, path)| {
+                let mut namespace = LinuxNamespace::default();
+                namespace.set_typ(kind.oci());
+                namespace.set_path(Some(path));
+                namespace
+            })
             .collect()
     }
 
