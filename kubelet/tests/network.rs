@@ -639,3 +639,77 @@ fn kill_9_at_any_point_recovers() {
     });
     assert!(!node.ip(&["link"]).contains("skv"));
 }
+
+/// A real container (runc) joins the sandbox's namespaces by path: it sees the pod's hostname
+/// and the pod's eth0 with its address.
+#[test]
+fn a_runc_container_joins_the_pod_sandbox() {
+    require_tools();
+    let runc = Command::new("runc").arg("--version").output();
+    assert!(
+        runc.is_ok_and(|o| o.status.success()),
+        "runc missing: install the Debian package runc"
+    );
+    let (node, _external) = node_with_uplink();
+    let dir = tempfile::tempdir().unwrap();
+    let (state, run_dir) = (dir.path().join("state"), dir.path().join("run"));
+    let pod = PodSandbox::new(&run_dir, "pod-runc");
+    let ip = on_node(&node.path(), async {
+        let net = NodeNetwork::new(config(&state)).unwrap();
+        net.ensure_bridge().await.unwrap();
+        net.attach("pod-runc", &pod.net()).await.unwrap()
+    });
+
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir_all(bundle.join("rootfs/bin")).unwrap();
+    let busybox = run("sh", &["-c", "command -v busybox"]);
+    std::fs::copy(busybox.trim(), bundle.join("rootfs/bin/busybox")).unwrap();
+    run("runc", &["spec", "--bundle", bundle.to_str().unwrap()]);
+    let config_path = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    spec["process"]["terminal"] = false.into();
+    // The runtime would set the joined UTS namespace's hostname to this one.
+    spec.as_object_mut().unwrap().remove("hostname");
+    spec["process"]["args"] = serde_json::json!([
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "busybox hostname; busybox ip -4 addr show eth0"
+    ]);
+    let namespaces = spec["linux"]["namespaces"].as_array_mut().unwrap();
+    namespaces.retain(|ns| !["network", "ipc", "uts"].contains(&ns["type"].as_str().unwrap()));
+    namespaces.extend(
+        serde_json::to_value(pod.0.oci_namespaces())
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .cloned(),
+    );
+    spec["linux"]["cgroupsPath"] = format!("/sknet-runc-{}", std::process::id()).into();
+    std::fs::write(&config_path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let root = dir.path().join("runc-root");
+    let id = format!("sknet-{}", std::process::id());
+    let output = run(
+        "runc",
+        &[
+            "--root",
+            root.to_str().unwrap(),
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            &id,
+        ],
+    );
+    assert!(output.starts_with("pod-runc\n"), "{output}");
+    assert!(output.contains(&format!("inet {ip}/24")), "{output}");
+
+    on_node(&node.path(), async {
+        NodeNetwork::new(config(&state))
+            .unwrap()
+            .detach("pod-runc")
+            .await
+            .unwrap();
+    });
+}

@@ -240,7 +240,9 @@ impl Sandbox {
     }
 
     /// The sandbox's namespaces as OCI `linux.namespaces` entries joining them by path; a
-    /// container's spec adds its own (mount, pid, ...) beside these.
+    /// container's spec adds its own (mount, pid, ...) beside these. Leave the spec's
+    /// `hostname` unset (or the pod's): runc and crun set it in the joined UTS namespace, i.e.
+    /// for the whole pod.
     pub fn oci_namespaces(&self) -> Vec<LinuxNamespace> {
         self.namespaces()
             .into_iter()
