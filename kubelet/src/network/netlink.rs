@@ -69,7 +69,12 @@ where
         };
         let _ = tx.send(run());
     });
-    rx.await.expect("the netns thread always answers")
+    rx.await.unwrap_or_else(|_| {
+        Err(NetworkError::Io {
+            what: "working in a pod network namespace".to_string(),
+            source: std::io::Error::other("the namespace thread panicked"),
+        })
+    })
 }
 
 /// The link named `name`, if there is one.

@@ -255,7 +255,8 @@ impl NodeNetwork {
 
     /// Frees the addresses and veths of every pod not in `live_uids` (pods deleted while the
     /// kubelet was down, or left by a crash), including host veths with no allocation. Returns
-    /// the uids whose allocations were freed.
+    /// the uids whose allocations were freed. `live_uids` must hold every pod that may be
+    /// attached meanwhile: call it at start-up before attaching new pods.
     pub async fn reconcile(&self, live_uids: &[String]) -> Result<Vec<String>> {
         let live: HashSet<&str> = live_uids.iter().map(String::as_str).collect();
         let mut freed = Vec::new();
