@@ -293,7 +293,9 @@ impl NodeNetwork {
         routes::sync_routes(&self.handle, self.config.pod_cidr, wanted).await
     }
 
-    /// Makes the hostPort DNAT rules exactly `mappings`. See [`iptables`].
+    /// Makes the hostPort DNAT rules exactly `mappings`: every running pod's
+    /// ([`HostPortMapping::for_pod`]). See [`iptables`]. The rules live in the kernel, so they
+    /// outlive a kubelet restart: after one, call this once the pods are adopted, not before.
     pub async fn set_host_ports(&self, mappings: &[HostPortMapping]) -> Result<()> {
         for m in mappings {
             if !self.config.pod_cidr.contains(&m.pod_ip)
