@@ -713,3 +713,157 @@ fn a_runc_container_joins_the_pod_sandbox() {
             .unwrap();
     });
 }
+
+/// A real `skiff server` (API only) inside the node namespace, killed on drop.
+struct ApiServer {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl ApiServer {
+    fn start_in(node: &Netns) -> ApiServer {
+        let target = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let skiff = target.join("skiff");
+        assert!(
+            skiff.is_file(),
+            "{} is missing: build it with `cargo build -p skiff-controlplane`",
+            skiff.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node.name])
+            .arg(&skiff)
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--disable-scheduler",
+                "--disable-controllers",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        ApiServer { child, dir }
+    }
+
+    /// A client for the server, once it answers (call inside the node namespace).
+    async fn client(&self) -> kube::Client {
+        let kubeconfig = self.dir.path().join("data/admin.kubeconfig");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(kc) = kube::config::Kubeconfig::read_from(&kubeconfig) {
+                let options = kube::config::KubeConfigOptions::default();
+                if let Ok(config) = kube::Config::from_custom_kubeconfig(kc, &options).await {
+                    let client = kube::Client::try_from(config).unwrap();
+                    if client.apiserver_version().await.is_ok() {
+                        return client;
+                    }
+                }
+            }
+            let log =
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+            assert!(
+                Instant::now() < deadline,
+                "skiff server did not come up:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn routes_follow_the_nodes_in_the_api() {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+
+    require_tools();
+    let (node, _external) = node_with_uplink();
+    let server = ApiServer::start_in(&node);
+    let dir = tempfile::tempdir().unwrap();
+    let ours = || -> Vec<String> {
+        let routes = node.ip(&["route", "show", "proto", "233"]);
+        routes.lines().map(|l| l.trim().to_string()).collect()
+    };
+    on_node(&node.path(), async {
+        let client = server.client().await;
+        let net = NodeNetwork::new(config(dir.path())).unwrap();
+        let nodes: kube::Api<Node> = kube::Api::all(client.clone());
+        let add_node = |name: &'static str, cidr: Option<&'static str>, ip: &'static str| {
+            let nodes = nodes.clone();
+            async move {
+                let mut spec = serde_json::json!({"metadata": {"name": name}});
+                if let Some(cidr) = cidr {
+                    spec["spec"] = serde_json::json!({"podCIDR": cidr, "podCIDRs": [cidr]});
+                }
+                nodes
+                    .create(
+                        &PostParams::default(),
+                        &serde_json::from_value(spec).unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                let status = serde_json::json!({"status": {"addresses": [{"type": "InternalIP", "address": ip}]}});
+                nodes
+                    .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await
+                    .unwrap();
+            }
+        };
+        let wait_for = |expected: Vec<&'static str>| {
+            let ours = &ours;
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while ours() != expected {
+                    assert!(
+                        Instant::now() < deadline,
+                        "routes {:?}, expected {expected:?}",
+                        ours()
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let keeper = skiff_kubelet::network::node_routes::keep_routes(client, "me", &net);
+        let driver = async {
+            add_node("me", Some("10.244.1.0/24"), "198.51.100.1").await;
+            add_node("two", Some("10.244.2.0/24"), "198.51.100.2").await;
+            wait_for(vec!["10.244.2.0/24 via 198.51.100.2 dev up0"]).await;
+            // A node whose podCIDR comes later gets its route then.
+            add_node("three", None, "198.51.100.3").await;
+            let cidr = serde_json::json!({"spec": {"podCIDR": "10.244.3.0/24", "podCIDRs": ["10.244.3.0/24"]}});
+            nodes
+                .patch("three", &PatchParams::default(), &Patch::Merge(&cidr))
+                .await
+                .unwrap();
+            wait_for(vec![
+                "10.244.2.0/24 via 198.51.100.2 dev up0",
+                "10.244.3.0/24 via 198.51.100.3 dev up0",
+            ])
+            .await;
+            // A node that goes away takes its route with it.
+            nodes.delete("two", &DeleteParams::default()).await.unwrap();
+            wait_for(vec!["10.244.3.0/24 via 198.51.100.3 dev up0"]).await;
+        };
+        tokio::select! {
+            () = keeper => panic!("keep_routes ended"),
+            () = driver => {}
+        }
+    });
+}

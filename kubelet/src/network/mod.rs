@@ -3,16 +3,18 @@
 //! - [`sandbox`]: the pinned net/ipc/uts namespaces of a pod (bind mounts under
 //!   `<run-dir>/sandboxes/<pod-uid>/`), which the container runtime joins through OCI
 //!   `linux.namespaces[].path`.
-//! - [`pod_network`]: the node's pod network ([`NodeNetwork`]): bridge `skiff0`, a veth per pod,
-//!   addresses from the node's podCIDR ([`ipam`], kept on disk), routes to the other nodes'
-//!   podCIDRs ([`routes`]), MASQUERADE and hostPort DNAT ([`iptables`]). Everything but the
-//!   iptables rules goes through netlink ([`netlink`]); the pod's end of it is in [`veth`].
+//! - [`pod_network`]: the node's pod network ([`NodeNetwork`]): bridge `skiff0`, a veth per pod
+//!   ([`veth`]), addresses from the node's podCIDR ([`ipam`], kept on disk), routes to the other
+//!   nodes' podCIDRs ([`routes`], kept current from the Node objects by [`node_routes`]),
+//!   MASQUERADE and hostPort DNAT ([`iptables`]). Everything but the iptables rules goes through
+//!   netlink ([`netlink`]).
 //! - [`pod_files`]: the pod's `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname`, and its
 //!   hostname, as the kubelet computes them.
 
 pub mod ipam;
 pub mod iptables;
 mod netlink;
+pub mod node_routes;
 pub mod pod_files;
 pub mod pod_network;
 pub mod routes;

@@ -8,7 +8,6 @@ use std::net::Ipv4Addr;
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::Node;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
@@ -64,38 +63,6 @@ pub async fn sync_routes(
     }
 }
 
-/// The routes the other nodes need (podCIDR → InternalIP, IPv4), from the Node objects: for
-/// [`sync_routes`]. Nodes without a podCIDR or an InternalIP yet, and `own_node`, are left out.
-pub fn routes_from_nodes(nodes: &[Node], own_node: &str) -> Vec<(Ipv4Net, Ipv4Addr)> {
-    let mut routes = Vec::new();
-    for node in nodes {
-        let name = node.metadata.name.as_deref().unwrap_or_default();
-        if name == own_node {
-            continue;
-        }
-        let spec = node.spec.as_ref();
-        let cidrs = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
-        let cidr = cidrs
-            .iter()
-            .chain(spec.and_then(|s| s.pod_cidr.as_ref()))
-            .find_map(|c| c.parse::<Ipv4Net>().ok());
-        let addresses = node
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.as_deref())
-            .unwrap_or_default();
-        let internal_ip = addresses
-            .iter()
-            .filter(|a| a.type_ == "InternalIP")
-            .find_map(|a| a.address.parse::<Ipv4Addr>().ok());
-        match (cidr, internal_ip) {
-            (Some(cidr), Some(ip)) => routes.push((cidr, ip)),
-            _ => tracing::debug!(node = name, "no IPv4 podCIDR or InternalIP yet: no route"),
-        }
-    }
-    routes
-}
-
 /// The IPv4 routes of the main table that carry our protocol.
 pub async fn our_routes(handle: &Handle) -> Result<Vec<RouteMessage>> {
     let mut routes = main_routes(handle).await?;
@@ -146,62 +113,4 @@ pub(crate) async fn main_routes(handle: &Handle) -> Result<Vec<RouteMessage>> {
                 && r.header.table == RouteHeader::RT_TABLE_MAIN
         })
         .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
-
-    fn node(name: &str, cidr: Option<&str>, addresses: &[(&str, &str)]) -> Node {
-        let mut node = Node::default();
-        node.metadata.name = Some(name.into());
-        node.spec = Some(NodeSpec {
-            pod_cidr: cidr.map(Into::into),
-            pod_cidrs: cidr.map(|c| vec!["fd00::/64".into(), c.into()]),
-            ..Default::default()
-        });
-        node.status = Some(NodeStatus {
-            addresses: Some(
-                addresses
-                    .iter()
-                    .map(|(type_, address)| NodeAddress {
-                        type_: type_.to_string(),
-                        address: address.to_string(),
-                    })
-                    .collect(),
-            ),
-            ..Default::default()
-        });
-        node
-    }
-
-    #[test]
-    fn routes_come_from_other_nodes_cidrs_and_internal_ips() {
-        let nodes = [
-            node("me", Some("10.244.1.0/24"), &[("InternalIP", "192.0.2.1")]),
-            node(
-                "two",
-                Some("10.244.2.0/24"),
-                &[
-                    ("Hostname", "two"),
-                    ("InternalIP", "fd00::2"),
-                    ("InternalIP", "192.0.2.2"),
-                ],
-            ),
-            node("new", None, &[("InternalIP", "192.0.2.3")]),
-            node(
-                "noaddr",
-                Some("10.244.4.0/24"),
-                &[("ExternalIP", "203.0.113.4")],
-            ),
-        ];
-        assert_eq!(
-            routes_from_nodes(&nodes, "me"),
-            [(
-                "10.244.2.0/24".parse().unwrap(),
-                "192.0.2.2".parse().unwrap()
-            )]
-        );
-    }
 }
