@@ -7,9 +7,39 @@
 //!   ([`veth`]), addresses from the node's podCIDR ([`ipam`], kept on disk), routes to the other
 //!   nodes' podCIDRs ([`routes`], kept current from the Node objects by [`node_routes`]),
 //!   MASQUERADE and hostPort DNAT ([`iptables`]). Everything but the iptables rules goes through
-//!   netlink ([`netlink`]).
+//!   netlink (`netlink`).
 //! - [`pod_files`]: the pod's `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname`, and its
 //!   hostname, as the kubelet computes them.
+//!
+//! How the node agent uses it (the kernel state survives a kubelet restart, the allocations are
+//! on disk, and every step is idempotent, so the same sequence serves a fresh start and an
+//! adoption after kill -9):
+//! ```ignore
+//! // Start-up, inside the tokio runtime, the process in the node's network namespace.
+//! let net = Arc::new(NodeNetwork::new(NetworkConfig::new(pod_cidr, root_dir.join("network")))?);
+//! net.ensure_bridge().await?;
+//! net.reconcile(&known_pod_uids).await?;            // frees pods deleted while we were down
+//! for uid in Sandbox::list_uids(run_dir)? { if !known(uid) { Sandbox::remove_by_uid(run_dir, &uid)? } }
+//! tokio::spawn(async move { node_routes::keep_routes(client, &node_name, &net).await });
+//!
+//! // Per pod.
+//! let sandbox = match Sandbox::open(run_dir, uid) {
+//!     Ok(Some(sandbox)) => sandbox,                  // adopted
+//!     Ok(None) => Sandbox::create(run_dir, uid, &SandboxOptions::for_pod(&pod, domain)?)?,
+//!     Err(_broken) => { Sandbox::remove_by_uid(run_dir, uid)?; /* create as above */ }
+//! };
+//! let pod_ip = match sandbox.net_path() {            // None: hostNetwork
+//!     Some(netns) => Some(net.attach(uid, &netns).await?),
+//!     None => None,
+//! };
+//! PodFiles::for_pod(&pod, &pod_ips, &node_files)?.write_to(&pod_dir)?; // bind-mount into containers
+//! // OCI spec: linux.namespaces += sandbox.oci_namespaces(); `hostname` left unset.
+//! net.set_host_ports(&every_running_pods_host_port_mappings).await?;  // HostPortMapping::for_pod
+//!
+//! // Pod gone (after its containers).
+//! net.detach(uid).await?;
+//! sandbox.remove()?;
+//! ```
 
 pub mod ipam;
 pub mod iptables;

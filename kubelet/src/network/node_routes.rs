@@ -53,7 +53,7 @@ pub fn routes_from_nodes(nodes: &[Node], own_node: &str) -> Vec<(Ipv4Net, Ipv4Ad
 
 /// Watches the Nodes and keeps `net`'s routes to the other nodes' podCIDRs equal to them; runs
 /// until the task is dropped. Watch errors are retried with backoff, failed syncs every
-/// [`RETRY_INTERVAL`].
+/// `RETRY_INTERVAL` (10 s).
 pub async fn keep_routes(client: Client, own_node: &str, net: &NodeNetwork) {
     let (store, writer) = reflector::store::<Node>();
     let watch = watcher::watcher(Api::<Node>::all(client), watcher::Config::default());

@@ -11,16 +11,7 @@
 //! to pods that are gone. Calls for one pod must not run concurrently; calls for different pods
 //! may.
 //!
-//! Typical use by the node agent:
-//! ```ignore
-//! let net = NodeNetwork::new(NetworkConfig::new(pod_cidr, state_dir))?; // inside a runtime
-//! net.ensure_bridge().await?;                  // at start
-//! net.reconcile(&live_uids).await?;            // at start, after adopting pods
-//! let ip = net.attach(&uid, &sandbox.net_path().unwrap()).await?;
-//! net.set_host_ports(&mappings).await?;        // whenever the pods' hostPorts change
-//! net.sync_routes(&[(cidr, node_ip)]).await?;  // whenever the Nodes change
-//! net.detach(&uid).await?;                     // pod gone, before Sandbox::remove
-//! ```
+//! How the node agent uses it: see the [module comment](super).
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
