@@ -867,3 +867,70 @@ fn routes_follow_the_nodes_in_the_api() {
         }
     });
 }
+
+/// Two nodes on one link: a pod on each reaches the other through the host-gw routes, and
+/// keeps its own address on the way (no masquerade inside the cluster CIDR).
+#[test]
+fn pods_on_two_nodes_reach_each_other_through_the_routes() {
+    require_tools();
+    let (node1, node2) = (Netns::new("node1"), Netns::new("node2"));
+    node1.ip(&[
+        "link",
+        "add",
+        "lab0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "lab0",
+        "netns",
+        &node2.name,
+    ]);
+    for (node, ip) in [(&node1, "192.0.2.1/24"), (&node2, "192.0.2.2/24")] {
+        node.ip(&["addr", "add", ip, "dev", "lab0"]);
+        node.ip(&["link", "set", "lab0", "up"]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let pod1 = PodSandbox::new(&run_dir, "pod-on-1");
+    let pod2 = PodSandbox::new(&run_dir, "pod-on-2");
+    let mut ips = Vec::new();
+    for (node, pod, cidr, other) in [
+        (
+            &node1,
+            &pod1,
+            "10.244.1.0/24",
+            ("10.244.2.0/24", "192.0.2.2"),
+        ),
+        (
+            &node2,
+            &pod2,
+            "10.244.2.0/24",
+            ("10.244.1.0/24", "192.0.2.1"),
+        ),
+    ] {
+        let state = dir.path().join(&node.name);
+        ips.push(on_node(&node.path(), async {
+            let net = NodeNetwork::new(NetworkConfig::new(cidr.parse().unwrap(), state)).unwrap();
+            net.ensure_bridge().await.unwrap();
+            let ip = net
+                .attach(
+                    &pod.0.dir().file_name().unwrap().to_string_lossy(),
+                    &pod.net(),
+                )
+                .await
+                .unwrap();
+            net.sync_routes(&[(other.0.parse().unwrap(), other.1.parse().unwrap())])
+                .await
+                .unwrap();
+            ip
+        }));
+    }
+    assert!(ping(&pod1.net(), ips[1]), "pod-on-1 cannot ping pod-on-2");
+    let server = serve_once(&pod2.net(), SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7000)));
+    assert_eq!(
+        connect_from(&pod1.net(), SocketAddr::from((ips[1], 7000))),
+        "hello"
+    );
+    assert_eq!(server.join().unwrap().unwrap().ip(), ips[0]);
+}
