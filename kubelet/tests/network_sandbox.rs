@@ -129,3 +129,59 @@ fn half_made_sandbox_is_cleared() {
     assert!(!dir.exists());
     assert!(Sandbox::create(run.path(), "../escape", &options).is_err());
 }
+
+/// The child process of `kill_9_while_making_sandboxes_leaves_nothing`: makes and removes one
+/// sandbox in a loop until it is killed. Does nothing when run on its own.
+#[test]
+#[ignore = "run as a child process by kill_9_while_making_sandboxes_leaves_nothing"]
+fn create_remove_until_killed() {
+    let Ok(run_dir) = std::env::var("SKNET_SANDBOX_CHILD") else {
+        return;
+    };
+    let options = SandboxOptions {
+        hostname: "k".into(),
+        ..Default::default()
+    };
+    loop {
+        let sandbox = Sandbox::create(Path::new(&run_dir), "pod-k", &options).unwrap();
+        sandbox.remove().unwrap();
+    }
+}
+
+#[test]
+fn kill_9_while_making_sandboxes_leaves_nothing() {
+    require_root();
+    let run = tempfile::tempdir().unwrap();
+    let mounted = || {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        mounts.matches(run.path().to_str().unwrap()).count()
+    };
+    let options = SandboxOptions {
+        hostname: "k".into(),
+        ..Default::default()
+    };
+    for delay_ms in (20..=120).step_by(20) {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "create_remove_until_killed",
+                "--ignored",
+                "--quiet",
+            ])
+            .env("SKNET_SANDBOX_CHILD", run.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Whatever the kill left is either a whole sandbox or cleared by the next create.
+        let sandbox = match Sandbox::open(run.path(), "pod-k") {
+            Ok(Some(sandbox)) => sandbox,
+            _ => Sandbox::create(run.path(), "pod-k", &options).unwrap(),
+        };
+        assert_eq!(mounted(), 3, "after a kill at {delay_ms} ms");
+        sandbox.remove().unwrap();
+        assert_eq!(mounted(), 0, "after a kill at {delay_ms} ms");
+    }
+}
