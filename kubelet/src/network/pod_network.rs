@@ -366,3 +366,25 @@ fn address_of(address: &AddressMessage) -> Option<Ipv4Addr> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent shares one NodeNetwork between its pod workers and the route keeper, on a
+    /// multi-threaded runtime: its futures must be spawnable.
+    #[allow(dead_code)]
+    fn futures_are_spawnable(net: std::sync::Arc<NodeNetwork>, client: kube::Client) {
+        let attach = net.clone();
+        tokio::spawn(async move { attach.attach("uid", Path::new("/x")).await });
+        let detach = net.clone();
+        tokio::spawn(async move { detach.detach("uid").await });
+        let host_ports = net.clone();
+        tokio::spawn(async move { host_ports.set_host_ports(&[]).await });
+        let reconcile = net.clone();
+        tokio::spawn(async move { reconcile.reconcile(&[]).await });
+        tokio::spawn(
+            async move { super::super::node_routes::keep_routes(client, "n", &net).await },
+        );
+    }
+}
