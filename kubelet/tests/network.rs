@@ -58,6 +58,11 @@ fn require_tools() {
             "{tool} missing: install the Debian package {package}"
         );
     }
+    // Bridged pod-to-pod traffic through a DNAT needs the bridge to call iptables.
+    assert!(
+        Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists(),
+        "the kernel module br_netfilter is not loaded (modprobe br_netfilter)"
+    );
 }
 
 /// What the root namespace looks like: its links, its iptables rules, its forwarding sysctls.
