@@ -17,8 +17,11 @@ packages=(
     # peers the runtime is compared with and driven by: containerd's runc shim, podman (conmon),
     # umoci for the OCI test image, grpcio for the CRI client of the containerd tests
     runc crun containerd podman umoci python3-grpcio
-    # networking tools used by tests
-    iproute2 iptables
+    # networking tools used by tests (the kubelet's pod network and the proxy's rules run inside
+    # network namespaces the tests make), nsenter, dig for the cluster DNS tests
+    iproute2 iptables nftables conntrack util-linux bind9-dnsutils
+    # the kubelet's image tests: a real registry on loopback, images pushed with skopeo
+    docker-registry skopeo
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -32,6 +35,13 @@ fi
 if [ -d controlplane/tests/python ] && ! python3 -c "import kubernetes" 2>/dev/null; then
     pip install --quiet kubernetes
 fi
+
+# Pods reaching each other through DNAT (hostPorts, Services) need bridged traffic to pass
+# netfilter, as kubeadm's preflight checks demand.
+modprobe br_netfilter 2>/dev/null || [ -d /proc/sys/net/bridge ] || {
+    echo "the kernel module br_netfilter cannot be loaded; the kubelet and proxy tests need it" >&2
+    exit 1
+}
 
 cargo build --workspace --all-targets
 cargo test --workspace --no-fail-fast
