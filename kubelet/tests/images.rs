@@ -1,0 +1,352 @@
+//! The image store against the real thing (run as root): archives built from the host's static
+//! busybox, `skopeo` for docker-archives, overlayfs mounts, hostile layers.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use skiff_kubelet::image::busybox::{BusyboxImage, ExtraFile};
+use skiff_kubelet::image::oci_archive::{LayerBuilder, write_oci_archive};
+use skiff_kubelet::image::{ImageConfig, ImageError, ImageStore, mount_rootfs, unmount_rootfs};
+
+/// A scratch directory whose root filesystems are unmounted when the test ends, pass or fail.
+struct Scratch {
+    dir: tempfile::TempDir,
+    containers: Vec<PathBuf>,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        Scratch {
+            dir: tempfile::Builder::new()
+                .prefix("skiff-images-")
+                .tempdir()
+                .unwrap(),
+            containers: Vec::new(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn store(&self) -> ImageStore {
+        ImageStore::open(&self.path("root")).unwrap()
+    }
+
+    fn container(&mut self, name: &str) -> PathBuf {
+        let dir = self.path(&format!("containers/{name}"));
+        self.containers.push(dir.clone());
+        dir
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for dir in &self.containers {
+            let _ = unmount_rootfs(dir);
+        }
+    }
+}
+
+fn require_tool(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool} >/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{tool} is missing: install the Debian package {package}"
+    );
+}
+
+fn run(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn busybox_archive(scratch: &Scratch, reference: &str) -> PathBuf {
+    let path = scratch.path(&format!("{}.tar", reference.replace([':', '/'], "_")));
+    BusyboxImage::new(reference).write(&path).unwrap();
+    path
+}
+
+#[test]
+fn busybox_oci_archive_imports_and_mounts_on_overlayfs() {
+    let mut scratch = Scratch::new();
+    let archive = busybox_archive(&scratch, "busybox:1");
+    let store = scratch.store();
+    let imported = store.import(&archive).unwrap();
+    assert_eq!(imported.len(), 1);
+    let image = store.lookup("busybox:1").unwrap();
+    assert_eq!(image.id, imported[0].id);
+    assert_eq!(image.repo_tags, ["docker.io/library/busybox:1"]);
+    assert_eq!(image.config.cmd, Some(vec!["sh".to_string()]));
+    assert!(image.size > 1_000_000, "size {}", image.size);
+    assert_eq!(store.lookup(&image.id).unwrap().id, image.id);
+    assert_eq!(store.lookup(&image.id[7..19]).unwrap().id, image.id);
+    assert!(matches!(
+        store.lookup("busybox:2"),
+        Err(ImageError::NotFound(_))
+    ));
+
+    // Importing again changes nothing; a second tag of other content shares nothing wrongly.
+    store.import(&archive).unwrap();
+    let mut second = BusyboxImage::new("busybox:2");
+    second.extra_files.push(ExtraFile {
+        path: "/etc/motd".into(),
+        contents: b"second\n".to_vec(),
+        mode: 0o644,
+    });
+    let second_archive = scratch.path("second.tar");
+    let built = second.write(&second_archive).unwrap();
+    store.import(&second_archive).unwrap();
+    assert_eq!(
+        store.lookup("docker.io/library/busybox:2").unwrap().id,
+        built.id
+    );
+    assert_ne!(built.id, image.id);
+    assert_eq!(store.list().unwrap().len(), 2);
+
+    let first = scratch.container("first");
+    let rootfs = mount_rootfs(&image, &first).unwrap();
+    assert_eq!(
+        mount_rootfs(&image, &first).unwrap(),
+        rootfs,
+        "mounting again is a no-op"
+    );
+    let out = run(Command::new("chroot").arg(&rootfs).args([
+        "/bin/sh",
+        "-c",
+        "grep nobody /etc/passwd; ls /bin | grep -c ''; echo written > /tmp/file",
+    ]));
+    assert!(out.contains("nobody:x:65534:65534"), "{out}");
+    let applets: usize = out.lines().nth(1).unwrap().trim().parse().unwrap();
+    assert!(applets > 100, "{applets} entries in /bin");
+    assert!(
+        first.join("upper/tmp/file").exists(),
+        "writes land in the container's upper dir"
+    );
+    assert!(
+        !image.layers[0].join("tmp/file").exists(),
+        "the shared layer is untouched"
+    );
+
+    let other = scratch.container("other");
+    let other_root = mount_rootfs(&image, &other).unwrap();
+    assert!(!other_root.join("tmp/file").exists());
+    unmount_rootfs(&first).unwrap();
+    unmount_rootfs(&first).unwrap();
+    assert!(!rootfs.join("bin/busybox").exists());
+}
+
+#[test]
+fn docker_archive_imports_with_its_repo_tags() {
+    require_tool("skopeo", "skopeo");
+    let scratch = Scratch::new();
+    let archive = busybox_archive(&scratch, "busybox:1");
+    let docker = scratch.path("docker.tar");
+    run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        &format!("oci-archive:{}", archive.display()),
+        &format!(
+            "docker-archive:{}:registry.example:5000/team/app:2",
+            docker.display()
+        ),
+    ]));
+    let store = scratch.store();
+    let imported = store.import(&docker).unwrap();
+    assert_eq!(imported[0].repo_tags, ["registry.example:5000/team/app:2"]);
+    let image = store.lookup("registry.example:5000/team/app:2").unwrap();
+    assert_eq!(image.config.cmd, Some(vec!["sh".to_string()]));
+    let oci = store.import(&archive).unwrap();
+    assert_eq!(
+        oci[0].layers, image.layers,
+        "the same layer is unpacked once and shared"
+    );
+    assert!(image.layers[0].join("bin/busybox").is_file());
+}
+
+#[test]
+fn whiteouts_and_opaque_directories_hide_lower_content() {
+    let mut scratch = Scratch::new();
+    let mut lower = LayerBuilder::new();
+    lower
+        .dir("etc", 0o755)
+        .unwrap()
+        .file("etc/gone", b"deleted above", 0o644)
+        .unwrap()
+        .file("etc/kept", b"kept", 0o644)
+        .unwrap()
+        .dir("data", 0o755)
+        .unwrap()
+        .file("data/old", b"old", 0o644)
+        .unwrap();
+    let mut upper = LayerBuilder::new();
+    upper
+        .whiteout("etc/gone")
+        .unwrap()
+        .dir("data", 0o755)
+        .unwrap()
+        .opaque("data")
+        .unwrap()
+        .file("data/new", b"new", 0o644)
+        .unwrap();
+    let archive = scratch.path("two-layers.tar");
+    write_oci_archive(
+        &archive,
+        "example.com/two-layers:1",
+        &ImageConfig::default(),
+        &[lower.finish().unwrap(), upper.finish().unwrap()],
+    )
+    .unwrap();
+    let store = scratch.store();
+    let image = store.import(&archive).unwrap().remove(0);
+    assert_eq!(image.layers.len(), 2);
+    let container = scratch.container("c");
+    let rootfs = mount_rootfs(&image, &container).unwrap();
+    assert!(
+        !rootfs.join("etc/gone").exists(),
+        "whiteout hides the lower file"
+    );
+    assert_eq!(std::fs::read(rootfs.join("etc/kept")).unwrap(), b"kept");
+    let data: Vec<String> = std::fs::read_dir(rootfs.join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        data,
+        ["new"],
+        "the opaque directory shows only its own layer"
+    );
+}
+
+/// A tar entry written byte by byte, so it can say what `tar::Builder` refuses to write.
+fn raw_entry(
+    tar: &mut tar::Builder<Vec<u8>>,
+    path: &str,
+    kind: tar::EntryType,
+    link: &str,
+    data: &[u8],
+) {
+    let mut header = tar::Header::new_old();
+    let old = header.as_old_mut();
+    old.name[..path.len()].copy_from_slice(path.as_bytes());
+    old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+    header.set_entry_type(kind);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_size(data.len() as u64);
+    header.set_cksum();
+    tar.append(&header, data).unwrap();
+}
+
+#[test]
+fn hostile_layers_are_rejected_and_write_nothing_outside() {
+    use tar::EntryType::{Link, Regular, Symlink};
+    let scratch = Scratch::new();
+    let outside = scratch.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("victim"), b"safe").unwrap();
+    let victim = outside.join("victim").display().to_string();
+    type Entry<'a> = (&'a str, tar::EntryType, String, &'a [u8]);
+    let outside_dir = outside.display().to_string();
+    let cases: Vec<(&str, &str, Vec<Entry>)> = vec![
+        (
+            "dot-dot",
+            "'..'",
+            vec![("../../../outside/evil", Regular, String::new(), b"x")],
+        ),
+        (
+            "through-a-symlink",
+            "not a directory",
+            vec![
+                ("escape", Symlink, outside_dir.clone(), b""),
+                ("escape/evil", Regular, String::new(), b"x"),
+            ],
+        ),
+        (
+            "hardlink-outside",
+            "'..'",
+            vec![("stolen", Link, "../../outside/victim".into(), b"")],
+        ),
+        (
+            "hardlink-absolute",
+            "not in this layer",
+            vec![("stolen", Link, victim.clone(), b"")],
+        ),
+        (
+            "hardlink-through-a-symlink",
+            "not a directory",
+            vec![
+                ("escape", Symlink, outside_dir.clone(), b""),
+                ("stolen", Link, "escape/victim".into(), b""),
+            ],
+        ),
+    ];
+    let store = scratch.store();
+    let archive_of = |name: &str, entries: &[Entry]| {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (path, kind, link, data) in entries {
+            raw_entry(&mut tar, path, *kind, link, data);
+        }
+        let archive = scratch.path(&format!("{name}.tar"));
+        write_oci_archive(
+            &archive,
+            &format!("example.com/{name}:1"),
+            &ImageConfig::default(),
+            &[tar.into_inner().unwrap()],
+        )
+        .unwrap();
+        archive
+    };
+    for (name, reason, entries) in &cases {
+        let err = store.import(&archive_of(name, entries)).expect_err(name);
+        assert!(
+            matches!(&err, ImageError::UnsafeLayer { reason: r, .. } if r.contains(reason)),
+            "{name}: {err}"
+        );
+        assert!(!outside.join("evil").exists(), "{name} wrote outside");
+        assert_eq!(
+            std::fs::read(outside.join("victim")).unwrap(),
+            b"safe",
+            "{name}"
+        );
+    }
+    assert!(store.list().unwrap().is_empty());
+    // A file over a symlink to the outside replaces the link instead of writing through it.
+    let replaced = archive_of(
+        "replace-a-symlink",
+        &[
+            ("victim", Symlink, victim.clone(), b""),
+            ("victim", Regular, String::new(), b"inside"),
+        ],
+    );
+    let image = store.import(&replaced).unwrap().remove(0);
+    assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"safe");
+    assert_eq!(
+        std::fs::read(image.layers[0].join("victim")).unwrap(),
+        b"inside"
+    );
+    store.remove(&image.id).unwrap();
+    assert!(store.list().unwrap().is_empty());
+    let tmp = scratch.path("root/images/tmp");
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "staging cleaned up"
+    );
+    let layers = scratch.path("root/images/layers");
+    assert_eq!(
+        std::fs::read_dir(&layers).unwrap().count(),
+        0,
+        "no layer kept"
+    );
+}
