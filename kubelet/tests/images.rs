@@ -1,12 +1,14 @@
 //! The image store against the real thing (run as root): archives built from the host's static
 //! busybox, `skopeo` for docker-archives, overlayfs mounts, hostile layers.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use skiff_kubelet::image::busybox::{BusyboxImage, ExtraFile};
 use skiff_kubelet::image::oci_archive::{LayerBuilder, write_oci_archive};
-use skiff_kubelet::image::{ImageConfig, ImageError, ImageStore, mount_rootfs, unmount_rootfs};
+use skiff_kubelet::image::{
+    ImageConfig, ImageError, ImageStore, PullOptions, PullPolicy, mount_rootfs, unmount_rootfs,
+};
 
 /// A scratch directory whose root filesystems are unmounted when the test ends, pass or fail.
 struct Scratch {
@@ -349,4 +351,281 @@ fn hostile_layers_are_rejected_and_write_nothing_outside() {
         0,
         "no layer kept"
     );
+}
+
+/// A `docker-registry` on a loopback port with its storage in the scratch directory; killed
+/// when dropped.
+struct Registry {
+    child: std::process::Child,
+    address: String,
+}
+
+impl Registry {
+    fn start(scratch: &Scratch) -> Registry {
+        require_tool("docker-registry", "docker-registry");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let config = scratch.path("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+                scratch.path("registry-data").display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(scratch.path("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let registry = Registry { child, address };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(&registry.address).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "docker-registry did not listen on {}",
+                registry.address
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        registry
+    }
+
+    fn push(&self, source: &str, name: &str, all: bool) {
+        require_tool("skopeo", "skopeo");
+        let mut command = Command::new("skopeo");
+        command.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        if all {
+            command.arg("--all");
+        }
+        run(command.args([
+            source.to_string(),
+            format!("docker://{}/{name}", self.address),
+        ]));
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An OCI layout directory whose index holds an image index with the two images, the first as
+/// linux/amd64 and the second as linux/arm64, named `multi`.
+fn multi_arch_layout(scratch: &Scratch, amd64: &Path, arm64: &Path) -> PathBuf {
+    let layout = scratch.path("multi-layout");
+    let mut entries = Vec::new();
+    for (archive, arch) in [(amd64, "amd64"), (arm64, "arm64")] {
+        tar::Archive::new(std::fs::File::open(archive).unwrap())
+            .unpack(&layout)
+            .unwrap();
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let manifest = &index["manifests"][0];
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest["digest"],
+            "size": manifest["size"],
+            "platform": {"architecture": arch, "os": "linux"},
+        }));
+    }
+    let nested = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    }))
+    .unwrap();
+    use sha2::Digest;
+    let hex: String = sha2::Sha256::digest(&nested)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(layout.join("blobs/sha256").join(&hex), &nested).unwrap();
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{hex}"),
+            "size": nested.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }],
+    });
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    layout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_from_a_local_registry() {
+    let scratch = Scratch::new();
+    let registry = Registry::start(&scratch);
+    let archive = busybox_archive(&scratch, "busybox:1");
+    let built_id = ImageStore::open(&scratch.path("builder"))
+        .unwrap()
+        .import(&archive)
+        .unwrap()[0]
+        .id
+        .clone();
+    registry.push(
+        &format!("oci-archive:{}", archive.display()),
+        "tools/busybox:1",
+        false,
+    );
+    let mut other = BusyboxImage::new("other:1");
+    other.extra_files.push(ExtraFile {
+        path: "/etc/arch".into(),
+        contents: b"arm64\n".to_vec(),
+        mode: 0o644,
+    });
+    let other_archive = scratch.path("other.tar");
+    other.write(&other_archive).unwrap();
+    let layout = multi_arch_layout(&scratch, &archive, &other_archive);
+    registry.push(
+        &format!("oci:{}:multi", layout.display()),
+        "tools/multi:1",
+        true,
+    );
+
+    let store = scratch.store();
+    let insecure = PullOptions {
+        insecure_registries: vec![registry.address.clone()],
+        ..PullOptions::default()
+    };
+    let reference = format!("{}/tools/busybox:1", registry.address);
+
+    // Plain HTTP is used only for registries named insecure.
+    let err = store
+        .pull(&reference, &PullOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ImageError::Pull { .. }), "{err}");
+
+    let image = store.pull(&reference, &insecure).await.unwrap();
+    assert_eq!(image.id, built_id);
+    assert_eq!(image.repo_tags, std::slice::from_ref(&reference));
+    assert!(
+        image.repo_digests[0].starts_with(&format!("{}/tools/busybox@sha256:", registry.address))
+    );
+    assert!(image.layers[0].join("bin/busybox").is_file());
+    assert_eq!(store.lookup(&image.repo_digests[0]).unwrap().id, built_id);
+
+    // The index resolves to the linux/amd64 image, and its layer is already present.
+    let multi = store
+        .pull(&format!("{}/tools/multi:1", registry.address), &insecure)
+        .await
+        .unwrap();
+    assert_eq!(multi.id, built_id);
+    assert_eq!(multi.layers, image.layers);
+
+    let missing = format!("{}/tools/missing:1", registry.address);
+    match store.pull(&missing, &insecure).await {
+        Err(ImageError::Pull { reason, .. }) => {
+            assert!(
+                reason.to_lowercase().contains("manifest unknown"),
+                "{reason}"
+            )
+        }
+        other => panic!("pulling a missing image: {other:?}"),
+    }
+
+    // Pull policies.
+    let never = store
+        .ensure(&missing, PullPolicy::Never, &insecure)
+        .await
+        .unwrap_err();
+    assert!(matches!(never, ImageError::NeverPull { .. }), "{never}");
+    assert!(!never.is_pull_failure());
+    let present = store
+        .ensure(&reference, PullPolicy::Never, &insecure)
+        .await
+        .unwrap();
+    assert_eq!(present.id, built_id);
+    drop(registry);
+    let cached = store
+        .ensure(&reference, PullPolicy::IfNotPresent, &insecure)
+        .await
+        .unwrap();
+    assert_eq!(
+        cached.id, built_id,
+        "IfNotPresent does not reach the registry"
+    );
+    let always = store
+        .ensure(&reference, PullPolicy::Always, &insecure)
+        .await
+        .unwrap_err();
+    assert!(always.is_pull_failure(), "{always}");
+}
+
+#[test]
+fn an_import_killed_midway_leaves_nothing_used_and_can_be_redone() {
+    let scratch = Scratch::new();
+    let mut big = LayerBuilder::new();
+    big.file("big", &vec![0u8; 16 << 20], 0o644).unwrap();
+    let image = BusyboxImage::new("big:1");
+    let archive = scratch.path("big.tar");
+    write_oci_archive(&archive, "big:1", &image.config, &[big.finish().unwrap()]).unwrap();
+
+    let root = scratch.path("root");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff-kubelet"))
+        .arg("--root-dir")
+        .arg(&root)
+        .args(["image", "import"])
+        .arg(&archive)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let staging = root.join("images/tmp");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let partial = loop {
+        let found = std::fs::read_dir(&staging).ok().and_then(|dirs| {
+            dirs.flatten()
+                .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+                .map(|layer| layer.path().join("fs/big"))
+                .find(|big| big.exists())
+        });
+        if let Some(big) = found {
+            break big;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the import ended before it could be killed"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the import never started unpacking"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(partial.exists(), "killed while unpacking");
+
+    let store = ImageStore::open(&root).unwrap();
+    assert!(store.list().unwrap().is_empty(), "no half image is listed");
+    assert!(matches!(
+        store.lookup("big:1"),
+        Err(ImageError::NotFound(_))
+    ));
+    assert_eq!(
+        std::fs::read_dir(&staging).unwrap().count(),
+        0,
+        "staging debris removed"
+    );
+    let image = store.import(&archive).unwrap().remove(0);
+    assert_eq!(
+        std::fs::metadata(image.layers[0].join("big"))
+            .unwrap()
+            .len(),
+        48 << 20
+    );
+    assert_eq!(store.lookup("big:1").unwrap().id, image.id);
 }

@@ -75,7 +75,7 @@ impl HashState {
         }
     }
 
-    fn update(&mut self, data: &[u8]) -> io::Result<()> {
+    pub(crate) fn update(&mut self, data: &[u8]) -> io::Result<()> {
         self.bytes += data.len() as u64;
         if self.bytes > self.limit {
             return Err(io::Error::new(

@@ -15,12 +15,14 @@ mod error;
 mod import;
 mod layer;
 pub mod oci_archive;
+mod pull;
 mod records;
 mod rootfs;
 mod spec;
 mod store;
 
 pub use error::ImageError;
+pub use pull::{PullOptions, PullPolicy};
 pub use rootfs::{mount_rootfs, unmount_rootfs};
 pub use spec::ImageConfig;
 pub use store::{Image, ImageStore};
