@@ -565,11 +565,15 @@ async fn pulls_from_a_local_registry() {
     assert!(always.is_pull_failure(), "{always}");
 }
 
+/// Large enough that the importer is caught unpacking it.
+const BIG_FILE: u64 = 16 << 20;
+
 #[test]
 fn an_import_killed_midway_leaves_nothing_used_and_can_be_redone() {
     let scratch = Scratch::new();
     let mut big = LayerBuilder::new();
-    big.file("big", &vec![0u8; 16 << 20], 0o644).unwrap();
+    big.file("big", &vec![0u8; BIG_FILE as usize], 0o644)
+        .unwrap();
     let image = BusyboxImage::new("big:1");
     let archive = scratch.path("big.tar");
     write_oci_archive(&archive, "big:1", &image.config, &[big.finish().unwrap()]).unwrap();
@@ -625,7 +629,7 @@ fn an_import_killed_midway_leaves_nothing_used_and_can_be_redone() {
         std::fs::metadata(image.layers[0].join("big"))
             .unwrap()
             .len(),
-        48 << 20
+        BIG_FILE
     );
     assert_eq!(store.lookup("big:1").unwrap().id, image.id);
 }
