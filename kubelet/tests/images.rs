@@ -633,3 +633,59 @@ fn an_import_killed_midway_leaves_nothing_used_and_can_be_redone() {
     );
     assert_eq!(store.lookup("big:1").unwrap().id, image.id);
 }
+
+#[test]
+fn garbage_collection_removes_unused_images_least_recently_used_first() {
+    let scratch = Scratch::new();
+    let store = scratch.store();
+    let mut ids = Vec::new();
+    for tag in ["1", "2", "3"] {
+        let mut image = BusyboxImage::new(&format!("busybox:{tag}"));
+        image.extra_files.push(ExtraFile {
+            path: "/etc/tag".into(),
+            contents: tag.as_bytes().to_vec(),
+            mode: 0o644,
+        });
+        let archive = scratch.path(&format!("{tag}.tar"));
+        image.write(&archive).unwrap();
+        ids.push(store.import(&archive).unwrap().remove(0).id);
+    }
+    let per_image = store.lookup("busybox:1").unwrap().size;
+    assert_eq!(store.disk_usage().unwrap(), 3 * per_image);
+    // busybox:3 was used after busybox:2, so busybox:2 goes first; busybox:1 runs.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    store.mark_used(&ids[2]).unwrap();
+    let in_use = std::collections::HashSet::from([ids[0].clone()]);
+    let report = store.collect_garbage(&in_use, 1).unwrap();
+    assert_eq!(report.removed, [ids[1].clone()]);
+    assert_eq!(report.freed_bytes, per_image);
+    assert!(matches!(
+        store.lookup("busybox:2"),
+        Err(ImageError::NotFound(_))
+    ));
+    let report = store.collect_garbage(&in_use, u64::MAX).unwrap();
+    assert_eq!(report.removed, [ids[2].clone()]);
+    assert_eq!(store.disk_usage().unwrap(), per_image);
+    assert_eq!(store.list().unwrap().len(), 1);
+
+    // The command line: ls as crictl prints it, rm by name.
+    let cli = |args: &[&str]| {
+        run(Command::new(env!("CARGO_BIN_EXE_skiff-kubelet"))
+            .arg("--root-dir")
+            .arg(scratch.path("root"))
+            .arg("image")
+            .args(args))
+    };
+    let listing = cli(&["ls"]);
+    let mut lines = listing.lines();
+    assert!(lines.next().unwrap().starts_with("REPOSITORY"), "{listing}");
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        row[..3],
+        ["docker.io/library/busybox", "1", &ids[0][7..20]],
+        "{listing}"
+    );
+    cli(&["rm", "busybox:1"]);
+    assert!(store.list().unwrap().is_empty());
+    assert_eq!(store.disk_usage().unwrap(), 0);
+}

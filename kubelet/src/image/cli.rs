@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::ImageStore;
 use super::busybox::BusyboxImage;
+use super::{ImageStore, PullOptions, parse_reference};
 
 /// `skiff-kubelet image` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -15,6 +15,16 @@ pub enum ImageCommand {
     Import {
         /// The archive file.
         archive: PathBuf,
+    },
+    /// Pull an image from its registry.
+    Pull {
+        /// A registry (HOST:PORT) reached over plain HTTP; repeatable.
+        #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+        insecure_registries: Vec<String>,
+        /// USERNAME:PASSWORD for the image's registry.
+        #[arg(long)]
+        creds: Option<String>,
+        reference: String,
     },
     /// List images (REPOSITORY TAG IMAGE ID SIZE).
     Ls,
@@ -38,6 +48,10 @@ pub enum ImageCommand {
 
 /// Runs one `image` subcommand against the image store under `root_dir`.
 pub async fn run(root_dir: &Path, command: ImageCommand) -> anyhow::Result<()> {
+    // Progress goes to stderr; whoever set up logging first keeps it.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .try_init();
     match command {
         ImageCommand::BuildBusybox {
             output,
@@ -65,6 +79,28 @@ pub async fn run(root_dir: &Path, command: ImageCommand) -> anyhow::Result<()> {
                 };
                 println!("imported {names} {}", image.id);
             }
+        }
+        ImageCommand::Pull {
+            insecure_registries,
+            creds,
+            reference,
+        } => {
+            let mut options = PullOptions {
+                insecure_registries,
+                ..PullOptions::default()
+            };
+            if let Some(creds) = creds {
+                let (user, password) = creds
+                    .split_once(':')
+                    .context("--creds takes USERNAME:PASSWORD")?;
+                let registry = parse_reference(&reference)?.resolve_registry().to_string();
+                options
+                    .auth
+                    .insert(registry, (user.to_string(), password.to_string()));
+            }
+            let store = ImageStore::open(root_dir)?;
+            let image = store.pull(&reference, &options).await?;
+            println!("Image is up to date for {}", image.id);
         }
         ImageCommand::Ls => {
             let store = ImageStore::open(root_dir)?;

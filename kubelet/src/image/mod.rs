@@ -2,7 +2,8 @@
 //! layers unpacked once and shared, and container root filesystems on overlayfs.
 //!
 //! - [`ImageStore`]: `open(root_dir)`, `import(archive)`, `lookup(reference)`, `list()`,
-//!   `remove(reference)`, `mark_used(id)` (store layout and crash safety in `store.rs`).
+//!   `remove(reference)`, `mark_used(id)` (store layout and crash safety in `store.rs`);
+//!   `pull` and `ensure` with [`PullOptions`] and [`PullPolicy`]; `collect_garbage`.
 //! - [`mount_rootfs`] / [`unmount_rootfs`]: a container's overlayfs root.
 //! - [`busybox::BusyboxImage`] and [`oci_archive`]: images of our own making, for examples and
 //!   tests.
@@ -12,6 +13,7 @@ pub mod busybox;
 pub mod cli;
 mod digest;
 mod error;
+mod gc;
 mod import;
 mod layer;
 pub mod oci_archive;
@@ -22,6 +24,7 @@ mod spec;
 mod store;
 
 pub use error::ImageError;
+pub use gc::GcReport;
 pub use pull::{PullOptions, PullPolicy};
 pub use rootfs::{mount_rootfs, unmount_rootfs};
 pub use spec::ImageConfig;

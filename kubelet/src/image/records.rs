@@ -31,7 +31,7 @@ pub(crate) struct ImageRecord {
     pub layers: Vec<LayerRecord>,
     #[serde(default)]
     pub repo_digests: Vec<String>,
-    /// Unix seconds.
+    /// Unix milliseconds.
     pub created: i64,
     pub last_used: i64,
 }

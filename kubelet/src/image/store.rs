@@ -47,7 +47,7 @@ pub struct Image {
     pub layers: Vec<PathBuf>,
     /// Bytes of file content in its layers.
     pub size: u64,
-    /// Unix seconds of the last pull, import or [`ImageStore::mark_used`].
+    /// Unix milliseconds of the last pull, import or [`ImageStore::mark_used`].
     pub last_used: i64,
 }
 
@@ -78,8 +78,9 @@ impl Staging {
     }
 }
 
+/// Unix milliseconds.
 pub(crate) fn now() -> i64 {
-    chrono::Utc::now().timestamp()
+    chrono::Utc::now().timestamp_millis()
 }
 
 impl ImageStore {
@@ -285,7 +286,7 @@ impl ImageStore {
         )
     }
 
-    fn records(&self) -> Result<Records, ImageError> {
+    pub(crate) fn records(&self) -> Result<Records, ImageError> {
         Records::load(&self.dir.join("index.json"))
     }
 
@@ -314,9 +315,7 @@ impl ImageStore {
         })
     }
 
-    /// The manifest digests `reference` names: a reference (`busybox`, `busybox:1`,
-    /// `reg:5000/app@sha256:…`), an image id (`sha256:<hex>`), or an unambiguous id prefix of at
-    /// least 12 hex digits.
+    /// The manifest digests `reference` names (the forms [`ImageStore::lookup`] takes).
     fn resolve(&self, records: &Records, reference: &str) -> Result<Vec<String>, ImageError> {
         let id_hex = reference.strip_prefix("sha256:").unwrap_or(reference);
         if id_hex.len() >= 12 && id_hex.len() <= 64 && id_hex.bytes().all(|b| b.is_ascii_hexdigit())
@@ -355,7 +354,9 @@ impl ImageStore {
         Ok(records.references.get(&name).cloned().into_iter().collect())
     }
 
-    /// The image `reference` names (see [`ImageStore::lookup`] forms in `resolve`).
+    /// The image `reference` names: a reference (`busybox`, `busybox:1`,
+    /// `reg:5000/app@sha256:…`), an image id (`sha256:<hex>`), or an unambiguous id prefix of at
+    /// least 12 hex digits.
     pub fn lookup(&self, reference: &str) -> Result<Image, ImageError> {
         let records = self.records()?;
         let manifest = self
