@@ -361,7 +361,9 @@ struct Registry {
 }
 
 impl Registry {
-    fn start(scratch: &Scratch) -> Registry {
+    /// `extra` is more YAML for the registry's config, after `http.addr` (so it may go on with
+    /// `http.tls` and then top-level keys such as `auth`).
+    fn start(scratch: &Scratch, extra: &str) -> Registry {
         require_tool("docker-registry", "docker-registry");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -373,7 +375,7 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n{extra}",
                 scratch.path("registry-data").display()
             ),
         )
@@ -399,12 +401,15 @@ impl Registry {
         registry
     }
 
-    fn push(&self, source: &str, name: &str, all: bool) {
+    fn push(&self, source: &str, name: &str, all: bool, creds: Option<&str>) {
         require_tool("skopeo", "skopeo");
         let mut command = Command::new("skopeo");
         command.args(["copy", "--quiet", "--dest-tls-verify=false"]);
         if all {
             command.arg("--all");
+        }
+        if let Some(creds) = creds {
+            command.arg(format!("--dest-creds={creds}"));
         }
         run(command.args([
             source.to_string(),
@@ -467,7 +472,7 @@ fn multi_arch_layout(scratch: &Scratch, amd64: &Path, arm64: &Path) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulls_from_a_local_registry() {
     let scratch = Scratch::new();
-    let registry = Registry::start(&scratch);
+    let registry = Registry::start(&scratch, "");
     let archive = busybox_archive(&scratch, "busybox:1");
     let built_id = ImageStore::open(&scratch.path("builder"))
         .unwrap()
@@ -479,6 +484,7 @@ async fn pulls_from_a_local_registry() {
         &format!("oci-archive:{}", archive.display()),
         "tools/busybox:1",
         false,
+        None,
     );
     let mut other = BusyboxImage::new("other:1");
     other.extra_files.push(ExtraFile {
@@ -493,6 +499,7 @@ async fn pulls_from_a_local_registry() {
         &format!("oci:{}:multi", layout.display()),
         "tools/multi:1",
         true,
+        None,
     );
 
     let store = scratch.store();
@@ -688,4 +695,295 @@ fn garbage_collection_removes_unused_images_least_recently_used_first() {
     cli(&["rm", "busybox:1"]);
     assert!(store.list().unwrap().is_empty());
     assert_eq!(store.disk_usage().unwrap(), 0);
+}
+
+fn openssl(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+    require_tool("openssl", "openssl");
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.unwrap_or_default()).unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+/// A P-256 key and a self-signed certificate for `name` (with `san`, e.g. `IP:127.0.0.1`).
+fn self_signed(scratch: &Scratch, name: &str, san: &str) -> (PathBuf, PathBuf) {
+    let key = scratch.path(&format!("{name}.key"));
+    let cert = scratch.path(&format!("{name}.crt"));
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            &format!("subjectAltName={san}"),
+        ],
+        None,
+    );
+    (key, cert)
+}
+
+/// A key and certificate for `san` issued by the CA `ca` (key, certificate): TLS clients refuse
+/// a CA certificate as a server's own.
+fn issued_by(
+    scratch: &Scratch,
+    ca: &(PathBuf, PathBuf),
+    name: &str,
+    san: &str,
+) -> (PathBuf, PathBuf) {
+    let key = scratch.path(&format!("{name}.key"));
+    let csr = scratch.path(&format!("{name}.csr"));
+    let cert = scratch.path(&format!("{name}.crt"));
+    let extensions = scratch.path(&format!("{name}.ext"));
+    std::fs::write(
+        &extensions,
+        format!("basicConstraints=CA:FALSE\nsubjectAltName={san}\n"),
+    )
+    .unwrap();
+    openssl(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            csr.to_str().unwrap(),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+        None,
+    );
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            csr.to_str().unwrap(),
+            "-CA",
+            ca.1.to_str().unwrap(),
+            "-CAkey",
+            ca.0.to_str().unwrap(),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            extensions.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+        None,
+    );
+    (key, cert)
+}
+
+/// A registry bearer token: an ES256 JWT whose `x5c` header carries the signing certificate,
+/// as docker distribution's token authentication verifies it.
+fn registry_token(key: &Path, cert: &Path, claims: &serde_json::Value) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let der = openssl(
+        &["x509", "-in", cert.to_str().unwrap(), "-outform", "DER"],
+        None,
+    );
+    let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "x5c": [STANDARD.encode(der)]});
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let signature = openssl(
+        &["dgst", "-sha256", "-sign", key.to_str().unwrap()],
+        Some(input.as_bytes()),
+    );
+    // openssl writes SEQUENCE { INTEGER r, INTEGER s }; a JWT wants r and s as 32 bytes each.
+    let mut raw = [0u8; 64];
+    let mut at = 2;
+    for half in raw.chunks_mut(32) {
+        assert_eq!(signature[at], 0x02, "an ECDSA signature in DER");
+        let len = signature[at + 1] as usize;
+        let value = &signature[at + 2..at + 2 + len];
+        let value = &value[value.len().saturating_sub(32)..];
+        half[32 - value.len()..].copy_from_slice(value);
+        at += 2 + len;
+    }
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(raw))
+}
+
+/// A token endpoint on loopback that hands out `token` to requests carrying the expected
+/// basic credentials (and answers 401 to others); stopped when dropped.
+struct TokenServer {
+    address: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TokenServer {
+    fn start(token: String, credentials: &str) -> TokenServer {
+        use base64::Engine;
+        use std::io::{BufRead, Write};
+        let expected = format!(
+            "basic {}",
+            base64::engine::general_purpose::STANDARD.encode(credentials)
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut authorized = false;
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(value) = lower.strip_prefix("authorization:") {
+                        authorized = value.trim() == expected.to_ascii_lowercase();
+                    }
+                    line.clear();
+                }
+                let (status, body) = if authorized {
+                    (
+                        "200 OK",
+                        serde_json::json!({"token": token, "access_token": token}).to_string(),
+                    )
+                } else {
+                    (
+                        "401 Unauthorized",
+                        r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#
+                            .to_string(),
+                    )
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        TokenServer {
+            address,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(&self.address);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_over_https_with_token_auth_and_a_pull_secret() {
+    let scratch = Scratch::new();
+    let ca = self_signed(&scratch, "skiff-test-ca", "DNS:skiff-test-ca");
+    let (server_key, server_cert) = issued_by(&scratch, &ca, "registry", "IP:127.0.0.1");
+    let (token_key, token_cert) = self_signed(&scratch, "token-issuer", "DNS:token-issuer");
+    let now = chrono::Utc::now().timestamp();
+    let claims = serde_json::json!({
+        "iss": "skiff-test-issuer", "sub": "puller", "aud": "skiff-test-registry",
+        "exp": now + 3600, "nbf": now - 60, "iat": now - 60, "jti": "skiff-test",
+        "access": [{"type": "repository", "name": "tools/secure", "actions": ["pull", "push"]}],
+    });
+    let tokens = TokenServer::start(
+        registry_token(&token_key, &token_cert, &claims),
+        "puller:secret",
+    );
+    let registry = Registry::start(
+        &scratch,
+        &format!(
+            "  tls:\n    certificate: {}\n    key: {}\nauth:\n  token:\n    realm: http://{}/token\n    service: skiff-test-registry\n    issuer: skiff-test-issuer\n    rootcertbundle: {}\n",
+            server_cert.display(),
+            server_key.display(),
+            tokens.address,
+            token_cert.display()
+        ),
+    );
+    let archive = busybox_archive(&scratch, "secure:1");
+    registry.push(
+        &format!("oci-archive:{}", archive.display()),
+        "tools/secure:1",
+        false,
+        Some("puller:secret"),
+    );
+    let reference = format!("{}/tools/secure:1", registry.address);
+    let store = scratch.store();
+    let ca = std::fs::read(&ca.1).unwrap();
+
+    let anonymous = PullOptions {
+        ca_certificates: vec![ca.clone()],
+        ..PullOptions::default()
+    };
+    let err = store.pull(&reference, &anonymous).await.unwrap_err();
+    assert!(
+        matches!(&err, ImageError::Pull { reason, .. } if reason.contains("unauthorized")),
+        "{err}"
+    );
+
+    let mut with_secret = anonymous.clone();
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "puller:secret");
+    with_secret
+        .add_docker_config_json(
+            format!(
+                r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#,
+                registry.address
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let image = store.pull(&reference, &with_secret).await.unwrap();
+    assert_eq!(image.repo_tags, std::slice::from_ref(&reference));
+    assert!(image.layers[0].join("bin/busybox").is_file());
+
+    // Without the registry's CA the TLS handshake fails.
+    let untrusted = PullOptions {
+        ca_certificates: Vec::new(),
+        ..with_secret.clone()
+    };
+    match store.pull(&reference, &untrusted).await {
+        Err(ImageError::Pull { reason, .. }) => {
+            assert!(reason.to_lowercase().contains("certificate"), "{reason}")
+        }
+        other => panic!("pulling without trusting the registry: {other:?}"),
+    }
 }

@@ -9,7 +9,10 @@ use std::time::Instant;
 
 use base64::Engine;
 use futures::StreamExt;
-use oci_client::client::{ClientConfig, ClientProtocol, linux_amd64_resolver};
+use oci_client::client::{
+    Certificate, CertificateEncoding, ClientConfig, ClientProtocol, linux_amd64_resolver,
+};
+use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -40,6 +43,8 @@ pub struct PullOptions {
     pub auth: BTreeMap<String, (String, String)>,
     /// `HOST:PORT` of registries reached over plain HTTP (`--insecure-registry`).
     pub insecure_registries: Vec<String>,
+    /// PEM certificates trusted besides the system's roots (registries with a private CA).
+    pub ca_certificates: Vec<Vec<u8>>,
 }
 
 impl PullOptions {
@@ -199,6 +204,14 @@ impl ImageStore {
         let client = Client::new(ClientConfig {
             protocol: ClientProtocol::HttpsExcept(options.insecure_registries.clone()),
             platform_resolver: Some(Box::new(linux_amd64_resolver)),
+            extra_root_certificates: options
+                .ca_certificates
+                .iter()
+                .map(|pem| Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data: pem.clone(),
+                })
+                .collect(),
             ..ClientConfig::default()
         });
         let auth = options.auth_for(parsed.resolve_registry());
@@ -333,6 +346,42 @@ impl ImageStore {
     }
 }
 
+/// The registry's own words for a failure (`manifest unknown`), or the error with its causes
+/// (a refused connection, an untrusted certificate).
+fn reason(error: &OciDistributionError) -> String {
+    match error {
+        OciDistributionError::RegistryError { envelope, url } => {
+            let messages: Vec<String> = envelope
+                .errors
+                .iter()
+                .map(|e| {
+                    if e.message.is_empty() {
+                        format!("{:?}", e.code)
+                    } else {
+                        e.message.clone()
+                    }
+                })
+                .collect();
+            format!("{} ({url})", messages.join("; "))
+        }
+        OciDistributionError::UnauthorizedError { url } => {
+            format!("unauthorized: the registry wants other credentials ({url})")
+        }
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !text.contains(&cause_text) {
+                    text = format!("{text}: {cause_text}");
+                }
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
 fn oci_descriptor(descriptor: &Descriptor) -> OciDescriptor {
     OciDescriptor {
         media_type: descriptor.media_type.clone(),
@@ -352,7 +401,7 @@ async fn fetch_manifest(
     let (bytes, registry_digest) = client
         .pull_manifest_raw(reference, auth, ACCEPTED_MANIFESTS)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| reason(&e))?;
     if bytes.len() as u64 > MAX_DOCUMENT_BYTES {
         return Err(format!("manifest of {} bytes", bytes.len()));
     }
@@ -382,7 +431,7 @@ async fn download_layer(
     let mut stream = client
         .pull_blob_stream(reference, &oci_descriptor(descriptor))
         .await
-        .map_err(|e| format!("layer {}: {e}", descriptor.digest))?;
+        .map_err(|e| format!("layer {}: {}", descriptor.digest, reason(&e)))?;
     let mut file = tokio::fs::File::create(path)
         .await
         .map_err(|e| format!("creating {}: {e}", path.display()))?;
