@@ -188,10 +188,16 @@ fn whiteouts_and_opaque_directories_hide_lower_content() {
         .dir("data", 0o755)
         .unwrap()
         .file("data/old", b"old", 0o644)
+        .unwrap()
+        .dir("old-dir", 0o755)
+        .unwrap()
+        .file("old-dir/inside", b"x", 0o644)
         .unwrap();
     let mut upper = LayerBuilder::new();
     upper
         .whiteout("etc/gone")
+        .unwrap()
+        .whiteout("old-dir")
         .unwrap()
         .dir("data", 0o755)
         .unwrap()
@@ -226,6 +232,51 @@ fn whiteouts_and_opaque_directories_hide_lower_content() {
         ["new"],
         "the opaque directory shows only its own layer"
     );
+    assert!(
+        !rootfs.join("old-dir").exists(),
+        "a whiteout hides a whole directory"
+    );
+    // The container can make it again, over the whiteout.
+    std::fs::create_dir(rootfs.join("old-dir")).unwrap();
+    assert_eq!(
+        std::fs::read_dir(rootfs.join("old-dir")).unwrap().count(),
+        0
+    );
+}
+
+#[test]
+fn many_layers_mount_past_the_mount_option_limit() {
+    let mut scratch = Scratch::new();
+    // 80 layer paths of ~120 bytes each would not fit mount(2)'s one page of options.
+    let layers: Vec<Vec<u8>> = (0..80)
+        .map(|i| {
+            let mut layer = LayerBuilder::new();
+            layer
+                .file(&format!("layer-{i}"), format!("{i}").as_bytes(), 0o644)
+                .unwrap();
+            layer.finish().unwrap()
+        })
+        .collect();
+    let archive = scratch.path("many.tar");
+    write_oci_archive(
+        &archive,
+        "example.com/many:1",
+        &ImageConfig::default(),
+        &layers,
+    )
+    .unwrap();
+    let store = scratch.store();
+    let image = store.import(&archive).unwrap().remove(0);
+    let options: usize = image.layers.iter().map(|l| l.as_os_str().len() + 1).sum();
+    assert!(options > 4096, "{options} bytes of lower directories");
+    let container = scratch.container("many");
+    let rootfs = mount_rootfs(&image, &container).unwrap();
+    for i in [0, 41, 79] {
+        assert_eq!(
+            std::fs::read_to_string(rootfs.join(format!("layer-{i}"))).unwrap(),
+            i.to_string()
+        );
+    }
 }
 
 /// A tar entry written byte by byte, so it can say what `tar::Builder` refuses to write.

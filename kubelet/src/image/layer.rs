@@ -204,17 +204,20 @@ pub(crate) fn unpack(reader: impl Read, dest: &Path, layer: &str) -> Result<u64,
                     ))
                 })
         };
+        let raw = header.as_old();
         let owner = Owner {
-            uid: id(number("uid", header.uid())?, &path).map_err(unsafe_layer)?,
-            gid: id(number("gid", header.gid())?, &path).map_err(unsafe_layer)?,
+            uid: id(number("uid", blank_is_zero(header.uid(), &raw.uid))?, &path)
+                .map_err(unsafe_layer)?,
+            gid: id(number("gid", blank_is_zero(header.gid(), &raw.gid))?, &path)
+                .map_err(unsafe_layer)?,
         };
         let mode = Mode::from_bits_truncate(
-            (header
-                .mode()
-                .map_err(|e| unsafe_layer(format!("bad mode: {e}")))?
-                & 0o7777) as _,
+            (number(
+                "mode",
+                blank_is_zero(header.mode().map(u64::from), &raw.mode),
+            )? & 0o7777) as _,
         );
-        let mtime = number("mtime", header.mtime()).unwrap_or(0);
+        let mtime = number("mtime", blank_is_zero(header.mtime(), &raw.mtime)).unwrap_or(0);
         let meta = EntryMeta {
             kind,
             owner,
@@ -239,6 +242,14 @@ pub(crate) fn unpack(reader: impl Read, dest: &Path, layer: &str) -> Result<u64,
         )?;
     }
     Ok(size)
+}
+
+/// A numeric header field left blank reads as 0, as Go's archive/tar reads it.
+fn blank_is_zero(parsed: io::Result<u64>, field: &[u8]) -> io::Result<u64> {
+    match parsed {
+        Err(_) if field.iter().all(|&b| b == 0 || b == b' ') => Ok(0),
+        other => other,
+    }
 }
 
 fn id(value: u64, path: &[u8]) -> Result<u32, String> {
@@ -529,5 +540,105 @@ fn unpack_entry(
         other => Err(EntryError::Unsafe(format!(
             "unsupported entry type {other:?}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+    use crate::image::digest::sha256_digest;
+
+    fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+        let path = CString::new(path.as_os_str().as_bytes()).unwrap();
+        let name = CString::new(name).unwrap();
+        let mut value = vec![0u8; 256];
+        // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+        let n = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        (n >= 0).then(|| {
+            value.truncate(n as usize);
+            value
+        })
+    }
+
+    /// A tar with what real layers carry: long names, hard links, owners, set-id modes and
+    /// extended attributes (one of them a forged overlay attribute).
+    fn real_world_layer() -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        let long = format!("usr/share/{}/file", "d".repeat(120));
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(4);
+        tar.append_data(&mut header, &long, &b"long"[..]).unwrap();
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o4755);
+        header.set_uid(1000);
+        header.set_gid(1001);
+        header.set_size(3);
+        tar.append_pax_extensions([
+            ("SCHILY.xattr.user.note", &b"kept"[..]),
+            ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..]),
+        ])
+        .unwrap();
+        tar.append_data(&mut header, "bin/tool", &b"elf"[..])
+            .unwrap();
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Link);
+        header.set_size(0);
+        tar.append_link(&mut header, "bin/tool-alias", "bin/tool")
+            .unwrap();
+        tar.into_inner().unwrap()
+    }
+
+    #[test]
+    fn unpacks_long_names_hard_links_owners_modes_and_safe_xattrs() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = real_world_layer();
+        let size = unpack_verified(&layer[..], None, &sha256_digest(&layer), dir.path()).unwrap();
+        assert_eq!(size, 7);
+        let long = dir
+            .path()
+            .join(format!("usr/share/{}/file", "d".repeat(120)));
+        assert_eq!(std::fs::read(long).unwrap(), b"long");
+        let tool = dir.path().join("bin/tool");
+        let meta = std::fs::metadata(&tool).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (1000, 1001));
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o4755);
+        assert_eq!(meta.nlink(), 2, "the hard link shares the inode");
+        assert_eq!(get_xattr(&tool, "user.note").as_deref(), Some(&b"kept"[..]));
+        assert_eq!(
+            get_xattr(&tool, "trusted.overlay.opaque"),
+            None,
+            "a layer cannot forge overlay attributes"
+        );
+    }
+
+    #[test]
+    fn zstd_and_plain_layers_and_digest_checks() {
+        let layer = real_world_layer();
+        let diff_id = sha256_digest(&layer);
+        let mut zstd = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        zstd.write_all(&layer).unwrap();
+        let zstd = zstd.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        unpack_verified(&zstd[..], Some(&sha256_digest(&zstd)), &diff_id, dir.path()).unwrap();
+        assert!(dir.path().join("bin/tool").is_file());
+
+        let dir = tempfile::tempdir().unwrap();
+        let wrong = sha256_digest(b"something else");
+        let err = unpack_verified(&zstd[..], Some(&wrong), &diff_id, dir.path()).unwrap_err();
+        assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let err = unpack_verified(&layer[..], None, &wrong, dir.path()).unwrap_err();
+        assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
     }
 }
