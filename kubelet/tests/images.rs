@@ -172,6 +172,54 @@ fn docker_archive_imports_with_its_repo_tags() {
         "the same layer is unpacked once and shared"
     );
     assert!(image.layers[0].join("bin/busybox").is_file());
+
+    // skopeo's OCI archives carry the name in org.opencontainers.image.ref.name alone.
+    let skopeo_oci = scratch.path("skopeo-oci.tar");
+    run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        &format!("oci-archive:{}", archive.display()),
+        &format!("oci-archive:{}:quay.io/team/tool:3", skopeo_oci.display()),
+    ]));
+    let named = store.import(&skopeo_oci).unwrap().remove(0);
+    // The same manifest as the busybox:1 imported above, so one image with both names.
+    assert_eq!(
+        named.repo_tags,
+        ["docker.io/library/busybox:1", "quay.io/team/tool:3"]
+    );
+    assert_eq!(named.id, oci[0].id);
+}
+
+#[test]
+fn concurrent_imports_of_one_archive_share_one_layer() {
+    let scratch = Scratch::new();
+    let archive = busybox_archive(&scratch, "busybox:1");
+    let root = scratch.path("root");
+    let ids: Vec<String> = std::thread::scope(|threads| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                threads.spawn(|| {
+                    ImageStore::open(&root).unwrap().import(&archive).unwrap()[0]
+                        .id
+                        .clone()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(ids.windows(2).all(|w| w[0] == w[1]));
+    let store = scratch.store();
+    assert_eq!(store.list().unwrap().len(), 1);
+    assert_eq!(
+        std::fs::read_dir(root.join("images/layers"))
+            .unwrap()
+            .count(),
+        1
+    );
+    assert_eq!(
+        std::fs::read_dir(root.join("images/tmp")).unwrap().count(),
+        0
+    );
 }
 
 #[test]
