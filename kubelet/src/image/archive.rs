@@ -34,9 +34,12 @@ impl ArchiveReader {
         let file = File::open(path).context(|| format!("opening {}", path.display()))?;
         let mut archive = tar::Archive::new(file);
         let mut members = HashMap::new();
+        // Raw entries: long-name and pax members are skipped, never read into memory (the
+        // members an image archive needs have short names).
         let entries = archive
             .entries()
-            .map_err(|e| invalid(format!("not a tar file: {e}")))?;
+            .map_err(|e| invalid(format!("not a tar file: {e}")))?
+            .raw(true);
         for entry in entries {
             let entry = entry.map_err(|e| invalid(format!("reading the tar: {e}")))?;
             if members.len() >= MAX_MEMBERS {

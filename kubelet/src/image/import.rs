@@ -10,7 +10,8 @@ use super::digest::{sha256_digest, sha256_hex};
 use super::records::LayerRecord;
 use super::spec::{
     ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, ConfigFile, Descriptor, Index,
-    MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_MANIFEST, Manifest, is_index,
+    MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER_TAR, MEDIA_OCI_MANIFEST, Manifest, check_layer_count,
+    is_index,
 };
 use super::store::{Image, ImageStore};
 use super::{ImageError, normalize_reference, repository_of};
@@ -49,16 +50,11 @@ impl ImageStore {
             let config_digest = sha256_digest(&image.config_bytes);
             let config: ConfigFile = serde_json::from_slice(&image.config_bytes)
                 .map_err(|e| ImageError::content(format!("image config {config_digest}"), e))?;
-            if config.rootfs.diff_ids.len() != image.layers.len() {
-                return Err(ImageError::content(
-                    format!("image config {config_digest}"),
-                    format!(
-                        "{} diff ids for {} layers",
-                        config.rootfs.diff_ids.len(),
-                        image.layers.len()
-                    ),
-                ));
-            }
+            check_layer_count(
+                &format!("image config {config_digest}"),
+                config.rootfs.diff_ids.len(),
+                image.layers.len(),
+            )?;
             let mut layers = Vec::new();
             for ((member, blob_digest), diff_id) in image.layers.iter().zip(&config.rootfs.diff_ids)
             {

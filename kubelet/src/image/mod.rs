@@ -72,5 +72,11 @@ mod tests {
             "docker.io/library/busybox"
         );
         assert!(normalize_reference("no spaces allowed").is_err());
+        let digest = format!("sha256:{}", "0".repeat(64));
+        let by_digest = parse_reference(&format!("busybox@{digest}")).unwrap();
+        assert_eq!(
+            (by_digest.tag(), by_digest.digest()),
+            (None, Some(digest.as_str()))
+        );
     }
 }

@@ -22,7 +22,7 @@ use super::digest::{HashState, sha256_digest, sha256_hex};
 use super::records::LayerRecord;
 use super::spec::{
     ConfigFile, Descriptor, Index, MAX_DOCUMENT_BYTES, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST,
-    MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Manifest, is_index,
+    MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Manifest, check_layer_count, is_index,
 };
 use super::store::{Image, ImageStore};
 use super::{ImageError, parse_reference};
@@ -261,13 +261,12 @@ impl ImageStore {
         }
         let config: ConfigFile = serde_json::from_slice(&config_bytes)
             .map_err(|e| failed(format!("config {}: {e}", manifest.config.digest)))?;
-        if config.rootfs.diff_ids.len() != manifest.layers.len() {
-            return Err(failed(format!(
-                "config lists {} diff ids for {} layers",
-                config.rootfs.diff_ids.len(),
-                manifest.layers.len()
-            )));
-        }
+        check_layer_count(
+            &format!("image config {}", manifest.config.digest),
+            config.rootfs.diff_ids.len(),
+            manifest.layers.len(),
+        )
+        .map_err(|e| failed(e.to_string()))?;
 
         let store = self.clone();
         let staging = Arc::new(
@@ -323,7 +322,6 @@ impl ImageStore {
         let config_digest = manifest.config.digest.clone();
         let tag_name = parsed
             .tag()
-            .filter(|_| parsed.digest().is_none() || reference.contains(':'))
             .map(|tag| format!("{}/{}:{tag}", parsed.registry(), parsed.repository()));
         let repo_digest = format!("{}/{}@{top_digest}", parsed.registry(), parsed.repository());
         let store = self.clone();

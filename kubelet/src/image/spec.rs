@@ -22,6 +22,29 @@ pub(crate) const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name"
 
 /// Largest manifest, index or config document read into memory.
 pub(crate) const MAX_DOCUMENT_BYTES: u64 = 4 << 20;
+/// Most layers an image may have: overlayfs stacks at most 500 lower directories.
+pub(crate) const MAX_LAYERS: usize = 500;
+
+/// Checks that a config's diff ids match the manifest's layers one for one and are few enough.
+pub(crate) fn check_layer_count(
+    what: &str,
+    diff_ids: usize,
+    layers: usize,
+) -> Result<(), super::ImageError> {
+    if diff_ids != layers {
+        return Err(super::ImageError::content(
+            what,
+            format!("{diff_ids} diff ids for {layers} layers"),
+        ));
+    }
+    if layers > MAX_LAYERS {
+        return Err(super::ImageError::content(
+            what,
+            format!("{layers} layers, more than the {MAX_LAYERS} overlayfs can stack"),
+        ));
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
