@@ -7,6 +7,23 @@
 //! - [`mount_rootfs`] / [`unmount_rootfs`]: a container's overlayfs root.
 //! - [`busybox::BusyboxImage`] and [`oci_archive`]: images of our own making, for examples and
 //!   tests.
+//!
+//! How the agent uses it:
+//! - start of a container: `PullPolicy::from_spec(container.image_pull_policy, &image)`, then
+//!   `store.ensure(&image, policy, &options).await`, where `options` carries
+//!   `--insecure-registry` and the pod's imagePullSecrets (`add_docker_config_json`). An
+//!   [`ImageError::NeverPull`] is `ErrImageNeverPull`; any other error is `ErrImagePull`, its
+//!   text the message. Then `mount_rootfs(&image, &container_dir)` gives the bundle's root, and
+//!   the container's process defaults come from `image.config`.
+//! - container status: `image` is the pod spec's name, `imageID` is
+//!   `image.repo_digests.first()` (else `image.id`).
+//! - node status: `store.list()` — names are `repo_tags` and `repo_digests`, `sizeBytes` is
+//!   `size`.
+//! - disk pressure: `store.collect_garbage(&ids_of_images_in_use, bytes_to_free)` in
+//!   `spawn_blocking`; `store.disk_usage()` is the store's share of the disk.
+//! - container removal: `unmount_rootfs(&container_dir)`, then remove the directory.
+//!
+//! The synchronous methods do file I/O: call them from `spawn_blocking` in async code.
 
 mod archive;
 pub mod busybox;

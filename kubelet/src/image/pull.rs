@@ -48,14 +48,16 @@ pub struct PullOptions {
 }
 
 impl PullOptions {
-    /// Adds the credentials of an image pull secret's `.dockerconfigjson` (a
-    /// `kubernetes.io/dockerconfigjson` Secret): `{"auths": {"host": {"username", "password"}
-    /// or {"auth": base64("user:password")}}}`.
+    /// Adds the credentials of an image pull secret: a `kubernetes.io/dockerconfigjson`
+    /// Secret's `.dockerconfigjson` (`{"auths": {"host": {"username", "password"} or
+    /// {"auth": base64("user:password")}}}`) or a `kubernetes.io/dockercfg` Secret's
+    /// `.dockercfg` (the same map without the `auths` wrapper).
     pub fn add_docker_config_json(&mut self, json: &[u8]) -> Result<(), ImageError> {
         #[derive(serde::Deserialize)]
-        struct DockerConfig {
-            #[serde(default)]
-            auths: BTreeMap<String, DockerAuth>,
+        #[serde(untagged)]
+        enum DockerConfig {
+            Wrapped { auths: BTreeMap<String, DockerAuth> },
+            Legacy(BTreeMap<String, DockerAuth>),
         }
         #[derive(serde::Deserialize)]
         struct DockerAuth {
@@ -65,7 +67,8 @@ impl PullOptions {
         }
         let config: DockerConfig = serde_json::from_slice(json)
             .map_err(|e| ImageError::content(".dockerconfigjson", e))?;
-        for (server, entry) in config.auths {
+        let (DockerConfig::Wrapped { auths } | DockerConfig::Legacy(auths)) = config;
+        for (server, entry) in auths {
             let credentials = match (entry.username, entry.password, entry.auth) {
                 (Some(user), Some(password), _) => (user, password),
                 (_, _, Some(auth)) => {
@@ -517,5 +520,13 @@ mod tests {
             matches!(options.auth_for("reg.example:5000"), RegistryAuth::Basic(u, _) if u == "a")
         );
         assert!(matches!(options.auth_for("other"), RegistryAuth::Anonymous));
+        options
+            .add_docker_config_json(br#"{"legacy.example":{"auth":"bDpw"}}"#)
+            .unwrap();
+        assert_eq!(
+            options.auth["legacy.example"],
+            ("l".to_string(), "p".to_string())
+        );
+        assert!(options.add_docker_config_json(b"[1]").is_err());
     }
 }
