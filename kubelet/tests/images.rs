@@ -655,6 +655,19 @@ async fn pulls_from_a_local_registry() {
         .await
         .unwrap();
     assert_eq!(present.id, built_id);
+
+    // Pods starting together wait for one pull of their image.
+    registry.push(
+        &format!("oci-archive:{}", archive.display()),
+        "tools/burst:1",
+        false,
+        None,
+    );
+    let burst = format!("{}/tools/burst:1", registry.address);
+    let pulls = (0..4).map(|_| store.ensure(&burst, PullPolicy::IfNotPresent, &insecure));
+    for result in futures::future::join_all(pulls).await {
+        assert_eq!(result.unwrap().id, built_id);
+    }
     drop(registry);
     let cached = store
         .ensure(&reference, PullPolicy::IfNotPresent, &insecure)

@@ -4,7 +4,8 @@
 //! are not fetched; per-layer progress in the log. Pull policies and `ensure` for the agent.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Once};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Once};
 use std::time::Instant;
 
 use base64::Engine;
@@ -35,6 +36,10 @@ const ACCEPTED_MANIFESTS: &[&str] = &[
 ];
 /// Largest layer blob fetched.
 const MAX_BLOB_BYTES: u64 = 32 << 30;
+
+/// One lock per image name, so that pods starting together wait for one pull of their image
+/// instead of each pulling it.
+pub(crate) type PullsInFlight = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
 
 /// How to reach registries.
 #[derive(Debug, Clone, Default)]
@@ -162,7 +167,8 @@ fn ensure_crypto_provider() {
 }
 
 impl ImageStore {
-    /// Returns the image `reference` names, pulling it as `policy` says. Errors:
+    /// Returns the image `reference` names, pulling it as `policy` says; callers asking for the
+    /// same name at once wait for one pull (IfNotPresent callers then find the image). Errors:
     /// [`ImageError::NeverPull`] (the kubelet's `ErrImageNeverPull`) or the pull's error
     /// (`ErrImagePull`, with the registry's reason).
     pub async fn ensure(
@@ -171,6 +177,12 @@ impl ImageStore {
         policy: PullPolicy,
         options: &PullOptions,
     ) -> Result<Image, ImageError> {
+        let name_lock = {
+            let name = super::normalize_reference(reference)?;
+            let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(pulls.entry(name).or_default())
+        };
+        let _one_pull_at_a_time = name_lock.lock().await;
         if policy != PullPolicy::Always {
             let store = self.clone();
             let name = reference.to_string();

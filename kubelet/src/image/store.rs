@@ -53,10 +53,12 @@ pub struct Image {
 
 /// The node's image store. Cheap to clone; every method works on the files, so several
 /// processes (the kubelet and `skiff-kubelet image …`) may use one store at once. Methods
-/// block on file I/O: call them from `spawn_blocking` in async code.
+/// block on file I/O: call them from `spawn_blocking` in async code. Open it once per process
+/// and clone it: the clones share one pull per image name at a time (see `ensure`).
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     dir: PathBuf,
+    pub(crate) pulls: super::pull::PullsInFlight,
 }
 
 /// A private staging directory for one import or pull. It holds the store's lock shared (so no
@@ -89,6 +91,7 @@ impl ImageStore {
     pub fn open(root_dir: &Path) -> Result<ImageStore, ImageError> {
         let store = ImageStore {
             dir: root_dir.join("images"),
+            pulls: Default::default(),
         };
         for sub in ["blobs/sha256", "layers", "tmp"] {
             let path = store.dir.join(sub);
