@@ -684,26 +684,30 @@ async fn pulls_from_a_local_registry() {
     assert!(always.is_pull_failure(), "{always}");
 }
 
-/// Large enough that the importer is caught unpacking it.
+/// Large enough that an importer or puller is caught unpacking it.
 const BIG_FILE: u64 = 16 << 20;
 
-#[test]
-fn an_import_killed_midway_leaves_nothing_used_and_can_be_redone() {
-    let scratch = Scratch::new();
+/// An OCI archive `big:1` whose one layer holds a BIG_FILE-byte file `big`.
+fn big_archive(scratch: &Scratch) -> PathBuf {
     let mut big = LayerBuilder::new();
     big.file("big", &vec![0u8; BIG_FILE as usize], 0o644)
         .unwrap();
-    let image = BusyboxImage::new("big:1");
     let archive = scratch.path("big.tar");
-    write_oci_archive(&archive, "big:1", &image.config, &[big.finish().unwrap()]).unwrap();
+    let config = BusyboxImage::new("big:1").config;
+    write_oci_archive(&archive, "big:1", &config, &[big.finish().unwrap()]).unwrap();
+    archive
+}
 
-    let root = scratch.path("root");
+/// Runs `skiff-kubelet --root-dir ROOT image ARGS…` and kills it (SIGKILL) while it is writing
+/// the big file into its staging directory.
+fn kill_while_unpacking(root: &Path, args: &[&str]) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_skiff-kubelet"))
         .arg("--root-dir")
-        .arg(&root)
-        .args(["image", "import"])
-        .arg(&archive)
+        .arg(root)
+        .arg("image")
+        .args(args)
         .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let staging = root.join("images/tmp");
@@ -720,29 +724,42 @@ fn an_import_killed_midway_leaves_nothing_used_and_can_be_redone() {
         }
         assert!(
             child.try_wait().unwrap().is_none(),
-            "the import ended before it could be killed"
+            "{args:?} ended before it could be killed"
         );
         assert!(
             std::time::Instant::now() < deadline,
-            "the import never started unpacking"
+            "{args:?} never started unpacking"
         );
         std::thread::sleep(std::time::Duration::from_millis(1));
     };
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(partial.exists(), "killed while unpacking");
+}
 
-    let store = ImageStore::open(&root).unwrap();
+/// After a kill: a fresh store lists nothing, finds nothing and has removed the debris.
+fn assert_nothing_half_made(root: &Path, reference: &str) -> ImageStore {
+    let store = ImageStore::open(root).unwrap();
     assert!(store.list().unwrap().is_empty(), "no half image is listed");
     assert!(matches!(
-        store.lookup("big:1"),
+        store.lookup(reference),
         Err(ImageError::NotFound(_))
     ));
     assert_eq!(
-        std::fs::read_dir(&staging).unwrap().count(),
+        std::fs::read_dir(root.join("images/tmp")).unwrap().count(),
         0,
         "staging debris removed"
     );
+    store
+}
+
+#[test]
+fn an_import_killed_midway_leaves_nothing_used_and_can_be_redone() {
+    let scratch = Scratch::new();
+    let archive = big_archive(&scratch);
+    let root = scratch.path("root");
+    kill_while_unpacking(&root, &["import", archive.to_str().unwrap()]);
+    let store = assert_nothing_half_made(&root, "big:1");
     let image = store.import(&archive).unwrap().remove(0);
     assert_eq!(
         std::fs::metadata(image.layers[0].join("big"))
@@ -1098,4 +1115,33 @@ async fn pulls_over_https_with_token_auth_and_a_pull_secret() {
         }
         other => panic!("pulling without trusting the registry: {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_killed_midway_leaves_nothing_used_and_can_be_redone() {
+    let scratch = Scratch::new();
+    let registry = Registry::start(&scratch, "");
+    let archive = big_archive(&scratch);
+    registry.push(
+        &format!("oci-archive:{}", archive.display()),
+        "tools/big:1",
+        false,
+        None,
+    );
+    let reference = format!("{}/tools/big:1", registry.address);
+    let root = scratch.path("root");
+    let args = ["pull", "--insecure-registry", &registry.address, &reference];
+    tokio::task::block_in_place(|| kill_while_unpacking(&root, &args));
+    let store = assert_nothing_half_made(&root, &reference);
+    let options = PullOptions {
+        insecure_registries: vec![registry.address.clone()],
+        ..PullOptions::default()
+    };
+    let image = store.pull(&reference, &options).await.unwrap();
+    assert_eq!(
+        std::fs::metadata(image.layers[0].join("big"))
+            .unwrap()
+            .len(),
+        BIG_FILE
+    );
 }
