@@ -144,6 +144,19 @@ fn busybox_oci_archive_imports_and_mounts_on_overlayfs() {
     unmount_rootfs(&first).unwrap();
     unmount_rootfs(&first).unwrap();
     assert!(!rootfs.join("bin/busybox").exists());
+
+    // Removing the image while a container's root still stacks its layer keeps the layer.
+    assert_eq!(store.remove("busybox:1").unwrap(), [image.id.clone()]);
+    assert!(matches!(
+        store.lookup("busybox:1"),
+        Err(ImageError::NotFound(_))
+    ));
+    assert!(other_root.join("bin/busybox").is_file());
+    assert!(image.layers[0].join("bin/busybox").is_file());
+    unmount_rootfs(&other).unwrap();
+    let report = store.collect_garbage(&Default::default(), 0).unwrap();
+    assert_eq!(report.freed_bytes, image.size, "freed once no root uses it");
+    assert!(!image.layers[0].exists());
 }
 
 #[test]
