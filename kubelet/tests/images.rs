@@ -146,7 +146,10 @@ fn busybox_oci_archive_imports_and_mounts_on_overlayfs() {
     assert!(!rootfs.join("bin/busybox").exists());
 
     // Removing the image while a container's root still stacks its layer keeps the layer.
-    assert_eq!(store.remove("busybox:1").unwrap(), std::slice::from_ref(&image.id));
+    assert_eq!(
+        store.remove("busybox:1").unwrap(),
+        std::slice::from_ref(&image.id)
+    );
     assert!(matches!(
         store.lookup("busybox:1"),
         Err(ImageError::NotFound(_))

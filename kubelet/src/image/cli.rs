@@ -93,7 +93,7 @@ pub async fn run(root_dir: &Path, command: ImageCommand) -> anyhow::Result<()> {
                 let (user, password) = creds
                     .split_once(':')
                     .context("--creds takes USERNAME:PASSWORD")?;
-                let registry = parse_reference(&reference)?.resolve_registry().to_string();
+                let registry = parse_reference(&reference)?.registry().to_string();
                 options
                     .auth
                     .insert(registry, (user.to_string(), password.to_string()));

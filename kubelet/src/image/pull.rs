@@ -229,7 +229,7 @@ impl ImageStore {
                 .collect(),
             ..ClientConfig::default()
         });
-        let auth = options.auth_for(parsed.resolve_registry());
+        let auth = options.auth_for(parsed.registry());
         let started = Instant::now();
         tracing::info!(image = %name, "pulling image");
 
