@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use skiff_kubelet::image::busybox::{BusyboxImage, ExtraFile};
-use skiff_kubelet::image::oci_archive::{LayerBuilder, write_oci_archive};
+use skiff_kubelet::image::oci_archive::{LayerBuilder, LayerCompression, write_oci_archive};
 use skiff_kubelet::image::{
     ImageConfig, ImageError, ImageStore, PullOptions, PullPolicy, mount_rootfs, unmount_rootfs,
 };
@@ -275,6 +275,7 @@ fn whiteouts_and_opaque_directories_hide_lower_content() {
         "example.com/two-layers:1",
         &ImageConfig::default(),
         &[lower.finish().unwrap(), upper.finish().unwrap()],
+        LayerCompression::Zstd,
     )
     .unwrap();
     let store = scratch.store();
@@ -327,6 +328,7 @@ fn many_layers_mount_past_the_mount_option_limit() {
         "example.com/many:1",
         &ImageConfig::default(),
         &layers,
+        LayerCompression::Uncompressed,
     )
     .unwrap();
     let store = scratch.store();
@@ -420,6 +422,7 @@ fn hostile_layers_are_rejected_and_write_nothing_outside() {
             &format!("example.com/{name}:1"),
             &ImageConfig::default(),
             &[tar.into_inner().unwrap()],
+            LayerCompression::Gzip,
         )
         .unwrap();
         archive
@@ -516,17 +519,12 @@ impl Registry {
         registry
     }
 
-    fn push(&self, source: &str, name: &str, all: bool, creds: Option<&str>) {
+    /// `skopeo copy SOURCE docker://REGISTRY/NAME` with more skopeo flags.
+    fn push(&self, source: &str, name: &str, flags: &[&str]) {
         require_tool("skopeo", "skopeo");
         let mut command = Command::new("skopeo");
         command.args(["copy", "--quiet", "--dest-tls-verify=false"]);
-        if all {
-            command.arg("--all");
-        }
-        if let Some(creds) = creds {
-            command.arg(format!("--dest-creds={creds}"));
-        }
-        run(command.args([
+        run(command.args(flags).args([
             source.to_string(),
             format!("docker://{}/{name}", self.address),
         ]));
@@ -598,8 +596,7 @@ async fn pulls_from_a_local_registry() {
     registry.push(
         &format!("oci-archive:{}", archive.display()),
         "tools/busybox:1",
-        false,
-        None,
+        &[],
     );
     let mut other = BusyboxImage::new("other:1");
     other.extra_files.push(ExtraFile {
@@ -613,8 +610,7 @@ async fn pulls_from_a_local_registry() {
     registry.push(
         &format!("oci:{}:multi", layout.display()),
         "tools/multi:1",
-        true,
-        None,
+        &["--all"],
     );
 
     let store = scratch.store();
@@ -648,6 +644,44 @@ async fn pulls_from_a_local_registry() {
     assert_eq!(multi.id, built_id);
     assert_eq!(multi.layers, image.layers);
 
+    // zstd and uncompressed layers (pushed as they are), each into a store lacking the layer.
+    for (name, compression, media_type) in [
+        (
+            "zstd",
+            LayerCompression::Zstd,
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+        ),
+        (
+            "plain",
+            LayerCompression::Uncompressed,
+            "application/vnd.oci.image.layer.v1.tar",
+        ),
+    ] {
+        let mut image = BusyboxImage::new(&format!("{name}:1"));
+        image.compression = compression;
+        let archive = scratch.path(&format!("{name}.tar"));
+        image.write(&archive).unwrap();
+        registry.push(
+            &format!("oci-archive:{}", archive.display()),
+            &format!("tools/{name}:1"),
+            &["--preserve-digests"],
+        );
+        let fresh = ImageStore::open(&scratch.path(&format!("root-{name}"))).unwrap();
+        let image = fresh
+            .pull(&format!("{}/tools/{name}:1", registry.address), &insecure)
+            .await
+            .unwrap();
+        assert_eq!(image.id, built_id, "{name}");
+        assert!(image.layers[0].join("bin/busybox").is_file(), "{name}");
+        let manifest = fresh
+            .dir()
+            .join("blobs/sha256")
+            .join(&image.manifest_digest["sha256:".len()..]);
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
+        assert_eq!(manifest["layers"][0]["mediaType"], media_type);
+    }
+
     let missing = format!("{}/tools/missing:1", registry.address);
     match store.pull(&missing, &insecure).await {
         Err(ImageError::Pull { reason, .. }) => {
@@ -676,8 +710,7 @@ async fn pulls_from_a_local_registry() {
     registry.push(
         &format!("oci-archive:{}", archive.display()),
         "tools/burst:1",
-        false,
-        None,
+        &[],
     );
     let burst = format!("{}/tools/burst:1", registry.address);
     let pulls = (0..4).map(|_| store.ensure(&burst, PullPolicy::IfNotPresent, &insecure));
@@ -710,7 +743,8 @@ fn big_archive(scratch: &Scratch) -> PathBuf {
         .unwrap();
     let archive = scratch.path("big.tar");
     let config = BusyboxImage::new("big:1").config;
-    write_oci_archive(&archive, "big:1", &config, &[big.finish().unwrap()]).unwrap();
+    let layers = [big.finish().unwrap()];
+    write_oci_archive(&archive, "big:1", &config, &layers, LayerCompression::Gzip).unwrap();
     archive
 }
 
@@ -1088,8 +1122,7 @@ async fn pulls_over_https_with_token_auth_and_a_pull_secret() {
     registry.push(
         &format!("oci-archive:{}", archive.display()),
         "tools/secure:1",
-        false,
-        Some("puller:secret"),
+        &["--dest-creds=puller:secret"],
     );
     let reference = format!("{}/tools/secure:1", registry.address);
     let store = scratch.store();
@@ -1141,8 +1174,7 @@ async fn a_pull_killed_midway_leaves_nothing_used_and_can_be_redone() {
     registry.push(
         &format!("oci-archive:{}", archive.display()),
         "tools/big:1",
-        false,
-        None,
+        &[],
     );
     let reference = format!("{}/tools/big:1", registry.address);
     let root = scratch.path("root");

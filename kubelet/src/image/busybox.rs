@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::error::IoContext;
-use super::oci_archive::{BuiltImage, LayerBuilder, write_oci_archive};
+use super::oci_archive::{BuiltImage, LayerBuilder, LayerCompression, write_oci_archive};
 use super::{ImageConfig, ImageError};
 
 const PASSWD: &str =
@@ -30,6 +30,7 @@ pub struct BusyboxImage {
     pub busybox: PathBuf,
     pub extra_files: Vec<ExtraFile>,
     pub config: ImageConfig,
+    pub compression: LayerCompression,
 }
 
 impl BusyboxImage {
@@ -47,13 +48,20 @@ impl BusyboxImage {
                 working_dir: Some("/".to_string()),
                 ..ImageConfig::default()
             },
+            compression: LayerCompression::Gzip,
         }
     }
 
     /// Writes the image as a one-layer OCI archive to `output`.
     pub fn write(&self, output: &Path) -> Result<BuiltImage, ImageError> {
         let layer = self.layer()?;
-        write_oci_archive(output, &self.reference, &self.config, &[layer])
+        write_oci_archive(
+            output,
+            &self.reference,
+            &self.config,
+            &[layer],
+            self.compression,
+        )
     }
 
     fn layer(&self) -> Result<Vec<u8>, ImageError> {

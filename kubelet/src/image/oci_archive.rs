@@ -14,8 +14,8 @@ use super::digest::sha256_digest;
 use super::error::IoContext;
 use super::spec::{
     ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, ConfigFile, Descriptor, Index,
-    MEDIA_OCI_CONFIG, MEDIA_OCI_INDEX, MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_MANIFEST, Manifest,
-    Platform, RootFs,
+    MEDIA_OCI_CONFIG, MEDIA_OCI_INDEX, MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_LAYER_TAR,
+    MEDIA_OCI_LAYER_ZSTD, MEDIA_OCI_MANIFEST, Manifest, Platform, RootFs,
 };
 use super::{ImageConfig, ImageError, normalize_reference};
 
@@ -103,6 +103,29 @@ impl LayerBuilder {
     }
 }
 
+/// How [`write_oci_archive`] stores layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerCompression {
+    Gzip,
+    Zstd,
+    Uncompressed,
+}
+
+impl LayerCompression {
+    /// The blob and its media type.
+    fn compress(self, layer: &[u8]) -> std::io::Result<(&'static str, Vec<u8>)> {
+        match self {
+            LayerCompression::Gzip => {
+                let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+                gz.write_all(layer)?;
+                Ok((MEDIA_OCI_LAYER_GZIP, gz.finish()?))
+            }
+            LayerCompression::Zstd => Ok((MEDIA_OCI_LAYER_ZSTD, zstd::encode_all(layer, 1)?)),
+            LayerCompression::Uncompressed => Ok((MEDIA_OCI_LAYER_TAR, layer.to_vec())),
+        }
+    }
+}
+
 /// What [`write_oci_archive`] wrote.
 #[derive(Debug, Clone)]
 pub struct BuiltImage {
@@ -113,29 +136,28 @@ pub struct BuiltImage {
 
 /// Writes an OCI archive holding one linux/amd64 image named `reference` (recorded in both the
 /// `io.containerd.image.name` and `org.opencontainers.image.ref.name` annotations) with the
-/// given config and layers (uncompressed tar streams, lowest first; each is stored gzipped).
+/// given config and layers (uncompressed tar streams, lowest first, stored as `compression`
+/// says).
 /// The file appears whole or not at all.
 pub fn write_oci_archive(
     output: &Path,
     reference: &str,
     config: &ImageConfig,
     layers: &[Vec<u8>],
+    compression: LayerCompression,
 ) -> Result<BuiltImage, ImageError> {
     let name = normalize_reference(reference)?;
     let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
     let mut layer_descriptors = Vec::new();
     let mut diff_ids = Vec::new();
     for layer in layers {
-        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
-        gz.write_all(layer)
-            .and_then(|()| gz.finish())
-            .map(|compressed| {
-                let digest = sha256_digest(&compressed);
-                layer_descriptors.push(descriptor(MEDIA_OCI_LAYER_GZIP, &digest, compressed.len()));
-                diff_ids.push(sha256_digest(layer));
-                blobs.push((digest, compressed));
-            })
+        let (media_type, blob) = compression
+            .compress(layer)
             .context(|| "compressing a layer".to_string())?;
+        let digest = sha256_digest(&blob);
+        layer_descriptors.push(descriptor(media_type, &digest, blob.len()));
+        diff_ids.push(sha256_digest(layer));
+        blobs.push((digest, blob));
     }
     let config_file = ConfigFile {
         created: Some("1970-01-01T00:00:00Z".to_string()),

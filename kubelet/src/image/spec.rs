@@ -9,6 +9,7 @@ pub(crate) const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.
 pub(crate) const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub(crate) const MEDIA_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub(crate) const MEDIA_OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub(crate) const MEDIA_OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub(crate) const MEDIA_OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 pub(crate) const MEDIA_DOCKER_MANIFEST: &str =
     "application/vnd.docker.distribution.manifest.v2+json";
