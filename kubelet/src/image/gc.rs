@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use nix::fcntl::FlockArg;
 
-use super::records;
+use super::records::{self, Durability};
 use super::{ImageError, ImageStore};
 
 /// What [`ImageStore::collect_garbage`] did.
@@ -75,7 +75,7 @@ impl ImageStore {
                 .filter(|l| !shared.contains(l.diff_id.as_str()))
                 .map(|l| l.size)
                 .sum();
-            records::update(self.dir(), |records| {
+            records::update(self.dir(), Durability::Synced, |records| {
                 records.remove_image(manifest);
                 Ok(())
             })?;

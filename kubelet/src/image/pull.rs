@@ -464,7 +464,9 @@ async fn download_layer(
             tracing::info!(image, layer = %descriptor.digest, received, total = descriptor.size, "pulling layer {number}/{count}");
         }
     }
-    file.sync_all()
+    // The blob only lives until it is unpacked (and the unpacked layer is synced): flushed,
+    // not synced.
+    file.flush()
         .await
         .map_err(|e| format!("writing {}: {e}", path.display()))?;
     hash.verify(&format!("layer {}", descriptor.digest), &descriptor.digest)

@@ -76,24 +76,40 @@ impl Records {
         }
     }
 
-    fn save(&self, path: &Path) -> Result<(), ImageError> {
+    fn save(&self, path: &Path, durability: Durability) -> Result<(), ImageError> {
         let temp = path.with_extension("json.tmp");
         let bytes =
             serde_json::to_vec_pretty(self).map_err(|e| ImageError::content("image records", e))?;
+        let synced = durability == Durability::Synced;
         let write = || -> std::io::Result<()> {
             let mut file = File::create(&temp)?;
             file.write_all(&bytes)?;
-            file.sync_all()?;
+            if synced {
+                file.sync_all()?;
+            }
             fs::rename(&temp, path)?;
-            File::open(path.parent().unwrap_or(Path::new("/")))?.sync_all()
+            if synced {
+                File::open(path.parent().unwrap_or(Path::new("/")))?.sync_all()?;
+            }
+            Ok(())
         };
         write().context(|| format!("writing {}", path.display()))
     }
 }
 
+/// Whether a records update must survive a power loss, or only a crash of the process (still
+/// atomic: the rename is what makes it visible).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    Synced,
+    /// For last-use times, written at every container start.
+    Relaxed,
+}
+
 /// Runs `change` on the records with `index.lock` held, saving them when it returns Ok.
 pub(crate) fn update<T>(
     dir: &Path,
+    durability: Durability,
     change: impl FnOnce(&mut Records) -> Result<T, ImageError>,
 ) -> Result<T, ImageError> {
     let lock_path = dir.join("index.lock");
@@ -109,6 +125,6 @@ pub(crate) fn update<T>(
     let path = dir.join("index.json");
     let mut records = Records::load(&path)?;
     let result = change(&mut records)?;
-    records.save(&path)?;
+    records.save(&path, durability)?;
     Ok(result)
 }

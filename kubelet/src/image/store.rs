@@ -26,7 +26,7 @@ use nix::fcntl::{Flock, FlockArg};
 use super::digest::{is_hex64, sha256_digest, sha256_hex};
 use super::error::IoContext;
 use super::layer::unpack_verified;
-use super::records::{self, ImageRecord, LayerRecord, Records};
+use super::records::{self, Durability, ImageRecord, LayerRecord, Records};
 use super::spec::{ConfigFile, MAX_DOCUMENT_BYTES};
 use super::{ImageConfig, ImageError, normalize_reference};
 
@@ -258,7 +258,7 @@ impl ImageStore {
                 ));
             }
         }
-        records::update(&self.dir, |records| {
+        records::update(&self.dir, Durability::Synced, |records| {
             let now = now();
             let record = records
                 .images
@@ -390,7 +390,7 @@ impl ImageStore {
 
     /// Notes that an image was used now (for the garbage collector's least-recently-used order).
     pub fn mark_used(&self, id: &str) -> Result<(), ImageError> {
-        records::update(&self.dir, |records| {
+        records::update(&self.dir, Durability::Relaxed, |records| {
             let now = now();
             for record in records
                 .images
@@ -412,7 +412,7 @@ impl ImageStore {
             let records = self.records()?;
             normalize_reference(reference).is_ok_and(|n| records.references.contains_key(&n))
         };
-        let removed = records::update(&self.dir, |records| {
+        let removed = records::update(&self.dir, Durability::Synced, |records| {
             let targets = self.resolve(records, reference)?;
             if targets.is_empty() {
                 return Err(ImageError::NotFound(reference.to_string()));
