@@ -1193,3 +1193,67 @@ async fn a_pull_killed_midway_leaves_nothing_used_and_can_be_redone() {
         BIG_FILE
     );
 }
+
+#[test]
+fn docker_save_layout_with_a_symlinked_repeated_layer() {
+    use sha2::Digest;
+    let mut scratch = Scratch::new();
+    let mut layer = LayerBuilder::new();
+    layer.file("hello", b"hello\n", 0o644).unwrap();
+    let layer = layer.finish().unwrap();
+    let diff_id = format!(
+        "sha256:{}",
+        sha2::Sha256::digest(&layer)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["cat", "/hello"], "Env": null},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id, diff_id]},
+    })
+    .to_string();
+    let manifest = serde_json::json!([{
+        "Config": "config.json",
+        "RepoTags": ["hello:saved"],
+        "Layers": ["first/layer.tar", "second/layer.tar"],
+    }])
+    .to_string();
+    // As `docker save` writes a layer that repeats: a symlink to the first copy.
+    let archive = scratch.path("saved.tar");
+    let mut tar = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+    for (path, data) in [
+        ("manifest.json", manifest.as_bytes()),
+        ("config.json", config.as_bytes()),
+        ("first/layer.tar", &layer[..]),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(data.len() as u64);
+        tar.append_data(&mut header, path, data).unwrap();
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Symlink);
+    header.set_size(0);
+    tar.append_link(&mut header, "second/layer.tar", "../first/layer.tar")
+        .unwrap();
+    tar.into_inner().unwrap();
+
+    let store = scratch.store();
+    let image = store.import(&archive).unwrap().remove(0);
+    assert_eq!(image.repo_tags, ["docker.io/library/hello:saved"]);
+    assert_eq!(
+        image.config.cmd,
+        Some(vec!["cat".to_string(), "/hello".to_string()])
+    );
+    assert_eq!(image.layers.len(), 2);
+    assert_eq!(image.layers[0], image.layers[1], "one layer, unpacked once");
+    assert_eq!(
+        std::fs::read(image.layers[0].join("hello")).unwrap(),
+        b"hello\n"
+    );
+    let container = scratch.container("saved");
+    let rootfs = mount_rootfs(&image, &container).unwrap();
+    assert_eq!(std::fs::read(rootfs.join("hello")).unwrap(), b"hello\n");
+}

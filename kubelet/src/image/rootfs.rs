@@ -44,8 +44,17 @@ pub fn mount_rootfs(image: &Image, container_dir: &Path) -> Result<PathBuf, Imag
     if image.layers.is_empty() {
         return Err(failed(format!("image {} has no layers", image.id)));
     }
-    // overlayfs lists the topmost lower directory first.
-    let lowers: Vec<&Path> = image.layers.iter().rev().map(PathBuf::as_path).collect();
+    // overlayfs lists the topmost lower directory first and refuses one listed twice (ELOOP).
+    // A layer an image repeats (empty layers often are) is kept at its topmost place only:
+    // that copy already decides every path the layer holds, so the stack shows the same.
+    let mut seen = std::collections::HashSet::new();
+    let lowers: Vec<&Path> = image
+        .layers
+        .iter()
+        .rev()
+        .map(PathBuf::as_path)
+        .filter(|layer| seen.insert(*layer))
+        .collect();
     match mount_with_fsconfig(&lowers, &upper, &work, &rootfs) {
         Ok(()) => {}
         Err(Errno::EINVAL) | Err(Errno::ENOSYS) => {
