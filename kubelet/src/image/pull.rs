@@ -267,7 +267,7 @@ impl ImageStore {
                 &mut config_bytes,
             )
             .await
-            .map_err(|e| failed(format!("config {}: {e}", manifest.config.digest)))?;
+            .map_err(|e| failed(format!("config {}: {}", manifest.config.digest, reason(&e))))?;
         if sha256_digest(&config_bytes) != manifest.config.digest {
             return Err(failed(format!(
                 "config {}: digest mismatch",
