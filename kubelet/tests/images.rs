@@ -682,6 +682,49 @@ async fn pulls_from_a_local_registry() {
         assert_eq!(manifest["layers"][0]["mediaType"], media_type);
     }
 
+    // Several layers fetched at once, one of them twice in the image: stacked in order.
+    let layer = |name: &str, content: &str| {
+        let mut layer = LayerBuilder::new();
+        layer.file(name, content.as_bytes(), 0o644).unwrap();
+        layer.finish().unwrap()
+    };
+    let layers = [
+        layer("a", "a1"),
+        layer("shared", "below"),
+        layer("a", "a2"),
+        layer("shared", "below"),
+        layer("b", "b"),
+    ];
+    let stacked = scratch.path("stacked.tar");
+    write_oci_archive(
+        &stacked,
+        "stacked:1",
+        &ImageConfig::default(),
+        &layers,
+        LayerCompression::Gzip,
+    )
+    .unwrap();
+    registry.push(
+        &format!("oci-archive:{}", stacked.display()),
+        "tools/stacked:1",
+        &[],
+    );
+    let image = store
+        .pull(&format!("{}/tools/stacked:1", registry.address), &insecure)
+        .await
+        .unwrap();
+    assert_eq!(image.layers.len(), 5);
+    assert_eq!(image.layers[1], image.layers[3]);
+    let mut containers = Scratch::new();
+    let rootfs = mount_rootfs(&image, &containers.container("stacked")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("a")).unwrap(),
+        "a2",
+        "upper layers win"
+    );
+    assert_eq!(std::fs::read_to_string(rootfs.join("b")).unwrap(), "b");
+    drop(containers);
+
     let missing = format!("{}/tools/missing:1", registry.address);
     match store.pull(&missing, &insecure).await {
         Err(ImageError::Pull { reason, .. }) => {

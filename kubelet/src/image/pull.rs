@@ -25,7 +25,7 @@ use super::spec::{
     ConfigFile, Descriptor, Index, MAX_DOCUMENT_BYTES, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST,
     MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, Manifest, check_layer_count, is_index,
 };
-use super::store::{Image, ImageStore};
+use super::store::{Image, ImageStore, Staging};
 use super::{ImageError, parse_reference};
 
 const ACCEPTED_MANIFESTS: &[&str] = &[
@@ -36,6 +36,8 @@ const ACCEPTED_MANIFESTS: &[&str] = &[
 ];
 /// Largest layer blob fetched.
 const MAX_BLOB_BYTES: u64 = 32 << 30;
+/// Layers fetched at once (containerd's default too).
+const MAX_CONCURRENT_LAYERS: usize = 3;
 
 /// One lock per image name, so that pods starting together wait for one pull of their image
 /// instead of each pulling it.
@@ -289,8 +291,10 @@ impl ImageStore {
                 .await
                 .expect("staging does not panic")?,
         );
+        // Up to MAX_CONCURRENT_LAYERS layers at once, each fetched once even if the image
+        // repeats it.
         let count = manifest.layers.len();
-        let mut layers = Vec::new();
+        let mut unique: Vec<(usize, &Descriptor, &String)> = Vec::new();
         for (i, (descriptor, diff_id)) in manifest
             .layers
             .iter()
@@ -298,42 +302,42 @@ impl ImageStore {
             .enumerate()
         {
             sha256_hex(diff_id)?;
-            let size = match self.layer_size(diff_id)? {
-                Some(size) => {
-                    tracing::info!(image = %name, layer = %descriptor.digest, "layer {}/{count} already present", i + 1);
-                    size
-                }
-                None => {
-                    let blob = staging
-                        .path()
-                        .join(format!("{}.blob", sha256_hex(&descriptor.digest)?));
-                    download_layer(&client, &parsed, descriptor, &blob, &name, (i + 1, count))
-                        .await
-                        .map_err(failed)?;
-                    let (store, diff_id, digest) =
-                        (self.clone(), diff_id.clone(), descriptor.digest.clone());
-                    let staged = Arc::clone(&staging);
-                    let unpacked =
-                        tokio::task::spawn_blocking(move || -> Result<u64, ImageError> {
-                            let file = std::fs::File::open(&blob).map_err(|e| ImageError::Io {
-                                context: format!("opening {}", blob.display()),
-                                source: e,
-                            })?;
-                            let size = store.add_layer(&staged, &diff_id, file, Some(&digest));
-                            let _ = std::fs::remove_file(&blob);
-                            size
-                        })
-                        .await
-                        .expect("unpacking does not panic")?;
-                    tracing::info!(image = %name, layer = %descriptor.digest, bytes = unpacked, "layer {}/{count} unpacked", i + 1);
-                    unpacked
-                }
-            };
-            layers.push(LayerRecord {
-                diff_id: diff_id.clone(),
-                size,
-            });
+            sha256_hex(&descriptor.digest)?;
+            if !unique.iter().any(|(_, _, seen)| *seen == diff_id) {
+                unique.push((i + 1, descriptor, diff_id));
+            }
         }
+        let layer_pull = LayerPull {
+            client: &client,
+            reference: &parsed,
+            image: &name,
+            staging: Arc::clone(&staging),
+            count,
+        };
+        let fetches = unique.into_iter().map(|(number, descriptor, diff_id)| {
+            let layer_pull = &layer_pull;
+            async move {
+                let size = self
+                    .fetch_layer(layer_pull, descriptor, diff_id, number)
+                    .await?;
+                Ok::<_, ImageError>((diff_id.clone(), size))
+            }
+        });
+        let sizes: HashMap<String, u64> = futures::stream::iter(fetches)
+            .buffer_unordered(MAX_CONCURRENT_LAYERS)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        let layers = config
+            .rootfs
+            .diff_ids
+            .iter()
+            .map(|diff_id| LayerRecord {
+                diff_id: diff_id.clone(),
+                size: sizes[diff_id],
+            })
+            .collect();
         let config_digest = manifest.config.digest.clone();
         let tag_name = parsed
             .tag()
@@ -357,6 +361,66 @@ impl ImageStore {
         tracing::info!(image = %name, id = %image.id, elapsed_ms = started.elapsed().as_millis() as u64, "pulled image");
         Ok(image)
     }
+
+    /// One layer into the store: nothing if it is there, else downloaded into the pull's
+    /// staging directory, verified and unpacked. Returns its size.
+    async fn fetch_layer(
+        &self,
+        pull: &LayerPull<'_>,
+        descriptor: &Descriptor,
+        diff_id: &str,
+        number: usize,
+    ) -> Result<u64, ImageError> {
+        let (image, count) = (pull.image, pull.count);
+        if let Some(size) = self.layer_size(diff_id)? {
+            tracing::info!(image, layer = %descriptor.digest, "layer {number}/{count} already present");
+            return Ok(size);
+        }
+        let failed = |reason: String| ImageError::Pull {
+            reference: image.to_string(),
+            reason,
+        };
+        let staging = Arc::clone(&pull.staging);
+        let blob = staging
+            .path()
+            .join(format!("{}.blob", sha256_hex(&descriptor.digest)?));
+        download_layer(
+            pull.client,
+            pull.reference,
+            descriptor,
+            &blob,
+            image,
+            (number, count),
+        )
+        .await
+        .map_err(failed)?;
+        let (store, diff_id, digest) =
+            (self.clone(), diff_id.to_string(), descriptor.digest.clone());
+        let size = tokio::task::spawn_blocking(move || -> Result<u64, ImageError> {
+            let file = std::fs::File::open(&blob).map_err(|e| ImageError::Io {
+                context: format!("opening {}", blob.display()),
+                source: e,
+            })?;
+            let size = store.add_layer(&staging, &diff_id, file, Some(&digest));
+            let _ = std::fs::remove_file(&blob);
+            size
+        })
+        .await
+        .expect("unpacking does not panic")?;
+        tracing::info!(image, layer = %descriptor.digest, bytes = size, "layer {number}/{count} unpacked");
+        Ok(size)
+    }
+}
+
+/// What the layer fetches of one pull share.
+struct LayerPull<'a> {
+    client: &'a Client,
+    reference: &'a Reference,
+    /// The image's name, for errors and the log.
+    image: &'a str,
+    staging: Arc<Staging>,
+    /// Layers in the image.
+    count: usize,
 }
 
 /// The registry's own words for a failure (`manifest unknown`), or the error with its causes
