@@ -294,7 +294,7 @@ impl ImageStore {
         // Up to MAX_CONCURRENT_LAYERS layers at once, each fetched once even if the image
         // repeats it.
         let count = manifest.layers.len();
-        let mut unique: Vec<(usize, &Descriptor, &String)> = Vec::new();
+        let mut unique: Vec<(usize, Descriptor, String)> = Vec::new();
         for (i, (descriptor, diff_id)) in manifest
             .layers
             .iter()
@@ -303,8 +303,8 @@ impl ImageStore {
         {
             sha256_hex(diff_id)?;
             sha256_hex(&descriptor.digest)?;
-            if !unique.iter().any(|(_, _, seen)| *seen == diff_id) {
-                unique.push((i + 1, descriptor, diff_id));
+            if !unique.iter().any(|(_, _, seen)| seen == diff_id) {
+                unique.push((i + 1, descriptor.clone(), diff_id.clone()));
             }
         }
         let layer_pull = LayerPull {
@@ -314,15 +314,20 @@ impl ImageStore {
             staging: Arc::clone(&staging),
             count,
         };
-        let fetches = unique.into_iter().map(|(number, descriptor, diff_id)| {
-            let layer_pull = &layer_pull;
-            async move {
-                let size = self
-                    .fetch_layer(layer_pull, descriptor, diff_id, number)
-                    .await?;
-                Ok::<_, ImageError>((diff_id.clone(), size))
-            }
-        });
+        // Owned items collected first: a closure over borrowed items inside the stream would
+        // make the future not Send (rustc's higher-ranked lifetime limitation).
+        let fetches: Vec<_> = unique
+            .into_iter()
+            .map(|(number, descriptor, diff_id)| {
+                let layer_pull = &layer_pull;
+                async move {
+                    let size = self
+                        .fetch_layer(layer_pull, &descriptor, &diff_id, number)
+                        .await?;
+                    Ok::<_, ImageError>((diff_id, size))
+                }
+            })
+            .collect();
         let sizes: HashMap<String, u64> = futures::stream::iter(fetches)
             .buffer_unordered(MAX_CONCURRENT_LAYERS)
             .collect::<Vec<_>>()
@@ -548,6 +553,20 @@ async fn download_layer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The agent spawns pulls as tokio tasks.
+    #[test]
+    fn pull_futures_are_send() {
+        fn spawnable<T: Send + 'static>(_: T) {}
+        let root = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(root.path()).unwrap();
+        spawnable(async move {
+            let options = PullOptions::default();
+            store
+                .ensure("busybox", PullPolicy::IfNotPresent, &options)
+                .await
+        });
+    }
 
     #[test]
     fn default_pull_policy_as_kube() {
