@@ -38,6 +38,10 @@ const ACCEPTED_MANIFESTS: &[&str] = &[
 const MAX_BLOB_BYTES: u64 = 32 << 30;
 /// Layers fetched at once (containerd's default too).
 const MAX_CONCURRENT_LAYERS: usize = 3;
+/// A registry that does not answer within these fails the pull instead of holding it (and
+/// the store's lock, which garbage collection waits for) forever.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// One lock per image name, so that pods starting together wait for one pull of their image
 /// instead of each pulling it.
@@ -221,6 +225,8 @@ impl ImageStore {
         let client = Client::new(ClientConfig {
             protocol: ClientProtocol::HttpsExcept(options.insecure_registries.clone()),
             platform_resolver: Some(Box::new(linux_amd64_resolver)),
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
             extra_root_certificates: options
                 .ca_certificates
                 .iter()
