@@ -21,7 +21,7 @@ packages=(
     # network namespaces the tests make), nsenter, dig for the cluster DNS tests
     iproute2 iptables nftables conntrack util-linux bind9-dnsutils
     # the kubelet's image tests: a real registry on loopback, images pushed with skopeo
-    docker-registry skopeo
+    docker-registry skopeo openssl
 )
 missing=()
 for p in "${packages[@]}"; do
