@@ -7,6 +7,7 @@ use super::attributes;
 use super::channel::{Channel, Msg};
 use crate::error::{Context, Error, Result};
 use crate::rootfs::{self, RootfsContext};
+use crate::safe_path::Kind;
 use crate::seccomp::Filter;
 use crate::{capabilities, console, rlimits};
 use nix::fcntl::{OFlag, open, openat};
@@ -15,7 +16,7 @@ use nix::sys::stat::Mode;
 use oci_spec::runtime::{LinuxNamespaceType, Process};
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -64,7 +65,7 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
         new_cgroup_ns: ns.new_cgroup,
         in_user_ns,
     };
-    rootfs::prepare(spec, &ctx)?;
+    let root = rootfs::prepare(spec, &ctx)?;
     let hooks = spec.hooks().clone().unwrap_or_default();
     let wants_hooks = [
         hooks.prestart(),
@@ -98,11 +99,11 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
         Mode::empty(),
     )
     .ctx(|| "open /proc".into())?;
-    let cwd = rootfs::secure_join(cfg.rootfs, process.cwd())?;
-    if !cwd.exists() {
-        std::fs::create_dir_all(&cwd)
-            .ctx(|| format!("process.cwd: create {}", process.cwd().display()))?;
-    }
+    root.make(process.cwd(), Kind::Dir)
+        .map_err(|e| Error::Config(format!("process.cwd: {e}")))?;
+    let null = rootfs::host_null()?;
+    rootfs::protect(spec, &root, null.as_fd())?;
+    drop((root, null));
     rootfs::pivot(cfg.rootfs, cfg.no_pivot)?;
     rootfs::finalize(spec)?;
     if let Some(linux) = spec.linux() {

@@ -1,0 +1,186 @@
+//! Attacks on the runtime from inside a bundle, of the classes runc has had to fix: mount targets
+//! swapped for symlinks while the container is set up (CVE-2021-30465), a planted /dev/null
+//! bound over masked paths (CVE-2025-31133), sysctl writes redirected out of procfs
+//! (CVE-2025-52881), a fork bomb outliving `kill --all`, and fds of the runtime reaching the
+//! container.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// A thread that keeps exchanging `a` and `b` (in the same directory) until dropped.
+struct Flipper {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl Flipper {
+    fn start(a: &Path, b: &Path) -> Flipper {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, b, s) = (a.to_path_buf(), b.to_path_buf(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut flips = 0;
+            while !s.load(Ordering::Relaxed) {
+                nix::fcntl::renameat2(
+                    nix::fcntl::AT_FDCWD,
+                    &a,
+                    nix::fcntl::AT_FDCWD,
+                    &b,
+                    nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                )
+                .expect("exchange");
+                flips += 1;
+            }
+            flips
+        });
+        Flipper {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().map(|t| t.join().unwrap()).unwrap_or(0)
+    }
+}
+
+impl Drop for Flipper {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A container sharing a volume with us swaps its mount point between a directory and a
+/// symlink to a host directory while containers are created: the mount must always land inside
+/// the container's root, never on the host directory.
+#[test]
+fn a_mount_point_swapped_for_a_symlink_never_lands_outside_the_root() {
+    let runc = Runc::new();
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("marker"), "host\n").unwrap();
+    let b = Bundle::new(&[
+        "sh",
+        "-c",
+        "grep size=12k /proc/self/mountinfo | cut -d' ' -f5",
+    ])
+    .with(|c| {
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        mounts.push(json!({"destination": "/vol/mnt", "type": "tmpfs", "source": "tmpfs", "options": ["size=12k"]}));
+    });
+    let vol = b.path().join("rootfs/vol");
+    std::fs::create_dir_all(vol.join("mnt")).unwrap();
+    std::os::unix::fs::symlink(host.path(), vol.join("alt")).unwrap();
+    let before = host_mounts();
+    let mut flipper = Flipper::start(&vol.join("mnt"), &vol.join("alt"));
+    let inside_link = host.path().display().to_string();
+    let mut ran = 0;
+    for _ in 0..40 {
+        let (code, out, err) = b.run(&runc, &unique("swap"));
+        if code != 0 {
+            // Losing the race may fail the create (a clear error); it must never escape.
+            assert!(err.contains("mounts["), "unexpected failure: {err}");
+            continue;
+        }
+        ran += 1;
+        let at = out.trim();
+        assert!(
+            // The directory mounted on may have been renamed to alt since: still inside.
+            at == "/vol/mnt" || at == "/vol/alt" || at == inside_link,
+            "the tmpfs is not inside the container (mounted at {at:?}): it went outside the root"
+        );
+        assert_eq!(
+            std::fs::read_to_string(host.path().join("marker")).unwrap(),
+            "host\n"
+        );
+    }
+    let flips = flipper.stop();
+    assert!(
+        ran > 0 && flips > 0,
+        "ran {ran} containers over {flips} swaps"
+    );
+    assert_eq!(before, host_mounts(), "the host's mount table changed");
+    assert!(!host_mounts().contains(&format!(" {} ", host.path().display())));
+}
+
+/// The container's /dev is `dir` of the bundle instead of a tmpfs (in place, so /dev/pts and
+/// the others still go on top of it).
+fn bind_dev(config: &mut serde_json::Value, dir: &Path) {
+    for m in config["mounts"].as_array_mut().unwrap() {
+        if m["destination"] == "/dev" {
+            *m =
+                json!({"destination": "/dev", "type": "bind", "source": dir, "options": ["rbind"]});
+        }
+    }
+}
+
+/// An image whose /dev comes from the bundle, with /dev/null planted as a symlink or a file:
+/// the masked paths must still be masked by the real null device.
+#[test]
+fn a_planted_dev_null_never_masks_paths() {
+    let runc = Runc::new();
+    for planted in ["symlink", "file"] {
+        let dev = tempfile::tempdir().unwrap();
+        let null = dev.path().join("null");
+        match planted {
+            "symlink" => std::os::unix::fs::symlink("/proc/sys/kernel/hostname", &null).unwrap(),
+            _ => std::fs::write(&null, "planted\n").unwrap(),
+        }
+        let out = Bundle::sh(
+            &runc,
+            "echo \"[$(cat /proc/timer_list)]\"; echo x > /proc/timer_list && cat /proc/timer_list",
+            |c| {
+                c["hostname"] = json!("leaked-hostname");
+                bind_dev(c, dev.path());
+            },
+        );
+        assert_eq!(
+            out, "[]\n",
+            "{planted}: /proc/timer_list is not masked by /dev/null"
+        );
+        assert!(!std::fs::read_to_string(&null).is_ok_and(|s| s.contains('x')));
+    }
+}
+
+/// A bind mount over /proc/sys/kernel redirects a sysctl to a host file: refused, and the host
+/// file is untouched.
+#[test]
+fn a_sysctl_redirected_out_of_procfs_is_refused() {
+    let runc = Runc::new();
+    let host = tempfile::tempdir().unwrap();
+    let file = host.path().join("domainname");
+    std::fs::write(&file, "host-file\n").unwrap();
+    let b = Bundle::new(&["true"]).with(|c| {
+        c["linux"]["sysctl"] = json!({"kernel.domainname": "written"});
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        mounts.push(json!({"destination": "/proc/sys/kernel", "type": "bind", "source": host.path(), "options": ["bind"]}));
+    });
+    let (code, _, err) = b.run(&runc, &unique("sysctl"));
+    assert_ne!(code, 0, "the sysctl was written through a bind mount");
+    assert!(err.contains("linux.sysctl: kernel.domainname"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "host-file\n");
+
+    // An image whose /dev/console is a symlink into /proc gets no console bound there.
+    let link = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/proc/sys/kernel/core_pattern", link.path().join("console"))
+        .unwrap();
+    std::os::unix::fs::symlink("pts/ptmx", link.path().join("ptmx")).unwrap();
+    let core_pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    let b = Bundle::new(&["true"]).with(|c| {
+        c["process"]["terminal"] = json!(true);
+        bind_dev(c, link.path());
+    });
+    let (code, _, err) = b.run(&runc, &unique("console"));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("/dev/console") || err.contains("devpts"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap(),
+        core_pattern
+    );
+}
