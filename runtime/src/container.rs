@@ -56,8 +56,10 @@ impl Drop for Undo {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(pid, None);
         }
-        if let Some(cg) = &self.cgroup {
-            cg.remove();
+        if let Some(cg) = &self.cgroup
+            && let Err(e) = cg.remove()
+        {
+            tracing::warn!("undo a failed create: {e}");
         }
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
@@ -514,14 +516,7 @@ impl Runtime {
             return Err(Error::State("container not running".into()));
         }
         if all {
-            for pid in record.cgroup.pids()? {
-                let _ = kill(Pid::from_raw(pid), signal);
-            }
-            if status == Status::Paused {
-                // A frozen process only dies once thawed.
-                record.cgroup.set_frozen(false)?;
-            }
-            return Ok(());
+            return record.cgroup.signal_all(signal);
         }
         kill(Pid::from_raw(record.pid), signal).ctx(|| format!("kill container {id}"))
     }
@@ -543,17 +538,20 @@ impl Runtime {
         let status = record.status(&sd);
         match status {
             // Init is gone, but without a pid namespace of its own other processes may remain.
-            Status::Stopped => self.kill_all(&record),
-            Status::Created => self.kill_all(&record),
-            Status::Creating if force => self.kill_all(&record),
-            Status::Running | Status::Paused if force => self.kill_all(&record),
+            Status::Stopped | Status::Created => self.kill_all(&record),
+            Status::Creating | Status::Running | Status::Paused if force => self.kill_all(&record),
             s => {
                 return Err(Error::State(format!(
                     "cannot delete container {id} that is not stopped: {s}"
                 )));
             }
         }
-        record.cgroup.remove();
+        // A cgroup that is still there must not be forgotten: keep the state to retry with.
+        record.cgroup.remove().map_err(|e| {
+            Error::Other(format!(
+                "delete container {id}: {e} (its state is kept; retry delete)"
+            ))
+        })?;
         std::fs::remove_dir_all(&sd.dir).ctx(|| format!("remove {}", sd.dir.display()))?;
         if let Some(h) = record.hooks.as_ref().and_then(|h| h.poststop().as_ref()) {
             let json = state_json(&record, Status::Stopped);
@@ -566,14 +564,12 @@ impl Runtime {
 
     /// SIGKILL to every process of the container, then wait until they are gone.
     fn kill_all(&self, record: &Record) {
-        let mut pids = record.cgroup.pids().unwrap_or_default();
         if record.pid > 0 && state::process_alive(record.pid, record.start_time) {
-            pids.push(record.pid);
+            let _ = kill(Pid::from_raw(record.pid), Signal::SIGKILL);
         }
-        for pid in &pids {
-            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        if let Err(e) = record.cgroup.signal_all(Signal::SIGKILL) {
+            tracing::debug!("kill the processes of {}: {e}", record.id);
         }
-        let _ = record.cgroup.set_frozen(false);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             // Our own child (run) must be reaped; others are reaped by their parent.

@@ -184,3 +184,104 @@ fn a_sysctl_redirected_out_of_procfs_is_refused() {
         core_pattern
     );
 }
+
+/// A runaway forker: eight chains of processes that each fork and exit at once (so a pid read
+/// from cgroup.procs is usually gone by the time it is signalled), under a subreaper that reaps
+/// them as fast as they go (so the pids limit does not slow them down).
+const BOMB_C: &str = r#"
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(void) {
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+    for (int i = 0; i < 8; i++)
+        if (fork() == 0)
+            for (;;) if (fork() > 0) _exit(0);
+    for (;;) wait(0);
+}
+"#;
+
+/// The bomb, built once with the C compiler as a static binary.
+fn bomb() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let src = dir.join("bomb.c");
+        let bin = dir.join(format!("bomb-{}", std::process::id()));
+        std::fs::write(&src, BOMB_C).unwrap();
+        let out = std::process::Command::new("cc")
+            .args(["-static", "-O1", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .output()
+            .expect("cc is missing: install Debian's gcc and libc6-dev (static libc)");
+        assert!(
+            out.status.success(),
+            "cc -static failed (needs libc6-dev): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        bin
+    })
+    .clone()
+}
+
+/// A fork bomb in a container without its own pid namespace (so nothing dies with its init):
+/// `kill --all` must stop every process, with SIGTERM (freeze, signal, thaw on the v1 freezer)
+/// and with SIGKILL (cgroup.kill).
+#[test]
+fn kill_all_stops_a_fork_bomb() {
+    let runc = Runc::new();
+    for signal in ["TERM", "KILL"] {
+        let cg = format!("/skiff-test-{}", unique("bomb"));
+        let b = Bundle::new(&["/bomb"]).with(|c| {
+            c["linux"]["cgroupsPath"] = json!(cg);
+            // Bounded, so the host never feels it.
+            c["linux"]["resources"] = json!({"pids": {"limit": 512}});
+            c["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|n| n["type"] != "pid");
+        });
+        std::fs::copy(bomb(), b.path().join("rootfs/bomb")).unwrap();
+        let id = unique("bomb");
+        runc.ok(&["run", "--detach", "--bundle", b.path_str(), &id]);
+        // The init itself is gone at once: the cgroup is the truth.
+        let procs = format!("/sys/fs/cgroup/pids{cg}/cgroup.procs");
+        let count = || std::fs::read_to_string(&procs).map_or(0, |p| p.lines().count());
+        wait_until(10, || count() >= 5);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        runc.ok(&["kill", "--all", &id, signal]);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert_eq!(count(), 0, "{signal}: processes survived kill --all");
+        runc.ok(&["delete", "--force", &id]);
+        assert!(cgroup_dirs(&cg).is_empty(), "{signal}: cgroups left");
+    }
+}
+
+/// A cgroup that cannot be removed (here: it has a child) fails `delete`, which keeps the
+/// container's state so that a later delete finishes the job.
+#[test]
+fn delete_keeps_the_state_when_the_cgroup_stays() {
+    let runc = Runc::new();
+    let cg = format!("/skiff-test-{}", unique("stay"));
+    let b = Bundle::new(&["true"]).with(|c| c["linux"]["cgroupsPath"] = json!(cg));
+    let id = unique("stay");
+    runc.ok(&["create", "--bundle", b.path_str(), &id]);
+    let child = format!("/sys/fs/cgroup/memory{cg}/held");
+    std::fs::create_dir(&child).unwrap();
+    let out = runc.run(&["delete", "--force", &id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let held = std::fs::remove_dir(&child);
+    assert!(
+        !out.status.success(),
+        "delete forgot a cgroup that is still there"
+    );
+    assert!(
+        err.contains("remove cgroup") && err.contains("memory"),
+        "{err}"
+    );
+    assert_eq!(runc.status(&id), "stopped");
+    held.unwrap();
+    runc.ok(&["delete", &id]);
+    assert!(cgroup_dirs(&cg).is_empty());
+}
