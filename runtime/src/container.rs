@@ -30,7 +30,7 @@ pub struct ExecOptions {
     pub console_socket: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
     pub detach: bool,
-    pub preserve_fds: i32,
+    pub preserve_fds: u32,
     pub ignore_paused: bool,
 }
 
@@ -40,7 +40,7 @@ pub struct CreateOptions {
     pub console_socket: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
     pub no_pivot: bool,
-    pub preserve_fds: i32,
+    pub preserve_fds: u32,
 }
 
 /// Removes what a failed create made, unless disarmed.

@@ -285,3 +285,160 @@ fn delete_keeps_the_state_when_the_cgroup_stays() {
     runc.ok(&["delete", &id]);
     assert!(cgroup_dirs(&cg).is_empty());
 }
+
+/// A seccomp filter making open_tree and close_range answer ENOSYS, as on a kernel before
+/// 5.11: the runtime must fall back to a sealed memfd copy of itself and to walking
+/// /proc/self/fd.
+fn old_kernel_filter() -> Vec<u8> {
+    use libseccomp::{ScmpAction, ScmpFilterContext, ScmpSyscall};
+    let mut ctx = ScmpFilterContext::new(ScmpAction::Allow).unwrap();
+    for name in ["open_tree", "close_range"] {
+        ctx.add_rule(
+            ScmpAction::Errno(libc::ENOSYS),
+            ScmpSyscall::from_name(name).unwrap(),
+        )
+        .unwrap();
+    }
+    let mut file = tempfile::tempfile().unwrap();
+    ctx.export_bpf(&file).unwrap();
+    use std::io::{Read, Seek};
+    file.seek(std::io::SeekFrom::Start(0)).unwrap();
+    let mut bpf = vec![];
+    file.read_to_end(&mut bpf).unwrap();
+    bpf
+}
+
+/// Runs skiff-runc under the old-kernel filter with a stray descriptor 9 (not close-on-exec)
+/// inherited from us, capturing stdout and stderr in files.
+fn run_on_old_kernel(runc: &Runc, bpf: &[u8], args: &[&str]) -> std::process::Output {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let stray = std::fs::File::open("/etc/hostname").unwrap();
+    let (stray_fd, prog_ptr, prog_len) = (stray.as_raw_fd(), bpf.as_ptr() as usize, bpf.len() / 8);
+    let (out, err) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+    let mut cmd = runc.cmd();
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(err.try_clone().unwrap());
+    // SAFETY: only async-signal-safe syscalls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(stray_fd, 9) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let prog = libc::sock_fprog {
+                len: prog_len as u16,
+                filter: prog_ptr as *mut libc::sock_filter,
+            };
+            if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let status = cmd.status().expect("spawn skiff-runc");
+    let read = |mut f: std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut v = vec![];
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.read_to_end(&mut v).unwrap();
+        v
+    };
+    drop(stray);
+    std::process::Output {
+        status,
+        stdout: read(out),
+        stderr: read(err),
+    }
+}
+
+/// The fds a container's process holds, with what they point to, as `ls -l` shows them.
+fn container_fds(listing: &str) -> Vec<(u32, String)> {
+    listing
+        .lines()
+        .filter_map(|l| {
+            let (name, target) = l.split_once(" -> ")?;
+            Some((name.rsplit(' ').next()?.parse().ok()?, target.to_string()))
+        })
+        .collect()
+}
+
+/// Without open_tree and close_range the runtime still runs from a copy its containers cannot
+/// write, and no descriptor it had reaches the container unless preserved.
+#[test]
+fn on_an_old_kernel_no_fd_leaks_and_the_binary_stays_sealed() {
+    let runc = Runc::new();
+    let bpf = old_kernel_filter();
+    let b = Bundle::new(&["ls", "-l", "/proc/self/fd"]);
+    let id = unique("fds");
+    let out = run_on_old_kernel(&runc, &bpf, &["run", "--bundle", b.path_str(), &id]);
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fds = container_fds(&listing);
+    assert!(fds.len() >= 3, "{listing}");
+    for (fd, target) in &fds {
+        // 0-2 are stdio; ls holds one more for the directory it lists.
+        assert!(
+            *fd <= 2 || target.ends_with("/fd"),
+            "fd {fd} -> {target} leaked into the container:\n{listing}"
+        );
+    }
+    // Preserved on purpose, it gets through.
+    let id = unique("fds");
+    let out = run_on_old_kernel(
+        &runc,
+        &bpf,
+        &["run", "--preserve-fds", "7", "--bundle", b.path_str(), &id],
+    );
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        container_fds(&listing)
+            .iter()
+            .any(|(fd, t)| *fd == 9 && t == "/etc/hostname"),
+        "{listing}"
+    );
+    let out = runc.run(&[
+        "run",
+        "--preserve-fds",
+        "-1",
+        "--bundle",
+        b.path_str(),
+        &unique("neg"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--preserve-fds: -1 is negative"),
+        "{err}"
+    );
+
+    // The created container's init still runs our binary: a sealed memfd, not writable.
+    let b = Bundle::new(&["sleep", "1000"]);
+    let id = unique("sealed");
+    let out = run_on_old_kernel(&runc, &bpf, &["create", "--bundle", b.path_str(), &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid = runc.state(&id)["pid"].as_i64().unwrap();
+    let exe = format!("/proc/{pid}/exe");
+    let target = std::fs::read_link(&exe).unwrap();
+    assert!(
+        target.to_string_lossy().starts_with("/memfd:skiff-runc"),
+        "{target:?}"
+    );
+    let err = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&exe)
+        .expect_err("the runtime binary could be opened for writing");
+    assert!(
+        matches!(err.raw_os_error(), Some(libc::EPERM) | Some(libc::ETXTBSY)),
+        "{err}"
+    );
+    runc.ok(&["delete", "--force", &id]);
+}

@@ -228,20 +228,12 @@ impl Ready {
     /// Closes what the program must not inherit, loads a late seccomp filter, and execs.
     pub fn exec(
         self,
-        preserve_fds: i32,
+        preserve_fds: u32,
         seccomp: Option<&Filter>,
         state_json: &str,
     ) -> Result<Infallible> {
         // Nothing of ours past the preserved fds reaches the program.
-        // SAFETY: close_range on fd numbers only; CLOEXEC leaves them open until execve.
-        unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                3 + preserve_fds as u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            )
-        };
+        close_on_exec_from(3 + preserve_fds)?;
         if self.seccomp_late
             && let Some(filter) = seccomp
         {
@@ -249,6 +241,43 @@ impl Ready {
         }
         exec(&self.program, &self.args, &self.env)
     }
+}
+
+/// Marks every fd from `first` on close-on-exec: close_range(CLOSE_RANGE_CLOEXEC), or where
+/// the kernel lacks it (before 5.11), each fd listed in /proc/self/fd.
+fn close_on_exec_from(first: u32) -> Result<()> {
+    // SAFETY: close_range on fd numbers only; CLOEXEC leaves them open until execve.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    close_on_exec_walk(first)
+}
+
+fn close_on_exec_walk(first: u32) -> Result<()> {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .ctx(|| "list /proc/self/fd to close the runtime's descriptors".into())?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= first as i32)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD on a descriptor number; the one read_dir used is closed already.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EBADF) {
+                return Err(Error::Other(format!("mark fd {fd} close-on-exec: {err}")));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn with_home(mut env: Vec<String>, uid: u32) -> Vec<String> {

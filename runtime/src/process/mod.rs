@@ -26,7 +26,7 @@ pub struct InitConfig<'a> {
     pub namespaces: &'a Namespaces,
     /// Where the pty master goes when process.terminal is true.
     pub console_socket: Option<OwnedFd>,
-    pub preserve_fds: i32,
+    pub preserve_fds: u32,
     pub no_pivot: bool,
     pub seccomp: Option<&'a crate::seccomp::Filter>,
 }
@@ -229,7 +229,7 @@ pub struct ExecConfig<'a> {
     pub personality: Option<&'a oci_spec::runtime::LinuxPersonality>,
     pub state_json: String,
     pub console_socket: Option<OwnedFd>,
-    pub preserve_fds: i32,
+    pub preserve_fds: u32,
 }
 
 /// Namespaces in the order they are joined: user first (it owns the others), mount last (after
