@@ -13,7 +13,7 @@ use crate::process::{self, InitConfig};
 use crate::state::{self, Record, StateDir, Status};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxDeviceCgroup, LinuxNamespaceType};
+use oci_spec::runtime::LinuxDeviceCgroup;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -97,11 +97,6 @@ impl Runtime {
             .as_ref()
             .ok_or_else(|| Error::Config("linux: missing".into()))?;
         let namespaces = Namespaces::from_spec(linux.namespaces().as_deref().unwrap_or_default())?;
-        if !namespaces.has(LinuxNamespaceType::Mount) {
-            return Err(Error::Config(
-                "linux.namespaces: a mount namespace is required".into(),
-            ));
-        }
         let layout = Layout::detect()?;
         let resources = linux.resources().clone().unwrap_or_default();
         cgroups::check_available(&layout, &resources)?;
@@ -220,12 +215,14 @@ impl Runtime {
             &mut |pid| {
                 let mut r = record.clone();
                 r.pid = pid.as_raw();
-                let json = state_json(&r, Status::Creating);
+                // prestart runs once the container is created (runtime-spec, as crun does);
+                // createRuntime while it is still being created.
                 hooks::run(
                     "prestart",
                     hooks.prestart().as_deref().unwrap_or_default(),
-                    json.as_bytes(),
+                    state_json(&r, Status::Created).as_bytes(),
                 )?;
+                let json = state_json(&r, Status::Creating);
                 hooks::run(
                     "createRuntime",
                     hooks.create_runtime().as_deref().unwrap_or_default(),
@@ -628,10 +625,12 @@ fn device_rules(spec: &oci_spec::runtime::Spec) -> Vec<LinuxDeviceCgroup> {
         .and_then(|r| r.devices().clone())
         .unwrap_or_default();
     rules.extend(cgroups::default_device_rules());
+    // A fifo is no device to the kernel's device controller: it needs (and takes) no rule.
     for d in linux
         .and_then(|l| l.devices().as_ref())
         .into_iter()
         .flatten()
+        .filter(|d| d.typ() != oci_spec::runtime::LinuxDeviceType::P)
     {
         let mut r = LinuxDeviceCgroup::default();
         r.set_allow(true);

@@ -101,6 +101,9 @@ pub struct RootfsContext<'a> {
     pub cgroup: &'a CgroupPaths,
     pub new_cgroup_ns: bool,
     pub in_user_ns: bool,
+    /// False when the container shares the runtime's mount namespace: then nothing outside
+    /// the rootfs is touched and the root is entered with chroot.
+    pub own_mount_ns: bool,
 }
 
 /// Prepares the root filesystem in place (before pivot_root). Returns the opened root, through
@@ -115,14 +118,18 @@ pub fn prepare(spec: &Spec, ctx: &RootfsContext) -> Result<Root> {
         _ => MsFlags::MS_SLAVE | MsFlags::MS_REC,
     };
     // Shared would propagate into the host: start as slave, the final value is set after pivot.
-    let first = if root_prop.contains(MsFlags::MS_SHARED) {
+    // An unbindable / would forbid the bind of the rootfs below: that one is set on the rootfs.
+    let first = if root_prop.intersects(MsFlags::MS_SHARED | MsFlags::MS_UNBINDABLE) {
         MsFlags::MS_SLAVE | MsFlags::MS_REC
     } else {
         root_prop
     };
-    mount(None::<&str>, "/", None::<&str>, first, None::<&str>)
-        .ctx(|| "set propagation of /".into())?;
-    // pivot_root needs the new root to be a mount point.
+    if ctx.own_mount_ns {
+        mount(None::<&str>, "/", None::<&str>, first, None::<&str>)
+            .ctx(|| "set propagation of /".into())?;
+    }
+    // pivot_root needs the new root to be a mount point (and a read-only root is this mount,
+    // never the filesystem the bundle sits on).
     mount(
         Some(ctx.rootfs),
         ctx.rootfs,
@@ -131,6 +138,16 @@ pub fn prepare(spec: &Spec, ctx: &RootfsContext) -> Result<Root> {
         None::<&str>,
     )
     .ctx(|| format!("bind mount rootfs {}", ctx.rootfs.display()))?;
+    if root_prop.contains(MsFlags::MS_UNBINDABLE) {
+        mount(
+            None::<&str>,
+            ctx.rootfs,
+            None::<&str>,
+            root_prop,
+            None::<&str>,
+        )
+        .ctx(|| "linux.rootfsPropagation: set it on the rootfs".into())?;
+    }
     let root = Root::open(ctx.rootfs)?;
     let mut dev_bound = false;
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
@@ -389,9 +406,13 @@ fn bind_cgroup(
 }
 
 /// Makes `rootfs` the container's `/`.
-pub fn pivot(rootfs: &Path, no_pivot: bool) -> Result<()> {
+/// Without a mount namespace of its own, the container only gets a chroot: moving or pivoting
+/// would rearrange the runtime's (the host's) mounts.
+pub fn pivot(rootfs: &Path, no_pivot: bool, own_mount_ns: bool) -> Result<()> {
     nix::unistd::chdir(rootfs).ctx(|| format!("chdir {}", rootfs.display()))?;
-    if no_pivot {
+    if !own_mount_ns {
+        nix::unistd::chroot(".").ctx(|| "chroot".into())?;
+    } else if no_pivot {
         mount(
             Some(rootfs),
             "/",

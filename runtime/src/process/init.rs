@@ -64,6 +64,7 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
         cgroup: cfg.cgroup,
         new_cgroup_ns: ns.new_cgroup,
         in_user_ns,
+        own_mount_ns: ns.has(LinuxNamespaceType::Mount),
     };
     let root = rootfs::prepare(spec, &ctx)?;
     let hooks = spec.hooks().clone().unwrap_or_default();
@@ -104,7 +105,7 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
     let null = rootfs::host_null()?;
     rootfs::protect(spec, &root, null.as_fd())?;
     drop((root, null));
-    rootfs::pivot(cfg.rootfs, cfg.no_pivot)?;
+    rootfs::pivot(cfg.rootfs, cfg.no_pivot, ctx.own_mount_ns)?;
     rootfs::finalize(spec)?;
     if let Some(linux) = spec.linux() {
         if let Some(p) = linux.personality() {
