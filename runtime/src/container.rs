@@ -285,8 +285,10 @@ impl Runtime {
             .custom_flags(libc::O_NONBLOCK)
             .open(&fifo)
             .ctx(|| format!("open {}", fifo.display()))?;
+        // The byte says the init was let go; the end-of-file that follows, that it has exec'd
+        // the program (its end of the fifo is close-on-exec).
         let mut got = false;
-        while !got {
+        loop {
             let mut fds = [nix::poll::PollFd::new(
                 std::os::fd::AsFd::as_fd(&file),
                 nix::poll::PollFlags::POLLIN,
@@ -295,7 +297,11 @@ impl Runtime {
             let mut b = [0u8; 1];
             match nix::unistd::read(&file, &mut b) {
                 Ok(1) => got = true,
+                Ok(0) if got => break,
                 _ if !state::process_alive(record.pid, record.start_time) => {
+                    if got {
+                        break;
+                    }
                     return Err(Error::State("container init exited before start".into()));
                 }
                 _ => {}

@@ -130,11 +130,16 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
     )
     .ctx(|| "open the exec fifo".into())?;
     nix::unistd::write(&writer, &[0]).ctx(|| "write the exec fifo".into())?;
-    drop((writer, fifo, host_proc));
+    // The writer stays open (close-on-exec) until the program replaces us: `start` waits for
+    // its end-of-file, so once start returns the program runs (a signal sent right after
+    // reaches it, not us).
+    drop((fifo, host_proc));
     if let Some(start_hooks) = hooks.start_container().as_deref().filter(|h| !h.is_empty()) {
         crate::hooks::run("startContainer", start_hooks, state_json.as_bytes())?;
     }
-    ready.exec(cfg.preserve_fds, seccomp, &state_json)
+    let err = ready.exec(cfg.preserve_fds, seccomp, &state_json);
+    drop(writer);
+    err
 }
 
 /// The child's first steps: die with the runtime until ready, take back the signals the parent
