@@ -22,7 +22,7 @@ fn resources_are_written_and_removed_on_delete() {
     let b = Bundle::new(&["sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max; sleep 1000"]).with(|c| {
         c["linux"]["cgroupsPath"] = json!(format!("{cg}/c"));
         c["linux"]["resources"] = json!({
-            "memory": {"limit": 200 << 20, "reservation": 50 << 20, "swap": 300 << 20, "swappiness": 10},
+            "memory": {"limit": 200 << 20, "reservation": 50 << 20, "swap": 300 << 20, "swappiness": 10, "kernelTCP": 32 << 20},
             "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0", "mems": "0"},
             "pids": {"limit": 42},
             "blockIO": {"throttleReadBpsDevice": [{"major": 254, "minor": 0, "rate": 1048576}]},
@@ -47,6 +47,10 @@ fn resources_are_written_and_removed_on_delete() {
         (300u64 << 20).to_string()
     );
     assert_eq!(read(format!("{}/memory.swappiness", dir("memory"))), "10");
+    assert_eq!(
+        read(format!("{}/memory.kmem.tcp.limit_in_bytes", dir("memory"))),
+        (32u64 << 20).to_string()
+    );
     assert_eq!(read(format!("{}/cpu.shares", dir("cpu"))), "512");
     assert_eq!(read(format!("{}/cpu.cfs_quota_us", dir("cpu"))), "50000");
     assert_eq!(read(format!("{}/cpu.cfs_period_us", dir("cpu"))), "100000");

@@ -68,6 +68,14 @@ fn memory(dir: &Path, res: &LinuxResources) -> Result<()> {
     if let Some(true) = mem.disable_oom_killer() {
         write_value(&dir.join("memory.oom_control"), "1")?;
     }
+    if let Some(tcp) = mem.kernel_tcp() {
+        write_value(
+            &dir.join("memory.kmem.tcp.limit_in_bytes"),
+            &tcp.to_string(),
+        )?;
+    }
+    // memory.kernel: kernels since 5.16 accept and ignore memory.kmem.limit_in_bytes (runc
+    // ignores the field as well): nothing to write.
     Ok(())
 }
 
