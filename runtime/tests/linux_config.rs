@@ -248,6 +248,31 @@ fn five_capability_sets() {
         out, "CapPrm:\t0000000000000400\nCapEff:\t0000000000000400\nCapAmb:\t0000000000000400\n",
         "{out}"
     );
+    // A capability the runtime itself does not hold (CAP_SYS_RESOURCE is withheld from root on
+    // some hosts) is skipped, not a failed container; where it is held, the container gets it.
+    let held = caps::has_cap(
+        None,
+        caps::CapSet::Bounding,
+        caps::Capability::CAP_SYS_RESOURCE,
+    )
+    .unwrap();
+    let all = json!(["CAP_KILL", "CAP_SYS_RESOURCE"]);
+    let out = Bundle::sh(&runc, "grep -E '^Cap(Inh|Prm)' /proc/self/status", |c| {
+        c["process"]["capabilities"] = json!({
+            "bounding": all, "permitted": all, "effective": all, "inheritable": all, "ambient": all,
+        });
+    });
+    // KILL=5 (0x20), SYS_RESOURCE=24 (0x1000000).
+    let want = if held {
+        "0000000001000020"
+    } else {
+        "0000000000000020"
+    };
+    assert_eq!(
+        out,
+        format!("CapInh:\t{want}\nCapPrm:\t{want}\n"),
+        "held: {held}"
+    );
 }
 
 #[test]
