@@ -296,6 +296,13 @@ impl Runtime {
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
             let mut b = [0u8; 1];
             match nix::unistd::read(&file, &mut b) {
+                Ok(1) if b[0] == process::init::NO_PROCESS => {
+                    let _ = std::fs::remove_file(&fifo);
+                    return Err(Error::Config(
+                        "process: missing in config.json, the container has nothing to start"
+                            .into(),
+                    ));
+                }
                 Ok(1) => got = true,
                 Ok(0) if got => break,
                 _ if !state::process_alive(record.pid, record.start_time) => {

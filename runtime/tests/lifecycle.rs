@@ -399,3 +399,21 @@ fn a_signal_right_after_start_reaches_the_program() {
         runc.ok(&["delete", &id]);
     }
 }
+
+/// runtime-spec: `process` is required by `start`, not by `create`. Without one, create
+/// succeeds, start fails with a clear error and the container stops.
+#[test]
+fn a_config_without_process_creates_but_does_not_start() {
+    let runc = Runc::new();
+    let b = Bundle::new(&["true"]).with(|c| {
+        c.as_object_mut().unwrap().remove("process");
+    });
+    let id = unique("noproc");
+    runc.ok(&["create", "--bundle", b.path_str(), &id]);
+    assert_eq!(runc.status(&id), "created");
+    let out = runc.run(&["start", &id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("process: missing"));
+    wait_until(5, || runc.status(&id) == "stopped");
+    runc.ok(&["delete", &id]);
+}

@@ -19,15 +19,19 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+/// What the init writes to the exec fifo once `start` opens it: go ahead and exec, or there is
+/// no process to exec (the init exits and `start` fails).
+pub const GO: u8 = 0;
+pub const NO_PROCESS: u8 = b'n';
+
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
     await_go(chan)?;
     let spec = cfg.spec;
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| Error::Config("process: missing".into()))?;
+    // A config without a process can be created (runtime-spec: process is required by
+    // start); its start fails, see NO_PROCESS.
+    let process = spec.process().as_ref();
     let ns = cfg.namespaces;
     for (typ, fd) in &ns.join {
         if !matches!(typ, LinuxNamespaceType::Pid | LinuxNamespaceType::Time) {
@@ -100,8 +104,10 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
         Mode::empty(),
     )
     .ctx(|| "open /proc".into())?;
-    root.make(process.cwd(), Kind::Dir)
-        .map_err(|e| Error::Config(format!("process.cwd: {e}")))?;
+    if let Some(process) = process {
+        root.make(process.cwd(), Kind::Dir)
+            .map_err(|e| Error::Config(format!("process.cwd: {e}")))?;
+    }
     let null = rootfs::host_null()?;
     rootfs::protect(spec, &root, null.as_fd())?;
     drop((root, null));
@@ -116,7 +122,9 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
         }
     }
     let seccomp = cfg.seccomp;
-    let ready = prepare(process, cfg.console_socket, seccomp, &state_json)?;
+    let ready = process
+        .map(|p| prepare(p, cfg.console_socket, seccomp, &state_json))
+        .transpose()?;
     // After Ready the parent exits (create): the death signal must not follow.
     nix::sys::prctl::set_pdeathsig(None).ctx(|| "prctl PDEATHSIG".into())?;
     chan.send(&Msg::Ready)?;
@@ -129,7 +137,11 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
         Mode::empty(),
     )
     .ctx(|| "open the exec fifo".into())?;
-    nix::unistd::write(&writer, &[0]).ctx(|| "write the exec fifo".into())?;
+    let byte = if ready.is_some() { GO } else { NO_PROCESS };
+    nix::unistd::write(&writer, &[byte]).ctx(|| "write the exec fifo".into())?;
+    let Some(ready) = ready else {
+        return Err(Error::Config("process: missing, nothing to start".into()));
+    };
     // The writer stays open (close-on-exec) until the program replaces us: `start` waits for
     // its end-of-file, so once start returns the program runs (a signal sent right after
     // reaches it, not us).
