@@ -258,3 +258,52 @@ fn an_impossible_limit_is_a_clear_error_and_leaves_nothing() {
         cgroup_dirs(&cg)
     );
 }
+
+/// linux.resources.network: net_cls.classid and net_prio.ifpriomap where the host mounts
+/// those v1 controllers; elsewhere (here they sit unused on cgroup2) a clear error, never a
+/// silently ignored limit.
+#[test]
+fn network_class_and_priorities_or_a_clear_error() {
+    let runc = Runc::new();
+    let cg = format!("/skiff-test-{}", unique("net"));
+    let b = Bundle::new(&["sleep", "100"]).with(|c| {
+        c["linux"]["cgroupsPath"] = json!(cg);
+        c["linux"]["resources"] =
+            json!({"network": {"classID": 1048577, "priorities": [{"name": "lo", "priority": 7}]}});
+    });
+    let id = unique("net");
+    let mounted = |ctrl: &str| {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| {
+                l.contains(" - cgroup ")
+                    && l.split(',')
+                        .any(|o| o == ctrl || o.starts_with(&format!("{ctrl} ")))
+            })
+    };
+    if !(mounted("net_cls") && mounted("net_prio")) {
+        let out = runc.run(&["create", "--bundle", b.path_str(), &id]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "network limits accepted without net_cls/net_prio"
+        );
+        assert!(err.contains("linux.resources.network"), "{err}");
+        assert!(cgroup_dirs(&cg).is_empty());
+        return;
+    }
+    runc.ok(&["create", "--bundle", b.path_str(), &id]);
+    let dir = |ctrl: &str| {
+        cgroup_dirs(&cg)
+            .into_iter()
+            .find(|d| {
+                d.join(format!("{ctrl}.classid")).exists()
+                    || d.join(format!("{ctrl}.ifpriomap")).exists()
+            })
+            .unwrap()
+    };
+    assert_eq!(read(dir("net_cls").join("net_cls.classid")), "1048577");
+    assert!(read(dir("net_prio").join("net_prio.ifpriomap")).contains("lo 7"));
+    runc.ok(&["delete", "--force", &id]);
+}

@@ -338,10 +338,22 @@ impl CgroupPaths {
         }
     }
 
-    /// Moves a process into the container's cgroup in every hierarchy.
-    pub fn join(&self, pid: i32) -> Result<()> {
-        for dir in self.v1.values().chain(self.v2.iter()) {
+    /// Moves a process into the container's cgroup in every v1 hierarchy (cgroup2 is joined
+    /// at birth, with CLONE_INTO_CGROUP).
+    pub fn join_v1(&self, pid: i32) -> Result<()> {
+        for dir in self.v1.values() {
             fsutil::write_value(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Moves the calling process, which must be single-threaded, into its v1 cgroups by
+    /// writing "0" to each hierarchy's `tasks`: the kernel moves only the current thread then
+    /// and skips the global threadgroup lock, whose write side costs an RCU grace period
+    /// (milliseconds) on every write of another pid to cgroup.procs.
+    pub fn join_self_v1(&self) -> Result<()> {
+        for dir in self.v1.values() {
+            fsutil::write_value(&dir.join("tasks"), "0")?;
         }
         Ok(())
     }
@@ -493,6 +505,14 @@ pub fn check_available(layout: &Layout, res: &LinuxResources) -> Result<()> {
         }
         if cpu.cpus().is_some() || cpu.mems().is_some() {
             wanted.push(("cpu.cpus", "cpuset"));
+        }
+    }
+    if let Some(net) = res.network() {
+        if net.class_id().is_some() {
+            wanted.push(("network.classID", "net_cls"));
+        }
+        if net.priorities().as_ref().is_some_and(|p| !p.is_empty()) {
+            wanted.push(("network.priorities", "net_prio"));
         }
     }
     for (field, ctrl) in wanted {
