@@ -347,17 +347,6 @@ impl CgroupPaths {
         Ok(())
     }
 
-    /// Moves the calling process, which must be single-threaded, into its v1 cgroups by
-    /// writing "0" to each hierarchy's `tasks`: the kernel moves only the current thread then
-    /// and skips the global threadgroup lock, whose write side costs an RCU grace period
-    /// (milliseconds) on every write of another pid to cgroup.procs.
-    pub fn join_self_v1(&self) -> Result<()> {
-        for dir in self.v1.values() {
-            fsutil::write_value(&dir.join("tasks"), "0")?;
-        }
-        Ok(())
-    }
-
     /// Every process in the container's cgroup.
     /// The container's directory in the v1 hierarchy of `controller`. Mounts are named after
     /// their controllers: "memory", "cpu,cpuacct".

@@ -28,10 +28,6 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
     await_go(chan)?;
-    if !cfg.namespaces.new_user {
-        // Still single-threaded and seeing the host's cgroupfs (see `join_self_v1`).
-        cfg.cgroup.join_self_v1()?;
-    }
     let spec = cfg.spec;
     // A config without a process can be created (runtime-spec: process is required by
     // start); its start fails, see NO_PROCESS.

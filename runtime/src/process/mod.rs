@@ -142,9 +142,7 @@ pub fn spawn(cfg: InitConfig, on_hooks: &mut dyn FnMut(Pid) -> Result<String>) -
     }
     drop(child);
     let pid = Pid::from_raw(pid);
-    // The v1 hierarchies: the child moves itself (see `CgroupPaths::join_self_v1`), unless in a
-    // new user namespace where it may not write the host's cgroupfs.
-    let result = drive(&cfg, pid, &parent, cfg.namespaces.new_user, on_hooks);
+    let result = drive(&cfg, pid, &parent, on_hooks);
     if result.is_err() {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(pid, None);
@@ -156,7 +154,6 @@ fn drive(
     cfg: &InitConfig,
     pid: Pid,
     chan: &Channel,
-    join_v1: bool,
     on_hooks: &mut dyn FnMut(Pid) -> Result<String>,
 ) -> Result<()> {
     let linux = cfg.spec.linux().as_ref();
@@ -189,9 +186,7 @@ fn drive(
         }
         write_map("gid_map", linux.map(|l| l.gid_mappings()).unwrap_or(&None))?;
     }
-    if join_v1 {
-        cfg.cgroup.join_v1(pid.as_raw())?;
-    }
+    cfg.cgroup.join_v1(pid.as_raw())?;
     if let Some(adj) = cfg.spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
         match std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string()) {
             Ok(()) => {}
