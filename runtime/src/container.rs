@@ -574,10 +574,13 @@ impl Runtime {
 
     /// SIGKILL to every process of the container, then wait until they are gone.
     fn kill_all(&self, record: &Record) {
-        if record.pid > 0 && state::process_alive(record.pid, record.start_time) {
+        let init_alive = record.pid > 0 && state::process_alive(record.pid, record.start_time);
+        if init_alive {
             let _ = kill(Pid::from_raw(record.pid), Signal::SIGKILL);
         }
-        if let Err(e) = record.cgroup.signal_all(Signal::SIGKILL) {
+        // An empty cgroup (the usual case after `run`) needs no freeze and signal round trip.
+        let leftovers = init_alive || record.cgroup.pids().map_or(true, |p| !p.is_empty());
+        if leftovers && let Err(e) = record.cgroup.signal_all(Signal::SIGKILL) {
             tracing::debug!("kill the processes of {}: {e}", record.id);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
