@@ -74,7 +74,6 @@ fn a_mount_point_swapped_for_a_symlink_never_lands_outside_the_root() {
     let vol = b.path().join("rootfs/vol");
     std::fs::create_dir_all(vol.join("mnt")).unwrap();
     std::os::unix::fs::symlink(host.path(), vol.join("alt")).unwrap();
-    let before = host_mounts();
     let mut flipper = Flipper::start(&vol.join("mnt"), &vol.join("alt"));
     let inside_link = host.path().display().to_string();
     let mut ran = 0;
@@ -102,8 +101,14 @@ fn a_mount_point_swapped_for_a_symlink_never_lands_outside_the_root() {
         ran > 0 && flips > 0,
         "ran {ran} containers over {flips} swaps"
     );
-    assert_eq!(before, host_mounts(), "the host's mount table changed");
-    assert!(!host_mounts().contains(&format!(" {} ", host.path().display())));
+    // Only our own paths: other work on the machine may mount elsewhere meanwhile.
+    for path in [host.path(), b.path()] {
+        assert!(
+            !host_mounts().contains(&path.display().to_string()),
+            "a mount on {} reached the host",
+            path.display()
+        );
+    }
 }
 
 /// The container's /dev is `dir` of the bundle instead of a tmpfs (in place, so /dev/pts and
@@ -251,7 +256,12 @@ fn kill_all_stops_a_fork_bomb() {
         wait_until(10, || count() >= 5);
         std::thread::sleep(std::time::Duration::from_millis(300));
         runc.ok(&["kill", "--all", &id, signal]);
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        // Survivors of a one-shot kill keep forking for ever: 10 s tells them apart from a
+        // loaded machine's slow exits.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while count() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         assert_eq!(count(), 0, "{signal}: processes survived kill --all");
         runc.ok(&["delete", "--force", &id]);
         assert!(cgroup_dirs(&cg).is_empty(), "{signal}: cgroups left");
