@@ -71,16 +71,18 @@ fn validate(spec: &Spec) -> Result<(), String> {
     if spec.version().is_empty() {
         return Err("ociVersion: missing".into());
     }
-    let process = spec.process().as_ref().ok_or("process: missing")?;
-    match process.args() {
-        Some(args) if !args.is_empty() && !args[0].is_empty() => {}
-        _ => return Err("process.args: must name the program to run".into()),
-    }
-    if !process.cwd().is_absolute() {
-        return Err(format!(
-            "process.cwd: {:?} is not an absolute path",
-            process.cwd()
-        ));
+    // `process` may be missing: such a container can be created, not started.
+    if let Some(process) = spec.process() {
+        match process.args() {
+            Some(args) if !args.is_empty() && !args[0].is_empty() => {}
+            _ => return Err("process.args: must name the program to run".into()),
+        }
+        if !process.cwd().is_absolute() {
+            return Err(format!(
+                "process.cwd: {:?} is not an absolute path",
+                process.cwd()
+            ));
+        }
     }
     let Some(linux) = spec.linux() else {
         return Err("linux: missing (only Linux containers are supported)".into());

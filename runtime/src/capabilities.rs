@@ -44,11 +44,27 @@ pub fn apply_sets(caps: &LinuxCapabilities) -> Result<()> {
         caps::set(None, which, &value)
             .map_err(|e| Error::Other(format!("set {which:?} capabilities: {e}")))
     };
-    let permitted = convert(caps.permitted());
+    // The kernel lets no process gain a capability it does not hold (some hosts withhold
+    // CAP_SYS_RESOURCE even from root): like an unknown one, such a capability is skipped with
+    // a warning instead of failing the container.
+    let held = |which: CapSet| caps::read(None, which).unwrap_or_default();
+    let (held_permitted, bounding) = (held(CapSet::Permitted), held(CapSet::Bounding));
+    let clamp = |field: &str, wanted: CapsHashSet, allowed: &CapsHashSet| -> CapsHashSet {
+        let (keep, lost): (CapsHashSet, CapsHashSet) =
+            wanted.into_iter().partition(|c| allowed.contains(c));
+        for cap in lost {
+            tracing::warn!(
+                "process.capabilities.{field}: the runtime does not hold {cap}; skipped"
+            );
+        }
+        keep
+    };
+    let permitted = clamp("permitted", convert(caps.permitted()), &held_permitted);
     let mut effective = convert(caps.effective());
     effective.retain(|c| permitted.contains(c));
+    let inheritable = clamp("inheritable", convert(caps.inheritable()), &bounding);
     // Effective must stay within permitted at every step: shrink it before permitted.
-    set(CapSet::Inheritable, convert(caps.inheritable()))?;
+    set(CapSet::Inheritable, inheritable)?;
     set(CapSet::Effective, effective)?;
     set(CapSet::Permitted, permitted)?;
     caps::clear(None, CapSet::Ambient)

@@ -33,18 +33,7 @@ pub fn setup_pty(console_size: Option<(u64, u64)>) -> Result<OwnedFd> {
         .custom_flags(libc::O_NOCTTY)
         .open(&name)
         .ctx(|| format!("open {name}"))?;
-    // /dev/console is the pty too, as runc arranges.
-    if std::path::Path::new("/dev/console").exists()
-        || std::fs::File::create("/dev/console").is_ok()
-    {
-        let _ = nix::mount::mount(
-            Some(name.as_str()),
-            "/dev/console",
-            None::<&str>,
-            nix::mount::MsFlags::MS_BIND,
-            None::<&str>,
-        );
-    }
+    bind_console(&slave)?;
     let fd = slave.into_raw_fd();
     // SAFETY: TIOCSCTTY on a terminal we just opened; we are a session leader.
     if unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) } < 0 {
@@ -71,6 +60,54 @@ pub fn setup_pty(console_size: Option<(u64, u64)>) -> Result<OwnedFd> {
 }
 
 use std::os::unix::fs::OpenOptionsExt;
+
+/// /dev/console is the pty too, as runc arranges. The slave must be a devpts character device,
+/// and /dev/console is made and opened by name in the container's /dev without following a
+/// link: an image whose /dev/console points elsewhere (a /proc file, CVE-2025-52565) is refused.
+fn bind_console(slave: &std::fs::File) -> Result<()> {
+    use crate::safe_path::{Kind, Root, file_kind, proc_fd};
+    use std::os::fd::AsFd;
+    let devpts = nix::sys::statfs::fstatfs(slave)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::DEVPTS_SUPER_MAGIC);
+    if !devpts || file_kind(slave.as_fd())?.0 != libc::S_IFCHR {
+        return Err(Error::Config(
+            "process.terminal: the pty slave is not on devpts (is /dev/pts a devpts mount?)".into(),
+        ));
+    }
+    let dev =
+        Root::open(std::path::Path::new("/"))?.make(std::path::Path::new("/dev"), Kind::Dir)?;
+    match nix::fcntl::openat(
+        &dev,
+        "console",
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    ) {
+        Ok(_) | Err(nix::errno::Errno::EEXIST) => {}
+        // A read-only /dev without a console: nothing to bind onto, as before.
+        Err(nix::errno::Errno::EROFS) => return Ok(()),
+        Err(e) => return Err(e).ctx(|| "create /dev/console".into()),
+    }
+    let how = nix::fcntl::OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            nix::fcntl::ResolveFlag::RESOLVE_BENEATH | nix::fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS,
+        );
+    let target = nix::fcntl::openat2(&dev, "console", how).ctx(|| "open /dev/console".into())?;
+    let kind = file_kind(target.as_fd())?.0;
+    if kind != libc::S_IFREG && kind != libc::S_IFCHR {
+        return Err(Error::Config(format!(
+            "/dev/console in the container is not a file or a device (mode {kind:o}): refusing to bind the console onto it"
+        )));
+    }
+    nix::mount::mount(
+        Some(&proc_fd(slave.as_fd())),
+        &proc_fd(target.as_fd()),
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .ctx(|| "bind the pty onto /dev/console".into())
+}
 
 /// Sends `fd` over the unix socket `socket`, with the pty's name as data (runc's format).
 pub fn send_fd(socket: RawFd, fd: RawFd, name: &str) -> Result<()> {

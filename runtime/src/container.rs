@@ -13,7 +13,7 @@ use crate::process::{self, InitConfig};
 use crate::state::{self, Record, StateDir, Status};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxDeviceCgroup, LinuxNamespaceType};
+use oci_spec::runtime::LinuxDeviceCgroup;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ pub struct ExecOptions {
     pub console_socket: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
     pub detach: bool,
-    pub preserve_fds: i32,
+    pub preserve_fds: u32,
     pub ignore_paused: bool,
 }
 
@@ -40,7 +40,7 @@ pub struct CreateOptions {
     pub console_socket: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
     pub no_pivot: bool,
-    pub preserve_fds: i32,
+    pub preserve_fds: u32,
 }
 
 /// Removes what a failed create made, unless disarmed.
@@ -56,8 +56,10 @@ impl Drop for Undo {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(pid, None);
         }
-        if let Some(cg) = &self.cgroup {
-            cg.remove();
+        if let Some(cg) = &self.cgroup
+            && let Err(e) = cg.remove()
+        {
+            tracing::warn!("undo a failed create: {e}");
         }
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
@@ -95,11 +97,6 @@ impl Runtime {
             .as_ref()
             .ok_or_else(|| Error::Config("linux: missing".into()))?;
         let namespaces = Namespaces::from_spec(linux.namespaces().as_deref().unwrap_or_default())?;
-        if !namespaces.has(LinuxNamespaceType::Mount) {
-            return Err(Error::Config(
-                "linux.namespaces: a mount namespace is required".into(),
-            ));
-        }
         let layout = Layout::detect()?;
         let resources = linux.resources().clone().unwrap_or_default();
         cgroups::check_available(&layout, &resources)?;
@@ -218,12 +215,14 @@ impl Runtime {
             &mut |pid| {
                 let mut r = record.clone();
                 r.pid = pid.as_raw();
-                let json = state_json(&r, Status::Creating);
+                // prestart runs once the container is created (runtime-spec, as crun does);
+                // createRuntime while it is still being created.
                 hooks::run(
                     "prestart",
                     hooks.prestart().as_deref().unwrap_or_default(),
-                    json.as_bytes(),
+                    state_json(&r, Status::Created).as_bytes(),
                 )?;
+                let json = state_json(&r, Status::Creating);
                 hooks::run(
                     "createRuntime",
                     hooks.create_runtime().as_deref().unwrap_or_default(),
@@ -286,8 +285,10 @@ impl Runtime {
             .custom_flags(libc::O_NONBLOCK)
             .open(&fifo)
             .ctx(|| format!("open {}", fifo.display()))?;
+        // The byte says the init was let go; the end-of-file that follows, that it has exec'd
+        // the program (its end of the fifo is close-on-exec).
         let mut got = false;
-        while !got {
+        loop {
             let mut fds = [nix::poll::PollFd::new(
                 std::os::fd::AsFd::as_fd(&file),
                 nix::poll::PollFlags::POLLIN,
@@ -295,8 +296,19 @@ impl Runtime {
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
             let mut b = [0u8; 1];
             match nix::unistd::read(&file, &mut b) {
+                Ok(1) if b[0] == process::init::NO_PROCESS => {
+                    let _ = std::fs::remove_file(&fifo);
+                    return Err(Error::Config(
+                        "process: missing in config.json, the container has nothing to start"
+                            .into(),
+                    ));
+                }
                 Ok(1) => got = true,
+                Ok(0) if got => break,
                 _ if !state::process_alive(record.pid, record.start_time) => {
+                    if got {
+                        break;
+                    }
                     return Err(Error::State("container init exited before start".into()));
                 }
                 _ => {}
@@ -514,14 +526,7 @@ impl Runtime {
             return Err(Error::State("container not running".into()));
         }
         if all {
-            for pid in record.cgroup.pids()? {
-                let _ = kill(Pid::from_raw(pid), signal);
-            }
-            if status == Status::Paused {
-                // A frozen process only dies once thawed.
-                record.cgroup.set_frozen(false)?;
-            }
-            return Ok(());
+            return record.cgroup.signal_all(signal);
         }
         kill(Pid::from_raw(record.pid), signal).ctx(|| format!("kill container {id}"))
     }
@@ -543,17 +548,20 @@ impl Runtime {
         let status = record.status(&sd);
         match status {
             // Init is gone, but without a pid namespace of its own other processes may remain.
-            Status::Stopped => self.kill_all(&record),
-            Status::Created => self.kill_all(&record),
-            Status::Creating if force => self.kill_all(&record),
-            Status::Running | Status::Paused if force => self.kill_all(&record),
+            Status::Stopped | Status::Created => self.kill_all(&record),
+            Status::Creating | Status::Running | Status::Paused if force => self.kill_all(&record),
             s => {
                 return Err(Error::State(format!(
                     "cannot delete container {id} that is not stopped: {s}"
                 )));
             }
         }
-        record.cgroup.remove();
+        // A cgroup that is still there must not be forgotten: keep the state to retry with.
+        record.cgroup.remove().map_err(|e| {
+            Error::Other(format!(
+                "delete container {id}: {e} (its state is kept; retry delete)"
+            ))
+        })?;
         std::fs::remove_dir_all(&sd.dir).ctx(|| format!("remove {}", sd.dir.display()))?;
         if let Some(h) = record.hooks.as_ref().and_then(|h| h.poststop().as_ref()) {
             let json = state_json(&record, Status::Stopped);
@@ -566,14 +574,15 @@ impl Runtime {
 
     /// SIGKILL to every process of the container, then wait until they are gone.
     fn kill_all(&self, record: &Record) {
-        let mut pids = record.cgroup.pids().unwrap_or_default();
-        if record.pid > 0 && state::process_alive(record.pid, record.start_time) {
-            pids.push(record.pid);
+        let init_alive = record.pid > 0 && state::process_alive(record.pid, record.start_time);
+        if init_alive {
+            let _ = kill(Pid::from_raw(record.pid), Signal::SIGKILL);
         }
-        for pid in &pids {
-            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        // An empty cgroup (the usual case after `run`) needs no freeze and signal round trip.
+        let leftovers = init_alive || record.cgroup.pids().map_or(true, |p| !p.is_empty());
+        if leftovers && let Err(e) = record.cgroup.signal_all(Signal::SIGKILL) {
+            tracing::debug!("kill the processes of {}: {e}", record.id);
         }
-        let _ = record.cgroup.set_frozen(false);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             // Our own child (run) must be reaped; others are reaped by their parent.
@@ -632,10 +641,12 @@ fn device_rules(spec: &oci_spec::runtime::Spec) -> Vec<LinuxDeviceCgroup> {
         .and_then(|r| r.devices().clone())
         .unwrap_or_default();
     rules.extend(cgroups::default_device_rules());
+    // A fifo is no device to the kernel's device controller: it needs (and takes) no rule.
     for d in linux
         .and_then(|l| l.devices().as_ref())
         .into_iter()
         .flatten()
+        .filter(|d| d.typ() != oci_spec::runtime::LinuxDeviceType::P)
     {
         let mut r = LinuxDeviceCgroup::default();
         r.set_allow(true);

@@ -1,9 +1,10 @@
 //! /dev inside the container: the default device nodes, linux.devices, and the standard links.
 
 use crate::error::{Context, Error, Result};
-use crate::rootfs::secure_join;
-use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+use crate::safe_path::{Kind, Root, proc_fd};
+use nix::sys::stat::{Mode, SFlag, makedev, mknodat};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType};
+use std::os::fd::AsFd;
 use std::path::Path;
 
 /// (path, major, minor): every container gets these, as runc gives them.
@@ -18,13 +19,13 @@ const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
 
 /// Creates the device nodes under `rootfs`. In a user namespace mknod is not allowed: the host's
 /// node is bind-mounted instead.
-pub fn create(rootfs: &Path, devices: &[LinuxDevice], bind: bool) -> Result<()> {
+pub fn create(root: &Root, devices: &[LinuxDevice], bind: bool) -> Result<()> {
     for (path, major, minor) in DEFAULT_DEVICES {
         if devices.iter().any(|d| d.path() == Path::new(path)) {
             continue;
         }
         node(
-            rootfs,
+            root,
             Path::new(path),
             SFlag::S_IFCHR,
             major,
@@ -54,7 +55,7 @@ pub fn create(rootfs: &Path, devices: &[LinuxDevice], bind: bool) -> Result<()> 
             )));
         }
         node(
-            rootfs,
+            root,
             d.path(),
             kind,
             d.major() as u64,
@@ -70,7 +71,7 @@ pub fn create(rootfs: &Path, devices: &[LinuxDevice], bind: bool) -> Result<()> 
 
 #[allow(clippy::too_many_arguments)]
 fn node(
-    rootfs: &Path,
+    root: &Root,
     path: &Path,
     kind: SFlag,
     major: u64,
@@ -80,28 +81,26 @@ fn node(
     gid: Option<u32>,
     bind: bool,
 ) -> Result<()> {
-    let dest = secure_join(rootfs, path)?;
-    if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent).ctx(|| format!("create {}", parent.display()))?;
-    }
     if bind {
-        if !dest.exists() {
-            std::fs::File::create(&dest).ctx(|| format!("create {}", dest.display()))?;
-        }
+        let dest = root.make(path, Kind::File)?;
         return nix::mount::mount(
             Some(path),
-            &dest,
+            &proc_fd(dest.as_fd()),
             None::<&str>,
             nix::mount::MsFlags::MS_BIND,
             None::<&str>,
         )
         .ctx(|| format!("bind device {}", path.display()));
     }
-    let _ = std::fs::remove_file(&dest);
+    // The node is made by name in its directory, opened inside the root: nothing is followed.
+    let parent = root.make(path.parent().unwrap_or(Path::new("/")), Kind::Dir)?;
+    let name = path.file_name().unwrap_or_default();
+    let _ = nix::unistd::unlinkat(&parent, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
     // The umask must not trim the requested mode.
     let old = nix::sys::stat::umask(Mode::empty());
-    let made = mknod(
-        &dest,
+    let made = mknodat(
+        &parent,
+        name,
         kind,
         Mode::from_bits_truncate(mode & 0o7777),
         makedev(major, minor),
@@ -109,30 +108,35 @@ fn node(
     nix::sys::stat::umask(old);
     made.ctx(|| format!("mknod {}", path.display()))?;
     if uid.is_some() || gid.is_some() {
-        nix::unistd::chown(&dest, uid.map(Into::into), gid.map(Into::into))
-            .ctx(|| format!("chown {}", path.display()))?;
+        nix::unistd::fchownat(
+            &parent,
+            name,
+            uid.map(Into::into),
+            gid.map(Into::into),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .ctx(|| format!("chown {}", path.display()))?;
     }
     Ok(())
 }
 
 /// /dev/fd, /dev/std{in,out,err}, /dev/ptmx → pts/ptmx (runc's links).
-pub fn create_links(rootfs: &Path) -> Result<()> {
+pub fn create_links(root: &Root) -> Result<()> {
     let links = [
-        ("/proc/self/fd", "dev/fd"),
-        ("/proc/self/fd/0", "dev/stdin"),
-        ("/proc/self/fd/1", "dev/stdout"),
-        ("/proc/self/fd/2", "dev/stderr"),
-        ("pts/ptmx", "dev/ptmx"),
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+        ("pts/ptmx", "ptmx"),
     ];
+    let dev = root.make(Path::new("/dev"), Kind::Dir)?;
     for (target, link) in links {
-        let path = rootfs.join(link);
-        if link == "dev/ptmx" {
-            let _ = std::fs::remove_file(&path);
+        if link == "ptmx" {
+            let _ = nix::unistd::unlinkat(&dev, link, nix::unistd::UnlinkatFlags::NoRemoveDir);
         }
-        match std::os::unix::fs::symlink(target, &path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e).ctx(|| format!("symlink {}", path.display())),
+        match nix::unistd::symlinkat(target, &dev, link) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(e).ctx(|| format!("symlink /dev/{link}")),
         }
     }
     Ok(())

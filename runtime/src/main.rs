@@ -51,21 +51,32 @@ struct CreateArgs {
     no_pivot: bool,
     #[arg(long = "no-new-keyring")]
     no_new_keyring: bool,
-    #[arg(long = "preserve-fds", default_value_t = 0)]
+    #[arg(
+        long = "preserve-fds",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     preserve_fds: i32,
     id: String,
 }
 
 impl CreateArgs {
-    fn options(&self) -> CreateOptions {
-        CreateOptions {
+    fn options(&self) -> anyhow::Result<CreateOptions> {
+        Ok(CreateOptions {
             bundle: self.bundle.clone(),
             console_socket: self.console_socket.clone(),
             pid_file: self.pid_file.clone(),
             no_pivot: self.no_pivot,
-            preserve_fds: self.preserve_fds,
-        }
+            preserve_fds: preserve_fds(self.preserve_fds)?,
+        })
     }
+}
+
+/// `--preserve-fds N` counts descriptors after stdio; a negative count would wrap around.
+fn preserve_fds(n: i32) -> anyhow::Result<u32> {
+    u32::try_from(n).map_err(|_| {
+        anyhow::anyhow!("--preserve-fds: {n} is negative (it counts the descriptors after stdio)")
+    })
 }
 
 #[derive(Subcommand)]
@@ -172,7 +183,11 @@ struct ExecArgs {
     no_new_privs: bool,
     #[arg(short, long = "cap")]
     cap: Vec<String>,
-    #[arg(long = "preserve-fds", default_value_t = 0)]
+    #[arg(
+        long = "preserve-fds",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     preserve_fds: i32,
     #[arg(long = "ignore-paused")]
     ignore_paused: bool,
@@ -272,12 +287,12 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
     match &cli.command {
         Command::Create(args) => {
             seal()?;
-            rt.create(&args.id, args.options())?;
+            rt.create(&args.id, args.options()?)?;
         }
         Command::Start { id } => rt.start(id)?,
         Command::Run { create, detach } => {
             seal()?;
-            return Ok(rt.run(&create.id, create.options(), *detach)?);
+            return Ok(rt.run(&create.id, create.options()?, *detach)?);
         }
         Command::State { id } => {
             let (record, status) = rt.load(id)?;
@@ -552,7 +567,7 @@ fn exec(rt: &Runtime, a: &ExecArgs) -> anyhow::Result<i32> {
             console_socket: a.console_socket.clone(),
             pid_file: a.pid_file.clone(),
             detach: a.detach,
-            preserve_fds: a.preserve_fds,
+            preserve_fds: preserve_fds(a.preserve_fds)?,
             ignore_paused: a.ignore_paused,
         },
     )?)

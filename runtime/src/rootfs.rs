@@ -5,9 +5,14 @@
 use crate::cgroups::{CgroupPaths, Layout};
 use crate::devices;
 use crate::error::{Context, Error, Result};
+use crate::procfs;
+use crate::safe_path::{Kind, Root, file_kind, proc_fd};
+use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::Mode;
 use oci_spec::runtime::{Mount, Spec};
-use std::path::{Component, Path, PathBuf};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 /// What a mount's options mean to mount(2): flags to set, flags to clear, propagation, data.
 #[derive(Debug)]
@@ -89,53 +94,6 @@ pub fn propagation(name: &str) -> Option<MsFlags> {
     })
 }
 
-/// Joins `path` under `root`, resolving symlinks as if `root` were `/`, so that no link in the
-/// container's image can point a mount outside of it.
-pub fn secure_join(root: &Path, path: &Path) -> Result<PathBuf> {
-    let mut current = PathBuf::new();
-    let mut links = 0;
-    let mut queue: std::collections::VecDeque<std::ffi::OsString> = walk_parts(path).collect();
-    while let Some(part) = queue.pop_front() {
-        if part == ".." {
-            current.pop();
-            continue;
-        }
-        let candidate = current.join(&part);
-        let full = root.join(&candidate);
-        match std::fs::symlink_metadata(&full) {
-            Ok(m) if m.file_type().is_symlink() => {
-                links += 1;
-                if links > 255 {
-                    return Err(Error::Config(format!(
-                        "too many symlinks resolving {}",
-                        path.display()
-                    )));
-                }
-                let target =
-                    std::fs::read_link(&full).ctx(|| format!("readlink {}", full.display()))?;
-                if target.is_absolute() {
-                    current = PathBuf::new();
-                }
-                let parts: Vec<std::ffi::OsString> = walk_parts(&target).collect();
-                for p in parts.into_iter().rev() {
-                    queue.push_front(p);
-                }
-            }
-            _ => current = candidate,
-        }
-    }
-    Ok(root.join(current))
-}
-
-/// The names and ".." of a path, in order; "/" and "." carry no step.
-fn walk_parts(path: &Path) -> impl Iterator<Item = std::ffi::OsString> + '_ {
-    path.components().filter_map(|c| match c {
-        Component::Normal(n) => Some(n.to_os_string()),
-        Component::ParentDir => Some("..".into()),
-        _ => None,
-    })
-}
-
 /// Everything the mount setup needs besides the spec.
 pub struct RootfsContext<'a> {
     pub rootfs: &'a Path,
@@ -143,10 +101,14 @@ pub struct RootfsContext<'a> {
     pub cgroup: &'a CgroupPaths,
     pub new_cgroup_ns: bool,
     pub in_user_ns: bool,
+    /// False when the container shares the runtime's mount namespace: then nothing outside
+    /// the rootfs is touched and the root is entered with chroot.
+    pub own_mount_ns: bool,
 }
 
-/// Prepares the root filesystem in place (before pivot_root).
-pub fn prepare(spec: &Spec, ctx: &RootfsContext) -> Result<()> {
+/// Prepares the root filesystem in place (before pivot_root). Returns the opened root, through
+/// which every later path inside it is resolved.
+pub fn prepare(spec: &Spec, ctx: &RootfsContext) -> Result<Root> {
     let linux = spec.linux().as_ref();
     // Nothing we mount may leak back to the host: make / a slave unless told otherwise.
     let root_prop = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
@@ -156,14 +118,18 @@ pub fn prepare(spec: &Spec, ctx: &RootfsContext) -> Result<()> {
         _ => MsFlags::MS_SLAVE | MsFlags::MS_REC,
     };
     // Shared would propagate into the host: start as slave, the final value is set after pivot.
-    let first = if root_prop.contains(MsFlags::MS_SHARED) {
+    // An unbindable / would forbid the bind of the rootfs below: that one is set on the rootfs.
+    let first = if root_prop.intersects(MsFlags::MS_SHARED | MsFlags::MS_UNBINDABLE) {
         MsFlags::MS_SLAVE | MsFlags::MS_REC
     } else {
         root_prop
     };
-    mount(None::<&str>, "/", None::<&str>, first, None::<&str>)
-        .ctx(|| "set propagation of /".into())?;
-    // pivot_root needs the new root to be a mount point.
+    if ctx.own_mount_ns {
+        mount(None::<&str>, "/", None::<&str>, first, None::<&str>)
+            .ctx(|| "set propagation of /".into())?;
+    }
+    // pivot_root needs the new root to be a mount point (and a read-only root is this mount,
+    // never the filesystem the bundle sits on).
     mount(
         Some(ctx.rootfs),
         ctx.rootfs,
@@ -172,9 +138,20 @@ pub fn prepare(spec: &Spec, ctx: &RootfsContext) -> Result<()> {
         None::<&str>,
     )
     .ctx(|| format!("bind mount rootfs {}", ctx.rootfs.display()))?;
+    if root_prop.contains(MsFlags::MS_UNBINDABLE) {
+        mount(
+            None::<&str>,
+            ctx.rootfs,
+            None::<&str>,
+            root_prop,
+            None::<&str>,
+        )
+        .ctx(|| "linux.rootfsPropagation: set it on the rootfs".into())?;
+    }
+    let root = Root::open(ctx.rootfs)?;
     let mut dev_bound = false;
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
-        mount_one(m, ctx).map_err(|e| {
+        mount_one(m, &root, ctx).map_err(|e| {
             Error::Config(format!("mounts[{i}] ({}): {e}", m.destination().display()))
         })?;
         let opts = parse_options(m.options().as_deref().unwrap_or_default());
@@ -182,79 +159,85 @@ pub fn prepare(spec: &Spec, ctx: &RootfsContext) -> Result<()> {
     }
     if !dev_bound {
         let devs = linux.and_then(|l| l.devices().clone()).unwrap_or_default();
-        devices::create(ctx.rootfs, &devs, ctx.in_user_ns)?;
-        devices::create_links(ctx.rootfs)?;
+        devices::create(&root, &devs, ctx.in_user_ns)?;
+        devices::create_links(&root)?;
     }
-    Ok(())
+    Ok(root)
 }
 
-fn mount_one(m: &Mount, ctx: &RootfsContext) -> Result<()> {
+fn mount_one(m: &Mount, root: &Root, ctx: &RootfsContext) -> Result<()> {
     let opts = parse_options(m.options().as_deref().unwrap_or_default());
     let typ = m.typ().as_deref().unwrap_or("");
     let is_bind = opts.flags.contains(MsFlags::MS_BIND) || typ == "bind";
-    let dest = secure_join(ctx.rootfs, &Path::new("/").join(m.destination()))?;
+    let dest_path = Path::new("/").join(m.destination());
     let source = m.source().clone().unwrap_or_default();
-    if typ == "cgroup" {
-        return mount_cgroup(&dest, &opts, ctx);
-    }
-    if is_bind {
+    // The mount point, opened once: the mount lands on exactly what was opened.
+    let kind = if is_bind && typ != "cgroup" {
         let meta = std::fs::metadata(&source)
             .map_err(|e| Error::Config(format!("bind source {}: {e}", source.display())))?;
-        make_mountpoint(&dest, meta.is_dir())?;
+        if meta.is_dir() { Kind::Dir } else { Kind::File }
+    } else {
+        Kind::Dir
+    };
+    let dest = root.make(&dest_path, kind)?;
+    let target = proc_fd(dest.as_fd());
+    if typ == "cgroup" {
+        return mount_cgroup(root, &dest_path, &target, &opts, ctx);
+    }
+    if is_bind {
         mount(
             Some(&source),
-            &dest,
+            &target,
             None::<&str>,
             MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC),
             None::<&str>,
         )
-        .ctx(|| format!("bind {} to {}", source.display(), dest.display()))?;
-        let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
-        if !extra.is_empty() {
-            remount(&dest, extra)?;
-        }
+        .ctx(|| format!("bind {} to {}", source.display(), dest_path.display()))?;
     } else {
-        make_mountpoint(&dest, true)?;
         let data = opts.data.join(",");
         let flags = opts.flags & !MsFlags::MS_REMOUNT;
-        let mut result = mount(Some(&source), &dest, Some(typ), flags, Some(data.as_str()));
+        let mut result = mount(
+            Some(&source),
+            &target,
+            Some(typ),
+            flags,
+            Some(data.as_str()),
+        );
         if result == Err(nix::errno::Errno::EPERM) && typ == "sysfs" && ctx.in_user_ns {
             // A user namespace without its own network namespace may not mount sysfs: bind it.
             result = mount(
                 Some("/sys"),
-                &dest,
+                &target,
                 None::<&str>,
                 MsFlags::MS_BIND | MsFlags::MS_REC,
                 None::<&str>,
             );
         }
-        result.ctx(|| format!("mount {typ} on {}", dest.display()))?;
+        result.ctx(|| format!("mount {typ} on {}", dest_path.display()))?;
+    }
+    let extra = opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+    let remount_extra = is_bind && !extra.is_empty();
+    if !remount_extra && opts.propagation.is_empty() {
+        return Ok(());
+    }
+    // `dest` is the covered directory: the new mount is reached by resolving again, still
+    // confined to the root.
+    let mounted = root.open_path(&dest_path)?;
+    let mounted = proc_fd(mounted.as_fd());
+    if remount_extra {
+        remount(&mounted, extra)?;
     }
     if !opts.propagation.is_empty() {
         mount(
             None::<&str>,
-            &dest,
+            &mounted,
             None::<&str>,
             opts.propagation,
             None::<&str>,
         )
-        .ctx(|| format!("set propagation of {}", dest.display()))?;
+        .ctx(|| format!("set propagation of {}", dest_path.display()))?;
     }
     Ok(())
-}
-
-fn make_mountpoint(dest: &Path, dir: bool) -> Result<()> {
-    if dir {
-        std::fs::create_dir_all(dest).ctx(|| format!("create mount point {}", dest.display()))
-    } else {
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).ctx(|| format!("create {}", parent.display()))?;
-        }
-        if !dest.exists() {
-            std::fs::File::create(dest).ctx(|| format!("create mount point {}", dest.display()))?;
-        }
-        Ok(())
-    }
 }
 
 /// Re-applies flags to a bind mount, keeping the flags the kernel locks in a user namespace.
@@ -295,8 +278,13 @@ fn locked_flags(path: &Path) -> MsFlags {
 /// `type: cgroup`: cgroup2 on a unified host; on v1 a tmpfs with one directory per hierarchy,
 /// each the container's own cgroup (a cgroup mount inside its cgroup namespace, or a bind of
 /// its directory when it has none).
-fn mount_cgroup(dest: &Path, opts: &MountOptions, ctx: &RootfsContext) -> Result<()> {
-    make_mountpoint(dest, true)?;
+fn mount_cgroup(
+    root: &Root,
+    dest_path: &Path,
+    dest: &Path,
+    opts: &MountOptions,
+    ctx: &RootfsContext,
+) -> Result<()> {
     let flags = (opts.flags & !MsFlags::MS_BIND & !MsFlags::MS_REC)
         | MsFlags::MS_NOSUID
         | MsFlags::MS_NODEV
@@ -310,17 +298,23 @@ fn mount_cgroup(dest: &Path, opts: &MountOptions, ctx: &RootfsContext) -> Result
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None::<&str>,
         )
-        .ctx(|| format!("bind /sys/fs/cgroup on {}", dest.display()))?;
-        return remount(dest, MsFlags::MS_RDONLY | MsFlags::MS_REC);
+        .ctx(|| format!("bind /sys/fs/cgroup on {}", dest_path.display()))?;
+        let mounted = root.open_path(dest_path)?;
+        return remount(
+            &proc_fd(mounted.as_fd()),
+            MsFlags::MS_RDONLY | MsFlags::MS_REC,
+        );
     }
     if ctx.layout.is_unified() {
         if ctx.new_cgroup_ns {
             return mount(Some("cgroup2"), dest, Some("cgroup2"), flags, None::<&str>)
-                .ctx(|| format!("mount cgroup2 on {}", dest.display()));
+                .ctx(|| format!("mount cgroup2 on {}", dest_path.display()));
         }
         // Without a cgroup namespace a cgroup2 mount would show the whole host: bind our own.
         if let Some(dir) = &ctx.cgroup.v2 {
-            bind_cgroup(dir, dest, flags)?;
+            bind_cgroup(dir, dest, flags, || {
+                root.open_path(dest_path).map(|m| proc_fd(m.as_fd()))
+            })?;
         }
         return Ok(());
     }
@@ -331,7 +325,11 @@ fn mount_cgroup(dest: &Path, opts: &MountOptions, ctx: &RootfsContext) -> Result
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         Some("mode=755"),
     )
-    .ctx(|| format!("mount tmpfs on {}", dest.display()))?;
+    .ctx(|| format!("mount tmpfs on {}", dest_path.display()))?;
+    // The fresh tmpfs, reached through its own fd: nothing in it can have been swapped.
+    let tmpfs = root.open_path(dest_path)?;
+    let dest = proc_fd(tmpfs.as_fd());
+    let dest = dest.as_path();
     for h in &ctx.layout.v1 {
         let opts = h.controllers.join(",");
         let name = opts.strip_prefix("name=").unwrap_or(&opts).to_string();
@@ -347,7 +345,7 @@ fn mount_cgroup(dest: &Path, opts: &MountOptions, ctx: &RootfsContext) -> Result
             )
             .ctx(|| format!("mount cgroup {opts} on {}", target.display()))?;
         } else if let Some(dir) = ctx.cgroup.v1.get(&h.mountpoint) {
-            bind_cgroup(dir, &target, flags)?;
+            bind_cgroup(dir, &target, flags, || Ok(target.clone()))?;
         }
         // "cpu,cpuacct" is also reachable as "cpu" and "cpuacct".
         if h.controllers.len() > 1 {
@@ -370,7 +368,7 @@ fn mount_cgroup(dest: &Path, opts: &MountOptions, ctx: &RootfsContext) -> Result
             )
             .is_ok();
         if !mounted && let Some(dir) = &ctx.cgroup.v2 {
-            bind_cgroup(dir, &target, flags)?;
+            bind_cgroup(dir, &target, flags, || Ok(target.clone()))?;
         }
     }
     if flags.contains(MsFlags::MS_RDONLY) {
@@ -382,8 +380,14 @@ fn mount_cgroup(dest: &Path, opts: &MountOptions, ctx: &RootfsContext) -> Result
     Ok(())
 }
 
-/// Binds the container's own cgroup directory at `target`, read-only when asked.
-fn bind_cgroup(dir: &Path, target: &Path, flags: MsFlags) -> Result<()> {
+/// Binds the container's own cgroup directory at `target`, read-only when asked; `mounted`
+/// names the new mount once it is there.
+fn bind_cgroup(
+    dir: &Path,
+    target: &Path,
+    flags: MsFlags,
+    mounted: impl FnOnce() -> Result<PathBuf>,
+) -> Result<()> {
     mount(
         Some(dir),
         target,
@@ -394,7 +398,7 @@ fn bind_cgroup(dir: &Path, target: &Path, flags: MsFlags) -> Result<()> {
     .ctx(|| format!("bind cgroup {}", dir.display()))?;
     if flags.contains(MsFlags::MS_RDONLY) {
         remount(
-            target,
+            &mounted()?,
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         )?;
     }
@@ -402,9 +406,13 @@ fn bind_cgroup(dir: &Path, target: &Path, flags: MsFlags) -> Result<()> {
 }
 
 /// Makes `rootfs` the container's `/`.
-pub fn pivot(rootfs: &Path, no_pivot: bool) -> Result<()> {
+/// Without a mount namespace of its own, the container only gets a chroot: moving or pivoting
+/// would rearrange the runtime's (the host's) mounts.
+pub fn pivot(rootfs: &Path, no_pivot: bool, own_mount_ns: bool) -> Result<()> {
     nix::unistd::chdir(rootfs).ctx(|| format!("chdir {}", rootfs.display()))?;
-    if no_pivot {
+    if !own_mount_ns {
+        nix::unistd::chroot(".").ctx(|| "chroot".into())?;
+    } else if no_pivot {
         mount(
             Some(rootfs),
             "/",
@@ -424,54 +432,102 @@ pub fn pivot(rootfs: &Path, no_pivot: bool) -> Result<()> {
     nix::unistd::chdir("/").ctx(|| "chdir /".into())
 }
 
-/// After pivot_root: sysctls, masked and read-only paths, read-only root, final propagation.
+/// The host's null device, opened before anything of the container is visible and checked to
+/// be the character device 1:3: what masks files is never something the image planted
+/// (CVE-2025-31133).
+pub fn host_null() -> Result<OwnedFd> {
+    let fd = nix::fcntl::open(
+        "/dev/null",
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| "open the host's /dev/null".into())?;
+    check_null(fd.as_fd(), "the host's /dev/null")?;
+    Ok(fd)
+}
+
+fn check_null(fd: BorrowedFd, what: &str) -> Result<()> {
+    match file_kind(fd)? {
+        (libc::S_IFCHR, 1, 3) => Ok(()),
+        (kind, major, minor) => Err(Error::Config(format!(
+            "{what} is not the null device (mode {kind:o}, {major}:{minor})"
+        ))),
+    }
+}
+
+/// Sysctls, read-only and masked paths, inside the root before pivot_root: every path is
+/// resolved in the root, every write and mount goes through an fd that was checked.
+pub fn protect(spec: &Spec, root: &Root, null: BorrowedFd) -> Result<()> {
+    let Some(linux) = spec.linux() else {
+        return Ok(());
+    };
+    let sysctls = linux.sysctl().clone().unwrap_or_default();
+    if !sysctls.is_empty() {
+        let proc = procfs::Proc::open(root)?;
+        for (key, value) in &sysctls {
+            proc.write_sysctl(key, value)?;
+        }
+    }
+    for p in linux.readonly_paths().iter().flatten() {
+        let path = Path::new(p);
+        let fd = match root.open_path(path) {
+            Err(Error::Sys {
+                source: nix::errno::Errno::ENOENT,
+                ..
+            }) => continue,
+            r => r.map_err(|e| Error::Config(format!("linux.readonlyPaths: {e}")))?,
+        };
+        let at = proc_fd(fd.as_fd());
+        mount(
+            Some(&at),
+            &at,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .ctx(|| format!("linux.readonlyPaths: bind {p}"))?;
+        let mounted = root.open_path(path)?;
+        remount(
+            &proc_fd(mounted.as_fd()),
+            MsFlags::MS_RDONLY | MsFlags::MS_REC,
+        )?;
+    }
+    for p in linux.masked_paths().iter().flatten() {
+        let fd = match root.open_path(Path::new(p)) {
+            Err(Error::Sys {
+                source: nix::errno::Errno::ENOENT,
+                ..
+            }) => continue,
+            r => r.map_err(|e| Error::Config(format!("linux.maskedPaths: {e}")))?,
+        };
+        let at = proc_fd(fd.as_fd());
+        let r = if file_kind(fd.as_fd())?.0 == libc::S_IFDIR {
+            mount(
+                Some("tmpfs"),
+                &at,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                Some("size=0k"),
+            )
+        } else {
+            mount(
+                Some(&proc_fd(null)),
+                &at,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+        };
+        r.ctx(|| format!("linux.maskedPaths: mask {p}"))?;
+    }
+    Ok(())
+}
+
+/// After pivot_root: read-only root, final propagation.
 pub fn finalize(spec: &Spec) -> Result<()> {
     let Some(linux) = spec.linux() else {
         return Ok(());
     };
-    for (key, value) in linux.sysctl().iter().flatten() {
-        if key.contains('/') || key.contains("..") {
-            return Err(Error::Config(format!("linux.sysctl: invalid key {key:?}")));
-        }
-        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-        std::fs::write(&path, value)
-            .map_err(|e| Error::Config(format!("linux.sysctl: {key}={value}: {e}")))?;
-    }
-    for p in linux.readonly_paths().iter().flatten() {
-        let path = Path::new(p);
-        match mount(
-            Some(path),
-            path,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        ) {
-            Err(nix::errno::Errno::ENOENT) => continue,
-            r => r.ctx(|| format!("linux.readonlyPaths: bind {p}"))?,
-        }
-        remount(path, MsFlags::MS_RDONLY | MsFlags::MS_REC)?;
-    }
-    for p in linux.masked_paths().iter().flatten() {
-        let path = Path::new(p);
-        let r = match std::fs::metadata(path) {
-            Err(_) => continue,
-            Ok(m) if m.is_dir() => mount(
-                Some("tmpfs"),
-                path,
-                Some("tmpfs"),
-                MsFlags::MS_RDONLY,
-                Some("size=0k"),
-            ),
-            Ok(_) => mount(
-                Some("/dev/null"),
-                path,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            ),
-        };
-        r.ctx(|| format!("linux.maskedPaths: mask {p}"))?;
-    }
     if spec
         .root()
         .as_ref()

@@ -22,7 +22,7 @@ fn resources_are_written_and_removed_on_delete() {
     let b = Bundle::new(&["sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max; sleep 1000"]).with(|c| {
         c["linux"]["cgroupsPath"] = json!(format!("{cg}/c"));
         c["linux"]["resources"] = json!({
-            "memory": {"limit": 200 << 20, "reservation": 50 << 20, "swap": 300 << 20, "swappiness": 10},
+            "memory": {"limit": 200 << 20, "reservation": 50 << 20, "swap": 300 << 20, "swappiness": 10, "kernelTCP": 32 << 20},
             "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0", "mems": "0"},
             "pids": {"limit": 42},
             "blockIO": {"throttleReadBpsDevice": [{"major": 254, "minor": 0, "rate": 1048576}]},
@@ -47,6 +47,10 @@ fn resources_are_written_and_removed_on_delete() {
         (300u64 << 20).to_string()
     );
     assert_eq!(read(format!("{}/memory.swappiness", dir("memory"))), "10");
+    assert_eq!(
+        read(format!("{}/memory.kmem.tcp.limit_in_bytes", dir("memory"))),
+        (32u64 << 20).to_string()
+    );
     assert_eq!(read(format!("{}/cpu.shares", dir("cpu"))), "512");
     assert_eq!(read(format!("{}/cpu.cfs_quota_us", dir("cpu"))), "50000");
     assert_eq!(read(format!("{}/cpu.cfs_period_us", dir("cpu"))), "100000");
@@ -176,6 +180,25 @@ fn device_rules_are_enforced() {
     assert_ne!(lines[3], "kmsg-read-1 not permitted", "{out}");
 }
 
+/// True when the host offers a proportional-weight I/O scheduler (BFQ) to blkio: one of its block
+/// devices lists it, or the blkio root already has a weight file.
+fn host_has_bfq() -> bool {
+    let listed = std::fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|d| {
+            std::fs::read_to_string(d.path().join("queue/scheduler")).is_ok_and(|s| {
+                s.split_whitespace()
+                    .any(|w| w.trim_matches(['[', ']']) == "bfq")
+            })
+        });
+    listed
+        || ["blkio.weight", "blkio.bfq.weight"]
+            .iter()
+            .any(|f| Path::new(&format!("{V1}/blkio/{f}")).exists())
+}
+
 #[test]
 fn block_io_weight_goes_to_bfq() {
     let runc = Runc::new();
@@ -185,13 +208,28 @@ fn block_io_weight_goes_to_bfq() {
         c["linux"]["resources"] = json!({"blockIO": {"weight": 500}});
     });
     let id = unique("weight");
+    if !host_has_bfq() {
+        // Hosts whose devices offer only none/mq-deadline/kyber have no weight file: a clear
+        // error naming the field, and nothing left behind (runc refuses too).
+        let out = runc.run(&["create", "--bundle", b.path_str(), &id]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "weight accepted without BFQ");
+        assert!(err.contains("linux.resources.blockIO.weight"), "{err}");
+        assert!(!runc.root.path().join(&id).exists());
+        assert!(
+            cgroup_dirs(&cg).is_empty(),
+            "cgroups left: {:?}",
+            cgroup_dirs(&cg)
+        );
+        return;
+    }
     runc.ok(&["create", "--bundle", b.path_str(), &id]);
     // No blkio.weight without CFQ: BFQ's weight file takes the same range, as runc does.
     let file = ["blkio.weight", "blkio.bfq.weight"]
         .iter()
         .map(|f| format!("{V1}/blkio{cg}/{f}"))
         .find(|f| Path::new(f).exists())
-        .unwrap();
+        .expect("BFQ is listed but the container's blkio cgroup has no weight file");
     assert!(read(&file).contains("500"), "{file}: {}", read(&file));
     runc.ok(&["delete", "--force", &id]);
 }
@@ -219,4 +257,53 @@ fn an_impossible_limit_is_a_clear_error_and_leaves_nothing() {
         "cgroups left: {:?}",
         cgroup_dirs(&cg)
     );
+}
+
+/// linux.resources.network: net_cls.classid and net_prio.ifpriomap where the host mounts
+/// those v1 controllers; elsewhere (here they sit unused on cgroup2) a clear error, never a
+/// silently ignored limit.
+#[test]
+fn network_class_and_priorities_or_a_clear_error() {
+    let runc = Runc::new();
+    let cg = format!("/skiff-test-{}", unique("net"));
+    let b = Bundle::new(&["sleep", "100"]).with(|c| {
+        c["linux"]["cgroupsPath"] = json!(cg);
+        c["linux"]["resources"] =
+            json!({"network": {"classID": 1048577, "priorities": [{"name": "lo", "priority": 7}]}});
+    });
+    let id = unique("net");
+    let mounted = |ctrl: &str| {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| {
+                l.contains(" - cgroup ")
+                    && l.split(',')
+                        .any(|o| o == ctrl || o.starts_with(&format!("{ctrl} ")))
+            })
+    };
+    if !(mounted("net_cls") && mounted("net_prio")) {
+        let out = runc.run(&["create", "--bundle", b.path_str(), &id]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "network limits accepted without net_cls/net_prio"
+        );
+        assert!(err.contains("linux.resources.network"), "{err}");
+        assert!(cgroup_dirs(&cg).is_empty());
+        return;
+    }
+    runc.ok(&["create", "--bundle", b.path_str(), &id]);
+    let dir = |ctrl: &str| {
+        cgroup_dirs(&cg)
+            .into_iter()
+            .find(|d| {
+                d.join(format!("{ctrl}.classid")).exists()
+                    || d.join(format!("{ctrl}.ifpriomap")).exists()
+            })
+            .unwrap()
+    };
+    assert_eq!(read(dir("net_cls").join("net_cls.classid")), "1048577");
+    assert!(read(dir("net_prio").join("net_prio.ifpriomap")).contains("lo 7"));
+    runc.ok(&["delete", "--force", &id]);
 }

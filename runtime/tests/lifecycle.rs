@@ -374,3 +374,46 @@ fn runtime_binary_is_read_only_from_the_container() {
         "{err}"
     );
 }
+
+/// `start` returns once the program runs, not merely once the init was let go: a signal sent
+/// right after reaches the program's handler (as runtime-tools' killsig expects).
+#[test]
+fn a_signal_right_after_start_reaches_the_program() {
+    let runc = Runc::new();
+    let b = Bundle::new(&[
+        "sh",
+        "-c",
+        "trap 'touch /got; exit 0' USR1; sleep 10 & wait $!",
+    ])
+    .with(|c| c["root"]["readonly"] = json!(false));
+    for _ in 0..5 {
+        let id = unique("sig");
+        let _ = std::fs::remove_file(b.path().join("rootfs/got"));
+        runc.ok(&["create", "--bundle", b.path_str(), &id]);
+        runc.ok(&["start", &id]);
+        // sh needs a moment after exec to set its trap; start already waited for the exec.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        runc.ok(&["kill", &id, "USR1"]);
+        wait_until(5, || runc.status(&id) == "stopped");
+        assert!(b.path().join("rootfs/got").exists());
+        runc.ok(&["delete", &id]);
+    }
+}
+
+/// runtime-spec: `process` is required by `start`, not by `create`. Without one, create
+/// succeeds, start fails with a clear error and the container stops.
+#[test]
+fn a_config_without_process_creates_but_does_not_start() {
+    let runc = Runc::new();
+    let b = Bundle::new(&["true"]).with(|c| {
+        c.as_object_mut().unwrap().remove("process");
+    });
+    let id = unique("noproc");
+    runc.ok(&["create", "--bundle", b.path_str(), &id]);
+    assert_eq!(runc.status(&id), "created");
+    let out = runc.run(&["start", &id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("process: missing"));
+    wait_until(5, || runc.status(&id) == "stopped");
+    runc.ok(&["delete", &id]);
+}

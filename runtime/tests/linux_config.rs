@@ -178,15 +178,19 @@ fn default_and_config_devices() {
     let out = Bundle::sh(
         &runc,
         "for d in null zero full random urandom tty; do stat -c '%n %t:%T %a' /dev/$d; done; \
-         stat -c '%n %F %t:%T %a %u:%g' /dev/mydev; ls -l /dev/fd /dev/ptmx | grep -c -- '->'; head -c 3 /dev/zero | wc -c",
+         stat -c '%n %F %t:%T %a %u:%g' /dev/mydev; stat -c '%n %F %a' /dev/myfifo; ls -l /dev/fd /dev/ptmx | grep -c -- '->'; head -c 3 /dev/zero | wc -c",
         |c| {
-            c["linux"]["devices"] = json!([{"path": "/dev/mydev", "type": "c", "major": 1, "minor": 3, "fileMode": 0o640, "uid": 7, "gid": 8}]);
+            // A fifo is made too, and gets no device cgroup rule (the kernel has none for it).
+            c["linux"]["devices"] = json!([
+                {"path": "/dev/mydev", "type": "c", "major": 1, "minor": 3, "fileMode": 0o640, "uid": 7, "gid": 8},
+                {"path": "/dev/myfifo", "type": "p", "major": 0, "minor": 0, "fileMode": 0o600}
+            ]);
         },
     );
     assert_eq!(
         out,
         "/dev/null 1:3 666\n/dev/zero 1:5 666\n/dev/full 1:7 666\n/dev/random 1:8 666\n/dev/urandom 1:9 666\n/dev/tty 5:0 666\n\
-         /dev/mydev character special file 1:3 640 7:8\n2\n3\n",
+         /dev/mydev character special file 1:3 640 7:8\n/dev/myfifo fifo 600\n2\n3\n",
         "{out}"
     );
 }
@@ -243,6 +247,31 @@ fn five_capability_sets() {
     assert_eq!(
         out, "CapPrm:\t0000000000000400\nCapEff:\t0000000000000400\nCapAmb:\t0000000000000400\n",
         "{out}"
+    );
+    // A capability the runtime itself does not hold (CAP_SYS_RESOURCE is withheld from root on
+    // some hosts) is skipped, not a failed container; where it is held, the container gets it.
+    let held = caps::has_cap(
+        None,
+        caps::CapSet::Bounding,
+        caps::Capability::CAP_SYS_RESOURCE,
+    )
+    .unwrap();
+    let all = json!(["CAP_KILL", "CAP_SYS_RESOURCE"]);
+    let out = Bundle::sh(&runc, "grep -E '^Cap(Inh|Prm)' /proc/self/status", |c| {
+        c["process"]["capabilities"] = json!({
+            "bounding": all, "permitted": all, "effective": all, "inheritable": all, "ambient": all,
+        });
+    });
+    // KILL=5 (0x20), SYS_RESOURCE=24 (0x1000000).
+    let want = if held {
+        "0000000001000020"
+    } else {
+        "0000000000000020"
+    };
+    assert_eq!(
+        out,
+        format!("CapInh:\t{want}\nCapPrm:\t{want}\n"),
+        "held: {held}"
     );
 }
 
@@ -345,6 +374,14 @@ fn rootfs_propagation() {
         !out.contains("shared:") && !out.contains("master:"),
         "rootfsPropagation private: {out}"
     );
+    // Unbindable: the rootfs itself can still be bound onto itself and pivoted into.
+    let out = Bundle::sh(&runc, mountinfo_root, |c| {
+        c["linux"]["rootfsPropagation"] = json!("unbindable")
+    });
+    assert!(
+        out.starts_with("unbindable"),
+        "rootfsPropagation unbindable: {out}"
+    );
     let b = Bundle::new(&["true"]).with(|c| c["linux"]["rootfsPropagation"] = json!("sideways"));
     let out = runc.run(&["run", "--bundle", b.path_str(), &unique("prop")]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("linux.rootfsPropagation"));
@@ -379,4 +416,43 @@ fn scheduler_io_priority_personality_and_memory_policy() {
     let (code, _, err) = b.run(&runc, &unique("ioprio"));
     assert_eq!(code, 1);
     assert!(err.contains("process.ioPriority.priority: 9"), "{err}");
+}
+
+/// No mount namespace in the config: the container shares the runtime's (run here inside a
+/// private one of its own, `unshare -m`, so nothing reaches the host) and gets a chroot.
+#[test]
+fn without_a_mount_namespace_the_runtime_one_is_shared() {
+    let runc = Runc::new();
+    let b = Bundle::new(&["sh", "-c", "readlink /proc/self/ns/mnt; ls /"]).with(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "mount");
+    });
+    let script = format!(
+        "readlink /proc/self/ns/mnt; exec {} --root {} run --bundle {} {}",
+        BIN,
+        runc.root.path().display(),
+        b.path_str(),
+        unique("nomnt")
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare (util-linux) is missing");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0], lines[1],
+        "the container has a mount namespace of its own"
+    );
+    assert!(
+        lines.contains(&"busybox") || lines.contains(&"bin"),
+        "not in the rootfs: {text}"
+    );
 }

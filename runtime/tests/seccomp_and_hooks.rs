@@ -322,6 +322,7 @@ fn hooks_run_at_their_moments_in_their_namespaces() {
             "{phase} must run in the container's mount namespace"
         );
     }
+    assert_eq!(get("prestart")[1], "\"status\":\"created\"");
     assert_eq!(get("createRuntime")[1], "\"status\":\"creating\"");
     assert_eq!(get("poststart")[1], "\"status\":\"running\"");
     assert_eq!(get("poststop")[1], "\"status\":\"stopped\"");

@@ -227,7 +227,7 @@ impl CgroupPaths {
         }
         let result = paths.make_dirs(layout);
         if result.is_err() {
-            paths.remove();
+            let _ = paths.remove();
         }
         result.map(|_| paths)
     }
@@ -261,9 +261,11 @@ impl CgroupPaths {
     }
 
     /// Removes the directories this container created, deepest first. Waits briefly for
-    /// exiting processes to leave (rmdir answers EBUSY until they have).
-    pub fn remove(&self) {
+    /// exiting processes to leave (rmdir answers EBUSY until they have). A container directory
+    /// that cannot be removed is an error: the caller keeps the container's state.
+    pub fn remove(&self) -> Result<()> {
         let leaves: Vec<&PathBuf> = self.v1.values().chain(self.v2.iter()).collect();
+        let mut failed = None;
         for dir in self.created.iter().rev() {
             // A parent we made may be shared by other containers by now: one try only.
             let attempts = if leaves.contains(&dir) { 2000 } else { 1 };
@@ -279,17 +281,67 @@ impl CgroupPaths {
                         break;
                     }
                     Err(e) => {
-                        tracing::warn!("remove cgroup {}: {e}", dir.display());
+                        failed.get_or_insert(Error::Io {
+                            context: format!("remove cgroup {}", dir.display()),
+                            source: e,
+                        });
                         break;
                     }
                 }
             }
         }
+        failed.map_or(Ok(()), Err)
     }
 
-    /// Moves a process into the container's cgroup in every hierarchy.
-    pub fn join(&self, pid: i32) -> Result<()> {
-        for dir in self.v1.values().chain(self.v2.iter()) {
+    /// Sends `signal` to every process of the container without letting one escape by
+    /// forking meanwhile: cgroup.kill for SIGKILL where cgroup2 has it; otherwise the cgroup
+    /// is frozen while its processes are listed and signalled, then thawed (runc's way).
+    /// Without either, the list is re-read until a pass finds no process it has not signalled.
+    pub fn signal_all(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        if signal == Signal::SIGKILL
+            && let Some(dir) = &self.v2
+            && fsutil::write_value(&dir.join("cgroup.kill"), "1").is_ok()
+        {
+            // A task frozen by the v1 freezer only dies once thawed.
+            if self.is_frozen() {
+                self.set_frozen(false)?;
+            }
+            return Ok(());
+        }
+        if self.freezer().is_some() {
+            self.set_frozen(true)?;
+            let pids = self.pids();
+            if let Ok(pids) = &pids {
+                for pid in pids {
+                    let _ = kill(Pid::from_raw(*pid), signal);
+                }
+            }
+            // Thawed even after a failed listing; a frozen process only takes its signal then.
+            self.set_frozen(false)?;
+            return pids.map(drop);
+        }
+        let mut signalled = std::collections::HashSet::new();
+        loop {
+            let fresh: Vec<i32> = self
+                .pids()?
+                .into_iter()
+                .filter(|p| signalled.insert(*p))
+                .collect();
+            if fresh.is_empty() {
+                return Ok(());
+            }
+            for pid in fresh {
+                let _ = kill(Pid::from_raw(pid), signal);
+            }
+        }
+    }
+
+    /// Moves a process into the container's cgroup in every v1 hierarchy (cgroup2 is joined
+    /// at birth, with CLONE_INTO_CGROUP).
+    pub fn join_v1(&self, pid: i32) -> Result<()> {
+        for dir in self.v1.values() {
             fsutil::write_value(&dir.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
@@ -442,6 +494,14 @@ pub fn check_available(layout: &Layout, res: &LinuxResources) -> Result<()> {
         }
         if cpu.cpus().is_some() || cpu.mems().is_some() {
             wanted.push(("cpu.cpus", "cpuset"));
+        }
+    }
+    if let Some(net) = res.network() {
+        if net.class_id().is_some() {
+            wanted.push(("network.classID", "net_cls"));
+        }
+        if net.priorities().as_ref().is_some_and(|p| !p.is_empty()) {
+            wanted.push(("network.priorities", "net_prio"));
         }
     }
     for (field, ctrl) in wanted {

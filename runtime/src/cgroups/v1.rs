@@ -31,8 +31,33 @@ pub fn apply(
         "blkio" => blkio(dir, res),
         "hugetlb" => hugetlb(dir, res),
         "devices" => self::devices(dir, devices),
+        "net_cls" => net_cls(dir, res),
+        "net_prio" => net_prio(dir, res),
         _ => Ok(()),
     }
+}
+
+fn net_cls(dir: &Path, res: &LinuxResources) -> Result<()> {
+    if let Some(id) = res.network().as_ref().and_then(|n| n.class_id()) {
+        write_value(&dir.join("net_cls.classid"), &id.to_string())?;
+    }
+    Ok(())
+}
+
+fn net_prio(dir: &Path, res: &LinuxResources) -> Result<()> {
+    for p in res
+        .network()
+        .as_ref()
+        .and_then(|n| n.priorities().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        write_value(
+            &dir.join("net_prio.ifpriomap"),
+            &format!("{} {}", p.name(), p.priority()),
+        )?;
+    }
+    Ok(())
 }
 
 fn memory(dir: &Path, res: &LinuxResources) -> Result<()> {
@@ -68,6 +93,14 @@ fn memory(dir: &Path, res: &LinuxResources) -> Result<()> {
     if let Some(true) = mem.disable_oom_killer() {
         write_value(&dir.join("memory.oom_control"), "1")?;
     }
+    if let Some(tcp) = mem.kernel_tcp() {
+        write_value(
+            &dir.join("memory.kmem.tcp.limit_in_bytes"),
+            &tcp.to_string(),
+        )?;
+    }
+    // memory.kernel: kernels since 5.16 accept and ignore memory.kmem.limit_in_bytes (runc
+    // ignores the field as well): nothing to write.
     Ok(())
 }
 

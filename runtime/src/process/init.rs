@@ -7,6 +7,7 @@ use super::attributes;
 use super::channel::{Channel, Msg};
 use crate::error::{Context, Error, Result};
 use crate::rootfs::{self, RootfsContext};
+use crate::safe_path::Kind;
 use crate::seccomp::Filter;
 use crate::{capabilities, console, rlimits};
 use nix::fcntl::{OFlag, open, openat};
@@ -15,18 +16,22 @@ use nix::sys::stat::Mode;
 use oci_spec::runtime::{LinuxNamespaceType, Process};
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+/// What the init writes to the exec fifo once `start` opens it: go ahead and exec, or there is
+/// no process to exec (the init exits and `start` fails).
+pub const GO: u8 = 0;
+pub const NO_PROCESS: u8 = b'n';
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
     await_go(chan)?;
     let spec = cfg.spec;
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| Error::Config("process: missing".into()))?;
+    // A config without a process can be created (runtime-spec: process is required by
+    // start); its start fails, see NO_PROCESS.
+    let process = spec.process().as_ref();
     let ns = cfg.namespaces;
     for (typ, fd) in &ns.join {
         if !matches!(typ, LinuxNamespaceType::Pid | LinuxNamespaceType::Time) {
@@ -63,8 +68,9 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
         cgroup: cfg.cgroup,
         new_cgroup_ns: ns.new_cgroup,
         in_user_ns,
+        own_mount_ns: ns.has(LinuxNamespaceType::Mount),
     };
-    rootfs::prepare(spec, &ctx)?;
+    let root = rootfs::prepare(spec, &ctx)?;
     let hooks = spec.hooks().clone().unwrap_or_default();
     let wants_hooks = [
         hooks.prestart(),
@@ -98,12 +104,14 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
         Mode::empty(),
     )
     .ctx(|| "open /proc".into())?;
-    let cwd = rootfs::secure_join(cfg.rootfs, process.cwd())?;
-    if !cwd.exists() {
-        std::fs::create_dir_all(&cwd)
-            .ctx(|| format!("process.cwd: create {}", process.cwd().display()))?;
+    if let Some(process) = process {
+        root.make(process.cwd(), Kind::Dir)
+            .map_err(|e| Error::Config(format!("process.cwd: {e}")))?;
     }
-    rootfs::pivot(cfg.rootfs, cfg.no_pivot)?;
+    let null = rootfs::host_null()?;
+    rootfs::protect(spec, &root, null.as_fd())?;
+    drop((root, null));
+    rootfs::pivot(cfg.rootfs, cfg.no_pivot, ctx.own_mount_ns)?;
     rootfs::finalize(spec)?;
     if let Some(linux) = spec.linux() {
         if let Some(p) = linux.personality() {
@@ -114,7 +122,9 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
         }
     }
     let seccomp = cfg.seccomp;
-    let ready = prepare(process, cfg.console_socket, seccomp, &state_json)?;
+    let ready = process
+        .map(|p| prepare(p, cfg.console_socket, seccomp, &state_json))
+        .transpose()?;
     // After Ready the parent exits (create): the death signal must not follow.
     nix::sys::prctl::set_pdeathsig(None).ctx(|| "prctl PDEATHSIG".into())?;
     chan.send(&Msg::Ready)?;
@@ -127,12 +137,21 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
         Mode::empty(),
     )
     .ctx(|| "open the exec fifo".into())?;
-    nix::unistd::write(&writer, &[0]).ctx(|| "write the exec fifo".into())?;
-    drop((writer, fifo, host_proc));
+    let byte = if ready.is_some() { GO } else { NO_PROCESS };
+    nix::unistd::write(&writer, &[byte]).ctx(|| "write the exec fifo".into())?;
+    let Some(ready) = ready else {
+        return Err(Error::Config("process: missing, nothing to start".into()));
+    };
+    // The writer stays open (close-on-exec) until the program replaces us: `start` waits for
+    // its end-of-file, so once start returns the program runs (a signal sent right after
+    // reaches it, not us).
+    drop((fifo, host_proc));
     if let Some(start_hooks) = hooks.start_container().as_deref().filter(|h| !h.is_empty()) {
         crate::hooks::run("startContainer", start_hooks, state_json.as_bytes())?;
     }
-    ready.exec(cfg.preserve_fds, seccomp, &state_json)
+    let err = ready.exec(cfg.preserve_fds, seccomp, &state_json);
+    drop(writer);
+    err
 }
 
 /// The child's first steps: die with the runtime until ready, take back the signals the parent
@@ -227,20 +246,12 @@ impl Ready {
     /// Closes what the program must not inherit, loads a late seccomp filter, and execs.
     pub fn exec(
         self,
-        preserve_fds: i32,
+        preserve_fds: u32,
         seccomp: Option<&Filter>,
         state_json: &str,
     ) -> Result<Infallible> {
         // Nothing of ours past the preserved fds reaches the program.
-        // SAFETY: close_range on fd numbers only; CLOEXEC leaves them open until execve.
-        unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                3 + preserve_fds as u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            )
-        };
+        close_on_exec_from(3 + preserve_fds)?;
         if self.seccomp_late
             && let Some(filter) = seccomp
         {
@@ -248,6 +259,43 @@ impl Ready {
         }
         exec(&self.program, &self.args, &self.env)
     }
+}
+
+/// Marks every fd from `first` on close-on-exec: close_range(CLOSE_RANGE_CLOEXEC), or where
+/// the kernel lacks it (before 5.11), each fd listed in /proc/self/fd.
+fn close_on_exec_from(first: u32) -> Result<()> {
+    // SAFETY: close_range on fd numbers only; CLOEXEC leaves them open until execve.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    close_on_exec_walk(first)
+}
+
+fn close_on_exec_walk(first: u32) -> Result<()> {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .ctx(|| "list /proc/self/fd to close the runtime's descriptors".into())?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= first as i32)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD on a descriptor number; the one read_dir used is closed already.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EBADF) {
+                return Err(Error::Other(format!("mark fd {fd} close-on-exec: {err}")));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn with_home(mut env: Vec<String>, uid: u32) -> Vec<String> {

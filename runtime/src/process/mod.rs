@@ -26,7 +26,7 @@ pub struct InitConfig<'a> {
     pub namespaces: &'a Namespaces,
     /// Where the pty master goes when process.terminal is true.
     pub console_socket: Option<OwnedFd>,
-    pub preserve_fds: i32,
+    pub preserve_fds: u32,
     pub no_pivot: bool,
     pub seccomp: Option<&'a crate::seccomp::Filter>,
 }
@@ -49,14 +49,14 @@ struct CloneArgs {
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// On a unified cgroup2 host the child is born in the container's cgroup (CLONE_INTO_CGROUP);
-/// elsewhere (`None`) the parent moves it with cgroup.procs writes.
-fn clone_into(layout: &Layout, cgroup: &CgroupPaths) -> Result<Option<std::fs::File>> {
-    match (&cgroup.v2, layout.is_unified()) {
-        (Some(dir), true) => Ok(Some(
+/// Where the host has cgroup2 (unified, or the hybrid's extra mount) the child is born in the
+/// container's cgroup2 directory (CLONE_INTO_CGROUP); `None` without one.
+fn clone_into(cgroup: &CgroupPaths) -> Result<Option<std::fs::File>> {
+    match &cgroup.v2 {
+        Some(dir) => Ok(Some(
             std::fs::File::open(dir).ctx(|| format!("open {}", dir.display()))?,
         )),
-        _ => Ok(None),
+        None => Ok(None),
     }
 }
 
@@ -127,7 +127,7 @@ pub fn spawn(cfg: InitConfig, on_hooks: &mut dyn FnMut(Pid) -> Result<String>) -
                 .map_err(|e| Error::Config(format!("linux.timeOffsets: {e}")))?;
         }
     }
-    let cgroup_dir = clone_into(cfg.layout, cfg.cgroup)?;
+    let cgroup_dir = clone_into(cfg.cgroup)?;
     let pid = clone3(ns.clone_flags, cgroup_dir.as_ref())?;
     if pid == 0 {
         drop(parent);
@@ -142,7 +142,7 @@ pub fn spawn(cfg: InitConfig, on_hooks: &mut dyn FnMut(Pid) -> Result<String>) -
     }
     drop(child);
     let pid = Pid::from_raw(pid);
-    let result = drive(&cfg, pid, &parent, cgroup_dir.is_none(), on_hooks);
+    let result = drive(&cfg, pid, &parent, on_hooks);
     if result.is_err() {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(pid, None);
@@ -154,7 +154,6 @@ fn drive(
     cfg: &InitConfig,
     pid: Pid,
     chan: &Channel,
-    join_cgroup: bool,
     on_hooks: &mut dyn FnMut(Pid) -> Result<String>,
 ) -> Result<()> {
     let linux = cfg.spec.linux().as_ref();
@@ -187,9 +186,7 @@ fn drive(
         }
         write_map("gid_map", linux.map(|l| l.gid_mappings()).unwrap_or(&None))?;
     }
-    if join_cgroup {
-        cfg.cgroup.join(pid.as_raw())?;
-    }
+    cfg.cgroup.join_v1(pid.as_raw())?;
     if let Some(adj) = cfg.spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
         match std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string()) {
             Ok(()) => {}
@@ -229,7 +226,7 @@ pub struct ExecConfig<'a> {
     pub personality: Option<&'a oci_spec::runtime::LinuxPersonality>,
     pub state_json: String,
     pub console_socket: Option<OwnedFd>,
-    pub preserve_fds: i32,
+    pub preserve_fds: u32,
 }
 
 /// Namespaces in the order they are joined: user first (it owns the others), mount last (after
@@ -274,8 +271,7 @@ pub fn spawn_exec(cfg: ExecConfig) -> Result<Pid> {
         attributes::set_affinity("process.execCPUAffinity.initial", initial)?;
     }
     let (parent, child) = channel::pair()?;
-    let cgroup_dir = clone_into(cfg.layout, cfg.cgroup)?;
-
+    let cgroup_dir = clone_into(cfg.cgroup)?;
     let pid = clone3(0, cgroup_dir.as_ref())?;
     if pid == 0 {
         drop(parent);
@@ -289,9 +285,7 @@ pub fn spawn_exec(cfg: ExecConfig) -> Result<Pid> {
     drop(child);
     let pid = Pid::from_raw(pid);
     let result = (|| {
-        if cgroup_dir.is_none() {
-            cfg.cgroup.join(pid.as_raw())?;
-        }
+        cfg.cgroup.join_v1(pid.as_raw())?;
         parent.send(&Msg::Go)?;
         match parent.recv()? {
             Some(Msg::Ready) => Ok(()),
