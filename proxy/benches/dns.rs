@@ -2,8 +2,8 @@
 //! `unbound` serving the same names as a local zone, inside a network namespace of its own.
 //!
 //! Prints queries/s at saturation and p50/p99 latency at a fixed rate, for cluster names and for
-//! outside names (cached by the proxy after the first query, local data for unbound), and the
-//! memory the records of 1,000 Services add to the process.
+//! outside names (cached by the proxy after the first query, local data for unbound), the
+//! memory the records of 1,000 Services add to the process, and the time of one rebuild.
 //!
 //! `cargo bench -p skiff-proxy --bench dns` (root; Debian packages dnsperf, unbound,
 //! bind9-dnsutils). `DNS_BENCH_SERVICES` (default 1000) and `DNS_BENCH_SECONDS` (default 5).
@@ -14,10 +14,11 @@ mod dns_support;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dns_support::{Netns, Unbound, require, start_unbound, text};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use skiff_proxy::dns::{DnsConfig, DnsServer};
 
@@ -64,20 +65,17 @@ fn main() {
                 cache_entries: 10_000,
             })
             .expect("dns server");
-            let memory = memory_per_1000_services(&dns);
-            dns.update(
-                &objects,
-                &[] as &[k8s_openapi::api::discovery::v1::EndpointSlice],
-            );
+            let records = records_of_10000_services(&dns);
+            dns.update(&objects, &[] as &[EndpointSlice]);
             let listening = dns.bind().await.expect("binding");
-            ready_tx.send(memory).expect("ready");
+            ready_tx.send(records).expect("ready");
             tokio::select! {
                 served = listening.run() => panic!("DNS server stopped: {served:?}"),
                 _ = stop_rx => {}
             }
         })
     });
-    let memory = ready_rx.recv().expect("server started");
+    let (memory, rebuild) = ready_rx.recv().expect("server started");
 
     let cluster = query_file(
         dir.path(),
@@ -113,6 +111,7 @@ fn main() {
         }
     }
     println!("memory of the records: {memory:.0} KiB per 1,000 Services");
+    println!("one rebuild of the records of 10,000 Services: {rebuild:?}");
 
     let _ = stop_tx.send(());
     let _ = server.join();
@@ -173,15 +172,18 @@ fn unbound_zone(services: &[Service]) -> String {
     zone
 }
 
-/// Resident memory added by building the records of 10,000 Services, per 1,000.
-fn memory_per_1000_services(dns: &DnsServer) -> f64 {
+/// The records of 10,000 Services: the resident memory they add, per 1,000 Services, and the
+/// time one rebuild of the index takes.
+fn records_of_10000_services(dns: &DnsServer) -> (f64, Duration) {
     let many = synthetic_services(10_000);
-    let none: &[k8s_openapi::api::discovery::v1::EndpointSlice] = &[];
+    let none: &[EndpointSlice] = &[];
     let before = rss_kib();
+    let start = Instant::now();
     dns.update(&many, none);
+    let rebuild = start.elapsed();
     let after = rss_kib();
     dns.update(&[] as &[Service], none);
-    (after - before) / 10.0
+    ((after - before) / 10.0, rebuild)
 }
 
 fn rss_kib() -> f64 {

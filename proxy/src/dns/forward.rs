@@ -15,12 +15,16 @@ use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 use tracing::debug;
 
 /// The UDP payload size offered upstream (the DNS flag day 2020 value).
 const UPSTREAM_PAYLOAD: u16 = 1232;
 /// The longest a forwarded answer is kept, whatever its TTL says.
 const MAX_CACHE_TTL: u32 = 300;
+/// Upstream exchanges in flight at once; past this a miss is answered SERVFAIL at once, so a
+/// flood of uncached names cannot hold a socket each until the upstream timeout.
+const MAX_IN_FLIGHT: usize = 512;
 
 /// An upstream's answer: the response code and the records of each section.
 #[derive(Clone, Debug)]
@@ -36,6 +40,8 @@ pub struct Forwarded {
 pub enum ForwardError {
     #[error("no upstream resolver configured")]
     NoUpstream,
+    #[error("{MAX_IN_FLIGHT} upstream exchanges already in flight")]
+    Busy,
     #[error("no upstream resolver answered {name} {qtype}: {last}")]
     Unanswered {
         name: Name,
@@ -48,6 +54,7 @@ pub struct Forwarder {
     upstreams: Vec<SocketAddr>,
     timeout: Duration,
     cache: Mutex<Cache>,
+    in_flight: Semaphore,
 }
 
 impl Forwarder {
@@ -56,6 +63,7 @@ impl Forwarder {
             upstreams,
             timeout,
             cache: Mutex::new(Cache::new(cache_entries)),
+            in_flight: Semaphore::new(MAX_IN_FLIGHT),
         }
     }
 
@@ -68,6 +76,9 @@ impl Forwarder {
         if self.upstreams.is_empty() {
             return Err(ForwardError::NoUpstream);
         }
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            return Err(ForwardError::Busy);
+        };
         let mut last = String::new();
         for upstream in &self.upstreams {
             match tokio::time::timeout(self.timeout, exchange(*upstream, name, qtype)).await {

@@ -11,6 +11,9 @@
 //!
 //! The proxy either hands its caches over on every change ([`DnsServer::update`]) or lets
 //! [`run`] keep its own reflectors.
+//!
+//! hickory-server logs every request at INFO (target `hickory_server`): a binary serving real
+//! traffic should hold that target at WARN in its log filter.
 
 pub mod config;
 pub mod forward;

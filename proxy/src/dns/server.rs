@@ -28,6 +28,9 @@ use super::{DnsError, Shared};
 const TCP_IDLE: Duration = Duration::from_secs(5);
 /// Responses queued per TCP connection.
 const TCP_RESPONSE_BUFFER: usize = 32;
+/// The largest UDP response sent, whatever the client's EDNS buffer size claims; larger answers
+/// are truncated and the client retries over TCP.
+const MAX_UDP_PAYLOAD: u16 = 4096;
 
 /// The request handler hickory-server calls for every decoded request.
 pub struct Handler {
@@ -68,7 +71,7 @@ impl RequestHandler for Handler {
         let tcp = request.protocol() == Protocol::Tcp;
         let edns = request.edns.as_ref().map(|asked| {
             let mut edns = Edns::new();
-            edns.set_max_payload(asked.max_payload().max(512));
+            edns.set_max_payload(asked.max_payload().clamp(512, MAX_UDP_PAYLOAD));
             edns.set_version(0);
             edns
         });
@@ -265,13 +268,22 @@ pub struct Listening {
 impl Listening {
     pub(super) async fn bind(addr: SocketAddr, handler: Handler) -> Result<Self, DnsError> {
         let bind_error = |source| DnsError::Bind { addr, source };
-        let udp = UdpSocket::bind(addr).await.map_err(bind_error)?;
-        let udp_addr = udp.local_addr().map_err(bind_error)?;
+        // One UDP socket per core on the same address (SO_REUSEPORT): the kernel spreads
+        // clients over them and each has its own receive loop, as unbound does per thread.
+        let sockets = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        let first = reuseport_udp(addr).map_err(bind_error)?;
+        let udp_addr = first.local_addr().map_err(bind_error)?;
+        let mut udp = vec![first];
+        for _ in 1..sockets {
+            udp.push(reuseport_udp(udp_addr).map_err(bind_error)?);
+        }
         // With port 0 the TCP listener takes the port UDP got, so one address serves both.
         let tcp = TcpListener::bind(udp_addr).await.map_err(bind_error)?;
         let tcp_addr = tcp.local_addr().map_err(bind_error)?;
         let mut server = Server::new(handler);
-        server.register_socket(udp);
+        for socket in udp {
+            server.register_socket(socket);
+        }
         server.register_listener(tcp, TCP_IDLE, TCP_RESPONSE_BUFFER);
         Ok(Self {
             server,
@@ -287,4 +299,24 @@ impl Listening {
             .await
             .map_err(|e| DnsError::Serve(e.to_string()))
     }
+}
+
+/// A non-blocking UDP socket bound to `addr` with SO_REUSEPORT set.
+fn reuseport_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrStorage, bind, setsockopt, socket, sockopt,
+    };
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let fd = socket(family, SockType::Datagram, flags, None)?;
+    setsockopt(&fd, sockopt::ReusePort, &true)?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(addr),
+    )?;
+    UdpSocket::from_std(std::net::UdpSocket::from(fd))
 }
