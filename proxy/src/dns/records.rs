@@ -8,6 +8,7 @@
 //! `DnsServer::update`).
 
 use std::borrow::{Borrow, Cow};
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -91,7 +92,7 @@ struct Node {
     srv: Vec<Record>,
     /// The addresses of the SRV targets, for the additional section.
     srv_targets: Vec<Record>,
-    cname: Option<Record>,
+    cname: Option<Box<Record>>,
     txt: Vec<Record>,
     ns: Vec<Record>,
 }
@@ -188,7 +189,11 @@ impl ClusterIndex {
                 (_, RData::CNAME(target)) => Some(&target.0),
                 _ => None,
             };
-            return self.found(Cow::Borrowed(std::slice::from_ref(cname)), &[], chase);
+            return self.found(
+                Cow::Borrowed(std::slice::from_ref(cname.as_ref())),
+                &[],
+                chase,
+            );
         }
         let (answers, additionals): (&[Record], &[Record]) = match qtype {
             RecordType::A => (&node.a, &[]),
@@ -311,11 +316,17 @@ impl Builder {
             .ok()
     }
 
-    /// The node of `name`, created with its empty ancestors up to the zone apex.
+    /// The node of `name`, created with its empty ancestors up to the zone apex. Every node is
+    /// made here, so an existing ancestor has all of its own: the walk up stops there.
     fn node(&mut self, name: &Name) -> &mut Node {
         let mut ancestor = name.base_name();
         while ancestor.num_labels() > self.config.domain.num_labels() {
-            self.names.entry(LowerName::new(&ancestor)).or_default();
+            match self.names.entry(LowerName::new(&ancestor)) {
+                Entry::Occupied(_) => break,
+                Entry::Vacant(vacant) => {
+                    vacant.insert(Node::default());
+                }
+            }
             ancestor = ancestor.base_name();
         }
         self.names.entry(LowerName::new(name)).or_default()
@@ -385,7 +396,7 @@ impl Builder {
                 self.config.ttl,
                 RData::CNAME(CNAME(target)),
             );
-            self.node(&service_name).cname = Some(record);
+            self.node(&service_name).cname = Some(Box::new(record));
             return;
         }
         let cluster_ips: Vec<&str> = match (&spec.cluster_ips, &spec.cluster_ip) {
@@ -511,7 +522,23 @@ impl Builder {
         }
     }
 
-    fn finish(self) -> ClusterIndex {
+    fn finish(mut self) -> ClusterIndex {
+        // Most record lists hold one record: without this each would keep room for four.
+        for node in self.names.values_mut() {
+            for records in [
+                &mut node.a,
+                &mut node.aaaa,
+                &mut node.srv,
+                &mut node.srv_targets,
+                &mut node.txt,
+                &mut node.ns,
+            ] {
+                records.shrink_to_fit();
+            }
+        }
+        self.reverse.values_mut().for_each(Vec::shrink_to_fit);
+        self.names.shrink_to_fit();
+        self.reverse.shrink_to_fit();
         let domain = self.config.domain.clone();
         let ttl = self.config.ttl;
         let nameserver = prepend(&domain, &["ns", "dns"]).expect("ns.dns is a valid name");
