@@ -57,7 +57,14 @@ impl DnsServer {
             let ready = services.wait_until_ready().now_or_never().is_some()
                 && slices.wait_until_ready().now_or_never().is_some();
             if ready {
-                self.update(services.state(), slices.state());
+                // A rebuild of a large cluster takes a while: off the runtime's workers, so
+                // queries keep being answered from the previous index meanwhile.
+                let (dns, services, slices) = (self.clone(), services.state(), slices.state());
+                if let Err(error) =
+                    tokio::task::spawn_blocking(move || dns.update(services, slices)).await
+                {
+                    warn!(%error, "rebuilding the cluster DNS records failed");
+                }
             }
         }
         Err(DnsError::WatchEnded {
