@@ -400,6 +400,12 @@ fn cluster_dns_answers_from_the_api_and_forwards_the_rest() {
 
     // Malformed requests are answered or dropped; the server keeps answering.
     malformed_requests(&lab);
+    // A class other than IN is refused; an EDNS version above 0 gets BADVERS.
+    let dns = format!("@{DNS_ADDR}");
+    let chaos = lab.dig(&[&dns, "version.bind", "TXT", "CH"]);
+    assert!(chaos.contains("status: REFUSED"), "{chaos}");
+    let future_edns = lab.dig(&[&dns, "+edns=1", "+noednsnegotiation", web, "A"]);
+    assert!(future_edns.contains("status: BADVERS"), "{future_edns}");
     assert_eq!(lab.short(&[web, "A"]), [cluster_ip.as_str()]);
 
     // A deleted Service stops resolving.
@@ -427,6 +433,7 @@ fn cluster_dns_answers_from_the_api_and_forwards_the_rest() {
         "skiff_dns_requests_total{proto=\"tcp\"} ",
         "skiff_dns_responses_total{rcode=\"NXDOMAIN\"} ",
         "skiff_dns_responses_total{rcode=\"FORMERR\"} ",
+        "skiff_dns_responses_total{rcode=\"REFUSED\"} ",
         "skiff_dns_answers_total{source=\"upstream\"} ",
         "skiff_dns_request_duration_seconds_count ",
     ] {
