@@ -1,1 +1,2 @@
 //! skiff-proxy: not built yet; see the open issues.
+pub mod dns;

@@ -1,0 +1,133 @@
+//! The node-local cluster DNS server: every node's proxy answers cluster names from the
+//! Service/EndpointSlice cache it already keeps, and forwards other names to the node's
+//! upstream resolvers. No DNS pods.
+//!
+//! - [`records`]: the Kubernetes DNS specification's records as an index built from the objects;
+//! - [`server`]: the protocol (hickory-server on UDP and TCP) and the request handler;
+//! - [`forward`]: upstream exchanges and the cache of their answers;
+//! - [`metrics`]: counters for `/metrics`;
+//! - [`config`]: settings and flags;
+//! - [`watch`]: reflectors that feed the server when it runs on its own.
+//!
+//! The proxy either hands its caches over on every change ([`DnsServer::update`]) or lets
+//! [`run`] keep its own reflectors.
+//!
+//! hickory-server logs every request at INFO (target `hickory_server`): a binary serving real
+//! traffic should hold that target at WARN in its log filter.
+
+pub mod config;
+pub mod forward;
+pub mod metrics;
+pub mod records;
+pub mod server;
+pub mod watch;
+
+use std::borrow::Borrow;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+pub use config::{DnsArgs, DnsConfig};
+pub use metrics::DnsMetrics;
+pub use records::{ClusterIndex, ZoneConfig};
+pub use server::Listening;
+pub use watch::run;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error(transparent)]
+    Domain(#[from] records::InvalidDomain),
+    #[error("--dns-upstream {0:?} is not an address or address:port")]
+    Upstream(String),
+    #[error("--dns-upstream-timeout {0} is not a positive number of seconds")]
+    Timeout(f64),
+    #[error("reading the upstream resolvers from {path}: {source}")]
+    ResolvConf {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("binding the DNS server to {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("DNS server stopped: {0}")]
+    Serve(String),
+    #[error("watching {resource}: the watch ended")]
+    WatchEnded { resource: &'static str },
+}
+
+/// The DNS server: a cheap handle shared by the protocol side and whoever feeds it objects.
+#[derive(Clone)]
+pub struct DnsServer {
+    shared: Arc<Shared>,
+    config: DnsConfig,
+}
+
+/// What every request reads: the current index (swapped whole on updates), the forwarder
+/// and the counters.
+pub(crate) struct Shared {
+    index: RwLock<Arc<ClusterIndex>>,
+    zone: ZoneConfig,
+    forwarder: forward::Forwarder,
+    metrics: DnsMetrics,
+}
+
+impl Shared {
+    fn index(&self) -> Arc<ClusterIndex> {
+        self.index.read().expect("dns index lock").clone()
+    }
+}
+
+impl DnsServer {
+    /// A server with no Services yet (only the zone's own records).
+    pub fn new(config: DnsConfig) -> Result<Self, DnsError> {
+        let zone = ZoneConfig::new(&config.cluster_domain, config.ttl, Some(config.listen.ip()))?;
+        let empty = ClusterIndex::build::<&Service, &EndpointSlice>(zone.clone(), [], []);
+        let shared = Shared {
+            index: RwLock::new(Arc::new(empty)),
+            zone,
+            forwarder: forward::Forwarder::new(
+                config.upstreams.clone(),
+                config.upstream_timeout,
+                config.cache_entries,
+            ),
+            metrics: DnsMetrics::default(),
+        };
+        Ok(Self {
+            shared: Arc::new(shared),
+            config,
+        })
+    }
+
+    /// Replaces the records with those of `services` and `slices` (all of them, as the
+    /// proxy's stores hold them: `store.state()` fits).
+    pub fn update<S, E>(
+        &self,
+        services: impl IntoIterator<Item = S>,
+        slices: impl IntoIterator<Item = E>,
+    ) where
+        S: Borrow<Service>,
+        E: Borrow<EndpointSlice>,
+    {
+        let index = ClusterIndex::build(self.shared.zone.clone(), services, slices);
+        tracing::debug!(names = index.len(), "cluster DNS records updated");
+        *self.shared.index.write().expect("dns index lock") = Arc::new(index);
+    }
+
+    /// Binds UDP and TCP at the configured address; [`Listening::run`] then serves.
+    pub async fn bind(&self) -> Result<Listening, DnsError> {
+        let handler = server::Handler {
+            shared: self.shared.clone(),
+        };
+        Listening::bind(self.config.listen, handler).await
+    }
+
+    /// The counters, for the proxy's `/metrics` (`metrics().render()`).
+    pub fn metrics(&self) -> &DnsMetrics {
+        &self.shared.metrics
+    }
+}
