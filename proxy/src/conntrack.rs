@@ -118,7 +118,11 @@ pub fn flush_udp_to(endpoints: &BTreeSet<(Ipv4Addr, u16)>) -> Result<usize, Erro
     let mut socket = Socket::new(NETLINK_NETFILTER)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
-    send(&socket, ConntrackMessage::Get(vec![]), NLM_F_REQUEST | NLM_F_DUMP)?;
+    send(
+        &socket,
+        ConntrackMessage::Get(vec![]),
+        NLM_F_REQUEST | NLM_F_DUMP,
+    )?;
     let mut doomed = Vec::new();
     receive(&socket, |attrs| {
         if let Some((ip, port, Protocol::Udp)) = reply_source(&attrs)

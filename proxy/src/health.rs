@@ -198,7 +198,11 @@ async fn healthz(State((status, node)): State<(Status, String)>) -> impl IntoRes
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string())
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
 }
 
 async fn metrics(State((status, _)): State<(Status, String)>) -> impl IntoResponse {
@@ -275,15 +279,18 @@ impl ServiceHealthServers {
                 *shared.lock().unwrap_or_else(|e| e.into_inner()) = health;
                 continue;
             }
-            let listener =
-                match tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await
-                {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::warn!(port, error = %e, service = %format!("{}/{}", health.namespace, health.name), "cannot serve healthCheckNodePort");
-                        continue;
-                    }
-                };
+            let listener = match tokio::net::TcpListener::bind(SocketAddr::from((
+                [0, 0, 0, 0],
+                port,
+            )))
+            .await
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(port, error = %e, service = %format!("{}/{}", health.namespace, health.name), "cannot serve healthCheckNodePort");
+                    continue;
+                }
+            };
             let shared = Arc::new(Mutex::new(health));
             let app = Router::new()
                 .fallback(service_health)
@@ -326,6 +333,9 @@ mod tests {
         let p = s.take_pending();
         s.synced(Duration::from_millis(3), p, 0);
         assert!(s.healthy().0);
-        assert!(s.metrics().contains("kubeproxy_network_programming_duration_seconds_count 1"));
+        assert!(
+            s.metrics()
+                .contains("kubeproxy_network_programming_duration_seconds_count 1")
+        );
     }
 }

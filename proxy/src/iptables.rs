@@ -80,20 +80,32 @@ pub fn render(model: &Model, cfg: &RenderConfig) -> Ruleset {
     for chain in [SERVICES, NODEPORTS, MARK_MASQ, POSTROUTING] {
         r.chain("nat", chain);
     }
-    r.add("nat", MARK_MASQ, format!("-j MARK --or-mark {MASQ_MARK:#x}"));
+    r.add(
+        "nat",
+        MARK_MASQ,
+        format!("-j MARK --or-mark {MASQ_MARK:#x}"),
+    );
     r.add(
         "nat",
         POSTROUTING,
         format!("-m mark ! --mark {MASQ_MARK:#x}/{MASQ_MARK:#x} -j RETURN"),
     );
-    r.add("nat", POSTROUTING, format!("-j MARK --xor-mark {MASQ_MARK:#x}"));
+    r.add(
+        "nat",
+        POSTROUTING,
+        format!("-j MARK --xor-mark {MASQ_MARK:#x}"),
+    );
     r.add(
         "nat",
         POSTROUTING,
         "-m comment --comment \"skiff service traffic requiring SNAT\" -j MASQUERADE --random-fully"
             .into(),
     );
-    r.add("filter", FORWARD, "-m conntrack --ctstate INVALID -j DROP".into());
+    r.add(
+        "filter",
+        FORWARD,
+        "-m conntrack --ctstate INVALID -j DROP".into(),
+    );
     r.add(
         "filter",
         FORWARD,
@@ -171,7 +183,10 @@ fn render_port(r: &mut Ruleset, p: &ServicePort, cfg: &RenderConfig) {
             r.add(
                 "nat",
                 &svc,
-                format!("! -s {cidr} -d {cip}/32 {} -j {MARK_MASQ}", dport(p, p.port)),
+                format!(
+                    "! -s {cidr} -d {cip}/32 {} -j {MARK_MASQ}",
+                    dport(p, p.port)
+                ),
             );
         }
         spread(r, &svc, p, &cluster);
@@ -232,7 +247,11 @@ fn render_port(r: &mut Ruleset, p: &ServicePort, cfg: &RenderConfig) {
                         &ext,
                         format!("-m addrtype --src-type LOCAL -j {MARK_MASQ}"),
                     );
-                    r.add("nat", &ext, format!("-m addrtype --src-type LOCAL -j {svc}"));
+                    r.add(
+                        "nat",
+                        &ext,
+                        format!("-m addrtype --src-type LOCAL -j {svc}"),
+                    );
                 }
             } else {
                 r.add("nat", &ext, format!("-j {MARK_MASQ}"));
@@ -372,8 +391,10 @@ fn restore_text(
             .iter()
             .filter(|(name, rules)| had.get(*name) != Some(rules))
             .collect();
-        let mut deleted: BTreeSet<&String> =
-            had.keys().filter(|name| !want.contains_key(*name)).collect();
+        let mut deleted: BTreeSet<&String> = had
+            .keys()
+            .filter(|name| !want.contains_key(*name))
+            .collect();
         deleted.extend(
             stale
                 .get(table)
@@ -538,7 +559,14 @@ mod tests {
 
     #[test]
     fn endpoints_are_spread_with_decreasing_probability() {
-        let p = port("web", &[("10.244.0.2", true), ("10.244.0.3", true), ("10.244.0.4", false)]);
+        let p = port(
+            "web",
+            &[
+                ("10.244.0.2", true),
+                ("10.244.0.3", true),
+                ("10.244.0.4", false),
+            ],
+        );
         let r = render(&model(vec![p.clone()]), &cfg());
         let nat = &r.tables["nat"];
         let svc = &nat[&svc_chain(&p)];
@@ -562,10 +590,17 @@ mod tests {
 
     #[test]
     fn a_service_without_endpoints_is_rejected_in_filter() {
-        let r = render(&model(vec![port("empty", &[("10.244.0.2", false)])]), &cfg());
+        let r = render(
+            &model(vec![port("empty", &[("10.244.0.2", false)])]),
+            &cfg(),
+        );
         let filter = &r.tables["filter"][SERVICES];
         assert_eq!(filter.len(), 2, "{filter:#?}");
-        assert!(filter.iter().all(|l| l.ends_with("-j REJECT --reject-with icmp-port-unreachable")));
+        assert!(
+            filter
+                .iter()
+                .all(|l| l.ends_with("-j REJECT --reject-with icmp-port-unreachable"))
+        );
         assert!(!r.tables["nat"].keys().any(|k| k.starts_with("SKIFF-SVC-")));
     }
 

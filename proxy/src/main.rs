@@ -11,7 +11,10 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use skiff_proxy::dataplane::Mode;
 
 #[derive(Parser)]
-#[command(name = "skiff-proxy", about = "Service traffic for a skiff node (kube-proxy's job)")]
+#[command(
+    name = "skiff-proxy",
+    about = "Service traffic for a skiff node (kube-proxy's job)"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
@@ -93,8 +96,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -116,9 +118,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let kubeconfig = args
-        .kubeconfig
-        .context("--kubeconfig is required")?;
+    let kubeconfig = args.kubeconfig.context("--kubeconfig is required")?;
     let node_name = args.node_name.context("--node-name is required")?;
     let kc = Kubeconfig::read_from(&kubeconfig)
         .with_context(|| format!("reading {}", kubeconfig.display()))?;

@@ -260,7 +260,9 @@ fn usable_unicast(ip: Ipv4Addr) -> bool {
 
 /// Names end up in rule comments and chain hashes: only what a DNS label may hold gets there.
 fn safe_name(s: &str) -> bool {
-    s.len() <= 253 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 fn port_u16(v: i32) -> Option<u16> {
@@ -278,7 +280,13 @@ fn service_ports(svc: &Service, skipped: &mut Vec<Skipped>) -> Vec<ServicePort> 
         return Vec::new();
     }
     if !safe_name(ns) || !safe_name(name) {
-        skip(skipped, "Service", ns, name, "metadata: name or namespace has characters a DNS label cannot".into());
+        skip(
+            skipped,
+            "Service",
+            ns,
+            name,
+            "metadata: name or namespace has characters a DNS label cannot".into(),
+        );
         return Vec::new();
     }
     let cluster_ip = match spec.cluster_ip.as_deref() {
@@ -346,7 +354,13 @@ fn service_ports(svc: &Service, skipped: &mut Vec<Skipped>) -> Vec<ServicePort> 
     for p in spec.ports.iter().flatten() {
         let port_name = p.name.clone().unwrap_or_default();
         if !safe_name(&port_name) {
-            skip(skipped, "Service", ns, name, "spec.ports.name: has characters a DNS label cannot".into());
+            skip(
+                skipped,
+                "Service",
+                ns,
+                name,
+                "spec.ports.name: has characters a DNS label cannot".into(),
+            );
             continue;
         }
         let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
@@ -368,10 +382,7 @@ fn service_ports(svc: &Service, skipped: &mut Vec<Skipped>) -> Vec<ServicePort> 
                 "Service",
                 ns,
                 name,
-                format!(
-                    "spec.ports[{port_name}].port: {} is not in 1-65535",
-                    p.port
-                ),
+                format!("spec.ports[{port_name}].port: {} is not in 1-65535", p.port),
             );
             continue;
         };
@@ -647,10 +658,9 @@ mod tests {
         s.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
         let (m, _) = Model::build([&s], [], "n1");
         assert_eq!(http(&m).affinity_seconds, Some(DEFAULT_AFFINITY_SECONDS));
-        s.spec.as_mut().unwrap().session_affinity_config = serde_json::from_value(
-            serde_json::json!({"clientIP": {"timeoutSeconds": 60}}),
-        )
-        .unwrap();
+        s.spec.as_mut().unwrap().session_affinity_config =
+            serde_json::from_value(serde_json::json!({"clientIP": {"timeoutSeconds": 60}}))
+                .unwrap();
         let (m, _) = Model::build([&s], [], "n1");
         assert_eq!(http(&m).affinity_seconds, Some(60));
     }
@@ -680,6 +690,9 @@ mod tests {
         assert_eq!(a.len(), 16);
         assert_eq!(a, id.hash(""));
         assert_ne!(a, id.hash("10.244.0.2:8080"));
-        assert!(a.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()));
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        );
     }
 }

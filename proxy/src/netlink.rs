@@ -1,6 +1,7 @@
 //! The node's side of the Service network, through rtnetlink: the dummy interface that holds the
 //! Service CIDR route (a Service packet no rule catches is dropped on the node instead of
-//! leaving it, and the node's own connections to a ClusterIP find a route before NAT), the
+//! leaving it, and the node's own connections to a ClusterIP find a route before NAT; an ifb
+//! device stands in where the kernel lacks the dummy driver), the
 //! node's addresses for NodePorts, and a stream of address changes that triggers a resync.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -9,7 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_sys::AsyncSocket;
-use rtnetlink::{Handle, LinkDummy, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkDummy, LinkIfb, LinkUnspec, RouteMessageBuilder};
 
 /// The dummy interface holding the Service CIDR route.
 pub const DUMMY: &str = "skiff-svc";
@@ -53,15 +54,30 @@ pub async fn ensure_service_route(service_cidr: Ipv4Net) -> Result<(), Error> {
     let index = match link_index(&handle, DUMMY).await? {
         Some(i) => i,
         None => {
-            handle
+            let dummy = handle
                 .link()
                 .add(LinkDummy::new(DUMMY).up().build())
                 .execute()
-                .await
-                .map_err(request(format!("creating {DUMMY}")))?;
-            link_index(&handle, DUMMY)
-                .await?
-                .ok_or_else(|| request(format!("finding {DUMMY}"))(rtnetlink::Error::RequestFailed))?
+                .await;
+            match dummy {
+                // A kernel built without the dummy driver: an ifb device, which likewise
+                // drops every packet routed to it (it only forwards what tc redirects).
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EOPNOTSUPP => {
+                    tracing::info!(
+                        "no dummy link support in this kernel; {DUMMY} is an ifb device"
+                    );
+                    handle
+                        .link()
+                        .add(LinkIfb::new(DUMMY).up().build())
+                        .execute()
+                        .await
+                        .map_err(request(format!("creating {DUMMY}")))?;
+                }
+                other => other.map_err(request(format!("creating {DUMMY}")))?,
+            }
+            link_index(&handle, DUMMY).await?.ok_or_else(|| {
+                request(format!("finding {DUMMY}"))(rtnetlink::Error::RequestFailed)
+            })?
         }
     };
     handle
@@ -122,8 +138,7 @@ pub async fn node_ips(cidrs: &[Ipv4Net]) -> Result<Vec<Ipv4Addr>, Error> {
 
 /// Calls `changed` whenever an IPv4 address is added to or removed from the node.
 pub async fn watch_addresses(changed: impl Fn() + Send + 'static) -> Result<(), Error> {
-    let (mut conn, _handle, mut messages) =
-        rtnetlink::new_connection().map_err(Error::Connect)?;
+    let (mut conn, _handle, mut messages) = rtnetlink::new_connection().map_err(Error::Connect)?;
     let groups = libc::RTMGRP_IPV4_IFADDR as u32;
     conn.socket_mut()
         .socket_mut()

@@ -29,21 +29,51 @@ pub struct Ruleset {
 
 /// Fixed maps and sets, declared on table creation.
 const MAPS: [(&str, &str); 5] = [
-    ("service-ips", "type ipv4_addr . inet_proto . inet_service : verdict ;"),
-    ("service-nodeports", "type inet_proto . inet_service : verdict ;"),
-    ("no-endpoint-services", "type ipv4_addr . inet_proto . inet_service : verdict ;"),
-    ("no-endpoint-nodeports", "type inet_proto . inet_service : verdict ;"),
+    (
+        "service-ips",
+        "type ipv4_addr . inet_proto . inet_service : verdict ;",
+    ),
+    (
+        "service-nodeports",
+        "type inet_proto . inet_service : verdict ;",
+    ),
+    (
+        "no-endpoint-services",
+        "type ipv4_addr . inet_proto . inet_service : verdict ;",
+    ),
+    (
+        "no-endpoint-nodeports",
+        "type inet_proto . inet_service : verdict ;",
+    ),
     ("nodeport-ips", "type ipv4_addr ;"),
 ];
 
 /// Base chains: (name, hook declaration).
 const BASE_CHAINS: [(&str, &str); 6] = [
-    ("nat-prerouting", "type nat hook prerouting priority dstnat ; policy accept ;"),
-    ("nat-output", "type nat hook output priority -100 ; policy accept ;"),
-    ("nat-postrouting", "type nat hook postrouting priority srcnat ; policy accept ;"),
-    ("filter-input", "type filter hook input priority -110 ; policy accept ;"),
-    ("filter-forward", "type filter hook forward priority -110 ; policy accept ;"),
-    ("filter-output", "type filter hook output priority -110 ; policy accept ;"),
+    (
+        "nat-prerouting",
+        "type nat hook prerouting priority dstnat ; policy accept ;",
+    ),
+    (
+        "nat-output",
+        "type nat hook output priority -100 ; policy accept ;",
+    ),
+    (
+        "nat-postrouting",
+        "type nat hook postrouting priority srcnat ; policy accept ;",
+    ),
+    (
+        "filter-input",
+        "type filter hook input priority -110 ; policy accept ;",
+    ),
+    (
+        "filter-forward",
+        "type filter hook forward priority -110 ; policy accept ;",
+    ),
+    (
+        "filter-output",
+        "type filter hook output priority -110 ; policy accept ;",
+    ),
 ];
 
 fn svc_chain(p: &ServicePort) -> String {
@@ -94,7 +124,10 @@ pub fn render(model: &Model, cfg: &RenderConfig) -> Ruleset {
         "service-reject",
         "ip daddr . meta l4proto . th dport vmap @no-endpoint-services",
     );
-    r.rule("services", "ip daddr . meta l4proto . th dport vmap @service-ips");
+    r.rule(
+        "services",
+        "ip daddr . meta l4proto . th dport vmap @service-ips",
+    );
     let node_dst = match &cfg.node_ips {
         None => "fib daddr type local".to_string(),
         Some(ips) => {
@@ -116,7 +149,10 @@ pub fn render(model: &Model, cfg: &RenderConfig) -> Ruleset {
         "mark-for-masquerade",
         format!("meta mark set meta mark | {MASQ_MARK:#x}"),
     );
-    r.rule("masquerading", format!("meta mark & {MASQ_MARK:#x} == 0 return"));
+    r.rule(
+        "masquerading",
+        format!("meta mark & {MASQ_MARK:#x} == 0 return"),
+    );
     r.rule(
         "masquerading",
         format!("meta mark set meta mark ^ {MASQ_MARK:#x}"),
@@ -161,14 +197,22 @@ fn render_port(r: &mut Ruleset, p: &ServicePort, cfg: &RenderConfig) {
                 r.element("no-endpoint-services", key(ip), no_endpoints);
             }
             if let Some(np) = p.node_port {
-                r.element("no-endpoint-nodeports", format!("{proto} . {np}"), no_endpoints);
+                r.element(
+                    "no-endpoint-nodeports",
+                    format!("{proto} . {np}"),
+                    no_endpoints,
+                );
             }
         } else {
             for ip in dsts {
                 r.element("service-ips", key(ip), format!("goto {ext}"));
             }
             if let Some(np) = p.node_port {
-                r.element("service-nodeports", format!("{proto} . {np}"), format!("goto {ext}"));
+                r.element(
+                    "service-nodeports",
+                    format!("{proto} . {np}"),
+                    format!("goto {ext}"),
+                );
             }
             if p.external_local {
                 if !cluster.is_empty() {
@@ -232,7 +276,11 @@ fn spread(r: &mut Ruleset, chain: &str, p: &ServicePort, endpoints: &[Endpoint])
 fn full_text(want: &Ruleset) -> String {
     let mut out = format!("add table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n");
     for (name, decl) in MAPS {
-        let kind = if decl.contains(": verdict") { "map" } else { "set" };
+        let kind = if decl.contains(": verdict") {
+            "map"
+        } else {
+            "set"
+        };
         let _ = write!(out, "\t{kind} {name} {{ {decl}");
         let elements = &want.elements[name];
         if !elements.is_empty() {
@@ -283,7 +331,11 @@ fn diff_text(want: &Ruleset, have: &Ruleset, rewrite_all: bool) -> (String, usiz
         if have.sets.get(name) != Some(decl) {
             if have.sets.contains_key(name) {
                 // A changed timeout: the set is replaced (its chain is rewritten below).
-                let _ = writeln!(out, "flush chain ip {TABLE} {}", name.replacen("aff-", "sep-", 1));
+                let _ = writeln!(
+                    out,
+                    "flush chain ip {TABLE} {}",
+                    name.replacen("aff-", "sep-", 1)
+                );
                 let _ = writeln!(out, "delete set ip {TABLE} {name}");
             }
             let _ = writeln!(out, "add set ip {TABLE} {name} {{ {decl} }}");
@@ -405,7 +457,11 @@ impl DataPlane for Nftables {
 /// Deletes our table, if present.
 pub fn cleanup() -> Result<(), Error> {
     match run_tool("nft", &["list", "tables", "ip"], None) {
-        Ok(tables) if tables.lines().any(|l| l.trim() == format!("table ip {TABLE}")) => {
+        Ok(tables)
+            if tables
+                .lines()
+                .any(|l| l.trim() == format!("table ip {TABLE}")) =>
+        {
             apply(&format!("delete table ip {TABLE}\n"))
         }
         Ok(_) => Ok(()),
@@ -486,7 +542,10 @@ mod tests {
         assert!(!text.contains("element"), "{text}");
         assert!(text.contains(&format!("flush chain ip skiff {}", svc_chain(&b))));
         let gone = sep_chain(&b, &b.endpoints[1]);
-        assert!(text.contains(&format!("delete chain ip skiff {gone}")), "{text}");
+        assert!(
+            text.contains(&format!("delete chain ip skiff {gone}")),
+            "{text}"
+        );
         assert!(!text.contains(&svc_chain(&a)));
         assert_eq!(diff_text(&after, &after, false).0, "");
     }
@@ -497,7 +556,10 @@ mod tests {
         let before = render(&model(vec![a.clone()]), &RenderConfig::default());
         let after = render(&model(vec![port("a", &[])]), &RenderConfig::default());
         let (text, _) = diff_text(&after, &before, false);
-        assert!(text.contains("delete element ip skiff service-ips { 10.96.0.20 . udp . 53 }"), "{text}");
+        assert!(
+            text.contains("delete element ip skiff service-ips { 10.96.0.20 . udp . 53 }"),
+            "{text}"
+        );
         assert!(text.contains("add element ip skiff no-endpoint-services { 10.96.0.20 . udp . 53 : goto reject-chain }"));
         assert!(text.contains(&format!("delete chain ip skiff {}", svc_chain(&a))));
     }

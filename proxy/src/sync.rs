@@ -77,12 +77,23 @@ pub async fn run(client: Client, cfg: Config) -> anyhow::Result<()> {
     .context("removing the other mode's rules")?;
     crate::netlink::ensure_service_route(cfg.service_cidr)
         .await
-        .with_context(|| format!("routing the Service CIDR {} to {}", cfg.service_cidr, crate::netlink::DUMMY))?;
+        .with_context(|| {
+            format!(
+                "routing the Service CIDR {} to {}",
+                cfg.service_cidr,
+                crate::netlink::DUMMY
+            )
+        })?;
 
     let status = Status::new((cfg.sync_period * 2).max(Duration::from_secs(60)));
     let listener = tokio::net::TcpListener::bind(cfg.healthz_bind_address)
         .await
-        .with_context(|| format!("binding --healthz-bind-address {}", cfg.healthz_bind_address))?;
+        .with_context(|| {
+            format!(
+                "binding --healthz-bind-address {}",
+                cfg.healthz_bind_address
+            )
+        })?;
     tokio::spawn(crate::health::serve(
         listener,
         status.clone(),
@@ -161,7 +172,13 @@ pub async fn run(client: Client, cfg: Config) -> anyhow::Result<()> {
                 if full {
                     last_full = Some(start);
                 }
-                tracing::debug!(full, ?took, bytes = applied.bytes, changes = applied.changes, "synced");
+                tracing::debug!(
+                    full,
+                    ?took,
+                    bytes = applied.bytes,
+                    changes = applied.changes,
+                    "synced"
+                );
             }
             Err(e) => {
                 tracing::error!(error = %e, "installing rules failed; next sync is full");
@@ -174,7 +191,11 @@ pub async fn run(client: Client, cfg: Config) -> anyhow::Result<()> {
         let stale = installed.stale_udp_endpoints(&model);
         if !stale.is_empty() {
             match tokio::task::block_in_place(|| crate::conntrack::flush_udp_to(&stale)) {
-                Ok(n) => tracing::debug!(entries = n, endpoints = stale.len(), "flushed UDP conntrack"),
+                Ok(n) => tracing::debug!(
+                    entries = n,
+                    endpoints = stale.len(),
+                    "flushed UDP conntrack"
+                ),
                 Err(e) => tracing::warn!(error = %e, "flushing UDP conntrack entries"),
             }
         }
