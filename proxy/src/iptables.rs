@@ -461,11 +461,11 @@ impl DataPlane for Iptables {
                 restore_text(&want, &BTreeMap::new(), &inst.chains, &missing)
             }
         };
-        if !text.is_empty() {
-            if let Err(e) = restore(&text) {
-                self.last = None;
-                return Err(e);
-            }
+        if !text.is_empty()
+            && let Err(e) = restore(&text)
+        {
+            self.last = None;
+            return Err(e);
         }
         self.last = Some(want);
         Ok(Applied {

@@ -124,10 +124,10 @@ pub async fn node_ips(cidrs: &[Ipv4Net]) -> Result<Vec<Ipv4Addr>, Error> {
         .map_err(request("listing addresses"))?
     {
         for attr in msg.attributes {
-            if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
-                if cidrs.iter().any(|c| c.contains(&ip)) {
-                    out.push(ip);
-                }
+            if let AddressAttribute::Address(IpAddr::V4(ip)) = attr
+                && cidrs.iter().any(|c| c.contains(&ip))
+            {
+                out.push(ip);
             }
         }
     }
