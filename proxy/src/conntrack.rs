@@ -1,7 +1,9 @@
 //! Deleting conntrack entries through netlink (NETLINK_NETFILTER, ctnetlink): when a UDP
 //! endpoint goes away, its entries would keep steering a client's datagrams to the dead address
-//! until they time out, since UDP has no connection to break. We dump the IPv4 table and delete
-//! every UDP entry whose reply comes from a stale endpoint (it was DNATed to it).
+//! until they time out, since UDP has no connection to break. Likewise a UDP Service that gets
+//! its first endpoint: datagrams sent while it had none left entries that bypass the new DNAT.
+//! We dump the IPv4 table and delete every UDP entry whose reply comes from a stale endpoint
+//! (it was DNATed to it) or whose original destination is such a Service.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -14,6 +16,8 @@ use netlink_packet_netfilter::conntrack::{
 };
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+
+use crate::model::ServiceDst;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -81,28 +85,28 @@ fn receive(socket: &Socket, mut each: impl FnMut(Vec<ConntrackAttribute>)) -> Re
     }
 }
 
-fn reply_source(attrs: &[ConntrackAttribute]) -> Option<(Ipv4Addr, u16, Protocol)> {
-    let tuples = attrs.iter().find_map(|a| match a {
-        ConntrackAttribute::CtaTupleReply(t) => Some(t),
-        _ => None,
-    })?;
-    let mut ip = None;
-    let mut port = None;
-    let mut proto = None;
+/// (source, destination, source port, destination port, protocol) of a tuple.
+type Fields = (Ipv4Addr, Ipv4Addr, u16, u16, Protocol);
+
+fn tuple_fields(tuples: &[Tuple]) -> Option<Fields> {
+    let (mut src, mut dst, mut sport, mut dport, mut proto) = (None, None, None, None, None);
     for t in tuples {
         match t {
             Tuple::Ip(ips) => {
                 for i in ips {
-                    if let IPTuple::SourceAddress(IpAddr::V4(a)) = i {
-                        ip = Some(*a);
+                    match i {
+                        IPTuple::SourceAddress(IpAddr::V4(a)) => src = Some(*a),
+                        IPTuple::DestinationAddress(IpAddr::V4(a)) => dst = Some(*a),
+                        _ => {}
                     }
                 }
             }
             Tuple::Proto(ps) => {
                 for p in ps {
                     match p {
-                        ProtoTuple::SourcePort(sp) => port = Some(*sp),
-                        ProtoTuple::Protocol(pr) => proto = Some(*pr),
+                        ProtoTuple::SourcePort(p) => sport = Some(*p),
+                        ProtoTuple::DestinationPort(p) => dport = Some(*p),
+                        ProtoTuple::Protocol(p) => proto = Some(*p),
                         _ => {}
                     }
                 }
@@ -110,11 +114,15 @@ fn reply_source(attrs: &[ConntrackAttribute]) -> Option<(Ipv4Addr, u16, Protocol
             _ => {}
         }
     }
-    Some((ip?, port?, proto?))
+    Some((src?, dst?, sport?, dport?, proto?))
 }
 
-/// Deletes every UDP conntrack entry DNATed to one of `endpoints`; returns how many.
-pub fn flush_udp_to(endpoints: &BTreeSet<(Ipv4Addr, u16)>) -> Result<usize, Error> {
+/// Deletes every UDP conntrack entry DNATed to one of `endpoints` or sent to one of
+/// `services`; returns how many.
+pub fn flush_udp(
+    endpoints: &BTreeSet<(Ipv4Addr, u16)>,
+    services: &BTreeSet<ServiceDst>,
+) -> Result<usize, Error> {
     let mut socket = Socket::new(NETLINK_NETFILTER)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
@@ -125,14 +133,29 @@ pub fn flush_udp_to(endpoints: &BTreeSet<(Ipv4Addr, u16)>) -> Result<usize, Erro
     )?;
     let mut doomed = Vec::new();
     receive(&socket, |attrs| {
-        if let Some((ip, port, Protocol::Udp)) = reply_source(&attrs)
-            && endpoints.contains(&(ip, port))
-        {
-            let orig = attrs.into_iter().find_map(|a| match a {
-                ConntrackAttribute::CtaTupleOrig(t) => Some(t),
-                _ => None,
-            });
-            doomed.extend(orig);
+        let mut orig = None;
+        let mut reply = None;
+        for a in attrs {
+            match a {
+                ConntrackAttribute::CtaTupleOrig(t) => orig = Some(t),
+                ConntrackAttribute::CtaTupleReply(t) => reply = Some(t),
+                _ => {}
+            }
+        }
+        let (Some(orig), Some(reply)) = (orig, reply) else {
+            return;
+        };
+        let (Some(o), Some(r)) = (tuple_fields(&orig), tuple_fields(&reply)) else {
+            return;
+        };
+        if o.4 != Protocol::Udp {
+            return;
+        }
+        let to_endpoint = endpoints.contains(&(r.0, r.2));
+        let to_service = services.contains(&ServiceDst::Addr(o.1, o.3))
+            || services.contains(&ServiceDst::NodePort(o.3));
+        if to_endpoint || to_service {
+            doomed.push(orig);
         }
     })?;
     for orig in &doomed {

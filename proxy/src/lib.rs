@@ -2,8 +2,10 @@
 //! kube-rs) become one desired model ([`model`]) computed whole on each sync ([`sync`]), which a
 //! renderer installs atomically: [`iptables`] (default) or [`nftables`]. [`netlink`] holds the
 //! Service CIDR route and reads node addresses, [`conntrack`] flushes UDP entries to endpoints
-//! that went away, and [`health`] serves /healthz, /metrics and healthCheckNodePorts.
+//! that went away, and [`health`] serves /healthz, /metrics and healthCheckNodePorts;
+//! [`bench`] measures both modes.
 
+pub mod bench;
 pub mod conntrack;
 pub mod dataplane;
 pub mod health;

@@ -27,6 +27,12 @@ struct Cli {
 enum Command {
     /// Removes every rule, table and interface either mode installed.
     Cleanup,
+    /// Sync time, rule size and connect latency per mode, in a private network namespace.
+    Bench {
+        /// Service counts to measure (10 endpoints each).
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
+        services: Vec<usize>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -101,6 +107,10 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Bench { services }) = &cli.command {
+        // Before any runtime thread exists: the benchmark unshares its network namespace.
+        return skiff_proxy::bench::run(services);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -113,6 +123,7 @@ fn main() -> anyhow::Result<()> {
                 .await
                 .context("removing the skiff-svc interface")
         }),
+        Some(Command::Bench { .. }) => unreachable!("handled before the runtime starts"),
         None => rt.block_on(run(cli.run)),
     }
 }

@@ -220,6 +220,45 @@ impl Model {
     }
 }
 
+/// Where a UDP flow to a Service was sent: a Service address, or a NodePort on any address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ServiceDst {
+    Addr(Ipv4Addr, u16),
+    NodePort(u16),
+}
+
+impl Model {
+    /// UDP Service destinations that had no usable endpoint and now have one. Datagrams sent
+    /// while they were rejected left conntrack entries that would keep the flow from being
+    /// DNATed now; those entries must go.
+    pub fn udp_services_gaining_endpoints(&self, next: &Model) -> BTreeSet<ServiceDst> {
+        let mut out = BTreeSet::new();
+        for (id, p) in &next.ports {
+            if id.protocol != Protocol::Udp {
+                continue;
+            }
+            let before = self.ports.get(id);
+            let gained = |now: bool, had: Option<bool>| now && !had.unwrap_or(false);
+            if gained(
+                !p.cluster_endpoints().is_empty(),
+                before.map(|b| !b.cluster_endpoints().is_empty()),
+            ) {
+                out.insert(ServiceDst::Addr(p.cluster_ip, p.port));
+            }
+            if gained(
+                !p.external_endpoints().is_empty(),
+                before.map(|b| !b.external_endpoints().is_empty()),
+            ) {
+                for ip in p.external_ips.iter().chain(&p.load_balancer_ips) {
+                    out.insert(ServiceDst::Addr(*ip, p.port));
+                }
+                out.extend(p.node_port.map(ServiceDst::NodePort));
+            }
+        }
+        out
+    }
+}
+
 fn skip(skipped: &mut Vec<Skipped>, kind: &'static str, ns: &str, name: &str, reason: String) {
     skipped.push(Skipped {
         kind,
@@ -676,6 +715,24 @@ mod tests {
         let stale: Vec<_> = before.stale_udp_endpoints(&after).into_iter().collect();
         assert_eq!(stale, vec![(Ipv4Addr::new(10, 244, 0, 3), 5353)]);
         assert!(after.stale_udp_endpoints(&before).is_empty());
+    }
+
+    #[test]
+    fn udp_services_gaining_endpoints_are_found() {
+        let none = web_slice(serde_json::json!([]));
+        let one = web_slice(serde_json::json!([{"addresses": ["10.244.0.2"]}]));
+        let (empty, _) = Model::build([&web()], [&none], "n1");
+        let (full, _) = Model::build([&web()], [&one], "n1");
+        let gained: Vec<_> = empty
+            .udp_services_gaining_endpoints(&full)
+            .into_iter()
+            .collect();
+        // The UDP port has no nodePort in this Service; its ClusterIP gained endpoints.
+        assert_eq!(
+            gained,
+            vec![ServiceDst::Addr(Ipv4Addr::new(10, 96, 0, 10), 53)]
+        );
+        assert!(full.udp_services_gaining_endpoints(&full).is_empty());
     }
 
     #[test]

@@ -113,6 +113,26 @@ pub async fn remove_dummy() -> Result<(), Error> {
     Ok(())
 }
 
+/// Sets `lo` up and adds `ip/32` to it (the benchmark's endpoint address).
+pub async fn set_up_loopback(ip: Ipv4Addr) -> Result<(), Error> {
+    let handle = connect()?;
+    let index = link_index(&handle, "lo")
+        .await?
+        .ok_or_else(|| request("finding lo")(rtnetlink::Error::RequestFailed))?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(request("setting lo up"))?;
+    handle
+        .address()
+        .add(index, IpAddr::V4(ip), 32)
+        .execute()
+        .await
+        .map_err(request(format!("adding {ip} to lo")))
+}
+
 /// The node's IPv4 addresses inside any of `cidrs`, sorted.
 pub async fn node_ips(cidrs: &[Ipv4Net]) -> Result<Vec<Ipv4Addr>, Error> {
     let handle = connect()?;

@@ -2,7 +2,7 @@
 //! rules stale and wakes the loop, which waits out `min_sync_period` (so a burst of changes is
 //! one sync), computes the whole model, and hands it to the data plane. Every `sync_period` the
 //! sync is full (reconciling whatever is installed). Then the loop flushes UDP conntrack entries
-//! to endpoints that went away, updates the healthCheckNodePort servers, and records an Event
+//! to endpoints that went away and to Services that got their first endpoint, updates the healthCheckNodePort servers, and records an Event
 //! for each object it had to skip.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -189,11 +189,13 @@ pub async fn run(client: Client, cfg: Config) -> anyhow::Result<()> {
         }
 
         let stale = installed.stale_udp_endpoints(&model);
-        if !stale.is_empty() {
-            match tokio::task::block_in_place(|| crate::conntrack::flush_udp_to(&stale)) {
+        let gaining = installed.udp_services_gaining_endpoints(&model);
+        if !stale.is_empty() || !gaining.is_empty() {
+            match tokio::task::block_in_place(|| crate::conntrack::flush_udp(&stale, &gaining)) {
                 Ok(n) => tracing::debug!(
                     entries = n,
                     endpoints = stale.len(),
+                    services = gaining.len(),
                     "flushed UDP conntrack"
                 ),
                 Err(e) => tracing::warn!(error = %e, "flushing UDP conntrack entries"),

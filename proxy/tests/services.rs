@@ -23,6 +23,7 @@ both_modes!(
     cluster_ip_and_node_port_reach_ready_endpoints,
     session_affinity_and_local_policy,
     restart_bad_input_and_cleanup,
+    node_port_addresses_external_ips_and_switching_modes,
 );
 
 const WEB: &str = "  type: NodePort\n  ports:\n  - name: tcp\n    port: 80\n    protocol: TCP\n    nodePort: 30080\n  - name: udp\n    port: 53\n    protocol: UDP\n    nodePort: 30053\n";
@@ -288,4 +289,53 @@ fn restart_bad_input_and_cleanup(mode: &'static str) {
     );
     let links = run(std::process::Command::new("ip").args(["-n", &node, "link"])).stdout;
     assert!(!String::from_utf8_lossy(&links).contains("skiff-svc"));
+}
+
+/// `--nodeport-addresses` limits NodePorts to the node addresses it names, following address
+/// changes; externalIPs reach the endpoints; restarting in the other mode removes this mode's
+/// rules and traffic keeps flowing.
+fn node_port_addresses_external_ips_and_switching_modes(mode: &'static str) {
+    let mut lab = Lab::new(mode);
+    lab.start_proxy(&["--nodeport-addresses", "192.168.200.0/24"]);
+    lab.service(
+        "web",
+        "  type: NodePort\n  externalIPs: [\"172.16.0.50\"]\n  ports:\n  - name: tcp\n    port: 80\n    nodePort: 30080\n",
+    );
+    lab.endpoints("web", &[(POD_A_IP, true, NODE), (POD_B_IP, true, NODE)]);
+    let outside = lab.outside.clone();
+    let both = ["pod-a", "pod-b"];
+    lab.wait_spread(&outside, &format!("{NODE_OUTSIDE_IP}:30080"), &both, 20);
+    lab.wait_spread(&outside, "172.16.0.50:80", &both, 20);
+    // The bridge address is not a NodePort address: nothing answers there.
+    let r = lab.tcp(&lab.pod_a.clone(), "10.244.0.1:30080");
+    assert!(r.is_err(), "NodePort answered on 10.244.0.1: {r:?}");
+    // A new address in the range becomes a NodePort address.
+    let node = lab.node.clone();
+    run(std::process::Command::new("ip").args([
+        "-n",
+        &node,
+        "addr",
+        "add",
+        "192.168.200.77/24",
+        "dev",
+        "vo",
+    ]));
+    lab.wait_spread(&outside, "192.168.200.77:30080", &both, 20);
+
+    let other = if mode == "iptables" {
+        "nftables"
+    } else {
+        "iptables"
+    };
+    lab.mode = other;
+    lab.start_proxy(&["--nodeport-addresses", "192.168.200.0/24"]);
+    lab.wait_spread(&outside, &format!("{NODE_OUTSIDE_IP}:30080"), &both, 20);
+    common::eventually(
+        "the old mode's rules removed",
+        Duration::from_secs(10),
+        || match mode {
+            "iptables" => !lab.iptables_save().contains("SKIFF-"),
+            _ => !lab.nft_ruleset().contains("table ip skiff"),
+        },
+    );
 }
