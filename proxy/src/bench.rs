@@ -127,8 +127,8 @@ fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
-/// Runs the benchmark for `sizes` in both modes and prints a table.
-pub fn run(sizes: &[usize]) -> anyhow::Result<()> {
+/// Runs the benchmark for `sizes` in `modes`, printing a row as each is measured.
+pub fn run(modes: &[Mode], sizes: &[usize]) -> anyhow::Result<()> {
     use anyhow::Context;
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
         .context("unsharing a private network namespace (needs root)")?;
@@ -147,14 +147,6 @@ pub fn run(sizes: &[usize]) -> anyhow::Result<()> {
         }
     });
 
-    let mut rows = Vec::new();
-    for mode in [Mode::Iptables, Mode::Nftables] {
-        for &n in sizes {
-            let n = n.max(2);
-            eprintln!("measuring {mode:?} with {n} Services…");
-            rows.push(measure(mode, n)?);
-        }
-    }
     println!(
         "{:<9} {:>8} {:>11} {:>11} {:>14} {:>13} {:>16} {:>15}",
         "mode",
@@ -166,18 +158,21 @@ pub fn run(sizes: &[usize]) -> anyhow::Result<()> {
         "connect 1st µs",
         "connect last µs"
     );
-    for r in rows {
-        println!(
-            "{:<9} {:>8} {:>11} {:>11} {:>14} {:>13} {:>16.0} {:>15.0}",
-            format!("{:?}", r.mode).to_lowercase(),
-            r.services,
-            ms(r.full),
-            r.full_bytes / 1024,
-            ms(r.partial),
-            r.partial_bytes,
-            r.connect_first.as_secs_f64() * 1e6,
-            r.connect_last.as_secs_f64() * 1e6,
-        );
+    for &mode in modes {
+        for &n in sizes {
+            let r = measure(mode, n.max(2))?;
+            println!(
+                "{:<9} {:>8} {:>11} {:>11} {:>14} {:>13} {:>16.0} {:>15.0}",
+                format!("{:?}", r.mode).to_lowercase(),
+                r.services,
+                ms(r.full),
+                r.full_bytes / 1024,
+                ms(r.partial),
+                r.partial_bytes,
+                r.connect_first.as_secs_f64() * 1e6,
+                r.connect_last.as_secs_f64() * 1e6,
+            );
+        }
     }
     Ok(())
 }

@@ -32,6 +32,13 @@ enum Command {
         /// Service counts to measure (10 endpoints each).
         #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
         services: Vec<usize>,
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "iptables,nftables"
+        )]
+        modes: Vec<Mode>,
     },
 }
 
@@ -107,9 +114,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if let Some(Command::Bench { services }) = &cli.command {
+    if let Some(Command::Bench { services, modes }) = &cli.command {
         // Before any runtime thread exists: the benchmark unshares its network namespace.
-        return skiff_proxy::bench::run(services);
+        return skiff_proxy::bench::run(modes, services);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
