@@ -126,6 +126,11 @@ impl DnsServer {
         Listening::bind(self.config.listen, handler).await
     }
 
+    /// Where the server answers.
+    pub fn listen(&self) -> SocketAddr {
+        self.config.listen
+    }
+
     /// The counters, for the proxy's `/metrics` (`metrics().render()`).
     pub fn metrics(&self) -> &DnsMetrics {
         &self.shared.metrics

@@ -1,0 +1,178 @@
+//! `skiff-proxy bench`: for each mode and Service count (10 endpoints each), the time and rule
+//! text size of a full sync and of a partial sync after one EndpointSlice change (Model::build
+//! from the API objects + render + install, i.e. a change's path to the rules minus the watch
+//! delivery), and the connect time to the first and the last Service in rule order.
+//!
+//! It runs in a network namespace of its own (unshared before any thread starts), so the
+//! machine's rules are never touched.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::dataplane::{self, Mode, RenderConfig};
+use crate::model::Model;
+
+const ENDPOINTS: usize = 10;
+/// The address every endpoint of the first and last Services uses (so they have one endpoint
+/// each): a listener in the benchmark's namespace.
+const LOCAL_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 244, 255, 1);
+const CONNECTS: usize = 200;
+
+fn cluster_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 96, (i / 250) as u8, (i % 250 + 1) as u8)
+}
+
+fn name(i: usize) -> String {
+    format!("svc-{i:05}")
+}
+
+fn service(i: usize) -> Service {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"namespace": "bench", "name": name(i)},
+        "spec": {"clusterIP": cluster_ip(i).to_string(), "ports": [{"name": "http", "port": 80}]}
+    }))
+    .expect("service")
+}
+
+fn slice(i: usize, n: usize, endpoints: usize) -> EndpointSlice {
+    let eps: Vec<serde_json::Value> = (0..endpoints)
+        .map(|e| {
+            let ip = if i == 0 || i == n - 1 {
+                LOCAL_ENDPOINT
+            } else {
+                let k = i * ENDPOINTS + e;
+                Ipv4Addr::new(10, 244, (k / 250 % 250) as u8, (k % 250 + 1) as u8)
+            };
+            serde_json::json!({"addresses": [ip.to_string()], "conditions": {"ready": true}, "nodeName": "bench"})
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"namespace": "bench", "name": format!("{}-1", name(i)),
+                     "labels": {"kubernetes.io/service-name": name(i)}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": eps
+    }))
+    .expect("slice")
+}
+
+struct Row {
+    mode: Mode,
+    services: usize,
+    full: Duration,
+    full_bytes: usize,
+    partial: Duration,
+    partial_bytes: usize,
+    connect_first: Duration,
+    connect_last: Duration,
+}
+
+fn mean_connect(addr: SocketAddr) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    for _ in 0..CONNECTS {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    }
+    Ok(start.elapsed() / CONNECTS as u32)
+}
+
+fn measure(mode: Mode, n: usize) -> anyhow::Result<Row> {
+    use anyhow::Context;
+    let services: Vec<Service> = (0..n).map(service).collect();
+    let mut slices: Vec<EndpointSlice> = (0..n).map(|i| slice(i, n, ENDPOINTS)).collect();
+    let cfg = RenderConfig {
+        cluster_cidr: Some("10.244.0.0/16".parse().expect("cidr")),
+        ..Default::default()
+    };
+    let mut plane = dataplane::new(mode);
+
+    let start = Instant::now();
+    let (model, _) = Model::build(&services, &slices, "bench");
+    let full_bytes = plane
+        .sync(&model, &cfg, true)
+        .with_context(|| format!("{mode:?} full sync of {n} Services"))?
+        .bytes;
+    let full = start.elapsed();
+
+    // One EndpointSlice loses an endpoint.
+    slices[n / 2] = slice(n / 2, n, ENDPOINTS - 1);
+    let start = Instant::now();
+    let (model, _) = Model::build(&services, &slices, "bench");
+    let partial_bytes = plane
+        .sync(&model, &cfg, false)
+        .with_context(|| format!("{mode:?} partial sync of {n} Services"))?
+        .bytes;
+    let partial = start.elapsed();
+
+    let first = SocketAddr::from((cluster_ip(0), 80));
+    let last = SocketAddr::from((cluster_ip(n - 1), 80));
+    let connect_first = mean_connect(first).context("connecting to the first Service")?;
+    let connect_last = mean_connect(last).context("connecting to the last Service")?;
+    dataplane::cleanup_all()?;
+    Ok(Row {
+        mode,
+        services: n,
+        full,
+        full_bytes,
+        partial,
+        partial_bytes,
+        connect_first,
+        connect_last,
+    })
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+/// Runs the benchmark for `sizes` in `modes`, printing a row as each is measured.
+pub fn run(modes: &[Mode], sizes: &[usize]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("unsharing a private network namespace (needs root)")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        crate::netlink::set_up_loopback(LOCAL_ENDPOINT).await?;
+        crate::netlink::ensure_service_route("10.96.0.0/12".parse().expect("cidr")).await
+    })
+    .context("setting up the benchmark namespace")?;
+    let listener = TcpListener::bind((LOCAL_ENDPOINT, 8080)).context("endpoint listener")?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            drop(conn);
+        }
+    });
+
+    println!(
+        "{:<9} {:>8} {:>11} {:>11} {:>14} {:>13} {:>16} {:>15}",
+        "mode",
+        "services",
+        "full ms",
+        "full KiB",
+        "partial ms",
+        "partial B",
+        "connect 1st µs",
+        "connect last µs"
+    );
+    for &mode in modes {
+        for &n in sizes {
+            let r = measure(mode, n.max(2))?;
+            println!(
+                "{:<9} {:>8} {:>11} {:>11} {:>14} {:>13} {:>16.0} {:>15.0}",
+                format!("{:?}", r.mode).to_lowercase(),
+                r.services,
+                ms(r.full),
+                r.full_bytes / 1024,
+                ms(r.partial),
+                r.partial_bytes,
+                r.connect_first.as_secs_f64() * 1e6,
+                r.connect_last.as_secs_f64() * 1e6,
+            );
+        }
+    }
+    Ok(())
+}

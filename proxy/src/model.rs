@@ -1,0 +1,755 @@
+//! The desired state of the node's Service data plane, computed whole from the current Services
+//! and EndpointSlices on every sync. Pure: no I/O, so every rule of endpoint selection is unit
+//! tested here and both renderers (iptables, nftables) read the same answer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use sha2::{Digest, Sha256};
+
+/// The label an EndpointSlice names its Service by.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// kube's default ClientIP affinity timeout (3 hours).
+pub const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    fn parse(s: Option<&str>) -> Option<Self> {
+        match s.unwrap_or("TCP") {
+            "TCP" => Some(Self::Tcp),
+            "UDP" => Some(Self::Udp),
+            "SCTP" => Some(Self::Sctp),
+            _ => None,
+        }
+    }
+
+    /// The lower-case name iptables and nft use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Sctp => "sctp",
+        }
+    }
+}
+
+/// One port of one Service: `namespace/name:port-name/protocol`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePortName {
+    pub namespace: String,
+    pub name: String,
+    pub port: String,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for ServicePortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)?;
+        if !self.port.is_empty() {
+            write!(f, ":{}", self.port)?;
+        }
+        Ok(())
+    }
+}
+
+impl ServicePortName {
+    /// A stable 16-character name fragment, as kube-proxy hashes its chain names: the first 80
+    /// bits of SHA-256 over the port's identity (and `extra`, an endpoint) in base32.
+    pub fn hash(&self, extra: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(self.to_string().as_bytes());
+        h.update(self.protocol.as_str().as_bytes());
+        h.update(extra.as_bytes());
+        base32_80(&h.finalize()[..10])
+    }
+}
+
+fn base32_80(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut bits: u128 = 0;
+    for b in bytes {
+        bits = (bits << 8) | u128::from(*b);
+    }
+    (0..16)
+        .rev()
+        .map(|i| ALPHABET[((bits >> (i * 5)) & 31) as usize] as char)
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    /// On this node (`nodeName` equals ours).
+    pub local: bool,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.ip, self.port)
+    }
+}
+
+/// Everything the data plane needs about one Service port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    pub id: ServicePortName,
+    pub cluster_ip: Ipv4Addr,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    pub external_ips: Vec<Ipv4Addr>,
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// ClientIP session affinity timeout in seconds, when affinity is on.
+    pub affinity_seconds: Option<u32>,
+    pub internal_local: bool,
+    pub external_local: bool,
+    pub health_check_node_port: Option<u16>,
+    /// Every endpoint known for this port, sorted.
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl ServicePort {
+    /// Endpoints for traffic to the ClusterIP: ready ones (local only when
+    /// internalTrafficPolicy is Local), else serving terminating ones.
+    pub fn cluster_endpoints(&self) -> Vec<Endpoint> {
+        usable(&self.endpoints, self.internal_local)
+    }
+
+    /// Endpoints for NodePort, externalIP and load-balancer traffic.
+    pub fn external_endpoints(&self) -> Vec<Endpoint> {
+        usable(&self.endpoints, self.external_local)
+    }
+
+    /// Whether it is reachable from outside the cluster network at all.
+    pub fn has_external(&self) -> bool {
+        self.node_port.is_some()
+            || !self.external_ips.is_empty()
+            || !self.load_balancer_ips.is_empty()
+    }
+
+    /// Endpoints on this node that count for healthCheckNodePort.
+    pub fn local_ready_count(&self) -> usize {
+        usable(&self.endpoints, true).len()
+    }
+}
+
+fn usable(all: &[Endpoint], local_only: bool) -> Vec<Endpoint> {
+    let candidates = all.iter().filter(|e| !local_only || e.local);
+    let ready: Vec<Endpoint> = candidates.clone().filter(|e| e.ready).copied().collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    candidates
+        .filter(|e| e.serving && e.terminating)
+        .copied()
+        .collect()
+}
+
+/// An object (or part of one) left out of the data plane, and why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Skipped {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Model {
+    pub ports: BTreeMap<ServicePortName, ServicePort>,
+}
+
+impl Model {
+    /// Builds the model for node `node` from the current objects; what cannot be programmed
+    /// safely is left out and reported, never passed on to a renderer.
+    pub fn build<'a>(
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        node: &str,
+    ) -> (Model, Vec<Skipped>) {
+        let mut skipped = Vec::new();
+        let mut ports = BTreeMap::new();
+        for svc in services {
+            for port in service_ports(svc, &mut skipped) {
+                ports.insert(port.id.clone(), port);
+            }
+        }
+        for slice in slices {
+            add_slice(&mut ports, slice, node, &mut skipped);
+        }
+        for port in ports.values_mut() {
+            port.endpoints.sort();
+            port.endpoints.dedup_by_key(|e| (e.ip, e.port));
+        }
+        skipped.sort();
+        skipped.dedup();
+        (Model { ports }, skipped)
+    }
+
+    /// UDP endpoints present in `self` but gone (or no longer usable) in `next`: their conntrack
+    /// entries must go or clients keep sending to a dead address.
+    pub fn stale_udp_endpoints(&self, next: &Model) -> BTreeSet<(Ipv4Addr, u16)> {
+        let used = |m: &Model| -> BTreeSet<(Ipv4Addr, u16)> {
+            m.ports
+                .values()
+                .filter(|p| p.id.protocol == Protocol::Udp)
+                .flat_map(|p| {
+                    let mut eps = p.cluster_endpoints();
+                    eps.extend(p.external_endpoints());
+                    eps.into_iter().map(|e| (e.ip, e.port))
+                })
+                .collect()
+        };
+        let after = used(next);
+        used(self)
+            .into_iter()
+            .filter(|e| !after.contains(e))
+            .collect()
+    }
+}
+
+/// Where a UDP flow to a Service was sent: a Service address, or a NodePort on any address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ServiceDst {
+    Addr(Ipv4Addr, u16),
+    NodePort(u16),
+}
+
+impl Model {
+    /// UDP Service destinations that had no usable endpoint and now have one. Datagrams sent
+    /// while they were rejected left conntrack entries that would keep the flow from being
+    /// DNATed now; those entries must go.
+    pub fn udp_services_gaining_endpoints(&self, next: &Model) -> BTreeSet<ServiceDst> {
+        let mut out = BTreeSet::new();
+        for (id, p) in &next.ports {
+            if id.protocol != Protocol::Udp {
+                continue;
+            }
+            let before = self.ports.get(id);
+            let gained = |now: bool, had: Option<bool>| now && !had.unwrap_or(false);
+            if gained(
+                !p.cluster_endpoints().is_empty(),
+                before.map(|b| !b.cluster_endpoints().is_empty()),
+            ) {
+                out.insert(ServiceDst::Addr(p.cluster_ip, p.port));
+            }
+            if gained(
+                !p.external_endpoints().is_empty(),
+                before.map(|b| !b.external_endpoints().is_empty()),
+            ) {
+                for ip in p.external_ips.iter().chain(&p.load_balancer_ips) {
+                    out.insert(ServiceDst::Addr(*ip, p.port));
+                }
+                out.extend(p.node_port.map(ServiceDst::NodePort));
+            }
+        }
+        out
+    }
+}
+
+fn skip(skipped: &mut Vec<Skipped>, kind: &'static str, ns: &str, name: &str, reason: String) {
+    skipped.push(Skipped {
+        kind,
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        reason,
+    });
+}
+
+fn parse_ipv4_list<'a>(
+    list: impl IntoIterator<Item = &'a String>,
+    field: &str,
+    ns: &str,
+    name: &str,
+    skipped: &mut Vec<Skipped>,
+) -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    for s in list {
+        match s.parse::<Ipv4Addr>() {
+            Ok(ip) if usable_unicast(ip) => out.push(ip),
+            _ => skip(
+                skipped,
+                "Service",
+                ns,
+                name,
+                format!("{field}: {s:?} is not a usable IPv4 address; ignored"),
+            ),
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn usable_unicast(ip: Ipv4Addr) -> bool {
+    !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback())
+}
+
+/// Names end up in rule comments and chain hashes: only what a DNS label may hold gets there.
+fn safe_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+fn port_u16(v: i32) -> Option<u16> {
+    u16::try_from(v).ok().filter(|p| *p != 0)
+}
+
+fn service_ports(svc: &Service, skipped: &mut Vec<Skipped>) -> Vec<ServicePort> {
+    let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+    let name = svc.metadata.name.as_deref().unwrap_or_default();
+    let Some(spec) = &svc.spec else {
+        return Vec::new();
+    };
+    let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if ty == "ExternalName" {
+        return Vec::new();
+    }
+    if !safe_name(ns) || !safe_name(name) {
+        skip(
+            skipped,
+            "Service",
+            ns,
+            name,
+            "metadata: name or namespace has characters a DNS label cannot".into(),
+        );
+        return Vec::new();
+    }
+    let cluster_ip = match spec.cluster_ip.as_deref() {
+        None | Some("") | Some("None") => return Vec::new(),
+        Some(s) => match s.parse::<Ipv4Addr>() {
+            Ok(ip) if usable_unicast(ip) => ip,
+            // IPv6 single-stack Services are not proxied by this IPv4 data plane.
+            _ if s.contains(':') => return Vec::new(),
+            _ => {
+                skip(
+                    skipped,
+                    "Service",
+                    ns,
+                    name,
+                    format!("spec.clusterIP: {s:?} is not a usable IPv4 address"),
+                );
+                return Vec::new();
+            }
+        },
+    };
+    let external_ips = parse_ipv4_list(
+        spec.external_ips.iter().flatten(),
+        "spec.externalIPs",
+        ns,
+        name,
+        skipped,
+    );
+    let lb_strings: Vec<String> = if ty == "LoadBalancer" {
+        svc.status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let load_balancer_ips = parse_ipv4_list(
+        &lb_strings,
+        "status.loadBalancer.ingress.ip",
+        ns,
+        name,
+        skipped,
+    );
+    let affinity_seconds = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| (1..=86400).contains(t))
+            .unwrap_or(DEFAULT_AFFINITY_SECONDS)
+    });
+    let wants_node_ports = ty == "NodePort" || ty == "LoadBalancer";
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local")
+        && (wants_node_ports || !external_ips.is_empty());
+    let health_check_node_port = if external_local && ty == "LoadBalancer" {
+        spec.health_check_node_port.and_then(port_u16)
+    } else {
+        None
+    };
+    let mut out = Vec::new();
+    for p in spec.ports.iter().flatten() {
+        let port_name = p.name.clone().unwrap_or_default();
+        if !safe_name(&port_name) {
+            skip(
+                skipped,
+                "Service",
+                ns,
+                name,
+                "spec.ports.name: has characters a DNS label cannot".into(),
+            );
+            continue;
+        }
+        let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
+            skip(
+                skipped,
+                "Service",
+                ns,
+                name,
+                format!(
+                    "spec.ports[{port_name}].protocol: {:?} is not TCP, UDP or SCTP",
+                    p.protocol.as_deref().unwrap_or_default()
+                ),
+            );
+            continue;
+        };
+        let Some(port) = port_u16(p.port) else {
+            skip(
+                skipped,
+                "Service",
+                ns,
+                name,
+                format!("spec.ports[{port_name}].port: {} is not in 1-65535", p.port),
+            );
+            continue;
+        };
+        let node_port = match p.node_port {
+            Some(n) if wants_node_ports => match port_u16(n) {
+                Some(n) => Some(n),
+                None => {
+                    skip(
+                        skipped,
+                        "Service",
+                        ns,
+                        name,
+                        format!("spec.ports[{port_name}].nodePort: {n} is not in 1-65535"),
+                    );
+                    continue;
+                }
+            },
+            _ => None,
+        };
+        out.push(ServicePort {
+            id: ServicePortName {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                port: port_name,
+                protocol,
+            },
+            cluster_ip,
+            port,
+            node_port,
+            external_ips: external_ips.clone(),
+            load_balancer_ips: load_balancer_ips.clone(),
+            affinity_seconds,
+            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            external_local,
+            health_check_node_port,
+            endpoints: Vec::new(),
+        });
+    }
+    out
+}
+
+fn add_slice(
+    ports: &mut BTreeMap<ServicePortName, ServicePort>,
+    slice: &EndpointSlice,
+    node: &str,
+    skipped: &mut Vec<Skipped>,
+) {
+    if slice.address_type != "IPv4" {
+        return;
+    }
+    let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
+    let slice_name = slice.metadata.name.as_deref().unwrap_or_default();
+    let Some(service) = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+    else {
+        return;
+    };
+    for sp in slice.ports.iter().flatten() {
+        let port_name = sp.name.clone().unwrap_or_default();
+        let Some(protocol) = Protocol::parse(sp.protocol.as_deref()) else {
+            skip(
+                skipped,
+                "EndpointSlice",
+                ns,
+                slice_name,
+                format!("ports[{port_name}].protocol is not TCP, UDP or SCTP; ignored"),
+            );
+            continue;
+        };
+        let id = ServicePortName {
+            namespace: ns.to_string(),
+            name: service.clone(),
+            port: port_name.clone(),
+            protocol,
+        };
+        let Some(target) = ports.get_mut(&id) else {
+            continue;
+        };
+        let Some(port) = sp.port.and_then(port_u16) else {
+            skip(
+                skipped,
+                "EndpointSlice",
+                ns,
+                slice_name,
+                format!("ports[{port_name}].port is not in 1-65535; ignored"),
+            );
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let cond = ep.conditions.clone().unwrap_or_default();
+            let ready = cond.ready.unwrap_or(true);
+            let serving = cond.serving.unwrap_or(ready);
+            let terminating = cond.terminating.unwrap_or(false);
+            let local = ep.node_name.as_deref() == Some(node);
+            // kube uses only the first address of an endpoint.
+            let Some(addr) = ep.addresses.first() else {
+                continue;
+            };
+            match addr.parse::<Ipv4Addr>() {
+                Ok(ip) if usable_unicast(ip) => target.endpoints.push(Endpoint {
+                    ip,
+                    port,
+                    ready,
+                    serving,
+                    terminating,
+                    local,
+                }),
+                _ => skip(
+                    skipped,
+                    "EndpointSlice",
+                    ns,
+                    slice_name,
+                    format!("endpoints.addresses: {addr:?} is not a usable IPv4 address; ignored"),
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(v: serde_json::Value) -> Service {
+        serde_json::from_value(v).unwrap()
+    }
+    fn slice(v: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn web() -> Service {
+        svc(serde_json::json!({
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": {"clusterIP": "10.96.0.10", "type": "NodePort",
+                     "ports": [{"name": "http", "port": 80, "nodePort": 30080},
+                               {"name": "dns", "port": 53, "protocol": "UDP"}]}
+        }))
+    }
+
+    fn web_slice(endpoints: serde_json::Value) -> EndpointSlice {
+        slice(serde_json::json!({
+            "metadata": {"namespace": "default", "name": "web-abc",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"},
+                      {"name": "dns", "port": 5353, "protocol": "UDP"}],
+            "endpoints": endpoints
+        }))
+    }
+
+    fn http(m: &Model) -> &ServicePort {
+        m.ports.values().find(|p| p.id.port == "http").unwrap()
+    }
+
+    #[test]
+    fn ports_and_endpoints_are_joined_by_name_and_protocol() {
+        let s = web_slice(serde_json::json!([
+            {"addresses": ["10.244.0.2"], "conditions": {"ready": true}, "nodeName": "n1"},
+            {"addresses": ["10.244.1.2"], "nodeName": "n2"}
+        ]));
+        let (m, skipped) = Model::build([&web()], [&s], "n1");
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(m.ports.len(), 2);
+        let p = http(&m);
+        assert_eq!(p.cluster_ip, Ipv4Addr::new(10, 96, 0, 10));
+        assert_eq!(p.node_port, Some(30080));
+        assert_eq!(p.endpoints.len(), 2);
+        assert!(p.endpoints.iter().all(|e| e.port == 8080 && e.ready));
+        assert_eq!(p.endpoints.iter().filter(|e| e.local).count(), 1);
+        let dns = m.ports.values().find(|p| p.id.port == "dns").unwrap();
+        assert_eq!(dns.id.protocol, Protocol::Udp);
+        assert!(dns.endpoints.iter().all(|e| e.port == 5353));
+    }
+
+    #[test]
+    fn terminating_endpoints_are_used_only_when_no_ready_ones_remain() {
+        let s = web_slice(serde_json::json!([
+            {"addresses": ["10.244.0.2"], "conditions": {"ready": true}},
+            {"addresses": ["10.244.0.3"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+            {"addresses": ["10.244.0.4"], "conditions": {"ready": false}}
+        ]));
+        let (m, _) = Model::build([&web()], [&s], "n1");
+        let ips: Vec<_> = http(&m).cluster_endpoints().iter().map(|e| e.ip).collect();
+        assert_eq!(ips, vec![Ipv4Addr::new(10, 244, 0, 2)]);
+        let s = web_slice(serde_json::json!([
+            {"addresses": ["10.244.0.3"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+            {"addresses": ["10.244.0.4"], "conditions": {"ready": false}}
+        ]));
+        let (m, _) = Model::build([&web()], [&s], "n1");
+        let ips: Vec<_> = http(&m).cluster_endpoints().iter().map(|e| e.ip).collect();
+        assert_eq!(ips, vec![Ipv4Addr::new(10, 244, 0, 3)]);
+    }
+
+    #[test]
+    fn local_policies_select_this_nodes_endpoints() {
+        let mut s = web();
+        let spec = s.spec.as_mut().unwrap();
+        spec.internal_traffic_policy = Some("Local".into());
+        spec.external_traffic_policy = Some("Local".into());
+        spec.type_ = Some("LoadBalancer".into());
+        spec.health_check_node_port = Some(32000);
+        let sl = web_slice(serde_json::json!([
+            {"addresses": ["10.244.0.2"], "nodeName": "n1"},
+            {"addresses": ["10.244.1.2"], "nodeName": "n2"}
+        ]));
+        let (m, _) = Model::build([&s], [&sl], "n1");
+        let p = http(&m);
+        assert!(p.internal_local && p.external_local);
+        assert_eq!(p.health_check_node_port, Some(32000));
+        assert_eq!(p.cluster_endpoints().len(), 1);
+        assert_eq!(p.external_endpoints().len(), 1);
+        assert_eq!(p.local_ready_count(), 1);
+        let (m, _) = Model::build([&s], [&sl], "n3");
+        assert!(http(&m).cluster_endpoints().is_empty());
+        assert_eq!(http(&m).endpoints.len(), 2);
+    }
+
+    #[test]
+    fn bad_input_is_skipped_and_reported() {
+        let bad = svc(serde_json::json!({
+            "metadata": {"namespace": "default", "name": "bad"},
+            "spec": {"clusterIP": "10.96.0.300", "ports": [{"port": 80}]}
+        }));
+        let odd = svc(serde_json::json!({
+            "metadata": {"namespace": "default", "name": "odd"},
+            "spec": {"clusterIP": "10.96.0.11", "externalIPs": ["1.2.3.4", "nope"],
+                     "ports": [{"name": "a", "port": 70000}, {"name": "b", "port": 81, "protocol": "ICMP"},
+                               {"name": "c", "port": 82}]}
+        }));
+        let sl = slice(serde_json::json!({
+            "metadata": {"namespace": "default", "name": "odd-1",
+                         "labels": {"kubernetes.io/service-name": "odd"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "c", "port": 8082}],
+            "endpoints": [{"addresses": ["10.244.0.2"]}, {"addresses": ["garbage"]},
+                          {"addresses": ["127.0.0.1"]}]
+        }));
+        let (m, skipped) = Model::build([&bad, &odd], [&sl], "n1");
+        assert_eq!(m.ports.len(), 1);
+        let c = m.ports.values().next().unwrap();
+        assert_eq!(c.id.port, "c");
+        assert_eq!(c.external_ips, vec![Ipv4Addr::new(1, 2, 3, 4)]);
+        assert_eq!(c.endpoints.len(), 1);
+        let reasons: Vec<_> = skipped
+            .iter()
+            .map(|s| format!("{} {}: {}", s.kind, s.name, s.reason))
+            .collect();
+        assert_eq!(skipped.len(), 6, "{reasons:#?}");
+        assert!(reasons.iter().any(|r| r.contains("bad: spec.clusterIP")));
+        assert!(reasons.iter().any(|r| r.contains("ports[a].port: 70000")));
+        assert!(reasons.iter().any(|r| r.contains("ports[b].protocol")));
+    }
+
+    #[test]
+    fn headless_external_name_and_ipv6_services_are_not_proxied_quietly() {
+        let headless = svc(serde_json::json!({"metadata": {"name": "h"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}));
+        let ext = svc(serde_json::json!({"metadata": {"name": "e"},
+            "spec": {"type": "ExternalName", "externalName": "example.org"}}));
+        let v6 = svc(serde_json::json!({"metadata": {"name": "v6"},
+            "spec": {"clusterIP": "fd00::1", "ports": [{"port": 80}]}}));
+        let (m, skipped) = Model::build([&headless, &ext, &v6], [], "n1");
+        assert!(m.ports.is_empty());
+        assert!(skipped.is_empty());
+    }
+
+    #[test]
+    fn affinity_timeout_defaults_and_bounds() {
+        let mut s = web();
+        s.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
+        let (m, _) = Model::build([&s], [], "n1");
+        assert_eq!(http(&m).affinity_seconds, Some(DEFAULT_AFFINITY_SECONDS));
+        s.spec.as_mut().unwrap().session_affinity_config =
+            serde_json::from_value(serde_json::json!({"clientIP": {"timeoutSeconds": 60}}))
+                .unwrap();
+        let (m, _) = Model::build([&s], [], "n1");
+        assert_eq!(http(&m).affinity_seconds, Some(60));
+    }
+
+    #[test]
+    fn stale_udp_endpoints_are_the_ones_that_went_away() {
+        let two = web_slice(serde_json::json!([
+            {"addresses": ["10.244.0.2"]}, {"addresses": ["10.244.0.3"]}
+        ]));
+        let one = web_slice(serde_json::json!([{"addresses": ["10.244.0.2"]}]));
+        let (before, _) = Model::build([&web()], [&two], "n1");
+        let (after, _) = Model::build([&web()], [&one], "n1");
+        let stale: Vec<_> = before.stale_udp_endpoints(&after).into_iter().collect();
+        assert_eq!(stale, vec![(Ipv4Addr::new(10, 244, 0, 3), 5353)]);
+        assert!(after.stale_udp_endpoints(&before).is_empty());
+    }
+
+    #[test]
+    fn udp_services_gaining_endpoints_are_found() {
+        let none = web_slice(serde_json::json!([]));
+        let one = web_slice(serde_json::json!([{"addresses": ["10.244.0.2"]}]));
+        let (empty, _) = Model::build([&web()], [&none], "n1");
+        let (full, _) = Model::build([&web()], [&one], "n1");
+        let gained: Vec<_> = empty
+            .udp_services_gaining_endpoints(&full)
+            .into_iter()
+            .collect();
+        // The UDP port has no nodePort in this Service; its ClusterIP gained endpoints.
+        assert_eq!(
+            gained,
+            vec![ServiceDst::Addr(Ipv4Addr::new(10, 96, 0, 10), 53)]
+        );
+        assert!(full.udp_services_gaining_endpoints(&full).is_empty());
+    }
+
+    #[test]
+    fn chain_hashes_are_stable_and_short() {
+        let id = ServicePortName {
+            namespace: "default".into(),
+            name: "web".into(),
+            port: "http".into(),
+            protocol: Protocol::Tcp,
+        };
+        let a = id.hash("");
+        assert_eq!(a.len(), 16);
+        assert_eq!(a, id.hash(""));
+        assert_ne!(a, id.hash("10.244.0.2:8080"));
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        );
+    }
+}

@@ -1,0 +1,566 @@
+//! The nftables renderer: one `ip skiff` table in kube-proxy's nftables shape. Packets are
+//! dispatched by verdict maps keyed on `address . protocol . port`, so their cost does not grow
+//! with the number of Services, and a sync changes map elements and the chains of the Services
+//! that changed, nothing else. The whole change is one transaction through `nft -f -` (the
+//! kernel applies a batch atomically; the `nft` parser is faster than we could build netlink
+//! expressions by hand, see `skiff-proxy bench`).
+//!
+//! services (nat, prerouting and output) → @service-ips / @service-nodeports → svc-<hash> /
+//! ext-<hash> → sep-<hash> (DNAT); service-reject (filter, new connections) → @no-endpoint-*;
+//! masquerading (nat, postrouting) for what mark-for-masquerade marked.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+use crate::dataplane::{Applied, DataPlane, Error, MASQ_MARK, RenderConfig, run_tool};
+use crate::model::{Endpoint, Model, ServicePort};
+
+pub const TABLE: &str = "skiff";
+
+/// Our table's contents: chains with their rules, sets (declaration) and map/set elements.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// Dynamic sets (ClientIP affinity), by name: their declaration body.
+    pub sets: BTreeMap<String, String>,
+    /// Elements of the fixed maps and sets: key → verdict (empty for a set).
+    pub elements: BTreeMap<&'static str, BTreeMap<String, String>>,
+}
+
+/// Fixed maps and sets, declared on table creation.
+const MAPS: [(&str, &str); 5] = [
+    (
+        "service-ips",
+        "type ipv4_addr . inet_proto . inet_service : verdict ;",
+    ),
+    (
+        "service-nodeports",
+        "type inet_proto . inet_service : verdict ;",
+    ),
+    (
+        "no-endpoint-services",
+        "type ipv4_addr . inet_proto . inet_service : verdict ;",
+    ),
+    (
+        "no-endpoint-nodeports",
+        "type inet_proto . inet_service : verdict ;",
+    ),
+    ("nodeport-ips", "type ipv4_addr ;"),
+];
+
+/// Base chains: (name, hook declaration).
+const BASE_CHAINS: [(&str, &str); 6] = [
+    (
+        "nat-prerouting",
+        "type nat hook prerouting priority dstnat ; policy accept ;",
+    ),
+    (
+        "nat-output",
+        "type nat hook output priority -100 ; policy accept ;",
+    ),
+    (
+        "nat-postrouting",
+        "type nat hook postrouting priority srcnat ; policy accept ;",
+    ),
+    (
+        "filter-input",
+        "type filter hook input priority -110 ; policy accept ;",
+    ),
+    (
+        "filter-forward",
+        "type filter hook forward priority -110 ; policy accept ;",
+    ),
+    (
+        "filter-output",
+        "type filter hook output priority -110 ; policy accept ;",
+    ),
+];
+
+fn svc_chain(p: &ServicePort) -> String {
+    format!("svc-{}", p.id.hash(""))
+}
+fn ext_chain(p: &ServicePort) -> String {
+    format!("ext-{}", p.id.hash(""))
+}
+fn sep_chain(p: &ServicePort, e: &Endpoint) -> String {
+    format!("sep-{}", p.id.hash(&e.to_string()))
+}
+fn affinity_set(p: &ServicePort, e: &Endpoint) -> String {
+    format!("aff-{}", p.id.hash(&e.to_string()))
+}
+
+impl Ruleset {
+    fn rule(&mut self, chain: &str, rule: impl Into<String>) {
+        self.chains
+            .entry(chain.to_string())
+            .or_default()
+            .push(rule.into());
+    }
+
+    fn element(&mut self, map: &'static str, key: String, value: impl Into<String>) {
+        self.elements
+            .entry(map)
+            .or_default()
+            .insert(key, value.into());
+    }
+}
+
+/// Computes the table's contents from the model.
+pub fn render(model: &Model, cfg: &RenderConfig) -> Ruleset {
+    let mut r = Ruleset::default();
+    for (name, _) in BASE_CHAINS {
+        r.chains.insert(name.to_string(), Vec::new());
+    }
+    for (name, _) in MAPS {
+        r.elements.insert(name, BTreeMap::new());
+    }
+    r.rule("nat-prerouting", "jump services");
+    r.rule("nat-output", "jump services");
+    r.rule("nat-postrouting", "jump masquerading");
+    r.rule("filter-input", "ct state new jump service-reject");
+    r.rule("filter-forward", "ct state new jump service-reject");
+    r.rule("filter-output", "ct state new jump service-reject");
+    r.rule(
+        "service-reject",
+        "ip daddr . meta l4proto . th dport vmap @no-endpoint-services",
+    );
+    r.rule(
+        "services",
+        "ip daddr . meta l4proto . th dport vmap @service-ips",
+    );
+    let node_dst = match &cfg.node_ips {
+        None => "fib daddr type local".to_string(),
+        Some(ips) => {
+            for ip in ips {
+                r.element("nodeport-ips", ip.to_string(), "");
+            }
+            "ip daddr @nodeport-ips".to_string()
+        }
+    };
+    r.rule(
+        "service-reject",
+        format!("{node_dst} meta l4proto . th dport vmap @no-endpoint-nodeports"),
+    );
+    r.rule(
+        "services",
+        format!("{node_dst} meta l4proto . th dport vmap @service-nodeports"),
+    );
+    r.rule(
+        "mark-for-masquerade",
+        format!("meta mark set meta mark | {MASQ_MARK:#x}"),
+    );
+    r.rule(
+        "masquerading",
+        format!("meta mark & {MASQ_MARK:#x} == 0 return"),
+    );
+    r.rule(
+        "masquerading",
+        format!("meta mark set meta mark ^ {MASQ_MARK:#x}"),
+    );
+    r.rule("masquerading", "masquerade fully-random");
+    r.rule("reject-chain", "reject");
+    for p in model.ports.values() {
+        render_port(&mut r, p, cfg);
+    }
+    r
+}
+
+fn render_port(r: &mut Ruleset, p: &ServicePort, cfg: &RenderConfig) {
+    let proto = p.id.protocol.as_str();
+    let cluster = p.cluster_endpoints();
+    let external = p.external_endpoints();
+    let svc = svc_chain(p);
+    let ext = ext_chain(p);
+    let no_endpoints = if p.endpoints.iter().any(|e| e.ready || e.serving) {
+        "drop"
+    } else {
+        "goto reject-chain"
+    };
+    let key = |ip: &std::net::Ipv4Addr| format!("{ip} . {proto} . {}", p.port);
+
+    if cluster.is_empty() {
+        r.element("no-endpoint-services", key(&p.cluster_ip), no_endpoints);
+    } else {
+        r.element("service-ips", key(&p.cluster_ip), format!("goto {svc}"));
+        if cfg.masquerade_all {
+            r.rule(&svc, "jump mark-for-masquerade");
+        } else if let Some(cidr) = cfg.cluster_cidr {
+            r.rule(&svc, format!("ip saddr != {cidr} jump mark-for-masquerade"));
+        }
+        spread(r, &svc, p, &cluster);
+    }
+
+    if p.has_external() {
+        let dsts = p.external_ips.iter().chain(&p.load_balancer_ips);
+        if external.is_empty() {
+            for ip in dsts {
+                r.element("no-endpoint-services", key(ip), no_endpoints);
+            }
+            if let Some(np) = p.node_port {
+                r.element(
+                    "no-endpoint-nodeports",
+                    format!("{proto} . {np}"),
+                    no_endpoints,
+                );
+            }
+        } else {
+            for ip in dsts {
+                r.element("service-ips", key(ip), format!("goto {ext}"));
+            }
+            if let Some(np) = p.node_port {
+                r.element(
+                    "service-nodeports",
+                    format!("{proto} . {np}"),
+                    format!("goto {ext}"),
+                );
+            }
+            if p.external_local {
+                if !cluster.is_empty() {
+                    if let Some(cidr) = cfg.cluster_cidr {
+                        r.rule(&ext, format!("ip saddr {cidr} goto {svc}"));
+                    }
+                    r.rule(&ext, "fib saddr type local jump mark-for-masquerade");
+                    r.rule(&ext, format!("fib saddr type local goto {svc}"));
+                }
+            } else {
+                r.rule(&ext, "jump mark-for-masquerade");
+            }
+            spread(r, &ext, p, &external);
+        }
+    }
+
+    let mut endpoints: BTreeSet<Endpoint> = cluster.iter().copied().collect();
+    endpoints.extend(external.iter().copied());
+    for e in endpoints {
+        let sep = sep_chain(p, &e);
+        r.rule(&sep, format!("ip saddr {} jump mark-for-masquerade", e.ip));
+        if let Some(seconds) = p.affinity_seconds {
+            let set = affinity_set(p, &e);
+            r.sets.insert(
+                set.clone(),
+                format!("type ipv4_addr ; flags dynamic,timeout ; timeout {seconds}s ;"),
+            );
+            r.rule(&sep, format!("update @{set} {{ ip saddr }}"));
+        }
+        r.rule(&sep, format!("meta l4proto {proto} dnat to {e}"));
+    }
+}
+
+/// Affinity first (a client seen recently returns to its endpoint), then a random pick.
+fn spread(r: &mut Ruleset, chain: &str, p: &ServicePort, endpoints: &[Endpoint]) {
+    if p.affinity_seconds.is_some() {
+        for e in endpoints {
+            r.rule(
+                chain,
+                format!("ip saddr @{} goto {}", affinity_set(p, e), sep_chain(p, e)),
+            );
+        }
+    }
+    let arms: Vec<String> = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("{i} : goto {}", sep_chain(p, e)))
+        .collect();
+    r.rule(
+        chain,
+        format!(
+            "numgen random mod {} vmap {{ {} }}",
+            endpoints.len(),
+            arms.join(" , ")
+        ),
+    );
+}
+
+/// The whole table, created afresh (after deleting whatever table of that name exists), as
+/// one transaction.
+fn full_text(want: &Ruleset) -> String {
+    let mut out = format!("add table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n");
+    for (name, decl) in MAPS {
+        let kind = if decl.contains(": verdict") {
+            "map"
+        } else {
+            "set"
+        };
+        let _ = write!(out, "\t{kind} {name} {{ {decl}");
+        let elements = &want.elements[name];
+        if !elements.is_empty() {
+            let items: Vec<String> = elements.iter().map(|(k, v)| element(k, v)).collect();
+            let _ = write!(out, " elements = {{ {} }}", items.join(", "));
+        }
+        out.push_str(" }\n");
+    }
+    for (name, decl) in &want.sets {
+        let _ = writeln!(out, "\tset {name} {{ {decl} }}");
+    }
+    // Chains are declared before any rule refers to them.
+    for name in want.chains.keys() {
+        match BASE_CHAINS.iter().find(|(n, _)| n == name) {
+            Some((_, hook)) => {
+                let _ = writeln!(out, "\tchain {name} {{ {hook} }}");
+            }
+            None => {
+                let _ = writeln!(out, "\tchain {name} {{ }}");
+            }
+        }
+    }
+    out.push_str("}\n");
+    for (name, rules) in &want.chains {
+        for rule in rules {
+            let _ = writeln!(out, "add rule ip {TABLE} {name} {rule}");
+        }
+    }
+    out
+}
+
+fn element(key: &str, value: &str) -> String {
+    if value.is_empty() {
+        key.to_string()
+    } else {
+        format!("{key} : {value}")
+    }
+}
+
+/// The transaction taking the table from `have` (what we last wrote) to `want`: new chains and
+/// sets added, changed chains flushed and refilled, map elements deleted and added, gone chains
+/// and sets deleted last (once nothing refers to them). With `rewrite_all`, every chain and map
+/// is rewritten (a periodic full sync) while affinity sets keep their state.
+fn diff_text(want: &Ruleset, have: &Ruleset, rewrite_all: bool) -> (String, usize) {
+    let mut out = String::new();
+    let mut changes = 0;
+    for (name, decl) in &want.sets {
+        if have.sets.get(name) != Some(decl) {
+            if have.sets.contains_key(name) {
+                // A changed timeout: the set is replaced (its chain is rewritten below).
+                let _ = writeln!(
+                    out,
+                    "flush chain ip {TABLE} {}",
+                    name.replacen("aff-", "sep-", 1)
+                );
+                let _ = writeln!(out, "delete set ip {TABLE} {name}");
+            }
+            let _ = writeln!(out, "add set ip {TABLE} {name} {{ {decl} }}");
+            changes += 1;
+        }
+    }
+    for name in want.chains.keys().filter(|n| !have.chains.contains_key(*n)) {
+        let _ = writeln!(out, "add chain ip {TABLE} {name}");
+    }
+    for (name, rules) in &want.chains {
+        let old = have.chains.get(name);
+        if old == Some(rules) && !rewrite_all {
+            continue;
+        }
+        changes += 1;
+        if old.is_some() {
+            let _ = writeln!(out, "flush chain ip {TABLE} {name}");
+        }
+        for rule in rules {
+            let _ = writeln!(out, "add rule ip {TABLE} {name} {rule}");
+        }
+    }
+    let empty = BTreeMap::new();
+    for (map, elements) in &want.elements {
+        let old = have.elements.get(map).unwrap_or(&empty);
+        if rewrite_all {
+            if !old.is_empty() {
+                let _ = writeln!(out, "flush {} ip {TABLE} {map}", map_kind(map));
+            }
+        } else {
+            let gone: Vec<&String> = old
+                .iter()
+                .filter(|(k, v)| elements.get(*k) != Some(*v))
+                .map(|(k, _)| k)
+                .collect();
+            if !gone.is_empty() {
+                changes += gone.len();
+                let keys: Vec<&str> = gone.iter().map(|k| k.as_str()).collect();
+                let _ = writeln!(
+                    out,
+                    "delete element ip {TABLE} {map} {{ {} }}",
+                    keys.join(", ")
+                );
+            }
+        }
+        let added: Vec<String> = elements
+            .iter()
+            .filter(|(k, v)| rewrite_all || old.get(*k) != Some(*v))
+            .map(|(k, v)| element(k, v))
+            .collect();
+        if !added.is_empty() {
+            changes += added.len();
+            let _ = writeln!(
+                out,
+                "add element ip {TABLE} {map} {{ {} }}",
+                added.join(", ")
+            );
+        }
+    }
+    let gone: Vec<&String> = have
+        .chains
+        .keys()
+        .filter(|n| !want.chains.contains_key(*n))
+        .collect();
+    for name in &gone {
+        let _ = writeln!(out, "flush chain ip {TABLE} {name}");
+    }
+    for name in &gone {
+        let _ = writeln!(out, "delete chain ip {TABLE} {name}");
+        changes += 1;
+    }
+    for name in have.sets.keys().filter(|n| !want.sets.contains_key(*n)) {
+        let _ = writeln!(out, "delete set ip {TABLE} {name}");
+        changes += 1;
+    }
+    (out, changes)
+}
+
+fn map_kind(name: &str) -> &'static str {
+    match MAPS.iter().find(|(n, _)| *n == name) {
+        Some((_, decl)) if !decl.contains(": verdict") => "set",
+        _ => "map",
+    }
+}
+
+fn apply(text: &str) -> Result<(), Error> {
+    run_tool("nft", &["-f", "-"], Some(text)).map(|_| ())
+}
+
+/// The nftables data plane, remembering what it last wrote for partial syncs.
+#[derive(Default)]
+pub struct Nftables {
+    last: Option<Ruleset>,
+}
+
+impl DataPlane for Nftables {
+    fn sync(&mut self, model: &Model, cfg: &RenderConfig, full: bool) -> Result<Applied, Error> {
+        let want = render(model, cfg);
+        let (text, changes) = match &self.last {
+            // First sync of this process: whatever table is there (ours from an earlier run,
+            // or half of one) is replaced whole.
+            None => (full_text(&want), want.chains.len()),
+            Some(last) => diff_text(&want, last, full),
+        };
+        if !text.is_empty()
+            && let Err(e) = apply(&text)
+        {
+            self.last = None;
+            return Err(e);
+        }
+        self.last = Some(want);
+        Ok(Applied {
+            bytes: text.len(),
+            changes,
+        })
+    }
+}
+
+/// Deletes our table, if present.
+pub fn cleanup() -> Result<(), Error> {
+    match run_tool("nft", &["list", "tables", "ip"], None) {
+        Ok(tables)
+            if tables
+                .lines()
+                .any(|l| l.trim() == format!("table ip {TABLE}")) =>
+        {
+            apply(&format!("delete table ip {TABLE}\n"))
+        }
+        Ok(_) => Ok(()),
+        // No nft on the node: nothing of ours can be there.
+        Err(Error::Spawn { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Protocol, ServicePortName};
+
+    fn port(name: &str, ips: &[&str]) -> ServicePort {
+        ServicePort {
+            id: ServicePortName {
+                namespace: "default".into(),
+                name: name.into(),
+                port: "".into(),
+                protocol: Protocol::Udp,
+            },
+            cluster_ip: "10.96.0.20".parse().unwrap(),
+            port: 53,
+            node_port: None,
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            affinity_seconds: None,
+            internal_local: false,
+            external_local: false,
+            health_check_node_port: None,
+            endpoints: ips
+                .iter()
+                .map(|ip| Endpoint {
+                    ip: ip.parse().unwrap(),
+                    port: 5353,
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    local: true,
+                })
+                .collect(),
+        }
+    }
+
+    fn model(ports: Vec<ServicePort>) -> Model {
+        Model {
+            ports: ports.into_iter().map(|p| (p.id.clone(), p)).collect(),
+        }
+    }
+
+    #[test]
+    fn services_are_map_elements_and_endpoints_a_numgen_vmap() {
+        let p = port("dns", &["10.244.0.2", "10.244.0.3"]);
+        let r = render(&model(vec![p.clone()]), &RenderConfig::default());
+        assert_eq!(
+            r.elements["service-ips"]["10.96.0.20 . udp . 53"],
+            format!("goto {}", svc_chain(&p))
+        );
+        let svc = &r.chains[&svc_chain(&p)];
+        assert_eq!(svc.len(), 1);
+        assert!(svc[0].starts_with("numgen random mod 2 vmap { 0 : goto sep-"));
+        let text = full_text(&r);
+        assert!(text.starts_with("add table ip skiff\ndelete table ip skiff\n"));
+        assert!(text.contains("elements = { 10.96.0.20 . udp . 53 : goto svc-"));
+    }
+
+    #[test]
+    fn a_changed_endpoint_touches_its_chains_and_no_map() {
+        let a = port("a", &["10.244.0.2"]);
+        let mut b = port("b", &["10.244.0.3", "10.244.0.4"]);
+        b.cluster_ip = "10.96.0.21".parse().unwrap();
+        let before = render(&model(vec![a.clone(), b.clone()]), &RenderConfig::default());
+        let mut b2 = b.clone();
+        b2.endpoints.pop();
+        let after = render(&model(vec![a.clone(), b2]), &RenderConfig::default());
+        let (text, _) = diff_text(&after, &before, false);
+        assert!(!text.contains("element"), "{text}");
+        assert!(text.contains(&format!("flush chain ip skiff {}", svc_chain(&b))));
+        let gone = sep_chain(&b, &b.endpoints[1]);
+        assert!(
+            text.contains(&format!("delete chain ip skiff {gone}")),
+            "{text}"
+        );
+        assert!(!text.contains(&svc_chain(&a)));
+        assert_eq!(diff_text(&after, &after, false).0, "");
+    }
+
+    #[test]
+    fn a_service_losing_its_endpoints_moves_to_the_reject_map() {
+        let a = port("a", &["10.244.0.2"]);
+        let before = render(&model(vec![a.clone()]), &RenderConfig::default());
+        let after = render(&model(vec![port("a", &[])]), &RenderConfig::default());
+        let (text, _) = diff_text(&after, &before, false);
+        assert!(
+            text.contains("delete element ip skiff service-ips { 10.96.0.20 . udp . 53 }"),
+            "{text}"
+        );
+        assert!(text.contains("add element ip skiff no-endpoint-services { 10.96.0.20 . udp . 53 : goto reject-chain }"));
+        assert!(text.contains(&format!("delete chain ip skiff {}", svc_chain(&a))));
+    }
+}

@@ -1,0 +1,357 @@
+//! Real packets through the rules skiff-proxy installs, in both modes: each scenario is written
+//! once and instantiated per mode by `both_modes!`.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+macro_rules! both_modes {
+    ($($scenario:ident),* $(,)?) => {
+        mod iptables {
+            $(#[test] fn $scenario() { super::$scenario("iptables") })*
+        }
+        mod nftables {
+            $(#[test] fn $scenario() { super::$scenario("nftables") })*
+        }
+    };
+}
+
+both_modes!(
+    cluster_ip_and_node_port_reach_ready_endpoints,
+    session_affinity_and_local_policy,
+    restart_bad_input_and_cleanup,
+    node_port_addresses_external_ips_and_switching_modes,
+);
+
+const WEB: &str = "  type: NodePort\n  ports:\n  - name: tcp\n    port: 80\n    protocol: TCP\n    nodePort: 30080\n  - name: udp\n    port: 53\n    protocol: UDP\n    nodePort: 30053\n";
+
+/// ClusterIP (from the node and from a pod) and NodePort (from outside) over TCP and UDP spread
+/// over every ready endpoint; an unready endpoint gets nothing; a UDP flow pinned to an
+/// endpoint that goes away moves (its conntrack entry is flushed); with no endpoints left the
+/// client is refused at once. The node's cluster DNS answers the Service's name.
+fn cluster_ip_and_node_port_reach_ready_endpoints(mode: &'static str) {
+    let mut lab = Lab::new(mode);
+    lab.start_proxy(&[]);
+    let cip = lab.service("web", WEB);
+    lab.endpoints("web", &[(POD_A_IP, true, NODE), (POD_B_IP, true, NODE)]);
+    let cluster_tcp = format!("{cip}:80");
+    let node = lab.node.clone();
+    lab.wait_spread(&node, &cluster_tcp, &["pod-a", "pod-b"], 30);
+    lab.wait_spread(&lab.pod_a.clone(), &cluster_tcp, &["pod-a", "pod-b"], 30);
+    // The node answers the Service's name at the cluster DNS address, to itself and its pods.
+    require("dig", &["-v"], "bind9-dnsutils");
+    for ns in [lab.node.clone(), lab.pod_a.clone()] {
+        eventually(
+            "the Service's name resolves",
+            Duration::from_secs(10),
+            || {
+                let out = std::process::Command::new("ip")
+                    .args(["netns", "exec", &ns, "dig", "+short", "+time=1", "+tries=1"])
+                    .args(["@10.96.0.10", "web.default.svc.cluster.local"])
+                    .output()
+                    .expect("dig");
+                String::from_utf8_lossy(&out.stdout).trim() == cip
+            },
+        );
+    }
+    lab.wait_spread(
+        &lab.outside.clone(),
+        &format!("{NODE_OUTSIDE_IP}:30080"),
+        &["pod-a", "pod-b"],
+        30,
+    );
+    // UDP from fresh sockets (each a new flow) reaches both, to the ClusterIP and the NodePort.
+    for (ns, addr) in [
+        (lab.node.clone(), format!("{cip}:53")),
+        (lab.outside.clone(), format!("{NODE_OUTSIDE_IP}:30053")),
+    ] {
+        let answers: std::collections::BTreeSet<_> =
+            (0..30).filter_map(|_| lab.udp(&ns, &addr)).collect();
+        assert_eq!(
+            answers,
+            ["pod-a", "pod-b"].map(String::from).into(),
+            "UDP to {addr} from {ns}"
+        );
+    }
+
+    // pod-b goes unready: no new connection reaches it.
+    lab.endpoints("web", &[(POD_A_IP, true, NODE), (POD_B_IP, false, NODE)]);
+    lab.wait_spread(&node, &cluster_tcp, &["pod-a"], 30);
+    lab.wait_spread(
+        &lab.outside.clone(),
+        &format!("{NODE_OUTSIDE_IP}:30080"),
+        &["pod-a"],
+        10,
+    );
+
+    // A long UDP flow to pod-a moves to pod-b when pod-a's endpoint goes.
+    lab.endpoints("web", &[(POD_A_IP, true, NODE), (POD_B_IP, true, NODE)]);
+    let udp_addr: std::net::SocketAddr = format!("{cip}:53").parse().unwrap();
+    let client = in_netns(&node, || UdpSocket::bind("0.0.0.0:0").unwrap());
+    let mut first = udp_exchange(&client, udp_addr).expect("UDP answer");
+    // Find a flow pinned on pod-a (conntrack keeps the source port's flow on one endpoint).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut client = client;
+    while first != "pod-a" {
+        assert!(Instant::now() < deadline, "no UDP flow landed on pod-a");
+        client = in_netns(&node, || UdpSocket::bind("0.0.0.0:0").unwrap());
+        first = udp_exchange(&client, udp_addr).expect("UDP answer");
+    }
+    lab.endpoints("web", &[(POD_B_IP, true, NODE)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = udp_exchange(&client, udp_addr);
+        if now.as_deref() == Some("pod-b") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the UDP flow stayed on {now:?}: its conntrack entry was not flushed\n{}",
+            lab.proxy_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // No endpoints: refused at once (REJECT), not a timeout; the NodePort too.
+    lab.endpoints("web", &[]);
+    for (ns, addr) in [
+        (node.clone(), cluster_tcp.clone()),
+        (lab.pod_a.clone(), cluster_tcp.clone()),
+        (lab.outside.clone(), format!("{NODE_OUTSIDE_IP}:30080")),
+    ] {
+        common::eventually("connection refused", Duration::from_secs(10), || {
+            let t = Instant::now();
+            let r = lab.tcp(&ns, &addr);
+            matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+                && t.elapsed() < Duration::from_secs(1)
+        });
+    }
+
+    // The Service goes: nothing of it is left in the rules.
+    let rules_with = rules(&lab);
+    assert!(rules_with.contains(&cip), "{rules_with}");
+    lab.kubectl(&["delete", "service", "web"]);
+    lab.kubectl(&["delete", "endpointslice", "web-1"]);
+    common::eventually("rules of web removed", Duration::from_secs(10), || {
+        !rules(&lab).contains(&cip)
+    });
+    let metrics = lab
+        .http(&node, "127.0.0.1:10256", "/metrics")
+        .expect("metrics")
+        .1;
+    for name in [
+        "kubeproxy_sync_proxy_rules_duration_seconds_count",
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+        "kubeproxy_network_programming_duration_seconds_bucket",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
+    }
+}
+
+fn rules(lab: &Lab) -> String {
+    match lab.mode {
+        "iptables" => lab.iptables_save(),
+        _ => lab.nft_ruleset(),
+    }
+}
+
+/// ClientIP affinity keeps a client on one endpoint; externalTrafficPolicy Local reaches only
+/// this node's endpoints and healthCheckNodePort says how many there are.
+fn session_affinity_and_local_policy(mode: &'static str) {
+    let mut lab = Lab::new(mode);
+    lab.start_proxy(&[]);
+    let cip = lab.service(
+        "sticky",
+        "  sessionAffinity: ClientIP\n  ports:\n  - name: tcp\n    port: 80\n",
+    );
+    lab.endpoints("sticky", &[(POD_A_IP, true, NODE), (POD_B_IP, true, NODE)]);
+    let addr = format!("{cip}:80");
+    let node = lab.node.clone();
+    common::eventually("sticky service answers", Duration::from_secs(20), || {
+        lab.tcp(&node, &addr).is_ok()
+    });
+    let seen = lab.spread(&node, &addr, 30);
+    assert_eq!(seen.len(), 1, "affinity did not stick: {seen:?}");
+    // Another client (a pod) sticks too, on whichever endpoint it got first.
+    let seen = lab.spread(&lab.pod_a.clone(), &addr, 20);
+    assert_eq!(
+        seen.len(),
+        1,
+        "affinity did not stick for the pod: {seen:?}"
+    );
+
+    // Local: pod-b is on another node, so outside clients reach only pod-a, with their own
+    // source address (no masquerade), and the health check port reports one local endpoint.
+    lab.service(
+        "local",
+        "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n  ports:\n  - name: tcp\n    port: 80\n    nodePort: 30081\n",
+    );
+    lab.endpoints(
+        "local",
+        &[(POD_A_IP, true, NODE), (POD_B_IP, true, "node2")],
+    );
+    let hc_port = lab.kubectl(&[
+        "get",
+        "service",
+        "local",
+        "-o",
+        "jsonpath={.spec.healthCheckNodePort}",
+    ]);
+    let outside = lab.outside.clone();
+    lab.wait_spread(
+        &outside,
+        &format!("{NODE_OUTSIDE_IP}:30081"),
+        &["pod-a"],
+        20,
+    );
+    let health = format!("{NODE_OUTSIDE_IP}:{hc_port}");
+    common::eventually(
+        "healthCheckNodePort answers 200",
+        Duration::from_secs(10),
+        || {
+            lab.http(&outside, &health, "/")
+                .is_some_and(|(code, body)| code == 200 && body.contains("\"localEndpoints\":1"))
+        },
+    );
+    // From a pod the cluster policy holds: both endpoints.
+    lab.wait_spread(
+        &lab.pod_b.clone(),
+        &format!("{NODE_OUTSIDE_IP}:30081"),
+        &["pod-a", "pod-b"],
+        30,
+    );
+    // No local endpoint: outside traffic is dropped (not sent to another node), health is 503.
+    lab.endpoints("local", &[(POD_B_IP, true, "node2")]);
+    common::eventually(
+        "healthCheckNodePort answers 503",
+        Duration::from_secs(10),
+        || {
+            lab.http(&outside, &health, "/")
+                .is_some_and(|(code, body)| code == 503 && body.contains("\"localEndpoints\":0"))
+        },
+    );
+    let t = Instant::now();
+    let r = lab.tcp(&outside, &format!("{NODE_OUTSIDE_IP}:30081"));
+    assert!(r.is_err(), "{r:?}");
+    assert!(
+        t.elapsed() >= Duration::from_secs(1),
+        "dropped, not refused"
+    );
+}
+
+/// A restarted proxy keeps traffic flowing and removes what was deleted while it was down; a
+/// bad Service is skipped (an Event says why) while the others keep working; `cleanup` leaves
+/// nothing behind.
+fn restart_bad_input_and_cleanup(mode: &'static str) {
+    let mut lab = Lab::new(mode);
+    lab.start_proxy(&[]);
+    let cip = lab.service("web", WEB);
+    let gone_ip = lab.service("gone", "  ports:\n  - name: tcp\n    port: 80\n");
+    lab.endpoints("web", &[(POD_A_IP, true, NODE), (POD_B_IP, true, NODE)]);
+    lab.endpoints("gone", &[(POD_A_IP, true, NODE)]);
+    let node = lab.node.clone();
+    let addr = format!("{cip}:80");
+    lab.wait_spread(&node, &addr, &["pod-a", "pod-b"], 20);
+    common::eventually("gone programmed", Duration::from_secs(10), || {
+        rules(&lab).contains(&gone_ip)
+    });
+
+    lab.stop_proxy();
+    // Rules stay in place while the proxy is down.
+    assert_eq!(lab.spread(&node, &addr, 10).len(), 2);
+    lab.kubectl(&["delete", "service", "gone"]);
+    // An external IP the proxy must ignore and a port protocol it cannot program: a bad Service.
+    lab.service(
+        "bad",
+        "  externalIPs: [\"255.255.255.255\"]\n  ports:\n  - name: tcp\n    port: 81\n",
+    );
+    lab.start_proxy(&[]);
+    common::eventually(
+        "gone removed after restart",
+        Duration::from_secs(10),
+        || !rules(&lab).contains(&gone_ip),
+    );
+    lab.wait_spread(&node, &addr, &["pod-a", "pod-b"], 20);
+    common::eventually(
+        "an event about the bad Service",
+        Duration::from_secs(10),
+        || {
+            lab.kubectl(&["get", "events", "-o", "yaml"])
+                .contains("255.255.255.255")
+        },
+    );
+
+    // Cleanup removes both modes' rules and the dummy interface.
+    lab.stop_proxy();
+    run(std::process::Command::new("ip")
+        .args(["netns", "exec", &node])
+        .arg(env!("CARGO_BIN_EXE_skiff-proxy"))
+        .arg("cleanup"));
+    assert!(
+        !lab.iptables_save().contains("SKIFF-"),
+        "{}",
+        lab.iptables_save()
+    );
+    assert!(
+        !lab.nft_ruleset().contains("table ip skiff"),
+        "{}",
+        lab.nft_ruleset()
+    );
+    let links = run(std::process::Command::new("ip").args(["-n", &node, "link"])).stdout;
+    assert!(!String::from_utf8_lossy(&links).contains("skiff-svc"));
+}
+
+/// `--nodeport-addresses` limits NodePorts to the node addresses it names, following address
+/// changes; externalIPs reach the endpoints; restarting in the other mode removes this mode's
+/// rules and traffic keeps flowing.
+fn node_port_addresses_external_ips_and_switching_modes(mode: &'static str) {
+    let mut lab = Lab::new(mode);
+    lab.start_proxy(&["--nodeport-addresses", "192.168.200.0/24"]);
+    lab.service(
+        "web",
+        "  type: NodePort\n  externalIPs: [\"172.16.0.50\"]\n  ports:\n  - name: tcp\n    port: 80\n    nodePort: 30080\n",
+    );
+    lab.endpoints("web", &[(POD_A_IP, true, NODE), (POD_B_IP, true, NODE)]);
+    let outside = lab.outside.clone();
+    let both = ["pod-a", "pod-b"];
+    lab.wait_spread(&outside, &format!("{NODE_OUTSIDE_IP}:30080"), &both, 20);
+    lab.wait_spread(&outside, "172.16.0.50:80", &both, 20);
+    // The bridge address is not a NodePort address: nothing answers there.
+    let r = lab.tcp(&lab.pod_a.clone(), "10.244.0.1:30080");
+    assert!(r.is_err(), "NodePort answered on 10.244.0.1: {r:?}");
+    // A new address in the range becomes a NodePort address.
+    let node = lab.node.clone();
+    run(std::process::Command::new("ip").args([
+        "-n",
+        &node,
+        "addr",
+        "add",
+        "192.168.200.77/24",
+        "dev",
+        "vo",
+    ]));
+    lab.wait_spread(&outside, "192.168.200.77:30080", &both, 20);
+
+    let other = if mode == "iptables" {
+        "nftables"
+    } else {
+        "iptables"
+    };
+    lab.mode = other;
+    lab.start_proxy(&["--nodeport-addresses", "192.168.200.0/24"]);
+    lab.wait_spread(&outside, &format!("{NODE_OUTSIDE_IP}:30080"), &both, 20);
+    common::eventually(
+        "the old mode's rules removed",
+        Duration::from_secs(10),
+        || match mode {
+            "iptables" => !lab.iptables_save().contains("SKIFF-"),
+            _ => !lab.nft_ruleset().contains("table ip skiff"),
+        },
+    );
+}
