@@ -423,10 +423,15 @@ pub fn generate(setup: &ContainerSetup) -> Result<Value, ConfigError> {
             "path": "rootfs",
             "readonly": sc.and_then(|s| s.read_only_root_filesystem).unwrap_or(false),
         },
-        "hostname": setup.sandbox.hostname,
         "mounts": mounts,
         "linux": linux,
     });
+    let mut spec = spec;
+    // Only a container with a UTS namespace of its pod's may be given a hostname; host-network
+    // pods keep the node's.
+    if setup.sandbox.namespaces.iter().any(|(t, _)| t == "uts") {
+        spec["hostname"] = json!(setup.sandbox.hostname);
+    }
     // Checked against the OCI types so a malformed config never reaches the runtime.
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
         .map_err(|e| config_error("config.json", e.to_string()))?;
