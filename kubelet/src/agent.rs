@@ -156,9 +156,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         container_log_max_size: args.container_log_max_size,
         cluster_dns: args.cluster_dns.clone(),
         cluster_domain: args.cluster_domain.clone(),
+        insecure_registries: args.insecure_registry.clone(),
         node_cpus: facts.cpus,
         node_memory_bytes: facts.memory_bytes,
         pod_cidr,
     };
-    crate::pod_manager::run(client, Arc::new(config), Arc::new(runtime)).await
+    let images =
+        crate::image::ImageStore::open(&args.root_dir).context("opening the image store")?;
+    crate::pod_manager::run(client, Arc::new(config), Arc::new(runtime), images).await
 }

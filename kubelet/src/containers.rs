@@ -29,6 +29,8 @@ pub struct ContainerMeta {
     pub created_at: DateTime<Utc>,
     /// The pod's cgroup the container's cgroup sits in.
     pub pod_cgroup: String,
+    /// The container's writable layer and root mount (`<root-dir>/containers/<id>`).
+    pub layer_dir: PathBuf,
 }
 
 /// A container and what its shim has recorded so far.
@@ -68,8 +70,9 @@ impl ContainerRecord {
         self.dir.join("bundle")
     }
 
+    /// The mounted root filesystem (config.json's `root.path`).
     pub fn rootfs(&self) -> PathBuf {
-        self.bundle().join("rootfs")
+        self.meta.layer_dir.join("rootfs")
     }
 
     /// The container's cgroup.

@@ -13,8 +13,7 @@
 //! - `oci_config`, `container_env`, `cgroups`, `qos`, `quantity`: a container's config.json from
 //!   the pod spec, its environment, pod cgroups in QoS tiers.
 //! - `image`: the node's image store (pull from registries, import archives, unpacked layers shared
-//!   between images, overlayfs root filesystems); `image_dirs` is the interim directory-backed
-//!   source the pod worker uses until it is wired in.
+//!   between images, overlayfs root filesystems).
 //! - `network`: the pod sandbox's pinned namespaces and the pod network (bridge, veth, IPAM on
 //!   disk, routes to other nodes, masquerade) through netlink; `sandbox` is the pod worker's view
 //!   of it (host-network pods until it is wired in).
@@ -27,7 +26,6 @@ pub mod cri_log;
 pub mod events;
 pub mod host;
 pub mod image;
-pub mod image_dirs;
 pub mod network;
 pub mod node;
 pub mod oci_config;

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::cgroups;
 use crate::container_env::expand;
-use crate::image_dirs::ImageConfig;
+use crate::image::ImageConfig;
 use crate::qos::Resources;
 
 /// The capabilities a container gets by default (containerd's and Docker's set).
@@ -277,7 +277,7 @@ pub fn generate(setup: &ContainerSetup) -> Result<Value, ConfigError> {
     let sc = c.security_context.as_ref();
     let privileged = sc.and_then(|s| s.privileged).unwrap_or(false);
     let mut env: Vec<String> = vec![];
-    let image_env = setup.image.env.clone().unwrap_or_default();
+    let image_env = setup.image.env.clone();
     if !image_env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(DEFAULT_PATH.to_string());
     }
@@ -420,7 +420,7 @@ pub fn generate(setup: &ContainerSetup) -> Result<Value, ConfigError> {
             "oomScoreAdj": oom_score_adj(setup),
         },
         "root": {
-            "path": "rootfs",
+            "path": setup.rootfs,
             "readonly": sc.and_then(|s| s.read_only_root_filesystem).unwrap_or(false),
         },
         "mounts": mounts,
@@ -570,7 +570,7 @@ mod tests {
         }));
         let image = ImageConfig {
             user: Some("www".into()),
-            env: Some(vec!["PATH=/bin".into(), "A=old".into()]),
+            env: vec!["PATH=/bin".into(), "A=old".into()],
             ..Default::default()
         };
         let sb = sandbox();

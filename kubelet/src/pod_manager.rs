@@ -13,6 +13,7 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 
 use crate::containers::{self, ContainerRecord};
+use crate::image::ImageStore;
 use crate::pod_worker::{Kubelet, KubeletConfig, PodWorker};
 use crate::runtime::Runtime;
 
@@ -61,6 +62,7 @@ pub async fn run(
     client: Client,
     config: Arc<KubeletConfig>,
     runtime: Arc<Runtime>,
+    images: ImageStore,
 ) -> anyhow::Result<()> {
     let (found, stray) = containers::list(&config.run_dir);
     for dir in stray {
@@ -72,7 +74,7 @@ pub async fn run(
         adoptable.entry(r.meta.pod_uid.clone()).or_default().push(r);
     }
     let node = config.node_name.clone();
-    let k = Arc::new(Kubelet::new(client.clone(), config, runtime));
+    let k = Arc::new(Kubelet::new(client.clone(), config, runtime, images));
     let mut workers = Workers {
         k,
         running: HashMap::new(),

@@ -22,7 +22,7 @@ use crate::cgroups::{self, CgroupMounts};
 use crate::container_env::{self, EnvSources, NodeView};
 use crate::containers::{self, ContainerMeta, ContainerRecord};
 use crate::events::{EventType, Recorder};
-use crate::image_dirs::{self, ImageDirs, ImageError};
+use crate::image::{self, ImageError, ImageStore, PullOptions, PullPolicy};
 use crate::oci_config::{self, ContainerSetup};
 use crate::runtime::Runtime;
 use crate::sandbox::{self, Sandbox};
@@ -50,6 +50,7 @@ pub struct KubeletConfig {
     pub container_log_max_size: u64,
     pub cluster_dns: Vec<IpAddr>,
     pub cluster_domain: String,
+    pub insecure_registries: Vec<String>,
     pub node_cpus: u64,
     pub node_memory_bytes: u64,
     pub pod_cidr: watch::Receiver<Option<String>>,
@@ -62,16 +63,21 @@ pub struct Kubelet {
     pub runtime: Arc<Runtime>,
     pub status: StatusManager,
     pub events: Recorder,
-    pub images: ImageDirs,
+    pub images: ImageStore,
     pub cgroups: CgroupMounts,
 }
 
 impl Kubelet {
-    pub fn new(client: Client, config: Arc<KubeletConfig>, runtime: Arc<Runtime>) -> Kubelet {
+    pub fn new(
+        client: Client,
+        config: Arc<KubeletConfig>,
+        runtime: Arc<Runtime>,
+        images: ImageStore,
+    ) -> Kubelet {
         Kubelet {
             status: StatusManager::new(client.clone()),
             events: Recorder::new(client.clone(), config.node_name.clone()),
-            images: ImageDirs::new(&config.root_dir),
+            images,
             cgroups: CgroupMounts::read(),
             client,
             config,
@@ -108,6 +114,9 @@ pub struct PodWorker {
     wake: Arc<Notify>,
     /// Container name → why the worker holds it back (reason, message).
     waiting: HashMap<String, (String, String)>,
+    /// Container name → (failed starts in a row, when to try again) for containers that could
+    /// not be made (image pull, config errors).
+    retry: HashMap<String, (u32, tokio::time::Instant)>,
     sandbox: Option<Sandbox>,
 }
 
@@ -135,6 +144,7 @@ impl PodWorker {
             watched: HashSet::new(),
             wake: Arc::new(Notify::new()),
             waiting: HashMap::new(),
+            retry: HashMap::new(),
             sandbox: None,
         }
     }
@@ -304,6 +314,20 @@ impl PodWorker {
         init: bool,
         pod_cgroup: &str,
     ) -> Option<Duration> {
+        if let Some((_, at)) = self.retry.get(&c.name)
+            && let Some(remaining) = at.checked_duration_since(tokio::time::Instant::now())
+        {
+            if let Some(w) = self.waiting.get_mut(&c.name)
+                && w.0 == "ErrImagePull"
+            {
+                let image = c.image.clone().unwrap_or_default();
+                *w = (
+                    "ImagePullBackOff".to_string(),
+                    format!("Back-off pulling image {image:?}: {}", w.1),
+                );
+            }
+            return Some(remaining);
+        }
         let attempt = match self.latest(&c.name) {
             None => 0,
             Some(last) => {
@@ -358,6 +382,95 @@ impl PodWorker {
                     .await;
                 self.waiting.insert(c.name.clone(), (reason, message));
                 Some(INITIAL_BACKOFF)
+            }
+        }
+    }
+
+    /// The container's image, pulled as its policy says, with the kubelet's events; on failure
+    /// the waiting reason (ErrImagePull, ErrImageNeverPull, InvalidImageName) and message.
+    async fn ensure_image(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        init: bool,
+    ) -> Result<image::Image, (String, String)> {
+        let k = &self.k;
+        let ev = Some((c.name.as_str(), init));
+        let reference = c.image.clone().unwrap_or_default();
+        let invalid = |e: ImageError| ("InvalidImageName".to_string(), e.to_string());
+        let policy =
+            PullPolicy::from_spec(c.image_pull_policy.as_deref(), &reference).map_err(invalid)?;
+        image::normalize_reference(&reference).map_err(invalid)?;
+        let store = k.images.clone();
+        let name = reference.clone();
+        let present = tokio::task::spawn_blocking(move || store.lookup(&name).is_ok())
+            .await
+            .unwrap_or(false);
+        let pulls = policy == PullPolicy::Always || (!present && policy != PullPolicy::Never);
+        let mut options = PullOptions {
+            insecure_registries: k.config.insecure_registries.clone(),
+            ..PullOptions::default()
+        };
+        if pulls {
+            self.add_pull_secrets(pod, &mut options).await;
+            k.events
+                .record(
+                    pod,
+                    ev,
+                    EventType::Normal,
+                    "Pulling",
+                    &format!("Pulling image {reference:?}"),
+                )
+                .await;
+        }
+        let began = std::time::Instant::now();
+        match k.images.ensure(&reference, policy, &options).await {
+            Ok(image) => {
+                let message = if pulls {
+                    format!(
+                        "Successfully pulled image {reference:?} in {:.3}s",
+                        began.elapsed().as_secs_f64()
+                    )
+                } else {
+                    format!("Container image {reference:?} already present on machine")
+                };
+                k.events
+                    .record(pod, ev, EventType::Normal, "Pulled", &message)
+                    .await;
+                Ok(image)
+            }
+            Err(e @ ImageError::NeverPull { .. }) => Err((
+                "ErrImageNeverPull".to_string(),
+                format!(
+                    "Container image {reference:?} is not present with pull policy of Never: {e}"
+                ),
+            )),
+            Err(e) => {
+                let message = format!("Failed to pull image {reference:?}: {e}");
+                Err(("ErrImagePull".to_string(), message))
+            }
+        }
+    }
+
+    /// The pod's imagePullSecrets as registry credentials (missing or bad ones are skipped, as
+    /// the kubelet does, and the pull tries anonymously).
+    async fn add_pull_secrets(&self, pod: &Pod, options: &mut PullOptions) {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<Secret> = Api::namespaced(self.k.client.clone(), &ns);
+        let refs = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.clone())
+            .unwrap_or_default();
+        for r in refs {
+            if let Ok(Some(secret)) = api.get_opt(&r.name).await
+                && let Some(json) = secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(".dockerconfigjson"))
+                && let Err(e) = options.add_docker_config_json(&json.0)
+            {
+                tracing::warn!(secret = %r.name, "imagePullSecret: {e}");
             }
         }
     }
@@ -432,35 +545,7 @@ impl PodWorker {
         let cfg = &k.config;
         let ev = Some((c.name.as_str(), init));
         let image_ref = c.image.clone().unwrap_or_default();
-        let image = match k.images.get(&image_ref) {
-            Ok(i) => i,
-            Err(e @ ImageError::NotPresent(_)) => {
-                let never = c.image_pull_policy.as_deref() == Some("Never");
-                let reason = if never {
-                    "ErrImageNeverPull"
-                } else {
-                    "ErrImagePull"
-                };
-                let message = if never {
-                    format!(
-                        "Container image {image_ref:?} is not present with pull policy of Never"
-                    )
-                } else {
-                    e.to_string()
-                };
-                return Err((reason.to_string(), message));
-            }
-            Err(e) => return Err(("ErrImagePull".to_string(), e.to_string())),
-        };
-        k.events
-            .record(
-                pod,
-                ev,
-                EventType::Normal,
-                "Pulled",
-                &format!("Container image {image_ref:?} already present on machine"),
-            )
-            .await;
+        let image = self.ensure_image(pod, c, init).await?;
         let config_error = |m: String| ("CreateContainerConfigError".to_string(), m);
         let sources = self.env_sources(pod, c).await.map_err(config_error)?;
         let sandbox = self
@@ -478,7 +563,6 @@ impl PodWorker {
 
         let id = containers::new_id();
         let dir = containers::containers_dir(&cfg.run_dir).join(&id);
-        let layer_dir = cfg.root_dir.join("containers").join(&id);
         let meta = ContainerMeta {
             id: id.clone(),
             pod_uid: self.uid.clone(),
@@ -488,9 +572,14 @@ impl PodWorker {
             init,
             attempt,
             image: image_ref.clone(),
-            image_id: image.id.clone(),
+            image_id: image
+                .repo_digests
+                .first()
+                .cloned()
+                .unwrap_or_else(|| image.id.clone()),
             created_at: Utc::now(),
             pod_cgroup: pod_cgroup.to_string(),
+            layer_dir: cfg.root_dir.join("containers").join(&id),
         };
         let record = ContainerRecord {
             meta: meta.clone(),
@@ -501,9 +590,7 @@ impl PodWorker {
         let made = async {
             let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
             std::fs::create_dir_all(record.bundle()).map_err(|e| io("state directory", e))?;
-            k.images
-                .mount_rootfs(&image, &layer_dir, &record.rootfs())
-                .map_err(|e| e.to_string())?;
+            image::mount_rootfs(&image, &meta.layer_dir).map_err(|e| e.to_string())?;
             let termination_log = dir.join("termination-log");
             std::fs::write(&termination_log, b"").map_err(|e| io("termination log", e))?;
             let spec = oci_config::generate(&ContainerSetup {
@@ -529,7 +616,7 @@ impl PodWorker {
         let log_path = match made {
             Ok(p) => p,
             Err(message) => {
-                remove_container_files(&record, &layer_dir);
+                remove_container_files(&record);
                 return Err(config_error(message));
             }
         };
@@ -603,14 +690,16 @@ impl PodWorker {
         while list.len() > 2 {
             let old = list.remove(0);
             self.k.runtime.delete(&old.meta.id).await.ok();
-            remove_container_files(&old, &cfg.root_dir.join("containers").join(&old.meta.id));
+            remove_container_files(&old);
         }
         if list.len() == 2 {
             let prev = list[0].clone();
             if let Err(e) = self.k.runtime.delete(&prev.meta.id).await {
                 tracing::warn!(id = %prev.meta.id, "runtime delete: {e}");
             }
-            image_dirs::unmount_rootfs(&prev.rootfs());
+            if let Err(e) = image::unmount_rootfs(&prev.meta.layer_dir) {
+                tracing::warn!(id = %prev.meta.id, "{e}");
+            }
         }
         Ok(())
     }
@@ -796,7 +885,7 @@ impl PodWorker {
             if let Err(e) = self.k.runtime.delete(&r.meta.id).await {
                 tracing::warn!(id = %r.meta.id, "runtime delete: {e}");
             }
-            remove_container_files(r, &cfg.root_dir.join("containers").join(&r.meta.id));
+            remove_container_files(r);
             pod_cgroups.insert(r.meta.pod_cgroup.clone());
             log_dirs.insert(pod_log_dir(
                 &cfg,
@@ -832,9 +921,11 @@ impl PodWorker {
 }
 
 /// Removes a container's root mount, its state directory and its writable layer.
-fn remove_container_files(r: &ContainerRecord, layer_dir: &std::path::Path) {
-    image_dirs::unmount_rootfs(&r.rootfs());
-    for d in [&r.dir, &layer_dir.to_path_buf()] {
+fn remove_container_files(r: &ContainerRecord) {
+    if let Err(e) = image::unmount_rootfs(&r.meta.layer_dir) {
+        tracing::warn!(id = %r.meta.id, "{e}");
+    }
+    for d in [&r.dir, &r.meta.layer_dir] {
         if let Err(e) = std::fs::remove_dir_all(d)
             && e.kind() != std::io::ErrorKind::NotFound
         {

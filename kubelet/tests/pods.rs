@@ -35,7 +35,10 @@ fn pod_runs_logs_and_completes() {
     assert!(cs["containerID"].as_str().unwrap().starts_with("skiff://"));
     assert_eq!(cs["ready"], true);
     assert_eq!(cs["restartCount"], 0);
-    assert!(cs["imageID"].as_str().unwrap().starts_with("sha256:"));
+    assert!(
+        cs["imageID"].as_str().unwrap().contains("busybox@sha256:"),
+        "{cs}"
+    );
     assert_eq!(p["status"]["qosClass"], "BestEffort");
     assert_eq!(p["status"]["hostIP"], common::NODE_IP);
     assert_eq!(p["status"]["podIP"], common::NODE_IP);

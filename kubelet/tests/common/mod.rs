@@ -503,45 +503,19 @@ pub fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A busybox image in the node's interim image directory: the static busybox with its applets,
-/// /etc/passwd and /etc/group, and an image config running `sh`.
+/// The busybox image (built from the host's static busybox by the image module) imported into
+/// the node's image store as `busybox:latest`.
 pub fn install_busybox(root_dir: &Path) {
     require("busybox", &["true"], "Debian package busybox-static");
-    let busybox = which("busybox").expect("busybox on PATH");
-    let image = root_dir.join("image-dirs/docker.io_library_busybox_latest");
-    let rootfs = image.join("rootfs");
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
-        std::fs::create_dir_all(rootfs.join(d)).expect("image directory");
-    }
-    std::fs::copy(&busybox, rootfs.join("bin/busybox")).expect("copying busybox");
-    let out = Command::new(&busybox)
-        .arg("--list")
-        .output()
-        .expect("busybox --list");
-    for applet in String::from_utf8_lossy(&out.stdout).lines() {
-        if applet != "busybox" {
-            let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
-        }
-    }
-    std::fs::write(
-        rootfs.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
-    )
-    .expect("passwd");
-    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").expect("group");
-    std::fs::write(
-        image.join("config.json"),
-        r#"{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["sh"]}}"#,
-    )
-    .expect("image config");
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
+    std::fs::create_dir_all(root_dir).expect("root directory");
+    let archive = root_dir.join("busybox.tar");
+    skiff_kubelet::image::busybox::BusyboxImage::new("busybox:latest")
+        .write(&archive)
+        .expect("building the busybox image");
+    skiff_kubelet::image::ImageStore::open(root_dir)
+        .and_then(|store| store.import(&archive))
+        .expect("importing the busybox image");
+    std::fs::remove_file(&archive).expect("removing the archive");
 }
 
 /// A host-network busybox pod manifest running `script` with `sh -c`.
