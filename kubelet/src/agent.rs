@@ -135,14 +135,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     ));
     let registered = node.register().await?;
     let node_uid = registered.metadata.uid.clone().unwrap_or_default();
-    let (pod_cidr_tx, pod_cidr) = tokio::sync::watch::channel(None);
     tokio::spawn({
         let node = node.clone();
         async move { node.run_lease(node_uid).await }
     });
     tokio::spawn({
         let node = node.clone();
-        async move { node.run_status(registered, pod_cidr_tx).await }
+        async move { node.run_status(registered).await }
     });
 
     let config = crate::pod_worker::KubeletConfig {
@@ -159,9 +158,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         insecure_registries: args.insecure_registry.clone(),
         node_cpus: facts.cpus,
         node_memory_bytes: facts.memory_bytes,
-        pod_cidr,
     };
+    let network = crate::node_network::start(crate::node_network::NodeNetworkConfig {
+        client: client.clone(),
+        node_name: config.node_name.clone(),
+        state_dir: args.root_dir.join("network"),
+    });
     let images =
         crate::image::ImageStore::open(&args.root_dir).context("opening the image store")?;
-    crate::pod_manager::run(client, Arc::new(config), Arc::new(runtime), images).await
+    crate::pod_manager::run(client, Arc::new(config), Arc::new(runtime), images, network).await
 }

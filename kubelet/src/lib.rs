@@ -15,8 +15,9 @@
 //! - `image`: the node's image store (pull from registries, import archives, unpacked layers shared
 //!   between images, overlayfs root filesystems).
 //! - `network`: the pod sandbox's pinned namespaces and the pod network (bridge, veth, IPAM on
-//!   disk, routes to other nodes, masquerade) through netlink; `sandbox` is the pod worker's view
-//!   of it (host-network pods until it is wired in).
+//!   disk, routes to other nodes, masquerade) through netlink; `node_network` runs it for the node
+//!   (bridge once the podCIDR is known, routes following the Node list) and `sandbox` is the pod
+//!   worker's view of it (namespaces, address, hostPorts, the pod's files).
 
 pub mod agent;
 pub mod cgroups;
@@ -28,6 +29,7 @@ pub mod host;
 pub mod image;
 pub mod network;
 pub mod node;
+pub mod node_network;
 pub mod oci_config;
 pub mod pod_manager;
 pub mod pod_worker;

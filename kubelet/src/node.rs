@@ -15,7 +15,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
-use tokio::sync::watch;
 
 use crate::host::{HostFacts, HostUsage};
 
@@ -233,28 +232,15 @@ impl NodeAgent {
 
     /// Keeps the status current: recomputed every ten seconds, patched when it differs from
     /// what was last written (heartbeat times aside) or when five minutes have passed.
-    /// Publishes the node's podCIDR on `pod_cidr` whenever it is read.
-    pub async fn run_status(&self, mut written: Node, pod_cidr: watch::Sender<Option<String>>) {
+    pub async fn run_status(&self, mut written: Node) {
         let api: Api<Node> = Api::all(self.client.clone());
         let mut last_write = Instant::now();
         loop {
-            let cidr = written.spec.as_ref().and_then(|s| s.pod_cidr.clone());
-            pod_cidr.send_if_modified(|c| {
-                let changed = *c != cidr;
-                *c = cidr.clone();
-                changed
-            });
             tokio::time::sleep(STATUS_CHECK).await;
             let before = written.status.clone().unwrap_or_default();
             let now = self.status(Some(&before));
             let due = last_write.elapsed() >= STATUS_REPORT;
             if !due && without_heartbeats(&now) == without_heartbeats(&before) {
-                // Nothing to write; still learn a podCIDR assigned since.
-                if cidr.is_none()
-                    && let Ok(n) = api.get(&self.config.name).await
-                {
-                    written = n;
-                }
                 continue;
             }
             match api

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::containers::{self, ContainerRecord};
 use crate::image::ImageStore;
+use crate::node_network::NetworkHandle;
 use crate::pod_worker::{Kubelet, KubeletConfig, PodWorker};
 use crate::runtime::Runtime;
 
@@ -63,6 +64,7 @@ pub async fn run(
     config: Arc<KubeletConfig>,
     runtime: Arc<Runtime>,
     images: ImageStore,
+    network: NetworkHandle,
 ) -> anyhow::Result<()> {
     let (found, stray) = containers::list(&config.run_dir);
     for dir in stray {
@@ -74,7 +76,13 @@ pub async fn run(
         adoptable.entry(r.meta.pod_uid.clone()).or_default().push(r);
     }
     let node = config.node_name.clone();
-    let k = Arc::new(Kubelet::new(client.clone(), config, runtime, images));
+    let k = Arc::new(Kubelet::new(
+        client.clone(),
+        config,
+        runtime,
+        images,
+        network,
+    ));
     let mut workers = Workers {
         k,
         running: HashMap::new(),
@@ -107,6 +115,13 @@ pub async fn run(
                 for uid in gone {
                     tracing::info!(pod = %uid, "pod no longer exists; stopping its containers");
                     workers.gone(&uid);
+                }
+                // Sandboxes of pods that vanished before any container of theirs was made.
+                for uid in workers.k.sandboxes.uids() {
+                    if !listed.contains(&uid) && !workers.running.contains_key(&uid) {
+                        tracing::info!(pod = %uid, "removing the sandbox of a pod that no longer exists");
+                        workers.k.sandboxes.remove(&uid).await;
+                    }
                 }
             }
             watcher::Event::Apply(pod) => workers.apply(pod),

@@ -23,9 +23,10 @@ use crate::container_env::{self, EnvSources, NodeView};
 use crate::containers::{self, ContainerMeta, ContainerRecord};
 use crate::events::{EventType, Recorder};
 use crate::image::{self, ImageError, ImageStore, PullOptions, PullPolicy};
+use crate::node_network::NetworkHandle;
 use crate::oci_config::{self, ContainerSetup};
 use crate::runtime::Runtime;
-use crate::sandbox::{self, Sandbox};
+use crate::sandbox::{Sandbox, Sandboxes};
 use crate::shim::{self, ExitRecord, ShimArgs};
 use crate::status::{self, ContainerView, PodView, StatusManager};
 
@@ -53,7 +54,6 @@ pub struct KubeletConfig {
     pub insecure_registries: Vec<String>,
     pub node_cpus: u64,
     pub node_memory_bytes: u64,
-    pub pod_cidr: watch::Receiver<Option<String>>,
 }
 
 /// What every worker shares: the client, the runtime and the managers.
@@ -64,6 +64,7 @@ pub struct Kubelet {
     pub status: StatusManager,
     pub events: Recorder,
     pub images: ImageStore,
+    pub sandboxes: Sandboxes,
     pub cgroups: CgroupMounts,
 }
 
@@ -73,8 +74,17 @@ impl Kubelet {
         config: Arc<KubeletConfig>,
         runtime: Arc<Runtime>,
         images: ImageStore,
+        network: NetworkHandle,
     ) -> Kubelet {
         Kubelet {
+            sandboxes: Sandboxes::new(
+                config.root_dir.clone(),
+                config.run_dir.clone(),
+                config.node_ip,
+                config.cluster_dns.clone(),
+                config.cluster_domain.clone(),
+                network,
+            ),
             status: StatusManager::new(client.clone()),
             events: Recorder::new(client.clone(), config.node_name.clone()),
             images,
@@ -207,11 +217,7 @@ impl PodWorker {
         let mut pod_error = None;
 
         if self.sandbox.is_none() && !finished {
-            match sandbox::ensure(
-                &self.k.config.root_dir,
-                &self.k.config.node_ip.to_string(),
-                pod,
-            ) {
+            match self.k.sandboxes.ensure(pod).await {
                 Ok(s) => self.sandbox = Some(s),
                 Err(e) => {
                     self.k
@@ -914,7 +920,7 @@ impl PodWorker {
         for d in log_dirs {
             let _ = std::fs::remove_dir_all(d);
         }
-        sandbox::remove(&cfg.root_dir, &self.uid);
+        self.k.sandboxes.remove(&self.uid).await;
         self.records.clear();
         tracing::info!(pod = %self.uid, "pod cleaned up");
     }

@@ -41,7 +41,8 @@ fn pod_runs_logs_and_completes() {
     );
     assert_eq!(p["status"]["qosClass"], "BestEffort");
     assert_eq!(p["status"]["hostIP"], common::NODE_IP);
-    assert_eq!(p["status"]["podIP"], common::NODE_IP);
+    let ip = p["status"]["podIP"].as_str().unwrap();
+    assert!(ip.starts_with(&node.pod_cidr_prefix()), "{ip}");
     assert!(p["status"]["startTime"].is_string());
     let ready = p["status"]["conditions"]
         .as_array()
@@ -85,6 +86,48 @@ fn pod_runs_logs_and_completes() {
     for r in ["Pulled", "Created", "Started"] {
         assert!(reasons.iter().any(|x| x == r), "{reasons:?}");
     }
+}
+
+#[test]
+fn pods_get_their_network_address_hostname_and_files() {
+    let node = Node::start();
+    node.apply(&busybox_pod(
+        "web",
+        "Always",
+        "hostname; ip -4 -o addr show eth0; cat /etc/resolv.conf; sleep 3600",
+        "  dnsPolicy: None\n  dnsConfig: {nameservers: [10.96.0.10], searches: [example.test]}\n",
+    ));
+    let web = node.wait_pod("web", "Running", Duration::from_secs(30), |p| {
+        phase(p) == "Running"
+    });
+    let ip = web["status"]["podIP"].as_str().unwrap().to_string();
+    assert!(ip.starts_with(&node.pod_cidr_prefix()), "{ip}");
+    let uid = web["metadata"]["uid"].as_str().unwrap();
+    let log = node
+        .logs_dir()
+        .join(format!("default_web_{uid}/main/0.log"));
+    node.wait_for(
+        "the pod's view of its network",
+        Duration::from_secs(10),
+        |_| std::fs::read_to_string(&log).is_ok_and(|t| t.contains("nameserver 10.96.0.10")),
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(" stdout F web\n"), "{text}");
+    assert!(text.contains(&format!("inet {ip}/24")), "{text}");
+    assert!(text.contains("search example.test"), "{text}");
+
+    // A second pod reaches the first through the node's bridge.
+    node.apply(&busybox_pod(
+        "client",
+        "Never",
+        &format!("ping -c 1 -W 5 {ip}"),
+        "",
+    ));
+    let client = node.wait_pod("client", "finished", Duration::from_secs(30), |p| {
+        matches!(phase(p), "Succeeded" | "Failed")
+    });
+    assert_eq!(phase(&client), "Succeeded", "{}", client["status"]);
+    assert_ne!(client["status"]["podIP"], web["status"]["podIP"]);
 }
 
 #[test]

@@ -73,6 +73,8 @@ fn kubelet_kill9_and_restart_adopts_running_containers() {
         started_at
     );
     assert_eq!(after["status"]["phase"], "Running");
+    assert_eq!(after["status"]["podIP"], before["status"]["podIP"]);
+    assert!(after["status"]["podIP"].is_string());
     assert!(shim_alive(&node));
     assert!(node.kubelet_log().contains("adopted a running container"));
 

@@ -358,6 +358,14 @@ impl Node {
         }
     }
 
+    /// The node's podCIDR's prefix (`10.244.N.`), once the control plane has given it one.
+    pub fn pod_cidr_prefix(&self) -> String {
+        let node = self.get_json(&["node", &self.name]).expect("the node");
+        let cidr = node["spec"]["podCIDR"].as_str().expect("a podCIDR");
+        let base = cidr.split('/').next().unwrap();
+        format!("{}.", base.rsplit_once('.').unwrap().0)
+    }
+
     /// Waits until the pod's JSON satisfies `f`; returns it.
     pub fn wait_pod(
         &self,
@@ -479,11 +487,16 @@ impl Drop for Node {
                         .stderr(Stdio::null())
                         .status();
                 }
-                let _ = nix::mount::umount2(
-                    &dir.join("bundle/rootfs"),
-                    nix::mount::MntFlags::MNT_DETACH,
-                );
             }
+        }
+        // The containers' root filesystems.
+        for dir in std::fs::read_dir(self.root_dir().join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ =
+                nix::mount::umount2(&dir.path().join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
         }
         for h in std::fs::read_dir("/sys/fs/cgroup")
             .into_iter()
@@ -498,9 +511,19 @@ impl Drop for Node {
     }
 }
 
+/// The warnings and errors of a log, then its last `lines` lines.
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    let problems: Vec<&str> = all
+        .iter()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .copied()
+        .collect();
+    format!(
+        "{}\n...\n{}",
+        problems.join("\n"),
+        all[all.len().saturating_sub(lines)..].join("\n")
+    )
 }
 
 /// The busybox image (built from the host's static busybox by the image module) imported into
@@ -518,7 +541,8 @@ pub fn install_busybox(root_dir: &Path) {
     std::fs::remove_file(&archive).expect("removing the archive");
 }
 
-/// A host-network busybox pod manifest running `script` with `sh -c`.
+/// A busybox pod manifest (on the pod network unless `extra_spec` says `hostNetwork: true`)
+/// running `script` with `sh -c`.
 pub fn busybox_pod(name: &str, restart_policy: &str, script: &str, extra_spec: &str) -> String {
     let script = serde_json::to_string(script).expect("script");
     format!(
@@ -527,7 +551,6 @@ kind: Pod
 metadata:
   name: {name}
 spec:
-  hostNetwork: true
   restartPolicy: {restart_policy}
 {extra_spec}  containers:
   - name: main
