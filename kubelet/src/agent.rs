@@ -60,6 +60,10 @@ pub struct AgentArgs {
     /// A container's log is rotated when it grows past this many bytes.
     #[arg(long, default_value_t = 10 << 20)]
     pub container_log_max_size: u64,
+    /// How often (seconds) a pod's configMap, secret and downwardAPI volume files are refreshed
+    /// (the kubelet's sync frequency, one minute by default).
+    #[arg(long, default_value_t = 60)]
+    pub volume_sync_seconds: u64,
 }
 
 /// Finds `name` next to the running kubelet, then on PATH.
@@ -158,6 +162,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         insecure_registries: args.insecure_registry.clone(),
         node_cpus: facts.cpus,
         node_memory_bytes: facts.memory_bytes,
+        volume_sync_period: std::time::Duration::from_secs(args.volume_sync_seconds.max(1)),
     };
     let network = crate::node_network::start(crate::node_network::NodeNetworkConfig {
         client: client.clone(),

@@ -156,7 +156,7 @@ fn service_vars(svc: &Service, out: &mut Vec<(String, String)>) {
     }
 }
 
-fn field_ref(pod: &Pod, node: &NodeView, path: &str) -> Result<String, String> {
+pub(crate) fn field_ref(pod: &Pod, node: &NodeView, path: &str) -> Result<String, String> {
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref();
     let from_map = |map: &Option<BTreeMap<String, String>>, key: &str| {
@@ -192,7 +192,7 @@ fn field_ref(pod: &Pod, node: &NodeView, path: &str) -> Result<String, String> {
     })
 }
 
-fn resource_ref(
+pub(crate) fn resource_ref(
     c: &Container,
     node: &NodeView,
     resource: &str,

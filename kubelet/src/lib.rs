@@ -18,6 +18,8 @@
 //!   disk, routes to other nodes, masquerade) through netlink; `node_network` runs it for the node
 //!   (bridge once the podCIDR is known, routes following the Node list) and `sandbox` is the pod
 //!   worker's view of it (namespaces, address, hostPorts, the pod's files).
+//! - `volumes`: the pod's volumes (emptyDir, hostPath, configMap, secret, downwardAPI, projected)
+//!   and the containers' volumeMounts.
 
 pub mod agent;
 pub mod cgroups;
@@ -39,3 +41,4 @@ pub mod runtime;
 pub mod sandbox;
 pub mod shim;
 pub mod status;
+pub mod volumes;

@@ -74,6 +74,8 @@ pub struct ContainerSetup<'a> {
     pub sandbox: &'a SandboxView,
     pub termination_log: &'a Path,
     pub cgroups_path: &'a str,
+    /// The container's volumeMounts (from `volumes::PodVolumes::mounts_for`).
+    pub volume_mounts: &'a [oci_spec::runtime::Mount],
 }
 
 /// The container's args: `command` replaces the entrypoint, `args` the cmd; both expanded.
@@ -327,10 +329,17 @@ pub fn generate(setup: &ContainerSetup) -> Result<Value, ConfigError> {
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if privileged { "rw" } else { "ro" }]}),
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if privileged { "rw" } else { "ro" }]}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+    ];
+    for m in setup.volume_mounts {
+        mounts.push(
+            serde_json::to_value(m).map_err(|e| config_error("volumeMounts", e.to_string()))?,
+        );
+    }
+    mounts.extend([
         bind("/etc/hosts", &setup.sandbox.hosts_file, false),
         bind("/etc/hostname", &setup.sandbox.hostname_file, false),
         bind("/etc/resolv.conf", &setup.sandbox.resolv_conf, false),
-    ];
+    ]);
     let termination_path = c
         .termination_message_path
         .clone()
@@ -583,6 +592,7 @@ mod tests {
             sandbox: &sb,
             termination_log: Path::new("/pods/u/c/termination-log"),
             cgroups_path: "/kubepods/podu/abc",
+            volume_mounts: &[],
         };
         let spec = generate(&setup).unwrap();
         assert_eq!(spec["process"]["user"]["uid"], 33);

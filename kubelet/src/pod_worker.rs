@@ -29,6 +29,7 @@ use crate::runtime::Runtime;
 use crate::sandbox::{Sandbox, Sandboxes};
 use crate::shim::{self, ExitRecord, ShimArgs};
 use crate::status::{self, ContainerView, PodView, StatusManager};
+use crate::volumes::VolumeSync;
 
 /// The first restart back-off; doubled per restart up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_secs(10);
@@ -37,6 +38,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const RESYNC: Duration = Duration::from_secs(60);
 /// How long a container gets to die after SIGKILL before the worker moves on.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How soon volumes that could not be set up (a missing ConfigMap…) are tried again.
+const VOLUME_RETRY: Duration = Duration::from_secs(2);
 
 /// The node-wide settings the workers use.
 #[derive(Debug)]
@@ -54,6 +57,8 @@ pub struct KubeletConfig {
     pub insecure_registries: Vec<String>,
     pub node_cpus: u64,
     pub node_memory_bytes: u64,
+    /// How often volume files that follow API objects are refreshed.
+    pub volume_sync_period: Duration,
 }
 
 /// What every worker shares: the client, the runtime and the managers.
@@ -128,6 +133,7 @@ pub struct PodWorker {
     /// not be made (image pull, config errors).
     retry: HashMap<String, (u32, tokio::time::Instant)>,
     sandbox: Option<Sandbox>,
+    volumes: VolumeSync,
 }
 
 impl PodWorker {
@@ -156,6 +162,7 @@ impl PodWorker {
             waiting: HashMap::new(),
             retry: HashMap::new(),
             sandbox: None,
+            volumes: VolumeSync::default(),
         }
     }
 
@@ -242,6 +249,9 @@ impl PodWorker {
         let mut init_done = true;
         let mut init_failed = false;
         if self.sandbox.is_some() && !finished {
+            next = next.min(self.sync_volumes(pod, &spec).await);
+        }
+        if self.sandbox.is_some() && self.volumes.ready().is_some() && !finished {
             let pod_cgroup = self.ensure_pod_cgroup(pod);
             for c in spec.init_containers.iter().flatten() {
                 let state = self
@@ -289,6 +299,64 @@ impl PodWorker {
         }
         self.report(pod, init_done, init_failed, pod_error).await;
         next
+    }
+
+    /// Sets up (or refreshes) the pod's volumes; while they cannot be, its containers wait with
+    /// the reason and a FailedMount event. Returns when to look again.
+    async fn sync_volumes(
+        &mut self,
+        pod: &Pod,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+    ) -> Duration {
+        let node = self.node_view();
+        let cfg = &self.k.config;
+        match self
+            .volumes
+            .sync(
+                &self.k.client,
+                pod,
+                &node,
+                &cfg.root_dir,
+                cfg.volume_sync_period,
+            )
+            .await
+        {
+            Ok(again) => again.unwrap_or(RESYNC),
+            Err(e) => {
+                let message = e.to_string();
+                self.k
+                    .events
+                    .record(pod, None, EventType::Warning, "FailedMount", &message)
+                    .await;
+                for c in spec
+                    .init_containers
+                    .iter()
+                    .flatten()
+                    .chain(&spec.containers)
+                {
+                    self.waiting.insert(
+                        c.name.clone(),
+                        ("CreateContainerConfigError".to_string(), message.clone()),
+                    );
+                }
+                VOLUME_RETRY
+            }
+        }
+    }
+
+    /// What the downward API needs of the node and the pod's address.
+    fn node_view(&self) -> NodeView {
+        let cfg = &self.k.config;
+        NodeView {
+            host_ip: cfg.node_ip.to_string(),
+            pod_ip: self
+                .sandbox
+                .as_ref()
+                .map(|s| s.pod_ip.clone())
+                .unwrap_or_default(),
+            node_cpus_milli: cfg.node_cpus as i128 * 1000,
+            node_memory_bytes: cfg.node_memory_bytes as i128,
+        }
     }
 
     fn ensure_pod_cgroup(&self, pod: &Pod) -> String {
@@ -558,13 +626,13 @@ impl PodWorker {
             .sandbox
             .clone()
             .expect("sandbox made before containers");
-        let node = NodeView {
-            host_ip: cfg.node_ip.to_string(),
-            pod_ip: sandbox.pod_ip.clone(),
-            node_cpus_milli: cfg.node_cpus as i128 * 1000,
-            node_memory_bytes: cfg.node_memory_bytes as i128,
-        };
-        let env = container_env::container_env(pod, c, &node, &sources)
+        let env = container_env::container_env(pod, c, &self.node_view(), &sources)
+            .map_err(|e| config_error(e.to_string()))?;
+        let volume_mounts = self
+            .volumes
+            .ready()
+            .expect("volumes set up before containers")
+            .mounts_for(c, &env)
             .map_err(|e| config_error(e.to_string()))?;
 
         let id = containers::new_id();
@@ -608,6 +676,7 @@ impl PodWorker {
                 sandbox: &sandbox.view,
                 termination_log: &termination_log,
                 cgroups_path: &record.cgroup(),
+                volume_mounts: &volume_mounts,
             })
             .map_err(|e| e.to_string())?;
             shim::write_json(&record.bundle(), "config.json", &spec)

@@ -179,6 +179,11 @@ impl Sandboxes {
         if let Err(e) = network::Sandbox::remove_by_uid(&self.run_dir, uid) {
             tracing::warn!(pod = %uid, "sandbox: {e}");
         }
+        // Volumes first: nothing may be deleted through a mount still under the pod directory.
+        if let Err(e) = crate::volumes::cleanup(&self.root_dir, uid) {
+            tracing::warn!(pod = %uid, "volumes: {e}");
+            return;
+        }
         let dir = pod_dir(&self.root_dir, uid);
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound

@@ -262,6 +262,7 @@ impl Node {
             .arg(runc)
             .arg("--shim-path")
             .arg(env!("CARGO_BIN_EXE_skiff-shim"))
+            .args(["--volume-sync-seconds", "2"])
             .env("RUST_LOG", "info,skiff_kubelet=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -498,6 +499,8 @@ impl Drop for Node {
             let _ =
                 nix::mount::umount2(&dir.path().join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
         }
+        // The pods' tmpfs volumes and subPath binds.
+        skiff_kubelet::volumes::cleanup_all(&self.root_dir());
         for h in std::fs::read_dir("/sys/fs/cgroup")
             .into_iter()
             .flatten()

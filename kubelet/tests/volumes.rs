@@ -1,0 +1,242 @@
+//! Pod volumes on a real node (skiff server + skiff-kubelet + skiff-runc): emptyDir shared
+//! between containers, configMap/secret/downwardAPI files with their modes and fsGroup, updates
+//! reaching a running container, subPath, secrets on tmpfs; bad volumes (missing ConfigMap,
+//! hostPath type mismatch, subPath symlink escape) held with a clear reason; cleanup on deletion.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::Node;
+use serde_json::Value;
+
+fn uid(p: &Value) -> String {
+    p["metadata"]["uid"].as_str().unwrap().to_string()
+}
+
+fn log_path(node: &Node, pod: &Value, container: &str) -> PathBuf {
+    let name = pod["metadata"]["name"].as_str().unwrap();
+    node.logs_dir()
+        .join(format!("default_{name}_{}/{container}/0.log", uid(pod)))
+}
+
+fn log(node: &Node, pod: &Value, container: &str) -> String {
+    std::fs::read_to_string(log_path(node, pod, container)).unwrap_or_default()
+}
+
+fn waiting<'a>(p: &'a Value, container: &str) -> &'a Value {
+    p["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == container))
+        .map(|c| &c["state"]["waiting"])
+        .unwrap_or(&Value::Null)
+}
+
+const FILES_POD: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: files
+  labels: {app: files, tier: "web"}
+spec:
+  restartPolicy: Never
+  securityContext: {fsGroup: 2345}
+  volumes:
+  - {name: shared, emptyDir: {}}
+  - {name: mem, emptyDir: {medium: Memory, sizeLimit: 8Mi}}
+  - name: cfg
+    configMap:
+      name: cfg
+      items: [{key: greeting, path: greeting}, {key: mode, path: nested/mode, mode: 0400}]
+  - {name: sec, secret: {secretName: sec, defaultMode: 0440}}
+  - name: info
+    downwardAPI:
+      items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}, {path: name, fieldRef: {fieldPath: metadata.name}}]
+  containers:
+  - name: writer
+    image: busybox
+    imagePullPolicy: Never
+    command: ["sh", "-c", "echo from-writer > /shared/msg; sleep 3600"]
+    volumeMounts: [{name: shared, mountPath: /shared}]
+  - name: reader
+    image: busybox
+    imagePullPolicy: Never
+    command:
+    - sh
+    - -c
+    - |
+      until [ -f /data/msg ]; do sleep 0.2; done
+      echo "shared=$(cat /data/msg)"
+      echo "mem=$(df -P /mem | tail -1 | awk '{print $2}')"
+      echo "sub=$(cat /sub-greeting)"
+      echo "secret=$(cat /sec/password) $(stat -Lc %a:%g /sec/password)"
+      echo "mode=$(stat -Lc %a:%g /cfg/nested/mode)"
+      echo "name=$(cat /info/name)"
+      cat /info/labels; echo
+      if touch /cfg/x 2>/dev/null; then echo cfg-writable; else echo cfg-readonly; fi
+      if touch /data/x 2>/dev/null; then echo data-writable; else echo data-readonly; fi
+      while true; do echo "greeting=$(cat /cfg/greeting)"; sleep 0.5; done
+    volumeMounts:
+    - {name: shared, mountPath: /data, readOnly: true}
+    - {name: mem, mountPath: /mem}
+    - {name: cfg, mountPath: /cfg}
+    - {name: cfg, mountPath: /sub-greeting, subPath: greeting}
+    - {name: sec, mountPath: /sec}
+    - {name: info, mountPath: /info}
+"#;
+
+#[test]
+fn volume_files_modes_updates_and_cleanup() {
+    let node = Node::start();
+    node.kubectl(&[
+        "create",
+        "configmap",
+        "cfg",
+        "--from-literal=greeting=hello",
+        "--from-literal=mode=m",
+    ]);
+    node.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "sec",
+        "--from-literal=password=s3cret",
+    ]);
+    node.apply(FILES_POD);
+    let p = node.wait_pod("files", "Running", Duration::from_secs(60), |p| {
+        p["status"]["phase"] == "Running"
+    });
+    node.wait_for("the reader's report", Duration::from_secs(20), |n| {
+        log(n, &p, "reader").contains("greeting=hello")
+    });
+    let text = log(&node, &p, "reader");
+    for want in [
+        "shared=from-writer",
+        "mem=8192",
+        "sub=hello",
+        "secret=s3cret 440:2345",
+        "mode=440:2345",
+        "name=files",
+        "app=\"files\"",
+        "tier=\"web\"",
+        "cfg-readonly",
+        "data-readonly",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+
+    // On the node: the AtomicWriter layout, secrets on a tmpfs, emptyDir where the kubelet puts it.
+    let vols = node.root_dir().join("pods").join(uid(&p)).join("volumes");
+    let cfg = vols.join("kubernetes.io~configmap/cfg");
+    assert!(std::fs::read_link(cfg.join("..data")).is_ok());
+    assert_eq!(
+        std::fs::read_link(cfg.join("greeting")).unwrap(),
+        PathBuf::from("..data/greeting")
+    );
+    let sec = vols.join("kubernetes.io~secret/sec");
+    let parent_dev = std::fs::metadata(sec.parent().unwrap()).unwrap().dev();
+    assert_ne!(
+        std::fs::metadata(&sec).unwrap().dev(),
+        parent_dev,
+        "secret not on its own tmpfs"
+    );
+    let shared = vols.join("kubernetes.io~empty-dir/shared");
+    assert_eq!(
+        std::fs::read_to_string(shared.join("msg")).unwrap(),
+        "from-writer\n"
+    );
+    assert_eq!(std::fs::metadata(&shared).unwrap().gid(), 2345);
+
+    // An update of the ConfigMap reaches the running container (not through the subPath).
+    node.kubectl(&[
+        "patch",
+        "configmap",
+        "cfg",
+        "-p",
+        r#"{"data":{"greeting":"bye"}}"#,
+    ]);
+    node.wait_for(
+        "the updated ConfigMap in the container",
+        Duration::from_secs(20),
+        |n| log(n, &p, "reader").contains("greeting=bye"),
+    );
+
+    // Deletion unmounts and removes every volume.
+    node.kubectl(&["delete", "pod", "files", "--grace-period=1", "--wait=false"]);
+    node.wait_for("the pod to go", Duration::from_secs(30), |n| {
+        n.pod("files").is_none()
+    });
+    node.wait_for("the volumes to go", Duration::from_secs(10), |_| {
+        !vols.exists()
+    });
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(&uid(&p)), "mounts left:\n{mountinfo}");
+}
+
+#[test]
+fn bad_volumes_wait_with_a_clear_reason() {
+    let node = Node::start();
+    node.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: late}
+spec:
+  volumes: [{name: cfg, configMap: {name: late-cfg}}]
+  containers:
+  - {name: main, image: busybox, imagePullPolicy: Never, command: ["sh", "-c", "cat /cfg/k; echo; sleep 3600"], volumeMounts: [{name: cfg, mountPath: /cfg}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hostpath}
+spec:
+  volumes: [{name: h, hostPath: {path: /dev/null, type: Directory}}]
+  containers:
+  - {name: main, image: busybox, imagePullPolicy: Never, command: ["sleep", "3600"], volumeMounts: [{name: h, mountPath: /h}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: escape}
+spec:
+  volumes: [{name: work, emptyDir: {}}]
+  initContainers:
+  - {name: plant, image: busybox, imagePullPolicy: Never, command: ["ln", "-s", "/", "/work/escape"], volumeMounts: [{name: work, mountPath: /work}]}
+  containers:
+  - {name: main, image: busybox, imagePullPolicy: Never, command: ["sleep", "3600"], volumeMounts: [{name: work, mountPath: /host, subPath: escape/etc}]}
+"#,
+    );
+    let reason_with = |pod: &str, text: &'static str| {
+        node.wait_pod(pod, text, Duration::from_secs(60), move |p| {
+            let w = waiting(p, "main");
+            w["reason"] == "CreateContainerConfigError"
+                && w["message"].as_str().is_some_and(|m| m.contains(text))
+        })
+    };
+    reason_with("late", r#"configmap "late-cfg" not found"#);
+    reason_with(
+        "hostpath",
+        "hostPath type check failed: /dev/null is not a directory",
+    );
+    reason_with("escape", "points outside the volume");
+    assert!(
+        node.event_reasons("late")
+            .iter()
+            .any(|r| r == "FailedMount"),
+        "{:?}",
+        node.event_reasons("late")
+    );
+
+    // The ConfigMap appears: the pod starts.
+    node.kubectl(&[
+        "create",
+        "configmap",
+        "late-cfg",
+        "--from-literal=k=arrived",
+    ]);
+    let p = node.wait_pod("late", "Running", Duration::from_secs(30), |p| {
+        p["status"]["phase"] == "Running"
+    });
+    node.wait_for("the file in the container", Duration::from_secs(10), |n| {
+        log(n, &p, "main").contains("arrived")
+    });
+}
