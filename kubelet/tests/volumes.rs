@@ -2,6 +2,7 @@
 //! between containers, configMap/secret/downwardAPI files with their modes and fsGroup, updates
 //! reaching a running container, subPath, secrets on tmpfs; bad volumes (missing ConfigMap,
 //! hostPath type mismatch, subPath symlink escape) held with a clear reason; cleanup on deletion.
+//! The pods use the host network: volumes do not need the pod network, and the tests stay lean.
 
 mod common;
 
@@ -40,6 +41,7 @@ metadata:
   name: files
   labels: {app: files, tier: "web"}
 spec:
+  hostNetwork: true
   restartPolicy: Never
   securityContext: {fsGroup: 2345}
   volumes:
@@ -50,6 +52,14 @@ spec:
       name: cfg
       items: [{key: greeting, path: greeting}, {key: mode, path: nested/mode, mode: 0400}]
   - {name: sec, secret: {secretName: sec, defaultMode: 0440}}
+  - {name: host, hostPath: {path: HOSTPATH, type: DirectoryOrCreate}}
+  - name: proj
+    projected:
+      defaultMode: 0444
+      sources:
+      - configMap: {name: cfg, items: [{key: greeting, path: g}]}
+      - secret: {name: sec}
+      - downwardAPI: {items: [{path: ns, fieldRef: {fieldPath: metadata.namespace}}]}
   - name: info
     downwardAPI:
       items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}, {path: name, fieldRef: {fieldPath: metadata.name}}]
@@ -57,8 +67,8 @@ spec:
   - name: writer
     image: busybox
     imagePullPolicy: Never
-    command: ["sh", "-c", "echo from-writer > /shared/msg; sleep 3600"]
-    volumeMounts: [{name: shared, mountPath: /shared}]
+    command: ["sh", "-c", "echo from-writer > /shared/msg; echo to-host > /host/out; sleep 3600"]
+    volumeMounts: [{name: shared, mountPath: /shared}, {name: host, mountPath: /host}]
   - name: reader
     image: busybox
     imagePullPolicy: Never
@@ -73,10 +83,11 @@ spec:
       echo "secret=$(cat /sec/password) $(stat -Lc %a:%g /sec/password)"
       echo "mode=$(stat -Lc %a:%g /cfg/nested/mode)"
       echo "name=$(cat /info/name)"
+      echo "proj=$(cat /proj/g) $(cat /proj/password) $(cat /proj/ns) $(stat -Lc %a /proj/g)"
       cat /info/labels; echo
       if touch /cfg/x 2>/dev/null; then echo cfg-writable; else echo cfg-readonly; fi
       if touch /data/x 2>/dev/null; then echo data-writable; else echo data-readonly; fi
-      while true; do echo "greeting=$(cat /cfg/greeting)"; sleep 0.5; done
+      while true; do echo "greeting=$(cat /cfg/greeting) $(grep tier /info/labels)"; sleep 0.5; done
     volumeMounts:
     - {name: shared, mountPath: /data, readOnly: true}
     - {name: mem, mountPath: /mem}
@@ -84,11 +95,12 @@ spec:
     - {name: cfg, mountPath: /sub-greeting, subPath: greeting}
     - {name: sec, mountPath: /sec}
     - {name: info, mountPath: /info}
+    - {name: proj, mountPath: /proj}
 "#;
 
 #[test]
 fn volume_files_modes_updates_and_cleanup() {
-    let node = Node::start();
+    let mut node = Node::start();
     node.kubectl(&[
         "create",
         "configmap",
@@ -103,7 +115,8 @@ fn volume_files_modes_updates_and_cleanup() {
         "sec",
         "--from-literal=password=s3cret",
     ]);
-    node.apply(FILES_POD);
+    let host_dir = node.dir.path().join("host-volume");
+    node.apply(&FILES_POD.replace("HOSTPATH", &host_dir.display().to_string()));
     let p = node.wait_pod("files", "Running", Duration::from_secs(60), |p| {
         p["status"]["phase"] == "Running"
     });
@@ -118,6 +131,7 @@ fn volume_files_modes_updates_and_cleanup() {
         "secret=s3cret 440:2345",
         "mode=440:2345",
         "name=files",
+        "proj=hello s3cret default 444",
         "app=\"files\"",
         "tier=\"web\"",
         "cfg-readonly",
@@ -147,6 +161,10 @@ fn volume_files_modes_updates_and_cleanup() {
         "from-writer\n"
     );
     assert_eq!(std::fs::metadata(&shared).unwrap().gid(), 2345);
+    assert_eq!(
+        std::fs::read_to_string(host_dir.join("out")).unwrap(),
+        "to-host\n"
+    );
 
     // An update of the ConfigMap reaches the running container (not through the subPath).
     node.kubectl(&[
@@ -161,6 +179,36 @@ fn volume_files_modes_updates_and_cleanup() {
         Duration::from_secs(20),
         |n| log(n, &p, "reader").contains("greeting=bye"),
     );
+
+    // A label change reaches the downwardAPI file.
+    node.kubectl(&["label", "pod", "files", "tier=db", "--overwrite"]);
+    node.wait_for(
+        "the new label in the container",
+        Duration::from_secs(20),
+        |n| log(n, &p, "reader").contains("tier=\"db\""),
+    );
+
+    // A restarted kubelet finds the volumes as they are (no second tmpfs) and keeps them current.
+    node.kill9_kubelet();
+    node.start_kubelet();
+    node.kubectl(&[
+        "patch",
+        "configmap",
+        "cfg",
+        "-p",
+        r#"{"data":{"greeting":"again"}}"#,
+    ]);
+    node.wait_for(
+        "the update after a kubelet restart",
+        Duration::from_secs(30),
+        |n| log(n, &p, "reader").contains("greeting=again"),
+    );
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let sec_mounts = mountinfo
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(sec.to_str().unwrap()))
+        .count();
+    assert_eq!(sec_mounts, 1, "{mountinfo}");
 
     // Deletion unmounts and removes every volume.
     node.kubectl(&["delete", "pod", "files", "--grace-period=1", "--wait=false"]);
@@ -182,6 +230,7 @@ fn bad_volumes_wait_with_a_clear_reason() {
 kind: Pod
 metadata: {name: late}
 spec:
+  hostNetwork: true
   volumes: [{name: cfg, configMap: {name: late-cfg}}]
   containers:
   - {name: main, image: busybox, imagePullPolicy: Never, command: ["sh", "-c", "cat /cfg/k; echo; sleep 3600"], volumeMounts: [{name: cfg, mountPath: /cfg}]}
@@ -190,6 +239,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: hostpath}
 spec:
+  hostNetwork: true
   volumes: [{name: h, hostPath: {path: /dev/null, type: Directory}}]
   containers:
   - {name: main, image: busybox, imagePullPolicy: Never, command: ["sleep", "3600"], volumeMounts: [{name: h, mountPath: /h}]}
@@ -198,6 +248,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: escape}
 spec:
+  hostNetwork: true
   volumes: [{name: work, emptyDir: {}}]
   initContainers:
   - {name: plant, image: busybox, imagePullPolicy: Never, command: ["ln", "-s", "/", "/work/escape"], volumeMounts: [{name: work, mountPath: /work}]}
