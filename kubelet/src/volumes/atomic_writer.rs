@@ -131,12 +131,19 @@ fn write_tree(root: &Path, payload: &Payload, owner: Ownership) -> Result<(), Vo
         let p = p.display().to_string();
         move |e: std::io::Error| VolumeError::Io(format!("writing {p}: {e}"))
     };
+    let mut dirs = std::collections::BTreeSet::new();
     for (rel, file) in payload {
         let path = root.join(rel);
         if let Some(parent) = path.parent()
             && parent != root
         {
             fs::create_dir_all(parent).map_err(io(parent))?;
+            dirs.extend(
+                parent
+                    .ancestors()
+                    .take_while(|a| *a != root)
+                    .map(Path::to_path_buf),
+            );
         }
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -152,7 +159,9 @@ fn write_tree(root: &Path, payload: &Payload, owner: Ownership) -> Result<(), Vo
         fs::set_permissions(&path, fs::Permissions::from_mode(owner.mode(file.mode)))
             .map_err(io(&path))?;
     }
-    super::apply_dir_ownership(root, owner.fs_group, 0o755)?;
+    for d in std::iter::once(root.to_path_buf()).chain(dirs) {
+        super::apply_dir_ownership(&d, owner.fs_group, 0o755)?;
+    }
     fsync_dir(root);
     Ok(())
 }

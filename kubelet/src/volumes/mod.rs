@@ -198,7 +198,8 @@ fn set_up_one(
 }
 
 /// Sets a volume directory's mode; with an fsGroup, its group and setgid (and group access) as
-/// the kubelet's SetVolumeOwnership does, for it and the directories below it.
+/// the kubelet's SetVolumeOwnership does. Only the directory itself: what a container made below
+/// it keeps its modes.
 pub(crate) fn apply_dir_ownership(
     dir: &Path,
     fs_group: Option<u32>,
@@ -213,17 +214,7 @@ pub(crate) fn apply_dir_ownership(
         }
         None => mode,
     };
-    fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(io)?;
-    if fs_group.is_some() {
-        for e in fs::read_dir(dir).map_err(io)?.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir())
-                && !e.file_name().to_string_lossy().starts_with("..")
-            {
-                apply_dir_ownership(&e.path(), fs_group, mode & 0o777)?;
-            }
-        }
-    }
-    Ok(())
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(io)
 }
 
 impl PodVolumes {
@@ -236,6 +227,12 @@ impl PodVolumes {
     ) -> Result<Vec<Mount>, VolumeError> {
         let env: BTreeMap<String, String> = env.iter().cloned().collect();
         let mut mounts = vec![];
+        if c.name.is_empty() || c.name.contains('/') || c.name.starts_with('.') {
+            return Err(VolumeError::Invalid(format!(
+                "container name {:?} is not usable as a directory",
+                c.name
+            )));
+        }
         for (i, vm) in c.volume_mounts.iter().flatten().enumerate() {
             let bad = |m: String| VolumeError::Invalid(format!("volumeMount {:?}: {m}", vm.name));
             let dest = &vm.mount_path;
@@ -436,6 +433,66 @@ pub fn cleanup_all(root_dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn volume_mount(
+        name: &str,
+        path: &str,
+        ro: Option<bool>,
+    ) -> k8s_openapi::api::core::v1::VolumeMount {
+        k8s_openapi::api::core::v1::VolumeMount {
+            name: name.into(),
+            mount_path: path.into(),
+            read_only: ro,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn mounts_are_binds_shallow_first_and_api_data_read_only() {
+        let vols = PodVolumes {
+            pod_dir: "/r/pods/u".into(),
+            paths: [
+                ("cfg".to_string(), (PathBuf::from("/r/cfg"), true)),
+                ("data".to_string(), (PathBuf::from("/r/data"), false)),
+            ]
+            .into(),
+        };
+        let c = Container {
+            name: "c".into(),
+            volume_mounts: Some(vec![
+                volume_mount("cfg", "/etc/app/conf", Some(false)),
+                volume_mount("data", "/data", None),
+                volume_mount("data", "/ro", Some(true)),
+            ]),
+            ..Default::default()
+        };
+        let m = vols.mounts_for(&c, &[]).unwrap();
+        let dests: Vec<_> = m.iter().map(|m| m.destination().clone()).collect();
+        assert_eq!(
+            dests,
+            [PathBuf::from("/data"), "/ro".into(), "/etc/app/conf".into()]
+        );
+        let opts = |i: usize| m[i].options().clone().unwrap();
+        assert!(opts(0).contains(&"rw".to_string()));
+        assert!(opts(1).contains(&"ro".to_string()));
+        assert!(
+            opts(2).contains(&"ro".to_string()),
+            "configMap volumes are read-only"
+        );
+        assert_eq!(m[2].source().as_deref(), Some(Path::new("/r/cfg")));
+
+        let bad = |vm| {
+            let c = Container {
+                name: "c".into(),
+                volume_mounts: Some(vec![vm]),
+                ..Default::default()
+            };
+            vols.mounts_for(&c, &[]).unwrap_err().to_string()
+        };
+        assert!(bad(volume_mount("nope", "/x", None)).contains("no volume of that name"));
+        assert!(bad(volume_mount("data", "relative", None)).contains("must be absolute"));
+        assert!(bad(volume_mount("data", "/a/../b", None)).contains("without '..'"));
+    }
 
     #[test]
     fn mountinfo_paths_are_unescaped() {
