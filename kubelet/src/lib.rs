@@ -7,6 +7,7 @@
 //! - `node`, `host`: the Node's registration, status and Lease; what the host is made of.
 //! - `pod_manager`, `pod_worker`: the pod watch and one worker per pod (sandbox, init and app
 //!   containers, restarts with back-off, graceful termination, cleanup, adoption after a restart).
+//! - `volumes`: emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes.
 //! - `status`, `events`: the pod status manager (writes only changes) and the event recorder.
 //! - `containers`, `shim`, `cri_log`, `runtime`: the containers' on-disk records, the
 //!   per-container supervisor (`skiff-shim`) and its CRI log, the OCI runtime's command line.
@@ -18,8 +19,6 @@
 //!   disk, routes to other nodes, masquerade) through netlink; `node_network` runs it for the node
 //!   (bridge once the podCIDR is known, routes following the Node list) and `sandbox` is the pod
 //!   worker's view of it (namespaces, address, hostPorts, the pod's files).
-//! - `volumes`: the pod's volumes (emptyDir, hostPath, configMap, secret, downwardAPI, projected)
-//!   and the containers' volumeMounts.
 
 pub mod agent;
 pub mod cgroups;

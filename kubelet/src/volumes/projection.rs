@@ -172,7 +172,7 @@ fn downward(
                 "metadata.labels" => format_map(pod.metadata.labels.as_ref()),
                 "metadata.annotations" => format_map(pod.metadata.annotations.as_ref()),
                 p if p.starts_with("metadata.") => {
-                    container_env::field_ref(pod, node, p).map_err(bad)?
+                    container_env::field_value(pod, node, p).map_err(bad)?
                 }
                 p => return Err(bad(format!("fieldRef {p:?} is not supported in volumes"))),
             }
@@ -182,7 +182,7 @@ fn downward(
                 .iter()
                 .find(|c| c.name == name)
                 .ok_or_else(|| bad(format!("no container {name:?}")))?;
-            container_env::resource_ref(c, node, &r.resource, r.divisor.as_ref()).map_err(bad)?
+            container_env::resource_value(c, node, &r.resource, r.divisor.as_ref()).map_err(bad)?
         } else {
             return Err(bad("neither fieldRef nor resourceFieldRef".into()));
         };
