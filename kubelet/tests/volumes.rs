@@ -1,6 +1,6 @@
 //! Pod volumes on a real node (skiff server + skiff-kubelet + skiff-runc): emptyDir shared
 //! between containers, configMap/secret/downwardAPI files with their modes and fsGroup, updates
-//! reaching a running container, subPath, secrets on tmpfs; bad volumes (missing ConfigMap,
+//! reaching a running container, subPath and subPathExpr, secrets on tmpfs; bad volumes (missing ConfigMap,
 //! hostPath type mismatch, subPath symlink escape) held with a clear reason; cleanup on deletion.
 //! The pods use the host network: volumes do not need the pod network, and the tests stay lean.
 
@@ -63,6 +63,12 @@ spec:
   - name: info
     downwardAPI:
       items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}, {path: name, fieldRef: {fieldPath: metadata.name}}]
+  initContainers:
+  - name: prep
+    image: busybox
+    imagePullPolicy: Never
+    command: ["sh", "-c", "mkdir -p /shared/sub; echo deep > /shared/sub/x"]
+    volumeMounts: [{name: shared, mountPath: /shared}]
   containers:
   - name: writer
     image: busybox
@@ -79,7 +85,8 @@ spec:
       until [ -f /data/msg ]; do sleep 0.2; done
       echo "shared=$(cat /data/msg)"
       echo "mem=$(df -P /mem | tail -1 | awk '{print $2}')"
-      echo "sub=$(cat /sub-greeting)"
+      echo "sub=$(cat /sub-greeting) subdir=$(cat /only-sub/x)"
+      echo expr > /per-pod/made-by-reader
       echo "secret=$(cat /sec/password) $(stat -Lc %a:%g /sec/password)"
       echo "mode=$(stat -Lc %a:%g /cfg/nested/mode)"
       echo "name=$(cat /info/name)"
@@ -88,11 +95,16 @@ spec:
       if touch /cfg/x 2>/dev/null; then echo cfg-writable; else echo cfg-readonly; fi
       if touch /data/x 2>/dev/null; then echo data-writable; else echo data-readonly; fi
       while true; do echo "greeting=$(cat /cfg/greeting) $(grep tier /info/labels)"; sleep 0.5; done
+    env:
+    - name: POD_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
     volumeMounts:
     - {name: shared, mountPath: /data, readOnly: true}
     - {name: mem, mountPath: /mem}
     - {name: cfg, mountPath: /cfg}
     - {name: cfg, mountPath: /sub-greeting, subPath: greeting}
+    - {name: shared, mountPath: /only-sub, subPath: sub}
+    - {name: shared, mountPath: /per-pod, subPathExpr: $(POD_NAME)}
     - {name: sec, mountPath: /sec}
     - {name: info, mountPath: /info}
     - {name: proj, mountPath: /proj}
@@ -127,7 +139,7 @@ fn volume_files_modes_updates_and_cleanup() {
     for want in [
         "shared=from-writer",
         "mem=8192",
-        "sub=hello",
+        "sub=hello subdir=deep",
         "secret=s3cret 440:2345",
         "mode=440:2345",
         "name=files",
@@ -161,6 +173,10 @@ fn volume_files_modes_updates_and_cleanup() {
         "from-writer\n"
     );
     assert_eq!(std::fs::metadata(&shared).unwrap().gid(), 2345);
+    assert_eq!(
+        std::fs::read_to_string(shared.join("files/made-by-reader")).unwrap(),
+        "expr\n"
+    );
     assert_eq!(
         std::fs::read_to_string(host_dir.join("out")).unwrap(),
         "to-host\n"
