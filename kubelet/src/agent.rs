@@ -1,6 +1,15 @@
-//! The node agent's command line and its start.
+//! The node agent's command line and its start: the kube client, the node's record and lease,
+//! and the pod manager.
 
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::node::{NodeAgent, NodeConfig};
 
 /// The agent's flags (`skiff-kubelet --kubeconfig FILE --node-name NAME …`).
 #[derive(Debug, clap::Args)]
@@ -8,9 +17,159 @@ pub struct AgentArgs {
     /// Per-node data directory (images, checkpoints).
     #[arg(long, default_value = "/var/lib/skiff/kubelet", global = true)]
     pub root_dir: PathBuf,
+    /// Kubeconfig of the API server the node joins.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Per-node volatile state (containers' shim files, the runtime's state).
+    #[arg(long, default_value = "/run/skiff/kubelet")]
+    pub run_dir: PathBuf,
+    /// The OCI runtime with runc's command line (default: skiff-runc next to the kubelet or on
+    /// PATH; runc and crun work too).
+    #[arg(long)]
+    pub runtime_path: Option<PathBuf>,
+    /// The container supervisor (default: skiff-shim next to the kubelet or on PATH).
+    #[arg(long)]
+    pub shim_path: Option<PathBuf>,
+    /// The cgroup under which pods' cgroups are made, in every hierarchy.
+    #[arg(long, default_value = "/kubepods")]
+    pub cgroup_root: String,
+    /// A directory of static pod manifests.
+    #[arg(long)]
+    pub pod_manifest_path: Option<PathBuf>,
+    /// The node's InternalIP (default: the first non-loopback address).
+    #[arg(long)]
+    pub node_ip: Option<IpAddr>,
+    /// The cluster DNS server's address, written into pods' resolv.conf.
+    #[arg(long)]
+    pub cluster_dns: Vec<IpAddr>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// How many pods the node runs at most.
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u32,
+    /// A registry reached over plain HTTP (HOST:PORT); repeatable.
+    #[arg(long)]
+    pub insecure_registry: Vec<String>,
+    /// Where the containers' CRI-format logs are written.
+    #[arg(long, default_value = "/var/log/pods")]
+    pub pod_logs_dir: PathBuf,
+    /// A container's log is rotated when it grows past this many bytes.
+    #[arg(long, default_value_t = 10 << 20)]
+    pub container_log_max_size: u64,
+    /// How often (seconds) a pod's configMap, secret and downwardAPI volume files are refreshed
+    /// (the kubelet's sync frequency, one minute by default).
+    #[arg(long, default_value_t = 60)]
+    pub volume_sync_seconds: u64,
+}
+
+/// Finds `name` next to the running kubelet, then on PATH.
+pub fn find_companion(name: &str) -> anyhow::Result<PathBuf> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(name)))
+        .filter(|p| p.is_file());
+    if let Some(p) = beside {
+        return Ok(p);
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{name} is neither next to the kubelet nor on PATH"))
+}
+
+/// The kube client for the kubeconfig at `path`.
+pub async fn client(path: &Path) -> anyhow::Result<Client> {
+    let kc = Kubeconfig::read_from(path)
+        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("kubeconfig {}", path.display()))?;
+    Client::try_from(cfg).with_context(|| format!("client for {}", path.display()))
 }
 
 /// Runs the node agent until it is stopped.
-pub async fn run(_args: AgentArgs) -> anyhow::Result<()> {
-    anyhow::bail!("the node agent is not built yet")
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let kubeconfig = args
+        .kubeconfig
+        .clone()
+        .context("--kubeconfig is required to run the node agent")?;
+    let facts = crate::host::HostFacts::read();
+    let node_name = args
+        .node_name
+        .clone()
+        .unwrap_or_else(|| facts.hostname.to_lowercase());
+    let node_ip = match args.node_ip {
+        Some(ip) => ip,
+        None => crate::host::first_host_address()
+            .context("the host has no non-loopback address; pass --node-ip")?,
+    };
+    let runtime_path = match &args.runtime_path {
+        Some(p) => p.clone(),
+        None => find_companion("skiff-runc")?,
+    };
+    let shim_path = match &args.shim_path {
+        Some(p) => p.clone(),
+        None => find_companion("skiff-shim")?,
+    };
+    for dir in [&args.root_dir, &args.run_dir, &args.pod_logs_dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let client = client(&kubeconfig).await?;
+    let runtime = crate::runtime::Runtime::new(runtime_path, args.run_dir.join("runtime"));
+    let runtime_version = runtime
+        .version()
+        .await
+        .context("asking the OCI runtime for its version")?;
+
+    let node = Arc::new(NodeAgent::new(
+        client.clone(),
+        NodeConfig {
+            name: node_name.clone(),
+            node_ip,
+            max_pods: args.max_pods,
+            root_dir: args.root_dir.clone(),
+            runtime_version,
+        },
+    ));
+    let registered = node.register().await?;
+    let node_uid = registered.metadata.uid.clone().unwrap_or_default();
+    tokio::spawn({
+        let node = node.clone();
+        async move { node.run_lease(node_uid).await }
+    });
+    tokio::spawn({
+        let node = node.clone();
+        async move { node.run_status(registered).await }
+    });
+
+    let config = crate::pod_worker::KubeletConfig {
+        node_name,
+        node_ip,
+        root_dir: args.root_dir.clone(),
+        run_dir: args.run_dir.clone(),
+        pod_logs_dir: args.pod_logs_dir.clone(),
+        cgroup_root: args.cgroup_root.clone(),
+        shim_path,
+        container_log_max_size: args.container_log_max_size,
+        cluster_dns: args.cluster_dns.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+        insecure_registries: args.insecure_registry.clone(),
+        node_cpus: facts.cpus,
+        node_memory_bytes: facts.memory_bytes,
+        volume_sync_period: std::time::Duration::from_secs(args.volume_sync_seconds.max(1)),
+    };
+    let network = crate::node_network::start(crate::node_network::NodeNetworkConfig {
+        client: client.clone(),
+        node_name: config.node_name.clone(),
+        state_dir: args.root_dir.join("network"),
+    });
+    let images =
+        crate::image::ImageStore::open(&args.root_dir).context("opening the image store")?;
+    crate::pod_manager::run(client, Arc::new(config), Arc::new(runtime), images, network).await
 }

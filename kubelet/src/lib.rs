@@ -3,13 +3,41 @@
 //! command line (skiff-runc, runc or crun).
 //!
 //! Modules, one concern each:
+//! - `agent`: the command line and the start of everything below.
+//! - `node`, `host`: the Node's registration, status and Lease; what the host is made of.
+//! - `pod_manager`, `pod_worker`: the pod watch and one worker per pod (sandbox, init and app
+//!   containers, restarts with back-off, graceful termination, cleanup, adoption after a restart).
+//! - `volumes`: emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes.
+//! - `status`, `events`: the pod status manager (writes only changes) and the event recorder.
+//! - `containers`, `shim`, `cri_log`, `runtime`: the containers' on-disk records, the
+//!   per-container supervisor (`skiff-shim`) and its CRI log, the OCI runtime's command line.
+//! - `oci_config`, `container_env`, `cgroups`, `qos`, `quantity`: a container's config.json from
+//!   the pod spec, its environment, pod cgroups in QoS tiers.
 //! - `image`: the node's image store (pull from registries, import archives, unpacked layers shared
 //!   between images, overlayfs root filesystems).
 //! - `network`: the pod sandbox's pinned namespaces and the pod network (bridge, veth, IPAM on
-//!   disk, routes to other nodes, masquerade) through netlink.
-//! - `agent`: everything else — node registration and lease, pod workers, container supervision,
-//!   status (filled in by the agent's modules).
+//!   disk, routes to other nodes, masquerade) through netlink; `node_network` runs it for the node
+//!   (bridge once the podCIDR is known, routes following the Node list) and `sandbox` is the pod
+//!   worker's view of it (namespaces, address, hostPorts, the pod's files).
 
 pub mod agent;
+pub mod cgroups;
+pub mod container_env;
+pub mod containers;
+pub mod cri_log;
+pub mod events;
+pub mod host;
 pub mod image;
 pub mod network;
+pub mod node;
+pub mod node_network;
+pub mod oci_config;
+pub mod pod_manager;
+pub mod pod_worker;
+pub mod qos;
+pub mod quantity;
+pub mod runtime;
+pub mod sandbox;
+pub mod shim;
+pub mod status;
+pub mod volumes;

@@ -1,0 +1,235 @@
+//! Pod cgroups in QoS tiers: `<root>/pod<uid>` for Guaranteed pods, `<root>/burstable/pod<uid>`
+//! and `<root>/besteffort/pod<uid>` for the others, as the kubelet lays them out. The kubelet
+//! writes the pod-level limits (cpu shares and quota, memory limit, pids) and the runtime puts each
+//! container in a child `<pod cgroup>/<container id>` through `linux.cgroupsPath`.
+//!
+//! A thin cgroupfs layer of our own rather than cgroups-rs: the kubelet only makes directories and
+//! writes a handful of files, in hierarchies the runtime also manages; cgroups-rs' hierarchy
+//! objects would add nothing but another view of the same mounts.
+
+use std::path::{Path, PathBuf};
+
+use crate::qos::{QosClass, Resources};
+
+/// cgroup v1's CFS period the quota is expressed against (the kubelet's 100 ms).
+const CFS_PERIOD_US: i128 = 100_000;
+
+/// The cgroup mounts of the machine.
+#[derive(Debug, Clone, Default)]
+pub struct CgroupMounts {
+    /// v1 hierarchy mountpoint → its controllers.
+    pub v1: Vec<(PathBuf, Vec<String>)>,
+    pub v2: Option<PathBuf>,
+}
+
+impl CgroupMounts {
+    pub fn read() -> CgroupMounts {
+        Self::parse(&std::fs::read_to_string("/proc/self/mounts").unwrap_or_default())
+    }
+
+    fn parse(mounts: &str) -> CgroupMounts {
+        let mut m = CgroupMounts::default();
+        for line in mounts.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 4 {
+                continue;
+            }
+            let (dir, fstype, opts) = (PathBuf::from(f[1]), f[2], f[3]);
+            match fstype {
+                "cgroup" => {
+                    let ctrls: Vec<String> = opts
+                        .split(',')
+                        .filter(|o| {
+                            !matches!(*o, "rw" | "ro" | "nosuid" | "nodev" | "noexec" | "relatime")
+                                && !o.contains('=')
+                        })
+                        .map(str::to_string)
+                        .collect();
+                    if !m.v1.iter().any(|(d, _)| d == &dir) {
+                        m.v1.push((dir, ctrls));
+                    }
+                }
+                "cgroup2" if m.v2.is_none() => m.v2 = Some(dir),
+                _ => {}
+            }
+        }
+        m
+    }
+
+    /// The v1 mountpoint holding `controller`.
+    fn v1_dir(&self, controller: &str) -> Option<&Path> {
+        self.v1
+            .iter()
+            .find(|(_, c)| c.iter().any(|x| x == controller))
+            .map(|(d, _)| d.as_path())
+    }
+
+    /// Every hierarchy's mountpoint (v1 ones and the v2 one).
+    fn all(&self) -> impl Iterator<Item = &Path> {
+        self.v1
+            .iter()
+            .map(|(d, _)| d.as_path())
+            .chain(self.v2.as_deref())
+    }
+
+    /// The container's memory cgroup directory (for the shim's OOM check).
+    pub fn memory_dir(&self, cgroup: &str) -> Option<PathBuf> {
+        self.v1_dir("memory")
+            .or(self.v2.as_deref())
+            .map(|d| d.join(cgroup.trim_start_matches('/')))
+    }
+}
+
+/// The pod's cgroup path (absolute within each hierarchy).
+pub fn pod_cgroup(root: &str, qos: QosClass, uid: &str) -> String {
+    let root = root.trim_end_matches('/');
+    match qos {
+        QosClass::Guaranteed => format!("{root}/pod{uid}"),
+        QosClass::Burstable => format!("{root}/burstable/pod{uid}"),
+        QosClass::BestEffort => format!("{root}/besteffort/pod{uid}"),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("pod cgroup {path}: {source}")]
+pub struct CgroupError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(|source| CgroupError {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn mkdir(path: &Path) -> Result<(), CgroupError> {
+    std::fs::create_dir_all(path).map_err(|source| CgroupError {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// cpu.shares for a cpu request in millicores (the kubelet's MilliCPUToShares).
+pub fn cpu_shares(milli: Option<i128>) -> u64 {
+    match milli {
+        None | Some(0) => 2,
+        Some(m) => (m * 1024 / 1000).clamp(2, 262_144) as u64,
+    }
+}
+
+/// cfs quota for a cpu limit in millicores (at least 1 ms).
+pub fn cpu_quota(milli: i128) -> i64 {
+    (milli * CFS_PERIOD_US / 1000).max(1000) as i64
+}
+
+pub const CPU_PERIOD: u64 = CFS_PERIOD_US as u64;
+
+/// Makes the pod's cgroup with its limits in the cpu, memory and pids hierarchies (v1); the
+/// runtime makes the container's directories in the others. Tier directories are made on the
+/// way (BestEffort's gets the minimum cpu weight).
+pub fn ensure_pod_cgroup(
+    mounts: &CgroupMounts,
+    root: &str,
+    qos: QosClass,
+    uid: &str,
+    res: &Resources,
+    pids_limit: Option<i64>,
+) -> Result<String, CgroupError> {
+    let path = pod_cgroup(root, qos, uid);
+    let rel = path.trim_start_matches('/');
+    if let Some(cpu) = mounts.v1_dir("cpu") {
+        if qos == QosClass::BestEffort {
+            let tier = cpu.join(root.trim_start_matches('/')).join("besteffort");
+            mkdir(&tier)?;
+            write(&tier.join("cpu.shares"), "2")?;
+        }
+        let dir = cpu.join(rel);
+        mkdir(&dir)?;
+        write(
+            &dir.join("cpu.shares"),
+            &cpu_shares(res.cpu_request).to_string(),
+        )?;
+        if let Some(limit) = res.cpu_limit {
+            write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD.to_string())?;
+            write(&dir.join("cpu.cfs_quota_us"), &cpu_quota(limit).to_string())?;
+        }
+    }
+    if let Some(memory) = mounts.v1_dir("memory") {
+        let dir = memory.join(rel);
+        mkdir(&dir)?;
+        if let Some(limit) = res.memory_limit {
+            write(&dir.join("memory.limit_in_bytes"), &limit.to_string())?;
+        }
+    }
+    if let (Some(pids), Some(limit)) = (mounts.v1_dir("pids"), pids_limit) {
+        let dir = pids.join(rel);
+        mkdir(&dir)?;
+        write(&dir.join("pids.max"), &limit.to_string())?;
+    }
+    Ok(path)
+}
+
+/// Removes the pod's cgroup (and any directory left under it) from every hierarchy. Processes
+/// must be gone; a busy directory is retried briefly, then left with a warning.
+pub fn remove_pod_cgroup(mounts: &CgroupMounts, path: &str) {
+    for mount in mounts.all() {
+        let dir = mount.join(path.trim_start_matches('/'));
+        if dir.exists() {
+            remove_tree(&dir);
+        }
+    }
+}
+
+fn remove_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    for attempt in 0..50 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if attempt == 49 => {
+                tracing::warn!("leaving cgroup {}: {e}", dir.display());
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mounts_and_paths() {
+        let m = CgroupMounts::parse(
+            "cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,nosuid,nodev,noexec,relatime,cpu,cpuacct 0 0\n\
+             cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0\n\
+             cgroup /sys/fs/cgroup/systemd cgroup rw,relatime,xattr,name=systemd 0 0\n\
+             cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n",
+        );
+        assert_eq!(
+            m.v1_dir("cpu"),
+            Some(Path::new("/sys/fs/cgroup/cpu,cpuacct"))
+        );
+        assert_eq!(m.v1.len(), 3);
+        assert_eq!(m.v2.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            pod_cgroup("/kubepods", QosClass::Burstable, "u1"),
+            "/kubepods/burstable/podu1"
+        );
+        assert_eq!(
+            pod_cgroup("/kubepods/", QosClass::Guaranteed, "u1"),
+            "/kubepods/podu1"
+        );
+        assert_eq!(cpu_shares(Some(100)), 102);
+        assert_eq!(cpu_shares(None), 2);
+        assert_eq!(cpu_quota(500), 50_000);
+    }
+}

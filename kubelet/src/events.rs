@@ -1,0 +1,131 @@
+//! Events about pods as the kubelet writes them (core/v1 Events with source `kubelet` and the
+//! node as host): Pulling, Pulled, Created, Started, Killing, BackOff, Failed. A repeat of the
+//! same event for the same object bumps its count instead of making a new one.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use chrono::Utc;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// An event's identity for folding repeats: (pod uid, field path, reason, message).
+type EventKey = (String, String, String, String);
+
+pub struct Recorder {
+    client: Client,
+    node: String,
+    /// The events written so far → (event name, count).
+    seen: Mutex<HashMap<EventKey, (String, i32)>>,
+}
+
+impl Recorder {
+    pub fn new(client: Client, node: String) -> Recorder {
+        Recorder {
+            client,
+            node,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records an event about `pod` (a container's when `container` is set). Failures are
+    /// logged: an event is never worth failing a pod for.
+    pub async fn record(
+        &self,
+        pod: &Pod,
+        container: Option<(&str, bool)>,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+    ) {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let field_path = container
+            .map(|(name, init)| {
+                if init {
+                    format!("spec.initContainers{{{name}}}")
+                } else {
+                    format!("spec.containers{{{name}}}")
+                }
+            })
+            .unwrap_or_default();
+        let key = (
+            uid.clone(),
+            field_path.clone(),
+            reason.to_string(),
+            message.to_string(),
+        );
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        let now = Utc::now();
+        let repeat = {
+            let mut seen = self.seen.lock().expect("event cache");
+            match seen.get_mut(&key) {
+                Some((name, count)) => {
+                    *count += 1;
+                    Some((name.clone(), *count))
+                }
+                None => None,
+            }
+        };
+        if let Some((name, count)) = repeat {
+            let patched = api
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"count": count, "lastTimestamp": now})),
+                )
+                .await;
+            if patched.is_ok() {
+                return;
+            }
+        }
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let name = format!(
+            "{pod_name}.{:x}",
+            now.timestamp_nanos_opt().unwrap_or_default()
+        );
+        let mut involved = json!({
+            "apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": pod_name, "uid": uid,
+        });
+        if !field_path.is_empty() {
+            involved["fieldPath"] = json!(field_path);
+        }
+        let event: Event = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns},
+            "involvedObject": involved,
+            "reason": reason,
+            "message": message,
+            "type": if kind == EventType::Normal { "Normal" } else { "Warning" },
+            "source": {"component": "kubelet", "host": self.node},
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.node,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }))
+        .expect("an Event literal");
+        match api.create(&PostParams::default(), &event).await {
+            Ok(_) => {
+                let mut seen = self.seen.lock().expect("event cache");
+                seen.insert(key, (name, 1));
+            }
+            Err(e) => tracing::warn!(pod = %pod_name, reason, "event not recorded: {e}"),
+        }
+    }
+
+    /// Forgets the events of a pod that is gone.
+    pub fn forget(&self, uid: &str) {
+        self.seen
+            .lock()
+            .expect("event cache")
+            .retain(|k, _| k.0 != uid);
+    }
+}

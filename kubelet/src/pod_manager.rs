@@ -1,0 +1,136 @@
+//! The pods bound to this node: a watch with `spec.nodeName=<node>` feeding one worker per pod.
+//! At start the containers already on the node (from the shims' files) are handed to their pods'
+//! workers; those of pods that no longer exist are stopped and removed once the first listing is
+//! complete.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::watch;
+
+use crate::containers::{self, ContainerRecord};
+use crate::image::ImageStore;
+use crate::node_network::NetworkHandle;
+use crate::pod_worker::{Kubelet, KubeletConfig, PodWorker};
+use crate::runtime::Runtime;
+
+struct Workers {
+    k: Arc<Kubelet>,
+    running: HashMap<String, watch::Sender<Option<Arc<Pod>>>>,
+    /// Containers found on disk, by pod uid, not yet handed to a worker.
+    adoptable: HashMap<String, Vec<ContainerRecord>>,
+}
+
+impl Workers {
+    fn spawn(&mut self, uid: String, pod: Option<Arc<Pod>>) {
+        let (tx, rx) = watch::channel(pod);
+        let adopted = self.adoptable.remove(&uid).unwrap_or_default();
+        let worker = PodWorker::new(self.k.clone(), uid.clone(), rx, adopted);
+        tokio::spawn(worker.run());
+        self.running.insert(uid, tx);
+    }
+
+    /// Hands the pod's newest version to its worker, starting one if needed.
+    fn apply(&mut self, pod: Pod) {
+        let Some(uid) = pod.metadata.uid.clone() else {
+            return;
+        };
+        self.running.retain(|_, tx| !tx.is_closed());
+        let pod = Arc::new(pod);
+        match self.running.get(&uid) {
+            Some(tx) => {
+                tx.send_replace(Some(pod));
+            }
+            None => self.spawn(uid, Some(pod)),
+        }
+    }
+
+    /// The pod is gone from the API: its worker stops what is left.
+    fn gone(&mut self, uid: &str) {
+        if let Some(tx) = self.running.get(uid) {
+            tx.send_replace(None);
+        } else if self.adoptable.contains_key(uid) {
+            self.spawn(uid.to_string(), None);
+        }
+    }
+}
+
+pub async fn run(
+    client: Client,
+    config: Arc<KubeletConfig>,
+    runtime: Arc<Runtime>,
+    images: ImageStore,
+    network: NetworkHandle,
+) -> anyhow::Result<()> {
+    let (found, stray) = containers::list(&config.run_dir);
+    for dir in stray {
+        tracing::info!("removing {}: no container record", dir.display());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let mut adoptable: HashMap<String, Vec<ContainerRecord>> = HashMap::new();
+    for r in found {
+        adoptable.entry(r.meta.pod_uid.clone()).or_default().push(r);
+    }
+    let node = config.node_name.clone();
+    let k = Arc::new(Kubelet::new(
+        client.clone(),
+        config,
+        runtime,
+        images,
+        network,
+    ));
+    let mut workers = Workers {
+        k,
+        running: HashMap::new(),
+        adoptable,
+    };
+    let api: Api<Pod> = Api::all(client);
+    let selector = format!("spec.nodeName={node}");
+    let mut events = watcher(api, watcher::Config::default().fields(&selector))
+        .default_backoff()
+        .boxed();
+    let mut listed: HashSet<String> = HashSet::new();
+    while let Some(event) = events.try_next().await? {
+        match event {
+            watcher::Event::Init => listed.clear(),
+            watcher::Event::InitApply(pod) => {
+                if let Some(uid) = &pod.metadata.uid {
+                    listed.insert(uid.clone());
+                }
+                workers.apply(pod);
+            }
+            watcher::Event::InitDone => {
+                // Pods that vanished while the kubelet was away or the watch was broken.
+                let gone: Vec<String> = workers
+                    .running
+                    .keys()
+                    .chain(workers.adoptable.keys())
+                    .filter(|uid| !listed.contains(*uid))
+                    .cloned()
+                    .collect();
+                for uid in gone {
+                    tracing::info!(pod = %uid, "pod no longer exists; stopping its containers");
+                    workers.gone(&uid);
+                }
+                // Sandboxes of pods that vanished before any container of theirs was made.
+                for uid in workers.k.sandboxes.uids() {
+                    if !listed.contains(&uid) && !workers.running.contains_key(&uid) {
+                        tracing::info!(pod = %uid, "removing the sandbox of a pod that no longer exists");
+                        workers.k.sandboxes.remove(&uid).await;
+                    }
+                }
+            }
+            watcher::Event::Apply(pod) => workers.apply(pod),
+            watcher::Event::Delete(pod) => {
+                if let Some(uid) = &pod.metadata.uid {
+                    workers.gone(uid);
+                }
+            }
+        }
+    }
+    anyhow::bail!("the pod watch ended")
+}

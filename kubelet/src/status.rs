@@ -1,0 +1,437 @@
+//! Pod status: computed from what the pod worker knows of its containers (phase, conditions,
+//! container statuses as the kubelet derives them), and the status manager that writes it to the
+//! API only when it changed — conditions keep their transition times, nothing is written when a
+//! pod is idle.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use chrono::Utc;
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+use crate::containers::ContainerRecord;
+
+/// A chrono time as the API's Time.
+pub fn k8s_time(t: chrono::DateTime<Utc>) -> Time {
+    Time(
+        k8s_openapi::jiff::Timestamp::new(t.timestamp(), t.timestamp_subsec_nanos() as i32)
+            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    )
+}
+
+/// The longest termination message read from a container's termination log.
+const MAX_TERMINATION_MESSAGE: usize = 4096;
+
+/// What the worker knows of one container of the spec.
+pub struct ContainerView<'a> {
+    pub name: &'a str,
+    pub image: &'a str,
+    /// The newest attempt and the one before it.
+    pub current: Option<&'a ContainerRecord>,
+    pub previous: Option<&'a ContainerRecord>,
+    /// Why it is not running, when the worker holds it back (CrashLoopBackOff, a config error,
+    /// PodInitializing, ContainerCreating).
+    pub waiting: Option<(String, String)>,
+    pub ready: bool,
+}
+
+fn container_id(r: &ContainerRecord) -> String {
+    format!("skiff://{}", r.meta.id)
+}
+
+/// The state a finished attempt ended in.
+fn terminated(r: &ContainerRecord) -> Option<ContainerStateTerminated> {
+    let exit = r.exit.as_ref()?;
+    let reason = if exit.oom_killed {
+        "OOMKilled"
+    } else if exit.start_error.is_some() {
+        "StartError"
+    } else if exit.exit_code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    };
+    let message = exit.start_error.clone().or_else(|| {
+        let bytes = std::fs::read(r.dir.join("termination-log")).ok()?;
+        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_TERMINATION_MESSAGE)])
+            .into_owned();
+        (!text.is_empty()).then_some(text)
+    });
+    Some(ContainerStateTerminated {
+        exit_code: exit.exit_code,
+        reason: Some(reason.to_string()),
+        message,
+        started_at: r.started.as_ref().map(|s| k8s_time(s.started_at)),
+        finished_at: Some(k8s_time(exit.finished_at)),
+        container_id: Some(container_id(r)),
+        signal: None,
+    })
+}
+
+pub fn container_status(v: &ContainerView) -> ContainerStatus {
+    let mut state = ContainerState::default();
+    let mut last_state = ContainerState::default();
+    if let Some(prev) = v.previous {
+        last_state.terminated = terminated(prev);
+    }
+    match (v.current, &v.waiting) {
+        (cur, Some((reason, message))) => {
+            if let Some(t) = cur.and_then(terminated) {
+                last_state.terminated = Some(t);
+            }
+            state.waiting = Some(ContainerStateWaiting {
+                reason: Some(reason.clone()),
+                message: (!message.is_empty()).then(|| message.clone()),
+            });
+        }
+        (Some(cur), None) => {
+            if let Some(t) = terminated(cur) {
+                state.terminated = Some(t);
+            } else if let Some(s) = &cur.started {
+                state.running = Some(ContainerStateRunning {
+                    started_at: Some(k8s_time(s.started_at)),
+                });
+            } else {
+                state.waiting = Some(ContainerStateWaiting {
+                    reason: Some("ContainerCreating".to_string()),
+                    message: None,
+                });
+            }
+        }
+        (None, None) => {
+            state.waiting = Some(ContainerStateWaiting {
+                reason: Some("ContainerCreating".to_string()),
+                message: None,
+            });
+        }
+    }
+    let running = state.running.is_some();
+    ContainerStatus {
+        name: v.name.to_string(),
+        image: v.image.to_string(),
+        image_id: v
+            .current
+            .map(|r| r.meta.image_id.clone())
+            .unwrap_or_default(),
+        container_id: v.current.map(container_id),
+        restart_count: v.current.map(|r| r.meta.attempt as i32).unwrap_or(0),
+        ready: running && v.ready,
+        started: Some(running),
+        state: Some(state),
+        last_state: Some(last_state),
+        ..ContainerStatus::default()
+    }
+}
+
+/// The pod's phase from its container statuses (the kubelet's getPhase).
+pub fn phase(
+    restart_policy: &str,
+    init: &[ContainerStatus],
+    init_failed: bool,
+    apps: &[ContainerStatus],
+) -> &'static str {
+    if init_failed {
+        return "Failed";
+    }
+    let init_pending = init.iter().any(|s| {
+        s.state
+            .as_ref()
+            .and_then(|st| st.terminated.as_ref())
+            .is_none_or(|t| t.exit_code != 0)
+    });
+    if init_pending {
+        return "Pending";
+    }
+    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    for s in apps {
+        let st = s.state.clone().unwrap_or_default();
+        if st.running.is_some() {
+            running += 1;
+        } else if let Some(t) = &st.terminated {
+            stopped += 1;
+            if t.exit_code == 0 {
+                succeeded += 1;
+            }
+        } else if s
+            .last_state
+            .as_ref()
+            .is_some_and(|l| l.terminated.is_some())
+        {
+            stopped += 1;
+        } else {
+            waiting += 1;
+        }
+    }
+    if waiting == apps.len() {
+        "Pending"
+    } else if running > 0 {
+        "Running"
+    } else if stopped > 0 && waiting == 0 {
+        match restart_policy {
+            "Always" => "Running",
+            _ if stopped == succeeded => "Succeeded",
+            "Never" => "Failed",
+            _ => "Running",
+        }
+    } else {
+        "Pending"
+    }
+}
+
+fn condition(kind: &str, ok: bool, reason: Option<&str>, message: Option<String>) -> PodCondition {
+    PodCondition {
+        type_: kind.to_string(),
+        status: if ok { "True" } else { "False" }.to_string(),
+        reason: if ok { None } else { reason.map(str::to_string) },
+        message: if ok { None } else { message },
+        ..PodCondition::default()
+    }
+}
+
+/// Everything the pod's status is made of.
+pub struct PodView<'a> {
+    pub pod: &'a Pod,
+    pub sandbox_ready: bool,
+    pub pod_ip: Option<String>,
+    pub host_ip: String,
+    pub init: Vec<ContainerStatus>,
+    pub init_failed: bool,
+    pub apps: Vec<ContainerStatus>,
+    /// Set when the pod cannot run at all (reason, message), e.g. no pod network.
+    pub pod_error: Option<(String, String)>,
+}
+
+pub fn pod_status(v: PodView) -> PodStatus {
+    let spec = v.pod.spec.clone().unwrap_or_default();
+    let policy = spec.restart_policy.as_deref().unwrap_or("Always");
+    let phase = phase(policy, &v.init, v.init_failed, &v.apps);
+    let unfinished = |all: &[ContainerStatus], pred: &dyn Fn(&ContainerStatus) -> bool| {
+        let names: Vec<&str> = all
+            .iter()
+            .filter(|s| !pred(s))
+            .map(|s| s.name.as_str())
+            .collect();
+        (names.is_empty(), format!("[{}]", names.join(" ")))
+    };
+    let (init_ok, init_msg) = unfinished(&v.init, &|s| {
+        s.state
+            .as_ref()
+            .and_then(|st| st.terminated.as_ref())
+            .is_some_and(|t| t.exit_code == 0)
+    });
+    let (ready_ok, ready_msg) = unfinished(&v.apps, &|s| s.ready);
+    let terminal = matches!(phase, "Succeeded" | "Failed");
+    let mut conditions = vec![
+        condition("PodReadyToStartContainers", v.sandbox_ready, None, None),
+        condition(
+            "Initialized",
+            init_ok,
+            Some("ContainersNotInitialized"),
+            Some(format!("containers with incomplete status: {init_msg}")),
+        ),
+        condition(
+            "Ready",
+            ready_ok && !terminal,
+            Some(if terminal {
+                "PodCompleted"
+            } else {
+                "ContainersNotReady"
+            }),
+            (!terminal).then(|| format!("containers with unready status: {ready_msg}")),
+        ),
+        condition(
+            "ContainersReady",
+            ready_ok && !terminal,
+            Some(if terminal {
+                "PodCompleted"
+            } else {
+                "ContainersNotReady"
+            }),
+            (!terminal).then(|| format!("containers with unready status: {ready_msg}")),
+        ),
+    ];
+    let scheduled = v
+        .pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled").cloned())
+        .unwrap_or_else(|| condition("PodScheduled", true, None, None));
+    conditions.push(scheduled);
+    let (reason, message) = match &v.pod_error {
+        Some((r, m)) => (Some(r.clone()), Some(m.clone())),
+        None => (None, None),
+    };
+    PodStatus {
+        phase: Some(phase.to_string()),
+        conditions: Some(conditions),
+        host_ip: Some(v.host_ip.clone()),
+        host_ips: Some(vec![HostIP { ip: v.host_ip }]),
+        pod_ip: v.pod_ip.clone(),
+        pod_ips: v.pod_ip.map(|ip| vec![PodIP { ip }]),
+        qos_class: Some(crate::qos::qos_class(&spec).as_str().to_string()),
+        init_container_statuses: (!v.init.is_empty()).then_some(v.init),
+        container_statuses: Some(v.apps),
+        reason,
+        message,
+        ..PodStatus::default()
+    }
+}
+
+/// Writes pod statuses, each only when it differs from what the API holds.
+pub struct StatusManager {
+    client: Client,
+    /// pod uid → the status last written (as JSON).
+    written: Mutex<HashMap<String, serde_json::Value>>,
+}
+
+impl StatusManager {
+    pub fn new(client: Client) -> StatusManager {
+        StatusManager {
+            client,
+            written: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Brings the pod's status in the API to `status`. Conditions whose state did not change
+    /// keep their transition time; the start time is set once.
+    pub async fn set(&self, pod: &Pod, mut status: PodStatus) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let old = pod.status.clone().unwrap_or_default();
+        let now = k8s_time(Utc::now());
+        for c in status.conditions.iter_mut().flatten() {
+            let prev = old
+                .conditions
+                .iter()
+                .flatten()
+                .find(|o| o.type_ == c.type_ && o.status == c.status);
+            c.last_transition_time = prev
+                .and_then(|p| p.last_transition_time.clone())
+                .or_else(|| Some(now.clone()));
+            c.last_probe_time = None;
+        }
+        status.start_time = old.start_time.clone().or(Some(now));
+        let new = serde_json::to_value(&status).expect("a status serialises");
+        let cached = self
+            .written
+            .lock()
+            .expect("status cache")
+            .get(&uid)
+            .cloned();
+        if cached.as_ref() == Some(&new) || same_status(&old, &new) {
+            self.written.lock().expect("status cache").insert(uid, new);
+            return;
+        }
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        // Fields absent from the new status are cleared (a merge patch keeps what it omits).
+        let mut body = new.clone();
+        for key in ["reason", "message", "podIP", "podIPs"] {
+            if body.get(key).is_none() {
+                body[key] = serde_json::Value::Null;
+            }
+        }
+        match api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"uid": uid}, "status": body})),
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::debug!(pod = %format!("{ns}/{name}"), phase = ?status.phase, "status written");
+                self.written.lock().expect("status cache").insert(uid, new);
+            }
+            Err(e) => tracing::warn!(pod = %format!("{ns}/{name}"), "status update failed: {e}"),
+        }
+    }
+
+    pub fn forget(&self, uid: &str) {
+        self.written.lock().expect("status cache").remove(uid);
+    }
+}
+
+/// Whether the API already holds `new` (fields it fills in itself aside).
+fn same_status(old: &PodStatus, new: &serde_json::Value) -> bool {
+    let mut old = serde_json::to_value(old).unwrap_or_default();
+    if let Some(o) = old.as_object_mut() {
+        o.remove("nominatedNodeName");
+    }
+    &old == new
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(running: bool, exit: Option<i32>, last_exit: bool) -> ContainerStatus {
+        let mut s = ContainerState::default();
+        if running {
+            s.running = Some(ContainerStateRunning::default());
+        } else if let Some(code) = exit {
+            s.terminated = Some(ContainerStateTerminated {
+                exit_code: code,
+                ..Default::default()
+            });
+        } else {
+            s.waiting = Some(ContainerStateWaiting::default());
+        }
+        let mut last = ContainerState::default();
+        if last_exit {
+            last.terminated = Some(ContainerStateTerminated::default());
+        }
+        ContainerStatus {
+            state: Some(s),
+            last_state: Some(last),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn phases() {
+        assert_eq!(
+            phase("Always", &[], false, &[st(false, None, false)]),
+            "Pending"
+        );
+        assert_eq!(
+            phase("Always", &[], false, &[st(true, None, false)]),
+            "Running"
+        );
+        assert_eq!(
+            phase("Never", &[], false, &[st(false, Some(0), false)]),
+            "Succeeded"
+        );
+        assert_eq!(
+            phase("Never", &[], false, &[st(false, Some(3), false)]),
+            "Failed"
+        );
+        assert_eq!(
+            phase("OnFailure", &[], false, &[st(false, Some(3), false)]),
+            "Running"
+        );
+        // CrashLoopBackOff: waiting with a last termination counts as stopped.
+        assert_eq!(
+            phase("Always", &[], false, &[st(false, None, true)]),
+            "Running"
+        );
+        assert_eq!(
+            phase(
+                "Always",
+                &[st(true, None, false)],
+                false,
+                &[st(false, None, false)]
+            ),
+            "Pending"
+        );
+        assert_eq!(phase("Never", &[], true, &[]), "Failed");
+    }
+}

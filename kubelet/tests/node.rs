@@ -1,0 +1,86 @@
+//! The node's record: registration with capacity, addresses, nodeInfo and conditions, and the
+//! Lease heartbeat — against a real `skiff server`, checked with kubectl.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{NODE_IP, Node};
+
+#[test]
+fn node_registers_ready_with_lease_and_pod_cidr() {
+    let node = Node::start();
+    node.wait_for("the node to be Ready", Duration::from_secs(20), |n| {
+        n.get_json(&["node", &n.name]).is_some_and(|j| {
+            j["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+    });
+    let j = node.get_json(&["node", &node.name]).unwrap();
+    let status = &j["status"];
+    assert_eq!(status["capacity"]["pods"], "110");
+    assert!(
+        status["capacity"]["cpu"]
+            .as_str()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+            >= 1
+    );
+    assert!(
+        status["capacity"]["memory"]
+            .as_str()
+            .unwrap()
+            .ends_with("Ki")
+    );
+    assert!(status["allocatable"]["ephemeral-storage"].is_string());
+    let addresses = status["addresses"].as_array().unwrap();
+    assert!(
+        addresses
+            .iter()
+            .any(|a| a["type"] == "InternalIP" && a["address"] == NODE_IP),
+        "{addresses:?}"
+    );
+    assert!(
+        addresses
+            .iter()
+            .any(|a| a["type"] == "Hostname" && a["address"] == "node-1")
+    );
+    let info = &status["nodeInfo"];
+    assert!(
+        info["containerRuntimeVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("skiff://"),
+        "{info}"
+    );
+    assert!(!info["kernelVersion"].as_str().unwrap().is_empty());
+    assert_eq!(info["operatingSystem"], "linux");
+    let kinds: Vec<&str> = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    for k in ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"] {
+        assert!(kinds.contains(&k), "{kinds:?}");
+    }
+    assert_eq!(j["metadata"]["labels"]["kubernetes.io/hostname"], "node-1");
+
+    // The heartbeat.
+    let lease = node
+        .get_json(&["lease", "-n", "kube-node-lease", &node.name])
+        .expect("the node's Lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "node-1");
+    assert_eq!(lease["metadata"]["ownerReferences"][0]["kind"], "Node");
+    // The control plane gives the node a pod range; the kubelet reads it.
+    node.wait_for("a podCIDR", Duration::from_secs(20), |n| {
+        n.get_json(&["node", &n.name])
+            .is_some_and(|j| j["spec"]["podCIDR"].is_string())
+    });
+    let printed = node.kubectl(&["get", "node", "node-1"]);
+    assert!(printed.contains("Ready"), "{printed}");
+}

@@ -1,0 +1,307 @@
+//! Pods in real containers (skiff-runc through skiff-shim) on a node with a real `skiff server`:
+//! running with a CRI log, completion with exit codes, restarts with back-off, graceful deletion.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Node, busybox_pod};
+use serde_json::Value;
+
+fn phase(p: &Value) -> &str {
+    p["status"]["phase"].as_str().unwrap_or_default()
+}
+
+fn main_status(p: &Value) -> &Value {
+    &p["status"]["containerStatuses"][0]
+}
+
+#[test]
+fn pod_runs_logs_and_completes() {
+    let node = Node::start();
+    node.apply(&busybox_pod(
+        "hello",
+        "Never",
+        "echo hello from skiff; echo to stderr >&2; sleep 2; exit 0",
+        "",
+    ));
+    node.apply(&busybox_pod("fails", "Never", "exit 3", ""));
+
+    let p = node.wait_pod("hello", "Running", Duration::from_secs(30), |p| {
+        phase(p) == "Running"
+    });
+    let cs = main_status(&p);
+    assert!(cs["state"]["running"]["startedAt"].is_string(), "{cs}");
+    assert!(cs["containerID"].as_str().unwrap().starts_with("skiff://"));
+    assert_eq!(cs["ready"], true);
+    assert_eq!(cs["restartCount"], 0);
+    assert!(
+        cs["imageID"].as_str().unwrap().contains("busybox@sha256:"),
+        "{cs}"
+    );
+    assert_eq!(p["status"]["qosClass"], "BestEffort");
+    assert_eq!(p["status"]["hostIP"], common::NODE_IP);
+    let ip = p["status"]["podIP"].as_str().unwrap();
+    assert!(ip.starts_with(&node.pod_cidr_prefix()), "{ip}");
+    assert!(p["status"]["startTime"].is_string());
+    let ready = p["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["status"], "True");
+
+    // The CRI log of the first run, written by the shim.
+    let uid = p["metadata"]["uid"].as_str().unwrap();
+    let log = node
+        .logs_dir()
+        .join(format!("default_hello_{uid}/main/0.log"));
+    node.wait_for("the log line", Duration::from_secs(10), |_| {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains(" stdout F hello from skiff"))
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(" stderr F to stderr"), "{text}");
+    let first = text.lines().next().unwrap();
+    let ts = first.split(' ').next().unwrap();
+    assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "{first}");
+
+    let p = node.wait_pod("hello", "Succeeded", Duration::from_secs(30), |p| {
+        phase(p) == "Succeeded"
+    });
+    let t = &main_status(&p)["state"]["terminated"];
+    assert_eq!(t["exitCode"], 0, "{t}");
+    assert_eq!(t["reason"], "Completed");
+    assert!(t["finishedAt"].is_string());
+
+    let p = node.wait_pod("fails", "Failed", Duration::from_secs(30), |p| {
+        phase(p) == "Failed"
+    });
+    let cs = main_status(&p);
+    assert_eq!(cs["state"]["terminated"]["exitCode"], 3, "{cs}");
+    assert_eq!(cs["state"]["terminated"]["reason"], "Error");
+    assert_eq!(cs["restartCount"], 0);
+
+    let reasons = node.event_reasons("hello");
+    for r in ["Pulled", "Created", "Started"] {
+        assert!(reasons.iter().any(|x| x == r), "{reasons:?}");
+    }
+}
+
+#[test]
+fn pods_get_their_network_address_hostname_and_files() {
+    let node = Node::start();
+    node.apply(&busybox_pod(
+        "web",
+        "Always",
+        "hostname; ip -4 -o addr show eth0; cat /etc/resolv.conf; sleep 3600",
+        "  dnsPolicy: None\n  dnsConfig: {nameservers: [10.96.0.10], searches: [example.test]}\n",
+    ));
+    let web = node.wait_pod("web", "Running", Duration::from_secs(30), |p| {
+        phase(p) == "Running"
+    });
+    let ip = web["status"]["podIP"].as_str().unwrap().to_string();
+    assert!(ip.starts_with(&node.pod_cidr_prefix()), "{ip}");
+    let uid = web["metadata"]["uid"].as_str().unwrap();
+    let log = node
+        .logs_dir()
+        .join(format!("default_web_{uid}/main/0.log"));
+    node.wait_for(
+        "the pod's view of its network",
+        Duration::from_secs(10),
+        |_| std::fs::read_to_string(&log).is_ok_and(|t| t.contains("nameserver 10.96.0.10")),
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(" stdout F web\n"), "{text}");
+    assert!(text.contains(&format!("inet {ip}/24")), "{text}");
+    assert!(text.contains("search example.test"), "{text}");
+    // An idle pod's status is not rewritten.
+    let rv = node.pod("web").unwrap()["metadata"]["resourceVersion"].clone();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(node.pod("web").unwrap()["metadata"]["resourceVersion"], rv);
+
+    // A second pod reaches the first through the node's bridge.
+    node.apply(&busybox_pod(
+        "client",
+        "Never",
+        &format!("ping -c 1 -W 5 {ip}"),
+        "",
+    ));
+    let client = node.wait_pod("client", "finished", Duration::from_secs(30), |p| {
+        matches!(phase(p), "Succeeded" | "Failed")
+    });
+    assert_eq!(phase(&client), "Succeeded", "{}", client["status"]);
+    assert_ne!(client["status"]["podIP"], web["status"]["podIP"]);
+}
+
+#[test]
+fn crashing_pod_restarts_with_back_off() {
+    let node = Node::start();
+    node.apply(&busybox_pod("crash", "Always", "echo crashing; exit 1", ""));
+    let p = node.wait_pod(
+        "crash",
+        "CrashLoopBackOff after a restart",
+        Duration::from_secs(30),
+        |p| {
+            let cs = main_status(p);
+            cs["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+                && cs["restartCount"].as_i64() >= Some(1)
+        },
+    );
+    let cs = main_status(&p);
+    assert_eq!(cs["lastState"]["terminated"]["exitCode"], 1, "{cs}");
+    assert!(
+        cs["state"]["waiting"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("back-off 10s"),
+        "{cs}"
+    );
+    assert_eq!(phase(&p), "Running");
+    let reasons = node.event_reasons("crash");
+    assert!(reasons.iter().any(|r| r == "BackOff"), "{reasons:?}");
+    // Each attempt has its own log file.
+    let uid = p["metadata"]["uid"].as_str().unwrap();
+    let dir = node.logs_dir().join(format!("default_crash_{uid}/main"));
+    assert!(dir.join("0.log").exists() && dir.join("1.log").exists());
+    // After the 10 s back-off the container runs again (restartCount 2).
+    node.wait_pod("crash", "the third run", Duration::from_secs(30), |p| {
+        main_status(p)["restartCount"].as_i64() >= Some(2)
+    });
+}
+
+#[test]
+fn deletion_is_graceful_and_cleans_up() {
+    let node = Node::start();
+    // Handles SIGTERM: stops at once although its grace period is long.
+    node.apply(&busybox_pod(
+        "polite",
+        "Always",
+        "trap 'echo got TERM; exit 0' TERM; echo up; while true; do sleep 0.2; done",
+        "  terminationGracePeriodSeconds: 60\n",
+    ));
+    // Ignores SIGTERM: killed when its 2 s run out.
+    node.apply(&busybox_pod(
+        "stubborn",
+        "Always",
+        "trap '' TERM; echo up; while true; do sleep 0.2; done",
+        "  terminationGracePeriodSeconds: 2\n",
+    ));
+    for name in ["polite", "stubborn"] {
+        node.wait_pod(name, "Running", Duration::from_secs(30), |p| {
+            phase(p) == "Running"
+        });
+    }
+    assert_eq!(node.container_dirs().len(), 2);
+    assert!(!node.cgroup_leftovers().is_empty());
+    // The shell must have set its trap before the signal comes.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let started = Instant::now();
+    node.kubectl(&["delete", "pod", "polite", "--wait=true", "--timeout=30s"]);
+    let polite = started.elapsed();
+    assert!(polite < Duration::from_secs(10), "took {polite:?}");
+
+    let started = Instant::now();
+    node.kubectl(&["delete", "pod", "stubborn", "--wait=true", "--timeout=30s"]);
+    let stubborn = started.elapsed();
+    assert!(
+        stubborn >= Duration::from_secs(2) && stubborn < Duration::from_secs(15),
+        "took {stubborn:?}"
+    );
+    assert!(node.pod("polite").is_none() && node.pod("stubborn").is_none());
+    let reasons = node.event_reasons("polite");
+    assert!(reasons.iter().any(|r| r == "Killing"), "{reasons:?}");
+    // Nothing of the pods is left on the node.
+    assert!(
+        node.container_dirs().is_empty(),
+        "{:?}",
+        node.container_dirs()
+    );
+    assert!(
+        node.cgroup_leftovers().is_empty(),
+        "{:?}",
+        node.cgroup_leftovers()
+    );
+    let logs: Vec<_> = std::fs::read_dir(node.logs_dir())
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(logs.is_empty(), "{logs:?}");
+}
+
+#[test]
+fn init_containers_run_in_order_before_the_app() {
+    let node = Node::start();
+    let manifest = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: staged
+spec:
+  restartPolicy: Never
+  initContainers:
+  - {name: first, image: busybox, imagePullPolicy: Never, command: ["sh", "-c", "echo one; sleep 1"]}
+  - {name: second, image: busybox, imagePullPolicy: Never, command: ["sh", "-c", "echo two"]}
+  containers:
+  - {name: main, image: busybox, imagePullPolicy: Never, command: ["sh", "-c", "echo app"]}
+"#;
+    node.apply(manifest);
+    let pending = node.wait_pod("staged", "initializing", Duration::from_secs(30), |p| {
+        p["status"]["initContainerStatuses"][0]["state"]["running"].is_object()
+    });
+    assert_eq!(phase(&pending), "Pending");
+    assert_eq!(
+        main_status(&pending)["state"]["waiting"]["reason"],
+        "PodInitializing"
+    );
+    let done = node.wait_pod("staged", "Succeeded", Duration::from_secs(30), |p| {
+        phase(p) == "Succeeded"
+    });
+    let inits = done["status"]["initContainerStatuses"].as_array().unwrap();
+    let finished = |s: &Value| {
+        s["state"]["terminated"]["finishedAt"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let started = |s: &Value| {
+        s["state"]["terminated"]["startedAt"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(inits[0]["state"]["terminated"]["reason"], "Completed");
+    assert!(finished(&inits[0]) <= started(&inits[1]));
+    assert!(finished(&inits[1]) <= started(main_status(&done)));
+    let initialized = done["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Initialized")
+        .unwrap();
+    assert_eq!(initialized["status"], "True");
+}
+
+#[test]
+fn memory_limit_is_enforced_and_oom_kill_reported() {
+    let node = Node::start();
+    node.apply(
+        &busybox_pod(
+            "hungry",
+            "Never",
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes; tail /dev/zero",
+            "",
+        )
+        .replace(
+            "    command:",
+            "    resources: {limits: {memory: 16Mi, cpu: 200m}}\n    command:",
+        ),
+    );
+    let p = node.wait_pod("hungry", "Failed", Duration::from_secs(30), |p| {
+        phase(p) == "Failed"
+    });
+    let t = &main_status(&p)["state"]["terminated"];
+    assert_eq!(t["reason"], "OOMKilled", "{t}");
+    assert_eq!(t["exitCode"], 137);
+    assert_eq!(p["status"]["qosClass"], "Guaranteed");
+}
