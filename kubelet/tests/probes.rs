@@ -31,6 +31,16 @@ spec:
     )
 }
 
+/// A node whose pod network is ready (its podCIDR assigned), so that pods start at once.
+fn start_node() -> Node {
+    let node = Node::start();
+    node.wait_for("the node's podCIDR", Duration::from_secs(30), |n| {
+        n.get_json(&["node", &n.name])
+            .is_some_and(|v| v["spec"]["podCIDR"].is_string())
+    });
+    node
+}
+
 fn status(p: &Value) -> &Value {
     &p["status"]["containerStatuses"][0]
 }
@@ -95,7 +105,7 @@ fn slice_readiness(node: &Node, name: &str) -> Vec<bool> {
 
 #[test]
 fn readiness_and_startup_probes() {
-    let node = Node::start();
+    let node = start_node();
     // Serves /ready from 3 s to 13 s after it starts.
     node.apply(&pod(
         "web",
@@ -176,7 +186,7 @@ spec:
 
 #[test]
 fn liveness_hooks_and_deadline() {
-    let node = Node::start();
+    let node = start_node();
     // Healthy for 2 s; its preStop hook leaves a file that its SIGTERM handler reports as the
     // termination message.
     node.apply(&pod(
