@@ -32,12 +32,26 @@ spec:
 }
 
 /// A node whose pod network is ready (its podCIDR assigned), so that pods start at once.
+///
+/// Works around a known gap outside the probes (reported to the lead): when the control plane
+/// assigns the podCIDR after the kubelet's Node watch has started, the kubelet does not always
+/// see it; a restarted kubelet lists the Node with it.
 fn start_node() -> Node {
-    let node = Node::start();
+    let mut node = Node::start();
     node.wait_for("the node's podCIDR", Duration::from_secs(30), |n| {
         n.get_json(&["node", &n.name])
             .is_some_and(|v| v["spec"]["podCIDR"].is_string())
     });
+    let network_ready = |n: &Node| n.kubelet_log().contains("pod network ready");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !network_ready(&node) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !network_ready(&node) {
+        node.kill9_kubelet();
+        node.start_kubelet();
+        node.wait_for("the pod network", Duration::from_secs(30), network_ready);
+    }
     node
 }
 
@@ -103,8 +117,9 @@ fn slice_readiness(node: &Node, name: &str) -> Vec<bool> {
         .collect()
 }
 
+/// One node (one server and kubelet: lean, and no two nodes start at once) runs every case.
 #[test]
-fn readiness_and_startup_probes() {
+fn probes_hooks_and_deadline() {
     let node = start_node();
     // Serves /ready from 3 s to 13 s after it starts.
     node.apply(&pod(
@@ -145,48 +160,6 @@ spec:
 "#,
     ));
 
-    let limit = Duration::from_secs(30);
-    let p = node.wait_pod("web", "running, not ready", limit, running);
-    assert_eq!(status(&p)["ready"], false, "{}", status(&p));
-    let p = node.wait_pod("slow-start", "running", limit, running);
-    assert_eq!(status(&p)["started"], false, "{}", status(&p));
-    assert_eq!(status(&p)["ready"], false, "{}", status(&p));
-    assert_eq!(condition(&p, "Ready"), "False");
-
-    let p = node.wait_pod("web", "Ready", limit, |p| condition(p, "Ready") == "True");
-    assert_eq!(status(&p)["ready"], true);
-    assert_eq!(condition(&p, "ContainersReady"), "True");
-    node.wait_for("the endpoint to be ready", limit, |n| {
-        slice_readiness(n, "web") == [true]
-    });
-
-    let p = node.wait_pod("slow-start", "started and ready", limit, |p| {
-        status(p)["started"] == true && condition(p, "Ready") == "True"
-    });
-    assert_eq!(status(&p)["ready"], true);
-    assert_eq!(status(&p)["restartCount"], 0);
-
-    // The file goes away: the pod and its endpoint become unready.
-    let p = node.wait_pod("web", "unready again", limit, |p| {
-        condition(p, "Ready") == "False"
-    });
-    assert_eq!(status(&p)["ready"], false);
-    assert_eq!(condition(&p, "ContainersReady"), "False");
-    assert_eq!(status(&p)["restartCount"], 0);
-    node.wait_for("the endpoint to be unready", limit, |n| {
-        slice_readiness(n, "web") == [false]
-    });
-    assert!(has_event(
-        &node,
-        "web",
-        "Unhealthy",
-        "Readiness probe failed: HTTP probe failed with statuscode: 404"
-    ));
-}
-
-#[test]
-fn liveness_hooks_and_deadline() {
-    let node = start_node();
     // Healthy for 2 s; its preStop hook leaves a file that its SIGTERM handler reports as the
     // termination message.
     node.apply(&pod(
@@ -224,6 +197,26 @@ fn liveness_hooks_and_deadline() {
     ));
 
     let limit = Duration::from_secs(40);
+    let p = node.wait_pod("web", "running, not ready", limit, running);
+    assert_eq!(status(&p)["ready"], false, "{}", status(&p));
+    let p = node.wait_pod("slow-start", "running", limit, running);
+    assert_eq!(status(&p)["started"], false, "{}", status(&p));
+    assert_eq!(status(&p)["ready"], false, "{}", status(&p));
+    assert_eq!(condition(&p, "Ready"), "False");
+
+    let p = node.wait_pod("web", "Ready", limit, |p| condition(p, "Ready") == "True");
+    assert_eq!(status(&p)["ready"], true);
+    assert_eq!(condition(&p, "ContainersReady"), "True");
+    node.wait_for("the endpoint to be ready", limit, |n| {
+        slice_readiness(n, "web") == [true]
+    });
+
+    let p = node.wait_pod("slow-start", "started and ready", limit, |p| {
+        status(p)["started"] == true && condition(p, "Ready") == "True"
+    });
+    assert_eq!(status(&p)["ready"], true);
+    assert_eq!(status(&p)["restartCount"], 0);
+
     let p = node.wait_pod("sick", "restarted", limit, |p| {
         status(p)["restartCount"].as_i64() >= Some(1)
     });
@@ -271,4 +264,21 @@ fn liveness_hooks_and_deadline() {
         status(&p)
     );
     assert!(has_event(&node, "deadline", "DeadlineExceeded", "deadline"));
+
+    // The file goes away: the pod and its endpoint become unready.
+    let p = node.wait_pod("web", "unready again", limit, |p| {
+        condition(p, "Ready") == "False"
+    });
+    assert_eq!(status(&p)["ready"], false);
+    assert_eq!(condition(&p, "ContainersReady"), "False");
+    assert_eq!(status(&p)["restartCount"], 0);
+    node.wait_for("the endpoint to be unready", limit, |n| {
+        slice_readiness(n, "web") == [false]
+    });
+    assert!(has_event(
+        &node,
+        "web",
+        "Unhealthy",
+        "Readiness probe failed: HTTP probe failed with statuscode: 404"
+    ));
 }
