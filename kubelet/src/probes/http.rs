@@ -235,3 +235,71 @@ pub async fn post_h2(to: &Endpoint, req: Request<Full>) -> Result<H2Reply, Strin
     }
     Ok(reply)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::service::service_fn;
+    use std::time::Duration;
+
+    /// An HTTPS server with a self-signed certificate: the probe does not verify it, and sends
+    /// its path and headers.
+    #[tokio::test]
+    async fn https_get_without_verification() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["pod.invalid".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let ok = req.uri().path() == "/healthz"
+                        && req.headers().get("x-probe").is_some_and(|v| v == "1")
+                        && req
+                            .headers()
+                            .get("user-agent")
+                            .is_some_and(|v| v == USER_AGENT);
+                    Ok::<_, std::convert::Infallible>(
+                        Response::builder()
+                            .status(if ok { 200 } else { 500 })
+                            .body(Full::new(Bytes::new()))
+                            .unwrap(),
+                    )
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc),
+                );
+            }
+        });
+        let to = Endpoint {
+            host: "127.0.0.1".to_string(),
+            port,
+        };
+        let header = [("X-Probe".to_string(), "1".to_string())];
+        assert_eq!(get(true, &to, "healthz", &header).await, Ok(200));
+        assert_eq!(get(true, &to, "/other", &header).await, Ok(500));
+        // Plain HTTP against the TLS port fails rather than hangs.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), get(false, &to, "/", &[]))
+                .await
+                .is_ok_and(|r| r.is_err() || r == Ok(400))
+        );
+    }
+}
