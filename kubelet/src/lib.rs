@@ -9,6 +9,7 @@
 //!   containers, restarts with back-off, graceful termination, cleanup, adoption after a restart).
 //! - `probes`, `lifecycle`: liveness/readiness/startup probes with their thresholds; postStart and
 //!   preStop hooks, stopping one container, activeDeadlineSeconds.
+//! - `volumes`: emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes.
 //! - `status`, `events`: the pod status manager (writes only changes) and the event recorder.
 //! - `containers`, `shim`, `cri_log`, `runtime`: the containers' on-disk records, the
 //!   per-container supervisor (`skiff-shim`) and its CRI log, the OCI runtime's command line.
@@ -43,3 +44,4 @@ pub mod runtime;
 pub mod sandbox;
 pub mod shim;
 pub mod status;
+pub mod volumes;
