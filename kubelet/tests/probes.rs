@@ -31,27 +31,13 @@ spec:
     )
 }
 
-/// A node whose pod network is ready (its podCIDR assigned), so that pods start at once.
-///
-/// Works around a known gap outside the probes (reported to the lead): when the control plane
-/// assigns the podCIDR after the kubelet's Node watch has started, the kubelet does not always
-/// see it; a restarted kubelet lists the Node with it.
+/// A node whose pod network is ready (its podCIDR assigned), so that pods start at once rather
+/// than after a sandbox back-off.
 fn start_node() -> Node {
-    let mut node = Node::start();
-    node.wait_for("the node's podCIDR", Duration::from_secs(30), |n| {
-        n.get_json(&["node", &n.name])
-            .is_some_and(|v| v["spec"]["podCIDR"].is_string())
+    let node = Node::start();
+    node.wait_for("the pod network", Duration::from_secs(30), |n| {
+        n.kubelet_log().contains("pod network ready")
     });
-    let network_ready = |n: &Node| n.kubelet_log().contains("pod network ready");
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while !network_ready(&node) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    if !network_ready(&node) {
-        node.kill9_kubelet();
-        node.start_kubelet();
-        node.wait_for("the pod network", Duration::from_secs(30), network_ready);
-    }
     node
 }
 
