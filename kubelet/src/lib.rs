@@ -7,6 +7,8 @@
 //! - `node`, `host`: the Node's registration, status and Lease; what the host is made of.
 //! - `pod_manager`, `pod_worker`: the pod watch and one worker per pod (sandbox, init and app
 //!   containers, restarts with back-off, graceful termination, cleanup, adoption after a restart).
+//! - `probes`, `lifecycle`: liveness/readiness/startup probes with their thresholds; postStart and
+//!   preStop hooks, stopping one container, activeDeadlineSeconds.
 //! - `volumes`: emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes.
 //! - `status`, `events`: the pod status manager (writes only changes) and the event recorder.
 //! - `containers`, `shim`, `cri_log`, `runtime`: the containers' on-disk records, the
@@ -28,12 +30,14 @@ pub mod cri_log;
 pub mod events;
 pub mod host;
 pub mod image;
+pub mod lifecycle;
 pub mod network;
 pub mod node;
 pub mod node_network;
 pub mod oci_config;
 pub mod pod_manager;
 pub mod pod_worker;
+pub mod probes;
 pub mod qos;
 pub mod quantity;
 pub mod runtime;

@@ -15,7 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
 
-use crate::network::routes::routes_from_nodes;
+use crate::network::node_routes::routes_from_nodes;
 use crate::network::{NetworkConfig, NodeNetwork};
 
 /// The pod network once it is ready.

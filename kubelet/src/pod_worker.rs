@@ -23,8 +23,10 @@ use crate::container_env::{self, EnvSources, NodeView};
 use crate::containers::{self, ContainerMeta, ContainerRecord};
 use crate::events::{EventType, Recorder};
 use crate::image::{self, ImageError, ImageStore, PullOptions, PullPolicy};
+use crate::lifecycle;
 use crate::node_network::NetworkHandle;
 use crate::oci_config::{self, ContainerSetup};
+use crate::probes::ProbeManager;
 use crate::runtime::Runtime;
 use crate::sandbox::{Sandbox, Sandboxes};
 use crate::shim::{self, ExitRecord, ShimArgs};
@@ -134,6 +136,9 @@ pub struct PodWorker {
     retry: HashMap<String, (u32, tokio::time::Instant)>,
     sandbox: Option<Sandbox>,
     volumes: VolumeSync,
+    probes: ProbeManager,
+    /// Set once activeDeadlineSeconds passed: the pod is failed and nothing runs again.
+    deadline_exceeded: bool,
 }
 
 impl PodWorker {
@@ -151,18 +156,21 @@ impl PodWorker {
         for list in records.values_mut() {
             list.sort_by_key(|r| r.meta.attempt);
         }
+        let wake = Arc::new(Notify::new());
         PodWorker {
+            probes: ProbeManager::new(k.clone(), wake.clone()),
             k,
             uid,
             pod_rx,
             last_pod: None,
             records,
             watched: HashSet::new(),
-            wake: Arc::new(Notify::new()),
+            wake,
             waiting: HashMap::new(),
             retry: HashMap::new(),
             sandbox: None,
             volumes: VolumeSync::default(),
+            deadline_exceeded: false,
         }
     }
 
@@ -246,6 +254,22 @@ impl PodWorker {
             .restart_policy
             .clone()
             .unwrap_or_else(|| "Always".to_string());
+        if !finished
+            && !self.deadline_exceeded
+            && let Some(left) = lifecycle::active_deadline_left(pod)
+        {
+            if left.is_zero() {
+                self.exceed_deadline(pod).await;
+            } else {
+                next = next.min(left);
+            }
+        }
+        if self.deadline_exceeded {
+            let error = (lifecycle::DEADLINE_REASON, lifecycle::DEADLINE_MESSAGE);
+            let error = Some((error.0.to_string(), error.1.to_string()));
+            self.report(pod, true, false, error).await;
+            return RESYNC;
+        }
         let mut init_done = true;
         let mut init_failed = false;
         if self.sandbox.is_some() && !finished {
@@ -272,6 +296,7 @@ impl PodWorker {
                 break;
             }
             if init_done {
+                self.kill_unhealthy(pod).await;
                 for c in &spec.containers {
                     let restart = match self
                         .latest(&c.name)
@@ -291,10 +316,18 @@ impl PodWorker {
                         next = next.min(wait);
                     }
                 }
+                let pod_ip = self.pod_ip();
+                for c in &spec.containers {
+                    match self.latest(&c.name).filter(|r| r.running()).cloned() {
+                        Some(r) => self.probes.ensure(pod, c, &r, &pod_ip),
+                        None => self.probes.stop(&c.name),
+                    }
+                }
             }
         }
         if finished {
             // A finished pod keeps its reported status; nothing runs again.
+            self.probes.stop_all();
             return RESYNC;
         }
         self.report(pod, init_done, init_failed, pod_error).await;
@@ -357,6 +390,63 @@ impl PodWorker {
             node_cpus_milli: cfg.node_cpus as i128 * 1000,
             node_memory_bytes: cfg.node_memory_bytes as i128,
         }
+    }
+
+    fn pod_ip(&self) -> String {
+        self.sandbox
+            .as_ref()
+            .map(|s| s.pod_ip.clone())
+            .unwrap_or_default()
+    }
+
+    /// Kills the containers whose liveness or startup probe failed; they restart as the
+    /// restartPolicy says.
+    async fn kill_unhealthy(&mut self, pod: &Pod) {
+        let spec = pod.spec.clone().unwrap_or_default();
+        for (name, kind) in self.probes.take_failed() {
+            let Some(c) = spec.containers.iter().find(|c| c.name == name) else {
+                continue;
+            };
+            let Some(r) = self.latest(&name).filter(|r| r.running()).cloned() else {
+                continue;
+            };
+            let what = kind.label().to_lowercase();
+            let message = format!("Container {name} failed {what} probe, will be restarted");
+            self.k
+                .events
+                .record(
+                    pod,
+                    Some((&name, false)),
+                    EventType::Normal,
+                    "Killing",
+                    &message,
+                )
+                .await;
+            let grace = lifecycle::grace_period(
+                pod,
+                kind.probe(c)
+                    .and_then(|p| p.termination_grace_period_seconds),
+            );
+            lifecycle::stop_container(&self.k, pod, &r, &self.pod_ip(), grace).await;
+            self.probes.stop(&name);
+        }
+        self.refresh();
+    }
+
+    /// activeDeadlineSeconds passed: every container is stopped and the pod fails.
+    async fn exceed_deadline(&mut self, pod: &Pod) {
+        self.deadline_exceeded = true;
+        self.k
+            .events
+            .record(
+                pod,
+                None,
+                EventType::Normal,
+                lifecycle::DEADLINE_REASON,
+                lifecycle::DEADLINE_MESSAGE,
+            )
+            .await;
+        self.stop_all(lifecycle::grace_period(pod, None)).await;
     }
 
     fn ensure_pod_cgroup(&self, pod: &Pod) -> String {
@@ -758,6 +848,7 @@ impl PodWorker {
                 .await;
             self.watch_exit(&record);
         }
+        let hooked = failure.is_none().then(|| record.clone());
         // The attempt before the previous one is no longer reported: remove it; the previous
         // one keeps its records (lastState) but not its runtime container or root.
         let list = self.records.entry(c.name.clone()).or_default();
@@ -775,6 +866,15 @@ impl PodWorker {
             if let Err(e) = image::unmount_rootfs(&prev.meta.layer_dir) {
                 tracing::warn!(id = %prev.meta.id, "{e}");
             }
+        }
+        if let Some(r) = hooked
+            && lifecycle::post_start(&self.k, pod, c, &r, &self.pod_ip())
+                .await
+                .is_err()
+        {
+            let grace = lifecycle::grace_period(pod, None);
+            lifecycle::stop_container(&self.k, pod, &r, &self.pod_ip(), grace).await;
+            self.refresh();
         }
         Ok(())
     }
@@ -826,7 +926,8 @@ impl PodWorker {
                 current,
                 previous: self.previous(&c.name),
                 waiting,
-                ready: true,
+                ready: self.probes.ready(c, current),
+                started: self.probes.started(c, current),
             })
         };
         let init: Vec<_> = spec
@@ -848,6 +949,10 @@ impl PodWorker {
             apps,
             pod_error,
         });
+        let mut status = status;
+        if self.deadline_exceeded {
+            status.phase = Some("Failed".to_string());
+        }
         self.k.status.set(pod, status).await;
     }
 
@@ -902,6 +1007,12 @@ impl PodWorker {
         if running.is_empty() {
             return;
         }
+        self.probes.stop_all();
+        let begun = tokio::time::Instant::now();
+        if let Some(pod) = self.last_pod.clone() {
+            lifecycle::pre_stop_all(&self.k, &pod, &running, &self.pod_ip(), grace).await;
+        }
+        let grace = grace.saturating_sub(begun.elapsed());
         for r in &running {
             self.watch_exit(r);
             if let Some(pod) = &self.last_pod {

@@ -40,6 +40,8 @@ pub struct ContainerView<'a> {
     /// PodInitializing, ContainerCreating).
     pub waiting: Option<(String, String)>,
     pub ready: bool,
+    /// Whether its startup probe (if any) succeeded.
+    pub started: bool,
 }
 
 fn container_id(r: &ContainerRecord) -> String {
@@ -123,7 +125,7 @@ pub fn container_status(v: &ContainerView) -> ContainerStatus {
         container_id: v.current.map(container_id),
         restart_count: v.current.map(|r| r.meta.attempt as i32).unwrap_or(0),
         ready: running && v.ready,
-        started: Some(running),
+        started: Some(running && v.started),
         state: Some(state),
         last_state: Some(last_state),
         ..ContainerStatus::default()
