@@ -490,14 +490,23 @@ impl Drop for Node {
                 }
             }
         }
-        // The containers' root filesystems.
-        for dir in std::fs::read_dir(self.root_dir().join("containers"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ =
-                nix::mount::umount2(&dir.path().join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+        // Every mount under the node's directories (roots, pinned namespaces, tmpfs volumes),
+        // deepest first, until none is left.
+        let base = self.dir.path().to_string_lossy().into_owned();
+        for _ in 0..10 {
+            let mut points: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+                .filter(|m| m.starts_with(&base))
+                .collect();
+            if points.is_empty() {
+                break;
+            }
+            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            for p in points {
+                let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
+            }
         }
         // The pods' tmpfs volumes and subPath binds.
         skiff_kubelet::volumes::cleanup_all(&self.root_dir());
