@@ -115,6 +115,10 @@ fn pods_get_their_network_address_hostname_and_files() {
     assert!(text.contains(" stdout F web\n"), "{text}");
     assert!(text.contains(&format!("inet {ip}/24")), "{text}");
     assert!(text.contains("search example.test"), "{text}");
+    // An idle pod's status is not rewritten.
+    let rv = node.pod("web").unwrap()["metadata"]["resourceVersion"].clone();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(node.pod("web").unwrap()["metadata"]["resourceVersion"], rv);
 
     // A second pod reaches the first through the node's bridge.
     node.apply(&busybox_pod(
@@ -224,4 +228,80 @@ fn deletion_is_graceful_and_cleans_up() {
         .flatten()
         .collect();
     assert!(logs.is_empty(), "{logs:?}");
+}
+
+#[test]
+fn init_containers_run_in_order_before_the_app() {
+    let node = Node::start();
+    let manifest = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: staged
+spec:
+  restartPolicy: Never
+  initContainers:
+  - {name: first, image: busybox, imagePullPolicy: Never, command: ["sh", "-c", "echo one; sleep 1"]}
+  - {name: second, image: busybox, imagePullPolicy: Never, command: ["sh", "-c", "echo two"]}
+  containers:
+  - {name: main, image: busybox, imagePullPolicy: Never, command: ["sh", "-c", "echo app"]}
+"#;
+    node.apply(manifest);
+    let pending = node.wait_pod("staged", "initializing", Duration::from_secs(30), |p| {
+        p["status"]["initContainerStatuses"][0]["state"]["running"].is_object()
+    });
+    assert_eq!(phase(&pending), "Pending");
+    assert_eq!(
+        main_status(&pending)["state"]["waiting"]["reason"],
+        "PodInitializing"
+    );
+    let done = node.wait_pod("staged", "Succeeded", Duration::from_secs(30), |p| {
+        phase(p) == "Succeeded"
+    });
+    let inits = done["status"]["initContainerStatuses"].as_array().unwrap();
+    let finished = |s: &Value| {
+        s["state"]["terminated"]["finishedAt"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let started = |s: &Value| {
+        s["state"]["terminated"]["startedAt"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(inits[0]["state"]["terminated"]["reason"], "Completed");
+    assert!(finished(&inits[0]) <= started(&inits[1]));
+    assert!(finished(&inits[1]) <= started(main_status(&done)));
+    let initialized = done["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Initialized")
+        .unwrap();
+    assert_eq!(initialized["status"], "True");
+}
+
+#[test]
+fn memory_limit_is_enforced_and_oom_kill_reported() {
+    let node = Node::start();
+    node.apply(
+        &busybox_pod(
+            "hungry",
+            "Never",
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes; tail /dev/zero",
+            "",
+        )
+        .replace(
+            "    command:",
+            "    resources: {limits: {memory: 16Mi, cpu: 200m}}\n    command:",
+        ),
+    );
+    let p = node.wait_pod("hungry", "Failed", Duration::from_secs(30), |p| {
+        phase(p) == "Failed"
+    });
+    let t = &main_status(&p)["state"]["terminated"];
+    assert_eq!(t["reason"], "OOMKilled", "{t}");
+    assert_eq!(t["exitCode"], 137);
+    assert_eq!(p["status"]["qosClass"], "Guaranteed");
 }
