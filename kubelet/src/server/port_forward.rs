@@ -134,7 +134,7 @@ async fn tunnel(socket: WebSocket, netns: Option<PathBuf>, ports: Vec<u16>) {
             message = source.next() => match message {
                 Some(Ok(Message::Binary(data))) if data.len() > 1 => {
                     let channel = data[0] as usize;
-                    if channel % 2 == 0
+                    if channel.is_multiple_of(2)
                         && let Some(slot) = writers.get_mut(channel / 2)
                         && let Some(write) = slot
                         && write.write_all(&data[1..]).await.is_err()
