@@ -156,7 +156,8 @@ fn service_vars(svc: &Service, out: &mut Vec<(String, String)>) {
     }
 }
 
-fn field_ref(pod: &Pod, node: &NodeView, path: &str) -> Result<String, String> {
+/// The value of a downward API `fieldRef` path.
+pub fn field_value(pod: &Pod, node: &NodeView, path: &str) -> Result<String, String> {
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref();
     let from_map = |map: &Option<BTreeMap<String, String>>, key: &str| {
@@ -192,7 +193,8 @@ fn field_ref(pod: &Pod, node: &NodeView, path: &str) -> Result<String, String> {
     })
 }
 
-fn resource_ref(
+/// The value of a downward API `resourceFieldRef` for container `c`.
+pub fn resource_value(
     c: &Container,
     node: &NodeView,
     resource: &str,
@@ -293,9 +295,9 @@ pub fn container_env(
                 }
             };
             if let Some(f) = &vf.field_ref {
-                Some(field_ref(pod, node, &f.field_path).map_err(invalid)?)
+                Some(field_value(pod, node, &f.field_path).map_err(invalid)?)
             } else if let Some(r) = &vf.resource_field_ref {
-                Some(resource_ref(c, node, &r.resource, r.divisor.as_ref()).map_err(invalid)?)
+                Some(resource_value(c, node, &r.resource, r.divisor.as_ref()).map_err(invalid)?)
             } else if let Some(r) = &vf.config_map_key_ref {
                 keyed(
                     &sources.config_maps,

@@ -7,6 +7,7 @@
 //! - `node`, `host`: the Node's registration, status and Lease; what the host is made of.
 //! - `pod_manager`, `pod_worker`: the pod watch and one worker per pod (sandbox, init and app
 //!   containers, restarts with back-off, graceful termination, cleanup, adoption after a restart).
+//! - `volumes`: emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes.
 //! - `status`, `events`: the pod status manager (writes only changes) and the event recorder.
 //! - `containers`, `shim`, `cri_log`, `runtime`: the containers' on-disk records, the
 //!   per-container supervisor (`skiff-shim`) and its CRI log, the OCI runtime's command line.
@@ -41,3 +42,4 @@ pub mod sandbox;
 pub mod server;
 pub mod shim;
 pub mod status;
+pub mod volumes;

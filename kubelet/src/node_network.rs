@@ -6,10 +6,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
 
@@ -45,16 +47,30 @@ async fn run(
     tx: &watch::Sender<Option<Arc<NodeNetwork>>>,
 ) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(cfg.client.clone());
-    let (reader, writer) = reflector::store();
     let mut events = watcher(nodes, watcher::Config::default())
         .default_backoff()
-        .reflect(writer)
-        .applied_objects()
         .boxed();
+    let mut known: BTreeMap<String, Node> = BTreeMap::new();
+    let mut listing: BTreeMap<String, Node> = BTreeMap::new();
     let mut network: Option<Arc<NodeNetwork>> = tx.borrow().clone();
     let mut last_routes = None;
-    while events.try_next().await?.is_some() {
-        let all: Vec<Node> = reader.state().iter().map(|n| (**n).clone()).collect();
+    while let Some(event) = events.try_next().await? {
+        let name = |n: &Node| n.metadata.name.clone().unwrap_or_default();
+        match event {
+            watcher::Event::Init => listing.clear(),
+            watcher::Event::InitApply(n) => {
+                listing.insert(name(&n), n);
+                continue;
+            }
+            watcher::Event::InitDone => known = std::mem::take(&mut listing),
+            watcher::Event::Apply(n) => {
+                known.insert(name(&n), n);
+            }
+            watcher::Event::Delete(n) => {
+                known.remove(&name(&n));
+            }
+        }
+        let all: Vec<Node> = known.values().cloned().collect();
         if network.is_none() {
             let own = all
                 .iter()

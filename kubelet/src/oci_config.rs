@@ -74,6 +74,8 @@ pub struct ContainerSetup<'a> {
     pub sandbox: &'a SandboxView,
     pub termination_log: &'a Path,
     pub cgroups_path: &'a str,
+    /// The container's volume mounts: (destination, source on the node, read-only).
+    pub volume_mounts: &'a [(String, PathBuf, bool)],
 }
 
 /// The container's args: `command` replaces the entrypoint, `args` the cmd; both expanded.
@@ -342,6 +344,9 @@ pub fn generate(setup: &ContainerSetup) -> Result<Value, ConfigError> {
         ));
     }
     mounts.push(bind(&termination_path, setup.termination_log, false));
+    for (destination, source, readonly) in setup.volume_mounts {
+        mounts.push(bind(destination, source, *readonly));
+    }
 
     let namespaces: Vec<Value> = std::iter::once(("pid".to_string(), None))
         .chain(std::iter::once(("mount".to_string(), None)))
@@ -583,6 +588,7 @@ mod tests {
             sandbox: &sb,
             termination_log: Path::new("/pods/u/c/termination-log"),
             cgroups_path: "/kubepods/podu/abc",
+            volume_mounts: &[],
         };
         let spec = generate(&setup).unwrap();
         assert_eq!(spec["process"]["user"]["uid"], 33);

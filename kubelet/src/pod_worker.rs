@@ -128,6 +128,8 @@ pub struct PodWorker {
     /// not be made (image pull, config errors).
     retry: HashMap<String, (u32, tokio::time::Instant)>,
     sandbox: Option<Sandbox>,
+    /// The pod's volumes: name → directory on the node.
+    volumes: HashMap<String, PathBuf>,
 }
 
 impl PodWorker {
@@ -156,6 +158,7 @@ impl PodWorker {
             waiting: HashMap::new(),
             retry: HashMap::new(),
             sandbox: None,
+            volumes: HashMap::new(),
         }
     }
 
@@ -235,13 +238,31 @@ impl PodWorker {
                 }
             }
         }
+        let mut volumes_ready = false;
+        if let Some(sb) = self.sandbox.clone().filter(|_| !finished) {
+            let pod_dir = crate::sandbox::pod_dir(&self.k.config.root_dir, &self.uid);
+            match crate::volumes::prepare(&self.k.client, pod, &pod_dir, &self.node_view(&sb)).await
+            {
+                Ok(v) => {
+                    self.volumes = v;
+                    volumes_ready = true;
+                }
+                Err(e) => {
+                    self.k
+                        .events
+                        .record(pod, None, EventType::Warning, "FailedMount", &e.to_string())
+                        .await;
+                    next = INITIAL_BACKOFF;
+                }
+            }
+        }
         let policy = spec
             .restart_policy
             .clone()
             .unwrap_or_else(|| "Always".to_string());
         let mut init_done = true;
         let mut init_failed = false;
-        if self.sandbox.is_some() && !finished {
+        if volumes_ready {
             let pod_cgroup = self.ensure_pod_cgroup(pod);
             for c in spec.init_containers.iter().flatten() {
                 let state = self
@@ -389,6 +410,17 @@ impl PodWorker {
                 self.waiting.insert(c.name.clone(), (reason, message));
                 Some(INITIAL_BACKOFF)
             }
+        }
+    }
+
+    /// What the downward API reads of the node and the sandbox.
+    fn node_view(&self, sandbox: &Sandbox) -> NodeView {
+        let cfg = &self.k.config;
+        NodeView {
+            host_ip: cfg.node_ip.to_string(),
+            pod_ip: sandbox.pod_ip.clone(),
+            node_cpus_milli: cfg.node_cpus as i128 * 1000,
+            node_memory_bytes: cfg.node_memory_bytes as i128,
         }
     }
 
@@ -558,14 +590,14 @@ impl PodWorker {
             .sandbox
             .clone()
             .expect("sandbox made before containers");
-        let node = NodeView {
-            host_ip: cfg.node_ip.to_string(),
-            pod_ip: sandbox.pod_ip.clone(),
-            node_cpus_milli: cfg.node_cpus as i128 * 1000,
-            node_memory_bytes: cfg.node_memory_bytes as i128,
-        };
+        let node = self.node_view(&sandbox);
         let env = container_env::container_env(pod, c, &node, &sources)
             .map_err(|e| config_error(e.to_string()))?;
+        let volume_mounts = crate::volumes::container_mounts(
+            c.volume_mounts.as_deref().unwrap_or_default(),
+            &self.volumes,
+        )
+        .map_err(|e| config_error(e.to_string()))?;
 
         let id = containers::new_id();
         let dir = containers::containers_dir(&cfg.run_dir).join(&id);
@@ -608,6 +640,7 @@ impl PodWorker {
                 sandbox: &sandbox.view,
                 termination_log: &termination_log,
                 cgroups_path: &record.cgroup(),
+                volume_mounts: &volume_mounts,
             })
             .map_err(|e| e.to_string())?;
             shim::write_json(&record.bundle(), "config.json", &spec)
@@ -920,6 +953,7 @@ impl PodWorker {
         for d in log_dirs {
             let _ = std::fs::remove_dir_all(d);
         }
+        crate::volumes::teardown(&crate::sandbox::pod_dir(&cfg.root_dir, &self.uid));
         self.k.sandboxes.remove(&self.uid).await;
         self.records.clear();
         tracing::info!(pod = %self.uid, "pod cleaned up");
