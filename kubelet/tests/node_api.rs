@@ -450,6 +450,25 @@ fn exec_port_forward_and_stats() {
             "Success"
         );
 
+        // A terminal: the command's stdio is a pty, resized from channel 4.
+        let mut ws = websocket(
+            &node,
+            &format!("{exec}?command=sh&command=-c&command=read+x%3B+%5B+-t+0+%5D+%26%26+echo+is-a-tty%3B+stty+size&stdin=1&stdout=1&tty=1"),
+            "v5.channel.k8s.io",
+        )
+        .await;
+        ws.send(frame(4, br#"{"Width":91,"Height":17}"#))
+            .await
+            .unwrap();
+        ws.send(frame(0, b"go\n")).await.unwrap();
+        let [_, out, _, status] = drain(&mut ws).await;
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.contains("is-a-tty") && out.contains("17 91"), "{out}");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&status).unwrap()["status"],
+            "Success"
+        );
+
         // A client that goes away takes its command with it.
         let ws = websocket(
             &node,

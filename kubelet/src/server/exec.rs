@@ -2,8 +2,11 @@
 //! `v5.channel.k8s.io` or `v4.channel.k8s.io` subprotocol, each binary message prefixed by its
 //! channel — 0 stdin, 1 stdout, 2 stderr, 3 the final `metav1.Status` (exit code), 4 terminal
 //! resize, and in v5 255 to close stdin. The command runs through the OCI runtime's `exec`; when
-//! the client goes away the command's process is killed, so nothing is left behind.
+//! the client goes away the command's process is killed, so nothing is left behind. With `tty`
+//! the command's stdio is a pty the kubelet makes (its output on channel 1, resized from channel
+//! 4); the command does not get it as its controlling terminal.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -14,7 +17,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::{ApiError, NodeServer, query};
@@ -27,6 +30,7 @@ const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 const STATUS: u8 = 3;
+const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
 /// How long the output is drained after the command ended (a background child of the command
@@ -66,6 +70,33 @@ struct ExecRequest {
     stdin: bool,
     stdout: bool,
     stderr: bool,
+    tty: bool,
+}
+
+/// A terminal size as the resize channel sends it.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TerminalSize {
+    width: u16,
+    height: u16,
+}
+
+fn resize(master: &OwnedFd, size: &TerminalSize) {
+    let ws = libc::winsize {
+        ws_row: size.height,
+        ws_col: size.width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ on a pty master we own, with a valid winsize.
+    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+}
+
+/// The file of a pty master descriptor, for async reads or writes.
+fn pty_file(master: &OwnedFd) -> std::io::Result<tokio::fs::File> {
+    Ok(tokio::fs::File::from_std(std::fs::File::from(
+        master.try_clone()?,
+    )))
 }
 
 pub(super) async fn exec(
@@ -80,14 +111,10 @@ pub(super) async fn exec(
         stdin: query::flag(&pairs, "stdin"),
         stdout: query::flag(&pairs, "stdout"),
         stderr: query::flag(&pairs, "stderr"),
+        tty: query::flag(&pairs, "tty"),
     };
     if request.command.is_empty() {
         return Err(ApiError::bad_request("command is required"));
-    }
-    if query::flag(&pairs, "tty") {
-        return Err(ApiError::bad_request(
-            "tty is not supported by this kubelet yet",
-        ));
     }
     let record = s.running_container(&ns, &pod, &container)?;
     let ws = ws.protocols([V5, V4]);
@@ -139,6 +166,17 @@ async fn run_exec(
         }
     };
     let (mut sink, mut source) = socket.split();
+    let pty = if request.tty {
+        Some(nix::pty::openpty(None, None)?)
+    } else {
+        None
+    };
+    let stdio = |wanted: bool| -> std::io::Result<Stdio> {
+        match &pty {
+            Some(pty) => Ok(Stdio::from(pty.slave.try_clone()?)),
+            None => Ok(piped(wanted)),
+        }
+    };
     let spawned = tokio::process::Command::new(&runtime.path)
         .arg("--root")
         .arg(&runtime.root)
@@ -147,11 +185,13 @@ async fn run_exec(
         .arg(pid_file)
         .arg(id)
         .args(&request.command)
-        .stdin(piped(request.stdin))
-        .stdout(piped(request.stdout))
-        .stderr(piped(request.stderr))
+        .stdin(stdio(request.stdin)?)
+        .stdout(stdio(request.stdout)?)
+        .stderr(stdio(request.stderr)?)
         .kill_on_drop(true)
         .spawn();
+    // Only the command holds the pty's slave: its end is the output's end.
+    let master = pty.map(|p| p.master);
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
@@ -170,9 +210,17 @@ async fn run_exec(
         }
         let _ = sink.send(Message::Close(None)).await;
     });
-    let stdout = pump(child.stdout.take(), STDOUT, tx.clone());
+    let (stdout, mut stdin): (_, Option<Box<dyn AsyncWrite + Unpin + Send>>) = match &master {
+        Some(m) => (
+            pump(Some(pty_file(m)?), STDOUT, tx.clone()),
+            request.stdin.then_some(Box::new(pty_file(m)?)),
+        ),
+        None => (
+            pump(child.stdout.take(), STDOUT, tx.clone()),
+            child.stdin.take().map(|s| Box::new(s) as _),
+        ),
+    };
     let stderr = pump(child.stderr.take(), STDERR, tx.clone());
-    let mut stdin = child.stdin.take();
     let exited = loop {
         tokio::select! {
             status = child.wait() => break Some(status),
@@ -180,9 +228,17 @@ async fn run_exec(
                 Some(Ok(Message::Binary(data))) => match data.first() {
                     Some(&STDIN) => {
                         if let Some(input) = &mut stdin
-                            && input.write_all(&data[1..]).await.is_err()
+                            && (input.write_all(&data[1..]).await.is_err()
+                                || input.flush().await.is_err())
                         {
                             stdin = None;
+                        }
+                    }
+                    Some(&RESIZE) => {
+                        if let (Some(m), Ok(size)) =
+                            (&master, serde_json::from_slice::<TerminalSize>(&data[1..]))
+                        {
+                            resize(m, &size);
                         }
                     }
                     Some(&CLOSE) if v5 && data.get(1) == Some(&STDIN) => stdin = None,
