@@ -64,6 +64,18 @@ pub struct AgentArgs {
     /// (the kubelet's sync frequency, one minute by default).
     #[arg(long, default_value_t = 60)]
     pub volume_sync_seconds: u64,
+    /// The port of the node API (HTTPS, on the node IP).
+    #[arg(long, default_value_t = 10250)]
+    pub port: u16,
+    /// The node API's serving certificate (PEM; default: a self-signed one).
+    #[arg(long, requires = "tls_private_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The key of --tls-cert-file (PEM).
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// The CA whose client certificates the node API serves (default: the kubeconfig's CA).
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// Finds `name` next to the running kubelet, then on PATH.
@@ -164,6 +176,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         node_memory_bytes: facts.memory_bytes,
         volume_sync_period: std::time::Duration::from_secs(args.volume_sync_seconds.max(1)),
     };
+    start_node_api(&args, &kubeconfig, &config, client.clone(), runtime.clone()).await?;
     let network = crate::node_network::start(crate::node_network::NodeNetworkConfig {
         client: client.clone(),
         node_name: config.node_name.clone(),
@@ -172,4 +185,36 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let images =
         crate::image::ImageStore::open(&args.root_dir).context("opening the image store")?;
     crate::pod_manager::run(client, Arc::new(config), Arc::new(runtime), images, network).await
+}
+
+/// Starts the node API (`--port`) in the background.
+async fn start_node_api(
+    args: &AgentArgs,
+    kubeconfig: &Path,
+    config: &crate::pod_worker::KubeletConfig,
+    client: Client,
+    runtime: crate::runtime::Runtime,
+) -> anyhow::Result<()> {
+    use crate::server::tls;
+    let client_ca = match &args.client_ca_file {
+        Some(path) => tls::read_certs(path)?,
+        None => tls::kubeconfig_ca(kubeconfig).await?,
+    };
+    let tls = tls::server_config(tls::TlsOptions {
+        cert_file: args.tls_cert_file.clone(),
+        key_file: args.tls_private_key_file.clone(),
+        client_ca,
+        names: vec![config.node_name.clone(), config.node_ip.to_string()],
+    })
+    .context("the node API's TLS")?;
+    crate::server::start(crate::server::NodeServerConfig {
+        addr: std::net::SocketAddr::new(config.node_ip, args.port),
+        tls,
+        node_name: config.node_name.clone(),
+        run_dir: config.run_dir.clone(),
+        pod_logs_dir: config.pod_logs_dir.clone(),
+        runtime: Arc::new(runtime),
+        client,
+    })
+    .await
 }

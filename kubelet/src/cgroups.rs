@@ -57,7 +57,7 @@ impl CgroupMounts {
     }
 
     /// The v1 mountpoint holding `controller`.
-    fn v1_dir(&self, controller: &str) -> Option<&Path> {
+    pub fn v1_dir(&self, controller: &str) -> Option<&Path> {
         self.v1
             .iter()
             .find(|(_, c)| c.iter().any(|x| x == controller))

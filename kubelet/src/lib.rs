@@ -21,6 +21,7 @@
 //!   disk, routes to other nodes, masquerade) through netlink; `node_network` runs it for the node
 //!   (bridge once the podCIDR is known, routes following the Node list) and `sandbox` is the pod
 //!   worker's view of it (namespaces, address, hostPorts, the pod's files).
+//! - `server`: the node API on port 10250 (logs, exec, port-forward, stats) over mutual TLS.
 
 pub mod agent;
 pub mod cgroups;
@@ -42,6 +43,7 @@ pub mod qos;
 pub mod quantity;
 pub mod runtime;
 pub mod sandbox;
+pub mod server;
 pub mod shim;
 pub mod status;
 pub mod volumes;
