@@ -14,7 +14,7 @@ use super::handlers::{meta_mut, now};
 use super::patch::strategic_merge_patch;
 use super::resources::ResourceInfo;
 use super::schema::{FieldKind, Schemas};
-use super::status::ApiError;
+use super::status::{ApiError, Reason};
 
 type Path = Vec<String>;
 pub type FieldSet = BTreeSet<Path>;
@@ -413,8 +413,7 @@ pub fn apply(
             .map(|(m, p)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {m} using {}", r.api_version()), "field": p}))
             .collect();
         return Err(ApiError {
-            code: 409,
-            reason: "Conflict",
+            reason: Reason::Conflict,
             message,
             details: Some(json!({"causes": causes})),
         });
@@ -486,7 +485,7 @@ mod tests {
         assert_eq!(out["data"], json!({"a": "1"}));
         // bob changing alice's field conflicts, unless forced.
         let err = apply(&s, r, &out, &cm(json!({"a": "9"})), "bob", false).unwrap_err();
-        assert_eq!(err.code, 409);
+        assert_eq!(err.code(), 409);
         assert!(
             err.message.contains("conflict with \"alice\""),
             "{}",

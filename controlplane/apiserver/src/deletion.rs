@@ -20,12 +20,34 @@ use serde_json::{Value, json};
 use super::ApiServer;
 use super::handlers::{WriteResult, encode_for, meta_mut, meta_str, set_rv};
 use super::resources::ResourceInfo;
-use super::status::{ApiError, ApiResult, FieldError};
+use super::status::{ApiError, ApiResult, FieldError, Reason};
 use skiff_k8s::finalizers::{FOREGROUND as FOREGROUND_FINALIZER, ORPHAN as ORPHAN_FINALIZER};
 use skiff_store::{KeyValue, StoreError};
 
 /// The warning `kube-apiserver` gives when a Job is deleted without a policy.
 const JOB_ORPHANS_WARNING: &str = "child pods are preserved by default when jobs are deleted; set propagationPolicy=Background to remove them or set propagationPolicy=Orphan to suppress this warning";
+
+/// `propagationPolicy`: what happens to the dependents of a deleted object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PropagationPolicy {
+    /// The owner waits (`foregroundDeletion`) until its blocking dependents are gone.
+    Foreground,
+    /// The owner goes at once; the garbage collector deletes the dependents after it.
+    Background,
+    /// The dependents lose their owner reference (`orphan`) and stay.
+    Orphan,
+}
+
+impl PropagationPolicy {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "Foreground" => Some(Self::Foreground),
+            "Background" => Some(Self::Background),
+            "Orphan" => Some(Self::Orphan),
+            _ => None,
+        }
+    }
+}
 
 /// `metav1.DeleteOptions`, from the request body and the query.
 #[derive(Debug, Default, Clone)]
@@ -33,7 +55,7 @@ pub struct DeleteOptions {
     pub dry_run: bool,
     pub grace_period_seconds: Option<i64>,
     pub orphan_dependents: Option<bool>,
-    pub propagation_policy: Option<String>,
+    pub propagation_policy: Option<PropagationPolicy>,
     pub precondition_uid: Option<String>,
     pub precondition_resource_version: Option<String>,
 }
@@ -46,7 +68,11 @@ impl DeleteOptions {
         body: &Value,
         q: &HashMap<String, String>,
     ) -> ApiResult<Self> {
-        let o = DeleteOptions {
+        let policy = q
+            .get("propagationPolicy")
+            .cloned()
+            .or_else(|| body["propagationPolicy"].as_str().map(str::to_string));
+        let mut o = DeleteOptions {
             dry_run: q.get("dryRun").is_some_and(|d| d == "All")
                 || body["dryRun"].as_array().is_some_and(|a| !a.is_empty()),
             grace_period_seconds: q
@@ -57,10 +83,7 @@ impl DeleteOptions {
                 .get("orphanDependents")
                 .map(|v| v == "true" || v == "1")
                 .or_else(|| body["orphanDependents"].as_bool()),
-            propagation_policy: q
-                .get("propagationPolicy")
-                .cloned()
-                .or_else(|| body["propagationPolicy"].as_str().map(str::to_string)),
+            propagation_policy: None,
             precondition_uid: body
                 .pointer("/preconditions/uid")
                 .and_then(Value::as_str)
@@ -71,7 +94,7 @@ impl DeleteOptions {
                 .map(str::to_string),
         };
         let mut errs = Vec::new();
-        if let Some(p) = &o.propagation_policy {
+        if let Some(p) = &policy {
             if o.orphan_dependents.is_some() {
                 errs.push(FieldError::invalid(
                     "propagationPolicy",
@@ -79,7 +102,8 @@ impl DeleteOptions {
                     "orphanDependents and deletionPropagation cannot be both set",
                 ));
             }
-            if !matches!(p.as_str(), "Foreground" | "Background" | "Orphan") {
+            o.propagation_policy = PropagationPolicy::parse(p);
+            if o.propagation_policy.is_none() {
                 errs.push(FieldError::not_supported(
                     "propagationPolicy",
                     &json!(p),
@@ -167,9 +191,12 @@ pub fn finalizers_after_delete(r: &ResourceInfo, cur: &Value, o: &DeleteOptions)
         .iter()
         .find(|f| *f == ORPHAN_FINALIZER || *f == FOREGROUND_FINALIZER)
         .map(String::as_str);
-    let (orphan, foreground) = match (o.orphan_dependents, o.propagation_policy.as_deref()) {
+    let (orphan, foreground) = match (o.orphan_dependents, o.propagation_policy) {
         (Some(orphan), _) => (orphan, false),
-        (None, Some(p)) => (p == "Orphan", p == "Foreground"),
+        (None, Some(p)) => (
+            p == PropagationPolicy::Orphan,
+            p == PropagationPolicy::Foreground,
+        ),
         (None, None) => match existing {
             Some(f) => (f == ORPHAN_FINALIZER, f == FOREGROUND_FINALIZER),
             None => (orphans_by_default(r), false),
@@ -441,7 +468,7 @@ impl ApiServer {
             let ins = meta_str(item, "namespace");
             match self.delete(r, ins, name, o).await {
                 Ok((_, obj, _)) => deleted.push(obj),
-                Err(e) if e.code == 404 => {}
+                Err(e) if e.reason == Reason::NotFound => {}
                 Err(e) => return Err(e),
             }
         }
@@ -530,11 +557,11 @@ mod tests {
             &[],
             json!({"orphanDependents": false, "propagationPolicy": "Orphan"}),
         );
-        assert_eq!(both.unwrap_err().code, 422);
+        assert_eq!(both.unwrap_err().code(), 422);
         assert_eq!(
             opts(&[("propagationPolicy", "Later")], json!({}))
                 .unwrap_err()
-                .code,
+                .code(),
             422
         );
         let o = opts(

@@ -37,6 +37,7 @@ fn in_gv(group: &str, version: &str) -> impl Iterator<Item = &'static ResourceIn
     RESOURCES
         .iter()
         .filter(move |r| r.group == group && r.version == version)
+        .copied()
 }
 
 fn aggregated_group(group: &str, version: &str) -> Value {

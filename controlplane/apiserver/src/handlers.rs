@@ -11,9 +11,10 @@ use base64::Engine;
 use serde_json::{Map, Value, json};
 
 use super::deletion::{self, DeleteOptions};
+use super::patch::PatchType;
 use super::resources::{self, ResourceInfo};
 use super::selectors::{FieldSelector, LabelSelector, selector_string};
-use super::status::{ApiError, ApiResult, FieldError};
+use super::status::{ApiError, ApiResult, FieldError, Reason};
 use super::{
     ApiServer, alloc, apply, convert, defaults, patch, priority, table, validation, watch,
 };
@@ -127,13 +128,37 @@ pub(super) fn set_rv(o: &mut Value, rev: u64) {
     meta_mut(o).insert("resourceVersion".into(), json!(rev.to_string()));
 }
 
+/// `fieldValidation`: what a write does with fields its type does not have.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum FieldValidation {
+    /// Reject the request.
+    Strict,
+    /// Drop them with a warning.
+    #[default]
+    Warn,
+    /// Drop them silently.
+    Ignore,
+}
+
+impl FieldValidation {
+    fn parse(v: Option<&str>) -> ApiResult<Self> {
+        match v {
+            None | Some("") | Some("Warn") => Ok(Self::Warn),
+            Some("Strict") => Ok(Self::Strict),
+            Some("Ignore") => Ok(Self::Ignore),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation {other} is not supported: supported values: Ignore, Strict, Warn"
+            ))),
+        }
+    }
+}
+
 /// Options common to writes.
 #[derive(Debug, Default, Clone)]
 pub struct WriteOptions {
     pub dry_run: bool,
     pub field_manager: Option<String>,
-    /// `Strict`, `Warn` or `Ignore`.
-    pub field_validation: String,
+    pub field_validation: FieldValidation,
     /// The subresource the write came through, when it is not the one being committed (scale).
     pub subresource: Option<&'static str>,
 }
@@ -151,15 +176,8 @@ impl WriteOptions {
                 )));
             }
         };
-        let field_validation = match q.get("fieldValidation").map(String::as_str) {
-            None | Some("") => "Warn".to_string(),
-            Some(v @ ("Strict" | "Warn" | "Ignore")) => v.to_string(),
-            Some(other) => {
-                return Err(ApiError::bad_request(format!(
-                    "fieldValidation {other} is not supported: supported values: Ignore, Strict, Warn"
-                )));
-            }
-        };
+        let field_validation =
+            FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?;
         Ok(Self {
             dry_run,
             field_manager: q
@@ -440,8 +458,7 @@ impl ApiServer {
         q: &HashMap<String, String>,
     ) -> ApiResult<Value> {
         let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))?;
-        let fields =
-            FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str), r.kind)?;
+        let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str), r)?;
         let limit: usize = match q.get("limit").map(String::as_str) {
             None | Some("") => 0,
             Some(l) => l
@@ -610,14 +627,14 @@ impl ApiServer {
         opts: &WriteOptions,
         warnings: &mut Vec<String>,
     ) -> ApiResult<Value> {
-        if opts.field_validation != "Ignore" {
+        if opts.field_validation != FieldValidation::Ignore {
             let unknown = self.schemas.unknown_fields(schema, &obj);
             if !unknown.is_empty() {
                 let msgs: Vec<String> = unknown
                     .iter()
                     .map(|f| format!("unknown field \"{f}\""))
                     .collect();
-                if opts.field_validation == "Strict" {
+                if opts.field_validation == FieldValidation::Strict {
                     return Err(ApiError::bad_request(format!(
                         "{kind} in version \"{}\" cannot be handled as a {kind}: strict decoding error: {}",
                         r.version,
@@ -707,7 +724,7 @@ impl ApiServer {
             ] {
                 m.remove(f);
             }
-            if r.tracks_generation() {
+            if r.strategy.tracks_generation() {
                 m.insert("generation".into(), json!(1));
             } else {
                 m.remove("generation");
@@ -725,7 +742,7 @@ impl ApiServer {
             ("scheduling.k8s.io", "PriorityClass") => self.admit_priority_class(&obj).await?,
             _ => {}
         }
-        defaults::apply(r.group, r.kind, &mut obj);
+        defaults::apply(r, &mut obj);
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         let errs = validation::validate(r, &obj);
         if !errs.is_empty() {
@@ -835,7 +852,7 @@ impl ApiServer {
             ("scheduling.k8s.io", "PriorityClass") => self.admit_priority_class(&new).await?,
             _ => {}
         }
-        defaults::apply(r.group, r.kind, &mut new);
+        defaults::apply(r, &mut new);
         // Allocated addresses and ports an update leaves out are kept, as the real server does.
         let _alloc_guard;
         if r.kind == "Service" {
@@ -849,7 +866,7 @@ impl ApiServer {
         if !errs.is_empty() {
             return Err(ApiError::invalid(r, &name, errs));
         }
-        if r.tracks_generation() && cur.get("spec") != new.get("spec") {
+        if r.strategy.tracks_generation() && cur.get("spec") != new.get("spec") {
             let g = cur
                 .pointer("/metadata/generation")
                 .and_then(Value::as_i64)
@@ -954,7 +971,7 @@ impl ApiServer {
                 .commit_update(r, &kv, &cur, obj.clone(), sub, opts)
                 .await
             {
-                Err(e) if e.reason == "Conflict" && precondition.is_none() => continue,
+                Err(e) if e.is_write_conflict() && precondition.is_none() => continue,
                 other => {
                     let (code, v) = other?;
                     return Ok((code, v, warnings));
@@ -977,8 +994,8 @@ impl ApiServer {
         opts: &WriteOptions,
     ) -> WriteResult {
         let mut warnings = Vec::new();
-        let is_apply = content_type == "application/apply-patch+yaml"
-            || content_type == "application/apply-patch+cbor";
+        let patch_type = PatchType::from_content_type(content_type);
+        let is_apply = patch_type == Some(PatchType::Apply);
         if is_apply && opts.field_manager.is_none() {
             return Err(ApiError::bad_request(
                 "PATCH, application/apply-patch+yaml requires fieldManager parameter",
@@ -987,7 +1004,7 @@ impl ApiServer {
         for _ in 0..16 {
             let (kv, cur) = match self.get(r, ns, name).await {
                 Ok(found) => found,
-                Err(e) if e.code == 404 && is_apply && sub.is_none() => {
+                Err(e) if e.reason == Reason::NotFound && is_apply && sub.is_none() => {
                     let mut obj = p.clone();
                     Self::check_identity(r, &mut obj, ns, Some(name))?;
                     let manager = opts.field_manager.clone().unwrap_or_default();
@@ -1022,13 +1039,13 @@ impl ApiServer {
             } else {
                 (r.schema, r.kind)
             };
-            let patched = match content_type {
-                "application/json-patch+json" => patch::json_patch(&base, p),
-                "application/merge-patch+json" => patch::merge_patch(&base, p),
-                "application/strategic-merge-patch+json" => {
+            let patched = match patch_type {
+                Some(PatchType::Json) => patch::json_patch(&base, p),
+                Some(PatchType::Merge) => patch::merge_patch(&base, p),
+                Some(PatchType::StrategicMerge) => {
                     patch::strategic_merge_patch(&self.schemas, schema, &base, p)
                 }
-                _ if is_apply => {
+                Some(PatchType::Apply) => {
                     let manager = opts.field_manager.as_deref().unwrap_or_default();
                     let mut config = p.clone();
                     Self::check_identity(r, &mut config, ns, Some(name))?;
@@ -1041,8 +1058,8 @@ impl ApiServer {
                         force,
                     )?)
                 }
-                other => {
-                    return Err(ApiError::unsupported_media_type(other));
+                None => {
+                    return Err(ApiError::unsupported_media_type(content_type));
                 }
             }
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -1076,14 +1093,7 @@ impl ApiServer {
                 .commit_update(r, &kv, &cur, new, commit_sub, &patch_opts)
                 .await
             {
-                Err(e)
-                    if e.reason == "Conflict"
-                        && e.details
-                            .as_ref()
-                            .is_some_and(|d| d.get("causes").is_none()) =>
-                {
-                    continue;
-                }
+                Err(e) if e.is_write_conflict() => continue,
                 other => {
                     let (code, v) = other?;
                     let v = if sub == Some("scale") {

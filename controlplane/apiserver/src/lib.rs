@@ -17,6 +17,7 @@ pub mod pki;
 pub mod priority;
 pub mod protobuf;
 mod protobuf_fields;
+pub mod registry;
 pub mod resources;
 pub mod schema;
 pub mod selectors;

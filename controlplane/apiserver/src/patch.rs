@@ -8,6 +8,32 @@ use serde_json::{Map, Value};
 
 use super::schema::{FieldKind, Schemas};
 
+/// A PATCH request's kind, from its content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchType {
+    /// `application/json-patch+json` (RFC 6902).
+    Json,
+    /// `application/merge-patch+json` (RFC 7386).
+    Merge,
+    /// `application/strategic-merge-patch+json`.
+    StrategicMerge,
+    /// `application/apply-patch+yaml` (or `+cbor`): server-side apply.
+    Apply,
+}
+
+impl PatchType {
+    /// `None` for a content type that is no patch.
+    pub fn from_content_type(ct: &str) -> Option<Self> {
+        match ct {
+            "application/json-patch+json" => Some(Self::Json),
+            "application/merge-patch+json" => Some(Self::Merge),
+            "application/strategic-merge-patch+json" => Some(Self::StrategicMerge),
+            "application/apply-patch+yaml" | "application/apply-patch+cbor" => Some(Self::Apply),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PatchError {
     #[error("{0}")]

@@ -1,11 +1,15 @@
-//! The resources this API server serves: names, scope, short names, categories, subresources,
-//! and the k8s-openapi type each one is (de)serialised through.
+//! What the API server knows of a resource — names, scope, short names, categories,
+//! subresources, storage key, its strategy (the resources themselves are in `registry/`) — and
+//! the k8s-openapi type each one is (de)serialised through.
 
 use k8s_openapi::api::{apps, batch, coordination, core, discovery, events, scheduling};
 use k8s_openapi::schemars::SchemaGenerator;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+pub use crate::registry::RESOURCES;
+use crate::registry::Strategy;
 
 pub const STANDARD_VERBS: &[&str] = &[
     "create",
@@ -18,7 +22,6 @@ pub const STANDARD_VERBS: &[&str] = &[
     "watch",
 ];
 
-#[derive(Debug)]
 pub struct ResourceInfo {
     pub group: &'static str,
     pub version: &'static str,
@@ -34,6 +37,14 @@ pub struct ResourceInfo {
     pub storage: &'static str,
     /// OpenAPI definition name of the type (also selects the k8s-openapi type).
     pub schema: &'static str,
+    /// What is particular to the resource.
+    pub strategy: &'static dyn Strategy,
+}
+
+impl std::fmt::Debug for ResourceInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{} {}", self.group, self.version, self.kind)
+    }
 }
 
 impl ResourceInfo {
@@ -76,272 +87,7 @@ impl ResourceInfo {
             _ => format!("/registry/{}/{}", self.storage, name),
         }
     }
-
-    /// Workloads and namespaces carry `metadata.generation`, bumped on spec changes.
-    pub fn tracks_generation(&self) -> bool {
-        matches!(
-            self.kind,
-            "Deployment" | "ReplicaSet" | "DaemonSet" | "Job" | "StatefulSet"
-        )
-    }
 }
-
-macro_rules! r {
-    ($group:literal, $version:literal, $kind:literal, $plural:literal, $singular:literal,
-     $namespaced:literal, [$($short:literal),*], [$($cat:literal),*], [$($sub:literal),*],
-     $storage:literal, $schema:literal) => {
-        ResourceInfo {
-            group: $group,
-            version: $version,
-            kind: $kind,
-            plural: $plural,
-            singular: $singular,
-            namespaced: $namespaced,
-            short_names: &[$($short),*],
-            categories: &[$($cat),*],
-            subresources: &[$($sub),*],
-            storage: $storage,
-            schema: $schema,
-        }
-    };
-}
-
-pub static RESOURCES: &[ResourceInfo] = &[
-    r!(
-        "",
-        "v1",
-        "Namespace",
-        "namespaces",
-        "namespace",
-        false,
-        ["ns"],
-        [],
-        ["status", "finalize"],
-        "namespaces",
-        "io.k8s.api.core.v1.Namespace"
-    ),
-    r!(
-        "",
-        "v1",
-        "Pod",
-        "pods",
-        "pod",
-        true,
-        ["po"],
-        ["all"],
-        ["status", "binding", "eviction"],
-        "pods",
-        "io.k8s.api.core.v1.Pod"
-    ),
-    r!(
-        "",
-        "v1",
-        "Node",
-        "nodes",
-        "node",
-        false,
-        ["no"],
-        [],
-        ["status"],
-        "minions",
-        "io.k8s.api.core.v1.Node"
-    ),
-    r!(
-        "",
-        "v1",
-        "Service",
-        "services",
-        "service",
-        true,
-        ["svc"],
-        ["all"],
-        ["status"],
-        "services/specs",
-        "io.k8s.api.core.v1.Service"
-    ),
-    r!(
-        "",
-        "v1",
-        "Endpoints",
-        "endpoints",
-        "endpoints",
-        true,
-        ["ep"],
-        [],
-        [],
-        "services/endpoints",
-        "io.k8s.api.core.v1.Endpoints"
-    ),
-    r!(
-        "",
-        "v1",
-        "ConfigMap",
-        "configmaps",
-        "configmap",
-        true,
-        ["cm"],
-        [],
-        [],
-        "configmaps",
-        "io.k8s.api.core.v1.ConfigMap"
-    ),
-    r!(
-        "",
-        "v1",
-        "Secret",
-        "secrets",
-        "secret",
-        true,
-        [],
-        [],
-        [],
-        "secrets",
-        "io.k8s.api.core.v1.Secret"
-    ),
-    r!(
-        "",
-        "v1",
-        "Event",
-        "events",
-        "event",
-        true,
-        ["ev"],
-        [],
-        [],
-        "events",
-        "io.k8s.api.core.v1.Event"
-    ),
-    r!(
-        "",
-        "v1",
-        "ServiceAccount",
-        "serviceaccounts",
-        "serviceaccount",
-        true,
-        ["sa"],
-        [],
-        [],
-        "serviceaccounts",
-        "io.k8s.api.core.v1.ServiceAccount"
-    ),
-    r!(
-        "apps",
-        "v1",
-        "Deployment",
-        "deployments",
-        "deployment",
-        true,
-        ["deploy"],
-        ["all"],
-        ["status", "scale"],
-        "deployments",
-        "io.k8s.api.apps.v1.Deployment"
-    ),
-    r!(
-        "apps",
-        "v1",
-        "ReplicaSet",
-        "replicasets",
-        "replicaset",
-        true,
-        ["rs"],
-        ["all"],
-        ["status", "scale"],
-        "replicasets",
-        "io.k8s.api.apps.v1.ReplicaSet"
-    ),
-    r!(
-        "apps",
-        "v1",
-        "DaemonSet",
-        "daemonsets",
-        "daemonset",
-        true,
-        ["ds"],
-        ["all"],
-        ["status"],
-        "daemonsets",
-        "io.k8s.api.apps.v1.DaemonSet"
-    ),
-    r!(
-        "apps",
-        "v1",
-        "ControllerRevision",
-        "controllerrevisions",
-        "controllerrevision",
-        true,
-        [],
-        [],
-        [],
-        "controllerrevisions",
-        "io.k8s.api.apps.v1.ControllerRevision"
-    ),
-    r!(
-        "batch",
-        "v1",
-        "Job",
-        "jobs",
-        "job",
-        true,
-        [],
-        ["all"],
-        ["status"],
-        "jobs",
-        "io.k8s.api.batch.v1.Job"
-    ),
-    r!(
-        "coordination.k8s.io",
-        "v1",
-        "Lease",
-        "leases",
-        "lease",
-        true,
-        [],
-        [],
-        [],
-        "leases",
-        "io.k8s.api.coordination.v1.Lease"
-    ),
-    r!(
-        "discovery.k8s.io",
-        "v1",
-        "EndpointSlice",
-        "endpointslices",
-        "endpointslice",
-        true,
-        [],
-        [],
-        [],
-        "endpointslices",
-        "io.k8s.api.discovery.v1.EndpointSlice"
-    ),
-    r!(
-        "scheduling.k8s.io",
-        "v1",
-        "PriorityClass",
-        "priorityclasses",
-        "priorityclass",
-        false,
-        ["pc"],
-        [],
-        [],
-        "priorityclasses",
-        "io.k8s.api.scheduling.v1.PriorityClass"
-    ),
-    r!(
-        "events.k8s.io",
-        "v1",
-        "Event",
-        "events",
-        "event",
-        true,
-        ["ev"],
-        [],
-        [],
-        "events",
-        "io.k8s.api.events.v1.Event"
-    ),
-];
 
 /// The API groups in discovery order (core first), each with its one served version.
 pub fn groups() -> Vec<(&'static str, &'static str)> {
@@ -358,6 +104,7 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
     RESOURCES
         .iter()
         .find(|r| r.group == group && r.version == version && r.plural == plural)
+        .copied()
 }
 
 fn roundtrip<T: DeserializeOwned + Serialize>(v: Value) -> Result<Value, String> {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 use skiff_k8s::labels::{self, Selector, SelectorExt};
 
+use super::resources::ResourceInfo;
 use super::status::ApiError;
 
 /// A label selector (kube's, from skiff-k8s) applied to objects as JSON.
@@ -50,47 +51,8 @@ pub fn selector_string(sel: &Value) -> String {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
-/// Field paths a resource may be selected by, beyond `metadata.name` and `metadata.namespace`.
-fn supported_fields(kind: &str) -> &'static [&'static str] {
-    match kind {
-        "Pod" => &[
-            "spec.nodeName",
-            "spec.restartPolicy",
-            "spec.schedulerName",
-            "spec.serviceAccountName",
-            "spec.hostNetwork",
-            "status.phase",
-            "status.podIP",
-            "status.nominatedNodeName",
-        ],
-        "Event" => &[
-            "involvedObject.kind",
-            "involvedObject.namespace",
-            "involvedObject.name",
-            "involvedObject.uid",
-            "involvedObject.apiVersion",
-            "involvedObject.resourceVersion",
-            "involvedObject.fieldPath",
-            "reason",
-            "reportingComponent",
-            "source",
-            "type",
-            "regarding.kind",
-            "regarding.name",
-            "regarding.namespace",
-            "regarding.uid",
-        ],
-        "Secret" => &["type"],
-        "Node" => &["spec.unschedulable"],
-        "Namespace" => &["status.phase"],
-        "Job" => &["status.successful"],
-        "ReplicaSet" => &["status.replicas"],
-        _ => &[],
-    }
-}
-
 impl FieldSelector {
-    pub fn parse(s: &str, kind: &str) -> Result<Self, ApiError> {
+    pub fn parse(s: &str, r: &ResourceInfo) -> Result<Self, ApiError> {
         let mut reqs = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (field, eq, value) = if let Some((f, v)) = part.split_once("!=") {
@@ -107,7 +69,7 @@ impl FieldSelector {
             let field = field.trim();
             if field != "metadata.name"
                 && field != "metadata.namespace"
-                && !supported_fields(kind).contains(&field)
+                && !r.strategy.selectable_fields().contains(&field)
             {
                 return Err(ApiError::bad_request(format!(
                     "field label not supported: {field}"
@@ -173,18 +135,25 @@ mod tests {
         assert!(LabelSelector::parse("a in b").is_err());
     }
 
+    fn pods() -> &'static ResourceInfo {
+        crate::resources::find("", "v1", "pods").unwrap()
+    }
+
     #[test]
     fn field_selector_forms() {
         let pod = json!({"metadata": {"name": "p", "namespace": "n"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
-        let f = FieldSelector::parse("spec.nodeName=n1,status.phase!=Failed", "Pod").unwrap();
+        let f = FieldSelector::parse("spec.nodeName=n1,status.phase!=Failed", pods()).unwrap();
         assert!(f.matches(&pod));
-        let f = FieldSelector::parse("spec.nodeName=", "Pod").unwrap();
+        let f = FieldSelector::parse("spec.nodeName=", pods()).unwrap();
         assert!(!f.matches(&pod));
-        assert!(FieldSelector::parse("spec.bogus=1", "Pod").is_err());
+        assert!(FieldSelector::parse("spec.bogus=1", pods()).is_err());
         assert_eq!(
-            FieldSelector::parse("metadata.name=p", "ConfigMap")
-                .unwrap()
-                .name(),
+            FieldSelector::parse(
+                "metadata.name=p",
+                crate::resources::find("", "v1", "configmaps").unwrap()
+            )
+            .unwrap()
+            .name(),
             Some("p")
         );
     }

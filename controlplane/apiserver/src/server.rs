@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::alloc::NetworkConfig;
-use crate::handlers::{WriteOptions, parse_target};
+use crate::handlers::{FieldValidation, WriteOptions, parse_target};
 use crate::pki::{Pki, PkiError};
-use crate::status::ApiError;
+use crate::status::{ApiError, Reason};
 use crate::{ApiServer, discovery, parse_query, resources};
 use skiff_store::embedded::EmbeddedStore;
 use skiff_store::{Store, StoreError};
@@ -184,7 +184,7 @@ async fn route_inner(
 /// The namespaces, system PriorityClasses and `kubernetes` Service every cluster starts with.
 async fn bootstrap(app: &Arc<ApiServer>, listen: SocketAddr) -> Result<(), ApiError> {
     let opts = WriteOptions {
-        field_validation: "Strict".into(),
+        field_validation: FieldValidation::Strict,
         ..Default::default()
     };
     let nsr = resources::find("", "v1", "namespaces").expect("served");
@@ -192,7 +192,7 @@ async fn bootstrap(app: &Arc<ApiServer>, listen: SocketAddr) -> Result<(), ApiEr
         let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
         match app.create(nsr, None, obj, &opts).await {
             Ok(_) => tracing::info!(namespace = ns, "created namespace"),
-            Err(e) if e.code == 409 => {}
+            Err(e) if e.reason == Reason::AlreadyExists => {}
             Err(e) => return Err(e),
         }
     }
@@ -201,7 +201,8 @@ async fn bootstrap(app: &Arc<ApiServer>, listen: SocketAddr) -> Result<(), ApiEr
         let obj = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
             "metadata": {"name": name}, "value": value, "description": description});
         match app.create(pcr, None, obj, &opts).await {
-            Ok(_) | Err(ApiError { code: 409, .. }) => {}
+            Ok(_) => {}
+            Err(e) if e.reason == Reason::AlreadyExists => {}
             Err(e) => return Err(e),
         }
     }
@@ -213,7 +214,8 @@ async fn bootstrap(app: &Arc<ApiServer>, listen: SocketAddr) -> Result<(), ApiEr
         "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": listen.port()}]},
     });
     match app.create(svc, Some("default"), obj, &opts).await {
-        Ok(_) | Err(ApiError { code: 409, .. }) => Ok(()),
+        Ok(_) => Ok(()),
+        Err(e) if e.reason == Reason::AlreadyExists => Ok(()),
         Err(e) => Err(e),
     }
 }

@@ -66,19 +66,80 @@ impl FieldError {
     }
 }
 
+/// `Status.reason`: why a request failed, which also decides the HTTP code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    AlreadyExists,
+    Conflict,
+    Expired,
+    UnsupportedMediaType,
+    Invalid,
+    InternalError,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::BadRequest => "BadRequest",
+            Reason::Unauthorized => "Unauthorized",
+            Reason::Forbidden => "Forbidden",
+            Reason::NotFound => "NotFound",
+            Reason::MethodNotAllowed => "MethodNotAllowed",
+            Reason::AlreadyExists => "AlreadyExists",
+            Reason::Conflict => "Conflict",
+            Reason::Expired => "Expired",
+            Reason::UnsupportedMediaType => "UnsupportedMediaType",
+            Reason::Invalid => "Invalid",
+            Reason::InternalError => "InternalError",
+        }
+    }
+
+    pub fn code(self) -> u16 {
+        match self {
+            Reason::BadRequest => 400,
+            Reason::Unauthorized => 401,
+            Reason::Forbidden => 403,
+            Reason::NotFound => 404,
+            Reason::MethodNotAllowed => 405,
+            Reason::AlreadyExists | Reason::Conflict => 409,
+            Reason::Expired => 410,
+            Reason::UnsupportedMediaType => 415,
+            Reason::Invalid => 422,
+            Reason::InternalError => 500,
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {
-    pub code: u16,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
     pub details: Option<Value>,
 }
 
 impl ApiError {
-    fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn code(&self) -> u16 {
+        self.reason.code()
+    }
+
+    /// A write that lost the race for the object's revision (not a server-side apply conflict
+    /// between field managers, which carries causes): reading again and retrying may succeed.
+    pub fn is_write_conflict(&self) -> bool {
+        self.reason == Reason::Conflict
+            && self
+                .details
+                .as_ref()
+                .is_none_or(|d| d.get("causes").is_none())
+    }
+
+    fn new(reason: Reason, message: impl Into<String>) -> Self {
         Self {
-            code,
             reason,
             message: message.into(),
             details: None,
@@ -96,8 +157,7 @@ impl ApiError {
 
     pub fn not_found(r: &ResourceInfo, name: &str) -> Self {
         Self::new(
-            404,
-            "NotFound",
+            Reason::NotFound,
             format!("{} \"{name}\" not found", r.group_resource()),
         )
         .with_details(r, name)
@@ -105,8 +165,7 @@ impl ApiError {
 
     pub fn namespace_not_found(ns: &str) -> Self {
         Self {
-            code: 404,
-            reason: "NotFound",
+            reason: Reason::NotFound,
             message: format!("namespaces \"{ns}\" not found"),
             details: Some(json!({"name": ns, "kind": "namespaces"})),
         }
@@ -114,8 +173,7 @@ impl ApiError {
 
     pub fn already_exists(r: &ResourceInfo, name: &str) -> Self {
         Self::new(
-            409,
-            "AlreadyExists",
+            Reason::AlreadyExists,
             format!("{} \"{name}\" already exists", r.group_resource()),
         )
         .with_details(r, name)
@@ -123,8 +181,7 @@ impl ApiError {
 
     pub fn conflict(r: &ResourceInfo, name: &str, why: &str) -> Self {
         Self::new(
-            409,
-            "Conflict",
+            Reason::Conflict,
             format!(
                 "Operation cannot be fulfilled on {} \"{name}\": {why}",
                 r.group_resource()
@@ -160,31 +217,29 @@ impl ApiError {
             details["group"] = json!(r.group);
         }
         Self {
-            code: 422,
-            reason: "Invalid",
+            reason: Reason::Invalid,
             message: format!("{} \"{name}\" is invalid: {summary}", r.kind),
             details: Some(details),
         }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(400, "BadRequest", message)
+        Self::new(Reason::BadRequest, message)
     }
 
     pub fn method_not_allowed() -> Self {
         Self::new(
-            405,
-            "MethodNotAllowed",
+            Reason::MethodNotAllowed,
             "the server does not allow this method on the requested resource",
         )
     }
 
     pub fn gone(message: impl Into<String>) -> Self {
-        Self::new(410, "Expired", message)
+        Self::new(Reason::Expired, message)
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(403, "Forbidden", message)
+        Self::new(Reason::Forbidden, message)
     }
 
     /// Creating `name` in the terminating namespace `ns`.
@@ -202,21 +257,19 @@ impl ApiError {
     }
 
     pub fn unauthorized() -> Self {
-        Self::new(401, "Unauthorized", "Unauthorized")
+        Self::new(Reason::Unauthorized, "Unauthorized")
     }
 
     pub fn not_found_path() -> Self {
         Self::new(
-            404,
-            "NotFound",
+            Reason::NotFound,
             "the server could not find the requested resource",
         )
     }
 
     pub fn unsupported_media_type(ct: &str) -> Self {
         Self::new(
-            415,
-            "UnsupportedMediaType",
+            Reason::UnsupportedMediaType,
             format!(
                 "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {ct})"
             ),
@@ -224,7 +277,7 @@ impl ApiError {
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "InternalError", message)
+        Self::new(Reason::InternalError, message)
     }
 
     pub fn to_status(&self) -> Value {
@@ -234,8 +287,8 @@ impl ApiError {
             "metadata": {},
             "status": "Failure",
             "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
+            "reason": self.reason.as_str(),
+            "code": self.code(),
         });
         if let Some(d) = &self.details {
             s["details"] = d.clone();
@@ -260,7 +313,7 @@ impl From<skiff_store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let code = StatusCode::from_u16(self.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = (code, self.to_status().to_string()).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

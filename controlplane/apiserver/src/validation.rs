@@ -6,7 +6,6 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
-use super::priority;
 use super::resources::ResourceInfo;
 use super::selectors::LabelSelector;
 use super::status::FieldError;
@@ -64,12 +63,21 @@ fn is_config_key(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-/// Which rule the object's name follows.
-fn name_rule(r: &ResourceInfo) -> (fn(&str) -> bool, &'static str) {
-    match r.kind {
-        "Namespace" => (is_dns1123_label, DNS1123_LABEL_MSG),
-        "Service" => (is_dns1035_label, DNS1035_LABEL_MSG),
-        _ => (is_dns1123_subdomain, DNS1123_SUBDOMAIN_MSG),
+/// The rule an object's name follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    Dns1123Subdomain,
+    Dns1123Label,
+    Dns1035Label,
+}
+
+impl NameRule {
+    fn check(self) -> (fn(&str) -> bool, &'static str) {
+        match self {
+            NameRule::Dns1123Label => (is_dns1123_label, DNS1123_LABEL_MSG),
+            NameRule::Dns1035Label => (is_dns1035_label, DNS1035_LABEL_MSG),
+            NameRule::Dns1123Subdomain => (is_dns1123_subdomain, DNS1123_SUBDOMAIN_MSG),
+        }
     }
 }
 
@@ -78,7 +86,7 @@ fn metadata(r: &ResourceInfo, o: &Value, errs: &mut Vec<FieldError>) {
     match m["name"].as_str() {
         None | Some("") => errs.push(FieldError::required("metadata.name")),
         Some(n) => {
-            let (ok, msg) = name_rule(r);
+            let (ok, msg) = r.strategy.name_rule().check();
             if !ok(n) {
                 errs.push(FieldError::invalid("metadata.name", &m["name"], msg));
             }
@@ -118,11 +126,11 @@ fn metadata(r: &ResourceInfo, o: &Value, errs: &mut Vec<FieldError>) {
     }
 }
 
-fn port_in_range(v: &Value) -> bool {
+pub(crate) fn port_in_range(v: &Value) -> bool {
     v.as_i64().is_some_and(|p| (1..=65535).contains(&p))
 }
 
-const PROTOCOLS: &[&str] = &["TCP", "UDP", "SCTP"];
+pub(crate) const PROTOCOLS: &[&str] = &["TCP", "UDP", "SCTP"];
 
 fn containers(
     path: &str,
@@ -257,7 +265,7 @@ pub fn pod_spec(path: &str, spec: &Value, errs: &mut Vec<FieldError>) {
     }
 }
 
-fn workload_template(o: &Value, errs: &mut Vec<FieldError>, need_selector: bool) {
+pub(crate) fn workload_template(o: &Value, errs: &mut Vec<FieldError>, need_selector: bool) {
     let spec = &o["spec"];
     let sel = &spec["selector"];
     let empty_selector = sel.is_null()
@@ -302,62 +310,7 @@ fn workload_template(o: &Value, errs: &mut Vec<FieldError>, need_selector: bool)
     }
 }
 
-fn service(o: &Value, errs: &mut Vec<FieldError>) {
-    let spec = &o["spec"];
-    const TYPES: &[&str] = &["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
-    let ty = spec["type"].as_str().unwrap_or("ClusterIP");
-    if !TYPES.contains(&ty) {
-        errs.push(FieldError::not_supported("spec.type", &spec["type"], TYPES));
-    }
-    if ty == "ExternalName" {
-        if spec["externalName"].as_str().is_none_or(str::is_empty) {
-            errs.push(FieldError::required("spec.externalName"));
-        }
-        return;
-    }
-    let ports = spec["ports"].as_array().cloned().unwrap_or_default();
-    let headless = spec["clusterIP"] == "None";
-    if ports.is_empty() && !headless {
-        errs.push(FieldError::required("spec.ports"));
-    }
-    let mut seen = HashSet::new();
-    for (i, p) in ports.iter().enumerate() {
-        let pp = format!("spec.ports[{i}]");
-        if ports.len() > 1 && p["name"].as_str().is_none_or(str::is_empty) {
-            errs.push(FieldError::required(format!("{pp}.name")));
-        }
-        if let Some(n) = p["name"].as_str()
-            && !n.is_empty()
-            && !seen.insert(n.to_string())
-        {
-            errs.push(FieldError::duplicate(format!("{pp}.name"), &p["name"]));
-        }
-        if !port_in_range(&p["port"]) {
-            errs.push(FieldError::invalid(
-                format!("{pp}.port"),
-                &p["port"],
-                "must be between 1 and 65535, inclusive",
-            ));
-        }
-        if let Some(proto) = p["protocol"].as_str()
-            && !PROTOCOLS.contains(&proto)
-        {
-            errs.push(FieldError::not_supported(
-                format!("{pp}.protocol"),
-                &p["protocol"],
-                PROTOCOLS,
-            ));
-        }
-        if !p["nodePort"].is_null() && ty == "ClusterIP" {
-            errs.push(FieldError::forbidden(
-                format!("{pp}.nodePort"),
-                "may not be used when `type` is 'ClusterIP'",
-            ));
-        }
-    }
-}
-
-fn data_keys(field: &str, o: &Value, errs: &mut Vec<FieldError>) {
+pub(crate) fn data_keys(field: &str, o: &Value, errs: &mut Vec<FieldError>) {
     if let Some(m) = o[field].as_object() {
         for k in m.keys() {
             if !is_config_key(k) {
@@ -371,105 +324,15 @@ fn data_keys(field: &str, o: &Value, errs: &mut Vec<FieldError>) {
     }
 }
 
-/// Names starting with `system-` are the built-in classes'; other classes stay below them.
-fn priority_class(o: &Value, errs: &mut Vec<FieldError>) {
-    let name = o
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let value = o["value"].as_i64().unwrap_or(0);
-    if name.starts_with("system-") {
-        if !priority::SYSTEM_CLASSES
-            .iter()
-            .any(|(n, v, _)| *n == name && i64::from(*v) == value)
-        {
-            errs.push(FieldError::forbidden(
-                "metadata.name",
-                format!("priority class names with 'system-' prefix are reserved for system use only. error: {name} is not a known system priority class"),
-            ));
-        }
-    } else if value > priority::HIGHEST_USER_PRIORITY {
-        errs.push(FieldError::forbidden(
-            "value",
-            format!(
-                "maximum allowed value of a user defined priority is {}",
-                priority::HIGHEST_USER_PRIORITY
-            ),
-        ));
-    }
-    if let Some(p) = o.get("preemptionPolicy")
-        && !matches!(p.as_str(), Some("Never" | "PreemptLowerPriority"))
-    {
-        errs.push(FieldError::not_supported(
-            "preemptionPolicy",
-            p,
-            &["Never", "PreemptLowerPriority"],
-        ));
-    }
-}
-
 /// Validates a whole object of resource `r` (on create and update).
 pub fn validate(r: &ResourceInfo, o: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
     metadata(r, o, &mut errs);
-    match (r.group, r.kind) {
-        ("", "Pod") => pod_spec("spec", &o["spec"], &mut errs),
-        ("", "Service") => service(o, &mut errs),
-        ("", "ConfigMap") => {
-            data_keys("data", o, &mut errs);
-            data_keys("binaryData", o, &mut errs);
-        }
-        ("", "Secret") => data_keys("data", o, &mut errs),
-        ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "DaemonSet") => {
-            workload_template(o, &mut errs, true);
-            if r.kind == "Deployment"
-                && let Some(t) = o.pointer("/spec/strategy/type").and_then(Value::as_str)
-                && t != "RollingUpdate"
-                && t != "Recreate"
-            {
-                errs.push(FieldError::not_supported(
-                    "spec.strategy.type",
-                    &o["spec"]["strategy"]["type"],
-                    &["Recreate", "RollingUpdate"],
-                ));
-            }
-        }
-        ("apps", "ControllerRevision") => {
-            if o.get("data").is_none_or(Value::is_null) {
-                errs.push(FieldError {
-                    message: "Required value: data is mandatory".into(),
-                    ..FieldError::required("data")
-                });
-            }
-            if o["revision"].as_i64().is_some_and(|r| r < 0) {
-                errs.push(FieldError::invalid(
-                    "revision",
-                    &o["revision"],
-                    "must be greater than or equal to 0",
-                ));
-            }
-        }
-        ("scheduling.k8s.io", "PriorityClass") => priority_class(o, &mut errs),
-        ("batch", "Job") => {
-            workload_template(o, &mut errs, false);
-            let rp = o.pointer("/spec/template/spec/restartPolicy");
-            if !matches!(
-                rp.and_then(Value::as_str),
-                Some("Never") | Some("OnFailure")
-            ) {
-                errs.push(FieldError::not_supported(
-                    "spec.template.spec.restartPolicy",
-                    rp.unwrap_or(&Value::Null),
-                    &["OnFailure", "Never"],
-                ));
-            }
-        }
-        _ => {}
-    }
+    r.strategy.validate(o, &mut errs);
     errs
 }
 
-fn immutable(field: &str, old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
+pub(crate) fn immutable(field: &str, old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
     let ptr = format!("/{}", field.replace('.', "/"));
     let (a, b) = (old.pointer(&ptr), new.pointer(&ptr));
     if a != b {
@@ -484,80 +347,22 @@ fn immutable(field: &str, old: &Value, new: &Value, errs: &mut Vec<FieldError>) 
 /// The rules that only apply on update: what may not change.
 pub fn validate_update(r: &ResourceInfo, old: &Value, new: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    match (r.group, r.kind) {
-        ("", "Pod") => {
-            // Only images, activeDeadlineSeconds and added tolerations may change.
-            let strip = |v: &Value| {
-                let mut s = v["spec"].clone();
-                for key in ["containers", "initContainers"] {
-                    if let Some(cs) = s.get_mut(key).and_then(Value::as_array_mut) {
-                        for c in cs.iter_mut().filter_map(Value::as_object_mut) {
-                            c.remove("image");
-                        }
-                    }
-                }
-                if let Some(m) = s.as_object_mut() {
-                    m.remove("activeDeadlineSeconds");
-                    m.remove("tolerations");
-                    // Binding sets the node once; it may go from empty to set.
-                    m.remove("nodeName");
-                }
-                s
-            };
-            if strip(old) != strip(new) {
-                errs.push(FieldError::forbidden(
-                    "spec",
-                    "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
-                ));
-            }
-            let (on, nn) = (old.pointer("/spec/nodeName"), new.pointer("/spec/nodeName"));
-            if on.is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty())) && on != nn {
-                errs.push(FieldError::invalid(
-                    "spec.nodeName",
-                    nn.unwrap_or(&Value::Null),
-                    "field is immutable",
-                ));
-            }
-        }
-        ("", "Service")
-            if new.pointer("/spec/type") != Some(&Value::String("ExternalName".into())) =>
-        {
-            immutable("spec.clusterIP", old, new, &mut errs);
-        }
-        ("", "ConfigMap") | ("", "Secret") => {
-            if old["immutable"] == Value::Bool(true) {
-                for f in ["data", "binaryData", "immutable"] {
-                    if old.get(f) != new.get(f) {
-                        errs.push(FieldError::forbidden(
-                            f,
-                            "field is immutable when `immutable` is set",
-                        ));
-                    }
-                }
-            }
-            if r.kind == "Secret" {
-                immutable("type", old, new, &mut errs);
-            }
-        }
-        // The revision number may change (a rollback reuses a revision), its data never.
-        ("apps", "ControllerRevision") => immutable("data", old, new, &mut errs),
-        ("apps", _) => immutable("spec.selector", old, new, &mut errs),
-        ("scheduling.k8s.io", "PriorityClass") => {
-            if old.get("value") != new.get("value") {
-                errs.push(FieldError::forbidden(
-                    "value",
-                    "may not be changed in an update.",
-                ));
-            }
-            immutable("preemptionPolicy", old, new, &mut errs);
-        }
-        ("batch", "Job") => {
-            immutable("spec.selector", old, new, &mut errs);
-            immutable("spec.completions", old, new, &mut errs);
-        }
-        _ => {}
-    }
+    r.strategy.validate_update(old, new, &mut errs);
     errs
+}
+
+/// `data`, `binaryData` and `immutable` of an object that was made immutable.
+pub(crate) fn immutable_data(old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
+    if old["immutable"] == Value::Bool(true) {
+        for f in ["data", "binaryData", "immutable"] {
+            if old.get(f) != new.get(f) {
+                errs.push(FieldError::forbidden(
+                    f,
+                    "field is immutable when `immutable` is set",
+                ));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

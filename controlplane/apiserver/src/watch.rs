@@ -89,7 +89,7 @@ pub async fn serve(
 ) -> ApiResult<Response> {
     let filter = Filter {
         labels: LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))?,
-        fields: FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str), r.kind)?,
+        fields: FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str), r)?,
     };
     let bookmarks = matches!(
         q.get("allowWatchBookmarks").map(String::as_str),
