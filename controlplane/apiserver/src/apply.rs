@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
-use super::handlers::{meta_mut, now};
+use super::object::meta_mut;
 use super::patch::strategic_merge_patch;
 use super::resources::ResourceInfo;
 use super::schema::{FieldKind, Schemas};
@@ -211,7 +211,7 @@ fn new_entry(r: &ResourceInfo, manager: &str, op: &str, sub: Option<&str>, set: 
         "manager": manager,
         "operation": op,
         "apiVersion": r.api_version(),
-        "time": now(),
+        "time": skiff_k8s::time::now().to_string(),
         "fieldsType": "FieldsV1",
     });
     if let Some(s) = sub {
@@ -254,7 +254,7 @@ pub fn record_update(
     match list.iter_mut().find(|e| is(e, manager, "Update", sub)) {
         Some(e) => {
             e.set.extend(set);
-            e.value["time"] = json!(now());
+            e.value["time"] = json!(skiff_k8s::time::now().to_string());
         }
         None => list.push(new_entry(r, manager, "Update", sub, set)),
     }

@@ -5,8 +5,6 @@
 
 use serde_json::{Map, Value, json};
 
-use super::resources::ResourceInfo;
-
 /// (events.k8s.io/v1 field, core/v1 field)
 const EVENT_FIELDS: &[(&str, &str)] = &[
     ("regarding", "involvedObject"),
@@ -17,10 +15,6 @@ const EVENT_FIELDS: &[(&str, &str)] = &[
     ("deprecatedCount", "count"),
     ("reportingController", "reportingComponent"),
 ];
-
-fn is_events_v1(r: &ResourceInfo) -> bool {
-    r.group == "events.k8s.io" && r.kind == "Event"
-}
 
 fn rename(o: Value, to_core: bool, api_version: &str) -> Value {
     let Value::Object(m) = o else { return o };
@@ -42,22 +36,14 @@ fn rename(o: Value, to_core: bool, api_version: &str) -> Value {
     Value::Object(out)
 }
 
-/// The stored form of an object served as resource `r`.
-pub fn to_storage(r: &ResourceInfo, o: Value) -> Value {
-    if is_events_v1(r) {
-        rename(o, true, "v1")
-    } else {
-        o
-    }
+/// An events.k8s.io/v1 Event in its stored, core/v1 form.
+pub fn event_to_core(o: Value) -> Value {
+    rename(o, true, "v1")
 }
 
-/// The form resource `r` serves of a stored object.
-pub fn from_storage(r: &ResourceInfo, o: Value) -> Value {
-    if is_events_v1(r) {
-        rename(o, false, "events.k8s.io/v1")
-    } else {
-        o
-    }
+/// A stored (core/v1) Event as events.k8s.io/v1 serves it.
+pub fn event_from_core(o: Value) -> Value {
+    rename(o, false, "events.k8s.io/v1")
 }
 
 #[cfg(test)]
@@ -71,13 +57,13 @@ mod tests {
         let new = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"},
             "regarding": {"kind": "Pod", "name": "p"}, "note": "hi", "reason": "Started",
             "reportingController": "skiff-kubelet", "eventTime": "2026-01-01T00:00:00.000000Z"});
-        let core = to_storage(r, new.clone());
+        let core = r.strategy.stored_form(new.clone());
         assert_eq!(core["apiVersion"], "v1");
         assert_eq!(core["involvedObject"]["name"], "p");
         assert_eq!(core["message"], "hi");
         assert_eq!(core["reportingComponent"], "skiff-kubelet");
-        assert_eq!(from_storage(r, core), new);
+        assert_eq!(r.strategy.served_form(core), new);
         let pods = find("", "v1", "pods").unwrap();
-        assert_eq!(to_storage(pods, json!({"a": 1})), json!({"a": 1}));
+        assert_eq!(pods.strategy.stored_form(json!({"a": 1})), json!({"a": 1}));
     }
 }

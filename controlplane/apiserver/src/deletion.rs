@@ -18,14 +18,12 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::ApiServer;
-use super::handlers::{WriteResult, encode_for, meta_mut, meta_str, set_rv};
+use super::handlers::WriteResult;
+use super::object::{encode_for, meta_mut, meta_str, set_rv};
 use super::resources::ResourceInfo;
 use super::status::{ApiError, ApiResult, FieldError, Reason};
 use skiff_k8s::finalizers::{FOREGROUND as FOREGROUND_FINALIZER, ORPHAN as ORPHAN_FINALIZER};
 use skiff_store::{KeyValue, StoreError};
-
-/// The warning `kube-apiserver` gives when a Job is deleted without a policy.
-const JOB_ORPHANS_WARNING: &str = "child pods are preserved by default when jobs are deleted; set propagationPolicy=Background to remove them or set propagationPolicy=Orphan to suppress this warning";
 
 /// `propagationPolicy`: what happens to the dependents of a deleted object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,17 +157,10 @@ impl DeleteOptions {
 
 /// The warnings a delete of `r` with `o` carries.
 pub fn delete_warnings(r: &ResourceInfo, o: &DeleteOptions) -> Vec<String> {
-    if r.group == "batch" && r.kind == "Job" && o.policy_unset() {
-        vec![JOB_ORPHANS_WARNING.to_string()]
-    } else {
-        Vec::new()
+    match r.strategy.unset_propagation_warning() {
+        Some(w) if o.policy_unset() => vec![w.to_string()],
+        _ => Vec::new(),
     }
-}
-
-/// Whether a delete of `r` that names no policy orphans the dependents (batch/v1 Jobs do, for
-/// compatibility; everything else served here deletes them in the background).
-fn orphans_by_default(r: &ResourceInfo) -> bool {
-    r.group == "batch" && r.kind == "Job"
 }
 
 pub fn finalizers(o: &Value) -> Vec<String> {
@@ -199,7 +190,10 @@ pub fn finalizers_after_delete(r: &ResourceInfo, cur: &Value, o: &DeleteOptions)
         ),
         (None, None) => match existing {
             Some(f) => (f == ORPHAN_FINALIZER, f == FOREGROUND_FINALIZER),
-            None => (orphans_by_default(r), false),
+            None => (
+                r.strategy.default_propagation() == PropagationPolicy::Orphan,
+                false,
+            ),
         },
     };
     let mut out: Vec<String> = current
@@ -224,24 +218,9 @@ fn set_finalizers(o: &mut Value, finalizers: &[String]) {
     }
 }
 
-pub fn pod_on_node(pod: &Value) -> bool {
-    pod.pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .is_some_and(|n| !n.is_empty())
-}
-
-/// A terminating pod on a node stays until its kubelet deletes it with grace 0.
-pub fn pod_awaits_kubelet(pod: &Value) -> bool {
-    pod_on_node(pod)
-        && pod
-            .pointer("/metadata/deletionGracePeriodSeconds")
-            .and_then(Value::as_i64)
-            .is_some_and(|g| g > 0)
-}
-
-/// What a delete does to a pod's deletion timestamp (the pod strategy's graceful deletion).
+/// What a delete does to an object's deletion timestamp (graceful deletion, the pod strategy's).
 #[derive(Debug, PartialEq)]
-enum PodGrace {
+pub enum Grace {
     /// Already terminating with at least this grace: nothing changes.
     Pending,
     /// Terminating from `deletion_timestamp`, `seconds` after the delete.
@@ -249,55 +228,25 @@ enum PodGrace {
         deletion_timestamp: chrono::DateTime<chrono::Utc>,
         seconds: i64,
     },
-    /// Already marked with grace 0 (finalizers hold it): handled as any other object.
+    /// Not deleted gracefully (or already marked with grace 0 and held by finalizers): handled
+    /// by the finalizers alone.
     NotGraceful,
 }
 
-fn pod_grace(pod: &Value, requested: Option<i64>, at: chrono::DateTime<chrono::Utc>) -> PodGrace {
-    // Negative grace periods mean 1 s, as in the real registry.
-    let requested = requested.map(|g| if g < 0 { 1 } else { g });
-    let marked = pod
-        .pointer("/metadata/deletionTimestamp")
-        .and_then(Value::as_str)
-        .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok());
-    if let Some(marked) = marked {
-        let current = pod
-            .pointer("/metadata/deletionGracePeriodSeconds")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
-        if current == 0 {
-            return PodGrace::NotGraceful;
-        }
-        // Only a shorter grace period may be asked for once terminating.
-        return match requested {
-            Some(g) if g < current => PodGrace::Period {
-                deletion_timestamp: marked - chrono::Duration::seconds(current)
-                    + chrono::Duration::seconds(g),
-                seconds: g,
-            },
-            _ => PodGrace::Pending,
-        };
-    }
-    let terminal = matches!(
-        pod.pointer("/status/phase").and_then(Value::as_str),
-        Some("Succeeded" | "Failed")
-    );
-    let seconds = if !pod_on_node(pod) || terminal {
-        0
-    } else {
-        requested.unwrap_or_else(|| {
-            pod.pointer("/spec/terminationGracePeriodSeconds")
-                .and_then(Value::as_i64)
-                .unwrap_or(30)
-        })
-    };
-    PodGrace::Period {
-        deletion_timestamp: at + chrono::Duration::seconds(seconds),
-        seconds,
-    }
+/// How a delete of an object begins, before graceful deletion and finalizers (a resource's
+/// strategy decides).
+#[derive(Debug, PartialEq)]
+pub enum DeleteStart {
+    /// On to graceful deletion and the finalizers.
+    Proceed,
+    /// Nothing changes yet: the object is answered as it is.
+    Hold,
+    /// The strategy marked the object (a namespace turning `Terminating`): it is stored with the
+    /// finalizers the options ask for.
+    Mark,
 }
 
-fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
+pub(crate) fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
@@ -352,43 +301,32 @@ impl ApiServer {
         o: &DeleteOptions,
     ) -> ApiResult<Option<(StatusCode, Value)>> {
         let at = chrono::Utc::now();
-        let deleting = cur.pointer("/metadata/deletionTimestamp").is_some();
         let mut new = cur.clone();
-        if r.kind == "Namespace" {
-            if !deleting {
-                meta_mut(&mut new).insert("deletionTimestamp".into(), json!(timestamp(at)));
-                new["status"]["phase"] = json!("Terminating");
+        match r.strategy.begin_delete(&cur, &mut new, at) {
+            DeleteStart::Proceed => {}
+            DeleteStart::Hold => return Ok(Some((StatusCode::OK, cur))),
+            DeleteStart::Mark => {
                 set_finalizers(&mut new, &finalizers_after_delete(r, &cur, o));
                 return self
                     .write_marked(r, name, kv, new, StatusCode::OK, o.dry_run)
                     .await;
             }
-            let spec_finalizers = cur
-                .pointer("/spec/finalizers")
-                .and_then(Value::as_array)
-                .is_some_and(|f| !f.is_empty());
-            if spec_finalizers {
-                return Ok(Some((StatusCode::OK, cur)));
-            }
         }
-        let graceful = match r.kind {
-            "Pod" => match pod_grace(&cur, o.grace_period_seconds, at) {
-                PodGrace::Pending => return Ok(Some((StatusCode::OK, cur))),
-                PodGrace::NotGraceful => None,
-                PodGrace::Period {
-                    deletion_timestamp,
-                    seconds,
-                } => {
-                    let m = meta_mut(&mut new);
-                    m.insert(
-                        "deletionTimestamp".into(),
-                        json!(timestamp(deletion_timestamp)),
-                    );
-                    m.insert("deletionGracePeriodSeconds".into(), json!(seconds));
-                    Some(seconds)
-                }
-            },
-            _ => None,
+        let graceful = match r.strategy.graceful_delete(&cur, o.grace_period_seconds, at) {
+            Grace::Pending => return Ok(Some((StatusCode::OK, cur))),
+            Grace::NotGraceful => None,
+            Grace::Period {
+                deletion_timestamp,
+                seconds,
+            } => {
+                let m = meta_mut(&mut new);
+                m.insert(
+                    "deletionTimestamp".into(),
+                    json!(timestamp(deletion_timestamp)),
+                );
+                m.insert("deletionGracePeriodSeconds".into(), json!(seconds));
+                Some(seconds)
+            }
         };
         let finalizers = finalizers_after_delete(r, &cur, o);
         set_finalizers(&mut new, &finalizers);
@@ -483,17 +421,12 @@ impl ApiServer {
 }
 
 /// Whether an update leaves `new` (stored as `r`) with nothing holding its deletion, so that the
-/// update deletes it: marked, no finalizers, no kubelet still to confirm a pod, no namespace
-/// finalizer (`spec.finalizers`) left.
+/// update deletes it: marked, no finalizers, nothing its strategy waits for (a kubelet still to
+/// confirm a pod, a namespace finalizer in `spec.finalizers`).
 pub fn finalized(r: &ResourceInfo, new: &Value) -> bool {
     new.pointer("/metadata/deletionTimestamp").is_some()
         && finalizers(new).is_empty()
-        && !(r.kind == "Pod" && pod_awaits_kubelet(new))
-        && !(r.kind == "Namespace"
-            && new
-                .pointer("/spec/finalizers")
-                .and_then(Value::as_array)
-                .is_some_and(|f| !f.is_empty()))
+        && !r.strategy.holds_deletion(new)
 }
 
 #[cfg(test)]
@@ -572,57 +505,6 @@ mod tests {
         assert_eq!(o.grace_period_seconds, Some(5));
         assert!(o.dry_run);
         assert_eq!(o.precondition_uid.as_deref(), Some("u"));
-    }
-
-    #[test]
-    fn pods_on_nodes_terminate_gracefully_and_only_shorten() {
-        let at: chrono::DateTime<chrono::Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
-        let pod = |extra: Value| {
-            let base = json!({"spec": {"nodeName": "n", "terminationGracePeriodSeconds": 30},
-                "status": {"phase": "Running"}, "metadata": {}});
-            crate::patch::merge_patch(&base, &extra).unwrap()
-        };
-        let period = |g: &PodGrace| match g {
-            PodGrace::Period { seconds, .. } => *seconds,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(period(&pod_grace(&pod(json!({})), None, at)), 30);
-        assert_eq!(period(&pod_grace(&pod(json!({})), Some(-3), at)), 1);
-        // Unbound or finished pods go at once.
-        assert_eq!(
-            period(&pod_grace(
-                &pod(json!({"spec": {"nodeName": null}})),
-                None,
-                at
-            )),
-            0
-        );
-        assert_eq!(
-            period(&pod_grace(
-                &pod(json!({"status": {"phase": "Succeeded"}})),
-                None,
-                at
-            )),
-            0
-        );
-        let terminating = pod(
-            json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:30Z",
-            "deletionGracePeriodSeconds": 30}}),
-        );
-        assert_eq!(pod_grace(&terminating, None, at), PodGrace::Pending);
-        assert_eq!(pod_grace(&terminating, Some(40), at), PodGrace::Pending);
-        assert_eq!(
-            pod_grace(&terminating, Some(0), at),
-            PodGrace::Period {
-                deletion_timestamp: at,
-                seconds: 0
-            }
-        );
-        let held = pod(
-            json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z",
-            "deletionGracePeriodSeconds": 0, "finalizers": ["x"]}}),
-        );
-        assert_eq!(pod_grace(&held, Some(0), at), PodGrace::NotGraceful);
     }
 
     #[test]

@@ -11,13 +11,12 @@ use base64::Engine;
 use serde_json::{Map, Value, json};
 
 use super::deletion::{self, DeleteOptions};
+use super::object::{decode_kv, encode_for, meta_mut, meta_str, set_rv};
 use super::patch::PatchType;
 use super::resources::{self, ResourceInfo};
 use super::selectors::{FieldSelector, LabelSelector, selector_string};
 use super::status::{ApiError, ApiResult, FieldError, Reason};
-use super::{
-    ApiServer, alloc, apply, convert, defaults, patch, priority, table, validation, watch,
-};
+use super::{ApiServer, alloc, apply, defaults, patch, table, validation, watch};
 use skiff_store::{KeyValue, StoreError};
 
 /// The resource a request path names.
@@ -81,51 +80,6 @@ pub fn parse_target(path: &str) -> Option<ApiResult<Target>> {
         },
         _ => not_found(),
     }
-}
-
-/// Now, in the form the API writes timestamps.
-pub fn now() -> String {
-    skiff_k8s::time::now().to_string()
-}
-
-pub fn meta_str<'a>(o: &'a Value, field: &str) -> Option<&'a str> {
-    o.get("metadata")?.get(field)?.as_str()
-}
-
-pub fn meta_mut(o: &mut Value) -> &mut Map<String, Value> {
-    if !o.is_object() {
-        *o = json!({});
-    }
-    let m = o.as_object_mut().expect("object");
-    if !m.get("metadata").is_some_and(Value::is_object) {
-        m.insert("metadata".into(), json!({}));
-    }
-    m.get_mut("metadata")
-        .and_then(Value::as_object_mut)
-        .expect("object")
-}
-
-/// A stored object, with `metadata.resourceVersion` set from its revision.
-pub fn decode_kv(kv: &KeyValue) -> ApiResult<Value> {
-    let mut v: Value = serde_json::from_slice(&kv.value)
-        .map_err(|e| ApiError::internal(format!("corrupt object at {}: {e}", kv.key)))?;
-    meta_mut(&mut v).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
-    Ok(v)
-}
-
-fn encode(o: &Value) -> Vec<u8> {
-    let mut o = o.clone();
-    meta_mut(&mut o).remove("resourceVersion");
-    serde_json::to_vec(&o).expect("JSON values always serialise")
-}
-
-/// The stored bytes of an object served as `r`.
-pub(super) fn encode_for(r: &ResourceInfo, o: &Value) -> Vec<u8> {
-    encode(&convert::to_storage(r, o.clone()))
-}
-
-pub(super) fn set_rv(o: &mut Value, rev: u64) {
-    meta_mut(o).insert("resourceVersion".into(), json!(rev.to_string()));
 }
 
 /// `fieldValidation`: what a write does with fields its type does not have.
@@ -446,7 +400,7 @@ impl ApiServer {
             .get(&r.key(ns, name))
             .await?
             .ok_or_else(|| ApiError::not_found(r, name))?;
-        let v = convert::from_storage(r, decode_kv(&kv)?);
+        let v = r.strategy.served_form(decode_kv(&kv)?);
         Ok((kv, v))
     }
 
@@ -525,7 +479,7 @@ impl ApiServer {
                     stopped_early = true;
                     break;
                 }
-                let obj = convert::from_storage(r, decode_kv(&kv)?);
+                let obj = r.strategy.served_form(decode_kv(&kv)?);
                 last_key = Some(kv.key.clone());
                 let l = obj.pointer("/metadata/labels").and_then(Value::as_object);
                 if labels.matches(l) && fields.matches(&obj) {
@@ -714,7 +668,10 @@ impl ApiServer {
                 m.insert("name".into(), json!(n));
             }
             m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
-            m.insert("creationTimestamp".into(), json!(now()));
+            m.insert(
+                "creationTimestamp".into(),
+                json!(skiff_k8s::time::now().to_string()),
+            );
             for f in [
                 "resourceVersion",
                 "deletionTimestamp",
@@ -731,17 +688,13 @@ impl ApiServer {
             }
         }
         if r.has("status")
-            && r.kind != "Node"
+            && !r.strategy.keeps_status_on_create()
             && let Some(o) = obj.as_object_mut()
         {
             o.remove("status");
         }
         // Admission (the Priority plugins) before defaulting, which would fill in priority 0.
-        match (r.group, r.kind) {
-            ("", "Pod") => self.admit_pod_priority(&mut obj).await?,
-            ("scheduling.k8s.io", "PriorityClass") => self.admit_priority_class(&obj).await?,
-            _ => {}
-        }
+        r.strategy.admit_create(self, &mut obj).await?;
         defaults::apply(r, &mut obj);
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         let errs = validation::validate(r, &obj);
@@ -757,7 +710,7 @@ impl ApiServer {
         }
         let key = r.key(ns, &name);
         let _alloc_guard;
-        if r.kind == "Service" {
+        if r.strategy.allocates_service_addresses() {
             _alloc_guard = self.alloc_lock.lock().await;
             let in_use = self.services_in_use(&key).await?;
             alloc::allocate(&self.network, &mut obj, None, &in_use)
@@ -847,15 +800,11 @@ impl ApiServer {
                 json!(cur_kv.mod_revision.to_string()),
             );
         }
-        match (r.group, r.kind) {
-            ("", "Pod") => priority::keep_pod_priority(cur, &mut new),
-            ("scheduling.k8s.io", "PriorityClass") => self.admit_priority_class(&new).await?,
-            _ => {}
-        }
+        r.strategy.admit_update(self, cur, &mut new).await?;
         defaults::apply(r, &mut new);
         // Allocated addresses and ports an update leaves out are kept, as the real server does.
         let _alloc_guard;
-        if r.kind == "Service" {
+        if r.strategy.allocates_service_addresses() {
             _alloc_guard = self.alloc_lock.lock().await;
             let in_use = self.services_in_use(&cur_kv.key).await?;
             alloc::allocate(&self.network, &mut new, Some(cur), &in_use)
@@ -1140,7 +1089,7 @@ impl ApiServer {
         let mut new = cur.clone();
         new["spec"]["nodeName"] = json!(node);
         // As the real binding storage does: the pod is now scheduled.
-        let scheduled = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()});
+        let scheduled = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": skiff_k8s::time::now().to_string()});
         match new
             .pointer_mut("/status/conditions")
             .and_then(Value::as_array_mut)
@@ -1152,7 +1101,7 @@ impl ApiServer {
             None => new["status"]["conditions"] = json!([scheduled]),
         }
         self.store
-            .update(&kv.key, encode(&new), kv.mod_revision)
+            .update(&kv.key, encode_for(r, &new), kv.mod_revision)
             .await
             .map_err(|e| self.write_error(r, name, e))?;
         Ok(())

@@ -1,8 +1,9 @@
 //! skiff-apiserver: the Kubernetes API server — the TLS listener, client-certificate
 //! authentication and the PKI behind it (`server`, `pki`), routing, discovery and OpenAPI, and the
 //! generic registry (CRUD, list, watch, patch and server-side apply, subresources, deletion,
-//! defaulting, validation, admission, Table printing) over a [`Store`](skiff_store::Store). It
-//! may depend on skiff-store and skiff-k8s; nothing but the `skiff` binary depends on it.
+//! Table printing) over a [`Store`](skiff_store::Store), with what is particular to each resource
+//! in one module of `registry/` behind a [`registry::Strategy`]. It may depend on skiff-store and
+//! skiff-k8s; nothing but the `skiff` binary depends on it.
 
 pub mod alloc;
 pub mod apply;
@@ -11,6 +12,7 @@ pub mod defaults;
 pub mod deletion;
 pub mod discovery;
 pub mod handlers;
+pub mod object;
 pub mod openapi;
 pub mod patch;
 pub mod pki;

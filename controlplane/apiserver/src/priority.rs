@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 
 use super::ApiServer;
-use super::handlers::{decode_kv, meta_str};
+use super::object::{decode_kv, meta_str};
 use super::resources;
 use super::status::{ApiError, ApiResult};
 

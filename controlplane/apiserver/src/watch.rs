@@ -16,11 +16,12 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::ApiServer;
-use super::handlers::{Shape, decode_kv, partial};
+use super::handlers::{Shape, partial};
+use super::object::decode_kv;
 use super::resources::ResourceInfo;
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{ApiError, ApiResult};
-use super::{convert, table};
+use super::table;
 use skiff_store::{EventKind, KeyValue};
 
 struct Filter {
@@ -77,7 +78,7 @@ impl Encoder {
 }
 
 fn decode_event_kv(r: &ResourceInfo, kv: &KeyValue) -> Option<Value> {
-    decode_kv(kv).ok().map(|o| convert::from_storage(r, o))
+    decode_kv(kv).ok().map(|o| r.strategy.served_form(o))
 }
 
 pub async fn serve(

@@ -1,7 +1,5 @@
 //! ControllerRevision (`apps/v1`, `controllerrevisions`).
 
-use serde_json::Value;
-
 use super::prelude::*;
 
 pub static RESOURCE: ResourceInfo = ResourceInfo {
@@ -16,12 +14,12 @@ pub static RESOURCE: ResourceInfo = ResourceInfo {
     subresources: &[],
     storage: "controllerrevisions",
     schema: "io.k8s.api.apps.v1.ControllerRevision",
-    strategy: &Controllerrevisions,
+    strategy: &ControllerRevisionStrategy,
 };
 
-struct Controllerrevisions;
+struct ControllerRevisionStrategy;
 
-impl Strategy for Controllerrevisions {
+impl Strategy for ControllerRevisionStrategy {
     fn validate(&self, o: &Value, errs: &mut Vec<FieldError>) {
         if o.get("data").is_none_or(Value::is_null) {
             errs.push(FieldError {
@@ -41,4 +39,49 @@ impl Strategy for Controllerrevisions {
     fn validate_update(&self, old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
         immutable("data", old, new, errs);
     }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            NAME,
+            ("Controller", "string", 0, "Controller of the object"),
+            (
+                "Revision",
+                "string",
+                0,
+                "Revision indicates the revision of the state represented by Data.",
+            ),
+            AGE,
+        ]
+    }
+
+    fn cells(&self, o: &Value) -> Vec<Value> {
+        let name = json!(s(o, "/metadata/name"));
+        vec![
+            name,
+            json!(controller_of(o)),
+            json!(i(o, "/revision")),
+            age(o),
+        ]
+    }
+}
+
+/// The controlling owner as `kind.group/name` (kubectl's resource name form), or `<none>`.
+fn controller_of(o: &Value) -> String {
+    let Some(owner) = arr(o, "/metadata/ownerReferences").find(|r| r["controller"] == true) else {
+        return "<none>".into();
+    };
+    let kind = s(owner, "/kind");
+    let group = match s(owner, "/apiVersion").split_once('/') {
+        Some((g, _)) => g,
+        None => "",
+    };
+    let group_kind = if group.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}.{group}")
+    };
+    if group_kind.is_empty() {
+        return s(owner, "/name").to_string();
+    }
+    format!("{}/{}", group_kind.to_lowercase(), s(owner, "/name"))
 }

@@ -1,7 +1,5 @@
 //! DaemonSet (`apps/v1`, `daemonsets`).
 
-use serde_json::{Map, Value, json};
-
 use super::prelude::*;
 
 pub static RESOURCE: ResourceInfo = ResourceInfo {
@@ -16,12 +14,12 @@ pub static RESOURCE: ResourceInfo = ResourceInfo {
     subresources: &["status"],
     storage: "daemonsets",
     schema: "io.k8s.api.apps.v1.DaemonSet",
-    strategy: &Daemonsets,
+    strategy: &DaemonSetStrategy,
 };
 
-struct Daemonsets;
+struct DaemonSetStrategy;
 
-impl Strategy for Daemonsets {
+impl Strategy for DaemonSetStrategy {
     fn default(&self, root: &mut Map<String, Value>) {
         let spec = child(root, "spec");
         default(spec, "revisionHistoryLimit", json!(10));
@@ -45,5 +43,91 @@ impl Strategy for Daemonsets {
 
     fn tracks_generation(&self) -> bool {
         true
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            NAME,
+            (
+                "Desired",
+                "integer",
+                0,
+                "The total number of nodes that should be running the daemon pod.",
+            ),
+            (
+                "Current",
+                "integer",
+                0,
+                "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod.",
+            ),
+            (
+                "Ready",
+                "integer",
+                0,
+                "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready.",
+            ),
+            (
+                "Up-to-date",
+                "integer",
+                0,
+                "The total number of nodes that are running updated daemon pod",
+            ),
+            (
+                "Available",
+                "integer",
+                0,
+                "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available (ready for at least spec.minReadySeconds)",
+            ),
+            (
+                "Node Selector",
+                "string",
+                0,
+                "NodeSelector is a selector which must be true for the pod to fit on a node.",
+            ),
+            AGE,
+            (
+                "Containers",
+                "string",
+                1,
+                "Names of each container in the template.",
+            ),
+            (
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+            (
+                "Selector",
+                "string",
+                1,
+                "A label query over pods that are managed by the daemon set.",
+            ),
+        ]
+    }
+
+    fn cells(&self, o: &Value) -> Vec<Value> {
+        let name = json!(s(o, "/metadata/name"));
+        let [c, im, sel] = template_cells(o);
+        let ns: Vec<String> = o
+            .pointer("/spec/template/spec/nodeSelector")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect();
+        vec![
+            name,
+            json!(i(o, "/status/desiredNumberScheduled")),
+            json!(i(o, "/status/currentNumberScheduled")),
+            json!(i(o, "/status/numberReady")),
+            json!(i(o, "/status/updatedNumberScheduled")),
+            json!(i(o, "/status/numberAvailable")),
+            or_none(ns.join(",")),
+            age(o),
+            c,
+            im,
+            sel,
+        ]
     }
 }

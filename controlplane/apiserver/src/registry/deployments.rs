@@ -1,7 +1,5 @@
 //! Deployment (`apps/v1`, `deployments`).
 
-use serde_json::{Map, Value, json};
-
 use super::prelude::*;
 
 pub static RESOURCE: ResourceInfo = ResourceInfo {
@@ -16,12 +14,12 @@ pub static RESOURCE: ResourceInfo = ResourceInfo {
     subresources: &["status", "scale"],
     storage: "deployments",
     schema: "io.k8s.api.apps.v1.Deployment",
-    strategy: &Deployments,
+    strategy: &DeploymentStrategy,
 };
 
-struct Deployments;
+struct DeploymentStrategy;
 
-impl Strategy for Deployments {
+impl Strategy for DeploymentStrategy {
     fn default(&self, root: &mut Map<String, Value>) {
         let spec = child(root, "spec");
         default(spec, "replicas", json!(1));
@@ -57,5 +55,62 @@ impl Strategy for Deployments {
 
     fn tracks_generation(&self) -> bool {
         true
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            NAME,
+            ("Ready", "string", 0, "Number of the pod with ready state"),
+            (
+                "Up-to-date",
+                "string",
+                0,
+                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+            ),
+            (
+                "Available",
+                "string",
+                0,
+                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+            ),
+            AGE,
+            (
+                "Containers",
+                "string",
+                1,
+                "Names of each container in the template.",
+            ),
+            (
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+            (
+                "Selector",
+                "string",
+                1,
+                "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.",
+            ),
+        ]
+    }
+
+    fn cells(&self, o: &Value) -> Vec<Value> {
+        let name = json!(s(o, "/metadata/name"));
+        let [c, im, sel] = template_cells(o);
+        vec![
+            name,
+            json!(format!(
+                "{}/{}",
+                i(o, "/status/readyReplicas"),
+                i(o, "/spec/replicas")
+            )),
+            json!(i(o, "/status/updatedReplicas")),
+            json!(i(o, "/status/availableReplicas")),
+            age(o),
+            c,
+            im,
+            sel,
+        ]
     }
 }

@@ -1,7 +1,5 @@
 //! Job (`batch/v1`, `jobs`).
 
-use serde_json::{Map, Value, json};
-
 use super::prelude::*;
 
 pub static RESOURCE: ResourceInfo = ResourceInfo {
@@ -16,12 +14,24 @@ pub static RESOURCE: ResourceInfo = ResourceInfo {
     subresources: &["status"],
     storage: "jobs",
     schema: "io.k8s.api.batch.v1.Job",
-    strategy: &Jobs,
+    strategy: &JobStrategy,
 };
 
-struct Jobs;
+struct JobStrategy;
 
-impl Strategy for Jobs {
+/// The warning `kube-apiserver` gives when a Job is deleted without a policy.
+const ORPHANS_WARNING: &str = "child pods are preserved by default when jobs are deleted; set propagationPolicy=Background to remove them or set propagationPolicy=Orphan to suppress this warning";
+
+impl Strategy for JobStrategy {
+    /// batch/v1 JobStrategy orphan their pods when no policy is named, for compatibility.
+    fn default_propagation(&self) -> PropagationPolicy {
+        PropagationPolicy::Orphan
+    }
+
+    fn unset_propagation_warning(&self) -> Option<&'static str> {
+        Some(ORPHANS_WARNING)
+    }
+
     fn default(&self, root: &mut Map<String, Value>) {
         let uid = root
             .get("metadata")
@@ -95,5 +105,101 @@ impl Strategy for Jobs {
 
     fn selectable_fields(&self) -> &'static [&'static str] {
         &["status.successful"]
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            NAME,
+            ("Status", "string", 0, "Status of the job."),
+            (
+                "Completions",
+                "string",
+                0,
+                "The desired number of successfully finished pods the job should be run with.",
+            ),
+            (
+                "Duration",
+                "string",
+                0,
+                "Time required to complete the job.",
+            ),
+            AGE,
+            (
+                "Containers",
+                "string",
+                1,
+                "Names of each container in the template.",
+            ),
+            (
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+            (
+                "Selector",
+                "string",
+                1,
+                "A label query over pods that should match the pod count.",
+            ),
+        ]
+    }
+
+    fn cells(&self, o: &Value) -> Vec<Value> {
+        let name = json!(s(o, "/metadata/name"));
+        let [c, im, sel] = template_cells(o);
+        let completions = match o.pointer("/spec/completions").and_then(Value::as_i64) {
+            Some(n) => format!("{}/{n}", i(o, "/status/succeeded")),
+            None => format!(
+                "{}/1 of {}",
+                i(o, "/status/succeeded"),
+                i(o, "/spec/parallelism").max(1)
+            ),
+        };
+        vec![
+            name,
+            json!(job_status(o)),
+            json!(completions),
+            json!(job_duration(o)),
+            age(o),
+            c,
+            im,
+            sel,
+        ]
+    }
+}
+
+fn job_status(o: &Value) -> &'static str {
+    let cond =
+        |t: &str| arr(o, "/status/conditions").any(|c| c["type"] == t && c["status"] == "True");
+    if cond("Complete") {
+        "Complete"
+    } else if cond("Failed") {
+        "Failed"
+    } else if o.pointer("/metadata/deletionTimestamp").is_some() {
+        "Terminating"
+    } else if cond("Suspended") {
+        "Suspended"
+    } else if cond("FailureTarget") {
+        "FailureTarget"
+    } else if cond("SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
+    } else {
+        "Running"
+    }
+}
+
+fn job_duration(o: &Value) -> String {
+    let parse = |p: &str| {
+        o.pointer(p)
+            .and_then(Value::as_str)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    };
+    match (parse("/status/startTime"), parse("/status/completionTime")) {
+        (None, _) => String::new(),
+        (Some(st), None) => {
+            human_duration((chrono::Utc::now() - st.with_timezone(&chrono::Utc)).num_seconds())
+        }
+        (Some(st), Some(ct)) => human_duration((ct - st).num_seconds()),
     }
 }

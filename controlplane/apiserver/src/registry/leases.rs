@@ -14,9 +14,22 @@ pub static RESOURCE: ResourceInfo = ResourceInfo {
     subresources: &[],
     storage: "leases",
     schema: "io.k8s.api.coordination.v1.Lease",
-    strategy: &Leases,
+    strategy: &LeaseStrategy,
 };
 
-struct Leases;
+struct LeaseStrategy;
 
-impl Strategy for Leases {}
+impl Strategy for LeaseStrategy {
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            NAME,
+            ("Holder", "string", 0, "The holder of the lease."),
+            AGE,
+        ]
+    }
+
+    fn cells(&self, o: &Value) -> Vec<Value> {
+        let name = json!(s(o, "/metadata/name"));
+        vec![name, json!(s(o, "/spec/holderIdentity")), age(o)]
+    }
+}

@@ -1,7 +1,5 @@
 //! Namespace (`v1`, `namespaces`).
 
-use serde_json::{Map, Value, json};
-
 use super::prelude::*;
 
 pub static RESOURCE: ResourceInfo = ResourceInfo {
@@ -16,12 +14,37 @@ pub static RESOURCE: ResourceInfo = ResourceInfo {
     subresources: &["status", "finalize"],
     storage: "namespaces",
     schema: "io.k8s.api.core.v1.Namespace",
-    strategy: &Namespaces,
+    strategy: &NamespaceStrategy,
 };
 
-struct Namespaces;
+struct NamespaceStrategy;
 
-impl Strategy for Namespaces {
+impl Strategy for NamespaceStrategy {
+    /// The first delete marks the namespace `Terminating` (the namespace controller empties
+    /// it); later ones wait while `spec.finalizers` hold it.
+    fn begin_delete(
+        &self,
+        cur: &Value,
+        new: &mut Value,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> DeleteStart {
+        if cur.pointer("/metadata/deletionTimestamp").is_none() {
+            new["metadata"]["deletionTimestamp"] = json!(timestamp(at));
+            new["status"]["phase"] = json!("Terminating");
+            DeleteStart::Mark
+        } else if self.holds_deletion(cur) {
+            DeleteStart::Hold
+        } else {
+            DeleteStart::Proceed
+        }
+    }
+
+    fn holds_deletion(&self, o: &Value) -> bool {
+        o.pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty())
+    }
+
     fn default(&self, root: &mut Map<String, Value>) {
         let name = root
             .get("metadata")
@@ -40,5 +63,18 @@ impl Strategy for Namespaces {
 
     fn name_rule(&self) -> NameRule {
         NameRule::Dns1123Label
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            NAME,
+            ("Status", "string", 0, "The status of the namespace"),
+            AGE,
+        ]
+    }
+
+    fn cells(&self, o: &Value) -> Vec<Value> {
+        let name = json!(s(o, "/metadata/name"));
+        vec![name, json!(s(o, "/status/phase")), age(o)]
     }
 }

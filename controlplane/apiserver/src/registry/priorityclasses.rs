@@ -1,7 +1,5 @@
 //! PriorityClass (`scheduling.k8s.io/v1`, `priorityclasses`).
 
-use serde_json::{Map, Value, json};
-
 use super::prelude::*;
 use crate::priority;
 
@@ -17,12 +15,30 @@ pub static RESOURCE: ResourceInfo = ResourceInfo {
     subresources: &[],
     storage: "priorityclasses",
     schema: "io.k8s.api.scheduling.v1.PriorityClass",
-    strategy: &Priorityclasses,
+    strategy: &PriorityClassStrategy,
 };
 
-struct Priorityclasses;
+struct PriorityClassStrategy;
 
-impl Strategy for Priorityclasses {
+impl Strategy for PriorityClassStrategy {
+    /// At most one global default.
+    fn admit_create<'a>(
+        &'a self,
+        api: &'a ApiServer,
+        o: &'a mut Value,
+    ) -> BoxFuture<'a, ApiResult<()>> {
+        Box::pin(api.admit_priority_class(o))
+    }
+
+    fn admit_update<'a>(
+        &'a self,
+        api: &'a ApiServer,
+        _cur: &'a Value,
+        new: &'a mut Value,
+    ) -> BoxFuture<'a, ApiResult<()>> {
+        Box::pin(api.admit_priority_class(new))
+    }
+
     fn default(&self, root: &mut Map<String, Value>) {
         default(root, "preemptionPolicy", json!("PreemptLowerPriority"));
     }
@@ -39,6 +55,42 @@ impl Strategy for Priorityclasses {
             ));
         }
         immutable("preemptionPolicy", old, new, errs);
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            NAME,
+            (
+                "Value",
+                "integer",
+                0,
+                "value represents the integer value of this priority class. This is the actual priority that pods receive when they have the name of this class in their pod spec.",
+            ),
+            (
+                "Global-Default",
+                "boolean",
+                0,
+                "globalDefault specifies whether this PriorityClass should be considered as the default priority for pods that do not have any priority class. Only one PriorityClass can be marked as `globalDefault`. However, if more than one PriorityClasses exists with their `globalDefault` field set to true, the smallest value of such global default PriorityClasses will be used as the default priority.",
+            ),
+            AGE,
+            (
+                "PreemptionPolicy",
+                "string",
+                0,
+                "preemptionPolicy is the Policy for preempting pods with lower priority. One of Never, PreemptLowerPriority. Defaults to PreemptLowerPriority if unset.",
+            ),
+        ]
+    }
+
+    fn cells(&self, o: &Value) -> Vec<Value> {
+        let name = json!(s(o, "/metadata/name"));
+        vec![
+            name,
+            json!(o["value"].as_i64().unwrap_or(0)),
+            json!(o["globalDefault"].as_bool().unwrap_or(false)),
+            age(o),
+            json!(s(o, "/preemptionPolicy")),
+        ]
     }
 }
 

@@ -1,7 +1,5 @@
 //! ReplicaSet (`apps/v1`, `replicasets`).
 
-use serde_json::{Map, Value, json};
-
 use super::prelude::*;
 
 pub static RESOURCE: ResourceInfo = ResourceInfo {
@@ -16,12 +14,12 @@ pub static RESOURCE: ResourceInfo = ResourceInfo {
     subresources: &["status", "scale"],
     storage: "replicasets",
     schema: "io.k8s.api.apps.v1.ReplicaSet",
-    strategy: &Replicasets,
+    strategy: &ReplicaSetStrategy,
 };
 
-struct Replicasets;
+struct ReplicaSetStrategy;
 
-impl Strategy for Replicasets {
+impl Strategy for ReplicaSetStrategy {
     fn default(&self, root: &mut Map<String, Value>) {
         let spec = child(root, "spec");
         default(spec, "replicas", json!(1));
@@ -42,5 +40,63 @@ impl Strategy for Replicasets {
 
     fn selectable_fields(&self) -> &'static [&'static str] {
         &["status.replicas"]
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            NAME,
+            (
+                "Desired",
+                "integer",
+                0,
+                "Replicas is the number of desired replicas.",
+            ),
+            (
+                "Current",
+                "integer",
+                0,
+                "Replicas is the most recently observed number of replicas.",
+            ),
+            (
+                "Ready",
+                "integer",
+                0,
+                "The number of ready replicas for this replica set.",
+            ),
+            AGE,
+            (
+                "Containers",
+                "string",
+                1,
+                "Names of each container in the template.",
+            ),
+            (
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+            (
+                "Selector",
+                "string",
+                1,
+                "Selector is a label query over pods that should match the replica count.",
+            ),
+        ]
+    }
+
+    fn cells(&self, o: &Value) -> Vec<Value> {
+        let name = json!(s(o, "/metadata/name"));
+        let [c, im, sel] = template_cells(o);
+        vec![
+            name,
+            json!(i(o, "/spec/replicas")),
+            json!(i(o, "/status/replicas")),
+            json!(i(o, "/status/readyReplicas")),
+            age(o),
+            c,
+            im,
+            sel,
+        ]
     }
 }

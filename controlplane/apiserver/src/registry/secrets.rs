@@ -1,7 +1,6 @@
 //! Secret (`v1`, `secrets`).
 
 use base64::Engine;
-use serde_json::{Map, Value, json};
 
 use super::prelude::*;
 
@@ -17,12 +16,12 @@ pub static RESOURCE: ResourceInfo = ResourceInfo {
     subresources: &[],
     storage: "secrets",
     schema: "io.k8s.api.core.v1.Secret",
-    strategy: &Secrets,
+    strategy: &SecretStrategy,
 };
 
-struct Secrets;
+struct SecretStrategy;
 
-impl Strategy for Secrets {
+impl Strategy for SecretStrategy {
     fn default(&self, root: &mut Map<String, Value>) {
         default(root, "type", json!("Opaque"));
         if let Some(Value::Object(sd)) = root.remove("stringData") {
@@ -48,5 +47,24 @@ impl Strategy for Secrets {
 
     fn selectable_fields(&self) -> &'static [&'static str] {
         &["type"]
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            NAME,
+            ("Type", "string", 0, "The type of the secret"),
+            ("Data", "string", 0, "The number of data entries"),
+            AGE,
+        ]
+    }
+
+    fn cells(&self, o: &Value) -> Vec<Value> {
+        let name = json!(s(o, "/metadata/name"));
+        vec![
+            name,
+            json!(s(o, "/type")),
+            json!(o["data"].as_object().map_or(0, |m| m.len())),
+            age(o),
+        ]
     }
 }

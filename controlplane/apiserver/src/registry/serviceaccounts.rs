@@ -14,9 +14,27 @@ pub static RESOURCE: ResourceInfo = ResourceInfo {
     subresources: &[],
     storage: "serviceaccounts",
     schema: "io.k8s.api.core.v1.ServiceAccount",
-    strategy: &Serviceaccounts,
+    strategy: &ServiceAccountStrategy,
 };
 
-struct Serviceaccounts;
+struct ServiceAccountStrategy;
 
-impl Strategy for Serviceaccounts {}
+impl Strategy for ServiceAccountStrategy {
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            NAME,
+            (
+                "Secrets",
+                "string",
+                0,
+                "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use.",
+            ),
+            AGE,
+        ]
+    }
+
+    fn cells(&self, o: &Value) -> Vec<Value> {
+        let name = json!(s(o, "/metadata/name"));
+        vec![name, json!(arr(o, "/secrets").count()), age(o)]
+    }
+}

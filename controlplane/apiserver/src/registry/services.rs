@@ -2,8 +2,6 @@
 
 use std::collections::HashSet;
 
-use serde_json::{Map, Value, json};
-
 use super::prelude::*;
 
 pub static RESOURCE: ResourceInfo = ResourceInfo {
@@ -18,12 +16,16 @@ pub static RESOURCE: ResourceInfo = ResourceInfo {
     subresources: &["status"],
     storage: "services/specs",
     schema: "io.k8s.api.core.v1.Service",
-    strategy: &Services,
+    strategy: &ServiceStrategy,
 };
 
-struct Services;
+struct ServiceStrategy;
 
-impl Strategy for Services {
+impl Strategy for ServiceStrategy {
+    fn allocates_service_addresses(&self) -> bool {
+        true
+    }
+
     fn default(&self, root: &mut Map<String, Value>) {
         let spec = child(root, "spec");
         default(spec, "type", json!("ClusterIP"));
@@ -64,6 +66,63 @@ impl Strategy for Services {
 
     fn name_rule(&self) -> NameRule {
         NameRule::Dns1035Label
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            NAME,
+            (
+                "Type",
+                "string",
+                0,
+                "type determines how the Service is exposed.",
+            ),
+            (
+                "Cluster-IP",
+                "string",
+                0,
+                "clusterIP is the IP address of the service.",
+            ),
+            (
+                "External-IP",
+                "string",
+                0,
+                "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service.",
+            ),
+            (
+                "Port(s)",
+                "string",
+                0,
+                "The list of ports that are exposed by this service.",
+            ),
+            AGE,
+            (
+                "Selector",
+                "string",
+                1,
+                "Route service traffic to pods with label keys and values matching this selector.",
+            ),
+        ]
+    }
+
+    fn cells(&self, o: &Value) -> Vec<Value> {
+        let name = json!(s(o, "/metadata/name"));
+        let sel: Vec<String> = o
+            .pointer("/spec/selector")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect();
+        vec![
+            name,
+            json!(s(o, "/spec/type")),
+            or_none(s(o, "/spec/clusterIP").to_string()),
+            json!(external_ip(o)),
+            json!(service_ports(o)),
+            age(o),
+            or_none(sel.join(",")),
+        ]
     }
 }
 
