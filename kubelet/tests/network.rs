@@ -737,7 +737,7 @@ impl ApiServer {
         let skiff = target.join("skiff");
         assert!(
             skiff.is_file(),
-            "{} is missing: build it with `cargo build -p skiff-controlplane`",
+            "{} is missing: build it with `cargo build -p skiff`",
             skiff.display()
         );
         let dir = tempfile::tempdir().unwrap();

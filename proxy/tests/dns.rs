@@ -4,7 +4,7 @@
 //! `dig` as the client. Nothing leaves the namespace.
 //!
 //! Needs root, `ip` (iproute2), `kubectl`, `dig` (bind9-dnsutils), `unbound`, and the control
-//! plane binary (`cargo build -p skiff-controlplane --bin skiff`).
+//! plane binary (`cargo build -p skiff --bin skiff`).
 
 mod dns_support;
 
@@ -34,7 +34,7 @@ fn skiff_binary() -> PathBuf {
         .join("skiff");
     assert!(
         bin.exists(),
-        "this test needs the control plane binary at {} (cargo build -p skiff-controlplane --bin skiff)",
+        "this test needs the control plane binary at {} (cargo build -p skiff --bin skiff)",
         bin.display()
     );
     bin

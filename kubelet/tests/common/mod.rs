@@ -220,7 +220,7 @@ impl Node {
     fn start_server(&mut self) {
         let skiff = binary(
             "skiff",
-            "cargo build -p skiff-controlplane --bin skiff -p skiff-runtime --bin skiff-runc",
+            "cargo build -p skiff --bin skiff -p skiff-runtime --bin skiff-runc",
         );
         let child = self
             .netns
@@ -243,7 +243,7 @@ impl Node {
     pub fn start_kubelet(&mut self) {
         let runc = binary(
             "skiff-runc",
-            "cargo build -p skiff-controlplane --bin skiff -p skiff-runtime --bin skiff-runc",
+            "cargo build -p skiff --bin skiff -p skiff-runtime --bin skiff-runc",
         );
         let child = self
             .netns

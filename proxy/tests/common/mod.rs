@@ -242,7 +242,7 @@ impl Lab {
             .join("skiff");
         assert!(
             bin.exists(),
-            "{} is missing: build it with `cargo build -p skiff-controlplane --bin skiff`",
+            "{} is missing: build it with `cargo build -p skiff --bin skiff`",
             bin.display()
         );
         bin

@@ -1,0 +1,342 @@
+//! `skiff server`: PKI, the store, the HTTPS listener (rustls with the ring provider, h2 and
+//! HTTP/1.1 by ALPN), client-certificate authentication, routing, bootstrap objects and
+//! periodic compaction.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Method, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::alloc::NetworkConfig;
+use crate::handlers::{FieldValidation, WriteOptions, parse_target};
+use crate::pki::{Pki, PkiError};
+use crate::status::{ApiError, Reason};
+use crate::{ApiServer, discovery, parse_query, resources};
+use skiff_store::embedded::EmbeddedStore;
+use skiff_store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("bootstrap: {0}")]
+    Bootstrap(#[from] ApiError),
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub service_cidr: String,
+    pub compaction_interval: Duration,
+    pub bookmark_interval: Duration,
+}
+
+const MAX_BODY: usize = 3 * 1024 * 1024;
+
+fn text(code: StatusCode, body: &'static str) -> Response {
+    let mut r = (code, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json_response(v: &Value, content_type: &'static str) -> Response {
+    let mut r = (StatusCode::OK, serde_json::to_vec(v).expect("serialisable")).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// Routes one request. `authenticated` is whether the TLS client presented a certificate
+/// signed by the cluster CA.
+pub async fn route(
+    app: Arc<ApiServer>,
+    server_address: Arc<String>,
+    authenticated: bool,
+    req: Request<hyper::body::Incoming>,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let method = parts.method.clone();
+    let started = std::time::Instant::now();
+    let resp = route_inner(&app, &server_address, authenticated, parts, body).await;
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+    resp
+}
+
+async fn route_inner(
+    app: &Arc<ApiServer>,
+    server_address: &str,
+    authenticated: bool,
+    parts: axum::http::request::Parts,
+    body: hyper::body::Incoming,
+) -> Response {
+    let path = parts.uri.path();
+    match path {
+        "/healthz" | "/livez" | "/readyz" => return text(StatusCode::OK, "ok"),
+        "/version" => return json_response(&discovery::version(), "application/json"),
+        _ => {}
+    }
+    if !authenticated {
+        return ApiError::unauthorized().into_response();
+    }
+    let accept = parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let get = parts.method == Method::GET;
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (get, segs.as_slice()) {
+        (true, ["api"]) => {
+            return if discovery::wants_aggregated(&accept) {
+                json_response(
+                    &discovery::aggregated(true),
+                    discovery::AGGREGATED_CONTENT_TYPE,
+                )
+            } else {
+                json_response(&discovery::api_versions(server_address), "application/json")
+            };
+        }
+        (true, ["apis"]) => {
+            return if discovery::wants_aggregated(&accept) {
+                json_response(
+                    &discovery::aggregated(false),
+                    discovery::AGGREGATED_CONTENT_TYPE,
+                )
+            } else {
+                json_response(&discovery::api_group_list(), "application/json")
+            };
+        }
+        (true, ["api", v]) => {
+            return match discovery::resource_list("", v) {
+                Some(d) => json_response(&d, "application/json"),
+                None => ApiError::not_found_path().into_response(),
+            };
+        }
+        (true, ["apis", g]) => {
+            return match discovery::api_group_doc(g) {
+                Some(d) => json_response(&d, "application/json"),
+                None => ApiError::not_found_path().into_response(),
+            };
+        }
+        (true, ["apis", g, v]) => {
+            return match discovery::resource_list(g, v) {
+                Some(d) => json_response(&d, "application/json"),
+                None => ApiError::not_found_path().into_response(),
+            };
+        }
+        (true, ["openapi", "v3"]) => {
+            return json_response(&app.openapi.index(), "application/json");
+        }
+        (true, ["openapi", "v3", rest @ ..]) => {
+            return match app.openapi.document(&rest.join("/")) {
+                Some(doc) => {
+                    let mut r = (StatusCode::OK, doc.to_vec()).into_response();
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    r
+                }
+                None => ApiError::not_found_path().into_response(),
+            };
+        }
+        _ => {}
+    }
+    let target = match parse_target(path) {
+        Some(Ok(t)) => t,
+        Some(Err(e)) => return e.into_response(),
+        None => return ApiError::not_found_path().into_response(),
+    };
+    let query = parse_query(parts.uri.query());
+    let bytes = match axum::body::to_bytes(Body::new(body), MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::bad_request(format!("reading the request body: {e}")).into_response();
+        }
+    };
+    app.serve_resource(target, parts.method, query, parts.headers, bytes)
+        .await
+}
+
+/// The namespaces, system PriorityClasses and `kubernetes` Service every cluster starts with.
+async fn bootstrap(app: &Arc<ApiServer>, listen: SocketAddr) -> Result<(), ApiError> {
+    let opts = WriteOptions {
+        field_validation: FieldValidation::Strict,
+        ..Default::default()
+    };
+    let nsr = resources::find("", "v1", "namespaces").expect("served");
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        match app.create(nsr, None, obj, &opts).await {
+            Ok(_) => tracing::info!(namespace = ns, "created namespace"),
+            Err(e) if e.reason == Reason::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let pcr = resources::find("scheduling.k8s.io", "v1", "priorityclasses").expect("served");
+    for (name, value, description) in crate::priority::SYSTEM_CLASSES {
+        let obj = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+            "metadata": {"name": name}, "value": value, "description": description});
+        match app.create(pcr, None, obj, &opts).await {
+            Ok(_) => {}
+            Err(e) if e.reason == Reason::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let svc = resources::find("", "v1", "services").expect("served");
+    let ip = app.network.first_service_ip().to_string();
+    let obj = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": listen.port()}]},
+    });
+    match app.create(svc, Some("default"), obj, &opts).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.reason == Reason::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Compacts the history every `interval`, keeping what was written during the last one.
+fn spawn_compactor(store: Arc<dyn Store>, interval: Duration) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        let mut previous: Option<u64> = None;
+        loop {
+            ticker.tick().await;
+            let current = match store.current_revision().await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the revision for compaction");
+                    continue;
+                }
+            };
+            if let Some(rev) = previous {
+                match store.compact(rev).await {
+                    Ok(()) => tracing::debug!(revision = rev, "compacted"),
+                    Err(e) => tracing::warn!(error = %e, "compaction failed"),
+                }
+            }
+            previous = Some(current);
+        }
+    });
+}
+
+/// Runs the API server until `shutdown` completes.
+pub async fn run(
+    cfg: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let network = NetworkConfig::default()
+        .with_service_cidr(&cfg.service_cidr)
+        .map_err(ServerError::Config)?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServerError::Io {
+        context: format!("creating {}", cfg.data_dir.display()),
+        source,
+    })?;
+    // Bind first: with port 0 the kernel picks the port the kubeconfig must name.
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServerError::Io {
+            context: format!("listening on {}", cfg.listen),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ServerError::Io {
+        context: "reading the listening address".into(),
+        source,
+    })?;
+    let host = if local.ip().is_unspecified() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        local.ip()
+    };
+    let server_url = match host {
+        IpAddr::V6(v6) => format!("https://[{v6}]:{}", local.port()),
+        IpAddr::V4(v4) => format!("https://{v4}:{}", local.port()),
+    };
+    let material = Pki::new(&cfg.data_dir).ensure(
+        local,
+        IpAddr::V4(network.first_service_ip()),
+        &server_url,
+    )?;
+    let tls = tokio_rustls::TlsAcceptor::from(material.server_config()?);
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&cfg.data_dir.join("store.redb"))?);
+    let app = ApiServer::new(store.clone(), network, cfg.bookmark_interval);
+    bootstrap(&app, local).await?;
+    spawn_compactor(store, cfg.compaction_interval);
+    let server_address = Arc::new(format!("{host}:{}", local.port()));
+    tracing::info!(listen = %local, kubeconfig = %cfg.data_dir.join("admin.kubeconfig").display(), "serving the Kubernetes API");
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!("shutting down");
+                return Ok(());
+            }
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (tls, app, addr) = (tls.clone(), app.clone(), server_address.clone());
+        tokio::spawn(async move {
+            let stream = match tls.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let authenticated = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .is_some_and(|c| !c.is_empty());
+            let service = hyper::service::service_fn(move |req| {
+                let (app, addr) = (app.clone(), addr.clone());
+                async move { Ok::<_, Infallible>(route(app, addr, authenticated, req).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+/// Parses `--listen`.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|e| format!("{s}: expected ADDRESS:PORT ({e})"))
+}

@@ -1,0 +1,5 @@
+//! `skiff bench`: the API server (`api`) and scheduling throughput (`scheduling`), each measured
+//! against a server this process starts on a loopback port in a scratch directory.
+
+pub mod api;
+pub mod scheduling;

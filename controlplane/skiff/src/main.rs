@@ -1,0 +1,277 @@
+//! skiff: the `skiff` command — parses flags and starts the components (API server, scheduler,
+//! controllers) from their crates; it depends on all of them and nothing depends on it. Also
+//! `skiff bench`, which measures the API server and the scheduler in this process.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod components;
+
+use components::Components;
+use skiff_apiserver::server::{self, ServerConfig};
+use skiff_controllers::{
+    self as controllers, Selection, nodeipam::ClusterCidr, nodelifecycle::LifecycleConfig,
+    podgc::PodGcConfig,
+};
+
+#[derive(Parser)]
+#[command(name = "skiff", about = "skiff: a small Kubernetes", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Kubernetes API from an embedded store.
+    Server {
+        /// Where the store, certificates and admin.kubeconfig live.
+        #[arg(long, default_value = "/var/lib/skiff/server")]
+        data_dir: PathBuf,
+        /// Address and port to serve HTTPS on.
+        #[arg(long, default_value = "0.0.0.0:6443", value_parser = server::parse_listen)]
+        listen: std::net::SocketAddr,
+        /// Range Service ClusterIPs are allocated from.
+        #[arg(long, default_value = "10.96.0.0/12")]
+        service_cidr: String,
+        /// Seconds between compactions of the store's history.
+        #[arg(long, default_value_t = 300)]
+        compaction_interval: u64,
+        /// Seconds between bookmarks on watches that asked for them.
+        #[arg(long, default_value_t = 60)]
+        bookmark_interval: u64,
+        /// Do not run the scheduler inside the server.
+        #[arg(long)]
+        disable_scheduler: bool,
+        /// Do not run the controllers inside the server.
+        #[arg(long)]
+        disable_controllers: bool,
+        #[command(flatten)]
+        settings: ControllerFlags,
+    },
+    /// Run the scheduler against an API server.
+    Scheduler {
+        /// Credentials and address of the API server.
+        #[arg(long)]
+        kubeconfig: PathBuf,
+    },
+    /// Run the controllers against an API server.
+    Controllers {
+        /// Credentials and address of the API server.
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        #[command(flatten)]
+        settings: ControllerFlags,
+    },
+    /// Measure an API server (started on a loopback port in a scratch directory) through a
+    /// Kubernetes client and print a table.
+    Bench {
+        /// Collection sizes to create, get from and list.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        sizes: Vec<usize>,
+        /// Watchers a change is fanned out to.
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+        /// Concurrent clients for create and get.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// What to measure: the API server (`api`) or scheduling throughput (`scheduling`,
+        /// scheduler_perf's SchedulingBasic shape).
+        #[arg(long, value_enum, default_value = "api")]
+        mode: BenchMode,
+        /// Scheduling: simulated nodes.
+        #[arg(long, default_value_t = 5000)]
+        nodes: usize,
+        /// Scheduling: pods bound before measuring.
+        #[arg(long, default_value_t = 1000)]
+        init_pods: usize,
+        /// Scheduling: measured pods.
+        #[arg(long, default_value_t = 10000)]
+        pods: usize,
+    },
+}
+
+/// Settings of the controllers.
+#[derive(clap::Args)]
+struct ControllerFlags {
+    /// Range (a /16) node pod CIDRs are allocated from.
+    #[arg(long, default_value = "10.244.0.0/16", value_parser = parse_cluster_cidr)]
+    cluster_cidr: ClusterCidr,
+    /// Seconds without a heartbeat before a node is marked Ready=Unknown and tainted.
+    #[arg(long, default_value_t = 50)]
+    node_monitor_grace_period: u64,
+    /// Seconds pods stay on an unreachable or not-ready node unless they tolerate it otherwise.
+    #[arg(long, default_value_t = 300)]
+    default_toleration_seconds: u64,
+    /// Finished pods kept before the oldest are deleted (0 keeps them all).
+    #[arg(long, default_value_t = 12500)]
+    terminated_pod_gc_threshold: usize,
+    /// Seconds a node must be missing before the pods bound to it are deleted.
+    #[arg(long, default_value_t = 40)]
+    pod_gc_quarantine: u64,
+    /// Controllers to run: `*` for all, `name` to enable one, `-name` to disable one
+    /// (kube-controller-manager's names, e.g. garbage-collector-controller).
+    #[arg(long, value_delimiter = ',', default_value = "*", value_parser = parse_controller_name)]
+    controllers: Vec<String>,
+}
+
+impl ControllerFlags {
+    fn config(&self) -> controllers::Config {
+        controllers::Config {
+            cluster_cidr: self.cluster_cidr,
+            lifecycle: LifecycleConfig {
+                grace_period: Duration::from_secs(self.node_monitor_grace_period.max(1)),
+                default_toleration: Duration::from_secs(self.default_toleration_seconds),
+            },
+            pod_gc: PodGcConfig {
+                terminated_pod_threshold: self.terminated_pod_gc_threshold,
+                quarantine: Duration::from_secs(self.pod_gc_quarantine.max(1)),
+            },
+            selection: Selection::parse(&self.controllers)
+                .expect("each name was checked when the flag was parsed"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchMode {
+    Api,
+    Scheduling,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match cli.command {
+        Command::Server {
+            data_dir,
+            listen,
+            service_cidr,
+            compaction_interval,
+            bookmark_interval,
+            disable_scheduler,
+            disable_controllers,
+            settings,
+        } => {
+            let which = Components {
+                scheduler: !disable_scheduler,
+                controllers: !disable_controllers,
+                settings: settings.config(),
+            };
+            let kubeconfig = data_dir.join("admin.kubeconfig");
+            let cfg = ServerConfig {
+                data_dir,
+                listen,
+                service_cidr,
+                compaction_interval: Duration::from_secs(compaction_interval.max(1)),
+                bookmark_interval: Duration::from_secs(bookmark_interval.max(1)),
+            };
+            rt.block_on(async {
+                if which.scheduler || which.controllers {
+                    tokio::spawn(async move {
+                        let client = skiff_client::wait_for_api(&kubeconfig).await;
+                        components::run(client, which).await;
+                    });
+                }
+                server::run(cfg, shutdown_signal()).await
+            })
+            .context("skiff server")?;
+        }
+        Command::Scheduler { kubeconfig } => {
+            rt.block_on(async {
+                let client = skiff_client::client(&kubeconfig).await?;
+                tokio::select! {
+                    _ = components::run(client, Components { scheduler: true, controllers: false, settings: controllers::Config::default() }) => {}
+                    _ = shutdown_signal() => {}
+                }
+                anyhow::Ok(())
+            })
+            .context("skiff scheduler")?;
+        }
+        Command::Controllers {
+            kubeconfig,
+            settings,
+        } => {
+            let settings = settings.config();
+            rt.block_on(async {
+                let client = skiff_client::client(&kubeconfig).await?;
+                tokio::select! {
+                    _ = components::run(client, Components { scheduler: false, controllers: true, settings }) => {}
+                    _ = shutdown_signal() => {}
+                }
+                anyhow::Ok(())
+            })
+            .context("skiff controllers")?;
+        }
+        Command::Bench {
+            concurrency,
+            mode: BenchMode::Scheduling,
+            nodes,
+            init_pods,
+            pods,
+            ..
+        } => {
+            let cfg = bench::scheduling::PerfConfig {
+                nodes: nodes.max(1),
+                init_pods,
+                pods: pods.max(1),
+                concurrency: concurrency.max(1),
+            };
+            let result = rt
+                .block_on(bench::scheduling::run(&cfg))
+                .context("skiff bench --mode scheduling")?;
+            print!("{}", bench::scheduling::render(&result));
+        }
+        Command::Bench {
+            sizes,
+            watchers,
+            concurrency,
+            mode: BenchMode::Api,
+            ..
+        } => {
+            let cfg = bench::api::BenchConfig {
+                sizes,
+                watchers,
+                concurrency: concurrency.max(1),
+                ..Default::default()
+            };
+            let rows = rt.block_on(bench::api::run(&cfg)).context("skiff bench")?;
+            print!("{}", bench::api::render(&rows));
+        }
+    }
+    Ok(())
+}
+
+fn parse_controller_name(s: &str) -> Result<String, String> {
+    Selection::parse(&[s.to_string()]).map(|_| s.to_string())
+}
+
+fn parse_cluster_cidr(s: &str) -> Result<ClusterCidr, String> {
+    ClusterCidr::parse(s).map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
