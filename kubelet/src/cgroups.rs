@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::qos::{QosClass, Resources};
+use skiff_k8s::qos::{QosClass, Resources};
 
 /// cgroup v1's CFS period the quota is expressed against (the kubelet's 100 ms).
 const CFS_PERIOD_US: i128 = 100_000;

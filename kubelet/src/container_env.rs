@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, Pod, Service};
 
-use crate::qos::Resources;
-use crate::quantity;
+use skiff_k8s::qos::Resources;
+use skiff_k8s::quantity;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum EnvError {

@@ -13,8 +13,9 @@
 //! - `status`, `events`: the pod status manager (writes only changes) and the event recorder.
 //! - `containers`, `shim`, `cri_log`, `runtime`: the containers' on-disk records, the
 //!   per-container supervisor (`skiff-shim`) and its CRI log, the OCI runtime's command line.
-//! - `oci_config`, `container_env`, `cgroups`, `qos`, `quantity`: a container's config.json from
-//!   the pod spec, its environment, pod cgroups in QoS tiers.
+//! - `oci_config`, `container_env`, `cgroups`: a container's config.json from the pod spec, its
+//!   environment, pod cgroups in QoS tiers (QoS classes and quantities come from `skiff-k8s`, the
+//!   Kubernetes semantics the control plane shares).
 //! - `image`: the node's image store (pull from registries, import archives, unpacked layers shared
 //!   between images, overlayfs root filesystems).
 //! - `network`: the pod sandbox's pinned namespaces and the pod network (bridge, veth, IPAM on
@@ -39,8 +40,6 @@ pub mod oci_config;
 pub mod pod_manager;
 pub mod pod_worker;
 pub mod probes;
-pub mod qos;
-pub mod quantity;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;

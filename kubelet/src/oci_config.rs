@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::cgroups;
 use crate::container_env::expand;
 use crate::image::ImageConfig;
-use crate::qos::Resources;
+use skiff_k8s::qos::Resources;
 
 /// The capabilities a container gets by default (containerd's and Docker's set).
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
@@ -453,10 +453,10 @@ fn oom_score_adj(setup: &ContainerSetup) -> i32 {
     let Some(spec) = setup.pod.spec.as_ref() else {
         return 1000;
     };
-    match crate::qos::qos_class(spec) {
-        crate::qos::QosClass::Guaranteed => -997,
-        crate::qos::QosClass::BestEffort => 1000,
-        crate::qos::QosClass::Burstable => 500,
+    match skiff_k8s::qos::qos_class(spec) {
+        skiff_k8s::qos::QosClass::Guaranteed => -997,
+        skiff_k8s::qos::QosClass::BestEffort => 1000,
+        skiff_k8s::qos::QosClass::Burstable => 500,
     }
 }
 

@@ -451,8 +451,8 @@ impl PodWorker {
 
     fn ensure_pod_cgroup(&self, pod: &Pod) -> String {
         let spec = pod.spec.clone().unwrap_or_default();
-        let qos = crate::qos::qos_class(&spec);
-        let res = crate::qos::pod_resources(&spec);
+        let qos = skiff_k8s::qos::qos_class(&spec);
+        let res = skiff_k8s::qos::pod_resources(&spec);
         match cgroups::ensure_pod_cgroup(
             &self.k.cgroups,
             &self.k.config.cgroup_root,
@@ -1084,7 +1084,7 @@ impl PodWorker {
             let spec = pod.spec.clone().unwrap_or_default();
             pod_cgroups.insert(cgroups::pod_cgroup(
                 &cfg.cgroup_root,
-                crate::qos::qos_class(&spec),
+                skiff_k8s::qos::qos_class(&spec),
                 &self.uid,
             ));
             log_dirs.insert(pod_log_dir(

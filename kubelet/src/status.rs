@@ -278,7 +278,7 @@ pub fn pod_status(v: PodView) -> PodStatus {
         host_ips: Some(vec![HostIP { ip: v.host_ip }]),
         pod_ip: v.pod_ip.clone(),
         pod_ips: v.pod_ip.map(|ip| vec![PodIP { ip }]),
-        qos_class: Some(crate::qos::qos_class(&spec).as_str().to_string()),
+        qos_class: Some(skiff_k8s::qos::qos_class(&spec).as_str().to_string()),
         init_container_statuses: (!v.init.is_empty()).then_some(v.init),
         container_statuses: Some(v.apps),
         reason,

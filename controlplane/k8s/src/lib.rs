@@ -9,6 +9,7 @@ pub mod finalizers;
 pub mod labels;
 pub mod node_affinity;
 pub mod qos;
+pub mod quantity;
 pub mod resources;
 pub mod taints;
 pub mod time;

@@ -107,62 +107,19 @@ pub fn pod_requests(pod: &Pod, non_zero: bool) -> Resources {
     total
 }
 
-/// Splits "123Mi" into its number and suffix.
-fn split(q: &str) -> (&str, &str) {
-    let q = q.trim();
-    let idx = q
-        .char_indices()
-        .find(|&(i, ch)| {
-            ch.is_ascii_alphabetic()
-                && !((ch == 'e' || ch == 'E')
-                    && q[i + 1..]
-                        .chars()
-                        .next()
-                        .is_some_and(|n| n.is_ascii_digit() || n == '-' || n == '+'))
-        })
-        .map(|(i, _)| i)
-        .unwrap_or(q.len());
-    (&q[..idx], &q[idx..])
-}
-
-fn multiplier(suffix: &str) -> Option<f64> {
-    Some(match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        _ => return None,
-    })
-}
-
-fn parse(q: &Quantity) -> f64 {
-    let (num, suffix) = split(&q.0);
-    match (num.parse::<f64>(), multiplier(suffix)) {
-        (Ok(n), Some(m)) => n * m,
-        _ => 0.0,
-    }
-}
-
 /// The quantity rounded up to a whole number (bytes, pods).
 pub fn value(q: &Quantity) -> i64 {
-    parse(q).ceil() as i64
+    crate::quantity::units(q).map_or(0, saturate)
 }
 
 /// The quantity in thousandths, rounded up (millicores).
 pub fn milli_value(q: &Quantity) -> i64 {
-    (parse(q) * 1000.0).round() as i64
+    crate::quantity::milli(q).map_or(0, saturate)
+}
+
+/// An exact quantity clamped into the scheduler's i64 counters; a malformed one counts as 0.
+fn saturate(v: i128) -> i64 {
+    v.clamp(i64::MIN as i128, i64::MAX as i128) as i64
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::EmptyDirVolumeSource;
 use nix::mount::{MsFlags, mount};
 
 use super::VolumeError;
-use crate::quantity;
+use skiff_k8s::quantity;
 
 /// Makes the emptyDir at `dir` (kept if it is already there, as after a kubelet restart).
 pub fn set_up(

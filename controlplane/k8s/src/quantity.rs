@@ -1,5 +1,6 @@
 //! Kubernetes resource quantities (`100m`, `1.5`, `64Mi`, `1G`, `2e3`) as exact milli-units, the
-//! form the kubelet turns into cgroup values and into the downward API's resourceFieldRef.
+//! form the scheduler counts in and the kubelet turns into cgroup values and into the downward
+//! API's resourceFieldRef. Exact integers, so `1` and `1000m` compare equal.
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -49,6 +50,8 @@ fn parse_milli(text: &str) -> Result<i128, BadQuantity> {
     let scale = frac.len() as i32;
     let (base, exp): (i128, i32) = match suffix {
         "" => (1, 0),
+        "n" => (1, -9),
+        "u" => (1, -6),
         "m" => (1, -3),
         "k" => (1, 3),
         "M" => (1, 6),
@@ -92,6 +95,8 @@ mod tests {
     #[test]
     fn parses_kubernetes_forms() {
         assert_eq!(m("100m"), 100);
+        assert_eq!(m("500u"), 1);
+        assert_eq!(m("250000000n"), 250);
         assert_eq!(m("1"), 1000);
         assert_eq!(m("1.5"), 1500);
         assert_eq!(m("0.1"), 100);
