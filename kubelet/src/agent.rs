@@ -42,8 +42,9 @@ pub struct AgentArgs {
     /// The node's InternalIP (default: the first non-loopback address).
     #[arg(long)]
     pub node_ip: Option<IpAddr>,
-    /// The cluster DNS server's address, written into pods' resolv.conf.
-    #[arg(long)]
+    /// The cluster DNS server's address, written into pods' resolv.conf (the `kube-dns`
+    /// Service's, which every node's skiff-proxy answers).
+    #[arg(long, default_value = "10.96.0.10", value_delimiter = ',')]
     pub cluster_dns: Vec<IpAddr>,
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]

@@ -41,6 +41,11 @@ pub struct Config {
     pub dns: Option<DnsConfig>,
 }
 
+/// A Service's ClusterIP, when it has one.
+fn cluster_ip(svc: &Service) -> Option<&str> {
+    svc.spec.as_ref()?.cluster_ip.as_deref()
+}
+
 /// Runs a reflector for `K`, calling `changed` on every event, until the stream ends.
 fn reflect<K>(api: Api<K>, changed: impl Fn() + Send + 'static) -> Store<K>
 where
@@ -182,8 +187,13 @@ pub async fn run(client: Client, cfg: Config) -> anyhow::Result<()> {
                 slice_snapshot.iter().map(|s| s.as_ref()),
             );
         }
+        // The cluster DNS address is answered on the node itself: no rules for its Service.
+        let dns_ip = dns.as_ref().map(|d| d.listen().ip().to_string());
         let (model, skipped) = Model::build(
-            svc_snapshot.iter().map(|s| s.as_ref()),
+            svc_snapshot
+                .iter()
+                .map(|s| s.as_ref())
+                .filter(|s| cluster_ip(s) != dns_ip.as_deref()),
             slice_snapshot.iter().map(|s| s.as_ref()),
             &cfg.node_name,
         );

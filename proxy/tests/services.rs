@@ -57,6 +57,18 @@ fn cluster_ip_and_node_port_reach_ready_endpoints(mode: &'static str) {
             },
         );
     }
+    // The control plane's kube-dns Service holds that address, and its own name resolves to it.
+    let kube_dns = ["get", "service", "-n", "kube-system", "kube-dns"];
+    let dns_ip = lab.kubectl(&[&kube_dns[..], &["-o", "jsonpath={.spec.clusterIP}"]].concat());
+    assert_eq!(dns_ip.trim(), "10.96.0.10");
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &lab.node, "dig", "+short", "+time=1", "+tries=1",
+        ])
+        .args(["@10.96.0.10", "kube-dns.kube-system.svc.cluster.local"])
+        .output()
+        .expect("dig");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10.96.0.10");
     lab.wait_spread(
         &lab.outside.clone(),
         &format!("{NODE_OUTSIDE_IP}:30080"),

@@ -54,6 +54,11 @@ impl NetworkConfig {
         Ipv4Addr::from(u32::from(self.service_network) + 1)
     }
 
+    /// The tenth address, kept for the cluster DNS (the `kube-dns` Service), as kubeadm does.
+    pub fn cluster_dns_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.service_network) + 10)
+    }
+
     fn contains(&self, ip: Ipv4Addr) -> bool {
         let n = u32::from(ip).wrapping_sub(u32::from(self.service_network));
         n > 0 && n < self.size() - 1

@@ -181,7 +181,8 @@ async fn route_inner(
         .await
 }
 
-/// The namespaces, system PriorityClasses and `kubernetes` Service every cluster starts with.
+/// The namespaces, system PriorityClasses and the `kubernetes` and `kube-dns` Services every
+/// cluster starts with.
 async fn bootstrap(app: &Arc<ApiServer>, listen: SocketAddr) -> Result<(), ApiError> {
     let opts = WriteOptions {
         field_validation: FieldValidation::Strict,
@@ -214,10 +215,32 @@ async fn bootstrap(app: &Arc<ApiServer>, listen: SocketAddr) -> Result<(), ApiEr
         "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": listen.port()}]},
     });
     match app.create(svc, Some("default"), obj, &opts).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.reason == Reason::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
+        Ok(_) => {}
+        Err(e) if e.reason == Reason::AlreadyExists => {}
+        Err(e) => return Err(e),
     }
+    // Every node's skiff-proxy answers cluster DNS at this address itself; the Service is there
+    // so that tools and charts looking for `kube-dns` find it. It has no selector: no pods.
+    let dns_ip = app.network.cluster_dns_ip().to_string();
+    let obj = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system",
+            "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS", "kubernetes.io/cluster-service": "true"}},
+        "spec": {"clusterIP": dns_ip, "ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+            {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153}]},
+    });
+    match app.create(svc, Some("kube-system"), obj, &opts).await {
+        Ok(_) => {}
+        Err(e) if e.reason == Reason::AlreadyExists => {}
+        // A cluster whose tenth Service address a user Service took before kube-dns existed
+        // keeps working; only the name is missing.
+        Err(e) => {
+            tracing::warn!(error = %e.message, address = %dns_ip, "cannot create the kube-dns Service")
+        }
+    }
+    Ok(())
 }
 
 /// Compacts the history every `interval`, keeping what was written during the last one.
