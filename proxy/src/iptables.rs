@@ -15,12 +15,20 @@ use std::fmt::Write;
 use crate::dataplane::{Applied, DataPlane, Error, MASQ_MARK, RenderConfig, run_tool};
 use crate::model::{Endpoint, Model, ServicePort};
 
-pub const PREFIX: &str = "SKIFF-";
+/// The per-Service chains; with the fixed chains below, everything the proxy owns. Other
+/// `SKIFF-` chains (the kubelet's masquerade and hostPort chains) are not ours to touch.
+const PER_SERVICE: [&str; 3] = ["SKIFF-SVC-", "SKIFF-SEP-", "SKIFF-EXT-"];
 const SERVICES: &str = "SKIFF-SERVICES";
 const NODEPORTS: &str = "SKIFF-NODEPORTS";
 const MARK_MASQ: &str = "SKIFF-MARK-MASQ";
 const POSTROUTING: &str = "SKIFF-POSTROUTING";
 const FORWARD: &str = "SKIFF-FORWARD";
+const FIXED: [&str; 5] = [SERVICES, NODEPORTS, MARK_MASQ, POSTROUTING, FORWARD];
+
+/// Whether `chain` is one the proxy writes.
+fn ours(chain: &str) -> bool {
+    FIXED.contains(&chain) || PER_SERVICE.iter().any(|p| chain.starts_with(p))
+}
 
 /// The two tables we write, in the order we write them.
 const TABLES: [&str; 2] = ["filter", "nat"];
@@ -335,7 +343,7 @@ fn parse_installed(saved: &str) -> Installed {
             table = t.to_string();
         } else if let Some(decl) = line.strip_prefix(':') {
             let name = decl.split_whitespace().next().unwrap_or_default();
-            if name.starts_with(PREFIX) {
+            if ours(name) {
                 inst.chains
                     .entry(table.clone())
                     .or_default()
@@ -344,7 +352,7 @@ fn parse_installed(saved: &str) -> Installed {
         } else if let Some(rule) = line.strip_prefix("-A ") {
             let chain = rule.split_whitespace().next().unwrap_or_default();
             let target = rule.rsplit(" -j ").next().unwrap_or_default();
-            if !chain.starts_with(PREFIX) && target.starts_with(PREFIX) {
+            if !ours(chain) && ours(target) {
                 inst.jumps
                     .entry(table.clone())
                     .or_default()
@@ -636,9 +644,11 @@ mod tests {
 
     #[test]
     fn installed_chains_and_jumps_are_found_in_save_output() {
+        // The kubelet's SKIFF-KUBELET-POSTROUTING is not the proxy's: never listed, never deleted.
         let saved = "*nat\n:PREROUTING ACCEPT [0:0]\n:SKIFF-SERVICES - [0:0]\n:OTHER - [0:0]\n\
+            :SKIFF-KUBELET-POSTROUTING - [0:0]\n\
             -A PREROUTING -m comment --comment \"skiff service portals\" -j SKIFF-SERVICES\n\
-            -A PREROUTING -j OTHER\nCOMMIT\n";
+            -A PREROUTING -j OTHER\n-A POSTROUTING -j SKIFF-KUBELET-POSTROUTING\nCOMMIT\n";
         let inst = parse_installed(saved);
         assert_eq!(inst.chains["nat"].len(), 1);
         assert_eq!(inst.jumps["nat"].len(), 1);

@@ -39,7 +39,7 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn binary(name: &str, build: &str) -> PathBuf {
+pub fn binary(name: &str, build: &str) -> PathBuf {
     let p = target_dir().join(name);
     assert!(
         p.is_file(),
