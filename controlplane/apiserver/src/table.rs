@@ -106,6 +106,21 @@ pub(crate) const AGE: Column = (
     "CreationTimestamp is a timestamp representing the server time when this object was created.",
 );
 
+/// The columns of [`template_cells`]' first two cells (the selector's column is described per
+/// resource).
+pub(crate) const CONTAINERS: Column = (
+    "Containers",
+    "string",
+    1,
+    "Names of each container in the template.",
+);
+pub(crate) const IMAGES: Column = (
+    "Images",
+    "string",
+    1,
+    "Images referenced by each container in the template.",
+);
+
 pub(crate) fn template_cells(o: &Value) -> [Value; 3] {
     let cs: Vec<&Value> = arr(o, "/spec/template/spec/containers").collect();
     let names: Vec<&str> = cs.iter().map(|c| s(c, "/name")).collect();

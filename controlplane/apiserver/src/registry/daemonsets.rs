@@ -85,18 +85,8 @@ impl Strategy for DaemonSetStrategy {
                 "NodeSelector is a selector which must be true for the pod to fit on a node.",
             ),
             AGE,
-            (
-                "Containers",
-                "string",
-                1,
-                "Names of each container in the template.",
-            ),
-            (
-                "Images",
-                "string",
-                1,
-                "Images referenced by each container in the template.",
-            ),
+            CONTAINERS,
+            IMAGES,
             (
                 "Selector",
                 "string",

@@ -184,8 +184,8 @@ mod prelude {
     pub(super) use crate::status::ApiResult;
     pub(super) use crate::status::FieldError;
     pub(super) use crate::table::{
-        AGE, Column, NAME, age, arr, event_time, external_ip, human_duration, i, or_none, s,
-        service_ports, template_cells,
+        AGE, CONTAINERS, Column, IMAGES, NAME, age, arr, event_time, external_ip, human_duration,
+        i, or_none, s, service_ports, template_cells,
     };
     pub(super) use crate::validation::{
         NameRule, PROTOCOLS, data_keys, immutable, immutable_data, pod_spec, port_in_range,
