@@ -37,6 +37,30 @@ pub struct Applied {
     pub changes: usize,
 }
 
+impl Applied {
+    /// Hands `text` (empty when nothing changed) to `apply` and records `want` as installed. A
+    /// failed apply forgets what was installed, so the next sync rewrites everything.
+    pub fn install<T>(
+        last: &mut Option<T>,
+        want: T,
+        text: &str,
+        changes: usize,
+        apply: impl FnOnce(&str) -> Result<(), Error>,
+    ) -> Result<Applied, Error> {
+        if !text.is_empty()
+            && let Err(e) = apply(text)
+        {
+            *last = None;
+            return Err(e);
+        }
+        *last = Some(want);
+        Ok(Applied {
+            bytes: text.len(),
+            changes,
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("running {tool}: {source}")]

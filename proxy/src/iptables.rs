@@ -469,17 +469,7 @@ impl DataPlane for Iptables {
                 restore_text(&want, &BTreeMap::new(), &inst.chains, &missing)
             }
         };
-        if !text.is_empty()
-            && let Err(e) = restore(&text)
-        {
-            self.last = None;
-            return Err(e);
-        }
-        self.last = Some(want);
-        Ok(Applied {
-            bytes: text.len(),
-            changes,
-        })
+        Applied::install(&mut self.last, want, &text, changes, restore)
     }
 }
 

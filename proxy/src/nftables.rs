@@ -440,17 +440,7 @@ impl DataPlane for Nftables {
             None => (full_text(&want), want.chains.len()),
             Some(last) => diff_text(&want, last, full),
         };
-        if !text.is_empty()
-            && let Err(e) = apply(&text)
-        {
-            self.last = None;
-            return Err(e);
-        }
-        self.last = Some(want);
-        Ok(Applied {
-            bytes: text.len(),
-            changes,
-        })
+        Applied::install(&mut self.last, want, &text, changes, apply)
     }
 }
 
