@@ -201,7 +201,7 @@ spec:
         status(p)["started"] == true && condition(p, "Ready") == "True"
     });
     assert_eq!(status(&p)["ready"], true);
-    assert_eq!(status(&p)["restartCount"], 0);
+    assert_eq!(status(&p)["restartCount"], 0, "{}", status(&p));
 
     let p = node.wait_pod("sick", "restarted", limit, |p| {
         status(p)["restartCount"].as_i64() >= Some(1)
@@ -257,7 +257,7 @@ spec:
     });
     assert_eq!(status(&p)["ready"], false);
     assert_eq!(condition(&p, "ContainersReady"), "False");
-    assert_eq!(status(&p)["restartCount"], 0);
+    assert_eq!(status(&p)["restartCount"], 0, "{}", status(&p));
     node.wait_for("the endpoint to be unready", limit, |n| {
         slice_readiness(n, "web") == [false]
     });

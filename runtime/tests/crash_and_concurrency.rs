@@ -94,14 +94,20 @@ fn delete_force_cleans_up_after_a_runtime_killed_mid_create() {
     drop(create);
 }
 
+/// Containers in cgroups under one parent that none of them finds (a kubelet's pod or QoS
+/// cgroup): they make and remove the shared parents side by side, and none fails for it.
 #[test]
 fn concurrent_lifecycles_of_distinct_ids() {
     let runc = std::sync::Arc::new(Runc::new());
-    let b = std::sync::Arc::new(Bundle::new(&["sh", "-c", "echo $(hostname)"]));
+    let parent = format!("/skiff-test-{}", unique("conc"));
     let threads: Vec<_> = (0..8)
         .map(|i| {
-            let (runc, b) = (runc.clone(), b.clone());
+            let runc = runc.clone();
+            let cg = format!("{parent}/shared/conc-{i}");
             std::thread::spawn(move || {
+                let b = Bundle::new(&["sh", "-c", "echo $(hostname)"]).with(|c| {
+                    c["linux"]["cgroupsPath"] = json!(cg);
+                });
                 for round in 0..3 {
                     let id = format!("conc-{i}-{round}");
                     runc.ok(&["create", "--bundle", b.path_str(), &id]);
@@ -120,5 +126,13 @@ fn concurrent_lifecycles_of_distinct_ids() {
         t.join().expect("a lifecycle failed");
     }
     assert_eq!(runc.ok(&["list", "-q"]), "");
-    assert!(cgroup_dirs("conc-0-0").is_empty());
+    // Each container's own cgroup is gone; shared parents may stay (as runc leaves them).
+    let leaves: Vec<_> = (0..8)
+        .flat_map(|i| cgroup_dirs(&format!("{parent}/shared/conc-{i}")))
+        .collect();
+    for dir in cgroup_dirs(&parent) {
+        let _ = std::fs::remove_dir(dir.join("shared"));
+        let _ = std::fs::remove_dir(dir);
+    }
+    assert!(leaves.is_empty(), "{leaves:?}");
 }

@@ -467,6 +467,10 @@ fn remove_cgroup_tree(dir: &Path) {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        // A failed test shows what the kubelet said (CI keeps nothing else).
+        if std::thread::panicking() {
+            eprintln!("--- kubelet log ---\n{}", tail(&self.kubelet_log(), 60));
+        }
         self.kill9_kubelet();
         // Every process of the namespace: shims, host-network containers, the server.
         self.netns.kill_all();

@@ -240,22 +240,39 @@ impl CgroupPaths {
             .chain(self.v2.iter().map(|d| (d.clone(), false)))
             .collect();
         for (dir, cpuset) in targets {
-            let mut missing = vec![];
-            let mut p = dir.as_path();
-            while !p.exists() {
-                missing.push(p.to_path_buf());
-                p = p.parent().unwrap_or(Path::new("/"));
-            }
-            for d in missing.into_iter().rev() {
-                std::fs::create_dir(&d).ctx(|| format!("create cgroup {}", d.display()))?;
-                self.created.push(d.clone());
-                if cpuset {
-                    v1::inherit_cpuset(&d)?;
+            // Containers started and removed side by side share their parents (a pod's, a QoS
+            // class's): one made first is theirs, and one removed under us is made again.
+            let mut attempts = 0;
+            while let Err(e) = self.make_dir(&dir, cpuset) {
+                attempts += 1;
+                if attempts == 5 || dir.exists() {
+                    return Err(e);
                 }
             }
         }
         if let (Some(dir), Some((mount, ctrls, _))) = (&self.v2, &layout.v2) {
             v2::enable_controllers(mount, dir, ctrls)?;
+        }
+        Ok(())
+    }
+
+    /// Makes `dir` and its missing parents, remembering the ones it made.
+    fn make_dir(&mut self, dir: &Path, cpuset: bool) -> Result<()> {
+        let mut missing = vec![];
+        let mut p = dir;
+        while !p.exists() {
+            missing.push(p.to_path_buf());
+            p = p.parent().unwrap_or(Path::new("/"));
+        }
+        for d in missing.into_iter().rev() {
+            match std::fs::create_dir(&d) {
+                Ok(()) => self.created.push(d.clone()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).ctx(|| format!("create cgroup {}", d.display())),
+            }
+            if cpuset {
+                v1::inherit_cpuset(&d)?;
+            }
         }
         Ok(())
     }
