@@ -1,6 +1,6 @@
 //! Loading and checking an OCI bundle's config.json.
 //!
-//! Errors name the file and the JSON path of the offending field (via serde_path_to_error), so
+//! Errors name the file and the JSON path of the offending field (see json_path.rs), so
 //! `linux.resources.memory.limit: invalid type: string "x", expected i64` reaches the user instead
 //! of a bare serde message.
 
@@ -54,14 +54,13 @@ pub fn parse_spec(data: &[u8]) -> Result<Spec, String> {
 /// Parses any JSON input (config.json, exec's --process, update's --resources), naming the
 /// JSON path of a field that does not fit.
 pub fn parse_json<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T, String> {
+    // As runc's decoder: what follows the document is not read.
     let de = &mut serde_json::Deserializer::from_slice(data);
-
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            e.inner().to_string()
-        } else {
-            format!("{path}: {}", e.inner())
+    T::deserialize(de).map_err(|e| {
+        let missing_field = e.is_data() && e.to_string().starts_with("missing field");
+        match crate::json_path::at(data, e.line(), e.column(), missing_field) {
+            path if path.is_empty() => e.to_string(),
+            path => format!("{path}: {e}"),
         }
     })
 }

@@ -80,16 +80,20 @@ impl Runtime {
     pub fn create(&self, id: &str, opts: CreateOptions) -> Result<Pid> {
         state::validate_id(id)?;
         let bundle = Bundle::load(&opts.bundle)?;
-        self.create_bundle(id, bundle, opts, None)
+        let record = self.create_bundle(id, bundle, opts, None, Start::Later)?;
+        Ok(Pid::from_raw(record.pid))
     }
 
+    /// Creates the container; with `Start::AtOnce` (run) its program is also started, without
+    /// the exec fifo: returns once the program is exec'd. Returns the container's record.
     fn create_bundle(
         &self,
         id: &str,
         bundle: Bundle,
         opts: CreateOptions,
         console_fd: Option<OwnedFd>,
-    ) -> Result<Pid> {
+        start: Start,
+    ) -> Result<Record> {
         // Everything that can be checked is checked before anything is made.
         let spec = &bundle.spec;
         let linux = spec
@@ -188,22 +192,21 @@ impl Runtime {
             .apply(&layout, &resources, Some(&device_rules(spec)))
             .map_err(|e| Error::Config(format!("linux.resources: {e}")))?;
 
-        nix::unistd::mkfifo(&sd.fifo(), nix::sys::stat::Mode::from_bits_truncate(0o622))
-            .ctx(|| format!("mkfifo {}", sd.fifo().display()))?;
-        // The umask trimmed the mode: any container user (or mapped root) must open it for writing.
-        std::fs::set_permissions(
-            sd.fifo(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o622),
-        )
-        .ctx(|| format!("chmod {}", sd.fifo().display()))?;
-
         let fifo = sd.fifo();
+        if start == Start::Later {
+            nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622))
+                .ctx(|| format!("mkfifo {}", fifo.display()))?;
+            // The umask trimmed the mode: any container user (or mapped root) must open it for
+            // writing.
+            std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
+                .ctx(|| format!("chmod {}", fifo.display()))?;
+        }
         let hooks = spec.hooks().clone().unwrap_or_default();
         let pid = process::spawn(
             InitConfig {
                 spec,
                 rootfs: &bundle.rootfs,
-                fifo: &fifo,
+                fifo: (start == Start::Later).then_some(fifo.as_path()),
                 layout: &layout,
                 cgroup: &cgroup,
                 namespaces: &namespaces,
@@ -245,7 +248,7 @@ impl Runtime {
         undo.dir = None;
         undo.cgroup = None;
         undo.pid = None;
-        Ok(pid)
+        Ok(record)
     }
 
     pub fn load(&self, id: &str) -> Result<(Record, Status)> {
@@ -315,12 +318,7 @@ impl Runtime {
             }
         }
         let _ = std::fs::remove_file(&fifo);
-        if let Some(h) = record.hooks.as_ref().and_then(|h| h.poststart().clone()) {
-            let json = state_json(&record, Status::Running);
-            if let Err(e) = hooks::run("poststart", &h, json.as_bytes()) {
-                tracing::warn!("{e}");
-            }
-        }
+        poststart(&record);
         Ok(())
     }
 
@@ -341,26 +339,23 @@ impl Runtime {
                     "cannot allocate tty if runc will detach without setting console socket".into(),
                 ));
             }
-            self.create_bundle(id, bundle, opts, None)?;
-            self.start(id)?;
+            poststart(&self.create_bundle(id, bundle, opts, None, Start::AtOnce)?);
             return Ok(0);
         }
         let mut foreground = Foreground::block()?;
-        let pid = if bundle_terminal && opts.console_socket.is_none() {
+        let record = if bundle_terminal && opts.console_socket.is_none() {
             let (ours, theirs) =
                 std::os::unix::net::UnixStream::pair().ctx(|| "socketpair".into())?;
-            let pid = self.create_bundle(id, bundle, opts, Some(OwnedFd::from(theirs)))?;
+            let record =
+                self.create_bundle(id, bundle, opts, Some(OwnedFd::from(theirs)), Start::AtOnce)?;
             foreground.relay_pty(&ours)?;
-            pid
+            record
         } else {
-            self.create_bundle(id, bundle, opts, None)?
+            self.create_bundle(id, bundle, opts, None, Start::AtOnce)?
         };
-        if let Err(e) = self.start(id) {
-            let _ = self.delete(id, true);
-            return Err(e);
-        }
-        let code = foreground.wait(pid);
-        self.delete(id, true)?;
+        poststart(&record);
+        let code = foreground.wait(Pid::from_raw(record.pid));
+        self.remove(&self.dir(id), &record, true)?;
         Ok(code)
     }
 
@@ -545,11 +540,17 @@ impl Runtime {
             Err(Error::NotFound(_)) if force => return Ok(()),
             Err(e) => return Err(e),
         };
-        let status = record.status(&sd);
+        self.remove(&sd, &record, force)
+    }
+
+    /// delete's work once the record is loaded: processes, cgroup, state, poststop hooks.
+    fn remove(&self, sd: &StateDir, record: &Record, force: bool) -> Result<()> {
+        let id = &record.id;
+        let status = record.status(sd);
         match status {
             // Init is gone, but without a pid namespace of its own other processes may remain.
-            Status::Stopped | Status::Created => self.kill_all(&record),
-            Status::Creating | Status::Running | Status::Paused if force => self.kill_all(&record),
+            Status::Stopped | Status::Created => self.kill_all(record),
+            Status::Creating | Status::Running | Status::Paused if force => self.kill_all(record),
             s => {
                 return Err(Error::State(format!(
                     "cannot delete container {id} that is not stopped: {s}"
@@ -564,7 +565,7 @@ impl Runtime {
         })?;
         std::fs::remove_dir_all(&sd.dir).ctx(|| format!("remove {}", sd.dir.display()))?;
         if let Some(h) = record.hooks.as_ref().and_then(|h| h.poststop().as_ref()) {
-            let json = state_json(&record, Status::Stopped);
+            let json = state_json(record, Status::Stopped);
             if let Err(e) = hooks::run("poststop", h, json.as_bytes()) {
                 tracing::warn!("{e}");
             }
@@ -626,6 +627,23 @@ impl Runtime {
             return Err(Error::State("container not running".into()));
         }
         record.cgroup.pids()
+    }
+}
+
+/// When the program of a created container starts: at `start`, or at once (`run`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    Later,
+    AtOnce,
+}
+
+/// The poststart hooks; a failing one is logged, the container runs on (runtime-spec).
+fn poststart(record: &Record) {
+    if let Some(h) = record.hooks.as_ref().and_then(|h| h.poststart().as_ref()) {
+        let json = state_json(record, Status::Running);
+        if let Err(e) = hooks::run("poststart", h, json.as_bytes()) {
+            tracing::warn!("{e}");
+        }
     }
 }
 

@@ -13,6 +13,7 @@ pub mod features;
 pub mod foreground;
 pub mod fsutil;
 pub mod hooks;
+pub mod json_path;
 pub mod log;
 pub mod namespaces;
 pub mod process;

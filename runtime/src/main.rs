@@ -233,6 +233,8 @@ struct UpdateArgs {
 }
 
 fn main() {
+    // First of all, before any other work that the re-exec would only repeat.
+    let sealed = needs_sealed_exe(std::env::args_os().skip(1)).then(sealed_exe::ensure);
     let cli = Cli::parse();
     let format = match cli.log_format.as_str() {
         "json" => Format::Json,
@@ -266,7 +268,7 @@ fn main() {
         .with(LogLayer::new(out, format));
     let _ = tracing::subscriber::set_global_default(subscriber);
 
-    match run(&cli) {
+    match run(&cli, sealed) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             let msg = format!("{e:#}");
@@ -279,7 +281,15 @@ fn main() {
     }
 }
 
-fn run(cli: &Cli) -> anyhow::Result<i32> {
+/// `sealed`: the outcome of running from a read-only view of our binary, for the commands that
+/// start processes in a container (see `needs_sealed_exe`).
+fn run(cli: &Cli, sealed: Option<Result<(), String>>) -> anyhow::Result<i32> {
+    // CVE-2019-5736: a process that execs a path the container controls must not run from a
+    // binary the container could then open for writing through /proc/<pid>/exe.
+    let seal = || match &sealed {
+        Some(Err(e)) => Err(anyhow::anyhow!("cannot protect the runtime binary: {e}")),
+        _ => Ok(()),
+    };
     if cli.systemd_cgroup {
         anyhow::bail!("--systemd-cgroup is not supported: skiff-runc manages cgroupfs directly");
     }
@@ -357,9 +367,22 @@ fn run(cli: &Cli) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Runs the rest of this command from a read-only view of our binary (CVE-2019-5736).
-fn seal() -> anyhow::Result<()> {
-    sealed_exe::ensure().map_err(|e| anyhow::anyhow!("cannot protect the runtime binary: {e}"))
+/// Whether the command line (without argv[0]) names create, run or exec: the commands whose
+/// processes exec into the container. Read before clap parses it, so that the re-exec comes
+/// first; global options that take a value are stepped over with their value.
+fn needs_sealed_exe(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    let mut args = args;
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("--root" | "--log" | "--log-format" | "--rootless") => {
+                args.next();
+            }
+            Some(a) if a.starts_with('-') => {}
+            Some(command) => return matches!(command, "create" | "run" | "exec"),
+            None => return false,
+        }
+    }
+    false
 }
 
 fn parse_signal(s: &str) -> anyhow::Result<nix::sys::signal::Signal> {
@@ -719,4 +742,28 @@ fn update_resources(a: &UpdateArgs) -> anyhow::Result<oci_spec::runtime::LinuxRe
         );
     }
     serde_json::from_value(r).map_err(|e| anyhow::anyhow!("resources: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::needs_sealed_exe;
+
+    fn needs(line: &str) -> bool {
+        needs_sealed_exe(line.split_whitespace().map(std::ffi::OsString::from))
+    }
+
+    #[test]
+    fn sealed_exe_for_the_commands_that_exec_into_a_container() {
+        assert!(needs("run -d --bundle /b id"));
+        assert!(needs(
+            "--root /run/x --log /l --log-format json create --bundle b id"
+        ));
+        assert!(needs("--debug --root=/run/x exec id /bin/sh"));
+        // A global option's value is no command, even when it reads like one.
+        assert!(!needs("--root run state id"));
+        assert!(!needs("--log exec kill id"));
+        assert!(!needs("state run"));
+        assert!(!needs("--version"));
+        assert!(!needs(""));
+    }
 }

@@ -96,14 +96,20 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
         )?;
     }
     // Opened before pivot_root, while the host paths are visible; reopened for writing at the end.
-    let fifo = open(cfg.fifo, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
-        .ctx(|| format!("open {}", cfg.fifo.display()))?;
-    let host_proc = open(
-        "/proc",
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .ctx(|| "open /proc".into())?;
+    let fifo = cfg
+        .fifo
+        .map(|path| -> Result<(OwnedFd, OwnedFd)> {
+            let fifo = open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+                .ctx(|| format!("open {}", path.display()))?;
+            let host_proc = open(
+                "/proc",
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .ctx(|| "open /proc".into())?;
+            Ok((fifo, host_proc))
+        })
+        .transpose()?;
     if let Some(process) = process {
         root.make(process.cwd(), Kind::Dir)
             .map_err(|e| Error::Config(format!("process.cwd: {e}")))?;
@@ -125,33 +131,41 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
     let ready = process
         .map(|p| prepare(p, cfg.console_socket, seccomp, &state_json))
         .transpose()?;
-    // After Ready the parent exits (create): the death signal must not follow.
+    // After Ready the parent exits (create, run --detach): the death signal must not follow.
     nix::sys::prctl::set_pdeathsig(None).ctx(|| "prctl PDEATHSIG".into())?;
-    chan.send(&Msg::Ready)?;
-    // Blocks until `start` opens the fifo for reading.
+    // Held until the program replaces us (close-on-exec), see wait_for_start.
+    let _start_signal = match fifo {
+        Some((fifo, host_proc)) => {
+            chan.send(&Msg::Ready)?;
+            Some(wait_for_start(&fifo, &host_proc, ready.is_some())?)
+        }
+        None => None,
+    };
+    let Some(ready) = ready else {
+        return Err(Error::Config("process: missing, nothing to start".into()));
+    };
+    if let Some(start_hooks) = hooks.start_container().as_deref().filter(|h| !h.is_empty()) {
+        crate::hooks::run("startContainer", start_hooks, state_json.as_bytes())?;
+    }
+    ready.exec(cfg.preserve_fds, seccomp, &state_json)
+}
+
+/// Blocks until `start` opens the exec fifo for reading, then tells it whether there is a
+/// program to start. The writer returned stays open (close-on-exec) until the program replaces
+/// us: `start` waits for its end-of-file, so once start returns the program runs (a signal sent
+/// right after reaches it, not us).
+fn wait_for_start(fifo: &OwnedFd, host_proc: &OwnedFd, has_process: bool) -> Result<OwnedFd> {
     let fd = format!("thread-self/fd/{}", fifo.as_raw_fd());
     let writer = openat(
-        &host_proc,
+        host_proc,
         fd.as_str(),
         OFlag::O_WRONLY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
     .ctx(|| "open the exec fifo".into())?;
-    let byte = if ready.is_some() { GO } else { NO_PROCESS };
+    let byte = if has_process { GO } else { NO_PROCESS };
     nix::unistd::write(&writer, &[byte]).ctx(|| "write the exec fifo".into())?;
-    let Some(ready) = ready else {
-        return Err(Error::Config("process: missing, nothing to start".into()));
-    };
-    // The writer stays open (close-on-exec) until the program replaces us: `start` waits for
-    // its end-of-file, so once start returns the program runs (a signal sent right after
-    // reaches it, not us).
-    drop((fifo, host_proc));
-    if let Some(start_hooks) = hooks.start_container().as_deref().filter(|h| !h.is_empty()) {
-        crate::hooks::run("startContainer", start_hooks, state_json.as_bytes())?;
-    }
-    let err = ready.exec(cfg.preserve_fds, seccomp, &state_json);
-    drop(writer);
-    err
+    Ok(writer)
 }
 
 /// The child's first steps: die with the runtime until ready, take back the signals the parent

@@ -20,7 +20,10 @@ use std::path::Path;
 pub struct InitConfig<'a> {
     pub spec: &'a Spec,
     pub rootfs: &'a Path,
-    pub fifo: &'a Path,
+    /// The exec fifo that holds the init until `start`; `None` when the same runtime process
+    /// starts the container at once (`run`): the init then execs the program as soon as it is
+    /// set up, and the end of the channel (close-on-exec) tells the parent it did.
+    pub fifo: Option<&'a Path>,
     pub layout: &'a Layout,
     pub cgroup: &'a CgroupPaths,
     pub namespaces: &'a Namespaces,
@@ -90,7 +93,8 @@ fn clone3(flags: u64, cgroup: Option<&std::fs::File>) -> Result<i32> {
 }
 
 /// Starts the container's init and drives it through setup. Returns its pid once it is
-/// blocked on the exec fifo; on error the child is killed and reaped.
+/// blocked on the exec fifo, or (without a fifo) once it has exec'd the program; on error the
+/// child is killed and reaped.
 /// `on_hooks(pid)` runs the runtime-side create hooks and returns the state JSON for the
 /// container-side ones.
 pub fn spawn(cfg: InitConfig, on_hooks: &mut dyn FnMut(Pid) -> Result<String>) -> Result<Pid> {
@@ -210,6 +214,9 @@ fn drive(
                     "unexpected message from init: {other:?}"
                 )));
             }
+            // Started at once: the init's end closes when it execs the program (or if it is
+            // killed first, which its exit status then tells).
+            None if cfg.fifo.is_none() => return Ok(()),
             None => return Err(Error::Other("container init exited during setup".into())),
         }
     }

@@ -258,7 +258,16 @@ pub fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
     found
 }
 
-/// What `mountinfo` says about mounts of the host: must not change across a container's life.
-pub fn host_mounts() -> String {
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap()
+/// The host's mount points at or under any of `paths` (the bundle, a bind source, a mount's
+/// destination): what a container made from them could leave behind or propagate. Only these:
+/// other work on the machine mounts and unmounts elsewhere meanwhile.
+pub fn host_mounts_under(paths: &[&Path]) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        // Field 5 is the mount point (spaces escaped as \040, as in the paths of these tests).
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| paths.iter().any(|p| Path::new(point).starts_with(p)))
+        .map(str::to_string)
+        .collect()
 }
