@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use tracing_subscriber::layer::SubscriberExt;
 
-#[derive(Parser)]
+#[derive(Parser, Debug, PartialEq)]
 #[command(
     name = "skiff-runc",
     version,
@@ -38,7 +38,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug, PartialEq)]
 struct CreateArgs {
     /// Path to the bundle directory.
     #[arg(short, long, default_value = ".")]
@@ -79,7 +79,7 @@ fn preserve_fds(n: i32) -> anyhow::Result<u32> {
     })
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Debug, PartialEq)]
 enum Command {
     /// Create a container, leaving its process waiting for `start`.
     Create(CreateArgs),
@@ -151,7 +151,7 @@ enum Command {
     Update(UpdateArgs),
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug, PartialEq)]
 struct ExecArgs {
     #[arg(long = "console-socket")]
     console_socket: Option<PathBuf>,
@@ -196,7 +196,7 @@ struct ExecArgs {
     args: Vec<String>,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug, PartialEq)]
 struct UpdateArgs {
     /// A JSON file with linux.resources ("-" for stdin).
     #[arg(short, long)]
@@ -235,7 +235,7 @@ struct UpdateArgs {
 fn main() {
     // First of all, before any other work that the re-exec would only repeat.
     let sealed = needs_sealed_exe(std::env::args_os().skip(1)).then(sealed_exe::ensure);
-    let cli = Cli::parse();
+    let cli = parse_lifecycle(std::env::args_os().skip(1)).unwrap_or_else(Cli::parse);
     let format = match cli.log_format.as_str() {
         "json" => Format::Json,
         "text" => Format::Text,
@@ -365,6 +365,117 @@ fn run(cli: &Cli, sealed: Option<Result<(), String>>) -> anyhow::Result<i32> {
         Command::Update(args) => rt.update(&args.id, &update_resources(args)?)?,
     }
     Ok(0)
+}
+
+/// The command lines sent for every container — create, start, run, state, kill and delete
+/// with the options containerd's shim, podman and the kubelet use — read without clap, whose
+/// parser is a good share of the code this binary pages in at every container start. Anything
+/// else (another command, --help, an option not known here, a repeated one, a short option
+/// with its value attached) is `None`, and clap parses the line with its help and errors;
+/// `lifecycle_lines_parse_as_clap_does` checks that both read these lines alike.
+fn parse_lifecycle(args: impl Iterator<Item = std::ffi::OsString>) -> Option<Cli> {
+    let args: Vec<String> = args.map(|a| a.into_string().ok()).collect::<Option<_>>()?;
+    let (mut root, mut log, mut log_format, mut rootless) = (None, None, None, None);
+    let (mut debug, mut systemd_cgroup) = (false, false);
+    let mut command: Option<&str> = None;
+    let mut bundle = None;
+    let (mut console_socket, mut pid_file, mut preserve_fds) = (None, None, None);
+    let (mut no_pivot, mut no_new_keyring, mut switch) = (false, false, false);
+    let mut positional: Vec<String> = vec![];
+    // A flag given once: a second time is clap's to refuse.
+    let set = |flag: &mut bool| (!std::mem::replace(flag, true)).then_some(());
+    let mut it = args.iter().map(String::as_str);
+    while let Some(arg) = it.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v)),
+            _ => (arg, None),
+        };
+        // The option's value: `--name=value` or the next argument (not an option itself).
+        let mut value = |allow_negative: bool| -> Option<String> {
+            let v = match inline {
+                Some(v) => v,
+                None => it.next()?,
+            };
+            let is_option = v.starts_with('-') && !(allow_negative && v.parse::<i32>().is_ok());
+            (!is_option && !v.is_empty()).then(|| v.to_string())
+        };
+        let fill = |slot: &mut Option<String>, v: Option<String>| -> Option<()> {
+            slot.replace(v?).is_none().then_some(())
+        };
+        match (command, name) {
+            (_, "--root") => fill(&mut root, value(false))?,
+            (_, "--log") => fill(&mut log, value(false))?,
+            (_, "--log-format") => fill(&mut log_format, value(false))?,
+            (_, "--debug") if inline.is_none() => set(&mut debug)?,
+            (_, "--systemd-cgroup") if inline.is_none() => set(&mut systemd_cgroup)?,
+            (None, "--rootless") => fill(&mut rootless, value(false))?,
+            (None, c @ ("create" | "run" | "start" | "state" | "kill" | "delete")) => {
+                command = Some(c)
+            }
+            (Some("create" | "run"), "-b" | "--bundle") => fill(&mut bundle, value(false))?,
+            (Some("create" | "run"), "--console-socket") => {
+                fill(&mut console_socket, value(false))?
+            }
+            (Some("create" | "run"), "--pid-file") => fill(&mut pid_file, value(false))?,
+            (Some("create" | "run"), "--preserve-fds") => fill(&mut preserve_fds, value(true))?,
+            (Some("create" | "run"), "--no-pivot") if inline.is_none() => set(&mut no_pivot)?,
+            (Some("create" | "run"), "--no-new-keyring") if inline.is_none() => {
+                set(&mut no_new_keyring)?
+            }
+            (Some("run"), "-d" | "--detach")
+            | (Some("kill"), "-a" | "--all")
+            | (Some("delete"), "-f" | "--force")
+                if inline.is_none() =>
+            {
+                set(&mut switch)?
+            }
+            (Some(_), p) if !p.starts_with('-') => positional.push(p.to_string()),
+            _ => return None,
+        }
+    }
+    let create = |id: String| -> Option<CreateArgs> {
+        Some(CreateArgs {
+            bundle: bundle.clone().unwrap_or_else(|| ".".into()).into(),
+            console_socket: console_socket.clone().map(PathBuf::from),
+            pid_file: pid_file.clone().map(PathBuf::from),
+            no_pivot,
+            no_new_keyring,
+            preserve_fds: preserve_fds
+                .as_deref()
+                .map_or(Some(0), |n| n.parse().ok())?,
+            id,
+        })
+    };
+    let mut positional = positional.into_iter();
+    let (id, extra) = (positional.next()?, positional.next());
+    let command = match (command?, extra) {
+        ("create", None) => Command::Create(create(id)?),
+        ("run", None) => Command::Run {
+            create: create(id)?,
+            detach: switch,
+        },
+        ("start", None) => Command::Start { id },
+        ("state", None) => Command::State { id },
+        ("kill", signal) => Command::Kill {
+            all: switch,
+            id,
+            signal,
+        },
+        ("delete", None) => Command::Delete { force: switch, id },
+        _ => return None,
+    };
+    if positional.next().is_some() {
+        return None;
+    }
+    Some(Cli {
+        root: root.unwrap_or_else(|| DEFAULT_ROOT.into()).into(),
+        log: log.map(PathBuf::from),
+        log_format: log_format.unwrap_or_else(|| "text".into()),
+        debug,
+        systemd_cgroup,
+        rootless,
+        command,
+    })
 }
 
 /// Whether the command line (without argv[0]) names create, run or exec: the commands whose
@@ -746,7 +857,67 @@ fn update_resources(a: &UpdateArgs) -> anyhow::Result<oci_spec::runtime::LinuxRe
 
 #[cfg(test)]
 mod tests {
-    use super::needs_sealed_exe;
+    use super::{Cli, needs_sealed_exe, parse_lifecycle};
+    use clap::Parser;
+
+    fn fast(line: &str) -> Option<Cli> {
+        parse_lifecycle(line.split_whitespace().map(std::ffi::OsString::from))
+    }
+
+    #[test]
+    fn lifecycle_lines_parse_as_clap_does() {
+        for line in [
+            // containerd's runc shim
+            "--root /run/containerd/runc/k8s.io --log /run/x/log.json --log-format json create --bundle /run/b --pid-file /run/b/init.pid --console-socket /tmp/pty.sock id1",
+            "--root /r --log /l --log-format json start id1",
+            "--root /r --log /l --log-format json kill id1 9",
+            "--root /r --log /l --log-format json kill --all id1 SIGKILL",
+            "--root /r --log /l --log-format json delete --force id1",
+            "--root /r state id1",
+            // podman (conmon), with the global options after the command too
+            "--systemd-cgroup --root /r create --bundle /b --pid-file /p --no-new-keyring id2",
+            "create --root /r --debug -b /b --preserve-fds 2 --no-pivot id3",
+            "--rootless true run -d --bundle=/b --preserve-fds=-0 x",
+            "run -b . id4",
+            "delete -f id5",
+            "kill -a id6",
+            // refused later, by options(), with a message of its own
+            "create --preserve-fds -1 id7",
+        ] {
+            let clap =
+                Cli::try_parse_from(std::iter::once("skiff-runc").chain(line.split_whitespace()))
+                    .unwrap_or_else(|e| panic!("clap refuses {line:?}: {e}"));
+            assert_eq!(fast(line), Some(clap), "{line}");
+        }
+    }
+
+    #[test]
+    fn anything_else_goes_to_clap() {
+        for line in [
+            "",
+            "--help",
+            "run --help",
+            "--version",
+            "exec id sh",
+            "list",
+            "run",
+            "run id extra",
+            "create --bundle",
+            "create --bundle --pid-file /p id",
+            "create --unknown id",
+            "create -bdir id",
+            "run -df id",
+            "--debug --debug state id",
+            "--root /a --root /b state id",
+            "kill id 9 10",
+            "state -- id",
+            "create --root= id",
+            "delete --force=yes id",
+            "--rootless true state --rootless true id",
+        ] {
+            assert_eq!(fast(line), None, "{line}");
+        }
+    }
 
     fn needs(line: &str) -> bool {
         needs_sealed_exe(line.split_whitespace().map(std::ffi::OsString::from))
