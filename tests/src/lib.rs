@@ -4,6 +4,8 @@
 //! what skiff may leave on a machine (mounts, cgroups, iptables chains, links, processes) and a
 //! guard that removes it all when a test fails half-way.
 
+pub mod up;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -6,11 +6,9 @@
 //! `skiff up` again on the same data directory: the same pods run again and a pod reaches the
 //! Service by name and ClusterIP; SIGINT leaves nothing again.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::Value;
+use skiff_tests::up::*;
 use skiff_tests::*;
 
 const CGROUP_ROOT: &str = "/kubepods";
@@ -31,132 +29,6 @@ fn quick_start_block() -> String {
         .map(|(body, _)| body)
         .expect("a ```sh fenced block between the quick-start markers");
     body.to_string()
-}
-
-struct Cluster<'a> {
-    netns: &'a Netns,
-    dir: &'a Path,
-}
-
-impl Cluster<'_> {
-    fn data(&self) -> std::path::PathBuf {
-        self.dir.join("skiff-data")
-    }
-
-    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = self.netns.command(program);
-        let path = format!(
-            "{}:{}",
-            target_dir().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        c.current_dir(self.dir)
-            .env("PATH", path)
-            .env("HOME", self.dir)
-            .env("KUBECONFIG", self.data().join("server/admin.kubeconfig"))
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-        use std::io::Write;
-        let mut child = self
-            .command("kubectl")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running kubectl");
-        let mut input = child.stdin.take().expect("stdin");
-        if let Some(s) = stdin {
-            input.write_all(s.as_bytes()).expect("kubectl stdin");
-        }
-        drop(input);
-        let out = child.wait_with_output().expect("kubectl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
-    }
-
-    fn get_json(&self, args: &[&str]) -> Option<Value> {
-        let mut a = vec!["get"];
-        a.extend_from_slice(args);
-        a.extend_from_slice(&["-o", "json"]);
-        let out = self
-            .command("kubectl")
-            .args(&a)
-            .stderr(Stdio::null())
-            .output()
-            .expect("kubectl");
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).expect("kubectl JSON"))
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
-    }
-}
-
-/// Waits for `child`, killing it after `limit`; whether it exited with 0.
-fn wait_child(child: &mut Child, limit: Duration) -> Option<bool> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("waiting") {
-            return Some(status.success());
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn wait_until(what: &str, limit: Duration, log: impl Fn() -> String, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; skiff up's log:\n{}",
-            tail(&log(), 60)
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// The web pods' (name, uid), once both are Running and Ready.
-fn ready_web_pods(cluster: &Cluster) -> Option<Vec<(String, String)>> {
-    let list = cluster.get_json(&["pods", "-l", "app=web"])?;
-    let items = list["items"].as_array()?;
-    let ready = |p: &Value| {
-        p["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    };
-    (items.len() == 2 && items.iter().all(ready)).then(|| {
-        let mut pods: Vec<(String, String)> = items
-            .iter()
-            .map(|p| {
-                (
-                    p["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    p["metadata"]["uid"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                )
-            })
-            .collect();
-        pods.sort();
-        pods
-    })
 }
 
 #[test]
@@ -182,7 +54,7 @@ fn readme_quick_start_runs_as_written_and_resumes() {
         before.is_empty(),
         "the machine already has what the quick start must leave clean (another skiff up?): {before:#?}"
     );
-    let cluster = Cluster { netns: &netns, dir };
+    let cluster = UpCluster { netns: &netns, dir };
     let _guard = NodeLeftoversGuard {
         netns: &netns,
         dir: dir.to_path_buf(),
@@ -252,7 +124,7 @@ fn readme_quick_start_runs_as_written_and_resumes() {
         Duration::from_secs(120),
         resume_log,
         || {
-            resumed = ready_web_pods(&cluster);
+            resumed = cluster.ready_pods("app=web", 2);
             resumed.is_some()
         },
     );
