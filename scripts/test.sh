@@ -19,7 +19,7 @@ packages=(
     runc crun containerd podman umoci python3-grpcio
     # networking tools used by tests (the kubelet's pod network and the proxy's rules run inside
     # network namespaces the tests make), nsenter, dig for the cluster DNS tests
-    iproute2 iptables nftables conntrack util-linux bind9-dnsutils unbound
+    iproute2 iptables nftables conntrack util-linux bind9-dnsutils unbound curl
     # the kubelet's image tests: a real registry on loopback, images pushed with skopeo
     docker-registry skopeo openssl
 )

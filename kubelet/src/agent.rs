@@ -106,8 +106,20 @@ pub async fn client(path: &Path) -> anyhow::Result<Client> {
     Client::try_from(cfg).with_context(|| format!("client for {}", path.display()))
 }
 
-/// Runs the node agent until it is stopped.
+/// Runs the node agent until it is stopped. Its pods outlive it: a kubelet started again
+/// adopts them.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    run_until(args, std::future::pending()).await
+}
+
+/// Runs the node agent until `stop` yields a grace period, then stops the node as a whole:
+/// every pod stopped within that grace period at most and cleaned up, then the pod network
+/// (bridge, routes, rules) and the pods' cgroup root removed. The pods' API objects stay, so a
+/// node started again with the same directories runs them again.
+pub async fn run_until(
+    args: AgentArgs,
+    stop: impl std::future::Future<Output = std::time::Duration>,
+) -> anyhow::Result<()> {
     let kubeconfig = args
         .kubeconfig
         .clone()
@@ -152,11 +164,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     ));
     let registered = node.register().await?;
     let node_uid = registered.metadata.uid.clone().unwrap_or_default();
-    tokio::spawn({
+    let lease = tokio::spawn({
         let node = node.clone();
         async move { node.run_lease(node_uid).await }
     });
-    tokio::spawn({
+    let status = tokio::spawn({
         let node = node.clone();
         async move { node.run_status(registered).await }
     });
@@ -178,14 +190,33 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         volume_sync_period: std::time::Duration::from_secs(args.volume_sync_seconds.max(1)),
     };
     start_node_api(&args, &kubeconfig, &config, client.clone(), runtime.clone()).await?;
-    let network = crate::node_network::start(crate::node_network::NodeNetworkConfig {
-        client: client.clone(),
-        node_name: config.node_name.clone(),
-        state_dir: args.root_dir.join("network"),
-    });
+    let (network, network_task) =
+        crate::node_network::start(crate::node_network::NodeNetworkConfig {
+            client: client.clone(),
+            node_name: config.node_name.clone(),
+            state_dir: args.root_dir.join("network"),
+        });
     let images =
         crate::image::ImageStore::open(&args.root_dir).context("opening the image store")?;
-    crate::pod_manager::run(client, Arc::new(config), Arc::new(runtime), images, network).await
+    let cgroup_root = config.cgroup_root.clone();
+    crate::pod_manager::run_until(
+        client,
+        Arc::new(config),
+        Arc::new(runtime),
+        images,
+        network.clone(),
+        stop,
+    )
+    .await?;
+    for task in [lease, status, network_task] {
+        task.abort();
+    }
+    crate::node_network::remove(&network)
+        .await
+        .context("removing the pod network")?;
+    crate::cgroups::remove_root(&crate::cgroups::CgroupMounts::read(), &cgroup_root);
+    tracing::info!("node stopped");
+    Ok(())
 }
 
 /// Starts the node API (`--port`) in the background.

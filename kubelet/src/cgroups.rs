@@ -182,6 +182,26 @@ pub fn remove_pod_cgroup(mounts: &CgroupMounts, path: &str) {
     }
 }
 
+/// Removes the QoS tier directories and `root` itself from every hierarchy once no pod cgroup is
+/// left under them (the node leaving the cluster); a directory still in use is left with a
+/// warning.
+pub fn remove_root(mounts: &CgroupMounts, root: &str) {
+    let root = root.trim_matches('/');
+    if root.is_empty() {
+        return;
+    }
+    for mount in mounts.all() {
+        let base = mount.join(root);
+        for dir in [base.join("besteffort"), base.join("burstable"), base] {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("leaving cgroup {}: {e}", dir.display()),
+            }
+        }
+    }
+}
+
 fn remove_tree(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {

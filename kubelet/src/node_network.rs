@@ -28,10 +28,11 @@ pub struct NodeNetworkConfig {
     pub state_dir: PathBuf,
 }
 
-/// Starts the pod network's task; the handle gets the network once it is ready.
-pub fn start(cfg: NodeNetworkConfig) -> NetworkHandle {
+/// Starts the pod network's task; the handle gets the network once it is ready. Aborting the
+/// task stops following the Node list (see [`remove`] for taking the network down).
+pub fn start(cfg: NodeNetworkConfig) -> (NetworkHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             if let Err(e) = run(&cfg, &tx).await {
                 tracing::error!("pod network: {e:#}; trying again");
@@ -39,7 +40,18 @@ pub fn start(cfg: NodeNetworkConfig) -> NetworkHandle {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
     });
-    rx
+    (rx, task)
+}
+
+/// Takes the node's pod network down (bridge, routes, rules), once its task is stopped and no
+/// pod is left on it.
+pub async fn remove(network: &NetworkHandle) -> anyhow::Result<()> {
+    let net = network.borrow().clone();
+    if let Some(net) = net {
+        net.remove().await?;
+        tracing::info!("pod network removed");
+    }
+    Ok(())
 }
 
 async fn run(

@@ -1,7 +1,8 @@
 //! The pods bound to this node: a watch with `spec.nodeName=<node>` feeding one worker per pod.
 //! At start the containers already on the node (from the shims' files) are handed to their pods'
 //! workers; those of pods that no longer exist are stopped and removed once the first listing is
-//! complete.
+//! complete. When the node stops as a whole ([`run_until`]), every worker stops its pod and
+//! cleans up, and the manager returns once they all have.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::containers::{self, ContainerRecord};
 use crate::image::ImageStore;
@@ -21,6 +23,8 @@ use crate::runtime::Runtime;
 struct Workers {
     k: Arc<Kubelet>,
     running: HashMap<String, watch::Sender<Option<Arc<Pod>>>>,
+    /// The workers' tasks, joined when the node stops.
+    tasks: JoinSet<()>,
     /// Containers found on disk, by pod uid, not yet handed to a worker.
     adoptable: HashMap<String, Vec<ContainerRecord>>,
 }
@@ -30,7 +34,7 @@ impl Workers {
         let (tx, rx) = watch::channel(pod);
         let adopted = self.adoptable.remove(&uid).unwrap_or_default();
         let worker = PodWorker::new(self.k.clone(), uid.clone(), rx, adopted);
-        tokio::spawn(worker.run());
+        self.tasks.spawn(worker.run());
         self.running.insert(uid, tx);
     }
 
@@ -40,6 +44,7 @@ impl Workers {
             return;
         };
         self.running.retain(|_, tx| !tx.is_closed());
+        while self.tasks.try_join_next().is_some() {}
         let pod = Arc::new(pod);
         match self.running.get(&uid) {
             Some(tx) => {
@@ -57,6 +62,27 @@ impl Workers {
             self.spawn(uid.to_string(), None);
         }
     }
+
+    /// The node stops: every pod's containers are stopped within `grace` at most and everything
+    /// the pods had on the node is removed (their API objects stay, to run again when the node
+    /// comes back).
+    async fn stop_all(mut self, grace: std::time::Duration) {
+        let _ = self.k.node_shutdown_grace.set(grace);
+        let uids: Vec<String> = self
+            .running
+            .keys()
+            .chain(self.adoptable.keys())
+            .cloned()
+            .collect();
+        tracing::info!(pods = uids.len(), "node stopping: stopping every pod");
+        for uid in uids {
+            self.gone(&uid);
+        }
+        while self.tasks.join_next().await.is_some() {}
+        for uid in self.k.sandboxes.uids() {
+            self.k.sandboxes.remove(&uid).await;
+        }
+    }
 }
 
 pub async fn run(
@@ -65,6 +91,27 @@ pub async fn run(
     runtime: Arc<Runtime>,
     images: ImageStore,
     network: NetworkHandle,
+) -> anyhow::Result<()> {
+    run_until(
+        client,
+        config,
+        runtime,
+        images,
+        network,
+        std::future::pending(),
+    )
+    .await
+}
+
+/// [`run`] until `stop` yields a grace period; then every pod is stopped within it and cleaned
+/// up before this returns.
+pub async fn run_until(
+    client: Client,
+    config: Arc<KubeletConfig>,
+    runtime: Arc<Runtime>,
+    images: ImageStore,
+    network: NetworkHandle,
+    stop: impl std::future::Future<Output = std::time::Duration>,
 ) -> anyhow::Result<()> {
     let (found, stray) = containers::list(&config.run_dir);
     for dir in stray {
@@ -86,6 +133,7 @@ pub async fn run(
     let mut workers = Workers {
         k,
         running: HashMap::new(),
+        tasks: JoinSet::new(),
         adoptable,
     };
     let api: Api<Pod> = Api::all(client);
@@ -94,7 +142,18 @@ pub async fn run(
         .default_backoff()
         .boxed();
     let mut listed: HashSet<String> = HashSet::new();
-    while let Some(event) = events.try_next().await? {
+    tokio::pin!(stop);
+    loop {
+        let event = tokio::select! {
+            grace = &mut stop => {
+                workers.stop_all(grace).await;
+                return Ok(());
+            }
+            event = events.try_next() => match event? {
+                Some(event) => event,
+                None => break,
+            },
+        };
         match event {
             watcher::Event::Init => listed.clear(),
             watcher::Event::InitApply(pod) => {

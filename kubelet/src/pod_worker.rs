@@ -73,6 +73,8 @@ pub struct Kubelet {
     pub images: ImageStore,
     pub sandboxes: Sandboxes,
     pub cgroups: CgroupMounts,
+    /// Set when the whole node stops: no pod's grace period runs longer than this.
+    pub node_shutdown_grace: std::sync::OnceLock<Duration>,
 }
 
 impl Kubelet {
@@ -96,6 +98,7 @@ impl Kubelet {
             events: Recorder::new(client.clone(), config.node_name.clone()),
             images,
             cgroups: CgroupMounts::read(),
+            node_shutdown_grace: std::sync::OnceLock::new(),
             client,
             config,
             runtime,
@@ -971,7 +974,11 @@ impl PodWorker {
             })
             .unwrap_or(if pod.is_some() { 30 } else { 2 })
             .max(0) as u64;
-        self.stop_all(Duration::from_secs(grace)).await;
+        let mut grace = Duration::from_secs(grace);
+        if let Some(cap) = self.k.node_shutdown_grace.get() {
+            grace = grace.min(*cap);
+        }
+        self.stop_all(grace).await;
         self.cleanup().await;
         if delete_object && let Some(pod) = &pod {
             let ns = pod.metadata.namespace.clone().unwrap_or_default();

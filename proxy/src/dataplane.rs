@@ -92,6 +92,19 @@ pub fn cleanup_all() -> Result<(), Error> {
     crate::nftables::cleanup()
 }
 
+/// Removes everything the proxy set up on the node: the rules of either mode and the
+/// `skiff-svc` interface with the Service CIDR route and the cluster DNS address
+/// (`skiff-proxy cleanup`, and a node leaving the cluster).
+pub async fn cleanup_node() -> anyhow::Result<()> {
+    use anyhow::Context;
+    tokio::task::spawn_blocking(cleanup_all)
+        .await?
+        .context("removing rules")?;
+    crate::netlink::remove_dummy()
+        .await
+        .with_context(|| format!("removing the {} interface", crate::netlink::DUMMY))
+}
+
 /// Runs `tool args…` with `stdin`, returning its stdout.
 pub fn run_tool(tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
     let spawn_err = |source| Error::Spawn {

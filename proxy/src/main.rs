@@ -129,14 +129,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Some(Command::Cleanup) => rt.block_on(async {
-            tokio::task::spawn_blocking(skiff_proxy::dataplane::cleanup_all)
-                .await?
-                .context("removing rules")?;
-            skiff_proxy::netlink::remove_dummy()
-                .await
-                .context("removing the skiff-svc interface")
-        }),
+        Some(Command::Cleanup) => rt.block_on(skiff_proxy::dataplane::cleanup_node()),
         Some(Command::Bench { .. }) => unreachable!("handled before the runtime starts"),
         None => rt.block_on(run(cli.run)),
     }

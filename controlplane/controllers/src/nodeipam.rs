@@ -52,6 +52,13 @@ impl ClusterCidr {
     }
 }
 
+impl std::fmt::Display for ClusterCidr {
+    /// `A.B.0.0/16`, as parsed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.0.0/16", self.base[0], self.base[1])
+    }
+}
+
 struct Ipam {
     client: Client,
     cidr: ClusterCidr,

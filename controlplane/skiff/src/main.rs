@@ -1,6 +1,7 @@
 //! skiff: the `skiff` command — parses flags and starts the components (API server, scheduler,
 //! controllers) from their crates; it depends on all of them and nothing depends on it. Also
-//! `skiff bench`, which measures the API server and the scheduler in this process.
+//! `skiff bench`, which measures the API server and the scheduler in this process, and
+//! `skiff up` ([`up`]), the control plane and this machine as its node in one process.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod components;
+mod up;
 
 use components::Components;
 use skiff_apiserver::server::{self, ServerConfig};
@@ -52,6 +54,17 @@ enum Command {
         disable_controllers: bool,
         #[command(flatten)]
         settings: ControllerFlags,
+    },
+    /// Run a whole cluster on this machine in the foreground: the control plane and this
+    /// machine as its node (kubelet, proxy, cluster DNS). Ctrl-C stops everything it started.
+    Up(up::UpArgs),
+    /// Manage the images of `skiff up`'s node (e.g. the busybox image the quick start runs).
+    Image {
+        /// `skiff up`'s data directory.
+        #[arg(long, default_value = "/var/lib/skiff", global = true)]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        command: skiff_kubelet::image::cli::ImageCommand,
     },
     /// Run the scheduler against an API server.
     Scheduler {
@@ -188,6 +201,13 @@ fn main() -> anyhow::Result<()> {
             })
             .context("skiff server")?;
         }
+        Command::Up(args) => rt.block_on(up::run(args)).context("skiff up")?,
+        Command::Image { data_dir, command } => rt
+            .block_on(skiff_kubelet::image::cli::run(
+                &up::Layout::new(&data_dir).node,
+                command,
+            ))
+            .context("skiff image")?,
         Command::Scheduler { kubeconfig } => {
             rt.block_on(async {
                 let client = skiff_client::client(&kubeconfig).await?;
@@ -273,5 +293,15 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

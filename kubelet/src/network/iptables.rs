@@ -182,6 +182,48 @@ pub async fn set_host_ports(mappings: &[HostPortMapping]) -> Result<()> {
     ensure_jump("POSTROUTING", &["-j", HOSTPORTS_MASQ_CHAIN]).await
 }
 
+/// Removes the node's chains and the jumps to them (the node leaving the cluster). Idempotent.
+pub async fn remove_all() -> Result<()> {
+    let local = [
+        "-m",
+        "addrtype",
+        "--dst-type",
+        "LOCAL",
+        "-j",
+        HOSTPORTS_CHAIN,
+    ];
+    let jumps: [(&str, &[&str]); 4] = [
+        ("POSTROUTING", &["-j", POSTROUTING_CHAIN]),
+        ("PREROUTING", &local),
+        ("OUTPUT", &local),
+        ("POSTROUTING", &["-j", HOSTPORTS_MASQ_CHAIN]),
+    ];
+    for (chain, rule) in jumps {
+        // A jump added twice (by a crash between check and append) goes too.
+        while iptables(&["-t", "nat", "-D", chain], rule)
+            .await?
+            .status
+            .success()
+        {}
+    }
+    for chain in [POSTROUTING_CHAIN, HOSTPORTS_CHAIN, HOSTPORTS_MASQ_CHAIN] {
+        if !iptables(&["-t", "nat", "-S", chain], &[])
+            .await?
+            .status
+            .success()
+        {
+            continue;
+        }
+        for op in ["-F", "-X"] {
+            let out = iptables(&["-t", "nat", op, chain], &[]).await?;
+            if !out.status.success() {
+                return Err(iptables_failure(chain, &out));
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn restore(input: &str) -> Result<()> {
     let what = "iptables-restore --noflush".to_string();
     let mut child = Command::new("iptables-restore")

@@ -284,6 +284,20 @@ impl NodeNetwork {
         routes::sync_routes(&self.handle, self.config.pod_cidr, wanted).await
     }
 
+    /// Takes the node off the pod network (the node leaving the cluster, every pod stopped):
+    /// frees what pods still hold, removes the routes to other nodes, the bridge and the
+    /// MASQUERADE and hostPort rules. Idempotent; the address allocations on disk are empty
+    /// afterwards.
+    pub async fn remove(&self) -> Result<()> {
+        self.reconcile(&[]).await?;
+        routes::sync_routes(&self.handle, self.config.pod_cidr, &[]).await?;
+        let name = &self.config.bridge;
+        if let Some(link) = link_by_name(&self.handle, name).await? {
+            delete_link(&self.handle, link.header.index, name).await?;
+        }
+        iptables::remove_all().await
+    }
+
     /// Makes the hostPort DNAT rules exactly `mappings`: every running pod's
     /// ([`HostPortMapping::for_pod`]). See [`iptables`]. The rules live in the kernel, so they
     /// outlive a kubelet restart: after one, call this once the pods are adopted, not before.
