@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the Kubernetes API from an embedded store.
+    /// Serve the Kubernetes API from an embedded store or etcd.
     Server {
         /// Where the store, certificates and admin.kubeconfig live.
         #[arg(long, default_value = "/var/lib/skiff/server")]
@@ -52,6 +52,8 @@ enum Command {
         disable_controllers: bool,
         #[command(flatten)]
         settings: ControllerFlags,
+        #[command(flatten)]
+        etcd: EtcdFlags,
     },
     /// Run the scheduler against an API server.
     Scheduler {
@@ -137,6 +139,39 @@ impl ControllerFlags {
     }
 }
 
+/// Where `skiff server` keeps objects when not in its embedded store.
+#[derive(clap::Args)]
+struct EtcdFlags {
+    /// etcd client URLs (http:// or https://), comma-separated; objects are kept in that etcd
+    /// cluster instead of the embedded store.
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// CA bundle that signed the etcd server certificates.
+    #[arg(long, requires = "etcd_endpoints")]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate for etcd.
+    #[arg(long, requires_all = ["etcd_endpoints", "etcd_keyfile"])]
+    etcd_certfile: Option<PathBuf>,
+    /// Key of the client certificate for etcd.
+    #[arg(long, requires_all = ["etcd_endpoints", "etcd_certfile"])]
+    etcd_keyfile: Option<PathBuf>,
+    /// The etcd key prefix objects are kept under (`PREFIX/pods/NAMESPACE/NAME`).
+    #[arg(long, default_value = "/registry")]
+    etcd_prefix: String,
+}
+
+impl EtcdFlags {
+    fn config(self) -> Option<server::EtcdConfig> {
+        (!self.etcd_endpoints.is_empty()).then(|| server::EtcdConfig {
+            endpoints: self.etcd_endpoints,
+            prefix: self.etcd_prefix,
+            ca_file: self.etcd_cafile,
+            cert_file: self.etcd_certfile,
+            key_file: self.etcd_keyfile,
+        })
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum BenchMode {
     Api,
@@ -163,6 +198,7 @@ fn main() -> anyhow::Result<()> {
             disable_scheduler,
             disable_controllers,
             settings,
+            etcd,
         } => {
             let which = Components {
                 scheduler: !disable_scheduler,
@@ -176,6 +212,7 @@ fn main() -> anyhow::Result<()> {
                 service_cidr,
                 compaction_interval: Duration::from_secs(compaction_interval.max(1)),
                 bookmark_interval: Duration::from_secs(bookmark_interval.max(1)),
+                etcd: etcd.config(),
             };
             rt.block_on(async {
                 if which.scheduler || which.controllers {

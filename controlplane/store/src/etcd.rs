@@ -750,6 +750,135 @@ impl Store for EtcdStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_etcd::TestEtcd;
+    use futures::StreamExt;
+
+    async fn start_etcd() -> TestEtcd {
+        tokio::task::spawn_blocking(TestEtcd::start).await.unwrap()
+    }
+
+    /// Kills etcd, runs `while_down`, then starts etcd again.
+    async fn outage<F: std::future::Future<Output = ()>>(
+        mut etcd: TestEtcd,
+        while_down: F,
+    ) -> TestEtcd {
+        let mut etcd = tokio::task::spawn_blocking(move || {
+            etcd.kill();
+            etcd
+        })
+        .await
+        .unwrap();
+        while_down.await;
+        tokio::task::spawn_blocking(move || {
+            etcd.restart();
+            etcd
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Creates `key`, retrying while etcd is still coming back.
+    async fn create_retrying(s: &EtcdStore, key: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match s.create(key, key.as_bytes().to_vec()).await {
+                Ok(_) => return,
+                Err(StoreError::Unavailable(e)) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "etcd not back yet");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("creating {key}: {e}"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watch_across_an_etcd_restart_sees_every_event_once() {
+        let etcd = start_etcd().await;
+        let s = EtcdStore::connect(&EtcdConfig::new(vec![etcd.endpoint()]))
+            .await
+            .unwrap();
+        let base = s.current_revision().await.unwrap();
+        let mut w = s.watch("/registry/c/", base).await.unwrap();
+        for i in 0..20 {
+            create_retrying(&s, &format!("/registry/c/k{i:02}")).await;
+        }
+        // Read some before the outage, leave the rest for the reopened watch.
+        for i in 0..10 {
+            let ev = w.next().await.unwrap().unwrap();
+            assert_eq!(ev.kv.key, format!("/registry/c/k{i:02}"));
+        }
+        let _etcd = outage(etcd, async {
+            // While etcd is down a write fails as Unavailable (the API's 503), not otherwise.
+            match s.create("/registry/c/down", vec![]).await {
+                Err(StoreError::Unavailable(_)) => {}
+                other => panic!("expected Unavailable while etcd is down, got {other:?}"),
+            }
+        })
+        .await;
+        for i in 20..40 {
+            create_retrying(&s, &format!("/registry/c/k{i:02}")).await;
+        }
+        let mut last = 0;
+        for i in 10..40 {
+            let ev = tokio::time::timeout(Duration::from_secs(30), w.next())
+                .await
+                .expect("the watch resumes after the restart")
+                .unwrap()
+                .unwrap();
+            assert_eq!(ev.kv.key, format!("/registry/c/k{i:02}"));
+            assert!(ev.revision() > last);
+            last = ev.revision();
+        }
+        // Nothing twice, nothing more.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(800), w.next())
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connecting_waits_for_etcd_to_come_up() {
+        let etcd = start_etcd().await;
+        let cfg = EtcdConfig::new(vec![etcd.endpoint()]);
+        let connecting = tokio::spawn(async move { EtcdStore::connect(&cfg).await });
+        let _etcd = outage(etcd, tokio::time::sleep(Duration::from_millis(1500))).await;
+        let s = tokio::time::timeout(Duration::from_secs(20), connecting)
+            .await
+            .expect("connect succeeds once etcd is up")
+            .unwrap()
+            .unwrap();
+        s.create("/registry/x", vec![]).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_servers_compact_once_and_both_know_it() {
+        let etcd = start_etcd().await;
+        let cfg = EtcdConfig::new(vec![etcd.endpoint()]);
+        let (a, b) = (
+            EtcdStore::connect(&cfg).await.unwrap(),
+            EtcdStore::connect(&cfg).await.unwrap(),
+        );
+        for i in 0..5 {
+            a.create(&format!("/registry/k{i}"), vec![]).await.unwrap();
+        }
+        let rev = a.current_revision().await.unwrap();
+        a.compact(rev - 1).await.unwrap();
+        // The second server's compaction of the same interval is a no-op, not an error.
+        b.compact(rev - 1).await.unwrap();
+        assert_eq!(b.compacted_revision(), rev - 1);
+        assert!(matches!(
+            b.range_at("/registry/", None, 0, rev - 2).await,
+            Err(StoreError::Compacted { .. })
+        ));
+        // A separate prefix on the same etcd is a separate cluster.
+        let mut other = cfg.clone();
+        other.prefix = "/other".into();
+        let c = EtcdStore::connect(&other).await.unwrap();
+        assert!(c.range("/registry/", None, 0).await.unwrap().kvs.is_empty());
+        assert_eq!(c.compacted_revision(), 0);
+    }
 
     #[test]
     fn keys_map_the_root_to_the_prefix_and_back() {

@@ -285,6 +285,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Row>, BenchError> {
         listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         service_cidr: "10.96.0.0/12".into(),
         compaction_interval: Duration::from_secs(300),
+        etcd: None,
         bookmark_interval: Duration::from_secs(60),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
