@@ -162,7 +162,7 @@ struct EtcdFlags {
 
 impl EtcdFlags {
     fn config(self) -> Option<server::EtcdConfig> {
-        (!self.etcd_endpoints.is_empty()).then(|| server::EtcdConfig {
+        (!self.etcd_endpoints.is_empty()).then_some(server::EtcdConfig {
             endpoints: self.etcd_endpoints,
             prefix: self.etcd_prefix,
             ca_file: self.etcd_cafile,

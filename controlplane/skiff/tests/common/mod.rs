@@ -160,9 +160,10 @@ impl Server {
         (self.port == 0 || port == self.port).then_some(port)
     }
 
-    /// The server's etcd (for tests that stop and restart it).
-    pub fn etcd(&mut self) -> &mut TestEtcd {
-        self.etcd.as_mut().expect("a server started on etcd")
+    /// Hands the server's etcd to the test (to stop and restart it); the test then keeps it
+    /// alive as long as the server needs it.
+    pub fn take_etcd(&mut self) -> TestEtcd {
+        self.etcd.take().expect("a server started on etcd")
     }
 
     pub fn log(&self) -> String {
