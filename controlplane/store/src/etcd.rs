@@ -839,6 +839,57 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_three_member_cluster_serves_with_one_down_and_refuses_without_quorum() {
+        let mut etcd = tokio::task::spawn_blocking(|| TestEtcd::cluster(3))
+            .await
+            .unwrap();
+        let s = EtcdStore::connect(&EtcdConfig::new(etcd.endpoints()))
+            .await
+            .unwrap();
+        create_retrying(&s, "/registry/k0").await;
+        etcd = tokio::task::spawn_blocking(move || {
+            etcd.kill_member(0);
+            etcd
+        })
+        .await
+        .unwrap();
+        // One member down: writes go on (a request that met the dead member is retried).
+        for i in 1..=5 {
+            create_retrying(&s, &format!("/registry/k{i}")).await;
+        }
+        etcd = tokio::task::spawn_blocking(move || {
+            etcd.kill_member(1);
+            etcd
+        })
+        .await
+        .unwrap();
+        // Two of three down: no quorum, so a write fails as Unavailable, never succeeds.
+        match s.create("/registry/no-quorum", vec![]).await {
+            Err(StoreError::Unavailable(_)) => {}
+            other => panic!("expected Unavailable without quorum, got {other:?}"),
+        }
+        let _etcd = tokio::task::spawn_blocking(move || {
+            // Member 0 with the survivor is a quorum again.
+            etcd.restart_member(0);
+            etcd.restart_member(1);
+            etcd
+        })
+        .await
+        .unwrap();
+        create_retrying(&s, "/registry/k6").await;
+        let keys: Vec<String> = s
+            .range("/registry/k", None, 0)
+            .await
+            .unwrap()
+            .kvs
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        let expected: Vec<String> = (0..=6).map(|i| format!("/registry/k{i}")).collect();
+        assert_eq!(keys, expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connecting_waits_for_etcd_to_come_up() {
         let etcd = start_etcd().await;
         let cfg = EtcdConfig::new(vec![etcd.endpoint()]);

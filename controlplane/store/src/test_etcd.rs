@@ -1,6 +1,6 @@
 //! A real etcd for tests: Debian's `etcd-server` (the `etcd` binary) started on free loopback
-//! ports with its data in a temporary directory, killed when dropped. Tests can stop it and
-//! start it again on the same ports and data, as an etcd restart.
+//! ports with its data in a temporary directory, killed when dropped. One member or a cluster
+//! of several; tests can kill members and start them again on the same ports and data.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -8,12 +8,18 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// One single-member etcd cluster on loopback.
-pub struct TestEtcd {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
+/// One etcd process.
+struct Member {
+    name: String,
     client_port: u16,
     peer_port: u16,
+    child: Option<Child>,
+}
+
+/// An etcd cluster on loopback.
+pub struct TestEtcd {
+    members: Vec<Member>,
+    dir: tempfile::TempDir,
 }
 
 fn free_port() -> u16 {
@@ -36,18 +42,29 @@ fn etcd_binary() -> PathBuf {
 }
 
 impl TestEtcd {
-    /// Starts etcd and waits until it serves.
+    /// Starts a single-member etcd and waits until it serves.
     pub fn start() -> Self {
+        Self::cluster(1)
+    }
+
+    /// Starts a cluster of `size` members and waits until each serves.
+    pub fn cluster(size: usize) -> Self {
         let mut last_log = String::new();
         // A port picked free may be taken by a concurrent test before etcd binds it: try again.
         for _ in 0..3 {
             let mut etcd = Self {
-                child: None,
+                members: (0..size)
+                    .map(|i| Member {
+                        name: format!("m{i}"),
+                        client_port: free_port(),
+                        peer_port: free_port(),
+                        child: None,
+                    })
+                    .collect(),
                 dir: tempfile::tempdir().expect("tempdir for etcd"),
-                client_port: free_port(),
-                peer_port: free_port(),
             };
-            if etcd.launch() {
+            (0..size).for_each(|i| etcd.spawn(i));
+            if (0..size).all(|i| etcd.wait_healthy(i)) {
                 return etcd;
             }
             last_log = etcd.log();
@@ -55,31 +72,60 @@ impl TestEtcd {
         panic!("etcd did not start; its log:\n{last_log}");
     }
 
-    /// `http://127.0.0.1:PORT`, the client URL.
+    /// `http://127.0.0.1:PORT`, the first member's client URL.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        self.member_endpoint(0)
     }
 
-    /// Kills etcd (SIGKILL), keeping its data.
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.members.len())
+            .map(|i| self.member_endpoint(i))
+            .collect()
+    }
+
+    fn member_endpoint(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    /// Kills every member (SIGKILL), keeping the data.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        (0..self.members.len()).for_each(|i| self.kill_member(i));
+    }
+
+    /// Starts every member again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        (0..self.members.len()).for_each(|i| self.spawn(i));
+        (0..self.members.len()).for_each(|i| self.await_member(i));
+    }
+
+    /// Kills member `i` (SIGKILL).
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    /// Starts etcd again on the same ports and data.
-    pub fn restart(&mut self) {
-        self.kill();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        // The old process's ports may linger a moment.
-        while !self.launch() {
+    /// Starts member `i` again; waits until it serves if the others give it a quorum.
+    pub fn restart_member(&mut self, i: usize) {
+        self.kill_member(i);
+        self.spawn(i);
+        self.await_member(i);
+    }
+
+    /// Waits for member `i`, spawning it again while its old ports linger.
+    fn await_member(&mut self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.wait_healthy(i) {
             assert!(
                 Instant::now() < deadline,
-                "etcd did not restart; its log:\n{}",
+                "etcd member {i} did not restart; the log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(200));
+            self.spawn(i);
         }
     }
 
@@ -87,27 +133,33 @@ impl TestEtcd {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }
 
-    /// Spawns etcd and waits for it to answer `/health`; false if it exited or never answered.
-    fn launch(&mut self) -> bool {
+    fn spawn(&mut self, i: usize) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("etcd.log"))
             .expect("etcd log file");
-        let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = |m: &Member| format!("http://127.0.0.1:{}", m.peer_port);
+        let initial_cluster: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}={}", m.name, peer(m)))
+            .collect();
+        let client = self.member_endpoint(i);
+        let m = &self.members[i];
         let child = Command::new(etcd_binary())
-            .arg("--name=test")
+            .arg(format!("--name={}", m.name))
             .arg(format!(
                 "--data-dir={}",
-                self.dir.path().join("data").display()
+                self.dir.path().join(&m.name).display()
             ))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=test={peer}"))
-            // Elect the single member quickly.
+            .arg(format!("--listen-peer-urls={}", peer(m)))
+            .arg(format!("--initial-advertise-peer-urls={}", peer(m)))
+            .arg(format!("--initial-cluster={}", initial_cluster.join(",")))
+            .arg("--initial-cluster-token=skiff-test")
+            // Elect a leader quickly.
             .args(["--heartbeat-interval=50", "--election-timeout=500"])
             .args(["--logger=zap", "--log-level=warn"])
             .stdin(Stdio::null())
@@ -115,24 +167,28 @@ impl TestEtcd {
             .stderr(log)
             .spawn()
             .expect("spawning etcd");
-        self.child = Some(child);
+        self.members[i].child = Some(child);
+    }
+
+    /// Waits for member `i` to answer `/health`; false if it exited or never answered.
+    fn wait_healthy(&mut self, i: usize) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
-                self.child = None;
+            if let Some(Ok(Some(_))) = self.members[i].child.as_mut().map(Child::try_wait) {
+                self.members[i].child = None;
                 return false;
             }
-            if self.healthy() {
+            if self.healthy(i) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.kill();
+        self.kill_member(i);
         false
     }
 
-    fn healthy(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
+    fn healthy(&self, i: usize) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.members[i].client_port)) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
