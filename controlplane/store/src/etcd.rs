@@ -889,6 +889,73 @@ mod tests {
         assert_eq!(keys, expected);
     }
 
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate, written to `dir`.
+    fn certificates(dir: &std::path::Path) -> (crate::test_etcd::ServerTls, PathBuf, PathBuf) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        };
+        let write = |name: &str, pem: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, pem).unwrap();
+            p
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let ca_file = write("ca.pem", ca_cert.pem());
+        let issuer = Issuer::new(ca, ca_key);
+        let mut issue = |name: &str, usage: ExtendedKeyUsagePurpose| {
+            let mut p = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+            p.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().unwrap();
+            let cert = p.signed_by(&key, &issuer).unwrap();
+            (
+                write(&format!("{name}.pem"), cert.pem()),
+                write(&format!("{name}-key.pem"), key.serialize_pem()),
+            )
+        };
+        let (cert, key) = issue("server", ExtendedKeyUsagePurpose::ServerAuth);
+        let (client_cert, client_key) = issue("client", ExtendedKeyUsagePurpose::ClientAuth);
+        (
+            crate::test_etcd::ServerTls {
+                ca: ca_file,
+                cert,
+                key,
+            },
+            client_cert,
+            client_key,
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_tls_with_a_client_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tls, client_cert, client_key) = certificates(dir.path());
+        let ca = tls.ca.clone();
+        let etcd = tokio::task::spawn_blocking(move || TestEtcd::start_tls(tls))
+            .await
+            .unwrap();
+        assert!(etcd.endpoint().starts_with("https://"));
+        let mut cfg = EtcdConfig::new(vec![etcd.endpoint()]);
+        cfg.ca_file = Some(ca);
+        cfg.cert_file = Some(client_cert);
+        cfg.key_file = Some(client_key);
+        let s = tokio::time::timeout(Duration::from_secs(30), EtcdStore::connect(&cfg))
+            .await
+            .expect("connecting over TLS")
+            .unwrap();
+        let kv = s.create("/registry/secure", b"v".to_vec()).await.unwrap();
+        assert_eq!(s.get("/registry/secure").await.unwrap(), Some(kv));
+        // A certificate file that is not there is bad input, named at once, not retried.
+        cfg.cert_file = Some(dir.path().join("missing.pem"));
+        match EtcdStore::connect(&cfg).await {
+            Err(StoreError::Backend(e)) => assert!(e.contains("missing.pem"), "{e}"),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("connected with a missing certificate file"),
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connecting_waits_for_etcd_to_come_up() {
         let etcd = start_etcd().await;
