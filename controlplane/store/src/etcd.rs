@@ -905,7 +905,7 @@ mod tests {
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let ca_file = write("ca.pem", ca_cert.pem());
         let issuer = Issuer::new(ca, ca_key);
-        let mut issue = |name: &str, usage: ExtendedKeyUsagePurpose| {
+        let issue = |name: &str, usage: ExtendedKeyUsagePurpose| {
             let mut p = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
             p.extended_key_usages = vec![usage];
             let key = KeyPair::generate().unwrap();
