@@ -119,6 +119,80 @@ async fn losing_etcd_answers_503_and_a_watch_resumes_with_every_event_once() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_etcd_serve_the_same_objects_and_survive_each_other() {
+    let mut a = Server::start_on_etcd(&[]);
+    let b = a.start_peer();
+    let (api_a, api_b): (Api<ConfigMap>, Api<ConfigMap>) = (
+        Api::namespaced(client(&a).await, "default"),
+        Api::namespaced(client(&b).await, "default"),
+    );
+    let rv = api_b
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut watch_b = api_b
+        .watch(&WatchParams::default().timeout(60), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let made = api_a
+        .create(&PostParams::default(), &cm("from-a"))
+        .await
+        .unwrap();
+    // The same object with the same resourceVersion on both servers.
+    let seen = api_b.get("from-a").await.unwrap();
+    assert_eq!(
+        seen.metadata.resource_version,
+        made.metadata.resource_version
+    );
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), watch_b.next())
+            .await
+            .expect("b's watch sees a's write")
+            .expect("the watch is open")
+            .expect("a watch event")
+        {
+            WatchEvent::Added(o) => {
+                assert_eq!(o.metadata.name.as_deref(), Some("from-a"));
+                break;
+            }
+            WatchEvent::Bookmark(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // One cluster CA: b's admin credentials are good at a.
+    let a_url = format!("https://127.0.0.1:{}", a.port);
+    let out = b.kubectl(&[
+        "--server",
+        &a_url,
+        "get",
+        "configmap",
+        "from-a",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(out.trim(), "configmap/from-a");
+    // a dies; b serves on, writes included.
+    a.kill9();
+    api_b
+        .create(&PostParams::default(), &cm("after-a"))
+        .await
+        .unwrap();
+    assert_eq!(
+        api_b
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+}
+
 #[test]
 fn a_server_started_before_its_etcd_waits_for_it_then_serves() {
     let mut s = Server::start_on_etcd(&[]);

@@ -65,6 +65,29 @@ impl Server {
         Self::launch_on(extra, false, true)
     }
 
+    /// A second server on this server's etcd. The cluster CA is what several servers share:
+    /// it is copied into the new server's data directory before its first start, and the
+    /// server issues its own serving and admin certificates from it.
+    pub fn start_peer(&self) -> Self {
+        let etcd = self.etcd.as_ref().expect("a server started on etcd");
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).expect("data directory");
+        for f in ["ca.crt", "ca.key"] {
+            std::fs::copy(self.data_dir().join(f), data.join(f)).expect("copying the cluster CA");
+        }
+        let mut s = Server {
+            dir,
+            port: 0,
+            child: None,
+            extra_args: vec!["--etcd-endpoints".to_string(), etcd.endpoint()],
+            components: self.components,
+            etcd: None,
+        };
+        s.spawn();
+        s
+    }
+
     fn launch(extra: &[&str], components: bool) -> Self {
         Self::launch_on(extra, components, etcd_by_default())
     }
