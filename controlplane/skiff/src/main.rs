@@ -94,6 +94,10 @@ enum Command {
         /// Scheduling: measured pods.
         #[arg(long, default_value_t = 10000)]
         pods: usize,
+        /// API: also measure a server keeping its objects in this etcd (client URLs,
+        /// comma-separated), printed after the embedded store's table.
+        #[arg(long, value_delimiter = ',')]
+        etcd_endpoints: Vec<String>,
     },
 }
 
@@ -275,16 +279,25 @@ fn main() -> anyhow::Result<()> {
             watchers,
             concurrency,
             mode: BenchMode::Api,
+            etcd_endpoints,
             ..
         } => {
-            let cfg = bench::api::BenchConfig {
-                sizes,
-                watchers,
-                concurrency: concurrency.max(1),
-                ..Default::default()
-            };
-            let rows = rt.block_on(bench::api::run(&cfg)).context("skiff bench")?;
-            print!("{}", bench::api::render(&rows));
+            let mut stores = vec![("embedded", None)];
+            if !etcd_endpoints.is_empty() {
+                stores.push(("etcd", Some(server::EtcdConfig::new(etcd_endpoints))));
+            }
+            for (name, etcd) in stores {
+                let cfg = bench::api::BenchConfig {
+                    sizes: sizes.clone(),
+                    watchers,
+                    concurrency: concurrency.max(1),
+                    etcd,
+                    ..Default::default()
+                };
+                let rows = rt.block_on(bench::api::run(&cfg)).context("skiff bench")?;
+                println!("store: {name}");
+                print!("{}", bench::api::render(&rows));
+            }
         }
     }
     Ok(())
