@@ -21,6 +21,8 @@ use crate::pki::{Pki, PkiError};
 use crate::status::{ApiError, Reason};
 use crate::{ApiServer, discovery, parse_query, resources};
 use skiff_store::embedded::EmbeddedStore;
+pub use skiff_store::etcd::EtcdConfig;
+use skiff_store::etcd::EtcdStore;
 use skiff_store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,8 @@ pub struct ServerConfig {
     pub service_cidr: String,
     pub compaction_interval: Duration,
     pub bookmark_interval: Duration,
+    /// The etcd cluster to keep objects in; `None`: the embedded store under `data_dir`.
+    pub etcd: Option<EtcdConfig>,
 }
 
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -307,7 +311,10 @@ pub async fn run(
         &server_url,
     )?;
     let tls = tokio_rustls::TlsAcceptor::from(material.server_config()?);
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&cfg.data_dir.join("store.redb"))?);
+    let store: Arc<dyn Store> = match &cfg.etcd {
+        Some(etcd) => Arc::new(EtcdStore::connect(etcd).await?),
+        None => Arc::new(EmbeddedStore::open(&cfg.data_dir.join("store.redb"))?),
+    };
     let app = ApiServer::new(store.clone(), network, cfg.bookmark_interval);
     bootstrap(&app, local).await?;
     spawn_compactor(store, cfg.compaction_interval);

@@ -80,6 +80,7 @@ pub enum Reason {
     UnsupportedMediaType,
     Invalid,
     InternalError,
+    ServiceUnavailable,
 }
 
 impl Reason {
@@ -96,6 +97,7 @@ impl Reason {
             Reason::UnsupportedMediaType => "UnsupportedMediaType",
             Reason::Invalid => "Invalid",
             Reason::InternalError => "InternalError",
+            Reason::ServiceUnavailable => "ServiceUnavailable",
         }
     }
 
@@ -111,6 +113,7 @@ impl Reason {
             Reason::UnsupportedMediaType => 415,
             Reason::Invalid => 422,
             Reason::InternalError => 500,
+            Reason::ServiceUnavailable => 503,
         }
     }
 }
@@ -306,6 +309,9 @@ impl From<skiff_store::StoreError> for ApiError {
             } => ApiError::gone(format!(
                 "too old resource version: {requested} ({compacted})"
             )),
+            skiff_store::StoreError::Unavailable(why) => {
+                ApiError::new(Reason::ServiceUnavailable, why)
+            }
             other => ApiError::internal(other.to_string()),
         }
     }

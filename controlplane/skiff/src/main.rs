@@ -29,7 +29,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the Kubernetes API from an embedded store.
+    /// Serve the Kubernetes API from an embedded store or etcd.
     Server {
         /// Where the store, certificates and admin.kubeconfig live.
         #[arg(long, default_value = "/var/lib/skiff/server")]
@@ -54,6 +54,8 @@ enum Command {
         disable_controllers: bool,
         #[command(flatten)]
         settings: ControllerFlags,
+        #[command(flatten)]
+        etcd: EtcdFlags,
     },
     /// Run a whole cluster on this machine in the foreground: the control plane and this
     /// machine as its node (kubelet, proxy, cluster DNS). Ctrl-C stops everything it started.
@@ -105,6 +107,10 @@ enum Command {
         /// Scheduling: measured pods.
         #[arg(long, default_value_t = 10000)]
         pods: usize,
+        /// API: also measure a server keeping its objects in this etcd (client URLs,
+        /// comma-separated), printed after the embedded store's table.
+        #[arg(long, value_delimiter = ',')]
+        etcd_endpoints: Vec<String>,
     },
 }
 
@@ -150,6 +156,39 @@ impl ControllerFlags {
     }
 }
 
+/// Where `skiff server` keeps objects when not in its embedded store.
+#[derive(clap::Args)]
+struct EtcdFlags {
+    /// etcd client URLs (http:// or https://), comma-separated; objects are kept in that etcd
+    /// cluster instead of the embedded store.
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// CA bundle that signed the etcd server certificates.
+    #[arg(long, requires = "etcd_endpoints")]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate for etcd.
+    #[arg(long, requires_all = ["etcd_endpoints", "etcd_keyfile"])]
+    etcd_certfile: Option<PathBuf>,
+    /// Key of the client certificate for etcd.
+    #[arg(long, requires_all = ["etcd_endpoints", "etcd_certfile"])]
+    etcd_keyfile: Option<PathBuf>,
+    /// The etcd key prefix objects are kept under (`PREFIX/pods/NAMESPACE/NAME`).
+    #[arg(long, default_value = "/registry")]
+    etcd_prefix: String,
+}
+
+impl EtcdFlags {
+    fn config(self) -> Option<server::EtcdConfig> {
+        (!self.etcd_endpoints.is_empty()).then_some(server::EtcdConfig {
+            endpoints: self.etcd_endpoints,
+            prefix: self.etcd_prefix,
+            ca_file: self.etcd_cafile,
+            cert_file: self.etcd_certfile,
+            key_file: self.etcd_keyfile,
+        })
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum BenchMode {
     Api,
@@ -176,6 +215,7 @@ fn main() -> anyhow::Result<()> {
             disable_scheduler,
             disable_controllers,
             settings,
+            etcd,
         } => {
             let which = Components {
                 scheduler: !disable_scheduler,
@@ -189,6 +229,7 @@ fn main() -> anyhow::Result<()> {
                 service_cidr,
                 compaction_interval: Duration::from_secs(compaction_interval.max(1)),
                 bookmark_interval: Duration::from_secs(bookmark_interval.max(1)),
+                etcd: etcd.config(),
             };
             rt.block_on(async {
                 if which.scheduler || which.controllers {
@@ -258,16 +299,25 @@ fn main() -> anyhow::Result<()> {
             watchers,
             concurrency,
             mode: BenchMode::Api,
+            etcd_endpoints,
             ..
         } => {
-            let cfg = bench::api::BenchConfig {
-                sizes,
-                watchers,
-                concurrency: concurrency.max(1),
-                ..Default::default()
-            };
-            let rows = rt.block_on(bench::api::run(&cfg)).context("skiff bench")?;
-            print!("{}", bench::api::render(&rows));
+            let mut stores = vec![("embedded", None)];
+            if !etcd_endpoints.is_empty() {
+                stores.push(("etcd", Some(server::EtcdConfig::new(etcd_endpoints))));
+            }
+            for (name, etcd) in stores {
+                let cfg = bench::api::BenchConfig {
+                    sizes: sizes.clone(),
+                    watchers,
+                    concurrency: concurrency.max(1),
+                    etcd,
+                    ..Default::default()
+                };
+                let rows = rt.block_on(bench::api::run(&cfg)).context("skiff bench")?;
+                println!("store: {name}");
+                print!("{}", bench::api::render(&rows));
+            }
         }
     }
     Ok(())

@@ -1,5 +1,5 @@
 //! skiff-store: the `Store` trait and its backends (`embedded`: redb in one file under the data
-//! dir; an etcd v3 backend will sit beside it). It knows keys, values and revisions, nothing of
+//! dir; `etcd`: etcd v3). It knows keys, values and revisions, nothing of
 //! Kubernetes objects, and may depend on no other skiff crate; only the API server uses it.
 //!
 //! The storage interface the API server stands on: a revisioned key-value log with the etcd v3
@@ -9,7 +9,12 @@
 //! Every successful write bumps the store-wide revision by one; that revision becomes the
 //! object's `resourceVersion`.
 
+#[cfg(test)]
+mod conformance;
 pub mod embedded;
+pub mod etcd;
+#[cfg(any(test, feature = "testing"))]
+pub mod test_etcd;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -74,13 +79,15 @@ pub enum StoreError {
     Compacted { requested: u64, compacted: u64 },
     #[error("storage backend: {0}")]
     Backend(String),
+    /// The backend is out of reach (etcd down or without a leader); retrying later may succeed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
 pub type WatchStream = BoxStream<'static, StoreResult<Event>>;
 
-/// The revisioned store. Backends: [`embedded::EmbeddedStore`] (redb); an etcd v3 backend can
-/// implement the same trait.
+/// The revisioned store. Backends: [`embedded::EmbeddedStore`] (redb) and [`etcd::EtcdStore`].
 pub trait Store: Send + Sync + 'static {
     /// The value at `key`, if any.
     fn get(&self, key: &str) -> BoxFuture<'_, StoreResult<Option<KeyValue>>>;

@@ -31,6 +31,8 @@ pub struct BenchConfig {
     pub watchers: usize,
     pub concurrency: usize,
     pub fanout_rounds: usize,
+    /// Keep the objects in this etcd (under a prefix of their own) instead of the embedded store.
+    pub etcd: Option<server::EtcdConfig>,
 }
 
 impl Default for BenchConfig {
@@ -40,6 +42,7 @@ impl Default for BenchConfig {
             watchers: 100,
             concurrency: 16,
             fanout_rounds: 20,
+            etcd: None,
         }
     }
 }
@@ -285,6 +288,10 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Row>, BenchError> {
         listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         service_cidr: "10.96.0.0/12".into(),
         compaction_interval: Duration::from_secs(300),
+        etcd: cfg.etcd.clone().map(|mut e| {
+            e.prefix = format!("/skiff-bench-{stamp}");
+            e
+        }),
         bookmark_interval: Duration::from_secs(60),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

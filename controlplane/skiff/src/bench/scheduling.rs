@@ -230,6 +230,7 @@ pub async fn run(cfg: &PerfConfig) -> Result<PerfResult, PerfError> {
         listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
         service_cidr: "10.96.0.0/12".into(),
         compaction_interval: Duration::from_secs(300),
+        etcd: None,
         bookmark_interval: Duration::from_secs(60),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

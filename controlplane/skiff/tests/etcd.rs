@@ -1,0 +1,219 @@
+//! `skiff server` on a real etcd (Debian's etcd-server) through its faults: etcd lost while
+//! serving (requests answer 503, a watch resumes with every event once) and etcd not yet up
+//! when the server starts (the server waits for it, logging why, and then serves).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::Server;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+use skiff_store::test_etcd::TestEtcd;
+
+async fn client(s: &Server) -> Client {
+    let kc = Kubeconfig::read_from(s.kubeconfig()).expect("admin.kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("client configuration");
+    Client::try_from(cfg).expect("client")
+}
+
+fn cm(name: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Creates `name`, retrying while the server answers 503 (etcd coming back).
+async fn create_retrying(api: &Api<ConfigMap>, name: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match api.create(&PostParams::default(), &cm(name)).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(e)) if e.code == 503 && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("creating {name}: {e}"),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_etcd_answers_503_and_a_watch_resumes_with_every_event_once() {
+    let mut s = Server::start_on_etcd(&[]);
+    let mut etcd = s.take_etcd();
+    let api: Api<ConfigMap> = Api::namespaced(client(&s).await, "default");
+    let rv = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut watch = api
+        .watch(&WatchParams::default().timeout(290), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    for i in 0..5 {
+        create_retrying(&api, &format!("before-{i}")).await;
+    }
+    etcd = blocking(move || {
+        etcd.kill();
+        etcd
+    })
+    .await;
+    // kubectl, not kube-rs, which retries 503s by itself.
+    let err = tokio::task::block_in_place(|| s.kubectl_err(&["get", "configmaps"], None));
+    assert!(
+        err.contains("ServiceUnavailable"),
+        "expected a 503 Status while etcd is down: {err}"
+    );
+    let _etcd = blocking(move || {
+        etcd.restart();
+        etcd
+    })
+    .await;
+    for i in 0..5 {
+        create_retrying(&api, &format!("after-{i}")).await;
+    }
+    // Every ADDED event once, in order: the watch opened before the outage carries on.
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut order = Vec::new();
+    while order.len() < 10 {
+        let ev = tokio::time::timeout(Duration::from_secs(30), watch.next())
+            .await
+            .expect("the watch delivers events after etcd is back")
+            .unwrap_or_else(|| panic!("the watch ended; log:\n{}", s.log()))
+            .expect("a watch event");
+        if let WatchEvent::Added(o) = ev {
+            let name = o.metadata.name.unwrap();
+            *seen.entry(name.clone()).or_default() += 1;
+            order.push(name);
+        }
+    }
+    let expected: Vec<String> = (0..5)
+        .map(|i| format!("before-{i}"))
+        .chain((0..5).map(|i| format!("after-{i}")))
+        .collect();
+    assert_eq!(order, expected);
+    // Nothing twice afterwards (bookmarks aside).
+    if let Ok(Some(Ok(
+        ev @ (WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Deleted(_)),
+    ))) = tokio::time::timeout(Duration::from_millis(1500), watch.next()).await
+    {
+        panic!("an extra event after the last write: {ev:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_etcd_serve_the_same_objects_and_survive_each_other() {
+    let mut a = Server::start_on_etcd(&[]);
+    let b = a.start_peer();
+    let (api_a, api_b): (Api<ConfigMap>, Api<ConfigMap>) = (
+        Api::namespaced(client(&a).await, "default"),
+        Api::namespaced(client(&b).await, "default"),
+    );
+    let rv = api_b
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut watch_b = api_b
+        .watch(&WatchParams::default().timeout(60), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let made = api_a
+        .create(&PostParams::default(), &cm("from-a"))
+        .await
+        .unwrap();
+    // The same object with the same resourceVersion on both servers.
+    let seen = api_b.get("from-a").await.unwrap();
+    assert_eq!(
+        seen.metadata.resource_version,
+        made.metadata.resource_version
+    );
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), watch_b.next())
+            .await
+            .expect("b's watch sees a's write")
+            .expect("the watch is open")
+            .expect("a watch event")
+        {
+            WatchEvent::Added(o) => {
+                assert_eq!(o.metadata.name.as_deref(), Some("from-a"));
+                break;
+            }
+            WatchEvent::Bookmark(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // One cluster CA: b's admin credentials are good at a.
+    let a_url = format!("https://127.0.0.1:{}", a.port);
+    let out = b.kubectl(&[
+        "--server",
+        &a_url,
+        "get",
+        "configmap",
+        "from-a",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(out.trim(), "configmap/from-a");
+    // a dies; b serves on, writes included.
+    a.kill9();
+    api_b
+        .create(&PostParams::default(), &cm("after-a"))
+        .await
+        .unwrap();
+    assert_eq!(
+        api_b
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn a_server_started_before_its_etcd_waits_for_it_then_serves() {
+    let mut s = Server::start_on_etcd(&[]);
+    s.kubectl(&["create", "configmap", "kept"]);
+    s.kill9();
+    let mut etcd = s.take_etcd();
+    etcd.kill();
+    let later = std::thread::spawn(move || -> TestEtcd {
+        std::thread::sleep(Duration::from_secs(3));
+        etcd.restart();
+        etcd
+    });
+    // Waits (the harness allows a minute) until the server serves.
+    s.spawn();
+    let _etcd = later.join().expect("restarting etcd");
+    let log = s.log();
+    assert!(log.contains("etcd is unreachable; retrying"), "log:\n{log}");
+    assert!(!log.contains("panicked"), "log:\n{log}");
+    assert_eq!(
+        s.kubectl(&["get", "configmap", "kept", "-o", "name"])
+            .trim(),
+        "configmap/kept"
+    );
+}
