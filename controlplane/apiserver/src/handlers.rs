@@ -1011,7 +1011,7 @@ impl ApiServer {
                     return Err(ApiError::unsupported_media_type(content_type));
                 }
             }
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            .map_err(ApiError::from)?;
             let precondition = meta_str(&patched, "resourceVersion")
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)

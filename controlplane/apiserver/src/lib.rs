@@ -12,6 +12,7 @@ pub mod defaults;
 pub mod deletion;
 pub mod discovery;
 pub mod handlers;
+pub mod limits;
 pub mod object;
 pub mod openapi;
 pub mod patch;

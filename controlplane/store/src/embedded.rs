@@ -17,7 +17,10 @@ use futures::future::BoxFuture;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::{Event, EventKind, KeyValue, RangeResult, Store, StoreError, StoreResult, WatchStream};
+use super::{
+    Event, EventKind, KeyValue, RangeResult, Store, StoreError, StoreResult, WatchStream,
+    check_value_size,
+};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -414,17 +417,11 @@ impl Inner {
         limit: usize,
         at: u64,
     ) -> StoreResult<RangeResult> {
-        let compacted = self.compacted.load(Ordering::SeqCst);
-        if at < compacted {
-            return Err(StoreError::Compacted {
-                requested: at,
-                compacted,
-            });
-        }
         let txn = self.db.begin_read().map_err(backend)?;
         let kv = txn.open_table(KV).map_err(backend)?;
         let log = txn.open_table(LOG).map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
+        history_available(&meta, at)?;
         let current = meta
             .get(META_REVISION)
             .map_err(backend)?
@@ -498,16 +495,10 @@ impl Inner {
 
     /// Log entries with revision > `after`, under `prefix`; also returns the revision read at.
     fn history(&self, prefix: &str, after: u64) -> StoreResult<(Vec<Event>, u64)> {
-        let compacted = self.compacted.load(Ordering::SeqCst);
-        if after < compacted {
-            return Err(StoreError::Compacted {
-                requested: after,
-                compacted,
-            });
-        }
         let txn = self.db.begin_read().map_err(backend)?;
         let log = txn.open_table(LOG).map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
+        history_available(&meta, after)?;
         let upto = meta
             .get(META_REVISION)
             .map_err(backend)?
@@ -544,6 +535,24 @@ impl Inner {
         self.compacted.store(revision, Ordering::SeqCst);
         Ok(())
     }
+}
+
+/// Fails with `Compacted` unless the log after `requested` is whole, read from the same
+/// transaction as the history it guards: a compaction committed between a check and a later read
+/// would otherwise drop events silently.
+fn history_available(meta: &redb::ReadOnlyTable<&str, u64>, requested: u64) -> StoreResult<()> {
+    let compacted = meta
+        .get(META_COMPACTED)
+        .map_err(backend)?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    if requested < compacted {
+        return Err(StoreError::Compacted {
+            requested,
+            compacted,
+        });
+    }
+    Ok(())
 }
 
 async fn blocking<T: Send + 'static>(
@@ -642,6 +651,7 @@ impl Store for EmbeddedStore {
     fn create(&self, key: &str, value: Vec<u8>) -> BoxFuture<'_, StoreResult<KeyValue>> {
         let k = key.to_string();
         async move {
+            check_value_size(&k, &value)?;
             self.inner
                 .write(&k.clone(), move |cur| match cur {
                     Some(_) => Err(StoreError::AlreadyExists(k)),
@@ -661,6 +671,7 @@ impl Store for EmbeddedStore {
     ) -> BoxFuture<'_, StoreResult<KeyValue>> {
         let k = key.to_string();
         async move {
+            check_value_size(&k, &value)?;
             self.inner
                 .write(&k.clone(), move |cur| match cur {
                     None => Err(StoreError::NotFound(k)),

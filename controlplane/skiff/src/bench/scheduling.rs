@@ -231,6 +231,7 @@ pub async fn run(cfg: &PerfConfig) -> Result<PerfResult, PerfError> {
         service_cidr: "10.96.0.0/12".into(),
         compaction_interval: Duration::from_secs(300),
         bookmark_interval: Duration::from_secs(60),
+        limits: Default::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::run(scfg, async move {
