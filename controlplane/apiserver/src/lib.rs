@@ -22,6 +22,7 @@ pub mod protobuf;
 mod protobuf_fields;
 pub mod registry;
 pub mod resources;
+pub mod revisions;
 pub mod schema;
 pub mod selectors;
 pub mod server;

@@ -419,6 +419,72 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_past_its_timeout_gets_504_and_a_long_running_one_none() {
+        let bounds = RequestBounds::new(Limits::default());
+        let slow = || async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            "done".into_response()
+        };
+        let admitted = bounds
+            .admit(
+                &Method::GET,
+                "/api/v1/pods",
+                &q(&[("timeout", "50ms")]),
+                "u",
+            )
+            .await
+            .unwrap();
+        let resp = admitted.run(slow()).await;
+        assert_eq!(resp.status().as_u16(), 504);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let admitted = bounds
+            .admit(
+                &Method::GET,
+                "/api/v1/pods",
+                &q(&[("watch", "1"), ("timeout", "50ms")]),
+                "u",
+            )
+            .await
+            .unwrap();
+        assert!(admitted.timeout.is_none() && admitted._seat.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_answers_429_with_retry_after() {
+        let bounds = RequestBounds::new(Limits {
+            max_mutating_requests_inflight: 1,
+            ..Limits::default()
+        });
+        let none = HashMap::new();
+        let _held = bounds
+            .admit(&Method::POST, "/api/v1/pods", &none, "a")
+            .await
+            .unwrap();
+        // "a" may queue one request; the next is refused at once.
+        let pool = bounds.flow.mutating.clone();
+        let waiter = tokio::spawn(async move { pool.acquire("a").await.map(drop) });
+        tokio::task::yield_now().await;
+        let e = match bounds
+            .admit(&Method::POST, "/api/v1/pods", &none, "a")
+            .await
+        {
+            Err(e) => e,
+            Ok(_) => panic!("admitted past the limit"),
+        };
+        let resp = e.into_response();
+        assert_eq!(resp.status().as_u16(), 429);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        // Reads have their own pool.
+        assert!(
+            bounds
+                .admit(&Method::GET, "/api/v1/pods", &none, "a")
+                .await
+                .is_ok()
+        );
+        waiter.abort();
+    }
+
+    #[tokio::test]
     async fn a_flooding_user_does_not_starve_another() {
         let pool = Pool::new("mutating", 2);
         // The flood holds both seats and fills its queue.

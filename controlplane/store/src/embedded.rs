@@ -900,6 +900,85 @@ mod tests {
         ));
     }
 
+    /// Watches from old revisions start while compactions commit: each either fails with
+    /// `Compacted` or replays every revision after its start, never a history with a hole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compaction_racing_watches_from_old_revisions_never_leaves_a_gap() {
+        let (_d, s) = open();
+        const N: u64 = 300;
+        for i in 0..N {
+            s.create(&format!("/r/{i}"), vec![1]).await.unwrap();
+        }
+        let compactor = tokio::spawn({
+            let s = s.clone();
+            async move {
+                for rev in (0..N / 2).step_by(3) {
+                    s.compact(rev).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let (mut refused, mut replayed) = (0, 0);
+        let mut last_round = false;
+        while !last_round {
+            last_round = compactor.is_finished();
+            // Around the compaction point, where a check outside the read would let a gap in.
+            let c = s.compacted_revision();
+            for after in [c.saturating_sub(1), c, c + 1, c + 2] {
+                match s.watch("/r/", after).await {
+                    Err(StoreError::Compacted { requested, .. }) => {
+                        assert_eq!(requested, after);
+                        refused += 1;
+                    }
+                    Err(e) => panic!("{e}"),
+                    Ok(mut w) => {
+                        let mut expect = after + 1;
+                        while expect <= N {
+                            let next =
+                                tokio::time::timeout(std::time::Duration::from_secs(10), w.next());
+                            match next.await.expect("an event").expect("an open stream") {
+                                Ok(ev) => {
+                                    assert_eq!(ev.revision(), expect, "a gap after {after}");
+                                    expect += 1;
+                                }
+                                // Falling behind into compacted history ends the stream.
+                                Err(StoreError::Compacted { .. }) => break,
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                        replayed += 1;
+                    }
+                }
+            }
+        }
+        compactor.await.unwrap();
+        assert!(
+            refused > 0 && replayed > 0,
+            "{refused} refused, {replayed} replayed"
+        );
+        // range_at checks in its own transaction too.
+        assert!(matches!(
+            s.range_at("/r/", None, 0, 1).await,
+            Err(StoreError::Compacted { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn values_past_the_limit_are_refused() {
+        let (_d, s) = open();
+        let big = vec![0u8; crate::MAX_VALUE_BYTES + 1];
+        assert!(matches!(
+            s.create("/big", big.clone()).await,
+            Err(StoreError::TooLarge { .. })
+        ));
+        let kv = s.create("/big", vec![1]).await.unwrap();
+        assert!(matches!(
+            s.update("/big", big, kv.mod_revision).await,
+            Err(StoreError::TooLarge { .. })
+        ));
+        assert_eq!(s.current_revision().await.unwrap(), 1);
+    }
+
     #[tokio::test]
     async fn reopen_keeps_data_and_revision() {
         let dir = tempfile::tempdir().unwrap();
