@@ -4,7 +4,9 @@
 //! acknowledged, so a crash loses nothing that a client was told succeeded.
 //!
 //! Live watchers are fed from a broadcast channel filled, in revision order, after each commit;
-//! a watcher that falls behind re-reads the missed revisions from the log.
+//! a watcher that falls behind re-reads the missed revisions from the log. History is read a
+//! page at a time, each page checking compaction in its own read transaction, and each watcher
+//! buffers at most 1,024 events: a slow or stalled watcher holds bounded memory.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -493,26 +495,48 @@ impl Inner {
             .unwrap_or(0))
     }
 
-    /// Log entries with revision > `after`, under `prefix`; also returns the revision read at.
-    fn history(&self, prefix: &str, after: u64) -> StoreResult<(Vec<Event>, u64)> {
+    /// One page of the log under `prefix`: entries with revision > `after`, up to `upto` (the
+    /// current revision when `None`), at most [`HISTORY_PAGE`] of them scanned. Returns the
+    /// matching events, the last revision scanned and `upto`. Paging keeps a watcher that
+    /// replays a long history from holding all of it at once.
+    fn history_page(
+        &self,
+        prefix: &str,
+        after: u64,
+        upto: Option<u64>,
+    ) -> StoreResult<(Vec<Event>, u64, u64)> {
         let txn = self.db.begin_read().map_err(backend)?;
         let log = txn.open_table(LOG).map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
         history_available(&meta, after)?;
-        let upto = meta
-            .get(META_REVISION)
-            .map_err(backend)?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        let upto = match upto {
+            Some(u) => u,
+            None => meta
+                .get(META_REVISION)
+                .map_err(backend)?
+                .map(|v| v.value())
+                .unwrap_or(0),
+        };
         let mut out = Vec::new();
-        for item in log.range((after + 1)..=upto).map_err(backend)? {
+        if after >= upto {
+            return Ok((out, after, upto));
+        }
+        let (mut read, mut last) = (0, after);
+        for item in log
+            .range((after + 1)..=upto)
+            .map_err(backend)?
+            .take(HISTORY_PAGE)
+        {
             let (rev, raw) = item.map_err(backend)?;
-            let ev = decode_event(rev.value(), raw.value())?;
+            (read, last) = (read + 1, rev.value());
+            let ev = decode_event(last, raw.value())?;
             if ev.kv.key.starts_with(prefix) {
                 out.push(ev);
             }
         }
-        Ok((out, upto))
+        // A short page read the rest of the range.
+        let scanned = if read < HISTORY_PAGE { upto } else { last };
+        Ok((out, scanned, upto))
     }
 
     fn compact(&self, revision: u64) -> StoreResult<()> {
@@ -561,21 +585,54 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(backend)?
 }
 
-/// Feeds one watcher: replayed history first, then live events, re-reading the log if the
-/// broadcast channel overflowed.
+/// Log entries one read of history scans at most.
+const HISTORY_PAGE: usize = 256;
+
+/// Sends the history under `prefix` after `after` up to `upto`, a page at a time, starting with
+/// `first` (already read); returns the last revision sent, or `None` when the watcher is gone or
+/// was told the history is compacted.
+async fn replay(
+    inner: &Arc<Inner>,
+    prefix: &str,
+    first: (Vec<Event>, u64, u64),
+    tx: &mpsc::Sender<StoreResult<Event>>,
+) -> Option<u64> {
+    let (mut events, mut scanned, upto) = first;
+    loop {
+        for ev in events {
+            if tx.send(Ok(ev)).await.is_err() {
+                return None;
+            }
+        }
+        if scanned >= upto {
+            return Some(upto);
+        }
+        let (inner, p) = (inner.clone(), prefix.to_string());
+        match blocking(move || inner.history_page(&p, scanned, Some(upto))).await {
+            Ok((next, s, _)) => (events, scanned) = (next, s),
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return None;
+            }
+        }
+    }
+}
+
+/// Feeds one watcher: replayed history first, then live events, replaying the log again if
+/// the broadcast channel overflowed.
 async fn pump(
     inner: Arc<Inner>,
     prefix: String,
     mut rx: broadcast::Receiver<Arc<Event>>,
-    history: Vec<Event>,
-    mut last: u64,
+    first: (Vec<Event>, u64, u64),
+    after: u64,
     tx: mpsc::Sender<StoreResult<Event>>,
 ) {
-    for ev in history {
-        if tx.send(Ok(ev)).await.is_err() {
-            return;
-        }
-    }
+    // A watch from a future revision skips what happens up to it.
+    let Some(replayed) = replay(&inner, &prefix, first, &tx).await else {
+        return;
+    };
+    let mut last = replayed.max(after);
     loop {
         let received = tokio::select! {
             r = rx.recv() => r,
@@ -592,20 +649,17 @@ async fn pump(
                 }
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {
-                let (inner2, prefix2) = (inner.clone(), prefix.clone());
-                match blocking(move || inner2.history(&prefix2, last)).await {
-                    Ok((events, upto)) => {
-                        for ev in events {
-                            if tx.send(Ok(ev)).await.is_err() {
-                                return;
-                            }
-                        }
-                        last = upto;
-                    }
+                let (i2, p2) = (inner.clone(), prefix.clone());
+                let first = match blocking(move || i2.history_page(&p2, last, None)).await {
+                    Ok(page) => page,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
                         return;
                     }
+                };
+                match replay(&inner, &prefix, first, &tx).await {
+                    Some(upto) => last = upto,
+                    None => return,
                 }
             }
             Err(broadcast::error::RecvError::Closed) => return,
@@ -722,17 +776,10 @@ impl Store for EmbeddedStore {
             // Subscribe before reading history so that nothing falls between the two.
             let rx = inner.events.subscribe();
             let (i2, p2) = (inner.clone(), prefix.clone());
-            let (history, upto) = blocking(move || i2.history(&p2, after_revision)).await?;
+            // The first page is read here, so that a compacted revision fails the call.
+            let first = blocking(move || i2.history_page(&p2, after_revision, None)).await?;
             let (tx, out) = mpsc::channel(1024);
-            // A watch from a future revision skips what happens up to it.
-            tokio::spawn(pump(
-                inner,
-                prefix,
-                rx,
-                history,
-                upto.max(after_revision),
-                tx,
-            ));
+            tokio::spawn(pump(inner, prefix, rx, first, after_revision, tx));
             let stream = futures::stream::unfold(out, |mut out| async move {
                 out.recv().await.map(|item| (item, out))
             });
@@ -961,6 +1008,34 @@ mod tests {
             s.range_at("/r/", None, 0, 1).await,
             Err(StoreError::Compacted { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_long_history_replays_page_by_page_then_follows() {
+        let (_d, s) = open();
+        let n = HISTORY_PAGE * 3 + 7;
+        for i in 0..n {
+            let dir = if i % 3 == 0 { "a" } else { "b" };
+            s.create(&format!("/{dir}/{i}"), vec![]).await.unwrap();
+        }
+        let mut w = s.watch("/a/", 0).await.unwrap();
+        let want: Vec<u64> = (0..n as u64)
+            .filter(|i| i % 3 == 0)
+            .map(|i| i + 1)
+            .collect();
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            got.push(w.next().await.unwrap().unwrap().revision());
+        }
+        assert_eq!(got, want);
+        s.create("/a/live", vec![]).await.unwrap();
+        assert_eq!(w.next().await.unwrap().unwrap().revision(), n as u64 + 1);
+        // From the middle of a page, and from the present.
+        let mut w = s.watch("/b/", 500).await.unwrap();
+        assert_eq!(w.next().await.unwrap().unwrap().revision(), 501);
+        let mut w = s.watch("/", n as u64 + 1).await.unwrap();
+        s.create("/c", vec![]).await.unwrap();
+        assert_eq!(w.next().await.unwrap().unwrap().revision(), n as u64 + 2);
     }
 
     #[tokio::test]
