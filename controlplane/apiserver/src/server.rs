@@ -365,7 +365,10 @@ pub async fn run(
                 peer_certs.and_then(|c| c.first()).map(|c| c.as_ref()),
             ));
             let header_timeout = bounds.limits().request_header_timeout;
+            let first_request = Arc::new(tokio::sync::Notify::new());
+            let seen = first_request.clone();
             let service = hyper::service::service_fn(move |req| {
+                seen.notify_one();
                 let (app, addr, user, bounds) =
                     (app.clone(), addr.clone(), user.clone(), bounds.clone());
                 async move {
@@ -382,10 +385,19 @@ pub async fn run(
                 .timer(TokioTimer::new())
                 .keep_alive_interval(header_timeout)
                 .keep_alive_timeout(header_timeout);
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let served = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(served);
+            // The header timeout also bounds the wait for the first request, which hyper does
+            // not: a client that sends nothing, or half an HTTP/2 preface, after its handshake.
+            let result = tokio::select! {
+                r = &mut served => r,
+                _ = first_request.notified() => served.await,
+                _ = tokio::time::sleep(header_timeout) => {
+                    tracing::debug!(%peer, "no request within the header timeout");
+                    return;
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
         });

@@ -146,6 +146,56 @@ fn half_open_tls_connections_are_closed_by_the_handshake_timeout() {
     );
 }
 
+#[test]
+fn connections_that_send_no_request_are_closed_by_the_header_timeout() {
+    use std::process::{Command, Stdio};
+    common::require(
+        "openssl",
+        &["version"],
+        "the openssl command, Debian package openssl",
+    );
+    let s = Server::start_with(&["--request-header-timeout", "1s"]);
+    let pki = |f: &str| s.data_dir().join(f).to_string_lossy().into_owned();
+    let address = format!("127.0.0.1:{}", s.port);
+    // Nothing, or part of a request, after a complete handshake (with a client certificate).
+    let stalls = [
+        ("http/1.1", ""),
+        ("http/1.1", "GET /healthz HTTP/1.1\r\nHost: x\r\n"),
+        ("h2", ""),
+        ("h2", "PRI * HTTP/2.0\r\n"),
+    ];
+    let mut clients: Vec<_> = stalls
+        .iter()
+        .map(|(alpn, sent)| {
+            let mut c = Command::new("openssl")
+                .args(["s_client", "-quiet", "-connect", &address, "-alpn", alpn])
+                .args(["-cert", &pki("admin.crt"), "-key", &pki("admin.key")])
+                .args(["-CAfile", &pki("ca.crt")])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("openssl s_client");
+            let mut stdin = c.stdin.take().expect("stdin");
+            stdin.write_all(sent.as_bytes()).expect("writing");
+            // stdin stays open: the client never finishes.
+            (c, stdin)
+        })
+        .collect();
+    s.kubectl(&["get", "namespaces"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for ((c, _stdin), (alpn, sent)) in clients.iter_mut().zip(stalls) {
+        while c.try_wait().expect("s_client status").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("a {alpn} connection that sent {sent:?} was not closed");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    s.kubectl(&["get", "namespaces"]);
+}
+
 /// A client certificate for `cn` signed by the cluster CA, as a kubeconfig beside the admin's.
 fn user_kubeconfig(s: &Server, cn: &str) -> std::path::PathBuf {
     use rcgen::{
