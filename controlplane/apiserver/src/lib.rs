@@ -47,6 +47,8 @@ pub struct ApiServer {
     pub alloc_lock: tokio::sync::Mutex<()>,
     /// How often watches that asked for bookmarks get one.
     pub bookmark_interval: Duration,
+    /// How long a watch waits for a client that stopped reading before closing it.
+    pub slow_watcher_timeout: Duration,
 }
 
 impl ApiServer {
@@ -64,6 +66,7 @@ impl ApiServer {
             network,
             alloc_lock: tokio::sync::Mutex::new(()),
             bookmark_interval,
+            slow_watcher_timeout: Duration::from_secs(30),
         })
     }
 }

@@ -150,9 +150,10 @@ pub async fn serve(
         Err(e) => return Err(e.into()),
     };
     let interval = app.bookmark_interval;
+    let patience = app.slow_watcher_timeout;
     tokio::spawn(async move {
         for b in first {
-            if tx.send(b).await.is_err() {
+            if !deliver(&tx, b, patience).await {
                 return;
             }
         }
@@ -167,7 +168,7 @@ pub async fn serve(
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
                 _ = ticker.tick(), if bookmarks => {
-                    if tx.send(enc.bookmark(last_rev, false)).await.is_err() {
+                    if !deliver(&tx, enc.bookmark(last_rev, false), patience).await {
                         return;
                     }
                 }
@@ -177,7 +178,7 @@ pub async fn serve(
                         Ok(ev) => ev,
                         Err(e) => {
                             let status = ApiError::from(e).to_status();
-                            let _ = tx.send(enc.line("ERROR", &status)).await;
+                            let _ = deliver(&tx, enc.line("ERROR", &status), patience).await;
                             return;
                         }
                     };
@@ -198,7 +199,7 @@ pub async fn serve(
                         _ => None,
                     };
                     if let Some(line) = line
-                        && tx.send(line).await.is_err()
+                        && !deliver(&tx, line, patience).await
                     {
                         return;
                     }
@@ -218,4 +219,19 @@ pub async fn serve(
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(resp)
+}
+
+/// Sends one line to the watch's client, or gives up on a client that has taken nothing for
+/// `patience` while its buffer is full: the watch ends once the client drains what is buffered
+/// (it then watches again from its last resourceVersion), instead of the server holding events
+/// for a reader that is gone or too slow.
+async fn deliver(tx: &mpsc::Sender<Bytes>, line: Bytes, patience: Duration) -> bool {
+    match tx.send_timeout(line, patience).await {
+        Ok(()) => true,
+        Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+            tracing::info!(?patience, "closing a watch whose client stopped reading");
+            false
+        }
+        Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
+    }
 }

@@ -1,6 +1,7 @@
-//! Every body decoder and patch type against random and mutated input, through the real request
-//! handlers over a real store: the answer is a success or a client error (4xx), never a 5xx or a
-//! crash; and the amplifying inputs (patches that copy, deep nesting, YAML aliases) are refused.
+//! Hostile clients through the real request handlers over a real store. Every body decoder and
+//! patch type against random and mutated input: the answer is a success or a client error
+//! (4xx), never a 5xx or a crash; the amplifying inputs (patches that copy, deep nesting, YAML
+//! aliases) are refused; a watcher that stops reading is closed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,11 +32,14 @@ impl Fixture {
             .build()
             .expect("runtime");
         let store = EmbeddedStore::open(&dir.path().join("store.redb")).expect("store");
-        let app = ApiServer::new(
+        let mut app = ApiServer::new(
             Arc::new(store),
             NetworkConfig::default(),
             Duration::from_secs(60),
         );
+        Arc::get_mut(&mut app)
+            .expect("the only reference")
+            .slow_watcher_timeout = Duration::from_secs(1);
         let f = Self { _dir: dir, rt, app };
         let opts = WriteOptions::default();
         f.rt.block_on(async {
@@ -71,15 +75,14 @@ impl Fixture {
         f
     }
 
-    /// Serves one request; returns the status code and the body.
-    fn call(
+    fn response(
         &self,
         method: Method,
         path: &str,
         query: &str,
         content_type: &str,
         body: Vec<u8>,
-    ) -> (u16, String) {
+    ) -> axum::response::Response {
         let target = parse_target(path)
             .expect("a resource path")
             .expect("served");
@@ -89,13 +92,22 @@ impl Fixture {
             HeaderValue::from_str(content_type).expect("content type"),
         );
         let query: HashMap<String, String> = skiff_apiserver::parse_query(Some(query));
-        let resp = self.rt.block_on(self.app.serve_resource(
-            target,
-            method,
-            query,
-            headers,
-            Bytes::from(body),
-        ));
+        self.rt.block_on(
+            self.app
+                .serve_resource(target, method, query, headers, Bytes::from(body)),
+        )
+    }
+
+    /// Serves one request; returns the status code and the body.
+    fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, String) {
+        let resp = self.response(method, path, query, content_type, body);
         let code = resp.status().as_u16();
         let body = self
             .rt
@@ -405,4 +417,40 @@ fn deep_nesting_and_alias_bombs_are_refused() {
         );
         assert_eq!(code, 400, "{ct}: {body}");
     }
+}
+
+#[test]
+fn a_watcher_that_stops_reading_is_closed() {
+    let f = Fixture::new();
+    let resp = f.response(
+        Method::GET,
+        "/api/v1/namespaces/default/configmaps",
+        "watch=1&resourceVersion=1",
+        "application/json",
+        vec![],
+    );
+    assert_eq!(resp.status().as_u16(), 200);
+    let r = resources::find("", "v1", "configmaps").expect("served");
+    let delivered = f.rt.block_on(async {
+        // More events than the watch buffers, while nobody reads.
+        for i in 0..600 {
+            let cm = json!({"metadata": {"name": format!("w{i}")}});
+            f.app
+                .create(r, Some("default"), cm, &WriteOptions::default())
+                .await
+                .expect("create");
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // What was buffered is still delivered, then the watch ends.
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX);
+        tokio::time::timeout(Duration::from_secs(20), body)
+            .await
+            .expect("the watch was closed")
+            .expect("body")
+    });
+    let lines = delivered
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    assert!(lines > 0 && lines < 600, "{lines} events delivered");
 }
