@@ -454,3 +454,61 @@ fn a_watcher_that_stops_reading_is_closed() {
         .count();
     assert!(lines > 0 && lines < 600, "{lines} events delivered");
 }
+
+#[test]
+fn a_watch_of_a_large_collection_streams_its_initial_state_page_by_page() {
+    use futures::StreamExt;
+    let f = Fixture::new();
+    let r = resources::find("", "v1", "configmaps").expect("served");
+    let total = f.rt.block_on(async {
+        // Over two pages of initial state, besides the fixture's "cm".
+        for i in 0..1100 {
+            let cm = json!({"metadata": {"name": format!("i{i:04}"), "labels": {"odd": (i % 2).to_string()}}});
+            f.app
+                .create(r, Some("default"), cm, &WriteOptions::default())
+                .await
+                .expect("create");
+        }
+        1100
+    });
+    let resp = f.response(
+        Method::GET,
+        "/api/v1/namespaces/default/configmaps",
+        "watch=1&labelSelector=odd%3D1&sendInitialEvents=true&allowWatchBookmarks=true",
+        "application/json",
+        vec![],
+    );
+    let lines: Vec<Value> = f.rt.block_on(async {
+        let mut body = resp.into_body().into_data_stream();
+        let mut text = Vec::new();
+        let mut lines = Vec::new();
+        while lines.last().is_none_or(|l: &Value| l["type"] != "BOOKMARK") {
+            let chunk = tokio::time::timeout(Duration::from_secs(20), body.next())
+                .await
+                .expect("the initial events in time")
+                .expect("an open watch")
+                .expect("a chunk");
+            text.extend_from_slice(&chunk);
+            while let Some(end) = text.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = text.drain(..=end).collect();
+                lines.push(serde_json::from_slice(&line).expect("a JSON line"));
+            }
+        }
+        lines
+    });
+    let added: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["type"] == "ADDED")
+        .filter_map(|l| l["object"]["metadata"]["name"].as_str())
+        .collect();
+    let want: Vec<String> = (0..total)
+        .filter(|i| i % 2 == 1)
+        .map(|i| format!("i{i:04}"))
+        .collect();
+    assert_eq!(added, want);
+    assert_eq!(
+        lines.len(),
+        added.len() + 1,
+        "only ADDED lines, then the bookmark"
+    );
+}
