@@ -306,6 +306,7 @@ impl ApiServer {
                 Ok(respond(StatusCode::OK, &body, &[]))
             }
             (&Method::GET, Some(name), None) => {
+                super::revisions::for_get(&*self.store, q).await?;
                 let obj = self.get(r, ns, name).await?.1;
                 let body = match shape {
                     Shape::Table => {
@@ -419,25 +420,11 @@ impl ApiServer {
                 .parse()
                 .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
         };
-        if let Some(rv) = q
-            .get("resourceVersion")
-            .filter(|s| !s.is_empty() && *s != "0")
-        {
-            let rv: u64 = rv
-                .parse()
-                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
-            if q.get("resourceVersionMatch").map(String::as_str) == Some("Exact")
-                && rv < self.store.compacted_revision()
-            {
-                return Err(ApiError::gone(format!(
-                    "too old resource version: {rv} ({})",
-                    self.store.compacted_revision()
-                )));
-            }
-        }
+        let exact = super::revisions::for_list(&*self.store, q).await?;
         let prefix = r.prefix(ns);
         let mut start: Option<String> = None;
-        let mut first_rev: Option<u64> = None;
+        // With resourceVersionMatch=Exact every page reads that revision (410 once compacted).
+        let mut first_rev: Option<u64> = exact;
         if let Some(token) = q.get("continue").filter(|s| !s.is_empty()) {
             let (key, rev) = decode_continue(token)?;
             if !key.starts_with(&prefix) {
@@ -1011,7 +998,7 @@ impl ApiServer {
                     return Err(ApiError::unsupported_media_type(content_type));
                 }
             }
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            .map_err(ApiError::from)?;
             let precondition = meta_str(&patched, "resourceVersion")
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)

@@ -12,6 +12,7 @@ pub mod defaults;
 pub mod deletion;
 pub mod discovery;
 pub mod handlers;
+pub mod limits;
 pub mod object;
 pub mod openapi;
 pub mod patch;
@@ -21,6 +22,7 @@ pub mod protobuf;
 mod protobuf_fields;
 pub mod registry;
 pub mod resources;
+pub mod revisions;
 pub mod schema;
 pub mod selectors;
 pub mod server;
@@ -45,6 +47,8 @@ pub struct ApiServer {
     pub alloc_lock: tokio::sync::Mutex<()>,
     /// How often watches that asked for bookmarks get one.
     pub bookmark_interval: Duration,
+    /// How long a watch waits for a client that stopped reading before closing it.
+    pub slow_watcher_timeout: Duration,
 }
 
 impl ApiServer {
@@ -62,6 +66,7 @@ impl ApiServer {
             network,
             alloc_lock: tokio::sync::Mutex::new(()),
             bookmark_interval,
+            slow_watcher_timeout: Duration::from_secs(30),
         })
     }
 }

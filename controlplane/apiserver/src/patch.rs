@@ -4,9 +4,13 @@
 //! directives kubectl's 3-way patches use (`$patch: replace|delete|merge`, `$retainKeys`,
 //! `$setElementOrder/<field>`, `$deleteFromPrimitiveList/<field>`).
 
+use std::collections::{HashMap, HashSet};
+
+use json_patch::PatchOperation;
 use serde_json::{Map, Value};
 
 use super::schema::{FieldKind, Schemas};
+use super::status::ApiError;
 
 /// A PATCH request's kind, from its content type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,14 +42,88 @@ impl PatchType {
 pub enum PatchError {
     #[error("{0}")]
     Invalid(String),
+    /// The patch asks for more work or memory than the server grants one request.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
+impl From<PatchError> for ApiError {
+    fn from(e: PatchError) -> Self {
+        match e {
+            PatchError::Invalid(m) => ApiError::bad_request(m),
+            PatchError::TooLarge(m) => ApiError::too_large(m),
+        }
+    }
+}
+
+/// Most operations one JSON patch may hold, as kube-apiserver allows.
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
+/// Most bytes the values a JSON patch's `add`, `replace` and `copy` operations may add up to
+/// (kube-apiserver gives json-patch's AccumulatedCopySizeLimit its request body limit). Without
+/// it, each `copy` of a list into itself doubles the document: 52 of them ask for petabytes.
+pub const MAX_JSON_PATCH_ACCUMULATED_BYTES: usize = crate::limits::MAX_REQUEST_BODY_BYTES;
+
 pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
+    let count = patch.as_array().map_or(0, Vec::len);
+    if count > MAX_JSON_PATCH_OPERATIONS {
+        return Err(PatchError::TooLarge(format!(
+            "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {count}"
+        )));
+    }
     let ops: json_patch::Patch =
         serde_json::from_value(patch.clone()).map_err(|e| PatchError::Invalid(e.to_string()))?;
     let mut out = target.clone();
-    json_patch::patch(&mut out, &ops).map_err(|e| PatchError::Invalid(e.to_string()))?;
+    let mut accumulated = 0usize;
+    for (i, op) in ops.0.iter().enumerate() {
+        let added = match op {
+            PatchOperation::Add(a) => Some(&a.value),
+            PatchOperation::Replace(r) => Some(&r.value),
+            PatchOperation::Copy(c) => out.pointer(c.from.as_str()),
+            _ => None,
+        };
+        if let Some(v) = added {
+            let budget = MAX_JSON_PATCH_ACCUMULATED_BYTES - accumulated;
+            accumulated += encoded_len_within(v, budget).ok_or_else(|| {
+                PatchError::TooLarge(format!(
+                    "JSON patch operation {i} ({}) would make the values the patch adds and copies exceed {MAX_JSON_PATCH_ACCUMULATED_BYTES} bytes",
+                    op.path()
+                ))
+            })?;
+        }
+        // `out` is thrown away on failure: no undo log is needed.
+        json_patch::patch_unsafe(&mut out, std::slice::from_ref(op)).map_err(|e| {
+            PatchError::Invalid(format!(
+                "JSON patch operation {i} failed at path '{}': {}",
+                e.path, e.kind
+            ))
+        })?;
+    }
     Ok(out)
+}
+
+/// The length of `v` encoded as JSON, or `None` as soon as it passes `budget`: measuring a
+/// value never costs more than the budget it is measured against.
+fn encoded_len_within(v: &Value, budget: usize) -> Option<usize> {
+    struct Counter {
+        n: usize,
+        budget: usize,
+    }
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.n += buf.len();
+            if self.n > self.budget {
+                return Err(std::io::ErrorKind::FileTooLarge.into());
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Counter { n: 0, budget };
+    serde_json::to_writer(&mut c, v).ok()?;
+    Some(c.n)
 }
 
 pub fn merge_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
@@ -103,7 +181,8 @@ fn merge_object(
     let mut out = orig.as_object().cloned().unwrap_or_default();
     if let Some(keys) = pm.get("$retainKeys").and_then(Value::as_array) {
         let keep: Vec<&str> = keys.iter().filter_map(Value::as_str).collect();
-        out.retain(|k, _| keep.contains(&k.as_str()));
+        let keep: HashSet<&str> = keep.into_iter().collect();
+        out.retain(|k, _| keep.contains(k.as_str()));
     }
     for (k, pv) in pm {
         if k.starts_with('$') {
@@ -146,9 +225,9 @@ fn merge_object(
     }
     for (k, pv) in pm {
         if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
-            let del: Vec<&Value> = pv.as_array().into_iter().flatten().collect();
+            let del: HashSet<String> = pv.as_array().into_iter().flatten().map(identity).collect();
             if let Some(list) = out.get_mut(field).and_then(Value::as_array_mut) {
-                list.retain(|x| !del.contains(&x));
+                list.retain(|x| !del.contains(&identity(x)));
             }
         }
     }
@@ -196,8 +275,15 @@ fn merge_map(
     Ok(Some(Value::Object(out)))
 }
 
-fn same_element(a: &Value, b: &Value, key: &str) -> bool {
-    a.get(key).is_some() && a.get(key) == b.get(key)
+/// A value's identity for set operations: its JSON text (`Value` has no `Hash`). Lists are
+/// merged through these maps so that a hostile patch with huge lists costs linear time.
+fn identity(v: &Value) -> String {
+    v.to_string()
+}
+
+/// The identity of a list element's merge key, if it has one.
+fn key_identity(v: &Value, key: &str) -> Option<String> {
+    v.get(key).map(identity)
 }
 
 fn merge_list(
@@ -217,62 +303,94 @@ fn merge_list(
     let replace = patch_items
         .iter()
         .any(|p| p.get("$patch").and_then(Value::as_str) == Some("replace"));
-    let mut out: Vec<Value> = if replace {
+    let orig: Vec<Value> = if replace {
         Vec::new()
     } else {
         orig.as_array().cloned().unwrap_or_default()
     };
-    for p in patch_items {
-        if key.is_empty() {
-            // A set of scalars: union.
-            if !out.contains(p) {
+    if key.is_empty() {
+        // A set of scalars: union.
+        let mut seen: HashSet<String> = orig.iter().map(identity).collect();
+        let mut out = orig;
+        for p in patch_items {
+            if seen.insert(identity(p)) {
                 out.push(p.clone());
             }
-            continue;
         }
+        return Ok(Value::Array(out));
+    }
+    // Deleted elements leave a hole until the end, so indexes stay valid.
+    let mut out: Vec<Option<Value>> = orig.into_iter().map(Some).collect();
+    let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, o) in out.iter().enumerate() {
+        if let Some(k) = o.as_ref().and_then(|o| key_identity(o, key)) {
+            by_key.entry(k).or_default().push(i);
+        }
+    }
+    for p in patch_items {
         let Some(pm) = p.as_object() else {
             return Err(PatchError::Invalid(format!(
                 "list items must be objects with merge key {key:?}"
             )));
         };
+        let pk = key_identity(p, key);
         match directive(pm) {
             Some("replace") if pm.len() == 1 => continue,
             Some("delete") => {
-                out.retain(|o| !same_element(o, p, key));
+                for i in pk.and_then(|k| by_key.remove(&k)).unwrap_or_default() {
+                    out[i] = None;
+                }
                 continue;
             }
             _ => {}
         }
-        match out.iter().position(|o| same_element(o, p, key)) {
+        let found = pk
+            .as_ref()
+            .and_then(|k| by_key.get(k))
+            .and_then(|is| is.first().copied());
+        match found {
             Some(i) => {
-                if let Some(v) = merge_object(schemas, item, &out[i], p)? {
-                    out[i] = v;
-                } else {
-                    out.remove(i);
+                let merged =
+                    merge_object(schemas, item, out[i].as_ref().unwrap_or(&Value::Null), p)?;
+                if merged.is_none()
+                    && let Some(is) = pk.as_ref().and_then(|k| by_key.get_mut(k))
+                {
+                    is.remove(0);
                 }
+                out[i] = merged;
             }
             None => {
                 if let Some(v) = merge_object(schemas, item, &Value::Null, p)? {
-                    out.push(v);
+                    if let Some(k) = key_identity(&v, key) {
+                        by_key.entry(k).or_default().push(out.len());
+                    }
+                    out.push(Some(v));
                 }
             }
         }
     }
-    Ok(Value::Array(out))
+    Ok(Value::Array(out.into_iter().flatten().collect()))
 }
 
 fn reorder(list: &mut Vec<Value>, order: &[Value], key: Option<&str>) {
-    let position = |v: &Value| {
-        order.iter().position(|o| match key {
-            Some(k) if !k.is_empty() => same_element(v, o, k),
-            _ => v == o,
-        })
+    let of = |v: &Value| match key {
+        Some(k) if !k.is_empty() => key_identity(v, k),
+        _ => Some(identity(v)),
     };
+    let mut positions: HashMap<String, usize> = HashMap::new();
+    for (i, o) in order.iter().enumerate() {
+        if let Some(id) = of(o) {
+            positions.entry(id).or_insert(i);
+        }
+    }
     // Stable: elements named in the order first, in that order; the rest keep their places after.
     let mut indexed: Vec<(usize, usize, Value)> = list
         .drain(..)
         .enumerate()
-        .map(|(i, v)| (position(&v).unwrap_or(usize::MAX), i, v))
+        .map(|(i, v)| {
+            let p = of(&v).and_then(|id| positions.get(&id).copied());
+            (p.unwrap_or(usize::MAX), i, v)
+        })
         .collect();
     indexed.sort_by_key(|(p, i, _)| (*p, *i));
     list.extend(indexed.into_iter().map(|(_, _, v)| v));
@@ -341,6 +459,57 @@ mod tests {
             out["spec"]["template"]["spec"]["containers"],
             json!([{"name": "only", "image": "x"}])
         );
+    }
+
+    /// The patch of the issue: a list copied into itself 52 times asks for 2^52 copies.
+    fn doubling_patch(copies: usize) -> Value {
+        let mut ops = vec![json!({"op": "add", "path": "/t", "value": ["x".repeat(1000)]})];
+        ops.extend((0..copies).map(|_| json!({"op": "copy", "from": "/t", "path": "/t/-"})));
+        Value::Array(ops)
+    }
+
+    #[test]
+    fn json_patch_copies_are_bounded() {
+        let e = json_patch(&json!({}), &doubling_patch(52)).unwrap_err();
+        assert!(matches!(e, PatchError::TooLarge(_)), "{e}");
+        assert!(e.to_string().contains("operation 12"), "{e}");
+        // A few doublings stay within the budget.
+        let out = json_patch(&json!({}), &doubling_patch(5)).unwrap();
+        assert_eq!(out["t"].as_array().unwrap().len(), 6);
+    }
+
+    #[test]
+    fn json_patch_operations_are_bounded() {
+        let op = json!({"op": "test", "path": "", "value": {}});
+        let e = json_patch(&json!({}), &Value::Array(vec![op; 10_001])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "The allowed maximum operations in a JSON patch is 10000, got 10001"
+        );
+        let e = json_patch(
+            &json!({"a": 1}),
+            &json!([{"op": "add", "path": "/a", "value": 2}, {"op": "remove", "path": "/b"}]),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("JSON patch operation 1 failed at path '/b'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn strategic_lists_merge_in_linear_time() {
+        // 50,000 scalars into a set of 50,000: quadratic would be 2.5e9 comparisons.
+        let s = Schemas::generate();
+        let n = 50_000;
+        let cur = json!({"metadata": {"finalizers": (0..n).map(|i| format!("f{i}")).collect::<Vec<_>>()}});
+        let p = json!({"metadata": {
+            "finalizers": (n / 2..n + n / 2).map(|i| format!("f{i}")).collect::<Vec<_>>(),
+            "$deleteFromPrimitiveList/finalizers": (0..n / 2).map(|i| format!("f{i}")).collect::<Vec<_>>(),
+        }});
+        let out = strategic_merge_patch(&s, DEPLOY, &cur, &p).unwrap();
+        assert_eq!(out["metadata"]["finalizers"].as_array().unwrap().len(), n);
     }
 
     #[test]

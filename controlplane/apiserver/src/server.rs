@@ -11,12 +11,13 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::alloc::NetworkConfig;
 use crate::handlers::{FieldValidation, WriteOptions, parse_target};
+use crate::limits::{self, Limits, RequestBounds};
 use crate::pki::{Pki, PkiError};
 use crate::status::{ApiError, Reason};
 use crate::{ApiServer, discovery, parse_query, resources};
@@ -51,9 +52,8 @@ pub struct ServerConfig {
     pub bookmark_interval: Duration,
     /// The etcd cluster to keep objects in; `None`: the embedded store under `data_dir`.
     pub etcd: Option<EtcdConfig>,
+    pub limits: Limits,
 }
-
-const MAX_BODY: usize = 3 * 1024 * 1024;
 
 fn text(code: StatusCode, body: &'static str) -> Response {
     let mut r = (code, body).into_response();
@@ -72,18 +72,34 @@ fn json_response(v: &Value, content_type: &'static str) -> Response {
 }
 
 /// Routes one request. `authenticated` is whether the TLS client presented a certificate
-/// signed by the cluster CA.
+/// signed by the cluster CA; `user` is who the request counts against in the in-flight limits.
 pub async fn route(
     app: Arc<ApiServer>,
     server_address: Arc<String>,
     authenticated: bool,
+    user: Arc<String>,
+    bounds: Arc<RequestBounds>,
     req: Request<hyper::body::Incoming>,
 ) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let method = parts.method.clone();
     let started = std::time::Instant::now();
-    let resp = route_inner(&app, &server_address, authenticated, parts, body).await;
+    let query = parse_query(parts.uri.query());
+    let resp = match bounds.admit(&method, &path, &query, &user).await {
+        Ok(admitted) => {
+            admitted
+                .run(route_inner(
+                    &app,
+                    &server_address,
+                    authenticated,
+                    parts,
+                    body,
+                ))
+                .await
+        }
+        Err(e) => e.into_response(),
+    };
     tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
     resp
 }
@@ -175,11 +191,9 @@ async fn route_inner(
         None => return ApiError::not_found_path().into_response(),
     };
     let query = parse_query(parts.uri.query());
-    let bytes = match axum::body::to_bytes(Body::new(body), MAX_BODY).await {
+    let bytes = match limits::read_body(&parts.headers, Body::new(body)).await {
         Ok(b) => b,
-        Err(e) => {
-            return ApiError::bad_request(format!("reading the request body: {e}")).into_response();
-        }
+        Err(e) => return e.into_response(),
     };
     app.serve_resource(target, parts.method, query, parts.headers, bytes)
         .await
@@ -319,6 +333,7 @@ pub async fn run(
     bootstrap(&app, local).await?;
     spawn_compactor(store, cfg.compaction_interval);
     let server_address = Arc::new(format!("{host}:{}", local.port()));
+    let bounds = Arc::new(RequestBounds::new(cfg.limits.clone()));
     tracing::info!(listen = %local, kubeconfig = %cfg.data_dir.join("admin.kubeconfig").display(), "serving the Kubernetes API");
     tokio::pin!(shutdown);
     loop {
@@ -337,28 +352,59 @@ pub async fn run(
         };
         let _ = tcp.set_nodelay(true);
         let (tls, app, addr) = (tls.clone(), app.clone(), server_address.clone());
+        let bounds = bounds.clone();
         tokio::spawn(async move {
-            let stream = match tls.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
+            let handshake_timeout = bounds.limits().tls_handshake_timeout;
+            let stream = match tokio::time::timeout(handshake_timeout, tls.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
             };
-            let authenticated = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .is_some_and(|c| !c.is_empty());
+            let peer_certs = stream.get_ref().1.peer_certificates();
+            let authenticated = peer_certs.is_some_and(|c| !c.is_empty());
+            let user = Arc::new(limits::user_of_certificate(
+                peer_certs.and_then(|c| c.first()).map(|c| c.as_ref()),
+            ));
+            let header_timeout = bounds.limits().request_header_timeout;
+            let first_request = Arc::new(tokio::sync::Notify::new());
+            let seen = first_request.clone();
             let service = hyper::service::service_fn(move |req| {
-                let (app, addr) = (app.clone(), addr.clone());
-                async move { Ok::<_, Infallible>(route(app, addr, authenticated, req).await) }
+                seen.notify_one();
+                let (app, addr, user, bounds) =
+                    (app.clone(), addr.clone(), user.clone(), bounds.clone());
+                async move {
+                    Ok::<_, Infallible>(route(app, addr, authenticated, user, bounds, req).await)
+                }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(header_timeout)
+                .keep_alive_timeout(header_timeout);
+            let served = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(served);
+            // The header timeout also bounds the wait for the first request, which hyper does
+            // not: a client that sends nothing, or half an HTTP/2 preface, after its handshake.
+            let result = tokio::select! {
+                r = &mut served => r,
+                _ = first_request.notified() => served.await,
+                _ = tokio::time::sleep(header_timeout) => {
+                    tracing::debug!(%peer, "no request within the header timeout");
+                    return;
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
         });

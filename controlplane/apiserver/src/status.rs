@@ -79,6 +79,9 @@ pub enum Reason {
     Expired,
     UnsupportedMediaType,
     Invalid,
+    RequestEntityTooLarge,
+    TooManyRequests,
+    Timeout,
     InternalError,
     ServiceUnavailable,
 }
@@ -96,6 +99,9 @@ impl Reason {
             Reason::Expired => "Expired",
             Reason::UnsupportedMediaType => "UnsupportedMediaType",
             Reason::Invalid => "Invalid",
+            Reason::RequestEntityTooLarge => "RequestEntityTooLarge",
+            Reason::TooManyRequests => "TooManyRequests",
+            Reason::Timeout => "Timeout",
             Reason::InternalError => "InternalError",
             Reason::ServiceUnavailable => "ServiceUnavailable",
         }
@@ -112,6 +118,9 @@ impl Reason {
             Reason::Expired => 410,
             Reason::UnsupportedMediaType => 415,
             Reason::Invalid => 422,
+            Reason::RequestEntityTooLarge => 413,
+            Reason::TooManyRequests => 429,
+            Reason::Timeout => 504,
             Reason::InternalError => 500,
             Reason::ServiceUnavailable => 503,
         }
@@ -279,6 +288,28 @@ impl ApiError {
         )
     }
 
+    /// 413: a body, patch or object past the server's limits.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(
+            Reason::RequestEntityTooLarge,
+            format!("Request entity too large: {}", message.into()),
+        )
+    }
+
+    /// 429: the server is busy (or the user has used their share); `Retry-After` says when.
+    pub fn too_many_requests(message: impl Into<String>, retry_after_seconds: u64) -> Self {
+        let mut e = Self::new(Reason::TooManyRequests, message);
+        e.details = Some(json!({"retryAfterSeconds": retry_after_seconds}));
+        e
+    }
+
+    /// 504: the request did not finish within its timeout.
+    pub fn timeout(message: impl Into<String>, retry_after_seconds: u64) -> Self {
+        let mut e = Self::new(Reason::Timeout, message);
+        e.details = Some(json!({"retryAfterSeconds": retry_after_seconds}));
+        e
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(Reason::InternalError, message)
     }
@@ -312,6 +343,7 @@ impl From<skiff_store::StoreError> for ApiError {
             skiff_store::StoreError::Unavailable(why) => {
                 ApiError::new(Reason::ServiceUnavailable, why)
             }
+            e @ skiff_store::StoreError::TooLarge { .. } => ApiError::too_large(e.to_string()),
             other => ApiError::internal(other.to_string()),
         }
     }
@@ -325,6 +357,15 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(secs) = self
+            .details
+            .as_ref()
+            .and_then(|d| d.get("retryAfterSeconds"))
+            .and_then(Value::as_u64)
+        {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         resp
     }
 }

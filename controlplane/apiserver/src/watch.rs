@@ -115,19 +115,13 @@ pub async fn serve(
     };
     let mut first: Vec<Bytes> = Vec::new();
     let start_rev;
+    // The initial state is read and sent a page at a time (later pages at the first page's
+    // revision), so that a watch of a large collection never holds all of it.
+    let mut initial_page = None;
     if initial {
-        let list = app.store.range(&prefix, None, 0).await?;
-        for kv in &list.kvs {
-            if let Some(o) = decode_event_kv(r, kv)
-                && filter.matches(&o)
-            {
-                first.push(enc.line("ADDED", &o));
-            }
-        }
-        start_rev = list.revision;
-        if send_initial == Some("true") && bookmarks {
-            first.push(enc.bookmark(start_rev, true));
-        }
+        let page = app.store.range(&prefix, None, INITIAL_PAGE).await?;
+        start_rev = page.revision;
+        initial_page = Some(page);
     } else {
         start_rev = rv_param
             .parse()
@@ -150,9 +144,23 @@ pub async fn serve(
         Err(e) => return Err(e.into()),
     };
     let interval = app.bookmark_interval;
+    let patience = app.slow_watcher_timeout;
+    let end_bookmark = send_initial == Some("true") && bookmarks;
     tokio::spawn(async move {
+        if let Some(page) = initial_page {
+            let lines = initial_events(&app, &prefix, page, &filter, &enc);
+            tokio::pin!(lines);
+            while let Some(line) = lines.next().await {
+                if !deliver(&tx, line, patience).await {
+                    return;
+                }
+            }
+            if end_bookmark && !deliver(&tx, enc.bookmark(start_rev, true), patience).await {
+                return;
+            }
+        }
         for b in first {
-            if tx.send(b).await.is_err() {
+            if !deliver(&tx, b, patience).await {
                 return;
             }
         }
@@ -167,7 +175,7 @@ pub async fn serve(
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
                 _ = ticker.tick(), if bookmarks => {
-                    if tx.send(enc.bookmark(last_rev, false)).await.is_err() {
+                    if !deliver(&tx, enc.bookmark(last_rev, false), patience).await {
                         return;
                     }
                 }
@@ -177,7 +185,7 @@ pub async fn serve(
                         Ok(ev) => ev,
                         Err(e) => {
                             let status = ApiError::from(e).to_status();
-                            let _ = tx.send(enc.line("ERROR", &status)).await;
+                            let _ = deliver(&tx, enc.line("ERROR", &status), patience).await;
                             return;
                         }
                     };
@@ -198,7 +206,7 @@ pub async fn serve(
                         _ => None,
                     };
                     if let Some(line) = line
-                        && tx.send(line).await.is_err()
+                        && !deliver(&tx, line, patience).await
                     {
                         return;
                     }
@@ -218,4 +226,65 @@ pub async fn serve(
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(resp)
+}
+
+/// Sends one line to the watch's client, or gives up on a client that has taken nothing for
+/// `patience` while its buffer is full: the watch ends once the client drains what is buffered
+/// (it then watches again from its last resourceVersion), instead of the server holding events
+/// for a reader that is gone or too slow.
+async fn deliver(tx: &mpsc::Sender<Bytes>, line: Bytes, patience: Duration) -> bool {
+    match tx.send_timeout(line, patience).await {
+        Ok(()) => true,
+        Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+            tracing::info!(?patience, "closing a watch whose client stopped reading");
+            false
+        }
+        Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
+    }
+}
+
+/// Objects per read of a watch's initial state.
+const INITIAL_PAGE: usize = 500;
+
+/// The `ADDED` lines of a watch's initial state, from its first page on; later pages are read at
+/// the first page's revision. A page that can no longer be read (compacted meanwhile) ends the
+/// lines with an `ERROR`: the client lists again.
+fn initial_events<'a>(
+    app: &'a ApiServer,
+    prefix: &'a str,
+    first: skiff_store::RangeResult,
+    filter: &'a Filter,
+    enc: &'a Encoder,
+) -> impl futures::Stream<Item = Bytes> + 'a {
+    let at = first.revision;
+    futures::stream::unfold(Some(first), move |page| async move {
+        let page = page?;
+        let lines: Vec<Bytes> = page
+            .kvs
+            .iter()
+            .filter_map(|kv| decode_event_kv(enc.r, kv))
+            .filter(|o| filter.matches(o))
+            .map(|o| enc.line("ADDED", &o))
+            .collect();
+        let next = match page.kvs.last() {
+            Some(last) if page.more => {
+                match app
+                    .store
+                    .range_at(prefix, Some(&last.key), INITIAL_PAGE, at)
+                    .await
+                {
+                    Ok(p) => Some(Ok(p)),
+                    Err(e) => Some(Err(enc.line("ERROR", &ApiError::from(e).to_status()))),
+                }
+            }
+            _ => None,
+        };
+        let (lines, next) = match next {
+            Some(Ok(p)) => (lines, Some(p)),
+            Some(Err(error)) => (lines.into_iter().chain([error]).collect(), None),
+            None => (lines, None),
+        };
+        Some((futures::stream::iter(lines), next))
+    })
+    .flatten()
 }

@@ -46,6 +46,8 @@ enum Command {
         /// Seconds between bookmarks on watches that asked for them.
         #[arg(long, default_value_t = 60)]
         bookmark_interval: u64,
+        #[command(flatten)]
+        limits: LimitFlags,
         /// Do not run the scheduler inside the server.
         #[arg(long)]
         disable_scheduler: bool,
@@ -112,6 +114,44 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         etcd_endpoints: Vec<String>,
     },
+}
+
+/// The API server's bounds on requests and connections.
+#[derive(clap::Args)]
+struct LimitFlags {
+    /// Read-only requests in flight at most; more get 429.
+    #[arg(long, default_value_t = 400)]
+    max_requests_inflight: usize,
+    /// Mutating requests in flight at most; more get 429.
+    #[arg(long, default_value_t = 200)]
+    max_mutating_requests_inflight: usize,
+    /// The longest a non-streaming request may take (a duration: 60s, 1m).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// The longest a TLS handshake may take (for tests).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, hide = true)]
+    tls_handshake_timeout: Duration,
+    /// The longest a client may take to send a request's headers (for tests).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, hide = true)]
+    request_header_timeout: Duration,
+}
+
+impl LimitFlags {
+    fn limits(&self) -> skiff_apiserver::limits::Limits {
+        skiff_apiserver::limits::Limits {
+            max_requests_inflight: self.max_requests_inflight.max(1),
+            max_mutating_requests_inflight: self.max_mutating_requests_inflight.max(1),
+            request_timeout: self.request_timeout,
+            tls_handshake_timeout: self.tls_handshake_timeout,
+            request_header_timeout: self.request_header_timeout,
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    skiff_apiserver::limits::parse_go_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s}: expected a positive duration such as 10s or 1m"))
 }
 
 /// Settings of the controllers.
@@ -212,6 +252,7 @@ fn main() -> anyhow::Result<()> {
             service_cidr,
             compaction_interval,
             bookmark_interval,
+            limits,
             disable_scheduler,
             disable_controllers,
             settings,
@@ -230,6 +271,7 @@ fn main() -> anyhow::Result<()> {
                 compaction_interval: Duration::from_secs(compaction_interval.max(1)),
                 bookmark_interval: Duration::from_secs(bookmark_interval.max(1)),
                 etcd: etcd.config(),
+                limits: limits.limits(),
             };
             rt.block_on(async {
                 if which.scheduler || which.controllers {

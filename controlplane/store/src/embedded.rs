@@ -4,7 +4,9 @@
 //! acknowledged, so a crash loses nothing that a client was told succeeded.
 //!
 //! Live watchers are fed from a broadcast channel filled, in revision order, after each commit;
-//! a watcher that falls behind re-reads the missed revisions from the log.
+//! a watcher that falls behind re-reads the missed revisions from the log. History is read a
+//! page at a time, each page checking compaction in its own read transaction, and each watcher
+//! buffers at most 1,024 events: a slow or stalled watcher holds bounded memory.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -17,7 +19,10 @@ use futures::future::BoxFuture;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::{Event, EventKind, KeyValue, RangeResult, Store, StoreError, StoreResult, WatchStream};
+use super::{
+    Event, EventKind, KeyValue, RangeResult, Store, StoreError, StoreResult, WatchStream,
+    check_value_size,
+};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -414,17 +419,11 @@ impl Inner {
         limit: usize,
         at: u64,
     ) -> StoreResult<RangeResult> {
-        let compacted = self.compacted.load(Ordering::SeqCst);
-        if at < compacted {
-            return Err(StoreError::Compacted {
-                requested: at,
-                compacted,
-            });
-        }
         let txn = self.db.begin_read().map_err(backend)?;
         let kv = txn.open_table(KV).map_err(backend)?;
         let log = txn.open_table(LOG).map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
+        history_available(&meta, at)?;
         let current = meta
             .get(META_REVISION)
             .map_err(backend)?
@@ -496,32 +495,48 @@ impl Inner {
             .unwrap_or(0))
     }
 
-    /// Log entries with revision > `after`, under `prefix`; also returns the revision read at.
-    fn history(&self, prefix: &str, after: u64) -> StoreResult<(Vec<Event>, u64)> {
-        let compacted = self.compacted.load(Ordering::SeqCst);
-        if after < compacted {
-            return Err(StoreError::Compacted {
-                requested: after,
-                compacted,
-            });
-        }
+    /// One page of the log under `prefix`: entries with revision > `after`, up to `upto` (the
+    /// current revision when `None`), at most [`HISTORY_PAGE`] of them scanned. Returns the
+    /// matching events, the last revision scanned and `upto`. Paging keeps a watcher that
+    /// replays a long history from holding all of it at once.
+    fn history_page(
+        &self,
+        prefix: &str,
+        after: u64,
+        upto: Option<u64>,
+    ) -> StoreResult<(Vec<Event>, u64, u64)> {
         let txn = self.db.begin_read().map_err(backend)?;
         let log = txn.open_table(LOG).map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
-        let upto = meta
-            .get(META_REVISION)
-            .map_err(backend)?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        history_available(&meta, after)?;
+        let upto = match upto {
+            Some(u) => u,
+            None => meta
+                .get(META_REVISION)
+                .map_err(backend)?
+                .map(|v| v.value())
+                .unwrap_or(0),
+        };
         let mut out = Vec::new();
-        for item in log.range((after + 1)..=upto).map_err(backend)? {
+        if after >= upto {
+            return Ok((out, after, upto));
+        }
+        let (mut read, mut last) = (0, after);
+        for item in log
+            .range((after + 1)..=upto)
+            .map_err(backend)?
+            .take(HISTORY_PAGE)
+        {
             let (rev, raw) = item.map_err(backend)?;
-            let ev = decode_event(rev.value(), raw.value())?;
+            (read, last) = (read + 1, rev.value());
+            let ev = decode_event(last, raw.value())?;
             if ev.kv.key.starts_with(prefix) {
                 out.push(ev);
             }
         }
-        Ok((out, upto))
+        // A short page read the rest of the range.
+        let scanned = if read < HISTORY_PAGE { upto } else { last };
+        Ok((out, scanned, upto))
     }
 
     fn compact(&self, revision: u64) -> StoreResult<()> {
@@ -546,27 +561,78 @@ impl Inner {
     }
 }
 
+/// Fails with `Compacted` unless the log after `requested` is whole, read from the same
+/// transaction as the history it guards: a compaction committed between a check and a later read
+/// would otherwise drop events silently.
+fn history_available(meta: &redb::ReadOnlyTable<&str, u64>, requested: u64) -> StoreResult<()> {
+    let compacted = meta
+        .get(META_COMPACTED)
+        .map_err(backend)?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    if requested < compacted {
+        return Err(StoreError::Compacted {
+            requested,
+            compacted,
+        });
+    }
+    Ok(())
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> StoreResult<T> + Send + 'static,
 ) -> StoreResult<T> {
     tokio::task::spawn_blocking(f).await.map_err(backend)?
 }
 
-/// Feeds one watcher: replayed history first, then live events, re-reading the log if the
-/// broadcast channel overflowed.
+/// Log entries one read of history scans at most.
+const HISTORY_PAGE: usize = 256;
+
+/// Sends the history under `prefix` after `after` up to `upto`, a page at a time, starting with
+/// `first` (already read); returns the last revision sent, or `None` when the watcher is gone or
+/// was told the history is compacted.
+async fn replay(
+    inner: &Arc<Inner>,
+    prefix: &str,
+    first: (Vec<Event>, u64, u64),
+    tx: &mpsc::Sender<StoreResult<Event>>,
+) -> Option<u64> {
+    let (mut events, mut scanned, upto) = first;
+    loop {
+        for ev in events {
+            if tx.send(Ok(ev)).await.is_err() {
+                return None;
+            }
+        }
+        if scanned >= upto {
+            return Some(upto);
+        }
+        let (inner, p) = (inner.clone(), prefix.to_string());
+        match blocking(move || inner.history_page(&p, scanned, Some(upto))).await {
+            Ok((next, s, _)) => (events, scanned) = (next, s),
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return None;
+            }
+        }
+    }
+}
+
+/// Feeds one watcher: replayed history first, then live events, replaying the log again if
+/// the broadcast channel overflowed.
 async fn pump(
     inner: Arc<Inner>,
     prefix: String,
     mut rx: broadcast::Receiver<Arc<Event>>,
-    history: Vec<Event>,
-    mut last: u64,
+    first: (Vec<Event>, u64, u64),
+    after: u64,
     tx: mpsc::Sender<StoreResult<Event>>,
 ) {
-    for ev in history {
-        if tx.send(Ok(ev)).await.is_err() {
-            return;
-        }
-    }
+    // A watch from a future revision skips what happens up to it.
+    let Some(replayed) = replay(&inner, &prefix, first, &tx).await else {
+        return;
+    };
+    let mut last = replayed.max(after);
     loop {
         let received = tokio::select! {
             r = rx.recv() => r,
@@ -583,20 +649,17 @@ async fn pump(
                 }
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {
-                let (inner2, prefix2) = (inner.clone(), prefix.clone());
-                match blocking(move || inner2.history(&prefix2, last)).await {
-                    Ok((events, upto)) => {
-                        for ev in events {
-                            if tx.send(Ok(ev)).await.is_err() {
-                                return;
-                            }
-                        }
-                        last = upto;
-                    }
+                let (i2, p2) = (inner.clone(), prefix.clone());
+                let first = match blocking(move || i2.history_page(&p2, last, None)).await {
+                    Ok(page) => page,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
                         return;
                     }
+                };
+                match replay(&inner, &prefix, first, &tx).await {
+                    Some(upto) => last = upto,
+                    None => return,
                 }
             }
             Err(broadcast::error::RecvError::Closed) => return,
@@ -642,6 +705,7 @@ impl Store for EmbeddedStore {
     fn create(&self, key: &str, value: Vec<u8>) -> BoxFuture<'_, StoreResult<KeyValue>> {
         let k = key.to_string();
         async move {
+            check_value_size(&k, &value)?;
             self.inner
                 .write(&k.clone(), move |cur| match cur {
                     Some(_) => Err(StoreError::AlreadyExists(k)),
@@ -661,6 +725,7 @@ impl Store for EmbeddedStore {
     ) -> BoxFuture<'_, StoreResult<KeyValue>> {
         let k = key.to_string();
         async move {
+            check_value_size(&k, &value)?;
             self.inner
                 .write(&k.clone(), move |cur| match cur {
                     None => Err(StoreError::NotFound(k)),
@@ -711,17 +776,10 @@ impl Store for EmbeddedStore {
             // Subscribe before reading history so that nothing falls between the two.
             let rx = inner.events.subscribe();
             let (i2, p2) = (inner.clone(), prefix.clone());
-            let (history, upto) = blocking(move || i2.history(&p2, after_revision)).await?;
+            // The first page is read here, so that a compacted revision fails the call.
+            let first = blocking(move || i2.history_page(&p2, after_revision, None)).await?;
             let (tx, out) = mpsc::channel(1024);
-            // A watch from a future revision skips what happens up to it.
-            tokio::spawn(pump(
-                inner,
-                prefix,
-                rx,
-                history,
-                upto.max(after_revision),
-                tx,
-            ));
+            tokio::spawn(pump(inner, prefix, rx, first, after_revision, tx));
             let stream = futures::stream::unfold(out, |mut out| async move {
                 out.recv().await.map(|item| (item, out))
             });
@@ -887,6 +945,113 @@ mod tests {
             s.range_at("/r/", None, 0, at).await,
             Err(StoreError::Compacted { .. })
         ));
+    }
+
+    /// Watches from old revisions start while compactions commit: each either fails with
+    /// `Compacted` or replays every revision after its start, never a history with a hole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compaction_racing_watches_from_old_revisions_never_leaves_a_gap() {
+        let (_d, s) = open();
+        const N: u64 = 300;
+        for i in 0..N {
+            s.create(&format!("/r/{i}"), vec![1]).await.unwrap();
+        }
+        let compactor = tokio::spawn({
+            let s = s.clone();
+            async move {
+                for rev in (0..N / 2).step_by(3) {
+                    s.compact(rev).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let (mut refused, mut replayed) = (0, 0);
+        let mut last_round = false;
+        while !last_round {
+            last_round = compactor.is_finished();
+            // Around the compaction point, where a check outside the read would let a gap in.
+            let c = s.compacted_revision();
+            for after in [c.saturating_sub(1), c, c + 1, c + 2] {
+                match s.watch("/r/", after).await {
+                    Err(StoreError::Compacted { requested, .. }) => {
+                        assert_eq!(requested, after);
+                        refused += 1;
+                    }
+                    Err(e) => panic!("{e}"),
+                    Ok(mut w) => {
+                        let mut expect = after + 1;
+                        while expect <= N {
+                            let next =
+                                tokio::time::timeout(std::time::Duration::from_secs(10), w.next());
+                            match next.await.expect("an event").expect("an open stream") {
+                                Ok(ev) => {
+                                    assert_eq!(ev.revision(), expect, "a gap after {after}");
+                                    expect += 1;
+                                }
+                                // Falling behind into compacted history ends the stream.
+                                Err(StoreError::Compacted { .. }) => break,
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                        replayed += 1;
+                    }
+                }
+            }
+        }
+        compactor.await.unwrap();
+        assert!(
+            refused > 0 && replayed > 0,
+            "{refused} refused, {replayed} replayed"
+        );
+        // range_at checks in its own transaction too.
+        assert!(matches!(
+            s.range_at("/r/", None, 0, 1).await,
+            Err(StoreError::Compacted { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_long_history_replays_page_by_page_then_follows() {
+        let (_d, s) = open();
+        let n = HISTORY_PAGE * 3 + 7;
+        for i in 0..n {
+            let dir = if i % 3 == 0 { "a" } else { "b" };
+            s.create(&format!("/{dir}/{i}"), vec![]).await.unwrap();
+        }
+        let mut w = s.watch("/a/", 0).await.unwrap();
+        let want: Vec<u64> = (0..n as u64)
+            .filter(|i| i % 3 == 0)
+            .map(|i| i + 1)
+            .collect();
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            got.push(w.next().await.unwrap().unwrap().revision());
+        }
+        assert_eq!(got, want);
+        s.create("/a/live", vec![]).await.unwrap();
+        assert_eq!(w.next().await.unwrap().unwrap().revision(), n as u64 + 1);
+        // From the middle of a page, and from the present.
+        let mut w = s.watch("/b/", 500).await.unwrap();
+        assert_eq!(w.next().await.unwrap().unwrap().revision(), 501);
+        let mut w = s.watch("/", n as u64 + 1).await.unwrap();
+        s.create("/c", vec![]).await.unwrap();
+        assert_eq!(w.next().await.unwrap().unwrap().revision(), n as u64 + 2);
+    }
+
+    #[tokio::test]
+    async fn values_past_the_limit_are_refused() {
+        let (_d, s) = open();
+        let big = vec![0u8; crate::MAX_VALUE_BYTES + 1];
+        assert!(matches!(
+            s.create("/big", big.clone()).await,
+            Err(StoreError::TooLarge { .. })
+        ));
+        let kv = s.create("/big", vec![1]).await.unwrap();
+        assert!(matches!(
+            s.update("/big", big, kv.mod_revision).await,
+            Err(StoreError::TooLarge { .. })
+        ));
+        assert_eq!(s.current_revision().await.unwrap(), 1);
     }
 
     #[tokio::test]

@@ -344,6 +344,7 @@ impl Inner {
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, expected: Option<u64>) -> StoreResult<KeyValue> {
+        crate::check_value_size(key, &value)?;
         let ek = self.keys.etcd_key(key)?;
         let compares = match expected {
             None => vec![Compare::create_revision(ek.clone(), CompareOp::Equal, 0)],

@@ -77,11 +77,33 @@ pub enum StoreError {
     },
     #[error("revision {requested} has been compacted (oldest available {compacted})")]
     Compacted { requested: u64, compacted: u64 },
+    #[error("the value for {key} is {size} bytes, more than the limit of {limit}")]
+    TooLarge {
+        key: String,
+        size: usize,
+        limit: usize,
+    },
     #[error("storage backend: {0}")]
     Backend(String),
     /// The backend is out of reach (etcd down or without a leader); retrying later may succeed.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+}
+
+/// The largest value a key may hold: etcd's default request limit (`--max-request-bytes`),
+/// which every backend enforces so that the API server behaves the same on each.
+pub const MAX_VALUE_BYTES: usize = 3 * 1024 * 1024 / 2;
+
+/// Refuses a value past [`MAX_VALUE_BYTES`] before it is queued for writing.
+pub fn check_value_size(key: &str, value: &[u8]) -> StoreResult<()> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(StoreError::TooLarge {
+            key: key.to_string(),
+            size: value.len(),
+            limit: MAX_VALUE_BYTES,
+        });
+    }
+    Ok(())
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -293,6 +293,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Row>, BenchError> {
             e
         }),
         bookmark_interval: Duration::from_secs(60),
+        limits: Default::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::run(scfg, async move {

@@ -232,6 +232,7 @@ pub async fn run(cfg: &PerfConfig) -> Result<PerfResult, PerfError> {
         compaction_interval: Duration::from_secs(300),
         etcd: None,
         bookmark_interval: Duration::from_secs(60),
+        limits: Default::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::run(scfg, async move {
