@@ -1,5 +1,5 @@
-//! skiff-apiserver: the Kubernetes API server — the TLS listener, client-certificate
-//! authentication and the PKI behind it (`server`, `pki`), routing, discovery and OpenAPI, and the
+//! skiff-apiserver: the Kubernetes API server — the TLS listener and the PKI behind it (`server`,
+//! `pki`), authentication and RBAC authorization (`auth`), routing, discovery and OpenAPI, and the
 //! generic registry (CRUD, list, watch, patch and server-side apply, subresources, deletion,
 //! Table printing) over a [`Store`](skiff_store::Store), with what is particular to each resource
 //! in one module of `registry/` behind a [`registry::Strategy`]. It may depend on skiff-store and
@@ -7,6 +7,7 @@
 
 pub mod alloc;
 pub mod apply;
+pub mod auth;
 pub mod convert;
 pub mod defaults;
 pub mod deletion;
@@ -45,6 +46,10 @@ pub struct ApiServer {
     pub alloc_lock: tokio::sync::Mutex<()>,
     /// How often watches that asked for bookmarks get one.
     pub bookmark_interval: Duration,
+    /// The RBAC policy the authorizer decides by.
+    pub rbac: auth::rbac::Rbac,
+    /// The service-account token issuer, once the server has loaded its key.
+    pub tokens: std::sync::OnceLock<auth::tokens::TokenIssuer>,
 }
 
 impl ApiServer {
@@ -62,6 +67,8 @@ impl ApiServer {
             network,
             alloc_lock: tokio::sync::Mutex::new(()),
             bookmark_interval,
+            rbac: Default::default(),
+            tokens: Default::default(),
         })
     }
 }

@@ -67,6 +67,25 @@ enum Command {
         #[command(flatten)]
         settings: ControllerFlags,
     },
+    /// Issue a kubeconfig for a user: a client certificate (CN = the user, O = each group)
+    /// signed by the cluster CA in the server's data directory.
+    Kubeconfig {
+        /// The server's data directory (where ca.crt and ca.key are).
+        #[arg(long, default_value = "/var/lib/skiff/server")]
+        data_dir: PathBuf,
+        /// The user name.
+        #[arg(long)]
+        user: String,
+        /// A group of the user (at most two).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// The API server's URL (default: the one admin.kubeconfig names).
+        #[arg(long)]
+        server: Option<String>,
+        /// Write the kubeconfig here (mode 0600) instead of printing it.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Measure an API server (started on a loopback port in a scratch directory) through a
     /// Kubernetes client and print a table.
     Bench {
@@ -213,6 +232,22 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
             .context("skiff controllers")?;
+        }
+        Command::Kubeconfig {
+            data_dir,
+            user,
+            groups,
+            server,
+            output,
+        } => {
+            let kubeconfig = skiff_apiserver::pki::Pki::new(&data_dir)
+                .user_kubeconfig(&user, &groups, server.as_deref())
+                .with_context(|| format!("issuing a kubeconfig from {}", data_dir.display()))?;
+            match output {
+                Some(path) => skiff_apiserver::pki::write(&path, kubeconfig.as_bytes(), true)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{kubeconfig}"),
+            }
         }
         Command::Bench {
             concurrency,
