@@ -1,0 +1,315 @@
+//! Who may do what, driven by kubectl 1.32 acting as several users: client certificates issued
+//! by `skiff kubeconfig`, RBAC with the bootstrap roles, escalation prevention, the review APIs
+//! (`auth whoami`, `auth can-i`, `--list`), service-account tokens and anonymous requests.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::{Server, path_str};
+
+/// Issues a kubeconfig for `user` in `groups` with `skiff kubeconfig`.
+fn user_kubeconfig(s: &Server, user: &str, groups: &[&str]) -> PathBuf {
+    let path = s.dir.path().join(format!("{user}.kubeconfig"));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"));
+    cmd.args(["kubeconfig", "--data-dir", path_str(&s.data_dir())])
+        .args(["--user", user, "--output", path_str(&path)]);
+    for g in groups {
+        cmd.args(["--group", g]);
+    }
+    let out = cmd.output().expect("running skiff kubeconfig");
+    assert!(
+        out.status.success(),
+        "skiff kubeconfig: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
+/// kubectl with the credentials in `kubeconfig`.
+fn as_user(s: &Server, kubeconfig: &PathBuf, args: &[&str]) -> Output {
+    let mut full = vec!["--kubeconfig", path_str(kubeconfig)];
+    full.extend_from_slice(args);
+    s.kubectl_output(&full)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Retries `f` until it holds: the authorizer reads bindings from a watch, a moment after
+/// they are written.
+fn eventually(what: &str, mut f: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match f() {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn can_i(s: &Server, kc: &PathBuf, args: &[&str]) -> String {
+    let mut full = vec!["auth", "can-i"];
+    full.extend_from_slice(args);
+    stdout(&as_user(s, kc, &full)).trim().to_string()
+}
+
+#[test]
+fn a_view_user_lists_but_cannot_delete_and_an_edit_binding_widens_it() {
+    let s = Server::start();
+    let alice = user_kubeconfig(&s, "alice", &["dev", "ops"]);
+    let who = stdout(&as_user(&s, &alice, &["auth", "whoami"]));
+    assert!(who.contains("alice"), "{who}");
+    assert!(
+        who.contains("[dev ops system:authenticated]"),
+        "whoami: {who}"
+    );
+    // The admin kubeconfig keeps working, as a member of system:masters.
+    let admin = s.kubectl(&["auth", "whoami"]);
+    assert!(admin.contains("system:masters"), "{admin}");
+
+    // No binding yet: discovery and the self reviews only.
+    let out = as_user(&s, &alice, &["get", "pods"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("pods is forbidden: User \"alice\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(can_i(&s, &alice, &["list", "pods"]), "no");
+
+    s.kubectl(&["run", "web", "--image=busybox"]);
+    s.kubectl(&[
+        "create",
+        "rolebinding",
+        "alice-view",
+        "--clusterrole=view",
+        "--user=alice",
+    ]);
+    eventually("alice may list pods", || {
+        let out = as_user(&s, &alice, &["get", "pods", "-o", "name"]);
+        if out.status.success() && stdout(&out).contains("pod/web") {
+            Ok(())
+        } else {
+            Err(stderr(&out))
+        }
+    });
+    assert_eq!(can_i(&s, &alice, &["list", "pods"]), "yes");
+    assert_eq!(
+        can_i(&s, &alice, &["list", "pods", "-n", "kube-system"]),
+        "no"
+    );
+    assert_eq!(can_i(&s, &alice, &["get", "secrets"]), "no");
+    let out = as_user(&s, &alice, &["delete", "pod", "web"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out).trim(),
+        "Error from server (Forbidden): pods \"web\" is forbidden: User \"alice\" cannot delete resource \"pods\" in API group \"\" in the namespace \"default\""
+    );
+    // `--list` shows why: the view rules through the binding.
+    let list = stdout(&as_user(&s, &alice, &["auth", "can-i", "--list"]));
+    let pods = list
+        .lines()
+        .find(|l| l.starts_with("pods "))
+        .unwrap_or_else(|| panic!("no pods row in:\n{list}"));
+    assert!(pods.contains("[get list watch]"), "{pods}");
+    assert!(list.contains("selfsubjectaccessreviews.authorization.k8s.io"));
+
+    // A group binding to edit widens it.
+    s.kubectl(&[
+        "create",
+        "rolebinding",
+        "ops-edit",
+        "--clusterrole=edit",
+        "--group=ops",
+    ]);
+    eventually("alice may delete pods", || {
+        match can_i(&s, &alice, &["delete", "pods"]).as_str() {
+            "yes" => Ok(()),
+            other => Err(other.to_string()),
+        }
+    });
+    let out = as_user(&s, &alice, &["delete", "pod", "web", "--wait=false"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Still nothing cluster-wide.
+    assert_eq!(can_i(&s, &alice, &["list", "nodes"]), "no");
+}
+
+#[test]
+fn nobody_grants_what_they_do_not_hold() {
+    let s = Server::start();
+    let bob = user_kubeconfig(&s, "bob", &[]);
+    s.kubectl(&[
+        "create",
+        "rolebinding",
+        "bob-admin",
+        "--clusterrole=admin",
+        "--user=bob",
+    ]);
+    eventually("bob may create roles", || {
+        match can_i(&s, &bob, &["create", "roles"]).as_str() {
+            "yes" => Ok(()),
+            other => Err(other.to_string()),
+        }
+    });
+    // What admin holds in the namespace can be granted there.
+    let out = as_user(
+        &s,
+        &bob,
+        &[
+            "create",
+            "role",
+            "pod-reader",
+            "--verb=get,list",
+            "--resource=pods",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = as_user(
+        &s,
+        &bob,
+        &[
+            "create",
+            "rolebinding",
+            "carol-edit",
+            "--clusterrole=edit",
+            "--user=carol",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Nodes are not the admin's to give, nor is cluster-admin.
+    let out = as_user(
+        &s,
+        &bob,
+        &[
+            "create",
+            "role",
+            "node-reader",
+            "--verb=get",
+            "--resource=nodes",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("roles.rbac.authorization.k8s.io \"node-reader\" is forbidden: user \"bob\" (groups=[\"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{APIGroups:[\"\"], Resources:[\"nodes\"], Verbs:[\"get\"]}"),
+        "{}",
+        stderr(&out)
+    );
+    let out = as_user(
+        &s,
+        &bob,
+        &[
+            "create",
+            "rolebinding",
+            "bob-root",
+            "--clusterrole=cluster-admin",
+            "--user=bob",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is attempting to grant RBAC permissions not currently held"),
+        "{}",
+        stderr(&out)
+    );
+    // The `bind` verb on a role lets one bind it without holding it.
+    s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: bind-node-reader}
+rules:
+- {apiGroups: [rbac.authorization.k8s.io], resources: [clusterroles], verbs: [bind], resourceNames: [node-reader]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: node-reader}
+rules:
+- {apiGroups: [""], resources: [nodes], verbs: [get, list]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: bob-binds-node-reader}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: bind-node-reader}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]
+"#,
+    );
+    eventually("bob may bind node-reader", || {
+        let out = as_user(
+            &s,
+            &bob,
+            &[
+                "create",
+                "rolebinding",
+                "carol-nodes",
+                "--clusterrole=node-reader",
+                "--user=carol",
+            ],
+        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(stderr(&out))
+        }
+    });
+}
+
+#[test]
+fn the_bootstrap_policy_is_served_and_reconciled() {
+    let mut s = Server::start();
+    let roles = s.kubectl(&["get", "clusterroles", "-o", "name"]);
+    for r in [
+        "cluster-admin",
+        "admin",
+        "edit",
+        "view",
+        "system:discovery",
+        "system:basic-user",
+        "system:public-info-viewer",
+        "system:kube-scheduler",
+    ] {
+        assert!(
+            roles.contains(&format!("clusterrole.rbac.authorization.k8s.io/{r}\n")),
+            "{r} in {roles}"
+        );
+    }
+    // view is the aggregation of system:aggregate-to-view, edit takes in view.
+    let edit = s.kubectl(&["get", "clusterrole", "edit", "-o", "json"]);
+    let edit: serde_json::Value = serde_json::from_str(&edit).unwrap();
+    let rules = edit["rules"].as_array().unwrap();
+    assert!(rules.iter().any(|r| {
+        r["resources"]
+            .as_array()
+            .unwrap()
+            .contains(&"deployments/scale".into())
+            && r["verbs"].as_array().unwrap().contains(&"get".into())
+    }));
+    // A bootstrap role a user broke is put back at the next start.
+    s.kubectl(&[
+        "patch",
+        "clusterrole",
+        "system:basic-user",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/rules","value":[]}]"#,
+    ]);
+    s.kill9();
+    s.spawn();
+    let basic = s.kubectl(&[
+        "get",
+        "clusterrole",
+        "system:basic-user",
+        "-o",
+        "jsonpath={.rules[*].resources}",
+    ]);
+    assert!(basic.contains("selfsubjectaccessreviews"), "{basic}");
+}
