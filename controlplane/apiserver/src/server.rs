@@ -356,6 +356,7 @@ pub async fn run(
     bootstrap(&app, local).await?;
     auth::policy::reconcile(&app).await?;
     auth::rbac::Rbac::start(app.clone()).await?;
+    auth::service_accounts::start(app.clone(), material.ca_pem.clone()).await?;
     spawn_compactor(store, cfg.compaction_interval);
     let server_address = Arc::new(format!("{host}:{}", local.port()));
     tracing::info!(listen = %local, kubeconfig = %cfg.data_dir.join("admin.kubeconfig").display(), "serving the Kubernetes API");

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ fn user_kubeconfig(s: &Server, user: &str, groups: &[&str]) -> PathBuf {
 }
 
 /// kubectl with the credentials in `kubeconfig`.
-fn as_user(s: &Server, kubeconfig: &PathBuf, args: &[&str]) -> Output {
+fn as_user(s: &Server, kubeconfig: &Path, args: &[&str]) -> Output {
     let mut full = vec!["--kubeconfig", path_str(kubeconfig)];
     full.extend_from_slice(args);
     s.kubectl_output(&full)
@@ -56,7 +56,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> Result<(), String>) {
     }
 }
 
-fn can_i(s: &Server, kc: &PathBuf, args: &[&str]) -> String {
+fn can_i(s: &Server, kc: &Path, args: &[&str]) -> String {
     let mut full = vec!["auth", "can-i"];
     full.extend_from_slice(args);
     stdout(&as_user(s, kc, &full)).trim().to_string()
@@ -312,4 +312,157 @@ fn the_bootstrap_policy_is_served_and_reconciled() {
         "jsonpath={.rules[*].resources}",
     ]);
     assert!(basic.contains("selfsubjectaccessreviews"), "{basic}");
+}
+
+/// kubectl with nothing but `token` (no kubeconfig credentials).
+fn with_token(s: &Server, token: &str, args: &[&str]) -> Output {
+    let server = format!("https://127.0.0.1:{}", s.port);
+    let ca = s.data_dir().join("ca.crt");
+    let token = format!("--token={token}");
+    let mut full = vec![
+        "--kubeconfig=/dev/null",
+        "--server",
+        &server,
+        "--certificate-authority",
+        path_str(&ca),
+        &token,
+    ];
+    full.extend_from_slice(args);
+    s.kubectl_cmd(&full)
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("kubectl")
+}
+
+#[test]
+fn service_account_tokens_authenticate_until_their_pod_is_gone() {
+    let s = Server::start();
+    // Every namespace gets its default ServiceAccount and the cluster CA.
+    s.kubectl(&["create", "namespace", "team"]);
+    eventually(
+        "default ServiceAccount and kube-root-ca.crt in team",
+        || {
+            let out = s.kubectl_output(&[
+                "get",
+                "-n",
+                "team",
+                "serviceaccount/default",
+                "configmap/kube-root-ca.crt",
+                "-o",
+                "name",
+            ]);
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(stderr(&out))
+            }
+        },
+    );
+    let ca = s.kubectl(&[
+        "get",
+        "-n",
+        "team",
+        "configmap",
+        "kube-root-ca.crt",
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ]);
+    assert_eq!(
+        ca,
+        std::fs::read_to_string(s.data_dir().join("ca.crt")).unwrap()
+    );
+    // Deleted, it is made again.
+    s.kubectl(&["delete", "-n", "team", "serviceaccount", "default"]);
+    eventually("default ServiceAccount again", || {
+        let out = s.kubectl_output(&["get", "-n", "team", "serviceaccount", "default"]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(stderr(&out))
+        }
+    });
+
+    s.kubectl(&["run", "-n", "team", "app", "--image=busybox"]);
+    let token = s.kubectl(&[
+        "create",
+        "token",
+        "default",
+        "-n",
+        "team",
+        "--duration=1h",
+        "--bound-object-kind=Pod",
+        "--bound-object-name=app",
+    ]);
+    let token = token.trim();
+    let who = stdout(&with_token(&s, token, &["auth", "whoami"]));
+    assert!(who.contains("system:serviceaccount:team:default"), "{who}");
+    assert!(who.contains("system:serviceaccounts:team"), "{who}");
+    assert!(
+        who.contains("authentication.kubernetes.io/pod-name"),
+        "{who}"
+    );
+    // A service account holds nothing until it is bound.
+    let out = with_token(&s, token, &["get", "pods", "-n", "team"]);
+    assert!(
+        stderr(&out)
+            .contains("User \"system:serviceaccount:team:default\" cannot list resource \"pods\""),
+        "{}",
+        stderr(&out)
+    );
+    s.kubectl(&[
+        "create",
+        "rolebinding",
+        "-n",
+        "team",
+        "sa-view",
+        "--clusterrole=view",
+        "--serviceaccount=team:default",
+    ]);
+    eventually("the service account may list pods", || {
+        let out = with_token(&s, token, &["get", "pods", "-n", "team", "-o", "name"]);
+        if stdout(&out).contains("pod/app") {
+            Ok(())
+        } else {
+            Err(stderr(&out))
+        }
+    });
+    // The issuer is discoverable by service accounts.
+    let oidc = stdout(&with_token(
+        &s,
+        token,
+        &["get", "--raw", "/.well-known/openid-configuration"],
+    ));
+    assert!(
+        oidc.contains("\"issuer\":\"https://kubernetes.default.svc.cluster.local\""),
+        "{oidc}"
+    );
+    let jwks = stdout(&with_token(&s, token, &["get", "--raw", "/openid/v1/jwks"]));
+    assert!(jwks.contains("\"kty\":\"EC\""), "{jwks}");
+    // TokenReview says who the token is.
+    let review = s.kubectl_stdin(
+        &["create", "-o", "json", "-f", "-"],
+        &format!("{{\"apiVersion\": \"authentication.k8s.io/v1\", \"kind\": \"TokenReview\", \"spec\": {{\"token\": \"{token}\"}}}}"),
+    );
+    let review: serde_json::Value = serde_json::from_str(&review).unwrap();
+    assert_eq!(review["status"]["authenticated"], true, "{review}");
+    assert_eq!(
+        review["status"]["user"]["username"],
+        "system:serviceaccount:team:default"
+    );
+    // Once its pod is gone the token is refused.
+    s.kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        "team",
+        "app",
+        "--grace-period=0",
+        "--force",
+    ]);
+    let out = with_token(&s, token, &["get", "pods", "-n", "team"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("Unauthorized"), "{}", stderr(&out));
+    // Anonymous requests are refused as unauthenticated, the health endpoints excepted.
+    let out = with_token(&s, "garbage", &["get", "--raw", "/readyz"]);
+    assert!(out.status.success());
 }

@@ -4,7 +4,8 @@
 //! kube-apiserver's privileged-group authorizer does); `policy` is the bootstrap policy
 //! reconciled at start; `reviews` serves the authentication and authorization review APIs;
 //! `tokens` signs and verifies service-account tokens; `escalation` keeps anyone from granting
-//! through a Role or binding what they do not hold.
+//! through a Role or binding what they do not hold; `service_accounts` gives every namespace its
+//! `default` ServiceAccount and `kube-root-ca.crt`.
 
 pub mod attributes;
 pub mod authn;
@@ -12,6 +13,7 @@ pub mod escalation;
 pub mod policy;
 pub mod rbac;
 pub mod reviews;
+pub mod service_accounts;
 pub mod tokens;
 
 use std::collections::BTreeMap;
