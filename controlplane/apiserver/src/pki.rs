@@ -1,5 +1,6 @@
 //! The cluster's certificates: a CA, the API server's serving certificate and the admin client
-//! certificate (group `system:masters`), plus `admin.kubeconfig`. Made on first start, reused after;
+//! certificate (group `system:masters`), plus `admin.kubeconfig` and the kubeconfigs of the
+//! in-server scheduler and controllers (their own users, not administrators). Made on first start, reused after;
 //! the serving certificate is re-issued when the wanted names or addresses change.
 
 use std::fs;
@@ -33,6 +34,14 @@ pub enum PkiError {
 }
 
 const CA_CN: &str = "skiff-ca";
+
+/// The kubeconfig (under the data directory) and user of the scheduler running in the server.
+pub const SCHEDULER_KUBECONFIG: (&str, &str) = ("scheduler.kubeconfig", "system:kube-scheduler");
+/// The kubeconfig and user of the controllers running in the server.
+pub const CONTROLLER_MANAGER_KUBECONFIG: (&str, &str) = (
+    "controller-manager.kubeconfig",
+    "system:kube-controller-manager",
+);
 
 /// Paths of the files under the data directory.
 pub struct Pki {
@@ -227,6 +236,12 @@ impl Pki {
         let kc_path = self.path("admin.kubeconfig");
         if fs::read_to_string(&kc_path).ok().as_deref() != Some(kubeconfig.as_str()) {
             write(&kc_path, kubeconfig.as_bytes(), true)?;
+        }
+        // The in-server components' own identities (their bootstrap ClusterRoles are bound to
+        // these users), re-issued with the server's address of this start.
+        for (file, user) in [SCHEDULER_KUBECONFIG, CONTROLLER_MANAGER_KUBECONFIG] {
+            let kc = self.user_kubeconfig(user, &[], Some(server_url))?;
+            write(&self.path(file), kc.as_bytes(), true)?;
         }
         Ok(ServingMaterial {
             ca_pem,

@@ -12,6 +12,7 @@ mod bench;
 mod components;
 
 use components::Components;
+use skiff_apiserver::pki;
 use skiff_apiserver::server::{self, ServerConfig};
 use skiff_controllers::{
     self as controllers, Selection, nodeipam::ClusterCidr, nodelifecycle::LifecycleConfig,
@@ -98,10 +99,14 @@ enum Command {
         /// Concurrent clients for create and get.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
-        /// What to measure: the API server (`api`) or scheduling throughput (`scheduling`,
-        /// scheduler_perf's SchedulingBasic shape).
+        /// What to measure: the API server (`api`), RBAC's cost over `--bindings` RoleBindings
+        /// (`rbac`) or scheduling throughput (`scheduling`, scheduler_perf's SchedulingBasic
+        /// shape).
         #[arg(long, value_enum, default_value = "api")]
         mode: BenchMode,
+        /// RBAC: RoleBindings of other users in the namespace.
+        #[arg(long, default_value_t = 1000)]
+        bindings: usize,
         /// Scheduling: simulated nodes.
         #[arg(long, default_value_t = 5000)]
         nodes: usize,
@@ -159,6 +164,7 @@ impl ControllerFlags {
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum BenchMode {
     Api,
+    Rbac,
     Scheduling,
 }
 
@@ -188,7 +194,8 @@ fn main() -> anyhow::Result<()> {
                 controllers: !disable_controllers,
                 settings: settings.config(),
             };
-            let kubeconfig = data_dir.join("admin.kubeconfig");
+            let scheduler_kubeconfig = data_dir.join(pki::SCHEDULER_KUBECONFIG.0);
+            let controllers_kubeconfig = data_dir.join(pki::CONTROLLER_MANAGER_KUBECONFIG.0);
             let cfg = ServerConfig {
                 data_dir,
                 listen,
@@ -197,10 +204,25 @@ fn main() -> anyhow::Result<()> {
                 bookmark_interval: Duration::from_secs(bookmark_interval.max(1)),
             };
             rt.block_on(async {
-                if which.scheduler || which.controllers {
+                // Each component as its own user, with its bootstrap role.
+                if which.scheduler {
                     tokio::spawn(async move {
-                        let client = skiff_client::wait_for_api(&kubeconfig).await;
-                        components::run(client, which).await;
+                        let client = skiff_client::wait_for_api(&scheduler_kubeconfig).await;
+                        let only = Components {
+                            controllers: false,
+                            ..which
+                        };
+                        components::run(client, only).await;
+                    });
+                }
+                if which.controllers {
+                    tokio::spawn(async move {
+                        let client = skiff_client::wait_for_api(&controllers_kubeconfig).await;
+                        let only = Components {
+                            scheduler: false,
+                            ..which
+                        };
+                        components::run(client, only).await;
                     });
                 }
                 server::run(cfg, shutdown_signal()).await
@@ -240,11 +262,11 @@ fn main() -> anyhow::Result<()> {
             server,
             output,
         } => {
-            let kubeconfig = skiff_apiserver::pki::Pki::new(&data_dir)
+            let kubeconfig = pki::Pki::new(&data_dir)
                 .user_kubeconfig(&user, &groups, server.as_deref())
                 .with_context(|| format!("issuing a kubeconfig from {}", data_dir.display()))?;
             match output {
-                Some(path) => skiff_apiserver::pki::write(&path, kubeconfig.as_bytes(), true)
+                Some(path) => pki::write(&path, kubeconfig.as_bytes(), true)
                     .with_context(|| format!("writing {}", path.display()))?,
                 None => print!("{kubeconfig}"),
             }
@@ -267,6 +289,24 @@ fn main() -> anyhow::Result<()> {
                 .block_on(bench::scheduling::run(&cfg))
                 .context("skiff bench --mode scheduling")?;
             print!("{}", bench::scheduling::render(&result));
+        }
+        Command::Bench {
+            sizes,
+            concurrency,
+            bindings,
+            mode: BenchMode::Rbac,
+            ..
+        } => {
+            let cfg = bench::rbac::RbacBenchConfig {
+                bindings,
+                objects: sizes.first().copied().unwrap_or(1000).max(1),
+                concurrency: concurrency.max(1),
+                rounds: 3,
+            };
+            let rows = rt
+                .block_on(bench::rbac::run(&cfg))
+                .context("skiff bench --mode rbac")?;
+            print!("{}", bench::api::render(&rows));
         }
         Command::Bench {
             sizes,

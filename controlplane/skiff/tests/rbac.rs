@@ -466,3 +466,85 @@ fn service_account_tokens_authenticate_until_their_pod_is_gone() {
     let out = with_token(&s, "garbage", &["get", "--raw", "/readyz"]);
     assert!(out.status.success());
 }
+
+#[test]
+fn the_servers_components_run_as_their_own_users() {
+    let s = Server::start_cluster();
+    let scheduler = s.data_dir().join("scheduler.kubeconfig");
+    let controllers = s.data_dir().join("controller-manager.kubeconfig");
+    let who = stdout(&as_user(&s, &scheduler, &["auth", "whoami"]));
+    assert!(who.contains("system:kube-scheduler"), "{who}");
+    assert!(!who.contains("system:masters"), "{who}");
+    let who = stdout(&as_user(&s, &controllers, &["auth", "whoami"]));
+    assert!(who.contains("system:kube-controller-manager"), "{who}");
+    assert!(!who.contains("system:masters"), "{who}");
+    // The scheduler binds pods but reads no Secrets.
+    assert_eq!(
+        can_i(&s, &scheduler, &["create", "pods", "--subresource=binding"]),
+        "yes"
+    );
+    assert_eq!(can_i(&s, &scheduler, &["list", "secrets", "-A"]), "no");
+    // Both lead through their Leases and the controllers make a Deployment's ReplicaSet under
+    // those identities.
+    eventually("both Leases held", || {
+        let out = s.kubectl_output(&[
+            "get",
+            "lease",
+            "-n",
+            "kube-system",
+            "kube-scheduler",
+            "kube-controller-manager",
+            "-o",
+            "jsonpath={.items[*].spec.holderIdentity}",
+        ]);
+        let held = stdout(&out);
+        if held.split_whitespace().count() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{held:?} {}", stderr(&out)))
+        }
+    });
+    s.kubectl(&["create", "deployment", "web", "--image=busybox"]);
+    eventually("the Deployment's ReplicaSet", || {
+        let rs = s.kubectl(&["get", "replicasets", "-l", "app=web", "-o", "name"]);
+        if rs.contains("replicaset.apps/web-") {
+            Ok(())
+        } else {
+            Err(rs)
+        }
+    });
+}
+
+#[test]
+fn bootstrap_tokens_authenticate_until_they_expire() {
+    let s = Server::start();
+    let secret = |id: &str, expiration: &str| {
+        format!(
+            r#"{{"apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
+            "metadata": {{"name": "bootstrap-token-{id}", "namespace": "kube-system"}},
+            "stringData": {{"token-id": "{id}", "token-secret": "0123456789abcdef",
+                "usage-bootstrap-authentication": "true", "expiration": "{expiration}",
+                "auth-extra-groups": "system:bootstrappers:skiff:default-node-token"}}}}"#
+        )
+    };
+    s.kubectl_stdin(
+        &["create", "-f", "-"],
+        &secret("abcdef", "2999-01-01T00:00:00Z"),
+    );
+    s.kubectl_stdin(
+        &["create", "-f", "-"],
+        &secret("expird", "2001-01-01T00:00:00Z"),
+    );
+    let who = with_token(&s, "abcdef.0123456789abcdef", &["auth", "whoami"]);
+    let who = stdout(&who);
+    assert!(who.contains("system:bootstrap:abcdef"), "{who}");
+    assert!(
+        who.contains("[system:bootstrappers system:bootstrappers:skiff:default-node-token system:authenticated]"),
+        "{who}"
+    );
+    for bad in ["abcdef.0123456789abcdee", "expird.0123456789abcdef"] {
+        let out = with_token(&s, bad, &["auth", "whoami"]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("Unauthorized"), "{}", stderr(&out));
+    }
+}

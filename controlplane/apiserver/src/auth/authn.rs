@@ -1,7 +1,7 @@
 //! Authentication: who sent a request. A client certificate the TLS layer verified against the
 //! cluster CA names the user in its subject's CN and the groups in its O values, as
 //! kube-apiserver's x509 authenticator reads them; otherwise an `Authorization: Bearer` token
-//! (a service-account token); otherwise the request is anonymous.
+//! (a bootstrap token or a service-account token); otherwise the request is anonymous.
 
 use axum::http::{HeaderMap, header};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -59,6 +59,12 @@ pub async fn authenticate(
         // kube-apiserver ignores an Authorization header that is not a bearer token.
         _ => return Identity::Anonymous,
     };
+    if let Some((id, secret)) = super::bootstrap_tokens::parse(token) {
+        return match app.verify_bootstrap_token(id, secret).await {
+            Some(user) => Identity::User(user),
+            None => Identity::Invalid,
+        };
+    }
     match app.verify_token(token, &[]).await {
         Ok(user) => Identity::User(user),
         Err(e) => {

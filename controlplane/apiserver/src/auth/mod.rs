@@ -5,10 +5,12 @@
 //! reconciled at start; `reviews` serves the authentication and authorization review APIs;
 //! `tokens` signs and verifies service-account tokens; `escalation` keeps anyone from granting
 //! through a Role or binding what they do not hold; `service_accounts` gives every namespace its
-//! `default` ServiceAccount and `kube-root-ca.crt`.
+//! `default` ServiceAccount and `kube-root-ca.crt`; `bootstrap_tokens` authenticates joining
+//! nodes.
 
 pub mod attributes;
 pub mod authn;
+pub mod bootstrap_tokens;
 pub mod escalation;
 pub mod policy;
 pub mod rbac;

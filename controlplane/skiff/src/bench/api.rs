@@ -53,7 +53,7 @@ pub struct Row {
     pub p99: Duration,
 }
 
-fn row(operation: String, mut lat: Vec<Duration>, wall: Duration) -> Row {
+pub(crate) fn row(operation: String, mut lat: Vec<Duration>, wall: Duration) -> Row {
     lat.sort();
     let pick = |q: f64| {
         lat.get(((lat.len() as f64 * q).ceil() as usize).saturating_sub(1))
@@ -92,7 +92,7 @@ pub fn render(rows: &[Row]) -> String {
     out
 }
 
-fn configmap(name: String) -> ConfigMap {
+pub(crate) fn configmap(name: String) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(name),
@@ -104,7 +104,7 @@ fn configmap(name: String) -> ConfigMap {
     }
 }
 
-async fn concurrently<F, Fut>(
+pub(crate) async fn concurrently<F, Fut>(
     n: usize,
     concurrency: usize,
     op: F,
@@ -139,7 +139,7 @@ where
     Ok((all, start.elapsed()))
 }
 
-async fn namespace(client: &Client, name: &str) -> Result<(), BenchError> {
+pub(crate) async fn namespace(client: &Client, name: &str) -> Result<(), BenchError> {
     let ns = Namespace {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
@@ -273,6 +273,17 @@ pub async fn measure(client: Client, cfg: &BenchConfig) -> Result<Vec<Row>, Benc
 
 /// Starts a server in a scratch directory, measures it, stops it, and removes the directory.
 pub async fn run(cfg: &BenchConfig) -> Result<Vec<Row>, BenchError> {
+    let cfg = cfg.clone();
+    with_server(move |client, _| async move { measure(client, &cfg).await }).await
+}
+
+/// Starts a server in a scratch directory, runs `f` with an administrator's client and the
+/// data directory, stops the server, and removes the directory.
+pub(crate) async fn with_server<F, Fut>(f: F) -> Result<Vec<Row>, BenchError>
+where
+    F: FnOnce(Client, PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Row>, BenchError>>,
+{
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -298,7 +309,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Row>, BenchError> {
     )
     .await
     .map_err(|_| BenchError::Setup("the server did not start".into()))?;
-    let result = measure(client, cfg).await;
+    let result = f(client, dir.clone()).await;
     let _ = stop_tx.send(());
     let _ = server.await;
     let _ = std::fs::remove_dir_all(&dir);
