@@ -214,26 +214,6 @@ pub struct Subject {
     pub namespace: String,
 }
 
-impl Subject {
-    /// RBAC's `appliesToUser`; `binding_ns` is the namespace of a RoleBinding ("" for a
-    /// ClusterRoleBinding), the default namespace of a service account named without one.
-    fn applies_to(&self, user: &UserInfo, binding_ns: &str) -> bool {
-        match self.kind.as_str() {
-            "User" => user.name == self.name,
-            "Group" => user.in_group(&self.name),
-            "ServiceAccount" => {
-                let ns = if self.namespace.is_empty() {
-                    binding_ns
-                } else {
-                    &self.namespace
-                };
-                user.name == format!("system:serviceaccount:{ns}:{}", self.name)
-            }
-            _ => false,
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 struct Binding {
     name: String,
@@ -261,11 +241,63 @@ impl Binding {
                 .unwrap_or_default(),
         }
     }
+}
 
-    fn applies_to(&self, user: &UserInfo) -> Option<&Subject> {
-        self.subjects
-            .iter()
-            .find(|s| s.applies_to(user, &self.namespace))
+/// Bindings with an index from the user names and groups their subjects name, so that a
+/// decision looks only at the bindings naming the request's user, however many others exist.
+#[derive(Debug, Default)]
+struct BindingSet {
+    bindings: Vec<Binding>,
+    /// (binding, subject) positions by the user a subject names; a service account by its user
+    /// name `system:serviceaccount:NS:NAME` (NS defaulting to the binding's namespace), as RBAC's
+    /// `appliesToUser` matches it.
+    by_user: HashMap<String, Vec<(usize, usize)>>,
+    by_group: HashMap<String, Vec<(usize, usize)>>,
+}
+
+impl BindingSet {
+    fn push(&mut self, b: Binding) {
+        let i = self.bindings.len();
+        for (j, s) in b.subjects.iter().enumerate() {
+            let (index, key) = match s.kind.as_str() {
+                "User" => (&mut self.by_user, s.name.clone()),
+                "Group" => (&mut self.by_group, s.name.clone()),
+                "ServiceAccount" => {
+                    let ns = if s.namespace.is_empty() {
+                        &b.namespace
+                    } else {
+                        &s.namespace
+                    };
+                    (
+                        &mut self.by_user,
+                        format!("system:serviceaccount:{ns}:{}", s.name),
+                    )
+                }
+                _ => continue,
+            };
+            index.entry(key).or_default().push((i, j));
+        }
+        self.bindings.push(b);
+    }
+
+    /// The bindings naming `user` (or one of its groups), in order, each with the first subject
+    /// that names it.
+    fn for_user<'a>(&'a self, user: &UserInfo) -> Vec<(&'a Binding, &'a Subject)> {
+        let mut hits: Vec<(usize, usize)> = self
+            .by_user
+            .get(&user.name)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        for g in &user.groups {
+            hits.extend(self.by_group.get(g).into_iter().flatten().copied());
+        }
+        hits.sort_unstable();
+        hits.dedup_by_key(|(i, _)| *i);
+        hits.into_iter()
+            .map(|(i, j)| (&self.bindings[i], &self.bindings[i].subjects[j]))
+            .collect()
     }
 }
 
@@ -275,8 +307,8 @@ pub struct Policy {
     roles: HashMap<(String, String), Vec<Rule>>,
     /// Effective rules (aggregated ones resolved).
     cluster_roles: HashMap<String, Vec<Rule>>,
-    role_bindings: HashMap<String, Vec<Binding>>,
-    cluster_role_bindings: Vec<Binding>,
+    role_bindings: HashMap<String, BindingSet>,
+    cluster_role_bindings: BindingSet,
 }
 
 /// The effective rules of every ClusterRole: aggregated ones are the union of the roles their
@@ -352,9 +384,11 @@ impl Policy {
     ) -> Self {
         let mut p = Policy {
             cluster_roles: aggregate(cluster_roles),
-            cluster_role_bindings: cluster_role_bindings.iter().map(Binding::from).collect(),
             ..Default::default()
         };
+        for b in cluster_role_bindings {
+            p.cluster_role_bindings.push(Binding::from(b));
+        }
         for r in roles {
             let key = (
                 meta_str(r, "namespace").unwrap_or_default().to_string(),
@@ -384,18 +418,18 @@ impl Policy {
     /// The bindings that apply to `user` in `namespace` ("" for cluster-wide only).
     fn applicable<'a>(
         &'a self,
-        user: &'a UserInfo,
-        namespace: &'a str,
-    ) -> impl Iterator<Item = (&'a Binding, &'a Subject)> + 'a {
-        let namespaced = if namespace.is_empty() {
-            None
-        } else {
-            self.role_bindings.get(namespace)
-        };
-        self.cluster_role_bindings
-            .iter()
-            .chain(namespaced.into_iter().flatten())
-            .filter_map(move |b| b.applies_to(user).map(|s| (b, s)))
+        user: &UserInfo,
+        namespace: &str,
+    ) -> Vec<(&'a Binding, &'a Subject)> {
+        let mut out = self.cluster_role_bindings.for_user(user);
+        if let Some(set) = self
+            .role_bindings
+            .get(namespace)
+            .filter(|_| !namespace.is_empty())
+        {
+            out.extend(set.for_user(user));
+        }
+        out
     }
 
     pub fn authorize(&self, user: &UserInfo, a: &Attributes) -> Decision {
