@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod components;
+mod token;
 
 use components::Components;
 use skiff_apiserver::pki;
@@ -87,6 +88,11 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Bootstrap tokens for joining nodes.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Measure an API server (started on a loopback port in a scratch directory) through a
     /// Kubernetes client and print a table.
     Bench {
@@ -116,6 +122,19 @@ enum Command {
         /// Scheduling: measured pods.
         #[arg(long, default_value_t = 10000)]
         pods: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a bootstrap token (a `kube-system/bootstrap-token-<id>` Secret) and print it.
+    Create {
+        /// The server's data directory (its admin.kubeconfig is used).
+        #[arg(long, default_value = "/var/lib/skiff/server")]
+        data_dir: PathBuf,
+        /// How long the token is valid: `90s`, `30m`, `24h`, `7d`.
+        #[arg(long, default_value = "24h", value_parser = token::parse_ttl)]
+        ttl: Duration,
     },
 }
 
@@ -270,6 +289,15 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?,
                 None => print!("{kubeconfig}"),
             }
+        }
+        Command::Token {
+            command: TokenCommand::Create { data_dir, ttl },
+        } => {
+            let kubeconfig = data_dir.join("admin.kubeconfig");
+            let token = rt
+                .block_on(token::create(&kubeconfig, ttl))
+                .context("skiff token create")?;
+            println!("{token}");
         }
         Command::Bench {
             concurrency,

@@ -548,3 +548,18 @@ fn bootstrap_tokens_authenticate_until_they_expire() {
         assert!(stderr(&out).contains("Unauthorized"), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn skiff_token_create_prints_a_working_bootstrap_token() {
+    let s = Server::start();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["token", "create", "--ttl", "1h", "--data-dir"])
+        .arg(s.data_dir())
+        .output()
+        .expect("running skiff token create");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = stdout(&out).trim().to_string();
+    let who = stdout(&with_token(&s, &token, &["auth", "whoami"]));
+    let id = token.split('.').next().unwrap();
+    assert!(who.contains(&format!("system:bootstrap:{id}")), "{who}");
+}
