@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::resources::{RESOURCES, ResourceInfo, STANDARD_VERBS, groups};
+use super::resources::{RESOURCES, ResourceInfo, groups};
 
 pub const AGGREGATED_CONTENT_TYPE: &str =
     "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
@@ -29,6 +29,12 @@ fn subresource(
         "binding" => ("", "v1", "Binding", vec!["create"]),
         "eviction" => ("policy", "v1", "Eviction", vec!["create"]),
         "finalize" => (r.group, r.version, r.kind, vec!["update"]),
+        "token" => (
+            "authentication.k8s.io",
+            "v1",
+            "TokenRequest",
+            vec!["create"],
+        ),
         _ => (r.group, r.version, r.kind, vec!["get", "patch", "update"]),
     }
 }
@@ -48,7 +54,7 @@ fn aggregated_group(group: &str, version: &str) -> Value {
                 "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
                 "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
                 "singularResource": r.singular,
-                "verbs": STANDARD_VERBS,
+                "verbs": r.strategy.verbs(),
             });
             if !r.short_names.is_empty() {
                 o["shortNames"] = json!(r.short_names);
@@ -138,7 +144,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             "singularName": r.singular,
             "namespaced": r.namespaced,
             "kind": r.kind,
-            "verbs": STANDARD_VERBS,
+            "verbs": r.strategy.verbs(),
         });
         if !r.short_names.is_empty() {
             o["shortNames"] = json!(r.short_names);

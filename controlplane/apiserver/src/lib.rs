@@ -1,5 +1,5 @@
-//! skiff-apiserver: the Kubernetes API server — the TLS listener, client-certificate
-//! authentication and the PKI behind it (`server`, `pki`), routing, discovery and OpenAPI, and the
+//! skiff-apiserver: the Kubernetes API server — the TLS listener and the PKI behind it (`server`,
+//! `pki`), authentication and RBAC authorization (`auth`), routing, discovery and OpenAPI, and the
 //! generic registry (CRUD, list, watch, patch and server-side apply, subresources, deletion,
 //! Table printing) over a [`Store`](skiff_store::Store), with what is particular to each resource
 //! in one module of `registry/` behind a [`registry::Strategy`]. It may depend on skiff-store and
@@ -7,6 +7,7 @@
 
 pub mod alloc;
 pub mod apply;
+pub mod auth;
 pub mod convert;
 pub mod defaults;
 pub mod deletion;
@@ -49,6 +50,10 @@ pub struct ApiServer {
     pub bookmark_interval: Duration,
     /// How long a watch waits for a client that stopped reading before closing it.
     pub slow_watcher_timeout: Duration,
+    /// The RBAC policy the authorizer decides by.
+    pub rbac: auth::rbac::Rbac,
+    /// The service-account token issuer, once the server has loaded its key.
+    pub tokens: std::sync::OnceLock<auth::tokens::TokenIssuer>,
 }
 
 impl ApiServer {
@@ -67,6 +72,8 @@ impl ApiServer {
             alloc_lock: tokio::sync::Mutex::new(()),
             bookmark_interval,
             slow_watcher_timeout: Duration::from_secs(30),
+            rbac: Default::default(),
+            tokens: Default::default(),
         })
     }
 }

@@ -207,18 +207,6 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(total).ok()
 }
 
-/// The user a request counts against in the fair share. Today: the client certificate's common
-/// name (certificates without one share the name of their issuer-less kind, `""`).
-/// Authentication can replace this with the authenticated user's name.
-pub fn user_of_certificate(der: Option<&[u8]>) -> String {
-    der.and_then(|der| {
-        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-        let cn = cert.subject().iter_common_name().next()?;
-        cn.as_str().ok().map(str::to_string)
-    })
-    .unwrap_or_default()
-}
-
 /// How many seats one user may wait for in a pool, beyond those in flight.
 fn max_queued_per_user(limit: usize) -> usize {
     (limit / 4).max(1)

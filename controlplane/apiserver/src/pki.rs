@@ -1,5 +1,6 @@
 //! The cluster's certificates: a CA, the API server's serving certificate and the admin client
-//! certificate (group `system:masters`), plus `admin.kubeconfig`. Made on first start, reused after;
+//! certificate (group `system:masters`), plus `admin.kubeconfig` and the kubeconfigs of the
+//! in-server scheduler and controllers (their own users, not administrators). Made on first start, reused after;
 //! the serving certificate is re-issued when the wanted names or addresses change.
 
 use std::fs;
@@ -28,16 +29,27 @@ pub enum PkiError {
     Pem { path: PathBuf, detail: String },
     #[error("TLS configuration: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 const CA_CN: &str = "skiff-ca";
+
+/// The kubeconfig (under the data directory) and user of the scheduler running in the server.
+pub const SCHEDULER_KUBECONFIG: (&str, &str) = ("scheduler.kubeconfig", "system:kube-scheduler");
+/// The kubeconfig and user of the controllers running in the server.
+pub const CONTROLLER_MANAGER_KUBECONFIG: (&str, &str) = (
+    "controller-manager.kubeconfig",
+    "system:kube-controller-manager",
+);
 
 /// Paths of the files under the data directory.
 pub struct Pki {
     dir: PathBuf,
 }
 
-fn write(path: &Path, data: &[u8], private: bool) -> Result<(), PkiError> {
+/// Writes `data` to `path` atomically (temp file, fsync, rename), mode 0600 when `private`.
+pub fn write(path: &Path, data: &[u8], private: bool) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -214,22 +226,106 @@ impl Pki {
             write(&adm_key, key.serialize_pem().as_bytes(), true)?;
             write(&adm_crt, cert.pem().as_bytes(), false)?;
         }
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
-        let kubeconfig = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server_url}\n    certificate-authority-data: {}\nusers:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: admin\ncurrent-context: skiff\n",
-            b64(&ca_pem),
-            b64(&read(&adm_crt)?),
-            b64(&read(&adm_key)?)
+        let kubeconfig = kubeconfig(
+            server_url,
+            &ca_pem,
+            "admin",
+            &read(&adm_crt)?,
+            &read(&adm_key)?,
         );
         let kc_path = self.path("admin.kubeconfig");
         if fs::read_to_string(&kc_path).ok().as_deref() != Some(kubeconfig.as_str()) {
             write(&kc_path, kubeconfig.as_bytes(), true)?;
+        }
+        // The in-server components' own identities (their bootstrap ClusterRoles are bound to
+        // these users), re-issued with the server's address of this start.
+        for (file, user) in [SCHEDULER_KUBECONFIG, CONTROLLER_MANAGER_KUBECONFIG] {
+            let kc = self.user_kubeconfig(user, &[], Some(server_url))?;
+            write(&self.path(file), kc.as_bytes(), true)?;
         }
         Ok(ServingMaterial {
             ca_pem,
             cert_pem: read(&srv_crt)?,
             key_pem: read(&srv_key)?,
         })
+    }
+}
+
+/// A kubeconfig for `server_url` with one user (`user_name`) and its client certificate.
+fn kubeconfig(server_url: &str, ca_pem: &str, user_name: &str, cert: &str, key: &str) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server_url}\n    certificate-authority-data: {}\nusers:\n- name: {user_name}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: {user_name}\ncurrent-context: skiff\n",
+        b64(ca_pem),
+        b64(cert),
+        b64(key)
+    )
+}
+
+/// The O (organization) attribute: a second group goes in under the same OID as a custom type,
+/// since rcgen keeps one value per attribute type.
+const ORGANIZATION_OID: &[u64] = &[2, 5, 4, 10];
+
+impl Pki {
+    /// A kubeconfig for `user` in `groups` (a client certificate with CN=user, O=group, signed
+    /// by the cluster CA in this directory), pointing at `server_url` or, when `None`, at the
+    /// server `admin.kubeconfig` names.
+    pub fn user_kubeconfig(
+        &self,
+        user: &str,
+        groups: &[String],
+        server_url: Option<&str>,
+    ) -> Result<String, PkiError> {
+        if user.is_empty() {
+            return Err(PkiError::Invalid("the user name may not be empty".into()));
+        }
+        if groups.len() > 2 {
+            return Err(PkiError::Invalid(format!(
+                "at most two groups can be put in a certificate, got {}",
+                groups.len()
+            )));
+        }
+        let ca_pem = read(&self.path("ca.crt"))?;
+        let ca_key = KeyPair::from_pem(&read(&self.path("ca.key"))?)?;
+        let issuer = Issuer::new(ca_params()?, ca_key);
+        let server = match server_url {
+            Some(s) => s.to_string(),
+            None => {
+                let admin = self.path("admin.kubeconfig");
+                read(&admin)?
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("server: "))
+                    .map(str::to_string)
+                    .ok_or_else(|| PkiError::Pem {
+                        path: admin,
+                        detail: "names no server".into(),
+                    })?
+            }
+        };
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name.push(DnType::CommonName, user);
+        for (i, g) in groups.iter().enumerate() {
+            let ty = if i == 0 {
+                DnType::OrganizationName
+            } else {
+                DnType::CustomDnType(ORGANIZATION_OID.to_vec())
+            };
+            p.distinguished_name.push(ty, g.as_str());
+        }
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        let key = KeyPair::generate()?;
+        let cert = p.signed_by(&key, &issuer)?;
+        Ok(kubeconfig(
+            &server,
+            &ca_pem,
+            user,
+            &cert.pem(),
+            &key.serialize_pem(),
+        ))
     }
 }
 

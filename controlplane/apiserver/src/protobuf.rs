@@ -289,6 +289,9 @@ fn package(group: &str) -> Option<&'static str> {
         "autoscaling" => "io.k8s.api.autoscaling",
         "policy" => "io.k8s.api.policy",
         "scheduling.k8s.io" => "io.k8s.api.scheduling",
+        "rbac.authorization.k8s.io" => "io.k8s.api.rbac",
+        "authentication.k8s.io" => "io.k8s.api.authentication",
+        "authorization.k8s.io" => "io.k8s.api.authorization",
         "meta.k8s.io" => "io.k8s.apimachinery.pkg.apis.meta",
         _ => return None,
     })

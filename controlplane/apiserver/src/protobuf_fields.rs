@@ -564,6 +564,613 @@ pub static MESSAGES: &[(&str, &[F])] = &[
         ],
     ),
     (
+        "io.k8s.api.authentication.v1.BoundObjectReference",
+        &[
+            F {
+                tag: 1,
+                name: "kind",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "apiVersion",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 3,
+                name: "name",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 4,
+                name: "uId",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.ExtraValue",
+        &[F {
+            tag: 1,
+            name: "items",
+            ty: Ty::Str,
+            card: Card::Many,
+        }],
+    ),
+    (
+        "io.k8s.api.authentication.v1.SelfSubjectReview",
+        &[
+            F {
+                tag: 1,
+                name: "metadata",
+                ty: Ty::Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "status",
+                ty: Ty::Msg("io.k8s.api.authentication.v1.SelfSubjectReviewStatus"),
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.SelfSubjectReviewStatus",
+        &[F {
+            tag: 1,
+            name: "userInfo",
+            ty: Ty::Msg("io.k8s.api.authentication.v1.UserInfo"),
+            card: Card::One,
+        }],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenRequest",
+        &[
+            F {
+                tag: 1,
+                name: "metadata",
+                ty: Ty::Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "spec",
+                ty: Ty::Msg("io.k8s.api.authentication.v1.TokenRequestSpec"),
+                card: Card::One,
+            },
+            F {
+                tag: 3,
+                name: "status",
+                ty: Ty::Msg("io.k8s.api.authentication.v1.TokenRequestStatus"),
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenRequestSpec",
+        &[
+            F {
+                tag: 1,
+                name: "audiences",
+                ty: Ty::Str,
+                card: Card::Many,
+            },
+            F {
+                tag: 4,
+                name: "expirationSeconds",
+                ty: Ty::I64,
+                card: Card::One,
+            },
+            F {
+                tag: 3,
+                name: "boundObjectRef",
+                ty: Ty::Msg("io.k8s.api.authentication.v1.BoundObjectReference"),
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenRequestStatus",
+        &[
+            F {
+                tag: 1,
+                name: "token",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "expirationTimestamp",
+                ty: Ty::Msg("io.k8s.apimachinery.pkg.apis.meta.v1.Time"),
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenReview",
+        &[
+            F {
+                tag: 1,
+                name: "metadata",
+                ty: Ty::Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "spec",
+                ty: Ty::Msg("io.k8s.api.authentication.v1.TokenReviewSpec"),
+                card: Card::One,
+            },
+            F {
+                tag: 3,
+                name: "status",
+                ty: Ty::Msg("io.k8s.api.authentication.v1.TokenReviewStatus"),
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenReviewSpec",
+        &[
+            F {
+                tag: 1,
+                name: "token",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "audiences",
+                ty: Ty::Str,
+                card: Card::Many,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.TokenReviewStatus",
+        &[
+            F {
+                tag: 1,
+                name: "authenticated",
+                ty: Ty::Bool,
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "user",
+                ty: Ty::Msg("io.k8s.api.authentication.v1.UserInfo"),
+                card: Card::One,
+            },
+            F {
+                tag: 4,
+                name: "audiences",
+                ty: Ty::Str,
+                card: Card::Many,
+            },
+            F {
+                tag: 3,
+                name: "error",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authentication.v1.UserInfo",
+        &[
+            F {
+                tag: 1,
+                name: "username",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "uid",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 3,
+                name: "groups",
+                ty: Ty::Str,
+                card: Card::Many,
+            },
+            F {
+                tag: 4,
+                name: "extra",
+                ty: Ty::Msg("io.k8s.api.authentication.v1.ExtraValue"),
+                card: Card::Map,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.ExtraValue",
+        &[F {
+            tag: 1,
+            name: "items",
+            ty: Ty::Str,
+            card: Card::Many,
+        }],
+    ),
+    (
+        "io.k8s.api.authorization.v1.FieldSelectorAttributes",
+        &[
+            F {
+                tag: 1,
+                name: "rawSelector",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "requirements",
+                ty: Ty::Msg("io.k8s.apimachinery.pkg.apis.meta.v1.FieldSelectorRequirement"),
+                card: Card::Many,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.LabelSelectorAttributes",
+        &[
+            F {
+                tag: 1,
+                name: "rawSelector",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "requirements",
+                ty: Ty::Msg("io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelectorRequirement"),
+                card: Card::Many,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.LocalSubjectAccessReview",
+        &[
+            F {
+                tag: 1,
+                name: "metadata",
+                ty: Ty::Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "spec",
+                ty: Ty::Msg("io.k8s.api.authorization.v1.SubjectAccessReviewSpec"),
+                card: Card::One,
+            },
+            F {
+                tag: 3,
+                name: "status",
+                ty: Ty::Msg("io.k8s.api.authorization.v1.SubjectAccessReviewStatus"),
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.NonResourceAttributes",
+        &[
+            F {
+                tag: 1,
+                name: "path",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "verb",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.NonResourceRule",
+        &[
+            F {
+                tag: 1,
+                name: "verbs",
+                ty: Ty::Str,
+                card: Card::Many,
+            },
+            F {
+                tag: 2,
+                name: "nonResourceURLs",
+                ty: Ty::Str,
+                card: Card::Many,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.ResourceAttributes",
+        &[
+            F {
+                tag: 1,
+                name: "namespace",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "verb",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 3,
+                name: "group",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 4,
+                name: "version",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 5,
+                name: "resource",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 6,
+                name: "subresource",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 7,
+                name: "name",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 8,
+                name: "fieldSelector",
+                ty: Ty::Msg("io.k8s.api.authorization.v1.FieldSelectorAttributes"),
+                card: Card::One,
+            },
+            F {
+                tag: 9,
+                name: "labelSelector",
+                ty: Ty::Msg("io.k8s.api.authorization.v1.LabelSelectorAttributes"),
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.ResourceRule",
+        &[
+            F {
+                tag: 1,
+                name: "verbs",
+                ty: Ty::Str,
+                card: Card::Many,
+            },
+            F {
+                tag: 2,
+                name: "apiGroups",
+                ty: Ty::Str,
+                card: Card::Many,
+            },
+            F {
+                tag: 3,
+                name: "resources",
+                ty: Ty::Str,
+                card: Card::Many,
+            },
+            F {
+                tag: 4,
+                name: "resourceNames",
+                ty: Ty::Str,
+                card: Card::Many,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.SelfSubjectAccessReview",
+        &[
+            F {
+                tag: 1,
+                name: "metadata",
+                ty: Ty::Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "spec",
+                ty: Ty::Msg("io.k8s.api.authorization.v1.SelfSubjectAccessReviewSpec"),
+                card: Card::One,
+            },
+            F {
+                tag: 3,
+                name: "status",
+                ty: Ty::Msg("io.k8s.api.authorization.v1.SubjectAccessReviewStatus"),
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.SelfSubjectAccessReviewSpec",
+        &[
+            F {
+                tag: 1,
+                name: "resourceAttributes",
+                ty: Ty::Msg("io.k8s.api.authorization.v1.ResourceAttributes"),
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "nonResourceAttributes",
+                ty: Ty::Msg("io.k8s.api.authorization.v1.NonResourceAttributes"),
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.SelfSubjectRulesReview",
+        &[
+            F {
+                tag: 1,
+                name: "metadata",
+                ty: Ty::Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "spec",
+                ty: Ty::Msg("io.k8s.api.authorization.v1.SelfSubjectRulesReviewSpec"),
+                card: Card::One,
+            },
+            F {
+                tag: 3,
+                name: "status",
+                ty: Ty::Msg("io.k8s.api.authorization.v1.SubjectRulesReviewStatus"),
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.SelfSubjectRulesReviewSpec",
+        &[F {
+            tag: 1,
+            name: "namespace",
+            ty: Ty::Str,
+            card: Card::One,
+        }],
+    ),
+    (
+        "io.k8s.api.authorization.v1.SubjectAccessReview",
+        &[
+            F {
+                tag: 1,
+                name: "metadata",
+                ty: Ty::Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "spec",
+                ty: Ty::Msg("io.k8s.api.authorization.v1.SubjectAccessReviewSpec"),
+                card: Card::One,
+            },
+            F {
+                tag: 3,
+                name: "status",
+                ty: Ty::Msg("io.k8s.api.authorization.v1.SubjectAccessReviewStatus"),
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.SubjectAccessReviewSpec",
+        &[
+            F {
+                tag: 1,
+                name: "resourceAttributes",
+                ty: Ty::Msg("io.k8s.api.authorization.v1.ResourceAttributes"),
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "nonResourceAttributes",
+                ty: Ty::Msg("io.k8s.api.authorization.v1.NonResourceAttributes"),
+                card: Card::One,
+            },
+            F {
+                tag: 3,
+                name: "user",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 4,
+                name: "groups",
+                ty: Ty::Str,
+                card: Card::Many,
+            },
+            F {
+                tag: 5,
+                name: "extra",
+                ty: Ty::Msg("io.k8s.api.authorization.v1.ExtraValue"),
+                card: Card::Map,
+            },
+            F {
+                tag: 6,
+                name: "uid",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.SubjectAccessReviewStatus",
+        &[
+            F {
+                tag: 1,
+                name: "allowed",
+                ty: Ty::Bool,
+                card: Card::One,
+            },
+            F {
+                tag: 4,
+                name: "denied",
+                ty: Ty::Bool,
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "reason",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 3,
+                name: "evaluationError",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.authorization.v1.SubjectRulesReviewStatus",
+        &[
+            F {
+                tag: 1,
+                name: "resourceRules",
+                ty: Ty::Msg("io.k8s.api.authorization.v1.ResourceRule"),
+                card: Card::Many,
+            },
+            F {
+                tag: 2,
+                name: "nonResourceRules",
+                ty: Ty::Msg("io.k8s.api.authorization.v1.NonResourceRule"),
+                card: Card::Many,
+            },
+            F {
+                tag: 3,
+                name: "incomplete",
+                ty: Ty::Bool,
+                card: Card::One,
+            },
+            F {
+                tag: 4,
+                name: "evaluationError",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+        ],
+    ),
+    (
         "io.k8s.api.autoscaling.v1.Scale",
         &[
             F {
@@ -6579,6 +7186,188 @@ pub static MESSAGES: &[(&str, &[F])] = &[
         ],
     ),
     (
+        "io.k8s.api.rbac.v1.AggregationRule",
+        &[F {
+            tag: 1,
+            name: "clusterRoleSelectors",
+            ty: Ty::Msg("io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector"),
+            card: Card::Many,
+        }],
+    ),
+    (
+        "io.k8s.api.rbac.v1.ClusterRole",
+        &[
+            F {
+                tag: 1,
+                name: "metadata",
+                ty: Ty::Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "rules",
+                ty: Ty::Msg("io.k8s.api.rbac.v1.PolicyRule"),
+                card: Card::Many,
+            },
+            F {
+                tag: 3,
+                name: "aggregationRule",
+                ty: Ty::Msg("io.k8s.api.rbac.v1.AggregationRule"),
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.rbac.v1.ClusterRoleBinding",
+        &[
+            F {
+                tag: 1,
+                name: "metadata",
+                ty: Ty::Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "subjects",
+                ty: Ty::Msg("io.k8s.api.rbac.v1.Subject"),
+                card: Card::Many,
+            },
+            F {
+                tag: 3,
+                name: "roleRef",
+                ty: Ty::Msg("io.k8s.api.rbac.v1.RoleRef"),
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.rbac.v1.PolicyRule",
+        &[
+            F {
+                tag: 1,
+                name: "verbs",
+                ty: Ty::Str,
+                card: Card::Many,
+            },
+            F {
+                tag: 2,
+                name: "apiGroups",
+                ty: Ty::Str,
+                card: Card::Many,
+            },
+            F {
+                tag: 3,
+                name: "resources",
+                ty: Ty::Str,
+                card: Card::Many,
+            },
+            F {
+                tag: 4,
+                name: "resourceNames",
+                ty: Ty::Str,
+                card: Card::Many,
+            },
+            F {
+                tag: 5,
+                name: "nonResourceURLs",
+                ty: Ty::Str,
+                card: Card::Many,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.rbac.v1.Role",
+        &[
+            F {
+                tag: 1,
+                name: "metadata",
+                ty: Ty::Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "rules",
+                ty: Ty::Msg("io.k8s.api.rbac.v1.PolicyRule"),
+                card: Card::Many,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.rbac.v1.RoleBinding",
+        &[
+            F {
+                tag: 1,
+                name: "metadata",
+                ty: Ty::Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "subjects",
+                ty: Ty::Msg("io.k8s.api.rbac.v1.Subject"),
+                card: Card::Many,
+            },
+            F {
+                tag: 3,
+                name: "roleRef",
+                ty: Ty::Msg("io.k8s.api.rbac.v1.RoleRef"),
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.rbac.v1.RoleRef",
+        &[
+            F {
+                tag: 1,
+                name: "apiGroup",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "kind",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 3,
+                name: "name",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.rbac.v1.Subject",
+        &[
+            F {
+                tag: 1,
+                name: "kind",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "apiGroup",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 3,
+                name: "name",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 4,
+                name: "namespace",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+        ],
+    ),
+    (
         "io.k8s.api.scheduling.v1.PriorityClass",
         &[
             F {
@@ -6692,6 +7481,29 @@ pub static MESSAGES: &[(&str, &[F])] = &[
                 name: "ignoreStoreReadErrorWithClusterBreakingPotential",
                 ty: Ty::Bool,
                 card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.FieldSelectorRequirement",
+        &[
+            F {
+                tag: 1,
+                name: "key",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "operator",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 3,
+                name: "values",
+                ty: Ty::Str,
+                card: Card::Many,
             },
         ],
     ),

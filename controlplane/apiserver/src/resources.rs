@@ -2,7 +2,10 @@
 //! subresources, storage key, its strategy (the resources themselves are in `registry/`) — and
 //! the k8s-openapi type each one is (de)serialised through.
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, events, scheduling};
+use k8s_openapi::api::{
+    apps, authentication, authorization, batch, coordination, core, discovery, events, rbac,
+    scheduling,
+};
 use k8s_openapi::schemars::SchemaGenerator;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -152,6 +155,17 @@ typed! {
     "io.k8s.api.scheduling.v1.PriorityClass" => scheduling::v1::PriorityClass,
     "io.k8s.api.autoscaling.v1.Scale" => k8s_openapi::api::autoscaling::v1::Scale,
     "io.k8s.api.policy.v1.Eviction" => k8s_openapi::api::policy::v1::Eviction,
+    "io.k8s.api.rbac.v1.Role" => rbac::v1::Role,
+    "io.k8s.api.rbac.v1.ClusterRole" => rbac::v1::ClusterRole,
+    "io.k8s.api.rbac.v1.RoleBinding" => rbac::v1::RoleBinding,
+    "io.k8s.api.rbac.v1.ClusterRoleBinding" => rbac::v1::ClusterRoleBinding,
+    "io.k8s.api.authentication.v1.TokenReview" => authentication::v1::TokenReview,
+    "io.k8s.api.authentication.v1.SelfSubjectReview" => authentication::v1::SelfSubjectReview,
+    "io.k8s.api.authentication.v1.TokenRequest" => authentication::v1::TokenRequest,
+    "io.k8s.api.authorization.v1.SubjectAccessReview" => authorization::v1::SubjectAccessReview,
+    "io.k8s.api.authorization.v1.SelfSubjectAccessReview" => authorization::v1::SelfSubjectAccessReview,
+    "io.k8s.api.authorization.v1.LocalSubjectAccessReview" => authorization::v1::LocalSubjectAccessReview,
+    "io.k8s.api.authorization.v1.SelfSubjectRulesReview" => authorization::v1::SelfSubjectRulesReview,
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! `skiff server`: PKI, the store, the HTTPS listener (rustls with the ring provider, h2 and
-//! HTTP/1.1 by ALPN), client-certificate authentication, routing, bootstrap objects and
-//! periodic compaction.
+//! HTTP/1.1 by ALPN), authentication and authorization of every request (`auth`), routing,
+//! bootstrap objects and periodic compaction.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::alloc::NetworkConfig;
+use crate::auth::authn::{self, Identity};
+use crate::auth::{self, Attributes, UserInfo};
 use crate::handlers::{FieldValidation, WriteOptions, parse_target};
 use crate::limits::{self, Limits, RequestBounds};
 use crate::pki::{Pki, PkiError};
@@ -71,13 +73,13 @@ fn json_response(v: &Value, content_type: &'static str) -> Response {
     r
 }
 
-/// Routes one request. `authenticated` is whether the TLS client presented a certificate
-/// signed by the cluster CA; `user` is who the request counts against in the in-flight limits.
+/// Routes one request. `certificate_user` is the user the TLS client's certificate (signed by
+/// the cluster CA) names, if it presented one. The request is authenticated first, then admitted
+/// into the in-flight limits as its user's (the fair share is per user), then served.
 pub async fn route(
     app: Arc<ApiServer>,
     server_address: Arc<String>,
-    authenticated: bool,
-    user: Arc<String>,
+    certificate_user: Option<Arc<UserInfo>>,
     bounds: Arc<RequestBounds>,
     req: Request<hyper::body::Incoming>,
 ) -> Response {
@@ -85,17 +87,16 @@ pub async fn route(
     let path = parts.uri.path().to_string();
     let method = parts.method.clone();
     let started = std::time::Instant::now();
+    let user = match authn::authenticate(&app, certificate_user.as_deref(), &parts.headers).await {
+        Identity::User(u) => Arc::new(u),
+        Identity::Anonymous => Arc::new(UserInfo::anonymous()),
+        Identity::Invalid => return ApiError::unauthorized().into_response(),
+    };
     let query = parse_query(parts.uri.query());
-    let resp = match bounds.admit(&method, &path, &query, &user).await {
+    let resp = match bounds.admit(&method, &path, &query, &user.name).await {
         Ok(admitted) => {
             admitted
-                .run(route_inner(
-                    &app,
-                    &server_address,
-                    authenticated,
-                    parts,
-                    body,
-                ))
+                .run(route_inner(&app, &server_address, user, parts, body))
                 .await
         }
         Err(e) => e.into_response(),
@@ -107,7 +108,7 @@ pub async fn route(
 async fn route_inner(
     app: &Arc<ApiServer>,
     server_address: &str,
-    authenticated: bool,
+    user: Arc<UserInfo>,
     parts: axum::http::request::Parts,
     body: hyper::body::Incoming,
 ) -> Response {
@@ -117,8 +118,19 @@ async fn route_inner(
         "/version" => return json_response(&discovery::version(), "application/json"),
         _ => {}
     }
-    if !authenticated {
-        return ApiError::unauthorized().into_response();
+    let query = parse_query(parts.uri.query());
+    let target = parse_target(path);
+    let attributes = match &target {
+        Some(Ok(t)) => Attributes::resource(&parts.method, t, &query),
+        _ => Attributes::non_resource(&parts.method, path),
+    };
+    if !app.rbac.policy().authorize(&user, &attributes).allowed {
+        // Anonymous requests are refused as unauthenticated, not as forbidden.
+        return if user.is_anonymous() {
+            ApiError::unauthorized().into_response()
+        } else {
+            auth::forbidden(&user, &attributes, "").into_response()
+        };
     }
     let accept = parts
         .headers
@@ -167,6 +179,15 @@ async fn route_inner(
                 None => ApiError::not_found_path().into_response(),
             };
         }
+        (true, [".well-known", "openid-configuration"] | ["openid", "v1", "jwks"]) => {
+            return match app.tokens.get() {
+                Some(t) if segs[0] == "openid" => {
+                    json_response(&t.jwks(), "application/jwk-set+json")
+                }
+                Some(t) => json_response(&t.openid_configuration(), "application/json"),
+                None => ApiError::not_found_path().into_response(),
+            };
+        }
         (true, ["openapi", "v3"]) => {
             return json_response(&app.openapi.index(), "application/json");
         }
@@ -185,18 +206,25 @@ async fn route_inner(
         }
         _ => {}
     }
-    let target = match parse_target(path) {
+    let target = match target {
         Some(Ok(t)) => t,
         Some(Err(e)) => return e.into_response(),
         None => return ApiError::not_found_path().into_response(),
     };
-    let query = parse_query(parts.uri.query());
     let bytes = match limits::read_body(&parts.headers, Body::new(body)).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    app.serve_resource(target, parts.method, query, parts.headers, bytes)
-        .await
+    if let Some(resp) =
+        auth::reviews::serve(app, &user, &target, &parts.method, &parts.headers, &bytes).await
+    {
+        return resp;
+    }
+    auth::as_user(
+        user,
+        app.serve_resource(target, parts.method, query, parts.headers, bytes),
+    )
+    .await
 }
 
 /// The namespaces, system PriorityClasses and the `kubernetes` and `kube-dns` Services every
@@ -330,7 +358,20 @@ pub async fn run(
         None => Arc::new(EmbeddedStore::open(&cfg.data_dir.join("store.redb"))?),
     };
     let app = ApiServer::new(store.clone(), network, cfg.bookmark_interval);
+    if app
+        .tokens
+        .set(auth::tokens::TokenIssuer::load_or_create(
+            &cfg.data_dir,
+            &server_url,
+        )?)
+        .is_err()
+    {
+        unreachable!("the issuer is set once, here");
+    }
     bootstrap(&app, local).await?;
+    auth::policy::reconcile(&app).await?;
+    auth::rbac::Rbac::start(app.clone()).await?;
+    auth::service_accounts::start(app.clone(), material.ca_pem.clone()).await?;
     spawn_compactor(store, cfg.compaction_interval);
     let server_address = Arc::new(format!("{host}:{}", local.port()));
     let bounds = Arc::new(RequestBounds::new(cfg.limits.clone()));
@@ -366,21 +407,25 @@ pub async fn run(
                     return;
                 }
             };
-            let peer_certs = stream.get_ref().1.peer_certificates();
-            let authenticated = peer_certs.is_some_and(|c| !c.is_empty());
-            let user = Arc::new(limits::user_of_certificate(
-                peer_certs.and_then(|c| c.first()).map(|c| c.as_ref()),
-            ));
+            let certificate_user = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| authn::from_certificate(c))
+                .map(Arc::new);
             let header_timeout = bounds.limits().request_header_timeout;
             let first_request = Arc::new(tokio::sync::Notify::new());
             let seen = first_request.clone();
             let service = hyper::service::service_fn(move |req| {
                 seen.notify_one();
-                let (app, addr, user, bounds) =
-                    (app.clone(), addr.clone(), user.clone(), bounds.clone());
-                async move {
-                    Ok::<_, Infallible>(route(app, addr, authenticated, user, bounds, req).await)
-                }
+                let (app, addr, user, bounds) = (
+                    app.clone(),
+                    addr.clone(),
+                    certificate_user.clone(),
+                    bounds.clone(),
+                );
+                async move { Ok::<_, Infallible>(route(app, addr, user, bounds, req).await) }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder

@@ -69,6 +69,13 @@ pub enum NameRule {
     Dns1123Subdomain,
     Dns1123Label,
     Dns1035Label,
+    /// Any name usable as one path segment (RBAC objects: `system:discovery`).
+    PathSegment,
+}
+
+/// kube's `ValidatePathSegmentName`.
+fn is_path_segment(s: &str) -> bool {
+    s != "." && s != ".." && !s.contains('/') && !s.contains('%')
 }
 
 impl NameRule {
@@ -77,6 +84,10 @@ impl NameRule {
             NameRule::Dns1123Label => (is_dns1123_label, DNS1123_LABEL_MSG),
             NameRule::Dns1035Label => (is_dns1035_label, DNS1035_LABEL_MSG),
             NameRule::Dns1123Subdomain => (is_dns1123_subdomain, DNS1123_SUBDOMAIN_MSG),
+            NameRule::PathSegment => (
+                is_path_segment,
+                "may not be '.' or '..' and may not contain '/' or '%'",
+            ),
         }
     }
 }

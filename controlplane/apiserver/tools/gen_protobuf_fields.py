@@ -26,6 +26,14 @@ ROOTS = [
     "io.k8s.api.discovery.v1.EndpointSlice", "io.k8s.api.events.v1.Event",
     "io.k8s.api.autoscaling.v1.Scale", "io.k8s.api.policy.v1.Eviction",
     "io.k8s.api.scheduling.v1.PriorityClass",
+    "io.k8s.api.rbac.v1.Role", "io.k8s.api.rbac.v1.ClusterRole", "io.k8s.api.rbac.v1.RoleBinding",
+    "io.k8s.api.rbac.v1.ClusterRoleBinding",
+    "io.k8s.api.authentication.v1.TokenReview", "io.k8s.api.authentication.v1.SelfSubjectReview",
+    "io.k8s.api.authentication.v1.TokenRequest",
+    "io.k8s.api.authorization.v1.SubjectAccessReview",
+    "io.k8s.api.authorization.v1.SelfSubjectAccessReview",
+    "io.k8s.api.authorization.v1.LocalSubjectAccessReview",
+    "io.k8s.api.authorization.v1.SelfSubjectRulesReview",
     "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions",
 ]
 SPECIAL = {

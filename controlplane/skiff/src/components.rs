@@ -1,5 +1,5 @@
 //! Starting the scheduler and the controllers: inside `skiff server`, waiting for the listener to
-//! serve before they start with the admin credentials it wrote. Each component restarts after an
+//! serve before they start with the credentials it wrote for them. Each component restarts after an
 //! error so that a watch failing for good does not leave the cluster without it.
 
 use std::time::Duration;

@@ -12,8 +12,10 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod components;
 mod up;
+mod token;
 
 use components::Components;
+use skiff_apiserver::pki;
 use skiff_apiserver::server::{self, ServerConfig};
 use skiff_controllers::{
     self as controllers, Selection, nodeipam::ClusterCidr, nodelifecycle::LifecycleConfig,
@@ -84,6 +86,30 @@ enum Command {
         #[command(flatten)]
         settings: ControllerFlags,
     },
+    /// Issue a kubeconfig for a user: a client certificate (CN = the user, O = each group)
+    /// signed by the cluster CA in the server's data directory.
+    Kubeconfig {
+        /// The server's data directory (where ca.crt and ca.key are).
+        #[arg(long, default_value = "/var/lib/skiff/server")]
+        data_dir: PathBuf,
+        /// The user name.
+        #[arg(long)]
+        user: String,
+        /// A group of the user (at most two).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// The API server's URL (default: the one admin.kubeconfig names).
+        #[arg(long)]
+        server: Option<String>,
+        /// Write the kubeconfig here (mode 0600) instead of printing it.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Bootstrap tokens for joining nodes.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Measure an API server (started on a loopback port in a scratch directory) through a
     /// Kubernetes client and print a table.
     Bench {
@@ -96,10 +122,14 @@ enum Command {
         /// Concurrent clients for create and get.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
-        /// What to measure: the API server (`api`) or scheduling throughput (`scheduling`,
-        /// scheduler_perf's SchedulingBasic shape).
+        /// What to measure: the API server (`api`), RBAC's cost over `--bindings` RoleBindings
+        /// (`rbac`) or scheduling throughput (`scheduling`, scheduler_perf's SchedulingBasic
+        /// shape).
         #[arg(long, value_enum, default_value = "api")]
         mode: BenchMode,
+        /// RBAC: RoleBindings of other users in the namespace.
+        #[arg(long, default_value_t = 1000)]
+        bindings: usize,
         /// Scheduling: simulated nodes.
         #[arg(long, default_value_t = 5000)]
         nodes: usize,
@@ -152,6 +182,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     skiff_apiserver::limits::parse_go_duration(s)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("{s}: expected a positive duration such as 10s or 1m"))
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a bootstrap token (a `kube-system/bootstrap-token-<id>` Secret) and print it.
+    Create {
+        /// The server's data directory (its admin.kubeconfig is used).
+        #[arg(long, default_value = "/var/lib/skiff/server")]
+        data_dir: PathBuf,
+        /// How long the token is valid: `90s`, `30m`, `24h`, `7d`.
+        #[arg(long, default_value = "24h", value_parser = token::parse_ttl)]
+        ttl: Duration,
+    },
 }
 
 /// Settings of the controllers.
@@ -232,6 +275,7 @@ impl EtcdFlags {
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum BenchMode {
     Api,
+    Rbac,
     Scheduling,
 }
 
@@ -263,7 +307,8 @@ fn main() -> anyhow::Result<()> {
                 controllers: !disable_controllers,
                 settings: settings.config(),
             };
-            let kubeconfig = data_dir.join("admin.kubeconfig");
+            let scheduler_kubeconfig = data_dir.join(pki::SCHEDULER_KUBECONFIG.0);
+            let controllers_kubeconfig = data_dir.join(pki::CONTROLLER_MANAGER_KUBECONFIG.0);
             let cfg = ServerConfig {
                 data_dir,
                 listen,
@@ -274,10 +319,25 @@ fn main() -> anyhow::Result<()> {
                 limits: limits.limits(),
             };
             rt.block_on(async {
-                if which.scheduler || which.controllers {
+                // Each component as its own user, with its bootstrap role.
+                if which.scheduler {
                     tokio::spawn(async move {
-                        let client = skiff_client::wait_for_api(&kubeconfig).await;
-                        components::run(client, which).await;
+                        let client = skiff_client::wait_for_api(&scheduler_kubeconfig).await;
+                        let only = Components {
+                            controllers: false,
+                            ..which
+                        };
+                        components::run(client, only).await;
+                    });
+                }
+                if which.controllers {
+                    tokio::spawn(async move {
+                        let client = skiff_client::wait_for_api(&controllers_kubeconfig).await;
+                        let only = Components {
+                            scheduler: false,
+                            ..which
+                        };
+                        components::run(client, only).await;
                     });
                 }
                 server::run(cfg, shutdown_signal()).await
@@ -317,6 +377,31 @@ fn main() -> anyhow::Result<()> {
             })
             .context("skiff controllers")?;
         }
+        Command::Kubeconfig {
+            data_dir,
+            user,
+            groups,
+            server,
+            output,
+        } => {
+            let kubeconfig = pki::Pki::new(&data_dir)
+                .user_kubeconfig(&user, &groups, server.as_deref())
+                .with_context(|| format!("issuing a kubeconfig from {}", data_dir.display()))?;
+            match output {
+                Some(path) => pki::write(&path, kubeconfig.as_bytes(), true)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{kubeconfig}"),
+            }
+        }
+        Command::Token {
+            command: TokenCommand::Create { data_dir, ttl },
+        } => {
+            let kubeconfig = data_dir.join("admin.kubeconfig");
+            let token = rt
+                .block_on(token::create(&kubeconfig, ttl))
+                .context("skiff token create")?;
+            println!("{token}");
+        }
         Command::Bench {
             concurrency,
             mode: BenchMode::Scheduling,
@@ -335,6 +420,24 @@ fn main() -> anyhow::Result<()> {
                 .block_on(bench::scheduling::run(&cfg))
                 .context("skiff bench --mode scheduling")?;
             print!("{}", bench::scheduling::render(&result));
+        }
+        Command::Bench {
+            sizes,
+            concurrency,
+            bindings,
+            mode: BenchMode::Rbac,
+            ..
+        } => {
+            let cfg = bench::rbac::RbacBenchConfig {
+                bindings,
+                objects: sizes.first().copied().unwrap_or(1000).max(1),
+                concurrency: concurrency.max(1),
+                rounds: 3,
+            };
+            let rows = rt
+                .block_on(bench::rbac::run(&cfg))
+                .context("skiff bench --mode rbac")?;
+            print!("{}", bench::api::render(&rows));
         }
         Command::Bench {
             sizes,

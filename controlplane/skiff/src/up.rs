@@ -132,6 +132,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             service_cidr: args.service_cidr.to_string(),
             compaction_interval: Duration::from_secs(300),
             bookmark_interval: Duration::from_secs(60),
+            etcd: None,
+            limits: Default::default(),
         },
         async move {
             let _ = server_stopped.await;

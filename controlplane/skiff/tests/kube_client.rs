@@ -32,13 +32,19 @@ async fn metadata_lists_watches_and_pages() {
         };
         api.create(&PostParams::default(), &cm).await.unwrap();
     }
-    let meta = api.list_metadata(&ListParams::default()).await.unwrap();
+    // Only the test's own: the namespace also holds kube-root-ca.crt.
+    let mine = ListParams::default().labels("i");
+    let meta = api.list_metadata(&mine).await.unwrap();
     assert_eq!(meta.items.len(), 5);
     assert_eq!(meta.items[0].metadata.name.as_deref(), Some("m0"));
-    let page = api.list(&ListParams::default().limit(2)).await.unwrap();
+    let page = api.list(&mine.clone().limit(2)).await.unwrap();
     assert_eq!(page.items.len(), 2);
     let rest = api
-        .list(&ListParams::default().continue_token(page.metadata.continue_.as_deref().unwrap()))
+        .list(
+            &mine
+                .clone()
+                .continue_token(page.metadata.continue_.as_deref().unwrap()),
+        )
         .await
         .unwrap();
     assert_eq!(rest.items.len(), 3);

@@ -373,6 +373,8 @@ fn watch_sees_changes() {
             "configmaps",
             "-n",
             "default",
+            // Only the test's own (the namespace also holds kube-root-ca.crt).
+            "--field-selector=metadata.name=w1",
             "--watch",
             "--output-watch-events",
             "-o",

@@ -6,6 +6,8 @@
 //! propagation) and its Table columns (kube-apiserver's `TableConvertor`). The generic handlers ask the strategy and never branch on a kind. A new
 //! resource is one module here and one line in [`RESOURCES`].
 
+pub mod clusterrolebindings;
+pub mod clusterroles;
 pub mod configmaps;
 pub mod controllerrevisions;
 pub mod daemonsets;
@@ -20,7 +22,11 @@ pub mod namespaces;
 pub mod nodes;
 pub mod pods;
 pub mod priorityclasses;
+mod rbac_common;
 pub mod replicasets;
+pub mod reviews;
+pub mod rolebindings;
+pub mod roles;
 pub mod secrets;
 pub mod serviceaccounts;
 pub mod services;
@@ -137,6 +143,11 @@ pub trait Strategy: Sync {
         None
     }
 
+    /// The verbs it is served with (discovery).
+    fn verbs(&self) -> &'static [&'static str] {
+        crate::resources::STANDARD_VERBS
+    }
+
     /// The columns of its Table (`kubectl get`; priority 1 only with `-o wide`).
     fn columns(&self) -> Vec<Column> {
         vec![NAME, AGE]
@@ -168,6 +179,16 @@ pub static RESOURCES: &[&ResourceInfo] = &[
     &endpointslices::RESOURCE,
     &priorityclasses::RESOURCE,
     &events_k8s_io::RESOURCE,
+    &roles::RESOURCE,
+    &clusterroles::RESOURCE,
+    &rolebindings::RESOURCE,
+    &clusterrolebindings::RESOURCE,
+    &reviews::TOKEN_REVIEWS,
+    &reviews::SELF_SUBJECT_REVIEWS,
+    &reviews::SUBJECT_ACCESS_REVIEWS,
+    &reviews::SELF_SUBJECT_ACCESS_REVIEWS,
+    &reviews::LOCAL_SUBJECT_ACCESS_REVIEWS,
+    &reviews::SELF_SUBJECT_RULES_REVIEWS,
 ];
 
 /// What the resource modules share.

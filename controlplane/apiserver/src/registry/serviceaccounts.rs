@@ -1,4 +1,5 @@
-//! ServiceAccount (`v1`, `serviceaccounts`).
+//! ServiceAccount (`v1`, `serviceaccounts`); its `token` subresource (TokenRequest) is served
+//! by `auth::reviews`.
 
 use super::prelude::*;
 
@@ -11,7 +12,7 @@ pub static RESOURCE: ResourceInfo = ResourceInfo {
     namespaced: true,
     short_names: &["sa"],
     categories: &[],
-    subresources: &[],
+    subresources: &["token"],
     storage: "serviceaccounts",
     schema: "io.k8s.api.core.v1.ServiceAccount",
     strategy: &ServiceAccountStrategy,

@@ -56,7 +56,7 @@ pub struct Row {
     pub p99: Duration,
 }
 
-fn row(operation: String, mut lat: Vec<Duration>, wall: Duration) -> Row {
+pub(crate) fn row(operation: String, mut lat: Vec<Duration>, wall: Duration) -> Row {
     lat.sort();
     let pick = |q: f64| {
         lat.get(((lat.len() as f64 * q).ceil() as usize).saturating_sub(1))
@@ -95,7 +95,7 @@ pub fn render(rows: &[Row]) -> String {
     out
 }
 
-fn configmap(name: String) -> ConfigMap {
+pub(crate) fn configmap(name: String) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(name),
@@ -107,7 +107,7 @@ fn configmap(name: String) -> ConfigMap {
     }
 }
 
-async fn concurrently<F, Fut>(
+pub(crate) async fn concurrently<F, Fut>(
     n: usize,
     concurrency: usize,
     op: F,
@@ -142,7 +142,7 @@ where
     Ok((all, start.elapsed()))
 }
 
-async fn namespace(client: &Client, name: &str) -> Result<(), BenchError> {
+pub(crate) async fn namespace(client: &Client, name: &str) -> Result<(), BenchError> {
     let ns = Namespace {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
@@ -276,6 +276,22 @@ pub async fn measure(client: Client, cfg: &BenchConfig) -> Result<Vec<Row>, Benc
 
 /// Starts a server in a scratch directory, measures it, stops it, and removes the directory.
 pub async fn run(cfg: &BenchConfig) -> Result<Vec<Row>, BenchError> {
+    let cfg = cfg.clone();
+    let etcd = cfg.etcd.clone();
+    with_server(etcd, move |client, _| async move { measure(client, &cfg).await }).await
+}
+
+/// Starts a server in a scratch directory (its objects in `etcd` under a prefix of their own,
+/// or in the embedded store), runs `f` with an administrator's client and the data directory,
+/// stops the server, and removes the directory.
+pub(crate) async fn with_server<F, Fut>(
+    etcd: Option<server::EtcdConfig>,
+    f: F,
+) -> Result<Vec<Row>, BenchError>
+where
+    F: FnOnce(Client, PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Row>, BenchError>>,
+{
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -288,7 +304,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Row>, BenchError> {
         listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         service_cidr: "10.96.0.0/12".into(),
         compaction_interval: Duration::from_secs(300),
-        etcd: cfg.etcd.clone().map(|mut e| {
+        etcd: etcd.map(|mut e| {
             e.prefix = format!("/skiff-bench-{stamp}");
             e
         }),
@@ -306,7 +322,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<Vec<Row>, BenchError> {
     )
     .await
     .map_err(|_| BenchError::Setup("the server did not start".into()))?;
-    let result = measure(client, cfg).await;
+    let result = f(client, dir.clone()).await;
     let _ = stop_tx.send(());
     let _ = server.await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,0 +1,565 @@
+//! Who may do what, driven by kubectl 1.32 acting as several users: client certificates issued
+//! by `skiff kubeconfig`, RBAC with the bootstrap roles, escalation prevention, the review APIs
+//! (`auth whoami`, `auth can-i`, `--list`), service-account tokens and anonymous requests.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::{Server, path_str};
+
+/// Issues a kubeconfig for `user` in `groups` with `skiff kubeconfig`.
+fn user_kubeconfig(s: &Server, user: &str, groups: &[&str]) -> PathBuf {
+    let path = s.dir.path().join(format!("{user}.kubeconfig"));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"));
+    cmd.args(["kubeconfig", "--data-dir", path_str(&s.data_dir())])
+        .args(["--user", user, "--output", path_str(&path)]);
+    for g in groups {
+        cmd.args(["--group", g]);
+    }
+    let out = cmd.output().expect("running skiff kubeconfig");
+    assert!(
+        out.status.success(),
+        "skiff kubeconfig: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
+/// kubectl with the credentials in `kubeconfig`.
+fn as_user(s: &Server, kubeconfig: &Path, args: &[&str]) -> Output {
+    let mut full = vec!["--kubeconfig", path_str(kubeconfig)];
+    full.extend_from_slice(args);
+    s.kubectl_output(&full)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Retries `f` until it holds: the authorizer reads bindings from a watch, a moment after
+/// they are written.
+fn eventually(what: &str, mut f: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match f() {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn can_i(s: &Server, kc: &Path, args: &[&str]) -> String {
+    let mut full = vec!["auth", "can-i"];
+    full.extend_from_slice(args);
+    stdout(&as_user(s, kc, &full)).trim().to_string()
+}
+
+#[test]
+fn a_view_user_lists_but_cannot_delete_and_an_edit_binding_widens_it() {
+    let s = Server::start();
+    let alice = user_kubeconfig(&s, "alice", &["dev", "ops"]);
+    let who = stdout(&as_user(&s, &alice, &["auth", "whoami"]));
+    assert!(who.contains("alice"), "{who}");
+    assert!(
+        who.contains("[dev ops system:authenticated]"),
+        "whoami: {who}"
+    );
+    // The admin kubeconfig keeps working, as a member of system:masters.
+    let admin = s.kubectl(&["auth", "whoami"]);
+    assert!(admin.contains("system:masters"), "{admin}");
+
+    // No binding yet: discovery and the self reviews only.
+    let out = as_user(&s, &alice, &["get", "pods"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("pods is forbidden: User \"alice\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(can_i(&s, &alice, &["list", "pods"]), "no");
+
+    s.kubectl(&["run", "web", "--image=busybox"]);
+    s.kubectl(&[
+        "create",
+        "rolebinding",
+        "alice-view",
+        "--clusterrole=view",
+        "--user=alice",
+    ]);
+    eventually("alice may list pods", || {
+        let out = as_user(&s, &alice, &["get", "pods", "-o", "name"]);
+        if out.status.success() && stdout(&out).contains("pod/web") {
+            Ok(())
+        } else {
+            Err(stderr(&out))
+        }
+    });
+    assert_eq!(can_i(&s, &alice, &["list", "pods"]), "yes");
+    assert_eq!(
+        can_i(&s, &alice, &["list", "pods", "-n", "kube-system"]),
+        "no"
+    );
+    assert_eq!(can_i(&s, &alice, &["get", "secrets"]), "no");
+    let out = as_user(&s, &alice, &["delete", "pod", "web"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out).trim(),
+        "Error from server (Forbidden): pods \"web\" is forbidden: User \"alice\" cannot delete resource \"pods\" in API group \"\" in the namespace \"default\""
+    );
+    // `--list` shows why: the view rules through the binding.
+    let list = stdout(&as_user(&s, &alice, &["auth", "can-i", "--list"]));
+    let pods = list
+        .lines()
+        .find(|l| l.starts_with("pods "))
+        .unwrap_or_else(|| panic!("no pods row in:\n{list}"));
+    assert!(pods.contains("[get list watch]"), "{pods}");
+    assert!(list.contains("selfsubjectaccessreviews.authorization.k8s.io"));
+
+    // A group binding to edit widens it.
+    s.kubectl(&[
+        "create",
+        "rolebinding",
+        "ops-edit",
+        "--clusterrole=edit",
+        "--group=ops",
+    ]);
+    eventually("alice may delete pods", || {
+        match can_i(&s, &alice, &["delete", "pods"]).as_str() {
+            "yes" => Ok(()),
+            other => Err(other.to_string()),
+        }
+    });
+    let out = as_user(&s, &alice, &["delete", "pod", "web", "--wait=false"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Still nothing cluster-wide.
+    assert_eq!(can_i(&s, &alice, &["list", "nodes"]), "no");
+}
+
+#[test]
+fn nobody_grants_what_they_do_not_hold() {
+    let s = Server::start();
+    let bob = user_kubeconfig(&s, "bob", &[]);
+    s.kubectl(&[
+        "create",
+        "rolebinding",
+        "bob-admin",
+        "--clusterrole=admin",
+        "--user=bob",
+    ]);
+    eventually("bob may create roles", || {
+        match can_i(&s, &bob, &["create", "roles"]).as_str() {
+            "yes" => Ok(()),
+            other => Err(other.to_string()),
+        }
+    });
+    // What admin holds in the namespace can be granted there.
+    let out = as_user(
+        &s,
+        &bob,
+        &[
+            "create",
+            "role",
+            "pod-reader",
+            "--verb=get,list",
+            "--resource=pods",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = as_user(
+        &s,
+        &bob,
+        &[
+            "create",
+            "rolebinding",
+            "carol-edit",
+            "--clusterrole=edit",
+            "--user=carol",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Nodes are not the admin's to give, nor is cluster-admin.
+    let out = as_user(
+        &s,
+        &bob,
+        &[
+            "create",
+            "role",
+            "node-reader",
+            "--verb=get",
+            "--resource=nodes",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("roles.rbac.authorization.k8s.io \"node-reader\" is forbidden: user \"bob\" (groups=[\"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{APIGroups:[\"\"], Resources:[\"nodes\"], Verbs:[\"get\"]}"),
+        "{}",
+        stderr(&out)
+    );
+    let out = as_user(
+        &s,
+        &bob,
+        &[
+            "create",
+            "rolebinding",
+            "bob-root",
+            "--clusterrole=cluster-admin",
+            "--user=bob",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is attempting to grant RBAC permissions not currently held"),
+        "{}",
+        stderr(&out)
+    );
+    // The `bind` verb on a role lets one bind it without holding it.
+    s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: bind-node-reader}
+rules:
+- {apiGroups: [rbac.authorization.k8s.io], resources: [clusterroles], verbs: [bind], resourceNames: [node-reader]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: node-reader}
+rules:
+- {apiGroups: [""], resources: [nodes], verbs: [get, list]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: bob-binds-node-reader}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: bind-node-reader}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]
+"#,
+    );
+    eventually("bob may bind node-reader", || {
+        let out = as_user(
+            &s,
+            &bob,
+            &[
+                "create",
+                "rolebinding",
+                "carol-nodes",
+                "--clusterrole=node-reader",
+                "--user=carol",
+            ],
+        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(stderr(&out))
+        }
+    });
+}
+
+#[test]
+fn the_bootstrap_policy_is_served_and_reconciled() {
+    let mut s = Server::start();
+    let roles = s.kubectl(&["get", "clusterroles", "-o", "name"]);
+    for r in [
+        "cluster-admin",
+        "admin",
+        "edit",
+        "view",
+        "system:discovery",
+        "system:basic-user",
+        "system:public-info-viewer",
+        "system:kube-scheduler",
+    ] {
+        assert!(
+            roles.contains(&format!("clusterrole.rbac.authorization.k8s.io/{r}\n")),
+            "{r} in {roles}"
+        );
+    }
+    // view is the aggregation of system:aggregate-to-view, edit takes in view.
+    let edit = s.kubectl(&["get", "clusterrole", "edit", "-o", "json"]);
+    let edit: serde_json::Value = serde_json::from_str(&edit).unwrap();
+    let rules = edit["rules"].as_array().unwrap();
+    assert!(rules.iter().any(|r| {
+        r["resources"]
+            .as_array()
+            .unwrap()
+            .contains(&"deployments/scale".into())
+            && r["verbs"].as_array().unwrap().contains(&"get".into())
+    }));
+    // A bootstrap role a user broke is put back at the next start.
+    s.kubectl(&[
+        "patch",
+        "clusterrole",
+        "system:basic-user",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/rules","value":[]}]"#,
+    ]);
+    s.kill9();
+    s.spawn();
+    let basic = s.kubectl(&[
+        "get",
+        "clusterrole",
+        "system:basic-user",
+        "-o",
+        "jsonpath={.rules[*].resources}",
+    ]);
+    assert!(basic.contains("selfsubjectaccessreviews"), "{basic}");
+}
+
+/// kubectl with nothing but `token` (no kubeconfig credentials).
+fn with_token(s: &Server, token: &str, args: &[&str]) -> Output {
+    let server = format!("https://127.0.0.1:{}", s.port);
+    let ca = s.data_dir().join("ca.crt");
+    let token = format!("--token={token}");
+    let mut full = vec![
+        "--kubeconfig=/dev/null",
+        "--server",
+        &server,
+        "--certificate-authority",
+        path_str(&ca),
+        &token,
+    ];
+    full.extend_from_slice(args);
+    s.kubectl_cmd(&full)
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("kubectl")
+}
+
+#[test]
+fn service_account_tokens_authenticate_until_their_pod_is_gone() {
+    let s = Server::start();
+    // Every namespace gets its default ServiceAccount and the cluster CA.
+    s.kubectl(&["create", "namespace", "team"]);
+    eventually(
+        "default ServiceAccount and kube-root-ca.crt in team",
+        || {
+            let out = s.kubectl_output(&[
+                "get",
+                "-n",
+                "team",
+                "serviceaccount/default",
+                "configmap/kube-root-ca.crt",
+                "-o",
+                "name",
+            ]);
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(stderr(&out))
+            }
+        },
+    );
+    let ca = s.kubectl(&[
+        "get",
+        "-n",
+        "team",
+        "configmap",
+        "kube-root-ca.crt",
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ]);
+    assert_eq!(
+        ca,
+        std::fs::read_to_string(s.data_dir().join("ca.crt")).unwrap()
+    );
+    // Deleted, it is made again.
+    s.kubectl(&["delete", "-n", "team", "serviceaccount", "default"]);
+    eventually("default ServiceAccount again", || {
+        let out = s.kubectl_output(&["get", "-n", "team", "serviceaccount", "default"]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(stderr(&out))
+        }
+    });
+
+    s.kubectl(&["run", "-n", "team", "app", "--image=busybox"]);
+    let token = s.kubectl(&[
+        "create",
+        "token",
+        "default",
+        "-n",
+        "team",
+        "--duration=1h",
+        "--bound-object-kind=Pod",
+        "--bound-object-name=app",
+    ]);
+    let token = token.trim();
+    let who = stdout(&with_token(&s, token, &["auth", "whoami"]));
+    assert!(who.contains("system:serviceaccount:team:default"), "{who}");
+    assert!(who.contains("system:serviceaccounts:team"), "{who}");
+    assert!(
+        who.contains("authentication.kubernetes.io/pod-name"),
+        "{who}"
+    );
+    // A service account holds nothing until it is bound.
+    let out = with_token(&s, token, &["get", "pods", "-n", "team"]);
+    assert!(
+        stderr(&out)
+            .contains("User \"system:serviceaccount:team:default\" cannot list resource \"pods\""),
+        "{}",
+        stderr(&out)
+    );
+    s.kubectl(&[
+        "create",
+        "rolebinding",
+        "-n",
+        "team",
+        "sa-view",
+        "--clusterrole=view",
+        "--serviceaccount=team:default",
+    ]);
+    eventually("the service account may list pods", || {
+        let out = with_token(&s, token, &["get", "pods", "-n", "team", "-o", "name"]);
+        if stdout(&out).contains("pod/app") {
+            Ok(())
+        } else {
+            Err(stderr(&out))
+        }
+    });
+    // The issuer is discoverable by service accounts.
+    let oidc = stdout(&with_token(
+        &s,
+        token,
+        &["get", "--raw", "/.well-known/openid-configuration"],
+    ));
+    assert!(
+        oidc.contains("\"issuer\":\"https://kubernetes.default.svc.cluster.local\""),
+        "{oidc}"
+    );
+    let jwks = stdout(&with_token(&s, token, &["get", "--raw", "/openid/v1/jwks"]));
+    assert!(jwks.contains("\"kty\":\"EC\""), "{jwks}");
+    // TokenReview says who the token is.
+    let review = s.kubectl_stdin(
+        &["create", "-o", "json", "-f", "-"],
+        &format!("{{\"apiVersion\": \"authentication.k8s.io/v1\", \"kind\": \"TokenReview\", \"spec\": {{\"token\": \"{token}\"}}}}"),
+    );
+    let review: serde_json::Value = serde_json::from_str(&review).unwrap();
+    assert_eq!(review["status"]["authenticated"], true, "{review}");
+    assert_eq!(
+        review["status"]["user"]["username"],
+        "system:serviceaccount:team:default"
+    );
+    // Once its pod is gone the token is refused.
+    s.kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        "team",
+        "app",
+        "--grace-period=0",
+        "--force",
+    ]);
+    let out = with_token(&s, token, &["get", "pods", "-n", "team"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("Unauthorized"), "{}", stderr(&out));
+    // Anonymous requests are refused as unauthenticated, the health endpoints excepted.
+    let out = with_token(&s, "garbage", &["get", "--raw", "/readyz"]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn the_servers_components_run_as_their_own_users() {
+    let s = Server::start_cluster();
+    let scheduler = s.data_dir().join("scheduler.kubeconfig");
+    let controllers = s.data_dir().join("controller-manager.kubeconfig");
+    let who = stdout(&as_user(&s, &scheduler, &["auth", "whoami"]));
+    assert!(who.contains("system:kube-scheduler"), "{who}");
+    assert!(!who.contains("system:masters"), "{who}");
+    let who = stdout(&as_user(&s, &controllers, &["auth", "whoami"]));
+    assert!(who.contains("system:kube-controller-manager"), "{who}");
+    assert!(!who.contains("system:masters"), "{who}");
+    // The scheduler binds pods but reads no Secrets.
+    assert_eq!(
+        can_i(&s, &scheduler, &["create", "pods", "--subresource=binding"]),
+        "yes"
+    );
+    assert_eq!(can_i(&s, &scheduler, &["list", "secrets", "-A"]), "no");
+    // Both lead through their Leases and the controllers make a Deployment's ReplicaSet under
+    // those identities.
+    eventually("both Leases held", || {
+        let out = s.kubectl_output(&[
+            "get",
+            "lease",
+            "-n",
+            "kube-system",
+            "kube-scheduler",
+            "kube-controller-manager",
+            "-o",
+            "jsonpath={.items[*].spec.holderIdentity}",
+        ]);
+        let held = stdout(&out);
+        if held.split_whitespace().count() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{held:?} {}", stderr(&out)))
+        }
+    });
+    s.kubectl(&["create", "deployment", "web", "--image=busybox"]);
+    eventually("the Deployment's ReplicaSet", || {
+        let rs = s.kubectl(&["get", "replicasets", "-l", "app=web", "-o", "name"]);
+        if rs.contains("replicaset.apps/web-") {
+            Ok(())
+        } else {
+            Err(rs)
+        }
+    });
+}
+
+#[test]
+fn bootstrap_tokens_authenticate_until_they_expire() {
+    let s = Server::start();
+    let secret = |id: &str, expiration: &str| {
+        format!(
+            r#"{{"apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
+            "metadata": {{"name": "bootstrap-token-{id}", "namespace": "kube-system"}},
+            "stringData": {{"token-id": "{id}", "token-secret": "0123456789abcdef",
+                "usage-bootstrap-authentication": "true", "expiration": "{expiration}",
+                "auth-extra-groups": "system:bootstrappers:skiff:default-node-token"}}}}"#
+        )
+    };
+    s.kubectl_stdin(
+        &["create", "-f", "-"],
+        &secret("abcdef", "2999-01-01T00:00:00Z"),
+    );
+    s.kubectl_stdin(
+        &["create", "-f", "-"],
+        &secret("expird", "2001-01-01T00:00:00Z"),
+    );
+    let who = with_token(&s, "abcdef.0123456789abcdef", &["auth", "whoami"]);
+    let who = stdout(&who);
+    assert!(who.contains("system:bootstrap:abcdef"), "{who}");
+    assert!(
+        who.contains("[system:bootstrappers system:bootstrappers:skiff:default-node-token system:authenticated]"),
+        "{who}"
+    );
+    for bad in ["abcdef.0123456789abcdee", "expird.0123456789abcdef"] {
+        let out = with_token(&s, bad, &["auth", "whoami"]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("Unauthorized"), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn skiff_token_create_prints_a_working_bootstrap_token() {
+    let s = Server::start();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["token", "create", "--ttl", "1h", "--data-dir"])
+        .arg(s.data_dir())
+        .output()
+        .expect("running skiff token create");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = stdout(&out).trim().to_string();
+    let who = stdout(&with_token(&s, &token, &["auth", "whoami"]));
+    let id = token.split('.').next().unwrap();
+    assert!(who.contains(&format!("system:bootstrap:{id}")), "{who}");
+}
