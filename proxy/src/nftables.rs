@@ -2,12 +2,18 @@
 //! dispatched by verdict maps keyed on `address . protocol . port`, so their cost does not grow
 //! with the number of Services, and a sync changes map elements and the chains of the Services
 //! that changed, nothing else. The whole change is one transaction through `nft -f -` (the
-//! kernel applies a batch atomically; the `nft` parser is faster than we could build netlink
-//! expressions by hand, see `skiff-proxy bench`).
+//! kernel applies a batch atomically).
 //!
 //! services (nat, prerouting and output) → @service-ips / @service-nodeports → svc-<hash> /
-//! ext-<hash> → sep-<hash> (DNAT); service-reject (filter, new connections) → @no-endpoint-*;
-//! masquerading (nat, postrouting) for what mark-for-masquerade marked.
+//! ext-<hash>, whose last rules pick an endpoint (`numgen random mod k 0`, k counting down, as
+//! iptables' statistic rules do) and DNAT to it directly; service-reject (filter, new
+//! connections) → @no-endpoint-*; masquerading (nat, postrouting) for what mark-for-masquerade
+//! marked and for hairpin flows (@hairpin-endpoints: a pod reaching itself).
+//!
+//! The shape is what keeps a 10,000-Service table cheap to write: no chain per endpoint (only a
+//! ClientIP-affinity Service has them, for its per-endpoint sets) and no anonymous sets, because
+//! the kernel finds a table's sets by walking a list, so a set per Service makes a full sync
+//! quadratic. A partial sync is a few `flush chain`/`add rule`/element commands.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -28,7 +34,7 @@ pub struct Ruleset {
 }
 
 /// Fixed maps and sets, declared on table creation.
-const MAPS: [(&str, &str); 5] = [
+const MAPS: [(&str, &str); 6] = [
     (
         "service-ips",
         "type ipv4_addr . inet_proto . inet_service : verdict ;",
@@ -46,6 +52,9 @@ const MAPS: [(&str, &str); 5] = [
         "type inet_proto . inet_service : verdict ;",
     ),
     ("nodeport-ips", "type ipv4_addr ;"),
+    // `endpoint . endpoint` for every endpoint in use: after DNAT, a flow from an endpoint to
+    // itself (hairpin) is masqueraded so the reply comes back through the node.
+    ("hairpin-endpoints", "type ipv4_addr . ipv4_addr ;"),
 ];
 
 /// Base chains: (name, hook declaration).
@@ -151,6 +160,10 @@ pub fn render(model: &Model, cfg: &RenderConfig) -> Ruleset {
     );
     r.rule(
         "masquerading",
+        "ct status dnat ip saddr . ip daddr @hairpin-endpoints jump mark-for-masquerade",
+    );
+    r.rule(
+        "masquerading",
         format!("meta mark & {MASQ_MARK:#x} == 0 return"),
     );
     r.rule(
@@ -232,23 +245,30 @@ fn render_port(r: &mut Ruleset, p: &ServicePort, cfg: &RenderConfig) {
     let mut endpoints: BTreeSet<Endpoint> = cluster.iter().copied().collect();
     endpoints.extend(external.iter().copied());
     for e in endpoints {
-        let sep = sep_chain(p, &e);
-        r.rule(&sep, format!("ip saddr {} jump mark-for-masquerade", e.ip));
+        r.element("hairpin-endpoints", format!("{} . {}", e.ip, e.ip), "");
         if let Some(seconds) = p.affinity_seconds {
+            let sep = sep_chain(p, &e);
             let set = affinity_set(p, &e);
             r.sets.insert(
                 set.clone(),
                 format!("type ipv4_addr ; flags dynamic,timeout ; timeout {seconds}s ;"),
             );
             r.rule(&sep, format!("update @{set} {{ ip saddr }}"));
+            r.rule(&sep, dnat(p, &e));
         }
-        r.rule(&sep, format!("meta l4proto {proto} dnat to {e}"));
     }
 }
 
-/// Affinity first (a client seen recently returns to its endpoint), then a random pick.
+fn dnat(p: &ServicePort, e: &Endpoint) -> String {
+    format!("meta l4proto {} dnat to {e}", p.id.protocol.as_str())
+}
+
+/// Affinity first (a client seen recently returns to its endpoint, through its chain that
+/// refreshes the client's entry), then a random pick: endpoint i of n is taken with
+/// probability 1/(n-i), which makes every endpoint equally likely.
 fn spread(r: &mut Ruleset, chain: &str, p: &ServicePort, endpoints: &[Endpoint]) {
-    if p.affinity_seconds.is_some() {
+    let affinity = p.affinity_seconds.is_some();
+    if affinity {
         for e in endpoints {
             r.rule(
                 chain,
@@ -256,19 +276,19 @@ fn spread(r: &mut Ruleset, chain: &str, p: &ServicePort, endpoints: &[Endpoint])
             );
         }
     }
-    let arms: Vec<String> = endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, e)| format!("{i} : goto {}", sep_chain(p, e)))
-        .collect();
-    r.rule(
-        chain,
-        format!(
-            "numgen random mod {} vmap {{ {} }}",
-            endpoints.len(),
-            arms.join(" , ")
-        ),
-    );
+    let n = endpoints.len();
+    for (i, e) in endpoints.iter().enumerate() {
+        let pick = match n - i {
+            1 => String::new(),
+            remaining => format!("numgen random mod {remaining} 0 "),
+        };
+        let target = if affinity {
+            format!("goto {}", sep_chain(p, e))
+        } else {
+            dnat(p, e)
+        };
+        r.rule(chain, format!("{pick}{target}"));
+    }
 }
 
 /// The whole table, created afresh (after deleting whatever table of that name exists), as
@@ -292,23 +312,18 @@ fn full_text(want: &Ruleset) -> String {
     for (name, decl) in &want.sets {
         let _ = writeln!(out, "\tset {name} {{ {decl} }}");
     }
-    // Chains are declared before any rule refers to them.
-    for name in want.chains.keys() {
-        match BASE_CHAINS.iter().find(|(n, _)| n == name) {
-            Some((_, hook)) => {
-                let _ = writeln!(out, "\tchain {name} {{ {hook} }}");
-            }
-            None => {
-                let _ = writeln!(out, "\tchain {name} {{ }}");
-            }
+    // nft adds a block's chains before its map elements and rules, whatever their order here.
+    for (name, rules) in &want.chains {
+        let _ = writeln!(out, "\tchain {name} {{");
+        if let Some((_, hook)) = BASE_CHAINS.iter().find(|(n, _)| n == name) {
+            let _ = writeln!(out, "\t\t{hook}");
         }
+        for rule in rules {
+            let _ = writeln!(out, "\t\t{rule}");
+        }
+        out.push_str("\t}\n");
     }
     out.push_str("}\n");
-    for (name, rules) in &want.chains {
-        for rule in rules {
-            let _ = writeln!(out, "add rule ip {TABLE} {name} {rule}");
-        }
-    }
     out
 }
 
@@ -504,23 +519,65 @@ mod tests {
     }
 
     #[test]
-    fn services_are_map_elements_and_endpoints_a_numgen_vmap() {
-        let p = port("dns", &["10.244.0.2", "10.244.0.3"]);
+    fn services_are_map_elements_and_endpoints_picked_by_numgen_rules() {
+        let p = port("dns", &["10.244.0.2", "10.244.0.3", "10.244.0.4"]);
         let r = render(&model(vec![p.clone()]), &RenderConfig::default());
         assert_eq!(
             r.elements["service-ips"]["10.96.0.20 . udp . 53"],
             format!("goto {}", svc_chain(&p))
         );
-        let svc = &r.chains[&svc_chain(&p)];
-        assert_eq!(svc.len(), 1);
-        assert!(svc[0].starts_with("numgen random mod 2 vmap { 0 : goto sep-"));
+        assert_eq!(
+            r.chains[&svc_chain(&p)],
+            [
+                "numgen random mod 3 0 meta l4proto udp dnat to 10.244.0.2:5353",
+                "numgen random mod 2 0 meta l4proto udp dnat to 10.244.0.3:5353",
+                "meta l4proto udp dnat to 10.244.0.4:5353",
+            ]
+        );
+        // No chain per endpoint, no set per Service; hairpin pairs for each endpoint.
+        assert!(!r.chains.keys().any(|c| c.starts_with("sep-")));
+        assert!(r.sets.is_empty());
+        assert!(r.elements["hairpin-endpoints"].contains_key("10.244.0.3 . 10.244.0.3"));
         let text = full_text(&r);
         assert!(text.starts_with("add table ip skiff\ndelete table ip skiff\n"));
         assert!(text.contains("elements = { 10.96.0.20 . udp . 53 : goto svc-"));
     }
 
     #[test]
-    fn a_changed_endpoint_touches_its_chains_and_no_map() {
+    fn affinity_keeps_a_chain_and_set_per_endpoint() {
+        let mut p = port("sticky", &["10.244.0.2", "10.244.0.3"]);
+        p.affinity_seconds = Some(60);
+        let r = render(&model(vec![p.clone()]), &RenderConfig::default());
+        let (a, b) = (&p.endpoints[0], &p.endpoints[1]);
+        assert_eq!(
+            r.chains[&svc_chain(&p)],
+            [
+                format!(
+                    "ip saddr @{} goto {}",
+                    affinity_set(&p, a),
+                    sep_chain(&p, a)
+                ),
+                format!(
+                    "ip saddr @{} goto {}",
+                    affinity_set(&p, b),
+                    sep_chain(&p, b)
+                ),
+                format!("numgen random mod 2 0 goto {}", sep_chain(&p, a)),
+                format!("goto {}", sep_chain(&p, b)),
+            ]
+        );
+        assert_eq!(
+            r.chains[&sep_chain(&p, a)],
+            [
+                format!("update @{} {{ ip saddr }}", affinity_set(&p, a)),
+                "meta l4proto udp dnat to 10.244.0.2:5353".to_string(),
+            ]
+        );
+        assert!(r.sets[&affinity_set(&p, b)].contains("timeout 60s"));
+    }
+
+    #[test]
+    fn a_changed_endpoint_touches_its_chain_and_hairpin_element_only() {
         let a = port("a", &["10.244.0.2"]);
         let mut b = port("b", &["10.244.0.3", "10.244.0.4"]);
         b.cluster_ip = "10.96.0.21".parse().unwrap();
@@ -528,15 +585,16 @@ mod tests {
         let mut b2 = b.clone();
         b2.endpoints.pop();
         let after = render(&model(vec![a.clone(), b2]), &RenderConfig::default());
-        let (text, _) = diff_text(&after, &before, false);
-        assert!(!text.contains("element"), "{text}");
-        assert!(text.contains(&format!("flush chain ip skiff {}", svc_chain(&b))));
-        let gone = sep_chain(&b, &b.endpoints[1]);
-        assert!(
-            text.contains(&format!("delete chain ip skiff {gone}")),
-            "{text}"
+        let (text, changes) = diff_text(&after, &before, false);
+        assert_eq!(
+            text,
+            format!(
+                "flush chain ip skiff {svc}\nadd rule ip skiff {svc} meta l4proto udp dnat to 10.244.0.3:5353\n\
+                 delete element ip skiff hairpin-endpoints {{ 10.244.0.4 . 10.244.0.4 }}\n",
+                svc = svc_chain(&b)
+            )
         );
-        assert!(!text.contains(&svc_chain(&a)));
+        assert_eq!(changes, 2);
         assert_eq!(diff_text(&after, &after, false).0, "");
     }
 
