@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
+use std::net::Ipv4Addr;
 
 use crate::dataplane::{Applied, DataPlane, Error, MASQ_MARK, RenderConfig, run_tool};
 use crate::model::{Endpoint, Model, ServicePort};
@@ -31,10 +32,12 @@ pub struct Ruleset {
     pub sets: BTreeMap<String, String>,
     /// Elements of the fixed maps and sets: key → verdict (empty for a set).
     pub elements: BTreeMap<&'static str, BTreeMap<String, String>>,
+    /// The endpoint addresses in @hairpin-endpoints.
+    pub hairpin: BTreeSet<Ipv4Addr>,
 }
 
 /// Fixed maps and sets, declared on table creation.
-const MAPS: [(&str, &str); 6] = [
+const MAPS: [(&str, &str); 5] = [
     (
         "service-ips",
         "type ipv4_addr . inet_proto . inet_service : verdict ;",
@@ -52,10 +55,13 @@ const MAPS: [(&str, &str); 6] = [
         "type inet_proto . inet_service : verdict ;",
     ),
     ("nodeport-ips", "type ipv4_addr ;"),
-    // `endpoint . endpoint` for every endpoint in use: after DNAT, a flow from an endpoint to
-    // itself (hairpin) is masqueraded so the reply comes back through the node.
-    ("hairpin-endpoints", "type ipv4_addr . ipv4_addr ;"),
 ];
+
+/// `endpoint . endpoint` for every endpoint in use: after DNAT, a flow from an endpoint to
+/// itself (hairpin) is masqueraded so the reply comes back through the node. Kept as
+/// addresses in [`Ruleset::hairpin`]: it is the largest set, one element per endpoint.
+const HAIRPIN: &str = "hairpin-endpoints";
+const HAIRPIN_DECL: &str = "type ipv4_addr . ipv4_addr ;";
 
 /// Base chains: (name, hook declaration).
 const BASE_CHAINS: [(&str, &str); 6] = [
@@ -160,7 +166,7 @@ pub fn render(model: &Model, cfg: &RenderConfig) -> Ruleset {
     );
     r.rule(
         "masquerading",
-        "ct status dnat ip saddr . ip daddr @hairpin-endpoints jump mark-for-masquerade",
+        format!("ct status dnat ip saddr . ip daddr @{HAIRPIN} jump mark-for-masquerade"),
     );
     r.rule(
         "masquerading",
@@ -245,7 +251,7 @@ fn render_port(r: &mut Ruleset, p: &ServicePort, cfg: &RenderConfig) {
     let mut endpoints: BTreeSet<Endpoint> = cluster.iter().copied().collect();
     endpoints.extend(external.iter().copied());
     for e in endpoints {
-        r.element("hairpin-endpoints", format!("{} . {}", e.ip, e.ip), "");
+        r.hairpin.insert(e.ip);
         if let Some(seconds) = p.affinity_seconds {
             let sep = sep_chain(p, &e);
             let set = affinity_set(p, &e);
@@ -309,6 +315,11 @@ fn full_text(want: &Ruleset) -> String {
         }
         out.push_str(" }\n");
     }
+    let _ = write!(out, "\tset {HAIRPIN} {{ {HAIRPIN_DECL}");
+    if !want.hairpin.is_empty() {
+        let _ = write!(out, " elements = {{ {} }}", hairpin_elements(&want.hairpin));
+    }
+    out.push_str(" }\n");
     for (name, decl) in &want.sets {
         let _ = writeln!(out, "\tset {name} {{ {decl} }}");
     }
@@ -325,6 +336,11 @@ fn full_text(want: &Ruleset) -> String {
     }
     out.push_str("}\n");
     out
+}
+
+fn hairpin_elements<'a>(ips: impl IntoIterator<Item = &'a Ipv4Addr>) -> String {
+    let items: Vec<String> = ips.into_iter().map(|ip| format!("{ip} . {ip}")).collect();
+    items.join(", ")
 }
 
 fn element(key: &str, value: &str) -> String {
@@ -407,6 +423,27 @@ fn diff_text(want: &Ruleset, have: &Ruleset, rewrite_all: bool) -> (String, usiz
                 out,
                 "add element ip {TABLE} {map} {{ {} }}",
                 added.join(", ")
+            );
+        }
+    }
+    let (gone, added): (Vec<&Ipv4Addr>, Vec<&Ipv4Addr>) = if rewrite_all {
+        if !have.hairpin.is_empty() {
+            let _ = writeln!(out, "flush set ip {TABLE} {HAIRPIN}");
+        }
+        (Vec::new(), want.hairpin.iter().collect())
+    } else {
+        (
+            have.hairpin.difference(&want.hairpin).collect(),
+            want.hairpin.difference(&have.hairpin).collect(),
+        )
+    };
+    for (verb, ips) in [("delete", gone), ("add", added)] {
+        if !ips.is_empty() {
+            changes += ips.len();
+            let _ = writeln!(
+                out,
+                "{verb} element ip {TABLE} {HAIRPIN} {{ {} }}",
+                hairpin_elements(ips)
             );
         }
     }
@@ -537,7 +574,7 @@ mod tests {
         // No chain per endpoint, no set per Service; hairpin pairs for each endpoint.
         assert!(!r.chains.keys().any(|c| c.starts_with("sep-")));
         assert!(r.sets.is_empty());
-        assert!(r.elements["hairpin-endpoints"].contains_key("10.244.0.3 . 10.244.0.3"));
+        assert!(r.hairpin.contains(&"10.244.0.3".parse().unwrap()));
         let text = full_text(&r);
         assert!(text.starts_with("add table ip skiff\ndelete table ip skiff\n"));
         assert!(text.contains("elements = { 10.96.0.20 . udp . 53 : goto svc-"));
