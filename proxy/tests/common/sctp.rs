@@ -197,11 +197,8 @@ pub fn exchange(ns: &str, to: SocketAddrV4, src_port: u16) -> Option<String> {
     in_netns(ns, move || {
         let fd = raw_socket();
         let tag = 0x1000_0000 | u32::from(src_port);
-        send(
-            &fd,
-            *to.ip(),
-            &packet(src_port, to.port(), 0, INIT, tag, &[]),
-        );
+        let init = packet(src_port, to.port(), 0, INIT, tag, &[]);
+        send(&fd, *to.ip(), &init).ok()?;
         let deadline = Instant::now() + Duration::from_secs(1);
         while Instant::now() < deadline {
             if let Some(p) = recv(&fd)
