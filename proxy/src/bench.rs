@@ -1,7 +1,7 @@
 //! `skiff-proxy bench`: for each mode and Service count (10 endpoints each), the time and rule
 //! text size of a full sync and of a partial sync after one EndpointSlice change (Model::build
 //! from the API objects + render + install, i.e. a change's path to the rules minus the watch
-//! delivery), and the connect time to the first and the last Service in rule order.
+//! delivery; wall-clock and CPU time), and the connect time to the first and the last Service in rule order.
 //!
 //! It runs in a network namespace of its own (unshared before any thread starts), so the
 //! machine's rules are never touched.
@@ -62,12 +62,41 @@ fn slice(i: usize, n: usize, endpoints: usize) -> EndpointSlice {
 struct Row {
     mode: Mode,
     services: usize,
-    full: Duration,
+    full: Timed,
     full_bytes: usize,
-    partial: Duration,
+    partial: Timed,
     partial_bytes: usize,
     connect_first: Duration,
     connect_last: Duration,
+}
+
+/// Wall-clock and CPU time (ours and the rule tools', user and system) of one step: on a
+/// shared, loaded machine the CPU time is the steadier figure.
+#[derive(Clone, Copy)]
+struct Timed {
+    wall: Duration,
+    cpu: Duration,
+}
+
+fn cpu_time() -> Duration {
+    let used = |who| {
+        // SAFETY: getrusage fills the zeroed struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut u) };
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        tv(u.ru_utime) + tv(u.ru_stime)
+    };
+    used(libc::RUSAGE_SELF) + used(libc::RUSAGE_CHILDREN)
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Timed) {
+    let (wall, cpu) = (Instant::now(), cpu_time());
+    let out = f();
+    let t = Timed {
+        wall: wall.elapsed(),
+        cpu: cpu_time() - cpu,
+    };
+    (out, t)
 }
 
 fn mean_connect(addr: SocketAddr) -> anyhow::Result<Duration> {
@@ -88,23 +117,23 @@ fn measure(mode: Mode, n: usize) -> anyhow::Result<Row> {
     };
     let mut plane = dataplane::new(mode);
 
-    let start = Instant::now();
-    let (model, _) = Model::build(&services, &slices, "bench");
-    let full_bytes = plane
-        .sync(&model, &cfg, true)
+    let (applied, full) = timed(|| {
+        let (model, _) = Model::build(&services, &slices, "bench");
+        plane.sync(&model, &cfg, true)
+    });
+    let full_bytes = applied
         .with_context(|| format!("{mode:?} full sync of {n} Services"))?
         .bytes;
-    let full = start.elapsed();
 
     // One EndpointSlice loses an endpoint.
     slices[n / 2] = slice(n / 2, n, ENDPOINTS - 1);
-    let start = Instant::now();
-    let (model, _) = Model::build(&services, &slices, "bench");
-    let partial_bytes = plane
-        .sync(&model, &cfg, false)
+    let (applied, partial) = timed(|| {
+        let (model, _) = Model::build(&services, &slices, "bench");
+        plane.sync(&model, &cfg, false)
+    });
+    let partial_bytes = applied
         .with_context(|| format!("{mode:?} partial sync of {n} Services"))?
         .bytes;
-    let partial = start.elapsed();
 
     let first = SocketAddr::from((cluster_ip(0), 80));
     let last = SocketAddr::from((cluster_ip(n - 1), 80));
@@ -148,12 +177,14 @@ pub fn run(modes: &[Mode], sizes: &[usize]) -> anyhow::Result<()> {
     });
 
     println!(
-        "{:<9} {:>8} {:>11} {:>11} {:>14} {:>13} {:>16} {:>15}",
+        "{:<9} {:>8} {:>9} {:>12} {:>9} {:>11} {:>15} {:>9} {:>16} {:>15}",
         "mode",
         "services",
         "full ms",
+        "full cpu ms",
         "full KiB",
         "partial ms",
+        "partial cpu ms",
         "partial B",
         "connect 1st µs",
         "connect last µs"
@@ -162,12 +193,14 @@ pub fn run(modes: &[Mode], sizes: &[usize]) -> anyhow::Result<()> {
         for &n in sizes {
             let r = measure(mode, n.max(2))?;
             println!(
-                "{:<9} {:>8} {:>11} {:>11} {:>14} {:>13} {:>16.0} {:>15.0}",
+                "{:<9} {:>8} {:>9} {:>12} {:>9} {:>11} {:>15} {:>9} {:>16.0} {:>15.0}",
                 format!("{:?}", r.mode).to_lowercase(),
                 r.services,
-                ms(r.full),
+                ms(r.full.wall),
+                ms(r.full.cpu),
                 r.full_bytes / 1024,
-                ms(r.partial),
+                ms(r.partial.wall),
+                ms(r.partial.cpu),
                 r.partial_bytes,
                 r.connect_first.as_secs_f64() * 1e6,
                 r.connect_last.as_secs_f64() * 1e6,

@@ -2,15 +2,22 @@
 //! dispatched by verdict maps keyed on `address . protocol . port`, so their cost does not grow
 //! with the number of Services, and a sync changes map elements and the chains of the Services
 //! that changed, nothing else. The whole change is one transaction through `nft -f -` (the
-//! kernel applies a batch atomically; the `nft` parser is faster than we could build netlink
-//! expressions by hand, see `skiff-proxy bench`).
+//! kernel applies a batch atomically).
 //!
 //! services (nat, prerouting and output) → @service-ips / @service-nodeports → svc-<hash> /
-//! ext-<hash> → sep-<hash> (DNAT); service-reject (filter, new connections) → @no-endpoint-*;
-//! masquerading (nat, postrouting) for what mark-for-masquerade marked.
+//! ext-<hash>, whose last rules pick an endpoint (`numgen random mod k 0`, k counting down, as
+//! iptables' statistic rules do) and DNAT to it directly; service-reject (filter, new
+//! connections) → @no-endpoint-*; masquerading (nat, postrouting) for what mark-for-masquerade
+//! marked and for hairpin flows (@hairpin-endpoints: a pod reaching itself).
+//!
+//! The shape is what keeps a 10,000-Service table cheap to write: no chain per endpoint (only a
+//! ClientIP-affinity Service has them, for its per-endpoint sets) and no anonymous sets, because
+//! the kernel finds a table's sets by walking a list, so a set per Service makes a full sync
+//! quadratic. A partial sync is a few `flush chain`/`add rule`/element commands.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
+use std::net::Ipv4Addr;
 
 use crate::dataplane::{Applied, DataPlane, Error, MASQ_MARK, RenderConfig, run_tool};
 use crate::model::{Endpoint, Model, ServicePort};
@@ -25,6 +32,8 @@ pub struct Ruleset {
     pub sets: BTreeMap<String, String>,
     /// Elements of the fixed maps and sets: key → verdict (empty for a set).
     pub elements: BTreeMap<&'static str, BTreeMap<String, String>>,
+    /// The endpoint addresses in @hairpin-endpoints.
+    pub hairpin: BTreeSet<Ipv4Addr>,
 }
 
 /// Fixed maps and sets, declared on table creation.
@@ -47,6 +56,12 @@ const MAPS: [(&str, &str); 5] = [
     ),
     ("nodeport-ips", "type ipv4_addr ;"),
 ];
+
+/// `endpoint . endpoint` for every endpoint in use: after DNAT, a flow from an endpoint to
+/// itself (hairpin) is masqueraded so the reply comes back through the node. Kept as
+/// addresses in [`Ruleset::hairpin`]: it is the largest set, one element per endpoint.
+const HAIRPIN: &str = "hairpin-endpoints";
+const HAIRPIN_DECL: &str = "type ipv4_addr . ipv4_addr ;";
 
 /// Base chains: (name, hook declaration).
 const BASE_CHAINS: [(&str, &str); 6] = [
@@ -151,6 +166,10 @@ pub fn render(model: &Model, cfg: &RenderConfig) -> Ruleset {
     );
     r.rule(
         "masquerading",
+        format!("ct status dnat ip saddr . ip daddr @{HAIRPIN} jump mark-for-masquerade"),
+    );
+    r.rule(
+        "masquerading",
         format!("meta mark & {MASQ_MARK:#x} == 0 return"),
     );
     r.rule(
@@ -232,23 +251,30 @@ fn render_port(r: &mut Ruleset, p: &ServicePort, cfg: &RenderConfig) {
     let mut endpoints: BTreeSet<Endpoint> = cluster.iter().copied().collect();
     endpoints.extend(external.iter().copied());
     for e in endpoints {
-        let sep = sep_chain(p, &e);
-        r.rule(&sep, format!("ip saddr {} jump mark-for-masquerade", e.ip));
+        r.hairpin.insert(e.ip);
         if let Some(seconds) = p.affinity_seconds {
+            let sep = sep_chain(p, &e);
             let set = affinity_set(p, &e);
             r.sets.insert(
                 set.clone(),
                 format!("type ipv4_addr ; flags dynamic,timeout ; timeout {seconds}s ;"),
             );
             r.rule(&sep, format!("update @{set} {{ ip saddr }}"));
+            r.rule(&sep, dnat(p, &e));
         }
-        r.rule(&sep, format!("meta l4proto {proto} dnat to {e}"));
     }
 }
 
-/// Affinity first (a client seen recently returns to its endpoint), then a random pick.
+fn dnat(p: &ServicePort, e: &Endpoint) -> String {
+    format!("meta l4proto {} dnat to {e}", p.id.protocol.as_str())
+}
+
+/// Affinity first (a client seen recently returns to its endpoint, through its chain that
+/// refreshes the client's entry), then a random pick: endpoint i of n is taken with
+/// probability 1/(n-i), which makes every endpoint equally likely.
 fn spread(r: &mut Ruleset, chain: &str, p: &ServicePort, endpoints: &[Endpoint]) {
-    if p.affinity_seconds.is_some() {
+    let affinity = p.affinity_seconds.is_some();
+    if affinity {
         for e in endpoints {
             r.rule(
                 chain,
@@ -256,19 +282,19 @@ fn spread(r: &mut Ruleset, chain: &str, p: &ServicePort, endpoints: &[Endpoint])
             );
         }
     }
-    let arms: Vec<String> = endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, e)| format!("{i} : goto {}", sep_chain(p, e)))
-        .collect();
-    r.rule(
-        chain,
-        format!(
-            "numgen random mod {} vmap {{ {} }}",
-            endpoints.len(),
-            arms.join(" , ")
-        ),
-    );
+    let n = endpoints.len();
+    for (i, e) in endpoints.iter().enumerate() {
+        let pick = match n - i {
+            1 => String::new(),
+            remaining => format!("numgen random mod {remaining} 0 "),
+        };
+        let target = if affinity {
+            format!("goto {}", sep_chain(p, e))
+        } else {
+            dnat(p, e)
+        };
+        r.rule(chain, format!("{pick}{target}"));
+    }
 }
 
 /// The whole table, created afresh (after deleting whatever table of that name exists), as
@@ -289,27 +315,32 @@ fn full_text(want: &Ruleset) -> String {
         }
         out.push_str(" }\n");
     }
+    let _ = write!(out, "\tset {HAIRPIN} {{ {HAIRPIN_DECL}");
+    if !want.hairpin.is_empty() {
+        let _ = write!(out, " elements = {{ {} }}", hairpin_elements(&want.hairpin));
+    }
+    out.push_str(" }\n");
     for (name, decl) in &want.sets {
         let _ = writeln!(out, "\tset {name} {{ {decl} }}");
     }
-    // Chains are declared before any rule refers to them.
-    for name in want.chains.keys() {
-        match BASE_CHAINS.iter().find(|(n, _)| n == name) {
-            Some((_, hook)) => {
-                let _ = writeln!(out, "\tchain {name} {{ {hook} }}");
-            }
-            None => {
-                let _ = writeln!(out, "\tchain {name} {{ }}");
-            }
+    // nft adds a block's chains before its map elements and rules, whatever their order here.
+    for (name, rules) in &want.chains {
+        let _ = writeln!(out, "\tchain {name} {{");
+        if let Some((_, hook)) = BASE_CHAINS.iter().find(|(n, _)| n == name) {
+            let _ = writeln!(out, "\t\t{hook}");
         }
+        for rule in rules {
+            let _ = writeln!(out, "\t\t{rule}");
+        }
+        out.push_str("\t}\n");
     }
     out.push_str("}\n");
-    for (name, rules) in &want.chains {
-        for rule in rules {
-            let _ = writeln!(out, "add rule ip {TABLE} {name} {rule}");
-        }
-    }
     out
+}
+
+fn hairpin_elements<'a>(ips: impl IntoIterator<Item = &'a Ipv4Addr>) -> String {
+    let items: Vec<String> = ips.into_iter().map(|ip| format!("{ip} . {ip}")).collect();
+    items.join(", ")
 }
 
 fn element(key: &str, value: &str) -> String {
@@ -392,6 +423,27 @@ fn diff_text(want: &Ruleset, have: &Ruleset, rewrite_all: bool) -> (String, usiz
                 out,
                 "add element ip {TABLE} {map} {{ {} }}",
                 added.join(", ")
+            );
+        }
+    }
+    let (gone, added): (Vec<&Ipv4Addr>, Vec<&Ipv4Addr>) = if rewrite_all {
+        if !have.hairpin.is_empty() {
+            let _ = writeln!(out, "flush set ip {TABLE} {HAIRPIN}");
+        }
+        (Vec::new(), want.hairpin.iter().collect())
+    } else {
+        (
+            have.hairpin.difference(&want.hairpin).collect(),
+            want.hairpin.difference(&have.hairpin).collect(),
+        )
+    };
+    for (verb, ips) in [("delete", gone), ("add", added)] {
+        if !ips.is_empty() {
+            changes += ips.len();
+            let _ = writeln!(
+                out,
+                "{verb} element ip {TABLE} {HAIRPIN} {{ {} }}",
+                hairpin_elements(ips)
             );
         }
     }
@@ -504,23 +556,65 @@ mod tests {
     }
 
     #[test]
-    fn services_are_map_elements_and_endpoints_a_numgen_vmap() {
-        let p = port("dns", &["10.244.0.2", "10.244.0.3"]);
+    fn services_are_map_elements_and_endpoints_picked_by_numgen_rules() {
+        let p = port("dns", &["10.244.0.2", "10.244.0.3", "10.244.0.4"]);
         let r = render(&model(vec![p.clone()]), &RenderConfig::default());
         assert_eq!(
             r.elements["service-ips"]["10.96.0.20 . udp . 53"],
             format!("goto {}", svc_chain(&p))
         );
-        let svc = &r.chains[&svc_chain(&p)];
-        assert_eq!(svc.len(), 1);
-        assert!(svc[0].starts_with("numgen random mod 2 vmap { 0 : goto sep-"));
+        assert_eq!(
+            r.chains[&svc_chain(&p)],
+            [
+                "numgen random mod 3 0 meta l4proto udp dnat to 10.244.0.2:5353",
+                "numgen random mod 2 0 meta l4proto udp dnat to 10.244.0.3:5353",
+                "meta l4proto udp dnat to 10.244.0.4:5353",
+            ]
+        );
+        // No chain per endpoint, no set per Service; hairpin pairs for each endpoint.
+        assert!(!r.chains.keys().any(|c| c.starts_with("sep-")));
+        assert!(r.sets.is_empty());
+        assert!(r.hairpin.contains(&"10.244.0.3".parse().unwrap()));
         let text = full_text(&r);
         assert!(text.starts_with("add table ip skiff\ndelete table ip skiff\n"));
         assert!(text.contains("elements = { 10.96.0.20 . udp . 53 : goto svc-"));
     }
 
     #[test]
-    fn a_changed_endpoint_touches_its_chains_and_no_map() {
+    fn affinity_keeps_a_chain_and_set_per_endpoint() {
+        let mut p = port("sticky", &["10.244.0.2", "10.244.0.3"]);
+        p.affinity_seconds = Some(60);
+        let r = render(&model(vec![p.clone()]), &RenderConfig::default());
+        let (a, b) = (&p.endpoints[0], &p.endpoints[1]);
+        assert_eq!(
+            r.chains[&svc_chain(&p)],
+            [
+                format!(
+                    "ip saddr @{} goto {}",
+                    affinity_set(&p, a),
+                    sep_chain(&p, a)
+                ),
+                format!(
+                    "ip saddr @{} goto {}",
+                    affinity_set(&p, b),
+                    sep_chain(&p, b)
+                ),
+                format!("numgen random mod 2 0 goto {}", sep_chain(&p, a)),
+                format!("goto {}", sep_chain(&p, b)),
+            ]
+        );
+        assert_eq!(
+            r.chains[&sep_chain(&p, a)],
+            [
+                format!("update @{} {{ ip saddr }}", affinity_set(&p, a)),
+                "meta l4proto udp dnat to 10.244.0.2:5353".to_string(),
+            ]
+        );
+        assert!(r.sets[&affinity_set(&p, b)].contains("timeout 60s"));
+    }
+
+    #[test]
+    fn a_changed_endpoint_touches_its_chain_and_hairpin_element_only() {
         let a = port("a", &["10.244.0.2"]);
         let mut b = port("b", &["10.244.0.3", "10.244.0.4"]);
         b.cluster_ip = "10.96.0.21".parse().unwrap();
@@ -528,15 +622,16 @@ mod tests {
         let mut b2 = b.clone();
         b2.endpoints.pop();
         let after = render(&model(vec![a.clone(), b2]), &RenderConfig::default());
-        let (text, _) = diff_text(&after, &before, false);
-        assert!(!text.contains("element"), "{text}");
-        assert!(text.contains(&format!("flush chain ip skiff {}", svc_chain(&b))));
-        let gone = sep_chain(&b, &b.endpoints[1]);
-        assert!(
-            text.contains(&format!("delete chain ip skiff {gone}")),
-            "{text}"
+        let (text, changes) = diff_text(&after, &before, false);
+        assert_eq!(
+            text,
+            format!(
+                "flush chain ip skiff {svc}\nadd rule ip skiff {svc} meta l4proto udp dnat to 10.244.0.3:5353\n\
+                 delete element ip skiff hairpin-endpoints {{ 10.244.0.4 . 10.244.0.4 }}\n",
+                svc = svc_chain(&b)
+            )
         );
-        assert!(!text.contains(&svc_chain(&a)));
+        assert_eq!(changes, 2);
         assert_eq!(diff_text(&after, &after, false).0, "");
     }
 

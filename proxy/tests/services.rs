@@ -24,6 +24,7 @@ both_modes!(
     session_affinity_and_local_policy,
     restart_bad_input_and_cleanup,
     node_port_addresses_external_ips_and_switching_modes,
+    sctp_and_load_balancer_ips,
 );
 
 const WEB: &str = "  type: NodePort\n  ports:\n  - name: tcp\n    port: 80\n    protocol: TCP\n    nodePort: 30080\n  - name: udp\n    port: 53\n    protocol: UDP\n    nodePort: 30053\n";
@@ -365,5 +366,65 @@ fn node_port_addresses_external_ips_and_switching_modes(mode: &'static str) {
             "iptables" => !lab.iptables_save().contains("SKIFF-"),
             _ => !lab.nft_ruleset().contains("table ip skiff"),
         },
+    );
+}
+
+/// SCTP to a ClusterIP reaches every endpoint (DNATed to the endpoint's port, answered back
+/// from the Service address); a LoadBalancer Service's `status.loadBalancer.ingress` IP takes
+/// outside traffic to its endpoints, and stops when the IP leaves the status.
+fn sctp_and_load_balancer_ips(mode: &'static str) {
+    let mut lab = Lab::new(mode);
+    lab.listen_sctp(&lab.pod_a.clone(), 7777, "pod-a");
+    lab.listen_sctp(&lab.pod_b.clone(), 7777, "pod-b");
+    lab.start_proxy(&[]);
+    let cip = lab.service(
+        "assoc",
+        "  ports:\n  - name: sctp\n    port: 9999\n    protocol: SCTP\n",
+    );
+    lab.apply(&format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: assoc-1\n  namespace: default\n  labels:\n    kubernetes.io/service-name: assoc\naddressType: IPv4\nports:\n- name: sctp\n  port: 7777\n  protocol: SCTP\nendpoints:\n- addresses: [\"{POD_A_IP}\"]\n- addresses: [\"{POD_B_IP}\"]\n"
+    ));
+    let to: std::net::SocketAddrV4 = format!("{cip}:9999").parse().unwrap();
+    let node = lab.node.clone();
+    common::eventually(
+        "SCTP reaches the Service (conntrack and NAT of SCTP: CONFIG_NF_CT_PROTO_SCTP)",
+        Duration::from_secs(20),
+        || sctp::exchange(&node, to, 40000).is_some(),
+    );
+    // Each source port is a new association, spread over both endpoints.
+    let answers: std::collections::BTreeSet<_> = (40001..40031)
+        .filter_map(|port| sctp::exchange(&node, to, port))
+        .collect();
+    assert_eq!(
+        answers,
+        ["pod-a", "pod-b"].map(String::from).into(),
+        "SCTP INITs to {to}\n{}",
+        lab.proxy_log()
+    );
+
+    lab.service(
+        "lb",
+        "  type: LoadBalancer\n  ports:\n  - name: tcp\n    port: 80\n",
+    );
+    lab.endpoints("lb", &[(POD_A_IP, true, NODE), (POD_B_IP, true, NODE)]);
+    let lb_status = |ingress: &str| {
+        lab.kubectl(&[
+            "patch",
+            "service",
+            "lb",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &format!("{{\"status\":{{\"loadBalancer\":{{\"ingress\":[{ingress}]}}}}}}"),
+        ]);
+    };
+    lb_status("{\"ip\":\"172.16.0.60\"}");
+    let outside = lab.outside.clone();
+    lab.wait_spread(&outside, "172.16.0.60:80", &["pod-a", "pod-b"], 20);
+    lb_status("");
+    common::eventually(
+        "the load-balancer IP stops answering",
+        Duration::from_secs(10),
+        || lab.tcp(&outside, "172.16.0.60:80").is_err(),
     );
 }

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod sctp;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -198,6 +200,12 @@ impl Lab {
         let mut lab = lab;
         lab.start_server();
         lab
+    }
+
+    /// An SCTP endpoint in the pod `ns` on `port` answering `name` (see [`sctp`]), stopped with
+    /// the lab.
+    pub fn listen_sctp(&self, ns: &str, port: u16, name: &'static str) {
+        sctp::answer(ns, port, name, self.stop.clone());
     }
 
     /// A TCP and a UDP listener in `ns`, each answering `name`.
