@@ -1,6 +1,7 @@
 //! The node as a whole: pods that the kubelet runs reach a Service through the node's
 //! skiff-proxy, by its ClusterIP and by its name from the cluster DNS the proxy answers at
-//! 10.96.0.10 (the kubelet's default `--cluster-dns`, the control plane's `kube-dns` Service).
+//! 10.96.0.10 (the kubelet's default `--cluster-dns`, the control plane's `kube-dns` Service),
+//! with SRV and PTR records too.
 
 mod common;
 
@@ -81,6 +82,8 @@ spec:
             // The Service's endpoint follows the web pod's readiness: retry until it is in place.
             // (nc, not wget: the static busybox's wget needs NSS, which the image lacks.)
             "cat /etc/resolv.conf; nslookup web.default.svc.cluster.local || exit 1; \
+             nslookup -type=srv _http._tcp.web.default.svc.cluster.local || exit 1; \
+             nslookup {cip} || exit 1; \
              for i in $(seq 20); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {cip} 80 && exit 0; \
              sleep 0.5; done; exit 1"
         ),
@@ -107,4 +110,13 @@ spec:
     assert!(out.contains("nameserver 10.96.0.10"), "{out}");
     assert!(out.contains(&format!("Address: {cip}")), "{out}");
     assert!(out.contains(" stdout F web\n"), "{out}");
+    // SRV for the named port, and PTR for the ClusterIP, from inside the pod.
+    assert!(
+        out.contains("service = 0 100 80 web.default.svc.cluster.local"),
+        "{out}"
+    );
+    assert!(
+        out.contains("name = web.default.svc.cluster.local"),
+        "{out}"
+    );
 }

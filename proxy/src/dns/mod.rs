@@ -20,6 +20,7 @@ pub mod forward;
 pub mod metrics;
 pub mod records;
 pub mod server;
+mod udp;
 pub mod watch;
 
 use std::borrow::Borrow;

@@ -1,6 +1,6 @@
-//! The DNS protocol side: hickory-server parses requests and writes responses on UDP and TCP;
-//! [`Handler`] answers each request from the cluster index, or through the forwarder for names
-//! outside the cluster.
+//! The DNS protocol side: hickory-server parses requests and writes responses on TCP, and
+//! [`super::udp`] on UDP; [`Handler`] answers each request from the cluster index, or through
+//! the forwarder for names outside the cluster.
 //!
 //! hickory-server answers undecodable requests with FORMERR itself and drops those shorter than
 //! a header; everything that reaches the handler is checked here (one question, class IN,
@@ -32,7 +32,8 @@ const TCP_RESPONSE_BUFFER: usize = 32;
 /// are truncated and the client retries over TCP.
 const MAX_UDP_PAYLOAD: u16 = 4096;
 
-/// The request handler hickory-server calls for every decoded request.
+/// The request handler called for every decoded request.
+#[derive(Clone)]
 pub struct Handler {
     pub(super) shared: Arc<Shared>,
 }
@@ -256,9 +257,12 @@ async fn send<R: ResponseHandler>(
     (info, response.source)
 }
 
-/// The DNS server bound to its UDP socket and TCP listener.
+/// The DNS server bound to its UDP sockets and TCP listener.
 pub struct Listening {
-    server: Server<Handler>,
+    /// hickory-server, serving TCP.
+    tcp_server: Server<Handler>,
+    udp_sockets: Vec<UdpSocket>,
+    handler: Handler,
     /// The UDP address actually bound (a port 0 request gets a real port).
     pub udp: SocketAddr,
     /// The TCP address actually bound.
@@ -273,20 +277,19 @@ impl Listening {
         let sockets = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
         let first = reuseport_udp(addr).map_err(bind_error)?;
         let udp_addr = first.local_addr().map_err(bind_error)?;
-        let mut udp = vec![first];
+        let mut udp_sockets = vec![first];
         for _ in 1..sockets {
-            udp.push(reuseport_udp(udp_addr).map_err(bind_error)?);
+            udp_sockets.push(reuseport_udp(udp_addr).map_err(bind_error)?);
         }
         // With port 0 the TCP listener takes the port UDP got, so one address serves both.
         let tcp = TcpListener::bind(udp_addr).await.map_err(bind_error)?;
         let tcp_addr = tcp.local_addr().map_err(bind_error)?;
-        let mut server = Server::new(handler);
-        for socket in udp {
-            server.register_socket(socket);
-        }
-        server.register_listener(tcp, TCP_IDLE, TCP_RESPONSE_BUFFER);
+        let mut tcp_server = Server::new(handler.clone());
+        tcp_server.register_listener(tcp, TCP_IDLE, TCP_RESPONSE_BUFFER);
         Ok(Self {
-            server,
+            tcp_server,
+            udp_sockets,
+            handler,
             udp: udp_addr,
             tcp: tcp_addr,
         })
@@ -294,10 +297,23 @@ impl Listening {
 
     /// Serves until a socket fails.
     pub async fn run(mut self) -> Result<(), DnsError> {
-        self.server
-            .block_until_done()
-            .await
-            .map_err(|e| DnsError::Serve(e.to_string()))
+        let mut udp = tokio::task::JoinSet::new();
+        for socket in self.udp_sockets {
+            udp.spawn(super::udp::serve(socket, self.handler.clone()));
+        }
+        tokio::select! {
+            done = self.tcp_server.block_until_done() => {
+                done.map_err(|e| DnsError::Serve(e.to_string()))
+            }
+            Some(done) = udp.join_next() => {
+                let error = match done {
+                    Ok(Ok(())) => "UDP socket closed".to_string(),
+                    Ok(Err(e)) => format!("UDP: {e}"),
+                    Err(e) => format!("UDP: {e}"),
+                };
+                Err(DnsError::Serve(error))
+            }
+        }
     }
 }
 
