@@ -6,7 +6,8 @@
 //! - `agent`: the command line and the start of everything below.
 //! - `node`, `host`: the Node's registration, status and Lease; what the host is made of.
 //! - `pod_manager`, `pod_worker`: the pod watch and one worker per pod (sandbox, init and app
-//!   containers, restarts with back-off, graceful termination, cleanup, adoption after a restart).
+//!   containers, restarts with back-off, graceful termination, cleanup, adoption after a restart);
+//!   `admission`: whether a pod fits the node at all (resources, node affinity, taints).
 //! - `probes`, `lifecycle`: liveness/readiness/startup probes with their thresholds; postStart and
 //!   preStop hooks, stopping one container, activeDeadlineSeconds.
 //! - `volumes`: emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes.
@@ -24,6 +25,7 @@
 //!   worker's view of it (namespaces, address, hostPorts, the pod's files).
 //! - `server`: the node API on port 10250 (logs, exec, port-forward, stats) over mutual TLS.
 
+pub mod admission;
 pub mod agent;
 pub mod cgroups;
 pub mod container_env;

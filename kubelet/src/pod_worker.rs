@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodStatus, Secret, Service};
 use kube::api::{DeleteParams, ListParams, Preconditions};
 use kube::{Api, Client};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, watch};
 
+use crate::admission::Rejection;
 use crate::cgroups::{self, CgroupMounts};
 use crate::container_env::{self, EnvSources, NodeView};
 use crate::containers::{self, ContainerMeta, ContainerRecord};
@@ -139,6 +140,8 @@ pub struct PodWorker {
     probes: ProbeManager,
     /// Set once activeDeadlineSeconds passed: the pod is failed and nothing runs again.
     deadline_exceeded: bool,
+    /// Set when the pod was not admitted: nothing of it runs, it is reported Failed.
+    rejection: Option<Rejection>,
 }
 
 impl PodWorker {
@@ -148,6 +151,7 @@ impl PodWorker {
         uid: String,
         pod_rx: watch::Receiver<Option<Arc<Pod>>>,
         adopted: Vec<ContainerRecord>,
+        rejection: Option<Rejection>,
     ) -> PodWorker {
         let mut records: BTreeMap<String, Vec<ContainerRecord>> = BTreeMap::new();
         for r in adopted {
@@ -171,6 +175,7 @@ impl PodWorker {
             sandbox: None,
             volumes: VolumeSync::default(),
             deadline_exceeded: false,
+            rejection,
         }
     }
 
@@ -225,6 +230,10 @@ impl PodWorker {
     /// One pass toward the spec; returns when to look again at the latest.
     async fn sync(&mut self, pod: &Pod) -> Duration {
         self.refresh();
+        if let Some(r) = self.rejection.clone() {
+            self.reject(pod, &r).await;
+            return RESYNC;
+        }
         let spec = pod.spec.clone().unwrap_or_default();
         let api_phase = pod.status.as_ref().and_then(|s| s.phase.clone());
         let finished = matches!(api_phase.as_deref(), Some("Succeeded" | "Failed"));
@@ -332,6 +341,21 @@ impl PodWorker {
         }
         self.report(pod, init_done, init_failed, pod_error).await;
         next
+    }
+
+    /// A pod that was not admitted: containers adopted from before a restart are stopped, and
+    /// the status says Failed with the rejection's reason, as the kubelet's rejectPod writes it.
+    async fn reject(&mut self, pod: &Pod, r: &Rejection) {
+        self.stop_all(lifecycle::grace_period(pod, None)).await;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let status = PodStatus {
+            phase: Some("Failed".to_string()),
+            reason: Some(r.reason.clone()),
+            message: Some(r.status_message()),
+            qos_class: Some(skiff_k8s::qos::qos_class(&spec).as_str().to_string()),
+            ..PodStatus::default()
+        };
+        self.k.status.set(pod, status).await;
     }
 
     /// Sets up (or refreshes) the pod's volumes; while they cannot be, its containers wait with
