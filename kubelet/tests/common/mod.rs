@@ -410,6 +410,18 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// The root filesystem of the running container `id`, as its init process sees it.
+    pub fn container_root(&self, id: &str) -> PathBuf {
+        let out = Command::new(binary("skiff-runc", ""))
+            .arg("--root")
+            .arg(self.run_dir().join("runtime"))
+            .args(["state", id])
+            .output()
+            .expect("skiff-runc state");
+        let state: Value = serde_json::from_slice(&out.stdout).expect("the container's state");
+        PathBuf::from(format!("/proc/{}/root", state["pid"]))
+    }
+
     /// The pod's cgroup directories left in any hierarchy.
     pub fn cgroup_leftovers(&self) -> Vec<PathBuf> {
         let mut left = vec![];
