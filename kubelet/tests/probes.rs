@@ -296,7 +296,10 @@ spec:
     });
     // At most the run in flight (its sh and sleep) is alive: none was left behind.
     let alive = processes_with(&marker);
-    assert!(alive <= 2, "{alive} processes of timed-out probes are alive");
+    assert!(
+        alive <= 2,
+        "{alive} processes of timed-out probes are alive"
+    );
     let p = node.pod("slow-probe").unwrap();
     assert_eq!(condition(&p, "Ready"), "False");
     assert!(running(&p), "{}", status(&p));
