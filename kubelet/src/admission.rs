@@ -39,19 +39,6 @@ impl Rejection {
     }
 }
 
-/// The annotation the kubelet sets on pods it read from a manifest file.
-pub const SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
-
-/// Whether the pod came from a manifest file rather than the API (static pods are exempt from
-/// the taint check, as they are in the kubelet).
-fn is_static(pod: &Pod) -> bool {
-    pod.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(SOURCE_ANNOTATION))
-        .is_some_and(|s| s != "api")
-}
-
 /// Whether `pod` may run on `node` beside the admitted, still active `others`.
 pub fn admit(pod: &Pod, node: &Node, others: &[&Pod]) -> Result<(), Rejection> {
     fits(pod, node, others)?;
@@ -72,7 +59,7 @@ pub fn admit(pod: &Pod, node: &Node, others: &[&Pod]) -> Result<(), Rejection> {
         .as_ref()
         .and_then(|s| s.tolerations.as_deref())
         .unwrap_or_default();
-    if !is_static(pod)
+    if !crate::static_pods::is_static(pod)
         && skiff_k8s::taints::untolerated(node, tolerations, &["NoExecute"])
             .next()
             .is_some()

@@ -130,7 +130,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => find_companion("skiff-shim")?,
     };
-    for dir in [&args.root_dir, &args.run_dir, &args.pod_logs_dir] {
+    for dir in [&args.root_dir, &args.run_dir, &args.pod_logs_dir]
+        .into_iter()
+        .chain(&args.pod_manifest_path)
+    {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let client = client(&kubeconfig).await?;
@@ -176,6 +179,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         node_cpus: facts.cpus,
         node_memory_bytes: facts.memory_bytes,
         volume_sync_period: std::time::Duration::from_secs(args.volume_sync_seconds.max(1)),
+        pod_manifest_path: args.pod_manifest_path.clone(),
     };
     start_node_api(&args, &kubeconfig, &config, client.clone(), runtime.clone()).await?;
     let network = crate::node_network::start(crate::node_network::NodeNetworkConfig {

@@ -7,7 +7,8 @@
 //! - `node`, `host`: the Node's registration, status and Lease; what the host is made of.
 //! - `pod_manager`, `pod_worker`: the pod watch and one worker per pod (sandbox, init and app
 //!   containers, restarts with back-off, graceful termination, cleanup, adoption after a restart);
-//!   `admission`: whether a pod fits the node at all (resources, node affinity, taints).
+//!   `admission`: whether a pod fits the node at all (resources, node affinity, taints);
+//!   `static_pods`: pods from manifest files and their mirror pods in the API.
 //! - `probes`, `lifecycle`: liveness/readiness/startup probes with their thresholds; postStart and
 //!   preStop hooks, stopping one container, activeDeadlineSeconds.
 //! - `volumes`: emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes.
@@ -46,5 +47,6 @@ pub mod runtime;
 pub mod sandbox;
 pub mod server;
 pub mod shim;
+pub mod static_pods;
 pub mod status;
 pub mod volumes;

@@ -6,7 +6,9 @@
 //! order they were created, so after a restart the oldest keep their place.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -21,6 +23,10 @@ use crate::image::ImageStore;
 use crate::node_network::NetworkHandle;
 use crate::pod_worker::{Kubelet, KubeletConfig, PodWorker};
 use crate::runtime::Runtime;
+use crate::static_pods;
+
+/// How often the static pod manifests are read again (and their mirrors checked).
+const MANIFEST_CHECK: Duration = Duration::from_secs(2);
 
 struct Workers {
     k: Arc<Kubelet>,
@@ -29,6 +35,8 @@ struct Workers {
     adoptable: HashMap<String, Vec<ContainerRecord>>,
     /// Pods that were not admitted (they never run, and take no room on the node).
     rejected: HashSet<String>,
+    /// The static pods from the manifest directory, by uid (their hash).
+    static_pods: HashMap<String, Arc<Pod>>,
 }
 
 /// Whether the API already reports the pod finished.
@@ -53,6 +61,10 @@ impl Workers {
         let Some(uid) = pod.metadata.uid.clone() else {
             return;
         };
+        if static_pods::is_mirror(&pod) {
+            // Its static pod runs from the manifest; the mirror is only the API's view of it.
+            return;
+        }
         self.running.retain(|_, tx| !tx.is_closed());
         let pod = Arc::new(pod);
         if let Some(tx) = self.running.get(&uid) {
@@ -100,6 +112,50 @@ impl Workers {
         admission::admit(pod, &node, &others).err()
     }
 
+    /// Brings the static pods to the manifest directory's content: new manifests are admitted
+    /// and started, removed (or changed: a new hash) ones stopped; each has its mirror in the API.
+    async fn sync_static(&mut self, dir: &Path) {
+        let client = self.k.client.clone();
+        let node_name = self.k.config.node_name.clone();
+        let pods = static_pods::read_dir(dir, &node_name);
+        let current: HashMap<String, Arc<Pod>> = pods
+            .into_iter()
+            .filter_map(|p| Some((p.metadata.uid.clone()?, Arc::new(p))))
+            .collect();
+        let removed: Vec<(String, Arc<Pod>)> = self
+            .static_pods
+            .iter()
+            .filter(|(uid, _)| !current.contains_key(*uid))
+            .map(|(uid, p)| (uid.clone(), p.clone()))
+            .collect();
+        for (uid, old) in removed {
+            tracing::info!(pod = %uid, name = ?old.metadata.name, "static pod manifest gone or changed; stopping the pod");
+            self.gone(&uid);
+            static_pods::remove_mirror_of(&client, &old).await;
+        }
+        let node = match Api::<Node>::all(client.clone()).get(&node_name).await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!("reading the node for its mirror pods: {e}");
+                None
+            }
+        };
+        for (uid, pod) in &current {
+            if !self.static_pods.contains_key(uid) {
+                tracing::info!(pod = %uid, name = ?pod.metadata.name, "static pod from the manifest directory");
+                self.apply(pod.as_ref().clone()).await;
+            }
+            if let Some(node) = &node
+                && static_pods::sync_mirror(&client, pod, node).await
+                && let Some(tx) = self.running.get(uid)
+            {
+                // A new mirror has no status yet: the worker writes it on its next pass.
+                tx.send_replace(Some(pod.clone()));
+            }
+        }
+        self.static_pods = current;
+    }
+
     /// The pod is gone from the API: its worker stops what is left.
     fn gone(&mut self, uid: &str) {
         if let Some(tx) = self.running.get(uid) {
@@ -140,7 +196,16 @@ pub async fn run(
         running: HashMap::new(),
         adoptable,
         rejected: HashSet::new(),
+        static_pods: HashMap::new(),
     };
+    // Static pods first, so that their containers are adopted before the first listing decides
+    // which containers belong to no pod.
+    let manifests = workers.k.config.pod_manifest_path.clone();
+    if let Some(dir) = &manifests {
+        workers.sync_static(dir).await;
+    }
+    let mut manifest_check = tokio::time::interval(MANIFEST_CHECK);
+    manifest_check.tick().await;
     let api: Api<Pod> = Api::all(client);
     let selector = format!("spec.nodeName={node}");
     let mut events = watcher(api, watcher::Config::default().fields(&selector))
@@ -149,7 +214,19 @@ pub async fn run(
     let mut listed: HashSet<String> = HashSet::new();
     // A (re)listing's pods, handed over oldest first once it is complete.
     let mut listing: Vec<Pod> = Vec::new();
-    while let Some(event) = events.try_next().await? {
+    loop {
+        let event = tokio::select! {
+            event = events.try_next() => match event? {
+                Some(e) => e,
+                None => break,
+            },
+            _ = manifest_check.tick(), if manifests.is_some() => {
+                if let Some(dir) = &manifests {
+                    workers.sync_static(dir).await;
+                }
+                continue;
+            }
+        };
         match event {
             watcher::Event::Init => {
                 listed.clear();
@@ -174,7 +251,7 @@ pub async fn run(
                     .running
                     .keys()
                     .chain(workers.adoptable.keys())
-                    .filter(|uid| !listed.contains(*uid))
+                    .filter(|uid| !listed.contains(*uid) && !workers.static_pods.contains_key(*uid))
                     .cloned()
                     .collect();
                 for uid in gone {
@@ -183,7 +260,10 @@ pub async fn run(
                 }
                 // Sandboxes of pods that vanished before any container of theirs was made.
                 for uid in workers.k.sandboxes.uids() {
-                    if !listed.contains(&uid) && !workers.running.contains_key(&uid) {
+                    if !listed.contains(&uid)
+                        && !workers.running.contains_key(&uid)
+                        && !workers.static_pods.contains_key(&uid)
+                    {
                         tracing::info!(pod = %uid, "removing the sandbox of a pod that no longer exists");
                         workers.k.sandboxes.remove(&uid).await;
                     }
@@ -191,7 +271,12 @@ pub async fn run(
             }
             watcher::Event::Apply(pod) => workers.apply(pod).await,
             watcher::Event::Delete(pod) => {
-                if let Some(uid) = &pod.metadata.uid {
+                if let Some(uid) = pod
+                    .metadata
+                    .uid
+                    .as_ref()
+                    .filter(|_| !static_pods::is_mirror(&pod))
+                {
                     workers.gone(uid);
                 }
             }

@@ -62,6 +62,8 @@ pub struct KubeletConfig {
     pub node_memory_bytes: u64,
     /// How often volume files that follow API objects are refreshed.
     pub volume_sync_period: Duration,
+    /// The directory of static pod manifests.
+    pub pod_manifest_path: Option<PathBuf>,
 }
 
 /// What every worker shares: the client, the runtime and the managers.

@@ -358,12 +358,23 @@ impl StatusManager {
     /// keep their transition time; the start time is set once; conditions the kubelet does not
     /// own are kept. The write is conditional on the resourceVersion `pod` was read at, so that
     /// nothing written meanwhile is lost: on a conflict it is redone against the fresh object.
+    /// A static pod's status is written to its mirror pod.
     pub async fn set(&self, pod: &Pod, status: PodStatus) {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
         let mut fresh;
         let mut base = pod;
+        // A static pod's status goes to its mirror pod.
+        if crate::static_pods::is_static(pod) {
+            let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+            match api.get_opt(&name).await {
+                Ok(Some(m)) if crate::static_pods::mirrors(&m, uid) => fresh = m,
+                _ => return,
+            }
+            base = &fresh;
+        }
+        let target = base.metadata.uid.clone();
         for _ in 0..CONFLICT_RETRIES {
             match self.write(&api, base, status.clone()).await {
                 Write::Done => return,
@@ -371,7 +382,7 @@ impl StatusManager {
             }
             tracing::debug!(pod = %format!("{ns}/{name}"), "status write conflicted; retrying against the fresh pod");
             fresh = match api.get(&name).await {
-                Ok(p) if p.metadata.uid == pod.metadata.uid => p,
+                Ok(p) if p.metadata.uid == target => p,
                 Ok(_) => return,
                 Err(e) => {
                     tracing::warn!(pod = %format!("{ns}/{name}"), "re-reading the pod for its status: {e}");
