@@ -1,6 +1,7 @@
 //! Static pods from `--pod-manifest-path` on a real node: the pod runs from its file, its mirror
 //! pod in the API carries the kubelet's status, the mirror annotation and the Node as owner; a
-//! mirror deleted through the API comes back without the pod restarting; a changed file replaces
+//! mirror deleted through the API comes back without the pod restarting, and a restarted kubelet
+//! adopts the pod's container; a changed file replaces
 //! the pod; a removed file stops it and removes the mirror.
 
 mod common;
@@ -89,6 +90,23 @@ fn static_pods_run_from_files_with_mirror_pods() {
             && running(p)
     });
     assert_eq!(container_id(&p), first_id, "the static pod was restarted");
+
+    // A kubelet killed and started again adopts the static pod's running container.
+    let mut node = node;
+    node.kill9_kubelet();
+    node.start_kubelet();
+    node.wait_for("the container to be adopted", WAIT, |n| {
+        n.kubelet_log().contains("adopted a running container")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let p = node.wait_pod(name, "running after the restart", WAIT, running);
+    assert_eq!(container_id(&p), first_id, "the static pod was restarted");
+    assert_eq!(
+        node.container_dirs().len(),
+        1,
+        "{:?}",
+        node.container_dirs()
+    );
 
     // A changed manifest is a new pod: the old one stops, the new one runs, the mirror follows.
     std::fs::write(&file, manifest("second")).unwrap();
