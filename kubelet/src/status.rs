@@ -132,22 +132,28 @@ pub fn container_status(v: &ContainerView) -> ContainerStatus {
     }
 }
 
-/// The pod's phase from its container statuses (the kubelet's getPhase).
+/// Whether an init container has done its part: a regular one completed, a sidecar started.
+fn init_complete(s: &ContainerStatus, sidecar: bool) -> bool {
+    if sidecar {
+        return s.started == Some(true);
+    }
+    s.state
+        .as_ref()
+        .and_then(|st| st.terminated.as_ref())
+        .is_some_and(|t| t.exit_code == 0)
+}
+
+/// The pod's phase from its container statuses (the kubelet's getPhase); `init_pending` when
+/// some init container has not done its part yet.
 pub fn phase(
     restart_policy: &str,
-    init: &[ContainerStatus],
+    init_pending: bool,
     init_failed: bool,
     apps: &[ContainerStatus],
 ) -> &'static str {
     if init_failed {
         return "Failed";
     }
-    let init_pending = init.iter().any(|s| {
-        s.state
-            .as_ref()
-            .and_then(|st| st.terminated.as_ref())
-            .is_none_or(|t| t.exit_code != 0)
-    });
     if init_pending {
         return "Pending";
     }
@@ -213,7 +219,15 @@ pub struct PodView<'a> {
 pub fn pod_status(v: PodView) -> PodStatus {
     let spec = v.pod.spec.clone().unwrap_or_default();
     let policy = spec.restart_policy.as_deref().unwrap_or("Always");
-    let phase = phase(policy, &v.init, v.init_failed, &v.apps);
+    let sidecars: Vec<&str> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+        .map(|c| c.name.as_str())
+        .collect();
+    let complete = |s: &ContainerStatus| init_complete(s, sidecars.contains(&s.name.as_str()));
+    let phase = phase(policy, !v.init.iter().all(complete), v.init_failed, &v.apps);
     let unfinished = |all: &[ContainerStatus], pred: &dyn Fn(&ContainerStatus) -> bool| {
         let names: Vec<&str> = all
             .iter()
@@ -222,12 +236,7 @@ pub fn pod_status(v: PodView) -> PodStatus {
             .collect();
         (names.is_empty(), format!("[{}]", names.join(" ")))
     };
-    let (init_ok, init_msg) = unfinished(&v.init, &|s| {
-        s.state
-            .as_ref()
-            .and_then(|st| st.terminated.as_ref())
-            .is_some_and(|t| t.exit_code == 0)
-    });
+    let (init_ok, init_msg) = unfinished(&v.init, &complete);
     let (ready_ok, ready_msg) = unfinished(&v.apps, &|s| s.ready);
     let terminal = matches!(phase, "Succeeded" | "Failed");
     let gates = unready_gates(v.pod);
@@ -513,39 +522,41 @@ mod tests {
     #[test]
     fn phases() {
         assert_eq!(
-            phase("Always", &[], false, &[st(false, None, false)]),
+            phase("Always", false, false, &[st(false, None, false)]),
             "Pending"
         );
         assert_eq!(
-            phase("Always", &[], false, &[st(true, None, false)]),
+            phase("Always", false, false, &[st(true, None, false)]),
             "Running"
         );
         assert_eq!(
-            phase("Never", &[], false, &[st(false, Some(0), false)]),
+            phase("Never", false, false, &[st(false, Some(0), false)]),
             "Succeeded"
         );
         assert_eq!(
-            phase("Never", &[], false, &[st(false, Some(3), false)]),
+            phase("Never", false, false, &[st(false, Some(3), false)]),
             "Failed"
         );
         assert_eq!(
-            phase("OnFailure", &[], false, &[st(false, Some(3), false)]),
+            phase("OnFailure", false, false, &[st(false, Some(3), false)]),
             "Running"
         );
         // CrashLoopBackOff: waiting with a last termination counts as stopped.
         assert_eq!(
-            phase("Always", &[], false, &[st(false, None, true)]),
+            phase("Always", false, false, &[st(false, None, true)]),
             "Running"
         );
         assert_eq!(
-            phase(
-                "Always",
-                &[st(true, None, false)],
-                false,
-                &[st(false, None, false)]
-            ),
+            phase("Always", true, false, &[st(false, None, false)]),
             "Pending"
         );
-        assert_eq!(phase("Never", &[], true, &[]), "Failed");
+        assert_eq!(phase("Never", false, true, &[]), "Failed");
+        // A running init container is pending; a sidecar once it has started is done.
+        let mut sidecar = st(true, None, false);
+        assert!(!init_complete(&sidecar, false));
+        assert!(!init_complete(&sidecar, true));
+        sidecar.started = Some(true);
+        assert!(init_complete(&sidecar, true));
+        assert!(init_complete(&st(false, Some(0), false), false));
     }
 }
