@@ -143,6 +143,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .await
         .context("asking the OCI runtime for its version")?;
 
+    let images =
+        crate::image::ImageStore::open(&args.root_dir).context("opening the image store")?;
     let node = Arc::new(NodeAgent::new(
         client.clone(),
         NodeConfig {
@@ -152,6 +154,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             root_dir: args.root_dir.clone(),
             runtime_version,
         },
+        images.clone(),
     ));
     let registered = node.register().await?;
     let node_uid = registered.metadata.uid.clone().unwrap_or_default();
@@ -187,8 +190,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         node_name: config.node_name.clone(),
         state_dir: args.root_dir.join("network"),
     });
-    let images =
-        crate::image::ImageStore::open(&args.root_dir).context("opening the image store")?;
     crate::pod_manager::run(client, Arc::new(config), Arc::new(runtime), images, network).await
 }
 
