@@ -380,7 +380,10 @@ pub fn generate(setup: &ContainerSetup) -> Result<Value, ConfigError> {
         "cgroupsPath": setup.cgroups_path,
         "resources": resources,
     });
-    if !privileged {
+    // procMount Unmasked: /proc as the kernel shows it (meant for containers in a user
+    // namespace that run their own nested containers).
+    let unmasked = sc.and_then(|s| s.proc_mount.as_deref()) == Some("Unmasked");
+    if !privileged && !unmasked {
         linux["maskedPaths"] = json!([
             "/proc/acpi",
             "/proc/asound",

@@ -1,7 +1,8 @@
 //! securityContext fields on a real node, each checked by its effect inside the real container
 //! (what the container prints to its CRI log): runAsUser/runAsGroup/supplementalGroups,
 //! runAsNonRoot refusing an image that runs as root, readOnlyRootFilesystem,
-//! allowPrivilegeEscalation (no_new_privs), capabilities add/drop, privileged, sysctls.
+//! allowPrivilegeEscalation (no_new_privs), capabilities add/drop, privileged, procMount,
+//! sysctls.
 
 mod common;
 
@@ -99,6 +100,10 @@ fn security_context_fields_take_effect_in_the_container() {
         "{}",
         "{privileged: true}",
     ));
+    let masked = "grep -cE ' /proc/(acpi|asound|kcore|keys|latency_stats|timer_list|sched_debug|scsi) ' \
+                  /proc/mounts; grep -c ' /proc/sys ' /proc/mounts; true";
+    node.apply(&pod("proc-default", masked, "{}", "{procMount: Default}"));
+    node.apply(&pod("proc-unmasked", masked, "{}", "{procMount: Unmasked}"));
     node.apply(&pod(
         "sysctls",
         "cat /proc/sys/net/ipv4/ip_unprivileged_port_start",
@@ -147,6 +152,14 @@ fn security_context_fields_take_effect_in_the_container() {
         .find(|l| l.contains(" /sys "))
         .unwrap_or_default();
     assert!(sys.contains(" rw,") || sys.contains(" rw "), "{out}");
+
+    // procMount Default masks files of /proc (those this kernel has) and makes /proc/sys
+    // read-only; Unmasked does neither.
+    let out = output(&node, "proc-default");
+    let counts: Vec<u32> = out.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert!(counts[0] > 0 && counts[1] == 1, "{out}");
+    let out = output(&node, "proc-unmasked");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["0", "0"], "{out}");
 
     let out = output(&node, "sysctls");
     assert_eq!(out.trim(), "80");
