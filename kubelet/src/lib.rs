@@ -15,7 +15,7 @@
 //! - `status`, `events`: the pod status manager (writes only changes) and the event recorder.
 //! - `containers`, `shim`, `cri_log`, `runtime`: the containers' on-disk records, the
 //!   per-container supervisor (`skiff-shim`) and its CRI log, the OCI runtime's command line.
-//! - `oci_config`, `container_env`, `cgroups`: a container's config.json from the pod spec, its
+//! - `oci_config`, `seccomp`, `container_env`, `cgroups`: a container's config.json from the pod spec (and its seccomp profile), its
 //!   environment, pod cgroups in QoS tiers (QoS classes and quantities come from `skiff-k8s`, the
 //!   Kubernetes semantics the control plane shares).
 //! - `image`: the node's image store (pull from registries, import archives, unpacked layers shared
@@ -45,6 +45,7 @@ pub mod pod_worker;
 pub mod probes;
 pub mod runtime;
 pub mod sandbox;
+pub mod seccomp;
 pub mod server;
 pub mod shim;
 pub mod static_pods;

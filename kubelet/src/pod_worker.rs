@@ -810,6 +810,7 @@ impl PodWorker {
                 termination_log: &termination_log,
                 cgroups_path: &record.cgroup(),
                 volume_mounts: &volume_mounts,
+                seccomp_dir: &cfg.root_dir.join("seccomp"),
             })
             .map_err(|e| e.to_string())?;
             shim::write_json(&record.bundle(), "config.json", &spec)

@@ -2,7 +2,7 @@
 //! (what the container prints to its CRI log): runAsUser/runAsGroup/supplementalGroups,
 //! runAsNonRoot refusing an image that runs as root, readOnlyRootFilesystem,
 //! allowPrivilegeEscalation (no_new_privs), capabilities add/drop, privileged, procMount,
-//! sysctls.
+//! seccompProfile (RuntimeDefault, Unconfined, Localhost), sysctls.
 
 mod common;
 
@@ -100,6 +100,33 @@ fn security_context_fields_take_effect_in_the_container() {
         "{}",
         "{privileged: true}",
     ));
+    let seccomp_dir = node.root_dir().join("seccomp");
+    std::fs::create_dir_all(&seccomp_dir).unwrap();
+    std::fs::write(
+        seccomp_dir.join("no-mkdir.json"),
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let mode = "grep '^Seccomp:' /proc/self/status";
+    node.apply(&pod(
+        "seccomp-default",
+        mode,
+        "{seccompProfile: {type: RuntimeDefault}}",
+        "{}",
+    ));
+    node.apply(&pod(
+        "seccomp-unconfined",
+        mode,
+        "{seccompProfile: {type: RuntimeDefault}}",
+        "{seccompProfile: {type: Unconfined}}",
+    ));
+    node.apply(&pod(
+        "seccomp-local",
+        "mkdir /tmp/d 2>&1; echo rc=$?; touch /tmp/f && echo touched",
+        "{}",
+        "{seccompProfile: {type: Localhost, localhostProfile: no-mkdir.json}}",
+    ));
     let masked = "grep -cE ' /proc/(acpi|asound|kcore|keys|latency_stats|timer_list|sched_debug|scsi) ' \
                   /proc/mounts; grep -c ' /proc/sys ' /proc/mounts; true";
     node.apply(&pod("proc-default", masked, "{}", "{procMount: Default}"));
@@ -160,6 +187,16 @@ fn security_context_fields_take_effect_in_the_container() {
     assert!(counts[0] > 0 && counts[1] == 1, "{out}");
     let out = output(&node, "proc-unmasked");
     assert_eq!(out.lines().collect::<Vec<_>>(), ["0", "0"], "{out}");
+
+    // seccomp: the runtime default filters (mode 2); Unconfined (the container's, over the
+    // pod's) does not; a Localhost profile from the node's seccomp directory refuses mkdir.
+    let out = output(&node, "seccomp-default");
+    assert_eq!(out.trim(), "Seccomp:\t2");
+    let out = output(&node, "seccomp-unconfined");
+    assert_eq!(out.trim(), "Seccomp:\t0");
+    let out = output(&node, "seccomp-local");
+    assert!(out.contains("Operation not permitted"), "{out}");
+    assert!(out.contains("rc=1") && out.contains("touched"), "{out}");
 
     let out = output(&node, "sysctls");
     assert_eq!(out.trim(), "80");
