@@ -142,7 +142,10 @@ pub async fn run_until(
         Some(p) => p.clone(),
         None => find_companion("skiff-shim")?,
     };
-    for dir in [&args.root_dir, &args.run_dir, &args.pod_logs_dir] {
+    for dir in [&args.root_dir, &args.run_dir, &args.pod_logs_dir]
+        .into_iter()
+        .chain(&args.pod_manifest_path)
+    {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let client = client(&kubeconfig).await?;
@@ -152,6 +155,8 @@ pub async fn run_until(
         .await
         .context("asking the OCI runtime for its version")?;
 
+    let images =
+        crate::image::ImageStore::open(&args.root_dir).context("opening the image store")?;
     let node = Arc::new(NodeAgent::new(
         client.clone(),
         NodeConfig {
@@ -161,6 +166,7 @@ pub async fn run_until(
             root_dir: args.root_dir.clone(),
             runtime_version,
         },
+        images.clone(),
     ));
     let registered = node.register().await?;
     let node_uid = registered.metadata.uid.clone().unwrap_or_default();
@@ -188,6 +194,7 @@ pub async fn run_until(
         node_cpus: facts.cpus,
         node_memory_bytes: facts.memory_bytes,
         volume_sync_period: std::time::Duration::from_secs(args.volume_sync_seconds.max(1)),
+        pod_manifest_path: args.pod_manifest_path.clone(),
     };
     start_node_api(&args, &kubeconfig, &config, client.clone(), runtime.clone()).await?;
     let (network, network_task) =
@@ -196,8 +203,6 @@ pub async fn run_until(
             node_name: config.node_name.clone(),
             state_dir: args.root_dir.join("network"),
         });
-    let images =
-        crate::image::ImageStore::open(&args.root_dir).context("opening the image store")?;
     let cgroup_root = config.cgroup_root.clone();
     crate::pod_manager::run_until(
         client,

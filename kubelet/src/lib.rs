@@ -6,14 +6,16 @@
 //! - `agent`: the command line and the start of everything below.
 //! - `node`, `host`: the Node's registration, status and Lease; what the host is made of.
 //! - `pod_manager`, `pod_worker`: the pod watch and one worker per pod (sandbox, init and app
-//!   containers, restarts with back-off, graceful termination, cleanup, adoption after a restart).
+//!   containers, restarts with back-off, graceful termination, cleanup, adoption after a restart);
+//!   `admission`: whether a pod fits the node at all (resources, node affinity, taints);
+//!   `static_pods`: pods from manifest files and their mirror pods in the API.
 //! - `probes`, `lifecycle`: liveness/readiness/startup probes with their thresholds; postStart and
 //!   preStop hooks, stopping one container, activeDeadlineSeconds.
 //! - `volumes`: emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes.
 //! - `status`, `events`: the pod status manager (writes only changes) and the event recorder.
 //! - `containers`, `shim`, `cri_log`, `runtime`: the containers' on-disk records, the
 //!   per-container supervisor (`skiff-shim`) and its CRI log, the OCI runtime's command line.
-//! - `oci_config`, `container_env`, `cgroups`: a container's config.json from the pod spec, its
+//! - `oci_config`, `seccomp`, `container_env`, `cgroups`: a container's config.json from the pod spec (and its seccomp profile), its
 //!   environment, pod cgroups in QoS tiers (QoS classes and quantities come from `skiff-k8s`, the
 //!   Kubernetes semantics the control plane shares).
 //! - `image`: the node's image store (pull from registries, import archives, unpacked layers shared
@@ -24,6 +26,7 @@
 //!   worker's view of it (namespaces, address, hostPorts, the pod's files).
 //! - `server`: the node API on port 10250 (logs, exec, port-forward, stats) over mutual TLS.
 
+pub mod admission;
 pub mod agent;
 pub mod cgroups;
 pub mod container_env;
@@ -42,7 +45,9 @@ pub mod pod_worker;
 pub mod probes;
 pub mod runtime;
 pub mod sandbox;
+pub mod seccomp;
 pub mod server;
 pub mod shim;
+pub mod static_pods;
 pub mod status;
 pub mod volumes;

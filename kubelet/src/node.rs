@@ -1,5 +1,5 @@
 //! The node's record in the API: registration, the status (capacity, allocatable, addresses,
-//! nodeInfo, pressure conditions) patched when it changes and at least every five minutes, and
+//! nodeInfo, pressure conditions, the images it holds) patched when it changes and at least every five minutes, and
 //! the Lease in `kube-node-lease` renewed every ten seconds (the heartbeat the node lifecycle
 //! controller reads).
 
@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo};
+use k8s_openapi::api::core::v1::{
+    ContainerImage, Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::api::{Patch, PatchParams, PostParams};
@@ -17,6 +19,7 @@ use kube::{Api, Client};
 use serde_json::json;
 
 use crate::host::{HostFacts, HostUsage};
+use crate::image::ImageStore;
 
 /// How often the Lease is renewed.
 pub const LEASE_RENEW: Duration = Duration::from_secs(10);
@@ -30,6 +33,8 @@ const STATUS_REPORT: Duration = Duration::from_secs(300);
 /// Memory below this much available is MemoryPressure (the kubelet's default hard eviction
 /// threshold `memory.available<100Mi`).
 const MEMORY_PRESSURE_BYTES: u64 = 100 << 20;
+/// The most images the status lists, the largest first (the kubelet's nodeStatusMaxImages).
+const MAX_STATUS_IMAGES: usize = 50;
 /// Disk below this fraction available is DiskPressure (`nodefs.available<10%`).
 const DISK_PRESSURE_FRACTION: f64 = 0.10;
 
@@ -58,15 +63,44 @@ pub struct NodeAgent {
     client: Client,
     config: NodeConfig,
     facts: HostFacts,
+    images: ImageStore,
 }
 
 impl NodeAgent {
-    pub fn new(client: Client, config: NodeConfig) -> NodeAgent {
+    pub fn new(client: Client, config: NodeConfig, images: ImageStore) -> NodeAgent {
         NodeAgent {
             client,
             config,
             facts: HostFacts::read(),
+            images,
         }
+    }
+
+    /// The images the node holds as its status lists them: names (repo digests, then tags) and
+    /// size, the largest first, at most [`MAX_STATUS_IMAGES`].
+    async fn node_images(&self) -> Vec<ContainerImage> {
+        let store = self.images.clone();
+        let listed = tokio::task::spawn_blocking(move || store.list()).await;
+        let mut images = match listed {
+            Ok(Ok(images)) => images,
+            Ok(Err(e)) => {
+                tracing::warn!("listing the node's images: {e}");
+                return vec![];
+            }
+            Err(e) => {
+                tracing::warn!("listing the node's images: {e}");
+                return vec![];
+            }
+        };
+        images.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.id.cmp(&b.id)));
+        images
+            .into_iter()
+            .take(MAX_STATUS_IMAGES)
+            .map(|i| ContainerImage {
+                names: Some(i.repo_digests.into_iter().chain(i.repo_tags).collect()),
+                size_bytes: Some(i64::try_from(i.size).unwrap_or(i64::MAX)),
+            })
+            .collect()
     }
 
     /// Creates the Node (or adopts the existing one) and writes its first status.
@@ -109,7 +143,7 @@ impl NodeAgent {
             }
             Err(e) => return Err(err("create")(e)),
         }
-        let status = self.status(None);
+        let status = self.status(None, self.node_images().await);
         api.patch_status(
             name,
             &PatchParams::default(),
@@ -121,7 +155,7 @@ impl NodeAgent {
 
     /// The status as it is now; conditions keep their transition time from `previous` when
     /// their state did not change.
-    fn status(&self, previous: Option<&NodeStatus>) -> NodeStatus {
+    fn status(&self, previous: Option<&NodeStatus>, images: Vec<ContainerImage>) -> NodeStatus {
         let f = &self.facts;
         let usage = HostUsage::read(&self.config.root_dir);
         let resources = BTreeMap::from([
@@ -226,6 +260,7 @@ impl NodeAgent {
                     ("KubeletNotReady", ""),
                 ),
             ]),
+            images: Some(images),
             ..NodeStatus::default()
         }
     }
@@ -238,7 +273,7 @@ impl NodeAgent {
         loop {
             tokio::time::sleep(STATUS_CHECK).await;
             let before = written.status.clone().unwrap_or_default();
-            let now = self.status(Some(&before));
+            let now = self.status(Some(&before), self.node_images().await);
             let due = last_write.elapsed() >= STATUS_REPORT;
             if !due && without_heartbeats(&now) == without_heartbeats(&before) {
                 continue;
@@ -306,7 +341,6 @@ fn without_heartbeats(s: &NodeStatus) -> NodeStatus {
     for c in s.conditions.iter_mut().flatten() {
         c.last_heartbeat_time = None;
     }
-    s.images = None;
     s.daemon_endpoints = None;
     s
 }

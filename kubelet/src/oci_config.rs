@@ -76,6 +76,8 @@ pub struct ContainerSetup<'a> {
     pub cgroups_path: &'a str,
     /// The container's volumeMounts (from `volumes::PodVolumes::mounts_for`).
     pub volume_mounts: &'a [oci_spec::runtime::Mount],
+    /// Where `Localhost` seccomp profiles are (`<root-dir>/seccomp`).
+    pub seccomp_dir: &'a Path,
 }
 
 /// The container's args: `command` replaces the entrypoint, `args` the cmd; both expanded.
@@ -380,7 +382,10 @@ pub fn generate(setup: &ContainerSetup) -> Result<Value, ConfigError> {
         "cgroupsPath": setup.cgroups_path,
         "resources": resources,
     });
-    if !privileged {
+    // procMount Unmasked: /proc as the kernel shows it (meant for containers in a user
+    // namespace that run their own nested containers).
+    let unmasked = sc.and_then(|s| s.proc_mount.as_deref()) == Some("Unmasked");
+    if !privileged && !unmasked {
         linux["maskedPaths"] = json!([
             "/proc/acpi",
             "/proc/asound",
@@ -412,6 +417,11 @@ pub fn generate(setup: &ContainerSetup) -> Result<Value, ConfigError> {
         .into_iter()
         .map(|s| (s.name, s.value))
         .collect();
+    if let Some(profile) = crate::seccomp::profile(setup.pod, c, setup.seccomp_dir)
+        .map_err(|m| config_error("securityContext.seccompProfile", m))?
+    {
+        linux["seccomp"] = profile;
+    }
     if !sysctls.is_empty() {
         linux["sysctl"] = json!(sysctls);
     }
@@ -593,6 +603,7 @@ mod tests {
             termination_log: Path::new("/pods/u/c/termination-log"),
             cgroups_path: "/kubepods/podu/abc",
             volume_mounts: &[],
+            seccomp_dir: Path::new("/var/lib/kubelet/seccomp"),
         };
         let spec = generate(&setup).unwrap();
         assert_eq!(spec["process"]["user"]["uid"], 33);

@@ -1,24 +1,35 @@
 //! The pods bound to this node: a watch with `spec.nodeName=<node>` feeding one worker per pod.
 //! At start the containers already on the node (from the shims' files) are handed to their pods'
 //! workers; those of pods that no longer exist are stopped and removed once the first listing is
-//! complete. When the node stops as a whole ([`run_until`]), every worker stops its pod and
-//! cleans up, and the manager returns once they all have.
+//! complete. A pod seen for the first time is admitted first (see [`crate::admission`]): one
+//! that does not fit the node gets a worker that only reports it Failed. Pods are admitted in the
+//! order they were created, so after a restart the oldest keep their place. When the node stops
+//! as a whole ([`run_until`]), every worker stops its pod and cleans up, and the manager returns
+//! once they all have.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::admission::{self, Rejection};
 use crate::containers::{self, ContainerRecord};
+use crate::events::EventType;
 use crate::image::ImageStore;
 use crate::node_network::NetworkHandle;
 use crate::pod_worker::{Kubelet, KubeletConfig, PodWorker};
 use crate::runtime::Runtime;
+use crate::static_pods;
+
+/// How often the static pod manifests are read again (and their mirrors checked).
+const MANIFEST_CHECK: Duration = Duration::from_secs(2);
 
 struct Workers {
     k: Arc<Kubelet>,
@@ -27,31 +38,128 @@ struct Workers {
     tasks: JoinSet<()>,
     /// Containers found on disk, by pod uid, not yet handed to a worker.
     adoptable: HashMap<String, Vec<ContainerRecord>>,
+    /// Pods that were not admitted (they never run, and take no room on the node).
+    rejected: HashSet<String>,
+    /// The static pods from the manifest directory, by uid (their hash).
+    static_pods: HashMap<String, Arc<Pod>>,
+}
+
+/// Whether the API already reports the pod finished.
+fn terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
 }
 
 impl Workers {
-    fn spawn(&mut self, uid: String, pod: Option<Arc<Pod>>) {
+    fn spawn(&mut self, uid: String, pod: Option<Arc<Pod>>, rejection: Option<Rejection>) {
         let (tx, rx) = watch::channel(pod);
         let adopted = self.adoptable.remove(&uid).unwrap_or_default();
-        let worker = PodWorker::new(self.k.clone(), uid.clone(), rx, adopted);
+        let worker = PodWorker::new(self.k.clone(), uid.clone(), rx, adopted, rejection);
         self.tasks.spawn(worker.run());
         self.running.insert(uid, tx);
     }
 
-    /// Hands the pod's newest version to its worker, starting one if needed.
-    fn apply(&mut self, pod: Pod) {
+    /// Hands the pod's newest version to its worker, starting one (after admission) if needed.
+    async fn apply(&mut self, pod: Pod) {
         let Some(uid) = pod.metadata.uid.clone() else {
             return;
         };
+        if static_pods::is_mirror(&pod) {
+            // Its static pod runs from the manifest; the mirror is only the API's view of it.
+            return;
+        }
         self.running.retain(|_, tx| !tx.is_closed());
         while self.tasks.try_join_next().is_some() {}
         let pod = Arc::new(pod);
-        match self.running.get(&uid) {
-            Some(tx) => {
-                tx.send_replace(Some(pod));
-            }
-            None => self.spawn(uid, Some(pod)),
+        if let Some(tx) = self.running.get(&uid) {
+            tx.send_replace(Some(pod));
+            return;
         }
+        let rejection = if terminal(&pod) || pod.metadata.deletion_timestamp.is_some() {
+            None
+        } else {
+            self.admit(&pod).await
+        };
+        if let Some(r) = &rejection {
+            self.rejected.insert(uid.clone());
+            tracing::info!(pod = %uid, reason = %r.reason, "pod rejected: {}", r.message);
+            self.k
+                .events
+                .record(&pod, None, EventType::Warning, &r.reason, &r.message)
+                .await;
+        }
+        self.spawn(uid, Some(pod), rejection);
+    }
+
+    /// Admission against the node's current record and the pods admitted so far that are still
+    /// active.
+    async fn admit(&self, pod: &Pod) -> Option<Rejection> {
+        let api: Api<Node> = Api::all(self.k.client.clone());
+        let node = match api.get(&self.k.config.node_name).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("reading the node for admission: {e}");
+                return Some(Rejection {
+                    reason: "InvalidNodeInfo".to_string(),
+                    message: "Kubelet cannot get node info.".to_string(),
+                });
+            }
+        };
+        let admitted: Vec<Arc<Pod>> = self
+            .running
+            .iter()
+            .filter(|(uid, _)| !self.rejected.contains(*uid))
+            .filter_map(|(_, tx)| tx.borrow().clone())
+            .filter(|p| !terminal(p))
+            .collect();
+        let others: Vec<&Pod> = admitted.iter().map(|p| p.as_ref()).collect();
+        admission::admit(pod, &node, &others).err()
+    }
+
+    /// Brings the static pods to the manifest directory's content: new manifests are admitted
+    /// and started, removed (or changed: a new hash) ones stopped; each has its mirror in the API.
+    async fn sync_static(&mut self, dir: &Path) {
+        let client = self.k.client.clone();
+        let node_name = self.k.config.node_name.clone();
+        let pods = static_pods::read_dir(dir, &node_name);
+        let current: HashMap<String, Arc<Pod>> = pods
+            .into_iter()
+            .filter_map(|p| Some((p.metadata.uid.clone()?, Arc::new(p))))
+            .collect();
+        let removed: Vec<(String, Arc<Pod>)> = self
+            .static_pods
+            .iter()
+            .filter(|(uid, _)| !current.contains_key(*uid))
+            .map(|(uid, p)| (uid.clone(), p.clone()))
+            .collect();
+        for (uid, old) in removed {
+            tracing::info!(pod = %uid, name = ?old.metadata.name, "static pod manifest gone or changed; stopping the pod");
+            self.gone(&uid);
+            static_pods::remove_mirror_of(&client, &old).await;
+        }
+        let node = match Api::<Node>::all(client.clone()).get(&node_name).await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!("reading the node for its mirror pods: {e}");
+                None
+            }
+        };
+        for (uid, pod) in &current {
+            if !self.static_pods.contains_key(uid) {
+                tracing::info!(pod = %uid, name = ?pod.metadata.name, "static pod from the manifest directory");
+                self.apply(pod.as_ref().clone()).await;
+            }
+            if let Some(node) = &node
+                && static_pods::sync_mirror(&client, pod, node).await
+                && let Some(tx) = self.running.get(uid)
+            {
+                // A new mirror has no status yet: the worker writes it on its next pass.
+                tx.send_replace(Some(pod.clone()));
+            }
+        }
+        self.static_pods = current;
     }
 
     /// The pod is gone from the API: its worker stops what is left.
@@ -59,8 +167,9 @@ impl Workers {
         if let Some(tx) = self.running.get(uid) {
             tx.send_replace(None);
         } else if self.adoptable.contains_key(uid) {
-            self.spawn(uid.to_string(), None);
+            self.spawn(uid.to_string(), None, None);
         }
+        self.rejected.remove(uid);
     }
 
     /// The node stops: every pod's containers are stopped within `grace` at most and everything
@@ -135,13 +244,25 @@ pub async fn run_until(
         running: HashMap::new(),
         tasks: JoinSet::new(),
         adoptable,
+        rejected: HashSet::new(),
+        static_pods: HashMap::new(),
     };
+    // Static pods first, so that their containers are adopted before the first listing decides
+    // which containers belong to no pod.
+    let manifests = workers.k.config.pod_manifest_path.clone();
+    if let Some(dir) = &manifests {
+        workers.sync_static(dir).await;
+    }
+    let mut manifest_check = tokio::time::interval(MANIFEST_CHECK);
+    manifest_check.tick().await;
     let api: Api<Pod> = Api::all(client);
     let selector = format!("spec.nodeName={node}");
     let mut events = watcher(api, watcher::Config::default().fields(&selector))
         .default_backoff()
         .boxed();
     let mut listed: HashSet<String> = HashSet::new();
+    // A (re)listing's pods, handed over oldest first once it is complete.
+    let mut listing: Vec<Pod> = Vec::new();
     tokio::pin!(stop);
     loop {
         let event = tokio::select! {
@@ -150,25 +271,41 @@ pub async fn run_until(
                 return Ok(());
             }
             event = events.try_next() => match event? {
-                Some(event) => event,
+                Some(e) => e,
                 None => break,
             },
+            _ = manifest_check.tick(), if manifests.is_some() => {
+                if let Some(dir) = &manifests {
+                    workers.sync_static(dir).await;
+                }
+                continue;
+            }
         };
         match event {
-            watcher::Event::Init => listed.clear(),
+            watcher::Event::Init => {
+                listed.clear();
+                listing.clear();
+            }
             watcher::Event::InitApply(pod) => {
                 if let Some(uid) = &pod.metadata.uid {
                     listed.insert(uid.clone());
                 }
-                workers.apply(pod);
+                listing.push(pod);
             }
             watcher::Event::InitDone => {
+                listing.sort_by(|a, b| {
+                    let key = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+                    key(a).cmp(&key(b))
+                });
+                for pod in listing.drain(..) {
+                    workers.apply(pod).await;
+                }
                 // Pods that vanished while the kubelet was away or the watch was broken.
                 let gone: Vec<String> = workers
                     .running
                     .keys()
                     .chain(workers.adoptable.keys())
-                    .filter(|uid| !listed.contains(*uid))
+                    .filter(|uid| !listed.contains(*uid) && !workers.static_pods.contains_key(*uid))
                     .cloned()
                     .collect();
                 for uid in gone {
@@ -177,15 +314,23 @@ pub async fn run_until(
                 }
                 // Sandboxes of pods that vanished before any container of theirs was made.
                 for uid in workers.k.sandboxes.uids() {
-                    if !listed.contains(&uid) && !workers.running.contains_key(&uid) {
+                    if !listed.contains(&uid)
+                        && !workers.running.contains_key(&uid)
+                        && !workers.static_pods.contains_key(&uid)
+                    {
                         tracing::info!(pod = %uid, "removing the sandbox of a pod that no longer exists");
                         workers.k.sandboxes.remove(&uid).await;
                     }
                 }
             }
-            watcher::Event::Apply(pod) => workers.apply(pod),
+            watcher::Event::Apply(pod) => workers.apply(pod).await,
             watcher::Event::Delete(pod) => {
-                if let Some(uid) = &pod.metadata.uid {
+                if let Some(uid) = pod
+                    .metadata
+                    .uid
+                    .as_ref()
+                    .filter(|_| !static_pods::is_mirror(&pod))
+                {
                     workers.gone(uid);
                 }
             }

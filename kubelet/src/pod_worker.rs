@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodStatus, Secret, Service};
 use kube::api::{DeleteParams, ListParams, Preconditions};
 use kube::{Api, Client};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, watch};
 
+use crate::admission::Rejection;
 use crate::cgroups::{self, CgroupMounts};
 use crate::container_env::{self, EnvSources, NodeView};
 use crate::containers::{self, ContainerMeta, ContainerRecord};
@@ -61,6 +62,8 @@ pub struct KubeletConfig {
     pub node_memory_bytes: u64,
     /// How often volume files that follow API objects are refreshed.
     pub volume_sync_period: Duration,
+    /// The directory of static pod manifests.
+    pub pod_manifest_path: Option<PathBuf>,
 }
 
 /// What every worker shares: the client, the runtime and the managers.
@@ -142,6 +145,8 @@ pub struct PodWorker {
     probes: ProbeManager,
     /// Set once activeDeadlineSeconds passed: the pod is failed and nothing runs again.
     deadline_exceeded: bool,
+    /// Set when the pod was not admitted: nothing of it runs, it is reported Failed.
+    rejection: Option<Rejection>,
 }
 
 impl PodWorker {
@@ -151,6 +156,7 @@ impl PodWorker {
         uid: String,
         pod_rx: watch::Receiver<Option<Arc<Pod>>>,
         adopted: Vec<ContainerRecord>,
+        rejection: Option<Rejection>,
     ) -> PodWorker {
         let mut records: BTreeMap<String, Vec<ContainerRecord>> = BTreeMap::new();
         for r in adopted {
@@ -174,6 +180,7 @@ impl PodWorker {
             sandbox: None,
             volumes: VolumeSync::default(),
             deadline_exceeded: false,
+            rejection,
         }
     }
 
@@ -228,6 +235,10 @@ impl PodWorker {
     /// One pass toward the spec; returns when to look again at the latest.
     async fn sync(&mut self, pod: &Pod) -> Duration {
         self.refresh();
+        if let Some(r) = self.rejection.clone() {
+            self.reject(pod, &r).await;
+            return RESYNC;
+        }
         let spec = pod.spec.clone().unwrap_or_default();
         let api_phase = pod.status.as_ref().and_then(|s| s.phase.clone());
         let finished = matches!(api_phase.as_deref(), Some("Succeeded" | "Failed"));
@@ -280,7 +291,25 @@ impl PodWorker {
         }
         if self.sandbox.is_some() && self.volumes.ready().is_some() && !finished {
             let pod_cgroup = self.ensure_pod_cgroup(pod);
+            let pod_ip = self.pod_ip();
             for c in spec.init_containers.iter().flatten() {
+                if is_sidecar(c) {
+                    // A sidecar is started and kept running (restarted whatever the pod's
+                    // restartPolicy); the next init container waits only for it to have started.
+                    if !self.latest(&c.name).is_some_and(|r| r.running())
+                        && let Some(wait) = self.start_or_back_off(pod, c, true, &pod_cgroup).await
+                    {
+                        next = next.min(wait);
+                    }
+                    if let Some(r) = self.latest(&c.name).filter(|r| r.running()).cloned() {
+                        self.probes.ensure(pod, c, &r, &pod_ip);
+                        if self.probes.started(c, Some(&r)) {
+                            continue;
+                        }
+                    }
+                    init_done = false;
+                    break;
+                }
                 let state = self
                     .latest(&c.name)
                     .map(|r| r.exit.as_ref().map(|e| e.exit_code));
@@ -319,7 +348,6 @@ impl PodWorker {
                         next = next.min(wait);
                     }
                 }
-                let pod_ip = self.pod_ip();
                 for c in &spec.containers {
                     match self.latest(&c.name).filter(|r| r.running()).cloned() {
                         Some(r) => self.probes.ensure(pod, c, &r, &pod_ip),
@@ -335,6 +363,21 @@ impl PodWorker {
         }
         self.report(pod, init_done, init_failed, pod_error).await;
         next
+    }
+
+    /// A pod that was not admitted: containers adopted from before a restart are stopped, and
+    /// the status says Failed with the rejection's reason, as the kubelet's rejectPod writes it.
+    async fn reject(&mut self, pod: &Pod, r: &Rejection) {
+        self.stop_all(lifecycle::grace_period(pod, None)).await;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let status = PodStatus {
+            phase: Some("Failed".to_string()),
+            reason: Some(r.reason.clone()),
+            message: Some(r.status_message()),
+            qos_class: Some(skiff_k8s::qos::qos_class(&spec).as_str().to_string()),
+            ..PodStatus::default()
+        };
+        self.k.status.set(pod, status).await;
     }
 
     /// Sets up (or refreshes) the pod's volumes; while they cannot be, its containers wait with
@@ -770,6 +813,7 @@ impl PodWorker {
                 termination_log: &termination_log,
                 cgroups_path: &record.cgroup(),
                 volume_mounts: &volume_mounts,
+                seccomp_dir: &cfg.root_dir.join("seccomp"),
             })
             .map_err(|e| e.to_string())?;
             shim::write_json(&record.bundle(), "config.json", &spec)
@@ -1002,6 +1046,8 @@ impl PodWorker {
         self.k.events.forget(&self.uid);
     }
 
+    /// Stops every running container within `grace`: the app (and regular init) containers
+    /// first, then the sidecars, the last one first, as the kubelet does.
     async fn stop_all(&mut self, grace: Duration) {
         self.refresh();
         let running: Vec<ContainerRecord> = self
@@ -1015,12 +1061,45 @@ impl PodWorker {
             return;
         }
         self.probes.stop_all();
+        let sidecars: Vec<String> = self
+            .last_pod
+            .iter()
+            .flat_map(|p| {
+                p.spec
+                    .iter()
+                    .flat_map(|s| s.init_containers.iter().flatten())
+            })
+            .filter(|c| is_sidecar(c))
+            .map(|c| c.name.clone())
+            .collect();
+        let is_sidecar_record =
+            |r: &ContainerRecord| r.meta.init && sidecars.contains(&r.meta.name);
+        let (side, main): (Vec<_>, Vec<_>) = running.into_iter().partition(is_sidecar_record);
+        let deadline = tokio::time::Instant::now() + grace;
+        self.stop_group(main, grace).await;
+        for name in sidecars.iter().rev() {
+            let group: Vec<ContainerRecord> = side
+                .iter()
+                .filter(|r| &r.meta.name == name)
+                .cloned()
+                .collect();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.stop_group(group, left).await;
+        }
+    }
+
+    /// preStop hooks, SIGTERM, `grace` to exit, then SIGKILL, for the running containers `group`.
+    async fn stop_group(&mut self, group: Vec<ContainerRecord>, grace: Duration) {
+        if group.is_empty() {
+            return;
+        }
+        let ids: HashSet<String> = group.iter().map(|r| r.meta.id.clone()).collect();
         let begun = tokio::time::Instant::now();
         if let Some(pod) = self.last_pod.clone() {
-            lifecycle::pre_stop_all(&self.k, &pod, &running, &self.pod_ip(), grace).await;
+            lifecycle::pre_stop_all(&self.k, &pod, &group, &self.pod_ip(), grace).await;
         }
         let grace = grace.saturating_sub(begun.elapsed());
-        for r in &running {
+        for r in &group {
             self.watch_exit(r);
             if let Some(pod) = &self.last_pod {
                 self.k
@@ -1038,24 +1117,34 @@ impl PodWorker {
                 tracing::debug!(id = %r.meta.id, "SIGTERM: {e}");
             }
         }
-        if !self.wait_stopped(grace).await {
-            for r in self.records.values().flatten().filter(|r| r.running()) {
+        if !self.wait_stopped(&ids, grace).await {
+            for r in self
+                .records
+                .values()
+                .flatten()
+                .filter(|r| r.running() && ids.contains(&r.meta.id))
+            {
                 if let Err(e) = self.k.runtime.kill(&r.meta.id, "KILL").await {
                     tracing::debug!(id = %r.meta.id, "SIGKILL: {e}");
                 }
             }
-            if !self.wait_stopped(KILL_WAIT).await {
+            if !self.wait_stopped(&ids, KILL_WAIT).await {
                 tracing::warn!(pod = %self.uid, "containers still running after SIGKILL");
             }
         }
     }
 
-    /// Waits until no container runs, or `limit` passes; whether they all stopped.
-    async fn wait_stopped(&mut self, limit: Duration) -> bool {
+    /// Waits until none of the containers `ids` runs, or `limit` passes; whether they stopped.
+    async fn wait_stopped(&mut self, ids: &HashSet<String>, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             self.refresh();
-            if self.records.values().flatten().all(|r| !r.running()) {
+            if self
+                .records
+                .values()
+                .flatten()
+                .all(|r| !r.running() || !ids.contains(&r.meta.id))
+            {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -1111,6 +1200,12 @@ impl PodWorker {
         self.records.clear();
         tracing::info!(pod = %self.uid, "pod cleaned up");
     }
+}
+
+/// Whether the init container is a sidecar (`restartPolicy: Always`): started in its turn,
+/// then kept running beside the app containers.
+pub fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
 }
 
 /// Removes a container's root mount, its state directory and its writable layer.

@@ -2,10 +2,13 @@
 //! so that skiff-runc, runc and crun are interchangeable. Creating and starting containers is
 //! the shim's job (it must own their stdio); the kubelet asks about them and signals them here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::Deserialize;
+use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
 #[derive(Debug, thiserror::Error)]
@@ -137,24 +140,121 @@ impl Runtime {
         }
     }
 
-    /// Runs `command` in the container and returns its exit code and output (probes' exec).
-    pub async fn exec(&self, id: &str, command: &[String]) -> Result<(i32, Vec<u8>), RuntimeError> {
-        let out = Command::new(&self.path)
+    /// Runs `command` in the container and returns its exit code and output (probes' and
+    /// hooks' exec). A command that outlives `limit` is killed with everything it started (its
+    /// process group: the runtimes start an exec'd process in a session of its own) so that no
+    /// probe leaves processes behind in the container.
+    pub async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        limit: Duration,
+    ) -> Result<ExecResult, RuntimeError> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let pids = self.exec_pid_dir();
+        let spawn_err = |source| RuntimeError::Spawn {
+            runtime: self.name(),
+            verb: "exec".to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&pids).map_err(spawn_err)?;
+        let pid_file = pids.join(format!("{id}.{}.pid", N.fetch_add(1, Ordering::Relaxed)));
+        let mut child = Command::new(&self.path)
             .arg("--root")
             .arg(&self.root)
             .arg("exec")
+            .arg("--pid-file")
+            .arg(&pid_file)
             .arg(id)
             .args(command)
             .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .map_err(|source| RuntimeError::Spawn {
-                runtime: self.name(),
-                verb: "exec".to_string(),
-                source,
-            })?;
-        let mut output = out.stdout;
-        output.extend_from_slice(&out.stderr);
-        Ok((out.status.code().unwrap_or(-1), output))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            // Its own group, so that a runtime that does not make a session for the command
+            // still leaves it in a group the kubelet can kill whole.
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(spawn_err)?;
+        let runtime_pid = child.id();
+        let stdout = tokio::spawn(read_all(child.stdout.take()));
+        let stderr = tokio::spawn(read_all(child.stderr.take()));
+        let status = tokio::select! {
+            s = child.wait() => Some(s.map_err(spawn_err)?),
+            _ = tokio::time::sleep(limit) => None,
+        };
+        let result = match status {
+            Some(status) => {
+                let mut output = stdout.await.unwrap_or_default();
+                output.extend(stderr.await.unwrap_or_default());
+                ExecResult::Exited(status.code().unwrap_or(-1), output)
+            }
+            None => {
+                kill_exec(&pid_file, runtime_pid, &mut child).await;
+                stdout.abort();
+                stderr.abort();
+                ExecResult::TimedOut
+            }
+        };
+        let _ = std::fs::remove_file(&pid_file);
+        Ok(result)
     }
+
+    /// Where exec'd commands' pid files go (beside the runtime's state root, not in it: the
+    /// runtime takes every entry of its root for a container).
+    fn exec_pid_dir(&self) -> PathBuf {
+        let mut name = self.root.file_name().unwrap_or_default().to_os_string();
+        name.push("-exec");
+        self.root.with_file_name(name)
+    }
+}
+
+/// How an exec'd command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecResult {
+    /// Its exit code and its output (stdout, then stderr).
+    Exited(i32, Vec<u8>),
+    /// It outlived its time and was killed.
+    TimedOut,
+}
+
+/// Everything a child's pipe gives until it closes.
+async fn read_all<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(mut p) = pipe {
+        let _ = p.read_to_end(&mut buf).await;
+    }
+    buf
+}
+
+/// How long a timed-out exec's process is waited for to be named in its pid file.
+const PID_FILE_WAIT: Duration = Duration::from_secs(2);
+
+/// SIGKILL to a timed-out exec: the command's process group (named by the pid file the runtime
+/// writes once the command runs), the runtime's own group, then the runtime process itself.
+async fn kill_exec(pid_file: &Path, runtime_pid: Option<u32>, child: &mut tokio::process::Child) {
+    use nix::sys::signal::{Signal, kill, killpg};
+    use nix::unistd::Pid;
+    let deadline = tokio::time::Instant::now() + PID_FILE_WAIT;
+    let pid = loop {
+        let pid = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .filter(|p| *p > 0);
+        if pid.is_some() || tokio::time::Instant::now() >= deadline {
+            break pid;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    if let Some(pid) = pid {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    if let Some(rp) = runtime_pid.and_then(|p| i32::try_from(p).ok()) {
+        let _ = killpg(Pid::from_raw(rp), Signal::SIGKILL);
+    }
+    let _ = child.kill().await;
 }

@@ -132,22 +132,28 @@ pub fn container_status(v: &ContainerView) -> ContainerStatus {
     }
 }
 
-/// The pod's phase from its container statuses (the kubelet's getPhase).
+/// Whether an init container has done its part: a regular one completed, a sidecar started.
+fn init_complete(s: &ContainerStatus, sidecar: bool) -> bool {
+    if sidecar {
+        return s.started == Some(true);
+    }
+    s.state
+        .as_ref()
+        .and_then(|st| st.terminated.as_ref())
+        .is_some_and(|t| t.exit_code == 0)
+}
+
+/// The pod's phase from its container statuses (the kubelet's getPhase); `init_pending` when
+/// some init container has not done its part yet.
 pub fn phase(
     restart_policy: &str,
-    init: &[ContainerStatus],
+    init_pending: bool,
     init_failed: bool,
     apps: &[ContainerStatus],
 ) -> &'static str {
     if init_failed {
         return "Failed";
     }
-    let init_pending = init.iter().any(|s| {
-        s.state
-            .as_ref()
-            .and_then(|st| st.terminated.as_ref())
-            .is_none_or(|t| t.exit_code != 0)
-    });
     if init_pending {
         return "Pending";
     }
@@ -213,7 +219,15 @@ pub struct PodView<'a> {
 pub fn pod_status(v: PodView) -> PodStatus {
     let spec = v.pod.spec.clone().unwrap_or_default();
     let policy = spec.restart_policy.as_deref().unwrap_or("Always");
-    let phase = phase(policy, &v.init, v.init_failed, &v.apps);
+    let sidecars: Vec<&str> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+        .map(|c| c.name.as_str())
+        .collect();
+    let complete = |s: &ContainerStatus| init_complete(s, sidecars.contains(&s.name.as_str()));
+    let phase = phase(policy, !v.init.iter().all(complete), v.init_failed, &v.apps);
     let unfinished = |all: &[ContainerStatus], pred: &dyn Fn(&ContainerStatus) -> bool| {
         let names: Vec<&str> = all
             .iter()
@@ -222,14 +236,27 @@ pub fn pod_status(v: PodView) -> PodStatus {
             .collect();
         (names.is_empty(), format!("[{}]", names.join(" ")))
     };
-    let (init_ok, init_msg) = unfinished(&v.init, &|s| {
-        s.state
-            .as_ref()
-            .and_then(|st| st.terminated.as_ref())
-            .is_some_and(|t| t.exit_code == 0)
-    });
+    let (init_ok, init_msg) = unfinished(&v.init, &complete);
     let (ready_ok, ready_msg) = unfinished(&v.apps, &|s| s.ready);
     let terminal = matches!(phase, "Succeeded" | "Failed");
+    let gates = unready_gates(v.pod);
+    let ready = if terminal {
+        condition("Ready", false, Some("PodCompleted"), None)
+    } else if !ready_ok {
+        condition(
+            "Ready",
+            false,
+            Some("ContainersNotReady"),
+            Some(format!("containers with unready status: {ready_msg}")),
+        )
+    } else {
+        condition(
+            "Ready",
+            gates.is_empty(),
+            Some("ReadinessGatesNotReady"),
+            Some(gates.join(", ")),
+        )
+    };
     let mut conditions = vec![
         condition("PodReadyToStartContainers", v.sandbox_ready, None, None),
         condition(
@@ -238,16 +265,7 @@ pub fn pod_status(v: PodView) -> PodStatus {
             Some("ContainersNotInitialized"),
             Some(format!("containers with incomplete status: {init_msg}")),
         ),
-        condition(
-            "Ready",
-            ready_ok && !terminal,
-            Some(if terminal {
-                "PodCompleted"
-            } else {
-                "ContainersNotReady"
-            }),
-            (!terminal).then(|| format!("containers with unready status: {ready_msg}")),
-        ),
+        ready,
         condition(
             "ContainersReady",
             ready_ok && !terminal,
@@ -287,11 +305,54 @@ pub fn pod_status(v: PodView) -> PodStatus {
     }
 }
 
+/// Why each of the pod's readiness gates holds it back, as the kubelet words it (none: all are
+/// True). A gate is a condition some other component sets on the pod.
+fn unready_gates(pod: &Pod) -> Vec<String> {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+    pod.spec
+        .iter()
+        .flat_map(|s| s.readiness_gates.iter().flatten())
+        .filter_map(|g| {
+            let kind = &g.condition_type;
+            match conditions.and_then(|cs| cs.iter().find(|c| &c.type_ == kind)) {
+                None => Some(format!(
+                    "corresponding condition of pod readiness gate \"{kind}\" does not exist."
+                )),
+                Some(c) if c.status != "True" => Some(format!(
+                    "the status of pod readiness gate \"{kind}\" is not \"True\", but {}",
+                    c.status
+                )),
+                Some(_) => None,
+            }
+        })
+        .collect()
+}
+
+/// The pod conditions the kubelet owns; others (readiness gates', DisruptionTarget…) belong to
+/// whoever wrote them and are kept as they are.
+const KUBELET_CONDITIONS: [&str; 5] = [
+    "PodScheduled",
+    "PodReadyToStartContainers",
+    "Initialized",
+    "ContainersReady",
+    "Ready",
+];
+
+/// How many times a status write that lost a race (409) is redone against the fresh object.
+const CONFLICT_RETRIES: usize = 5;
+
 /// Writes pod statuses, each only when it differs from what the API holds.
 pub struct StatusManager {
     client: Client,
     /// pod uid → the status last written (as JSON).
     written: Mutex<HashMap<String, serde_json::Value>>,
+}
+
+/// How one write went.
+enum Write {
+    Done,
+    /// The object changed since `base` was read (its resourceVersion precondition failed).
+    Conflict,
 }
 
 impl StatusManager {
@@ -303,10 +364,49 @@ impl StatusManager {
     }
 
     /// Brings the pod's status in the API to `status`. Conditions whose state did not change
-    /// keep their transition time; the start time is set once.
-    pub async fn set(&self, pod: &Pod, mut status: PodStatus) {
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let old = pod.status.clone().unwrap_or_default();
+    /// keep their transition time; the start time is set once; conditions the kubelet does not
+    /// own are kept. The write is conditional on the resourceVersion `pod` was read at, so that
+    /// nothing written meanwhile is lost: on a conflict it is redone against the fresh object.
+    /// A static pod's status is written to its mirror pod.
+    pub async fn set(&self, pod: &Pod, status: PodStatus) {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let mut fresh;
+        let mut base = pod;
+        // A static pod's status goes to its mirror pod.
+        if crate::static_pods::is_static(pod) {
+            let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+            match api.get_opt(&name).await {
+                Ok(Some(m)) if crate::static_pods::mirrors(&m, uid) => fresh = m,
+                _ => return,
+            }
+            base = &fresh;
+        }
+        let target = base.metadata.uid.clone();
+        for _ in 0..CONFLICT_RETRIES {
+            match self.write(&api, base, status.clone()).await {
+                Write::Done => return,
+                Write::Conflict => {}
+            }
+            tracing::debug!(pod = %format!("{ns}/{name}"), "status write conflicted; retrying against the fresh pod");
+            fresh = match api.get(&name).await {
+                Ok(p) if p.metadata.uid == target => p,
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(pod = %format!("{ns}/{name}"), "re-reading the pod for its status: {e}");
+                    return;
+                }
+            };
+            base = &fresh;
+        }
+        tracing::warn!(pod = %format!("{ns}/{name}"), "status update kept conflicting; left for the next sync");
+    }
+
+    /// One conditional write of `status` over `base`.
+    async fn write(&self, api: &Api<Pod>, base: &Pod, mut status: PodStatus) -> Write {
+        let uid = base.metadata.uid.clone().unwrap_or_default();
+        let old = base.status.clone().unwrap_or_default();
         let now = k8s_time(Utc::now());
         for c in status.conditions.iter_mut().flatten() {
             let prev = old
@@ -319,6 +419,15 @@ impl StatusManager {
                 .or_else(|| Some(now.clone()));
             c.last_probe_time = None;
         }
+        if let Some(conditions) = status.conditions.as_mut() {
+            conditions.extend(
+                old.conditions
+                    .iter()
+                    .flatten()
+                    .filter(|c| !KUBELET_CONDITIONS.contains(&c.type_.as_str()))
+                    .cloned(),
+            );
+        }
         status.start_time = old.start_time.clone().or(Some(now));
         let new = serde_json::to_value(&status).expect("a status serialises");
         let cached = self
@@ -329,11 +438,13 @@ impl StatusManager {
             .cloned();
         if cached.as_ref() == Some(&new) || same_status(&old, &new) {
             self.written.lock().expect("status cache").insert(uid, new);
-            return;
+            return Write::Done;
         }
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let name = base.metadata.name.clone().unwrap_or_default();
+        let pod_name = format!(
+            "{}/{name}",
+            base.metadata.namespace.as_deref().unwrap_or_default()
+        );
         // Fields absent from the new status are cleared (a merge patch keeps what it omits).
         let mut body = new.clone();
         for key in ["reason", "message", "podIP", "podIPs"] {
@@ -341,19 +452,29 @@ impl StatusManager {
                 body[key] = serde_json::Value::Null;
             }
         }
+        let metadata = json!({"uid": uid, "resourceVersion": base.metadata.resource_version});
         match api
             .patch_status(
                 &name,
                 &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"uid": uid}, "status": body})),
+                &Patch::Merge(json!({"metadata": metadata, "status": body})),
             )
             .await
         {
             Ok(_) => {
-                tracing::debug!(pod = %format!("{ns}/{name}"), phase = ?status.phase, "status written");
+                tracing::debug!(pod = %pod_name, phase = ?status.phase, "status written");
                 self.written.lock().expect("status cache").insert(uid, new);
+                Write::Done
             }
-            Err(e) => tracing::warn!(pod = %format!("{ns}/{name}"), "status update failed: {e}"),
+            Err(kube::Error::Api(e))
+                if e.code == 409 && base.metadata.resource_version.is_some() =>
+            {
+                Write::Conflict
+            }
+            Err(e) => {
+                tracing::warn!(pod = %pod_name, "status update failed: {e}");
+                Write::Done
+            }
         }
     }
 
@@ -401,39 +522,41 @@ mod tests {
     #[test]
     fn phases() {
         assert_eq!(
-            phase("Always", &[], false, &[st(false, None, false)]),
+            phase("Always", false, false, &[st(false, None, false)]),
             "Pending"
         );
         assert_eq!(
-            phase("Always", &[], false, &[st(true, None, false)]),
+            phase("Always", false, false, &[st(true, None, false)]),
             "Running"
         );
         assert_eq!(
-            phase("Never", &[], false, &[st(false, Some(0), false)]),
+            phase("Never", false, false, &[st(false, Some(0), false)]),
             "Succeeded"
         );
         assert_eq!(
-            phase("Never", &[], false, &[st(false, Some(3), false)]),
+            phase("Never", false, false, &[st(false, Some(3), false)]),
             "Failed"
         );
         assert_eq!(
-            phase("OnFailure", &[], false, &[st(false, Some(3), false)]),
+            phase("OnFailure", false, false, &[st(false, Some(3), false)]),
             "Running"
         );
         // CrashLoopBackOff: waiting with a last termination counts as stopped.
         assert_eq!(
-            phase("Always", &[], false, &[st(false, None, true)]),
+            phase("Always", false, false, &[st(false, None, true)]),
             "Running"
         );
         assert_eq!(
-            phase(
-                "Always",
-                &[st(true, None, false)],
-                false,
-                &[st(false, None, false)]
-            ),
+            phase("Always", true, false, &[st(false, None, false)]),
             "Pending"
         );
-        assert_eq!(phase("Never", &[], true, &[]), "Failed");
+        assert_eq!(phase("Never", false, true, &[]), "Failed");
+        // A running init container is pending; a sidecar once it has started is done.
+        let mut sidecar = st(true, None, false);
+        assert!(!init_complete(&sidecar, false));
+        assert!(!init_complete(&sidecar, true));
+        sidecar.started = Some(true);
+        assert!(init_complete(&sidecar, true));
+        assert!(init_complete(&st(false, Some(0), false), false));
     }
 }

@@ -69,6 +69,26 @@ fn node_registers_ready_with_lease_and_pod_cidr() {
         assert!(kinds.contains(&k), "{kinds:?}");
     }
     assert_eq!(j["metadata"]["labels"]["kubernetes.io/hostname"], "node-1");
+    // The images the node holds: the busybox image the harness imported, by digest and tag.
+    let images = status["images"].as_array().expect("status.images");
+    let busybox = images
+        .iter()
+        .find(|i| {
+            i["names"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|n| n == "docker.io/library/busybox:latest")
+        })
+        .unwrap_or_else(|| panic!("no busybox among {images:?}"));
+    assert!(busybox["sizeBytes"].as_i64() > Some(0), "{busybox}");
+    assert!(
+        busybox["names"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("docker.io/library/busybox@sha256:"),
+        "{busybox}"
+    );
 
     // The heartbeat.
     let lease = node

@@ -174,6 +174,23 @@ spec:
         exec: {command: ["sh", "-c", "echo no; exit 3"]}
 "#,
     ));
+    // Its readiness probe outlives its timeout every time: each run is killed, with the process
+    // it started, and counts as a failure.
+    let marker = format!("sleep {}", 7000 + std::process::id() % 1000);
+    node.apply(&pod(
+        "slow-probe",
+        "Always",
+        "while true; do sleep 1; done",
+        "  terminationGracePeriodSeconds: 1\n",
+        &format!(
+            r#"    readinessProbe:
+      exec: {{command: ["sh", "-c", "echo run >> /tmp/runs; {marker}"]}}
+      timeoutSeconds: 1
+      periodSeconds: 1
+      failureThreshold: 1
+"#
+        ),
+    ));
     node.apply(&pod(
         "deadline",
         "Always",
@@ -267,4 +284,40 @@ spec:
         "Unhealthy",
         "Readiness probe failed: HTTP probe failed with statuscode: 404"
     ));
+
+    // The runs the probe began, counted in the container's /tmp/runs.
+    let p = node.wait_pod("slow-probe", "running", limit, running);
+    let id = status(&p)["containerID"].as_str().unwrap();
+    let runs = node
+        .container_root(id.trim_start_matches("skiff://"))
+        .join("tmp/runs");
+    node.wait_for("three timed-out probes", limit, |_| {
+        std::fs::read_to_string(&runs).is_ok_and(|t| t.lines().count() >= 3)
+    });
+    // At most the run in flight (its sh and sleep) is alive: none was left behind.
+    let alive = processes_with(&marker);
+    assert!(
+        alive <= 2,
+        "{alive} processes of timed-out probes are alive"
+    );
+    let p = node.pod("slow-probe").unwrap();
+    assert_eq!(condition(&p, "Ready"), "False");
+    assert!(running(&p), "{}", status(&p));
+    assert!(has_event(
+        &node,
+        "slow-probe",
+        "Unhealthy",
+        "Readiness probe failed: command timed out after 1s"
+    ));
+}
+
+/// How many of the host's processes have `text` in their command line.
+fn processes_with(text: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).replace('\0', " ").contains(text))
+        .count()
 }

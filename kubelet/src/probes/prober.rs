@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::grpc;
 use super::http::{self, Endpoint};
-use crate::runtime::Runtime;
+use crate::runtime::{ExecResult, Runtime};
 
 /// How one run of a probe went; a failure carries the kubelet's message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,40 +81,52 @@ fn endpoint(host: Option<&str>, port: u16, t: &Target) -> Endpoint {
     }
 }
 
-/// Runs the action once, giving up after `timeout`.
+/// Runs the action once, giving up after `timeout` (an exec'd command is killed then).
 pub async fn run(action: Action<'_>, t: &Target<'_>, timeout: Duration) -> Outcome {
-    match tokio::time::timeout(timeout, run_once(action, t)).await {
-        Ok(Ok(())) => Outcome::Success,
-        Ok(Err(message)) => Outcome::Failure(message),
-        Err(_) => Outcome::Failure(match action {
-            Action::Exec(_) => format!("command timed out after {}s", timeout.as_secs()),
-            _ => format!("timeout after {}s", timeout.as_secs()),
-        }),
+    let result = match action {
+        // The runtime keeps the time itself: it must kill the command, not just stop waiting.
+        Action::Exec(a) => exec(a, t, timeout).await,
+        _ => tokio::time::timeout(timeout, run_network(action, t))
+            .await
+            .unwrap_or_else(|_| Err(format!("timeout after {}s", timeout.as_secs()))),
+    };
+    match result {
+        Ok(()) => Outcome::Success,
+        Err(message) => Outcome::Failure(message),
     }
 }
 
-async fn run_once(action: Action<'_>, t: &Target<'_>) -> Result<(), String> {
-    match action {
-        Action::Exec(a) => {
-            let command = a.command.clone().unwrap_or_default();
-            if command.is_empty() {
-                return Err("exec: empty command".to_string());
-            }
-            let (code, output) = t
-                .runtime
-                .exec(t.container_id, &command)
-                .await
-                .map_err(|e| e.to_string())?;
-            if code == 0 {
-                return Ok(());
-            }
-            let text = String::from_utf8_lossy(&output).trim().to_string();
-            Err(if text.is_empty() {
-                format!("command {command:?} exited with {code}")
-            } else {
-                text
-            })
+async fn exec(a: &ExecAction, t: &Target<'_>, timeout: Duration) -> Result<(), String> {
+    let command = a.command.clone().unwrap_or_default();
+    if command.is_empty() {
+        return Err("exec: empty command".to_string());
+    }
+    let result = t
+        .runtime
+        .exec(t.container_id, &command, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (code, output) = match result {
+        ExecResult::Exited(code, output) => (code, output),
+        ExecResult::TimedOut => {
+            return Err(format!("command timed out after {}s", timeout.as_secs()));
         }
+    };
+    if code == 0 {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&output).trim().to_string();
+    Err(if text.is_empty() {
+        format!("command {command:?} exited with {code}")
+    } else {
+        text
+    })
+}
+
+/// The actions that reach the container over the network.
+async fn run_network(action: Action<'_>, t: &Target<'_>) -> Result<(), String> {
+    match action {
+        Action::Exec(_) => Err("exec runs in the container, not over the network".to_string()),
         Action::HttpGet(a) => {
             let port = resolve_port(&a.port, t.container)?;
             let to = endpoint(a.host.as_deref(), port, t);

@@ -160,6 +160,8 @@ pub struct Node {
     pub name: String,
     server: Option<Child>,
     kubelet: Option<Child>,
+    /// Flags the kubelet gets beside the node's directories.
+    kubelet_args: Vec<String>,
     pub cgroup_root: String,
     // Dropped last: the namespace's processes die before it goes.
     pub netns: Netns,
@@ -169,6 +171,11 @@ impl Node {
     /// A server and a kubelet in a fresh namespace, the node registered, a busybox image in
     /// the node's image directory.
     pub fn start() -> Node {
+        Node::start_with(&[])
+    }
+
+    /// As [`Node::start`], the kubelet given `kubelet_args` too.
+    pub fn start_with(kubelet_args: &[&str]) -> Node {
         require("ip", &["-V"], "iproute2");
         require("kubectl", &["version", "--client"], "kubectl 1.32 on PATH");
         assert!(
@@ -184,6 +191,7 @@ impl Node {
             name,
             server: None,
             kubelet: None,
+            kubelet_args: kubelet_args.iter().map(|a| a.to_string()).collect(),
             cgroup_root,
             netns,
         };
@@ -263,6 +271,7 @@ impl Node {
             .arg("--shim-path")
             .arg(env!("CARGO_BIN_EXE_skiff-shim"))
             .args(["--volume-sync-seconds", "2"])
+            .args(&self.kubelet_args)
             .env("RUST_LOG", "info,skiff_kubelet=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -399,6 +408,18 @@ impl Node {
         std::fs::read_dir(self.run_dir().join("containers"))
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default()
+    }
+
+    /// The root filesystem of the running container `id`, as its init process sees it.
+    pub fn container_root(&self, id: &str) -> PathBuf {
+        let out = Command::new(binary("skiff-runc", ""))
+            .arg("--root")
+            .arg(self.run_dir().join("runtime"))
+            .args(["state", id])
+            .output()
+            .expect("skiff-runc state");
+        let state: Value = serde_json::from_slice(&out.stdout).expect("the container's state");
+        PathBuf::from(format!("/proc/{}/root", state["pid"]))
     }
 
     /// The pod's cgroup directories left in any hierarchy.
