@@ -12,6 +12,9 @@ pub mod defaults;
 pub mod deletion;
 pub mod discovery;
 pub mod handlers;
+pub mod long_running;
+pub mod metrics;
+pub mod node_proxy;
 pub mod object;
 pub mod openapi;
 pub mod patch;
@@ -45,6 +48,10 @@ pub struct ApiServer {
     pub alloc_lock: tokio::sync::Mutex<()>,
     /// How often watches that asked for bookmarks get one.
     pub bookmark_interval: Duration,
+    /// The TLS client for the kubelets (logs, exec, port-forward, node proxy), set at start.
+    pub kubelet_client: std::sync::OnceLock<node_proxy::KubeletClient>,
+    /// The kubelets' last resource usage, for `metrics.k8s.io`.
+    pub metrics: metrics::Scraped,
 }
 
 impl ApiServer {
@@ -62,6 +69,8 @@ impl ApiServer {
             network,
             alloc_lock: tokio::sync::Mutex::new(()),
             bookmark_interval,
+            kubelet_client: std::sync::OnceLock::new(),
+            metrics: metrics::Scraped::default(),
         })
     }
 }

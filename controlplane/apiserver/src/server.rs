@@ -19,7 +19,7 @@ use crate::alloc::NetworkConfig;
 use crate::handlers::{FieldValidation, WriteOptions, parse_target};
 use crate::pki::{Pki, PkiError};
 use crate::status::{ApiError, Reason};
-use crate::{ApiServer, discovery, parse_query, resources};
+use crate::{ApiServer, discovery, metrics, node_proxy, parse_query, resources};
 use skiff_store::embedded::EmbeddedStore;
 use skiff_store::{Store, StoreError};
 
@@ -165,6 +165,16 @@ async fn route_inner(
         }
         _ => {}
     }
+    if let Some(request) = metrics::MetricsRequest::parse(path) {
+        return if get {
+            metrics::serve(app, request).await
+        } else {
+            ApiError::method_not_allowed().into_response()
+        };
+    }
+    if let Some(request) = node_proxy::NodeRequest::parse(path) {
+        return node_proxy::serve(app, request, parts, body).await;
+    }
     let target = match parse_target(path) {
         Some(Ok(t)) => t,
         Some(Err(e)) => return e.into_response(),
@@ -309,8 +319,15 @@ pub async fn run(
     let tls = tokio_rustls::TlsAcceptor::from(material.server_config()?);
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&cfg.data_dir.join("store.redb"))?);
     let app = ApiServer::new(store.clone(), network, cfg.bookmark_interval);
+    let kubelet_client = node_proxy::KubeletClient::new(
+        &material.kubelet_client_cert_pem,
+        &material.kubelet_client_key_pem,
+    )?;
+    // The server was just made: nothing set it before.
+    let _ = app.kubelet_client.set(kubelet_client);
     bootstrap(&app, local).await?;
     spawn_compactor(store, cfg.compaction_interval);
+    metrics::spawn_scraper(app.clone());
     let server_address = Arc::new(format!("{host}:{}", local.port()));
     tracing::info!(listen = %local, kubeconfig = %cfg.data_dir.join("admin.kubeconfig").display(), "serving the Kubernetes API");
     tokio::pin!(shutdown);
@@ -349,7 +366,7 @@ pub async fn run(
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await
             {
                 tracing::debug!(%peer, error = %e, "connection ended");

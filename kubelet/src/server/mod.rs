@@ -1,5 +1,5 @@
 //! The kubelet's own API on port 10250 (HTTPS): `/healthz`, `/pods`, `/containerLogs`, `/exec`,
-//! `/portForward`, `/stats/summary` and `/metrics/resource`.
+//! `/attach`, `/portForward`, `/stats/summary` and `/metrics/resource`.
 //!
 //! Only clients presenting a certificate from the client CA are served; a client without one is
 //! answered 401 and one with a certificate from another CA fails the TLS handshake. The server
@@ -9,14 +9,18 @@
 //! - `tls`: the serving certificate (files or self-signed) and the client-certificate check.
 //! - `logs`: the CRI log files read as `kubectl logs` shows them (follow across rotation).
 //! - `exec`: exec over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`).
-//! - `port_forward`: the WebSocket port-forward tunnel into the pod's network namespace.
+//! - `attach`: the container's output from now on, over the same protocol (output only).
+//! - `port_forward`: port-forward into the pod's network namespace (SPDY/3.1 or WebSocket).
+//! - `spdy`: SPDY/3.1 framing, which kubectl's port-forward speaks.
 //! - `stats`: `/stats/summary` and `/metrics/resource` from the cgroups.
 //! - `query`: the URL query as repeated key/value pairs.
 
+mod attach;
 mod exec;
 mod logs;
 mod port_forward;
 mod query;
+mod spdy;
 mod stats;
 pub mod tls;
 
@@ -183,6 +187,10 @@ fn router(state: Arc<NodeServer>) -> Router {
         .route(
             "/exec/{namespace}/{pod}/{container}",
             get(exec::exec).post(exec::exec),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(attach::attach).post(attach::attach),
         )
         .route(
             "/portForward/{namespace}/{pod}",
