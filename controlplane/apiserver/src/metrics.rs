@@ -1,13 +1,14 @@
 //! `metrics.k8s.io/v1beta1` — NodeMetrics and PodMetrics as metrics-server serves them, so that
-//! `kubectl top nodes` and `kubectl top pods [--containers]` work with nothing installed. As
-//! metrics-server does, every node's kubelet is scraped (`/stats/summary`, through the node
-//! proxy's kubelet client) every [`SCRAPE_INTERVAL`] and the last answer of each is kept in
-//! memory; requests are served from that. Like metrics-server, a node, pod or container whose
-//! CPU rate the kubelet has not measured yet (it needs two samples) is left out.
+//! `kubectl top nodes` and `kubectl top pods [--containers]` work with nothing installed. Every
+//! node's kubelet is scraped (`/stats/summary`, through the node proxy's kubelet client) and the
+//! answers kept in memory for [`SCRAPE_INTERVAL`]; a request after that scrapes again. (On
+//! demand rather than on a timer as metrics-server does: a server whose nodes are not reachable
+//! — the control plane's hollow-node tests — must not send them anything unasked.) Like
+//! metrics-server, a node, pod or container whose CPU rate the kubelet has not measured yet (it
+//! needs two samples) is left out, so the first `kubectl top` in a while finds no metrics yet.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,10 +24,10 @@ const SCRAPE_INTERVAL: Duration = Duration::from_secs(10);
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_SUMMARY: usize = 16 * 1024 * 1024;
 
-/// The kubelets' last summaries, by node name.
+/// The kubelets' last summaries, by node name, and when they were taken.
 #[derive(Default)]
 pub struct Scraped {
-    summaries: RwLock<HashMap<String, Value>>,
+    last: RwLock<Option<(Instant, HashMap<String, Value>)>>,
 }
 
 /// A request under `/apis/metrics.k8s.io/v1beta1`.
@@ -70,18 +71,7 @@ pub const RESOURCES: [(&str, &str, &str, bool); 2] = [
     ("pods", "", "PodMetrics", true),
 ];
 
-/// Scrapes every node's kubelet now and then, for as long as the server runs.
-pub fn spawn_scraper(app: Arc<ApiServer>) {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(SCRAPE_INTERVAL);
-        loop {
-            ticker.tick().await;
-            scrape(&app).await;
-        }
-    });
-}
-
-async fn scrape(app: &ApiServer) {
+async fn scrape(app: &ApiServer) -> HashMap<String, Value> {
     let nodes = resources::find("", "v1", "nodes").expect("served");
     let names: Vec<String> = match app.list(nodes, None, &HashMap::new()).await {
         Ok(list) => list["items"]
@@ -92,7 +82,7 @@ async fn scrape(app: &ApiServer) {
             .collect(),
         Err(e) => {
             tracing::warn!(error = %e.message, "metrics: listing nodes");
-            return;
+            return HashMap::new();
         }
     };
     let scrapes = names.into_iter().map(|name| async move {
@@ -114,12 +104,11 @@ async fn scrape(app: &ApiServer) {
         };
         (name, summary)
     });
-    let fresh: HashMap<String, Value> = futures::future::join_all(scrapes)
+    futures::future::join_all(scrapes)
         .await
         .into_iter()
         .filter_map(|(name, summary)| Some((name, summary?)))
-        .collect();
-    *app.metrics.summaries.write().await = fresh;
+        .collect()
 }
 
 /// `{"cpu": "Nn", "memory": "NKi"}` from a summary's `cpu` and `memory`; `None` without a rate.
@@ -183,7 +172,7 @@ fn item(kind: &str, mut v: Value) -> Value {
     v
 }
 
-/// Answers a metrics request from the last scrape (scraping first if there was none yet).
+/// Answers a metrics request from the last scrape (scraping first if it is too old).
 pub async fn serve(app: &ApiServer, request: MetricsRequest) -> Response {
     match answer(app, request).await {
         Ok(v) => {
@@ -199,10 +188,19 @@ pub async fn serve(app: &ApiServer, request: MetricsRequest) -> Response {
 }
 
 async fn answer(app: &ApiServer, request: MetricsRequest) -> ApiResult<Value> {
-    if app.metrics.summaries.read().await.is_empty() {
-        scrape(app).await;
+    let fresh = |last: &Option<(Instant, HashMap<String, Value>)>| {
+        last.as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < SCRAPE_INTERVAL)
+    };
+    if !fresh(&*app.metrics.last.read().await) {
+        let mut last = app.metrics.last.write().await;
+        // Another request may have scraped while this one waited for the lock.
+        if !fresh(&last) {
+            *last = Some((Instant::now(), scrape(app).await));
+        }
     }
-    let summaries = app.metrics.summaries.read().await;
+    let last = app.metrics.last.read().await;
+    let summaries = &last.as_ref().expect("scraped above").1;
     match request {
         MetricsRequest::Nodes(None) => {
             let mut items: Vec<Value> = summaries

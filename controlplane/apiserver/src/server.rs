@@ -327,7 +327,6 @@ pub async fn run(
     let _ = app.kubelet_client.set(kubelet_client);
     bootstrap(&app, local).await?;
     spawn_compactor(store, cfg.compaction_interval);
-    metrics::spawn_scraper(app.clone());
     let server_address = Arc::new(format!("{host}:{}", local.port()));
     tracing::info!(listen = %local, kubeconfig = %cfg.data_dir.join("admin.kubeconfig").display(), "serving the Kubernetes API");
     tokio::pin!(shutdown);
