@@ -1,7 +1,7 @@
 //! kubectl 1.32 reaching into pods through the API server, which proxies to the node's kubelet
 //! with its kubelet-client certificate: `logs` (tail, previous, follow), `exec` (exit codes,
 //! piped stdin, a terminal), `attach`, `port-forward` (SPDY, 100 MB checked) and
-//! `get --raw …/nodes/NAME/proxy/…`, and `top` (metrics.k8s.io).
+//! `get --raw …/nodes/NAME/proxy/…` (and the kubelet's `/run`), and `top` (metrics.k8s.io).
 
 mod common;
 
@@ -361,6 +361,21 @@ fn kubectl_port_forward_and_node_proxy() {
         &format!("/api/v1/nodes/{}/proxy/healthz", node.name),
     ]);
     assert_eq!(healthz, "ok");
+    // The kubelet's /run: a command's output in one answer.
+    let ran = node.kubectl_in(
+        &[
+            "create",
+            "--raw",
+            &format!(
+                "/api/v1/nodes/{}/proxy/run/default/web/main?cmd=cat+/www/index.html",
+                node.name
+            ),
+            "-f",
+            "-",
+        ],
+        Some(""),
+    );
+    assert_eq!(ran, "hello-from-pod\n");
     let e = kubectl_error(
         &node,
         &["get", "--raw", "/api/v1/nodes/nosuch/proxy/healthz"],
