@@ -4,7 +4,41 @@
 
 use serde_json::{Value, json};
 
+use super::metrics;
 use super::resources::{RESOURCES, ResourceInfo, groups};
+
+const METRICS_VERBS: [&str; 2] = ["get", "list"];
+
+/// The aggregated document of `metrics.k8s.io`, which `metrics` serves without storing.
+fn metrics_aggregated() -> Value {
+    let resources: Vec<Value> = metrics::RESOURCES
+        .iter()
+        .map(|(plural, singular, kind, namespaced)| {
+            json!({
+                "resource": plural,
+                "responseKind": {"group": metrics::GROUP, "version": metrics::VERSION, "kind": kind},
+                "scope": if *namespaced { "Namespaced" } else { "Cluster" },
+                "singularResource": singular,
+                "verbs": METRICS_VERBS,
+            })
+        })
+        .collect();
+    json!({
+        "metadata": {"name": metrics::GROUP, "creationTimestamp": null},
+        "versions": [{"version": metrics::VERSION, "resources": resources, "freshness": "Current"}],
+    })
+}
+
+fn metrics_resource_list() -> Value {
+    let resources: Vec<Value> = metrics::RESOURCES
+        .iter()
+        .map(|(plural, singular, kind, namespaced)| {
+            json!({"name": plural, "singularName": singular, "namespaced": namespaced, "kind": kind, "verbs": METRICS_VERBS})
+        })
+        .collect();
+    json!({"kind": "APIResourceList", "apiVersion": "v1",
+        "groupVersion": format!("{}/{}", metrics::GROUP, metrics::VERSION), "resources": resources})
+}
 
 pub const AGGREGATED_CONTENT_TYPE: &str =
     "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
@@ -34,6 +68,16 @@ fn subresource(
             "v1",
             "TokenRequest",
             vec!["create"],
+        ),
+        "log" => ("", "v1", "Pod", vec!["get"]),
+        "exec" => ("", "v1", "PodExecOptions", vec!["create", "get"]),
+        "attach" => ("", "v1", "PodAttachOptions", vec!["create", "get"]),
+        "portforward" => ("", "v1", "PodPortForwardOptions", vec!["create", "get"]),
+        "proxy" => (
+            "",
+            "v1",
+            "NodeProxyOptions",
+            vec!["create", "delete", "get", "patch", "update"],
         ),
         _ => (r.group, r.version, r.kind, vec!["get", "patch", "update"]),
     }
@@ -88,11 +132,14 @@ fn aggregated_group(group: &str, version: &str) -> Value {
 
 /// The aggregated document of the core group (`/api`) or of the named groups (`/apis`).
 pub fn aggregated(core: bool) -> Value {
-    let items: Vec<Value> = groups()
+    let mut items: Vec<Value> = groups()
         .into_iter()
         .filter(|(g, _)| g.is_empty() == core)
         .map(|(g, v)| aggregated_group(g, v))
         .collect();
+    if !core {
+        items.push(metrics_aggregated());
+    }
     json!({
         "kind": "APIGroupDiscoveryList",
         "apiVersion": "apidiscovery.k8s.io/v2",
@@ -115,17 +162,19 @@ fn api_group(group: &str, version: &str) -> Value {
 }
 
 pub fn api_group_list() -> Value {
-    let groups: Vec<Value> = groups()
+    let mut groups: Vec<Value> = groups()
         .into_iter()
         .filter(|(g, _)| !g.is_empty())
         .map(|(g, v)| api_group(g, v))
         .collect();
+    groups.push(api_group(metrics::GROUP, metrics::VERSION));
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 pub fn api_group_doc(group: &str) -> Option<Value> {
     let (g, v) = groups()
         .into_iter()
+        .chain([(metrics::GROUP, metrics::VERSION)])
         .find(|(g, _)| *g == group && !g.is_empty())?;
     let mut doc = api_group(g, v);
     doc["kind"] = json!("APIGroup");
@@ -134,6 +183,9 @@ pub fn api_group_doc(group: &str) -> Option<Value> {
 }
 
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    if (group, version) == (metrics::GROUP, metrics::VERSION) {
+        return Some(metrics_resource_list());
+    }
     if !groups().contains(&(group, version)) {
         return None;
     }

@@ -14,6 +14,8 @@ pub mod deletion;
 pub mod discovery;
 pub mod handlers;
 pub mod limits;
+pub mod metrics;
+pub mod node_proxy;
 pub mod object;
 pub mod openapi;
 pub mod patch;
@@ -54,6 +56,10 @@ pub struct ApiServer {
     pub rbac: auth::rbac::Rbac,
     /// The service-account token issuer, once the server has loaded its key.
     pub tokens: std::sync::OnceLock<auth::tokens::TokenIssuer>,
+    /// The TLS client for the kubelets (logs, exec, port-forward, node proxy), set at start.
+    pub kubelet_client: std::sync::OnceLock<node_proxy::KubeletClient>,
+    /// The kubelets' last resource usage, for `metrics.k8s.io`.
+    pub metrics: metrics::Scraped,
 }
 
 impl ApiServer {
@@ -74,6 +80,8 @@ impl ApiServer {
             slow_watcher_timeout: Duration::from_secs(30),
             rbac: Default::default(),
             tokens: Default::default(),
+            kubelet_client: std::sync::OnceLock::new(),
+            metrics: metrics::Scraped::default(),
         })
     }
 }

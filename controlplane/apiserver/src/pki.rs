@@ -136,6 +136,38 @@ pub struct ServingMaterial {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
+    /// The client certificate the API server presents to kubelets.
+    pub kubelet_client_cert_pem: String,
+    pub kubelet_client_key_pem: String,
+}
+
+/// The kubelet-client certificate's user, as kube-apiserver's (group `system:masters`).
+pub const KUBELET_CLIENT_CN: &str = "kube-apiserver-kubelet-client";
+
+/// Issues a client certificate for `cn` in group `system:masters` unless both files exist.
+fn issue_client_certificate(
+    issuer: &Issuer<'_, KeyPair>,
+    crt: &Path,
+    key_path: &Path,
+    cn: &str,
+) -> Result<(), PkiError> {
+    if crt.exists() && key_path.exists() {
+        return Ok(());
+    }
+    tracing::info!(cn, "issuing client certificate (O=system:masters)");
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    let key = KeyPair::generate()?;
+    let cert = p.signed_by(&key, issuer)?;
+    write(key_path, key.serialize_pem().as_bytes(), true)?;
+    write(crt, cert.pem().as_bytes(), false)
 }
 
 impl Pki {
@@ -171,7 +203,12 @@ impl Pki {
             write(&ca_key_path, key.serialize_pem().as_bytes(), true)?;
             write(&ca_crt, cert.pem().as_bytes(), false)?;
             // A new CA invalidates everything it signed before.
-            for stale in ["apiserver.crt", "admin.crt", "admin.kubeconfig"] {
+            for stale in [
+                "apiserver.crt",
+                "admin.crt",
+                "admin.kubeconfig",
+                "kubelet-client.crt",
+            ] {
                 let _ = fs::remove_file(self.path(stale));
             }
             key
@@ -209,23 +246,13 @@ impl Pki {
 
         // Admin client certificate and kubeconfig.
         let (adm_crt, adm_key) = (self.path("admin.crt"), self.path("admin.key"));
-        if !(adm_crt.exists() && adm_key.exists()) {
-            tracing::info!("issuing admin client certificate (O=system:masters)");
-            let mut p = CertificateParams::new(Vec::<String>::new())?;
-            p.distinguished_name
-                .push(DnType::CommonName, "kubernetes-admin");
-            p.distinguished_name
-                .push(DnType::OrganizationName, "system:masters");
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            p.key_usages = vec![
-                KeyUsagePurpose::DigitalSignature,
-                KeyUsagePurpose::KeyEncipherment,
-            ];
-            let key = KeyPair::generate()?;
-            let cert = p.signed_by(&key, &issuer)?;
-            write(&adm_key, key.serialize_pem().as_bytes(), true)?;
-            write(&adm_crt, cert.pem().as_bytes(), false)?;
-        }
+        issue_client_certificate(&issuer, &adm_crt, &adm_key, "kubernetes-admin")?;
+        // What the API server presents to the kubelets it proxies to (logs, exec, port-forward).
+        let (kc_crt, kc_key) = (
+            self.path("kubelet-client.crt"),
+            self.path("kubelet-client.key"),
+        );
+        issue_client_certificate(&issuer, &kc_crt, &kc_key, KUBELET_CLIENT_CN)?;
         let kubeconfig = kubeconfig(
             server_url,
             &ca_pem,
@@ -247,6 +274,8 @@ impl Pki {
             ca_pem,
             cert_pem: read(&srv_crt)?,
             key_pem: read(&srv_key)?,
+            kubelet_client_cert_pem: read(&kc_crt)?,
+            kubelet_client_key_pem: read(&kc_key)?,
         })
     }
 }

@@ -22,7 +22,7 @@ use crate::handlers::{FieldValidation, WriteOptions, parse_target};
 use crate::limits::{self, Limits, RequestBounds};
 use crate::pki::{Pki, PkiError};
 use crate::status::{ApiError, Reason};
-use crate::{ApiServer, discovery, parse_query, resources};
+use crate::{ApiServer, discovery, metrics, node_proxy, parse_query, resources};
 use skiff_store::embedded::EmbeddedStore;
 pub use skiff_store::etcd::EtcdConfig;
 use skiff_store::etcd::EtcdStore;
@@ -120,8 +120,10 @@ async fn route_inner(
     }
     let query = parse_query(parts.uri.query());
     let target = parse_target(path);
-    let attributes = match &target {
-        Some(Ok(t)) => Attributes::resource(&parts.method, t, &query),
+    let node_request = node_proxy::NodeRequest::parse(path);
+    let attributes = match (&node_request, &target) {
+        (Some(n), _) => n.attributes(&parts.method),
+        (None, Some(Ok(t))) => Attributes::resource(&parts.method, t, &query),
         _ => Attributes::non_resource(&parts.method, path),
     };
     if !app.rbac.policy().authorize(&user, &attributes).allowed {
@@ -205,6 +207,16 @@ async fn route_inner(
             };
         }
         _ => {}
+    }
+    if let Some(request) = metrics::MetricsRequest::parse(path) {
+        return if get {
+            metrics::serve(app, request).await
+        } else {
+            ApiError::method_not_allowed().into_response()
+        };
+    }
+    if let Some(request) = node_request {
+        return node_proxy::serve(app, request, parts, body).await;
     }
     let target = match target {
         Some(Ok(t)) => t,
@@ -368,6 +380,12 @@ pub async fn run(
     {
         unreachable!("the issuer is set once, here");
     }
+    let kubelet_client = node_proxy::KubeletClient::new(
+        &material.kubelet_client_cert_pem,
+        &material.kubelet_client_key_pem,
+    )?;
+    // The server was just made: nothing set it before.
+    let _ = app.kubelet_client.set(kubelet_client);
     bootstrap(&app, local).await?;
     auth::policy::reconcile(&app).await?;
     auth::rbac::Rbac::start(app.clone()).await?;
@@ -437,7 +455,7 @@ pub async fn run(
                 .timer(TokioTimer::new())
                 .keep_alive_interval(header_timeout)
                 .keep_alive_timeout(header_timeout);
-            let served = builder.serve_connection(TokioIo::new(stream), service);
+            let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(served);
             // The header timeout also bounds the wait for the first request, which hyper does
             // not: a client that sends nothing, or half an HTTP/2 preface, after its handshake.

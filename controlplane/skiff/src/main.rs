@@ -11,8 +11,8 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod components;
-mod up;
 mod token;
+mod up;
 
 use components::Components;
 use skiff_apiserver::pki;

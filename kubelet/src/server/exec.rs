@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
@@ -29,7 +29,7 @@ pub(super) const V4: &str = "v4.channel.k8s.io";
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
-const STATUS: u8 = 3;
+pub(super) const STATUS: u8 = 3;
 const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
@@ -37,8 +37,16 @@ const CLOSE: u8 = 255;
 /// may hold its pipes open).
 const DRAIN: Duration = Duration::from_secs(2);
 
+/// A close with code 1000: client-go takes any other (even none) for a broken stream.
+pub(super) fn normal_close() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: axum::extract::ws::close_code::NORMAL,
+        reason: Default::default(),
+    }))
+}
+
 /// The final message of the status channel for an exit code.
-fn exit_status(code: i32) -> serde_json::Value {
+pub(super) fn exit_status(code: i32) -> serde_json::Value {
     if code == 0 {
         return serde_json::json!({"metadata": {}, "status": "Success"});
     }
@@ -51,13 +59,13 @@ fn exit_status(code: i32) -> serde_json::Value {
     })
 }
 
-fn failure(message: &str) -> serde_json::Value {
+pub(super) fn failure(message: &str) -> serde_json::Value {
     serde_json::json!({
         "metadata": {}, "status": "Failure", "message": message, "reason": "InternalError",
     })
 }
 
-fn frame(channel: u8, data: &[u8]) -> Message {
+pub(super) fn frame(channel: u8, data: &[u8]) -> Message {
     let mut out = Vec::with_capacity(data.len() + 1);
     out.push(channel);
     out.extend_from_slice(data);
@@ -208,7 +216,7 @@ async fn run_exec(
                 return;
             }
         }
-        let _ = sink.send(Message::Close(None)).await;
+        let _ = sink.send(normal_close()).await;
     });
     let (stdout, mut stdin): (_, Option<Box<dyn AsyncWrite + Unpin + Send>>) = match &master {
         Some(m) => (

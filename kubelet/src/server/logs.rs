@@ -86,6 +86,8 @@ struct LogLine {
     /// The timestamp of its first record, as written.
     timestamp: String,
     time: DateTime<Utc>,
+    /// 0 for stdout, 1 for stderr.
+    stream: u8,
     /// The message with its newline.
     text: Vec<u8>,
 }
@@ -131,6 +133,7 @@ impl Assembler {
         let line = self.pending[stream].get_or_insert_with(|| LogLine {
             timestamp: timestamp.to_string(),
             time,
+            stream: stream as u8,
             text: Vec::new(),
         });
         line.text.extend_from_slice(message);
@@ -250,38 +253,69 @@ fn stream_log(
     if !options.follow {
         return;
     }
+    let client = out.tx.clone();
+    let followed = follow(
+        &mut reader,
+        container_ended,
+        || client.is_closed(),
+        |line| !wanted(&line) || out.send(&line),
+    );
+    if let Err(e) = followed {
+        let _ = out.tx.blocking_send(Err(e));
+    }
+}
+
+/// Passes each line written to the log from now on to `each` until the container has ended
+/// and its last line was read, the client is gone or `each` says to stop; blocking.
+fn follow(
+    reader: &mut LogReader,
+    container_ended: impl Fn() -> bool,
+    client_gone: impl Fn() -> bool,
+    mut each: impl FnMut(LogLine) -> bool,
+) -> io::Result<()> {
     loop {
-        if out.tx.is_closed() {
-            return;
+        if client_gone() {
+            return Ok(());
         }
         // Looked at before reading, so the lines written before the end are all read.
         let ended = container_ended();
-        let lines = match reader.read_new() {
-            Ok(lines) => lines,
-            Err(e) => {
-                let _ = out.tx.blocking_send(Err(e));
-                return;
-            }
-        };
+        let lines = reader.read_new()?;
         if lines.is_empty() {
             if reader.rotated() {
-                if let Err(e) = reader.reopen() {
-                    let _ = out.tx.blocking_send(Err(e));
-                    return;
-                }
+                reader.reopen()?;
                 continue;
             }
             if ended {
-                return;
+                return Ok(());
             }
             std::thread::sleep(FOLLOW_POLL);
         }
-        for line in lines.iter().filter(|l| wanted(l)) {
-            if !out.send(line) {
-                return;
+        for line in lines {
+            if !each(line) {
+                return Ok(());
             }
         }
     }
+}
+
+/// The container's output written from now on, as (stream, line) with stream 0 for stdout and
+/// 1 for stderr, until it ends or `tx` closes; blocking. What `attach` shows.
+pub(super) fn follow_new_output(
+    logs_dir: &Path,
+    meta: &ContainerMeta,
+    container_ended: impl Fn() -> bool,
+    tx: mpsc::Sender<(u8, Vec<u8>)>,
+) -> io::Result<()> {
+    let mut reader = LogReader::open(&log_path(logs_dir, meta, meta.attempt))?;
+    // What was written before the client came is not attach's to show.
+    reader.read_new()?;
+    let client = tx.clone();
+    follow(
+        &mut reader,
+        container_ended,
+        || client.is_closed(),
+        |line| tx.blocking_send((line.stream, line.text)).is_ok(),
+    )
 }
 
 pub(super) async fn container_logs(

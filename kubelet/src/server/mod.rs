@@ -1,5 +1,5 @@
 //! The kubelet's own API on port 10250 (HTTPS): `/healthz`, `/pods`, `/containerLogs`, `/exec`,
-//! `/portForward`, `/stats/summary` and `/metrics/resource`.
+//! `/attach`, `/portForward`, `/run`, `/stats/summary` and `/metrics/resource`.
 //!
 //! Only clients presenting a certificate from the client CA are served; a client without one is
 //! answered 401 and one with a certificate from another CA fails the TLS handshake. The server
@@ -9,14 +9,20 @@
 //! - `tls`: the serving certificate (files or self-signed) and the client-certificate check.
 //! - `logs`: the CRI log files read as `kubectl logs` shows them (follow across rotation).
 //! - `exec`: exec over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`).
-//! - `port_forward`: the WebSocket port-forward tunnel into the pod's network namespace.
+//! - `attach`: the container's output from now on, over the same protocol (output only).
+//! - `run`: a command's output in one answer.
+//! - `port_forward`: port-forward into the pod's network namespace (SPDY/3.1 or WebSocket).
+//! - `spdy`: SPDY/3.1 framing, which kubectl's port-forward speaks.
 //! - `stats`: `/stats/summary` and `/metrics/resource` from the cgroups.
 //! - `query`: the URL query as repeated key/value pairs.
 
+mod attach;
 mod exec;
 mod logs;
 mod port_forward;
 mod query;
+mod run;
+mod spdy;
 mod stats;
 pub mod tls;
 
@@ -185,8 +191,16 @@ fn router(state: Arc<NodeServer>) -> Router {
             get(exec::exec).post(exec::exec),
         )
         .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(attach::attach).post(attach::attach),
+        )
+        .route(
             "/portForward/{namespace}/{pod}",
             get(port_forward::port_forward).post(port_forward::port_forward),
+        )
+        .route(
+            "/run/{namespace}/{pod}/{container}",
+            axum::routing::post(run::run),
         )
         .route("/stats/summary", get(stats::summary))
         .route("/metrics/resource", get(stats::resource_metrics))

@@ -293,14 +293,20 @@ impl Node {
         std::fs::read_to_string(self.dir.path().join("kubelet.log")).unwrap_or_default()
     }
 
+    /// kubectl with `args` in the node's namespace, as the cluster's admin.
+    pub fn kubectl_command(&self, args: &[&str]) -> Command {
+        let mut command = self.netns.command("kubectl");
+        command
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", self.dir.path());
+        command
+    }
+
     pub fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> Output {
         use std::io::Write;
         let mut child = self
-            .netns
-            .command("kubectl")
-            .args(args)
-            .env("KUBECONFIG", self.kubeconfig())
-            .env("HOME", self.dir.path())
+            .kubectl_command(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -11,7 +11,7 @@ pub static RESOURCE: ResourceInfo = ResourceInfo {
     namespaced: false,
     short_names: &["no"],
     categories: &[],
-    subresources: &["status"],
+    subresources: &["status", "proxy"],
     storage: "minions",
     schema: "io.k8s.api.core.v1.Node",
     strategy: &NodeStrategy,

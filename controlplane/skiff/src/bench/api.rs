@@ -278,7 +278,11 @@ pub async fn measure(client: Client, cfg: &BenchConfig) -> Result<Vec<Row>, Benc
 pub async fn run(cfg: &BenchConfig) -> Result<Vec<Row>, BenchError> {
     let cfg = cfg.clone();
     let etcd = cfg.etcd.clone();
-    with_server(etcd, move |client, _| async move { measure(client, &cfg).await }).await
+    with_server(
+        etcd,
+        move |client, _| async move { measure(client, &cfg).await },
+    )
+    .await
 }
 
 /// Starts a server in a scratch directory (its objects in `etcd` under a prefix of their own,

@@ -168,5 +168,8 @@ async fn measure(
 
 pub async fn run(cfg: &RbacBenchConfig) -> Result<Vec<Row>, BenchError> {
     let cfg = Arc::new(cfg.clone());
-    with_server(None, move |admin, dir| async move { measure(admin, dir, &cfg).await }).await
+    with_server(None, move |admin, dir| async move {
+        measure(admin, dir, &cfg).await
+    })
+    .await
 }
