@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use base64::Engine;
 use common::{Server, path_str};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ObjectMeta, PostParams};
@@ -196,43 +195,6 @@ fn connections_that_send_no_request_are_closed_by_the_header_timeout() {
     s.kubectl(&["get", "namespaces"]);
 }
 
-/// A client certificate for `cn` signed by the cluster CA, as a kubeconfig beside the admin's.
-fn user_kubeconfig(s: &Server, cn: &str) -> std::path::PathBuf {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    let data = s.data_dir();
-    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(data.join("ca.key")).unwrap()).unwrap();
-    // The CA's name and constraints, as the server made it.
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name.push(DnType::CommonName, "skiff-ca");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let issuer = Issuer::new(ca, ca_key);
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, &issuer).unwrap();
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
-    let admin = std::fs::read_to_string(s.kubeconfig()).unwrap();
-    let kc: String = admin
-        .lines()
-        .map(|l| {
-            if l.trim_start().starts_with("client-certificate-data:") {
-                format!("    client-certificate-data: {}", b64(&cert.pem()))
-            } else if l.trim_start().starts_with("client-key-data:") {
-                format!("    client-key-data: {}", b64(&key.serialize_pem()))
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    s.write(&format!("{cn}.kubeconfig"), &kc)
-}
-
 /// A client that reports each 429 instead of retrying it.
 async fn client(path: &std::path::Path) -> Client {
     let kc = Kubeconfig::read_from(path).unwrap();
@@ -258,7 +220,11 @@ fn configmap(name: String) -> ConfigMap {
 async fn a_flooding_user_gets_429_while_another_keeps_working() {
     let s = Server::start_with(&["--max-mutating-requests-inflight", "4"]);
     let flooder: Api<ConfigMap> =
-        Api::namespaced(client(&user_kubeconfig(&s, "flooder")).await, "default");
+        // An administrator too: what limits it is its own fair share, not RBAC.
+        Api::namespaced(
+            client(&s.user_kubeconfig("flooder", &["system:masters"])).await,
+            "default",
+        );
     let admin: Api<ConfigMap> = Api::namespaced(client(&s.kubeconfig()).await, "default");
     let stop = Arc::new(AtomicBool::new(false));
     let (created, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -284,8 +250,13 @@ async fn a_flooding_user_gets_429_while_another_keeps_working() {
             })
         })
         .collect();
-    // Let the flood fill the pool first.
+    // Let the flood fill the pool first (a flood task that failed ends the wait too).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while created.load(Ordering::Relaxed) < 20 {
+        assert!(
+            std::time::Instant::now() < deadline && flood.iter().all(|f| !f.is_finished()),
+            "the flood made fewer than 20 ConfigMaps"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for i in 0..20 {

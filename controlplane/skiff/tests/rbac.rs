@@ -4,29 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::{Server, path_str};
-
-/// Issues a kubeconfig for `user` in `groups` with `skiff kubeconfig`.
-fn user_kubeconfig(s: &Server, user: &str, groups: &[&str]) -> PathBuf {
-    let path = s.dir.path().join(format!("{user}.kubeconfig"));
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"));
-    cmd.args(["kubeconfig", "--data-dir", path_str(&s.data_dir())])
-        .args(["--user", user, "--output", path_str(&path)]);
-    for g in groups {
-        cmd.args(["--group", g]);
-    }
-    let out = cmd.output().expect("running skiff kubeconfig");
-    assert!(
-        out.status.success(),
-        "skiff kubeconfig: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    path
-}
 
 /// kubectl with the credentials in `kubeconfig`.
 fn as_user(s: &Server, kubeconfig: &Path, args: &[&str]) -> Output {
@@ -65,7 +47,7 @@ fn can_i(s: &Server, kc: &Path, args: &[&str]) -> String {
 #[test]
 fn a_view_user_lists_but_cannot_delete_and_an_edit_binding_widens_it() {
     let s = Server::start();
-    let alice = user_kubeconfig(&s, "alice", &["dev", "ops"]);
+    let alice = s.user_kubeconfig("alice", &["dev", "ops"]);
     let who = stdout(&as_user(&s, &alice, &["auth", "whoami"]));
     assert!(who.contains("alice"), "{who}");
     assert!(
@@ -146,7 +128,7 @@ fn a_view_user_lists_but_cannot_delete_and_an_edit_binding_widens_it() {
 #[test]
 fn nobody_grants_what_they_do_not_hold() {
     let s = Server::start();
-    let bob = user_kubeconfig(&s, "bob", &[]);
+    let bob = s.user_kubeconfig("bob", &[]);
     s.kubectl(&[
         "create",
         "rolebinding",

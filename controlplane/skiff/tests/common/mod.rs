@@ -114,6 +114,24 @@ impl Server {
         s
     }
 
+    /// Issues a kubeconfig for `user` in `groups` with `skiff kubeconfig`.
+    pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> PathBuf {
+        let path = self.dir.path().join(format!("{user}.kubeconfig"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
+        cmd.args(["kubeconfig", "--data-dir", path_str(&self.data_dir())])
+            .args(["--user", user, "--output", path_str(&path)]);
+        for g in groups {
+            cmd.args(["--group", g]);
+        }
+        let out = cmd.output().expect("running skiff kubeconfig");
+        assert!(
+            out.status.success(),
+            "skiff kubeconfig: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        path
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
