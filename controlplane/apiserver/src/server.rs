@@ -87,6 +87,13 @@ pub async fn route(
     let path = parts.uri.path().to_string();
     let method = parts.method.clone();
     let started = std::time::Instant::now();
+    // Health probes and the version answer whatever credentials come with them, outside the
+    // in-flight limits (kube-apiserver's exempt priority level serves the probes).
+    match path.as_str() {
+        "/healthz" | "/livez" | "/readyz" => return text(StatusCode::OK, "ok"),
+        "/version" => return json_response(&discovery::version(), "application/json"),
+        _ => {}
+    }
     let user = match authn::authenticate(&app, certificate_user.as_deref(), &parts.headers).await {
         Identity::User(u) => Arc::new(u),
         Identity::Anonymous => Arc::new(UserInfo::anonymous()),
@@ -113,11 +120,6 @@ async fn route_inner(
     body: hyper::body::Incoming,
 ) -> Response {
     let path = parts.uri.path();
-    match path {
-        "/healthz" | "/livez" | "/readyz" => return text(StatusCode::OK, "ok"),
-        "/version" => return json_response(&discovery::version(), "application/json"),
-        _ => {}
-    }
     let query = parse_query(parts.uri.query());
     let target = parse_target(path);
     let node_request = node_proxy::NodeRequest::parse(path);
