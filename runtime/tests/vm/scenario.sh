@@ -466,36 +466,6 @@ run_foreground() { # CASE
 	check_gone "$id" "$CG$want"
 }
 
-# A loop spreading processes that ignore SIGTERM (`sleep` inherits the ignored signal), in a
-# container without a pid namespace of its own: kill --all TERM stops the init and none of them,
-# kill --all KILL (cgroup.kill) all of them, however many the loop made meanwhile.
-live_fork_loop() { # ID CGDIR INITPID ERR
-	local id=$1 cgdir=$2 init=$3 err=$4 n
-	if rt exec --detach "$id" sh -c "trap '' TERM; while :; do sleep 1000 & done" > /dev/null 2>> "$err" < /dev/null; then
-		ok "$id/exec-loop" ""
-	else
-		fail "$id/exec-loop" "$(last_err "$err")"
-	fi
-	n=0
-	while [ $n -lt 100 ] && [ "$(wc -l < "$cgdir/cgroup.procs")" -lt 10 ]; do sleep 0.1; n=$((n + 1)); done
-	n=$(wc -l < "$cgdir/cgroup.procs")
-	if [ "$n" -ge 10 ]; then ok "$id/looping" "$n processes"; else fail "$id/looping" "$n processes in 10s"; fi
-	if rt kill --all "$id" TERM 2>> "$err"; then ok "$id/kill-all-TERM" ""; else fail "$id/kill-all-TERM" "$(last_err "$err")"; fi
-	if wait_status "$id" stopped; then ok "$id/TERM/init-stopped" ""; else fail "$id/TERM/init-stopped" "status '$(state_field "$id" status)' 10s after kill --all TERM"; fi
-	n=$(wc -l < "$cgdir/cgroup.procs")
-	if [ "$n" -gt 0 ]; then ok "$id/TERM/ignored-by-the-rest" "$n processes"; else fail "$id/TERM/ignored-by-the-rest" "cgroup.procs empty: they ignore TERM"; fi
-	if rt kill --all "$id" KILL 2>> "$err"; then ok "$id/kill-all-KILL" ""; else fail "$id/kill-all-KILL" "$(last_err "$err")"; fi
-	# Dozens of exits take a while under emulation (up to ~10 s seen): 30 s.
-	n=0
-	while [ $n -lt 300 ] && [ -s "$cgdir/cgroup.procs" ]; do sleep 0.1; n=$((n + 1)); done
-	expect_eq "$id/KILL/cgroup.procs-empty" "" "$(one_line < "$cgdir/cgroup.procs")"
-	for n in $(head -n 3 "$cgdir/cgroup.procs"); do
-		echo "SKIFF-LOG $id survivor $n: $(grep -E '^(Name|State|PPid|SigPnd|SigBlk|SigIgn)' "/proc/$n/status" | one_line)"
-	done
-	if alive "$init"; then fail "$id/KILL/init-gone" "init $init alive"; else ok "$id/KILL/init-gone" "$init"; fi
-	if rt delete "$id" 2>> "$err"; then ok "$id/delete" ""; else fail "$id/delete" "$(last_err "$err")"; fi
-}
-
 # A create that must fail: non-zero, naming the problem, nothing left behind.
 run_failing() { # CASE
 	local id dir err word want rc
