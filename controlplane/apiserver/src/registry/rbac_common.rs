@@ -2,6 +2,7 @@
 //! `rbac/validation`), their Table columns, and escalation prevention as their admission.
 
 use super::prelude::*;
+use crate::auth::escalation;
 
 pub(super) const CREATED_AT: Column = (
     "Created At",
@@ -113,5 +114,63 @@ pub(super) fn default_subjects(o: &mut Map<String, Value>) {
                 sub.insert("apiGroup".into(), json!(group));
             }
         }
+    }
+}
+
+/// The strategy of RoleBindings and ClusterRoleBindings: they differ only in their resource
+/// (which escalation prevention names) and the kinds of role they may refer to.
+pub(super) struct BindingStrategy {
+    pub resource: &'static str,
+    pub role_kinds: &'static [&'static str],
+}
+
+impl Strategy for BindingStrategy {
+    fn name_rule(&self) -> NameRule {
+        NameRule::PathSegment
+    }
+
+    fn default(&self, o: &mut Map<String, Value>) {
+        default_subjects(o);
+    }
+
+    fn validate(&self, o: &Value, errs: &mut Vec<FieldError>) {
+        validate_binding(o, self.role_kinds, errs);
+    }
+
+    fn validate_update(&self, old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
+        validate_binding_update(old, new, errs);
+    }
+
+    fn admit_create<'a>(
+        &'a self,
+        api: &'a ApiServer,
+        o: &'a mut Value,
+    ) -> BoxFuture<'a, ApiResult<()>> {
+        Box::pin(std::future::ready(escalation::check_binding(
+            api,
+            self.resource,
+            o,
+        )))
+    }
+
+    fn admit_update<'a>(
+        &'a self,
+        api: &'a ApiServer,
+        _cur: &'a Value,
+        new: &'a mut Value,
+    ) -> BoxFuture<'a, ApiResult<()>> {
+        Box::pin(std::future::ready(escalation::check_binding(
+            api,
+            self.resource,
+            new,
+        )))
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![NAME, ROLE, AGE]
+    }
+
+    fn cells(&self, o: &Value) -> Vec<Value> {
+        binding_cells(o)
     }
 }
