@@ -17,27 +17,30 @@ pub static RESOURCE: ResourceInfo = ResourceInfo {
     strategy: &EventStrategy,
 };
 
+/// The fields both Event APIs select on: events.k8s.io Events are stored in the core form.
+pub(super) const SELECTABLE_FIELDS: &[&str] = &[
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+    "regarding.kind",
+    "regarding.name",
+    "regarding.namespace",
+    "regarding.uid",
+];
+
 struct EventStrategy;
 
 impl Strategy for EventStrategy {
     fn selectable_fields(&self) -> &'static [&'static str] {
-        &[
-            "involvedObject.kind",
-            "involvedObject.namespace",
-            "involvedObject.name",
-            "involvedObject.uid",
-            "involvedObject.apiVersion",
-            "involvedObject.resourceVersion",
-            "involvedObject.fieldPath",
-            "reason",
-            "reportingComponent",
-            "source",
-            "type",
-            "regarding.kind",
-            "regarding.name",
-            "regarding.namespace",
-            "regarding.uid",
-        ]
+        SELECTABLE_FIELDS
     }
 
     fn columns(&self) -> Vec<Column> {

@@ -30,23 +30,7 @@ impl Strategy for EventsV1EventStrategy {
     }
 
     fn selectable_fields(&self) -> &'static [&'static str] {
-        &[
-            "involvedObject.kind",
-            "involvedObject.namespace",
-            "involvedObject.name",
-            "involvedObject.uid",
-            "involvedObject.apiVersion",
-            "involvedObject.resourceVersion",
-            "involvedObject.fieldPath",
-            "reason",
-            "reportingComponent",
-            "source",
-            "type",
-            "regarding.kind",
-            "regarding.name",
-            "regarding.namespace",
-            "regarding.uid",
-        ]
+        super::events::SELECTABLE_FIELDS
     }
 
     fn columns(&self) -> Vec<Column> {
