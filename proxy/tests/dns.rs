@@ -408,6 +408,15 @@ fn cluster_dns_answers_from_the_api_and_forwards_the_rest() {
     assert!(future_edns.contains("status: BADVERS"), "{future_edns}");
     assert_eq!(lab.short(&[web, "A"]), [cluster_ip.as_str()]);
 
+    // Byte-identical requests (the second answered from the response cache) get the same
+    // answer under their own ID.
+    let [first, second] = raw_queries(&lab, web, [0x0101, 0x0202]);
+    assert_eq!(first[..2], [0x01, 0x01]);
+    assert_eq!(second[..2], [0x02, 0x02]);
+    assert_eq!(first[2..], second[2..]);
+    assert_eq!(rcode(&first), 0, "{first:?}");
+    assert_eq!(answer_count(&first), 1, "{first:?}");
+
     // A deleted Service stops resolving.
     lab.kubectl(&["delete", "service", "web"], None);
     let start = Instant::now();
@@ -426,6 +435,13 @@ fn cluster_dns_answers_from_the_api_and_forwards_the_rest() {
         "deleted Service stopped resolving after {:?}",
         start.elapsed()
     );
+    // Also for the bytes whose answer was cached before the delete.
+    let [after] = raw_queries(&lab, web, [0x0303]);
+    assert_eq!(
+        rcode(&after),
+        3,
+        "a cached answer outlived its Service: {after:?}"
+    );
 
     let metrics = lab.metrics();
     for prefix in [
@@ -443,6 +459,45 @@ fn cluster_dns_answers_from_the_api_and_forwards_the_rest() {
             .unwrap_or_else(|| panic!("{prefix} missing:\n{metrics}"));
         assert_ne!(line.trim_start_matches(prefix), "0", "{line}");
     }
+}
+
+/// Sends an A query for `name` (RD, no EDNS) once per ID, one after the other, and returns
+/// the responses.
+fn raw_queries<const N: usize>(lab: &Lab, name: &str, ids: [u16; N]) -> [Vec<u8>; N] {
+    let mut question = Vec::new();
+    for label in name.split('.') {
+        question.push(label.len() as u8);
+        question.extend_from_slice(label.as_bytes());
+    }
+    question.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let (tx, rx) = mpsc::channel();
+    lab.ns.thread(move || {
+        let dns: SocketAddr = format!("{DNS_ADDR}:53").parse().unwrap();
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let responses = ids.map(|id| {
+            let mut request = id.to_be_bytes().to_vec();
+            request.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+            request.extend_from_slice(&question);
+            socket.send_to(&request, dns).unwrap();
+            let mut buf = [0u8; 4096];
+            let len = socket.recv(&mut buf).expect("an answer to a raw query");
+            buf[..len].to_vec()
+        });
+        tx.send(responses).unwrap();
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("raw queries answered")
+}
+
+fn rcode(response: &[u8]) -> u8 {
+    response[3] & 0x0f
+}
+
+fn answer_count(response: &[u8]) -> u16 {
+    u16::from_be_bytes([response[6], response[7]])
 }
 
 /// Garbage, a header promising a question it does not carry, two questions, an oversized

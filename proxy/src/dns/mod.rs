@@ -19,6 +19,7 @@ pub mod config;
 pub mod forward;
 pub mod metrics;
 pub mod records;
+mod response_cache;
 pub mod server;
 mod udp;
 pub mod watch;
@@ -26,6 +27,7 @@ pub mod watch;
 use std::borrow::Borrow;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::Service;
@@ -72,6 +74,9 @@ pub struct DnsServer {
 /// and the counters.
 pub(crate) struct Shared {
     index: RwLock<Arc<ClusterIndex>>,
+    /// Counts index replacements; raised after each swap, so an answer computed after reading
+    /// a generation comes from that index or a newer one.
+    generation: AtomicU64,
     zone: ZoneConfig,
     forwarder: forward::Forwarder,
     metrics: DnsMetrics,
@@ -80,6 +85,10 @@ pub(crate) struct Shared {
 impl Shared {
     fn index(&self) -> Arc<ClusterIndex> {
         self.index.read().expect("dns index lock").clone()
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
 
@@ -90,6 +99,7 @@ impl DnsServer {
         let empty = ClusterIndex::build::<&Service, &EndpointSlice>(zone.clone(), [], []);
         let shared = Shared {
             index: RwLock::new(Arc::new(empty)),
+            generation: AtomicU64::new(0),
             zone,
             forwarder: forward::Forwarder::new(
                 config.upstreams.clone(),
@@ -117,6 +127,7 @@ impl DnsServer {
         let index = ClusterIndex::build(self.shared.zone.clone(), services, slices);
         tracing::debug!(names = index.len(), "cluster DNS records updated");
         *self.shared.index.write().expect("dns index lock") = Arc::new(index);
+        self.shared.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Binds UDP and TCP at the configured address; [`Listening::run`] then serves.

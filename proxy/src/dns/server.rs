@@ -69,25 +69,8 @@ impl RequestHandler for Handler {
         response_handle: R,
     ) -> ResponseInfo {
         let start = Instant::now();
+        let (info, source) = self.respond(request, response_handle).await;
         let tcp = request.protocol() == Protocol::Tcp;
-        let edns = request.edns.as_ref().map(|asked| {
-            let mut edns = Edns::new();
-            edns.set_max_payload(asked.max_payload().clamp(512, MAX_UDP_PAYLOAD));
-            edns.set_version(0);
-            edns
-        });
-        let info = if let Some(code) = refusal(request) {
-            send(
-                request,
-                edns.as_ref(),
-                response_handle,
-                Response::error(code),
-            )
-            .await
-        } else {
-            self.answer(request, edns.as_ref(), response_handle).await
-        };
-        let (info, source) = info;
         self.shared
             .metrics
             .record(tcp, info.response_code, source, start.elapsed());
@@ -121,6 +104,26 @@ fn refusal(request: &Request) -> Option<ResponseCode> {
 }
 
 impl Handler {
+    /// Answers `request` through `response_handle`: what was sent and where the answer came
+    /// from (the caller counts it).
+    pub(super) async fn respond<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> (ResponseInfo, Source) {
+        let edns = request.edns.as_ref().map(|asked| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(asked.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+            edns.set_version(0);
+            edns
+        });
+        if let Some(code) = refusal(request) {
+            let response = Response::error(code);
+            return send(request, edns.as_ref(), response_handle, response).await;
+        }
+        self.answer(request, edns.as_ref(), response_handle).await
+    }
+
     async fn answer<R: ResponseHandler>(
         &self,
         request: &Request,

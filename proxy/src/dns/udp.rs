@@ -9,11 +9,14 @@
 //! dropped, undecodable requests get FORMERR, nothing is sent to port 0 or an unspecified or
 //! broadcast address, and a response larger than the client's EDNS buffer (512 bytes without
 //! EDNS) is truncated with TC set so the client retries over TCP.
+//!
+//! Cluster answers are kept encoded ([`ResponseCache`]): a request byte-identical to an earlier
+//! one after its ID is answered with the same bytes, without decoding it at all.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -21,23 +24,26 @@ use hickory_proto::op::{Header, HeaderCounts, MessageType, Metadata, OpCode, Res
 use hickory_proto::rr::Record;
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_server::net::NetError;
-use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 
 use super::metrics::Source;
+use super::response_cache::ResponseCache;
 use super::server::Handler;
 
 /// The largest request read: a DNS message over UDP cannot be larger.
 const MAX_REQUEST: usize = 65_535;
+/// A DNS header's length: the ID and the fields the cache keys on begin within it.
+const HEADER_LEN: usize = 12;
 
 /// Serves requests arriving on `socket` until it fails.
 pub(super) async fn serve(socket: UdpSocket, handler: Handler) -> std::io::Result<()> {
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; MAX_REQUEST];
+    let mut cache = ResponseCache::new();
     loop {
         let (len, src) = match socket.recv_from(&mut buf).await {
             Ok(received) => received,
@@ -52,39 +58,64 @@ pub(super) async fn serve(socket: UdpSocket, handler: Handler) -> std::io::Resul
         if !answerable(src) {
             continue;
         }
+        let start = Instant::now();
+        let metrics = &handler.shared.metrics;
+        let generation = handler.shared.generation();
+        let request = &buf[..len];
+        if len >= HEADER_LEN
+            && let Some((response, code)) = cache.answer(request, generation)
+        {
+            if let Err(error) = send(&socket, &response, src).await {
+                debug!(%error, "sending a cached DNS response");
+            }
+            metrics.record(false, code, Source::Cluster, start.elapsed());
+            continue;
+        }
+        let sent = Arc::new(OnceLock::new());
         let responder = Responder {
             socket: socket.clone(),
             dst: src,
+            sent: sent.clone(),
         };
-        let request = match Request::from_bytes(buf[..len].to_vec(), src, Protocol::Udp) {
-            Ok(request) => request,
+        let decoded = match Request::from_bytes(request.to_vec(), src, Protocol::Udp) {
+            Ok(decoded) => decoded,
             Err(error) => {
-                let start = Instant::now();
-                if form_error(&buf[..len], responder, error).await {
-                    let metrics = &handler.shared.metrics;
+                if form_error(request, responder, error).await {
                     metrics.record(false, ResponseCode::FormErr, Source::None, start.elapsed());
                 }
                 continue;
             }
         };
-        if request.metadata.message_type == MessageType::Response {
+        if decoded.metadata.message_type == MessageType::Response {
             continue;
         }
         let handler = handler.clone();
         let mut answer = Box::pin(async move {
+            let (info, source) = handler.respond(&decoded, responder).await;
+            let code = info.response_code;
             handler
-                .handle_request::<_, TokioTime>(&request, responder)
-                .await;
+                .shared
+                .metrics
+                .record(false, code, source, start.elapsed());
+            (source == Source::Cluster).then_some(code)
         });
-        if poll_once(answer.as_mut()).is_pending() {
-            tokio::spawn(answer);
+        match poll_once(answer.as_mut()) {
+            Poll::Ready(Some(code)) => {
+                if let Some(response) = sent.get() {
+                    cache.insert(request, generation, response, code);
+                }
+            }
+            Poll::Ready(None) => {}
+            Poll::Pending => {
+                tokio::spawn(answer);
+            }
         }
     }
 }
 
 /// Polls `future` once without a waker to remember: whatever it waits on is registered again
 /// with the task's own waker when the caller spawns it.
-fn poll_once(future: Pin<&mut (impl Future<Output = ()> + ?Sized)>) -> Poll<()> {
+fn poll_once<T>(future: Pin<&mut (impl Future<Output = T> + ?Sized)>) -> Poll<T> {
     future.poll(&mut Context::from_waker(Waker::noop()))
 }
 
@@ -127,11 +158,26 @@ async fn form_error(raw: &[u8], mut responder: Responder, error: impl std::fmt::
     }
 }
 
-/// Sends a response to the client it answers over the shared socket.
+/// Sends `bytes` to `dst`, waiting only when the socket's buffer is full.
+async fn send(socket: &UdpSocket, bytes: &[u8], dst: SocketAddr) -> std::io::Result<()> {
+    match socket.try_send_to(bytes, dst) {
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+            socket.send_to(bytes, dst).await?;
+        }
+        sent => {
+            sent?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends a response to the client it answers over the shared socket, and keeps what it sent
+/// for the response cache.
 #[derive(Clone)]
 struct Responder {
     socket: Arc<UdpSocket>,
     dst: SocketAddr,
+    sent: Arc<OnceLock<Vec<u8>>>,
 }
 
 #[async_trait::async_trait]
@@ -148,14 +194,8 @@ impl ResponseHandler for Responder {
         >,
     ) -> Result<ResponseInfo, NetError> {
         let (info, bytes) = encode(response)?;
-        match self.socket.try_send_to(&bytes, self.dst) {
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                self.socket.send_to(&bytes, self.dst).await?;
-            }
-            sent => {
-                sent?;
-            }
-        }
+        send(&self.socket, &bytes, self.dst).await?;
+        let _ = self.sent.set(bytes);
         Ok(info)
     }
 }
