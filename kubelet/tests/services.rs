@@ -1,7 +1,9 @@
 //! The node as a whole: pods that the kubelet runs reach a Service through the node's
 //! skiff-proxy, by its ClusterIP and by its name from the cluster DNS the proxy answers at
 //! 10.96.0.10 (the kubelet's default `--cluster-dns`, the control plane's `kube-dns` Service),
-//! with SRV and PTR records too.
+//! with SRV and PTR records too; a name outside the cluster is answered through the upstream
+//! resolver the test runs on the node's loopback (unbound with one local name, never a real
+//! resolver).
 
 mod common;
 
@@ -10,14 +12,53 @@ use std::time::Duration;
 
 use common::*;
 
-/// skiff-proxy in the node's namespace, killed before the node goes.
-struct Proxy(Child);
+/// A process in the node's namespace (skiff-proxy, unbound), killed before the node goes.
+struct Process(Child);
 
-impl Drop for Proxy {
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// unbound on the node's 127.0.0.1:5353, answering one name outside the cluster.
+fn start_upstream(node: &Node) -> Process {
+    require("unbound", &["-V"], "Debian package unbound");
+    let dir = node.dir.path();
+    let conf = dir.join("unbound.conf");
+    let config = format!(
+        r#"server:
+    interface: 127.0.0.1
+    port: 5353
+    do-daemonize: no
+    chroot: ""
+    username: ""
+    pidfile: ""
+    directory: "{dir}"
+    use-syslog: no
+    logfile: ""
+    do-ip6: no
+    access-control: 127.0.0.0/8 allow
+    module-config: "iterator"
+    local-zone: "example.test." static
+    local-data: "outside.example.test. 60 IN A 192.0.2.7"
+"#,
+        dir = dir.display()
+    );
+    std::fs::write(&conf, config).expect("unbound.conf");
+    let log = std::fs::File::create(dir.join("unbound.log")).expect("unbound log");
+    Process(
+        node.netns
+            .command("unbound")
+            .args(["-d", "-c"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting unbound"),
+    )
 }
 
 fn phase(p: &serde_json::Value) -> &str {
@@ -32,14 +73,16 @@ fn pods_reach_a_service_by_name_and_cluster_ip() {
         "skiff-proxy",
         "cargo build -p skiff-proxy --bin skiff-proxy",
     );
+    let _upstream = start_upstream(&node);
     let log = std::fs::File::create(node.dir.path().join("proxy.log")).expect("proxy log");
-    let _proxy = Proxy(
+    let _proxy = Process(
         node.netns
             .command(proxy_bin)
             .arg("--kubeconfig")
             .arg(node.kubeconfig())
             .args(["--node-name", &node.name, "--cluster-cidr", "10.244.0.0/16"])
             .args(["--min-sync-period", "100ms"])
+            .args(["--dns-upstream", "127.0.0.1:5353"])
             .args(["--healthz-bind-address", "127.0.0.1:10256"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -84,6 +127,7 @@ spec:
             "cat /etc/resolv.conf; nslookup web.default.svc.cluster.local || exit 1; \
              nslookup -type=srv _http._tcp.web.default.svc.cluster.local || exit 1; \
              nslookup {cip} || exit 1; \
+             nslookup outside.example.test || exit 1; \
              for i in $(seq 20); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {cip} 80 && exit 0; \
              sleep 0.5; done; exit 1"
         ),
@@ -119,4 +163,6 @@ spec:
         out.contains("name = web.default.svc.cluster.local"),
         "{out}"
     );
+    // An outside name, forwarded to the node's upstream.
+    assert!(out.contains("Address: 192.0.2.7"), "{out}");
 }
