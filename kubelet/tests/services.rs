@@ -128,6 +128,7 @@ spec:
              nslookup -type=srv _http._tcp.web.default.svc.cluster.local || exit 1; \
              nslookup {cip} || exit 1; \
              nslookup outside.example.test || exit 1; \
+             printf 'GET /metrics HTTP/1.0\r\n\r\n' | nc -w 2 10.96.0.10 9153 | grep '^skiff_dns_requests_total'; \
              for i in $(seq 20); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {cip} 80 && exit 0; \
              sleep 0.5; done; exit 1"
         ),
@@ -165,4 +166,9 @@ spec:
     );
     // An outside name, forwarded to the node's upstream.
     assert!(out.contains("Address: 192.0.2.7"), "{out}");
+    // The DNS counters on the kube-dns Service's metrics port.
+    assert!(
+        out.contains(" stdout F skiff_dns_requests_total{proto=\"udp\"}"),
+        "{out}"
+    );
 }

@@ -25,6 +25,9 @@ use crate::dns::{DnsConfig, DnsServer};
 use crate::health::{ServiceHealth, ServiceHealthServers, Status};
 use crate::model::{Model, Skipped};
 
+/// The `kube-dns` Service's metrics port.
+const DNS_METRICS_PORT: u16 = 9153;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub node_name: String,
@@ -150,6 +153,19 @@ pub async fn run(client: Client, cfg: Config) -> anyhow::Result<()> {
             }
         });
         tracing::info!(%listen, "cluster DNS answering");
+        // The kube-dns Service's metrics port, where CoreDNS serves its counters.
+        let metrics = std::net::SocketAddr::new(listen.ip(), DNS_METRICS_PORT);
+        match tokio::net::TcpListener::bind(metrics).await {
+            Ok(listener) => {
+                tokio::spawn(crate::health::serve(
+                    listener,
+                    status.clone(),
+                    cfg.node_name.clone(),
+                    Some(dns.clone()),
+                ));
+            }
+            Err(e) => tracing::warn!(error = %e, %metrics, "cannot serve the DNS metrics port"),
+        }
     }
 
     let recorder = Recorder::new(
