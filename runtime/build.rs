@@ -4,6 +4,19 @@
 //! the dynamic loader's share of that is mostly ~14,000 relative relocations. Packed relative
 //! relocations (DT_RELR, glibc ≥ 2.36, lld) apply them from a bitmap a few KiB long instead of
 //! a 340 KiB table.
+//!
+//! The functions a container start runs are laid out first and together, in the order they
+//! are called (symbol-order.txt, made by tools/symbol-order.sh): the kernel maps 64 KiB of
+//! code around every page touched, so scattered over the whole text they made ~1.3 MB of the
+//! peak RSS, side by side ~0.3 MB. Names missing from a build are ignored by the linker.
 fn main() {
     println!("cargo:rustc-link-arg-bin=skiff-runc=-Wl,-z,pack-relative-relocs");
+    let order = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap())
+        .join("symbol-order.txt");
+    println!("cargo:rerun-if-changed={}", order.display());
+    println!(
+        "cargo:rustc-link-arg-bin=skiff-runc=-Wl,--symbol-ordering-file={}",
+        order.display()
+    );
+    println!("cargo:rustc-link-arg-bin=skiff-runc=-Wl,--no-warn-symbol-ordering");
 }
