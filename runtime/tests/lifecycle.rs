@@ -114,6 +114,27 @@ fn programs_start_with_sigpipe_at_its_default() {
     assert!(!sigpipe_ignored(&exec), "exec: {exec}");
 }
 
+/// A reader that goes away (`skiff-runc state ID | grep -q created`) ends the command quietly
+/// with 128 + SIGPIPE, as SIGPIPE ends runc, instead of a panic on stderr.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let runc = Runc::new();
+    let b = Bundle::new(&["sleep", "1000"]);
+    let id = unique("pipe");
+    runc.ok(&["create", "--bundle", b.path_str(), &id]);
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    drop(reader);
+    let out = runc
+        .cmd()
+        .args(["state", &id])
+        .stdout(std::process::Stdio::from(writer))
+        .output()
+        .unwrap();
+    runc.ok(&["delete", "--force", &id]);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGPIPE));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
 #[test]
 fn argv_env_cwd_and_pid_1_are_exactly_the_config() {
     let runc = Runc::new();
