@@ -6,7 +6,7 @@
 // A breakpoint (int3) is put at the entry of every function of each process image of BINARY;
 // a hit is recorded, the original byte put back and the function resumed, so each function
 // traps at most once per process. Processes that exec anything else are let go.
-// Used by symbol-order.sh to lay out skiff-runc's code (see runtime/build.rs).
+// Used by hot-text.sh to lay out skiff-runc's code (see runtime/build.rs).
 #define _GNU_SOURCE
 #include <elf.h>
 #include <fcntl.h>

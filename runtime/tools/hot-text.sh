@@ -1,21 +1,23 @@
 #!/bin/sh
-# symbol-order.sh [BINARY] — regenerates runtime/symbol-order.txt (run as root).
+# hot-text.sh [BINARY] — regenerates runtime/hot-text.ld (run as root).
 #
 # skiff-runc's peak RSS is mostly its own code: each page of it touched maps the 64 KiB around
 # it (the kernel's fault-around), and the ~270 KB of functions a container start runs lie
-# scattered over the whole 2 MB text. runtime/build.rs hands this file to the linker
-# (--symbol-ordering-file), which puts these functions first, in this order, so that they share
-# a few pages. This script traces which functions run (tools/fn-trace.c, ptrace breakpoints on
-# every function entry) for run, create/start/state/kill/delete and exec of a busybox container
-# and writes their symbol names in first-call order, each with the names of its aliases.
-# Names that no longer exist are ignored by the linker: rerun this after larger changes.
+# scattered over the whole 2 MB text. runtime/build.rs links with this linker script, which
+# puts these functions first (output section .text.hot, before .text), in the order they are
+# first called, so that they share a few pages. This script traces which functions run
+# (tools/fn-trace.c, ptrace breakpoints on every function entry) for run,
+# create/start/state/kill/delete and exec of a busybox container.
+# Every function has its own input section, .text.NAME, or .text.unlikely.NAME when cold; the
+# ThinLTO suffix .llvm.N of NAME changes with any edit of its module: hence .text*.NAME*.
+# Names that no longer exist match nothing: rerun this after larger changes.
 #
 # BINARY: a release build, default target/release/skiff-runc (cargo build --release -p
 # skiff-runtime). Needs cc, nm and busybox-static.
 set -eu
 cd "$(dirname "$0")/../.."
 BIN=$(readlink -f "${1:-target/release/skiff-runc}")
-OUT=runtime/symbol-order.txt
+OUT=runtime/hot-text.ld
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 [ -x /bin/busybox ] || { echo "/bin/busybox missing (apt-get install -y busybox-static)" >&2; exit 1; }
 WORK=$(mktemp -d)
@@ -56,9 +58,18 @@ trace 6 delete order-create
 trace 7 exec order-exec /bin/true
 trace 8 delete --force order-exec
 
-# First-call order over all traces; then every alias (same address) of each name.
-for i in 1 2 3 4 5 6 7 8; do cat "$WORK/trace.$i"; done | awk '!seen[$0]++' >"$WORK/order"
+# First-call order over all traces, each function once with every alias of it (the traces
+# name one symbol per address; the section may be named after another).
+for i in 1 2 3 4 5 6 7 8; do cat "$WORK/trace.$i"; done | awk '!seen[$0]++' >"$WORK/called"
 awk 'NR == FNR { addr[$2] = $1; names[$1] = names[$1] " " $2; next }
-     { n = split(names[addr[$1]], a, " "); for (i = 1; i <= n; i++) if (!done[a[i]]++) print a[i] }' \
-  "$WORK/symbols" "$WORK/order" >"$OUT"
-echo "$OUT: $(wc -l <"$OUT") symbols"
+     { n = split(names[addr[$1]], a, " "); for (i = 1; i <= n; i++) print a[i] }' \
+  "$WORK/symbols" "$WORK/called" | sed 's/\.llvm\.[0-9]*$//' | awk '!seen[$0]++' >"$WORK/order"
+{
+  echo "/* Made by tools/hot-text.sh: the functions a container start runs, in call order. */"
+  echo "SECTIONS {"
+  echo "  .text.hot : {"
+  sed 's/.*/    *(.text*.&*)/' "$WORK/order"
+  echo "  }"
+  echo "} INSERT BEFORE .text;"
+} >"$OUT"
+echo "$OUT: $(wc -l <"$WORK/order") functions"
