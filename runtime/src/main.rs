@@ -10,6 +10,25 @@ use std::io::Write;
 use std::path::PathBuf;
 use tracing_subscriber::layer::SubscriberExt;
 
+/// `println!` that never panics: a reader that has gone away (`skiff-runc state ID | grep -q`)
+/// ends the command quietly, as SIGPIPE ends runc; another write error is reported.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        print_line(format_args!($($arg)*))
+    };
+}
+
+fn print_line(line: std::fmt::Arguments) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(128 + libc::SIGPIPE);
+        }
+        eprintln!("write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 #[derive(Parser, Debug, PartialEq)]
 #[command(
     name = "skiff-runc",
@@ -306,7 +325,7 @@ fn run(cli: &Cli, sealed: Option<Result<(), String>>) -> anyhow::Result<i32> {
         }
         Command::State { id } => {
             let (record, status) = rt.load(id)?;
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(&record.oci_state(status))?
             );
@@ -340,7 +359,7 @@ fn run(cli: &Cli, sealed: Option<Result<(), String>>) -> anyhow::Result<i32> {
             };
             std::fs::write(&path, serde_json::to_string_pretty(&spec)? + "\n")?;
         }
-        Command::Features => println!("{}", serde_json::to_string_pretty(&features::features())?),
+        Command::Features => out!("{}", serde_json::to_string_pretty(&features::features())?),
         Command::Exec(args) => {
             seal()?;
             return exec(&rt, args);
@@ -353,12 +372,11 @@ fn run(cli: &Cli, sealed: Option<Result<(), String>>) -> anyhow::Result<i32> {
             id,
         } => {
             if *stats {
-                println!("{}", rt.stats(id)?);
+                out!("{}", rt.stats(id)?);
             } else {
                 let interval = parse_duration(interval)?;
                 rt.events(id, interval, &mut |event| {
-                    println!("{event}");
-                    let _ = std::io::stdout().flush();
+                    out!("{event}");
                 })?;
             }
         }
@@ -533,7 +551,7 @@ fn list(rt: &Runtime, format: &str, quiet: bool) -> anyhow::Result<()> {
     };
     if quiet {
         for (r, _) in &all {
-            println!("{}", r.id);
+            out!("{}", r.id);
         }
         return Ok(());
     }
@@ -547,7 +565,7 @@ fn list(rt: &Runtime, format: &str, quiet: bool) -> anyhow::Result<()> {
                     v
                 })
                 .collect();
-            println!("{}", serde_json::to_string(&items)?);
+            out!("{}", serde_json::to_string(&items)?);
         }
         "table" => {
             let rows: Vec<[String; 6]> = all
@@ -594,7 +612,7 @@ fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
                 s.push_str(&format!("{c:<w$}", w = (widths[i] + 1).max(12)));
             }
         }
-        println!("{s}");
+        out!("{s}");
     };
     line(header.to_vec());
     for row in rows {
@@ -605,7 +623,7 @@ fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
 fn ps(rt: &Runtime, id: &str, format: &str, ps_args: &[String]) -> anyhow::Result<()> {
     let pids = rt.pids(id)?;
     match format {
-        "json" => println!("{}", serde_json::to_string(&pids)?),
+        "json" => out!("{}", serde_json::to_string(&pids)?),
         "table" => {
             let args = if ps_args.is_empty() {
                 vec!["-ef".to_string()]
@@ -627,14 +645,14 @@ fn ps(rt: &Runtime, id: &str, format: &str, ps_args: &[String]) -> anyhow::Resul
                 .split_whitespace()
                 .position(|c| c == "PID")
                 .ok_or_else(|| anyhow::anyhow!("ps output has no PID column"))?;
-            println!("{header}");
+            out!("{header}");
             for l in lines {
                 if l.split_whitespace()
                     .nth(pid_col)
                     .and_then(|p| p.parse().ok())
                     .is_some_and(|p: i32| pids.contains(&p))
                 {
-                    println!("{l}");
+                    out!("{l}");
                 }
             }
         }

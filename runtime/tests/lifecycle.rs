@@ -89,6 +89,52 @@ fn run_returns_exit_code_and_128_plus_signal() {
     assert_eq!(runc.ok(&["list", "--format", "json"]).trim(), "[]");
 }
 
+/// The runtime (Rust) ignores SIGPIPE; its programs must not inherit that: SIGPIPE is not
+/// among the ignored signals of the init or of an exec'd process.
+#[test]
+fn programs_start_with_sigpipe_at_its_default() {
+    let runc = Runc::new();
+    let script = "grep SigIgn /proc/self/status";
+    let out = Bundle::sh(&runc, script, |_| {});
+    let sigpipe_ignored = |out: &str| {
+        let mask = out
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+            .unwrap_or_else(|| panic!("no SigIgn in {out:?}"));
+        mask & (1 << (libc::SIGPIPE - 1)) != 0
+    };
+    assert!(!sigpipe_ignored(&out), "init: {out}");
+
+    let b = Bundle::new(&["sleep", "1000"]);
+    let id = unique("sigpipe");
+    runc.ok(&["run", "-d", "--bundle", b.path_str(), &id]);
+    let exec = runc.ok(&["exec", &id, "sh", "-c", script]);
+    runc.ok(&["delete", "--force", &id]);
+    assert!(!sigpipe_ignored(&exec), "exec: {exec}");
+}
+
+/// A reader that goes away (`skiff-runc state ID | grep -q created`) ends the command quietly
+/// with 128 + SIGPIPE, as SIGPIPE ends runc, instead of a panic on stderr.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let runc = Runc::new();
+    let b = Bundle::new(&["sleep", "1000"]);
+    let id = unique("pipe");
+    runc.ok(&["create", "--bundle", b.path_str(), &id]);
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    drop(reader);
+    let out = runc
+        .cmd()
+        .args(["state", &id])
+        .stdout(std::process::Stdio::from(writer))
+        .output()
+        .unwrap();
+    runc.ok(&["delete", "--force", &id]);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGPIPE));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
 #[test]
 fn argv_env_cwd_and_pid_1_are_exactly_the_config() {
     let runc = Runc::new();

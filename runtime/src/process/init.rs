@@ -12,6 +12,7 @@ use crate::seccomp::Filter;
 use crate::{capabilities, console, rlimits};
 use nix::fcntl::{OFlag, open, openat};
 use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::signal::SigHandler;
 use nix::sys::stat::Mode;
 use oci_spec::runtime::{LinuxNamespaceType, Process};
 use std::convert::Infallible;
@@ -204,6 +205,12 @@ pub fn prepare(
     seccomp: Option<&Filter>,
     state_json: &str,
 ) -> Result<Ready> {
+    // Rust's runtime ignores SIGPIPE, and an ignored signal stays ignored across execve: the
+    // program starts with the default (a write to a closed pipe kills it), as under runc.
+    // Before seccomp, which may deny rt_sigaction.
+    // SAFETY: SIG_DFL installs no handler.
+    unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, SigHandler::SigDfl) }
+        .ctx(|| "reset SIGPIPE".into())?;
     if process.terminal().unwrap_or(false) {
         let socket = console_socket.as_ref().ok_or_else(|| {
             Error::Config("process.terminal is true but there is no --console-socket".into())

@@ -57,6 +57,8 @@ pub struct Case {
     pub finish: &'static str,
     /// `live` cases: `update` calls (`flags …` or `resources {json}`) and the files they must set.
     pub updates: Vec<(String, Vec<(&'static str, String)>)>,
+    /// false: the container shares the VM's pid namespace, so nothing dies with its init.
+    pub own_pid_ns: bool,
 }
 
 /// Shell prelude of every container's process.
@@ -174,6 +176,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![hugetlbfs],
             before: None,
             finish: "kill KILL",
+            own_pid_ns: true,
             updates: vec![],
         },
         Case {
@@ -196,6 +199,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: None,
             finish: "kill 9",
+            own_pid_ns: true,
             updates: vec![],
         },
         Case {
@@ -222,6 +226,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: None,
             finish: "kill KILL",
+            own_pid_ns: true,
             updates: vec![],
         },
         Case {
@@ -234,6 +239,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: None,
             finish: "kill KILL",
+            own_pid_ns: true,
             updates: vec![],
         },
         Case {
@@ -253,6 +259,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: Some("insmod /skiff/modules/brd.ko rd_nr=1 rd_size=4096"),
             finish: "kill KILL",
+            own_pid_ns: true,
             updates: vec![],
         },
         Case {
@@ -266,6 +273,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: None,
             finish: "fail cpuset.cpus",
+            own_pid_ns: true,
             updates: vec![],
         },
         Case {
@@ -279,6 +287,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: Some("insmod /skiff/modules/bfq.ko"),
             finish: "force",
+            own_pid_ns: true,
             updates: vec![],
         },
         Case {
@@ -293,6 +302,7 @@ pub fn cases() -> Vec<Case> {
             ],
             before: None,
             finish: "run 7",
+            own_pid_ns: true,
             updates: vec![],
         },
         // The `live` cases come last: the bfq case above has loaded bfq, so `--blkio-weight` lands
@@ -314,6 +324,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: None,
             finish: "live",
+            own_pid_ns: true,
             updates: vec![],
         },
         Case {
@@ -346,6 +357,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: None,
             finish: "live",
+            own_pid_ns: true,
             updates: vec![
                 (
                     "flags --memory 128m --memory-swap 256m --memory-reservation 16m \
@@ -395,6 +407,23 @@ pub fn cases() -> Vec<Case> {
                 ),
             ],
         },
+        Case {
+            // Processes that ignore SIGTERM, spread by a forking loop in a container that shares
+            // the VM's pid namespace (nothing dies with its init): kill --all TERM (freeze,
+            // signal, thaw) stops the init only, kill --all KILL (cgroup.kill) every process:
+            // live_fork_loop.
+            id: "fork-loop",
+            cgroups_path: Some("/skiff-abs/fork-loop"),
+            resources: json!({"pids": {"limit": 64}}),
+            path: ("exact", "/skiff-abs/fork-loop"),
+            files: vec![("pids.max", "64".into())],
+            inside: String::new(),
+            mounts: vec![],
+            before: None,
+            finish: "live",
+            own_pid_ns: false,
+            updates: vec![],
+        },
     ]
 }
 
@@ -442,6 +471,9 @@ impl Case {
                 {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"},
             ],
         });
+        if !self.own_pid_ns {
+            linux["namespaces"].as_array_mut().unwrap().remove(0);
+        }
         if let Some(p) = self.cgroups_path {
             linux["cgroupsPath"] = json!(p);
         }

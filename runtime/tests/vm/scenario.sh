@@ -20,6 +20,15 @@ dump() { # LABEL FILE
 	return 0
 }
 
+# Waits up to TENTHS tenths of a second until no process is left in a cgroup (cgroup.events
+# "populated 0"; a killed process stays in cgroup.procs until it has exited). cgroupfs files
+# have no size, so `[ -s cgroup.procs ]` is always false and cannot tell.
+wait_unpopulated() { # CGDIR TENTHS
+	local n=0
+	while [ $n -lt "$2" ] && grep -qx 'populated 1' "$1/cgroup.events"; do sleep 0.1; n=$((n + 1)); done
+	! grep -qx 'populated 1' "$1/cgroup.events"
+}
+
 # The runtime, with a deadline per command so a hang costs one step, not the whole VM.
 rt() { timeout -s KILL $STEP_TIMEOUT "$RUNTIME" --root "$ROOT" "$@"; }
 
@@ -339,8 +348,7 @@ live_pause() { # ID CGDIR INITPID ERR
 	if rt pause "$id" 2>> "$err"; then ok "$id/pause-again" ""; else fail "$id/pause-again" "$(last_err "$err")"; fi
 	if rt kill --all "$id" KILL 2>> "$err"; then ok "$id/kill-all-paused" ""; else fail "$id/kill-all-paused" "$(last_err "$err")"; fi
 	if wait_status "$id" stopped; then ok "$id/state-stopped" ""; else fail "$id/state-stopped" "status '$(state_field "$id" status)' 10s after kill --all"; fi
-	n=0
-	while [ $n -lt 50 ] && [ -s "$cgdir/cgroup.procs" ]; do sleep 0.1; n=$((n + 1)); done
+	wait_unpopulated "$cgdir" 50
 	expect_eq "$id/killed/cgroup.procs-empty" "" "$(one_line < "$cgdir/cgroup.procs")"
 	if alive "$init" || alive "$EXEC_PID"; then fail "$id/killed/processes-gone" "init $init or exec'd $EXEC_PID still alive"; else ok "$id/killed/processes-gone" "init $init, exec'd $EXEC_PID"; fi
 	out=$(rt exec "$id" true 2>&1 < /dev/null)
@@ -464,6 +472,35 @@ run_foreground() { # CASE
 	expect_eq "$id/run-exit-code" "$code" "$?"
 	dump "$id/run stderr" "$err"
 	check_gone "$id" "$CG$want"
+}
+
+# A loop spreading processes that ignore SIGTERM (`sleep` inherits the ignored signal), in a
+# container without a pid namespace of its own: kill --all TERM stops the init and none of them,
+# kill --all KILL (cgroup.kill) all of them, however many the loop made meanwhile.
+live_fork_loop() { # ID CGDIR INITPID ERR
+	local id=$1 cgdir=$2 init=$3 err=$4 n
+	if rt exec --detach "$id" sh -c "trap '' TERM; while :; do sleep 1000 & done" > /dev/null 2>> "$err" < /dev/null; then
+		ok "$id/exec-loop" ""
+	else
+		fail "$id/exec-loop" "$(last_err "$err")"
+	fi
+	n=0
+	while [ $n -lt 100 ] && [ "$(wc -l < "$cgdir/cgroup.procs")" -lt 10 ]; do sleep 0.1; n=$((n + 1)); done
+	n=$(wc -l < "$cgdir/cgroup.procs")
+	if [ "$n" -ge 10 ]; then ok "$id/looping" "$n processes"; else fail "$id/looping" "$n processes in 10s"; fi
+	if rt kill --all "$id" TERM 2>> "$err"; then ok "$id/kill-all-TERM" ""; else fail "$id/kill-all-TERM" "$(last_err "$err")"; fi
+	if wait_status "$id" stopped; then ok "$id/TERM/init-stopped" ""; else fail "$id/TERM/init-stopped" "status '$(state_field "$id" status)' 10s after kill --all TERM"; fi
+	n=$(wc -l < "$cgdir/cgroup.procs")
+	if [ "$n" -gt 0 ]; then ok "$id/TERM/ignored-by-the-rest" "$n processes"; else fail "$id/TERM/ignored-by-the-rest" "cgroup.procs empty: they ignore TERM"; fi
+	if rt kill --all "$id" KILL 2>> "$err"; then ok "$id/kill-all-KILL" ""; else fail "$id/kill-all-KILL" "$(last_err "$err")"; fi
+	# Dozens of exits may take a while under emulation: up to 30 s.
+	wait_unpopulated "$cgdir" 300
+	expect_eq "$id/KILL/cgroup.procs-empty" "" "$(one_line < "$cgdir/cgroup.procs")"
+	for n in $(head -n 3 "$cgdir/cgroup.procs"); do
+		echo "SKIFF-LOG $id survivor $n: $(grep -E '^(Name|State|PPid|SigPnd|SigBlk|SigIgn)' "/proc/$n/status" | one_line)"
+	done
+	if alive "$init"; then fail "$id/KILL/init-gone" "init $init alive"; else ok "$id/KILL/init-gone" "$init"; fi
+	if rt delete "$id" 2>> "$err"; then ok "$id/delete" ""; else fail "$id/delete" "$(last_err "$err")"; fi
 }
 
 # A create that must fail: non-zero, naming the problem, nothing left behind.
