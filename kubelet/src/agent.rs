@@ -252,6 +252,7 @@ async fn start_node_api(
         pod_logs_dir: config.pod_logs_dir.clone(),
         runtime: Arc::new(runtime),
         client,
+        configz: crate::server::configz::document(config, args.port, args.max_pods),
     })
     .await
 }

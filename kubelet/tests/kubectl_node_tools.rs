@@ -1,5 +1,7 @@
 //! kubectl 1.32's tools built on the node API, through the API server to the kubelet: `cp` of a
-//! directory both ways (tar through exec: piped stdin closed at its end, binary stdout).
+//! directory both ways (tar through exec: piped stdin closed at its end, binary stdout), `debug`
+//! with an ephemeral container in its target's process namespace (the `ephemeralcontainers`
+//! subresource) and the kubelet's `/configz`.
 
 mod common;
 
@@ -87,4 +89,132 @@ fn kubectl_cp_directory_both_ways() {
     let back = node.dir.path().join("cp-back");
     node.kubectl(&["cp", "box:/tmp/in", back.to_str().unwrap()]);
     assert!(read_tree(&back) == sent, "the tree copied back differs");
+}
+
+/// kubectl's stderr when it failed.
+fn kubectl_error(node: &Node, args: &[&str]) -> String {
+    let out = node.kubectl_output(args, None);
+    assert!(
+        !out.status.success(),
+        "kubectl {} succeeded",
+        args.join(" ")
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The state of the pod's ephemeral container `name` (`running`, `terminated`…), if reported.
+fn ephemeral_state<'a>(p: &'a Value, name: &str) -> Option<&'a Value> {
+    p["status"]["ephemeralContainerStatuses"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name)
+        .map(|c| &c["state"])
+}
+
+#[test]
+fn kubectl_debug_with_target_and_configz() {
+    let node = Node::start();
+
+    // The kubelet's configuration, as the real kubelet shows it.
+    let raw = node.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{}/proxy/configz", node.name),
+    ]);
+    let configz: Value = serde_json::from_str(&raw).expect("configz JSON");
+    let config = &configz["kubeletconfig"];
+    assert_eq!(config["clusterDomain"], "cluster.local", "{configz}");
+    assert_eq!(config["cgroupRoot"], node.cgroup_root.as_str(), "{configz}");
+    assert_eq!(config["port"], 10250, "{configz}");
+    assert_eq!(config["syncFrequency"], "2s", "{configz}");
+    assert_eq!(
+        config["podLogsDir"],
+        node.logs_dir().to_string_lossy().as_ref(),
+        "{configz}"
+    );
+
+    node.apply(&common::busybox_pod(
+        "target",
+        "Always",
+        "exec sleep 3600",
+        "",
+    ));
+    node.wait_pod("target", "Running", Duration::from_secs(60), |p| {
+        phase(p) == "Running"
+    });
+
+    // spec.ephemeralContainers changes only through its subresource.
+    let e = kubectl_error(
+        &node,
+        &[
+            "patch",
+            "pod",
+            "target",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/spec/ephemeralContainers","value":[{"name":"x","image":"busybox"}]}]"#,
+        ],
+    );
+    assert!(e.contains("Forbidden"), "{e}");
+
+    // kubectl debug: an ephemeral container seeing the target's processes.
+    node.kubectl(&[
+        "debug",
+        "target",
+        "--image=busybox",
+        "--image-pull-policy=Never",
+        "--target=main",
+        "-c",
+        "debugger",
+        "--",
+        "sh",
+        "-c",
+        "ps -o pid,args",
+    ]);
+    node.wait_pod(
+        "target",
+        "the debug container to finish",
+        Duration::from_secs(60),
+        |p| ephemeral_state(p, "debugger").is_some_and(|s| s.get("terminated").is_some()),
+    );
+    let seen = node.kubectl(&["logs", "target", "-c", "debugger"]);
+    let first = seen
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("1 "))
+        .unwrap_or_else(|| panic!("no pid 1 in {seen}"));
+    assert_eq!(first, "1 sleep 3600", "{seen}");
+
+    // The subresource serves the pod; what is there may not change.
+    let raw = node.kubectl(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/pods/target/ephemeralcontainers",
+    ]);
+    let pod: Value = serde_json::from_str(&raw).expect("the pod");
+    assert_eq!(pod["spec"]["ephemeralContainers"][0]["name"], "debugger");
+    assert_eq!(
+        pod["spec"]["ephemeralContainers"][0]["targetContainerName"],
+        "main"
+    );
+    let e = kubectl_error(
+        &node,
+        &[
+            "patch",
+            "pod",
+            "target",
+            "--subresource=ephemeralcontainers",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/ephemeralContainers/0"}]"#,
+        ],
+    );
+    assert!(e.contains("may not be removed"), "{e}");
+    // An ephemeral container is never restarted.
+    std::thread::sleep(Duration::from_secs(2));
+    let p = node.pod("target").unwrap();
+    assert!(
+        ephemeral_state(&p, "debugger").is_some_and(|s| s.get("terminated").is_some()),
+        "{p}"
+    );
 }
