@@ -899,6 +899,9 @@ impl PodWorker {
             log_path,
             log_max_size: cfg.container_log_max_size,
             memory_cgroup: k.cgroups.memory_dir(&record.cgroup()),
+            stdin: c.stdin.unwrap_or(false),
+            stdin_once: c.stdin_once.unwrap_or(false),
+            tty: c.tty.unwrap_or(false),
         };
         let out = tokio::process::Command::new(&cfg.shim_path)
             .args(args.to_args())

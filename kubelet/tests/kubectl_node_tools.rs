@@ -1,12 +1,16 @@
 //! kubectl 1.32's tools built on the node API, through the API server to the kubelet: `cp` of a
 //! directory both ways (tar through exec: piped stdin closed at its end, binary stdout), `debug`
 //! with an ephemeral container in its target's process namespace (the `ephemeralcontainers`
-//! subresource) and the kubelet's `/configz`.
+//! subresource), also interactive under a terminal, `attach -i` feeding a container's stdin and
+//! the kubelet's `/configz`.
 
 mod common;
 
+use std::io::{Read, Write};
 use std::path::Path;
-use std::time::Duration;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::Node;
 use serde_json::Value;
@@ -210,6 +214,26 @@ fn kubectl_debug_with_target_and_configz() {
         ],
     );
     assert!(e.contains("may not be removed"), "{e}");
+    // Interactive: kubectl under a terminal the test drives, attached to a shell in a second
+    // ephemeral container.
+    let typed = run_in_terminal(
+        &node,
+        &[
+            "debug",
+            "-it",
+            "target",
+            "--image=busybox",
+            "--image-pull-policy=Never",
+            "--target=main",
+            "-c",
+            "shell",
+            "--",
+            "sh",
+        ],
+        "If you don't see a command prompt",
+        "ps -o pid,args; exit 4\n",
+    );
+    assert!(typed.contains("1 sleep 3600"), "{typed}");
     // An ephemeral container is never restarted.
     std::thread::sleep(Duration::from_secs(2));
     let p = node.pod("target").unwrap();
@@ -217,4 +241,96 @@ fn kubectl_debug_with_target_and_configz() {
         ephemeral_state(&p, "debugger").is_some_and(|s| s.get("terminated").is_some()),
         "{p}"
     );
+}
+
+/// Runs kubectl under a pty (its stdin, stdout and stderr), types `input` once `prompt` shows,
+/// and returns all it printed once it exits.
+fn run_in_terminal(node: &Node, args: &[&str], prompt: &str, input: &str) -> String {
+    let pty = nix::pty::openpty(None, None).expect("a pty");
+    let mut child = node
+        .kubectl_command(args)
+        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave.try_clone().unwrap()))
+        .spawn()
+        .expect("kubectl under a pty");
+    drop(pty.slave);
+    let master = std::fs::File::from(pty.master);
+    let mut writer = master.try_clone().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut master = master;
+            let mut buf = [0u8; 4096];
+            // EIO once the last holder of the slave (kubectl) is gone.
+            while let Ok(n) = master.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let text = |seen: &Mutex<Vec<u8>>| String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !text(&seen).contains(prompt) {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!(
+                "kubectl {} never showed {prompt:?}: {}",
+                args.join(" "),
+                text(&seen)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    writer.write_all(input.as_bytes()).expect("typing");
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kubectl {} did not finish: {}", args.join(" "), text(&seen));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(writer);
+    let _ = reader.join();
+    text(&seen)
+}
+
+#[test]
+fn kubectl_attach_with_stdin() {
+    let node = Node::start();
+    node.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: reader
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: busybox
+    imagePullPolicy: Never
+    stdin: true
+    stdinOnce: true
+    command: ["sh", "-c", "while read line; do echo got-$line; done; echo stdin-closed >&2; exit 3"]
+"#,
+    );
+    node.wait_pod("reader", "Running", Duration::from_secs(60), |p| {
+        phase(p) == "Running"
+    });
+    // Lines sent, then stdin closed at its end: the container reads both and its EOF.
+    let out = node.kubectl_output(&["attach", "-i", "reader"], Some("hello\nworld\n"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout, "got-hello\ngot-world\n", "{stderr}");
+    assert!(stderr.contains("stdin-closed"), "{stderr}");
+    assert_eq!(out.status.code(), Some(3), "{stdout} {stderr}");
+    node.wait_pod("reader", "Failed", Duration::from_secs(30), |p| {
+        phase(p) == "Failed"
+    });
 }

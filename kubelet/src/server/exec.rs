@@ -26,12 +26,12 @@ use crate::runtime::Runtime;
 pub(super) const V5: &str = "v5.channel.k8s.io";
 pub(super) const V4: &str = "v4.channel.k8s.io";
 
-const STDIN: u8 = 0;
+pub(super) const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 pub(super) const STATUS: u8 = 3;
-const RESIZE: u8 = 4;
-const CLOSE: u8 = 255;
+pub(super) const RESIZE: u8 = 4;
+pub(super) const CLOSE: u8 = 255;
 
 /// How long the output is drained after the command ended (a background child of the command
 /// may hold its pipes open).
@@ -84,9 +84,9 @@ struct ExecRequest {
 /// A terminal size as the resize channel sends it.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct TerminalSize {
-    width: u16,
-    height: u16,
+pub(super) struct TerminalSize {
+    pub width: u16,
+    pub height: u16,
 }
 
 fn resize(master: &OwnedFd, size: &TerminalSize) {
