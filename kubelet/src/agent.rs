@@ -165,6 +165,7 @@ pub async fn run_until(
             max_pods: args.max_pods,
             root_dir: args.root_dir.clone(),
             runtime_version,
+            kubelet_port: args.port,
         },
         images.clone(),
     ));

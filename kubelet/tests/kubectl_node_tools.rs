@@ -2,7 +2,8 @@
 //! directory both ways (tar through exec: piped stdin closed at its end, binary stdout), `debug`
 //! with an ephemeral container in its target's process namespace (the `ephemeralcontainers`
 //! subresource), also interactive under a terminal, `attach -i` feeding a container's stdin and
-//! the kubelet's `/configz`.
+//! the kubelet's `/configz` (the attach through a node API on a port of its own, which the
+//! kubelet reports in `status.daemonEndpoints`).
 
 mod common;
 
@@ -303,7 +304,13 @@ fn run_in_terminal(node: &Node, args: &[&str], prompt: &str, input: &str) -> Str
 
 #[test]
 fn kubectl_attach_with_stdin() {
-    let node = Node::start();
+    // A node API on another port than 10250: the kubelet reports it and the server uses it.
+    let node = Node::start_with(&["--port", "10251"]);
+    let reported = node.get_json(&["node", &node.name]).expect("the node");
+    assert_eq!(
+        reported["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10251,
+        "{reported}"
+    );
     node.apply(
         r#"apiVersion: v1
 kind: Pod

@@ -33,6 +33,10 @@ pub(super) const STATUS: u8 = 3;
 pub(super) const RESIZE: u8 = 4;
 pub(super) const CLOSE: u8 = 255;
 
+/// How long a command with a terminal waits for the client's first terminal size before it
+/// starts (kubectl sends it right after connecting; a client without a terminal sends none).
+const FIRST_RESIZE: Duration = Duration::from_millis(500);
+
 /// How long the output is drained after the command ended (a background child of the command
 /// may hold its pipes open).
 const DRAIN: Duration = Duration::from_secs(2);
@@ -179,6 +183,29 @@ async fn run_exec(
     } else {
         None
     };
+    // The terminal has its size before the command starts (a program reading it at once sees
+    // it); what comes before that size is replayed once the command runs.
+    let mut early = Vec::new();
+    if let Some(pty) = &pty {
+        let wait = tokio::time::sleep(FIRST_RESIZE);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => break,
+                message = source.next() => match message {
+                    Some(Ok(Message::Binary(data))) if data.first() == Some(&RESIZE) => {
+                        if let Ok(size) = serde_json::from_slice::<TerminalSize>(&data[1..]) {
+                            resize(&pty.master, &size);
+                        }
+                        break;
+                    }
+                    Some(Ok(Message::Binary(data))) => early.push(data),
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Ok(()),
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    }
     let stdio = |wanted: bool| -> std::io::Result<Stdio> {
         match &pty {
             Some(pty) => Ok(Stdio::from(pty.slave.try_clone()?)),
@@ -229,29 +256,16 @@ async fn run_exec(
         ),
     };
     let stderr = pump(child.stderr.take(), STDERR, tx.clone());
+    for data in early {
+        client_message(&data, &mut stdin, master.as_ref(), v5).await;
+    }
     let exited = loop {
         tokio::select! {
             status = child.wait() => break Some(status),
             message = source.next() => match message {
-                Some(Ok(Message::Binary(data))) => match data.first() {
-                    Some(&STDIN) => {
-                        if let Some(input) = &mut stdin
-                            && (input.write_all(&data[1..]).await.is_err()
-                                || input.flush().await.is_err())
-                        {
-                            stdin = None;
-                        }
-                    }
-                    Some(&RESIZE) => {
-                        if let (Some(m), Ok(size)) =
-                            (&master, serde_json::from_slice::<TerminalSize>(&data[1..]))
-                        {
-                            resize(m, &size);
-                        }
-                    }
-                    Some(&CLOSE) if v5 && data.get(1) == Some(&STDIN) => stdin = None,
-                    _ => {}
-                },
+                Some(Ok(Message::Binary(data))) => {
+                    client_message(&data, &mut stdin, master.as_ref(), v5).await;
+                }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break None,
                 Some(Ok(_)) => {}
             },
@@ -281,6 +295,33 @@ async fn run_exec(
     drop(tx);
     let _ = writer.await;
     Ok(())
+}
+
+/// Applies one binary message of the client: stdin, a terminal size, stdin closed (v5).
+async fn client_message(
+    data: &[u8],
+    stdin: &mut Option<Box<dyn AsyncWrite + Unpin + Send>>,
+    master: Option<&OwnedFd>,
+    v5: bool,
+) {
+    match data.first() {
+        Some(&STDIN) => {
+            if let Some(input) = stdin
+                && (input.write_all(&data[1..]).await.is_err() || input.flush().await.is_err())
+            {
+                *stdin = None;
+            }
+        }
+        Some(&RESIZE) => {
+            if let (Some(m), Ok(size)) =
+                (master, serde_json::from_slice::<TerminalSize>(&data[1..]))
+            {
+                resize(m, &size);
+            }
+        }
+        Some(&CLOSE) if v5 && data.get(1) == Some(&STDIN) => *stdin = None,
+        _ => {}
+    }
 }
 
 /// SIGKILL to the process the runtime started in the container.
