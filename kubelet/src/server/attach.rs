@@ -19,7 +19,8 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use super::exec::{
-    CLOSE, RESIZE, STATUS, STDIN, TerminalSize, V4, V5, exit_status, failure, frame, normal_close,
+    CLOSE, RESIZE, STATUS, STDIN, TerminalSize, V4, V5, client_data, exit_status, failure, frame,
+    normal_close,
 };
 use super::{ApiError, NodeServer, logs, query};
 use crate::containers::ContainerRecord;
@@ -89,14 +90,13 @@ async fn run_attach(
             message = source.next() => match message {
                 // The client went away: the follower sees the channel closed and stops.
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                Some(Ok(Message::Binary(data))) => {
-                    if let Some(to) = &mut input
+                Some(Ok(m)) => {
+                    if let (Some(to), Some(data)) = (&mut input, client_data(m))
                         && !forward(to, &data, v5).await
                     {
                         input = None;
                     }
                 }
-                Some(Ok(_)) => {}
             },
         }
     }

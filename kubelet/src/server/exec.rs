@@ -76,6 +76,16 @@ pub(super) fn frame(channel: u8, data: &[u8]) -> Message {
     Message::Binary(Bytes::from(out))
 }
 
+/// The channel-prefixed data of a client's message: binary, or text as the Python client
+/// sends stdin given as a string (the kubelet reads both alike).
+pub(super) fn client_data(message: Message) -> Option<Bytes> {
+    match message {
+        Message::Binary(data) => Some(data),
+        Message::Text(text) => Some(Bytes::from(text.as_str().as_bytes().to_vec())),
+        _ => None,
+    }
+}
+
 /// What the client asked for.
 struct ExecRequest {
     command: Vec<String>,
@@ -193,15 +203,17 @@ async fn run_exec(
             tokio::select! {
                 _ = &mut wait => break,
                 message = source.next() => match message {
-                    Some(Ok(Message::Binary(data))) if data.first() == Some(&RESIZE) => {
-                        if let Ok(size) = serde_json::from_slice::<TerminalSize>(&data[1..]) {
-                            resize(&pty.master, &size);
-                        }
-                        break;
-                    }
-                    Some(Ok(Message::Binary(data))) => early.push(data),
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Ok(()),
-                    Some(Ok(_)) => {}
+                    Some(Ok(m)) => match client_data(m) {
+                        Some(data) if data.first() == Some(&RESIZE) => {
+                            if let Ok(size) = serde_json::from_slice::<TerminalSize>(&data[1..]) {
+                                resize(&pty.master, &size);
+                            }
+                            break;
+                        }
+                        Some(data) => early.push(data),
+                        None => {}
+                    },
                 },
             }
         }
@@ -263,11 +275,12 @@ async fn run_exec(
         tokio::select! {
             status = child.wait() => break Some(status),
             message = source.next() => match message {
-                Some(Ok(Message::Binary(data))) => {
-                    client_message(&data, &mut stdin, master.as_ref(), v5).await;
-                }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break None,
-                Some(Ok(_)) => {}
+                Some(Ok(m)) => {
+                    if let Some(data) = client_data(m) {
+                        client_message(&data, &mut stdin, master.as_ref(), v5).await;
+                    }
+                }
             },
         }
     };
