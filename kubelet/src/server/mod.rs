@@ -9,7 +9,8 @@
 //! - `tls`: the serving certificate (files or self-signed) and the client-certificate check.
 //! - `logs`: the CRI log files read as `kubectl logs` shows them (follow across rotation).
 //! - `exec`: exec over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`).
-//! - `attach`: the container's output from now on, over the same protocol (output only).
+//! - `attach`: the container's output from now on, over the same protocol, and its stdin (the
+//!   shim's attach socket) for a container with `stdin: true`.
 //! - `run`: a command's output in one answer.
 //! - `port_forward`: port-forward into the pod's network namespace (SPDY/3.1 or WebSocket).
 //! - `spdy`: SPDY/3.1 framing, which kubectl's port-forward speaks.
