@@ -165,6 +165,7 @@ pub async fn run_until(
             max_pods: args.max_pods,
             root_dir: args.root_dir.clone(),
             runtime_version,
+            kubelet_port: args.port,
         },
         images.clone(),
     ));
@@ -252,6 +253,7 @@ async fn start_node_api(
         pod_logs_dir: config.pod_logs_dir.clone(),
         runtime: Arc::new(runtime),
         client,
+        configz: crate::server::configz::document(config, args.port, args.max_pods),
     })
     .await
 }

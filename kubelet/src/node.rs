@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ContainerImage, Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo,
+    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints,
+    NodeStatus, NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
@@ -56,6 +57,8 @@ pub struct NodeConfig {
     pub max_pods: u32,
     pub root_dir: PathBuf,
     pub runtime_version: String,
+    /// The node API's port, reported as `status.daemonEndpoints.kubeletEndpoint.Port`.
+    pub kubelet_port: u16,
 }
 
 /// The node's record and heartbeat.
@@ -198,6 +201,11 @@ impl NodeAgent {
             }
         };
         NodeStatus {
+            daemon_endpoints: Some(NodeDaemonEndpoints {
+                kubelet_endpoint: Some(DaemonEndpoint {
+                    port: i32::from(self.config.kubelet_port),
+                }),
+            }),
             capacity: Some(resources.clone()),
             allocatable: Some(resources),
             addresses: Some(vec![

@@ -78,6 +78,8 @@ pub struct ContainerSetup<'a> {
     pub volume_mounts: &'a [oci_spec::runtime::Mount],
     /// Where `Localhost` seccomp profiles are (`<root-dir>/seccomp`).
     pub seccomp_dir: &'a Path,
+    /// The PID namespace to join (an ephemeral container's target's), or `None` for a new one.
+    pub pid_namespace: Option<PathBuf>,
 }
 
 /// The container's args: `command` replaces the entrypoint, `args` the cmd; both expanded.
@@ -354,7 +356,7 @@ pub fn generate(setup: &ContainerSetup) -> Result<Value, ConfigError> {
     }
     mounts.push(bind(&termination_path, setup.termination_log, false));
 
-    let namespaces: Vec<Value> = std::iter::once(("pid".to_string(), None))
+    let namespaces: Vec<Value> = std::iter::once(("pid".to_string(), setup.pid_namespace.clone()))
         .chain(std::iter::once(("mount".to_string(), None)))
         .chain(setup.sandbox.namespaces.iter().cloned())
         .map(|(t, path)| match path {
@@ -604,6 +606,7 @@ mod tests {
             cgroups_path: "/kubepods/podu/abc",
             volume_mounts: &[],
             seccomp_dir: Path::new("/var/lib/kubelet/seccomp"),
+            pid_namespace: None,
         };
         let spec = generate(&setup).unwrap();
         assert_eq!(spec["process"]["user"]["uid"], 33);

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodStatus, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, EphemeralContainer, Pod, PodSpec, PodStatus, Secret, Service,
+};
 use kube::api::{DeleteParams, ListParams, Preconditions};
 use kube::{Api, Client};
 use tokio::io::unix::AsyncFd;
@@ -297,7 +299,9 @@ impl PodWorker {
                     // A sidecar is started and kept running (restarted whatever the pod's
                     // restartPolicy); the next init container waits only for it to have started.
                     if !self.latest(&c.name).is_some_and(|r| r.running())
-                        && let Some(wait) = self.start_or_back_off(pod, c, true, &pod_cgroup).await
+                        && let Some(wait) = self
+                            .start_or_back_off(pod, c, true, &pod_cgroup, None)
+                            .await
                     {
                         next = next.min(wait);
                     }
@@ -318,7 +322,9 @@ impl PodWorker {
                     Some(None) => {}
                     Some(Some(_)) if policy == "Never" => init_failed = true,
                     None | Some(Some(_)) => {
-                        if let Some(wait) = self.start_or_back_off(pod, c, true, &pod_cgroup).await
+                        if let Some(wait) = self
+                            .start_or_back_off(pod, c, true, &pod_cgroup, None)
+                            .await
                         {
                             next = next.min(wait);
                         }
@@ -343,7 +349,9 @@ impl PodWorker {
                         },
                     };
                     if restart
-                        && let Some(wait) = self.start_or_back_off(pod, c, false, &pod_cgroup).await
+                        && let Some(wait) = self
+                            .start_or_back_off(pod, c, false, &pod_cgroup, None)
+                            .await
                     {
                         next = next.min(wait);
                     }
@@ -354,6 +362,7 @@ impl PodWorker {
                         None => self.probes.stop(&c.name),
                     }
                 }
+                next = next.min(self.start_ephemeral(pod, &spec, &pod_cgroup).await);
             }
         }
         if finished {
@@ -515,6 +524,40 @@ impl PodWorker {
         }
     }
 
+    /// Starts the ephemeral containers not started yet (each runs once, never restarted), one
+    /// with a target in its target's PID namespace once the target runs; returns when to look
+    /// again.
+    async fn start_ephemeral(&mut self, pod: &Pod, spec: &PodSpec, pod_cgroup: &str) -> Duration {
+        let mut next = RESYNC;
+        for ec in spec.ephemeral_containers.iter().flatten() {
+            if self.latest(&ec.name).is_some() {
+                continue;
+            }
+            let pid_namespace = match ec.target_container_name.as_deref() {
+                None | Some("") => None,
+                Some(target) => match self
+                    .latest(target)
+                    .filter(|r| r.running())
+                    .and_then(|r| r.started.as_ref())
+                {
+                    Some(started) => Some(PathBuf::from(format!("/proc/{}/ns/pid", started.pid))),
+                    None => {
+                        next = next.min(INITIAL_BACKOFF);
+                        continue;
+                    }
+                },
+            };
+            let c = ephemeral_as_container(ec);
+            if let Some(wait) = self
+                .start_or_back_off(pod, &c, false, pod_cgroup, pid_namespace)
+                .await
+            {
+                next = next.min(wait);
+            }
+        }
+        next
+    }
+
     /// Starts the container's next attempt, or holds it in back-off; returns when to look again
     /// when held.
     async fn start_or_back_off(
@@ -523,6 +566,7 @@ impl PodWorker {
         c: &Container,
         init: bool,
         pod_cgroup: &str,
+        pid_namespace: Option<PathBuf>,
     ) -> Option<Duration> {
         if let Some((_, at)) = self.retry.get(&c.name)
             && let Some(remaining) = at.checked_duration_since(tokio::time::Instant::now())
@@ -574,7 +618,10 @@ impl PodWorker {
                 last.meta.attempt + 1
             }
         };
-        match self.start(pod, c, init, attempt, pod_cgroup).await {
+        match self
+            .start(pod, c, init, attempt, pod_cgroup, pid_namespace)
+            .await
+        {
             Ok(()) => {
                 self.waiting.remove(&c.name);
                 None
@@ -750,6 +797,7 @@ impl PodWorker {
         init: bool,
         attempt: u32,
         pod_cgroup: &str,
+        pid_namespace: Option<PathBuf>,
     ) -> Result<(), (String, String)> {
         let k = self.k.clone();
         let cfg = &k.config;
@@ -814,6 +862,7 @@ impl PodWorker {
                 cgroups_path: &record.cgroup(),
                 volume_mounts: &volume_mounts,
                 seccomp_dir: &cfg.root_dir.join("seccomp"),
+                pid_namespace: pid_namespace.clone(),
             })
             .map_err(|e| e.to_string())?;
             shim::write_json(&record.bundle(), "config.json", &spec)
@@ -850,6 +899,9 @@ impl PodWorker {
             log_path,
             log_max_size: cfg.container_log_max_size,
             memory_cgroup: k.cgroups.memory_dir(&record.cgroup()),
+            stdin: c.stdin.unwrap_or(false),
+            stdin_once: c.stdin_once.unwrap_or(false),
+            tty: c.tty.unwrap_or(false),
         };
         let out = tokio::process::Command::new(&cfg.shim_path)
             .args(args.to_args())
@@ -986,6 +1038,12 @@ impl PodWorker {
         let held =
             |_: &Container| (!init_done).then(|| ("PodInitializing".to_string(), String::new()));
         let apps: Vec<_> = spec.containers.iter().map(|c| view(c, held(c))).collect();
+        let ephemeral: Vec<_> = spec
+            .ephemeral_containers
+            .iter()
+            .flatten()
+            .map(|ec| view(&ephemeral_as_container(ec), None))
+            .collect();
         let status = status::pod_status(PodView {
             pod,
             sandbox_ready: self.sandbox.is_some(),
@@ -994,6 +1052,7 @@ impl PodWorker {
             init,
             init_failed,
             apps,
+            ephemeral,
             pod_error,
         });
         let mut status = status;
@@ -1204,6 +1263,18 @@ impl PodWorker {
 
 /// Whether the init container is a sidecar (`restartPolicy: Always`): started in its turn,
 /// then kept running beside the app containers.
+/// An ephemeral container as the container it runs as (the same fields but its target).
+fn ephemeral_as_container(ec: &EphemeralContainer) -> Container {
+    let mut v = serde_json::to_value(ec).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("targetContainerName");
+    }
+    serde_json::from_value(v).unwrap_or_else(|_| Container {
+        name: ec.name.clone(),
+        ..Container::default()
+    })
+}
+
 pub fn is_sidecar(c: &Container) -> bool {
     c.restart_policy.as_deref() == Some("Always")
 }

@@ -212,6 +212,7 @@ pub struct PodView<'a> {
     pub init: Vec<ContainerStatus>,
     pub init_failed: bool,
     pub apps: Vec<ContainerStatus>,
+    pub ephemeral: Vec<ContainerStatus>,
     /// Set when the pod cannot run at all (reason, message), e.g. no pod network.
     pub pod_error: Option<(String, String)>,
 }
@@ -299,6 +300,7 @@ pub fn pod_status(v: PodView) -> PodStatus {
         qos_class: Some(skiff_k8s::qos::qos_class(&spec).as_str().to_string()),
         init_container_statuses: (!v.init.is_empty()).then_some(v.init),
         container_statuses: Some(v.apps),
+        ephemeral_container_statuses: (!v.ephemeral.is_empty()).then_some(v.ephemeral),
         reason,
         message,
         ..PodStatus::default()

@@ -221,7 +221,7 @@ fn kubectl_logs_and_exec() {
     assert_eq!(terminal.code, Some(7));
 
     // Attach: the output from now on, stdout and stderr, until the container exits with its
-    // code (output only: the shim gives containers no stdin).
+    // code (output only: the container has no `stdin: true`; see kubectl_node_tools.rs).
     node.apply(&common::busybox_pod(
         "counter",
         "Never",

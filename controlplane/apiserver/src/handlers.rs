@@ -11,7 +11,7 @@ use base64::Engine;
 use serde_json::{Map, Value, json};
 
 use super::deletion::{self, DeleteOptions};
-use super::object::{decode_kv, encode_for, meta_mut, meta_str, set_rv};
+use super::object::{decode_kv, encode_for, meta_mut, meta_str, set_pointer, set_rv};
 use super::patch::PatchType;
 use super::resources::{self, ResourceInfo};
 use super::selectors::{FieldSelector, LabelSelector, selector_string};
@@ -321,11 +321,15 @@ impl ApiServer {
                 };
                 Ok(respond(StatusCode::OK, &body, &[]))
             }
-            (&Method::GET, Some(name), Some("status")) => Ok(respond(
-                StatusCode::OK,
-                &self.get(r, ns, name).await?.1,
-                &[],
-            )),
+            (&Method::GET, Some(name), Some(sub))
+                if sub == "status" || r.strategy.subresource_field(sub).is_some() =>
+            {
+                Ok(respond(
+                    StatusCode::OK,
+                    &self.get(r, ns, name).await?.1,
+                    &[],
+                ))
+            }
             (&Method::GET, Some(name), Some("scale")) => {
                 let obj = self.get(r, ns, name).await?.1;
                 Ok(respond(StatusCode::OK, &to_scale(&obj), &[]))
@@ -347,12 +351,18 @@ impl ApiServer {
                 self.delete(r, ns, name, &opts).await?;
                 Ok(respond(StatusCode::CREATED, &success(201), &[]))
             }
-            (&Method::PUT, Some(name), sub @ (None | Some("status" | "scale" | "finalize"))) => {
+            (&Method::PUT, Some(name), sub)
+                if matches!(sub, None | Some("status" | "scale" | "finalize"))
+                    || sub.is_some_and(|s| r.strategy.subresource_field(s).is_some()) =>
+            {
                 let opts = WriteOptions::from_request(q, headers)?;
                 let obj = decode_body(headers, body)?;
                 write(self.update(r, ns, name, obj, sub, &opts).await?)
             }
-            (&Method::PATCH, Some(name), sub @ (None | Some("status" | "scale"))) => {
+            (&Method::PATCH, Some(name), sub)
+                if matches!(sub, None | Some("status" | "scale"))
+                    || sub.is_some_and(|s| r.strategy.subresource_field(s).is_some()) =>
+            {
                 let opts = WriteOptions::from_request(q, headers)?;
                 let ct = headers
                     .get(header::CONTENT_TYPE)
@@ -729,7 +739,14 @@ impl ApiServer {
         opts: &WriteOptions,
     ) -> ApiResult<(StatusCode, Value)> {
         let name = meta_str(cur, "name").unwrap_or_default().to_string();
+        let sub_field = sub.and_then(|s| r.strategy.subresource_field(s));
         match sub {
+            Some(_) if let Some(field) = sub_field => {
+                // Only the subresource's field changes.
+                let part = new.pointer(field).cloned();
+                new = cur.clone();
+                set_pointer(&mut new, field, part);
+            }
             Some("status") => {
                 // Only the status changes.
                 let status = new.get("status").cloned();
@@ -798,7 +815,12 @@ impl ApiServer {
                 .map_err(|errs| ApiError::invalid(r, &name, errs))?;
         }
         let mut errs = validation::validate(r, &new);
-        errs.extend(validation::validate_update(r, cur, &new));
+        match (sub, sub_field) {
+            (Some(s), Some(_)) => r
+                .strategy
+                .validate_subresource_update(s, cur, &new, &mut errs),
+            _ => errs.extend(validation::validate_update(r, cur, &new)),
+        }
         if !errs.is_empty() {
             return Err(ApiError::invalid(r, &name, errs));
         }

@@ -46,3 +46,55 @@ pub fn encode_for(r: &ResourceInfo, o: &Value) -> Vec<u8> {
 pub fn set_rv(o: &mut Value, rev: u64) {
     meta_mut(o).insert("resourceVersion".into(), json!(rev.to_string()));
 }
+
+/// Sets the field at the JSON pointer `field` (its parents made as objects), or removes it when
+/// `value` is `None`.
+pub fn set_pointer(o: &mut Value, field: &str, value: Option<Value>) {
+    let (parent, last) = field.rsplit_once('/').unwrap_or(("", field));
+    let Some(value) = value else {
+        if let Some(m) = o.pointer_mut(parent).and_then(Value::as_object_mut) {
+            m.remove(last);
+        }
+        return;
+    };
+    let mut at = o;
+    for part in parent.split('/').filter(|p| !p.is_empty()) {
+        if !at.is_object() {
+            *at = json!({});
+        }
+        at = at
+            .as_object_mut()
+            .expect("object")
+            .entry(part)
+            .or_insert_with(|| json!({}));
+    }
+    if !at.is_object() {
+        *at = json!({});
+    }
+    at.as_object_mut()
+        .expect("object")
+        .insert(last.to_string(), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_pointer_sets_makes_and_removes() {
+        let mut o = json!({"spec": {"containers": []}});
+        set_pointer(
+            &mut o,
+            "/spec/ephemeralContainers",
+            Some(json!([{"name": "d"}])),
+        );
+        assert_eq!(o["spec"]["ephemeralContainers"][0]["name"], "d");
+        set_pointer(&mut o, "/spec/ephemeralContainers", None);
+        assert_eq!(o, json!({"spec": {"containers": []}}));
+        let mut empty = json!({});
+        set_pointer(&mut empty, "/a/b", Some(json!(1)));
+        assert_eq!(empty, json!({"a": {"b": 1}}));
+        set_pointer(&mut empty, "/x/y", None);
+        assert_eq!(empty, json!({"a": {"b": 1}}));
+    }
+}

@@ -11,7 +11,7 @@ use super::resources::ResourceInfo;
 pub struct FieldError {
     pub field: String,
     /// `FieldValueRequired`, `FieldValueInvalid`, `FieldValueNotSupported`,
-    /// `FieldValueForbidden`, `FieldValueDuplicate`, `FieldValueTooLong`.
+    /// `FieldValueForbidden`, `FieldValueDuplicate`, `FieldValueNotFound`, `FieldValueTooLong`.
     pub reason: &'static str,
     pub message: String,
 }
@@ -54,6 +54,14 @@ impl FieldError {
             field: field.into(),
             reason: "FieldValueForbidden",
             message: format!("Forbidden: {}", detail.into()),
+        }
+    }
+
+    pub fn not_found(field: impl Into<String>, value: &Value) -> Self {
+        Self {
+            field: field.into(),
+            reason: "FieldValueNotFound",
+            message: format!("Not found: {value}"),
         }
     }
 

@@ -137,6 +137,59 @@ fn metadata(r: &ResourceInfo, o: &Value, errs: &mut Vec<FieldError>) {
     }
 }
 
+/// What ephemeral containers may not have (they are never restarted, probed or given
+/// resources), and their target, which must be one of the pod's containers.
+fn ephemeral_containers(path: &str, spec: &Value, errs: &mut Vec<FieldError>) {
+    let named = |key: &str, name: &str| {
+        spec[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["name"] == name)
+    };
+    for (i, c) in spec["ephemeralContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let p = format!("{path}[{i}]");
+        for field in [
+            "ports",
+            "livenessProbe",
+            "readinessProbe",
+            "startupProbe",
+            "lifecycle",
+            "resources",
+            "resizePolicy",
+            "restartPolicy",
+        ] {
+            let set = |v: &Value| match v {
+                Value::Null => false,
+                Value::Object(o) => !o.is_empty(),
+                Value::Array(a) => !a.is_empty(),
+                _ => true,
+            };
+            if c.get(field).is_some_and(set) {
+                errs.push(FieldError::forbidden(
+                    format!("{p}.{field}"),
+                    "cannot be set for an Ephemeral Container",
+                ));
+            }
+        }
+        if let Some(target) = c["targetContainerName"].as_str()
+            && !target.is_empty()
+            && !named("containers", target)
+            && !named("initContainers", target)
+        {
+            errs.push(FieldError::not_found(
+                format!("{p}.targetContainerName"),
+                &c["targetContainerName"],
+            ));
+        }
+    }
+}
+
 pub(crate) fn port_in_range(v: &Value) -> bool {
     v.as_i64().is_some_and(|p| (1..=65535).contains(&p))
 }
@@ -226,6 +279,15 @@ pub fn pod_spec(path: &str, spec: &Value, errs: &mut Vec<FieldError>) {
         &mut names,
         errs,
     );
+    let ephemeral_path = format!("{path}.ephemeralContainers");
+    containers(
+        &ephemeral_path,
+        &spec["ephemeralContainers"],
+        false,
+        &mut names,
+        errs,
+    );
+    ephemeral_containers(&ephemeral_path, spec, errs);
     if let Some(rp) = spec["restartPolicy"].as_str() {
         const P: &[&str] = &["Always", "OnFailure", "Never"];
         if !P.contains(&rp) {

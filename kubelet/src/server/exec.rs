@@ -26,12 +26,16 @@ use crate::runtime::Runtime;
 pub(super) const V5: &str = "v5.channel.k8s.io";
 pub(super) const V4: &str = "v4.channel.k8s.io";
 
-const STDIN: u8 = 0;
+pub(super) const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 pub(super) const STATUS: u8 = 3;
-const RESIZE: u8 = 4;
-const CLOSE: u8 = 255;
+pub(super) const RESIZE: u8 = 4;
+pub(super) const CLOSE: u8 = 255;
+
+/// How long a command with a terminal waits for the client's first terminal size before it
+/// starts (kubectl sends it right after connecting; a client without a terminal sends none).
+const FIRST_RESIZE: Duration = Duration::from_millis(500);
 
 /// How long the output is drained after the command ended (a background child of the command
 /// may hold its pipes open).
@@ -72,6 +76,16 @@ pub(super) fn frame(channel: u8, data: &[u8]) -> Message {
     Message::Binary(Bytes::from(out))
 }
 
+/// The channel-prefixed data of a client's message: binary, or text as the Python client
+/// sends stdin given as a string (the kubelet reads both alike).
+pub(super) fn client_data(message: Message) -> Option<Bytes> {
+    match message {
+        Message::Binary(data) => Some(data),
+        Message::Text(text) => Some(Bytes::from(text.as_str().as_bytes().to_vec())),
+        _ => None,
+    }
+}
+
 /// What the client asked for.
 struct ExecRequest {
     command: Vec<String>,
@@ -84,9 +98,9 @@ struct ExecRequest {
 /// A terminal size as the resize channel sends it.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct TerminalSize {
-    width: u16,
-    height: u16,
+pub(super) struct TerminalSize {
+    pub width: u16,
+    pub height: u16,
 }
 
 fn resize(master: &OwnedFd, size: &TerminalSize) {
@@ -179,6 +193,31 @@ async fn run_exec(
     } else {
         None
     };
+    // The terminal has its size before the command starts (a program reading it at once sees
+    // it); what comes before that size is replayed once the command runs.
+    let mut early = Vec::new();
+    if let Some(pty) = &pty {
+        let wait = tokio::time::sleep(FIRST_RESIZE);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => break,
+                message = source.next() => match message {
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Ok(()),
+                    Some(Ok(m)) => match client_data(m) {
+                        Some(data) if data.first() == Some(&RESIZE) => {
+                            if let Ok(size) = serde_json::from_slice::<TerminalSize>(&data[1..]) {
+                                resize(&pty.master, &size);
+                            }
+                            break;
+                        }
+                        Some(data) => early.push(data),
+                        None => {}
+                    },
+                },
+            }
+        }
+    }
     let stdio = |wanted: bool| -> std::io::Result<Stdio> {
         match &pty {
             Some(pty) => Ok(Stdio::from(pty.slave.try_clone()?)),
@@ -229,31 +268,19 @@ async fn run_exec(
         ),
     };
     let stderr = pump(child.stderr.take(), STDERR, tx.clone());
+    for data in early {
+        client_message(&data, &mut stdin, master.as_ref(), v5).await;
+    }
     let exited = loop {
         tokio::select! {
             status = child.wait() => break Some(status),
             message = source.next() => match message {
-                Some(Ok(Message::Binary(data))) => match data.first() {
-                    Some(&STDIN) => {
-                        if let Some(input) = &mut stdin
-                            && (input.write_all(&data[1..]).await.is_err()
-                                || input.flush().await.is_err())
-                        {
-                            stdin = None;
-                        }
-                    }
-                    Some(&RESIZE) => {
-                        if let (Some(m), Ok(size)) =
-                            (&master, serde_json::from_slice::<TerminalSize>(&data[1..]))
-                        {
-                            resize(m, &size);
-                        }
-                    }
-                    Some(&CLOSE) if v5 && data.get(1) == Some(&STDIN) => stdin = None,
-                    _ => {}
-                },
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break None,
-                Some(Ok(_)) => {}
+                Some(Ok(m)) => {
+                    if let Some(data) = client_data(m) {
+                        client_message(&data, &mut stdin, master.as_ref(), v5).await;
+                    }
+                }
             },
         }
     };
@@ -281,6 +308,33 @@ async fn run_exec(
     drop(tx);
     let _ = writer.await;
     Ok(())
+}
+
+/// Applies one binary message of the client: stdin, a terminal size, stdin closed (v5).
+async fn client_message(
+    data: &[u8],
+    stdin: &mut Option<Box<dyn AsyncWrite + Unpin + Send>>,
+    master: Option<&OwnedFd>,
+    v5: bool,
+) {
+    match data.first() {
+        Some(&STDIN) => {
+            if let Some(input) = stdin
+                && (input.write_all(&data[1..]).await.is_err() || input.flush().await.is_err())
+            {
+                *stdin = None;
+            }
+        }
+        Some(&RESIZE) => {
+            if let (Some(m), Ok(size)) =
+                (master, serde_json::from_slice::<TerminalSize>(&data[1..]))
+            {
+                resize(m, &size);
+            }
+        }
+        Some(&CLOSE) if v5 && data.get(1) == Some(&STDIN) => *stdin = None,
+        _ => {}
+    }
 }
 
 /// SIGKILL to the process the runtime started in the container.

@@ -1,5 +1,5 @@
 //! The kubelet's own API on port 10250 (HTTPS): `/healthz`, `/pods`, `/containerLogs`, `/exec`,
-//! `/attach`, `/portForward`, `/run`, `/stats/summary` and `/metrics/resource`.
+//! `/attach`, `/portForward`, `/run`, `/stats/summary`, `/metrics/resource` and `/configz`.
 //!
 //! Only clients presenting a certificate from the client CA are served; a client without one is
 //! answered 401 and one with a certificate from another CA fails the TLS handshake. The server
@@ -9,14 +9,17 @@
 //! - `tls`: the serving certificate (files or self-signed) and the client-certificate check.
 //! - `logs`: the CRI log files read as `kubectl logs` shows them (follow across rotation).
 //! - `exec`: exec over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`).
-//! - `attach`: the container's output from now on, over the same protocol (output only).
+//! - `attach`: the container's output from now on, over the same protocol, and its stdin (the
+//!   shim's attach socket) for a container with `stdin: true`.
 //! - `run`: a command's output in one answer.
 //! - `port_forward`: port-forward into the pod's network namespace (SPDY/3.1 or WebSocket).
 //! - `spdy`: SPDY/3.1 framing, which kubectl's port-forward speaks.
 //! - `stats`: `/stats/summary` and `/metrics/resource` from the cgroups.
 //! - `query`: the URL query as repeated key/value pairs.
+//! - `configz`: the kubelet's configuration as `/configz` shows it.
 
 mod attach;
+pub mod configz;
 mod exec;
 mod logs;
 mod port_forward;
@@ -60,6 +63,8 @@ pub struct NodeServerConfig {
     pub pod_logs_dir: PathBuf,
     pub runtime: Arc<Runtime>,
     pub client: kube::Client,
+    /// What `/configz` answers.
+    pub configz: serde_json::Value,
 }
 
 /// The handlers' shared state.
@@ -71,6 +76,7 @@ struct NodeServer {
     client: kube::Client,
     cgroups: CgroupMounts,
     cpu: stats::CpuSamples,
+    configz: serde_json::Value,
 }
 
 type Shared = State<Arc<NodeServer>>;
@@ -169,6 +175,7 @@ pub async fn start(config: NodeServerConfig) -> anyhow::Result<()> {
         client: config.client,
         cgroups: CgroupMounts::read(),
         cpu: stats::CpuSamples::default(),
+        configz: config.configz,
     });
     tokio::spawn(serve(
         listener,
@@ -204,6 +211,10 @@ fn router(state: Arc<NodeServer>) -> Router {
         )
         .route("/stats/summary", get(stats::summary))
         .route("/metrics/resource", get(stats::resource_metrics))
+        .route(
+            "/configz",
+            get(|State(s): Shared| async move { axum::Json(s.configz.clone()) }),
+        )
         .with_state(state)
 }
 

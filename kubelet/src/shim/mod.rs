@@ -7,8 +7,14 @@
 //! - `shim.pid`: the shim's pid (the kubelet watches it with a pidfd);
 //! - `started.json`: the container's pid and start time, once `runtime start` succeeded;
 //! - `exit.json`: exit code, finish time, OOM kill, or why it could not start;
-//! - `container.pid`, `runtime.log`, `shim.log`: the runtime's pid file and logs, the shim's log.
+//! - `container.pid`, `runtime.log`, `shim.log`: the runtime's pid file and logs, the shim's log;
+//! - `attach.sock`: for a container with `stdin: true`, where attached clients' input comes in
+//!   (`attach`).
+//!
+//! A container with `tty: true` gets a pty the shim makes as its stdin, stdout and stderr (its
+//! output is logged as stdout); one with only `stdin: true` a pipe.
 
+pub mod attach;
 pub mod supervisor;
 
 use std::io::Write;
@@ -56,6 +62,12 @@ pub struct ShimArgs {
     pub log_max_size: u64,
     /// The container's memory cgroup directory, read for OOM kills when it exits.
     pub memory_cgroup: Option<PathBuf>,
+    /// The container's stdin is kept open for attached clients.
+    pub stdin: bool,
+    /// Its stdin is closed when the first attached client closes it.
+    pub stdin_once: bool,
+    /// Its stdio is a terminal.
+    pub tty: bool,
 }
 
 impl ShimArgs {
@@ -80,6 +92,16 @@ impl ShimArgs {
         if let Some(m) = &self.memory_cgroup {
             v.push("--memory-cgroup".into());
             v.push(m.clone().into());
+        }
+        for (flag, set) in [
+            ("--stdin", self.stdin),
+            ("--stdin-once", self.stdin_once),
+            ("--tty", self.tty),
+        ] {
+            if set {
+                v.push(flag.into());
+                v.push("true".into());
+            }
         }
         v
     }
@@ -106,6 +128,9 @@ impl ShimArgs {
                 .parse()
                 .map_err(|_| "--log-max-size must be a number".to_string())?,
             memory_cgroup: map.remove("--memory-cgroup"),
+            stdin: map.remove("--stdin").is_some(),
+            stdin_once: map.remove("--stdin-once").is_some(),
+            tty: map.remove("--tty").is_some(),
         };
         if let Some(extra) = map.keys().next() {
             return Err(format!("unknown flag {extra}"));
@@ -151,6 +176,9 @@ mod tests {
             log_path: "/l/0.log".into(),
             log_max_size: 1000,
             memory_cgroup: Some("/sys/fs/cgroup/memory/x".into()),
+            stdin: true,
+            stdin_once: false,
+            tty: true,
         };
         let b = ShimArgs::parse(a.to_args().into_iter()).unwrap();
         assert_eq!(format!("{a:?}"), format!("{b:?}"));

@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -22,7 +23,7 @@ use nix::unistd::{ForkResult, Pid, fork, pipe2, setsid};
 
 use super::{
     CONTAINER_PID, EXIT, ExitRecord, RUNTIME_LOG, SHIM_LOG, SHIM_PID, ShimArgs, StartRecord,
-    write_atomic, write_json,
+    attach, write_atomic, write_json,
 };
 use crate::cri_log::{CriLog, Stream};
 
@@ -136,6 +137,39 @@ struct Running {
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
     log: CriLog,
+    input: Option<Input>,
+}
+
+/// The container's stdin and the attached clients feeding it.
+struct Input {
+    /// Where the container's stdin is written (a pipe, or the pty's master); `None` once
+    /// closed.
+    stdin: Option<OwnedFd>,
+    /// The pty's master, resized from clients (tty only).
+    master: Option<OwnedFd>,
+    stdin_once: bool,
+    listener: UnixListener,
+    clients: Vec<Client>,
+    /// Input not yet taken by the container (written when its stdin is writable).
+    pending: Vec<u8>,
+}
+
+struct Client {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+/// Clients are not read while this much input waits for the container.
+const MAX_PENDING: usize = 64 * 1024;
+
+/// What a poll found ready.
+#[derive(Clone, Copy)]
+enum Ready {
+    Signals,
+    Output(Stream),
+    StdinWritable,
+    Listener,
+    Client(usize),
 }
 
 fn runtime(args: &ShimArgs) -> Command {
@@ -178,8 +212,7 @@ fn start(args: &ShimArgs) -> Result<Running, String> {
         .map_err(|e| format!("signalfd: {e}"))?;
     let log = CriLog::open(&args.log_path, args.log_max_size)
         .map_err(|e| format!("opening log {}: {e}", args.log_path.display()))?;
-    let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let stdio = ContainerStdio::new(args)?;
     let pid_file = args.state_dir.join(CONTAINER_PID);
     let status = runtime(args)
         .arg("create")
@@ -188,9 +221,9 @@ fn start(args: &ShimArgs) -> Result<Running, String> {
         .arg("--pid-file")
         .arg(&pid_file)
         .arg(&args.id)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out_w))
-        .stderr(Stdio::from(err_w))
+        .stdin(stdio.container_stdin)
+        .stdout(stdio.container_stdout)
+        .stderr(stdio.container_stderr)
         .status()
         .map_err(|e| format!("running {}: {e}", args.runtime.display()))?;
     if !status.success() {
@@ -234,10 +267,187 @@ fn start(args: &ShimArgs) -> Result<Running, String> {
     Ok(Running {
         pid: Pid::from_raw(pid),
         signals,
-        stdout: Some(out_r),
-        stderr: Some(err_r),
+        stdout: Some(stdio.stdout),
+        stderr: stdio.stderr,
         log,
+        input: stdio.input,
     })
+}
+
+/// The container's stdio and the shim's ends of it.
+struct ContainerStdio {
+    container_stdin: Stdio,
+    container_stdout: Stdio,
+    container_stderr: Stdio,
+    /// What the container writes (the pty's master with a terminal: its stderr too).
+    stdout: OwnedFd,
+    stderr: Option<OwnedFd>,
+    input: Option<Input>,
+}
+
+impl ContainerStdio {
+    fn new(args: &ShimArgs) -> Result<ContainerStdio, String> {
+        let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+        let clone = |fd: &OwnedFd| fd.try_clone().map_err(|e| format!("dup: {e}"));
+        let listen = || -> Result<UnixListener, String> {
+            let path = args.state_dir.join(attach::SOCKET);
+            let _ = std::fs::remove_file(&path);
+            let l = UnixListener::bind(&path)
+                .map_err(|e| format!("binding {}: {e}", path.display()))?;
+            l.set_nonblocking(true)
+                .map_err(|e| format!("attach socket: {e}"))?;
+            Ok(l)
+        };
+        if args.tty {
+            let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
+            let _ = fcntl(
+                &pty.master,
+                FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
+            let input = if args.stdin {
+                let stdin = clone(&pty.master)?;
+                let _ = fcntl(&stdin, FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+                Some(Input {
+                    stdin: Some(stdin),
+                    master: Some(clone(&pty.master)?),
+                    stdin_once: args.stdin_once,
+                    listener: listen()?,
+                    clients: Vec::new(),
+                    pending: Vec::new(),
+                })
+            } else {
+                None
+            };
+            return Ok(ContainerStdio {
+                container_stdin: Stdio::from(clone(&pty.slave)?),
+                container_stdout: Stdio::from(clone(&pty.slave)?),
+                container_stderr: Stdio::from(pty.slave),
+                stdout: pty.master,
+                stderr: None,
+                input,
+            });
+        }
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (container_stdin, input) = if args.stdin {
+            let (in_r, in_w) = pipe()?;
+            let _ = fcntl(&in_w, FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+            let input = Input {
+                stdin: Some(in_w),
+                master: None,
+                stdin_once: args.stdin_once,
+                listener: listen()?,
+                clients: Vec::new(),
+                pending: Vec::new(),
+            };
+            (Stdio::from(in_r), Some(input))
+        } else {
+            (Stdio::null(), None)
+        };
+        Ok(ContainerStdio {
+            container_stdin,
+            container_stdout: Stdio::from(out_w),
+            container_stderr: Stdio::from(err_w),
+            stdout: out_r,
+            stderr: Some(err_r),
+            input,
+        })
+    }
+}
+
+impl Input {
+    /// Takes new clients.
+    fn accept(&mut self) {
+        while let Ok((stream, _)) = self.listener.accept() {
+            if stream.set_nonblocking(true).is_ok() {
+                self.clients.push(Client {
+                    stream,
+                    buf: Vec::new(),
+                });
+            }
+        }
+    }
+
+    /// Reads what client `i` sent; drops it at its end.
+    fn read_client(&mut self, i: usize) {
+        let mut chunk = [0u8; 16 * 1024];
+        let client = &mut self.clients[i];
+        let ended = match client.stream.read(&mut chunk) {
+            Ok(0) => true,
+            Ok(n) => {
+                client.buf.extend_from_slice(&chunk[..n]);
+                false
+            }
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            ),
+        };
+        for frame in attach::decode(&mut client.buf) {
+            match frame {
+                attach::Frame::Stdin(data) => {
+                    if self.stdin.is_some() {
+                        self.pending.extend_from_slice(&data);
+                    }
+                }
+                attach::Frame::Resize { cols, rows } => {
+                    if let Some(master) = &self.master {
+                        let size = libc::winsize {
+                            ws_row: rows,
+                            ws_col: cols,
+                            ws_xpixel: 0,
+                            ws_ypixel: 0,
+                        };
+                        // SAFETY: TIOCSWINSZ on the pty master the shim owns, with a valid winsize.
+                        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+                    }
+                }
+                attach::Frame::CloseStdin => {
+                    if self.stdin_once {
+                        self.close_stdin();
+                    }
+                }
+            }
+        }
+        if ended {
+            self.clients.swap_remove(i);
+        }
+    }
+
+    /// Writes what the container's stdin takes of the pending input.
+    fn flush(&mut self) {
+        let Some(fd) = &self.stdin else {
+            self.pending.clear();
+            return;
+        };
+        while !self.pending.is_empty() {
+            match nix::unistd::write(fd, &self.pending) {
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(_) => {
+                    // The container closed its stdin.
+                    self.stdin = None;
+                    self.pending.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Closes the container's stdin once the pending input is written (a pty gets an EOF
+    /// character: its master stays open for the output).
+    fn close_stdin(&mut self) {
+        self.flush();
+        if self.master.is_some() {
+            self.pending.push(4);
+            self.flush();
+        } else {
+            self.stdin = None;
+        }
+    }
 }
 
 impl Running {
@@ -246,11 +456,33 @@ impl Running {
         let mut buf = vec![0u8; 64 * 1024];
         let mut exit: Option<i32> = None;
         while exit.is_none() {
-            let mut ready = [false; 3];
+            let mut ready: Vec<Ready> = Vec::new();
             {
+                let mut sources = vec![Ready::Signals];
                 let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
-                for fd in [&self.stdout, &self.stderr].into_iter().flatten() {
-                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                for (stream, fd) in [
+                    (Stream::Stdout, &self.stdout),
+                    (Stream::Stderr, &self.stderr),
+                ] {
+                    if let Some(fd) = fd {
+                        sources.push(Ready::Output(stream));
+                        fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                    }
+                }
+                if let Some(input) = &self.input {
+                    if let Some(stdin) = input.stdin.as_ref().filter(|_| !input.pending.is_empty())
+                    {
+                        sources.push(Ready::StdinWritable);
+                        fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLOUT));
+                    }
+                    sources.push(Ready::Listener);
+                    fds.push(PollFd::new(input.listener.as_fd(), PollFlags::POLLIN));
+                    if input.pending.len() < MAX_PENDING {
+                        for (i, c) in input.clients.iter().enumerate() {
+                            sources.push(Ready::Client(i));
+                            fds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
+                        }
+                    }
                 }
                 match poll(&mut fds, PollTimeout::NONE) {
                     Ok(_) => {}
@@ -260,26 +492,45 @@ impl Running {
                         break;
                     }
                 }
-                let any = |f: &PollFd| f.any().unwrap_or(false);
-                ready[0] = any(&fds[0]);
-                let mut i = 1;
-                if self.stdout.is_some() {
-                    ready[1] = any(&fds[i]);
-                    i += 1;
-                }
-                if self.stderr.is_some() {
-                    ready[2] = any(&fds[i]);
+                for (source, fd) in sources.into_iter().zip(&fds) {
+                    if fd.any().unwrap_or(false) {
+                        ready.push(source);
+                    }
                 }
             }
-            if ready[1] {
-                self.copy(Stream::Stdout, &mut buf);
+            // Clients from the highest index down: reading one may remove it.
+            let mut clients: Vec<usize> = ready
+                .iter()
+                .filter_map(|r| match r {
+                    Ready::Client(i) => Some(*i),
+                    _ => None,
+                })
+                .collect();
+            clients.sort_unstable_by(|a, b| b.cmp(a));
+            if let Some(input) = &mut self.input {
+                for i in clients {
+                    input.read_client(i);
+                }
             }
-            if ready[2] {
-                self.copy(Stream::Stderr, &mut buf);
+            for r in ready {
+                match r {
+                    Ready::Output(stream) => {
+                        self.copy(stream, &mut buf);
+                    }
+                    Ready::Listener => {
+                        if let Some(input) = &mut self.input {
+                            input.accept();
+                        }
+                    }
+                    Ready::Signals => {
+                        while self.signals.read_signal().ok().flatten().is_some() {}
+                        exit = self.reap();
+                    }
+                    Ready::StdinWritable | Ready::Client(_) => {}
+                }
             }
-            if ready[0] {
-                while self.signals.read_signal().ok().flatten().is_some() {}
-                exit = self.reap();
+            if let Some(input) = &mut self.input {
+                input.flush();
             }
         }
         // The container is gone; take what is left in the pipes without waiting for processes
@@ -315,7 +566,8 @@ impl Running {
             return false;
         };
         match nix::unistd::read(fd, buf) {
-            Ok(0) | Err(nix::errno::Errno::EBADF) => {
+            // A pty's master reads EIO once the last holder of its slave is gone.
+            Ok(0) | Err(nix::errno::Errno::EBADF | nix::errno::Errno::EIO) => {
                 *slot = None;
                 false
             }

@@ -92,6 +92,24 @@ pub trait Strategy: Sync {
     /// The rules that only apply on update: what may not change.
     fn validate_update(&self, _old: &Value, _new: &Value, _errs: &mut Vec<FieldError>) {}
 
+    /// The one field (a JSON pointer) a subresource other than `status` writes, such as pods'
+    /// `ephemeralcontainers` → `/spec/ephemeralContainers`; everything else of the object is
+    /// kept as it is.
+    fn subresource_field(&self, _sub: &str) -> Option<&'static str> {
+        None
+    }
+
+    /// The rules of an update through a [`Strategy::subresource_field`] subresource, in place
+    /// of [`Strategy::validate_update`].
+    fn validate_subresource_update(
+        &self,
+        _sub: &str,
+        _old: &Value,
+        _new: &Value,
+        _errs: &mut Vec<FieldError>,
+    ) {
+    }
+
     /// Whether the object carries `metadata.generation`, bumped when its spec changes.
     fn tracks_generation(&self) -> bool {
         false

@@ -22,6 +22,7 @@ pub static RESOURCE: ResourceInfo = ResourceInfo {
         "exec",
         "attach",
         "portforward",
+        "ephemeralcontainers",
     ],
     storage: "pods",
     schema: "io.k8s.api.core.v1.Pod",
@@ -134,6 +135,43 @@ impl Strategy for PodStrategy {
                 nn.unwrap_or(&Value::Null),
                 "field is immutable",
             ));
+        }
+    }
+
+    fn subresource_field(&self, sub: &str) -> Option<&'static str> {
+        (sub == "ephemeralcontainers").then_some("/spec/ephemeralContainers")
+    }
+
+    /// Ephemeral containers are only added: the ones there stay as they are.
+    fn validate_subresource_update(
+        &self,
+        _sub: &str,
+        old: &Value,
+        new: &Value,
+        errs: &mut Vec<FieldError>,
+    ) {
+        let list = |o: &Value| {
+            o["spec"]["ephemeralContainers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        };
+        let now = list(new);
+        for (i, was) in list(old).iter().enumerate() {
+            match now.iter().find(|c| c["name"] == was["name"]) {
+                Some(c) if c == was => {}
+                Some(_) => errs.push(FieldError::forbidden(
+                    format!("spec.ephemeralContainers[{i}]"),
+                    "existing ephemeral containers may not be changed",
+                )),
+                None => errs.push(FieldError::forbidden(
+                    "spec.ephemeralContainers",
+                    format!(
+                        "existing ephemeral containers {} may not be removed",
+                        was["name"]
+                    ),
+                )),
+            }
         }
     }
 
