@@ -324,6 +324,14 @@ impl ApiServer {
                         &[],
                     ));
                 }
+                let unpaged = q.get("limit").is_none_or(|l| l.is_empty() || l == "0")
+                    && q.get("continue").is_none_or(String::is_empty);
+                if shape == Shape::Object && unpaged {
+                    let exact = super::revisions::for_list(&*self.store, q).await?;
+                    let filter = Filter::parse(q, r)?;
+                    let (store, prefix) = (self.store.clone(), r.prefix(ns));
+                    return list_stream::from_store(store, r, prefix, filter, exact).await;
+                }
                 let list = self.list(r, ns, q).await?;
                 Ok(respond(
                     StatusCode::OK,

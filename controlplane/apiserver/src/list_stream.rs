@@ -8,8 +8,11 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 
+use skiff_store::Store;
+
 use crate::resources::ResourceInfo;
-use crate::watch_cache::CachedObject;
+use crate::status::ApiResult;
+use crate::watch_cache::{CachedObject, Filter};
 
 /// Bytes gathered into one chunk of the body before it is handed to the connection.
 const CHUNK: usize = 64 * 1024;
@@ -83,4 +86,62 @@ pub fn from_cache(r: &ResourceInfo, revision: u64, objects: Vec<Arc<CachedObject
     json_response(Body::from_stream(futures::stream::iter(
         chunks.map(Ok::<_, Infallible>),
     )))
+}
+
+/// Objects per store read of a streamed list.
+const STORE_PAGE: usize = 500;
+
+/// A list of everything under `prefix` that `filter` selects, read from the store a page at a
+/// time (at `revision`, or the latest one) and written as it is read. The first page is read
+/// before answering, so that a compacted or future revision still gets its Status; a later
+/// page that fails (compacted meanwhile, store lost) cuts the body short, which the client sees
+/// as a failed request.
+pub async fn from_store(
+    store: Arc<dyn Store>,
+    r: &'static ResourceInfo,
+    prefix: String,
+    filter: Filter,
+    revision: Option<u64>,
+) -> ApiResult<Response> {
+    let filter = Arc::new(filter);
+    let first = match revision {
+        Some(at) => store.range_at(&prefix, None, STORE_PAGE, at).await?,
+        None => store.range(&prefix, None, STORE_PAGE).await?,
+    };
+    let at = first.revision;
+    let metadata = serde_json::json!({"resourceVersion": at.to_string()});
+    let chunker = Chunker::new(head(r, &metadata));
+    let state = Some((chunker, Some(first)));
+    let chunks = futures::stream::unfold(state, move |state| {
+        let (store, prefix, filter) = (store.clone(), prefix.clone(), filter.clone());
+        async move {
+            let (mut chunker, page) = state?;
+            let Some(page) = page else {
+                return Some((Ok(chunker.finish()), None));
+            };
+            let mut out = Vec::new();
+            for kv in &page.kvs {
+                match CachedObject::from_kv(r, kv) {
+                    Ok(o) if filter.matches(&o) => out.extend(chunker.push(&o.json)),
+                    Ok(_) => {}
+                    Err(e) => return Some((Err(std::io::Error::other(e.message)), None)),
+                }
+            }
+            let next = match page.kvs.last() {
+                Some(last) if page.more => {
+                    match store
+                        .range_at(&prefix, Some(&last.key), STORE_PAGE, at)
+                        .await
+                    {
+                        Ok(p) => Some(p),
+                        Err(e) => return Some((Err(std::io::Error::other(e.to_string())), None)),
+                    }
+                }
+                _ => None,
+            };
+            let bytes = Bytes::from(out.concat());
+            Some((Ok(bytes), Some((chunker, next))))
+        }
+    });
+    Ok(json_response(Body::from_stream(chunks)))
 }
