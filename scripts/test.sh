@@ -51,7 +51,9 @@ cargo test --workspace --no-fail-fast || status=$?
 # A lean subset of the API server's tests again with the objects in etcd (every test server
 # gets an etcd of its own); the whole suite runs on the embedded store above.
 SKIFF_TEST_STORE=etcd cargo test -p skiff --no-fail-fast --test kubectl --test crash \
-    --test kube_client -- apply_get_patch_scale_delete optimistic_concurrency_conflicts \
-    watch_sees_changes status_subresource_cascading_delete_and_initial_events \
-    kill_9 metadata_lists_watches_and_pages || status=$?
+    --test kube_client --test watch_cache -- apply_get_patch_scale_delete \
+    optimistic_concurrency_conflicts watch_sees_changes \
+    status_subresource_cascading_delete_and_initial_events kill_9 \
+    metadata_lists_watches_and_pages pod_watchers_by_node endpointslice_watchers \
+    resource_version_0_lists a_stalled_watcher || status=$?
 exit $status

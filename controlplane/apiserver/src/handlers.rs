@@ -16,7 +16,8 @@ use super::patch::PatchType;
 use super::resources::{self, ResourceInfo};
 use super::selectors::{FieldSelector, LabelSelector, selector_string};
 use super::status::{ApiError, ApiResult, FieldError, Reason};
-use super::{ApiServer, alloc, apply, defaults, patch, table, validation, watch};
+use super::watch_cache::{CachedObject, Filter};
+use super::{ApiServer, alloc, apply, defaults, list_stream, patch, table, validation, watch};
 use skiff_store::{KeyValue, StoreError};
 
 /// The resource a request path names.
@@ -218,6 +219,28 @@ pub fn partial(o: &Value) -> Value {
     })
 }
 
+/// A list in the form the client asked for.
+fn list_shape(r: &ResourceInfo, list: Value, shape: Shape, include: Option<&str>) -> Value {
+    match shape {
+        Shape::Table => table::table_for_list(r, &list, include),
+        Shape::Metadata => {
+            let items: Vec<Value> = list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(partial)
+                .collect();
+            json!({
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": list["metadata"],
+                "items": items,
+            })
+        }
+        Shape::Object => list,
+    }
+}
+
 fn respond(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
     let mut resp = (code, serde_json::to_vec(v).expect("serialisable")).into_response();
     resp.headers_mut().insert(
@@ -283,27 +306,38 @@ impl ApiServer {
                 watch::serve(self.clone(), r, t.namespace.clone(), q, shape).await
             }
             (&Method::GET, None, None) => {
-                let list = self.list(r, ns, q).await?;
                 let include = q.get("includeObject").map(String::as_str);
-                let body = match shape {
-                    Shape::Table => table::table_for_list(r, &list, include),
-                    Shape::Metadata => {
-                        let items: Vec<Value> = list["items"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(partial)
-                            .collect();
-                        json!({
-                            "kind": "PartialObjectMetadataList",
-                            "apiVersion": "meta.k8s.io/v1",
-                            "metadata": list["metadata"],
-                            "items": items,
-                        })
+                if let Some((objects, rev)) = self.list_from_cache(r, ns, q).await? {
+                    if shape == Shape::Object {
+                        return Ok(list_stream::from_cache(r, rev, objects));
                     }
-                    Shape::Object => list,
-                };
-                Ok(respond(StatusCode::OK, &body, &[]))
+                    let items: Vec<Value> = objects.iter().map(|o| o.value()).collect();
+                    let list = json!({
+                        "kind": r.list_kind(),
+                        "apiVersion": r.api_version(),
+                        "metadata": {"resourceVersion": rev.to_string()},
+                        "items": items,
+                    });
+                    return Ok(respond(
+                        StatusCode::OK,
+                        &list_shape(r, list, shape, include),
+                        &[],
+                    ));
+                }
+                let unpaged = q.get("limit").is_none_or(|l| l.is_empty() || l == "0")
+                    && q.get("continue").is_none_or(String::is_empty);
+                if shape == Shape::Object && unpaged {
+                    let exact = super::revisions::for_list(&*self.store, q).await?;
+                    let filter = Filter::parse(q, r)?;
+                    let (store, prefix) = (self.store.clone(), r.prefix(ns));
+                    return list_stream::from_store(store, r, prefix, filter, exact).await;
+                }
+                let list = self.list(r, ns, q).await?;
+                Ok(respond(
+                    StatusCode::OK,
+                    &list_shape(r, list, shape, include),
+                    &[],
+                ))
             }
             (&Method::GET, Some(name), None) => {
                 super::revisions::for_get(&*self.store, q).await?;
@@ -413,6 +447,30 @@ impl ApiServer {
             .ok_or_else(|| ApiError::not_found(r, name))?;
         let v = r.strategy.served_form(decode_kv(&kv)?);
         Ok((kv, v))
+    }
+
+    /// A `resourceVersion=0` list (any state will do) answered from the watch cache, with the
+    /// revision it is at; `None` for other lists, or when the cache cannot be had (the store
+    /// answers then). As kube-apiserver's cache does, it returns the whole list whatever `limit`.
+    async fn list_from_cache(
+        &self,
+        r: &'static ResourceInfo,
+        ns: Option<&str>,
+        q: &HashMap<String, String>,
+    ) -> ApiResult<Option<(Vec<Arc<CachedObject>>, u64)>> {
+        let continuing = q.get("continue").is_some_and(|c| !c.is_empty());
+        if q.get("resourceVersion").map(String::as_str) != Some("0") || continuing {
+            return Ok(None);
+        }
+        super::revisions::for_list(&*self.store, q).await?;
+        let filter = Filter::parse(q, r)?;
+        match self.watch_cache.get(&self.store, r).await {
+            Ok(cache) => Ok(Some(cache.list(&r.prefix(ns), &filter))),
+            Err(e) => {
+                tracing::debug!(error = %e.message, "listing from the store: no watch cache");
+                Ok(None)
+            }
+        }
     }
 
     /// A list response (`<Kind>List`) honouring selectors and `limit`/`continue`.

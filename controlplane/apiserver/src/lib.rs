@@ -14,6 +14,7 @@ pub mod deletion;
 pub mod discovery;
 pub mod handlers;
 pub mod limits;
+pub mod list_stream;
 pub mod metrics;
 pub mod node_proxy;
 pub mod object;
@@ -33,6 +34,7 @@ pub mod status;
 pub mod table;
 pub mod validation;
 pub mod watch;
+pub mod watch_cache;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,6 +62,8 @@ pub struct ApiServer {
     pub kubelet_client: std::sync::OnceLock<node_proxy::KubeletClient>,
     /// The kubelets' last resource usage, for `metrics.k8s.io`.
     pub metrics: metrics::Scraped,
+    /// Objects and recent events of every resource, for watches and `resourceVersion=0` lists.
+    pub watch_cache: watch_cache::WatchCaches,
 }
 
 impl ApiServer {
@@ -82,6 +86,7 @@ impl ApiServer {
             tokens: Default::default(),
             kubelet_client: std::sync::OnceLock::new(),
             metrics: metrics::Scraped::default(),
+            watch_cache: Default::default(),
         })
     }
 }

@@ -31,13 +31,29 @@ impl LabelSelector {
         if self.0.selects_all() {
             return true;
         }
-        let labels: BTreeMap<String, String> = labels
-            .into_iter()
-            .flatten()
-            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-            .collect();
-        self.0.matches(&labels)
+        self.matches_map(&string_labels(labels))
     }
+
+    pub fn matches_map(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.0.selects_all() || self.0.matches(labels)
+    }
+
+    /// The one value this selector requires `key` to equal (`key=value`), if any.
+    pub fn required_value(&self, key: &str) -> Option<String> {
+        self.0.clone().into_iter().find_map(|e| match e {
+            labels::Expression::Equal(k, v) if k == key => Some(v),
+            _ => None,
+        })
+    }
+}
+
+/// The string-valued labels of an object's `metadata.labels`.
+pub fn string_labels(labels: Option<&Map<String, Value>>) -> BTreeMap<String, String> {
+    labels
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect()
 }
 
 /// `a=b,c in (d)` — the form `kubectl` shows a workload's `spec.selector` in (a Scale's
@@ -86,27 +102,42 @@ impl FieldSelector {
 
     /// The single name this selector pins, if any (`metadata.name=x`).
     pub fn name(&self) -> Option<&str> {
+        self.required_value("metadata.name")
+    }
+
+    /// The one value this selector requires `field` to equal (`field=value`), if any.
+    pub fn required_value(&self, field: &str) -> Option<&str> {
         self.0
             .iter()
-            .find(|(f, eq, _)| f == "metadata.name" && *eq)
+            .find(|(f, eq, _)| f == field && *eq)
             .map(|(_, _, v)| v.as_str())
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
-        self.0.iter().all(|(field, eq, want)| {
-            let got = if field == "source" {
-                obj.pointer("/source/component").cloned()
-            } else {
-                let ptr = format!("/{}", field.replace('.', "/"));
-                obj.pointer(&ptr).cloned()
-            };
-            let got = match got {
-                Some(Value::String(s)) => s,
-                Some(Value::Null) | None => String::new(),
-                Some(other) => other.to_string(),
-            };
-            (got == *want) == *eq
-        })
+        self.matches_with(|field| field_value(obj, field))
+    }
+
+    /// As [`FieldSelector::matches`], with the fields' values given by `value_of`.
+    pub fn matches_with(&self, value_of: impl Fn(&str) -> String) -> bool {
+        self.0
+            .iter()
+            .all(|(field, eq, want)| (value_of(field) == *want) == *eq)
+    }
+}
+
+/// The value of a selectable field of an object, as field selectors compare it (absent and null
+/// are the empty string).
+pub fn field_value(obj: &Value, field: &str) -> String {
+    let got = if field == "source" {
+        obj.pointer("/source/component")
+    } else {
+        let ptr = format!("/{}", field.replace('.', "/"));
+        obj.pointer(&ptr)
+    };
+    match got {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
     }
 }
 

@@ -392,6 +392,9 @@ pub async fn run(
     auth::policy::reconcile(&app).await?;
     auth::rbac::Rbac::start(app.clone()).await?;
     auth::service_accounts::start(app.clone(), material.ca_pem.clone()).await?;
+    // Every resource's watch cache, started before the first request (so that a watch resuming
+    // from a list taken since is served from memory).
+    app.watch_cache.start_all(&app.store).await;
     spawn_compactor(store, cfg.compaction_interval);
     let server_address = Arc::new(format!("{host}:{}", local.port()));
     let bounds = Arc::new(RequestBounds::new(cfg.limits.clone()));

@@ -2,6 +2,10 @@
 //! initial state when asked (`resourceVersion` unset or "0", or `sendInitialEvents=true`),
 //! selector transitions turned into ADDED/DELETED as the real API server does, periodic
 //! bookmarks, and an `ERROR` event carrying `410 Gone` when the history was compacted.
+//!
+//! The events come from the watch cache when its ring covers the revision asked for, otherwise
+//! from a store watch of this watcher's own; the initial state of a `resourceVersion=0` watch is
+//! the cache's, that of an unset one a consistent read of the store.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -17,25 +21,11 @@ use tokio::sync::mpsc;
 
 use super::ApiServer;
 use super::handlers::{Shape, partial};
-use super::object::decode_kv;
 use super::resources::ResourceInfo;
-use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{ApiError, ApiResult};
 use super::table;
-use skiff_store::{EventKind, KeyValue};
-
-struct Filter {
-    labels: LabelSelector,
-    fields: FieldSelector,
-}
-
-impl Filter {
-    fn matches(&self, o: &Value) -> bool {
-        self.labels
-            .matches(o.pointer("/metadata/labels").and_then(Value::as_object))
-            && self.fields.matches(o)
-    }
-}
+use super::watch_cache::{CacheWatch, CachedEvent, CachedObject, EventType, Filter, watch_line};
+use skiff_store::{RangeResult, StoreError, WatchStream};
 
 struct Encoder {
     r: &'static ResourceInfo,
@@ -63,6 +53,22 @@ impl Encoder {
         Bytes::from(s)
     }
 
+    /// An event's line: the shared bytes of the cache for the object itself.
+    fn event(&self, ev: &CachedEvent, ty: EventType) -> Bytes {
+        match self.shape {
+            Shape::Object => ev.line(ty),
+            _ => self.line(ty.name(), &ev.object.value()),
+        }
+    }
+
+    /// The ADDED line of an object of the initial state.
+    fn added(&self, o: &CachedObject) -> Bytes {
+        match self.shape {
+            Shape::Object => watch_line(EventType::Added, &o.json),
+            _ => self.line(EventType::Added.name(), &o.value()),
+        }
+    }
+
     fn bookmark(&self, rev: u64, initial_end: bool) -> Bytes {
         let mut meta = json!({"resourceVersion": rev.to_string()});
         if initial_end {
@@ -77,8 +83,96 @@ impl Encoder {
     }
 }
 
-fn decode_event_kv(r: &ResourceInfo, kv: &KeyValue) -> Option<Value> {
-    decode_kv(kv).ok().map(|o| r.strategy.served_form(o))
+/// What a watch sends before its events.
+enum Initial {
+    None,
+    /// A consistent read of the store, sent a page at a time.
+    Store(RangeResult),
+    /// The watch cache's objects (`resourceVersion=0`).
+    Cached(Vec<Arc<CachedObject>>),
+}
+
+/// Where a watch's events come from.
+enum Source {
+    Cache(CacheWatch),
+    /// A store watch of its own (a revision older than the cache's ring); `seen` is the revision
+    /// of the last event read, selected or not.
+    Store {
+        stream: WatchStream,
+        seen: u64,
+    },
+}
+
+impl Source {
+    /// The next event the watcher sees; `None` when the watch ends.
+    async fn next(
+        &mut self,
+        r: &ResourceInfo,
+        filter: &Filter,
+    ) -> Option<ApiResult<(Arc<CachedEvent>, EventType)>> {
+        match self {
+            Self::Cache(w) => w.next().await.map(Ok),
+            Self::Store { stream, seen } => loop {
+                let ev = match stream.next().await? {
+                    Ok(ev) => ev,
+                    Err(e) => return Some(Err(e.into())),
+                };
+                *seen = ev.revision();
+                let Ok(ev) = CachedEvent::from_store(r, &ev) else {
+                    continue;
+                };
+                if let Some(ty) = ev.seen_by(filter) {
+                    return Some(Ok((Arc::new(ev), ty)));
+                }
+            },
+        }
+    }
+
+    /// A revision up to which every event has been read, for a bookmark, when known.
+    fn progress(&self) -> Option<u64> {
+        match self {
+            Self::Cache(w) => w.progress(),
+            Self::Store { seen, .. } => Some(*seen),
+        }
+    }
+}
+
+fn gone(requested: u64, compacted: u64) -> Value {
+    ApiError::gone(format!(
+        "too old resource version: {requested} ({compacted})"
+    ))
+    .to_status()
+}
+
+/// The events after `after`: from the cache when it covers them, else from the store; the
+/// `410 Gone` Status when that history was compacted.
+async fn open_events(
+    app: &ApiServer,
+    r: &'static ResourceInfo,
+    prefix: &str,
+    filter: &Arc<Filter>,
+    after: u64,
+) -> ApiResult<Result<Source, Value>> {
+    let compacted = app.store.compacted_revision();
+    if after < compacted {
+        return Ok(Err(gone(after, compacted)));
+    }
+    if let Ok(cache) = app.watch_cache.get(&app.store, r).await
+        && let Some(w) = cache.watch(prefix, filter.clone(), after)
+    {
+        return Ok(Ok(Source::Cache(w)));
+    }
+    match app.store.watch(prefix, after).await {
+        Ok(stream) => Ok(Ok(Source::Store {
+            stream,
+            seen: after,
+        })),
+        Err(StoreError::Compacted {
+            requested,
+            compacted,
+        }) => Ok(Err(gone(requested, compacted))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub async fn serve(
@@ -88,10 +182,7 @@ pub async fn serve(
     q: &HashMap<String, String>,
     shape: Shape,
 ) -> ApiResult<Response> {
-    let filter = Filter {
-        labels: LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))?,
-        fields: FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str), r)?,
-    };
+    let filter = Arc::new(Filter::parse(q, r)?);
     let bookmarks = matches!(
         q.get("allowWatchBookmarks").map(String::as_str),
         Some("true" | "1")
@@ -108,63 +199,71 @@ pub async fn serve(
     let enc = Encoder { r, shape };
 
     // Initial state: unset/"0" resourceVersion or sendInitialEvents=true.
-    let initial = match send_initial {
+    let send_initial_events = match send_initial {
         Some("true") => true,
         Some("false") => false,
         _ => rv_param.is_empty() || rv_param == "0",
     };
-    let mut first: Vec<Bytes> = Vec::new();
-    let start_rev;
-    // The initial state is read and sent a page at a time (later pages at the first page's
-    // revision), so that a watch of a large collection never holds all of it.
-    let mut initial_page = None;
-    if initial {
-        let page = app.store.range(&prefix, None, INITIAL_PAGE).await?;
-        start_rev = page.revision;
-        initial_page = Some(page);
-    } else {
-        start_rev = rv_param
-            .parse()
-            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv_param:?}")))?;
-    }
-    let (tx, rx) = mpsc::channel::<Bytes>(256);
-    let stream = match app.store.watch(&prefix, start_rev).await {
-        Ok(s) => Some(s),
-        Err(skiff_store::StoreError::Compacted {
-            requested,
-            compacted,
-        }) => {
-            let status = ApiError::gone(format!(
-                "too old resource version: {requested} ({compacted})"
-            ))
-            .to_status();
-            first.push(enc.line("ERROR", &status));
-            None
+    let cached = if send_initial_events && rv_param == "0" {
+        match app.watch_cache.get(&app.store, r).await {
+            Ok(cache) => cache.snapshot_and_watch(&prefix, filter.clone()),
+            Err(_) => None,
         }
-        Err(e) => return Err(e.into()),
+    } else {
+        None
     };
+    let (start_rev, initial, source) = match cached {
+        Some((objects, at, w)) => (at, Initial::Cached(objects), Ok(Source::Cache(w))),
+        None => {
+            // The initial state is read and sent a page at a time (later pages at the first
+            // page's revision), so that a watch of a large collection never holds all of it.
+            let (start_rev, initial) = if send_initial_events {
+                let page = app.store.range(&prefix, None, INITIAL_PAGE).await?;
+                (page.revision, Initial::Store(page))
+            } else {
+                let rev = rv_param.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resourceVersion {rv_param:?}"))
+                })?;
+                (rev, Initial::None)
+            };
+            let source = open_events(&app, r, &prefix, &filter, start_rev).await?;
+            (start_rev, initial, source)
+        }
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
     let interval = app.bookmark_interval;
     let patience = app.slow_watcher_timeout;
     let end_bookmark = send_initial == Some("true") && bookmarks;
     tokio::spawn(async move {
-        if let Some(page) = initial_page {
-            let lines = initial_events(&app, &prefix, page, &filter, &enc);
-            tokio::pin!(lines);
-            while let Some(line) = lines.next().await {
-                if !deliver(&tx, line, patience).await {
-                    return;
+        match initial {
+            Initial::None => {}
+            Initial::Store(page) => {
+                let lines = initial_events(&app, &prefix, page, &filter, &enc);
+                tokio::pin!(lines);
+                while let Some(line) = lines.next().await {
+                    if !deliver(&tx, line, patience).await {
+                        return;
+                    }
                 }
             }
-            if end_bookmark && !deliver(&tx, enc.bookmark(start_rev, true), patience).await {
-                return;
+            Initial::Cached(objects) => {
+                for o in objects {
+                    if !deliver(&tx, enc.added(&o), patience).await {
+                        return;
+                    }
+                }
             }
         }
-        for b in first {
-            if !deliver(&tx, b, patience).await {
+        if end_bookmark && !deliver(&tx, enc.bookmark(start_rev, true), patience).await {
+            return;
+        }
+        let mut source = match source {
+            Ok(s) => s,
+            Err(status) => {
+                let _ = deliver(&tx, enc.line("ERROR", &status), patience).await;
                 return;
             }
-        }
-        let Some(mut stream) = stream else { return };
+        };
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         let mut ticker = tokio::time::interval(interval);
@@ -175,39 +274,22 @@ pub async fn serve(
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
                 _ = ticker.tick(), if bookmarks => {
+                    last_rev = last_rev.max(source.progress().unwrap_or(0));
                     if !deliver(&tx, enc.bookmark(last_rev, false), patience).await {
                         return;
                     }
                 }
-                ev = stream.next() => {
-                    let Some(ev) = ev else { return };
-                    let ev = match ev {
-                        Ok(ev) => ev,
-                        Err(e) => {
-                            let status = ApiError::from(e).to_status();
-                            let _ = deliver(&tx, enc.line("ERROR", &status), patience).await;
+                ev = source.next(r, &filter) => {
+                    let (ev, ty) = match ev {
+                        None => return,
+                        Some(Ok(ev)) => ev,
+                        Some(Err(e)) => {
+                            let _ = deliver(&tx, enc.line("ERROR", &e.to_status()), patience).await;
                             return;
                         }
                     };
-                    last_rev = ev.revision();
-                    let new = decode_event_kv(r, &ev.kv);
-                    let old = ev.prev.as_ref().and_then(|p| decode_event_kv(r, p));
-                    let old_match = old.as_ref().is_some_and(|o| filter.matches(o));
-                    let line = match (ev.kind, new) {
-                        (EventKind::Delete, Some(o)) if old_match => Some(enc.line("DELETED", &o)),
-                        (EventKind::Put, Some(o)) => {
-                            match (old_match, filter.matches(&o)) {
-                                (false, true) => Some(enc.line("ADDED", &o)),
-                                (true, true) => Some(enc.line("MODIFIED", &o)),
-                                (true, false) => Some(enc.line("DELETED", &o)),
-                                (false, false) => None,
-                            }
-                        }
-                        _ => None,
-                    };
-                    if let Some(line) = line
-                        && !deliver(&tx, line, patience).await
-                    {
+                    last_rev = last_rev.max(ev.revision);
+                    if !deliver(&tx, enc.event(&ev, ty), patience).await {
                         return;
                     }
                 }
@@ -262,9 +344,9 @@ fn initial_events<'a>(
         let lines: Vec<Bytes> = page
             .kvs
             .iter()
-            .filter_map(|kv| decode_event_kv(enc.r, kv))
+            .filter_map(|kv| CachedObject::from_kv(enc.r, kv).ok())
             .filter(|o| filter.matches(o))
-            .map(|o| enc.line("ADDED", &o))
+            .map(|o| enc.added(&o))
             .collect();
         let next = match page.kvs.last() {
             Some(last) if page.more => {

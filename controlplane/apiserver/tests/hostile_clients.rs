@@ -512,3 +512,55 @@ fn a_watch_of_a_large_collection_streams_its_initial_state_page_by_page() {
         "only ADDED lines, then the bookmark"
     );
 }
+
+#[test]
+fn an_unpaged_list_is_streamed_page_by_page() {
+    use futures::StreamExt;
+    let f = Fixture::new();
+    let r = resources::find("", "v1", "configmaps").expect("served");
+    let payload = "x".repeat(200);
+    f.rt.block_on(async {
+        // Over two store pages, besides the fixture's "cm".
+        for i in 0..1100 {
+            let cm = json!({"metadata": {"name": format!("l{i:04}"), "labels": {"odd": (i % 2).to_string()}},
+                "data": {"p": payload}});
+            f.app
+                .create(r, Some("default"), cm, &WriteOptions::default())
+                .await
+                .expect("create");
+        }
+    });
+    for (query, want) in [
+        ("labelSelector=odd%3D1", 550),
+        ("", 1101),
+        ("resourceVersion=0&labelSelector=odd", 1100),
+    ] {
+        let resp = f.response(
+            Method::GET,
+            "/api/v1/namespaces/default/configmaps",
+            query,
+            "application/json",
+            vec![],
+        );
+        assert_eq!(resp.status().as_u16(), 200);
+        let chunks: Vec<Bytes> = f.rt.block_on(
+            resp.into_body()
+                .into_data_stream()
+                .map(|c| c.expect("a chunk"))
+                .collect(),
+        );
+        assert!(
+            chunks.len() > 1,
+            "{query}: one chunk of {} bytes",
+            chunks[0].len()
+        );
+        let list: Value = serde_json::from_slice(&chunks.concat()).expect("a JSON list");
+        assert_eq!(list["kind"], "ConfigMapList");
+        assert!(list["metadata"]["resourceVersion"].as_str().is_some());
+        let items = list["items"].as_array().expect("items");
+        assert_eq!(items.len(), want, "{query}");
+        let mine = items.iter().filter(|i| i["metadata"]["name"] != "cm");
+        assert!(mine.clone().all(|i| i["data"]["p"] == payload.as_str()));
+        assert_eq!(mine.count(), want.min(1100), "{query}");
+    }
+}

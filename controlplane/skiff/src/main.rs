@@ -123,8 +123,9 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
         /// What to measure: the API server (`api`), RBAC's cost over `--bindings` RoleBindings
-        /// (`rbac`) or scheduling throughput (`scheduling`, scheduler_perf's SchedulingBasic
-        /// shape).
+        /// (`rbac`), scheduling throughput (`scheduling`, scheduler_perf's SchedulingBasic
+        /// shape) or a server process under `--writers` patching `--pods` pods and `--watchers`
+        /// following them for `--duration` seconds (`soak`).
         #[arg(long, value_enum, default_value = "api")]
         mode: BenchMode,
         /// RBAC: RoleBindings of other users in the namespace.
@@ -143,6 +144,16 @@ enum Command {
         /// comma-separated), printed after the embedded store's table.
         #[arg(long, value_delimiter = ',')]
         etcd_endpoints: Vec<String>,
+        /// Soak: seconds of load.
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        /// Soak: clients patching pods without pause.
+        #[arg(long, default_value_t = 100)]
+        writers: usize,
+        /// Soak: the `skiff` binary whose server is measured (default: this one), to compare
+        /// builds.
+        #[arg(long)]
+        server_binary: Option<PathBuf>,
     },
 }
 
@@ -277,6 +288,8 @@ enum BenchMode {
     Api,
     Rbac,
     Scheduling,
+    /// A server process under writers and watchers for `--duration` seconds.
+    Soak,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -401,6 +414,31 @@ fn main() -> anyhow::Result<()> {
                 .block_on(token::create(&kubeconfig, ttl))
                 .context("skiff token create")?;
             println!("{token}");
+        }
+        Command::Bench {
+            mode: BenchMode::Soak,
+            watchers,
+            pods,
+            duration,
+            writers,
+            server_binary,
+            ..
+        } => {
+            let server_binary = match server_binary {
+                Some(b) => b,
+                None => std::env::current_exe().context("finding this binary")?,
+            };
+            let cfg = bench::soak::SoakConfig {
+                duration: Duration::from_secs(duration.max(1)),
+                writers,
+                watchers,
+                pods,
+                server_binary,
+            };
+            let report = rt
+                .block_on(bench::soak::run(&cfg))
+                .context("skiff bench --mode soak")?;
+            print!("{}", bench::soak::render(&report));
         }
         Command::Bench {
             concurrency,

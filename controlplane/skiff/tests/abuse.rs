@@ -16,17 +16,6 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 
-/// The server's resident memory, in KiB.
-fn rss_kib(s: &Server) -> u64 {
-    let pid = s.pid().expect("the server runs");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 fn open_fds(s: &Server) -> usize {
     let pid = s.pid().expect("the server runs");
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -54,7 +43,7 @@ fn amplifying_patches_and_oversized_bodies_are_refused_with_memory_flat() {
     let patch_file = s.write("doubling.json", &patch);
     // Warm up the paths the attack takes before the baseline.
     s.kubectl(&["get", "configmap", "t"]);
-    let before = rss_kib(&s);
+    let before = s.rss_kib();
     for _ in 0..3 {
         let err = s.kubectl_err(
             &[
@@ -95,7 +84,7 @@ fn amplifying_patches_and_oversized_bodies_are_refused_with_memory_flat() {
     );
     let err = s.kubectl_err(&["create", "-f", "-"], Some(&obj));
     assert!(err.contains("more than the limit of 1572864"), "{err}");
-    let after = rss_kib(&s);
+    let after = s.rss_kib();
     assert!(
         after < before + 64 * 1024,
         "server memory grew from {before} KiB to {after} KiB"

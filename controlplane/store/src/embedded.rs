@@ -7,12 +7,15 @@
 //! a watcher that falls behind re-reads the missed revisions from the log. History is read a
 //! page at a time, each page checking compaction in its own read transaction, and each watcher
 //! buffers at most 1,024 events: a slow or stalled watcher holds bounded memory.
+//!
+//! Compaction drops the log up to a revision; when most of the file is then free, the file is
+//! compacted too, giving the space back.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -46,8 +49,17 @@ struct WriteRequest {
 /// Most writes one transaction carries.
 const MAX_BATCH: usize = 512;
 
+/// The database, shared by the writer thread and the readers; taken alone only to give the
+/// file's free space back (redb's compaction wants no transaction open meanwhile).
+type SharedDb = Arc<RwLock<Database>>;
+
+fn shared(db: &SharedDb) -> std::sync::RwLockReadGuard<'_, Database> {
+    db.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 struct Inner {
-    db: Arc<Database>,
+    db: SharedDb,
+    path: std::path::PathBuf,
     writer: Mutex<Option<std::sync::mpsc::Sender<WriteRequest>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     events: broadcast::Sender<Arc<Event>>,
@@ -90,7 +102,7 @@ impl EmbeddedStore {
         }
         txn.commit().map_err(backend)?;
         let (events, _) = broadcast::channel(4096);
-        let db = Arc::new(db);
+        let db = Arc::new(RwLock::new(db));
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = {
             let (db, events) = (db.clone(), events.clone());
@@ -102,6 +114,7 @@ impl EmbeddedStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
+                path: path.to_path_buf(),
                 writer: Mutex::new(Some(tx)),
                 writer_thread: Mutex::new(Some(thread)),
                 events,
@@ -300,7 +313,7 @@ fn commit_batch(
 }
 
 fn writer_loop(
-    db: &Database,
+    db: &SharedDb,
     events: &broadcast::Sender<Arc<Event>>,
     rx: std::sync::mpsc::Receiver<WriteRequest>,
 ) {
@@ -316,7 +329,8 @@ fn writer_loop(
             .into_iter()
             .map(|r| ((r.key, r.decide), r.reply))
             .unzip();
-        match commit_batch(db, batch) {
+        let committed = commit_batch(&shared(db), batch);
+        match committed {
             Ok(results) => {
                 for (result, reply) in results.into_iter().zip(replies) {
                     if let Ok(ev) = &result {
@@ -362,7 +376,8 @@ impl Inner {
     }
 
     fn get(&self, key: &str) -> StoreResult<Option<KeyValue>> {
-        let txn = self.db.begin_read().map_err(backend)?;
+        let db = shared(&self.db);
+        let txn = db.begin_read().map_err(backend)?;
         let kv = txn.open_table(KV).map_err(backend)?;
         match kv.get(key).map_err(backend)? {
             Some(raw) => Ok(Some(decode_kv(key, raw.value())?)),
@@ -376,7 +391,8 @@ impl Inner {
         start_after: Option<&str>,
         limit: usize,
     ) -> StoreResult<RangeResult> {
-        let txn = self.db.begin_read().map_err(backend)?;
+        let db = shared(&self.db);
+        let txn = db.begin_read().map_err(backend)?;
         let kv = txn.open_table(KV).map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
         let revision = meta
@@ -419,7 +435,8 @@ impl Inner {
         limit: usize,
         at: u64,
     ) -> StoreResult<RangeResult> {
-        let txn = self.db.begin_read().map_err(backend)?;
+        let db = shared(&self.db);
+        let txn = db.begin_read().map_err(backend)?;
         let kv = txn.open_table(KV).map_err(backend)?;
         let log = txn.open_table(LOG).map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
@@ -486,7 +503,8 @@ impl Inner {
     }
 
     fn current_revision(&self) -> StoreResult<u64> {
-        let txn = self.db.begin_read().map_err(backend)?;
+        let db = shared(&self.db);
+        let txn = db.begin_read().map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
         Ok(meta
             .get(META_REVISION)
@@ -505,7 +523,8 @@ impl Inner {
         after: u64,
         upto: Option<u64>,
     ) -> StoreResult<(Vec<Event>, u64, u64)> {
-        let txn = self.db.begin_read().map_err(backend)?;
+        let db = shared(&self.db);
+        let txn = db.begin_read().map_err(backend)?;
         let log = txn.open_table(LOG).map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
         history_available(&meta, after)?;
@@ -540,7 +559,8 @@ impl Inner {
     }
 
     fn compact(&self, revision: u64) -> StoreResult<()> {
-        let txn = self.db.begin_write().map_err(backend)?;
+        let db = shared(&self.db);
+        let txn = db.begin_write().map_err(backend)?;
         {
             let mut log = txn.open_table(LOG).map_err(backend)?;
             let mut meta = txn.open_table(META).map_err(backend)?;
@@ -557,8 +577,52 @@ impl Inner {
         }
         txn.commit().map_err(backend)?;
         self.compacted.store(revision, Ordering::SeqCst);
+        drop(db);
+        self.reclaim_space()?;
         Ok(())
     }
+
+    /// Gives the file's free space back to the filesystem once most of it is free: redb reuses
+    /// freed pages but never shrinks the file itself. Compacting the file needs the database
+    /// alone, so requests wait meanwhile; it is done only when it is worth that. redb compacts
+    /// with a two-phase commit, so a crash in the middle leaves the last committed state.
+    fn reclaim_space(&self) -> StoreResult<bool> {
+        let used = {
+            let db = shared(&self.db);
+            let txn = db.begin_write().map_err(backend)?;
+            let stats = txn.stats().map_err(backend)?;
+            txn.abort().map_err(backend)?;
+            stats.allocated_pages() * stats.page_size() as u64
+        };
+        let size = std::fs::metadata(&self.path).map_err(backend)?.len();
+        if !worth_reclaiming(size, used) {
+            return Ok(false);
+        }
+        let started = std::time::Instant::now();
+        let mut db = self
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        db.compact().map_err(backend)?;
+        drop(db);
+        let after = std::fs::metadata(&self.path).map_err(backend)?.len();
+        tracing::info!(
+            before = size,
+            after,
+            took_ms = started.elapsed().as_millis() as u64,
+            "store file compacted"
+        );
+        Ok(true)
+    }
+}
+
+/// Files smaller than this are left as they are.
+const RECLAIM_MIN_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Whether a file of `size` bytes of which `used` hold data is worth compacting: big enough, and
+/// more than half of it free.
+fn worth_reclaiming(size: u64, used: u64) -> bool {
+    size >= RECLAIM_MIN_BYTES && used.saturating_mul(2) < size
 }
 
 /// Fails with `Compacted` unless the log after `requested` is whole, read from the same
@@ -812,6 +876,51 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = EmbeddedStore::open(&dir.path().join("store.redb")).expect("open");
         (dir, store)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compaction_gives_the_files_free_space_back() {
+        let (dir, s) = open();
+        let path = dir.path().join("store.redb");
+        let value = vec![7u8; 256 * 1024];
+        for i in 0..120 {
+            s.create(&format!("/registry/big/{i}"), value.clone())
+                .await
+                .unwrap();
+        }
+        for i in 0..120 {
+            s.delete(&format!("/registry/big/{i}"), None).await.unwrap();
+        }
+        s.create("/registry/small/kept", b"kept".to_vec())
+            .await
+            .unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        let rev = s.current_revision().await.unwrap();
+        s.compact(rev).await.unwrap();
+        let after = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            after * 4 < before,
+            "the file went from {before} to {after} bytes"
+        );
+        // Still whole, and still written to.
+        assert_eq!(
+            s.get("/registry/small/kept").await.unwrap().unwrap().value,
+            b"kept"
+        );
+        s.create("/registry/small/new", b"new".to_vec())
+            .await
+            .unwrap();
+        drop(s);
+        let s = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(s.range("/registry/", None, 0).await.unwrap().kvs.len(), 2);
+    }
+
+    #[test]
+    fn only_big_mostly_free_files_are_compacted() {
+        let mib = 1024 * 1024;
+        assert!(worth_reclaiming(64 * mib, 20 * mib));
+        assert!(!worth_reclaiming(64 * mib, 40 * mib));
+        assert!(!worth_reclaiming(8 * mib, mib));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
