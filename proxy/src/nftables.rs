@@ -20,7 +20,7 @@ use std::fmt::Write;
 use std::net::Ipv4Addr;
 
 use crate::dataplane::{Applied, DataPlane, Error, MASQ_MARK, RenderConfig, run_tool};
-use crate::model::{Endpoint, Model, ServicePort};
+use crate::model::{Endpoint, Model, ServicePort, ServicePortName};
 
 pub const TABLE: &str = "skiff";
 
@@ -122,6 +122,11 @@ impl Ruleset {
 
 /// Computes the table's contents from the model.
 pub fn render(model: &Model, cfg: &RenderConfig) -> Ruleset {
+    Installed::build(model, cfg).assemble()
+}
+
+/// What does not depend on any Service: base and fixed chains, declared maps, NodePort addresses.
+fn base_rules(cfg: &RenderConfig) -> Ruleset {
     let mut r = Ruleset::default();
     for (name, _) in BASE_CHAINS {
         r.chains.insert(name.to_string(), Vec::new());
@@ -178,13 +183,14 @@ pub fn render(model: &Model, cfg: &RenderConfig) -> Ruleset {
     );
     r.rule("masquerading", "masquerade fully-random");
     r.rule("reject-chain", "reject");
-    for p in model.ports.values() {
-        render_port(&mut r, p, cfg);
-    }
     r
 }
 
-fn render_port(r: &mut Ruleset, p: &ServicePort, cfg: &RenderConfig) {
+/// One Service port's share of the table: its chains, affinity sets, map elements and hairpin
+/// addresses.
+fn render_port(p: &ServicePort, cfg: &RenderConfig) -> Ruleset {
+    let mut rules = Ruleset::default();
+    let r = &mut rules;
     let proto = p.id.protocol.as_str();
     let cluster = p.cluster_endpoints();
     let external = p.external_endpoints();
@@ -263,6 +269,7 @@ fn render_port(r: &mut Ruleset, p: &ServicePort, cfg: &RenderConfig) {
             r.rule(&sep, dnat(p, &e));
         }
     }
+    rules
 }
 
 fn dnat(p: &ServicePort, e: &Endpoint) -> String {
@@ -477,22 +484,205 @@ fn apply(text: &str) -> Result<(), Error> {
     run_tool("nft", &["-f", "-"], Some(text)).map(|_| ())
 }
 
+/// A map element: (map, key).
+type ElementKey = (&'static str, String);
+
+/// What the table holds, kept per Service port so that a partial sync renders and compares only
+/// the ports that changed. Two ports may ask for the same map element (an external IP claimed
+/// twice): the last in name order wins, as in a whole render, and the element stays while any
+/// port asks for it.
+#[derive(Debug, Clone, Default)]
+struct Installed {
+    cfg: RenderConfig,
+    base: Ruleset,
+    ports: BTreeMap<ServicePortName, (ServicePort, Ruleset)>,
+    /// Map element → the value each port asks for.
+    owners: BTreeMap<ElementKey, BTreeMap<ServicePortName, String>>,
+    /// Hairpin address → how many ports use it.
+    hairpin: BTreeMap<Ipv4Addr, usize>,
+}
+
+impl Installed {
+    fn build(model: &Model, cfg: &RenderConfig) -> Self {
+        let mut inst = Installed {
+            cfg: cfg.clone(),
+            base: base_rules(cfg),
+            ..Default::default()
+        };
+        for p in model.ports.values() {
+            inst.insert(p.clone(), render_port(p, cfg));
+        }
+        inst
+    }
+
+    fn insert(&mut self, port: ServicePort, rules: Ruleset) {
+        for (map, elements) in &rules.elements {
+            for (key, value) in elements {
+                self.owners
+                    .entry((*map, key.clone()))
+                    .or_default()
+                    .insert(port.id.clone(), value.clone());
+            }
+        }
+        for ip in &rules.hairpin {
+            *self.hairpin.entry(*ip).or_default() += 1;
+        }
+        self.ports.insert(port.id.clone(), (port, rules));
+    }
+
+    fn remove(&mut self, id: &ServicePortName) -> Option<Ruleset> {
+        let (_, rules) = self.ports.remove(id)?;
+        for (map, elements) in &rules.elements {
+            for key in elements.keys() {
+                let k = (*map, key.clone());
+                if let Some(owners) = self.owners.get_mut(&k) {
+                    owners.remove(id);
+                    if owners.is_empty() {
+                        self.owners.remove(&k);
+                    }
+                }
+            }
+        }
+        for ip in &rules.hairpin {
+            if let Some(n) = self.hairpin.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.hairpin.remove(ip);
+                }
+            }
+        }
+        Some(rules)
+    }
+
+    /// The element's value in the table (the last owner's).
+    fn element(&self, key: &ElementKey) -> Option<&String> {
+        self.owners.get(key)?.values().next_back()
+    }
+
+    /// The whole table's contents.
+    fn assemble(&self) -> Ruleset {
+        let mut r = self.base.clone();
+        for (_, rules) in self.ports.values() {
+            r.chains
+                .extend(rules.chains.iter().map(|(k, v)| (k.clone(), v.clone())));
+            r.sets
+                .extend(rules.sets.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        for key @ (map, k) in self.owners.keys() {
+            if let Some(v) = self.element(key) {
+                r.element(map, k.clone(), v.clone());
+            }
+        }
+        r.hairpin = self.hairpin.keys().copied().collect();
+        r
+    }
+
+    /// Brings the ports up to `model`, returning the touched part of the table before and
+    /// after (chains, sets, elements and hairpin addresses of the ports that changed or went),
+    /// which [`diff_text`] turns into the transaction.
+    fn update(&mut self, model: &Model) -> (Ruleset, Ruleset) {
+        let gone: Vec<ServicePortName> = self
+            .ports
+            .keys()
+            .filter(|id| !model.ports.contains_key(*id))
+            .cloned()
+            .collect();
+        let changed: Vec<(&ServicePort, Ruleset)> = model
+            .ports
+            .values()
+            .filter(|p| self.ports.get(&p.id).map(|(old, _)| old) != Some(*p))
+            .map(|p| (p, render_port(p, &self.cfg)))
+            .collect();
+        let (mut before, mut after) = (Ruleset::default(), Ruleset::default());
+        for (map, _) in MAPS {
+            before.elements.insert(map, BTreeMap::new());
+            after.elements.insert(map, BTreeMap::new());
+        }
+        let mut keys: BTreeSet<ElementKey> = BTreeSet::new();
+        let mut ips: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        let mut touch = |rules: &Ruleset| {
+            for (map, elements) in &rules.elements {
+                keys.extend(elements.keys().map(|k| (*map, k.clone())));
+            }
+            ips.extend(&rules.hairpin);
+        };
+        for (_, rules) in &changed {
+            touch(rules);
+        }
+        let old: Vec<&Ruleset> = gone
+            .iter()
+            .chain(changed.iter().map(|(p, _)| &p.id))
+            .filter_map(|id| self.ports.get(id).map(|(_, rules)| rules))
+            .collect();
+        for rules in &old {
+            touch(rules);
+            before.merge_port(rules);
+        }
+        self.snapshot(&mut before, &keys, &ips);
+        for id in gone.iter().chain(changed.iter().map(|(p, _)| &p.id)) {
+            self.remove(id);
+        }
+        for (port, rules) in changed {
+            after.merge_port(&rules);
+            self.insert(port.clone(), rules);
+        }
+        self.snapshot(&mut after, &keys, &ips);
+        (before, after)
+    }
+
+    /// Records the current value of elements `keys` and presence of hairpin `ips` into `r`.
+    fn snapshot(&self, r: &mut Ruleset, keys: &BTreeSet<ElementKey>, ips: &BTreeSet<Ipv4Addr>) {
+        for key @ (map, k) in keys {
+            if let Some(v) = self.element(key) {
+                r.element(map, k.clone(), v.clone());
+            }
+        }
+        r.hairpin = ips
+            .iter()
+            .filter(|ip| self.hairpin.contains_key(ip))
+            .copied()
+            .collect();
+    }
+}
+
+impl Ruleset {
+    /// Adds a port's chains and sets (its elements and hairpin addresses go through
+    /// [`Installed`], which knows who else asks for them).
+    fn merge_port(&mut self, port: &Ruleset) {
+        self.chains
+            .extend(port.chains.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.sets
+            .extend(port.sets.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+}
+
 /// The nftables data plane, remembering what it last wrote for partial syncs.
 #[derive(Default)]
 pub struct Nftables {
-    last: Option<Ruleset>,
+    last: Option<Installed>,
 }
 
 impl DataPlane for Nftables {
     fn sync(&mut self, model: &Model, cfg: &RenderConfig, full: bool) -> Result<Applied, Error> {
-        let want = render(model, cfg);
-        let (text, changes) = match &self.last {
-            // First sync of this process: whatever table is there (ours from an earlier run,
-            // or half of one) is replaced whole.
-            None => (full_text(&want), want.chains.len()),
-            Some(last) => diff_text(&want, last, full),
-        };
-        Applied::install(&mut self.last, want, &text, changes, apply)
+        match self.last.take() {
+            // A partial sync: only the ports that changed are rendered and compared.
+            Some(mut inst) if !full && inst.cfg == *cfg => {
+                let (before, after) = inst.update(model);
+                let (text, changes) = diff_text(&after, &before, false);
+                Applied::install(&mut self.last, inst, &text, changes, apply)
+            }
+            last => {
+                let next = Installed::build(model, cfg);
+                let want = next.assemble();
+                let (text, changes) = match last {
+                    // First sync of this process: whatever table is there (ours from an
+                    // earlier run, or half of one) is replaced whole.
+                    None => (full_text(&want), want.chains.len()),
+                    Some(last) => diff_text(&want, &last.assemble(), full),
+                };
+                Applied::install(&mut self.last, next, &text, changes, apply)
+            }
+        }
     }
 }
 
@@ -516,7 +706,7 @@ pub fn cleanup() -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Protocol, ServicePortName};
+    use crate::model::Protocol;
 
     fn port(name: &str, ips: &[&str]) -> ServicePort {
         ServicePort {
@@ -647,5 +837,44 @@ mod tests {
         );
         assert!(text.contains("add element ip skiff no-endpoint-services { 10.96.0.20 . udp . 53 : goto reject-chain }"));
         assert!(text.contains(&format!("delete chain ip skiff {}", svc_chain(&a))));
+    }
+
+    #[test]
+    fn a_partial_sync_writes_what_a_whole_diff_would_touching_only_changed_ports() {
+        let a = port("a", &["10.244.0.2"]);
+        let mut b = port("b", &["10.244.0.3", "10.244.0.4"]);
+        b.cluster_ip = "10.96.0.21".parse().unwrap();
+        b.external_ips = vec!["192.0.2.1".parse().unwrap()];
+        // c claims b's external IP too, and shares an endpoint with a.
+        let mut c = port("c", &["10.244.0.2", "10.244.0.5"]);
+        c.cluster_ip = "10.96.0.22".parse().unwrap();
+        c.external_ips = vec!["192.0.2.1".parse().unwrap()];
+        c.affinity_seconds = Some(30);
+        let old = model(vec![a.clone(), b.clone(), c.clone()]);
+        let cfg = RenderConfig::default();
+
+        let mut b2 = b.clone();
+        b2.endpoints.pop();
+        let mut d = port("d", &["10.244.0.6"]);
+        d.cluster_ip = "10.96.0.23".parse().unwrap();
+        let new = model(vec![a.clone(), b2, d]);
+
+        let mut inst = Installed::build(&old, &cfg);
+        let (before, after) = inst.update(&new);
+        let partial = diff_text(&after, &before, false);
+        let whole = diff_text(&render(&new, &cfg), &render(&old, &cfg), false);
+        assert_eq!(partial, whole);
+        assert!(!partial.0.contains(&svc_chain(&a)), "{}", partial.0);
+        // c's going hands the external IP to b and keeps a's endpoint in the hairpin set.
+        assert!(
+            partial
+                .0
+                .contains(&format!("192.0.2.1 . udp . 53 : goto {}", ext_chain(&b)))
+        );
+        assert!(!partial.0.contains("10.244.0.2 . 10.244.0.2"));
+        assert_eq!(inst.assemble(), render(&new, &cfg));
+        // Nothing changed: nothing touched.
+        let (before, after) = inst.update(&new);
+        assert_eq!(diff_text(&after, &before, false).0, "");
     }
 }
