@@ -682,6 +682,7 @@ impl ApiServer {
         }
         // Admission (the Priority plugins) before defaulting, which would fill in priority 0.
         r.strategy.admit_create(self, &mut obj).await?;
+        crate::auth::node::admit(r, crate::auth::node::Write::Create(&obj))?;
         defaults::apply(r, &mut obj);
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         let errs = validation::validate(r, &obj);
@@ -788,6 +789,7 @@ impl ApiServer {
             );
         }
         r.strategy.admit_update(self, cur, &mut new).await?;
+        crate::auth::node::admit(r, crate::auth::node::Write::Update { cur, sub })?;
         defaults::apply(r, &mut new);
         // Allocated addresses and ports an update leaves out are kept, as the real server does.
         let _alloc_guard;

@@ -128,12 +128,13 @@ async fn route_inner(
         (None, Some(Ok(t))) => Attributes::resource(&parts.method, t, &query),
         _ => Attributes::non_resource(&parts.method, path),
     };
-    if !app.rbac.policy().authorize(&user, &attributes).allowed {
+    let decision = app.authorize(&user, &attributes);
+    if !decision.allowed {
         // Anonymous requests are refused as unauthenticated, not as forbidden.
         return if user.is_anonymous() {
             ApiError::unauthorized().into_response()
         } else {
-            auth::forbidden(&user, &attributes, "").into_response()
+            auth::forbidden(&user, &attributes, &decision.reason).into_response()
         };
     }
     let accept = parts
@@ -391,6 +392,7 @@ pub async fn run(
     bootstrap(&app, local).await?;
     auth::policy::reconcile(&app).await?;
     auth::rbac::Rbac::start(app.clone()).await?;
+    auth::node::NodeGraph::start(app.clone()).await?;
     auth::service_accounts::start(app.clone(), material.ca_pem.clone()).await?;
     spawn_compactor(store, cfg.compaction_interval);
     let server_address = Arc::new(format!("{host}:{}", local.port()));

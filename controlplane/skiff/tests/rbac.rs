@@ -545,3 +545,117 @@ fn skiff_token_create_prints_a_working_bootstrap_token() {
     let id = token.split('.').next().unwrap();
     assert!(who.contains(&format!("system:bootstrap:{id}")), "{who}");
 }
+
+/// A pod bound to `node` that mounts Secret `secret`.
+fn bound_pod(name: &str, node: &str, secret: &str) -> String {
+    format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{name}"}},
+        "spec": {{"nodeName": "{node}", "containers": [{{"name": "c", "image": "busybox"}}],
+            "volumes": [{{"name": "s", "secret": {{"secretName": "{secret}"}}}}]}}}}"#
+    )
+}
+
+#[test]
+fn a_nodes_credentials_reach_only_what_its_pods_use() {
+    let s = Server::start();
+    for n in ["n1", "n2"] {
+        s.kubectl_stdin(
+            &["create", "-f", "-"],
+            &format!(r#"{{"apiVersion": "v1", "kind": "Node", "metadata": {{"name": "{n}"}}}}"#),
+        );
+    }
+    s.kubectl(&["create", "secret", "generic", "s1", "--from-literal=k=v1"]);
+    s.kubectl(&["create", "secret", "generic", "s2", "--from-literal=k=v2"]);
+    s.kubectl_stdin(&["create", "-f", "-"], &bound_pod("p1", "n1", "s1"));
+    s.kubectl_stdin(&["create", "-f", "-"], &bound_pod("p2", "n2", "s2"));
+    let n1 = s.user_kubeconfig("system:node:n1", &["system:nodes"]);
+
+    eventually("n1 reads its pod's Secret", || {
+        let out = as_user(&s, &n1, &["get", "secret", "s1", "-o", "name"]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(stderr(&out))
+        }
+    });
+    let out = as_user(&s, &n1, &["get", "secret", "s2"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out).trim(),
+        "Error from server (Forbidden): secrets \"s2\" is forbidden: User \"system:node:n1\" cannot get resource \"secrets\" in API group \"\" in the namespace \"default\": no relationship found between node 'n1' and this object"
+    );
+    // Listing every Secret is no read of one.
+    assert!(!as_user(&s, &n1, &["get", "secrets"]).status.success());
+
+    // Its own Node, not another.
+    let patch = r#"{"metadata": {"labels": {"touched": "yes"}}}"#;
+    let out = as_user(&s, &n1, &["patch", "node", "n2", "-p", patch]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "nodes \"n2\" is forbidden: node \"n1\" is not allowed to modify node \"n2\""
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = as_user(&s, &n1, &["patch", "node", "n1", "-p", patch]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Its own pods' status, only mirror pods bound to itself, no one else's pods deleted.
+    let status = r#"{"status": {"phase": "Running"}}"#;
+    let out = as_user(
+        &s,
+        &n1,
+        &["patch", "pod", "p2", "--subresource=status", "-p", status],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "node \"n1\" can only update pod status for pods with spec.nodeName set to itself"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = as_user(
+        &s,
+        &n1,
+        &["patch", "pod", "p1", "--subresource=status", "-p", status],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plain = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain"},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]}}"#;
+    let err = s.kubectl_err(
+        &["--kubeconfig", path_str(&n1), "create", "-f", "-"],
+        Some(plain),
+    );
+    assert!(
+        err.contains("node \"n1\" can only create mirror pods"),
+        "{err}"
+    );
+    let mirror = plain.replace(
+        r#""name": "plain"}"#,
+        r#""name": "static-n1", "annotations": {"kubernetes.io/config.mirror": "x"}}"#,
+    );
+    s.kubectl_stdin(
+        &["--kubeconfig", path_str(&n1), "create", "-f", "-"],
+        &mirror,
+    );
+    let out = as_user(&s, &n1, &["delete", "pod", "p2", "--wait=false"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("node \"n1\" can only delete pods with spec.nodeName set to itself"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The edge goes with the pod.
+    s.kubectl(&["delete", "pod", "p1", "--grace-period=0", "--force"]);
+    eventually("n1 refused s1 once p1 is gone", || {
+        let out = as_user(&s, &n1, &["get", "secret", "s1"]);
+        if stderr(&out).contains("no relationship found") {
+            Ok(())
+        } else {
+            Err(format!("{} {}", stdout(&out), stderr(&out)))
+        }
+    });
+}
