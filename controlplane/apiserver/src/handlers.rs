@@ -347,7 +347,11 @@ impl ApiServer {
                 self.delete(r, ns, name, &opts).await?;
                 Ok(respond(StatusCode::CREATED, &success(201), &[]))
             }
-            (&Method::PUT, Some(name), sub @ (None | Some("status" | "scale" | "finalize"))) => {
+            (
+                &Method::PUT,
+                Some(name),
+                sub @ (None | Some("status" | "scale" | "finalize" | "approval")),
+            ) => {
                 let opts = WriteOptions::from_request(q, headers)?;
                 let obj = decode_body(headers, body)?;
                 write(self.update(r, ns, name, obj, sub, &opts).await?)
@@ -731,6 +735,26 @@ impl ApiServer {
     ) -> ApiResult<(StatusCode, Value)> {
         let name = meta_str(cur, "name").unwrap_or_default().to_string();
         match sub {
+            // Only the Approved and Denied conditions change (CertificateSigningRequests).
+            Some("approval") => {
+                let decided =
+                    |c: &&Value| matches!(c["type"].as_str(), Some("Approved" | "Denied"));
+                let kept = cur
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| !decided(c));
+                let asked = new
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(decided);
+                let conditions: Vec<Value> = kept.chain(asked).cloned().collect();
+                new = cur.clone();
+                new["status"]["conditions"] = json!(conditions);
+            }
             Some("status") => {
                 // Only the status changes.
                 let status = new.get("status").cloned();

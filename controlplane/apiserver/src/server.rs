@@ -394,6 +394,7 @@ pub async fn run(
     auth::rbac::Rbac::start(app.clone()).await?;
     auth::node::NodeGraph::start(app.clone()).await?;
     auth::service_accounts::start(app.clone(), material.ca_pem.clone()).await?;
+    auth::csr::start(app.clone(), Pki::new(&cfg.data_dir).ca_issuer()?);
     spawn_compactor(store, cfg.compaction_interval);
     let server_address = Arc::new(format!("{host}:{}", local.port()));
     let bounds = Arc::new(RequestBounds::new(cfg.limits.clone()));

@@ -659,3 +659,158 @@ fn a_nodes_credentials_reach_only_what_its_pods_use() {
         }
     });
 }
+
+/// A key and a PEM certificate request for `subject` made by openssl in `dir`; the request
+/// base64-encoded, as `spec.request` holds it.
+fn openssl_request(dir: &Path, name: &str, subject: &str) -> (std::path::PathBuf, String) {
+    common::require("openssl", &["version"], "Debian package openssl");
+    let key = dir.join(format!("{name}.key"));
+    let req = dir.join(format!("{name}.csr"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-new", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-subj", subject])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&req)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl req: {}", stderr(&out));
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&req).unwrap());
+    (key, b64)
+}
+
+fn csr_manifest(name: &str, signer: &str, request: &str, extra: &str) -> String {
+    format!(
+        r#"{{"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {{"name": "{name}"}},
+        "spec": {{"signerName": "{signer}", "request": "{request}",
+            "usages": ["digital signature", "client auth"]{extra}}}}}"#
+    )
+}
+
+/// The issued certificate of CSR `name`, written to a file, once it is there.
+fn issued_certificate(s: &Server, name: &str) -> std::path::PathBuf {
+    let mut b64 = String::new();
+    eventually(&format!("CSR {name} issued"), || {
+        b64 = s.kubectl(&["get", "csr", name, "-o", "jsonpath={.status.certificate}"]);
+        if b64.trim().is_empty() {
+            Err(s.kubectl(&["get", "csr", name, "-o", "yaml"]))
+        } else {
+            Ok(())
+        }
+    });
+    use base64::Engine;
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .expect("base64 certificate");
+    let path = s.data_dir().join(format!("{name}.crt"));
+    std::fs::write(&path, pem).unwrap();
+    path
+}
+
+fn with_certificate(s: &Server, crt: &Path, key: &Path, args: &[&str]) -> Output {
+    let server = format!("https://127.0.0.1:{}", s.port);
+    let ca = s.data_dir().join("ca.crt");
+    let mut full = vec![
+        "--kubeconfig=/dev/null",
+        "--server",
+        &server,
+        "--certificate-authority",
+        path_str(&ca),
+        "--client-certificate",
+        path_str(crt),
+        "--client-key",
+        path_str(key),
+    ];
+    full.extend_from_slice(args);
+    s.kubectl_cmd(&full)
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("kubectl")
+}
+
+#[test]
+fn a_bootstrap_token_becomes_an_approved_node_client_certificate() {
+    let s = Server::start();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["token", "create", "--data-dir"])
+        .arg(s.data_dir())
+        .output()
+        .expect("running skiff token create");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = stdout(&out).trim().to_string();
+
+    // The joining node asks with its bootstrap token; the request is approved and signed.
+    let (key, request) = openssl_request(&s.data_dir(), "n9", "/O=system:nodes/CN=system:node:n9");
+    let manifest = s.write(
+        "n9-csr.json",
+        &csr_manifest(
+            "node-csr-n9",
+            "kubernetes.io/kube-apiserver-client-kubelet",
+            &request,
+            "",
+        ),
+    );
+    let out = with_token(&s, &token, &["create", "-f", path_str(&manifest)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let crt = issued_certificate(&s, "node-csr-n9");
+    let csr = s.kubectl(&["get", "csr", "node-csr-n9"]);
+    assert!(csr.contains("Approved,Issued"), "{csr}");
+    assert!(csr.contains("system:bootstrap:"), "the requestor: {csr}");
+    let reason = s.kubectl(&[
+        "get",
+        "csr",
+        "node-csr-n9",
+        "-o",
+        "jsonpath={.status.conditions[0].reason}",
+    ]);
+    assert_eq!(reason, "AutoApproved");
+    // The certificate is the node's identity.
+    let who = with_certificate(&s, &crt, &key, &["auth", "whoami"]);
+    let who = stdout(&who);
+    assert!(who.contains("system:node:n9"), "{who}");
+    assert!(who.contains("system:nodes"), "{who}");
+
+    // Another client's request waits for `kubectl certificate approve`, and gets the lifetime
+    // it asked for.
+    let (key, request) = openssl_request(&s.data_dir(), "carol", "/CN=carol/O=dev");
+    s.kubectl_stdin(
+        &["create", "-f", "-"],
+        &csr_manifest(
+            "carol",
+            "kubernetes.io/kube-apiserver-client",
+            &request,
+            r#", "expirationSeconds": 3600"#,
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let csr = s.kubectl(&["get", "csr", "carol"]);
+    assert!(csr.contains("Pending") && csr.contains("60m"), "{csr}");
+    s.kubectl(&["certificate", "approve", "carol"]);
+    let crt = issued_certificate(&s, "carol");
+    let who = stdout(&with_certificate(&s, &crt, &key, &["auth", "whoami"]));
+    assert!(who.contains("carol") && who.contains("dev"), "{who}");
+    let lifetime = |secs: &str| {
+        std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-checkend", secs, "-in"])
+            .arg(&crt)
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(lifetime("3000"), "valid for the next 50 minutes");
+    assert!(!lifetime("4000"), "expired after the hour asked for");
+
+    // A denied request is never signed.
+    let (_, request) = openssl_request(&s.data_dir(), "dave", "/CN=dave");
+    s.kubectl_stdin(
+        &["create", "-f", "-"],
+        &csr_manifest("dave", "kubernetes.io/kube-apiserver-client", &request, ""),
+    );
+    s.kubectl(&["certificate", "deny", "dave"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let csr = s.kubectl(&["get", "csr", "dave"]);
+    assert!(csr.contains("Denied") && !csr.contains("Issued"), "{csr}");
+}

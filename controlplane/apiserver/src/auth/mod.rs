@@ -11,6 +11,7 @@
 pub mod attributes;
 pub mod authn;
 pub mod bootstrap_tokens;
+pub mod csr;
 pub mod escalation;
 pub mod node;
 pub mod policy;
