@@ -13,6 +13,7 @@ pub mod defaults;
 pub mod deletion;
 pub mod discovery;
 pub mod handlers;
+pub mod kubernetes_service;
 pub mod limits;
 pub mod metrics;
 pub mod node_proxy;

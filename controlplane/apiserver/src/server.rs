@@ -390,6 +390,12 @@ pub async fn run(
     // The server was just made: nothing set it before.
     let _ = app.kubelet_client.set(kubelet_client);
     bootstrap(&app, local).await?;
+    crate::kubernetes_service::reconcile(
+        &app,
+        crate::kubernetes_service::advertise_address(local),
+        local.port(),
+    )
+    .await?;
     auth::policy::reconcile(&app).await?;
     auth::rbac::Rbac::start(app.clone()).await?;
     auth::node::NodeGraph::start(app.clone()).await?;

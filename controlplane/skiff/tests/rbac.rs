@@ -814,3 +814,36 @@ fn a_bootstrap_token_becomes_an_approved_node_client_certificate() {
     let csr = s.kubectl(&["get", "csr", "dave"]);
     assert!(csr.contains("Denied") && !csr.contains("Issued"), "{csr}");
 }
+
+#[test]
+fn the_kubernetes_service_names_the_api_server() {
+    let s = Server::start_cluster();
+    let port = s.port.to_string();
+    let endpoints = s.kubectl(&[
+        "get",
+        "endpoints",
+        "kubernetes",
+        "-o",
+        "jsonpath={.subsets[0].addresses[0].ip}:{.subsets[0].ports[0].port}",
+    ]);
+    assert_eq!(endpoints, format!("127.0.0.1:{port}"));
+    let slice = s.kubectl(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=kubernetes",
+        "-o",
+        "jsonpath={.items[*].endpoints[0].addresses[0]}:{.items[*].ports[0].port}",
+    ]);
+    assert_eq!(slice, format!("127.0.0.1:{port}"));
+    // The controllers leave them alone (the Service has no selector).
+    std::thread::sleep(Duration::from_secs(2));
+    let again = s.kubectl(&[
+        "get",
+        "endpoints",
+        "kubernetes",
+        "-o",
+        "jsonpath={.subsets[0].ports[0].port}",
+    ]);
+    assert_eq!(again, port);
+}
