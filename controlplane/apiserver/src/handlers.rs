@@ -1143,7 +1143,7 @@ fn check_uid(r: &ResourceInfo, name: &str, new: &Value, cur: &Value) -> ApiResul
     }
 }
 
-fn random_suffix() -> String {
+pub(crate) fn random_suffix() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();

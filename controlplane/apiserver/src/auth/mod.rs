@@ -17,6 +17,7 @@ pub mod node;
 pub mod policy;
 pub mod rbac;
 pub mod reviews;
+pub mod service_account_admission;
 pub mod service_accounts;
 pub mod tokens;
 
