@@ -95,9 +95,13 @@ pub async fn route(
         _ => {}
     }
     let user = match authn::authenticate(&app, certificate_user.as_deref(), &parts.headers).await {
-        Identity::User(u) => Arc::new(u),
-        Identity::Anonymous => Arc::new(UserInfo::anonymous()),
+        Identity::User(u) => u,
+        Identity::Anonymous => UserInfo::anonymous(),
         Identity::Invalid => return ApiError::unauthorized().into_response(),
+    };
+    let user = match auth::impersonation::resolve(&app, user, &parts.headers) {
+        Ok(u) => Arc::new(u),
+        Err(e) => return e.into_response(),
     };
     let query = parse_query(parts.uri.query());
     let resp = match bounds.admit(&method, &path, &query, &user.name).await {

@@ -847,3 +847,77 @@ fn the_kubernetes_service_names_the_api_server() {
     ]);
     assert_eq!(again, port);
 }
+
+#[test]
+fn impersonation_needs_the_impersonate_verb() {
+    let s = Server::start();
+    let alice = s.user_kubeconfig("alice", &[]);
+    let out = as_user(&s, &alice, &["--as=bob", "get", "--raw", "/api/v1/pods"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("users \"bob\" is forbidden: User \"alice\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"),
+        "{}",
+        stderr(&out)
+    );
+    s.kubectl(&[
+        "create",
+        "clusterrole",
+        "impersonator",
+        "--verb=impersonate",
+        "--resource=users,groups",
+    ]);
+    s.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        "alice-impersonates",
+        "--clusterrole=impersonator",
+        "--user=alice",
+    ]);
+    eventually("alice acts as bob in dev", || {
+        let out = as_user(
+            &s,
+            &alice,
+            &["--as=bob", "--as-group=dev", "auth", "whoami"],
+        );
+        let who = stdout(&out);
+        if who.contains("bob") && who.contains("[dev system:authenticated]") {
+            Ok(())
+        } else {
+            Err(format!("{who} {}", stderr(&out)))
+        }
+    });
+    // Acting as bob, alice has bob's rights, not hers.
+    let out = as_user(&s, &alice, &["--as=bob", "get", "pods"]);
+    assert!(
+        stderr(&out).contains("User \"bob\" cannot list resource \"pods\""),
+        "{}",
+        stderr(&out)
+    );
+    // Service accounts are a separate permission; the administrator holds it.
+    let out = as_user(
+        &s,
+        &alice,
+        &[
+            "--as=system:serviceaccount:default:default",
+            "get",
+            "--raw",
+            "/api/v1/pods",
+        ],
+    );
+    assert!(
+        stderr(&out).contains("cannot impersonate resource \"serviceaccounts\""),
+        "{}",
+        stderr(&out)
+    );
+    let who = s.kubectl(&[
+        "--as=system:serviceaccount:default:default",
+        "auth",
+        "whoami",
+    ]);
+    assert!(
+        who.contains(
+            "[system:serviceaccounts system:serviceaccounts:default system:authenticated]"
+        ),
+        "{who}"
+    );
+}

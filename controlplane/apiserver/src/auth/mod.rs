@@ -13,6 +13,7 @@ pub mod authn;
 pub mod bootstrap_tokens;
 pub mod csr;
 pub mod escalation;
+pub mod impersonation;
 pub mod node;
 pub mod policy;
 pub mod rbac;
