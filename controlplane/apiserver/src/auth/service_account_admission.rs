@@ -12,8 +12,9 @@ use super::service_accounts::{DEFAULT_SERVICE_ACCOUNT, ROOT_CA_CONFIGMAP};
 use crate::ApiServer;
 use crate::object::{decode_kv, meta_str};
 use crate::resources;
-use crate::status::ApiResult;
+use crate::status::{ApiError, ApiResult};
 
+const POD_SCHEMA: &str = "io.k8s.api.core.v1.Pod";
 pub const MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// kube-apiserver's: an hour and a little, so the kubelet's refresh at 80% is visible.
 const TOKEN_EXPIRATION_SECONDS: i64 = 3607;
@@ -82,5 +83,8 @@ pub async fn admit_pod(api: &ApiServer, pod: &mut Value) -> ApiResult<()> {
             }
         }
     }
+    // In the form the API writes it (as the request was before admission), so that an update
+    // sending it back changes nothing.
+    *pod = resources::normalize(POD_SCHEMA, pod.take()).map_err(ApiError::internal)?;
     Ok(())
 }
