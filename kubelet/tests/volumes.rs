@@ -307,3 +307,85 @@ spec:
         log(n, &p, "main").contains("arrived")
     });
 }
+
+/// kubectl in the node's namespace with only `token` as credentials.
+fn with_token(node: &Node, token: &str, args: &[&str]) -> std::process::Output {
+    let kubeconfig = std::fs::read_to_string(node.kubeconfig()).unwrap();
+    let server = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .expect("a server in the kubeconfig")
+        .to_string();
+    let ca = node.dir.path().join("data/ca.crt");
+    let mut cmd = node.kubectl_command(&[]);
+    cmd.env_remove("KUBECONFIG")
+        .args(["--kubeconfig=/dev/null", "--server", &server])
+        .arg("--certificate-authority")
+        .arg(&ca)
+        .arg(format!("--token={token}"))
+        .args(args);
+    cmd.output().expect("kubectl")
+}
+
+#[test]
+fn pods_get_a_bound_service_account_token_that_dies_with_them() {
+    let node = Node::start();
+    const DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    node.apply(&common::busybox_pod(
+        "reader",
+        "Never",
+        &format!("cat {DIR}/token; echo; cat {DIR}/namespace; echo; ls {DIR}; sleep 3600"),
+        "  hostNetwork: true\n",
+    ));
+    let pod = node.wait_pod("reader", "running", Duration::from_secs(60), |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let mount = &pod["spec"]["containers"][0]["volumeMounts"][0];
+    assert_eq!(mount["mountPath"], DIR, "{pod}");
+    let mut out = String::new();
+    node.wait_for("the token in the log", Duration::from_secs(20), |n| {
+        out = log(n, &pod, "main");
+        out.contains("token")
+    });
+    let lines: Vec<&str> = out
+        .lines()
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap_or_default())
+        .collect();
+    let token = lines[0].trim();
+    assert!(token.split('.').count() == 3, "a JWT: {out}");
+    assert_eq!(lines[1], "default", "{out}");
+    for f in ["ca.crt", "namespace", "token"] {
+        assert!(lines.contains(&f), "{f} in {out}");
+    }
+    let who = with_token(
+        &node,
+        token,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&who.stdout),
+        "system:serviceaccount:default:default",
+        "{}",
+        String::from_utf8_lossy(&who.stderr)
+    );
+    // A pod that opts out gets none.
+    node.apply(&common::busybox_pod(
+        "opted-out",
+        "Never",
+        "sleep 3600",
+        "  hostNetwork: true\n  automountServiceAccountToken: false\n",
+    ));
+    let volumes = node.kubectl(&["get", "pod", "opted-out", "-o", "jsonpath={.spec.volumes}"]);
+    assert!(volumes.is_empty(), "{volumes}");
+
+    node.kubectl(&["delete", "pod", "reader", "--grace-period=0", "--force"]);
+    node.wait_for("the token refused", Duration::from_secs(20), |n| {
+        let out = with_token(n, token, &["auth", "whoami"]);
+        String::from_utf8_lossy(&out.stderr).contains("Unauthorized")
+    });
+}

@@ -300,6 +300,7 @@ impl ApiServer {
         cur: Value,
         o: &DeleteOptions,
     ) -> ApiResult<Option<(StatusCode, Value)>> {
+        crate::auth::node::admit(r, crate::auth::node::Write::Delete(&cur))?;
         let at = chrono::Utc::now();
         let mut new = cur.clone();
         match r.strategy.begin_delete(&cur, &mut new, at) {

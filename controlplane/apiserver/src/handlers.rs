@@ -386,7 +386,7 @@ impl ApiServer {
                 Ok(respond(StatusCode::CREATED, &success(201), &[]))
             }
             (&Method::PUT, Some(name), sub)
-                if matches!(sub, None | Some("status" | "scale" | "finalize"))
+                if matches!(sub, None | Some("status" | "scale" | "finalize" | "approval"))
                     || sub.is_some_and(|s| r.strategy.subresource_field(s).is_some()) =>
             {
                 let opts = WriteOptions::from_request(q, headers)?;
@@ -750,6 +750,7 @@ impl ApiServer {
         }
         // Admission (the Priority plugins) before defaulting, which would fill in priority 0.
         r.strategy.admit_create(self, &mut obj).await?;
+        crate::auth::node::admit(r, crate::auth::node::Write::Create(&obj))?;
         defaults::apply(r, &mut obj);
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         let errs = validation::validate(r, &obj);
@@ -804,6 +805,26 @@ impl ApiServer {
                 let part = new.pointer(field).cloned();
                 new = cur.clone();
                 set_pointer(&mut new, field, part);
+            }
+            // Only the Approved and Denied conditions change (CertificateSigningRequests).
+            Some("approval") => {
+                let decided =
+                    |c: &&Value| matches!(c["type"].as_str(), Some("Approved" | "Denied"));
+                let kept = cur
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| !decided(c));
+                let asked = new
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(decided);
+                let conditions: Vec<Value> = kept.chain(asked).cloned().collect();
+                new = cur.clone();
+                new["status"]["conditions"] = json!(conditions);
             }
             Some("status") => {
                 // Only the status changes.
@@ -863,6 +884,7 @@ impl ApiServer {
             );
         }
         r.strategy.admit_update(self, cur, &mut new).await?;
+        crate::auth::node::admit(r, crate::auth::node::Write::Update { cur, sub })?;
         defaults::apply(r, &mut new);
         // Allocated addresses and ports an update leaves out are kept, as the real server does.
         let _alloc_guard;
@@ -1197,7 +1219,7 @@ fn check_uid(r: &ResourceInfo, name: &str, new: &Value, cur: &Value) -> ApiResul
     }
 }
 
-fn random_suffix() -> String {
+pub(crate) fn random_suffix() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();

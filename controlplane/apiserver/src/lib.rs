@@ -13,6 +13,7 @@ pub mod defaults;
 pub mod deletion;
 pub mod discovery;
 pub mod handlers;
+pub mod kubernetes_service;
 pub mod limits;
 pub mod list_stream;
 pub mod metrics;
@@ -56,6 +57,8 @@ pub struct ApiServer {
     pub slow_watcher_timeout: Duration,
     /// The RBAC policy the authorizer decides by.
     pub rbac: auth::rbac::Rbac,
+    /// The Node authorizer's graph of pods and what they refer to.
+    pub node_graph: auth::node::NodeGraph,
     /// The service-account token issuer, once the server has loaded its key.
     pub tokens: std::sync::OnceLock<auth::tokens::TokenIssuer>,
     /// The TLS client for the kubelets (logs, exec, port-forward, node proxy), set at start.
@@ -83,6 +86,7 @@ impl ApiServer {
             bookmark_interval,
             slow_watcher_timeout: Duration::from_secs(30),
             rbac: Default::default(),
+            node_graph: Default::default(),
             tokens: Default::default(),
             kubelet_client: std::sync::OnceLock::new(),
             metrics: metrics::Scraped::default(),

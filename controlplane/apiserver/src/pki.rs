@@ -177,6 +177,12 @@ impl Pki {
         }
     }
 
+    /// The cluster CA as an issuer, for the CSR signer.
+    pub fn ca_issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
+        let ca_key = KeyPair::from_pem(&read(&self.path("ca.key"))?)?;
+        Ok(Issuer::new(ca_params()?, ca_key))
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }

@@ -292,6 +292,7 @@ fn package(group: &str) -> Option<&'static str> {
         "rbac.authorization.k8s.io" => "io.k8s.api.rbac",
         "authentication.k8s.io" => "io.k8s.api.authentication",
         "authorization.k8s.io" => "io.k8s.api.authorization",
+        "certificates.k8s.io" => "io.k8s.api.certificates",
         "meta.k8s.io" => "io.k8s.apimachinery.pkg.apis.meta",
         _ => return None,
     })

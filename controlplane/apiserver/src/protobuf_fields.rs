@@ -1571,6 +1571,149 @@ pub static MESSAGES: &[(&str, &[F])] = &[
         ],
     ),
     (
+        "io.k8s.api.certificates.v1.CertificateSigningRequest",
+        &[
+            F {
+                tag: 1,
+                name: "metadata",
+                ty: Ty::Msg("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "spec",
+                ty: Ty::Msg("io.k8s.api.certificates.v1.CertificateSigningRequestSpec"),
+                card: Card::One,
+            },
+            F {
+                tag: 3,
+                name: "status",
+                ty: Ty::Msg("io.k8s.api.certificates.v1.CertificateSigningRequestStatus"),
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.certificates.v1.CertificateSigningRequestCondition",
+        &[
+            F {
+                tag: 1,
+                name: "type",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 6,
+                name: "status",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 2,
+                name: "reason",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 3,
+                name: "message",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 4,
+                name: "lastUpdateTime",
+                ty: Ty::Msg("io.k8s.apimachinery.pkg.apis.meta.v1.Time"),
+                card: Card::One,
+            },
+            F {
+                tag: 5,
+                name: "lastTransitionTime",
+                ty: Ty::Msg("io.k8s.apimachinery.pkg.apis.meta.v1.Time"),
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.certificates.v1.CertificateSigningRequestSpec",
+        &[
+            F {
+                tag: 1,
+                name: "request",
+                ty: Ty::Bytes,
+                card: Card::One,
+            },
+            F {
+                tag: 7,
+                name: "signerName",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 8,
+                name: "expirationSeconds",
+                ty: Ty::I32,
+                card: Card::One,
+            },
+            F {
+                tag: 5,
+                name: "usages",
+                ty: Ty::Str,
+                card: Card::Many,
+            },
+            F {
+                tag: 2,
+                name: "username",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 3,
+                name: "uid",
+                ty: Ty::Str,
+                card: Card::One,
+            },
+            F {
+                tag: 4,
+                name: "groups",
+                ty: Ty::Str,
+                card: Card::Many,
+            },
+            F {
+                tag: 6,
+                name: "extra",
+                ty: Ty::Msg("io.k8s.api.certificates.v1.ExtraValue"),
+                card: Card::Map,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.certificates.v1.CertificateSigningRequestStatus",
+        &[
+            F {
+                tag: 1,
+                name: "conditions",
+                ty: Ty::Msg("io.k8s.api.certificates.v1.CertificateSigningRequestCondition"),
+                card: Card::Many,
+            },
+            F {
+                tag: 2,
+                name: "certificate",
+                ty: Ty::Bytes,
+                card: Card::One,
+            },
+        ],
+    ),
+    (
+        "io.k8s.api.certificates.v1.ExtraValue",
+        &[F {
+            tag: 1,
+            name: "items",
+            ty: Ty::Str,
+            card: Card::Many,
+        }],
+    ),
+    (
         "io.k8s.api.coordination.v1.Lease",
         &[
             F {

@@ -3,8 +3,8 @@
 //! the k8s-openapi type each one is (de)serialised through.
 
 use k8s_openapi::api::{
-    apps, authentication, authorization, batch, coordination, core, discovery, events, rbac,
-    scheduling,
+    apps, authentication, authorization, batch, certificates, coordination, core, discovery,
+    events, rbac, scheduling,
 };
 use k8s_openapi::schemars::SchemaGenerator;
 use serde::Serialize;
@@ -150,6 +150,7 @@ typed! {
     "io.k8s.api.apps.v1.ControllerRevision" => apps::v1::ControllerRevision,
     "io.k8s.api.batch.v1.Job" => batch::v1::Job,
     "io.k8s.api.coordination.v1.Lease" => coordination::v1::Lease,
+    "io.k8s.api.certificates.v1.CertificateSigningRequest" => certificates::v1::CertificateSigningRequest,
     "io.k8s.api.discovery.v1.EndpointSlice" => discovery::v1::EndpointSlice,
     "io.k8s.api.events.v1.Event" => events::v1::Event,
     "io.k8s.api.scheduling.v1.PriorityClass" => scheduling::v1::PriorityClass,

@@ -95,9 +95,13 @@ pub async fn route(
         _ => {}
     }
     let user = match authn::authenticate(&app, certificate_user.as_deref(), &parts.headers).await {
-        Identity::User(u) => Arc::new(u),
-        Identity::Anonymous => Arc::new(UserInfo::anonymous()),
+        Identity::User(u) => u,
+        Identity::Anonymous => UserInfo::anonymous(),
         Identity::Invalid => return ApiError::unauthorized().into_response(),
+    };
+    let user = match auth::impersonation::resolve(&app, user, &parts.headers) {
+        Ok(u) => Arc::new(u),
+        Err(e) => return e.into_response(),
     };
     let query = parse_query(parts.uri.query());
     let resp = match bounds.admit(&method, &path, &query, &user.name).await {
@@ -128,12 +132,13 @@ async fn route_inner(
         (None, Some(Ok(t))) => Attributes::resource(&parts.method, t, &query),
         _ => Attributes::non_resource(&parts.method, path),
     };
-    if !app.rbac.policy().authorize(&user, &attributes).allowed {
+    let decision = app.authorize(&user, &attributes);
+    if !decision.allowed {
         // Anonymous requests are refused as unauthenticated, not as forbidden.
         return if user.is_anonymous() {
             ApiError::unauthorized().into_response()
         } else {
-            auth::forbidden(&user, &attributes, "").into_response()
+            auth::forbidden(&user, &attributes, &decision.reason).into_response()
         };
     }
     let accept = parts
@@ -389,9 +394,17 @@ pub async fn run(
     // The server was just made: nothing set it before.
     let _ = app.kubelet_client.set(kubelet_client);
     bootstrap(&app, local).await?;
+    crate::kubernetes_service::reconcile(
+        &app,
+        crate::kubernetes_service::advertise_address(local),
+        local.port(),
+    )
+    .await?;
     auth::policy::reconcile(&app).await?;
     auth::rbac::Rbac::start(app.clone()).await?;
+    auth::node::NodeGraph::start(app.clone()).await?;
     auth::service_accounts::start(app.clone(), material.ca_pem.clone()).await?;
+    auth::csr::start(app.clone(), Pki::new(&cfg.data_dir).ca_issuer()?);
     // Every resource's watch cache, started before the first request (so that a watch resuming
     // from a list taken since is served from memory).
     app.watch_cache.start_all(&app.store).await;

@@ -34,6 +34,7 @@ ROOTS = [
     "io.k8s.api.authorization.v1.SelfSubjectAccessReview",
     "io.k8s.api.authorization.v1.LocalSubjectAccessReview",
     "io.k8s.api.authorization.v1.SelfSubjectRulesReview",
+    "io.k8s.api.certificates.v1.CertificateSigningRequest",
     "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions",
 ]
 SPECIAL = {

@@ -545,3 +545,379 @@ fn skiff_token_create_prints_a_working_bootstrap_token() {
     let id = token.split('.').next().unwrap();
     assert!(who.contains(&format!("system:bootstrap:{id}")), "{who}");
 }
+
+/// A pod bound to `node` that mounts Secret `secret`.
+fn bound_pod(name: &str, node: &str, secret: &str) -> String {
+    format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{name}"}},
+        "spec": {{"nodeName": "{node}", "containers": [{{"name": "c", "image": "busybox"}}],
+            "volumes": [{{"name": "s", "secret": {{"secretName": "{secret}"}}}}]}}}}"#
+    )
+}
+
+#[test]
+fn a_nodes_credentials_reach_only_what_its_pods_use() {
+    let s = Server::start();
+    for n in ["n1", "n2"] {
+        s.kubectl_stdin(
+            &["create", "-f", "-"],
+            &format!(r#"{{"apiVersion": "v1", "kind": "Node", "metadata": {{"name": "{n}"}}}}"#),
+        );
+    }
+    s.kubectl(&["create", "secret", "generic", "s1", "--from-literal=k=v1"]);
+    s.kubectl(&["create", "secret", "generic", "s2", "--from-literal=k=v2"]);
+    s.kubectl_stdin(&["create", "-f", "-"], &bound_pod("p1", "n1", "s1"));
+    s.kubectl_stdin(&["create", "-f", "-"], &bound_pod("p2", "n2", "s2"));
+    let n1 = s.user_kubeconfig("system:node:n1", &["system:nodes"]);
+
+    eventually("n1 reads its pod's Secret", || {
+        let out = as_user(&s, &n1, &["get", "secret", "s1", "-o", "name"]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(stderr(&out))
+        }
+    });
+    let out = as_user(&s, &n1, &["get", "secret", "s2"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out).trim(),
+        "Error from server (Forbidden): secrets \"s2\" is forbidden: User \"system:node:n1\" cannot get resource \"secrets\" in API group \"\" in the namespace \"default\": no relationship found between node 'n1' and this object"
+    );
+    // Listing every Secret is no read of one.
+    assert!(!as_user(&s, &n1, &["get", "secrets"]).status.success());
+
+    // Its own Node, not another.
+    let patch = r#"{"metadata": {"labels": {"touched": "yes"}}}"#;
+    let out = as_user(&s, &n1, &["patch", "node", "n2", "-p", patch]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "nodes \"n2\" is forbidden: node \"n1\" is not allowed to modify node \"n2\""
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = as_user(&s, &n1, &["patch", "node", "n1", "-p", patch]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Its own pods' status, only mirror pods bound to itself, no one else's pods deleted.
+    let status = r#"{"status": {"phase": "Running"}}"#;
+    let out = as_user(
+        &s,
+        &n1,
+        &["patch", "pod", "p2", "--subresource=status", "-p", status],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "node \"n1\" can only update pod status for pods with spec.nodeName set to itself"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = as_user(
+        &s,
+        &n1,
+        &["patch", "pod", "p1", "--subresource=status", "-p", status],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plain = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain"},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]}}"#;
+    let err = s.kubectl_err(
+        &["--kubeconfig", path_str(&n1), "create", "-f", "-"],
+        Some(plain),
+    );
+    assert!(
+        err.contains("node \"n1\" can only create mirror pods"),
+        "{err}"
+    );
+    let mirror = plain.replace(
+        r#""name": "plain"}"#,
+        r#""name": "static-n1", "annotations": {"kubernetes.io/config.mirror": "x"}}"#,
+    );
+    s.kubectl_stdin(
+        &["--kubeconfig", path_str(&n1), "create", "-f", "-"],
+        &mirror,
+    );
+    let out = as_user(&s, &n1, &["delete", "pod", "p2", "--wait=false"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("node \"n1\" can only delete pods with spec.nodeName set to itself"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The edge goes with the pod.
+    s.kubectl(&["delete", "pod", "p1", "--grace-period=0", "--force"]);
+    eventually("n1 refused s1 once p1 is gone", || {
+        let out = as_user(&s, &n1, &["get", "secret", "s1"]);
+        if stderr(&out).contains("no relationship found") {
+            Ok(())
+        } else {
+            Err(format!("{} {}", stdout(&out), stderr(&out)))
+        }
+    });
+}
+
+/// A key and a PEM certificate request for `subject` made by openssl in `dir`; the request
+/// base64-encoded, as `spec.request` holds it.
+fn openssl_request(dir: &Path, name: &str, subject: &str) -> (std::path::PathBuf, String) {
+    common::require("openssl", &["version"], "Debian package openssl");
+    let key = dir.join(format!("{name}.key"));
+    let req = dir.join(format!("{name}.csr"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-new", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-subj", subject])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&req)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl req: {}", stderr(&out));
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&req).unwrap());
+    (key, b64)
+}
+
+fn csr_manifest(name: &str, signer: &str, request: &str, extra: &str) -> String {
+    format!(
+        r#"{{"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {{"name": "{name}"}},
+        "spec": {{"signerName": "{signer}", "request": "{request}",
+            "usages": ["digital signature", "client auth"]{extra}}}}}"#
+    )
+}
+
+/// The issued certificate of CSR `name`, written to a file, once it is there.
+fn issued_certificate(s: &Server, name: &str) -> std::path::PathBuf {
+    let mut b64 = String::new();
+    eventually(&format!("CSR {name} issued"), || {
+        b64 = s.kubectl(&["get", "csr", name, "-o", "jsonpath={.status.certificate}"]);
+        if b64.trim().is_empty() {
+            Err(s.kubectl(&["get", "csr", name, "-o", "yaml"]))
+        } else {
+            Ok(())
+        }
+    });
+    use base64::Engine;
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .expect("base64 certificate");
+    let path = s.data_dir().join(format!("{name}.crt"));
+    std::fs::write(&path, pem).unwrap();
+    path
+}
+
+fn with_certificate(s: &Server, crt: &Path, key: &Path, args: &[&str]) -> Output {
+    let server = format!("https://127.0.0.1:{}", s.port);
+    let ca = s.data_dir().join("ca.crt");
+    let mut full = vec![
+        "--kubeconfig=/dev/null",
+        "--server",
+        &server,
+        "--certificate-authority",
+        path_str(&ca),
+        "--client-certificate",
+        path_str(crt),
+        "--client-key",
+        path_str(key),
+    ];
+    full.extend_from_slice(args);
+    s.kubectl_cmd(&full)
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("kubectl")
+}
+
+#[test]
+fn a_bootstrap_token_becomes_an_approved_node_client_certificate() {
+    let s = Server::start();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["token", "create", "--data-dir"])
+        .arg(s.data_dir())
+        .output()
+        .expect("running skiff token create");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = stdout(&out).trim().to_string();
+
+    // The joining node asks with its bootstrap token; the request is approved and signed.
+    let (key, request) = openssl_request(&s.data_dir(), "n9", "/O=system:nodes/CN=system:node:n9");
+    let manifest = s.write(
+        "n9-csr.json",
+        &csr_manifest(
+            "node-csr-n9",
+            "kubernetes.io/kube-apiserver-client-kubelet",
+            &request,
+            "",
+        ),
+    );
+    let out = with_token(&s, &token, &["create", "-f", path_str(&manifest)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let crt = issued_certificate(&s, "node-csr-n9");
+    let csr = s.kubectl(&["get", "csr", "node-csr-n9"]);
+    assert!(csr.contains("Approved,Issued"), "{csr}");
+    assert!(csr.contains("system:bootstrap:"), "the requestor: {csr}");
+    let reason = s.kubectl(&[
+        "get",
+        "csr",
+        "node-csr-n9",
+        "-o",
+        "jsonpath={.status.conditions[0].reason}",
+    ]);
+    assert_eq!(reason, "AutoApproved");
+    // The certificate is the node's identity.
+    let who = with_certificate(&s, &crt, &key, &["auth", "whoami"]);
+    let who = stdout(&who);
+    assert!(who.contains("system:node:n9"), "{who}");
+    assert!(who.contains("system:nodes"), "{who}");
+
+    // Another client's request waits for `kubectl certificate approve`, and gets the lifetime
+    // it asked for.
+    let (key, request) = openssl_request(&s.data_dir(), "carol", "/CN=carol/O=dev");
+    s.kubectl_stdin(
+        &["create", "-f", "-"],
+        &csr_manifest(
+            "carol",
+            "kubernetes.io/kube-apiserver-client",
+            &request,
+            r#", "expirationSeconds": 3600"#,
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let csr = s.kubectl(&["get", "csr", "carol"]);
+    assert!(csr.contains("Pending") && csr.contains("60m"), "{csr}");
+    s.kubectl(&["certificate", "approve", "carol"]);
+    let crt = issued_certificate(&s, "carol");
+    let who = stdout(&with_certificate(&s, &crt, &key, &["auth", "whoami"]));
+    assert!(who.contains("carol") && who.contains("dev"), "{who}");
+    let lifetime = |secs: &str| {
+        std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-checkend", secs, "-in"])
+            .arg(&crt)
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(lifetime("3000"), "valid for the next 50 minutes");
+    assert!(!lifetime("4000"), "expired after the hour asked for");
+
+    // A denied request is never signed.
+    let (_, request) = openssl_request(&s.data_dir(), "dave", "/CN=dave");
+    s.kubectl_stdin(
+        &["create", "-f", "-"],
+        &csr_manifest("dave", "kubernetes.io/kube-apiserver-client", &request, ""),
+    );
+    s.kubectl(&["certificate", "deny", "dave"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let csr = s.kubectl(&["get", "csr", "dave"]);
+    assert!(csr.contains("Denied") && !csr.contains("Issued"), "{csr}");
+}
+
+#[test]
+fn the_kubernetes_service_names_the_api_server() {
+    let s = Server::start_cluster();
+    let port = s.port.to_string();
+    let endpoints = s.kubectl(&[
+        "get",
+        "endpoints",
+        "kubernetes",
+        "-o",
+        "jsonpath={.subsets[0].addresses[0].ip}:{.subsets[0].ports[0].port}",
+    ]);
+    assert_eq!(endpoints, format!("127.0.0.1:{port}"));
+    let slice = s.kubectl(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=kubernetes",
+        "-o",
+        "jsonpath={.items[*].endpoints[0].addresses[0]}:{.items[*].ports[0].port}",
+    ]);
+    assert_eq!(slice, format!("127.0.0.1:{port}"));
+    // The controllers leave them alone (the Service has no selector).
+    std::thread::sleep(Duration::from_secs(2));
+    let again = s.kubectl(&[
+        "get",
+        "endpoints",
+        "kubernetes",
+        "-o",
+        "jsonpath={.subsets[0].ports[0].port}",
+    ]);
+    assert_eq!(again, port);
+}
+
+#[test]
+fn impersonation_needs_the_impersonate_verb() {
+    let s = Server::start();
+    let alice = s.user_kubeconfig("alice", &[]);
+    let out = as_user(&s, &alice, &["--as=bob", "get", "--raw", "/api/v1/pods"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("users \"bob\" is forbidden: User \"alice\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"),
+        "{}",
+        stderr(&out)
+    );
+    s.kubectl(&[
+        "create",
+        "clusterrole",
+        "impersonator",
+        "--verb=impersonate",
+        "--resource=users,groups",
+    ]);
+    s.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        "alice-impersonates",
+        "--clusterrole=impersonator",
+        "--user=alice",
+    ]);
+    eventually("alice acts as bob in dev", || {
+        let out = as_user(
+            &s,
+            &alice,
+            &["--as=bob", "--as-group=dev", "auth", "whoami"],
+        );
+        let who = stdout(&out);
+        if who.contains("bob") && who.contains("[dev system:authenticated]") {
+            Ok(())
+        } else {
+            Err(format!("{who} {}", stderr(&out)))
+        }
+    });
+    // Acting as bob, alice has bob's rights, not hers.
+    let out = as_user(&s, &alice, &["--as=bob", "get", "pods"]);
+    assert!(
+        stderr(&out).contains("User \"bob\" cannot list resource \"pods\""),
+        "{}",
+        stderr(&out)
+    );
+    // Service accounts are a separate permission; the administrator holds it.
+    let out = as_user(
+        &s,
+        &alice,
+        &[
+            "--as=system:serviceaccount:default:default",
+            "get",
+            "--raw",
+            "/api/v1/pods",
+        ],
+    );
+    assert!(
+        stderr(&out).contains("cannot impersonate resource \"serviceaccounts\""),
+        "{}",
+        stderr(&out)
+    );
+    let who = s.kubectl(&[
+        "--as=system:serviceaccount:default:default",
+        "auth",
+        "whoami",
+    ]);
+    assert!(
+        who.contains(
+            "[system:serviceaccounts system:serviceaccounts:default system:authenticated]"
+        ),
+        "{who}"
+    );
+}

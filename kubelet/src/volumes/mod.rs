@@ -11,6 +11,7 @@ pub mod atomic_writer;
 pub mod empty_dir;
 pub mod host_path;
 pub mod projection;
+pub mod service_account_token;
 pub mod subpath;
 
 use std::collections::BTreeMap;
@@ -67,6 +68,7 @@ pub async fn prepare(
     pod: &Pod,
     node: &NodeView,
     root_dir: &Path,
+    tokens: &mut service_account_token::TokenCache,
 ) -> Result<PodVolumes, VolumeError> {
     let volumes = pod
         .spec
@@ -95,6 +97,7 @@ pub async fn prepare(
             .map_err(|e| api_error("secret", &name, e))?;
         sources.secrets.insert(name, s);
     }
+    sources.tokens = tokens.tokens(client, pod, &volumes).await?;
     set_up(pod, node, &sources, root_dir)
 }
 
@@ -302,6 +305,7 @@ pub struct VolumeSync {
     volumes: Option<PodVolumes>,
     /// When the volumes were last set up, and the pod's labels and annotations then.
     last: Option<(Instant, String)>,
+    tokens: service_account_token::TokenCache,
 }
 
 impl VolumeSync {
@@ -337,7 +341,7 @@ impl VolumeSync {
             }));
         }
         self.last = Some((Instant::now(), rv));
-        match prepare(client, pod, node, root_dir).await {
+        match prepare(client, pod, node, root_dir, &mut self.tokens).await {
             Ok(v) => {
                 self.volumes = Some(v);
                 Ok(again)

@@ -20,6 +20,8 @@ pub const DEFAULT_MODE: i32 = 0o644;
 pub struct Sources {
     pub config_maps: BTreeMap<String, Option<ConfigMap>>,
     pub secrets: BTreeMap<String, Option<Secret>>,
+    /// Bound service-account tokens by (audience, lifetime).
+    pub tokens: BTreeMap<super::service_account_token::TokenKey, String>,
 }
 
 /// The ConfigMap and Secret names the pod's volumes refer to.
@@ -286,9 +288,24 @@ fn projected(
                 out,
             )?;
         }
-        if s.service_account_token.is_some() || s.cluster_trust_bundle.is_some() {
-            // Bound service-account tokens come with the access issue (TokenRequest).
-            tracing::warn!(volume = %v.name, "projected serviceAccountToken/clusterTrustBundle sources are not supported yet; skipped");
+        if let Some(t) = &s.service_account_token {
+            let token = sources
+                .tokens
+                .get(&super::service_account_token::key(t))
+                .ok_or_else(|| VolumeError::Missing {
+                    kind: "service account token",
+                    name: t.path.clone(),
+                })?;
+            out.insert(
+                t.path.clone(),
+                FileProjection {
+                    data: token.clone().into_bytes(),
+                    mode: mode(p.default_mode, "defaultMode")?,
+                },
+            );
+        }
+        if s.cluster_trust_bundle.is_some() {
+            tracing::warn!(volume = %v.name, "projected clusterTrustBundle sources are not supported; skipped");
         }
     }
     Ok(())

@@ -27,7 +27,7 @@ fn may(api: &ApiServer, user: &UserInfo, verb: &str, resource: &str, ns: &str, n
         name: name.into(),
         ..Default::default()
     });
-    api.rbac.policy().authorize(user, &a).allowed
+    api.authorize(user, &a).allowed
 }
 
 fn forbidden(resource: &str, name: &str, user: &UserInfo, why: String) -> ApiError {

@@ -6,15 +6,19 @@
 //! `tokens` signs and verifies service-account tokens; `escalation` keeps anyone from granting
 //! through a Role or binding what they do not hold; `service_accounts` gives every namespace its
 //! `default` ServiceAccount and `kube-root-ca.crt`; `bootstrap_tokens` authenticates joining
-//! nodes.
+//! nodes; `node` is the Node authorizer and NodeRestriction admission.
 
 pub mod attributes;
 pub mod authn;
 pub mod bootstrap_tokens;
+pub mod csr;
 pub mod escalation;
+pub mod impersonation;
+pub mod node;
 pub mod policy;
 pub mod rbac;
 pub mod reviews;
+pub mod service_account_admission;
 pub mod service_accounts;
 pub mod tokens;
 
@@ -118,6 +122,27 @@ impl UserInfo {
     pub fn describe(&self) -> String {
         let groups: Vec<String> = self.groups.iter().map(|g| format!("{g:?}")).collect();
         format!("user {:?} (groups=[{}])", self.name, groups.join(" "))
+    }
+}
+
+impl crate::ApiServer {
+    /// The authorizers in kube-apiserver's order (`--authorization-mode=Node,RBAC`): the first
+    /// that allows decides; the reasons of those that did not are joined.
+    pub fn authorize(&self, user: &UserInfo, a: &Attributes) -> rbac::Decision {
+        let node = self.node_graph.authorize(user, a);
+        if let Some(d) = node.as_ref().filter(|d| d.allowed) {
+            return d.clone();
+        }
+        let mut d = self.rbac.policy().authorize(user, a);
+        if !d.allowed
+            && let Some(n) = node.filter(|n| !n.reason.is_empty())
+        {
+            d.reason = match d.reason.as_str() {
+                "" => n.reason,
+                r => format!("{}, {r}", n.reason),
+            };
+        }
+        d
     }
 }
 

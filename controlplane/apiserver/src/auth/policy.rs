@@ -370,6 +370,42 @@ pub fn cluster_roles() -> Vec<Value> {
             ],
         ),
         cluster_role(
+            "system:node-bootstrapper",
+            &[],
+            vec![rule(
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests"],
+                &["create", "get", "list", "watch"],
+            )],
+        ),
+        cluster_role(
+            NODE_CLIENT_APPROVAL,
+            &[],
+            vec![rule(
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/nodeclient"],
+                &["create"],
+            )],
+        ),
+        cluster_role(
+            SELF_NODE_CLIENT_APPROVAL,
+            &[],
+            vec![rule(
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/selfnodeclient"],
+                &["create"],
+            )],
+        ),
+        cluster_role(
+            SELF_NODE_SERVING_APPROVAL,
+            &[],
+            vec![rule(
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/selfnodeserving"],
+                &["create"],
+            )],
+        ),
+        cluster_role(
             "system:node-proxier",
             &[],
             vec![
@@ -389,6 +425,13 @@ pub fn cluster_roles() -> Vec<Value> {
         ),
     ]
 }
+
+const NODE_CLIENT_APPROVAL: &str =
+    "system:certificates.k8s.io:certificatesigningrequests:nodeclient";
+const SELF_NODE_CLIENT_APPROVAL: &str =
+    "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient";
+const SELF_NODE_SERVING_APPROVAL: &str =
+    "system:certificates.k8s.io:certificatesigningrequests:selfnodeserving";
 
 /// The bootstrap ClusterRoleBindings.
 pub fn cluster_role_bindings() -> Vec<Value> {
@@ -430,6 +473,28 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             "system:kube-controller-manager",
             "system:kube-controller-manager",
             &[("User", "system:kube-controller-manager")],
+        ),
+        // What kubeadm binds for joining nodes: bootstrappers ask for node client certificates
+        // and have them approved; nodes renew their own and ask for serving certificates.
+        binding(
+            "system:node-bootstrapper",
+            "system:node-bootstrapper",
+            &[("Group", "system:bootstrappers")],
+        ),
+        binding(
+            NODE_CLIENT_APPROVAL,
+            NODE_CLIENT_APPROVAL,
+            &[("Group", "system:bootstrappers")],
+        ),
+        binding(
+            SELF_NODE_CLIENT_APPROVAL,
+            SELF_NODE_CLIENT_APPROVAL,
+            &[("Group", "system:nodes")],
+        ),
+        binding(
+            SELF_NODE_SERVING_APPROVAL,
+            SELF_NODE_SERVING_APPROVAL,
+            &[("Group", "system:nodes")],
         ),
         binding(
             "system:node-proxier",

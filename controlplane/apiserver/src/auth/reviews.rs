@@ -61,7 +61,7 @@ fn answer(mut review: Value, status: Value) -> Value {
 }
 
 fn access_status(app: &ApiServer, user: &UserInfo, a: &Attributes) -> Value {
-    let d = app.rbac.policy().authorize(user, a);
+    let d = app.authorize(user, a);
     let mut status = json!({"allowed": d.allowed});
     if !d.reason.is_empty() {
         status["reason"] = json!(d.reason);
@@ -115,6 +115,7 @@ pub async fn serve(
         if is_token {
             let ns = t.namespace.as_deref().unwrap_or_default();
             let name = t.name.as_deref().unwrap_or_default();
+            super::node::admit_token_request(app, user, ns, name, &review)?;
             return app.token_request(ns, name, &review).await;
         }
         let spec = review["spec"].clone();

@@ -6,6 +6,7 @@
 //! propagation) and its Table columns (kube-apiserver's `TableConvertor`). The generic handlers ask the strategy and never branch on a kind. A new
 //! resource is one module here and one line in [`RESOURCES`].
 
+pub mod certificatesigningrequests;
 pub mod clusterrolebindings;
 pub mod clusterroles;
 pub mod configmaps;
@@ -201,6 +202,7 @@ pub static RESOURCES: &[&ResourceInfo] = &[
     &clusterroles::RESOURCE,
     &rolebindings::RESOURCE,
     &clusterrolebindings::RESOURCE,
+    &certificatesigningrequests::RESOURCE,
     &reviews::TOKEN_REVIEWS,
     &reviews::SELF_SUBJECT_REVIEWS,
     &reviews::SUBJECT_ACCESS_REVIEWS,

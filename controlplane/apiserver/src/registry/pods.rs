@@ -32,13 +32,17 @@ pub static RESOURCE: ResourceInfo = ResourceInfo {
 struct PodStrategy;
 
 impl Strategy for PodStrategy {
-    /// The Priority admission: priority and preemption policy from the PriorityClass.
+    /// The Priority admission (priority and preemption policy from the PriorityClass) and the
+    /// ServiceAccount admission (the token volume).
     fn admit_create<'a>(
         &'a self,
         api: &'a ApiServer,
         o: &'a mut Value,
     ) -> BoxFuture<'a, ApiResult<()>> {
-        Box::pin(api.admit_pod_priority(o))
+        Box::pin(async move {
+            api.admit_pod_priority(o).await?;
+            crate::auth::service_account_admission::admit_pod(api, o).await
+        })
     }
 
     fn admit_update<'a>(
