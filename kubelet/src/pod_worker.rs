@@ -23,6 +23,7 @@ use crate::cgroups::{self, CgroupMounts};
 use crate::container_env::{self, EnvSources, NodeView};
 use crate::containers::{self, ContainerMeta, ContainerRecord};
 use crate::events::{EventType, Recorder};
+use crate::eviction::{EvictionOrder, EvictionOrders};
 use crate::image::{self, ImageError, ImageStore, PullOptions, PullPolicy};
 use crate::lifecycle;
 use crate::node_network::NetworkHandle;
@@ -78,6 +79,8 @@ pub struct Kubelet {
     pub cgroups: CgroupMounts,
     /// Set when the whole node stops: no pod's grace period runs longer than this.
     pub node_shutdown_grace: std::sync::OnceLock<Duration>,
+    /// Pods the eviction manager picked, for their workers.
+    pub evictions: EvictionOrders,
 }
 
 impl Kubelet {
@@ -102,6 +105,7 @@ impl Kubelet {
             images,
             cgroups: CgroupMounts::read(),
             node_shutdown_grace: std::sync::OnceLock::new(),
+            evictions: EvictionOrders::default(),
             client,
             config,
             runtime,
@@ -143,8 +147,9 @@ pub struct PodWorker {
     sandbox: Option<Sandbox>,
     volumes: VolumeSync,
     probes: ProbeManager,
-    /// Set once activeDeadlineSeconds passed: the pod is failed and nothing runs again.
-    deadline_exceeded: bool,
+    /// Set when the kubelet failed the pod (activeDeadlineSeconds passed, evicted): the reason
+    /// and message; nothing of it runs again.
+    failed: Option<(String, String)>,
     /// Set when the pod was not admitted: nothing of it runs, it is reported Failed.
     rejection: Option<Rejection>,
 }
@@ -179,7 +184,7 @@ impl PodWorker {
             retry: HashMap::new(),
             sandbox: None,
             volumes: VolumeSync::default(),
-            deadline_exceeded: false,
+            failed: None,
             rejection,
         }
     }
@@ -242,6 +247,20 @@ impl PodWorker {
         let spec = pod.spec.clone().unwrap_or_default();
         let api_phase = pod.status.as_ref().and_then(|s| s.phase.clone());
         let finished = matches!(api_phase.as_deref(), Some("Succeeded" | "Failed"));
+        if let Some(order) = self.k.evictions.take(&self.uid) {
+            self.evict(pod, order).await;
+        }
+        if !finished
+            && self.failed.is_none()
+            && let Some(left) = lifecycle::active_deadline_left(pod)
+            && left.is_zero()
+        {
+            self.exceed_deadline(pod).await;
+        }
+        if self.failed.is_some() {
+            self.report(pod, true, false, self.failed.clone()).await;
+            return RESYNC;
+        }
         let mut next = RESYNC;
         let mut pod_error = None;
 
@@ -268,21 +287,8 @@ impl PodWorker {
             .restart_policy
             .clone()
             .unwrap_or_else(|| "Always".to_string());
-        if !finished
-            && !self.deadline_exceeded
-            && let Some(left) = lifecycle::active_deadline_left(pod)
-        {
-            if left.is_zero() {
-                self.exceed_deadline(pod).await;
-            } else {
-                next = next.min(left);
-            }
-        }
-        if self.deadline_exceeded {
-            let error = (lifecycle::DEADLINE_REASON, lifecycle::DEADLINE_MESSAGE);
-            let error = Some((error.0.to_string(), error.1.to_string()));
-            self.report(pod, true, false, error).await;
-            return RESYNC;
+        if !finished && let Some(left) = lifecycle::active_deadline_left(pod) {
+            next = next.min(left);
         }
         let mut init_done = true;
         let mut init_failed = false;
@@ -481,7 +487,10 @@ impl PodWorker {
 
     /// activeDeadlineSeconds passed: every container is stopped and the pod fails.
     async fn exceed_deadline(&mut self, pod: &Pod) {
-        self.deadline_exceeded = true;
+        self.failed = Some((
+            lifecycle::DEADLINE_REASON.to_string(),
+            lifecycle::DEADLINE_MESSAGE.to_string(),
+        ));
         self.k
             .events
             .record(
@@ -493,6 +502,27 @@ impl PodWorker {
             )
             .await;
         self.stop_all(lifecycle::grace_period(pod, None)).await;
+    }
+
+    /// Node-pressure eviction: the containers are killed at once (a hard threshold gives no grace
+    /// period), the pod fails as Evicted, and everything it held on the node — writable layers,
+    /// volumes, logs, cgroup, sandbox — is reclaimed before the eviction manager hears so.
+    async fn evict(&mut self, pod: &Pod, order: EvictionOrder) {
+        self.k
+            .events
+            .record(
+                pod,
+                None,
+                EventType::Warning,
+                crate::eviction::EVICTED_REASON,
+                &order.message,
+            )
+            .await;
+        self.stop_all(Duration::ZERO).await;
+        self.failed = Some((crate::eviction::EVICTED_REASON.to_string(), order.message));
+        self.report(pod, true, false, self.failed.clone()).await;
+        self.release().await;
+        let _ = order.reclaimed.send(());
     }
 
     fn ensure_pod_cgroup(&self, pod: &Pod) -> String {
@@ -997,7 +1027,7 @@ impl PodWorker {
             pod_error,
         });
         let mut status = status;
-        if self.deadline_exceeded {
+        if self.failed.is_some() {
             status.phase = Some("Failed".to_string());
         }
         self.k.status.set(pod, status).await;
@@ -1159,6 +1189,14 @@ impl PodWorker {
     }
 
     async fn cleanup(&mut self) {
+        self.release().await;
+        self.records.clear();
+        tracing::info!(pod = %self.uid, "pod cleaned up");
+    }
+
+    /// Removes everything the pod has on the node (runtime containers, their files, cgroups,
+    /// logs, volumes, sandbox); the records stay in memory for the status.
+    async fn release(&mut self) {
         let cfg = self.k.config.clone();
         let records: Vec<ContainerRecord> = self.records.values().flatten().cloned().collect();
         let mut pod_cgroups: HashSet<String> = HashSet::new();
@@ -1197,8 +1235,7 @@ impl PodWorker {
             let _ = std::fs::remove_dir_all(d);
         }
         self.k.sandboxes.remove(&self.uid).await;
-        self.records.clear();
-        tracing::info!(pod = %self.uid, "pod cleaned up");
+        self.sandbox = None;
     }
 }
 

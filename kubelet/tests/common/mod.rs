@@ -176,6 +176,13 @@ impl Node {
 
     /// As [`Node::start`], the kubelet given `kubelet_args` too.
     pub fn start_with(kubelet_args: &[&str]) -> Node {
+        Node::start_with_root(kubelet_args, |_| {})
+    }
+
+    /// As [`Node::start_with`], `prepare_root` given the (empty) root directory before the
+    /// image is installed and the kubelet starts (e.g. to mount a small filesystem on it; the
+    /// node's teardown unmounts everything under its directories).
+    pub fn start_with_root(kubelet_args: &[&str], prepare_root: impl FnOnce(&Path)) -> Node {
         require("ip", &["-V"], "iproute2");
         require("kubectl", &["version", "--client"], "kubectl 1.32 on PATH");
         assert!(
@@ -196,6 +203,8 @@ impl Node {
             netns,
         };
         node.start_server();
+        std::fs::create_dir_all(node.root_dir()).expect("root directory");
+        prepare_root(&node.root_dir());
         install_busybox(&node.root_dir());
         node.start_kubelet();
         node.wait_for("the node to register", Duration::from_secs(30), |n| {
