@@ -354,7 +354,18 @@ pub fn generate(setup: &ContainerSetup) -> Result<Value, ConfigError> {
     }
     mounts.push(bind(&termination_path, setup.termination_log, false));
 
-    let namespaces: Vec<Value> = std::iter::once(("pid".to_string(), None))
+    // The pid namespace: the sandbox's shared one (shareProcessNamespace), the node's (hostPID)
+    // or a new one of the container's own.
+    let shared_pid = setup.sandbox.namespaces.iter().any(|(t, _)| t == "pid");
+    let host_pid = setup
+        .pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_pid)
+        .unwrap_or(false);
+    let own_pid = (!shared_pid && !host_pid).then(|| ("pid".to_string(), None));
+    let namespaces: Vec<Value> = own_pid
+        .into_iter()
         .chain(std::iter::once(("mount".to_string(), None)))
         .chain(setup.sandbox.namespaces.iter().cloned())
         .map(|(t, path)| match path {
@@ -631,5 +642,45 @@ mod tests {
             generate(&setup).unwrap_err().field,
             "securityContext.runAsNonRoot"
         );
+    }
+
+    #[test]
+    fn pid_namespace_own_shared_or_the_hosts() {
+        let root = tempfile::tempdir().unwrap();
+        let pid_namespaces = |pod: &Pod, sandbox: &SandboxView| -> Vec<Value> {
+            let setup = ContainerSetup {
+                pod,
+                container: &pod.spec.as_ref().unwrap().containers[0],
+                image: &ImageConfig::default(),
+                env: &[],
+                rootfs: root.path(),
+                sandbox,
+                termination_log: Path::new("/pods/u/c/termination-log"),
+                cgroups_path: "/kubepods/podu/abc",
+                volume_mounts: &[],
+                seccomp_dir: Path::new("/var/lib/kubelet/seccomp"),
+            };
+            let spec = generate(&setup).unwrap();
+            spec["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["type"] == "pid")
+                .cloned()
+                .collect()
+        };
+        let plain = pod(json!({"name": "c", "command": ["sh"]}));
+        assert_eq!(pid_namespaces(&plain, &sandbox()), [json!({"type": "pid"})]);
+        let mut shared = sandbox();
+        shared
+            .namespaces
+            .push(("pid".into(), Some("/proc/42/ns/pid".into())));
+        assert_eq!(
+            pid_namespaces(&plain, &shared),
+            [json!({"type": "pid", "path": "/proc/42/ns/pid"})]
+        );
+        let mut host = plain.clone();
+        host.spec.as_mut().unwrap().host_pid = Some(true);
+        assert!(pid_namespaces(&host, &sandbox()).is_empty());
     }
 }

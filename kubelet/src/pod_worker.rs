@@ -99,6 +99,7 @@ impl Kubelet {
                 config.cluster_dns.clone(),
                 config.cluster_domain.clone(),
                 network,
+                config.shim_path.clone(),
             ),
             status: StatusManager::new(client.clone()),
             events: Recorder::new(client.clone(), config.node_name.clone()),

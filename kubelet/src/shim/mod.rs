@@ -9,6 +9,7 @@
 //! - `exit.json`: exit code, finish time, OOM kill, or why it could not start;
 //! - `container.pid`, `runtime.log`, `shim.log`: the runtime's pid file and logs, the shim's log.
 
+pub mod pause;
 pub mod supervisor;
 
 use std::io::Write;
