@@ -299,8 +299,20 @@ impl PodWorker {
         if self.sandbox.is_some() && self.volumes.ready().is_some() && !finished {
             let pod_cgroup = self.ensure_pod_cgroup(pod);
             let pod_ip = self.pod_ip();
+            self.kill_unhealthy(pod).await;
+            // The app containers of a Never/OnFailure pod are all done for good: the sidecars
+            // are stopped and not started again, and the pod completes.
+            let apps_done = policy != "Always"
+                && spec.containers.iter().all(|c| {
+                    self.latest(&c.name)
+                        .and_then(|r| r.exit.as_ref())
+                        .is_some_and(|e| policy == "Never" || e.exit_code == 0)
+                });
             for c in spec.init_containers.iter().flatten() {
                 if is_sidecar(c) {
+                    if apps_done {
+                        continue;
+                    }
                     // A sidecar is started and kept running (restarted whatever the pod's
                     // restartPolicy); the next init container waits only for it to have started.
                     if !self.latest(&c.name).is_some_and(|r| r.running())
@@ -334,8 +346,10 @@ impl PodWorker {
                 init_done = false;
                 break;
             }
+            if apps_done {
+                self.stop_all(lifecycle::grace_period(pod, None)).await;
+            }
             if init_done {
-                self.kill_unhealthy(pod).await;
                 for c in &spec.containers {
                     let restart = match self
                         .latest(&c.name)
@@ -364,8 +378,10 @@ impl PodWorker {
             }
         }
         if finished {
-            // A finished pod keeps its reported status; nothing runs again.
+            // A finished pod keeps its reported status; nothing runs again (sidecars left
+            // running by a kubelet that stopped before it could stop them are stopped now).
             self.probes.stop_all();
+            self.stop_all(lifecycle::grace_period(pod, None)).await;
             return RESYNC;
         }
         self.report(pod, init_done, init_failed, pod_error).await;
@@ -452,12 +468,22 @@ impl PodWorker {
             .unwrap_or_default()
     }
 
-    /// Kills the containers whose liveness or startup probe failed; they restart as the
-    /// restartPolicy says.
+    /// Kills the containers (and sidecars) whose liveness or startup probe failed; they restart
+    /// as the restartPolicy says (a sidecar always).
     async fn kill_unhealthy(&mut self, pod: &Pod) {
         let spec = pod.spec.clone().unwrap_or_default();
         for (name, kind) in self.probes.take_failed() {
-            let Some(c) = spec.containers.iter().find(|c| c.name == name) else {
+            let app = spec.containers.iter().find(|c| c.name == name);
+            let sidecar = || {
+                spec.init_containers
+                    .iter()
+                    .flatten()
+                    .find(|c| c.name == name && is_sidecar(c))
+            };
+            let Some((c, init)) = app
+                .map(|c| (c, false))
+                .or_else(|| sidecar().map(|c| (c, true)))
+            else {
                 continue;
             };
             let Some(r) = self.latest(&name).filter(|r| r.running()).cloned() else {
@@ -469,7 +495,7 @@ impl PodWorker {
                 .events
                 .record(
                     pod,
-                    Some((&name, false)),
+                    Some((&name, init)),
                     EventType::Normal,
                     "Killing",
                     &message,
