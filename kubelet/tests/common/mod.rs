@@ -258,10 +258,17 @@ impl Node {
 
     /// (Re)starts the kubelet with the node's directories.
     pub fn start_kubelet(&mut self) {
-        let runc = binary(
-            "skiff-runc",
-            "cargo build -p skiff --bin skiff -p skiff-runtime --bin skiff-runc",
-        );
+        // skiff-runc unless the node was given another --runtime-path.
+        let runtime: Vec<std::ffi::OsString> =
+            if self.kubelet_args.iter().any(|a| a == "--runtime-path") {
+                vec![]
+            } else {
+                let runc = binary(
+                    "skiff-runc",
+                    "cargo build -p skiff --bin skiff -p skiff-runtime --bin skiff-runc",
+                );
+                vec!["--runtime-path".into(), runc.into()]
+            };
         let child = self
             .netns
             .command(env!("CARGO_BIN_EXE_skiff-kubelet"))
@@ -275,8 +282,7 @@ impl Node {
             .arg("--pod-logs-dir")
             .arg(self.logs_dir())
             .args(["--cgroup-root", &self.cgroup_root])
-            .arg("--runtime-path")
-            .arg(runc)
+            .args(runtime)
             .arg("--shim-path")
             .arg(env!("CARGO_BIN_EXE_skiff-shim"))
             .args(["--volume-sync-seconds", "2"])
@@ -288,6 +294,11 @@ impl Node {
             .spawn()
             .expect("starting skiff-kubelet");
         self.kubelet = Some(child);
+    }
+
+    /// The running kubelet's pid.
+    pub fn kubelet_pid(&self) -> Option<u32> {
+        self.kubelet.as_ref().map(Child::id)
     }
 
     /// SIGKILL to the kubelet, as a crash would.
