@@ -527,7 +527,19 @@ impl Drop for Node {
         }
         // Containers in their own network namespace are not among the namespace's pids: ask the
         // runtime, then unmount what the kubelet mounted.
-        if let Ok(runc) = std::panic::catch_unwind(|| binary("skiff-runc", "")) {
+        // The node's own --runtime-path if it was given one (its containers' state is that
+        // runtime's), else skiff-runc.
+        let given = self
+            .kubelet_args
+            .iter()
+            .position(|a| a == "--runtime-path")
+            .and_then(|i| self.kubelet_args.get(i + 1))
+            .map(PathBuf::from);
+        let runtime = match given {
+            Some(p) => Ok(p),
+            None => std::panic::catch_unwind(|| binary("skiff-runc", "")),
+        };
+        if let Ok(runc) = runtime {
             for dir in self.container_dirs() {
                 if let Some(id) = dir.file_name() {
                     let _ = Command::new(&runc)
