@@ -39,6 +39,32 @@ impl Rejection {
     }
 }
 
+/// The eviction manager's admission, as the kubelet's: under DiskPressure no pod is admitted,
+/// under MemoryPressure no BestEffort pod (static pods, being critical, always are).
+pub fn under_pressure(pod: &Pod, memory: bool, disk: bool) -> Option<Rejection> {
+    let best_effort = pod
+        .spec
+        .as_ref()
+        .is_some_and(|s| skiff_k8s::qos::qos_class(s) == skiff_k8s::qos::QosClass::BestEffort);
+    let mut conditions = Vec::new();
+    if memory {
+        conditions.push("MemoryPressure");
+    }
+    if disk {
+        conditions.push("DiskPressure");
+    }
+    if crate::static_pods::is_static(pod) || conditions.is_empty() || (!disk && !best_effort) {
+        return None;
+    }
+    Some(Rejection {
+        reason: crate::eviction::EVICTED_REASON.to_string(),
+        message: format!(
+            "The node was low on resource: [{}]. ",
+            conditions.join(", ")
+        ),
+    })
+}
+
 /// Whether `pod` may run on `node` beside the admitted, still active `others`.
 pub fn admit(pod: &Pod, node: &Node, others: &[&Pod]) -> Result<(), Rejection> {
     fits(pod, node, others)?;
@@ -145,6 +171,27 @@ mod tests {
         assert_eq!(
             reason(admit(&none, &n, &[&none, &none, &none])),
             "OutOfpods"
+        );
+    }
+
+    #[test]
+    fn pressure_rejects_best_effort_or_everything() {
+        let best_effort = pod(json!({}));
+        let burstable = pod(json!({"resources": {"requests": {"memory": "1Mi"}}}));
+        assert_eq!(under_pressure(&best_effort, false, false), None);
+        assert_eq!(under_pressure(&burstable, true, false), None);
+        let r = under_pressure(&best_effort, true, false).unwrap();
+        assert_eq!(
+            (r.reason.as_str(), r.message.as_str()),
+            (
+                "Evicted",
+                "The node was low on resource: [MemoryPressure]. "
+            )
+        );
+        let r = under_pressure(&burstable, true, true).unwrap();
+        assert_eq!(
+            r.message,
+            "The node was low on resource: [MemoryPressure, DiskPressure]. "
         );
     }
 

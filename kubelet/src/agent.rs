@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use kube::Client;
@@ -77,6 +78,16 @@ pub struct AgentArgs {
     /// The CA whose client certificates the node API serves (default: the kubeconfig's CA).
     #[arg(long)]
     pub client_ca_file: Option<PathBuf>,
+    /// Hard eviction thresholds: `SIGNAL<QUANTITY` or `SIGNAL<PERCENT%`, comma-separated, for the
+    /// signals memory.available and nodefs.available.
+    #[arg(long, default_value = crate::eviction::DEFAULT_EVICTION_HARD)]
+    pub eviction_hard: crate::eviction::Thresholds,
+    /// How long a pressure condition stays True after its threshold was last met.
+    #[arg(long, default_value = "5m", value_parser = crate::eviction::parse_duration)]
+    pub eviction_pressure_transition_period: std::time::Duration,
+    /// How often the eviction signals are observed (and at most one pod evicted).
+    #[arg(long, default_value = "10s", value_parser = crate::eviction::parse_duration)]
+    pub eviction_monitoring_period: std::time::Duration,
 }
 
 /// Finds `name` next to the running kubelet, then on PATH.
@@ -157,6 +168,13 @@ pub async fn run_until(
 
     let images =
         crate::image::ImageStore::open(&args.root_dir).context("opening the image store")?;
+    let eviction = crate::eviction::EvictionManager::new(crate::eviction::EvictionConfig {
+        thresholds: args.eviction_hard.clone(),
+        monitoring_period: args
+            .eviction_monitoring_period
+            .max(Duration::from_millis(100)),
+        pressure_transition_period: args.eviction_pressure_transition_period,
+    });
     let node = Arc::new(NodeAgent::new(
         client.clone(),
         NodeConfig {
@@ -168,6 +186,7 @@ pub async fn run_until(
             kubelet_port: args.port,
         },
         images.clone(),
+        eviction.subscribe(),
     ));
     let registered = node.register().await?;
     let node_uid = registered.metadata.uid.clone().unwrap_or_default();
@@ -211,6 +230,7 @@ pub async fn run_until(
         Arc::new(runtime),
         images,
         network.clone(),
+        eviction,
         stop,
     )
     .await?;

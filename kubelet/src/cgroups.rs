@@ -126,9 +126,10 @@ pub fn cpu_quota(milli: i128) -> i64 {
 
 pub const CPU_PERIOD: u64 = CFS_PERIOD_US as u64;
 
-/// Makes the pod's cgroup with its limits in the cpu, memory and pids hierarchies (v1); the
-/// runtime makes the container's directories in the others. Tier directories are made on the
-/// way (BestEffort's gets the minimum cpu weight).
+/// Makes the pod's cgroup with its limits in the cpu, memory and pids hierarchies (v1), or on a
+/// unified (v2) host — no v1 cpu or memory hierarchy — in the v2 tree; the runtime makes the
+/// container's directories in the others. Tier directories are made on the way (BestEffort's
+/// gets the minimum cpu weight).
 pub fn ensure_pod_cgroup(
     mounts: &CgroupMounts,
     root: &str,
@@ -139,6 +140,13 @@ pub fn ensure_pod_cgroup(
 ) -> Result<String, CgroupError> {
     let path = pod_cgroup(root, qos, uid);
     let rel = path.trim_start_matches('/');
+    if mounts.v1_dir("cpu").is_none()
+        && mounts.v1_dir("memory").is_none()
+        && let Some(v2) = &mounts.v2
+    {
+        ensure_pod_cgroup_v2(v2, rel, qos, res, pids_limit)?;
+        return Ok(path);
+    }
     if let Some(cpu) = mounts.v1_dir("cpu") {
         if qos == QosClass::BestEffort {
             let tier = cpu.join(root.trim_start_matches('/')).join("besteffort");
@@ -169,6 +177,62 @@ pub fn ensure_pod_cgroup(
         write(&dir.join("pids.max"), &limit.to_string())?;
     }
     Ok(path)
+}
+
+/// cgroup v2's cpu.weight for v1 cpu.shares (the kubelet's CpuSharesToCpuWeight: 2 → 1,
+/// 1024 → 39, 262144 → 10000).
+pub fn cpu_weight(shares: u64) -> u64 {
+    1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
+}
+
+/// The controllers the pod cgroups use, enabled for the children of every directory from the v2
+/// mount down to the pod's parent (as far as each directory has them), then the pod's limits:
+/// cpu.weight, cpu.max, memory.max, pids.max.
+fn ensure_pod_cgroup_v2(
+    mount: &Path,
+    rel: &str,
+    qos: QosClass,
+    res: &Resources,
+    pids_limit: Option<i64>,
+) -> Result<(), CgroupError> {
+    let dir = mount.join(rel);
+    mkdir(&dir)?;
+    let mut parent = mount.to_path_buf();
+    let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
+    for (i, part) in parts.iter().enumerate() {
+        let available =
+            std::fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
+        let enable: Vec<String> = ["cpu", "memory", "pids"]
+            .iter()
+            .filter(|c| available.split_whitespace().any(|a| a == **c))
+            .map(|c| format!("+{c}"))
+            .collect();
+        if !enable.is_empty() {
+            write(&parent.join("cgroup.subtree_control"), &enable.join(" "))?;
+        }
+        parent = parent.join(part);
+        let is_tier = i + 2 == parts.len() && qos == QosClass::BestEffort;
+        if is_tier {
+            write(&parent.join("cpu.weight"), "1")?;
+        }
+    }
+    write(
+        &dir.join("cpu.weight"),
+        &cpu_weight(cpu_shares(res.cpu_request)).to_string(),
+    )?;
+    if let Some(limit) = res.cpu_limit {
+        write(
+            &dir.join("cpu.max"),
+            &format!("{} {CPU_PERIOD}", cpu_quota(limit)),
+        )?;
+    }
+    if let Some(limit) = res.memory_limit {
+        write(&dir.join("memory.max"), &limit.to_string())?;
+    }
+    if let Some(limit) = pids_limit {
+        write(&dir.join("pids.max"), &limit.to_string())?;
+    }
+    Ok(())
 }
 
 /// Removes the pod's cgroup (and any directory left under it) from every hierarchy. Processes
@@ -251,5 +315,70 @@ mod tests {
         assert_eq!(cpu_shares(Some(100)), 102);
         assert_eq!(cpu_shares(None), 2);
         assert_eq!(cpu_quota(500), 50_000);
+    }
+
+    #[test]
+    fn unified_host_gets_v2_pod_limits() {
+        let v2 = tempfile::tempdir().unwrap();
+        std::fs::write(
+            v2.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        let mounts = CgroupMounts {
+            v1: vec![],
+            v2: Some(v2.path().to_path_buf()),
+        };
+        let res = Resources {
+            cpu_request: Some(250),
+            cpu_limit: Some(500),
+            memory_limit: Some(64 << 20),
+            ..Resources::default()
+        };
+        let path = ensure_pod_cgroup(
+            &mounts,
+            "/kubepods",
+            QosClass::Burstable,
+            "u1",
+            &res,
+            Some(100),
+        )
+        .unwrap();
+        assert_eq!(path, "/kubepods/burstable/podu1");
+        let read = |p: &str| std::fs::read_to_string(v2.path().join(p)).unwrap();
+        assert_eq!(read("cgroup.subtree_control"), "+cpu +memory +pids");
+        let pod = "kubepods/burstable/podu1";
+        assert_eq!(
+            read(&format!("{pod}/cpu.weight")),
+            cpu_weight(256).to_string()
+        );
+        assert_eq!(read(&format!("{pod}/cpu.max")), "50000 100000");
+        assert_eq!(
+            read(&format!("{pod}/memory.max")),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(read(&format!("{pod}/pids.max")), "100");
+        assert!(!v2.path().join(pod).join("memory.limit_in_bytes").exists());
+
+        ensure_pod_cgroup(
+            &mounts,
+            "/kubepods",
+            QosClass::BestEffort,
+            "u2",
+            &Resources::default(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(read("kubepods/besteffort/cpu.weight"), "1");
+        assert_eq!(read("kubepods/besteffort/podu2/cpu.weight"), "1");
+        assert!(
+            !v2.path()
+                .join("kubepods/besteffort/podu2/memory.max")
+                .exists()
+        );
+        assert_eq!(
+            (cpu_weight(2), cpu_weight(1024), cpu_weight(262_144)),
+            (1, 39, 10_000)
+        );
     }
 }

@@ -1,9 +1,11 @@
 //! Events about pods as the kubelet writes them (core/v1 Events with source `kubelet` and the
 //! node as host): Pulling, Pulled, Created, Started, Killing, BackOff, Failed. A repeat of the
-//! same event for the same object bumps its count instead of making a new one.
+//! same event for the same object bumps its count instead of making a new one. Events are written
+//! in the background, as the kubelet's event broadcaster does: a pod's start does not wait for
+//! the API to take its Pulled, Created and Started events.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -24,7 +26,7 @@ pub struct Recorder {
     client: Client,
     node: String,
     /// The events written so far → (event name, count).
-    seen: Mutex<HashMap<EventKey, (String, i32)>>,
+    seen: Arc<Mutex<HashMap<EventKey, (String, i32)>>>,
 }
 
 impl Recorder {
@@ -32,12 +34,12 @@ impl Recorder {
         Recorder {
             client,
             node,
-            seen: Mutex::new(HashMap::new()),
+            seen: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    /// Records an event about `pod` (a container's when `container` is set). Failures are
-    /// logged: an event is never worth failing a pod for.
+    /// Records an event about `pod` (a container's when `container` is set), written in the
+    /// background. Failures are logged: an event is never worth failing a pod for.
     pub async fn record(
         &self,
         pod: &Pod,
@@ -65,6 +67,7 @@ impl Recorder {
         );
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         let now = Utc::now();
+        let seen = self.seen.clone();
         let repeat = {
             let mut seen = self.seen.lock().expect("event cache");
             match seen.get_mut(&key) {
@@ -75,18 +78,6 @@ impl Recorder {
                 None => None,
             }
         };
-        if let Some((name, count)) = repeat {
-            let patched = api
-                .patch(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"count": count, "lastTimestamp": now})),
-                )
-                .await;
-            if patched.is_ok() {
-                return;
-            }
-        }
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let name = format!(
             "{pod_name}.{:x}",
@@ -112,13 +103,7 @@ impl Recorder {
             "count": 1,
         }))
         .expect("an Event literal");
-        match api.create(&PostParams::default(), &event).await {
-            Ok(_) => {
-                let mut seen = self.seen.lock().expect("event cache");
-                seen.insert(key, (name, 1));
-            }
-            Err(e) => tracing::warn!(pod = %pod_name, reason, "event not recorded: {e}"),
-        }
+        tokio::spawn(write(api, seen, key, repeat, event));
     }
 
     /// Forgets the events of a pod that is gone.
@@ -127,5 +112,40 @@ impl Recorder {
             .lock()
             .expect("event cache")
             .retain(|k, _| k.0 != uid);
+    }
+}
+
+/// Writes one event: bumps the count of the earlier one like it (`repeat`: its name and the
+/// new count), or creates `event`.
+async fn write(
+    api: Api<Event>,
+    seen: Arc<Mutex<HashMap<EventKey, (String, i32)>>>,
+    key: EventKey,
+    repeat: Option<(String, i32)>,
+    event: Event,
+) {
+    let now = event.last_timestamp.clone();
+    if let Some((name, count)) = repeat {
+        let patched = api
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"count": count, "lastTimestamp": now})),
+            )
+            .await;
+        if patched.is_ok() {
+            return;
+        }
+    }
+    let name = event.metadata.name.clone().unwrap_or_default();
+    match api.create(&PostParams::default(), &event).await {
+        Ok(_) => {
+            seen.lock().expect("event cache").insert(key, (name, 1));
+        }
+        Err(e) => tracing::warn!(
+            pod = ?event.involved_object.name,
+            reason = ?event.reason,
+            "event not recorded: {e}"
+        ),
     }
 }

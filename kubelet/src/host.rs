@@ -17,12 +17,11 @@ pub struct HostFacts {
     pub boot_id: String,
 }
 
-/// Usage that the pressure conditions are computed from.
+/// The node filesystem's size and the process count (PIDPressure); memory and disk pressure
+/// come from the eviction manager's signals.
 #[derive(Debug, Clone, Copy)]
 pub struct HostUsage {
-    pub memory_available_bytes: u64,
     pub disk_total_bytes: u64,
-    pub disk_available_bytes: u64,
     pub processes: u64,
     pub pid_max: u64,
 }
@@ -55,14 +54,11 @@ impl HostFacts {
 
 impl HostUsage {
     /// Current usage; `root_dir` is where the node keeps its data (its disk is the one that
-    /// counts for DiskPressure and ephemeral-storage).
+    /// counts for ephemeral-storage).
     pub fn read(root_dir: &Path) -> HostUsage {
-        let (disk_total_bytes, disk_available_bytes) = nix::sys::statvfs::statvfs(root_dir)
-            .map(|s| {
-                let frag = s.fragment_size();
-                (s.blocks() * frag, s.blocks_available() * frag)
-            })
-            .unwrap_or((0, 0));
+        let disk_total_bytes = nix::sys::statvfs::statvfs(root_dir)
+            .map(|s| s.blocks() * s.fragment_size())
+            .unwrap_or(0);
         let processes = std::fs::read_dir("/proc")
             .map(|d| {
                 d.filter_map(Result::ok)
@@ -71,9 +67,7 @@ impl HostUsage {
             })
             .unwrap_or(0);
         HostUsage {
-            memory_available_bytes: meminfo_kib("MemAvailable:").unwrap_or(0) * 1024,
             disk_total_bytes,
-            disk_available_bytes,
             processes,
             pid_max: read_trimmed("/proc/sys/kernel/pid_max")
                 .parse()
@@ -113,7 +107,7 @@ pub fn first_host_address() -> Option<IpAddr> {
         .copied()
 }
 
-fn meminfo_kib(key: &str) -> Option<u64> {
+pub(crate) fn meminfo_kib(key: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(key))

@@ -8,7 +8,9 @@
 //! - `pod_manager`, `pod_worker`: the pod watch and one worker per pod (sandbox, init and app
 //!   containers, restarts with back-off, graceful termination, cleanup, adoption after a restart);
 //!   `admission`: whether a pod fits the node at all (resources, node affinity, taints);
-//!   `static_pods`: pods from manifest files and their mirror pods in the API.
+//!   `static_pods`: pods from manifest files and their mirror pods in the API; `eviction`: the
+//!   memory.available/nodefs.available signals, the pressure conditions and node-pressure
+//!   eviction.
 //! - `probes`, `lifecycle`: liveness/readiness/startup probes with their thresholds; postStart and
 //!   preStop hooks, stopping one container, activeDeadlineSeconds.
 //! - `volumes`: emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes.
@@ -33,6 +35,7 @@ pub mod container_env;
 pub mod containers;
 pub mod cri_log;
 pub mod events;
+pub mod eviction;
 pub mod host;
 pub mod image;
 pub mod lifecycle;

@@ -19,6 +19,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
+use crate::eviction::Pressure;
 use crate::host::{HostFacts, HostUsage};
 use crate::image::ImageStore;
 
@@ -31,13 +32,8 @@ const STATUS_CHECK: Duration = Duration::from_secs(10);
 /// The status is patched at least this often even when nothing changed.
 const STATUS_REPORT: Duration = Duration::from_secs(300);
 
-/// Memory below this much available is MemoryPressure (the kubelet's default hard eviction
-/// threshold `memory.available<100Mi`).
-const MEMORY_PRESSURE_BYTES: u64 = 100 << 20;
 /// The most images the status lists, the largest first (the kubelet's nodeStatusMaxImages).
 const MAX_STATUS_IMAGES: usize = 50;
-/// Disk below this fraction available is DiskPressure (`nodefs.available<10%`).
-const DISK_PRESSURE_FRACTION: f64 = 0.10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -67,15 +63,23 @@ pub struct NodeAgent {
     config: NodeConfig,
     facts: HostFacts,
     images: ImageStore,
+    /// MemoryPressure and DiskPressure, as the eviction manager finds them.
+    pressure: tokio::sync::watch::Receiver<Pressure>,
 }
 
 impl NodeAgent {
-    pub fn new(client: Client, config: NodeConfig, images: ImageStore) -> NodeAgent {
+    pub fn new(
+        client: Client,
+        config: NodeConfig,
+        images: ImageStore,
+        pressure: tokio::sync::watch::Receiver<Pressure>,
+    ) -> NodeAgent {
         NodeAgent {
             client,
             config,
             facts: HostFacts::read(),
             images,
+            pressure,
         }
     }
 
@@ -176,10 +180,10 @@ impl NodeAgent {
                 Quantity(format!("{}Ki", usage.disk_total_bytes / 1024)),
             ),
         ]);
-        let memory_pressure = usage.memory_available_bytes < MEMORY_PRESSURE_BYTES;
-        let disk_pressure = usage.disk_total_bytes > 0
-            && (usage.disk_available_bytes as f64)
-                < usage.disk_total_bytes as f64 * DISK_PRESSURE_FRACTION;
+        let Pressure {
+            memory: memory_pressure,
+            disk: disk_pressure,
+        } = *self.pressure.borrow();
         let pid_pressure = usage.processes * 10 > usage.pid_max * 9;
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let condition = |kind: &str, on: bool, yes: (&str, &str), no: (&str, &str)| {
@@ -273,13 +277,23 @@ impl NodeAgent {
         }
     }
 
-    /// Keeps the status current: recomputed every ten seconds, patched when it differs from
-    /// what was last written (heartbeat times aside) or when five minutes have passed.
+    /// Keeps the status current: recomputed every ten seconds and when the pressure changes,
+    /// patched when it differs from what was last written (heartbeat times aside) or when five
+    /// minutes have passed.
     pub async fn run_status(&self, mut written: Node) {
         let api: Api<Node> = Api::all(self.client.clone());
         let mut last_write = Instant::now();
+        let mut pressure = self.pressure.clone();
         loop {
-            tokio::time::sleep(STATUS_CHECK).await;
+            tokio::select! {
+                _ = tokio::time::sleep(STATUS_CHECK) => {}
+                changed = pressure.changed() => {
+                    if changed.is_err() {
+                        // The eviction manager is gone (the node stops): plain periodic checks.
+                        tokio::time::sleep(STATUS_CHECK).await;
+                    }
+                }
+            }
             let before = written.status.clone().unwrap_or_default();
             let now = self.status(Some(&before), self.node_images().await);
             let due = last_write.elapsed() >= STATUS_REPORT;

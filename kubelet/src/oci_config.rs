@@ -356,9 +356,33 @@ pub fn generate(setup: &ContainerSetup) -> Result<Value, ConfigError> {
     }
     mounts.push(bind(&termination_path, setup.termination_log, false));
 
-    let namespaces: Vec<Value> = std::iter::once(("pid".to_string(), setup.pid_namespace.clone()))
+    // The pid namespace: a container's it was told to join (an ephemeral container's target),
+    // the sandbox's shared one (shareProcessNamespace), the node's (hostPID) or a new one of
+    // the container's own.
+    let joined_pid = setup
+        .pid_namespace
+        .clone()
+        .map(|path| ("pid".to_string(), Some(path)));
+    let shared_pid = setup.sandbox.namespaces.iter().any(|(t, _)| t == "pid");
+    let host_pid = setup
+        .pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_pid)
+        .unwrap_or(false);
+    let own_pid = (!shared_pid && !host_pid).then(|| ("pid".to_string(), None));
+    let joins_pid = joined_pid.is_some();
+    let sandbox_namespaces = setup
+        .sandbox
+        .namespaces
+        .iter()
+        .filter(|(t, _)| !joins_pid || t != "pid")
+        .cloned();
+    let namespaces: Vec<Value> = joined_pid
+        .or(own_pid)
+        .into_iter()
         .chain(std::iter::once(("mount".to_string(), None)))
-        .chain(setup.sandbox.namespaces.iter().cloned())
+        .chain(sandbox_namespaces)
         .map(|(t, path)| match path {
             Some(p) => json!({"type": t, "path": p}),
             None => json!({"type": t}),
@@ -634,5 +658,55 @@ mod tests {
             generate(&setup).unwrap_err().field,
             "securityContext.runAsNonRoot"
         );
+    }
+
+    #[test]
+    fn pid_namespace_own_shared_joined_or_the_hosts() {
+        let root = tempfile::tempdir().unwrap();
+        let joined = |pod: &Pod, sandbox: &SandboxView, join: Option<PathBuf>| -> Vec<Value> {
+            let setup = ContainerSetup {
+                pod,
+                container: &pod.spec.as_ref().unwrap().containers[0],
+                image: &ImageConfig::default(),
+                env: &[],
+                rootfs: root.path(),
+                sandbox,
+                termination_log: Path::new("/pods/u/c/termination-log"),
+                cgroups_path: "/kubepods/podu/abc",
+                volume_mounts: &[],
+                seccomp_dir: Path::new("/var/lib/kubelet/seccomp"),
+                pid_namespace: join,
+            };
+            let spec = generate(&setup).unwrap();
+            spec["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["type"] == "pid")
+                .cloned()
+                .collect()
+        };
+        let pid_namespaces = |pod: &Pod, sandbox: &SandboxView| joined(pod, sandbox, None);
+        let plain = pod(json!({"name": "c", "command": ["sh"]}));
+        assert_eq!(pid_namespaces(&plain, &sandbox()), [json!({"type": "pid"})]);
+        let mut shared = sandbox();
+        shared
+            .namespaces
+            .push(("pid".into(), Some("/proc/42/ns/pid".into())));
+        assert_eq!(
+            pid_namespaces(&plain, &shared),
+            [json!({"type": "pid", "path": "/proc/42/ns/pid"})]
+        );
+        let mut host = plain.clone();
+        host.spec.as_mut().unwrap().host_pid = Some(true);
+        assert!(pid_namespaces(&host, &sandbox()).is_empty());
+        // An ephemeral container joins its target's, in place of the sandbox's shared one.
+        let target = Some(PathBuf::from("/proc/77/ns/pid"));
+        let path = json!({"type": "pid", "path": "/proc/77/ns/pid"});
+        assert_eq!(
+            joined(&plain, &sandbox(), target.clone()),
+            std::slice::from_ref(&path)
+        );
+        assert_eq!(joined(&plain, &shared, target), [path]);
     }
 }

@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use crate::admission::{self, Rejection};
 use crate::containers::{self, ContainerRecord};
 use crate::events::EventType;
+use crate::eviction::{EvictionManager, Pressure};
 use crate::image::ImageStore;
 use crate::node_network::NetworkHandle;
 use crate::pod_worker::{Kubelet, KubeletConfig, PodWorker};
@@ -42,6 +43,9 @@ struct Workers {
     rejected: HashSet<String>,
     /// The static pods from the manifest directory, by uid (their hash).
     static_pods: HashMap<String, Arc<Pod>>,
+    eviction: EvictionManager,
+    /// The node's pressure conditions (pods are not admitted under some of them).
+    pressure: watch::Receiver<Pressure>,
 }
 
 /// Whether the API already reports the pod finished.
@@ -93,9 +97,13 @@ impl Workers {
         self.spawn(uid, Some(pod), rejection);
     }
 
-    /// Admission against the node's current record and the pods admitted so far that are still
-    /// active.
+    /// Admission against the node's pressure, its current record and the pods admitted so far
+    /// that are still active.
     async fn admit(&self, pod: &Pod) -> Option<Rejection> {
+        let pressure = *self.pressure.borrow();
+        if let Some(r) = admission::under_pressure(pod, pressure.memory, pressure.disk) {
+            return Some(r);
+        }
         let api: Api<Node> = Api::all(self.k.client.clone());
         let node = match api.get(&self.k.config.node_name).await {
             Ok(n) => n,
@@ -162,6 +170,29 @@ impl Workers {
         self.static_pods = current;
     }
 
+    /// One eviction monitoring period: the pods that may be evicted are the admitted, active
+    /// ones; the one picked gets its order and its worker is woken.
+    async fn check_eviction(&mut self) {
+        self.running.retain(|_, tx| !tx.is_closed());
+        let candidates: Vec<Arc<Pod>> = self
+            .running
+            .iter()
+            .filter(|(uid, _)| !self.rejected.contains(*uid))
+            .filter_map(|(_, tx)| tx.borrow().clone())
+            .filter(|p| !terminal(p) && p.metadata.deletion_timestamp.is_none())
+            .collect();
+        let picked = self
+            .eviction
+            .check(self.k.config.clone(), self.k.cgroups.clone(), candidates)
+            .await;
+        if let Some((uid, order)) = picked
+            && let Some(tx) = self.running.get(&uid)
+        {
+            self.k.evictions.give(&uid, order);
+            tx.send_modify(|_| {});
+        }
+    }
+
     /// The pod is gone from the API: its worker stops what is left.
     fn gone(&mut self, uid: &str) {
         if let Some(tx) = self.running.get(uid) {
@@ -200,6 +231,7 @@ pub async fn run(
     runtime: Arc<Runtime>,
     images: ImageStore,
     network: NetworkHandle,
+    eviction: EvictionManager,
 ) -> anyhow::Result<()> {
     run_until(
         client,
@@ -207,6 +239,7 @@ pub async fn run(
         runtime,
         images,
         network,
+        eviction,
         std::future::pending(),
     )
     .await
@@ -220,6 +253,7 @@ pub async fn run_until(
     runtime: Arc<Runtime>,
     images: ImageStore,
     network: NetworkHandle,
+    eviction: EvictionManager,
     stop: impl std::future::Future<Output = std::time::Duration>,
 ) -> anyhow::Result<()> {
     let (found, stray) = containers::list(&config.run_dir);
@@ -246,6 +280,8 @@ pub async fn run_until(
         adoptable,
         rejected: HashSet::new(),
         static_pods: HashMap::new(),
+        pressure: eviction.subscribe(),
+        eviction,
     };
     // Static pods first, so that their containers are adopted before the first listing decides
     // which containers belong to no pod.
@@ -255,6 +291,8 @@ pub async fn run_until(
     }
     let mut manifest_check = tokio::time::interval(MANIFEST_CHECK);
     manifest_check.tick().await;
+    let mut eviction_check = tokio::time::interval(workers.eviction.config.monitoring_period);
+    eviction_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let api: Api<Pod> = Api::all(client);
     let selector = format!("spec.nodeName={node}");
     let mut events = watcher(api, watcher::Config::default().fields(&selector))
@@ -278,6 +316,10 @@ pub async fn run_until(
                 if let Some(dir) = &manifests {
                     workers.sync_static(dir).await;
                 }
+                continue;
+            }
+            _ = eviction_check.tick() => {
+                workers.check_eviction().await;
                 continue;
             }
         };

@@ -25,6 +25,7 @@ use crate::cgroups::{self, CgroupMounts};
 use crate::container_env::{self, EnvSources, NodeView};
 use crate::containers::{self, ContainerMeta, ContainerRecord};
 use crate::events::{EventType, Recorder};
+use crate::eviction::{EvictionOrder, EvictionOrders};
 use crate::image::{self, ImageError, ImageStore, PullOptions, PullPolicy};
 use crate::lifecycle;
 use crate::node_network::NetworkHandle;
@@ -80,6 +81,8 @@ pub struct Kubelet {
     pub cgroups: CgroupMounts,
     /// Set when the whole node stops: no pod's grace period runs longer than this.
     pub node_shutdown_grace: std::sync::OnceLock<Duration>,
+    /// Pods the eviction manager picked, for their workers.
+    pub evictions: EvictionOrders,
 }
 
 impl Kubelet {
@@ -98,12 +101,14 @@ impl Kubelet {
                 config.cluster_dns.clone(),
                 config.cluster_domain.clone(),
                 network,
+                config.shim_path.clone(),
             ),
             status: StatusManager::new(client.clone()),
             events: Recorder::new(client.clone(), config.node_name.clone()),
             images,
             cgroups: CgroupMounts::read(),
             node_shutdown_grace: std::sync::OnceLock::new(),
+            evictions: EvictionOrders::default(),
             client,
             config,
             runtime,
@@ -145,8 +150,9 @@ pub struct PodWorker {
     sandbox: Option<Sandbox>,
     volumes: VolumeSync,
     probes: ProbeManager,
-    /// Set once activeDeadlineSeconds passed: the pod is failed and nothing runs again.
-    deadline_exceeded: bool,
+    /// Set when the kubelet failed the pod (activeDeadlineSeconds passed, evicted): the reason
+    /// and message; nothing of it runs again.
+    failed: Option<(String, String)>,
     /// Set when the pod was not admitted: nothing of it runs, it is reported Failed.
     rejection: Option<Rejection>,
 }
@@ -181,7 +187,7 @@ impl PodWorker {
             retry: HashMap::new(),
             sandbox: None,
             volumes: VolumeSync::default(),
-            deadline_exceeded: false,
+            failed: None,
             rejection,
         }
     }
@@ -244,6 +250,20 @@ impl PodWorker {
         let spec = pod.spec.clone().unwrap_or_default();
         let api_phase = pod.status.as_ref().and_then(|s| s.phase.clone());
         let finished = matches!(api_phase.as_deref(), Some("Succeeded" | "Failed"));
+        if let Some(order) = self.k.evictions.take(&self.uid) {
+            self.evict(pod, order).await;
+        }
+        if !finished
+            && self.failed.is_none()
+            && let Some(left) = lifecycle::active_deadline_left(pod)
+            && left.is_zero()
+        {
+            self.exceed_deadline(pod).await;
+        }
+        if self.failed.is_some() {
+            self.report(pod, true, false, self.failed.clone()).await;
+            return RESYNC;
+        }
         let mut next = RESYNC;
         let mut pod_error = None;
 
@@ -270,21 +290,8 @@ impl PodWorker {
             .restart_policy
             .clone()
             .unwrap_or_else(|| "Always".to_string());
-        if !finished
-            && !self.deadline_exceeded
-            && let Some(left) = lifecycle::active_deadline_left(pod)
-        {
-            if left.is_zero() {
-                self.exceed_deadline(pod).await;
-            } else {
-                next = next.min(left);
-            }
-        }
-        if self.deadline_exceeded {
-            let error = (lifecycle::DEADLINE_REASON, lifecycle::DEADLINE_MESSAGE);
-            let error = Some((error.0.to_string(), error.1.to_string()));
-            self.report(pod, true, false, error).await;
-            return RESYNC;
+        if !finished && let Some(left) = lifecycle::active_deadline_left(pod) {
+            next = next.min(left);
         }
         let mut init_done = true;
         let mut init_failed = false;
@@ -294,8 +301,20 @@ impl PodWorker {
         if self.sandbox.is_some() && self.volumes.ready().is_some() && !finished {
             let pod_cgroup = self.ensure_pod_cgroup(pod);
             let pod_ip = self.pod_ip();
+            self.kill_unhealthy(pod).await;
+            // The app containers of a Never/OnFailure pod are all done for good: the sidecars
+            // are stopped and not started again, and the pod completes.
+            let apps_done = policy != "Always"
+                && spec.containers.iter().all(|c| {
+                    self.latest(&c.name)
+                        .and_then(|r| r.exit.as_ref())
+                        .is_some_and(|e| policy == "Never" || e.exit_code == 0)
+                });
             for c in spec.init_containers.iter().flatten() {
                 if is_sidecar(c) {
+                    if apps_done {
+                        continue;
+                    }
                     // A sidecar is started and kept running (restarted whatever the pod's
                     // restartPolicy); the next init container waits only for it to have started.
                     if !self.latest(&c.name).is_some_and(|r| r.running())
@@ -333,8 +352,10 @@ impl PodWorker {
                 init_done = false;
                 break;
             }
+            if apps_done {
+                self.stop_all(lifecycle::grace_period(pod, None)).await;
+            }
             if init_done {
-                self.kill_unhealthy(pod).await;
                 for c in &spec.containers {
                     let restart = match self
                         .latest(&c.name)
@@ -366,8 +387,10 @@ impl PodWorker {
             }
         }
         if finished {
-            // A finished pod keeps its reported status; nothing runs again.
+            // A finished pod keeps its reported status; nothing runs again (sidecars left
+            // running by a kubelet that stopped before it could stop them are stopped now).
             self.probes.stop_all();
+            self.stop_all(lifecycle::grace_period(pod, None)).await;
             return RESYNC;
         }
         self.report(pod, init_done, init_failed, pod_error).await;
@@ -454,12 +477,22 @@ impl PodWorker {
             .unwrap_or_default()
     }
 
-    /// Kills the containers whose liveness or startup probe failed; they restart as the
-    /// restartPolicy says.
+    /// Kills the containers (and sidecars) whose liveness or startup probe failed; they restart
+    /// as the restartPolicy says (a sidecar always).
     async fn kill_unhealthy(&mut self, pod: &Pod) {
         let spec = pod.spec.clone().unwrap_or_default();
         for (name, kind) in self.probes.take_failed() {
-            let Some(c) = spec.containers.iter().find(|c| c.name == name) else {
+            let app = spec.containers.iter().find(|c| c.name == name);
+            let sidecar = || {
+                spec.init_containers
+                    .iter()
+                    .flatten()
+                    .find(|c| c.name == name && is_sidecar(c))
+            };
+            let Some((c, init)) = app
+                .map(|c| (c, false))
+                .or_else(|| sidecar().map(|c| (c, true)))
+            else {
                 continue;
             };
             let Some(r) = self.latest(&name).filter(|r| r.running()).cloned() else {
@@ -471,7 +504,7 @@ impl PodWorker {
                 .events
                 .record(
                     pod,
-                    Some((&name, false)),
+                    Some((&name, init)),
                     EventType::Normal,
                     "Killing",
                     &message,
@@ -490,7 +523,10 @@ impl PodWorker {
 
     /// activeDeadlineSeconds passed: every container is stopped and the pod fails.
     async fn exceed_deadline(&mut self, pod: &Pod) {
-        self.deadline_exceeded = true;
+        self.failed = Some((
+            lifecycle::DEADLINE_REASON.to_string(),
+            lifecycle::DEADLINE_MESSAGE.to_string(),
+        ));
         self.k
             .events
             .record(
@@ -502,6 +538,27 @@ impl PodWorker {
             )
             .await;
         self.stop_all(lifecycle::grace_period(pod, None)).await;
+    }
+
+    /// Node-pressure eviction: the containers are killed at once (a hard threshold gives no grace
+    /// period), the pod fails as Evicted, and everything it held on the node — writable layers,
+    /// volumes, logs, cgroup, sandbox — is reclaimed before the eviction manager hears so.
+    async fn evict(&mut self, pod: &Pod, order: EvictionOrder) {
+        self.k
+            .events
+            .record(
+                pod,
+                None,
+                EventType::Warning,
+                crate::eviction::EVICTED_REASON,
+                &order.message,
+            )
+            .await;
+        self.stop_all(Duration::ZERO).await;
+        self.failed = Some((crate::eviction::EVICTED_REASON.to_string(), order.message));
+        self.report(pod, true, false, self.failed.clone()).await;
+        self.release().await;
+        let _ = order.reclaimed.send(());
     }
 
     fn ensure_pod_cgroup(&self, pod: &Pod) -> String {
@@ -1056,7 +1113,7 @@ impl PodWorker {
             pod_error,
         });
         let mut status = status;
-        if self.deadline_exceeded {
+        if self.failed.is_some() {
             status.phase = Some("Failed".to_string());
         }
         self.k.status.set(pod, status).await;
@@ -1218,6 +1275,14 @@ impl PodWorker {
     }
 
     async fn cleanup(&mut self) {
+        self.release().await;
+        self.records.clear();
+        tracing::info!(pod = %self.uid, "pod cleaned up");
+    }
+
+    /// Removes everything the pod has on the node (runtime containers, their files, cgroups,
+    /// logs, volumes, sandbox); the records stay in memory for the status.
+    async fn release(&mut self) {
         let cfg = self.k.config.clone();
         let records: Vec<ContainerRecord> = self.records.values().flatten().cloned().collect();
         let mut pod_cgroups: HashSet<String> = HashSet::new();
@@ -1256,8 +1321,7 @@ impl PodWorker {
             let _ = std::fs::remove_dir_all(d);
         }
         self.k.sandboxes.remove(&self.uid).await;
-        self.records.clear();
-        tracing::info!(pod = %self.uid, "pod cleaned up");
+        self.sandbox = None;
     }
 }
 

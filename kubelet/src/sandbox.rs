@@ -1,6 +1,7 @@
 //! The pod sandbox as the pod worker uses it: the pod's pinned namespaces (`network::Sandbox`),
 //! its address on the pod network (`network::NodeNetwork`; the node's for hostNetwork pods), its
-//! hostPorts, and the files bind-mounted into every container (/etc/hosts, /etc/resolv.conf,
+//! hostPorts, the pause process holding the shared PID namespace of a pod with
+//! `shareProcessNamespace` (`shim::pause`), and the files bind-mounted into every container (/etc/hosts, /etc/resolv.conf,
 //! /etc/hostname) under `<root-dir>/pods/<uid>`. Made once per pod, found again after a kubelet
 //! restart, removed with the pod.
 
@@ -28,6 +29,8 @@ pub enum SandboxError {
     Network(#[from] NetworkError),
     #[error("sandbox: {0}")]
     Join(String),
+    #[error("the pod's shared PID namespace: {0}")]
+    Pause(String),
 }
 
 /// A pod's sandbox, ready for its containers.
@@ -45,6 +48,8 @@ pub struct Sandboxes {
     pub cluster_domain: String,
     pub files: NodeFilesSettings,
     pub network: NetworkHandle,
+    /// The shim binary, which also runs pause processes (shareProcessNamespace).
+    pub shim_path: PathBuf,
     /// Pod uid → its hostPort mappings; the node's rules are the union.
     host_ports: Mutex<HashMap<String, Vec<HostPortMapping>>>,
 }
@@ -61,6 +66,7 @@ impl Sandboxes {
         cluster_dns: Vec<IpAddr>,
         cluster_domain: String,
         network: NetworkHandle,
+        shim_path: PathBuf,
     ) -> Sandboxes {
         let files = NodeFilesSettings {
             dns: DnsSettings {
@@ -83,6 +89,7 @@ impl Sandboxes {
             cluster_domain,
             files,
             network,
+            shim_path,
             host_ports: Mutex::new(HashMap::new()),
         }
     }
@@ -124,11 +131,22 @@ impl Sandboxes {
         let pod_ips = if host_network { vec![] } else { vec![pod_ip] };
         let files = PodFiles::for_pod(pod, &pod_ips, &self.files)?;
         files.write_to(&dir)?;
-        let namespaces = pinned
+        let mut namespaces: Vec<(String, Option<PathBuf>)> = pinned
             .namespaces()
             .into_iter()
             .map(|(kind, path)| (kind.oci_type().to_string(), Some(path)))
             .collect();
+        if pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.share_process_namespace)
+            .unwrap_or(false)
+        {
+            let pid_ns = crate::shim::pause::ensure(&self.shim_path, pinned.dir(), &uid)
+                .await
+                .map_err(SandboxError::Pause)?;
+            namespaces.push(("pid".to_string(), Some(pid_ns)));
+        }
         Ok(Sandbox {
             view: SandboxView {
                 hostname: files.hostname.trim().to_string(),
@@ -175,6 +193,9 @@ impl Sandboxes {
             if let Err(e) = net.detach(uid).await {
                 tracing::warn!(pod = %uid, "pod network: {e}");
             }
+        }
+        if let Ok(dir) = network::Sandbox::dir_of(&self.run_dir, uid) {
+            crate::shim::pause::stop(&dir, uid);
         }
         if let Err(e) = network::Sandbox::remove_by_uid(&self.run_dir, uid) {
             tracing::warn!(pod = %uid, "sandbox: {e}");

@@ -227,7 +227,16 @@ pub fn pod_status(v: PodView) -> PodStatus {
         .filter(|c| c.restart_policy.as_deref() == Some("Always"))
         .map(|c| c.name.as_str())
         .collect();
-    let complete = |s: &ContainerStatus| init_complete(s, sidecars.contains(&s.name.as_str()));
+    // Once an app container has run, the pod was initialized, whatever its sidecars do since
+    // (they are stopped when the app containers of a Never/OnFailure pod are done).
+    let apps_ran = v.apps.iter().any(|s| {
+        let ran = |st: Option<&ContainerState>| {
+            st.is_some_and(|st| st.running.is_some() || st.terminated.is_some())
+        };
+        ran(s.state.as_ref()) || ran(s.last_state.as_ref())
+    });
+    let complete =
+        |s: &ContainerStatus| apps_ran || init_complete(s, sidecars.contains(&s.name.as_str()));
     let phase = phase(policy, !v.init.iter().all(complete), v.init_failed, &v.apps);
     let unfinished = |all: &[ContainerStatus], pred: &dyn Fn(&ContainerStatus) -> bool| {
         let names: Vec<&str> = all

@@ -305,3 +305,90 @@ fn memory_limit_is_enforced_and_oom_kill_reported() {
     assert_eq!(t["exitCode"], 137);
     assert_eq!(p["status"]["qosClass"], "Guaranteed");
 }
+
+/// The pause process of the pod `uid` (`skiff-shim pause <uid>`), if it runs.
+fn pause_process(uid: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        (args.len() >= 3 && args[1] == b"pause" && args[2] == uid.as_bytes()).then_some(pid)
+    })
+}
+
+#[test]
+fn share_process_namespace_lets_containers_see_and_signal_each_other() {
+    let node = Node::start();
+    let shared = tempfile::tempdir().expect("shared directory");
+    // `$$$$` is the shell's `$$` after the kubelet's `$(VAR)` expansion (`$$` escapes `$`).
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: shared-pids
+spec:
+  restartPolicy: Never
+  shareProcessNamespace: true
+  terminationGracePeriodSeconds: 2
+  volumes:
+  - name: shared
+    hostPath: {{path: {dir}, type: Directory}}
+  containers:
+  - name: target
+    image: busybox
+    imagePullPolicy: Never
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+    command: ["sh", "-c", "trap 'echo terminated > /shared/target-done; exit 0' TERM; echo $$$$ > /shared/target.pid.tmp; mv /shared/target.pid.tmp /shared/target.pid; while true; do sleep 0.1; done"]
+  - name: signaller
+    image: busybox
+    imagePullPolicy: Never
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+    command: ["sh", "-c", "until [ -f /shared/target.pid ]; do sleep 0.1; done; t=$(cat /shared/target.pid); cat /proc/1/cmdline | tr '\\0' ' ' > /shared/pid1; cat /proc/$t/cmdline | tr '\\0' ' ' > /shared/target-seen; ps -o pid,args > /shared/ps; kill -TERM $t; sleep 3600"]
+"#,
+        dir = shared.path().display()
+    );
+    node.apply(&manifest);
+    let p = node.wait_pod(
+        "shared-pids",
+        "the target stopped by the other container",
+        Duration::from_secs(40),
+        |p| {
+            p["status"]["containerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["name"] == "target" && s["state"]["terminated"].is_object())
+        },
+    );
+    let target = p["status"]["containerStatuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "target")
+        .unwrap();
+    assert_eq!(target["state"]["terminated"]["exitCode"], 0, "{target}");
+    let read = |f: &str| std::fs::read_to_string(shared.path().join(f)).unwrap_or_default();
+    assert_eq!(read("target-done").trim(), "terminated");
+    // PID 1 of the pod's namespace is the pause process; the target is another pid in it.
+    assert!(read("pid1").contains("pause"), "{}", read("pid1"));
+    let target_pid: i32 = read("target.pid").trim().parse().unwrap();
+    assert!(target_pid > 1, "{target_pid}");
+    assert!(
+        read("target-seen").starts_with("sh -c trap"),
+        "{}",
+        read("target-seen")
+    );
+    let ps = read("ps");
+    assert!(
+        ps.lines()
+            .any(|l| l.split_whitespace().next() == Some(&target_pid.to_string())),
+        "{ps}"
+    );
+    // Deleting the pod stops the pause process too.
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    assert!(pause_process(&uid).is_some());
+    node.kubectl(&["delete", "pod", "shared-pids", "--timeout=30s"]);
+    node.wait_for("the pause process to end", Duration::from_secs(10), |_| {
+        pause_process(&uid).is_none()
+    });
+}

@@ -99,3 +99,127 @@ spec:
         node.container_dirs()
     );
 }
+
+fn phase(p: &Value) -> &str {
+    p["status"]["phase"].as_str().unwrap_or_default()
+}
+
+/// A pod with a sidecar (which exits 0 on SIGTERM) and an app container running `app`.
+fn pod_with_sidecar(name: &str, policy: &str, app: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  restartPolicy: {policy}
+  terminationGracePeriodSeconds: 5
+  initContainers:
+  - name: sidecar
+    image: busybox
+    imagePullPolicy: Never
+    restartPolicy: Always
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]
+  containers:
+  - name: app
+    image: busybox
+    imagePullPolicy: Never
+    command: ["sh", "-c", {app:?}]
+"#
+    )
+}
+
+#[test]
+fn sidecars_stop_when_the_apps_of_a_never_or_on_failure_pod_are_done() {
+    let node = Node::start();
+    node.apply(&pod_with_sidecar("never", "Never", "sleep 2; exit 3"));
+    node.apply(&pod_with_sidecar("on-failure", "OnFailure", "sleep 2"));
+    for (name, expected, app_code) in [("never", "Failed", 3), ("on-failure", "Succeeded", 0)] {
+        let p = node.wait_pod(name, expected, WAIT, |p| phase(p) == expected);
+        let app = &p["status"]["containerStatuses"][0];
+        assert_eq!(app["state"]["terminated"]["exitCode"], app_code, "{app}");
+        assert_eq!(app["restartCount"], 0, "{app}");
+        // The sidecar was stopped (SIGTERM, which it answers with exit 0), not restarted.
+        let sidecar = &p["status"]["initContainerStatuses"][0];
+        assert_eq!(sidecar["state"]["terminated"]["exitCode"], 0, "{sidecar}");
+        assert_eq!(sidecar["restartCount"], 0, "{sidecar}");
+        assert_eq!(condition(&p, "Initialized"), "True", "{}", p["status"]);
+        assert_eq!(condition(&p, "Ready"), "False");
+        let reasons = node.event_reasons(name);
+        assert!(reasons.iter().any(|r| r == "Killing"), "{reasons:?}");
+    }
+    // Nothing runs any more: the sidecar stays stopped.
+    std::thread::sleep(Duration::from_secs(2));
+    let p = node.pod("on-failure").unwrap();
+    assert!(
+        p["status"]["initContainerStatuses"][0]["state"]["terminated"].is_object(),
+        "{}",
+        p["status"]
+    );
+}
+
+#[test]
+fn a_sidecar_failing_its_liveness_probe_is_restarted() {
+    let node = Node::start();
+    // The first attempt never becomes healthy; the second (the emptyDir outlives it) does.
+    node.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: unhealthy-sidecar
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - name: state
+    emptyDir: {}
+  initContainers:
+  - name: sidecar
+    image: busybox
+    imagePullPolicy: Never
+    restartPolicy: Always
+    volumeMounts: [{name: state, mountPath: /state}]
+    command: ["sh", "-c", "if [ -f /state/restarted ]; then touch /state/healthy; else touch /state/restarted; fi; while true; do sleep 0.1; done"]
+    livenessProbe:
+      exec: {command: ["test", "-f", "/state/healthy"]}
+      periodSeconds: 1
+      failureThreshold: 2
+  containers:
+  - name: app
+    image: busybox
+    imagePullPolicy: Never
+    command: ["sleep", "3600"]
+"#,
+    );
+    let p = node.wait_pod(
+        "unhealthy-sidecar",
+        "the sidecar restarted and running",
+        WAIT,
+        |p| {
+            let s = &p["status"]["initContainerStatuses"][0];
+            s["restartCount"].as_i64() == Some(1) && s["state"]["running"].is_object()
+        },
+    );
+    assert_eq!(phase(&p), "Running");
+    let app = &p["status"]["containerStatuses"][0];
+    assert_eq!(app["restartCount"], 0, "{app}");
+    assert!(app["state"]["running"].is_object(), "{app}");
+    let events = node
+        .get_json(&[
+            "events",
+            "--field-selector",
+            "involvedObject.name=unhealthy-sidecar,reason=Killing",
+        ])
+        .unwrap();
+    let killing: Vec<&Value> = events["items"].as_array().unwrap().iter().collect();
+    assert!(
+        killing.iter().any(|e| {
+            e["message"] == "Container sidecar failed liveness probe, will be restarted"
+                && e["involvedObject"]["fieldPath"] == "spec.initContainers{sidecar}"
+        }),
+        "{killing:?}"
+    );
+    // Healthy now: it keeps running.
+    std::thread::sleep(Duration::from_secs(3));
+    let p = node.pod("unhealthy-sidecar").unwrap();
+    assert_eq!(p["status"]["initContainerStatuses"][0]["restartCount"], 1);
+}

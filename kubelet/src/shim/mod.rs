@@ -15,6 +15,7 @@
 //! output is logged as stdout); one with only `stdin: true` a pipe.
 
 pub mod attach;
+pub mod pause;
 pub mod supervisor;
 
 use std::io::Write;

@@ -176,6 +176,13 @@ impl Node {
 
     /// As [`Node::start`], the kubelet given `kubelet_args` too.
     pub fn start_with(kubelet_args: &[&str]) -> Node {
+        Node::start_with_root(kubelet_args, |_| {})
+    }
+
+    /// As [`Node::start_with`], `prepare_root` given the (empty) root directory before the
+    /// image is installed and the kubelet starts (e.g. to mount a small filesystem on it; the
+    /// node's teardown unmounts everything under its directories).
+    pub fn start_with_root(kubelet_args: &[&str], prepare_root: impl FnOnce(&Path)) -> Node {
         require("ip", &["-V"], "iproute2");
         require("kubectl", &["version", "--client"], "kubectl 1.32 on PATH");
         assert!(
@@ -196,6 +203,8 @@ impl Node {
             netns,
         };
         node.start_server();
+        std::fs::create_dir_all(node.root_dir()).expect("root directory");
+        prepare_root(&node.root_dir());
         install_busybox(&node.root_dir());
         node.start_kubelet();
         node.wait_for("the node to register", Duration::from_secs(30), |n| {
@@ -249,10 +258,17 @@ impl Node {
 
     /// (Re)starts the kubelet with the node's directories.
     pub fn start_kubelet(&mut self) {
-        let runc = binary(
-            "skiff-runc",
-            "cargo build -p skiff --bin skiff -p skiff-runtime --bin skiff-runc",
-        );
+        // skiff-runc unless the node was given another --runtime-path.
+        let runtime: Vec<std::ffi::OsString> =
+            if self.kubelet_args.iter().any(|a| a == "--runtime-path") {
+                vec![]
+            } else {
+                let runc = binary(
+                    "skiff-runc",
+                    "cargo build -p skiff --bin skiff -p skiff-runtime --bin skiff-runc",
+                );
+                vec!["--runtime-path".into(), runc.into()]
+            };
         let child = self
             .netns
             .command(env!("CARGO_BIN_EXE_skiff-kubelet"))
@@ -266,8 +282,7 @@ impl Node {
             .arg("--pod-logs-dir")
             .arg(self.logs_dir())
             .args(["--cgroup-root", &self.cgroup_root])
-            .arg("--runtime-path")
-            .arg(runc)
+            .args(runtime)
             .arg("--shim-path")
             .arg(env!("CARGO_BIN_EXE_skiff-shim"))
             .args(["--volume-sync-seconds", "2"])
@@ -279,6 +294,11 @@ impl Node {
             .spawn()
             .expect("starting skiff-kubelet");
         self.kubelet = Some(child);
+    }
+
+    /// The running kubelet's pid.
+    pub fn kubelet_pid(&self) -> Option<u32> {
+        self.kubelet.as_ref().map(Child::id)
     }
 
     /// SIGKILL to the kubelet, as a crash would.
@@ -507,7 +527,19 @@ impl Drop for Node {
         }
         // Containers in their own network namespace are not among the namespace's pids: ask the
         // runtime, then unmount what the kubelet mounted.
-        if let Ok(runc) = std::panic::catch_unwind(|| binary("skiff-runc", "")) {
+        // The node's own --runtime-path if it was given one (its containers' state is that
+        // runtime's), else skiff-runc.
+        let given = self
+            .kubelet_args
+            .iter()
+            .position(|a| a == "--runtime-path")
+            .and_then(|i| self.kubelet_args.get(i + 1))
+            .map(PathBuf::from);
+        let runtime = match given {
+            Some(p) => Ok(p),
+            None => std::panic::catch_unwind(|| binary("skiff-runc", "")),
+        };
+        if let Ok(runc) = runtime {
             for dir in self.container_dirs() {
                 if let Some(id) = dir.file_name() {
                     let _ = Command::new(&runc)

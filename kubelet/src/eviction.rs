@@ -1,0 +1,669 @@
+//! Node-pressure eviction, as the kubelet's eviction manager does it with hard thresholds
+//! (`--eviction-hard memory.available<100Mi,nodefs.available<10%`): every monitoring period the
+//! signals are observed — `memory.available` from /proc/meminfo's MemAvailable (or, when the
+//! pods' cgroup root has a memory limit, that limit minus the root's working set, if smaller),
+//! `nodefs.available` from statvfs of the root directory — and while a threshold is met the node
+//! reports MemoryPressure/DiskPressure (for at least the pressure transition period after it was
+//! last met) and one pod is evicted per period: pods using more than they request first (a
+//! BestEffort pod requests nothing), then the lower priority, then the larger use of the starved
+//! resource. The next pod is picked only once the last one's resources are reclaimed (or 30 s
+//! passed), so that the pressure relieved by one eviction does not cost a second pod.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use skiff_k8s::qos::{QosClass, qos_class};
+use tokio::sync::{oneshot, watch};
+
+use crate::cgroups::CgroupMounts;
+use crate::containers::{self, ContainerRecord};
+use crate::pod_worker::{KubeletConfig, pod_log_dir};
+
+/// The thresholds the real kubelet applies when none are given (less the inode and image
+/// filesystem ones, which skiff does not observe).
+pub const DEFAULT_EVICTION_HARD: &str = "memory.available<100Mi,nodefs.available<10%";
+/// How long an evicted pod's resources may take to be reclaimed before the next pod is picked.
+const CLEANUP_WAIT: Duration = Duration::from_secs(30);
+/// The pod status reason of an evicted pod (and its event's).
+pub const EVICTED_REASON: &str = "Evicted";
+
+/// An eviction signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    MemoryAvailable,
+    NodefsAvailable,
+}
+
+impl Signal {
+    fn name(self) -> &'static str {
+        match self {
+            Signal::MemoryAvailable => "memory.available",
+            Signal::NodefsAvailable => "nodefs.available",
+        }
+    }
+
+    /// The resource the signal starves (as the eviction message names it).
+    fn resource(self) -> &'static str {
+        match self {
+            Signal::MemoryAvailable => "memory",
+            Signal::NodefsAvailable => "ephemeral-storage",
+        }
+    }
+}
+
+/// A threshold's value: a quantity of bytes or a percentage of the capacity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Amount {
+    Bytes(u64),
+    Percent(f64),
+}
+
+impl Amount {
+    fn bytes(self, capacity: u64) -> u64 {
+        match self {
+            Amount::Bytes(b) => b,
+            Amount::Percent(p) => (capacity as f64 * p / 100.0) as u64,
+        }
+    }
+}
+
+/// One hard threshold: the signal below the amount.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Threshold {
+    pub signal: Signal,
+    pub amount: Amount,
+}
+
+/// The hard eviction thresholds (`--eviction-hard`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholds(pub Vec<Threshold>);
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ThresholdError {
+    #[error("eviction threshold {0:?}: expected SIGNAL<QUANTITY or SIGNAL<PERCENT%")]
+    Syntax(String),
+    #[error(
+        "eviction threshold {0:?}: unknown signal (skiff observes memory.available and nodefs.available)"
+    )]
+    Signal(String),
+    #[error("eviction threshold {0:?}: bad quantity or percentage")]
+    Amount(String),
+}
+
+impl FromStr for Thresholds {
+    type Err = ThresholdError;
+
+    fn from_str(s: &str) -> Result<Thresholds, ThresholdError> {
+        let mut out = Vec::new();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (name, value) = item
+                .split_once('<')
+                .ok_or_else(|| ThresholdError::Syntax(item.to_string()))?;
+            let signal = match name.trim() {
+                "memory.available" => Signal::MemoryAvailable,
+                "nodefs.available" => Signal::NodefsAvailable,
+                _ => return Err(ThresholdError::Signal(item.to_string())),
+            };
+            let value = value.trim();
+            let bad = || ThresholdError::Amount(item.to_string());
+            let amount = match value.strip_suffix('%') {
+                Some(p) => {
+                    let p: f64 = p.parse().map_err(|_| bad())?;
+                    if !(0.0..=100.0).contains(&p) {
+                        return Err(bad());
+                    }
+                    Amount::Percent(p)
+                }
+                None => {
+                    let b = skiff_k8s::quantity::units(&Quantity(value.to_string()))
+                        .map_err(|_| bad())?;
+                    Amount::Bytes(u64::try_from(b).map_err(|_| bad())?)
+                }
+            };
+            out.retain(|t: &Threshold| t.signal != signal);
+            out.push(Threshold { signal, amount });
+        }
+        Ok(Thresholds(out))
+    }
+}
+
+/// A Go-style duration (`5m`, `10s`, `1m30s`, `500ms`), as the kubelet's duration flags take.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("bad duration {s:?} (examples: 10s, 5m, 1m30s, 500ms)");
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(bad)?;
+        let (number, tail) = rest.split_at(digits);
+        let number: f64 = number.parse().map_err(|_| bad())?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let seconds = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return Err(bad()),
+        };
+        total += Duration::from_secs_f64(number * seconds);
+        rest = tail;
+    }
+    Ok(total)
+}
+
+/// The signals as observed once: (available, capacity) in bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Observation {
+    pub memory: (u64, u64),
+    pub nodefs: (u64, u64),
+}
+
+impl Observation {
+    /// Reads the signals: memory from /proc/meminfo and the pods' cgroup root, the node
+    /// filesystem from statvfs of `root_dir`.
+    pub fn read(root_dir: &Path, cgroups: &CgroupMounts, cgroup_root: &str) -> Observation {
+        let total = crate::host::meminfo_kib("MemTotal:").unwrap_or(0) * 1024;
+        let available = crate::host::meminfo_kib("MemAvailable:").unwrap_or(0) * 1024;
+        let mut memory = (available, total);
+        if let Some(dir) = cgroups.memory_dir(cgroup_root)
+            && let Some(limit) = memory_limit(&dir).filter(|l| *l < total)
+        {
+            let used = working_set(&dir).unwrap_or(0);
+            memory = (memory.0.min(limit.saturating_sub(used)), limit);
+        }
+        let nodefs = nix::sys::statvfs::statvfs(root_dir)
+            .map(|s| {
+                let frag = s.fragment_size();
+                (s.blocks_available() * frag, s.blocks() * frag)
+            })
+            .unwrap_or((u64::MAX, 0));
+        Observation { memory, nodefs }
+    }
+
+    fn of(&self, signal: Signal) -> (u64, u64) {
+        match signal {
+            Signal::MemoryAvailable => self.memory,
+            Signal::NodefsAvailable => self.nodefs,
+        }
+    }
+}
+
+impl Thresholds {
+    /// The thresholds met by `o`, with the threshold's quantity and the available amount.
+    pub fn met(&self, o: &Observation) -> Vec<(Signal, u64, u64)> {
+        self.0
+            .iter()
+            .filter_map(|t| {
+                let (available, capacity) = o.of(t.signal);
+                let limit = t.amount.bytes(capacity);
+                (capacity > 0 && available < limit).then_some((t.signal, limit, available))
+            })
+            .collect()
+    }
+}
+
+/// The pressure conditions the node reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pressure {
+    pub memory: bool,
+    pub disk: bool,
+}
+
+/// The order a pod's worker gets: fail the pod as evicted, reclaim what it holds, then say so.
+pub struct EvictionOrder {
+    pub message: String,
+    pub reclaimed: oneshot::Sender<()>,
+}
+
+/// The pending orders, by pod uid (shared between the manager and the workers).
+#[derive(Default)]
+pub struct EvictionOrders(std::sync::Mutex<HashMap<String, EvictionOrder>>);
+
+impl EvictionOrders {
+    pub fn give(&self, uid: &str, order: EvictionOrder) {
+        self.0
+            .lock()
+            .expect("eviction orders")
+            .insert(uid.to_string(), order);
+    }
+
+    pub fn take(&self, uid: &str) -> Option<EvictionOrder> {
+        self.0.lock().expect("eviction orders").remove(uid)
+    }
+}
+
+/// The eviction manager's settings.
+#[derive(Debug, Clone)]
+pub struct EvictionConfig {
+    pub thresholds: Thresholds,
+    pub monitoring_period: Duration,
+    pub pressure_transition_period: Duration,
+}
+
+/// The manager's state between periods.
+pub struct EvictionManager {
+    pub config: EvictionConfig,
+    /// When each signal's threshold was last met.
+    last_met: HashMap<Signal, Instant>,
+    pressure: watch::Sender<Pressure>,
+    /// The last evicted pod's reclaim, and when the manager stops waiting for it.
+    pending: Option<(oneshot::Receiver<()>, Instant)>,
+}
+
+impl EvictionManager {
+    pub fn new(config: EvictionConfig) -> EvictionManager {
+        EvictionManager {
+            config,
+            last_met: HashMap::new(),
+            pressure: watch::channel(Pressure::default()).0,
+            pending: None,
+        }
+    }
+
+    /// The node's pressure conditions as they change.
+    pub fn subscribe(&self) -> watch::Receiver<Pressure> {
+        self.pressure.subscribe()
+    }
+
+    /// One monitoring period: observes the signals, updates the pressure conditions and, while a
+    /// threshold is met, picks the pod to evict among `pods` (the active, admitted ones).
+    /// Returns the pod's uid and the order for its worker.
+    pub async fn check(
+        &mut self,
+        config: Arc<KubeletConfig>,
+        cgroups: CgroupMounts,
+        pods: Vec<Arc<Pod>>,
+    ) -> Option<(String, EvictionOrder)> {
+        let thresholds = self.config.thresholds.clone();
+        let (observed, met, usage) = tokio::task::spawn_blocking(move || {
+            let o = Observation::read(&config.root_dir, &cgroups, &config.cgroup_root);
+            let met = thresholds.met(&o);
+            let usage = met
+                .first()
+                .map(|(signal, ..)| pod_usage(&config, &cgroups, &pods, *signal))
+                .unwrap_or_default();
+            (o, met, usage)
+        })
+        .await
+        .ok()?;
+        let now = Instant::now();
+        for (signal, ..) in &met {
+            self.last_met.insert(*signal, now);
+        }
+        let within = |s| {
+            self.last_met
+                .get(&s)
+                .is_some_and(|t| now.duration_since(*t) < self.config.pressure_transition_period)
+        };
+        let pressure = Pressure {
+            memory: within(Signal::MemoryAvailable),
+            disk: within(Signal::NodefsAvailable),
+        };
+        self.pressure.send_if_modified(|p| {
+            let changed = *p != pressure;
+            *p = pressure;
+            changed
+        });
+        let (signal, limit, available) = *met.first()?;
+        tracing::info!(
+            signal = signal.name(),
+            available = %format_bytes(available),
+            threshold = %format_bytes(limit),
+            memory = ?observed.memory,
+            nodefs = ?observed.nodefs,
+            "eviction threshold met"
+        );
+        if let Some((rx, until)) = &mut self.pending {
+            let reclaimed = !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+            if !reclaimed && now < *until {
+                tracing::info!("waiting for the last evicted pod's resources to be reclaimed");
+                return None;
+            }
+            self.pending = None;
+        }
+        let victim = rank(usage).into_iter().next()?;
+        let message = eviction_message(signal, limit, available, &victim);
+        tracing::info!(pod = %victim.uid, "evicting: {message}");
+        let (reclaimed, rx) = oneshot::channel();
+        self.pending = Some((rx, now + CLEANUP_WAIT));
+        Some((victim.uid, EvictionOrder { message, reclaimed }))
+    }
+}
+
+/// One pod's use of the starved resource.
+#[derive(Debug, Clone)]
+pub struct PodUsage {
+    pub uid: String,
+    pub priority: i32,
+    pub best_effort: bool,
+    pub request: u64,
+    pub usage: u64,
+    /// Container name → (usage, request).
+    pub containers: Vec<(String, u64, u64)>,
+}
+
+impl PodUsage {
+    /// A pod that requests nothing of the resource (BestEffort for memory) always counts as
+    /// using more than it requests.
+    fn exceeds_request(&self) -> bool {
+        self.request == 0 || self.usage > self.request
+    }
+}
+
+/// The order pods are evicted in: those above their requests first, then the lower priority,
+/// then BestEffort before the others, then the larger use beyond the request.
+pub fn rank(mut pods: Vec<PodUsage>) -> Vec<PodUsage> {
+    pods.sort_by_key(|p| {
+        (
+            !p.exceeds_request(),
+            p.priority,
+            !p.best_effort,
+            Reverse(p.usage.saturating_sub(p.request)),
+        )
+    });
+    pods
+}
+
+/// The kubelet's eviction message: the starved resource, the threshold and what was available,
+/// and the containers using more than they request.
+fn eviction_message(signal: Signal, limit: u64, available: u64, pod: &PodUsage) -> String {
+    let resource = signal.resource();
+    let mut message = format!(
+        "The node was low on resource: {resource}. Threshold quantity: {}, available: {}. ",
+        format_bytes(limit),
+        format_bytes(available)
+    );
+    for (name, usage, request) in &pod.containers {
+        if usage > request {
+            message.push_str(&format!(
+                "Container {name} was using {}, request is {}, has larger consumption of {resource}. ",
+                format_bytes(*usage),
+                format_bytes(*request)
+            ));
+        }
+    }
+    message
+}
+
+/// Bytes as a quantity: `100Mi`, `2048Ki`, `512`.
+pub fn format_bytes(b: u64) -> String {
+    for (unit, size) in [("Gi", 1u64 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+        if b >= size && b.is_multiple_of(size) {
+            return format!("{}{unit}", b / size);
+        }
+    }
+    if b >= 1 << 10 {
+        format!("{}Ki", b.div_ceil(1 << 10))
+    } else {
+        b.to_string()
+    }
+}
+
+/// Each pod's use of the resource `signal` starves: the working set of its containers' memory
+/// cgroups, or the bytes of its containers' writable layers, logs and disk-backed volumes.
+fn pod_usage(
+    config: &KubeletConfig,
+    cgroups: &CgroupMounts,
+    pods: &[Arc<Pod>],
+    signal: Signal,
+) -> Vec<PodUsage> {
+    let (records, _) = containers::list(&config.run_dir);
+    let mut by_pod: HashMap<&str, Vec<&ContainerRecord>> = HashMap::new();
+    for r in &records {
+        by_pod.entry(&r.meta.pod_uid).or_default().push(r);
+    }
+    let resource = signal.resource();
+    pods.iter()
+        .filter(|p| !crate::static_pods::is_static(p))
+        .filter_map(|pod| {
+            let uid = pod.metadata.uid.clone()?;
+            let spec = pod.spec.as_ref()?;
+            let request_of = |name: &str| {
+                spec.containers
+                    .iter()
+                    .chain(spec.init_containers.iter().flatten())
+                    .find(|c| c.name == name)
+                    .and_then(|c| {
+                        c.resources
+                            .as_ref()?
+                            .requests
+                            .as_ref()?
+                            .get(resource)
+                            .cloned()
+                    })
+                    .and_then(|q| skiff_k8s::quantity::units(&q).ok())
+                    .map_or(0, |v| v.max(0) as u64)
+            };
+            let records = by_pod.get(uid.as_str()).cloned().unwrap_or_default();
+            let mut containers: Vec<(String, u64, u64)> = Vec::new();
+            for r in &records {
+                let used = match signal {
+                    Signal::MemoryAvailable if r.running() => cgroups
+                        .memory_dir(&r.cgroup())
+                        .and_then(|d| working_set(&d))
+                        .unwrap_or(0),
+                    Signal::MemoryAvailable => 0,
+                    Signal::NodefsAvailable => disk_usage(&r.meta.layer_dir),
+                };
+                match containers.iter_mut().find(|(n, ..)| *n == r.meta.name) {
+                    Some(c) => c.1 += used,
+                    None => containers.push((r.meta.name.clone(), used, request_of(&r.meta.name))),
+                }
+            }
+            let mut usage: u64 = containers.iter().map(|c| c.1).sum();
+            if signal == Signal::NodefsAvailable {
+                let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+                let name = pod.metadata.name.as_deref().unwrap_or_default();
+                usage += disk_usage(&pod_log_dir(config, ns, name, &uid));
+                usage += disk_usage(&config.root_dir.join("pods").join(&uid));
+            }
+            let best_effort = qos_class(spec) == QosClass::BestEffort;
+            let request = if best_effort {
+                0
+            } else {
+                spec.containers.iter().map(|c| request_of(&c.name)).sum()
+            };
+            Some(PodUsage {
+                uid,
+                priority: spec.priority.unwrap_or(0),
+                best_effort,
+                request,
+                usage,
+                containers,
+            })
+        })
+        .collect()
+}
+
+/// A memory cgroup's limit (v1 `memory.limit_in_bytes`, v2 `memory.max`), if it has one.
+fn memory_limit(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join("memory.limit_in_bytes"))
+        .or_else(|_| std::fs::read_to_string(dir.join("memory.max")))
+        .ok()?;
+    text.trim().parse().ok()
+}
+
+/// A memory cgroup's working set: its usage less the inactive file cache, as the kubelet counts.
+fn working_set(dir: &Path) -> Option<u64> {
+    let (usage, inactive_key) = match std::fs::read_to_string(dir.join("memory.usage_in_bytes")) {
+        Ok(t) => (t, "total_inactive_file"),
+        Err(_) => (
+            std::fs::read_to_string(dir.join("memory.current")).ok()?,
+            "inactive_file",
+        ),
+    };
+    let usage: u64 = usage.trim().parse().ok()?;
+    let stat = std::fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
+    let inactive = stat
+        .lines()
+        .find_map(|l| l.strip_prefix(inactive_key)?.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    Some(usage.saturating_sub(inactive))
+}
+
+/// The bytes of the files under `dir` on its own filesystem (mounts under it, like a container's
+/// overlay root or a tmpfs volume, are not crossed), as `du -x` counts them.
+pub fn disk_usage(dir: &Path) -> u64 {
+    let Ok(top) = std::fs::symlink_metadata(dir) else {
+        return 0;
+    };
+    let device = top.dev();
+    let mut total = 0;
+    let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.dev() != device {
+                continue;
+            }
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_parse_as_the_kubelet_writes_them() {
+        let t: Thresholds = "memory.available<100Mi, nodefs.available<10%"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            t.0,
+            vec![
+                Threshold {
+                    signal: Signal::MemoryAvailable,
+                    amount: Amount::Bytes(100 << 20)
+                },
+                Threshold {
+                    signal: Signal::NodefsAvailable,
+                    amount: Amount::Percent(10.0)
+                },
+            ]
+        );
+        assert!(matches!(
+            "memory.available>1Gi".parse::<Thresholds>(),
+            Err(ThresholdError::Syntax(_))
+        ));
+        assert!(matches!(
+            "pid.available<10".parse::<Thresholds>(),
+            Err(ThresholdError::Signal(_))
+        ));
+        assert!(matches!(
+            "nodefs.available<150%".parse::<Thresholds>(),
+            Err(ThresholdError::Amount(_))
+        ));
+        assert_eq!(
+            DEFAULT_EVICTION_HARD.parse::<Thresholds>().unwrap().0.len(),
+            2
+        );
+    }
+
+    #[test]
+    fn thresholds_met_by_bytes_or_percent() {
+        let t: Thresholds = "memory.available<100Mi,nodefs.available<10%"
+            .parse()
+            .unwrap();
+        let o = Observation {
+            memory: (50 << 20, 1 << 30),
+            nodefs: (200, 1000),
+        };
+        assert_eq!(
+            t.met(&o),
+            vec![(Signal::MemoryAvailable, 100 << 20, 50 << 20)]
+        );
+        let o = Observation {
+            memory: (500 << 20, 1 << 30),
+            nodefs: (99, 1000),
+        };
+        assert_eq!(t.met(&o), vec![(Signal::NodefsAvailable, 100, 99)]);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("3d").is_err());
+    }
+
+    fn usage(uid: &str, priority: i32, request: u64, usage: u64) -> PodUsage {
+        PodUsage {
+            uid: uid.to_string(),
+            priority,
+            best_effort: request == 0,
+            request,
+            usage,
+            containers: vec![("c".to_string(), usage, request)],
+        }
+    }
+
+    #[test]
+    fn best_effort_first_then_over_request_by_usage() {
+        let ranked = rank(vec![
+            usage("guaranteed", 0, 100, 50),
+            usage("burstable-over", 0, 10, 40),
+            usage("besteffort-small", 0, 0, 1),
+            usage("besteffort-big", 0, 0, 80),
+            usage("burstable-over-important", 1000, 10, 90),
+        ]);
+        let order: Vec<&str> = ranked.iter().map(|p| p.uid.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                "besteffort-big",
+                "besteffort-small",
+                "burstable-over",
+                "burstable-over-important",
+                "guaranteed"
+            ]
+        );
+    }
+
+    #[test]
+    fn message_names_the_resource_and_the_greedy_containers() {
+        let m = eviction_message(
+            Signal::MemoryAvailable,
+            100 << 20,
+            50 << 20,
+            &usage("p", 0, 0, 30 << 20),
+        );
+        assert_eq!(
+            m,
+            "The node was low on resource: memory. Threshold quantity: 100Mi, available: 50Mi. \
+             Container c was using 30Mi, request is 0, has larger consumption of memory. "
+        );
+        assert_eq!(format_bytes(1536), "2Ki");
+    }
+
+    #[test]
+    fn disk_usage_counts_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::fs::write(d.path().join("sub/f"), vec![1u8; 64 << 10]).unwrap();
+        assert!(disk_usage(d.path()) >= 64 << 10);
+        assert_eq!(disk_usage(&d.path().join("missing")), 0);
+    }
+}
