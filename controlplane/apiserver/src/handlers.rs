@@ -386,8 +386,10 @@ impl ApiServer {
                 Ok(respond(StatusCode::CREATED, &success(201), &[]))
             }
             (&Method::PUT, Some(name), sub)
-                if matches!(sub, None | Some("status" | "scale" | "finalize" | "approval"))
-                    || sub.is_some_and(|s| r.strategy.subresource_field(s).is_some()) =>
+                if matches!(
+                    sub,
+                    None | Some("status" | "scale" | "finalize" | "approval")
+                ) || sub.is_some_and(|s| r.strategy.subresource_field(s).is_some()) =>
             {
                 let opts = WriteOptions::from_request(q, headers)?;
                 let obj = decode_body(headers, body)?;
