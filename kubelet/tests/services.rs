@@ -125,10 +125,10 @@ spec:
             // The Service's endpoint follows the web pod's readiness: retry until it is in place.
             // (nc, not wget: the static busybox's wget needs NSS, which the image lacks.)
             "cat /etc/resolv.conf; nslookup web.default.svc.cluster.local || exit 1; \
+             echo short:; nslookup web; echo end:; \
              nslookup -type=srv _http._tcp.web.default.svc.cluster.local || exit 1; \
              nslookup {cip} || exit 1; \
              nslookup outside.example.test || exit 1; \
-             printf 'GET /metrics HTTP/1.0\r\n\r\n' | nc -w 2 10.96.0.10 9153 | grep '^skiff_dns_requests_total'; \
              for i in $(seq 20); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {cip} 80 && exit 0; \
              sleep 0.5; done; exit 1"
         ),
@@ -154,6 +154,18 @@ spec:
     );
     assert!(out.contains("nameserver 10.96.0.10"), "{out}");
     assert!(out.contains(&format!("Address: {cip}")), "{out}");
+    // The short name, through the pod's search path (busybox's nslookup tries every search
+    // domain and fails when any of them is NXDOMAIN: the answer is what counts; it applies no
+    // search path to a name with a dot, so `web.default` cannot be checked with it).
+    let short = out
+        .split("short:")
+        .nth(1)
+        .and_then(|rest| rest.split("end:").next())
+        .unwrap_or_default();
+    assert!(
+        short.contains(&format!("Address: {cip}")),
+        "no address for the short name:\n{out}"
+    );
     assert!(out.contains(" stdout F web\n"), "{out}");
     // SRV for the named port, and PTR for the ClusterIP, from inside the pod.
     assert!(
@@ -166,9 +178,18 @@ spec:
     );
     // An outside name, forwarded to the node's upstream.
     assert!(out.contains("Address: 192.0.2.7"), "{out}");
-    // The DNS counters on the kube-dns Service's metrics port.
-    assert!(
-        out.contains(" stdout F skiff_dns_requests_total{proto=\"udp\"}"),
-        "{out}"
-    );
+    // The DNS counters, the pod's queries among them, on the kube-dns Service's metrics port.
+    require("curl", &["--version"], "Debian package curl");
+    let metrics = node
+        .netns
+        .command("curl")
+        .args(["-sS", "--max-time", "5", "http://10.96.0.10:9153/metrics"])
+        .output()
+        .expect("running curl");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let udp_requests = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("skiff_dns_requests_total{proto=\"udp\"} "))
+        .unwrap_or_else(|| panic!("no DNS counters on 10.96.0.10:9153:\n{metrics}"));
+    assert_ne!(udp_requests, "0", "{metrics}");
 }
