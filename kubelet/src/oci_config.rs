@@ -371,12 +371,11 @@ pub fn generate(setup: &ContainerSetup) -> Result<Value, ConfigError> {
         .and_then(|s| s.host_pid)
         .unwrap_or(false);
     let own_pid = (!shared_pid && !host_pid).then(|| ("pid".to_string(), None));
-    let joins_pid = joined_pid.is_some();
     let sandbox_namespaces = setup
         .sandbox
         .namespaces
         .iter()
-        .filter(|(t, _)| !joins_pid || t != "pid")
+        .filter(|(t, _)| setup.pid_namespace.is_none() || t != "pid")
         .cloned();
     let namespaces: Vec<Value> = joined_pid
         .or(own_pid)
