@@ -292,6 +292,22 @@ enum BenchMode {
     Soak,
 }
 
+/// Lifts the soft limit on open files to the hard one, as Go programs such as kube-apiserver do
+/// at start: a server holding thousands of connections (and a node's kubelet its pods' logs)
+/// must not fail at the soft default of 1,024.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "could not raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the open-file limit"),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -300,6 +316,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    raise_open_file_limit();
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match cli.command {

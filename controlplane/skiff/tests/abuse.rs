@@ -96,11 +96,19 @@ fn amplifying_patches_and_oversized_bodies_are_refused_with_memory_flat() {
 
 #[test]
 fn half_open_tls_connections_are_closed_by_the_handshake_timeout() {
+    // This side holds the 2,000 sockets too.
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("open-file limit");
+    assert!(
+        hard > 4096,
+        "the test needs an open-file hard limit above 4096, not {hard}"
+    );
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raising the open-file limit");
     let s = Server::start_with(&["--tls-handshake-timeout", "1s"]);
     let baseline = open_fds(&s);
-    // 300 connections that never finish a handshake: half send nothing, half a ClientHello's
-    // first bytes.
-    let conns: Vec<TcpStream> = (0..300)
+    // 2,000 connections that never finish a handshake: half send nothing, half a ClientHello's
+    // first bytes. (The server lifts its soft open-file limit to the hard one at start.)
+    let conns: Vec<TcpStream> = (0..2000)
         .map(|i| {
             let mut c = TcpStream::connect(("127.0.0.1", s.port)).expect("connect");
             if i % 2 == 1 {
