@@ -64,6 +64,8 @@ struct Inner {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     events: broadcast::Sender<Arc<Event>>,
     compacted: AtomicU64,
+    /// When the file was last compacted: requests wait while it is, so not too often.
+    last_reclaim: Mutex<Option<std::time::Instant>>,
 }
 
 impl Drop for Inner {
@@ -119,6 +121,7 @@ impl EmbeddedStore {
                 writer_thread: Mutex::new(Some(thread)),
                 events,
                 compacted: AtomicU64::new(compacted),
+                last_reclaim: Mutex::new(None),
             }),
         })
     }
@@ -595,9 +598,16 @@ impl Inner {
             stats.allocated_pages() * stats.page_size() as u64
         };
         let size = std::fs::metadata(&self.path).map_err(backend)?.len();
-        if !worth_reclaiming(size, used) {
+        let mut last = self
+            .last_reclaim
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let recent = last.is_some_and(|t| t.elapsed() < RECLAIM_MIN_INTERVAL);
+        if recent || !worth_reclaiming(size, used) {
             return Ok(false);
         }
+        *last = Some(std::time::Instant::now());
+        tracing::info!(size, used, "compacting the store file");
         let started = std::time::Instant::now();
         let mut db = self
             .db
@@ -619,10 +629,15 @@ impl Inner {
 /// Files smaller than this are left as they are.
 const RECLAIM_MIN_BYTES: u64 = 16 * 1024 * 1024;
 
+/// The least time between two file compactions, each of which holds every request for as long
+/// as it takes (about a second per 100 MiB in a debug build).
+const RECLAIM_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Whether a file of `size` bytes of which `used` hold data is worth compacting: big enough, and
-/// more than half of it free.
+/// more than three quarters of it free. redb grows a file by doubling it, so a busy file is
+/// often half free; compacting it then would only have it grow again.
 fn worth_reclaiming(size: u64, used: u64) -> bool {
-    size >= RECLAIM_MIN_BYTES && used.saturating_mul(2) < size
+    size >= RECLAIM_MIN_BYTES && used.saturating_mul(4) < size
 }
 
 /// Fails with `Compacted` unless the log after `requested` is whole, read from the same
@@ -918,8 +933,8 @@ mod tests {
     #[test]
     fn only_big_mostly_free_files_are_compacted() {
         let mib = 1024 * 1024;
-        assert!(worth_reclaiming(64 * mib, 20 * mib));
-        assert!(!worth_reclaiming(64 * mib, 40 * mib));
+        assert!(worth_reclaiming(64 * mib, 12 * mib));
+        assert!(!worth_reclaiming(64 * mib, 20 * mib));
         assert!(!worth_reclaiming(8 * mib, mib));
     }
 
