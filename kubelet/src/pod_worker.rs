@@ -40,6 +40,8 @@ use crate::volumes::VolumeSync;
 /// The first restart back-off; doubled per restart up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How long a failed pull shows as ErrImagePull before its back-off shows as ImagePullBackOff.
+const PULL_BACKOFF_SHOWN_AFTER: Duration = Duration::from_secs(1);
 /// How often an idle pod is looked at again (its status is rewritten only if it changed).
 const RESYNC: Duration = Duration::from_secs(60);
 /// How long a container gets to die after SIGKILL before the worker moves on.
@@ -681,6 +683,7 @@ impl PodWorker {
         {
             Ok(()) => {
                 self.waiting.remove(&c.name);
+                self.retry.remove(&c.name);
                 None
             }
             Err((reason, message)) => {
@@ -694,8 +697,22 @@ impl PodWorker {
                         &format!("Error: {message}"),
                     )
                     .await;
+                // Held back 10 s doubling up to 5 minutes, as the kubelet holds failed pulls;
+                // a failed pull is looked at again a moment later, so that the wait shows as
+                // ImagePullBackOff (above) rather than ErrImagePull until the next try.
+                let failures = self.retry.get(&c.name).map_or(0, |r| r.0) + 1;
+                let delay = backoff(failures);
+                self.retry.insert(
+                    c.name.clone(),
+                    (failures, tokio::time::Instant::now() + delay),
+                );
+                let next = if reason == "ErrImagePull" {
+                    PULL_BACKOFF_SHOWN_AFTER
+                } else {
+                    delay
+                };
                 self.waiting.insert(c.name.clone(), (reason, message));
-                Some(INITIAL_BACKOFF)
+                Some(next)
             }
         }
     }
