@@ -146,8 +146,8 @@ pub struct PodWorker {
     wake: Arc<Notify>,
     /// Container name → why the worker holds it back (reason, message).
     waiting: HashMap<String, (String, String)>,
-    /// Container name → (failed starts in a row, when to try again) for containers that could
-    /// not be made (image pull, config errors).
+    /// Container name → (failed pulls in a row, when to try again) for containers whose image
+    /// could not be pulled.
     retry: HashMap<String, (u32, tokio::time::Instant)>,
     sandbox: Option<Sandbox>,
     volumes: VolumeSync,
@@ -697,19 +697,19 @@ impl PodWorker {
                         &format!("Error: {message}"),
                     )
                     .await;
-                // Held back 10 s doubling up to 5 minutes, as the kubelet holds failed pulls;
-                // a failed pull is looked at again a moment later, so that the wait shows as
-                // ImagePullBackOff (above) rather than ErrImagePull until the next try.
-                let failures = self.retry.get(&c.name).map_or(0, |r| r.0) + 1;
-                let delay = backoff(failures);
-                self.retry.insert(
-                    c.name.clone(),
-                    (failures, tokio::time::Instant::now() + delay),
-                );
+                // A failed pull is held back 10 s doubling up to 5 minutes, as the kubelet
+                // holds it, and looked at again a moment later, so that the wait shows as
+                // ImagePullBackOff (above) rather than ErrImagePull until the next try; other
+                // errors (a missing ConfigMap, …) are tried again at each sync.
                 let next = if reason == "ErrImagePull" {
+                    let failures = self.retry.get(&c.name).map_or(0, |r| r.0) + 1;
+                    self.retry.insert(
+                        c.name.clone(),
+                        (failures, tokio::time::Instant::now() + backoff(failures)),
+                    );
                     PULL_BACKOFF_SHOWN_AFTER
                 } else {
-                    delay
+                    INITIAL_BACKOFF
                 };
                 self.waiting.insert(c.name.clone(), (reason, message));
                 Some(next)

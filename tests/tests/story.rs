@@ -182,7 +182,12 @@ impl Story<'_> {
     /// kubectl's stdout; fails naming the command unless it succeeds.
     fn ok(&self, args: &[&str]) -> String {
         let (ok, text) = self.kubectl(args, None);
-        assert!(ok, "kubectl {} failed:\n{text}", args.join(" "));
+        assert!(
+            ok,
+            "kubectl {} failed:\n{text}\ncluster log:\n{}",
+            args.join(" "),
+            tail(&self.cluster.log(), 60)
+        );
         text
     }
 
@@ -398,6 +403,9 @@ fn the_story_of_a_web_app() {
                     "skiff-data",
                     "--cgroup-root",
                     &cgroup_root,
+                    // The story is not about eviction: a shared machine's disk may well be
+                    // under the default 10% free, which would reject every pod (DiskPressure).
+                    "--kubelet-arg=--eviction-hard=memory.available<100Mi,nodefs.available<1Gi",
                 ])
                 .stdout(std::fs::File::create(dir.join("skiff.out")).expect("stdout file"))
                 .stderr(std::fs::File::create(dir.join("skiff.log")).expect("log file"))
