@@ -164,6 +164,7 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
     for a in &args.kubelet_arg {
         command.push(exec_word(&format!("--kubelet-arg={a}")));
     }
+    warn_unless_beside(&bin, &["skiff-runc", "skiff-shim"]);
     let unit = unit(
         "skiff agent: the kubelet, proxy and cluster DNS of this node",
         EnvFile::Required(&args.env_file),
@@ -261,6 +262,24 @@ fn binary(target: &Target) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(bin)
+}
+
+/// The agent runs containers with `skiff-runc` and `skiff-shim`, found next to `skiff` or on
+/// the unit's PATH (/usr/local/bin, /usr/bin, …): a warning when they are in neither.
+fn warn_unless_beside(bin: &Path, helpers: &[&str]) {
+    let dirs = bin
+        .parent()
+        .into_iter()
+        .chain(["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin"].map(Path::new));
+    let dirs: Vec<&Path> = dirs.collect();
+    for h in helpers {
+        if !dirs.iter().any(|d| d.join(h).is_file()) {
+            tracing::warn!(
+                "{h} is neither next to {} nor on the unit's PATH: install it there before starting the agent",
+                bin.display()
+            );
+        }
+    }
 }
 
 fn absolute(flag: &str, p: &Path) -> anyhow::Result<()> {
