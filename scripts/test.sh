@@ -24,6 +24,9 @@ packages=(
     docker-registry skopeo openssl
     # the control plane on etcd (skiff-store's etcd backend and the API tests on it)
     etcd-server
+    # `skiff install`'s units checked by systemd-analyze verify; examples/vagrant checked by
+    # vagrant validate
+    systemd vagrant
 )
 missing=()
 for p in "${packages[@]}"; do

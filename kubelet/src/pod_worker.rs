@@ -40,6 +40,8 @@ use crate::volumes::VolumeSync;
 /// The first restart back-off; doubled per restart up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How long a failed pull shows as ErrImagePull before its back-off shows as ImagePullBackOff.
+const PULL_BACKOFF_SHOWN_AFTER: Duration = Duration::from_secs(1);
 /// How often an idle pod is looked at again (its status is rewritten only if it changed).
 const RESYNC: Duration = Duration::from_secs(60);
 /// How long a container gets to die after SIGKILL before the worker moves on.
@@ -144,8 +146,8 @@ pub struct PodWorker {
     wake: Arc<Notify>,
     /// Container name → why the worker holds it back (reason, message).
     waiting: HashMap<String, (String, String)>,
-    /// Container name → (failed starts in a row, when to try again) for containers that could
-    /// not be made (image pull, config errors).
+    /// Container name → (failed pulls in a row, when to try again) for containers whose image
+    /// could not be pulled.
     retry: HashMap<String, (u32, tokio::time::Instant)>,
     sandbox: Option<Sandbox>,
     volumes: VolumeSync,
@@ -681,6 +683,7 @@ impl PodWorker {
         {
             Ok(()) => {
                 self.waiting.remove(&c.name);
+                self.retry.remove(&c.name);
                 None
             }
             Err((reason, message)) => {
@@ -694,8 +697,22 @@ impl PodWorker {
                         &format!("Error: {message}"),
                     )
                     .await;
+                // A failed pull is held back 10 s doubling up to 5 minutes, as the kubelet
+                // holds it, and looked at again a moment later, so that the wait shows as
+                // ImagePullBackOff (above) rather than ErrImagePull until the next try; other
+                // errors (a missing ConfigMap, …) are tried again at each sync.
+                let next = if reason == "ErrImagePull" {
+                    let failures = self.retry.get(&c.name).map_or(0, |r| r.0) + 1;
+                    self.retry.insert(
+                        c.name.clone(),
+                        (failures, tokio::time::Instant::now() + backoff(failures)),
+                    );
+                    PULL_BACKOFF_SHOWN_AFTER
+                } else {
+                    INITIAL_BACKOFF
+                };
                 self.waiting.insert(c.name.clone(), (reason, message));
-                Some(INITIAL_BACKOFF)
+                Some(next)
             }
         }
     }

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod components;
+mod install;
 mod token;
 mod up;
 
@@ -64,6 +65,12 @@ enum Command {
     /// Run a whole cluster on this machine in the foreground: the control plane and this
     /// machine as its node (kubelet, proxy, cluster DNS). Ctrl-C stops everything it started.
     Up(up::UpArgs),
+    /// Write systemd units (and an environment file) that run `skiff server` or `skiff agent`
+    /// on this machine.
+    Install {
+        #[command(subcommand)]
+        command: InstallCommand,
+    },
     /// Manage the images of `skiff up`'s node (e.g. the busybox image the quick start runs).
     Image {
         /// `skiff up`'s data directory.
@@ -193,6 +200,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     skiff_apiserver::limits::parse_go_duration(s)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("{s}: expected a positive duration such as 10s or 1m"))
+}
+
+#[derive(Subcommand)]
+enum InstallCommand {
+    /// skiff-server.service: the control plane.
+    Server(install::ServerArgs),
+    /// skiff-agent.service: this machine as a node joining `--server` with `--token`.
+    Agent(install::AgentArgs),
 }
 
 #[derive(Subcommand)]
@@ -375,6 +390,12 @@ fn main() -> anyhow::Result<()> {
             .context("skiff server")?;
         }
         Command::Up(args) => rt.block_on(up::run(args)).context("skiff up")?,
+        Command::Install {
+            command: InstallCommand::Server(args),
+        } => install::server(args).context("skiff install server")?,
+        Command::Install {
+            command: InstallCommand::Agent(args),
+        } => install::agent(args).context("skiff install agent")?,
         Command::Image { data_dir, command } => rt
             .block_on(skiff_kubelet::image::cli::run(
                 &up::Layout::new(&data_dir).node,
