@@ -87,7 +87,12 @@ pub struct EmbeddedStore {
 impl EmbeddedStore {
     /// Opens (or creates) the store file at `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
-        let db = Database::create(path).map_err(backend)?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::InUse(path.display().to_string())
+            }
+            e => backend(e),
+        })?;
         let txn = db.begin_write().map_err(backend)?;
         let compacted;
         {
