@@ -134,9 +134,18 @@ async fn live_lease(store: &EtcdStore) -> anyhow::Result<Option<String>> {
 
 /// Runs the migration; `force` replaces a destination that holds objects.
 pub async fn migrate(from: &Location, to: &Location, force: bool) -> anyhow::Result<()> {
+    if let (Location::Dir(a), Location::Dir(b)) = (from, to)
+        && let (Ok(a), Ok(b)) = (a.canonicalize(), b.canonicalize())
+        && a == b
+    {
+        bail!("--from and --to are the same directory");
+    }
     let source = open(from, false).await?;
     if source.get(MIGRATION_MARKER).await?.is_some() {
         bail!("{from} holds a migration that did not finish; it is no source to copy from");
+    }
+    if source.range(ROOT, None, 1).await?.kvs.is_empty() {
+        bail!("{from} holds no objects (a wrong directory or prefix?); nothing to migrate");
     }
     let dest = open(to, true).await?;
     let existing = dest.range(ROOT, None, 2).await?;
