@@ -217,7 +217,8 @@ enum TokenCommand {
 #[derive(Subcommand)]
 enum StoreCommand {
     /// Copy every object from one store to another: a server data directory (its embedded
-    /// store) or `etcd://HOST:PORT[,HOST:PORT…][?prefix=/registry]`. Objects keep their content;
+    /// store) or `etcd://HOST:PORT[,HOST:PORT…][?prefix=/registry]` (over TLS: add
+    /// `&cacert=FILE&cert=FILE&key=FILE`). Objects keep their content;
     /// resourceVersions are the destination's. Every server using either store must be stopped.
     Migrate {
         /// The store to copy from.
