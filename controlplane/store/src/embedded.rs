@@ -883,6 +883,16 @@ mod tests {
         (dir, store)
     }
 
+    #[test]
+    fn a_store_open_elsewhere_is_named_in_use() {
+        let (dir, _store) = open();
+        match EmbeddedStore::open(&dir.path().join("store.redb")) {
+            Err(StoreError::InUse(path)) => assert!(path.ends_with("store.redb"), "{path}"),
+            Err(e) => panic!("expected InUse, got {e}"),
+            Ok(_) => panic!("opened a store twice"),
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn compaction_gives_the_files_free_space_back() {
         let (dir, s) = open();
