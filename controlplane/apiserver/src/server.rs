@@ -376,6 +376,13 @@ pub async fn run(
         Some(etcd) => Arc::new(EtcdStore::connect(etcd).await?),
         None => Arc::new(EmbeddedStore::open(&cfg.data_dir.join("store.redb"))?),
     };
+    if store.get(skiff_store::MIGRATION_MARKER).await?.is_some() {
+        return Err(ServerError::Config(
+            "the store holds a migration that did not finish (`skiff store migrate` was \
+             stopped midway); run it again before serving from this store"
+                .into(),
+        ));
+    }
     let app = ApiServer::new(store.clone(), network, cfg.bookmark_interval);
     if app
         .tokens

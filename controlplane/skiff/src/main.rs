@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod components;
 mod install;
+mod store_migrate;
 mod token;
 mod up;
 
@@ -112,6 +113,11 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Operations on a server's store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Bootstrap tokens for joining nodes.
     Token {
         #[command(subcommand)]
@@ -147,8 +153,8 @@ enum Command {
         /// Scheduling: measured pods.
         #[arg(long, default_value_t = 10000)]
         pods: usize,
-        /// API: also measure a server keeping its objects in this etcd (client URLs,
-        /// comma-separated), printed after the embedded store's table.
+        /// API and scheduling: also run the workload on a server keeping its objects in this
+        /// etcd (client URLs, comma-separated), each store's figures side by side.
         #[arg(long, value_delimiter = ',')]
         etcd_endpoints: Vec<String>,
         /// Soak: seconds of load.
@@ -220,6 +226,25 @@ enum TokenCommand {
         /// How long the token is valid: `90s`, `30m`, `24h`, `7d`.
         #[arg(long, default_value = "24h", value_parser = token::parse_ttl)]
         ttl: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy every object from one store to another: a server data directory (its embedded
+    /// store) or `etcd://HOST:PORT[,HOST:PORT…][?prefix=/registry]` (over TLS: add
+    /// `&cacert=FILE&cert=FILE&key=FILE`). Objects keep their content;
+    /// resourceVersions are the destination's. Every server using either store must be stopped.
+    Migrate {
+        /// The store to copy from.
+        #[arg(long)]
+        from: store_migrate::Location,
+        /// The store to copy into (created if absent).
+        #[arg(long)]
+        to: store_migrate::Location,
+        /// Replace the objects a destination already holds.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -444,6 +469,11 @@ fn main() -> anyhow::Result<()> {
                 None => print!("{kubeconfig}"),
             }
         }
+        Command::Store {
+            command: StoreCommand::Migrate { from, to, force },
+        } => rt
+            .block_on(store_migrate::migrate(&from, &to, force))
+            .context("skiff store migrate")?,
         Command::Token {
             command: TokenCommand::Create { data_dir, ttl },
         } => {
@@ -484,18 +514,24 @@ fn main() -> anyhow::Result<()> {
             nodes,
             init_pods,
             pods,
+            etcd_endpoints,
             ..
         } => {
-            let cfg = bench::scheduling::PerfConfig {
-                nodes: nodes.max(1),
-                init_pods,
-                pods: pods.max(1),
-                concurrency: concurrency.max(1),
-            };
-            let result = rt
-                .block_on(bench::scheduling::run(&cfg))
-                .context("skiff bench --mode scheduling")?;
-            print!("{}", bench::scheduling::render(&result));
+            let mut runs = Vec::new();
+            for (store, etcd) in bench_stores(etcd_endpoints) {
+                let cfg = bench::scheduling::PerfConfig {
+                    nodes: nodes.max(1),
+                    init_pods,
+                    pods: pods.max(1),
+                    concurrency: concurrency.max(1),
+                    etcd,
+                };
+                let result = rt
+                    .block_on(bench::scheduling::run(&cfg))
+                    .with_context(|| format!("skiff bench --mode scheduling on {store}"))?;
+                runs.push((store, result));
+            }
+            print!("{}", bench::scheduling::render(&runs));
         }
         Command::Bench {
             sizes,
@@ -523,11 +559,8 @@ fn main() -> anyhow::Result<()> {
             etcd_endpoints,
             ..
         } => {
-            let mut stores = vec![("embedded", None)];
-            if !etcd_endpoints.is_empty() {
-                stores.push(("etcd", Some(server::EtcdConfig::new(etcd_endpoints))));
-            }
-            for (name, etcd) in stores {
+            let mut runs = Vec::new();
+            for (store, etcd) in bench_stores(etcd_endpoints) {
                 let cfg = bench::api::BenchConfig {
                     sizes: sizes.clone(),
                     watchers,
@@ -535,13 +568,24 @@ fn main() -> anyhow::Result<()> {
                     etcd,
                     ..Default::default()
                 };
-                let rows = rt.block_on(bench::api::run(&cfg)).context("skiff bench")?;
-                println!("store: {name}");
-                print!("{}", bench::api::render(&rows));
+                let rows = rt
+                    .block_on(bench::api::run(&cfg))
+                    .with_context(|| format!("skiff bench on {store}"))?;
+                runs.push((store, rows));
             }
+            print!("{}", bench::api::render_side_by_side(&runs));
         }
     }
     Ok(())
+}
+
+/// The stores a benchmark runs on: the embedded one, and etcd when endpoints are given.
+fn bench_stores(etcd_endpoints: Vec<String>) -> Vec<(&'static str, Option<server::EtcdConfig>)> {
+    let mut stores = vec![("embedded", None)];
+    if !etcd_endpoints.is_empty() {
+        stores.push(("etcd", Some(server::EtcdConfig::new(etcd_endpoints))));
+    }
+    stores
 }
 
 fn parse_controller_name(s: &str) -> Result<String, String> {

@@ -89,7 +89,12 @@ pub struct EmbeddedStore {
 impl EmbeddedStore {
     /// Opens (or creates) the store file at `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
-        let db = Database::create(path).map_err(backend)?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::InUse(path.display().to_string())
+            }
+            e => backend(e),
+        })?;
         let txn = db.begin_write().map_err(backend)?;
         let compacted;
         {
@@ -891,6 +896,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = EmbeddedStore::open(&dir.path().join("store.redb")).expect("open");
         (dir, store)
+    }
+
+    #[test]
+    fn a_store_open_elsewhere_is_named_in_use() {
+        let (dir, _store) = open();
+        match EmbeddedStore::open(&dir.path().join("store.redb")) {
+            Err(StoreError::InUse(path)) => assert!(path.ends_with("store.redb"), "{path}"),
+            Err(e) => panic!("expected InUse, got {e}"),
+            Ok(_) => panic!("opened a store twice"),
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

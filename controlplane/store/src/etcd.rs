@@ -180,6 +180,23 @@ fn etcd_error(e: etcd_client::Error) -> StoreError {
     }
 }
 
+/// Whether a call failed before etcd took it (no connection to the member it was sent to, or
+/// a member without a leader refused it), so sending it again cannot apply it twice.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            i32::from(s.code()) == 14
+                && (s.message().contains("connect") || s.message().contains("no leader"))
+        }
+        etcd_client::Error::TransportError(_) => e.to_string().contains("connect"),
+        _ => false,
+    }
+}
+
+/// How long a call that never reached etcd is tried again: long enough to ride out a member's
+/// death or a leader election, short enough that a request without quorum fails promptly.
+const UNSENT_RETRY_FOR: Duration = Duration::from_secs(3);
+
 fn revision_of(header: Option<&etcd_client::ResponseHeader>) -> StoreResult<u64> {
     header
         .map(|h| h.revision() as u64)
@@ -246,14 +263,51 @@ impl EtcdStore {
 }
 
 impl Inner {
+    /// Runs `call` again while it fails without reaching etcd (for [`UNSENT_RETRY_FOR`]): the
+    /// client spreads calls over every endpoint, and one sent to a dead member fails to connect
+    /// while the others serve; during an election members refuse calls for lack of a leader.
+    async fn unsent_retried<T, F, Fut>(&self, call: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + UNSENT_RETRY_FOR;
+        let mut wait = Duration::from_millis(20);
+        loop {
+            match call().await {
+                Err(e) if never_sent(&e) && tokio::time::Instant::now() + wait < deadline => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(500));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn etcd_get(
+        &self,
+        key: Vec<u8>,
+        opts: Option<GetOptions>,
+    ) -> Result<etcd_client::GetResponse, etcd_client::Error> {
+        self.unsent_retried(|| {
+            let (mut kv, key, opts) = (self.client.kv_client(), key.clone(), opts.clone());
+            async move { kv.get(key, opts).await }
+        })
+        .await
+    }
+
+    async fn etcd_txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+        self.unsent_retried(|| {
+            let (mut kv, txn) = (self.client.kv_client(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
+    }
+
     /// Reads the compaction record: (last compacted revision, the record's mod_revision).
     async fn last_compaction(&self) -> StoreResult<(u64, i64)> {
-        let resp = self
-            .client
-            .kv_client()
-            .get(self.keys.compaction(), None)
-            .await
-            .map_err(etcd_error)?;
+        let key = self.keys.compaction();
+        let resp = self.etcd_get(key, None).await.map_err(etcd_error)?;
         let Some(kv) = resp.kvs().first() else {
             return Ok((0, 0));
         };
@@ -294,7 +348,7 @@ impl Inner {
         if let Some(r) = revision {
             opts = opts.with_revision(r as i64);
         }
-        let resp = match self.client.kv_client().get(start, Some(opts)).await {
+        let resp = match self.etcd_get(start, Some(opts)).await {
             Ok(r) => r,
             Err(e) if is_compacted(&e) => {
                 return Err(self.compacted_error(revision.unwrap_or(0)));
@@ -328,7 +382,7 @@ impl Inner {
             .when(compares)
             .and_then(vec![then])
             .or_else(vec![TxnOp::get(key.to_vec(), None)]);
-        let resp = self.client.kv_client().txn(txn).await.map_err(etcd_error)?;
+        let resp = self.etcd_txn(txn).await.map_err(etcd_error)?;
         let revision = revision_of(resp.header())?;
         let ops = resp.op_responses();
         if resp.succeeded() {
@@ -424,13 +478,9 @@ impl Inner {
     }
 
     async fn current_revision(&self) -> StoreResult<u64> {
+        let key = self.keys.compaction();
         let resp = self
-            .client
-            .kv_client()
-            .get(
-                self.keys.compaction(),
-                Some(GetOptions::new().with_count_only()),
-            )
+            .etcd_get(key, Some(GetOptions::new().with_count_only()))
             .await
             .map_err(etcd_error)?;
         revision_of(resp.header())
@@ -451,13 +501,7 @@ impl Inner {
                 record_rev,
             )])
             .and_then(vec![TxnOp::put(key, revision.to_string(), None)]);
-        let won = self
-            .client
-            .kv_client()
-            .txn(record)
-            .await
-            .map_err(etcd_error)?
-            .succeeded();
+        let won = self.etcd_txn(record).await.map_err(etcd_error)?.succeeded();
         if !won {
             tracing::debug!(revision, "another server is compacting");
             return Ok(());
@@ -477,12 +521,7 @@ impl Inner {
         let opts = GetOptions::new()
             .with_count_only()
             .with_revision(revision.max(1) as i64);
-        match self
-            .client
-            .kv_client()
-            .get(etcd_key.to_vec(), Some(opts))
-            .await
-        {
+        match self.etcd_get(etcd_key.to_vec(), Some(opts)).await {
             Ok(_) => Ok(()),
             Err(e) if is_compacted(&e) => Err(self.compacted_error(revision)),
             // A watch from a revision not yet written is allowed.
@@ -643,13 +682,7 @@ impl Store for EtcdStore {
         let key = key.to_string();
         async move {
             let ek = self.inner.keys.etcd_key(&key)?;
-            let resp = self
-                .inner
-                .client
-                .kv_client()
-                .get(ek, None)
-                .await
-                .map_err(etcd_error)?;
+            let resp = self.inner.etcd_get(ek, None).await.map_err(etcd_error)?;
             resp.kvs()
                 .first()
                 .map(|kv| self.inner.keys.kv(kv))

@@ -85,6 +85,9 @@ pub enum StoreError {
     },
     #[error("storage backend: {0}")]
     Backend(String),
+    /// Another process (a running server) holds the embedded store's lock.
+    #[error("{0} is in use by another process (a running skiff server holds its lock)")]
+    InUse(String),
     /// The backend is out of reach (etcd down or without a leader); retrying later may succeed.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
@@ -105,6 +108,11 @@ pub fn check_value_size(key: &str, value: &[u8]) -> StoreResult<()> {
     }
     Ok(())
 }
+
+/// Present while `skiff store migrate` is filling a store: written before the first object is
+/// copied and deleted after the last, so a store it is in was left half-copied. No resource
+/// lists it (no resource's keys start with it); the API server refuses to serve such a store.
+pub const MIGRATION_MARKER: &str = "/registry/skiff.io-migration-incomplete";
 
 pub type StoreResult<T> = Result<T, StoreError>;
 pub type WatchStream = BoxStream<'static, StoreResult<Event>>;

@@ -2,10 +2,10 @@
 //! scheduler_perf `SchedulingBasic` — N nodes (4 CPU, 32 Gi, 110 pods, as its node template),
 //! some initial pods, then M measured pods (100m CPU, 500 Mi); pods per second from the first
 //! creation to the last binding, seen through the real API server by a watch. The server and the
-//! scheduler run in this process, the server on a loopback port in a scratch directory.
+//! scheduler run in this process, the server on a loopback port in a scratch directory, its
+//! objects in the embedded store or etcd.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,15 +17,9 @@ use kube::{Api, Client};
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use skiff_apiserver::server::{self, ServerConfig};
+use skiff_apiserver::server;
 
-#[derive(Debug, thiserror::Error)]
-pub enum PerfError {
-    #[error("kubernetes client: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("{0}")]
-    Setup(String),
-}
+use super::api::BenchError;
 
 #[derive(Debug, Clone)]
 pub struct PerfConfig {
@@ -33,6 +27,8 @@ pub struct PerfConfig {
     pub init_pods: usize,
     pub pods: usize,
     pub concurrency: usize,
+    /// Keep the objects in this etcd instead of the embedded store.
+    pub etcd: Option<server::EtcdConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -47,30 +43,31 @@ pub struct PerfResult {
     pub max_per_node: usize,
 }
 
-pub fn render(r: &PerfResult) -> String {
-    format!(
-        "{:<34} {:>7} {:>7} {:>10} {:>9} {:>9} {:>9} {:>12}\n{:<34} {:>7} {:>7} {:>10.1} {:>9.1} {:>9.1} {:>9.2} {:>12}\n",
-        "workload",
-        "nodes",
-        "pods",
-        "pods/s",
-        "p50 ms",
-        "p99 ms",
-        "wall s",
-        "max/node",
-        "SchedulingBasic (create→bound)",
-        r.nodes,
-        r.pods,
-        r.pods_per_second,
-        r.p50.as_secs_f64() * 1000.0,
-        r.p99.as_secs_f64() * 1000.0,
-        r.wall.as_secs_f64(),
-        format!(
-            "{} (even {})",
-            r.max_per_node,
-            r.pods.div_ceil(r.nodes.max(1))
-        ),
-    )
+/// One row per store the workload ran on.
+pub fn render(runs: &[(&str, PerfResult)]) -> String {
+    let mut out = format!(
+        "{:<34} {:<9} {:>7} {:>7} {:>10} {:>9} {:>9} {:>9} {:>12}\n",
+        "workload", "store", "nodes", "pods", "pods/s", "p50 ms", "p99 ms", "wall s", "max/node",
+    );
+    for (store, r) in runs {
+        out.push_str(&format!(
+            "{:<34} {:<9} {:>7} {:>7} {:>10.1} {:>9.1} {:>9.1} {:>9.2} {:>12}\n",
+            "SchedulingBasic (create→bound)",
+            store,
+            r.nodes,
+            r.pods,
+            r.pods_per_second,
+            r.p50.as_secs_f64() * 1000.0,
+            r.p99.as_secs_f64() * 1000.0,
+            r.wall.as_secs_f64(),
+            format!(
+                "{} (even {})",
+                r.max_per_node,
+                r.pods.div_ceil(r.nodes.max(1))
+            ),
+        ));
+    }
+    out
 }
 
 fn node(i: usize) -> Node {
@@ -89,10 +86,10 @@ fn pod(name: String) -> Pod {
     .expect("a pod")
 }
 
-async fn parallel<F, Fut>(n: usize, concurrency: usize, f: F) -> Result<(), PerfError>
+async fn parallel<F, Fut>(n: usize, concurrency: usize, f: F) -> Result<(), BenchError>
 where
     F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = Result<(), PerfError>>,
+    Fut: std::future::Future<Output = Result<(), BenchError>>,
 {
     futures::stream::iter(0..n)
         .map(f)
@@ -109,7 +106,7 @@ async fn schedule(
     prefix: &str,
     count: usize,
     concurrency: usize,
-) -> Result<(Vec<Duration>, Duration, HashMap<String, usize>), PerfError> {
+) -> Result<(Vec<Duration>, Duration, HashMap<String, usize>), BenchError> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let bound: Arc<Mutex<HashMap<String, (Instant, String)>>> = Arc::default();
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(0usize);
@@ -153,11 +150,11 @@ async fn schedule(
     tokio::time::timeout(deadline, done_rx.wait_for(|n| *n >= count))
         .await
         .map_err(|_| {
-            PerfError::Setup(format!(
+            BenchError::Setup(format!(
                 "not all {count} pods were bound within {deadline:?}"
             ))
         })?
-        .map_err(|_| PerfError::Setup("the pod watch ended".into()))?;
+        .map_err(|_| BenchError::Setup("the pod watch ended".into()))?;
     watch.abort();
     let bound = bound.lock().await;
     let created = created.lock().await;
@@ -175,7 +172,7 @@ async fn schedule(
 }
 
 /// Measures scheduling through `client`, whose server runs a scheduler.
-pub async fn measure(client: Client, cfg: &PerfConfig) -> Result<PerfResult, PerfError> {
+pub async fn measure(client: Client, cfg: &PerfConfig) -> Result<PerfResult, BenchError> {
     let nodes: Api<Node> = Api::all(client.clone());
     parallel(cfg.nodes, cfg.concurrency, |i| {
         let nodes = nodes.clone();
@@ -217,38 +214,14 @@ pub async fn measure(client: Client, cfg: &PerfConfig) -> Result<PerfResult, Per
     })
 }
 
-/// Starts a server and a scheduler in this process, measures, and removes the scratch directory.
-pub async fn run(cfg: &PerfConfig) -> Result<PerfResult, PerfError> {
-    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map_err(|e| PerfError::Setup(format!("picking a port: {e}")))?
-        .port();
-    let dir = std::env::temp_dir().join(format!("skiff-schedbench-{}-{port}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let scfg = ServerConfig {
-        data_dir: dir.clone(),
-        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        service_cidr: "10.96.0.0/12".into(),
-        compaction_interval: Duration::from_secs(300),
-        etcd: None,
-        bookmark_interval: Duration::from_secs(60),
-        limits: Default::default(),
-    };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::run(scfg, async move {
-        let _ = stop_rx.await;
-    }));
-    let client = tokio::time::timeout(
-        Duration::from_secs(30),
-        skiff_client::wait_for_api(&dir.join("admin.kubeconfig")),
-    )
+/// Starts a server (its objects in `cfg.etcd`, or the embedded store) and a scheduler in this
+/// process, measures, and removes the scratch directory.
+pub async fn run(cfg: &PerfConfig) -> Result<PerfResult, BenchError> {
+    super::api::with_server(cfg.etcd.clone(), |client, _| async move {
+        let scheduler = tokio::spawn(crate::components::run_scheduler(client.clone()));
+        let result = measure(client, cfg).await;
+        scheduler.abort();
+        result
+    })
     .await
-    .map_err(|_| PerfError::Setup("the server did not start".into()))?;
-    let scheduler = tokio::spawn(crate::components::run_scheduler(client.clone()));
-    let result = measure(client, cfg).await;
-    scheduler.abort();
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
 }

@@ -62,7 +62,13 @@ impl Server {
 
     /// The API server alone, keeping its objects in a fresh etcd.
     pub fn start_on_etcd(extra: &[&str]) -> Self {
-        Self::launch_on(extra, false, true)
+        Self::launch_on(extra, false, 1)
+    }
+
+    /// The API server alone, keeping its objects in a fresh etcd cluster of `members`
+    /// (every member's client URL given to the server).
+    pub fn start_on_etcd_cluster(members: usize) -> Self {
+        Self::launch_on(&[], false, members)
     }
 
     /// A second server on this server's etcd. The cluster CA is what several servers share:
@@ -89,16 +95,17 @@ impl Server {
     }
 
     fn launch(extra: &[&str], components: bool) -> Self {
-        Self::launch_on(extra, components, etcd_by_default())
+        Self::launch_on(extra, components, usize::from(etcd_by_default()))
     }
 
-    fn launch_on(extra: &[&str], components: bool, on_etcd: bool) -> Self {
+    /// `etcd_members`: 0 for the embedded store, else the size of the etcd cluster to start.
+    fn launch_on(extra: &[&str], components: bool, etcd_members: usize) -> Self {
         require("kubectl", &["version", "--client"], "kubectl 1.32 on PATH");
         let dir = tempfile::tempdir().expect("temporary directory");
-        let etcd = on_etcd.then(TestEtcd::start);
+        let etcd = (etcd_members > 0).then(|| TestEtcd::cluster(etcd_members));
         let mut extra_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         if let Some(e) = &etcd {
-            extra_args.extend(["--etcd-endpoints".to_string(), e.endpoint()]);
+            extra_args.extend(["--etcd-endpoints".to_string(), e.endpoints().join(",")]);
         }
         let mut s = Server {
             dir,
@@ -199,6 +206,16 @@ impl Server {
             .parse()
             .ok()?;
         (self.port == 0 || port == self.port).then_some(port)
+    }
+
+    /// Points the next [`Server::spawn`] at `etcd` (every member), or at the embedded store of
+    /// the same data directory when `None`; the scheduler and controllers run when `components`.
+    pub fn set_store(&mut self, etcd: Option<&TestEtcd>, components: bool) {
+        self.extra_args = match etcd {
+            Some(e) => vec!["--etcd-endpoints".to_string(), e.endpoints().join(",")],
+            None => Vec::new(),
+        };
+        self.components = components;
     }
 
     /// Hands the server's etcd to the test (to stop and restart it); the test then keeps it
