@@ -1,7 +1,9 @@
 //! `skiff-proxy bench`: for each mode and Service count (10 endpoints each), the time and rule
 //! text size of a full sync and of a partial sync after one EndpointSlice change (Model::build
 //! from the API objects + render + install, i.e. a change's path to the rules minus the watch
-//! delivery; wall-clock and CPU time), and the connect time to the first and the last Service in rule order.
+//! delivery; wall-clock and CPU time), the time from an EndpointSlice change to the first
+//! connection through the rule it makes (a probe connecting in a loop meanwhile), and the
+//! connect time to the first and the last Service in rule order.
 //!
 //! It runs in a network namespace of its own (unshared before any thread starts), so the
 //! machine's rules are never touched.
@@ -20,6 +22,10 @@ const ENDPOINTS: usize = 10;
 /// each): a listener in the benchmark's namespace.
 const LOCAL_ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 244, 255, 1);
 const CONNECTS: usize = 200;
+/// The endpoint port every Service's slice names, and the one the last Service's slice moves to
+/// for the change-to-rule latency.
+const ENDPOINT_PORT: u16 = 8080;
+const MOVED_PORT: u16 = 8081;
 
 fn cluster_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 96, (i / 250) as u8, (i % 250 + 1) as u8)
@@ -38,6 +44,10 @@ fn service(i: usize) -> Service {
 }
 
 fn slice(i: usize, n: usize, endpoints: usize) -> EndpointSlice {
+    slice_on_port(i, n, endpoints, ENDPOINT_PORT)
+}
+
+fn slice_on_port(i: usize, n: usize, endpoints: usize, port: u16) -> EndpointSlice {
     let eps: Vec<serde_json::Value> = (0..endpoints)
         .map(|e| {
             let ip = if i == 0 || i == n - 1 {
@@ -53,7 +63,7 @@ fn slice(i: usize, n: usize, endpoints: usize) -> EndpointSlice {
         "metadata": {"namespace": "bench", "name": format!("{}-1", name(i)),
                      "labels": {"kubernetes.io/service-name": name(i)}},
         "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
         "endpoints": eps
     }))
     .expect("slice")
@@ -66,6 +76,8 @@ struct Row {
     full_bytes: usize,
     partial: Timed,
     partial_bytes: usize,
+    /// EndpointSlice change handed over → first connection through the new rule.
+    change_to_rule: Duration,
     connect_first: Duration,
     connect_last: Duration,
 }
@@ -139,6 +151,12 @@ fn measure(mode: Mode, n: usize) -> anyhow::Result<Row> {
     let last = SocketAddr::from((cluster_ip(n - 1), 80));
     let connect_first = mean_connect(first).context("connecting to the first Service")?;
     let connect_last = mean_connect(last).context("connecting to the last Service")?;
+    let change_to_rule = change_to_rule(last, || {
+        slices[n - 1] = slice_on_port(n - 1, n, ENDPOINTS, MOVED_PORT);
+        let (model, _) = Model::build(&services, &slices, "bench");
+        plane.sync(&model, &cfg, false).map(|_| ())
+    })
+    .with_context(|| format!("{mode:?} change-to-rule latency at {n} Services"))?;
     dataplane::cleanup_all()?;
     Ok(Row {
         mode,
@@ -147,9 +165,51 @@ fn measure(mode: Mode, n: usize) -> anyhow::Result<Row> {
         full_bytes,
         partial,
         partial_bytes,
+        change_to_rule,
         connect_first,
         connect_last,
     })
+}
+
+/// The time from `change` starting (the last Service's endpoint moving to [`MOVED_PORT`]) to
+/// the first connection a probe, connecting to `service` in a loop from before the change,
+/// makes to the moved endpoint: the rule is then in the kernel.
+fn change_to_rule(
+    service: SocketAddr,
+    change: impl FnOnce() -> Result<(), dataplane::Error>,
+) -> anyhow::Result<Duration> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let moved = TcpListener::bind((LOCAL_ENDPOINT, MOVED_PORT))?;
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let probe = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                let _ = TcpStream::connect_timeout(&service, Duration::from_secs(1));
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    let start = Instant::now();
+    let changed = change();
+    let accepted = changed.map(|()| {
+        moved.set_nonblocking(true)?;
+        loop {
+            match moved.accept() {
+                Ok(_) => return Ok(start.elapsed()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if start.elapsed() > Duration::from_secs(30) {
+                        anyhow::bail!("no connection reached the moved endpoint in 30 s");
+                    }
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    });
+    done.store(true, Ordering::Relaxed);
+    let _ = probe.join();
+    accepted?
 }
 
 fn ms(d: Duration) -> String {
@@ -169,7 +229,8 @@ pub fn run(modes: &[Mode], sizes: &[usize]) -> anyhow::Result<()> {
         crate::netlink::ensure_service_route("10.96.0.0/12".parse().expect("cidr")).await
     })
     .context("setting up the benchmark namespace")?;
-    let listener = TcpListener::bind((LOCAL_ENDPOINT, 8080)).context("endpoint listener")?;
+    let listener =
+        TcpListener::bind((LOCAL_ENDPOINT, ENDPOINT_PORT)).context("endpoint listener")?;
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             drop(conn);
@@ -177,7 +238,7 @@ pub fn run(modes: &[Mode], sizes: &[usize]) -> anyhow::Result<()> {
     });
 
     println!(
-        "{:<9} {:>8} {:>9} {:>12} {:>9} {:>11} {:>15} {:>9} {:>16} {:>15}",
+        "{:<9} {:>8} {:>9} {:>12} {:>9} {:>11} {:>15} {:>9} {:>16} {:>16} {:>15}",
         "mode",
         "services",
         "full ms",
@@ -186,6 +247,7 @@ pub fn run(modes: &[Mode], sizes: &[usize]) -> anyhow::Result<()> {
         "partial ms",
         "partial cpu ms",
         "partial B",
+        "slice→rule ms",
         "connect 1st µs",
         "connect last µs"
     );
@@ -193,7 +255,7 @@ pub fn run(modes: &[Mode], sizes: &[usize]) -> anyhow::Result<()> {
         for &n in sizes {
             let r = measure(mode, n.max(2))?;
             println!(
-                "{:<9} {:>8} {:>9} {:>12} {:>9} {:>11} {:>15} {:>9} {:>16.0} {:>15.0}",
+                "{:<9} {:>8} {:>9} {:>12} {:>9} {:>11} {:>15} {:>9} {:>16} {:>16.0} {:>15.0}",
                 format!("{:?}", r.mode).to_lowercase(),
                 r.services,
                 ms(r.full.wall),
@@ -202,6 +264,7 @@ pub fn run(modes: &[Mode], sizes: &[usize]) -> anyhow::Result<()> {
                 ms(r.partial.wall),
                 ms(r.partial.cpu),
                 r.partial_bytes,
+                ms(r.change_to_rule),
                 r.connect_first.as_secs_f64() * 1e6,
                 r.connect_last.as_secs_f64() * 1e6,
             );

@@ -322,7 +322,7 @@ fn spread(r: &mut Ruleset, chain: &str, p: &ServicePort, endpoints: &[Endpoint])
     }
 }
 
-/// What `iptables-save` shows of ours: chain names and the jump rules from built-in chains.
+/// What is installed of ours: chain names and the jump rules from built-in chains.
 #[derive(Debug, Default)]
 struct Installed {
     chains: BTreeMap<String, BTreeSet<String>>,
@@ -330,9 +330,64 @@ struct Installed {
     jumps: BTreeMap<String, Vec<String>>,
 }
 
+/// Reads what is installed of ours. On the nf_tables backend, without `iptables-save`: 1.8.9's
+/// dies (SIGSEGV) on a table of ~110,000 chains, 10,000 Services' worth, and lists every rule
+/// to show a few jumps. The chain names come from `nft list chains ip` (names only, no rules)
+/// and the jumps from `iptables -S` of each built-in chain we jump from. The legacy backend's
+/// `iptables-save` reads the table in one piece from the kernel and is used as it is.
 fn read_installed() -> Result<Installed, Error> {
+    let version = run_tool("iptables", &["-V"], None)?;
+    if version.contains("nf_tables") {
+        match run_tool("nft", &["list", "chains", "ip"], None) {
+            Ok(listing) => {
+                let mut inst = Installed {
+                    chains: parse_nft_chains(&listing),
+                    ..Default::default()
+                };
+                let builtins: BTreeSet<(&str, &str)> = JUMPS
+                    .iter()
+                    .chain([&POSTROUTING_JUMP])
+                    .map(|(table, builtin, _, _)| (*table, *builtin))
+                    .collect();
+                for (table, builtin) in builtins {
+                    let rules = run_tool("iptables", &["-w", "-t", table, "-S", builtin], None)?;
+                    let found = parse_installed(&format!("*{table}\n{rules}"));
+                    for (table, lines) in found.jumps {
+                        inst.jumps.entry(table).or_default().extend(lines);
+                    }
+                }
+                return Ok(inst);
+            }
+            // No nft binary beside iptables-nft: the table dump is all there is.
+            Err(Error::Spawn { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
     let saved = run_tool("iptables-save", &[], None)?;
     Ok(parse_installed(&saved))
+}
+
+/// Our chains in iptables-nft's `ip filter` and `ip nat` tables, from `nft list chains ip`.
+fn parse_nft_chains(listing: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut chains: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut table: Option<&str> = None;
+    for line in listing.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("table ip ") {
+            table = rest
+                .strip_suffix('{')
+                .map(str::trim)
+                .filter(|t| TABLES.contains(t));
+        } else if let (Some(table), Some(rest)) = (table, line.strip_prefix("chain ")) {
+            let name = rest.trim_end_matches('{').trim();
+            if ours(name) {
+                chains
+                    .entry(table.to_string())
+                    .or_default()
+                    .insert(name.to_string());
+            }
+        }
+    }
+    chains
 }
 
 fn parse_installed(saved: &str) -> Installed {
@@ -762,5 +817,20 @@ mod tests {
         assert_eq!(inst.jumps["nat"].len(), 1);
         assert!(jump_present(&inst, JUMPS[4]));
         assert!(!jump_present(&inst, JUMPS[5]));
+    }
+
+    #[test]
+    fn our_chains_are_read_from_the_nft_chain_listing() {
+        let listing = "table ip nat {\n\tchain SKIFF-SVC-AAA {\n\t}\n\tchain SKIFF-HP-1 {\n\t}\n\
+                       \tchain PREROUTING {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t}\n}\n\
+                       table ip filter {\n\tchain SKIFF-SERVICES {\n\t}\n}\n\
+                       table ip skiff {\n\tchain SKIFF-SEP-X {\n\t}\n}\n";
+        let chains = parse_nft_chains(listing);
+        assert_eq!(chains.len(), 2, "{chains:?}");
+        assert_eq!(chains["nat"].iter().collect::<Vec<_>>(), ["SKIFF-SVC-AAA"]);
+        assert_eq!(
+            chains["filter"].iter().collect::<Vec<_>>(),
+            ["SKIFF-SERVICES"]
+        );
     }
 }

@@ -1,19 +1,29 @@
 //! The nftables renderer: one `ip skiff` table in kube-proxy's nftables shape. Packets are
 //! dispatched by verdict maps keyed on `address . protocol . port`, so their cost does not grow
-//! with the number of Services, and a sync changes map elements and the chains of the Services
-//! that changed, nothing else. The whole change is one transaction through `nft -f -` (the
-//! kernel applies a batch atomically).
+//! with the number of Services, and endpoints are picked from data maps, so a change to a
+//! Service's endpoints is a change of map elements only. The whole change is one transaction
+//! through `nft -f -` (the kernel applies a batch atomically).
 //!
-//! services (nat, prerouting and output) → @service-ips / @service-nodeports → svc-<hash> /
-//! ext-<hash>, whose last rules pick an endpoint (`numgen random mod k 0`, k counting down, as
-//! iptables' statistic rules do) and DNAT to it directly; service-reject (filter, new
-//! connections) → @no-endpoint-*; masquerading (nat, postrouting) for what mark-for-masquerade
-//! marked and for hairpin flows (@hairpin-endpoints: a pod reaching itself).
+//! services (nat, prerouting and output) → @service-ips / @service-nodeports → a pick chain
+//! shared by every front with the same number of endpoints k, whose one rule DNATs through
+//! `<front key> . numgen random mod k` in an endpoint map (`<front> . i : endpoint`);
+//! service-reject (filter, new connections) → @no-endpoint-*; masquerading (nat, postrouting)
+//! for what mark-for-masquerade marked and for hairpin flows (@hairpin-endpoints: a pod reaching
+//! itself).
 //!
-//! The shape is what keeps a 10,000-Service table cheap to write: no chain per endpoint (only a
-//! ClientIP-affinity Service has them, for its per-endpoint sets) and no anonymous sets, because
-//! the kernel finds a table's sets by walking a list, so a set per Service makes a full sync
-//! quadratic. A partial sync is a few `flush chain`/`add rule`/element commands.
+//! A front is keyed by `ip daddr . meta l4proto . th dport` (ClusterIP, externalIP, load-balancer
+//! IP) or `meta l4proto . th dport` (NodePort, on any node address). Pick chains:
+//! `cluster-<key>-<k>` (masquerade what comes from outside the cluster CIDR),
+//! `external-<key>-<k>` (masquerade all), `local-<key>-<k>` (no masquerade:
+//! externalTrafficPolicy Local) and `policy-local-<key>-<k>` (Local's exceptions: pods and the
+//! node itself take the cluster path, found in @cluster-path-<key>).
+//!
+//! The shape is what keeps a 10,000-Service table cheap to write and to change: a few rules for
+//! the whole table (rules are what the kernel pays for, per expression, and adding one makes it
+//! validate the whole table at commit), no anonymous sets (the kernel finds a table's sets by
+//! walking a list), and few rules bound to each data map (binding walks the map's elements).
+//! Only a ClientIP-affinity Service keeps chains of its own (a chain and a dynamic set per
+//! endpoint), because its endpoint choice depends on the client.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -30,36 +40,194 @@ pub struct Ruleset {
     pub chains: BTreeMap<String, Vec<String>>,
     /// Dynamic sets (ClientIP affinity), by name: their declaration body.
     pub sets: BTreeMap<String, String>,
-    /// Elements of the fixed maps and sets: key → verdict (empty for a set).
+    /// Elements of the fixed maps and sets: key → value (empty for a set).
     pub elements: BTreeMap<&'static str, BTreeMap<String, String>>,
     /// The endpoint addresses in @hairpin-endpoints.
     pub hairpin: BTreeSet<Ipv4Addr>,
+    /// The shared pick chains a Service port sends its fronts to.
+    picks: BTreeSet<Pick>,
 }
 
-/// Fixed maps and sets, declared on table creation.
-const MAPS: [(&str, &str); 5] = [
+/// How a front is keyed: by address (ClusterIP, externalIP, load-balancer IP) or by NodePort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Front {
+    Addr,
+    Port,
+}
+
+impl Front {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Addr => "addr",
+            Self::Port => "port",
+        }
+    }
+
+    /// The packet's fields that make the key.
+    fn key(self) -> &'static str {
+        match self {
+            Self::Addr => "ip daddr . meta l4proto . th dport",
+            Self::Port => "meta l4proto . th dport",
+        }
+    }
+
+    /// The map of endpoints for the cluster path or the external path of this kind of front.
+    fn endpoint_map(self, external: bool) -> &'static str {
+        match (self, external) {
+            (Self::Addr, false) => "endpoints-addr-cluster",
+            (Self::Addr, true) => "endpoints-addr-external",
+            (Self::Port, false) => "endpoints-port-cluster",
+            (Self::Port, true) => "endpoints-port-external",
+        }
+    }
+
+    /// externalTrafficPolicy Local's cluster path: front → `goto cluster-…`.
+    fn cluster_path_map(self) -> &'static str {
+        match self {
+            Self::Addr => "cluster-path-addr",
+            Self::Port => "cluster-path-port",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum PickKind {
+    /// Traffic to a ClusterIP, or a Local front's traffic from pods and the node.
+    Cluster,
+    /// Traffic from outside to a front with externalTrafficPolicy Cluster.
+    External,
+    /// Traffic from outside to a front with externalTrafficPolicy Local.
+    Local,
+    /// A Local front with cluster endpoints: pods and the node go to the cluster path.
+    PolicyLocal,
+}
+
+/// A chain shared by every front of one kind with `k` endpoints: its rules depend only on its
+/// name and the node's [`RenderConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Pick {
+    kind: PickKind,
+    front: Front,
+    k: usize,
+}
+
+impl Pick {
+    fn name(&self) -> String {
+        let kind = match self.kind {
+            PickKind::Cluster => "cluster",
+            PickKind::External => "external",
+            PickKind::Local => "local",
+            PickKind::PolicyLocal => "policy-local",
+        };
+        format!("{kind}-{}-{}", self.front.name(), self.k)
+    }
+
+    fn rules(&self, cfg: &RenderConfig) -> Vec<String> {
+        let key = self.front.key();
+        let dnat = |external| {
+            format!(
+                "dnat ip to {key} . numgen random mod {} map @{}",
+                self.k,
+                self.front.endpoint_map(external)
+            )
+        };
+        match self.kind {
+            PickKind::Cluster => masquerade_outsiders(cfg)
+                .into_iter()
+                .chain([dnat(false)])
+                .collect(),
+            PickKind::External => vec!["jump mark-for-masquerade".into(), dnat(true)],
+            PickKind::Local => vec![dnat(true)],
+            PickKind::PolicyLocal => {
+                let cluster_path = format!("{key} vmap @{}", self.front.cluster_path_map());
+                let mut rules: Vec<String> = cfg
+                    .cluster_cidr
+                    .map(|cidr| format!("ip saddr {cidr} {cluster_path}"))
+                    .into_iter()
+                    .collect();
+                rules.push("fib saddr type local jump mark-for-masquerade".into());
+                rules.push(format!("fib saddr type local {cluster_path}"));
+                rules.push(format!(
+                    "goto {}",
+                    Pick {
+                        kind: PickKind::Local,
+                        ..*self
+                    }
+                    .name()
+                ));
+                rules
+            }
+        }
+    }
+
+    /// The picks this one sends packets to, which must exist first.
+    fn needs(&self) -> Option<Pick> {
+        (self.kind == PickKind::PolicyLocal).then_some(Pick {
+            kind: PickKind::Local,
+            ..*self
+        })
+    }
+}
+
+/// The cluster path's masquerade rule: traffic to a ClusterIP from outside the cluster network.
+fn masquerade_outsiders(cfg: &RenderConfig) -> Option<String> {
+    if cfg.masquerade_all {
+        Some("jump mark-for-masquerade".into())
+    } else {
+        cfg.cluster_cidr
+            .map(|cidr| format!("ip saddr != {cidr} jump mark-for-masquerade"))
+    }
+}
+
+/// Fixed maps and sets, declared on table creation: (name, kind, declaration).
+const MAPS: [(&str, &str, &str); 11] = [
     (
         "service-ips",
+        "map",
         "type ipv4_addr . inet_proto . inet_service : verdict ;",
     ),
     (
         "service-nodeports",
+        "map",
         "type inet_proto . inet_service : verdict ;",
     ),
     (
         "no-endpoint-services",
+        "map",
         "type ipv4_addr . inet_proto . inet_service : verdict ;",
     ),
     (
         "no-endpoint-nodeports",
+        "map",
         "type inet_proto . inet_service : verdict ;",
     ),
-    ("nodeport-ips", "type ipv4_addr ;"),
+    ("nodeport-ips", "set", "type ipv4_addr ;"),
+    (
+        "cluster-path-addr",
+        "map",
+        "type ipv4_addr . inet_proto . inet_service : verdict ;",
+    ),
+    (
+        "cluster-path-port",
+        "map",
+        "type inet_proto . inet_service : verdict ;",
+    ),
+    ("endpoints-addr-cluster", "map", ENDPOINTS_BY_ADDR),
+    ("endpoints-addr-external", "map", ENDPOINTS_BY_ADDR),
+    ("endpoints-port-cluster", "map", ENDPOINTS_BY_PORT),
+    ("endpoints-port-external", "map", ENDPOINTS_BY_PORT),
 ];
+
+/// Endpoint maps: `front . i : endpoint address . port` (nft 1.0.6 takes `numgen` in a
+/// concatenation only through `typeof`; the modulus there is not part of the type).
+const ENDPOINTS_BY_ADDR: &str =
+    "typeof ip daddr . meta l4proto . th dport . numgen random mod 2 : ip daddr . th dport ;";
+const ENDPOINTS_BY_PORT: &str =
+    "typeof meta l4proto . th dport . numgen random mod 2 : ip daddr . th dport ;";
 
 /// `endpoint . endpoint` for every endpoint in use: after DNAT, a flow from an endpoint to
 /// itself (hairpin) is masqueraded so the reply comes back through the node. Kept as
-/// addresses in [`Ruleset::hairpin`]: it is the largest set, one element per endpoint.
+/// addresses in [`Ruleset::hairpin`]: one element per endpoint.
 const HAIRPIN: &str = "hairpin-endpoints";
 const HAIRPIN_DECL: &str = "type ipv4_addr . ipv4_addr ;";
 
@@ -131,7 +299,7 @@ fn base_rules(cfg: &RenderConfig) -> Ruleset {
     for (name, _) in BASE_CHAINS {
         r.chains.insert(name.to_string(), Vec::new());
     }
-    for (name, _) in MAPS {
+    for (name, _, _) in MAPS {
         r.elements.insert(name, BTreeMap::new());
     }
     r.rule("nat-prerouting", "jump services");
@@ -186,108 +354,166 @@ fn base_rules(cfg: &RenderConfig) -> Ruleset {
     r
 }
 
-/// One Service port's share of the table: its chains, affinity sets, map elements and hairpin
-/// addresses.
+/// One Service port's share of the table: its map elements, the pick chains they send to,
+/// hairpin addresses, and (ClientIP affinity only) its own chains and sets.
 fn render_port(p: &ServicePort, cfg: &RenderConfig) -> Ruleset {
     let mut rules = Ruleset::default();
     let r = &mut rules;
     let proto = p.id.protocol.as_str();
     let cluster = p.cluster_endpoints();
     let external = p.external_endpoints();
-    let svc = svc_chain(p);
-    let ext = ext_chain(p);
     let no_endpoints = if p.endpoints.iter().any(|e| e.ready || e.serving) {
         "drop"
     } else {
         "goto reject-chain"
     };
-    let key = |ip: &std::net::Ipv4Addr| format!("{ip} . {proto} . {}", p.port);
+    let addr_key = |ip: &Ipv4Addr| format!("{ip} . {proto} . {}", p.port);
+    let affinity = p.affinity_seconds.is_some();
+    if affinity {
+        affinity_chains(r, p, cfg, &cluster, &external);
+    }
 
     if cluster.is_empty() {
-        r.element("no-endpoint-services", key(&p.cluster_ip), no_endpoints);
+        r.element(
+            "no-endpoint-services",
+            addr_key(&p.cluster_ip),
+            no_endpoints,
+        );
     } else {
-        r.element("service-ips", key(&p.cluster_ip), format!("goto {svc}"));
-        if cfg.masquerade_all {
-            r.rule(&svc, "jump mark-for-masquerade");
-        } else if let Some(cidr) = cfg.cluster_cidr {
-            r.rule(&svc, format!("ip saddr != {cidr} jump mark-for-masquerade"));
-        }
-        spread(r, &svc, p, &cluster);
+        let key = addr_key(&p.cluster_ip);
+        let to = if affinity {
+            format!("goto {}", svc_chain(p))
+        } else {
+            pick(r, PickKind::Cluster, Front::Addr, &key, &cluster)
+        };
+        r.element("service-ips", key, to);
     }
 
     if p.has_external() {
-        let dsts = p.external_ips.iter().chain(&p.load_balancer_ips);
-        if external.is_empty() {
-            for ip in dsts {
-                r.element("no-endpoint-services", key(ip), no_endpoints);
+        let mut fronts: Vec<(Front, String)> = p
+            .external_ips
+            .iter()
+            .chain(&p.load_balancer_ips)
+            .map(|ip| (Front::Addr, addr_key(ip)))
+            .collect();
+        fronts.extend(
+            p.node_port
+                .map(|np| (Front::Port, format!("{proto} . {np}"))),
+        );
+        for (front, key) in fronts {
+            let (reject_map, map) = match front {
+                Front::Addr => ("no-endpoint-services", "service-ips"),
+                Front::Port => ("no-endpoint-nodeports", "service-nodeports"),
+            };
+            if external.is_empty() {
+                r.element(reject_map, key, no_endpoints);
+                continue;
             }
-            if let Some(np) = p.node_port {
-                r.element(
-                    "no-endpoint-nodeports",
-                    format!("{proto} . {np}"),
-                    no_endpoints,
-                );
-            }
-        } else {
-            for ip in dsts {
-                r.element("service-ips", key(ip), format!("goto {ext}"));
-            }
-            if let Some(np) = p.node_port {
-                r.element(
-                    "service-nodeports",
-                    format!("{proto} . {np}"),
-                    format!("goto {ext}"),
-                );
-            }
-            if p.external_local {
-                if !cluster.is_empty() {
-                    if let Some(cidr) = cfg.cluster_cidr {
-                        r.rule(&ext, format!("ip saddr {cidr} goto {svc}"));
-                    }
-                    r.rule(&ext, "fib saddr type local jump mark-for-masquerade");
-                    r.rule(&ext, format!("fib saddr type local goto {svc}"));
-                }
+            let to = if affinity {
+                format!("goto {}", ext_chain(p))
+            } else if !p.external_local {
+                pick(r, PickKind::External, front, &key, &external)
+            } else if cluster.is_empty() {
+                pick(r, PickKind::Local, front, &key, &external)
             } else {
-                r.rule(&ext, "jump mark-for-masquerade");
-            }
-            spread(r, &ext, p, &external);
+                let to_cluster = pick(r, PickKind::Cluster, front, &key, &cluster);
+                r.element(front.cluster_path_map(), key.clone(), to_cluster);
+                pick(r, PickKind::PolicyLocal, front, &key, &external)
+            };
+            r.element(map, key, to);
         }
     }
 
-    let mut endpoints: BTreeSet<Endpoint> = cluster.iter().copied().collect();
-    endpoints.extend(external.iter().copied());
-    for e in endpoints {
+    for e in cluster.iter().chain(&external) {
         r.hairpin.insert(e.ip);
-        if let Some(seconds) = p.affinity_seconds {
-            let sep = sep_chain(p, &e);
-            let set = affinity_set(p, &e);
-            r.sets.insert(
-                set.clone(),
-                format!("type ipv4_addr ; flags dynamic,timeout ; timeout {seconds}s ;"),
-            );
-            r.rule(&sep, format!("update @{set} {{ ip saddr }}"));
-            r.rule(&sep, dnat(p, &e));
-        }
     }
     rules
 }
 
-fn dnat(p: &ServicePort, e: &Endpoint) -> String {
-    format!("meta l4proto {} dnat to {e}", p.id.protocol.as_str())
+/// Sends front `key` to the shared pick chain of `kind` for `endpoints.len()` endpoints, with
+/// the endpoints as its elements in the endpoint map; returns the verdict.
+fn pick(
+    r: &mut Ruleset,
+    kind: PickKind,
+    front: Front,
+    key: &str,
+    endpoints: &[Endpoint],
+) -> String {
+    let map = front.endpoint_map(matches!(
+        kind,
+        PickKind::External | PickKind::Local | PickKind::PolicyLocal
+    ));
+    for (i, e) in endpoints.iter().enumerate() {
+        r.element(
+            map,
+            format!("{key} . {i}"),
+            format!("{} . {}", e.ip, e.port),
+        );
+    }
+    let chain = Pick {
+        kind,
+        front,
+        k: endpoints.len(),
+    };
+    r.picks.insert(chain);
+    format!("goto {}", chain.name())
 }
 
-/// Affinity first (a client seen recently returns to its endpoint, through its chain that
-/// refreshes the client's entry), then a random pick: endpoint i of n is taken with
-/// probability 1/(n-i), which makes every endpoint equally likely.
-fn spread(r: &mut Ruleset, chain: &str, p: &ServicePort, endpoints: &[Endpoint]) {
-    let affinity = p.affinity_seconds.is_some();
-    if affinity {
-        for e in endpoints {
-            r.rule(
-                chain,
-                format!("ip saddr @{} goto {}", affinity_set(p, e), sep_chain(p, e)),
-            );
+/// A ClientIP-affinity Service port's own chains: svc-<hash> (cluster path) and ext-<hash>
+/// (external path) send a client seen recently back to its endpoint's chain, which refreshes
+/// the client's entry in the endpoint's set and DNATs; a new client is spread at random.
+fn affinity_chains(
+    r: &mut Ruleset,
+    p: &ServicePort,
+    cfg: &RenderConfig,
+    cluster: &[Endpoint],
+    external: &[Endpoint],
+) {
+    let seconds = p.affinity_seconds.unwrap_or_default();
+    let (svc, ext) = (svc_chain(p), ext_chain(p));
+    if !cluster.is_empty() {
+        r.chains
+            .insert(svc.clone(), masquerade_outsiders(cfg).into_iter().collect());
+        spread(r, &svc, p, cluster);
+    }
+    if p.has_external() && !external.is_empty() {
+        if p.external_local {
+            if !cluster.is_empty() {
+                if let Some(cidr) = cfg.cluster_cidr {
+                    r.rule(&ext, format!("ip saddr {cidr} goto {svc}"));
+                }
+                r.rule(&ext, "fib saddr type local jump mark-for-masquerade");
+                r.rule(&ext, format!("fib saddr type local goto {svc}"));
+            }
+        } else {
+            r.rule(&ext, "jump mark-for-masquerade");
         }
+        spread(r, &ext, p, external);
+    }
+    let endpoints: BTreeSet<&Endpoint> = cluster.iter().chain(external).collect();
+    for e in endpoints {
+        let sep = sep_chain(p, e);
+        let set = affinity_set(p, e);
+        r.sets.insert(
+            set.clone(),
+            format!("type ipv4_addr ; flags dynamic,timeout ; timeout {seconds}s ;"),
+        );
+        r.rule(&sep, format!("update @{set} {{ ip saddr }}"));
+        r.rule(
+            &sep,
+            format!("meta l4proto {} dnat to {e}", p.id.protocol.as_str()),
+        );
+    }
+}
+
+/// Affinity first (a client seen recently returns to its endpoint), then a random pick:
+/// endpoint i of n is taken with probability 1/(n-i), which makes every endpoint equally likely.
+fn spread(r: &mut Ruleset, chain: &str, p: &ServicePort, endpoints: &[Endpoint]) {
+    for e in endpoints {
+        r.rule(
+            chain,
+            format!("ip saddr @{} goto {}", affinity_set(p, e), sep_chain(p, e)),
+        );
     }
     let n = endpoints.len();
     for (i, e) in endpoints.iter().enumerate() {
@@ -295,12 +521,7 @@ fn spread(r: &mut Ruleset, chain: &str, p: &ServicePort, endpoints: &[Endpoint])
             1 => String::new(),
             remaining => format!("numgen random mod {remaining} 0 "),
         };
-        let target = if affinity {
-            format!("goto {}", sep_chain(p, e))
-        } else {
-            dnat(p, e)
-        };
-        r.rule(chain, format!("{pick}{target}"));
+        r.rule(chain, format!("{pick}goto {}", sep_chain(p, e)));
     }
 }
 
@@ -308,12 +529,7 @@ fn spread(r: &mut Ruleset, chain: &str, p: &ServicePort, endpoints: &[Endpoint])
 /// one transaction.
 fn full_text(want: &Ruleset) -> String {
     let mut out = format!("add table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n");
-    for (name, decl) in MAPS {
-        let kind = if decl.contains(": verdict") {
-            "map"
-        } else {
-            "set"
-        };
+    for (name, kind, decl) in MAPS {
         let _ = write!(out, "\t{kind} {name} {{ {decl}");
         let elements = &want.elements[name];
         if !elements.is_empty() {
@@ -474,10 +690,9 @@ fn diff_text(want: &Ruleset, have: &Ruleset, rewrite_all: bool) -> (String, usiz
 }
 
 fn map_kind(name: &str) -> &'static str {
-    match MAPS.iter().find(|(n, _)| *n == name) {
-        Some((_, decl)) if !decl.contains(": verdict") => "set",
-        _ => "map",
-    }
+    MAPS.iter()
+        .find(|(n, _, _)| *n == name)
+        .map_or("map", |(_, kind, _)| kind)
 }
 
 fn apply(text: &str) -> Result<(), Error> {
@@ -500,6 +715,10 @@ struct Installed {
     owners: BTreeMap<ElementKey, BTreeMap<ServicePortName, String>>,
     /// Hairpin address → how many ports use it.
     hairpin: BTreeMap<Ipv4Addr, usize>,
+    /// The pick chains in the table. A full build makes every k up to the largest in use for
+    /// each kind, so that a Service losing endpoints changes map elements only; a partial sync
+    /// adds the ones it lacks and removes none (the next full sync does).
+    picks: BTreeSet<Pick>,
 }
 
 impl Installed {
@@ -512,7 +731,30 @@ impl Installed {
         for p in model.ports.values() {
             inst.insert(p.clone(), render_port(p, cfg));
         }
+        let mut largest: BTreeMap<(PickKind, Front), usize> = BTreeMap::new();
+        for (_, rules) in inst.ports.values() {
+            for p in &rules.picks {
+                let k = largest.entry((p.kind, p.front)).or_default();
+                *k = (*k).max(p.k);
+            }
+        }
+        for ((kind, front), largest) in largest {
+            inst.add_picks((1..=largest).map(|k| Pick { kind, front, k }));
+        }
         inst
+    }
+
+    /// Adds pick chains (and those they send to), returning the ones that are new.
+    fn add_picks(&mut self, picks: impl IntoIterator<Item = Pick>) -> Vec<Pick> {
+        let mut added = Vec::new();
+        for p in picks {
+            for p in [Some(p), p.needs()].into_iter().flatten() {
+                if self.picks.insert(p) {
+                    added.push(p);
+                }
+            }
+        }
+        added
     }
 
     fn insert(&mut self, port: ServicePort, rules: Ruleset) {
@@ -574,6 +816,9 @@ impl Installed {
             }
         }
         r.hairpin = self.hairpin.keys().copied().collect();
+        for p in &self.picks {
+            r.chains.insert(p.name(), p.rules(&self.cfg));
+        }
         r
     }
 
@@ -594,7 +839,7 @@ impl Installed {
             .map(|p| (p, render_port(p, &self.cfg)))
             .collect();
         let (mut before, mut after) = (Ruleset::default(), Ruleset::default());
-        for (map, _) in MAPS {
+        for (map, _, _) in MAPS {
             before.elements.insert(map, BTreeMap::new());
             after.elements.insert(map, BTreeMap::new());
         }
@@ -621,6 +866,13 @@ impl Installed {
         self.snapshot(&mut before, &keys, &ips);
         for id in gone.iter().chain(changed.iter().map(|(p, _)| &p.id)) {
             self.remove(id);
+        }
+        let wanted: Vec<Pick> = changed
+            .iter()
+            .flat_map(|(_, rules)| rules.picks.iter().copied())
+            .collect();
+        for p in self.add_picks(wanted) {
+            after.chains.insert(p.name(), p.rules(&self.cfg));
         }
         for (port, rules) in changed {
             after.merge_port(&rules);
@@ -746,28 +998,94 @@ mod tests {
     }
 
     #[test]
-    fn services_are_map_elements_and_endpoints_picked_by_numgen_rules() {
+    fn services_are_map_elements_and_endpoints_picked_from_a_map_by_shared_rules() {
         let p = port("dns", &["10.244.0.2", "10.244.0.3", "10.244.0.4"]);
-        let r = render(&model(vec![p.clone()]), &RenderConfig::default());
+        let cfg = RenderConfig {
+            cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+            ..Default::default()
+        };
+        let r = render(&model(vec![p.clone()]), &cfg);
         assert_eq!(
             r.elements["service-ips"]["10.96.0.20 . udp . 53"],
-            format!("goto {}", svc_chain(&p))
+            "goto cluster-addr-3"
         );
         assert_eq!(
-            r.chains[&svc_chain(&p)],
+            r.elements["endpoints-addr-cluster"]["10.96.0.20 . udp . 53 . 2"],
+            "10.244.0.4 . 5353"
+        );
+        assert_eq!(
+            r.chains["cluster-addr-3"],
             [
-                "numgen random mod 3 0 meta l4proto udp dnat to 10.244.0.2:5353",
-                "numgen random mod 2 0 meta l4proto udp dnat to 10.244.0.3:5353",
-                "meta l4proto udp dnat to 10.244.0.4:5353",
+                "ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
+                "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 3 map @endpoints-addr-cluster",
             ]
         );
-        // No chain per endpoint, no set per Service; hairpin pairs for each endpoint.
-        assert!(!r.chains.keys().any(|c| c.starts_with("sep-")));
+        // Every smaller count has its chain already; no chain or set of the Service's own.
+        assert!(r.chains.contains_key("cluster-addr-1") && r.chains.contains_key("cluster-addr-2"));
+        assert!(
+            !r.chains
+                .keys()
+                .any(|c| c.starts_with("svc-") || c.starts_with("sep-"))
+        );
         assert!(r.sets.is_empty());
         assert!(r.hairpin.contains(&"10.244.0.3".parse().unwrap()));
         let text = full_text(&r);
         assert!(text.starts_with("add table ip skiff\ndelete table ip skiff\n"));
-        assert!(text.contains("elements = { 10.96.0.20 . udp . 53 : goto svc-"));
+        assert!(text.contains("elements = { 10.96.0.20 . udp . 53 : goto cluster-addr-3 }"));
+    }
+
+    #[test]
+    fn external_fronts_pick_by_address_or_node_port_and_local_keeps_a_cluster_path() {
+        let mut p = port("web", &["10.244.0.2", "10.244.0.3"]);
+        p.endpoints[1].local = false;
+        p.node_port = Some(30080);
+        p.external_ips = vec!["192.0.2.1".parse().unwrap()];
+        let r = render(&model(vec![p.clone()]), &RenderConfig::default());
+        assert_eq!(
+            r.elements["service-nodeports"]["udp . 30080"],
+            "goto external-port-2"
+        );
+        assert_eq!(
+            r.elements["endpoints-port-external"]["udp . 30080 . 1"],
+            "10.244.0.3 . 5353"
+        );
+        assert_eq!(
+            r.chains["external-port-2"],
+            [
+                "jump mark-for-masquerade",
+                "dnat ip to meta l4proto . th dport . numgen random mod 2 map @endpoints-port-external",
+            ]
+        );
+
+        p.external_local = true;
+        let r = render(&model(vec![p.clone()]), &RenderConfig::default());
+        // From outside: the one local endpoint, unmasqueraded; pods and the node: all of them.
+        assert_eq!(
+            r.elements["service-ips"]["192.0.2.1 . udp . 53"],
+            "goto policy-local-addr-1"
+        );
+        assert_eq!(
+            r.elements["endpoints-addr-external"]["192.0.2.1 . udp . 53 . 0"],
+            "10.244.0.2 . 5353"
+        );
+        assert_eq!(
+            r.elements["cluster-path-port"]["udp . 30080"],
+            "goto cluster-port-2"
+        );
+        assert_eq!(
+            r.chains["policy-local-port-1"],
+            [
+                "fib saddr type local jump mark-for-masquerade",
+                "fib saddr type local meta l4proto . th dport vmap @cluster-path-port",
+                "goto local-port-1",
+            ]
+        );
+        assert_eq!(
+            r.chains["local-port-1"],
+            [
+                "dnat ip to meta l4proto . th dport . numgen random mod 1 map @endpoints-port-external"
+            ]
+        );
     }
 
     #[test]
@@ -804,31 +1122,35 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_endpoint_touches_its_chain_and_hairpin_element_only() {
+    fn a_changed_endpoint_count_changes_map_elements_only() {
         let a = port("a", &["10.244.0.2"]);
         let mut b = port("b", &["10.244.0.3", "10.244.0.4"]);
         b.cluster_ip = "10.96.0.21".parse().unwrap();
-        let before = render(&model(vec![a.clone(), b.clone()]), &RenderConfig::default());
+        let cfg = RenderConfig::default();
+        let mut inst = Installed::build(&model(vec![a.clone(), b.clone()]), &cfg);
         let mut b2 = b.clone();
         b2.endpoints.pop();
-        let after = render(&model(vec![a.clone(), b2]), &RenderConfig::default());
+        let (before, after) = inst.update(&model(vec![a.clone(), b2]));
         let (text, changes) = diff_text(&after, &before, false);
         assert_eq!(
             text,
-            format!(
-                "flush chain ip skiff {svc}\nadd rule ip skiff {svc} meta l4proto udp dnat to 10.244.0.3:5353\n\
-                 delete element ip skiff hairpin-endpoints {{ 10.244.0.4 . 10.244.0.4 }}\n",
-                svc = svc_chain(&b)
-            )
+            "delete element ip skiff endpoints-addr-cluster { 10.96.0.21 . udp . 53 . 1 }\n\
+             delete element ip skiff service-ips { 10.96.0.21 . udp . 53 }\n\
+             add element ip skiff service-ips { 10.96.0.21 . udp . 53 : goto cluster-addr-1 }\n\
+             delete element ip skiff hairpin-endpoints { 10.244.0.4 . 10.244.0.4 }\n"
         );
-        assert_eq!(changes, 2);
-        assert_eq!(diff_text(&after, &after, false).0, "");
+        assert_eq!(changes, 4);
+        let (before, after) = inst.update(&model(vec![a, b]));
+        let (text, _) = diff_text(&after, &before, false);
+        assert!(!text.contains("chain") && !text.contains("rule"), "{text}");
     }
 
     #[test]
     fn a_service_losing_its_endpoints_moves_to_the_reject_map() {
-        let a = port("a", &["10.244.0.2"]);
-        let before = render(&model(vec![a.clone()]), &RenderConfig::default());
+        let before = render(
+            &model(vec![port("a", &["10.244.0.2"])]),
+            &RenderConfig::default(),
+        );
         let after = render(&model(vec![port("a", &[])]), &RenderConfig::default());
         let (text, _) = diff_text(&after, &before, false);
         assert!(
@@ -836,11 +1158,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("add element ip skiff no-endpoint-services { 10.96.0.20 . udp . 53 : goto reject-chain }"));
-        assert!(text.contains(&format!("delete chain ip skiff {}", svc_chain(&a))));
+        assert!(text.contains(
+            "delete element ip skiff endpoints-addr-cluster { 10.96.0.20 . udp . 53 . 0 }"
+        ));
+        assert!(text.contains("delete chain ip skiff cluster-addr-1"));
     }
 
     #[test]
-    fn a_partial_sync_writes_what_a_whole_diff_would_touching_only_changed_ports() {
+    fn a_partial_sync_touches_only_changed_ports_and_keeps_pick_chains() {
         let a = port("a", &["10.244.0.2"]);
         let mut b = port("b", &["10.244.0.3", "10.244.0.4"]);
         b.cluster_ip = "10.96.0.21".parse().unwrap();
@@ -855,24 +1180,40 @@ mod tests {
 
         let mut b2 = b.clone();
         b2.endpoints.pop();
-        let mut d = port("d", &["10.244.0.6"]);
+        let mut d = port("d", &["10.244.0.6", "10.244.0.7", "10.244.0.8"]);
         d.cluster_ip = "10.96.0.23".parse().unwrap();
         let new = model(vec![a.clone(), b2, d]);
 
         let mut inst = Installed::build(&old, &cfg);
         let (before, after) = inst.update(&new);
-        let partial = diff_text(&after, &before, false);
-        let whole = diff_text(&render(&new, &cfg), &render(&old, &cfg), false);
-        assert_eq!(partial, whole);
-        assert!(!partial.0.contains(&svc_chain(&a)), "{}", partial.0);
+        let (partial, _) = diff_text(&after, &before, false);
+        assert!(!partial.contains("10.96.0.20"), "{partial}");
         // c's going hands the external IP to b and keeps a's endpoint in the hairpin set.
-        assert!(
-            partial
-                .0
-                .contains(&format!("192.0.2.1 . udp . 53 : goto {}", ext_chain(&b)))
+        assert!(partial.contains("192.0.2.1 . udp . 53 : goto external-addr-1"));
+        assert!(partial.contains(&format!("delete chain ip skiff {}", svc_chain(&c))));
+        assert!(!partial.contains("10.244.0.2 . 10.244.0.2"));
+        // d is the first with 3 endpoints: its pick chain is added; external-addr-2, no longer
+        // used, stays until the next full sync.
+        assert!(partial.contains("add chain ip skiff cluster-addr-3"));
+        assert!(!partial.contains("delete chain ip skiff external-addr-2"));
+        // The table is the whole render's, plus the pick chains kept.
+        let (kept, whole) = (inst.assemble(), render(&new, &cfg));
+        assert_eq!(
+            (&kept.elements, &kept.hairpin, &kept.sets),
+            (&whole.elements, &whole.hairpin, &whole.sets)
         );
-        assert!(!partial.0.contains("10.244.0.2 . 10.244.0.2"));
-        assert_eq!(inst.assemble(), render(&new, &cfg));
+        let extra: Vec<&String> = kept
+            .chains
+            .keys()
+            .filter(|c| !whole.chains.contains_key(*c))
+            .collect();
+        assert_eq!(extra, ["external-addr-2"]);
+        // A full sync from there removes it.
+        let (text, _) = diff_text(&whole, &kept, false);
+        assert!(
+            text.contains("delete chain ip skiff external-addr-2"),
+            "{text}"
+        );
         // Nothing changed: nothing touched.
         let (before, after) = inst.update(&new);
         assert_eq!(diff_text(&after, &before, false).0, "");

@@ -25,10 +25,11 @@ mod udp;
 pub mod watch;
 
 use std::borrow::Borrow;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -77,6 +78,9 @@ pub(crate) struct Shared {
     /// Counts index replacements; raised after each swap, so an answer computed after reading
     /// a generation comes from that index or a newer one.
     generation: AtomicU64,
+    /// The objects the index was built from, to skip rebuilding it (and voiding the response
+    /// caches) when a sync hands over the same ones.
+    built_from: Mutex<Option<Revision>>,
     zone: ZoneConfig,
     forwarder: forward::Forwarder,
     metrics: DnsMetrics,
@@ -100,6 +104,7 @@ impl DnsServer {
         let shared = Shared {
             index: RwLock::new(Arc::new(empty)),
             generation: AtomicU64::new(0),
+            built_from: Mutex::new(None),
             zone,
             forwarder: forward::Forwarder::new(
                 config.upstreams.clone(),
@@ -115,19 +120,35 @@ impl DnsServer {
     }
 
     /// Replaces the records with those of `services` and `slices` (all of them, as the
-    /// proxy's stores hold them: `store.state()` fits).
+    /// proxy's stores hold them: `store.state()` fits), unless they are the very objects (names
+    /// and resource versions) the records were built from. Returns whether it rebuilt them.
     pub fn update<S, E>(
         &self,
         services: impl IntoIterator<Item = S>,
         slices: impl IntoIterator<Item = E>,
-    ) where
+    ) -> bool
+    where
         S: Borrow<Service>,
         E: Borrow<EndpointSlice>,
     {
+        let services: Vec<S> = services.into_iter().collect();
+        let slices: Vec<E> = slices.into_iter().collect();
+        let revision = Revision::of(
+            services
+                .iter()
+                .map(|s| &s.borrow().metadata)
+                .chain(slices.iter().map(|s| &s.borrow().metadata)),
+        );
+        let mut built_from = self.shared.built_from.lock().expect("dns revision lock");
+        if revision.is_some() && *built_from == revision {
+            return false;
+        }
         let index = ClusterIndex::build(self.shared.zone.clone(), services, slices);
         tracing::debug!(names = index.len(), "cluster DNS records updated");
         *self.shared.index.write().expect("dns index lock") = Arc::new(index);
         self.shared.generation.fetch_add(1, Ordering::Release);
+        *built_from = revision;
+        true
     }
 
     /// Binds UDP and TCP at the configured address; [`Listening::run`] then serves.
@@ -146,5 +167,80 @@ impl DnsServer {
     /// The counters, for the proxy's `/metrics` (`metrics().render()`).
     pub fn metrics(&self) -> &DnsMetrics {
         &self.shared.metrics
+    }
+}
+
+/// Which objects, at which resource versions, in any order: a sum of per-object hashes and a
+/// count. `None` when an object has no resource version (nothing then tells it unchanged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Revision {
+    sum: u64,
+    count: usize,
+}
+
+impl Revision {
+    fn of<'a>(
+        objects: impl IntoIterator<
+            Item = &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        >,
+    ) -> Option<Self> {
+        let mut r = Revision { sum: 0, count: 0 };
+        for meta in objects {
+            let mut h = DefaultHasher::new();
+            (
+                &meta.namespace,
+                &meta.name,
+                &meta.uid,
+                meta.resource_version.as_ref()?,
+            )
+                .hash(&mut h);
+            r.sum = r.sum.wrapping_add(h.finish());
+            r.count += 1;
+        }
+        Some(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> DnsConfig {
+        DnsConfig {
+            listen: "10.96.0.10:53".parse().unwrap(),
+            cluster_domain: "cluster.local".into(),
+            ttl: 5,
+            upstreams: vec![],
+            upstream_timeout: std::time::Duration::from_secs(1),
+            cache_entries: 10,
+        }
+    }
+
+    fn service(name: &str, version: Option<&str>) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "default", "name": name, "resourceVersion": version},
+            "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_index_is_rebuilt_only_when_the_objects_change() {
+        let dns = DnsServer::new(config()).unwrap();
+        let none: &[EndpointSlice] = &[];
+        let (a, b) = (service("a", Some("1")), service("b", Some("2")));
+        assert!(dns.update([&a, &b], none));
+        let generation = dns.shared.generation();
+        // The same objects in another order: nothing rebuilt, the response caches stay valid.
+        assert!(!dns.update([&b, &a], none));
+        assert_eq!(dns.shared.generation(), generation);
+        // A new resource version, an object gone: rebuilt.
+        assert!(dns.update([&a, &service("b", Some("3"))], none));
+        assert!(dns.update([&a], none));
+        assert!(dns.shared.generation() > generation);
+        // Objects without resource versions cannot be told unchanged.
+        let bare = service("c", None);
+        assert!(dns.update([&bare], none));
+        assert!(dns.update([&bare], none));
     }
 }
