@@ -18,9 +18,20 @@ pub struct AgentArgs {
     /// Per-node data directory (images, checkpoints).
     #[arg(long, default_value = "/var/lib/skiff/kubelet", global = true)]
     pub root_dir: PathBuf,
-    /// Kubeconfig of the API server the node joins.
+    /// Kubeconfig of the API server the node joins (written by the TLS bootstrap when
+    /// --bootstrap-kubeconfig is given and this one is missing or its certificate expired).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// A kubeconfig with a bootstrap token, traded for the node's client certificate (a CSR
+    /// the cluster approves and signs) when --kubeconfig holds no valid one.
+    #[arg(long)]
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+    /// Where the node's certificates and keys are kept (default: ROOT_DIR/pki).
+    #[arg(long)]
+    pub cert_dir: Option<PathBuf>,
+    /// Renew the client certificate of the store (from the TLS bootstrap) before it expires.
+    #[arg(long)]
+    pub rotate_certificates: bool,
     /// The node's name (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -159,7 +170,24 @@ pub async fn run_until(
     {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let client = client(&kubeconfig).await?;
+    let certificates = crate::client_certificate::ClientCertificateConfig {
+        node_name: node_name.clone(),
+        kubeconfig: kubeconfig.clone(),
+        bootstrap_kubeconfig: args.bootstrap_kubeconfig.clone(),
+        cert_dir: args
+            .cert_dir
+            .clone()
+            .unwrap_or_else(|| args.root_dir.join("pki")),
+    };
+    crate::client_certificate::bootstrap(&certificates).await?;
+    let rotating = crate::client_certificate::RotatingClient::new(client(&kubeconfig).await?);
+    let client = rotating.client();
+    let rotation = args.rotate_certificates.then(|| {
+        tokio::spawn(crate::client_certificate::run_rotation(
+            certificates,
+            rotating,
+        ))
+    });
     let runtime = crate::runtime::Runtime::new(runtime_path, args.run_dir.join("runtime"));
     let runtime_version = runtime
         .version()
@@ -234,7 +262,7 @@ pub async fn run_until(
         stop,
     )
     .await?;
-    for task in [lease, status, network_task] {
+    for task in [lease, status, network_task].into_iter().chain(rotation) {
         task.abort();
     }
     crate::node_network::remove(&network)

@@ -26,11 +26,16 @@
 //!   disk, routes to other nodes, masquerade) through netlink; `node_network` runs it for the node
 //!   (bridge once the podCIDR is known, routes following the Node list) and `sandbox` is the pod
 //!   worker's view of it (namespaces, address, hostPorts, the pod's files).
+//! - `client_certificate`, `certificate_store`: the TLS bootstrap (a bootstrap token traded for
+//!   a node client certificate through a CSR) and the certificate's rotation; the certificates
+//!   in `--cert-dir`.
 //! - `server`: the node API on port 10250 (logs, exec, port-forward, stats) over mutual TLS.
 
 pub mod admission;
 pub mod agent;
+pub mod certificate_store;
 pub mod cgroups;
+pub mod client_certificate;
 pub mod container_env;
 pub mod containers;
 pub mod cri_log;

@@ -1,0 +1,145 @@
+//! The kubelet's TLS bootstrap and certificate rotation against a real `skiff server`: a node
+//! given only a bootstrap token joins with a node client certificate it requested through a CSR.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Node, busybox_pod};
+use serde_json::Value;
+
+/// The kubelet's own kubeconfig (written by the bootstrap) in the node's directory.
+fn kubelet_kubeconfig(node: &Node) -> std::path::PathBuf {
+    node.dir.path().join("kubelet.kubeconfig")
+}
+
+/// A node whose kubelet has a bootstrap kubeconfig and a `--kubeconfig` that does not exist yet.
+fn bootstrapped_node(extra: &[&str]) -> Node {
+    Node::start_prepared(extra, |n| {
+        let bootstrap = n.bootstrap_kubeconfig();
+        let kubeconfig = kubelet_kubeconfig(n);
+        assert!(!kubeconfig.exists());
+        n.kubelet_args_mut().extend([
+            "--kubeconfig".to_string(),
+            kubeconfig.display().to_string(),
+            "--bootstrap-kubeconfig".to_string(),
+            bootstrap.display().to_string(),
+        ]);
+    })
+}
+
+fn node_ready(n: &Node) -> bool {
+    n.get_json(&["node", &n.name]).is_some_and(|node| {
+        node["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+/// The node client CSRs, oldest first.
+fn node_client_csrs(n: &Node) -> Vec<Value> {
+    let list = n.get_json(&["csr"]).expect("listing CSRs");
+    let mut items: Vec<Value> = list["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet")
+        .collect();
+    items.sort_by_key(|c| {
+        c["metadata"]["creationTimestamp"]
+            .as_str()
+            .map(str::to_string)
+    });
+    items
+}
+
+fn issued(csr: &Value) -> bool {
+    csr["status"]["certificate"]
+        .as_str()
+        .is_some_and(|c| !c.is_empty())
+}
+
+/// `kubectl auth whoami` with the kubelet's kubeconfig.
+fn kubelet_whoami(n: &Node) -> String {
+    let out = n
+        .netns
+        .command("kubectl")
+        .args(["auth", "whoami", "-o", "json"])
+        .env("KUBECONFIG", kubelet_kubeconfig(n))
+        .env("HOME", n.dir.path())
+        .output()
+        .expect("running kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl auth whoami as the kubelet: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_kubelet_with_only_a_bootstrap_token_joins_as_its_node() {
+    let mut node = bootstrapped_node(&[]);
+    node.wait_for("the node to be Ready", Duration::from_secs(60), node_ready);
+
+    // One request, made with the bootstrap token, for the node's client certificate.
+    let csrs = node_client_csrs(&node);
+    assert_eq!(csrs.len(), 1, "{csrs:#?}");
+    let csr = &csrs[0];
+    assert!(
+        csr["spec"]["username"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("system:bootstrap:")),
+        "the requestor: {csr:#}"
+    );
+    let mut usages: Vec<&str> = csr["spec"]["usages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    usages.sort();
+    assert_eq!(usages, ["client auth", "digital signature"]);
+    assert!(issued(csr), "{csr:#}");
+    assert!(
+        csr["status"]["conditions"][0]["reason"] == "AutoApproved",
+        "{csr:#}"
+    );
+
+    // The kubeconfig names the certificate in ROOT_DIR/pki; the node is who it says.
+    let kubeconfig = std::fs::read_to_string(kubelet_kubeconfig(&node)).unwrap();
+    let current = node.root_dir().join("pki/kubelet-client-current.pem");
+    assert!(
+        kubeconfig.contains(&current.display().to_string()),
+        "{kubeconfig}"
+    );
+    assert!(!kubeconfig.contains("token"), "{kubeconfig}");
+    let who: Value = serde_json::from_str(&kubelet_whoami(&node)).unwrap();
+    assert_eq!(
+        who["status"]["userInfo"]["username"], "system:node:node-1",
+        "{who:#}"
+    );
+    let groups = who["status"]["userInfo"]["groups"].to_string();
+    assert!(groups.contains("system:nodes"), "{groups}");
+
+    // With those credentials alone the node runs a pod and reports it.
+    node.apply(&busybox_pod("p", "Always", "sleep 3600", ""));
+    node.wait_pod("p", "Running", Duration::from_secs(60), |p| {
+        p["status"]["phase"] == "Running"
+    });
+
+    // A kubelet started again keeps its valid certificate: no new request.
+    node.kill9_kubelet();
+    node.start_kubelet();
+    std::thread::sleep(Duration::from_secs(3));
+    node.wait_for(
+        "the node to stay Ready",
+        Duration::from_secs(30),
+        node_ready,
+    );
+    assert_eq!(node_client_csrs(&node).len(), 1);
+    node.kubectl(&["delete", "pod", "p", "--wait=false"]);
+}
