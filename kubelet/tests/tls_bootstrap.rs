@@ -1,5 +1,6 @@
 //! The kubelet's TLS bootstrap and certificate rotation against a real `skiff server`: a node
-//! given only a bootstrap token joins with a node client certificate it requested through a CSR.
+//! given only a bootstrap token joins with a node client certificate it requested through a CSR,
+//! and renews that certificate before it expires without restarting its pods.
 
 mod common;
 
@@ -14,8 +15,15 @@ fn kubelet_kubeconfig(node: &Node) -> std::path::PathBuf {
 }
 
 /// A node whose kubelet has a bootstrap kubeconfig and a `--kubeconfig` that does not exist yet.
-fn bootstrapped_node(extra: &[&str]) -> Node {
-    Node::start_prepared(extra, |n| {
+fn bootstrapped_node(server_args: &[&str], kubelet_args: &[&str]) -> Node {
+    // Certificates are the point here, not the disk: a busy test machine's disk must not
+    // reject the pod for DiskPressure.
+    let mut args = vec![
+        "--eviction-hard",
+        "memory.available<100Mi,nodefs.available<1Gi",
+    ];
+    args.extend_from_slice(kubelet_args);
+    Node::start_with_server(server_args, &args, |n| {
         let bootstrap = n.bootstrap_kubeconfig();
         let kubeconfig = kubelet_kubeconfig(n);
         assert!(!kubeconfig.exists());
@@ -82,7 +90,7 @@ fn kubelet_whoami(n: &Node) -> String {
 
 #[test]
 fn a_kubelet_with_only_a_bootstrap_token_joins_as_its_node() {
-    let mut node = bootstrapped_node(&[]);
+    let mut node = bootstrapped_node(&[], &[]);
     node.wait_for("the node to be Ready", Duration::from_secs(60), node_ready);
 
     // One request, made with the bootstrap token, for the node's client certificate.
@@ -141,5 +149,67 @@ fn a_kubelet_with_only_a_bootstrap_token_joins_as_its_node() {
         node_ready,
     );
     assert_eq!(node_client_csrs(&node).len(), 1);
+    node.kubectl(&["delete", "pod", "p", "--wait=false"]);
+}
+
+/// The Lease's last renewal, seconds ago.
+fn lease_age(n: &Node) -> i64 {
+    let lease = n
+        .get_json(&["lease", "-n", "kube-node-lease", &n.name])
+        .expect("the node's Lease");
+    let renewed = lease["spec"]["renewTime"].as_str().expect("renewTime");
+    let renewed = chrono::DateTime::parse_from_rfc3339(renewed).expect("RFC 3339 renewTime");
+    (chrono::Utc::now() - renewed.with_timezone(&chrono::Utc)).num_seconds()
+}
+
+#[test]
+fn the_client_certificate_is_rotated_before_it_expires_and_pods_keep_running() {
+    // Certificates of 30 s (the signer's cap, as kube-controller-manager's flag sets it): the
+    // kubelet renews at 70-84% of the lifetime, and the server checks a client certificate's
+    // expiry on every request, so a node still using an old one would be refused.
+    let node = bootstrapped_node(
+        &["--cluster-signing-duration", "30s"],
+        &["--rotate-certificates"],
+    );
+    node.wait_for("the node to be Ready", Duration::from_secs(60), node_ready);
+    node.apply(&busybox_pod("p", "Always", "sleep 3600", ""));
+    let running = node.wait_pod("p", "Running", Duration::from_secs(60), |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let container = running["status"]["containerStatuses"][0]["containerID"].clone();
+
+    // Two renewals, each asked for with the node's own certificate and approved for it.
+    node.wait_for(
+        "two renewals of the client certificate",
+        Duration::from_secs(120),
+        |n| node_client_csrs(n).iter().filter(|c| issued(c)).count() >= 3,
+    );
+    let csrs = node_client_csrs(&node);
+    for renewal in &csrs[1..] {
+        assert_eq!(
+            renewal["spec"]["username"], "system:node:node-1",
+            "{renewal:#}"
+        );
+    }
+    // Both earlier certificates have expired by now; the node still heartbeats, as itself.
+    std::thread::sleep(Duration::from_secs(12));
+    node.wait_for("the node to stay Ready", Duration::from_secs(5), node_ready);
+    let age = lease_age(&node);
+    assert!(age <= 12, "the Lease was last renewed {age}s ago");
+    let who: Value = serde_json::from_str(&kubelet_whoami(&node)).unwrap();
+    assert_eq!(who["status"]["userInfo"]["username"], "system:node:node-1");
+    // The store keeps the current pair only.
+    let pki: Vec<_> = std::fs::read_dir(node.root_dir().join("pki"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(pki.len(), 2, "{pki:?}");
+    // The pod was not restarted.
+    let now = node.pod("p").expect("the pod");
+    assert_eq!(
+        now["status"]["containerStatuses"][0]["containerID"],
+        container
+    );
+    assert_eq!(now["status"]["containerStatuses"][0]["restartCount"], 0);
     node.kubectl(&["delete", "pod", "p", "--wait=false"]);
 }

@@ -190,6 +190,15 @@ impl Node {
     /// the image is installed and the kubelet starts (e.g. to give the kubelet a bootstrap
     /// kubeconfig through [`Node::kubelet_args_mut`]).
     pub fn start_prepared(kubelet_args: &[&str], prepare: impl FnOnce(&mut Node)) -> Node {
+        Node::start_with_server(&[], kubelet_args, prepare)
+    }
+
+    /// As [`Node::start_prepared`], `skiff server` given `server_args` too.
+    pub fn start_with_server(
+        server_args: &[&str],
+        kubelet_args: &[&str],
+        prepare: impl FnOnce(&mut Node),
+    ) -> Node {
         require("ip", &["-V"], "iproute2");
         require("kubectl", &["version", "--client"], "kubectl 1.32 on PATH");
         assert!(
@@ -209,7 +218,7 @@ impl Node {
             cgroup_root,
             netns,
         };
-        node.start_server();
+        node.start_server(server_args);
         std::fs::create_dir_all(node.root_dir()).expect("root directory");
         prepare(&mut node);
         install_busybox(&node.root_dir());
@@ -285,7 +294,7 @@ impl Node {
             .expect("log file")
     }
 
-    fn start_server(&mut self) {
+    fn start_server(&mut self, extra: &[&str]) {
         let skiff = binary(
             "skiff",
             "cargo build -p skiff --bin skiff -p skiff-runtime --bin skiff-runc",
@@ -296,6 +305,7 @@ impl Node {
             .args(["server", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(self.log_file("server.log"))
