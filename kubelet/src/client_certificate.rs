@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::Context;
 use base64::Engine;
@@ -22,10 +22,8 @@ use kube::config::{
 };
 use skiff_client::certificates::{CertificateRequest, request_certificate};
 
+use crate::certificate_rotation::SIGNING_WAIT;
 use crate::certificate_store::{CertificateStore, StoredPair};
-
-/// How long the node waits for its request to be approved and signed.
-const SIGNING_WAIT: Duration = Duration::from_secs(15 * 60);
 
 /// Where the node's client identity comes from and goes to.
 #[derive(Debug, Clone)]
@@ -232,43 +230,15 @@ impl tower::Service<hyper::http::Request<kube::client::Body>> for RotatingClient
     }
 }
 
-/// When a certificate valid from `not_before` to `not_after` is renewed: at 70% of its lifetime
-/// plus up to a fifth of that again (the kubelet's jittered deadline, so a fleet of nodes
-/// started together does not renew together).
-pub fn rotation_deadline(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
-    let lifetime = not_after
-        .duration_since(not_before)
-        .unwrap_or(Duration::ZERO);
-    let jitter = 1.0 + rand::random::<f64>() * 0.2;
-    not_before + lifetime.mul_f64(0.7 * jitter)
-}
-
 /// Renews the client certificate before it expires, for as long as the node runs: a new CSR
-/// made with the node's current credentials, the store and kubeconfig updated, and `client`
-/// switched to the new certificate.
+/// made with the node's current credentials, the store updated (the kubeconfig names its
+/// current file), and `client` switched to the new certificate.
 pub async fn run_rotation(config: ClientCertificateConfig, client: RotatingClient) {
     let store = config.store();
-    let mut retry = Duration::from_secs(1);
-    loop {
-        let Some(pair) = store.current() else {
-            tracing::warn!(dir = %config.cert_dir.display(), "no client certificate in the store to rotate");
-            return;
-        };
-        let deadline = rotation_deadline(pair.not_before, pair.not_after);
-        let wait = deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        tracing::info!(expires = ?pair.not_after, in_seconds = wait.as_secs(), "client certificate rotation scheduled");
-        tokio::time::sleep(wait).await;
-        match rotate(&config, &store, &client).await {
-            Ok(()) => retry = Duration::from_secs(1),
-            Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), retry_in = ?retry, "client certificate rotation failed");
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(Duration::from_secs(60));
-            }
-        }
-    }
+    crate::certificate_rotation::keep_renewed(store.clone(), "client", || {
+        rotate(&config, &store, &client)
+    })
+    .await
 }
 
 async fn rotate(
@@ -294,19 +264,6 @@ async fn rotate(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_rotation_deadline_falls_in_the_jittered_window() {
-        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        let end = start + Duration::from_secs(1_000);
-        for _ in 0..100 {
-            let d = rotation_deadline(start, end)
-                .duration_since(start)
-                .unwrap()
-                .as_secs_f64();
-            assert!((700.0..=840.0).contains(&d), "{d}");
-        }
-    }
 
     #[test]
     fn the_written_kubeconfig_names_the_store_and_inlines_the_ca() {

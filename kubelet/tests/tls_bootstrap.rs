@@ -213,3 +213,91 @@ fn the_client_certificate_is_rotated_before_it_expires_and_pods_keep_running() {
     assert_eq!(now["status"]["containerStatuses"][0]["restartCount"], 0);
     node.kubectl(&["delete", "pod", "p", "--wait=false"]);
 }
+
+/// The node API's certificate as a client sees it: whether it verifies against the cluster CA
+/// for the node's IP, its fingerprint and its subject alternative names.
+fn presented_certificate(n: &Node) -> (bool, String) {
+    let ca = n.dir.path().join("data/ca.crt");
+    let script = format!(
+        "openssl s_client -connect {ip}:10250 -CAfile {ca} -verify_ip {ip} -verify_return_error </dev/null 2>&1 \
+         | tee /dev/stderr | openssl x509 -noout -fingerprint -sha256 -ext subjectAltName -issuer",
+        ip = common::NODE_IP,
+        ca = ca.display()
+    );
+    let out = n
+        .netns
+        .command("sh")
+        .args(["-c", &script])
+        .output()
+        .expect("running openssl");
+    let handshake = String::from_utf8_lossy(&out.stderr).into_owned();
+    (
+        handshake.contains("Verify return code: 0 (ok)"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn the_node_api_serves_a_certificate_the_cluster_signed_and_renews_it() {
+    common::require(
+        "openssl",
+        &["version"],
+        "the openssl command line (Debian: openssl)",
+    );
+    let node = bootstrapped_node(
+        &["--cluster-signing-duration", "30s"],
+        &["--rotate-server-certificates"],
+    );
+    node.wait_for("the node to be Ready", Duration::from_secs(60), node_ready);
+    node.wait_for(
+        "the serving certificate to be signed",
+        Duration::from_secs(30),
+        |n| {
+            n.get_json(&["csr"]).is_some_and(|l| {
+                l["items"].as_array().into_iter().flatten().any(|c| {
+                    c["spec"]["signerName"] == "kubernetes.io/kubelet-serving"
+                        && c["spec"]["username"] == "system:node:node-1"
+                        && issued(c)
+                })
+            })
+        },
+    );
+    let mut first = (false, String::new());
+    node.wait_for("the node API to present it", Duration::from_secs(10), |n| {
+        first = presented_certificate(n);
+        first.0
+    });
+    let (_, text) = &first;
+    assert!(
+        text.contains(&format!("IP Address:{}", common::NODE_IP)),
+        "{text}"
+    );
+    assert!(text.contains("DNS:node-1"), "{text}");
+
+    // logs and exec through the API server still reach the node API.
+    node.apply(&busybox_pod("p", "Always", "echo hello; sleep 3600", ""));
+    node.wait_pod("p", "Running", Duration::from_secs(60), |p| {
+        p["status"]["phase"] == "Running"
+    });
+    node.wait_for("the pod's log", Duration::from_secs(10), |n| {
+        n.kubectl_output(&["logs", "p"], None)
+            .stdout
+            .starts_with(b"hello")
+    });
+    assert_eq!(
+        node.kubectl(&["exec", "p", "--", "echo", "in"]).trim(),
+        "in"
+    );
+
+    // Renewed before it expires (30 s), and the new one served.
+    let fingerprint = |t: &str| t.lines().next().unwrap_or_default().to_string();
+    node.wait_for(
+        "a renewed serving certificate",
+        Duration::from_secs(60),
+        |n| {
+            let (ok, text) = presented_certificate(n);
+            ok && fingerprint(&text) != fingerprint(&first.1)
+        },
+    );
+    node.kubectl(&["delete", "pod", "p", "--wait=false"]);
+}
