@@ -301,3 +301,39 @@ fn the_node_api_serves_a_certificate_the_cluster_signed_and_renews_it() {
     );
     node.kubectl(&["delete", "pod", "p", "--wait=false"]);
 }
+
+#[test]
+fn a_node_joins_a_server_on_all_addresses_through_its_advertised_one() {
+    // Inside the test's own network namespace only: the server listens on every address there
+    // and advertises the node's, which its kubeconfigs and the kubernetes Service name.
+    let node = bootstrapped_node(
+        &[
+            "--listen",
+            "0.0.0.0:0",
+            "--advertise-address",
+            common::NODE_IP,
+        ],
+        &[],
+    );
+    node.wait_for("the node to be Ready", Duration::from_secs(60), node_ready);
+    let server = node.kubectl(&[
+        "config",
+        "view",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]);
+    assert!(
+        server.starts_with(&format!("https://{}:", common::NODE_IP)),
+        "{server}"
+    );
+    let kubelet = std::fs::read_to_string(kubelet_kubeconfig(&node)).unwrap();
+    assert!(kubelet.contains(&server), "{kubelet}");
+    let endpoints = node.kubectl(&[
+        "get",
+        "endpoints",
+        "kubernetes",
+        "-o",
+        "jsonpath={.subsets[0].addresses[0].ip}",
+    ]);
+    assert_eq!(endpoints, common::NODE_IP);
+}

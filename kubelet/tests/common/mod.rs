@@ -304,7 +304,11 @@ impl Node {
             .command(skiff)
             .args(["server", "--data-dir"])
             .arg(self.dir.path().join("data"))
-            .args(["--listen", "127.0.0.1:0"])
+            .args(if extra.contains(&"--listen") {
+                &[][..]
+            } else {
+                &["--listen", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
