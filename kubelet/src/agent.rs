@@ -18,9 +18,25 @@ pub struct AgentArgs {
     /// Per-node data directory (images, checkpoints).
     #[arg(long, default_value = "/var/lib/skiff/kubelet", global = true)]
     pub root_dir: PathBuf,
-    /// Kubeconfig of the API server the node joins.
+    /// Kubeconfig of the API server the node joins (written by the TLS bootstrap when
+    /// --bootstrap-kubeconfig is given and this one is missing or its certificate expired).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// A kubeconfig with a bootstrap token, traded for the node's client certificate (a CSR
+    /// the cluster approves and signs) when --kubeconfig holds no valid one.
+    #[arg(long)]
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+    /// Where the node's certificates and keys are kept (default: ROOT_DIR/pki).
+    #[arg(long)]
+    pub cert_dir: Option<PathBuf>,
+    /// Renew the client certificate of the store (from the TLS bootstrap) before it expires.
+    #[arg(long)]
+    pub rotate_certificates: bool,
+    /// Serve the node API with a certificate the cluster signs (a kubelet-serving CSR for the
+    /// node's name and address), renewed before it expires, in place of --tls-cert-file or a
+    /// self-signed one.
+    #[arg(long, conflicts_with = "tls_cert_file")]
+    pub rotate_server_certificates: bool,
     /// The node's name (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -159,7 +175,25 @@ pub async fn run_until(
     {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let client = client(&kubeconfig).await?;
+    let cert_dir = args
+        .cert_dir
+        .clone()
+        .unwrap_or_else(|| args.root_dir.join("pki"));
+    let certificates = crate::client_certificate::ClientCertificateConfig {
+        node_name: node_name.clone(),
+        kubeconfig: kubeconfig.clone(),
+        bootstrap_kubeconfig: args.bootstrap_kubeconfig.clone(),
+        cert_dir: cert_dir.clone(),
+    };
+    crate::client_certificate::bootstrap(&certificates).await?;
+    let rotating = crate::client_certificate::RotatingClient::new(client(&kubeconfig).await?);
+    let client = rotating.client();
+    let rotation = args.rotate_certificates.then(|| {
+        tokio::spawn(crate::client_certificate::run_rotation(
+            certificates,
+            rotating,
+        ))
+    });
     let runtime = crate::runtime::Runtime::new(runtime_path, args.run_dir.join("runtime"));
     let runtime_version = runtime
         .version()
@@ -216,7 +250,30 @@ pub async fn run_until(
         volume_sync_period: std::time::Duration::from_secs(args.volume_sync_seconds.max(1)),
         pod_manifest_path: args.pod_manifest_path.clone(),
     };
-    start_node_api(&args, &kubeconfig, &config, client.clone(), runtime.clone()).await?;
+    let serving = args.rotate_server_certificates.then(|| {
+        let serving_config = crate::serving_certificate::ServingConfig {
+            node_name: config.node_name.clone(),
+            node_ip,
+            cert_dir: cert_dir.clone(),
+        };
+        let serving = crate::serving_certificate::load(&serving_config);
+        let task = tokio::spawn(crate::serving_certificate::run(
+            serving_config,
+            client.clone(),
+            serving.clone(),
+        ));
+        (serving, task)
+    });
+    let (serving, serving_task) = serving.unzip();
+    start_node_api(
+        &args,
+        &kubeconfig,
+        &config,
+        serving,
+        client.clone(),
+        runtime.clone(),
+    )
+    .await?;
     let (network, network_task) =
         crate::node_network::start(crate::node_network::NodeNetworkConfig {
             client: client.clone(),
@@ -234,7 +291,11 @@ pub async fn run_until(
         stop,
     )
     .await?;
-    for task in [lease, status, network_task] {
+    for task in [lease, status, network_task]
+        .into_iter()
+        .chain(rotation)
+        .chain(serving_task)
+    {
         task.abort();
     }
     crate::node_network::remove(&network)
@@ -250,6 +311,7 @@ async fn start_node_api(
     args: &AgentArgs,
     kubeconfig: &Path,
     config: &crate::pod_worker::KubeletConfig,
+    serving: Option<Arc<crate::serving_certificate::ServingCertificate>>,
     client: Client,
     runtime: crate::runtime::Runtime,
 ) -> anyhow::Result<()> {
@@ -261,6 +323,7 @@ async fn start_node_api(
     let tls = tls::server_config(tls::TlsOptions {
         cert_file: args.tls_cert_file.clone(),
         key_file: args.tls_private_key_file.clone(),
+        resolver: serving.map(|s| s as Arc<dyn rustls::server::ResolvesServerCert>),
         client_ca,
         names: vec![config.node_name.clone(), config.node_ip.to_string()],
     })

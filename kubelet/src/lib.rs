@@ -26,11 +26,18 @@
 //!   disk, routes to other nodes, masquerade) through netlink; `node_network` runs it for the node
 //!   (bridge once the podCIDR is known, routes following the Node list) and `sandbox` is the pod
 //!   worker's view of it (namespaces, address, hostPorts, the pod's files).
+//! - `client_certificate`, `serving_certificate`, `certificate_store`, `certificate_rotation`:
+//!   the TLS bootstrap (a bootstrap token traded for a node client certificate through a CSR),
+//!   the node API's serving certificate signed by the cluster, the certificates in `--cert-dir`
+//!   and when they are renewed.
 //! - `server`: the node API on port 10250 (logs, exec, port-forward, stats) over mutual TLS.
 
 pub mod admission;
 pub mod agent;
+pub mod certificate_rotation;
+pub mod certificate_store;
 pub mod cgroups;
+pub mod client_certificate;
 pub mod container_env;
 pub mod containers;
 pub mod cri_log;
@@ -50,6 +57,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod seccomp;
 pub mod server;
+pub mod serving_certificate;
 pub mod shim;
 pub mod static_pods;
 pub mod status;

@@ -801,32 +801,21 @@ impl ApiServer {
     ) -> ApiResult<(StatusCode, Value)> {
         let name = meta_str(cur, "name").unwrap_or_default().to_string();
         let sub_field = sub.and_then(|s| r.strategy.subresource_field(s));
+        let particular = match sub {
+            Some(s) if sub_field.is_none() => {
+                r.strategy
+                    .admit_subresource_update(self, s, cur, &mut new)
+                    .await?
+            }
+            _ => false,
+        };
         match sub {
+            _ if particular => {}
             Some(_) if let Some(field) = sub_field => {
                 // Only the subresource's field changes.
                 let part = new.pointer(field).cloned();
                 new = cur.clone();
                 set_pointer(&mut new, field, part);
-            }
-            // Only the Approved and Denied conditions change (CertificateSigningRequests).
-            Some("approval") => {
-                let decided =
-                    |c: &&Value| matches!(c["type"].as_str(), Some("Approved" | "Denied"));
-                let kept = cur
-                    .pointer("/status/conditions")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter(|c| !decided(c));
-                let asked = new
-                    .pointer("/status/conditions")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter(decided);
-                let conditions: Vec<Value> = kept.chain(asked).cloned().collect();
-                new = cur.clone();
-                new["status"]["conditions"] = json!(conditions);
             }
             Some("status") => {
                 // Only the status changes.

@@ -55,6 +55,13 @@ pub struct ServerConfig {
     /// The etcd cluster to keep objects in; `None`: the embedded store under `data_dir`.
     pub etcd: Option<EtcdConfig>,
     pub limits: Limits,
+    /// The address the kubernetes Service's endpoints and the kubeconfigs name (and the
+    /// serving certificate holds); `None`: the listening address, or when that is unspecified
+    /// the host's first non-loopback address (Service) and 127.0.0.1 (kubeconfigs).
+    pub advertise_address: Option<IpAddr>,
+    /// The longest lifetime of a certificate the cluster signs for a CertificateSigningRequest
+    /// (kube-controller-manager's `--cluster-signing-duration`).
+    pub cluster_signing_duration: Duration,
 }
 
 fn text(code: StatusCode, body: &'static str) -> Response {
@@ -79,7 +86,7 @@ fn json_response(v: &Value, content_type: &'static str) -> Response {
 pub async fn route(
     app: Arc<ApiServer>,
     server_address: Arc<String>,
-    certificate_user: Option<Arc<UserInfo>>,
+    certificate_user: Option<Arc<authn::CertificateUser>>,
     bounds: Arc<RequestBounds>,
     req: Request<hyper::body::Incoming>,
 ) -> Response {
@@ -357,17 +364,22 @@ pub async fn run(
         context: "reading the listening address".into(),
         source,
     })?;
-    let host = if local.ip().is_unspecified() {
-        IpAddr::from([127, 0, 0, 1])
-    } else {
-        local.ip()
+    let host = match cfg.advertise_address {
+        Some(ip) => ip,
+        None if local.ip().is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        None => local.ip(),
     };
     let server_url = match host {
         IpAddr::V6(v6) => format!("https://[{v6}]:{}", local.port()),
         IpAddr::V4(v4) => format!("https://{v4}:{}", local.port()),
     };
+    // The serving certificate holds the advertised address too.
+    let named = match cfg.advertise_address {
+        Some(ip) => SocketAddr::new(ip, local.port()),
+        None => local,
+    };
     let material = Pki::new(&cfg.data_dir).ensure(
-        local,
+        named,
         IpAddr::V4(network.first_service_ip()),
         &server_url,
     )?;
@@ -403,7 +415,8 @@ pub async fn run(
     bootstrap(&app, local).await?;
     crate::kubernetes_service::reconcile(
         &app,
-        crate::kubernetes_service::advertise_address(local),
+        cfg.advertise_address
+            .unwrap_or_else(|| crate::kubernetes_service::advertise_address(local)),
         local.port(),
     )
     .await?;
@@ -411,7 +424,11 @@ pub async fn run(
     auth::rbac::Rbac::start(app.clone()).await?;
     auth::node::NodeGraph::start(app.clone()).await?;
     auth::service_accounts::start(app.clone(), material.ca_pem.clone()).await?;
-    auth::csr::start(app.clone(), Pki::new(&cfg.data_dir).ca_issuer()?);
+    auth::csr::start(
+        app.clone(),
+        Pki::new(&cfg.data_dir).ca_issuer()?,
+        cfg.cluster_signing_duration,
+    );
     // Every resource's watch cache, started before the first request (so that a watch resuming
     // from a list taken since is served from memory).
     app.watch_cache.start_all(&app.store).await;

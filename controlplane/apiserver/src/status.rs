@@ -166,7 +166,7 @@ impl ApiError {
         }
     }
 
-    fn with_details(mut self, r: &ResourceInfo, name: &str) -> Self {
+    pub(crate) fn with_details(mut self, r: &ResourceInfo, name: &str) -> Self {
         let mut d = json!({"name": name, "kind": r.plural});
         if !r.group.is_empty() {
             d["group"] = json!(r.group);

@@ -52,6 +52,15 @@ enum Command {
         bookmark_interval: u64,
         #[command(flatten)]
         limits: LimitFlags,
+        /// The address the `kubernetes` Service's endpoints and the kubeconfigs name, and the
+        /// serving certificate holds (default: the --listen address; when that is 0.0.0.0, the
+        /// host's first address for the Service and 127.0.0.1 for the kubeconfigs).
+        #[arg(long)]
+        advertise_address: Option<std::net::IpAddr>,
+        /// The longest lifetime of a certificate signed for a CertificateSigningRequest (as
+        /// kube-controller-manager's flag): 8760h, 30m, 90s.
+        #[arg(long, default_value = "8760h", value_parser = parse_duration)]
+        cluster_signing_duration: Duration,
         /// Do not run the scheduler inside the server.
         #[arg(long)]
         disable_scheduler: bool,
@@ -367,6 +376,8 @@ fn main() -> anyhow::Result<()> {
             compaction_interval,
             bookmark_interval,
             limits,
+            advertise_address,
+            cluster_signing_duration,
             disable_scheduler,
             disable_controllers,
             settings,
@@ -387,6 +398,8 @@ fn main() -> anyhow::Result<()> {
                 bookmark_interval: Duration::from_secs(bookmark_interval.max(1)),
                 etcd: etcd.config(),
                 limits: limits.limits(),
+                advertise_address,
+                cluster_signing_duration,
             };
             rt.block_on(async {
                 // Each component as its own user, with its bootstrap role.

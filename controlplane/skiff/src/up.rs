@@ -134,6 +134,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             bookmark_interval: Duration::from_secs(60),
             etcd: None,
             limits: Default::default(),
+            advertise_address: None,
+            cluster_signing_duration: skiff_apiserver::auth::csr::DEFAULT_SIGNING_DURATION,
         },
         async move {
             let _ = server_stopped.await;

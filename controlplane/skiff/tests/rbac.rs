@@ -816,6 +816,87 @@ fn a_bootstrap_token_becomes_an_approved_node_client_certificate() {
 }
 
 #[test]
+fn approving_a_request_needs_approve_on_its_signer() {
+    let s = Server::start();
+    let erin = s.user_kubeconfig("erin", &[]);
+    // Erin may write approvals and statuses of requests, not approve for any signer.
+    s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        r#"{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "csr-writer"},
+        "rules": [{"apiGroups": ["certificates.k8s.io"],
+            "resources": ["certificatesigningrequests", "certificatesigningrequests/approval",
+                "certificatesigningrequests/status"],
+            "verbs": ["get", "list", "watch", "update", "patch"]}]}"#,
+    );
+    s.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        "erin-csr",
+        "--clusterrole=csr-writer",
+        "--user=erin",
+    ]);
+    let (_, request) = openssl_request(&s.data_dir(), "frank", "/CN=frank");
+    s.kubectl_stdin(
+        &["create", "-f", "-"],
+        &csr_manifest("frank", "kubernetes.io/kube-apiserver-client", &request, ""),
+    );
+    let refused = r#"user not permitted to approve requests with signerName "kubernetes.io/kube-apiserver-client""#;
+    eventually("erin's approval refused for the signer", || {
+        let out = as_user(&s, &erin, &["certificate", "approve", "frank"]);
+        match (out.status.success(), stderr(&out)) {
+            (false, e) if e.contains(refused) && e.contains("forbidden") => Ok(()),
+            (ok, e) => Err(format!("success {ok}: {e}")),
+        }
+    });
+    let out = as_user(&s, &erin, &["certificate", "deny", "frank"]);
+    assert!(stderr(&out).contains(refused), "{}", stderr(&out));
+    // Nor does the status subresource approve.
+    let out = as_user(
+        &s,
+        &erin,
+        &[
+            "patch",
+            "csr",
+            "frank",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status": {"conditions": [{"type": "Approved", "status": "True", "reason": "Sneaky", "message": "x"}]}}"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let csr = s.kubectl(&["get", "csr", "frank"]);
+    assert!(csr.contains("Pending"), "{csr}");
+
+    // `approve` on the signer, by name, lets her.
+    s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        r#"{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "client-signer-approver"},
+        "rules": [{"apiGroups": ["certificates.k8s.io"], "resources": ["signers"],
+            "resourceNames": ["kubernetes.io/kube-apiserver-client"], "verbs": ["approve"]}]}"#,
+    );
+    s.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        "erin-signer",
+        "--clusterrole=client-signer-approver",
+        "--user=erin",
+    ]);
+    eventually("erin approves", || {
+        let out = as_user(&s, &erin, &["certificate", "approve", "frank"]);
+        out.status
+            .success()
+            .then_some(())
+            .ok_or_else(|| stderr(&out))
+    });
+    issued_certificate(&s, "frank");
+    let csr = s.kubectl(&["get", "csr", "frank"]);
+    assert!(csr.contains("Approved,Issued"), "{csr}");
+}
+
+#[test]
 fn the_kubernetes_service_names_the_api_server() {
     let s = Server::start_cluster();
     let port = s.port.to_string();

@@ -1,5 +1,5 @@
-//! The node API's TLS: the serving certificate (from files, or self-signed for the node's name
-//! and address until the cluster signs one) and the client check — a certificate from the client
+//! The node API's TLS: the serving certificate (from files, one the cluster signed through a CSR
+//! and rotates, or else self-signed for the node's name and address) and the client check — a certificate from the client
 //! CA is required for service; a client without one completes the handshake (and gets 401), one
 //! with a certificate from another CA is refused in the handshake.
 
@@ -27,6 +27,9 @@ pub struct TlsOptions {
     /// Serving certificate chain and key files; both or neither (then self-signed).
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// The serving certificate chosen per handshake (one the cluster signed, rotated); it
+    /// takes the place of the files and the self-signed one.
+    pub resolver: Option<Arc<dyn rustls::server::ResolvesServerCert>>,
     pub client_ca: Vec<CertificateDer<'static>>,
     /// The names and addresses a self-signed certificate is made for.
     pub names: Vec<String>,
@@ -82,27 +85,33 @@ pub fn server_config(options: TlsOptions) -> Result<Arc<rustls::ServerConfig>, T
         .allow_unauthenticated()
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    let (chain, key) = match (options.cert_file, options.key_file) {
-        (Some(cert), Some(key)) => (read_certs(&cert)?, read_key(&key)?),
-        (None, None) => {
-            let made = rcgen::generate_simple_self_signed(options.names)?;
-            (
-                vec![made.cert.der().clone()],
-                PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into()),
-            )
-        }
-        _ => {
-            return Err(TlsError::Config(
-                "--tls-cert-file and --tls-private-key-file go together".into(),
-            ));
-        }
-    };
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        .with_client_cert_verifier(verifier);
+    let mut config = match options.resolver {
+        Some(resolver) => builder.with_cert_resolver(resolver),
+        None => {
+            let (chain, key) = match (options.cert_file, options.key_file) {
+                (Some(cert), Some(key)) => (read_certs(&cert)?, read_key(&key)?),
+                (None, None) => {
+                    let made = rcgen::generate_simple_self_signed(options.names)?;
+                    (
+                        vec![made.cert.der().clone()],
+                        PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into()),
+                    )
+                }
+                _ => {
+                    return Err(TlsError::Config(
+                        "--tls-cert-file and --tls-private-key-file go together".into(),
+                    ));
+                }
+            };
+            builder
+                .with_single_cert(chain, key)
+                .map_err(|e| TlsError::Config(e.to_string()))?
+        }
+    };
     // HTTP/1.1 only: exec, attach and port-forward are HTTP/1.1 upgrades.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))

@@ -183,6 +183,22 @@ impl Node {
     /// image is installed and the kubelet starts (e.g. to mount a small filesystem on it; the
     /// node's teardown unmounts everything under its directories).
     pub fn start_with_root(kubelet_args: &[&str], prepare_root: impl FnOnce(&Path)) -> Node {
+        Node::start_prepared(kubelet_args, |node| prepare_root(&node.root_dir()))
+    }
+
+    /// As [`Node::start_with`], `prepare` given the node once its API server answers, before
+    /// the image is installed and the kubelet starts (e.g. to give the kubelet a bootstrap
+    /// kubeconfig through [`Node::kubelet_args_mut`]).
+    pub fn start_prepared(kubelet_args: &[&str], prepare: impl FnOnce(&mut Node)) -> Node {
+        Node::start_with_server(&[], kubelet_args, prepare)
+    }
+
+    /// As [`Node::start_prepared`], `skiff server` given `server_args` too.
+    pub fn start_with_server(
+        server_args: &[&str],
+        kubelet_args: &[&str],
+        prepare: impl FnOnce(&mut Node),
+    ) -> Node {
         require("ip", &["-V"], "iproute2");
         require("kubectl", &["version", "--client"], "kubectl 1.32 on PATH");
         assert!(
@@ -202,15 +218,59 @@ impl Node {
             cgroup_root,
             netns,
         };
-        node.start_server();
+        node.start_server(server_args);
         std::fs::create_dir_all(node.root_dir()).expect("root directory");
-        prepare_root(&node.root_dir());
+        prepare(&mut node);
         install_busybox(&node.root_dir());
         node.start_kubelet();
         node.wait_for("the node to register", Duration::from_secs(30), |n| {
             n.kubectl_ok(&["get", "node", &n.name])
         });
         node
+    }
+
+    /// The flags the kubelet gets at its next start, beside the node's directories.
+    pub fn kubelet_args_mut(&mut self) -> &mut Vec<String> {
+        &mut self.kubelet_args
+    }
+
+    /// A kubeconfig for the node's API server holding a new bootstrap token (`skiff token
+    /// create`) and no certificate, as a joining node is given.
+    pub fn bootstrap_kubeconfig(&self) -> PathBuf {
+        let skiff = binary("skiff", "cargo build -p skiff --bin skiff");
+        let out = self
+            .netns
+            .command(skiff)
+            .args(["token", "create", "--ttl", "1h", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .output()
+            .expect("running skiff token create");
+        assert!(
+            out.status.success(),
+            "skiff token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let raw = |path: &str| {
+            self.kubectl(&[
+                "config",
+                "view",
+                "--raw",
+                "-o",
+                &format!("jsonpath={{{path}}}"),
+            ])
+        };
+        let server = raw(".clusters[0].cluster.server");
+        let ca = raw(".clusters[0].cluster.certificate-authority-data");
+        let path = self.dir.path().join("bootstrap.kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: kubelet-bootstrap\n  user:\n    token: {token}\ncontexts:\n- name: bootstrap\n  context:\n    cluster: skiff\n    user: kubelet-bootstrap\ncurrent-context: bootstrap\n"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        path
     }
 
     pub fn root_dir(&self) -> PathBuf {
@@ -234,7 +294,7 @@ impl Node {
             .expect("log file")
     }
 
-    fn start_server(&mut self) {
+    fn start_server(&mut self, extra: &[&str]) {
         let skiff = binary(
             "skiff",
             "cargo build -p skiff --bin skiff -p skiff-runtime --bin skiff-runc",
@@ -244,7 +304,12 @@ impl Node {
             .command(skiff)
             .args(["server", "--data-dir"])
             .arg(self.dir.path().join("data"))
-            .args(["--listen", "127.0.0.1:0"])
+            .args(if extra.contains(&"--listen") {
+                &[][..]
+            } else {
+                &["--listen", "127.0.0.1:0"][..]
+            })
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(self.log_file("server.log"))
@@ -269,11 +334,17 @@ impl Node {
                 );
                 vec!["--runtime-path".into(), runc.into()]
             };
+        // The admin's kubeconfig unless the node was given its own (e.g. to bootstrap).
+        let kubeconfig: Vec<std::ffi::OsString> =
+            if self.kubelet_args.iter().any(|a| a == "--kubeconfig") {
+                vec![]
+            } else {
+                vec!["--kubeconfig".into(), self.kubeconfig().into()]
+            };
         let child = self
             .netns
             .command(env!("CARGO_BIN_EXE_skiff-kubelet"))
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
+            .args(kubeconfig)
             .args(["--node-name", &self.name])
             .arg("--root-dir")
             .arg(self.root_dir())

@@ -3,14 +3,23 @@
 //! kube-apiserver's x509 authenticator reads them; otherwise an `Authorization: Bearer` token
 //! (a bootstrap token or a service-account token); otherwise the request is anonymous.
 
+use std::time::{Duration, SystemTime};
+
 use axum::http::{HeaderMap, header};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::UserInfo;
 use crate::ApiServer;
 
+/// The user a verified client certificate names, and until when the certificate holds.
+#[derive(Debug, Clone)]
+pub struct CertificateUser {
+    pub user: UserInfo,
+    pub not_after: SystemTime,
+}
+
 /// The user a verified client certificate names; `None` when it names none (no CN).
-pub fn from_certificate(der: &[u8]) -> Option<UserInfo> {
+pub fn from_certificate(der: &[u8]) -> Option<CertificateUser> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     let subject = cert.subject();
     let name = subject
@@ -27,7 +36,14 @@ pub fn from_certificate(der: &[u8]) -> Option<UserInfo> {
         .filter_map(|o| o.as_str().ok())
         .map(str::to_string)
         .collect();
-    Some(UserInfo::authenticated(name, groups))
+    let not_after = u64::try_from(cert.validity().not_after.timestamp())
+        .map_or(SystemTime::UNIX_EPOCH, |s| {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+        });
+    Some(CertificateUser {
+        user: UserInfo::authenticated(name, groups),
+        not_after,
+    })
 }
 
 /// The outcome of looking at a request's credentials.
@@ -42,11 +58,18 @@ pub enum Identity {
 /// Authenticates a request: the connection's certificate user first, then a bearer token.
 pub async fn authenticate(
     app: &ApiServer,
-    certificate_user: Option<&UserInfo>,
+    certificate_user: Option<&CertificateUser>,
     headers: &HeaderMap,
 ) -> Identity {
-    if let Some(u) = certificate_user {
-        return Identity::User(u.clone());
+    // The handshake checked the certificate when the connection opened; its expiry is checked
+    // again for every request, as kube-apiserver verifies the chain per request, so a kept-alive
+    // connection does not outlive its certificate.
+    if let Some(c) = certificate_user {
+        if SystemTime::now() >= c.not_after {
+            tracing::debug!(user = %c.user.name, "client certificate expired");
+            return Identity::Invalid;
+        }
+        return Identity::User(c.user.clone());
     }
     let Some(auth) = headers.get(header::AUTHORIZATION) else {
         return Identity::Anonymous;
@@ -86,7 +109,7 @@ mod tests {
         p.distinguished_name.push(DnType::OrganizationName, "dev");
         let key = KeyPair::generate().unwrap();
         let cert = p.self_signed(&key).unwrap();
-        let u = from_certificate(cert.der()).unwrap();
+        let u = from_certificate(cert.der()).unwrap().user;
         assert_eq!(u.name, "alice");
         assert_eq!(u.groups, vec!["dev", "system:authenticated"]);
     }
@@ -116,7 +139,7 @@ mod tests {
             .decode(data)
             .unwrap();
         let der = CertificateDer::from_pem_slice(&pem).unwrap();
-        let u = from_certificate(&der).unwrap();
+        let u = from_certificate(&der).unwrap().user;
         assert_eq!(u.name, "alice");
         assert_eq!(u.groups, vec!["dev", "ops", "system:authenticated"]);
     }

@@ -5,7 +5,7 @@
 //! automatically when the requestor may (`certificatesigningrequests/nodeclient`,
 //! `…/selfnodeclient`, `…/selfnodeserving` in RBAC); approved requests for the three
 //! `kubernetes.io/` signers are checked against their signer's rules and signed for
-//! `spec.expirationSeconds`, at most a year.
+//! `spec.expirationSeconds`, at most the signing duration (a year unless the server is told).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -30,8 +30,13 @@ use crate::status::ApiError;
 pub const CLIENT: &str = "kubernetes.io/kube-apiserver-client";
 pub const KUBELET_CLIENT: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 pub const KUBELET_SERVING: &str = "kubernetes.io/kubelet-serving";
-/// The longest lifetime the signer gives (kube-controller-manager's `--cluster-signing-duration`).
-const MAX_LIFETIME_SECONDS: i64 = 365 * 24 * 3600;
+/// The longest lifetime the signer gives by default (kube-controller-manager's
+/// `--cluster-signing-duration`).
+pub const DEFAULT_SIGNING_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How far before now a certificate's validity starts, so clocks a little behind accept it
+/// (kube's signer back-dates by five minutes); a tenth of the lifetime at most, so a short
+/// certificate is not mostly spent before it is issued.
+const BACKDATE: Duration = Duration::from_secs(5 * 60);
 const NODE_PREFIX: &str = "system:node:";
 const NODES_GROUP: &str = "system:nodes";
 
@@ -168,7 +173,7 @@ fn sign(
     issuer: &Issuer<'static, KeyPair>,
     r: &Request,
     usages: &[String],
-    lifetime: i64,
+    lifetime: Duration,
 ) -> Result<String, rcgen::Error> {
     let mut p = CertificateParams::default();
     p.distinguished_name = rcgen::DistinguishedName::new();
@@ -180,9 +185,9 @@ fn sign(
     }
     p.subject_alt_names = r.params.params.subject_alt_names.clone();
     let now = time::OffsetDateTime::now_utc();
-    // A little back-dated, as kube's signer does, so clocks a bit behind accept it.
-    p.not_before = now - time::Duration::minutes(5);
-    p.not_after = now + time::Duration::seconds(lifetime);
+    let backdate = BACKDATE.min(lifetime / 10);
+    p.not_before = now - backdate;
+    p.not_after = now + lifetime;
     p.serial_number = Some(SerialNumber::from_slice(
         uuid::Uuid::new_v4().as_bytes().as_slice(),
     ));
@@ -283,6 +288,7 @@ fn condition(t: &str, reason: &str, message: &str) -> Value {
 async fn reconcile(
     app: &ApiServer,
     issuer: &Issuer<'static, KeyPair>,
+    max_lifetime: Duration,
     o: Value,
 ) -> Result<(), ApiError> {
     let name = meta_str(&o, "name").unwrap_or_default().to_string();
@@ -335,14 +341,14 @@ async fn reconcile(
         }
         None => {
             let lifetime = o["spec"]["expirationSeconds"]
-                .as_i64()
-                .unwrap_or(MAX_LIFETIME_SECONDS)
-                .min(MAX_LIFETIME_SECONDS);
+                .as_u64()
+                .map_or(max_lifetime, Duration::from_secs)
+                .min(max_lifetime);
             let pem = sign(issuer, &req, &usages, lifetime)
                 .map_err(|e| ApiError::internal(format!("signing {name}: {e}")))?;
             new["status"]["certificate"] =
                 json!(base64::engine::general_purpose::STANDARD.encode(pem));
-            tracing::info!(csr = %name, cn = %req.common_name, lifetime, "signed");
+            tracing::info!(csr = %name, cn = %req.common_name, ?lifetime, "signed");
         }
     }
     app.update(resource(), None, &name, new, Some("status"), &opts)
@@ -351,7 +357,8 @@ async fn reconcile(
 }
 
 /// Approves and signs every request now and as they come (from the requests' watch).
-pub fn start(app: Arc<ApiServer>, issuer: Issuer<'static, KeyPair>) {
+/// No certificate lives longer than `max_lifetime`.
+pub fn start(app: Arc<ApiServer>, issuer: Issuer<'static, KeyPair>, max_lifetime: Duration) {
     let prefix = resource().prefix(None);
     let issuer = Arc::new(issuer);
     tokio::spawn(async move {
@@ -363,7 +370,7 @@ pub fn start(app: Arc<ApiServer>, issuer: Issuer<'static, KeyPair>) {
             };
             for kv in &res.kvs {
                 if let Ok(o) = decode_kv(kv)
-                    && let Err(e) = reconcile(&app, &issuer, o).await
+                    && let Err(e) = reconcile(&app, &issuer, max_lifetime, o).await
                 {
                     tracing::debug!(error = %e.message, "CSR");
                 }
@@ -376,7 +383,7 @@ pub fn start(app: Arc<ApiServer>, issuer: Issuer<'static, KeyPair>) {
                             continue;
                         }
                         if let Ok(o) = decode_kv(&ev.kv)
-                            && let Err(e) = reconcile(&app, &issuer, o).await
+                            && let Err(e) = reconcile(&app, &issuer, max_lifetime, o).await
                         {
                             tracing::debug!(error = %e.message, "CSR");
                         }

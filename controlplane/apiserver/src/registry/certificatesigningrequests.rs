@@ -1,7 +1,8 @@
 //! CertificateSigningRequest (`certificates.k8s.io/v1`, `certificatesigningrequests`): the
 //! requestor's identity is recorded from the request's user, the PEM request must parse and
 //! carry a valid signature, the spec never changes; `/approval` changes only the Approved and
-//! Denied conditions and `/status` the rest of the status (`auth::csr` approves and signs).
+//! Denied conditions, for those who may `approve` for the signer, and `/status` the rest of the
+//! status (`auth::csr` approves and signs).
 
 use super::prelude::*;
 use crate::auth::csr;
@@ -50,6 +51,56 @@ impl Strategy for CsrStrategy {
             }
         }
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// `/approval` changes only the Approved and Denied conditions, and only for a requestor
+    /// holding `approve` on the request's signer (`signers` in `certificates.k8s.io`, named by
+    /// the signer or `<domain>/*`), as kube-apiserver's CertificateApproval admission requires;
+    /// `/status` changes the rest of the status but never those two conditions.
+    fn admit_subresource_update<'a>(
+        &'a self,
+        api: &'a ApiServer,
+        sub: &'a str,
+        cur: &'a Value,
+        new: &'a mut Value,
+    ) -> BoxFuture<'a, ApiResult<bool>> {
+        Box::pin(async move {
+            let decision = |c: &&Value| matches!(c["type"].as_str(), Some("Approved" | "Denied"));
+            let conditions = |o: &Value, want_decisions: bool| -> Vec<Value> {
+                o.pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| decision(c) == want_decisions)
+                    .cloned()
+                    .collect()
+            };
+            let (decided, others) = match sub {
+                "approval" => {
+                    approver_check(api, cur)?;
+                    (conditions(new, true), conditions(cur, false))
+                }
+                "status" => (conditions(cur, true), conditions(new, false)),
+                _ => return Ok(false),
+            };
+            let status = new.get("status").cloned();
+            *new = cur.clone();
+            if sub == "status" {
+                match status {
+                    Some(s) => new["status"] = s,
+                    None => {
+                        new.as_object_mut().map(|o| o.remove("status"));
+                    }
+                }
+            }
+            let all: Vec<Value> = others.into_iter().chain(decided).collect();
+            if !all.is_empty() {
+                new["status"]["conditions"] = json!(all);
+            } else if let Some(status) = new["status"].as_object_mut() {
+                status.remove("conditions");
+            }
+            Ok(true)
+        })
     }
 
     fn validate(&self, o: &Value, errs: &mut Vec<FieldError>) {
@@ -153,4 +204,36 @@ impl Strategy for CsrStrategy {
             json!(csr::condition_summary(o)),
         ]
     }
+}
+
+/// Whether the requestor (none: the server itself) may approve or deny requests for `o`'s signer.
+fn approver_check(api: &ApiServer, o: &Value) -> ApiResult<()> {
+    use crate::auth::attributes::{Attributes, ResourceAttributes};
+    let Some(user) = crate::auth::current_user() else {
+        return Ok(());
+    };
+    let signer = o["spec"]["signerName"].as_str().unwrap_or_default();
+    let may = |name: String| {
+        api.authorize(
+            &user,
+            &Attributes::Resource(ResourceAttributes {
+                verb: "approve".into(),
+                group: "certificates.k8s.io".into(),
+                version: "*".into(),
+                resource: "signers".into(),
+                name,
+                ..Default::default()
+            }),
+        )
+        .allowed
+    };
+    let domain_wildcard = signer.split_once('/').map(|(d, _)| format!("{d}/*"));
+    if may(signer.to_string()) || domain_wildcard.is_some_and(may) {
+        return Ok(());
+    }
+    let name = o["metadata"]["name"].as_str().unwrap_or_default();
+    Err(crate::status::ApiError::forbidden(format!(
+        "certificatesigningrequests.certificates.k8s.io \"{name}\" is forbidden: user not permitted to approve requests with signerName \"{signer}\""
+    ))
+    .with_details(&RESOURCE, name))
 }

@@ -100,6 +100,20 @@ pub trait Strategy: Sync {
         None
     }
 
+    /// An update through subresource `sub` that is particular to the resource (neither a
+    /// [`Strategy::subresource_field`] one nor the generic `status`): `new` turned into what is
+    /// written, from `cur` and what was sent, and the requestor's right to make the change
+    /// checked. `Ok(false)`: nothing particular, the generic handling applies.
+    fn admit_subresource_update<'a>(
+        &'a self,
+        _api: &'a ApiServer,
+        _sub: &'a str,
+        _cur: &'a Value,
+        _new: &'a mut Value,
+    ) -> BoxFuture<'a, ApiResult<bool>> {
+        Box::pin(std::future::ready(Ok(false)))
+    }
+
     /// The rules of an update through a [`Strategy::subresource_field`] subresource, in place
     /// of [`Strategy::validate_update`].
     fn validate_subresource_update(

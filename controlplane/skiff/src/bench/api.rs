@@ -317,6 +317,8 @@ where
         }),
         bookmark_interval: Duration::from_secs(60),
         limits: Default::default(),
+        advertise_address: None,
+        cluster_signing_duration: skiff_apiserver::auth::csr::DEFAULT_SIGNING_DURATION,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::run(scfg, async move {
