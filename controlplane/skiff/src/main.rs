@@ -48,6 +48,10 @@ enum Command {
         /// Seconds between bookmarks on watches that asked for them.
         #[arg(long, default_value_t = 60)]
         bookmark_interval: u64,
+        /// Seconds a server stays in the `kubernetes` Service's endpoints after its last renewal
+        /// (each server renews its Lease every third of this).
+        #[arg(long, default_value_t = 15)]
+        endpoint_lease_duration: u64,
         #[command(flatten)]
         limits: LimitFlags,
         /// Do not run the scheduler inside the server.
@@ -309,6 +313,7 @@ fn main() -> anyhow::Result<()> {
             service_cidr,
             compaction_interval,
             bookmark_interval,
+            endpoint_lease_duration,
             limits,
             disable_scheduler,
             disable_controllers,
@@ -330,6 +335,7 @@ fn main() -> anyhow::Result<()> {
                 bookmark_interval: Duration::from_secs(bookmark_interval.max(1)),
                 etcd: etcd.config(),
                 limits: limits.limits(),
+                endpoint_lease_ttl: Duration::from_secs(endpoint_lease_duration.max(3)),
             };
             rt.block_on(async {
                 // Each component as its own user, with its bootstrap role.

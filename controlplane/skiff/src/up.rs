@@ -134,6 +134,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             bookmark_interval: Duration::from_secs(60),
             etcd: None,
             limits: Default::default(),
+            endpoint_lease_ttl: server::DEFAULT_ENDPOINT_LEASE_TTL,
         },
         async move {
             let _ = server_stopped.await;

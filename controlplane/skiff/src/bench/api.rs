@@ -314,6 +314,7 @@ where
         }),
         bookmark_interval: Duration::from_secs(60),
         limits: Default::default(),
+        endpoint_lease_ttl: server::DEFAULT_ENDPOINT_LEASE_TTL,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::run(scfg, async move {

@@ -233,6 +233,7 @@ pub async fn run(cfg: &PerfConfig) -> Result<PerfResult, PerfError> {
         etcd: None,
         bookmark_interval: Duration::from_secs(60),
         limits: Default::default(),
+        endpoint_lease_ttl: server::DEFAULT_ENDPOINT_LEASE_TTL,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::run(scfg, async move {
