@@ -128,8 +128,10 @@ enum Command {
         concurrency: usize,
         /// What to measure: the API server (`api`), RBAC's cost over `--bindings` RoleBindings
         /// (`rbac`), scheduling throughput (`scheduling`, scheduler_perf's SchedulingBasic
-        /// shape) or a server process under `--writers` patching `--pods` pods and `--watchers`
-        /// following them for `--duration` seconds (`soak`).
+        /// shape), a server process under `--writers` patching `--pods` pods and `--watchers`
+        /// following them for `--duration` seconds (`soak`), or the time from killing the
+        /// server leading the scheduler to a pod bound by the other, over `--kills` kills
+        /// (`failover`, needs `--etcd-endpoints`).
         #[arg(long, value_enum, default_value = "api")]
         mode: BenchMode,
         /// RBAC: RoleBindings of other users in the namespace.
@@ -145,9 +147,13 @@ enum Command {
         #[arg(long, default_value_t = 10000)]
         pods: usize,
         /// API: also measure a server keeping its objects in this etcd (client URLs,
-        /// comma-separated), printed after the embedded store's table.
+        /// comma-separated), printed after the embedded store's table. Failover: the etcd the
+        /// two servers share.
         #[arg(long, value_delimiter = ',')]
         etcd_endpoints: Vec<String>,
+        /// Failover: how many times the leader is killed.
+        #[arg(long, default_value_t = 5)]
+        kills: usize,
         /// Soak: seconds of load.
         #[arg(long, default_value_t = 60)]
         duration: u64,
@@ -294,6 +300,8 @@ enum BenchMode {
     Scheduling,
     /// A server process under writers and watchers for `--duration` seconds.
     Soak,
+    /// Scheduler hand-over after the leading server is killed.
+    Failover,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -420,6 +428,26 @@ fn main() -> anyhow::Result<()> {
                 .block_on(token::create(&kubeconfig, ttl))
                 .context("skiff token create")?;
             println!("{token}");
+        }
+        Command::Bench {
+            mode: BenchMode::Failover,
+            etcd_endpoints,
+            kills,
+            ..
+        } => {
+            anyhow::ensure!(
+                !etcd_endpoints.is_empty(),
+                "skiff bench --mode failover needs --etcd-endpoints (the servers share an etcd)"
+            );
+            let cfg = bench::failover::FailoverConfig {
+                etcd_endpoints,
+                kills: kills.max(1),
+            };
+            let times = rt
+                .block_on(bench::failover::run(&cfg))
+                .context("skiff bench --mode failover")?;
+            let lease = skiff_client::leader::Election::new("kube-scheduler").lease_duration;
+            print!("{}", bench::failover::render(&times, lease));
         }
         Command::Bench {
             mode: BenchMode::Soak,
