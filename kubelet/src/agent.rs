@@ -21,6 +21,10 @@ pub struct AgentArgs {
     /// Kubeconfig of the API server the node joins.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// API server URLs (comma-separated) to use, in turn, in place of the kubeconfig's server,
+    /// moving to the next when one cannot be reached (a control plane of several servers).
+    #[arg(long, value_delimiter = ',')]
+    pub api_servers: Vec<String>,
     /// The node's name (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -159,7 +163,7 @@ pub async fn run_until(
     {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let client = client(&kubeconfig).await?;
+    let client = skiff_client::failover::client(&kubeconfig, &args.api_servers).await?;
     let runtime = crate::runtime::Runtime::new(runtime_path, args.run_dir.join("runtime"));
     let runtime_version = runtime
         .version()

@@ -301,3 +301,57 @@ async fn killing_the_leader_hands_scheduling_over_without_losing_or_doubling_a_p
     let out = b.kubectl(&["get", "pods", "-o", "name"]);
     assert_eq!(out.lines().count(), 8, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_several_servers_moves_to_a_live_one() {
+    let mut a = Server::start_on_etcd_at("127.0.0.7", &[], false);
+    let b = a.start_peer_at("127.0.0.8");
+    // What the kubelet and the proxy build from `--kubeconfig` and `--api-servers`.
+    let client = skiff_client::failover::client(&a.kubeconfig(), &[a.url(), b.url()])
+        .await
+        .unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let cm = |name: &str| ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::<String>::new()));
+    let follower = {
+        let (api, seen) = (api.clone(), seen.clone());
+        tokio::spawn(async move {
+            let mut events = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            while let Some(ev) = events.next().await {
+                if let Ok(o) = ev {
+                    seen.lock().unwrap().insert(o.metadata.name.unwrap());
+                }
+            }
+        })
+    };
+    api.create(&PostParams::default(), &cm("before"))
+        .await
+        .unwrap();
+    a.kill9();
+    // Sent to a, refused, sent again to b: the caller sees no error.
+    api.create(&PostParams::default(), &cm("after"))
+        .await
+        .unwrap();
+    assert!(api.get("after").await.is_ok());
+    // The watch a served resumes on b.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.lock().unwrap().contains("after") {
+        assert!(
+            Instant::now() < deadline,
+            "the watch did not move to b: {:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    follower.abort();
+    assert!(seen.lock().unwrap().contains("before"));
+}
