@@ -174,7 +174,7 @@ impl<'a> ServiceRanges<'a> {
         kind: Kind,
         mut change: impl FnMut(&mut Bitmap) -> bool,
     ) -> ApiResult<bool> {
-        for _ in 0..WRITE_ATTEMPTS {
+        for attempt in 0..WRITE_ATTEMPTS {
             let (kv, old) = self.read(kind).await?;
             let mut new = old.clone();
             if !change(&mut new) {
@@ -198,7 +198,12 @@ impl<'a> ServiceRanges<'a> {
             };
             match written {
                 Ok(_) => return Ok(true),
-                Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_)) => continue,
+                Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_)) => {
+                    // Another writer won: step aside a little, more after each loss, so that
+                    // many at once do not keep colliding.
+                    let ms = rand::Rng::random_range(&mut rand::rng(), 0..=2 * attempt as u64);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
