@@ -206,15 +206,15 @@ async fn round(app: &ApiServer, address: IpAddr, port: u16, ttl: Duration) -> Re
     reconcile(app, &live, port).await
 }
 
-/// Runs the first round before returning, then one every third of `ttl`.
+/// Runs the first round before returning, then one every third of `ttl` in the task returned.
 pub async fn start(
     app: Arc<ApiServer>,
     address: IpAddr,
     port: u16,
     ttl: Duration,
-) -> Result<(), ApiError> {
+) -> Result<tokio::task::JoinHandle<()>, ApiError> {
     round(&app, address, port, ttl).await?;
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         let mut ticker = tokio::time::interval(ttl / 3);
         ticker.tick().await;
         loop {
@@ -223,6 +223,25 @@ pub async fn start(
                 tracing::warn!(error = %e.message, "renewing the server's Lease and the kubernetes endpoints");
             }
         }
-    });
-    Ok(())
+    }))
+}
+
+/// Takes a server that stops cleanly out of the endpoints at once (its Lease deleted, the
+/// endpoints written without it), as kube-apiserver does, rather than one duration later.
+pub async fn withdraw(app: &ApiServer, address: IpAddr, port: u16) -> Result<(), ApiError> {
+    let r = resources::find("coordination.k8s.io", "v1", "leases").expect("served");
+    match app
+        .store
+        .delete(&r.key(Some("kube-system"), &lease_name(address)), None)
+        .await
+    {
+        Ok(_) | Err(skiff_store::StoreError::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut live = live_servers(app).await?;
+    live.remove(&address);
+    if live.is_empty() {
+        return Ok(());
+    }
+    reconcile(app, &live, port).await
 }

@@ -416,9 +416,10 @@ pub async fn run(
     crate::ranges::start_repair(store.clone(), app.network.clone(), SERVICE_REPAIR_INTERVAL)
         .await?;
     bootstrap(&app, local).await?;
-    crate::kubernetes_service::start(
+    let advertised = crate::kubernetes_service::advertise_address(local);
+    let endpoint_lease = crate::kubernetes_service::start(
         app.clone(),
-        crate::kubernetes_service::advertise_address(local),
+        advertised,
         local.port(),
         cfg.endpoint_lease_ttl,
     )
@@ -440,6 +441,10 @@ pub async fn run(
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => {
                 tracing::info!("shutting down");
+                endpoint_lease.abort();
+                if let Err(e) = crate::kubernetes_service::withdraw(&app, advertised, local.port()).await {
+                    tracing::warn!(error = %e.message, "leaving the kubernetes endpoints");
+                }
                 return Ok(());
             }
             accepted = listener.accept() => match accepted {

@@ -66,7 +66,7 @@ async fn wait_for_endpoints(c: &Client, want: &[&str]) {
 async fn servers_share_secrets_objects_service_addresses_and_the_kubernetes_endpoints() {
     let extra = ["--endpoint-lease-duration", "3"];
     let a = Server::start_on_etcd_at("127.0.0.2", &extra, false);
-    let b = a.start_peer_at("127.0.0.3");
+    let mut b = a.start_peer_at("127.0.0.3");
     let mut c = a.start_peer_at("127.0.0.4");
     // One CA and one service-account key, taken from etcd by b and c.
     for f in ["ca.crt", "ca.key", "sa.key"] {
@@ -193,6 +193,12 @@ async fn servers_share_secrets_objects_service_addresses_and_the_kubernetes_endp
     wait_for_endpoints(&ca, &["127.0.0.2", "127.0.0.3", "127.0.0.4"]).await;
     c.kill9();
     wait_for_endpoints(&ca, &["127.0.0.2", "127.0.0.3"]).await;
+    // One stopped cleanly leaves at once, before its Lease would expire.
+    b.terminate();
+    assert_eq!(
+        kubernetes_endpoints(&ca).await,
+        BTreeSet::from(["127.0.0.2".to_string()])
+    );
 }
 
 /// Whether `s`'s log says it took the scheduler's Lease.
