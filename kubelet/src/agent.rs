@@ -37,6 +37,10 @@ pub struct AgentArgs {
     /// self-signed one.
     #[arg(long, conflicts_with = "tls_cert_file")]
     pub rotate_server_certificates: bool,
+    /// API server URLs (comma-separated) to use, in turn, in place of the kubeconfig's server,
+    /// moving to the next when one cannot be reached (a control plane of several servers).
+    #[arg(long, value_delimiter = ',')]
+    pub api_servers: Vec<String>,
     /// The node's name (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -184,9 +188,12 @@ pub async fn run_until(
         kubeconfig: kubeconfig.clone(),
         bootstrap_kubeconfig: args.bootstrap_kubeconfig.clone(),
         cert_dir: cert_dir.clone(),
+        api_servers: args.api_servers.clone(),
     };
     crate::client_certificate::bootstrap(&certificates).await?;
-    let rotating = crate::client_certificate::RotatingClient::new(client(&kubeconfig).await?);
+    let rotating = crate::client_certificate::RotatingClient::new(
+        skiff_client::failover::client(&kubeconfig, &args.api_servers).await?,
+    );
     let client = rotating.client();
     let rotation = args.rotate_certificates.then(|| {
         tokio::spawn(crate::client_certificate::run_rotation(

@@ -104,3 +104,32 @@ fn node_registers_ready_with_lease_and_pod_cidr() {
     let printed = node.kubectl(&["get", "node", "node-1"]);
     assert!(printed.contains("Ready"), "{printed}");
 }
+
+/// Given several API servers (`--api-servers`), the kubelet skips one that refuses connections
+/// and runs its pods through the next.
+#[test]
+fn a_kubelet_given_an_unreachable_api_server_first_uses_the_next() {
+    let mut node = Node::start();
+    let kubeconfig = std::fs::read_to_string(node.kubeconfig()).expect("admin.kubeconfig");
+    let live = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .expect("the kubeconfig names its server")
+        .to_string();
+    // Nothing listens on port 1 of the node's loopback: refused.
+    node.restart_kubelet_with(&["--api-servers", &format!("https://127.0.0.1:1,{live}")]);
+    node.apply(&common::busybox_pod(
+        "through-next",
+        "Never",
+        "sleep 30",
+        "",
+    ));
+    node.wait_pod("through-next", "Running", Duration::from_secs(30), |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let log = node.kubelet_log();
+    assert!(
+        log.contains("API server unreachable; trying the next"),
+        "{log}"
+    );
+}

@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use skiff_proxy::dataplane::Mode;
 
 #[derive(Parser)]
@@ -47,6 +46,10 @@ struct RunArgs {
     /// Kubeconfig naming the API server and the proxy's credentials.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// API server URLs (comma-separated) to use, in turn, in place of the kubeconfig's server,
+    /// moving to the next when one cannot be reached (a control plane of several servers).
+    #[arg(long, value_delimiter = ',')]
+    api_servers: Vec<String>,
     /// This node's name (endpoints with this nodeName are local).
     #[arg(long)]
     node_name: Option<String>,
@@ -138,12 +141,9 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let kubeconfig = args.kubeconfig.context("--kubeconfig is required")?;
     let node_name = args.node_name.context("--node-name is required")?;
-    let kc = Kubeconfig::read_from(&kubeconfig)
-        .with_context(|| format!("reading {}", kubeconfig.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    let client = skiff_client::failover::client(&kubeconfig, &args.api_servers)
         .await
-        .with_context(|| format!("loading {}", kubeconfig.display()))?;
-    let client = kube::Client::try_from(config).context("building the API client")?;
+        .context("building the API client")?;
     let dns = if args.disable_dns {
         None
     } else {

@@ -428,3 +428,27 @@ fn sctp_and_load_balancer_ips(mode: &'static str) {
         || lab.tcp(&outside, "172.16.0.60:80").is_err(),
     );
 }
+
+/// Given several API servers (`--api-servers`), the proxy skips one that refuses connections
+/// and programs the Services it reads from the next.
+#[test]
+fn a_proxy_given_an_unreachable_api_server_first_uses_the_next() {
+    let mut lab = Lab::new("iptables");
+    let kubeconfig = std::fs::read_to_string(lab.kubeconfig()).expect("admin.kubeconfig");
+    let live = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .expect("the kubeconfig names its server")
+        .to_string();
+    // Nothing listens on port 1 of the node's loopback: refused.
+    lab.start_proxy(&["--api-servers", &format!("https://127.0.0.1:1,{live}")]);
+    let cip = lab.service("web", WEB);
+    lab.endpoints("web", &[(POD_A_IP, true, NODE), (POD_B_IP, true, NODE)]);
+    let node = lab.node.clone();
+    lab.wait_spread(&node, &format!("{cip}:80"), &["pod-a", "pod-b"], 30);
+    let log = lab.proxy_log();
+    assert!(
+        log.contains("API server unreachable; trying the next"),
+        "{log}"
+    );
+}

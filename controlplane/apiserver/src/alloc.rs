@@ -1,5 +1,6 @@
 //! Service address and NodePort allocation: ClusterIPs from the Service CIDR, NodePorts from
-//! their range, refusing ones already in use by another Service.
+//! their range, refusing ones already in use by another Service. What is in use is recorded in
+//! the store by [`ranges`](crate::ranges), shared by every server.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -59,7 +60,7 @@ impl NetworkConfig {
         Ipv4Addr::from(u32::from(self.service_network) + 10)
     }
 
-    fn contains(&self, ip: Ipv4Addr) -> bool {
+    pub(crate) fn contains(&self, ip: Ipv4Addr) -> bool {
         let n = u32::from(ip).wrapping_sub(u32::from(self.service_network));
         n > 0 && n < self.size() - 1
     }
@@ -69,14 +70,25 @@ impl NetworkConfig {
     }
 }
 
-/// What the other Services already hold.
-#[derive(Default)]
+/// Service addresses and NodePorts: what is allocated, or what one Service holds.
+#[derive(Debug, Default, Clone)]
 pub struct InUse {
     pub ips: HashSet<Ipv4Addr>,
     pub node_ports: HashSet<i64>,
 }
 
 impl InUse {
+    /// What the Service `svc` holds.
+    pub fn of(svc: &Value) -> Self {
+        let mut held = Self::default();
+        held.add(svc);
+        held
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ips.is_empty() && self.node_ports.is_empty()
+    }
+
     pub fn add(&mut self, svc: &Value) {
         if let Some(ip) = svc
             .pointer("/spec/clusterIP")

@@ -338,6 +338,11 @@ impl ApiServer {
             }
             return match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
                 Ok(deleted) => {
+                    if r.strategy.allocates_service_addresses() {
+                        self.service_ranges()
+                            .release(&crate::alloc::InUse::of(&cur))
+                            .await;
+                    }
                     let mut out = cur;
                     set_rv(&mut out, deleted.mod_revision);
                     Ok(Some((StatusCode::OK, out)))

@@ -17,7 +17,9 @@ use super::resources::{self, ResourceInfo};
 use super::selectors::{FieldSelector, LabelSelector, selector_string};
 use super::status::{ApiError, ApiResult, FieldError, Reason};
 use super::watch_cache::{CachedObject, Filter};
-use super::{ApiServer, alloc, apply, defaults, list_stream, patch, table, validation, watch};
+use super::{
+    ApiServer, alloc, apply, defaults, list_stream, patch, ranges, table, validation, watch,
+};
 use skiff_store::{KeyValue, StoreError};
 
 /// The resource a request path names.
@@ -691,15 +693,35 @@ impl ApiServer {
         }
     }
 
-    /// What every other Service holds (`except` is the key of the one being written).
-    async fn services_in_use(&self, except: &str) -> ApiResult<alloc::InUse> {
-        let svc = resources::find("", "v1", "services").expect("services are served");
-        let all = self.store.range(&svc.prefix(None), None, 0).await?;
-        let mut in_use = alloc::InUse::default();
-        for kv in all.kvs.iter().filter(|kv| kv.key != except) {
-            in_use.add(&decode_kv(kv)?);
+    pub fn service_ranges(&self) -> ranges::ServiceRanges<'_> {
+        ranges::ServiceRanges::new(self.store.as_ref(), &self.network)
+    }
+
+    /// Fills in the Service's addresses and NodePorts against what is recorded as allocated and,
+    /// when `claim`, records the new ones; returns what it recorded. Another server taking an
+    /// address between the two steps makes it pick again.
+    async fn allocate_service(
+        &self,
+        r: &ResourceInfo,
+        name: &str,
+        obj: &mut Value,
+        claim: bool,
+    ) -> ApiResult<alloc::InUse> {
+        let ranges = self.service_ranges();
+        for _ in 0..20 {
+            let in_use = ranges.snapshot().await?;
+            let mut candidate = obj.clone();
+            alloc::allocate(&self.network, &mut candidate, None, &in_use)
+                .map_err(|errs| ApiError::invalid(r, name, errs))?;
+            let want = alloc::InUse::of(&candidate);
+            if !claim || ranges.claim(&want).await? {
+                *obj = candidate;
+                return Ok(if claim { want } else { Default::default() });
+            }
         }
-        Ok(in_use)
+        Err(ApiError::internal(
+            "allocating Service addresses: other servers kept taking the ones picked",
+        ))
     }
 
     pub async fn create(
@@ -767,17 +789,20 @@ impl ApiServer {
                 .await?;
         }
         let key = r.key(ns, &name);
-        let _alloc_guard;
+        let mut claimed = alloc::InUse::default();
         if r.strategy.allocates_service_addresses() {
-            _alloc_guard = self.alloc_lock.lock().await;
-            let in_use = self.services_in_use(&key).await?;
-            alloc::allocate(&self.network, &mut obj, None, &in_use)
-                .map_err(|errs| ApiError::invalid(r, &name, errs))?;
+            claimed = self
+                .allocate_service(r, &name, &mut obj, !opts.dry_run)
+                .await?;
         }
         if opts.dry_run {
             return Ok((StatusCode::CREATED, obj, warnings));
         }
-        let kv = match self.store.create(&key, encode_for(r, &obj)).await {
+        let created = self.store.create(&key, encode_for(r, &obj)).await;
+        if created.is_err() && !claimed.is_empty() {
+            self.service_ranges().release(&claimed).await;
+        }
+        let kv = match created {
             Ok(kv) => kv,
             Err(StoreError::AlreadyExists(_)) => return Err(ApiError::already_exists(r, &name)),
             Err(e) => return Err(e.into()),
@@ -878,10 +903,9 @@ impl ApiServer {
         crate::auth::node::admit(r, crate::auth::node::Write::Update { cur, sub })?;
         defaults::apply(r, &mut new);
         // Allocated addresses and ports an update leaves out are kept, as the real server does.
-        let _alloc_guard;
-        if r.strategy.allocates_service_addresses() {
-            _alloc_guard = self.alloc_lock.lock().await;
-            let in_use = self.services_in_use(&cur_kv.key).await?;
+        let allocates = r.strategy.allocates_service_addresses();
+        if allocates {
+            let in_use = self.service_ranges().snapshot().await?;
             alloc::allocate(&self.network, &mut new, Some(cur), &in_use)
                 .map_err(|errs| ApiError::invalid(r, &name, errs))?;
         }
@@ -925,14 +949,33 @@ impl ApiServer {
                 .delete(&cur_kv.key, Some(cur_kv.mod_revision))
                 .await
                 .map_err(|e| self.write_error(r, &name, e))?;
+            if allocates {
+                self.service_ranges().release(&alloc::InUse::of(cur)).await;
+            }
             set_rv(&mut new, kv.mod_revision);
             return Ok((StatusCode::OK, new));
         }
-        let kv = self
+        // The addresses the update adds are recorded before it is written, the ones it drops
+        // freed after.
+        let (held, holds) = (alloc::InUse::of(cur), alloc::InUse::of(&new));
+        let claimed = ranges::minus(&holds, &held);
+        if allocates && !claimed.is_empty() && !self.service_ranges().claim(&claimed).await? {
+            return Err(ApiError::modified(r, &name));
+        }
+        let written = self
             .store
             .update(&cur_kv.key, encode_for(r, &new), cur_kv.mod_revision)
-            .await
-            .map_err(|e| self.write_error(r, &name, e))?;
+            .await;
+        if allocates {
+            let freed = match &written {
+                Ok(_) => ranges::minus(&held, &holds),
+                Err(_) => claimed,
+            };
+            if !freed.is_empty() {
+                self.service_ranges().release(&freed).await;
+            }
+        }
+        let kv = written.map_err(|e| self.write_error(r, &name, e))?;
         set_rv(&mut new, kv.mod_revision);
         Ok((StatusCode::OK, new))
     }

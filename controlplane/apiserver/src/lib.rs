@@ -8,6 +8,7 @@
 pub mod alloc;
 pub mod apply;
 pub mod auth;
+pub mod cluster_secrets;
 pub mod convert;
 pub mod defaults;
 pub mod deletion;
@@ -25,6 +26,7 @@ pub mod pki;
 pub mod priority;
 pub mod protobuf;
 mod protobuf_fields;
+pub mod ranges;
 pub mod registry;
 pub mod resources;
 pub mod revisions;
@@ -49,8 +51,6 @@ pub struct ApiServer {
     pub schemas: schema::Schemas,
     pub openapi: openapi::OpenApiDocs,
     pub network: alloc::NetworkConfig,
-    /// Serialises Service address and port allocation with the write that records it.
-    pub alloc_lock: tokio::sync::Mutex<()>,
     /// How often watches that asked for bookmarks get one.
     pub bookmark_interval: Duration,
     /// How long a watch waits for a client that stopped reading before closing it.
@@ -82,7 +82,6 @@ impl ApiServer {
             schemas,
             openapi,
             network,
-            alloc_lock: tokio::sync::Mutex::new(()),
             bookmark_interval,
             slow_watcher_timeout: Duration::from_secs(30),
             rbac: Default::default(),

@@ -187,6 +187,37 @@ impl Pki {
         self.dir.join(name)
     }
 
+    /// Makes the cluster CA unless it exists; returns its key.
+    pub fn ensure_ca(&self) -> Result<KeyPair, PkiError> {
+        fs::create_dir_all(&self.dir).map_err(|source| PkiError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let (ca_crt, ca_key_path) = (self.path("ca.crt"), self.path("ca.key"));
+        if ca_crt.exists() && ca_key_path.exists() {
+            return Ok(KeyPair::from_pem(&read(&ca_key_path)?)?);
+        }
+        tracing::info!(dir = %self.dir.display(), "creating cluster CA");
+        let key = KeyPair::generate()?;
+        let cert = ca_params()?.self_signed(&key)?;
+        write(&ca_key_path, key.serialize_pem().as_bytes(), true)?;
+        write(&ca_crt, cert.pem().as_bytes(), false)?;
+        self.forget_issued();
+        Ok(key)
+    }
+
+    /// Removes what the CA signed, after the CA changed, so that it is issued again.
+    pub fn forget_issued(&self) {
+        for stale in [
+            "apiserver.crt",
+            "admin.crt",
+            "admin.kubeconfig",
+            "kubelet-client.crt",
+        ] {
+            let _ = fs::remove_file(self.path(stale));
+        }
+    }
+
     /// Makes whatever is missing (CA, serving and admin certificates, kubeconfig) and returns the
     /// serving material. `server_url` is what the kubeconfig points at.
     pub fn ensure(
@@ -195,31 +226,8 @@ impl Pki {
         first_service_ip: IpAddr,
         server_url: &str,
     ) -> Result<ServingMaterial, PkiError> {
-        fs::create_dir_all(&self.dir).map_err(|source| PkiError::Io {
-            path: self.dir.clone(),
-            source,
-        })?;
-        let (ca_crt, ca_key_path) = (self.path("ca.crt"), self.path("ca.key"));
-        let ca_key = if ca_crt.exists() && ca_key_path.exists() {
-            KeyPair::from_pem(&read(&ca_key_path)?)?
-        } else {
-            tracing::info!(dir = %self.dir.display(), "creating cluster CA");
-            let key = KeyPair::generate()?;
-            let cert = ca_params()?.self_signed(&key)?;
-            write(&ca_key_path, key.serialize_pem().as_bytes(), true)?;
-            write(&ca_crt, cert.pem().as_bytes(), false)?;
-            // A new CA invalidates everything it signed before.
-            for stale in [
-                "apiserver.crt",
-                "admin.crt",
-                "admin.kubeconfig",
-                "kubelet-client.crt",
-            ] {
-                let _ = fs::remove_file(self.path(stale));
-            }
-            key
-        };
-        let ca_pem = read(&ca_crt)?;
+        let ca_key = self.ensure_ca()?;
+        let ca_pem = read(&self.path("ca.crt"))?;
         let issuer = Issuer::new(ca_params()?, ca_key);
 
         // Serving certificate, re-issued when the SANs changed.

@@ -43,7 +43,12 @@ pub enum ServerError {
     Config(String),
     #[error("bootstrap: {0}")]
     Bootstrap(#[from] ApiError),
+    #[error(transparent)]
+    Secrets(#[from] crate::cluster_secrets::SharingError),
 }
+
+/// kube-apiserver's master lease duration.
+pub const DEFAULT_ENDPOINT_LEASE_TTL: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -62,6 +67,9 @@ pub struct ServerConfig {
     /// The longest lifetime of a certificate the cluster signs for a CertificateSigningRequest
     /// (kube-controller-manager's `--cluster-signing-duration`).
     pub cluster_signing_duration: Duration,
+    /// How long a server stays in the `kubernetes` Service's endpoints without renewing its
+    /// Lease.
+    pub endpoint_lease_ttl: Duration,
 }
 
 fn text(code: StatusCode, body: &'static str) -> Response {
@@ -280,16 +288,25 @@ async fn bootstrap(app: &Arc<ApiServer>, listen: SocketAddr) -> Result<(), ApiEr
         }
     }
     let svc = resources::find("", "v1", "services").expect("served");
+    // Another server may have made them: then creating again fails, on their name or on their
+    // addresses.
+    let exists = |ns: &'static str, name: &'static str| async move {
+        match app.get(svc, Some(ns), name).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.reason == Reason::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    };
     let ip = app.network.first_service_ip().to_string();
     let obj = json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": listen.port()}]},
     });
-    match app.create(svc, Some("default"), obj, &opts).await {
-        Ok(_) => {}
-        Err(e) if e.reason == Reason::AlreadyExists => {}
-        Err(e) => return Err(e),
+    if let Err(e) = app.create(svc, Some("default"), obj, &opts).await
+        && !exists("default", "kubernetes").await?
+    {
+        return Err(e);
     }
     // Every node's skiff-proxy answers cluster DNS at this address itself; the Service is there
     // so that tools and charts looking for `kube-dns` find it. It has no selector: no pods.
@@ -303,17 +320,19 @@ async fn bootstrap(app: &Arc<ApiServer>, listen: SocketAddr) -> Result<(), ApiEr
             {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
             {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153}]},
     });
-    match app.create(svc, Some("kube-system"), obj, &opts).await {
-        Ok(_) => {}
-        Err(e) if e.reason == Reason::AlreadyExists => {}
+    if let Err(e) = app.create(svc, Some("kube-system"), obj, &opts).await
+        && !exists("kube-system", "kube-dns").await?
+    {
         // A cluster whose tenth Service address a user Service took before kube-dns existed
         // keeps working; only the name is missing.
-        Err(e) => {
-            tracing::warn!(error = %e.message, address = %dns_ip, "cannot create the kube-dns Service")
-        }
+        tracing::warn!(error = %e.message, address = %dns_ip, "cannot create the kube-dns Service")
     }
     Ok(())
 }
+
+/// How often the Service allocation bitmaps are checked against the Services (kube-apiserver's
+/// repair interval).
+const SERVICE_REPAIR_INTERVAL: Duration = Duration::from_secs(180);
 
 /// Compacts the history every `interval`, keeping what was written during the last one.
 fn spawn_compactor(store: Arc<dyn Store>, interval: Duration) {
@@ -373,21 +392,11 @@ pub async fn run(
         IpAddr::V6(v6) => format!("https://[{v6}]:{}", local.port()),
         IpAddr::V4(v4) => format!("https://{v4}:{}", local.port()),
     };
-    // The serving certificate holds the advertised address too.
-    let named = match cfg.advertise_address {
-        Some(ip) => SocketAddr::new(ip, local.port()),
-        None => local,
-    };
-    let material = Pki::new(&cfg.data_dir).ensure(
-        named,
-        IpAddr::V4(network.first_service_ip()),
-        &server_url,
-    )?;
-    let tls = tokio_rustls::TlsAcceptor::from(material.server_config()?);
     let store: Arc<dyn Store> = match &cfg.etcd {
         Some(etcd) => Arc::new(EtcdStore::connect(etcd).await?),
         None => Arc::new(EmbeddedStore::open(&cfg.data_dir.join("store.redb"))?),
     };
+    crate::cluster_secrets::share(store.as_ref(), &cfg.data_dir).await?;
     if store.get(skiff_store::MIGRATION_MARKER).await?.is_some() {
         return Err(ServerError::Config(
             "the store holds a migration that did not finish (`skiff store migrate` was \
@@ -395,6 +404,12 @@ pub async fn run(
                 .into(),
         ));
     }
+    let material = Pki::new(&cfg.data_dir).ensure(
+        named,
+        IpAddr::V4(network.first_service_ip()),
+        &server_url,
+    )?;
+    let tls = tokio_rustls::TlsAcceptor::from(material.server_config()?);
     let app = ApiServer::new(store.clone(), network, cfg.bookmark_interval);
     if app
         .tokens
@@ -412,12 +427,17 @@ pub async fn run(
     )?;
     // The server was just made: nothing set it before.
     let _ = app.kubelet_client.set(kubelet_client);
+    crate::ranges::start_repair(store.clone(), app.network.clone(), SERVICE_REPAIR_INTERVAL)
+        .await?;
     bootstrap(&app, local).await?;
-    crate::kubernetes_service::reconcile(
-        &app,
-        cfg.advertise_address
-            .unwrap_or_else(|| crate::kubernetes_service::advertise_address(local)),
+    let advertised = cfg
+        .advertise_address
+        .unwrap_or_else(|| crate::kubernetes_service::advertise_address(local));
+    let endpoint_lease = crate::kubernetes_service::start(
+        app.clone(),
+        advertised,
         local.port(),
+        cfg.endpoint_lease_ttl,
     )
     .await?;
     auth::policy::reconcile(&app).await?;
@@ -441,6 +461,10 @@ pub async fn run(
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => {
                 tracing::info!("shutting down");
+                endpoint_lease.abort();
+                if let Err(e) = crate::kubernetes_service::withdraw(&app, advertised, local.port()).await {
+                    tracing::warn!(error = %e.message, "leaving the kubernetes endpoints");
+                }
                 return Ok(());
             }
             accepted = listener.accept() => match accepted {

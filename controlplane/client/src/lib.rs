@@ -1,12 +1,13 @@
 //! skiff-client: what every component that talks to the cluster through kube-rs shares — a
-//! client from a kubeconfig, waiting for the API server to answer, leader election on a Lease
-//! (`leader`), Event recording (`events`) and certificates through CertificateSigningRequests
-//! (`certificates`). It owns no Kubernetes semantics and may depend only
-//! on kube-rs, k8s-openapi and skiff-k8s; the scheduler, the controllers (and later the kubelet
-//! and the proxy) depend on it, never on the API server or the store.
+//! client from a kubeconfig (for several API servers in turn: `failover`), waiting for the API
+//! server to answer, leader election on a Lease (`leader`), Event recording (`events`) and
+//! certificates through CertificateSigningRequests (`certificates`). It owns no Kubernetes
+//! semantics and may depend only on kube-rs, k8s-openapi and skiff-k8s; the scheduler, the
+//! controllers, the kubelet and the proxy depend on it, never on the API server or the store.
 
 pub mod certificates;
 pub mod events;
+pub mod failover;
 pub mod leader;
 
 use std::path::{Path, PathBuf};

@@ -50,6 +50,10 @@ enum Command {
         /// Seconds between bookmarks on watches that asked for them.
         #[arg(long, default_value_t = 60)]
         bookmark_interval: u64,
+        /// Seconds a server stays in the `kubernetes` Service's endpoints after its last renewal
+        /// (each server renews its Lease every third of this).
+        #[arg(long, default_value_t = 15)]
+        endpoint_lease_duration: u64,
         #[command(flatten)]
         limits: LimitFlags,
         /// The address the `kubernetes` Service's endpoints and the kubeconfigs name, and the
@@ -146,8 +150,10 @@ enum Command {
         concurrency: usize,
         /// What to measure: the API server (`api`), RBAC's cost over `--bindings` RoleBindings
         /// (`rbac`), scheduling throughput (`scheduling`, scheduler_perf's SchedulingBasic
-        /// shape) or a server process under `--writers` patching `--pods` pods and `--watchers`
-        /// following them for `--duration` seconds (`soak`).
+        /// shape), a server process under `--writers` patching `--pods` pods and `--watchers`
+        /// following them for `--duration` seconds (`soak`), or the time from killing the
+        /// server leading the scheduler to a pod bound by the other, over `--kills` kills
+        /// (`failover`, needs `--etcd-endpoints`).
         #[arg(long, value_enum, default_value = "api")]
         mode: BenchMode,
         /// RBAC: RoleBindings of other users in the namespace.
@@ -163,9 +169,13 @@ enum Command {
         #[arg(long, default_value_t = 10000)]
         pods: usize,
         /// API and scheduling: also run the workload on a server keeping its objects in this
-        /// etcd (client URLs, comma-separated), each store's figures side by side.
+        /// etcd (client URLs, comma-separated), each store's figures side by side. Failover:
+        /// the etcd the two servers share.
         #[arg(long, value_delimiter = ',')]
         etcd_endpoints: Vec<String>,
+        /// Failover: how many times the leader is killed.
+        #[arg(long, default_value_t = 5)]
+        kills: usize,
         /// Soak: seconds of load.
         #[arg(long, default_value_t = 60)]
         duration: u64,
@@ -339,6 +349,8 @@ enum BenchMode {
     Scheduling,
     /// A server process under writers and watchers for `--duration` seconds.
     Soak,
+    /// Scheduler hand-over after the leading server is killed.
+    Failover,
 }
 
 /// Lifts the soft limit on open files to the hard one, as Go programs such as kube-apiserver do
@@ -375,6 +387,7 @@ fn main() -> anyhow::Result<()> {
             service_cidr,
             compaction_interval,
             bookmark_interval,
+            endpoint_lease_duration,
             limits,
             advertise_address,
             cluster_signing_duration,
@@ -400,6 +413,7 @@ fn main() -> anyhow::Result<()> {
                 limits: limits.limits(),
                 advertise_address,
                 cluster_signing_duration,
+                endpoint_lease_ttl: Duration::from_secs(endpoint_lease_duration.max(3)),
             };
             rt.block_on(async {
                 // Each component as its own user, with its bootstrap role.
@@ -495,6 +509,26 @@ fn main() -> anyhow::Result<()> {
                 .block_on(token::create(&kubeconfig, ttl))
                 .context("skiff token create")?;
             println!("{token}");
+        }
+        Command::Bench {
+            mode: BenchMode::Failover,
+            etcd_endpoints,
+            kills,
+            ..
+        } => {
+            anyhow::ensure!(
+                !etcd_endpoints.is_empty(),
+                "skiff bench --mode failover needs --etcd-endpoints (the servers share an etcd)"
+            );
+            let cfg = bench::failover::FailoverConfig {
+                etcd_endpoints,
+                kills: kills.max(1),
+            };
+            let times = rt
+                .block_on(bench::failover::run(&cfg))
+                .context("skiff bench --mode failover")?;
+            let lease = skiff_client::leader::Election::new("kube-scheduler").lease_duration;
+            print!("{}", bench::failover::render(&times, lease));
         }
         Command::Bench {
             mode: BenchMode::Soak,

@@ -136,6 +136,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             limits: Default::default(),
             advertise_address: None,
             cluster_signing_duration: skiff_apiserver::auth::csr::DEFAULT_SIGNING_DURATION,
+            endpoint_lease_ttl: server::DEFAULT_ENDPOINT_LEASE_TTL,
         },
         async move {
             let _ = server_stopped.await;

@@ -380,6 +380,14 @@ impl Node {
         }
     }
 
+    /// Restarts the kubelet with `extra` added to its flags.
+    pub fn restart_kubelet_with(&mut self, extra: &[&str]) {
+        self.kill9_kubelet();
+        self.kubelet_args
+            .extend(extra.iter().map(|a| a.to_string()));
+        self.start_kubelet();
+    }
+
     pub fn kubelet_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("kubelet.log")).unwrap_or_default()
     }

@@ -25,7 +25,7 @@ use crate::status::{ApiError, ApiResult, FieldError, Reason};
 /// kube-apiserver's usual `--service-account-issuer`; also the default audience, so a token
 /// asked for without audiences is one for the API server.
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-const KEY_FILE: &str = "sa.key";
+pub const KEY_FILE: &str = "sa.key";
 const DEFAULT_EXPIRY: i64 = 3600;
 const MIN_EXPIRY: i64 = 600;
 const MAX_EXPIRY: i64 = 1 << 32;
@@ -56,20 +56,26 @@ pub struct TokenIssuer {
     server_url: String,
 }
 
+/// The service-account signing key (PEM) in `dir`, made when missing.
+pub fn ensure_key(dir: &Path) -> Result<String, PkiError> {
+    let path = dir.join(KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(p) => Ok(p),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(path = %path.display(), "creating the service-account signing key");
+            let pem = rcgen::KeyPair::generate()?.serialize_pem();
+            write(&path, pem.as_bytes(), true)?;
+            Ok(pem)
+        }
+        Err(source) => Err(PkiError::Io { path, source }),
+    }
+}
+
 impl TokenIssuer {
     /// Loads `sa.key` from `dir`, making it on first start.
     pub fn load_or_create(dir: &Path, server_url: &str) -> Result<Self, PkiError> {
         let path = dir.join(KEY_FILE);
-        let pem = match std::fs::read_to_string(&path) {
-            Ok(p) => p,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::info!(path = %path.display(), "creating the service-account signing key");
-                let pem = rcgen::KeyPair::generate()?.serialize_pem();
-                write(&path, pem.as_bytes(), true)?;
-                pem
-            }
-            Err(source) => return Err(PkiError::Io { path, source }),
-        };
+        let pem = ensure_key(dir)?;
         let pkcs8 = rcgen::KeyPair::from_pem(&pem)?.serialize_der();
         let key = EcdsaKeyPair::from_pkcs8(
             &signature::ECDSA_P256_SHA256_FIXED_SIGNING,

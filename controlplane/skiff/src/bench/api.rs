@@ -319,6 +319,7 @@ where
         limits: Default::default(),
         advertise_address: None,
         cluster_signing_duration: skiff_apiserver::auth::csr::DEFAULT_SIGNING_DURATION,
+        endpoint_lease_ttl: server::DEFAULT_ENDPOINT_LEASE_TTL,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::run(scfg, async move {

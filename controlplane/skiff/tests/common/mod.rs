@@ -11,6 +11,9 @@ use skiff_store::test_etcd::TestEtcd;
 
 pub struct Server {
     pub dir: tempfile::TempDir,
+    /// The loopback address it listens on (servers of one cluster each take their own, on one
+    /// port, as the `kubernetes` Service's endpoints need).
+    pub host: String,
     pub port: u16,
     child: Option<Child>,
     extra_args: Vec<String>,
@@ -71,27 +74,41 @@ impl Server {
         Self::launch_on(&[], false, members)
     }
 
-    /// A second server on this server's etcd. The cluster CA is what several servers share:
-    /// it is copied into the new server's data directory before its first start, and the
-    /// server issues its own serving and admin certificates from it.
+    /// The API server (with its scheduler and controllers when `components`), keeping its
+    /// objects in a fresh etcd, listening on `host`.
+    pub fn start_on_etcd_at(host: &str, extra: &[&str], components: bool) -> Self {
+        let mut s = Self::prepare(extra, components, 1);
+        s.host = host.to_string();
+        s.spawn();
+        s
+    }
+
+    /// A second server on this server's etcd, on the same port and flags (on 127.0.0.1 its
+    /// own port). It starts from an empty data directory: it takes the cluster CA and
+    /// service-account key from etcd, where the first server put them.
     pub fn start_peer(&self) -> Self {
-        let etcd = self.etcd.as_ref().expect("a server started on etcd");
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(&data).expect("data directory");
-        for f in ["ca.crt", "ca.key"] {
-            std::fs::copy(self.data_dir().join(f), data.join(f)).expect("copying the cluster CA");
-        }
+        self.start_peer_at(&self.host)
+    }
+
+    /// As [`Server::start_peer`], listening on `host`.
+    pub fn start_peer_at(&self, host: &str) -> Self {
+        assert!(self.etcd.is_some(), "a server started on etcd");
         let mut s = Server {
-            dir,
-            port: 0,
+            dir: tempfile::tempdir().expect("temporary directory"),
+            host: host.to_string(),
+            port: if host == self.host { 0 } else { self.port },
             child: None,
-            extra_args: vec!["--etcd-endpoints".to_string(), etcd.endpoint()],
+            extra_args: self.extra_args.clone(),
             components: self.components,
             etcd: None,
         };
         s.spawn();
         s
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        format!("https://{}:{}", self.host, self.port)
     }
 
     fn launch(extra: &[&str], components: bool) -> Self {
@@ -100,6 +117,12 @@ impl Server {
 
     /// `etcd_members`: 0 for the embedded store, else the size of the etcd cluster to start.
     fn launch_on(extra: &[&str], components: bool, etcd_members: usize) -> Self {
+        let mut s = Self::prepare(extra, components, etcd_members);
+        s.spawn();
+        s
+    }
+
+    fn prepare(extra: &[&str], components: bool, etcd_members: usize) -> Self {
         require("kubectl", &["version", "--client"], "kubectl 1.32 on PATH");
         let dir = tempfile::tempdir().expect("temporary directory");
         let etcd = (etcd_members > 0).then(|| TestEtcd::cluster(etcd_members));
@@ -107,8 +130,9 @@ impl Server {
         if let Some(e) = &etcd {
             extra_args.extend(["--etcd-endpoints".to_string(), e.endpoints().join(",")]);
         }
-        let mut s = Server {
+        Server {
             dir,
+            host: "127.0.0.1".to_string(),
             // 0 on first start: the server picks a free port and names it in the kubeconfig;
             // restarts reuse it.
             port: 0,
@@ -116,9 +140,7 @@ impl Server {
             extra_args,
             components,
             etcd,
-        };
-        s.spawn();
-        s
+        }
     }
 
     /// Issues a kubeconfig for `user` in `groups` with `skiff kubeconfig`.
@@ -160,7 +182,7 @@ impl Server {
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(format!("{}:{}", self.host, self.port))
             .args(&self.extra_args)
             .args(if self.components {
                 &[][..]
@@ -200,9 +222,10 @@ impl Server {
     /// The port the kubeconfig names, once the server has written it for this start.
     fn kubeconfig_port(&self) -> Option<u16> {
         let kc = std::fs::read_to_string(self.kubeconfig()).ok()?;
+        let prefix = format!("server: https://{}:", self.host);
         let port: u16 = kc
             .lines()
-            .find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:"))?
+            .find_map(|l| l.trim().strip_prefix(prefix.as_str()))?
             .parse()
             .ok()?;
         (self.port == 0 || port == self.port).then_some(port)
@@ -253,6 +276,16 @@ impl Server {
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, as a clean stop; waits for the process to end.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
             let _ = c.wait();
         }
     }
