@@ -9,8 +9,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod agent;
 mod bench;
 mod components;
+mod join;
+mod node;
+mod node_credentials;
 mod token;
 mod up;
 
@@ -64,6 +68,9 @@ enum Command {
     /// Run a whole cluster on this machine in the foreground: the control plane and this
     /// machine as its node (kubelet, proxy, cluster DNS). Ctrl-C stops everything it started.
     Up(up::UpArgs),
+    /// Join a cluster as a node: check the server's CA against the join token, trade the token
+    /// for node credentials, and run the kubelet and the proxy (with cluster DNS) here.
+    Agent(agent::AgentArgs),
     /// Manage the images of `skiff up`'s node (e.g. the busybox image the quick start runs).
     Image {
         /// `skiff up`'s data directory.
@@ -331,7 +338,13 @@ fn main() -> anyhow::Result<()> {
                 etcd: etcd.config(),
                 limits: limits.limits(),
             };
+            let admin_kubeconfig = cfg.data_dir.join("admin.kubeconfig");
+            let (join_data_dir, join_listen) = (cfg.data_dir.clone(), cfg.listen);
             rt.block_on(async {
+                tokio::spawn(async move {
+                    let client = skiff_client::wait_for_api(&admin_kubeconfig).await;
+                    join::print_join_line(client, &join_data_dir, join_listen).await;
+                });
                 // Each component as its own user, with its bootstrap role.
                 if which.scheduler {
                     tokio::spawn(async move {
@@ -358,9 +371,10 @@ fn main() -> anyhow::Result<()> {
             .context("skiff server")?;
         }
         Command::Up(args) => rt.block_on(up::run(args)).context("skiff up")?,
+        Command::Agent(args) => rt.block_on(agent::run(args)).context("skiff agent")?,
         Command::Image { data_dir, command } => rt
             .block_on(skiff_kubelet::image::cli::run(
-                &up::Layout::new(&data_dir).node,
+                &up::Layout::new(&data_dir).node.root,
                 command,
             ))
             .context("skiff image")?,
@@ -410,10 +424,14 @@ fn main() -> anyhow::Result<()> {
             command: TokenCommand::Create { data_dir, ttl },
         } => {
             let kubeconfig = data_dir.join("admin.kubeconfig");
-            let token = rt
-                .block_on(token::create(&kubeconfig, ttl))
+            let ca_hash = join::ca_hash_of_file(&data_dir.join("ca.crt"))?;
+            let bootstrap = rt
+                .block_on(async {
+                    let client = skiff_client::client(&kubeconfig).await?;
+                    token::create(client, Some(ttl)).await
+                })
                 .context("skiff token create")?;
-            println!("{token}");
+            println!("{}", join::JoinToken { ca_hash, bootstrap });
         }
         Command::Bench {
             mode: BenchMode::Soak,
