@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod agent;
 mod bench;
+mod cluster;
 mod components;
 mod join;
 mod node;
@@ -71,6 +72,12 @@ enum Command {
     /// Join a cluster as a node: check the server's CA against the join token, trade the token
     /// for node credentials, and run the kubelet and the proxy (with cluster DNS) here.
     Agent(agent::AgentArgs),
+    /// A local multi-node cluster: nodes in network namespaces of one isolated lab namespace,
+    /// each joined through `skiff agent`.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
     /// Manage the images of `skiff up`'s node (e.g. the busybox image the quick start runs).
     Image {
         /// `skiff up`'s data directory.
@@ -372,6 +379,9 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Up(args) => rt.block_on(up::run(args)).context("skiff up")?,
         Command::Agent(args) => rt.block_on(agent::run(args)).context("skiff agent")?,
+        Command::Cluster { command } => rt
+            .block_on(cluster::run(command))
+            .context("skiff cluster")?,
         Command::Image { data_dir, command } => rt
             .block_on(skiff_kubelet::image::cli::run(
                 &up::Layout::new(&data_dir).node.root,
