@@ -360,6 +360,12 @@ fn a_three_node_cluster_runs_a_spread_deployment_and_leaves_nothing_behind() {
     skiff.wait("node-3 to be Ready again", Duration::from_secs(60), || {
         skiff.node_ready("node-3") == "True"
     });
+    assert!(
+        skiff
+            .log("node-3")
+            .contains("reusing the node's credentials"),
+        "the node came back with the certificate it had"
+    );
 
     // Down: the machine as it was.
     let (ok, out) = skiff.cluster("down", &[]);

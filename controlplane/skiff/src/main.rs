@@ -145,15 +145,16 @@ enum Command {
         /// RBAC: RoleBindings of other users in the namespace.
         #[arg(long, default_value_t = 1000)]
         bindings: usize,
-        /// Scheduling: simulated nodes.
-        #[arg(long, default_value_t = 5000)]
-        nodes: usize,
+        /// Scheduling: simulated nodes (default 5000); cluster: nodes (default 3).
+        #[arg(long)]
+        nodes: Option<usize>,
         /// Scheduling: pods bound before measuring.
         #[arg(long, default_value_t = 1000)]
         init_pods: usize,
-        /// Scheduling: measured pods.
-        #[arg(long, default_value_t = 10000)]
-        pods: usize,
+        /// Scheduling: measured pods (default 10000); soak: pods (default 10000); cluster: the
+        /// Deployment's replicas (default 30).
+        #[arg(long)]
+        pods: Option<usize>,
         /// API: also measure a server keeping its objects in this etcd (client URLs,
         /// comma-separated), printed after the embedded store's table.
         #[arg(long, value_delimiter = ',')]
@@ -304,6 +305,9 @@ enum BenchMode {
     Scheduling,
     /// A server process under writers and watchers for `--duration` seconds.
     Soak,
+    /// A `skiff cluster` of `--nodes` (default 3 here) nodes brought up and a Deployment of
+    /// `--pods` (default 30 here) run to Ready: the times and each process's peak memory.
+    Cluster,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -444,6 +448,21 @@ fn main() -> anyhow::Result<()> {
             println!("{}", join::JoinToken { ca_hash, bootstrap });
         }
         Command::Bench {
+            mode: BenchMode::Cluster,
+            nodes,
+            pods,
+            ..
+        } => {
+            // The general defaults are sized for the scheduler bench.
+            let report = rt
+                .block_on(bench::cluster::run(
+                    nodes.unwrap_or(3).max(1),
+                    pods.unwrap_or(30).max(1),
+                ))
+                .context("skiff bench --mode cluster")?;
+            print!("{}", bench::cluster::render(&report));
+        }
+        Command::Bench {
             mode: BenchMode::Soak,
             watchers,
             pods,
@@ -460,7 +479,7 @@ fn main() -> anyhow::Result<()> {
                 duration: Duration::from_secs(duration.max(1)),
                 writers,
                 watchers,
-                pods,
+                pods: pods.unwrap_or(10000),
                 server_binary,
             };
             let report = rt
@@ -477,9 +496,9 @@ fn main() -> anyhow::Result<()> {
             ..
         } => {
             let cfg = bench::scheduling::PerfConfig {
-                nodes: nodes.max(1),
+                nodes: nodes.unwrap_or(5000).max(1),
                 init_pods,
-                pods: pods.max(1),
+                pods: pods.unwrap_or(10000).max(1),
                 concurrency: concurrency.max(1),
             };
             let result = rt

@@ -350,6 +350,52 @@ async fn request_client_certificate(
 mod tests {
     use super::*;
 
+    /// A kubeconfig for `server` with a CA and a client certificate valid until `not_after`;
+    /// the CA's hash.
+    fn kubeconfig(server: &str, not_after: time::OffsetDateTime) -> (String, String) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.not_after = not_after;
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        let text = skiff_apiserver::pki::kubeconfig(
+            server,
+            &ca_cert.pem(),
+            "system:node:n1",
+            &cert.pem(),
+            &key.serialize_pem(),
+        );
+        (text, spki_hash(ca_cert.der()).unwrap())
+    }
+
+    #[test]
+    fn node_credentials_are_reused_only_while_good_for_this_server_and_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubelet.kubeconfig");
+        let server = "https://10.0.0.1:6443";
+        assert!(still_good(&path, server, "x").is_err(), "missing");
+        let in_a_day = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+        let (text, hash) = kubeconfig(server, in_a_day);
+        std::fs::write(&path, text).unwrap();
+        still_good(&path, server, &hash).unwrap();
+        let other = still_good(&path, "https://10.0.0.2:6443", &hash).unwrap_err();
+        assert!(format!("{other}").contains("another server"), "{other}");
+        let other_ca = still_good(&path, server, &"0".repeat(64)).unwrap_err();
+        assert!(
+            format!("{other_ca}").contains("another cluster CA"),
+            "{other_ca}"
+        );
+        let soon = time::OffsetDateTime::now_utc() + time::Duration::minutes(5);
+        let (text, hash) = kubeconfig(server, soon);
+        std::fs::write(&path, text).unwrap();
+        let expiring = still_good(&path, server, &hash).unwrap_err();
+        assert!(format!("{expiring}").contains("expires"), "{expiring}");
+    }
+
     #[test]
     fn server_urls() {
         assert_eq!(

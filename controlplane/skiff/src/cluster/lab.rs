@@ -199,7 +199,17 @@ impl Lab {
             return Ok(());
         }
         let log = std::fs::read_to_string(self.log(name)).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
+        // Without the frames of a backtrace: the error is what matters.
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                let t = l.trim_start();
+                !(t.starts_with("at ")
+                    || t.split(':')
+                        .next()
+                        .is_some_and(|n| n.parse::<u32>().is_ok()))
+            })
+            .collect();
         bail!(
             "{name} exited; the end of {}:\n{}",
             self.log(name).display(),

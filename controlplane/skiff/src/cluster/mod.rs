@@ -110,14 +110,56 @@ pub struct Cluster {
 
 impl Cluster {
     fn new(which: &Which) -> anyhow::Result<Cluster> {
-        std::fs::create_dir_all(&which.dir)
-            .with_context(|| format!("creating {}", which.dir.display()))?;
-        let base = std::fs::canonicalize(&which.dir)
-            .with_context(|| format!("resolving {}", which.dir.display()))?;
+        Cluster::at(&which.dir, &which.name)
+    }
+
+    /// Cluster `name` in the clusters' directory `base`.
+    pub fn at(base: &Path, name: &str) -> anyhow::Result<Cluster> {
+        let name = parse_name(name).map_err(anyhow::Error::msg)?;
+        std::fs::create_dir_all(base).with_context(|| format!("creating {}", base.display()))?;
+        let base =
+            std::fs::canonicalize(base).with_context(|| format!("resolving {}", base.display()))?;
         Ok(Cluster {
-            name: which.name.clone(),
-            dir: base.join(&which.name),
+            dir: base.join(&name),
+            name,
         })
+    }
+
+    /// Makes and starts the cluster; returns when every node is Ready.
+    pub async fn up(&self, nodes: usize, server_args: &[String]) -> anyhow::Result<()> {
+        up(self, nodes, server_args).await
+    }
+
+    /// Stops the cluster and removes everything it made.
+    pub async fn down(&self) -> anyhow::Result<()> {
+        down(self).await
+    }
+
+    /// Imports an image archive into every node.
+    pub async fn load(&self, archive: &Path) -> anyhow::Result<()> {
+        for node in self.nodes() {
+            println!("{node}:");
+            let root = crate::node::NodeDirs::new(&self.node_dir(&node)).root;
+            skiff_kubelet::image::cli::run(
+                &root,
+                skiff_kubelet::image::cli::ImageCommand::Import {
+                    archive: archive.to_path_buf(),
+                },
+            )
+            .await
+            .with_context(|| format!("loading {} into {node}", archive.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The cluster's running processes (server, forwarder, each node's agent) and their pids.
+    pub fn processes(&self) -> Vec<(String, i32)> {
+        let lab = self.lab();
+        ["server".to_string(), "forward".to_string()]
+            .into_iter()
+            .chain(self.nodes())
+            .filter_map(|p| lab.running(&p).map(|pid| (p, pid.as_raw())))
+            .collect()
     }
 
     fn lab(&self) -> Lab {
@@ -246,22 +288,7 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<()> {
             ls(&dir);
             Ok(())
         }
-        ClusterCommand::Load { which, archive } => {
-            let cluster = existing(&which)?;
-            for node in cluster.nodes() {
-                println!("{node}:");
-                let root = crate::node::NodeDirs::new(&cluster.node_dir(&node)).root;
-                skiff_kubelet::image::cli::run(
-                    &root,
-                    skiff_kubelet::image::cli::ImageCommand::Import {
-                        archive: archive.clone(),
-                    },
-                )
-                .await
-                .with_context(|| format!("loading {} into {node}", archive.display()))?;
-            }
-            Ok(())
-        }
+        ClusterCommand::Load { which, archive } => existing(&which)?.load(&archive).await,
         ClusterCommand::StopNode { which, node } => {
             let cluster = existing(&which)?;
             let i = node_index(&node)
