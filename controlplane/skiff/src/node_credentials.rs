@@ -27,6 +27,8 @@ use crate::join::{JoinToken, spki_hash};
 const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 /// How long the server gets to sign the node's certificate.
 const SIGNING_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server that cannot be reached or does not sign is tried again.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// A certificate valid for less than this is renewed before the node starts.
 const RENEW_BEFORE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
@@ -60,6 +62,42 @@ pub async fn ensure(
         }
         Err(why) => tracing::info!("asking for node credentials: {why:#}"),
     }
+    // A server still starting or briefly unreachable is waited for; a CA that does not match
+    // is refused at once.
+    let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+    loop {
+        match join(files, server, token, node_name).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.downcast_ref::<CaMismatch>().is_some() => return Err(e),
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                return Err(e.context(format!("joining {server}: gave up after {JOIN_TIMEOUT:?}")));
+            }
+            Err(e) => {
+                tracing::warn!("joining {server}: {e:#}; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// The CA presented by the server is not the one the join token names.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the CA of {server} does not match the join token: the token expects CA hash {expected}, the server's CA hash is {presented}; refusing to join"
+)]
+pub struct CaMismatch {
+    server: String,
+    expected: String,
+    presented: String,
+}
+
+/// The CA checked, the bootstrap kubeconfig written, the certificate asked for and written.
+async fn join(
+    files: &CredentialFiles,
+    server: &str,
+    token: &JoinToken,
+    node_name: &str,
+) -> anyhow::Result<()> {
     let ca_pem = fetch_ca(server, &token.ca_hash).await?;
     let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
     let bootstrap = format!(
@@ -257,10 +295,12 @@ pub async fn fetch_ca(server: &str, ca_hash: &str) -> anyhow::Result<String> {
             "{server} presented no CA certificate to check against the join token's CA hash {ca_hash}"
         );
     }
-    bail!(
-        "the CA of {server} does not match the join token: the token expects CA hash {ca_hash}, the server's CA hash is {}; refusing to join",
-        presented.join(", ")
-    )
+    Err(CaMismatch {
+        server: server.to_string(),
+        expected: ca_hash.to_string(),
+        presented: presented.join(", "),
+    }
+    .into())
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
