@@ -175,6 +175,8 @@ fn an_agent_joins_with_the_servers_join_line_and_runs_a_pod() {
         .arg(&agent_dir)
         .args(["--node-name", NODE, "--node-ip", AGENT_IP])
         .args(["--cgroup-root", &cgroup_root])
+        // The test machine's disk may be fuller than the kubelet's default threshold.
+        .arg("--kubelet-arg=--eviction-hard=memory.available<100Mi")
         .env("PATH", path_with_build())
         .stdout(std::fs::File::create(dir.join("agent.out")).expect("stdout file"))
         .stderr(std::fs::File::create(dir.join("agent.log")).expect("log file"))

@@ -41,6 +41,9 @@ pub fn run(args: ForwardArgs) -> anyhow::Result<()> {
             .build()?;
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener)?;
+            // The port is announced once connections can be forwarded.
+            skiff_apiserver::pki::write(&args.port_file, format!("{port}\n").as_bytes(), false)?;
+            tracing::info!(port, %to, "forwarding 127.0.0.1:{port} to {to} in {}", args.netns);
             loop {
                 let (mut inbound, _) = listener.accept().await?;
                 tokio::spawn(async move {
@@ -55,8 +58,6 @@ pub fn run(args: ForwardArgs) -> anyhow::Result<()> {
             }
         })
     });
-    skiff_apiserver::pki::write(&args.port_file, format!("{port}\n").as_bytes(), false)?;
-    tracing::info!(port, %to, "forwarding 127.0.0.1:{port} to {to} in {}", args.netns);
     forwarding
         .join()
         .map_err(|_| anyhow::anyhow!("the forwarding thread panicked"))?

@@ -218,6 +218,9 @@ impl Cluster {
                 node_ip(i).into(),
                 "--cgroup-root".into(),
                 self.cgroup_root(node).into(),
+                // The nodes share the host's disk: none of them evicts for its fullness (kind's
+                // nodes do the same), memory pressure still counts.
+                "--kubelet-arg=--eviction-hard=memory.available<100Mi".into(),
             ],
             env: vec![("SKIFF_TOKEN".into(), token.into())],
         })
