@@ -295,7 +295,13 @@ impl Pki {
 }
 
 /// A kubeconfig for `server_url` with one user (`user_name`) and its client certificate.
-fn kubeconfig(server_url: &str, ca_pem: &str, user_name: &str, cert: &str, key: &str) -> String {
+pub fn kubeconfig(
+    server_url: &str,
+    ca_pem: &str,
+    user_name: &str,
+    cert: &str,
+    key: &str,
+) -> String {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server_url}\n    certificate-authority-data: {}\nusers:\n- name: {user_name}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: {user_name}\ncurrent-context: skiff\n",
@@ -395,7 +401,10 @@ impl ServingMaterial {
         .allow_unauthenticated()
         .build()
         .map_err(|e| PkiError::Tls(e.to_string()))?;
+        // The CA goes after the serving certificate: a joining node fetches it from here
+        // without trusting it and checks it against its join token's hash.
         let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .chain(CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| pem_err("apiserver.crt", e))?;
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())

@@ -9,9 +9,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod agent;
 mod bench;
+mod cluster;
 mod components;
 mod install;
+mod join;
+mod node;
+mod node_credentials;
 mod store_migrate;
 mod token;
 mod up;
@@ -84,6 +89,15 @@ enum Command {
     Install {
         #[command(subcommand)]
         command: InstallCommand,
+    },
+    /// Join a cluster as a node: check the server's CA against the join token, trade the token
+    /// for node credentials, and run the kubelet and the proxy (with cluster DNS) here.
+    Agent(agent::AgentArgs),
+    /// A local multi-node cluster: nodes in network namespaces of one isolated lab namespace,
+    /// each joined through `skiff agent`.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
     },
     /// Manage the images of `skiff up`'s node (e.g. the busybox image the quick start runs).
     Image {
@@ -159,15 +173,16 @@ enum Command {
         /// RBAC: RoleBindings of other users in the namespace.
         #[arg(long, default_value_t = 1000)]
         bindings: usize,
-        /// Scheduling: simulated nodes.
-        #[arg(long, default_value_t = 5000)]
-        nodes: usize,
+        /// Scheduling: simulated nodes (default 5000); cluster: nodes (default 3).
+        #[arg(long)]
+        nodes: Option<usize>,
         /// Scheduling: pods bound before measuring.
         #[arg(long, default_value_t = 1000)]
         init_pods: usize,
-        /// Scheduling: measured pods.
-        #[arg(long, default_value_t = 10000)]
-        pods: usize,
+        /// Scheduling: measured pods (default 10000); soak: pods (default 10000); cluster: the
+        /// Deployment's replicas (default 30).
+        #[arg(long)]
+        pods: Option<usize>,
         /// API and scheduling: also run the workload on a server keeping its objects in this
         /// etcd (client URLs, comma-separated), each store's figures side by side. Failover:
         /// the etcd the two servers share.
@@ -351,6 +366,9 @@ enum BenchMode {
     Soak,
     /// Scheduler hand-over after the leading server is killed.
     Failover,
+    /// A `skiff cluster` of `--nodes` (default 3 here) nodes brought up and a Deployment of
+    /// `--pods` (default 30 here) run to Ready: the times and each process's peak memory.
+    Cluster,
 }
 
 /// Lifts the soft limit on open files to the hard one, as Go programs such as kube-apiserver do
@@ -415,7 +433,13 @@ fn main() -> anyhow::Result<()> {
                 cluster_signing_duration,
                 endpoint_lease_ttl: Duration::from_secs(endpoint_lease_duration.max(3)),
             };
+            let admin_kubeconfig = cfg.data_dir.join("admin.kubeconfig");
+            let (join_data_dir, join_listen) = (cfg.data_dir.clone(), cfg.listen);
             rt.block_on(async {
+                tokio::spawn(async move {
+                    let client = skiff_client::wait_for_api(&admin_kubeconfig).await;
+                    join::print_join_line(client, &join_data_dir, join_listen).await;
+                });
                 // Each component as its own user, with its bootstrap role.
                 if which.scheduler {
                     tokio::spawn(async move {
@@ -448,9 +472,13 @@ fn main() -> anyhow::Result<()> {
         Command::Install {
             command: InstallCommand::Agent(args),
         } => install::agent(args).context("skiff install agent")?,
+        Command::Agent(args) => rt.block_on(agent::run(args)).context("skiff agent")?,
+        Command::Cluster { command } => rt
+            .block_on(cluster::run(command))
+            .context("skiff cluster")?,
         Command::Image { data_dir, command } => rt
             .block_on(skiff_kubelet::image::cli::run(
-                &up::Layout::new(&data_dir).node,
+                &up::Layout::new(&data_dir).node.root,
                 command,
             ))
             .context("skiff image")?,
@@ -505,10 +533,29 @@ fn main() -> anyhow::Result<()> {
             command: TokenCommand::Create { data_dir, ttl },
         } => {
             let kubeconfig = data_dir.join("admin.kubeconfig");
-            let token = rt
-                .block_on(token::create(&kubeconfig, ttl))
+            let ca_hash = join::ca_hash_of_file(&data_dir.join("ca.crt"))?;
+            let bootstrap = rt
+                .block_on(async {
+                    let client = skiff_client::client(&kubeconfig).await?;
+                    token::create(client, Some(ttl)).await
+                })
                 .context("skiff token create")?;
-            println!("{token}");
+            println!("{}", join::JoinToken { ca_hash, bootstrap });
+        }
+        Command::Bench {
+            mode: BenchMode::Cluster,
+            nodes,
+            pods,
+            ..
+        } => {
+            // The general defaults are sized for the scheduler bench.
+            let report = rt
+                .block_on(bench::cluster::run(
+                    nodes.unwrap_or(3).max(1),
+                    pods.unwrap_or(30).max(1),
+                ))
+                .context("skiff bench --mode cluster")?;
+            print!("{}", bench::cluster::render(&report));
         }
         Command::Bench {
             mode: BenchMode::Failover,
@@ -547,7 +594,7 @@ fn main() -> anyhow::Result<()> {
                 duration: Duration::from_secs(duration.max(1)),
                 writers,
                 watchers,
-                pods,
+                pods: pods.unwrap_or(10000),
                 server_binary,
             };
             let report = rt
@@ -567,9 +614,9 @@ fn main() -> anyhow::Result<()> {
             let mut runs = Vec::new();
             for (store, etcd) in bench_stores(etcd_endpoints) {
                 let cfg = bench::scheduling::PerfConfig {
-                    nodes: nodes.max(1),
+                    nodes: nodes.unwrap_or(5000).max(1),
                     init_pods,
-                    pods: pods.max(1),
+                    pods: pods.unwrap_or(10000).max(1),
                     concurrency: concurrency.max(1),
                     etcd,
                 };

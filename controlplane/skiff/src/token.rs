@@ -1,8 +1,8 @@
 //! `skiff token create`: a bootstrap token for a joining node — a random `<id>.<secret>` stored
 //! as the `kube-system/bootstrap-token-<id>` Secret the API server authenticates it by, valid
-//! for `--ttl`, in the group `system:bootstrappers:skiff:default-node-token`.
+//! for `--ttl`, in the group `system:bootstrappers:skiff:default-node-token` — printed as a join
+//! token (with the CA's hash, [`crate::join`]).
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,7 +13,7 @@ use rand::Rng;
 
 const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
-fn random(n: usize) -> String {
+pub fn random(n: usize) -> String {
     let mut rng = rand::rng();
     (0..n)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
@@ -39,19 +39,12 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-/// Creates the Secret and returns the token.
-pub async fn create(kubeconfig: &Path, ttl: Duration) -> anyhow::Result<String> {
-    let client = skiff_client::client(kubeconfig).await?;
+/// Creates the Secret, valid for `ttl` (for ever when `None`), and returns the token.
+pub async fn create(client: kube::Client, ttl: Option<Duration>) -> anyhow::Result<String> {
     let (id, secret) = (random(6), random(16));
-    let expiration =
-        chrono::Utc::now() + chrono::Duration::from_std(ttl).context("the ttl is too long")?;
-    let data = [
+    let mut data = vec![
         ("token-id", id.clone()),
         ("token-secret", secret.clone()),
-        (
-            "expiration",
-            expiration.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        ),
         ("usage-bootstrap-authentication", "true".into()),
         ("usage-bootstrap-signing", "true".into()),
         (
@@ -59,6 +52,14 @@ pub async fn create(kubeconfig: &Path, ttl: Duration) -> anyhow::Result<String> 
             "system:bootstrappers:skiff:default-node-token".into(),
         ),
     ];
+    if let Some(ttl) = ttl {
+        let expiration =
+            chrono::Utc::now() + chrono::Duration::from_std(ttl).context("the ttl is too long")?;
+        data.push((
+            "expiration",
+            expiration.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ));
+    }
     let s = Secret {
         metadata: ObjectMeta {
             name: Some(format!("bootstrap-token-{id}")),

@@ -12,22 +12,20 @@
 //! supervisor stays a process of its own (`skiff-shim`, found with the OCI runtime `skiff-runc`
 //! next to `skiff` or on PATH), so that a container never depends on this process's memory.
 
-use std::ffi::OsString;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, FromArgMatches};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::{Api, Client};
 use skiff_apiserver::server::{self, ServerConfig};
-use skiff_kubelet::agent::AgentArgs;
 use tokio::sync::oneshot;
 
 use crate::ControllerFlags;
 use crate::components::{self, Components};
+use crate::node::{self, NodeConfig, NodeDirs, NodeFlags, RunningNode};
 
 /// `skiff up`'s flags.
 #[derive(clap::Args)]
@@ -43,24 +41,8 @@ pub struct UpArgs {
     /// Range Service ClusterIPs are allocated from.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: Ipv4Net,
-    /// The node's name (default: the host name).
-    #[arg(long)]
-    node_name: Option<String>,
-    /// The node's InternalIP (default: the first non-loopback address).
-    #[arg(long)]
-    node_ip: Option<IpAddr>,
-    /// The cgroup under which the pods' cgroups are made, in every hierarchy.
-    #[arg(long, default_value = "/kubepods")]
-    cgroup_root: String,
-    /// Seconds a pod gets at most to stop when skiff up is stopped (its own
-    /// terminationGracePeriodSeconds when shorter).
-    #[arg(long, default_value_t = 10)]
-    shutdown_grace_period: u64,
-    /// A further flag for the kubelet, e.g. `--kubelet-arg=--max-pods=50`; repeatable.
-    #[arg(long, allow_hyphen_values = true)]
-    kubelet_arg: Vec<String>,
     #[command(flatten)]
-    dns: skiff_proxy::dns::DnsArgs,
+    node: NodeFlags,
     #[command(flatten)]
     settings: ControllerFlags,
 }
@@ -68,18 +50,14 @@ pub struct UpArgs {
 /// The directories under `--data-dir`.
 pub struct Layout {
     pub server: PathBuf,
-    pub node: PathBuf,
-    pub run: PathBuf,
-    pub pod_logs: PathBuf,
+    pub node: NodeDirs,
 }
 
 impl Layout {
     pub fn new(data_dir: &Path) -> Layout {
         Layout {
             server: data_dir.join("server"),
-            node: data_dir.join("node"),
-            run: data_dir.join("run"),
-            pod_logs: data_dir.join("pod-logs"),
+            node: NodeDirs::new(data_dir),
         }
     }
 
@@ -96,33 +74,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("resolving {}", args.data_dir.display()))?;
     let layout = Layout::new(&data_dir);
     let kubeconfig = layout.kubeconfig();
-    let node_name = match &args.node_name {
-        Some(n) => n.clone(),
-        None => skiff_kubelet::host::HostFacts::read()
-            .hostname
-            .to_lowercase(),
-    };
-    // Checked before anything starts, so that a bad flag leaves nothing to undo.
-    let kubelet_args = kubelet_args(&args, &layout, &kubeconfig, &node_name)?;
-    let dns = args.dns.config().context("cluster DNS flags")?;
-    let proxy_config = skiff_proxy::sync::Config {
-        node_name: node_name.clone(),
-        mode: skiff_proxy::dataplane::Mode::Iptables,
-        cluster_cidr: Some(
-            args.settings
-                .cluster_cidr
-                .to_string()
-                .parse()
-                .expect("a parsed cluster CIDR prints as a CIDR"),
-        ),
-        service_cidr: args.service_cidr,
-        min_sync_period: Duration::from_secs(1),
-        sync_period: Duration::from_secs(30),
-        healthz_bind_address: SocketAddr::from(([0, 0, 0, 0], 10256)),
-        nodeport_addresses: vec![],
-        masquerade_all: false,
-        dns: Some(dns),
-    };
+    let node_name = args.node.node_name();
+    // The kubelet runs with the admin credentials: this machine is the control plane.
+    let node_config = NodeConfig::new(
+        &args.node,
+        &layout.node,
+        &kubeconfig,
+        &node_name,
+        args.settings
+            .cluster_cidr
+            .to_string()
+            .parse()
+            .expect("a parsed cluster CIDR prints as a CIDR"),
+        args.service_cidr,
+    )?;
 
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let mut server = tokio::spawn(server::run(
@@ -144,12 +109,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     ));
     let client = tokio::select! {
         client = skiff_client::wait_for_api(&kubeconfig) => client,
-        ended = &mut server => return Err(ended_early("the API server", ended)),
+        ended = &mut server => return Err(node::ended_early("the API server", ended)),
         _ = crate::shutdown_signal() => {
             let _ = stop_server.send(());
-            return flatten(server.await, "the API server");
+            return node::flatten(server.await, "the API server");
         }
     };
+    crate::join::print_join_line(client.clone(), &layout.server, args.api_listen).await;
     let control = tokio::spawn(components::run(
         client.clone(),
         Components {
@@ -159,111 +125,31 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         },
     ));
 
-    let (stop_kubelet, kubelet_stopped) = oneshot::channel::<Duration>();
-    let grace = Duration::from_secs(args.shutdown_grace_period);
-    let mut kubelet = tokio::spawn(skiff_kubelet::agent::run_until(kubelet_args, async move {
-        kubelet_stopped.await.unwrap_or(grace)
-    }));
-    let (stop_proxy, proxy_stopped) = oneshot::channel::<()>();
-    let mut proxy = tokio::spawn(run_proxy(client.clone(), proxy_config, proxy_stopped));
+    let mut node = RunningNode::start(client.clone(), node_config);
     let announce = tokio::spawn(announce(client, node_name, kubeconfig));
 
     let failed = tokio::select! {
         _ = crate::shutdown_signal() => None,
-        ended = &mut kubelet => Some(ended_early("the kubelet", ended)),
-        ended = &mut proxy => Some(ended_early("the proxy", ended)),
-        ended = &mut server => Some(ended_early("the API server", ended)),
+        e = node.failed() => Some(e),
+        ended = &mut server => Some(node::ended_early("the API server", ended)),
     };
     tracing::info!(
         "stopping: the pods, then the node's network and Service rules, then the control plane (a second signal stops at once)"
     );
-    tokio::spawn(async {
-        crate::shutdown_signal().await;
-        tracing::warn!("second signal: exiting now, leaving what is not yet removed");
-        std::process::exit(130);
-    });
+    node::exit_on_second_signal();
     announce.abort();
-    let mut errors = Vec::new();
-    if !kubelet.is_finished() {
-        let _ = stop_kubelet.send(grace);
-        if let Err(e) = flatten(kubelet.await, "the kubelet") {
-            errors.push(e);
-        }
-    }
-    if !proxy.is_finished() {
-        let _ = stop_proxy.send(());
-        if let Err(e) = flatten(proxy.await, "the proxy") {
-            errors.push(e);
-        }
-    }
+    let mut errors: Vec<anyhow::Error> = failed.into_iter().collect();
+    errors.extend(node.stop().await);
     control.abort();
     if !server.is_finished() {
         let _ = stop_server.send(());
-        if let Err(e) = flatten(server.await, "the API server") {
+        if let Err(e) = node::flatten(server.await, "the API server") {
             errors.push(e);
         }
     }
-    if let Some(e) = failed {
-        errors.insert(0, e);
-    }
-    match errors
-        .into_iter()
-        .reduce(|a, b| a.context(format!("{b:#}")))
-    {
-        None => {
-            tracing::info!("stopped; `skiff up` on the same data directory resumes the cluster");
-            Ok(())
-        }
-        Some(e) => Err(e),
-    }
-}
-
-/// The kubelet's flags for this node: its directories under the data directory, the admin
-/// credentials (until nodes get credentials of their own) and any `--kubelet-arg`.
-fn kubelet_args(
-    args: &UpArgs,
-    layout: &Layout,
-    kubeconfig: &Path,
-    node_name: &str,
-) -> anyhow::Result<AgentArgs> {
-    let mut argv: Vec<OsString> = vec!["skiff-kubelet".into()];
-    let mut flag = |name: &str, value: OsString| {
-        argv.push(format!("--{name}").into());
-        argv.push(value);
-    };
-    flag("kubeconfig", kubeconfig.into());
-    flag("node-name", node_name.into());
-    flag("root-dir", layout.node.clone().into());
-    flag("run-dir", layout.run.clone().into());
-    flag("pod-logs-dir", layout.pod_logs.clone().into());
-    flag("cgroup-root", args.cgroup_root.clone().into());
-    flag("cluster-domain", args.dns.cluster_domain.clone().into());
-    flag("cluster-dns", args.dns.listen.ip().to_string().into());
-    if let Some(ip) = args.node_ip {
-        flag("node-ip", ip.to_string().into());
-    }
-    argv.extend(args.kubelet_arg.iter().map(OsString::from));
-    let command = AgentArgs::augment_args(clap::Command::new("skiff-kubelet"));
-    let matches = command
-        .try_get_matches_from(argv)
-        .context("the kubelet's flags (--kubelet-arg)")?;
-    AgentArgs::from_arg_matches(&matches).context("the kubelet's flags (--kubelet-arg)")
-}
-
-/// The proxy until `stop`, then everything it set up removed. A sync in progress finishes
-/// first: the rules are written in a blocking section the task is never stopped inside.
-async fn run_proxy(
-    client: Client,
-    config: skiff_proxy::sync::Config,
-    stop: oneshot::Receiver<()>,
-) -> anyhow::Result<()> {
-    let result = tokio::select! {
-        ended = skiff_proxy::sync::run(client, config) => ended,
-        _ = stop => Ok(()),
-    };
-    let cleaned = skiff_proxy::dataplane::cleanup_node().await;
-    tracing::info!("Service rules and cluster DNS address removed");
-    result.and(cleaned)
+    node::combine(errors)?;
+    tracing::info!("stopped; `skiff up` on the same data directory resumes the cluster");
+    Ok(())
 }
 
 /// Prints how to reach the cluster once the node is Ready.
@@ -271,7 +157,7 @@ async fn announce(client: Client, node_name: String, kubeconfig: PathBuf) {
     let nodes: Api<Node> = Api::all(client);
     loop {
         if let Ok(node) = nodes.get(&node_name).await
-            && node_ready(&node)
+            && node::node_ready(&node)
         {
             break;
         }
@@ -281,79 +167,4 @@ async fn announce(client: Client, node_name: String, kubeconfig: PathBuf) {
     println!("skiff is up: node {node_name} is Ready");
     println!("kubeconfig: {kc}");
     println!("try: kubectl --kubeconfig {kc} get pods -A");
-}
-
-fn node_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
-fn ended_early<E: std::fmt::Display>(
-    what: &str,
-    ended: Result<Result<(), E>, tokio::task::JoinError>,
-) -> anyhow::Error {
-    match ended {
-        Ok(Ok(())) => anyhow::anyhow!("{what} stopped"),
-        Ok(Err(e)) => anyhow::anyhow!("{what}: {e:#}"),
-        Err(e) => anyhow::anyhow!("{what}: {e}"),
-    }
-}
-
-fn flatten<E: std::fmt::Display>(
-    ended: Result<Result<(), E>, tokio::task::JoinError>,
-    what: &str,
-) -> anyhow::Result<()> {
-    match ended {
-        Ok(Ok(())) => Ok(()),
-        other => Err(ended_early(what, other)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        up: UpArgs,
-    }
-
-    #[test]
-    fn the_kubelet_gets_the_node_directories_and_extra_flags() {
-        let cli = Cli::parse_from([
-            "skiff",
-            "--data-dir",
-            "/d",
-            "--node-name",
-            "n1",
-            "--kubelet-arg=--max-pods=7",
-        ]);
-        let layout = Layout::new(Path::new("/d"));
-        let kubelet =
-            kubelet_args(&cli.up, &layout, &layout.kubeconfig(), "n1").expect("kubelet flags");
-        assert_eq!(kubelet.root_dir, Path::new("/d/node"));
-        assert_eq!(kubelet.run_dir, Path::new("/d/run"));
-        assert_eq!(kubelet.pod_logs_dir, Path::new("/d/pod-logs"));
-        assert_eq!(
-            kubelet.kubeconfig.as_deref(),
-            Some(Path::new("/d/server/admin.kubeconfig"))
-        );
-        assert_eq!(kubelet.node_name.as_deref(), Some("n1"));
-        assert_eq!(kubelet.max_pods, 7);
-        assert_eq!(kubelet.cluster_dns, vec![IpAddr::from([10, 96, 0, 10])]);
-    }
-
-    #[test]
-    fn a_bad_kubelet_flag_is_refused_naming_it() {
-        let cli = Cli::parse_from(["skiff", "--kubelet-arg=--no-such-flag"]);
-        let layout = Layout::new(Path::new("/d"));
-        let err = kubelet_args(&cli.up, &layout, &layout.kubeconfig(), "n1").unwrap_err();
-        assert!(format!("{err:#}").contains("--no-such-flag"), "{err:#}");
-    }
 }

@@ -540,8 +540,23 @@ fn skiff_token_create_prints_a_working_bootstrap_token() {
         .output()
         .expect("running skiff token create");
     assert!(out.status.success(), "{}", stderr(&out));
-    let token = stdout(&out).trim().to_string();
-    let who = stdout(&with_token(&s, &token, &["auth", "whoami"]));
+    // A join token: K10<sha256 of the CA's public key info>::<bootstrap token>, the hash as
+    // kubeadm's `openssl x509 -pubkey | openssl pkey -pubin -outform der | sha256sum` gives it.
+    let join = stdout(&out).trim().to_string();
+    let (hash, token) = join
+        .strip_prefix("K10")
+        .and_then(|t| t.split_once("::"))
+        .unwrap_or_else(|| panic!("not a join token: {join}"));
+    let spki_hash = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -pubkey -noout -in {}/ca.crt | openssl pkey -pubin -outform der | sha256sum",
+            s.data_dir().display()
+        ))
+        .output()
+        .expect("running openssl");
+    assert_eq!(hash, stdout(&spki_hash).split_whitespace().next().unwrap());
+    let who = stdout(&with_token(&s, token, &["auth", "whoami"]));
     let id = token.split('.').next().unwrap();
     assert!(who.contains(&format!("system:bootstrap:{id}")), "{who}");
 }
@@ -740,7 +755,8 @@ fn a_bootstrap_token_becomes_an_approved_node_client_certificate() {
         .output()
         .expect("running skiff token create");
     assert!(out.status.success(), "{}", stderr(&out));
-    let token = stdout(&out).trim().to_string();
+    let join = stdout(&out).trim().to_string();
+    let token = join.split_once("::").expect("a join token").1.to_string();
 
     // The joining node asks with its bootstrap token; the request is approved and signed.
     let (key, request) = openssl_request(&s.data_dir(), "n9", "/O=system:nodes/CN=system:node:n9");

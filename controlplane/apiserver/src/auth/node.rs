@@ -178,6 +178,9 @@ fn node_rules() -> &'static [Rule] {
                 &["create"],
             ),
             rule(&[""], &["services"], read),
+            // A skiff node runs its proxy and cluster DNS with the node's credentials
+            // (`skiff agent`): they follow the Services' endpoints.
+            rule(&["discovery.k8s.io"], &["endpointslices"], read),
             rule(&[""], &["nodes"], &["create", "get", "list", "watch"]),
             rule(&[""], &["nodes/status"], &["patch", "update"]),
             rule(&[""], &["nodes"], &["patch", "update", "delete"]),

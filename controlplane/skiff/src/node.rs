@@ -1,0 +1,302 @@
+//! A node in this process, as `skiff up` and `skiff agent` run it: the kubelet and the proxy
+//! (with the node's cluster DNS) from their library crates, until told to stop, which stops every
+//! pod, then the pod network and the pods' cgroups, then the Service rules and the DNS address.
+
+use std::ffi::OsString;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, FromArgMatches};
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Node;
+use kube::Client;
+use skiff_kubelet::agent::AgentArgs;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The node's flags, shared by `skiff up` and `skiff agent`.
+#[derive(clap::Args)]
+pub struct NodeFlags {
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The node's InternalIP (default: the first non-loopback address).
+    #[arg(long)]
+    pub node_ip: Option<IpAddr>,
+    /// The cgroup under which the pods' cgroups are made, in every hierarchy.
+    #[arg(long, default_value = "/kubepods")]
+    pub cgroup_root: String,
+    /// Seconds a pod gets at most to stop when the node is stopped (its own
+    /// terminationGracePeriodSeconds when shorter).
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_grace_period: u64,
+    /// A further flag for the kubelet, e.g. `--kubelet-arg=--max-pods=50`; repeatable.
+    #[arg(long, allow_hyphen_values = true)]
+    pub kubelet_arg: Vec<String>,
+    #[command(flatten)]
+    pub dns: skiff_proxy::dns::DnsArgs,
+}
+
+impl NodeFlags {
+    /// `--node-name`, or the host name.
+    pub fn node_name(&self) -> String {
+        match &self.node_name {
+            Some(n) => n.clone(),
+            None => skiff_kubelet::host::HostFacts::read()
+                .hostname
+                .to_lowercase(),
+        }
+    }
+}
+
+/// The node's directories under a data directory.
+pub struct NodeDirs {
+    /// Images and pods.
+    pub root: PathBuf,
+    /// Volatile state (shims, the runtime's state).
+    pub run: PathBuf,
+    pub pod_logs: PathBuf,
+}
+
+impl NodeDirs {
+    pub fn new(data_dir: &Path) -> NodeDirs {
+        NodeDirs {
+            root: data_dir.join("node"),
+            run: data_dir.join("run"),
+            pod_logs: data_dir.join("pod-logs"),
+        }
+    }
+}
+
+/// Everything a node needs to start, checked before anything starts so that a bad flag leaves
+/// nothing to undo.
+pub struct NodeConfig {
+    pub kubelet: AgentArgs,
+    pub proxy: skiff_proxy::sync::Config,
+    pub grace: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(
+        flags: &NodeFlags,
+        dirs: &NodeDirs,
+        kubeconfig: &Path,
+        node_name: &str,
+        cluster_cidr: Ipv4Net,
+        service_cidr: Ipv4Net,
+    ) -> anyhow::Result<NodeConfig> {
+        let kubelet = kubelet_args(flags, dirs, kubeconfig, node_name)?;
+        let dns = flags.dns.config().context("cluster DNS flags")?;
+        let proxy = skiff_proxy::sync::Config {
+            node_name: node_name.to_string(),
+            mode: skiff_proxy::dataplane::Mode::Iptables,
+            cluster_cidr: Some(cluster_cidr),
+            service_cidr,
+            min_sync_period: Duration::from_secs(1),
+            sync_period: Duration::from_secs(30),
+            healthz_bind_address: SocketAddr::from(([0, 0, 0, 0], 10256)),
+            nodeport_addresses: vec![],
+            masquerade_all: false,
+            dns: Some(dns),
+        };
+        Ok(NodeConfig {
+            kubelet,
+            proxy,
+            grace: Duration::from_secs(flags.shutdown_grace_period),
+        })
+    }
+}
+
+/// The kubelet's flags for this node: its directories, its credentials and any `--kubelet-arg`.
+fn kubelet_args(
+    flags: &NodeFlags,
+    dirs: &NodeDirs,
+    kubeconfig: &Path,
+    node_name: &str,
+) -> anyhow::Result<AgentArgs> {
+    let mut argv: Vec<OsString> = vec!["skiff-kubelet".into()];
+    let mut flag = |name: &str, value: OsString| {
+        argv.push(format!("--{name}").into());
+        argv.push(value);
+    };
+    flag("kubeconfig", kubeconfig.into());
+    flag("node-name", node_name.into());
+    flag("root-dir", dirs.root.clone().into());
+    flag("run-dir", dirs.run.clone().into());
+    flag("pod-logs-dir", dirs.pod_logs.clone().into());
+    flag("cgroup-root", flags.cgroup_root.clone().into());
+    flag("cluster-domain", flags.dns.cluster_domain.clone().into());
+    flag("cluster-dns", flags.dns.listen.ip().to_string().into());
+    if let Some(ip) = flags.node_ip {
+        flag("node-ip", ip.to_string().into());
+    }
+    argv.extend(flags.kubelet_arg.iter().map(OsString::from));
+    let command = AgentArgs::augment_args(clap::Command::new("skiff-kubelet"));
+    let matches = command
+        .try_get_matches_from(argv)
+        .context("the kubelet's flags (--kubelet-arg)")?;
+    AgentArgs::from_arg_matches(&matches).context("the kubelet's flags (--kubelet-arg)")
+}
+
+/// The kubelet and the proxy, running.
+pub struct RunningNode {
+    kubelet: JoinHandle<anyhow::Result<()>>,
+    stop_kubelet: oneshot::Sender<Duration>,
+    proxy: JoinHandle<anyhow::Result<()>>,
+    stop_proxy: oneshot::Sender<()>,
+    grace: Duration,
+}
+
+impl RunningNode {
+    /// Starts the kubelet (with its own credentials, from its `--kubeconfig`) and the proxy
+    /// (with `client`).
+    pub fn start(client: Client, config: NodeConfig) -> RunningNode {
+        let (stop_kubelet, kubelet_stopped) = oneshot::channel::<Duration>();
+        let grace = config.grace;
+        let kubelet = tokio::spawn(skiff_kubelet::agent::run_until(
+            config.kubelet,
+            async move { kubelet_stopped.await.unwrap_or(grace) },
+        ));
+        let (stop_proxy, proxy_stopped) = oneshot::channel::<()>();
+        let proxy = tokio::spawn(run_proxy(client, config.proxy, proxy_stopped));
+        RunningNode {
+            kubelet,
+            stop_kubelet,
+            proxy,
+            stop_proxy,
+            grace,
+        }
+    }
+
+    /// Resolves when the kubelet or the proxy ended by itself, with why.
+    pub async fn failed(&mut self) -> anyhow::Error {
+        tokio::select! {
+            ended = &mut self.kubelet => ended_early("the kubelet", ended),
+            ended = &mut self.proxy => ended_early("the proxy", ended),
+        }
+    }
+
+    /// Stops every pod, then the proxy, and returns what went wrong on the way.
+    pub async fn stop(self) -> Vec<anyhow::Error> {
+        let mut errors = Vec::new();
+        if !self.kubelet.is_finished() {
+            let _ = self.stop_kubelet.send(self.grace);
+            if let Err(e) = flatten(self.kubelet.await, "the kubelet") {
+                errors.push(e);
+            }
+        }
+        if !self.proxy.is_finished() {
+            let _ = self.stop_proxy.send(());
+            if let Err(e) = flatten(self.proxy.await, "the proxy") {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+}
+
+/// The proxy until `stop`, then everything it set up removed. A sync in progress finishes
+/// first: the rules are written in a blocking section the task is never stopped inside.
+async fn run_proxy(
+    client: Client,
+    config: skiff_proxy::sync::Config,
+    stop: oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    let result = tokio::select! {
+        ended = skiff_proxy::sync::run(client, config) => ended,
+        _ = stop => Ok(()),
+    };
+    let cleaned = skiff_proxy::dataplane::cleanup_node().await;
+    tracing::info!("Service rules and cluster DNS address removed");
+    result.and(cleaned)
+}
+
+/// After the first SIGINT or SIGTERM, a second one exits at once.
+pub fn exit_on_second_signal() {
+    tokio::spawn(async {
+        crate::shutdown_signal().await;
+        tracing::warn!("second signal: exiting now, leaving what is not yet removed");
+        std::process::exit(130);
+    });
+}
+
+pub fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+pub fn ended_early<E: std::fmt::Display>(
+    what: &str,
+    ended: Result<Result<(), E>, tokio::task::JoinError>,
+) -> anyhow::Error {
+    match ended {
+        Ok(Ok(())) => anyhow::anyhow!("{what} stopped"),
+        Ok(Err(e)) => anyhow::anyhow!("{what}: {e:#}"),
+        Err(e) => anyhow::anyhow!("{what}: {e}"),
+    }
+}
+
+pub fn flatten<E: std::fmt::Display>(
+    ended: Result<Result<(), E>, tokio::task::JoinError>,
+    what: &str,
+) -> anyhow::Result<()> {
+    match ended {
+        Ok(Ok(())) => Ok(()),
+        other => Err(ended_early(what, other)),
+    }
+}
+
+/// Joins errors into one, the first as the outermost.
+pub fn combine(errors: Vec<anyhow::Error>) -> anyhow::Result<()> {
+    match errors
+        .into_iter()
+        .reduce(|a, b| a.context(format!("{b:#}")))
+    {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        node: NodeFlags,
+    }
+
+    #[test]
+    fn the_kubelet_gets_the_node_directories_and_extra_flags() {
+        let cli = Cli::parse_from(["skiff", "--node-name", "n1", "--kubelet-arg=--max-pods=7"]);
+        let dirs = NodeDirs::new(Path::new("/d"));
+        let kubelet = kubelet_args(&cli.node, &dirs, Path::new("/d/k.kubeconfig"), "n1")
+            .expect("kubelet flags");
+        assert_eq!(kubelet.root_dir, Path::new("/d/node"));
+        assert_eq!(kubelet.run_dir, Path::new("/d/run"));
+        assert_eq!(kubelet.pod_logs_dir, Path::new("/d/pod-logs"));
+        assert_eq!(
+            kubelet.kubeconfig.as_deref(),
+            Some(Path::new("/d/k.kubeconfig"))
+        );
+        assert_eq!(kubelet.node_name.as_deref(), Some("n1"));
+        assert_eq!(kubelet.max_pods, 7);
+        assert_eq!(kubelet.cluster_dns, vec![IpAddr::from([10, 96, 0, 10])]);
+    }
+
+    #[test]
+    fn a_bad_kubelet_flag_is_refused_naming_it() {
+        let cli = Cli::parse_from(["skiff", "--kubelet-arg=--no-such-flag"]);
+        let dirs = NodeDirs::new(Path::new("/d"));
+        let err = kubelet_args(&cli.node, &dirs, Path::new("/k"), "n1").unwrap_err();
+        assert!(format!("{err:#}").contains("--no-such-flag"), "{err:#}");
+    }
+}
