@@ -8,7 +8,8 @@
 //! - `pod_manager`, `pod_worker`: the pod watch and one worker per pod (sandbox, init and app
 //!   containers, restarts with back-off, graceful termination, cleanup, adoption after a restart);
 //!   `admission`: whether a pod fits the node at all (resources, node affinity, taints);
-//!   `static_pods`: pods from manifest files and their mirror pods in the API; `eviction`: the
+//!   `listers`: the Node and Services kept current by watches for them; `static_pods`: pods
+//!   from manifest files and their mirror pods in the API; `eviction`: the
 //!   memory.available/nodefs.available signals, the pressure conditions and node-pressure
 //!   eviction.
 //! - `probes`, `lifecycle`: liveness/readiness/startup probes with their thresholds; postStart and
@@ -26,10 +27,13 @@
 //!   disk, routes to other nodes, masquerade) through netlink; `node_network` runs it for the node
 //!   (bridge once the podCIDR is known, routes following the Node list) and `sandbox` is the pod
 //!   worker's view of it (namespaces, address, hostPorts, the pod's files).
+//! - `blocking`: synchronous file work (fsyncs) done from async code without stalling the
+//!   runtime's other tasks.
 //! - `server`: the node API on port 10250 (logs, exec, port-forward, stats) over mutual TLS.
 
 pub mod admission;
 pub mod agent;
+pub mod blocking;
 pub mod cgroups;
 pub mod container_env;
 pub mod containers;
@@ -39,6 +43,7 @@ pub mod eviction;
 pub mod host;
 pub mod image;
 pub mod lifecycle;
+pub mod listers;
 pub mod network;
 pub mod node;
 pub mod node_network;

@@ -69,6 +69,10 @@ pub struct NodeNetwork {
     config: NetworkConfig,
     handle: Handle,
     ipam: Ipam,
+    /// Held around every dump (a listing of links, addresses or routes) on `handle`: the kernel
+    /// runs one dump per netlink socket at a time and answers a second one with EBUSY, and the
+    /// pod workers attach pods while the node's routes are synced.
+    dumps: tokio::sync::Mutex<()>,
 }
 
 impl NodeNetwork {
@@ -90,6 +94,7 @@ impl NodeNetwork {
             handle: connect()?,
             config,
             ipam,
+            dumps: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -194,9 +199,10 @@ impl NodeNetwork {
     /// holds, else a new one), the veth pair, `lo` and `eth0` up with the address and the
     /// default route via the bridge. Re-run after a crash it returns the same address and
     /// repairs a missing or wrong veth; on failure a newly claimed address is released.
+    #[tracing::instrument(level = "debug", skip(self, netns))]
     pub async fn attach(&self, uid: &str, netns: &Path) -> Result<Ipv4Addr> {
         validate_pod_uid(uid)?;
-        let (ip, new) = self.ipam.allocate(uid)?;
+        let (ip, new) = crate::blocking::run(|| self.ipam.allocate(uid))?;
         match self.plumb(uid, netns, ip).await {
             Ok(()) => {
                 tracing::info!(uid, %ip, "pod network attached");
@@ -205,7 +211,7 @@ impl NodeNetwork {
             Err(e) => {
                 if new {
                     let _ = self.remove_veth(uid).await;
-                    let _ = self.ipam.release(uid);
+                    let _ = crate::blocking::run(|| self.ipam.release(uid));
                 }
                 Err(e)
             }
@@ -231,7 +237,7 @@ impl NodeNetwork {
     pub async fn detach(&self, uid: &str) -> Result<()> {
         validate_pod_uid(uid)?;
         self.remove_veth(uid).await?;
-        let freed = self.ipam.release(uid)?;
+        let freed = crate::blocking::run(|| self.ipam.release(uid))?;
         tracing::info!(uid, ?freed, "pod network detached");
         Ok(())
     }
@@ -263,7 +269,11 @@ impl NodeNetwork {
         for uid in &live {
             kept_veths.insert(veth_name(uid));
         }
-        for link in all_links(&self.handle).await? {
+        let links = {
+            let _dump = self.dumps.lock().await;
+            all_links(&self.handle).await?
+        };
+        for link in links {
             let Some(name) = link_name(&link) else {
                 continue;
             };
@@ -281,6 +291,7 @@ impl NodeNetwork {
     /// Makes the routes to the other nodes' podCIDRs exactly `routes` (podCIDR, InternalIP);
     /// this node's own podCIDR is skipped. See [`routes::sync_routes`].
     pub async fn sync_routes(&self, wanted: &[(Ipv4Net, Ipv4Addr)]) -> Result<()> {
+        let _dump = self.dumps.lock().await;
         routes::sync_routes(&self.handle, self.config.pod_cidr, wanted).await
     }
 
@@ -290,7 +301,7 @@ impl NodeNetwork {
     /// afterwards.
     pub async fn remove(&self) -> Result<()> {
         self.reconcile(&[]).await?;
-        routes::sync_routes(&self.handle, self.config.pod_cidr, &[]).await?;
+        self.sync_routes(&[]).await?;
         let name = &self.config.bridge;
         if let Some(link) = link_by_name(&self.handle, name).await? {
             delete_link(&self.handle, link.header.index, name).await?;
@@ -321,6 +332,7 @@ impl NodeNetwork {
         if let Some(mtu) = self.config.mtu {
             return Ok(mtu);
         }
+        let _dump = self.dumps.lock().await;
         let default_route = routes::main_routes(&self.handle)
             .await?
             .into_iter()
@@ -341,6 +353,7 @@ impl NodeNetwork {
     }
 
     async fn ipv4_addresses(&self, index: u32) -> Result<Vec<AddressMessage>> {
+        let _dump = self.dumps.lock().await;
         let addresses: Vec<AddressMessage> = self
             .handle
             .address()
