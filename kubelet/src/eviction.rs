@@ -17,7 +17,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use skiff_k8s::qos::{QosClass, qos_class};
 use tokio::sync::{oneshot, watch};
@@ -33,6 +33,19 @@ pub const DEFAULT_EVICTION_HARD: &str = "memory.available<100Mi,nodefs.available
 const CLEANUP_WAIT: Duration = Duration::from_secs(30);
 /// The pod status reason of an evicted pod (and its event's).
 pub const EVICTED_REASON: &str = "Evicted";
+
+/// The condition an evicted pod carries, as the kubelet sets it (`DisruptionTarget`, reason
+/// `TerminationByKubelet`, the eviction's message), for controllers that tell a disruption from
+/// a failure (a Job's podFailurePolicy).
+pub fn disruption_condition(message: &str) -> PodCondition {
+    PodCondition {
+        type_: "DisruptionTarget".to_string(),
+        status: "True".to_string(),
+        reason: Some("TerminationByKubelet".to_string()),
+        message: Some(message.to_string()),
+        ..PodCondition::default()
+    }
+}
 
 /// An eviction signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1132,8 +1132,14 @@ impl PodWorker {
             pod_error,
         });
         let mut status = status;
-        if self.failed.is_some() {
+        if let Some((reason, message)) = &self.failed {
             status.phase = Some("Failed".to_string());
+            if reason == crate::eviction::EVICTED_REASON {
+                status
+                    .conditions
+                    .get_or_insert_default()
+                    .push(crate::eviction::disruption_condition(message));
+            }
         }
         self.k.status.set(pod, status).await;
     }

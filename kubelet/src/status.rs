@@ -432,11 +432,13 @@ impl StatusManager {
             c.last_probe_time = None;
         }
         if let Some(conditions) = status.conditions.as_mut() {
+            let set: Vec<String> = conditions.iter().map(|c| c.type_.clone()).collect();
             conditions.extend(
                 old.conditions
                     .iter()
                     .flatten()
                     .filter(|c| !KUBELET_CONDITIONS.contains(&c.type_.as_str()))
+                    .filter(|c| !set.contains(&c.type_))
                     .cloned(),
             );
         }

@@ -85,6 +85,15 @@ fn expect_greedy_evicted(node: &Node, condition: &str, resource: &str) {
             && message.ends_with(&format!("has larger consumption of {resource}. ")),
         "{message}"
     );
+    let disruption = status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "DisruptionTarget")
+        .unwrap_or_else(|| panic!("no DisruptionTarget condition: {status}"));
+    assert_eq!(disruption["status"], "True", "{disruption}");
+    assert_eq!(disruption["reason"], "TerminationByKubelet", "{disruption}");
+    assert_eq!(disruption["message"], status["message"], "{disruption}");
     let greedy = &status["containerStatuses"][0]["state"]["terminated"];
     assert!(greedy.is_object(), "{status}");
     node.wait_for("the Evicted event", WAIT, |n| {
