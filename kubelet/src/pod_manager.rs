@@ -183,7 +183,12 @@ impl Workers {
             .collect();
         let picked = self
             .eviction
-            .check(self.k.config.clone(), self.k.cgroups.clone(), candidates)
+            .check(
+                self.k.config.clone(),
+                self.k.cgroups.clone(),
+                self.k.images.clone(),
+                candidates,
+            )
             .await;
         if let Some((uid, order)) = picked
             && let Some(tx) = self.running.get(&uid)
