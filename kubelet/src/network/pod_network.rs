@@ -73,6 +73,8 @@ pub struct NodeNetwork {
     /// runs one dump per netlink socket at a time and answers a second one with EBUSY, and the
     /// pod workers attach pods while the node's routes are synced.
     dumps: tokio::sync::Mutex<()>,
+    /// The default-route interface's MTU, once read.
+    mtu: tokio::sync::OnceCell<u32>,
 }
 
 impl NodeNetwork {
@@ -95,6 +97,7 @@ impl NodeNetwork {
             config,
             ipam,
             dumps: tokio::sync::Mutex::new(()),
+            mtu: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -327,11 +330,19 @@ impl NodeNetwork {
         iptables::set_host_ports(mappings).await
     }
 
-    /// The pods' MTU: configured, else the default-route interface's.
+    /// The pods' MTU: configured, else the default-route interface's, read once (a dump of the
+    /// main table per pod would serialize a burst of attaches on the dump lock).
     async fn mtu(&self) -> Result<u32> {
         if let Some(mtu) = self.config.mtu {
             return Ok(mtu);
         }
+        self.mtu
+            .get_or_try_init(|| self.default_route_mtu())
+            .await
+            .copied()
+    }
+
+    async fn default_route_mtu(&self) -> Result<u32> {
         let _dump = self.dumps.lock().await;
         let default_route = routes::main_routes(&self.handle)
             .await?
