@@ -8,6 +8,8 @@
 //! - the kubelet's RSS idle and with 50 pods; the shim's RSS per container, beside conmon's
 //!   (a podman container with conmon, run in the same benchmark).
 //!
+//! `SKIFF_BENCH_RUNTIMES=runc,crun` (comma-separated names) measures only those runtimes.
+//!
 //! crun refuses this host's hybrid cgroup layout (hugetlb on the cgroup2 mount), so the whole
 //! benchmark runs in a private mount namespace with /sys/fs/cgroup/unified unmounted (as the
 //! runtime's lifecycle benchmark does): every runtime sees the same plain v1 layout.
@@ -47,14 +49,27 @@ fn main() {
         nix::unistd::geteuid().is_root(),
         "the pod startup benchmark runs a node: run it as root"
     );
-    let mut runtimes: Vec<(&str, PathBuf)> = vec![(
-        "skiff-runc",
-        common::binary(
+    // SKIFF_BENCH_RUNTIMES=runc,crun measures only those.
+    let wanted = std::env::var("SKIFF_BENCH_RUNTIMES").ok();
+    let wanted = |name: &str| {
+        wanted
+            .as_deref()
+            .is_none_or(|w| w.split(',').any(|n| n == name))
+    };
+    let mut runtimes: Vec<(&str, PathBuf)> = Vec::new();
+    if wanted("skiff-runc") {
+        runtimes.push((
             "skiff-runc",
-            "cargo build --release -p skiff-runtime --bin skiff-runc",
-        ),
-    )];
+            common::binary(
+                "skiff-runc",
+                "cargo build --release -p skiff-runtime --bin skiff-runc",
+            ),
+        ));
+    }
     for (name, path) in [("runc", "/usr/sbin/runc"), ("crun", "/usr/bin/crun")] {
+        if !wanted(name) {
+            continue;
+        }
         if Path::new(path).exists() {
             runtimes.push((name, PathBuf::from(path)));
         } else {

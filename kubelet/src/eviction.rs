@@ -7,23 +7,26 @@
 //! last met) and one pod is evicted per period: pods using more than they request first (a
 //! BestEffort pod requests nothing), then the lower priority, then the larger use of the starved
 //! resource. The next pod is picked only once the last one's resources are reclaimed (or 30 s
-//! passed), so that the pressure relieved by one eviction does not cost a second pod.
+//! passed), so that the pressure relieved by one eviction does not cost a second pod. Under disk
+//! pressure the images no pod or container on the node uses are collected first (least recently
+//! used first), and no pod is evicted in a period whose collection freed enough.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use skiff_k8s::qos::{QosClass, qos_class};
 use tokio::sync::{oneshot, watch};
 
 use crate::cgroups::CgroupMounts;
 use crate::containers::{self, ContainerRecord};
+use crate::image::ImageStore;
 use crate::pod_worker::{KubeletConfig, pod_log_dir};
 
 /// The thresholds the real kubelet applies when none are given (less the inode and image
@@ -33,6 +36,19 @@ pub const DEFAULT_EVICTION_HARD: &str = "memory.available<100Mi,nodefs.available
 const CLEANUP_WAIT: Duration = Duration::from_secs(30);
 /// The pod status reason of an evicted pod (and its event's).
 pub const EVICTED_REASON: &str = "Evicted";
+
+/// The condition an evicted pod carries, as the kubelet sets it (`DisruptionTarget`, reason
+/// `TerminationByKubelet`, the eviction's message), for controllers that tell a disruption from
+/// a failure (a Job's podFailurePolicy).
+pub fn disruption_condition(message: &str) -> PodCondition {
+    PodCondition {
+        type_: "DisruptionTarget".to_string(),
+        status: "True".to_string(),
+        reason: Some("TerminationByKubelet".to_string()),
+        message: Some(message.to_string()),
+        ..PodCondition::default()
+    }
+}
 
 /// An eviction signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -286,8 +302,11 @@ impl EvictionManager {
         &mut self,
         config: Arc<KubeletConfig>,
         cgroups: CgroupMounts,
+        images: ImageStore,
         pods: Vec<Arc<Pod>>,
     ) -> Option<(String, EvictionOrder)> {
+        let run_dir = config.run_dir.clone();
+        let pods_in_use = pods.clone();
         let thresholds = self.config.thresholds.clone();
         let (observed, met, usage) = tokio::task::spawn_blocking(move || {
             let o = Observation::read(&config.root_dir, &cgroups, &config.cgroup_root);
@@ -335,6 +354,27 @@ impl EvictionManager {
             }
             self.pending = None;
         }
+        // The node's own reclaimable space first, as the kubelet does: the images no pod and no
+        // container on the node uses; a pod is evicted only if that cannot free enough.
+        if signal == Signal::NodefsAvailable {
+            let needed = limit.saturating_sub(available);
+            let report = tokio::task::spawn_blocking(move || {
+                let in_use = images_in_use(&images, &run_dir, &pods_in_use);
+                images.collect_garbage(&in_use, needed)
+            })
+            .await
+            .ok()?;
+            match report {
+                Ok(r) if !r.removed.is_empty() || r.freed_bytes > 0 => {
+                    tracing::info!(removed = ?r.removed, freed = r.freed_bytes, "unused images collected under disk pressure");
+                    if r.freed_bytes >= needed {
+                        return None;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("collecting unused images: {e}"),
+            }
+        }
         let victim = rank(usage).into_iter().next()?;
         let message = eviction_message(signal, limit, available, &victim);
         tracing::info!(pod = %victim.uid, "evicting: {message}");
@@ -342,6 +382,29 @@ impl EvictionManager {
         self.pending = Some((rx, now + CLEANUP_WAIT));
         Some((victim.uid, EvictionOrder { message, reclaimed }))
     }
+}
+
+/// The ids of the images the pods' containers name and those of the containers on disk.
+fn images_in_use(images: &ImageStore, run_dir: &Path, pods: &[Arc<Pod>]) -> HashSet<String> {
+    let from_pods = pods.iter().flat_map(|p| p.spec.iter()).flat_map(|s| {
+        s.init_containers
+            .iter()
+            .flatten()
+            .chain(&s.containers)
+            .filter_map(|c| c.image.clone())
+            .chain(
+                s.ephemeral_containers
+                    .iter()
+                    .flatten()
+                    .filter_map(|c| c.image.clone()),
+            )
+    });
+    let (records, _) = containers::list(run_dir);
+    from_pods
+        .chain(records.into_iter().map(|r| r.meta.image))
+        .filter_map(|reference| images.lookup(&reference).ok())
+        .map(|image| image.id)
+        .collect()
 }
 
 /// One pod's use of the starved resource.

@@ -8,7 +8,8 @@
 //! - `pod_manager`, `pod_worker`: the pod watch and one worker per pod (sandbox, init and app
 //!   containers, restarts with back-off, graceful termination, cleanup, adoption after a restart);
 //!   `admission`: whether a pod fits the node at all (resources, node affinity, taints);
-//!   `static_pods`: pods from manifest files and their mirror pods in the API; `eviction`: the
+//!   `listers`: the Node and Services kept current by watches for them; `static_pods`: pods
+//!   from manifest files and their mirror pods in the API; `eviction`: the
 //!   memory.available/nodefs.available signals, the pressure conditions and node-pressure
 //!   eviction.
 //! - `probes`, `lifecycle`: liveness/readiness/startup probes with their thresholds; postStart and
@@ -26,6 +27,8 @@
 //!   disk, routes to other nodes, masquerade) through netlink; `node_network` runs it for the node
 //!   (bridge once the podCIDR is known, routes following the Node list) and `sandbox` is the pod
 //!   worker's view of it (namespaces, address, hostPorts, the pod's files).
+//! - `blocking`: synchronous file work (fsyncs) done from async code without stalling the
+//!   runtime's other tasks.
 //! - `client_certificate`, `serving_certificate`, `certificate_store`, `certificate_rotation`:
 //!   the TLS bootstrap (a bootstrap token traded for a node client certificate through a CSR),
 //!   the node API's serving certificate signed by the cluster, the certificates in `--cert-dir`
@@ -34,6 +37,7 @@
 
 pub mod admission;
 pub mod agent;
+pub mod blocking;
 pub mod certificate_rotation;
 pub mod certificate_store;
 pub mod cgroups;
@@ -46,6 +50,7 @@ pub mod eviction;
 pub mod host;
 pub mod image;
 pub mod lifecycle;
+pub mod listers;
 pub mod network;
 pub mod node;
 pub mod node_network;

@@ -28,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .init();
     match cli.command {
         Some(Command::Image(command)) => image::cli::run(&cli.agent.root_dir, command).await,

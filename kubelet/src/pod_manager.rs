@@ -99,13 +99,13 @@ impl Workers {
 
     /// Admission against the node's pressure, its current record and the pods admitted so far
     /// that are still active.
+    #[tracing::instrument(level = "debug", skip_all, fields(pod = pod.metadata.name))]
     async fn admit(&self, pod: &Pod) -> Option<Rejection> {
         let pressure = *self.pressure.borrow();
         if let Some(r) = admission::under_pressure(pod, pressure.memory, pressure.disk) {
             return Some(r);
         }
-        let api: Api<Node> = Api::all(self.k.client.clone());
-        let node = match api.get(&self.k.config.node_name).await {
+        let node = match self.k.listers.node().await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!("reading the node for admission: {e}");
@@ -183,7 +183,12 @@ impl Workers {
             .collect();
         let picked = self
             .eviction
-            .check(self.k.config.clone(), self.k.cgroups.clone(), candidates)
+            .check(
+                self.k.config.clone(),
+                self.k.cgroups.clone(),
+                self.k.images.clone(),
+                candidates,
+            )
             .await;
         if let Some((uid, order)) = picked
             && let Some(tx) = self.running.get(&uid)

@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, EphemeralContainer, Pod, PodSpec, PodStatus, Secret, Service,
+    ConfigMap, Container, EphemeralContainer, Pod, PodSpec, PodStatus, Secret,
 };
-use kube::api::{DeleteParams, ListParams, Preconditions};
+use kube::api::{DeleteParams, Preconditions};
 use kube::{Api, Client};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, watch};
+use tracing::Instrument;
 
 use crate::admission::Rejection;
 use crate::cgroups::{self, CgroupMounts};
@@ -85,6 +86,7 @@ pub struct Kubelet {
     pub node_shutdown_grace: std::sync::OnceLock<Duration>,
     /// Pods the eviction manager picked, for their workers.
     pub evictions: EvictionOrders,
+    pub listers: crate::listers::Listers,
 }
 
 impl Kubelet {
@@ -111,6 +113,7 @@ impl Kubelet {
             cgroups: CgroupMounts::read(),
             node_shutdown_grace: std::sync::OnceLock::new(),
             evictions: EvictionOrders::default(),
+            listers: crate::listers::Listers::start(client.clone(), &config.node_name),
             client,
             config,
             runtime,
@@ -243,6 +246,7 @@ impl PodWorker {
     }
 
     /// One pass toward the spec; returns when to look again at the latest.
+    #[tracing::instrument(level = "debug", skip_all, fields(pod = pod.metadata.name))]
     async fn sync(&mut self, pod: &Pod) -> Duration {
         self.refresh();
         if let Some(r) = self.rejection.clone() {
@@ -273,6 +277,7 @@ impl PodWorker {
             match self.k.sandboxes.ensure(pod).await {
                 Ok(s) => self.sandbox = Some(s),
                 Err(e) => {
+                    tracing::warn!(pod = %self.uid, "pod sandbox: {e}");
                     self.k
                         .events
                         .record(
@@ -416,6 +421,7 @@ impl PodWorker {
 
     /// Sets up (or refreshes) the pod's volumes; while they cannot be, its containers wait with
     /// the reason and a FailedMount event. Returns when to look again.
+    #[tracing::instrument(level = "debug", skip_all, fields(pod = pod.metadata.name))]
     async fn sync_volumes(
         &mut self,
         pod: &Pod,
@@ -719,6 +725,7 @@ impl PodWorker {
 
     /// The container's image, pulled as its policy says, with the kubelet's events; on failure
     /// the waiting reason (ErrImagePull, ErrImageNeverPull, InvalidImageName) and message.
+    #[tracing::instrument(level = "debug", skip_all, fields(pod = pod.metadata.name))]
     async fn ensure_image(
         &self,
         pod: &Pod,
@@ -807,6 +814,7 @@ impl PodWorker {
     }
 
     /// The environment's ConfigMaps, Secrets and Services, fetched from the API.
+    #[tracing::instrument(level = "debug", skip_all, fields(pod = pod.metadata.name))]
     async fn env_sources(&self, pod: &Pod, c: &Container) -> Result<EnvSources, String> {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let (cms, secrets) = container_env::referenced(c);
@@ -846,24 +854,32 @@ impl PodWorker {
             .and_then(|s| s.enable_service_links)
             .unwrap_or(true);
         if links {
-            let svc_api: Api<Service> = Api::namespaced(self.k.client.clone(), &ns);
-            let list = svc_api
-                .list(&ListParams::default())
+            sources.services = self
+                .k
+                .listers
+                .services(&ns)
                 .await
                 .map_err(|e| format!("listing services: {e}"))?;
-            sources.services = list.items;
         }
         if ns != "default" || !links {
-            let default: Api<Service> = Api::namespaced(self.k.client.clone(), "default");
-            if let Ok(Some(k)) = default.get_opt("kubernetes").await {
-                sources.services.push(k);
-            }
+            let default = self
+                .k
+                .listers
+                .services("default")
+                .await
+                .map_err(|e| format!("listing services: {e}"))?;
+            sources.services.extend(
+                default
+                    .into_iter()
+                    .filter(|s| s.metadata.name.as_deref() == Some("kubernetes")),
+            );
         }
         Ok(sources)
     }
 
     /// Creates and starts one attempt of a container; on failure, the waiting reason and the
     /// message for the status.
+    #[tracing::instrument(level = "debug", skip_all, fields(pod = pod.metadata.name, container = c.name))]
     async fn start(
         &mut self,
         pod: &Pod,
@@ -919,7 +935,9 @@ impl PodWorker {
             started: None,
             exit: None,
         };
-        let made = async {
+        // Directories, the overlay mount and fsynced files, off the runtime's worker threads.
+        let made = crate::blocking::run(|| {
+            let _files = tracing::debug_span!("container_files").entered();
             let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
             std::fs::create_dir_all(record.bundle()).map_err(|e| io("state directory", e))?;
             image::mount_rootfs(&image, &meta.layer_dir).map_err(|e| e.to_string())?;
@@ -946,8 +964,7 @@ impl PodWorker {
             std::fs::create_dir_all(&log_dir).map_err(|e| io("log directory", e))?;
             shim::write_json(&dir, containers::META, &meta).map_err(|e| io("meta.json", e))?;
             Ok::<PathBuf, String>(log_dir.join(format!("{attempt}.log")))
-        }
-        .await;
+        });
         let log_path = match made {
             Ok(p) => p,
             Err(message) => {
@@ -981,6 +998,7 @@ impl PodWorker {
             .args(args.to_args())
             .stdin(std::process::Stdio::null())
             .output()
+            .instrument(tracing::debug_span!("shim"))
             .await;
         let failure = match out {
             Ok(o) if o.status.success() => None,
@@ -1077,6 +1095,7 @@ impl PodWorker {
     }
 
     /// The status from the containers' records, written if it changed.
+    #[tracing::instrument(level = "debug", skip_all, fields(pod = pod.metadata.name))]
     async fn report(
         &mut self,
         pod: &Pod,
@@ -1130,8 +1149,14 @@ impl PodWorker {
             pod_error,
         });
         let mut status = status;
-        if self.failed.is_some() {
+        if let Some((reason, message)) = &self.failed {
             status.phase = Some("Failed".to_string());
+            if reason == crate::eviction::EVICTED_REASON {
+                status
+                    .conditions
+                    .get_or_insert_default()
+                    .push(crate::eviction::disruption_condition(message));
+            }
         }
         self.k.status.set(pod, status).await;
     }

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
+use tracing::Instrument;
 
 use crate::network::pod_files::{DnsSettings, NodeFilesSettings, PodFiles, ResolvConf};
 use crate::network::{self, HostPortMapping, NetworkError, SandboxOptions};
@@ -95,6 +96,7 @@ impl Sandboxes {
     }
 
     /// Makes (or finds again) the pod's sandbox.
+    #[tracing::instrument(level = "debug", skip_all, fields(pod = pod.metadata.name))]
     pub async fn ensure(&self, pod: &Pod) -> Result<Sandbox, SandboxError> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let options = SandboxOptions::for_pod(pod, &self.cluster_domain)?;
@@ -116,6 +118,7 @@ impl Sandboxes {
                 Some(s) => Ok(s),
                 None => network::Sandbox::create(&run_dir, &id, &options),
             })
+            .instrument(tracing::debug_span!("namespaces"))
             .await
             .map_err(|e| SandboxError::Join(e.to_string()))??;
         let pod_ip: IpAddr = match (&net, pinned.net_path()) {
@@ -130,7 +133,7 @@ impl Sandboxes {
         let dir = pod_dir(&self.root_dir, &uid);
         let pod_ips = if host_network { vec![] } else { vec![pod_ip] };
         let files = PodFiles::for_pod(pod, &pod_ips, &self.files)?;
-        files.write_to(&dir)?;
+        crate::blocking::run(|| files.write_to(&dir))?;
         let mut namespaces: Vec<(String, Option<PathBuf>)> = pinned
             .namespaces()
             .into_iter()

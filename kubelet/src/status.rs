@@ -379,6 +379,7 @@ impl StatusManager {
     /// own are kept. The write is conditional on the resourceVersion `pod` was read at, so that
     /// nothing written meanwhile is lost: on a conflict it is redone against the fresh object.
     /// A static pod's status is written to its mirror pod.
+    #[tracing::instrument(level = "debug", skip_all, fields(pod = pod.metadata.name))]
     pub async fn set(&self, pod: &Pod, status: PodStatus) {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -431,11 +432,13 @@ impl StatusManager {
             c.last_probe_time = None;
         }
         if let Some(conditions) = status.conditions.as_mut() {
+            let set: Vec<String> = conditions.iter().map(|c| c.type_.clone()).collect();
             conditions.extend(
                 old.conditions
                     .iter()
                     .flatten()
                     .filter(|c| !KUBELET_CONDITIONS.contains(&c.type_.as_str()))
+                    .filter(|c| !set.contains(&c.type_))
                     .cloned(),
             );
         }

@@ -85,6 +85,15 @@ fn expect_greedy_evicted(node: &Node, condition: &str, resource: &str) {
             && message.ends_with(&format!("has larger consumption of {resource}. ")),
         "{message}"
     );
+    let disruption = status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "DisruptionTarget")
+        .unwrap_or_else(|| panic!("no DisruptionTarget condition: {status}"));
+    assert_eq!(disruption["status"], "True", "{disruption}");
+    assert_eq!(disruption["reason"], "TerminationByKubelet", "{disruption}");
+    assert_eq!(disruption["message"], status["message"], "{disruption}");
     let greedy = &status["containerStatuses"][0]["state"]["terminated"];
     assert!(greedy.is_object(), "{status}");
     node.wait_for("the Evicted event", WAIT, |n| {
@@ -143,6 +152,22 @@ fn disk_pressure_evicts_the_best_effort_pod_filling_the_disk() {
                 .status()
                 .expect("mount");
             assert!(ok.success(), "mounting a tmpfs on {}", root.display());
+            // An image no pod uses: collected before any pod is evicted.
+            let archive = root.join("unused.tar");
+            skiff_kubelet::image::busybox::BusyboxImage {
+                extra_files: vec![skiff_kubelet::image::busybox::ExtraFile {
+                    path: "/unused".to_string(),
+                    contents: b"unused".to_vec(),
+                    mode: 0o644,
+                }],
+                ..skiff_kubelet::image::busybox::BusyboxImage::new("unused:1")
+            }
+            .write(&archive)
+            .expect("building the unused image");
+            skiff_kubelet::image::ImageStore::open(root)
+                .and_then(|store| store.import(&archive))
+                .expect("importing the unused image");
+            std::fs::remove_file(&archive).expect("removing the archive");
         },
     );
     start_bystanders(&node);
@@ -155,6 +180,15 @@ fn disk_pressure_evicts_the_best_effort_pod_filling_the_disk() {
         "",
     ));
     expect_greedy_evicted(&node, "DiskPressure", "ephemeral-storage");
+    let store = skiff_kubelet::image::ImageStore::open(&node.root_dir()).expect("image store");
+    assert!(
+        store.lookup("unused:1").is_err(),
+        "the unused image was not collected under disk pressure"
+    );
+    assert!(
+        store.lookup("busybox").is_ok(),
+        "the image in use was collected"
+    );
     // Under DiskPressure the node admits no new pod, not even a Guaranteed one.
     let late = pod("late", "sleep 3600", GUARANTEED, "");
     expect_rejected_under_pressure(&node, &late, "DiskPressure");

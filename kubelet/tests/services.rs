@@ -124,7 +124,8 @@ spec:
         &format!(
             // The Service's endpoint follows the web pod's readiness: retry until it is in place.
             // (nc, not wget: the static busybox's wget needs NSS, which the image lacks.)
-            "cat /etc/resolv.conf; nslookup web.default.svc.cluster.local || exit 1; \
+            "env | grep _SERVICE_; cat /etc/resolv.conf; \
+             nslookup web.default.svc.cluster.local || exit 1; \
              echo short:; nslookup web; echo end:; \
              nslookup -type=srv _http._tcp.web.default.svc.cluster.local || exit 1; \
              nslookup {cip} || exit 1; \
@@ -152,6 +153,10 @@ spec:
             40
         )
     );
+    // The service link variables, from the kubelet's watch of the Services.
+    assert!(out.contains(&format!("WEB_SERVICE_HOST={cip}")), "{out}");
+    assert!(out.contains("WEB_SERVICE_PORT_HTTP=80"), "{out}");
+    assert!(out.contains("KUBERNETES_SERVICE_HOST=10.96.0.1"), "{out}");
     assert!(out.contains("nameserver 10.96.0.10"), "{out}");
     assert!(out.contains(&format!("Address: {cip}")), "{out}");
     // The short name, through the pod's search path (busybox's nslookup tries every search

@@ -183,34 +183,54 @@ impl ImageStore {
         policy: PullPolicy,
         options: &PullOptions,
     ) -> Result<Image, ImageError> {
+        let name = super::normalize_reference(reference)?;
+        // An image already present is used without the pull lock, so that many containers of
+        // one image start at once; only a pull, or the wait for one, takes it.
+        if policy != PullPolicy::Always
+            && let Some(image) = self.present(reference, policy).await?
+        {
+            return Ok(image);
+        }
         let name_lock = {
-            let name = super::normalize_reference(reference)?;
             let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
             Arc::clone(pulls.entry(name).or_default())
         };
         let _one_pull_at_a_time = name_lock.lock().await;
-        if policy != PullPolicy::Always {
-            let store = self.clone();
-            let name = reference.to_string();
-            let found = tokio::task::spawn_blocking(move || {
-                let image = store.lookup(&name)?;
-                store.mark_used(&image.id)?;
-                Ok::<_, ImageError>(image)
-            })
-            .await
-            .expect("lookup does not panic");
-            match (found, policy) {
-                (Ok(image), _) => return Ok(image),
-                (Err(ImageError::NotFound(_)), PullPolicy::Never) => {
-                    return Err(ImageError::NeverPull {
-                        reference: reference.to_string(),
-                    });
-                }
-                (Err(ImageError::NotFound(_)), _) => {}
-                (Err(e), _) => return Err(e),
-            }
+        // Pulled meanwhile by the caller that held the lock.
+        if policy != PullPolicy::Always
+            && let Some(image) = self.present(reference, policy).await?
+        {
+            return Ok(image);
         }
         self.pull(reference, options).await
+    }
+
+    /// The image if the store holds it (marked used); `None` when it must be pulled, the
+    /// `NeverPull` error when it may not be.
+    async fn present(
+        &self,
+        reference: &str,
+        policy: PullPolicy,
+    ) -> Result<Option<Image>, ImageError> {
+        let store = self.clone();
+        let name = reference.to_string();
+        let found = tokio::task::spawn_blocking(move || {
+            let image = store.lookup(&name)?;
+            store.mark_used(&image.id)?;
+            Ok::<_, ImageError>(image)
+        })
+        .await
+        .expect("lookup does not panic");
+        match found {
+            Ok(image) => Ok(Some(image)),
+            Err(ImageError::NotFound(_)) if policy == PullPolicy::Never => {
+                Err(ImageError::NeverPull {
+                    reference: reference.to_string(),
+                })
+            }
+            Err(ImageError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Pulls `reference` from its registry into the store.

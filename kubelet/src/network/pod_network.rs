@@ -69,6 +69,12 @@ pub struct NodeNetwork {
     config: NetworkConfig,
     handle: Handle,
     ipam: Ipam,
+    /// Held around every dump (a listing of links, addresses or routes) on `handle`: the kernel
+    /// runs one dump per netlink socket at a time and answers a second one with EBUSY, and the
+    /// pod workers attach pods while the node's routes are synced.
+    dumps: tokio::sync::Mutex<()>,
+    /// The default-route interface's MTU, once read.
+    mtu: tokio::sync::OnceCell<u32>,
 }
 
 impl NodeNetwork {
@@ -90,6 +96,8 @@ impl NodeNetwork {
             handle: connect()?,
             config,
             ipam,
+            dumps: tokio::sync::Mutex::new(()),
+            mtu: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -194,9 +202,10 @@ impl NodeNetwork {
     /// holds, else a new one), the veth pair, `lo` and `eth0` up with the address and the
     /// default route via the bridge. Re-run after a crash it returns the same address and
     /// repairs a missing or wrong veth; on failure a newly claimed address is released.
+    #[tracing::instrument(level = "debug", skip(self, netns))]
     pub async fn attach(&self, uid: &str, netns: &Path) -> Result<Ipv4Addr> {
         validate_pod_uid(uid)?;
-        let (ip, new) = self.ipam.allocate(uid)?;
+        let (ip, new) = crate::blocking::run(|| self.ipam.allocate(uid))?;
         match self.plumb(uid, netns, ip).await {
             Ok(()) => {
                 tracing::info!(uid, %ip, "pod network attached");
@@ -205,7 +214,7 @@ impl NodeNetwork {
             Err(e) => {
                 if new {
                     let _ = self.remove_veth(uid).await;
-                    let _ = self.ipam.release(uid);
+                    let _ = crate::blocking::run(|| self.ipam.release(uid));
                 }
                 Err(e)
             }
@@ -231,7 +240,7 @@ impl NodeNetwork {
     pub async fn detach(&self, uid: &str) -> Result<()> {
         validate_pod_uid(uid)?;
         self.remove_veth(uid).await?;
-        let freed = self.ipam.release(uid)?;
+        let freed = crate::blocking::run(|| self.ipam.release(uid))?;
         tracing::info!(uid, ?freed, "pod network detached");
         Ok(())
     }
@@ -263,7 +272,11 @@ impl NodeNetwork {
         for uid in &live {
             kept_veths.insert(veth_name(uid));
         }
-        for link in all_links(&self.handle).await? {
+        let links = {
+            let _dump = self.dumps.lock().await;
+            all_links(&self.handle).await?
+        };
+        for link in links {
             let Some(name) = link_name(&link) else {
                 continue;
             };
@@ -281,6 +294,7 @@ impl NodeNetwork {
     /// Makes the routes to the other nodes' podCIDRs exactly `routes` (podCIDR, InternalIP);
     /// this node's own podCIDR is skipped. See [`routes::sync_routes`].
     pub async fn sync_routes(&self, wanted: &[(Ipv4Net, Ipv4Addr)]) -> Result<()> {
+        let _dump = self.dumps.lock().await;
         routes::sync_routes(&self.handle, self.config.pod_cidr, wanted).await
     }
 
@@ -290,7 +304,7 @@ impl NodeNetwork {
     /// afterwards.
     pub async fn remove(&self) -> Result<()> {
         self.reconcile(&[]).await?;
-        routes::sync_routes(&self.handle, self.config.pod_cidr, &[]).await?;
+        self.sync_routes(&[]).await?;
         let name = &self.config.bridge;
         if let Some(link) = link_by_name(&self.handle, name).await? {
             delete_link(&self.handle, link.header.index, name).await?;
@@ -316,11 +330,20 @@ impl NodeNetwork {
         iptables::set_host_ports(mappings).await
     }
 
-    /// The pods' MTU: configured, else the default-route interface's.
+    /// The pods' MTU: configured, else the default-route interface's, read once (a dump of the
+    /// main table per pod would serialize a burst of attaches on the dump lock).
     async fn mtu(&self) -> Result<u32> {
         if let Some(mtu) = self.config.mtu {
             return Ok(mtu);
         }
+        self.mtu
+            .get_or_try_init(|| self.default_route_mtu())
+            .await
+            .copied()
+    }
+
+    async fn default_route_mtu(&self) -> Result<u32> {
+        let _dump = self.dumps.lock().await;
         let default_route = routes::main_routes(&self.handle)
             .await?
             .into_iter()
@@ -341,6 +364,7 @@ impl NodeNetwork {
     }
 
     async fn ipv4_addresses(&self, index: u32) -> Result<Vec<AddressMessage>> {
+        let _dump = self.dumps.lock().await;
         let addresses: Vec<AddressMessage> = self
             .handle
             .address()

@@ -98,7 +98,7 @@ pub async fn prepare(
         sources.secrets.insert(name, s);
     }
     sources.tokens = tokens.tokens(client, pod, &volumes).await?;
-    set_up(pod, node, &sources, root_dir)
+    crate::blocking::run(|| set_up(pod, node, &sources, root_dir))
 }
 
 /// Sets up every volume of the pod from already fetched sources.

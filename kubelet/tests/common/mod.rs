@@ -341,6 +341,17 @@ impl Node {
             } else {
                 vec!["--kubeconfig".into(), self.kubeconfig().into()]
             };
+        // The default nodefs.available<10% would put the node under DiskPressure (and reject
+        // every pod) on a shared build machine whose disk is nearly full; tests of eviction give
+        // their own thresholds.
+        let eviction: &[&str] = if self.kubelet_args.iter().any(|a| a == "--eviction-hard") {
+            &[]
+        } else {
+            &[
+                "--eviction-hard",
+                "memory.available<100Mi,nodefs.available<1Gi",
+            ]
+        };
         let child = self
             .netns
             .command(env!("CARGO_BIN_EXE_skiff-kubelet"))
@@ -357,6 +368,7 @@ impl Node {
             .arg("--shim-path")
             .arg(env!("CARGO_BIN_EXE_skiff-shim"))
             .args(["--volume-sync-seconds", "2"])
+            .args(eviction)
             .args(&self.kubelet_args)
             .env("RUST_LOG", "info,skiff_kubelet=debug")
             .stdin(Stdio::null())
