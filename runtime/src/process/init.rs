@@ -17,7 +17,7 @@ use nix::sys::stat::Mode;
 use oci_spec::runtime::{LinuxNamespaceType, Process};
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// What the init writes to the exec fifo once `start` opens it: go ahead and exec, or there is
@@ -148,7 +148,7 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
     if let Some(start_hooks) = hooks.start_container().as_deref().filter(|h| !h.is_empty()) {
         crate::hooks::run("startContainer", start_hooks, state_json.as_bytes())?;
     }
-    ready.exec(cfg.preserve_fds, seccomp, &state_json)
+    ready.exec(cfg.preserve_fds, seccomp, &state_json, cfg.trampoline)
 }
 
 /// Blocks until `start` opens the exec fifo for reading, then tells it whether there is a
@@ -264,12 +264,14 @@ pub fn prepare(
 }
 
 impl Ready {
-    /// Closes what the program must not inherit, loads a late seccomp filter, and execs.
+    /// Closes what the program must not inherit, loads a late seccomp filter, and execs,
+    /// through the trampoline when one is given.
     pub fn exec(
         self,
         preserve_fds: u32,
         seccomp: Option<&Filter>,
         state_json: &str,
+        trampoline: Option<BorrowedFd>,
     ) -> Result<Infallible> {
         // Nothing of ours past the preserved fds reaches the program.
         close_on_exec_from(3 + preserve_fds)?;
@@ -278,7 +280,7 @@ impl Ready {
         {
             filter.load(state_json)?;
         }
-        exec(&self.program, &self.args, &self.env)
+        exec(&self.program, &self.args, &self.env, trampoline)
     }
 }
 
@@ -396,14 +398,27 @@ fn switch_user(user: &oci_spec::runtime::User) -> Result<()> {
     Ok(())
 }
 
-fn exec(program: &Path, args: &[String], env: &[String]) -> Result<Infallible> {
+fn exec(
+    program: &Path,
+    args: &[String],
+    env: &[String],
+    trampoline: Option<BorrowedFd>,
+) -> Result<Infallible> {
     let cstr = |s: &str| {
         CString::new(s).map_err(|_| Error::Config(format!("process: {s:?} contains a NUL byte")))
     };
     let path = cstr(&program.to_string_lossy())?;
     let argv = args.iter().map(|a| cstr(a)).collect::<Result<Vec<_>>>()?;
     let envp = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>>>()?;
-    let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
+    let err = match trampoline {
+        // The trampoline runs execve(its argv[0], the rest of its argv, envp).
+        Some(fd) => {
+            let argv: Vec<CString> = std::iter::once(path).chain(argv).collect();
+            nix::unistd::execveat(fd, c"", &argv, &envp, nix::fcntl::AtFlags::AT_EMPTY_PATH)
+                .unwrap_err()
+        }
+        None => nix::unistd::execve(&path, &argv, &envp).unwrap_err(),
+    };
     Err(Error::Other(format!("exec {}: {err}", program.display())))
 }
 
@@ -444,5 +459,5 @@ pub fn run_exec(
     )?;
     nix::sys::prctl::set_pdeathsig(None).ctx(|| "prctl PDEATHSIG".into())?;
     chan.send(&Msg::Ready)?;
-    ready.exec(cfg.preserve_fds, cfg.seccomp, &cfg.state_json)
+    ready.exec(cfg.preserve_fds, cfg.seccomp, &cfg.state_json, None)
 }
