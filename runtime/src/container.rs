@@ -15,7 +15,7 @@ use crate::state::{self, Record, StateDir, Status};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxDeviceCgroup;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -94,7 +94,7 @@ impl Runtime {
         opts: CreateOptions,
         console_fd: Option<OwnedFd>,
         start: Start,
-        trampoline: Option<&OwnedFd>,
+        trampoline: Option<&sealed_exe::Trampoline>,
     ) -> Result<Record> {
         // Everything that can be checked is checked before anything is made.
         let spec = &bundle.spec;
@@ -216,7 +216,7 @@ impl Runtime {
                 preserve_fds: opts.preserve_fds,
                 no_pivot: opts.no_pivot,
                 seccomp: seccomp.as_ref(),
-                trampoline: trampoline.map(|fd| fd.as_fd()),
+                trampoline,
             },
             &mut |pid| {
                 let mut r = record.clone();
@@ -333,7 +333,7 @@ impl Runtime {
         // CVE-2019-5736 (sealed_exe.rs): the trampoline where it suffices, else the re-exec
         // from a read-only view of our binary (this process starts over, and comes back here).
         let trampoline = sealed_exe::trampoline_suits(&bundle.spec)
-            .then(sealed_exe::trampoline)
+            .then(|| sealed_exe::trampoline(opts.preserve_fds))
             .and_then(|t| {
                 t.inspect_err(|e| tracing::debug!("no trampoline: {e}"))
                     .ok()

@@ -20,7 +20,7 @@
 //! re-running the whole runtime.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOUNT_ATTR_RDONLY: u64 = 1;
@@ -186,23 +186,49 @@ pub fn trampoline_suits(spec: &oci_spec::runtime::Spec) -> bool {
 
 /// The trampoline in a sealed memfd (close-on-exec: execveat of it still works, and the
 /// program does not inherit it).
-pub fn trampoline() -> Result<OwnedFd, String> {
+pub struct Trampoline {
+    pub exe: OwnedFd,
+    /// The fd the init moves its channel to before the trampoline: left open by that exec,
+    /// marked close-on-exec by the trampoline, so that the channel ends exactly when the
+    /// program replaces it (the parent's sign that the program runs, and no earlier: a signal
+    /// sent before the program set its handlers would be lost, pid-namespace init as it is).
+    pub channel_fd: RawFd,
+}
+
+/// A trampoline for a program given `preserve_fds` (its channel fd goes right after them).
+pub fn trampoline(preserve_fds: u32) -> Result<Trampoline, String> {
     if !cfg!(target_arch = "x86_64") {
         return Err("no trampoline for this architecture".into());
     }
-    sealed_memfd(c"skiff-runc-exec", |f| {
-        std::io::Write::write_all(f, &trampoline_elf())
-    })
+    let first_free = RawFd::try_from(preserve_fds)
+        .ok()
+        .and_then(|n| n.checked_add(3))
+        .ok_or("--preserve-fds too large for the trampoline")?;
+    let mut channel_fd = first_free;
+    let exe = sealed_memfd(c"skiff-runc-exec", |f| {
+        if f.as_raw_fd() == channel_fd {
+            channel_fd += 1;
+        }
+        std::io::Write::write_all(f, &trampoline_elf(channel_fd))
+    })?;
+    Ok(Trampoline { exe, channel_fd })
 }
 
-/// A static x86-64 ELF executable that runs `execve(argv[0], &argv[1], envp)`; if that fails
-/// it writes "skiff-runc: exec failed" to stderr and exits 127. One PT_LOAD segment (the
-/// whole file, read and execute) and a PT_GNU_STACK one (a stack that is not executable).
-fn trampoline_elf() -> Vec<u8> {
+/// A static x86-64 ELF executable that marks `channel_fd` close-on-exec and runs
+/// `execve(argv[0], &argv[1], envp)`; if that fails it writes "skiff-runc: exec failed" to
+/// stderr and exits 127. One PT_LOAD segment (the whole file, read and execute) and a
+/// PT_GNU_STACK one (a stack that is not executable).
+fn trampoline_elf(channel_fd: RawFd) -> Vec<u8> {
     const BASE: u64 = 0x40_0000;
     const HEADERS: u64 = 64 + 2 * 56;
+    let fd = channel_fd.to_le_bytes();
     #[rustfmt::skip]
-    const CODE: [u8; 62] = [
+    let code: [u8; 84] = [
+        0xbf, fd[0], fd[1], fd[2], fd[3],   // mov edi, channel_fd
+        0xbe, 2, 0, 0, 0,                   // mov esi, F_SETFD
+        0xba, 1, 0, 0, 0,                   // mov edx, FD_CLOEXEC
+        0xb8, 72, 0, 0, 0,                  // mov eax, SYS_fcntl
+        0x0f, 0x05,                         // syscall
         0x48, 0x8b, 0x04, 0x24,             // mov rax, [rsp]           argc
         0x48, 0x8d, 0x54, 0xc4, 0x10,       // lea rdx, [rsp+rax*8+16]  envp
         0x48, 0x8d, 0x74, 0x24, 0x10,       // lea rsi, [rsp+16]        &argv[1]
@@ -219,7 +245,7 @@ fn trampoline_elf() -> Vec<u8> {
         0x0f, 0x05,                         // syscall
     ];
     const MESSAGE: &[u8] = b"skiff-runc: exec failed\n";
-    let size = HEADERS + (CODE.len() + MESSAGE.len()) as u64;
+    let size = HEADERS + (code.len() + MESSAGE.len()) as u64;
     let mut elf = Vec::with_capacity(size as usize);
     // ELF header: 64-bit, little endian, version 1, ET_EXEC for x86-64.
     elf.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
@@ -246,7 +272,7 @@ fn trampoline_elf() -> Vec<u8> {
             elf.extend_from_slice(&word.to_le_bytes());
         }
     }
-    elf.extend_from_slice(&CODE);
+    elf.extend_from_slice(&code);
     elf.extend_from_slice(MESSAGE);
     elf
 }

@@ -8,6 +8,7 @@ use super::channel::{Channel, Msg};
 use crate::error::{Context, Error, Result};
 use crate::rootfs::{self, RootfsContext};
 use crate::safe_path::Kind;
+use crate::sealed_exe::Trampoline;
 use crate::seccomp::Filter;
 use crate::{capabilities, console, rlimits};
 use nix::fcntl::{OFlag, open, openat};
@@ -148,7 +149,12 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
     if let Some(start_hooks) = hooks.start_container().as_deref().filter(|h| !h.is_empty()) {
         crate::hooks::run("startContainer", start_hooks, state_json.as_bytes())?;
     }
-    ready.exec(cfg.preserve_fds, seccomp, &state_json, cfg.trampoline)
+    ready.exec(
+        cfg.preserve_fds,
+        seccomp,
+        &state_json,
+        cfg.trampoline.map(|t| (t, chan)),
+    )
 }
 
 /// Blocks until `start` opens the exec fifo for reading, then tells it whether there is a
@@ -271,7 +277,7 @@ impl Ready {
         preserve_fds: u32,
         seccomp: Option<&Filter>,
         state_json: &str,
-        trampoline: Option<BorrowedFd>,
+        trampoline: Option<(&Trampoline, &Channel)>,
     ) -> Result<Infallible> {
         // Nothing of ours past the preserved fds reaches the program.
         close_on_exec_from(3 + preserve_fds)?;
@@ -280,7 +286,24 @@ impl Ready {
         {
             filter.load(state_json)?;
         }
-        exec(&self.program, &self.args, &self.env, trampoline)
+        if let Some((t, chan)) = trampoline {
+            // The channel stays open through the trampoline's exec (see Trampoline).
+            let r = if chan.raw() == t.channel_fd {
+                // SAFETY: fcntl on our own open fd.
+                unsafe { libc::fcntl(t.channel_fd, libc::F_SETFD, 0) }
+            } else {
+                // SAFETY: dup3 onto a number that is ours to reuse: every fd from 3 +
+                // preserve_fds on is closed by the exec, and the trampoline's is not this one.
+                unsafe { libc::dup3(chan.raw(), t.channel_fd, 0) }
+            };
+            nix::errno::Errno::result(r).ctx(|| "hand the channel to the trampoline".into())?;
+        }
+        exec(
+            &self.program,
+            &self.args,
+            &self.env,
+            trampoline.map(|(t, _)| t.exe.as_fd()),
+        )
     }
 }
 

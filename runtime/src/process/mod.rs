@@ -33,7 +33,7 @@ pub struct InitConfig<'a> {
     pub no_pivot: bool,
     pub seccomp: Option<&'a crate::seccomp::Filter>,
     /// The program is exec'd through this trampoline (sealed_exe.rs) when set.
-    pub trampoline: Option<std::os::fd::BorrowedFd<'a>>,
+    pub trampoline: Option<&'a crate::sealed_exe::Trampoline>,
 }
 
 #[repr(C)]
