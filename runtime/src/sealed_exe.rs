@@ -276,3 +276,49 @@ fn trampoline_elf(channel_fd: RawFd) -> Vec<u8> {
     elf.extend_from_slice(MESSAGE);
     elf
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(edit: impl FnOnce(&mut serde_json::Value)) -> oci_spec::runtime::Spec {
+        let mut v = serde_json::to_value(oci_spec::runtime::Spec::default()).unwrap();
+        v["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "mount"}]);
+        edit(&mut v);
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn the_trampoline_only_where_no_container_process_can_see_the_init() {
+        let x86 = cfg!(target_arch = "x86_64");
+        assert_eq!(trampoline_suits(&spec(|_| {})), x86);
+        let joined = spec(|v| v["linux"]["namespaces"][0]["path"] = json!("/proc/1/ns/pid"));
+        assert!(!trampoline_suits(&joined));
+        let host_pid = spec(|v| v["linux"]["namespaces"] = json!([{"type": "mount"}]));
+        assert!(!trampoline_suits(&host_pid));
+        let seccomp = spec(|v| v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW"}));
+        assert!(!trampoline_suits(&seccomp));
+        for hook in ["createContainer", "startContainer"] {
+            let hooked = spec(|v| v["hooks"] = json!({hook: [{"path": "/bin/true"}]}));
+            assert!(!trampoline_suits(&hooked), "{hook}");
+        }
+        let host_hooks = spec(|v| v["hooks"] = json!({"prestart": [{"path": "/bin/true"}]}));
+        assert_eq!(trampoline_suits(&host_hooks), x86);
+    }
+
+    #[test]
+    fn the_trampoline_is_sealed_and_names_its_channel_fd_after_the_preserved_ones() {
+        if !cfg!(target_arch = "x86_64") {
+            return;
+        }
+        let t = trampoline(4).unwrap();
+        assert!(t.channel_fd >= 7 && t.channel_fd != t.exe.as_raw_fd());
+        // SAFETY: F_GET_SEALS on an fd we own.
+        let seals = unsafe { libc::fcntl(t.exe.as_raw_fd(), libc::F_GET_SEALS) };
+        assert_eq!(seals & SEALS, SEALS);
+        let elf = trampoline_elf(t.channel_fd);
+        assert_eq!(&elf[..4], b"\x7fELF");
+        assert_eq!(&elf[177..181], &t.channel_fd.to_le_bytes());
+    }
+}
