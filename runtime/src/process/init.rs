@@ -296,7 +296,11 @@ impl Ready {
                 // preserve_fds on is closed by the exec, and the trampoline's is not this one.
                 unsafe { libc::dup3(chan.raw(), t.channel_fd, 0) }
             };
-            nix::errno::Errno::result(r).ctx(|| "hand the channel to the trampoline".into())?;
+            // Past a low RLIMIT_NOFILE the fd cannot be had: the parent then hears of the
+            // start one exec early, as without the trampoline's hand-over.
+            if let Err(e) = nix::errno::Errno::result(r) {
+                tracing::debug!("channel fd {} for the trampoline: {e}", t.channel_fd);
+            }
         }
         exec(
             &self.program,
