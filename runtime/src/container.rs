@@ -10,6 +10,7 @@ use crate::fsutil;
 use crate::hooks;
 use crate::namespaces::Namespaces;
 use crate::process::{self, InitConfig};
+use crate::sealed_exe;
 use crate::state::{self, Record, StateDir, Status};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -80,7 +81,7 @@ impl Runtime {
     pub fn create(&self, id: &str, opts: CreateOptions) -> Result<Pid> {
         state::validate_id(id)?;
         let bundle = Bundle::load(&opts.bundle)?;
-        let record = self.create_bundle(id, bundle, opts, None, Start::Later)?;
+        let record = self.create_bundle(id, bundle, opts, None, Start::Later, None)?;
         Ok(Pid::from_raw(record.pid))
     }
 
@@ -93,6 +94,7 @@ impl Runtime {
         opts: CreateOptions,
         console_fd: Option<OwnedFd>,
         start: Start,
+        trampoline: Option<&sealed_exe::Trampoline>,
     ) -> Result<Record> {
         // Everything that can be checked is checked before anything is made.
         let spec = &bundle.spec;
@@ -214,6 +216,7 @@ impl Runtime {
                 preserve_fds: opts.preserve_fds,
                 no_pivot: opts.no_pivot,
                 seccomp: seccomp.as_ref(),
+                trampoline,
             },
             &mut |pid| {
                 let mut r = record.clone();
@@ -327,6 +330,19 @@ impl Runtime {
     pub fn run(&self, id: &str, opts: CreateOptions, detach: bool) -> Result<i32> {
         state::validate_id(id)?;
         let bundle = Bundle::load(&opts.bundle)?;
+        // CVE-2019-5736 (sealed_exe.rs): the trampoline where it suffices, else the re-exec
+        // from a read-only view of our binary (this process starts over, and comes back here).
+        let trampoline = sealed_exe::trampoline_suits(&bundle.spec)
+            .then(|| sealed_exe::trampoline(opts.preserve_fds))
+            .and_then(|t| {
+                t.inspect_err(|e| tracing::debug!("no trampoline: {e}"))
+                    .ok()
+            });
+        if trampoline.is_none() {
+            sealed_exe::ensure()
+                .map_err(|e| Error::Other(format!("cannot protect the runtime binary: {e}")))?;
+        }
+        let trampoline = trampoline.as_ref();
         let bundle_terminal = bundle
             .spec
             .process()
@@ -339,19 +355,21 @@ impl Runtime {
                     "cannot allocate tty if runc will detach without setting console socket".into(),
                 ));
             }
-            poststart(&self.create_bundle(id, bundle, opts, None, Start::AtOnce)?);
+            let record = self.create_bundle(id, bundle, opts, None, Start::AtOnce, trampoline)?;
+            poststart(&record);
             return Ok(0);
         }
         let mut foreground = Foreground::block()?;
         let record = if bundle_terminal && opts.console_socket.is_none() {
             let (ours, theirs) =
                 std::os::unix::net::UnixStream::pair().ctx(|| "socketpair".into())?;
+            let console = Some(OwnedFd::from(theirs));
             let record =
-                self.create_bundle(id, bundle, opts, Some(OwnedFd::from(theirs)), Start::AtOnce)?;
+                self.create_bundle(id, bundle, opts, console, Start::AtOnce, trampoline)?;
             foreground.relay_pty(&ours)?;
             record
         } else {
-            self.create_bundle(id, bundle, opts, None, Start::AtOnce)?
+            self.create_bundle(id, bundle, opts, None, Start::AtOnce, trampoline)?
         };
         poststart(&record);
         let code = foreground.wait(Pid::from_raw(record.pid));

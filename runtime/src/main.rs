@@ -319,8 +319,8 @@ fn run(cli: &Cli, sealed: Option<Result<(), String>>) -> anyhow::Result<i32> {
             rt.create(&args.id, args.options()?)?;
         }
         Command::Start { id } => rt.start(id)?,
+        // run protects the binary itself: it may need no re-exec (sealed_exe.rs).
         Command::Run { create, detach } => {
-            seal()?;
             return Ok(rt.run(&create.id, create.options()?, *detach)?);
         }
         Command::State { id } => {
@@ -496,9 +496,10 @@ fn parse_lifecycle(args: impl Iterator<Item = std::ffi::OsString>) -> Option<Cli
     })
 }
 
-/// Whether the command line (without argv[0]) names create, run or exec: the commands whose
-/// processes exec into the container. Read before clap parses it, so that the re-exec comes
-/// first; global options that take a value are stepped over with their value.
+/// Whether the command line (without argv[0]) names create or exec: commands whose processes
+/// exec into the container (run decides for itself once it has read the config, see
+/// `Runtime::run`). Read before clap parses it, so that the re-exec comes first; global
+/// options that take a value are stepped over with their value.
 fn needs_sealed_exe(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
     let mut args = args;
     while let Some(arg) = args.next() {
@@ -507,7 +508,7 @@ fn needs_sealed_exe(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
                 args.next();
             }
             Some(a) if a.starts_with('-') => {}
-            Some(command) => return matches!(command, "create" | "run" | "exec"),
+            Some(command) => return matches!(command, "create" | "exec"),
             None => return false,
         }
     }
@@ -943,7 +944,8 @@ mod tests {
 
     #[test]
     fn sealed_exe_for_the_commands_that_exec_into_a_container() {
-        assert!(needs("run -d --bundle /b id"));
+        // run decides once it has read the config.
+        assert!(!needs("run -d --bundle /b id"));
         assert!(needs(
             "--root /run/x --log /l --log-format json create --bundle b id"
         ));

@@ -1,8 +1,8 @@
 //! Attacks on the runtime from inside a bundle, of the classes runc has had to fix: mount targets
 //! swapped for symlinks while the container is set up (CVE-2021-30465), a planted /dev/null
 //! bound over masked paths (CVE-2025-31133), sysctl writes redirected out of procfs
-//! (CVE-2025-52881), a fork bomb outliving `kill --all`, and fds of the runtime reaching the
-//! container.
+//! (CVE-2025-52881), a fork bomb outliving `kill --all`, fds of the runtime reaching the
+//! container, and a program that is /proc/self/exe (CVE-2019-5736).
 
 mod common;
 use common::*;
@@ -445,4 +445,27 @@ fn on_an_old_kernel_no_fd_leaks_and_the_binary_stays_sealed() {
         "{err}"
     );
     runc.ok(&["delete", "--force", &id]);
+}
+
+/// CVE-2019-5736 through the program itself: `run` execs it through the sealed trampoline (no
+/// re-exec of the runtime), so a program that is /proc/self/exe finds the trampoline, never the
+/// runtime's binary. The trampoline passes argv[0] and the arguments on unchanged.
+#[test]
+fn a_program_that_is_proc_self_exe_never_runs_the_runtime() {
+    let runc = Runc::new();
+    let b = Bundle::new(&["/proc/self/exe", "--version"]);
+    let (code, out, err) = b.run(&runc, &unique("selfexe"));
+    // The trampoline execs itself twice, then "--version" as a path: not found.
+    assert_eq!(code, 127, "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("skiff-runc: exec failed"), "{err}");
+    assert!(
+        !out.contains("version"),
+        "the runtime ran in the container: {out}"
+    );
+
+    let out = Bundle::sh(&runc, "echo \"$0 $*\"; readlink /proc/self/exe", |c| {
+        let args = c["process"]["args"].as_array_mut().unwrap();
+        args.extend([json!("zero"), json!("one"), json!("two")]);
+    });
+    assert_eq!(out, "zero one two\n/bin/busybox\n");
 }

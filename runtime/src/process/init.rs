@@ -8,6 +8,7 @@ use super::channel::{Channel, Msg};
 use crate::error::{Context, Error, Result};
 use crate::rootfs::{self, RootfsContext};
 use crate::safe_path::Kind;
+use crate::sealed_exe::Trampoline;
 use crate::seccomp::Filter;
 use crate::{capabilities, console, rlimits};
 use nix::fcntl::{OFlag, open, openat};
@@ -17,7 +18,7 @@ use nix::sys::stat::Mode;
 use oci_spec::runtime::{LinuxNamespaceType, Process};
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// What the init writes to the exec fifo once `start` opens it: go ahead and exec, or there is
@@ -148,7 +149,12 @@ pub fn run(cfg: InitConfig, chan: &Channel) -> Result<Infallible> {
     if let Some(start_hooks) = hooks.start_container().as_deref().filter(|h| !h.is_empty()) {
         crate::hooks::run("startContainer", start_hooks, state_json.as_bytes())?;
     }
-    ready.exec(cfg.preserve_fds, seccomp, &state_json)
+    ready.exec(
+        cfg.preserve_fds,
+        seccomp,
+        &state_json,
+        cfg.trampoline.map(|t| (t, chan)),
+    )
 }
 
 /// Blocks until `start` opens the exec fifo for reading, then tells it whether there is a
@@ -264,12 +270,14 @@ pub fn prepare(
 }
 
 impl Ready {
-    /// Closes what the program must not inherit, loads a late seccomp filter, and execs.
+    /// Closes what the program must not inherit, loads a late seccomp filter, and execs,
+    /// through the trampoline when one is given.
     pub fn exec(
         self,
         preserve_fds: u32,
         seccomp: Option<&Filter>,
         state_json: &str,
+        trampoline: Option<(&Trampoline, &Channel)>,
     ) -> Result<Infallible> {
         // Nothing of ours past the preserved fds reaches the program.
         close_on_exec_from(3 + preserve_fds)?;
@@ -278,7 +286,28 @@ impl Ready {
         {
             filter.load(state_json)?;
         }
-        exec(&self.program, &self.args, &self.env)
+        if let Some((t, chan)) = trampoline {
+            // The channel stays open through the trampoline's exec (see Trampoline).
+            let r = if chan.raw() == t.channel_fd {
+                // SAFETY: fcntl on our own open fd.
+                unsafe { libc::fcntl(t.channel_fd, libc::F_SETFD, 0) }
+            } else {
+                // SAFETY: dup3 onto a number that is ours to reuse: every fd from 3 +
+                // preserve_fds on is closed by the exec, and the trampoline's is not this one.
+                unsafe { libc::dup3(chan.raw(), t.channel_fd, 0) }
+            };
+            // Past a low RLIMIT_NOFILE the fd cannot be had: the parent then hears of the
+            // start one exec early, as without the trampoline's hand-over.
+            if let Err(e) = nix::errno::Errno::result(r) {
+                tracing::debug!("channel fd {} for the trampoline: {e}", t.channel_fd);
+            }
+        }
+        exec(
+            &self.program,
+            &self.args,
+            &self.env,
+            trampoline.map(|(t, _)| t.exe.as_fd()),
+        )
     }
 }
 
@@ -396,14 +425,27 @@ fn switch_user(user: &oci_spec::runtime::User) -> Result<()> {
     Ok(())
 }
 
-fn exec(program: &Path, args: &[String], env: &[String]) -> Result<Infallible> {
+fn exec(
+    program: &Path,
+    args: &[String],
+    env: &[String],
+    trampoline: Option<BorrowedFd>,
+) -> Result<Infallible> {
     let cstr = |s: &str| {
         CString::new(s).map_err(|_| Error::Config(format!("process: {s:?} contains a NUL byte")))
     };
     let path = cstr(&program.to_string_lossy())?;
     let argv = args.iter().map(|a| cstr(a)).collect::<Result<Vec<_>>>()?;
     let envp = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>>>()?;
-    let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
+    let err = match trampoline {
+        // The trampoline runs execve(its argv[0], the rest of its argv, envp).
+        Some(fd) => {
+            let argv: Vec<CString> = std::iter::once(path).chain(argv).collect();
+            nix::unistd::execveat(fd, c"", &argv, &envp, nix::fcntl::AtFlags::AT_EMPTY_PATH)
+                .unwrap_err()
+        }
+        None => nix::unistd::execve(&path, &argv, &envp).unwrap_err(),
+    };
     Err(Error::Other(format!("exec {}: {err}", program.display())))
 }
 
@@ -444,5 +486,5 @@ pub fn run_exec(
     )?;
     nix::sys::prctl::set_pdeathsig(None).ctx(|| "prctl PDEATHSIG".into())?;
     chan.send(&Msg::Ready)?;
-    ready.exec(cfg.preserve_fds, cfg.seccomp, &cfg.state_json)
+    ready.exec(cfg.preserve_fds, cfg.seccomp, &cfg.state_json, None)
 }

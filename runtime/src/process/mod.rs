@@ -32,6 +32,8 @@ pub struct InitConfig<'a> {
     pub preserve_fds: u32,
     pub no_pivot: bool,
     pub seccomp: Option<&'a crate::seccomp::Filter>,
+    /// The program is exec'd through this trampoline (sealed_exe.rs) when set.
+    pub trampoline: Option<&'a crate::sealed_exe::Trampoline>,
 }
 
 #[repr(C)]
