@@ -32,6 +32,8 @@ pub struct ClientCertificateConfig {
     pub kubeconfig: PathBuf,
     pub bootstrap_kubeconfig: Option<PathBuf>,
     pub cert_dir: PathBuf,
+    /// `--api-servers`: the renewed credentials are used against these, in turn.
+    pub api_servers: Vec<String>,
 }
 
 impl ClientCertificateConfig {
@@ -256,7 +258,7 @@ async fn rotate(
         .update(&issued.certificate_pem, &issued.key_pem)
         .context("storing the client certificate")?;
     // The kubeconfig names the store's current file, which now holds the new pair.
-    client.replace(crate::agent::client(&config.kubeconfig).await?);
+    client.replace(skiff_client::failover::client(&config.kubeconfig, &config.api_servers).await?);
     tracing::info!(csr = %issued.request_name, "client certificate rotated");
     Ok(())
 }

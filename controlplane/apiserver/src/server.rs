@@ -392,11 +392,15 @@ pub async fn run(
         IpAddr::V6(v6) => format!("https://[{v6}]:{}", local.port()),
         IpAddr::V4(v4) => format!("https://{v4}:{}", local.port()),
     };
+    // The serving certificate holds the advertised address too.
+    let named = match cfg.advertise_address {
+        Some(ip) => SocketAddr::new(ip, local.port()),
+        None => local,
+    };
     let store: Arc<dyn Store> = match &cfg.etcd {
         Some(etcd) => Arc::new(EtcdStore::connect(etcd).await?),
         None => Arc::new(EmbeddedStore::open(&cfg.data_dir.join("store.redb"))?),
     };
-    crate::cluster_secrets::share(store.as_ref(), &cfg.data_dir).await?;
     if store.get(skiff_store::MIGRATION_MARKER).await?.is_some() {
         return Err(ServerError::Config(
             "the store holds a migration that did not finish (`skiff store migrate` was \
@@ -404,6 +408,7 @@ pub async fn run(
                 .into(),
         ));
     }
+    crate::cluster_secrets::share(store.as_ref(), &cfg.data_dir).await?;
     let material = Pki::new(&cfg.data_dir).ensure(
         named,
         IpAddr::V4(network.first_service_ip()),
