@@ -627,19 +627,20 @@ impl Story<'_> {
             || self.node_ready(victim) != "True",
         );
         let not_ready = cut.elapsed();
-        self.wait_for(
+        let tainted_at = self.wait_for(
             &format!("{victim} to be tainted unreachable:NoExecute"),
             Duration::from_secs(60),
             || {
-                let taints = self.taints(victim);
-                if taints
-                    .iter()
-                    .any(|t| t == "node.kubernetes.io/unreachable:NoExecute")
-                {
-                    Ok(())
-                } else {
-                    Err(format!("{taints:?}"))
-                }
+                let node = self.json(&["node", victim]);
+                node["spec"]["taints"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|t| {
+                        t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute"
+                    })
+                    .and_then(|t| t["timeAdded"].as_str().and_then(unix_seconds))
+                    .ok_or_else(|| format!("{}", node["spec"]))
             },
         );
         let web = self.wait_for(
@@ -676,6 +677,27 @@ impl Story<'_> {
         let moved = cut.elapsed();
         eprintln!(
             "story: {victim} NotReady {not_ready:.1?} after the cut, its pod recreated elsewhere and Ready {moved:.1?} after"
+        );
+        // Evicted once its 10 s toleration ran out, not before (the deletion is stamped at the
+        // eviction plus the pod's grace period); recreated soon after.
+        let evicted = self.json(&["pod", &lost[0].0]);
+        let deleted = evicted["metadata"]["deletionTimestamp"]
+            .as_str()
+            .and_then(unix_seconds)
+            .expect("the evicted pod's deletionTimestamp");
+        let grace = evicted["metadata"]["deletionGracePeriodSeconds"]
+            .as_i64()
+            .unwrap_or(0);
+        let tolerated = deleted - grace - tainted_at;
+        assert!(
+            (9..=40).contains(&tolerated),
+            "{victim}'s pod evicted {tolerated} s after the taint, its toleration is 10 s"
+        );
+        eprintln!("story: {victim}'s pod evicted {tolerated} s after the taint");
+        assert!(
+            moved - not_ready < Duration::from_secs(60),
+            "the pod was recreated {:?} after {victim} went NotReady",
+            moved - not_ready
         );
         // Every single request is answered now, by the pods left and the new one.
         let answers = self.requests_from_client(&format!("http://{ip}/"), 20);
@@ -724,6 +746,20 @@ impl Story<'_> {
         );
         self.wait_web(3, "busybox:latest")
     }
+}
+
+/// Seconds since the epoch of an RFC 3339 time in UTC ("2026-12-06T21:16:02Z").
+fn unix_seconds(t: &str) -> Option<i64> {
+    let n = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + n(11..13)? * 3600 + n(14..16)? * 60 + n(17..19)?)
 }
 
 /// A child's stdout lines, read on a thread.
@@ -1341,4 +1377,12 @@ fn the_story_on_a_three_node_cluster() {
             );
         },
     );
+}
+
+#[test]
+fn rfc3339_times_in_seconds() {
+    assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0));
+    assert_eq!(unix_seconds("2024-02-29T00:00:00Z"), Some(1_709_164_800));
+    assert_eq!(unix_seconds("2026-12-06T21:16:02Z"), Some(1_796_591_762));
+    assert_eq!(unix_seconds("soon"), None);
 }
