@@ -2,6 +2,8 @@
 //! development machine) with an initramfs made here, in which cgroup2 is the only hierarchy, and runs
 //! `scenario.sh` against an OCI runtime with runc's command line. Results come back over the serial
 //! console as `SKIFF-CHECK ok|fail <name> <detail>` lines, ended by `SKIFF-DONE <ok> <fail>`.
+//! Other crates boot it with a scenario of their own and extra programs ([`run_scenario`]; the
+//! kubelet's pod cgroups: kubelet/tests/cgroup_v2_vm.rs).
 //!
 //! Written by hand rather than with crates: the pieces are small (a newc cpio writer, an ELF
 //! PT_INTERP probe, a child process with a deadline) and the test may only use std plus the
@@ -123,8 +125,21 @@ pub fn work_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("cgroup-v2-vm")
 }
 
-/// Build the initramfs around `runtime`, boot it and collect the checks.
+/// Build the initramfs around `runtime`, boot it and collect the checks of the runtime's scenario.
 pub fn run(runtime: &Path) -> Result<Outcome> {
+    run_scenario("runtime", runtime, SCENARIO_SH, &[])
+}
+
+/// Boot with `scenario` as /skiff/scenario.sh (run with the runtime as `$1`, and the same
+/// conventions: `SKIFF-CHECK` lines, then `SKIFF-DONE`) and each of `tools` at
+/// /skiff/tools/<file name> with its libraries. `name` keeps each scenario's files (initramfs,
+/// serial log) apart under [`work_dir`].
+pub fn run_scenario(
+    name: &str,
+    runtime: &Path,
+    scenario: &str,
+    tools: &[&Path],
+) -> Result<Outcome> {
     let qemu = find_in_path("qemu-system-x86_64").context(
         "qemu-system-x86_64 not found in PATH: install Debian's qemu-system-x86 (apt-get install -y qemu-system-x86)",
     )?;
@@ -134,10 +149,10 @@ pub fn run(runtime: &Path) -> Result<Outcome> {
         runtime.display()
     );
     let kernel = kernel()?;
-    let work = work_dir();
+    let work = work_dir().join(name);
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let initrd = work.join("initramfs.cpio");
-    let image = initramfs(runtime, &kernel)?;
+    let image = initramfs(&work, runtime, &kernel, scenario, tools)?;
     fs::write(&initrd, &image).with_context(|| format!("writing {}", initrd.display()))?;
     let timeout = std::env::var("SKIFF_VM_TIMEOUT")
         .ok()
@@ -379,7 +394,13 @@ fn check_config(config: &Path) -> Result<()> {
 }
 
 /// The initramfs: stage 1 init at the top, everything else under /r (see [`STAGE1_INIT`]).
-pub fn initramfs(runtime: &Path, kernel: &Kernel) -> Result<Vec<u8>> {
+pub fn initramfs(
+    work: &Path,
+    runtime: &Path,
+    kernel: &Kernel,
+    scenario: &str,
+    tools: &[&Path],
+) -> Result<Vec<u8>> {
     let busybox = fs::read(BUSYBOX).with_context(|| {
         format!(
             "reading {BUSYBOX}: install Debian's busybox-static (apt-get install -y busybox-static)"
@@ -399,24 +420,26 @@ pub fn initramfs(runtime: &Path, kernel: &Kernel) -> Result<Vec<u8>> {
     }
     cpio.file("r/bin/busybox", 0o755, &busybox);
     cpio.file("r/init", 0o755, INIT_SH.as_bytes());
-    cpio.file("r/skiff/scenario.sh", 0o755, SCENARIO_SH.as_bytes());
+    cpio.file("r/skiff/scenario.sh", 0o755, scenario.as_bytes());
 
-    // The runtime under test, under its own name (it may re-exec itself), with its libraries at the
-    // paths ldd names, the dynamic loader included.
-    let bin = without_debug_info(runtime)?;
-    let name = runtime
-        .file_name()
-        .context("runtime path has no file name")?;
-    cpio.file(
-        &format!("r/skiff/bin/{}", name.to_string_lossy()),
-        0o755,
-        &bin,
-    );
-    if elf_interpreter(&bin)?.is_some() {
-        for lib in shared_libraries(runtime)? {
-            let data = fs::read(&lib).with_context(|| format!("reading {}", lib.display()))?;
-            cpio.file(&format!("r{}", lib.display()), 0o755, &data);
+    // The runtime under test, under its own name (it may re-exec itself), and the tools, with
+    // their libraries at the paths ldd names, the dynamic loader included.
+    let mut libs = BTreeSet::new();
+    for (dir, bin) in std::iter::once(("bin", runtime)).chain(tools.iter().map(|t| ("tools", *t))) {
+        let name = bin.file_name().context("program path has no file name")?;
+        let data = without_debug_info(work, bin)?;
+        if elf_interpreter(&data)?.is_some() {
+            libs.extend(shared_libraries(bin)?);
         }
+        cpio.file(
+            &format!("r/skiff/{dir}/{}", name.to_string_lossy()),
+            0o755,
+            &data,
+        );
+    }
+    for lib in libs {
+        let data = fs::read(&lib).with_context(|| format!("reading {}", lib.display()))?;
+        cpio.file(&format!("r{}", lib.display()), 0o755, &data);
     }
 
     for (module, _) in MODULES {
@@ -472,8 +495,8 @@ pub fn initramfs(runtime: &Path, kernel: &Kernel) -> Result<Vec<u8>> {
 /// The binary without its DWARF sections (`strip --strip-debug`, binutils, which the Rust linker
 /// needs anyway): a debug skiff-runc is ~60 MB, ~15 MB stripped, and every MB is unpacked under
 /// TCG at boot. The code is untouched. Falls back to the binary as it is when strip is missing.
-fn without_debug_info(bin: &Path) -> Result<Vec<u8>> {
-    let stripped = work_dir().join("runtime.stripped");
+fn without_debug_info(work: &Path, bin: &Path) -> Result<Vec<u8>> {
+    let stripped = work.join("stripped");
     let status = Command::new("strip")
         .arg("--strip-debug")
         .arg("-o")
