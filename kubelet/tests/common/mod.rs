@@ -31,7 +31,7 @@ pub fn require(tool: &str, probe: &[&str], hint: &str) {
 }
 
 /// The workspace's target directory of this build (`target/debug`).
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     exe.parent()
         .and_then(Path::parent)
