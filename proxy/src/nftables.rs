@@ -577,10 +577,9 @@ fn element(key: &str, value: &str) -> String {
 
 /// The transaction taking the table from `have` (what we last wrote) to `want`: new chains and
 /// sets added, changed chains flushed and refilled, map elements deleted and added, gone chains
-/// and sets deleted last (once nothing refers to them). With `rewrite_all`, every chain and map
-/// is rewritten (a periodic full sync) while affinity sets keep their state.
-fn diff_text(want: &Ruleset, have: &Ruleset, rewrite_all: bool) -> (String, usize) {
-    let d = diff(want, have, rewrite_all, true);
+/// and sets deleted last (once nothing refers to them).
+fn diff_text(want: &Ruleset, have: &Ruleset) -> (String, usize) {
+    let d = diff(want, have, true);
     (d.head + &d.tail, d.changes)
 }
 
@@ -592,7 +591,7 @@ struct Diff {
     changes: usize,
 }
 
-fn diff(want: &Ruleset, have: &Ruleset, rewrite_all: bool, text_elements: bool) -> Diff {
+fn diff(want: &Ruleset, have: &Ruleset, text_elements: bool) -> Diff {
     let mut out = String::new();
     let mut changes = 0;
     for (name, decl) in &want.sets {
@@ -615,7 +614,7 @@ fn diff(want: &Ruleset, have: &Ruleset, rewrite_all: bool, text_elements: bool) 
     }
     for (name, rules) in &want.chains {
         let old = have.chains.get(name);
-        if old == Some(rules) && !rewrite_all {
+        if old == Some(rules) {
             continue;
         }
         changes += 1;
@@ -627,7 +626,7 @@ fn diff(want: &Ruleset, have: &Ruleset, rewrite_all: bool, text_elements: bool) 
         }
     }
     if text_elements {
-        changes += diff_elements(&mut out, want, have, rewrite_all);
+        changes += diff_elements(&mut out, want, have);
     }
     let head = out;
     let mut out = String::new();
@@ -655,34 +654,28 @@ fn diff(want: &Ruleset, have: &Ruleset, rewrite_all: bool, text_elements: bool) 
 }
 
 /// Map and hairpin elements from `have` to `want` as text; returns how many change.
-fn diff_elements(out: &mut String, want: &Ruleset, have: &Ruleset, rewrite_all: bool) -> usize {
+fn diff_elements(out: &mut String, want: &Ruleset, have: &Ruleset) -> usize {
     let mut changes = 0;
     let empty = BTreeMap::new();
     for (map, elements) in &want.elements {
         let old = have.elements.get(map).unwrap_or(&empty);
-        if rewrite_all {
-            if !old.is_empty() {
-                let _ = writeln!(out, "flush {} ip {TABLE} {map}", map_kind(map));
-            }
-        } else {
-            let gone: Vec<&String> = old
-                .iter()
-                .filter(|(k, v)| elements.get(*k) != Some(*v))
-                .map(|(k, _)| k)
-                .collect();
-            if !gone.is_empty() {
-                changes += gone.len();
-                let keys: Vec<&str> = gone.iter().map(|k| k.as_str()).collect();
-                let _ = writeln!(
-                    out,
-                    "delete element ip {TABLE} {map} {{ {} }}",
-                    keys.join(", ")
-                );
-            }
+        let gone: Vec<&String> = old
+            .iter()
+            .filter(|(k, v)| elements.get(*k) != Some(*v))
+            .map(|(k, _)| k)
+            .collect();
+        if !gone.is_empty() {
+            changes += gone.len();
+            let keys: Vec<&str> = gone.iter().map(|k| k.as_str()).collect();
+            let _ = writeln!(
+                out,
+                "delete element ip {TABLE} {map} {{ {} }}",
+                keys.join(", ")
+            );
         }
         let added: Vec<String> = elements
             .iter()
-            .filter(|(k, v)| rewrite_all || old.get(*k) != Some(*v))
+            .filter(|(k, v)| old.get(*k) != Some(*v))
             .map(|(k, v)| element(k, v))
             .collect();
         if !added.is_empty() {
@@ -694,17 +687,8 @@ fn diff_elements(out: &mut String, want: &Ruleset, have: &Ruleset, rewrite_all: 
             );
         }
     }
-    let (gone, added): (Vec<&Ipv4Addr>, Vec<&Ipv4Addr>) = if rewrite_all {
-        if !have.hairpin.is_empty() {
-            let _ = writeln!(out, "flush set ip {TABLE} {HAIRPIN}");
-        }
-        (Vec::new(), want.hairpin.iter().collect())
-    } else {
-        (
-            have.hairpin.difference(&want.hairpin).collect(),
-            want.hairpin.difference(&have.hairpin).collect(),
-        )
-    };
+    let gone: Vec<&Ipv4Addr> = have.hairpin.difference(&want.hairpin).collect();
+    let added: Vec<&Ipv4Addr> = want.hairpin.difference(&have.hairpin).collect();
     for (verb, ips) in [("delete", gone), ("add", added)] {
         if !ips.is_empty() {
             changes += ips.len();
@@ -716,12 +700,6 @@ fn diff_elements(out: &mut String, want: &Ruleset, have: &Ruleset, rewrite_all: 
         }
     }
     changes
-}
-
-fn map_kind(name: &str) -> &'static str {
-    MAPS.iter()
-        .find(|(n, _, _)| *n == name)
-        .map_or("map", |(_, kind, _)| kind)
 }
 
 fn apply(text: &str) -> Result<(), Error> {
@@ -1022,13 +1000,13 @@ impl DataPlane for Nftables {
             // A partial sync: only the ports that changed are rendered and compared.
             Some(mut inst) if !full && inst.cfg == *cfg => {
                 let (before, after) = inst.update(model);
-                let (text, changes) = diff_text(&after, &before, false);
+                let (text, changes) = diff_text(&after, &before);
                 Applied::install(&mut self.last, inst, &text, changes, apply)
             }
             // The node's facts changed: what they touch is rewritten.
             Some(last) if !full => {
                 let next = Installed::build(model, cfg);
-                let (text, changes) = diff_text(&next.assemble(), &last.assemble(), false);
+                let (text, changes) = diff_text(&next.assemble(), &last.assemble());
                 Applied::install(&mut self.last, next, &text, changes, apply)
             }
             // First sync of this process over a table of an earlier run (or half of one): it
@@ -1057,11 +1035,14 @@ impl DataPlane for Nftables {
 impl Nftables {
     /// A full sync over no table or the one we last wrote (`have`), in three transactions
     /// whose every intermediate state routes traffic as either the old or the new table would:
-    /// `nft -f` adds new chains and sets and rewrites the chains (their rules depend only on
-    /// names and the node's facts, so old map elements still lead to the same places); one
-    /// netlink batch then flushes every map and loads all the elements (the switch, atomic);
-    /// `nft -f` last deletes the chains and sets nothing refers to any more. Elements go as a
-    /// batch because `nft` parsing ~200,000 of them as text costs most of a second.
+    /// `nft -f` adds new chains and sets and rewrites changed chains (old map elements still
+    /// lead to the same places); one netlink batch then flushes every map and loads all the
+    /// elements (the switch, atomic); `nft -f` last deletes the chains and sets nothing refers
+    /// to any more. Elements go as a batch because `nft` parsing ~200,000 of them as text costs
+    /// most of a second. Should a step fail, the table is replaced whole as text, in one
+    /// transaction: nft 1.0.6 cannot add a rule naming an endpoint map it read back from the
+    /// kernel ("conflicting protocols specified: ip vs. th", from the map's `typeof`), which
+    /// a new pick chain needs.
     fn full_sync(
         last: &mut Option<Installed>,
         next: Installed,
@@ -1070,24 +1051,36 @@ impl Nftables {
     ) -> Result<Applied, Error> {
         let (head, tail, changes) = match have {
             None => (full_text(want, false), String::new(), want.chains.len()),
+            // (`add table`, a no-op, keeps the head from being empty: the batch always goes.)
             Some(have) => {
-                let d = diff(want, &have, true, false);
-                (d.head, d.tail, d.changes)
+                let d = diff(want, &have, false);
+                (
+                    format!("add table ip {TABLE}\n{}", d.head),
+                    d.tail,
+                    d.changes,
+                )
             }
         };
-        let batch = elements_batch(want);
         let elements: usize =
             want.elements.values().map(BTreeMap::len).sum::<usize>() + want.hairpin.len();
-        let mut batch_bytes = 0;
+        let mut extra = 0;
         let mut applied = Applied::install(last, next, &head, changes + elements, |head| {
-            apply(head)?;
-            batch_bytes = batch.commit()?;
-            if !tail.is_empty() {
-                apply(&tail)?;
-            }
-            Ok(())
+            let batched = apply(head).and_then(|()| {
+                extra = elements_batch(want).commit()?;
+                if !tail.is_empty() {
+                    apply(&tail)?;
+                }
+                extra += tail.len();
+                Ok(())
+            });
+            batched.or_else(|e| {
+                tracing::warn!(error = %e, "full sync through a netlink batch failed; replacing the table as text");
+                let text = full_text(want, true);
+                extra = text.len();
+                apply(&text)
+            })
         })?;
-        applied.bytes += tail.len() + batch_bytes;
+        applied.bytes += extra;
         Ok(applied)
     }
 }
@@ -1291,7 +1284,7 @@ mod tests {
         let mut b2 = b.clone();
         b2.endpoints.pop();
         let (before, after) = inst.update(&model(vec![a.clone(), b2]));
-        let (text, changes) = diff_text(&after, &before, false);
+        let (text, changes) = diff_text(&after, &before);
         assert_eq!(
             text,
             "delete element ip skiff endpoints-addr-cluster { 10.96.0.21 . udp . 53 . 1 }\n\
@@ -1301,7 +1294,7 @@ mod tests {
         );
         assert_eq!(changes, 4);
         let (before, after) = inst.update(&model(vec![a, b]));
-        let (text, _) = diff_text(&after, &before, false);
+        let (text, _) = diff_text(&after, &before);
         assert!(!text.contains("chain") && !text.contains("rule"), "{text}");
     }
 
@@ -1312,7 +1305,7 @@ mod tests {
             &RenderConfig::default(),
         );
         let after = render(&model(vec![port("a", &[])]), &RenderConfig::default());
-        let (text, _) = diff_text(&after, &before, false);
+        let (text, _) = diff_text(&after, &before);
         assert!(
             text.contains("delete element ip skiff service-ips { 10.96.0.20 . udp . 53 }"),
             "{text}"
@@ -1346,7 +1339,7 @@ mod tests {
 
         let mut inst = Installed::build(&old, &cfg);
         let (before, after) = inst.update(&new);
-        let (partial, _) = diff_text(&after, &before, false);
+        let (partial, _) = diff_text(&after, &before);
         assert!(!partial.contains("10.96.0.20"), "{partial}");
         // c's going hands the external IP to b and keeps a's endpoint in the hairpin set.
         assert!(partial.contains("192.0.2.1 . udp . 53 : goto external-addr-1"));
@@ -1369,13 +1362,13 @@ mod tests {
             .collect();
         assert_eq!(extra, ["external-addr-2"]);
         // A full sync from there removes it.
-        let (text, _) = diff_text(&whole, &kept, false);
+        let (text, _) = diff_text(&whole, &kept);
         assert!(
             text.contains("delete chain ip skiff external-addr-2"),
             "{text}"
         );
         // Nothing changed: nothing touched.
         let (before, after) = inst.update(&new);
-        assert_eq!(diff_text(&after, &before, false).0, "");
+        assert_eq!(diff_text(&after, &before).0, "");
     }
 }
