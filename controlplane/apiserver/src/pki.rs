@@ -1,7 +1,10 @@
 //! The cluster's certificates: a CA, the API server's serving certificate and the admin client
 //! certificate (group `system:masters`), plus `admin.kubeconfig` and the kubeconfigs of the
 //! in-server scheduler and controllers (their own users, not administrators). Made on first start, reused after;
-//! the serving certificate is re-issued when the wanted names or addresses change.
+//! the serving certificate is re-issued when the wanted names or addresses change. Lifetimes are
+//! kubeadm's: the CA 10 years, every certificate it signs here 1 year; one in the last fifth of
+//! its lifetime is re-issued at start, and the serving certificate also while the server runs
+//! ([`RotatingServingCert`]).
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -34,6 +37,34 @@ pub enum PkiError {
 }
 
 const CA_CN: &str = "skiff-ca";
+
+/// The cluster CA's lifetime.
+const CA_LIFETIME: time::Duration = time::Duration::days(3650);
+/// The lifetime of the certificates the server issues itself (serving, admin, its clients).
+const LEAF_LIFETIME: time::Duration = time::Duration::days(365);
+/// A certificate with less than this left is re-issued: the last fifth of its lifetime.
+const RENEW_WITHIN: time::Duration = time::Duration::days(73);
+
+/// Sets `lifetime` from now, backdated a little for clocks slightly behind this one.
+fn valid_for(p: &mut CertificateParams, lifetime: time::Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::minutes(5);
+    p.not_after = now + lifetime;
+}
+
+/// The certificate's expiry, from the first PEM certificate in `path`; `None` when there is no
+/// readable certificate.
+pub fn expiry(path: &Path) -> Option<time::OffsetDateTime> {
+    let pem = fs::read(path).ok()?;
+    let (_, der) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    let cert = der.parse_x509().ok()?;
+    Some(cert.validity().not_after.to_datetime())
+}
+
+/// Whether the certificate at `path` is missing, unreadable or in its last fifth.
+fn due_for_renewal(path: &Path) -> bool {
+    expiry(path).is_none_or(|t| t - time::OffsetDateTime::now_utc() < RENEW_WITHIN)
+}
 
 /// The kubeconfig (under the data directory) and user of the scheduler running in the server.
 pub const SCHEDULER_KUBECONFIG: (&str, &str) = ("scheduler.kubeconfig", "system:kube-scheduler");
@@ -151,11 +182,12 @@ fn issue_client_certificate(
     key_path: &Path,
     cn: &str,
 ) -> Result<(), PkiError> {
-    if crt.exists() && key_path.exists() {
+    if key_path.exists() && !due_for_renewal(crt) {
         return Ok(());
     }
     tracing::info!(cn, "issuing client certificate (O=system:masters)");
     let mut p = CertificateParams::new(Vec::<String>::new())?;
+    valid_for(&mut p, LEAF_LIFETIME);
     p.distinguished_name.push(DnType::CommonName, cn);
     p.distinguished_name
         .push(DnType::OrganizationName, "system:masters");
@@ -199,7 +231,9 @@ impl Pki {
         }
         tracing::info!(dir = %self.dir.display(), "creating cluster CA");
         let key = KeyPair::generate()?;
-        let cert = ca_params()?.self_signed(&key)?;
+        let mut params = ca_params()?;
+        valid_for(&mut params, CA_LIFETIME);
+        let cert = params.self_signed(&key)?;
         write(&ca_key_path, key.serialize_pem().as_bytes(), true)?;
         write(&ca_crt, cert.pem().as_bytes(), false)?;
         self.forget_issued();
@@ -239,9 +273,10 @@ impl Pki {
             self.path("apiserver.sans"),
         );
         let current = fs::read_to_string(&srv_sans).unwrap_or_default();
-        if !(srv_crt.exists() && srv_key.exists() && current == sans_record) {
+        if !(srv_key.exists() && current == sans_record && !due_for_renewal(&srv_crt)) {
             tracing::info!(?dns, ?ips, "issuing API server serving certificate");
             let mut p = CertificateParams::new(dns.clone())?;
+            valid_for(&mut p, LEAF_LIFETIME);
             p.distinguished_name
                 .push(DnType::CommonName, "kube-apiserver");
             p.subject_alt_names
@@ -352,6 +387,7 @@ impl Pki {
             }
         };
         let mut p = CertificateParams::new(Vec::<String>::new())?;
+        valid_for(&mut p, LEAF_LIFETIME);
         p.distinguished_name.push(DnType::CommonName, user);
         for (i, g) in groups.iter().enumerate() {
             let ty = if i == 0 {
@@ -379,10 +415,33 @@ impl Pki {
 }
 
 impl ServingMaterial {
+    /// The serving certificate followed by the CA (a joining node fetches the CA from here
+    /// without trusting it and checks it against its join token's hash), with its key.
+    fn certified_key(
+        &self,
+        provider: &rustls::crypto::CryptoProvider,
+    ) -> Result<rustls::sign::CertifiedKey, PkiError> {
+        let pem_err = |what: &str, e: rustls::pki_types::pem::Error| PkiError::Pem {
+            path: PathBuf::from(what),
+            detail: e.to_string(),
+        };
+        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .chain(CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem_err("apiserver.crt", e))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| pem_err("apiserver.key", e))?;
+        rustls::sign::CertifiedKey::from_der(chain, key, provider)
+            .map_err(|e| PkiError::Tls(e.to_string()))
+    }
+
     /// A rustls server configuration (ring provider) that offers h2 and HTTP/1.1 and asks for,
     /// but does not require, a client certificate signed by the cluster CA: requests without one
-    /// are refused later with 401, except the health and version endpoints.
-    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+    /// are refused later with 401, except the health and version endpoints. The serving
+    /// certificate comes from the returned [`RotatingServingCert`], which a renewal replaces.
+    pub fn server_config(
+        &self,
+    ) -> Result<(Arc<rustls::ServerConfig>, Arc<RotatingServingCert>), PkiError> {
         let pem_err = |what: &str, e: rustls::pki_types::pem::Error| PkiError::Pem {
             path: PathBuf::from(what),
             detail: e.to_string(),
@@ -401,21 +460,115 @@ impl ServingMaterial {
         .allow_unauthenticated()
         .build()
         .map_err(|e| PkiError::Tls(e.to_string()))?;
-        // The CA goes after the serving certificate: a joining node fetches it from here
-        // without trusting it and checks it against its join token's hash.
-        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
-            .chain(CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| pem_err("apiserver.crt", e))?;
-        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
-            .map_err(|e| pem_err("apiserver.key", e))?;
+        let serving = Arc::new(RotatingServingCert {
+            current: std::sync::RwLock::new(Arc::new(self.certified_key(&provider)?)),
+            provider: provider.clone(),
+        });
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| PkiError::Tls(e.to_string()))?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .map_err(|e| PkiError::Tls(e.to_string()))?;
+            .with_cert_resolver(serving.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        Ok((Arc::new(config), serving))
+    }
+}
+
+/// The serving certificate every handshake presents; replacing it changes what the next
+/// handshakes get, without a restart and without touching open connections.
+#[derive(Debug)]
+pub struct RotatingServingCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl RotatingServingCert {
+    /// Presents `material`'s certificate from the next handshake on.
+    pub fn replace(&self, material: &ServingMaterial) -> Result<(), PkiError> {
+        let key = Arc::new(material.certified_key(&self.provider)?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
+        Ok(())
+    }
+
+    /// The certificate handshakes present now (DER).
+    pub fn current(&self) -> CertificateDer<'static> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).cert[0].clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for RotatingServingCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn days_left(path: &Path) -> i64 {
+        (expiry(path).expect("a certificate") - time::OffsetDateTime::now_utc()).whole_days()
+    }
+
+    fn ensure(pki: &Pki) -> ServingMaterial {
+        let listen = SocketAddr::from(([127, 0, 0, 1], 6443));
+        pki.ensure(
+            listen,
+            IpAddr::from([10, 96, 0, 1]),
+            "https://127.0.0.1:6443",
+        )
+        .expect("ensure")
+    }
+
+    #[test]
+    fn the_ca_lives_ten_years_and_what_it_signs_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        ensure(&pki);
+        assert!((3649..=3650).contains(&days_left(&pki.path("ca.crt"))));
+        for f in ["apiserver.crt", "admin.crt", "kubelet-client.crt"] {
+            assert!((364..=365).contains(&days_left(&pki.path(f))), "{f}");
+        }
+    }
+
+    #[test]
+    fn a_certificate_in_its_last_fifth_is_reissued_and_served_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        let (_, serving) = ensure(&pki).server_config().unwrap();
+        // Replace the serving and admin certificates with ones that end in 10 days.
+        let issuer = pki.ca_issuer().unwrap();
+        for (crt, key) in [
+            ("apiserver.crt", "apiserver.key"),
+            ("admin.crt", "admin.key"),
+        ] {
+            let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+            valid_for(&mut p, time::Duration::days(10));
+            let k = KeyPair::generate().unwrap();
+            let cert = p.signed_by(&k, &issuer).unwrap();
+            write(&pki.path(key), k.serialize_pem().as_bytes(), true).unwrap();
+            write(&pki.path(crt), cert.pem().as_bytes(), false).unwrap();
+        }
+        assert_eq!(days_left(&pki.path("apiserver.crt")), 9);
+        let before = serving.current();
+        let material = ensure(&pki);
+        assert!(days_left(&pki.path("apiserver.crt")) >= 364);
+        assert!(days_left(&pki.path("admin.crt")) >= 364);
+        // A certificate with time left is kept.
+        let kept = fs::read(pki.path("apiserver.crt")).unwrap();
+        ensure(&pki);
+        assert_eq!(fs::read(pki.path("apiserver.crt")).unwrap(), kept);
+        serving.replace(&material).unwrap();
+        assert_ne!(serving.current(), before);
+        let (_, der) = x509_parser::pem::parse_x509_pem(&kept).unwrap();
+        assert_eq!(serving.current().as_ref(), der.contents.as_slice());
     }
 }

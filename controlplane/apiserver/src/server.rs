@@ -334,6 +334,32 @@ async fn bootstrap(app: &Arc<ApiServer>, listen: SocketAddr) -> Result<(), ApiEr
 /// repair interval).
 const SERVICE_REPAIR_INTERVAL: Duration = Duration::from_secs(180);
 
+/// How often a running server checks whether its serving certificate is due for renewal.
+const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(12 * 3600);
+
+/// Re-issues what is due under the data directory twice a day and presents the renewed serving
+/// certificate from the next handshake on, so that a server running for a year never serves
+/// an expired one.
+fn renew_serving_certificate(
+    pki: Pki,
+    serving: Arc<crate::pki::RotatingServingCert>,
+    (named, first_service_ip, server_url): (SocketAddr, IpAddr, String),
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CERTIFICATE_CHECK_INTERVAL);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let renewed = pki
+                .ensure(named, first_service_ip, &server_url)
+                .and_then(|m| serving.replace(&m));
+            if let Err(e) = renewed {
+                tracing::error!(error = %e, "renewing the serving certificate");
+            }
+        }
+    });
+}
+
 /// Compacts the history every `interval`, keeping what was written during the last one.
 fn spawn_compactor(store: Arc<dyn Store>, interval: Duration) {
     tokio::spawn(async move {
@@ -409,12 +435,15 @@ pub async fn run(
         ));
     }
     crate::cluster_secrets::share(store.as_ref(), &cfg.data_dir).await?;
-    let material = Pki::new(&cfg.data_dir).ensure(
-        named,
-        IpAddr::V4(network.first_service_ip()),
-        &server_url,
-    )?;
-    let tls = tokio_rustls::TlsAcceptor::from(material.server_config()?);
+    let first_service_ip = IpAddr::V4(network.first_service_ip());
+    let material = Pki::new(&cfg.data_dir).ensure(named, first_service_ip, &server_url)?;
+    let (tls_config, serving) = material.server_config()?;
+    let tls = tokio_rustls::TlsAcceptor::from(tls_config);
+    renew_serving_certificate(
+        Pki::new(&cfg.data_dir),
+        serving,
+        (named, first_service_ip, server_url.clone()),
+    );
     let app = ApiServer::new(store.clone(), network, cfg.bookmark_interval);
     if app
         .tokens
