@@ -275,9 +275,10 @@ fn locked_flags(path: &Path) -> MsFlags {
     out
 }
 
-/// `type: cgroup`: on a unified host cgroup2 (its own directory bound without a cgroup namespace); on v1 a tmpfs with one directory per hierarchy,
-/// each the container's own cgroup (a cgroup mount inside its cgroup namespace, or a bind of
-/// its directory when it has none).
+/// `type: cgroup`: the container's own cgroup, whatever the layout and whether it has a cgroup
+/// namespace. Unified: cgroup2 inside its cgroup namespace, a bind of its directory without one.
+/// v1: a tmpfs with one directory per hierarchy (a cgroup mount inside its cgroup namespace, or
+/// a bind of its directory when it has none).
 fn mount_cgroup(
     root: &Root,
     dest_path: &Path,
@@ -310,8 +311,8 @@ fn mount_cgroup(
             return mount(Some("cgroup2"), dest, Some("cgroup2"), flags, None::<&str>)
                 .ctx(|| format!("mount cgroup2 on {}", dest_path.display()));
         }
-        // Without a cgroup namespace a cgroup2 mount would show the whole host: bind our own
-        // (runc and crun mount the whole hierarchy there).
+        // Without a cgroup namespace a cgroup2 mount would show the whole host (what runc and
+        // crun mount there): bind our own.
         if let Some(dir) = &ctx.cgroup.v2 {
             bind_cgroup(dir, dest, flags, || root.open_path(dest_path))?;
         }
