@@ -12,7 +12,7 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::stat::Mode;
 use oci_spec::runtime::{Mount, Spec};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// What a mount's options mean to mount(2): flags to set, flags to clear, propagation, data.
 #[derive(Debug)]
@@ -275,9 +275,10 @@ fn locked_flags(path: &Path) -> MsFlags {
     out
 }
 
-/// `type: cgroup`: cgroup2 on a unified host; on v1 a tmpfs with one directory per hierarchy,
-/// each the container's own cgroup (a cgroup mount inside its cgroup namespace, or a bind of
-/// its directory when it has none).
+/// `type: cgroup`: the container's own cgroup, whatever the layout and whether it has a cgroup
+/// namespace. Unified: cgroup2 inside its cgroup namespace, a bind of its directory without one.
+/// v1: a tmpfs with one directory per hierarchy (a cgroup mount inside its cgroup namespace, or
+/// a bind of its directory when it has none).
 fn mount_cgroup(
     root: &Root,
     dest_path: &Path,
@@ -310,11 +311,10 @@ fn mount_cgroup(
             return mount(Some("cgroup2"), dest, Some("cgroup2"), flags, None::<&str>)
                 .ctx(|| format!("mount cgroup2 on {}", dest_path.display()));
         }
-        // Without a cgroup namespace a cgroup2 mount would show the whole host: bind our own.
+        // Without a cgroup namespace a cgroup2 mount would show the whole host (what runc and
+        // crun mount there): bind our own.
         if let Some(dir) = &ctx.cgroup.v2 {
-            bind_cgroup(dir, dest, flags, || {
-                root.open_path(dest_path).map(|m| proc_fd(m.as_fd()))
-            })?;
+            bind_cgroup(dir, dest, flags, || root.open_path(dest_path))?;
         }
         return Ok(());
     }
@@ -345,7 +345,7 @@ fn mount_cgroup(
             )
             .ctx(|| format!("mount cgroup {opts} on {}", target.display()))?;
         } else if let Some(dir) = ctx.cgroup.v1.get(&h.mountpoint) {
-            bind_cgroup(dir, &target, flags, || Ok(target.clone()))?;
+            bind_cgroup(dir, &target, flags, || open_mounted(&target))?;
         }
         // "cpu,cpuacct" is also reachable as "cpu" and "cpuacct".
         if h.controllers.len() > 1 {
@@ -368,7 +368,7 @@ fn mount_cgroup(
             )
             .is_ok();
         if !mounted && let Some(dir) = &ctx.cgroup.v2 {
-            bind_cgroup(dir, &target, flags, || Ok(target.clone()))?;
+            bind_cgroup(dir, &target, flags, || open_mounted(&target))?;
         }
     }
     if flags.contains(MsFlags::MS_RDONLY) {
@@ -380,13 +380,21 @@ fn mount_cgroup(
     Ok(())
 }
 
+/// A path under the fresh tmpfs of a v1 /sys/fs/cgroup, opened: it is ours, nothing in it can
+/// have been swapped.
+fn open_mounted(path: &Path) -> Result<OwnedFd> {
+    nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+        .ctx(|| format!("open {}", path.display()))
+}
+
 /// Binds the container's own cgroup directory at `target`, read-only when asked; `mounted`
-/// names the new mount once it is there.
+/// opens the new mount once it is there (the fd must stay open while it is remounted through
+/// /proc/self/fd).
 fn bind_cgroup(
     dir: &Path,
     target: &Path,
     flags: MsFlags,
-    mounted: impl FnOnce() -> Result<PathBuf>,
+    mounted: impl FnOnce() -> Result<OwnedFd>,
 ) -> Result<()> {
     mount(
         Some(dir),
@@ -397,8 +405,9 @@ fn bind_cgroup(
     )
     .ctx(|| format!("bind cgroup {}", dir.display()))?;
     if flags.contains(MsFlags::MS_RDONLY) {
+        let mounted = mounted()?;
         remount(
-            &mounted()?,
+            &proc_fd(mounted.as_fd()),
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         )?;
     }

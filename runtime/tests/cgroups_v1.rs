@@ -116,6 +116,36 @@ fn the_container_sees_its_own_cgroup_and_limits() {
     );
 }
 
+/// The read-only `type: cgroup` mount of runc's default spec, with and without a cgroup
+/// namespace: each hierarchy (and the hybrid's cgroup2 at unified/) shows the container's own
+/// cgroup, which it cannot write to; without a namespace, its directory as the host names it.
+#[test]
+fn the_cgroup_mount_is_the_containers_own_and_read_only() {
+    let runc = Runc::new();
+    for cgroupns in [true, false] {
+        let cg = format!("/skiff-test-{}", unique("romount"));
+        let out = Bundle::sh(
+            &runc,
+            "cd /sys/fs/cgroup; cat memory/memory.limit_in_bytes;              for h in memory pids unified; do grep -qx $$ $h/cgroup.procs && echo $h-lists-self; done;              awk '$5 == \"/sys/fs/cgroup/memory\" { split($6, o, \",\"); print $4, o[1] }' /proc/self/mountinfo;              sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup;              (echo 1 > memory/memory.limit_in_bytes) 2>&1 | sed 's/.*: //';              mkdir x 2>&1 | sed 's/.*: //'",
+            |c| {
+                c["linux"]["cgroupsPath"] = json!(cg);
+                c["linux"]["resources"] = json!({"memory": {"limit": 64 << 20}});
+                if !cgroupns {
+                    let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+                    ns.retain(|n| n["type"] != "cgroup");
+                }
+            },
+        );
+        let own = if cgroupns { "/" } else { cg.as_str() };
+        let want = format!(
+            "{}\nmemory-lists-self\npids-lists-self\nunified-lists-self\n{own} ro\n{own}\n\
+             Read-only file system\nRead-only file system",
+            64u64 << 20
+        );
+        assert_eq!(out.trim(), want, "cgroup namespace: {cgroupns}");
+    }
+}
+
 #[test]
 fn relative_cgroups_path_is_under_our_own_cgroup() {
     let runc = Runc::new();

@@ -6,6 +6,8 @@
 //!   shows it from outside), `dedicated` meaning only "neither / nor the runtime's own cgroup";
 //! - `file NAME VALUE`: the cgroup file NAME must read VALUE (newlines joined by spaces), both from
 //!   outside (/sys/fs/cgroup/<path>/NAME) and from inside (the container's /sys/fs/cgroup/NAME);
+//! - `inside-cgroup P`: the container has no cgroup namespace, so its /proc/self/cgroup shows P
+//!   (otherwise "/");
 //! - `before CMD`: run in the VM before `create`;
 //! - `finish kill SIG` (kill, wait for stopped, delete) or `finish force` (`delete --force`);
 //! - `finish fail WORD`: `create` must fail, saying WORD on stderr, and leave no cgroup nor state;
@@ -57,8 +59,9 @@ pub struct Case {
     pub finish: &'static str,
     /// `live` cases: `update` calls (`flags …` or `resources {json}`) and the files they must set.
     pub updates: Vec<(String, Vec<(&'static str, String)>)>,
-    /// false: the container shares the VM's pid namespace, so nothing dies with its init.
-    pub own_pid_ns: bool,
+    /// The namespaces the container shares with the VM: "pid" (nothing dies with its init),
+    /// "cgroup" (then `path` must be `exact`: the container sees that path as its cgroup).
+    pub shared_ns: &'static [&'static str],
 }
 
 /// Shell prelude of every container's process.
@@ -126,6 +129,22 @@ check read-only-rule-read "" "$(open_r /tmp/kmsg)"
 check read-only-rule-write "Operation not permitted" "$(open_w /tmp/kmsg)"
 "#;
 
+/// The `type: cgroup` mount, read-only as in runc's default spec: the container's own cgroup
+/// (the limits the case sets, its own process listed) and nothing of the VM's hierarchy, which it
+/// cannot write; mountinfo shows which cgroup is mounted (the root of a cgroup namespace, or the
+/// bound directory itself as the VM sees it).
+fn cgroup_mount_inside(root: &str) -> String {
+    format!(
+        r#"
+check cgroup.procs-lists-self yes "$(grep -qx "$$" /sys/fs/cgroup/cgroup.procs && echo yes || echo no)"
+check vm-hierarchy-hidden absent "$( [ -e /sys/fs/cgroup/harness ] && echo present || echo absent)"
+check mount-root-and-ro "{root} ro" "$(awk '$5 == "/sys/fs/cgroup" {{ split($6, o, ","); print $4, o[1] }}' /proc/self/mountinfo)"
+check write-refused "Read-only file system" "$(open_w /sys/fs/cgroup/pids.max)"
+check mkdir-refused "Read-only file system" "$(mkdir /sys/fs/cgroup/sub 2>&1 | sed 's/.*: //')"
+"#
+    )
+}
+
 fn dev(allow: bool, kind: &str, major: Option<i64>, minor: Option<i64>, access: &str) -> Value {
     let mut d = json!({"allow": allow, "access": access});
     if kind != "a" {
@@ -176,7 +195,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![hugetlbfs],
             before: None,
             finish: "kill KILL",
-            own_pid_ns: true,
+            shared_ns: &[],
             updates: vec![],
         },
         Case {
@@ -199,7 +218,42 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: None,
             finish: "kill 9",
-            own_pid_ns: true,
+            shared_ns: &[],
+            updates: vec![],
+        },
+        Case {
+            // The read-only cgroup mount of a container without a cgroup namespace: its own
+            // directory bound there (runc and crun would mount the whole hierarchy).
+            id: "ro-cgroup-no-cgroupns",
+            cgroups_path: Some("/skiff-abs/ro-cgroup-no-cgroupns"),
+            resources: json!({"memory": {"limit": 48 * MIB}, "pids": {"limit": 20}}),
+            path: ("exact", "/skiff-abs/ro-cgroup-no-cgroupns"),
+            files: vec![
+                ("memory.max", (48 * MIB).to_string()),
+                ("pids.max", "20".into()),
+            ],
+            inside: cgroup_mount_inside("/skiff-abs/ro-cgroup-no-cgroupns"),
+            mounts: vec![],
+            before: None,
+            finish: "kill KILL",
+            shared_ns: &["cgroup"],
+            updates: vec![],
+        },
+        Case {
+            // The same with a cgroup namespace: a cgroup2 mount whose root is the container's.
+            id: "ro-cgroup-cgroupns",
+            cgroups_path: Some("/skiff-abs/ro-cgroup-cgroupns"),
+            resources: json!({"memory": {"limit": 48 * MIB}, "pids": {"limit": 20}}),
+            path: ("exact", "/skiff-abs/ro-cgroup-cgroupns"),
+            files: vec![
+                ("memory.max", (48 * MIB).to_string()),
+                ("pids.max", "20".into()),
+            ],
+            inside: cgroup_mount_inside("/"),
+            mounts: vec![],
+            before: None,
+            finish: "kill KILL",
+            shared_ns: &[],
             updates: vec![],
         },
         Case {
@@ -226,7 +280,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: None,
             finish: "kill KILL",
-            own_pid_ns: true,
+            shared_ns: &[],
             updates: vec![],
         },
         Case {
@@ -239,7 +293,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: None,
             finish: "kill KILL",
-            own_pid_ns: true,
+            shared_ns: &[],
             updates: vec![],
         },
         Case {
@@ -259,7 +313,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: Some("insmod /skiff/modules/brd.ko rd_nr=1 rd_size=4096"),
             finish: "kill KILL",
-            own_pid_ns: true,
+            shared_ns: &[],
             updates: vec![],
         },
         Case {
@@ -273,7 +327,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: None,
             finish: "fail cpuset.cpus",
-            own_pid_ns: true,
+            shared_ns: &[],
             updates: vec![],
         },
         Case {
@@ -287,7 +341,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: Some("insmod /skiff/modules/bfq.ko"),
             finish: "force",
-            own_pid_ns: true,
+            shared_ns: &[],
             updates: vec![],
         },
         Case {
@@ -302,7 +356,7 @@ pub fn cases() -> Vec<Case> {
             ],
             before: None,
             finish: "run 7",
-            own_pid_ns: true,
+            shared_ns: &[],
             updates: vec![],
         },
         // The `live` cases come last: the bfq case above has loaded bfq, so `--blkio-weight` lands
@@ -324,7 +378,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: None,
             finish: "live",
-            own_pid_ns: true,
+            shared_ns: &[],
             updates: vec![],
         },
         Case {
@@ -357,7 +411,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: None,
             finish: "live",
-            own_pid_ns: true,
+            shared_ns: &[],
             updates: vec![
                 (
                     "flags --memory 128m --memory-swap 256m --memory-reservation 16m \
@@ -421,7 +475,7 @@ pub fn cases() -> Vec<Case> {
             mounts: vec![],
             before: None,
             finish: "live",
-            own_pid_ns: false,
+            shared_ns: &["pid"],
             updates: vec![],
         },
     ]
@@ -471,9 +525,10 @@ impl Case {
                 {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"},
             ],
         });
-        if !self.own_pid_ns {
-            linux["namespaces"].as_array_mut().unwrap().remove(0);
-        }
+        linux["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| !self.shared_ns.contains(&n["type"].as_str().unwrap()));
         if let Some(p) = self.cgroups_path {
             linux["cgroupsPath"] = json!(p);
         }
@@ -501,6 +556,9 @@ impl Case {
             "path {} {}\nfinish {}\n",
             self.path.0, self.path.1, self.finish
         );
+        if self.shared_ns.contains(&"cgroup") {
+            e.push_str(&format!("inside-cgroup {}\n", self.path.1));
+        }
         if let Some(b) = self.before {
             e.push_str(&format!("before {b}\n"));
         }
