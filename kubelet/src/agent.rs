@@ -57,6 +57,9 @@ pub struct AgentArgs {
     /// The cgroup under which pods' cgroups are made, in every hierarchy.
     #[arg(long, default_value = "/kubepods")]
     pub cgroup_root: String,
+    /// The most processes a pod may have (its cgroup's pids.max); -1: no limit.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub pod_max_pids: i64,
     /// A directory of static pod manifests.
     #[arg(long)]
     pub pod_manifest_path: Option<PathBuf>,
@@ -102,6 +105,18 @@ pub struct AgentArgs {
     /// signals memory.available and nodefs.available.
     #[arg(long, default_value = crate::eviction::DEFAULT_EVICTION_HARD)]
     pub eviction_hard: crate::eviction::Thresholds,
+    /// Soft eviction thresholds, as --eviction-hard; each counts once its signal has stayed past
+    /// it for its --eviction-soft-grace-period.
+    #[arg(long, default_value = "")]
+    pub eviction_soft: crate::eviction::Thresholds,
+    /// The soft thresholds' grace periods: `SIGNAL=DURATION`, comma-separated
+    /// (`memory.available=1m30s`).
+    #[arg(long, default_value = "")]
+    pub eviction_soft_grace_period: crate::eviction::GracePeriods,
+    /// The longest termination grace period (seconds) a pod evicted by a soft threshold gets
+    /// (less if its own terminationGracePeriodSeconds is shorter).
+    #[arg(long, default_value_t = 0)]
+    pub eviction_max_pod_grace_period: u32,
     /// How long a pressure condition stays True after its threshold was last met.
     #[arg(long, default_value = "5m", value_parser = crate::eviction::parse_duration)]
     pub eviction_pressure_transition_period: std::time::Duration,
@@ -209,13 +224,18 @@ pub async fn run_until(
 
     let images =
         crate::image::ImageStore::open(&args.root_dir).context("opening the image store")?;
-    let eviction = crate::eviction::EvictionManager::new(crate::eviction::EvictionConfig {
+    let eviction_config = crate::eviction::EvictionConfig {
         thresholds: args.eviction_hard.clone(),
+        soft: args.eviction_soft.clone(),
+        soft_grace: args.eviction_soft_grace_period.clone(),
+        max_pod_grace_period: Duration::from_secs(args.eviction_max_pod_grace_period.into()),
         monitoring_period: args
             .eviction_monitoring_period
             .max(Duration::from_millis(100)),
         pressure_transition_period: args.eviction_pressure_transition_period,
-    });
+    };
+    eviction_config.validate().map_err(anyhow::Error::msg)?;
+    let eviction = crate::eviction::EvictionManager::new(eviction_config);
     let node = Arc::new(NodeAgent::new(
         client.clone(),
         NodeConfig {
@@ -247,6 +267,7 @@ pub async fn run_until(
         run_dir: args.run_dir.clone(),
         pod_logs_dir: args.pod_logs_dir.clone(),
         cgroup_root: args.cgroup_root.clone(),
+        pod_pids_limit: (args.pod_max_pids >= 0).then_some(args.pod_max_pids),
         shim_path,
         container_log_max_size: args.container_log_max_size,
         cluster_dns: args.cluster_dns.clone(),

@@ -64,6 +64,11 @@ impl CgroupMounts {
             .map(|(d, _)| d.as_path())
     }
 
+    /// A unified (v2) host: a cgroup2 mount and no v1 cpu or memory hierarchy.
+    pub fn unified(&self) -> bool {
+        self.v2.is_some() && self.v1_dir("cpu").is_none() && self.v1_dir("memory").is_none()
+    }
+
     /// Every hierarchy's mountpoint (v1 ones and the v2 one).
     fn all(&self) -> impl Iterator<Item = &Path> {
         self.v1
@@ -140,8 +145,7 @@ pub fn ensure_pod_cgroup(
 ) -> Result<String, CgroupError> {
     let path = pod_cgroup(root, qos, uid);
     let rel = path.trim_start_matches('/');
-    if mounts.v1_dir("cpu").is_none()
-        && mounts.v1_dir("memory").is_none()
+    if mounts.unified()
         && let Some(v2) = &mounts.v2
     {
         ensure_pod_cgroup_v2(v2, rel, qos, res, pids_limit)?;

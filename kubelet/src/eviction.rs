@@ -10,6 +10,11 @@
 //! passed), so that the pressure relieved by one eviction does not cost a second pod. Under disk
 //! pressure the images no pod or container on the node uses are collected first (least recently
 //! used first), and no pod is evicted in a period whose collection freed enough.
+//!
+//! Soft thresholds (`--eviction-soft`) count only once their signal has stayed past them for the
+//! signal's grace period (`--eviction-soft-grace-period memory.available=1m30s`); a pod they
+//! evict gets its termination grace period capped by `--eviction-max-pod-grace-period` (preStop
+//! and SIGTERM first), where a hard threshold kills at once.
 
 use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
@@ -58,6 +63,14 @@ pub enum Signal {
 }
 
 impl Signal {
+    fn parse(name: &str) -> Option<Signal> {
+        match name.trim() {
+            "memory.available" => Some(Signal::MemoryAvailable),
+            "nodefs.available" => Some(Signal::NodefsAvailable),
+            _ => None,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Signal::MemoryAvailable => "memory.available",
@@ -90,14 +103,14 @@ impl Amount {
     }
 }
 
-/// One hard threshold: the signal below the amount.
+/// One threshold: the signal below the amount.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Threshold {
     pub signal: Signal,
     pub amount: Amount,
 }
 
-/// The hard eviction thresholds (`--eviction-hard`).
+/// Eviction thresholds (`--eviction-hard`, `--eviction-soft`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Thresholds(pub Vec<Threshold>);
 
@@ -122,11 +135,8 @@ impl FromStr for Thresholds {
             let (name, value) = item
                 .split_once('<')
                 .ok_or_else(|| ThresholdError::Syntax(item.to_string()))?;
-            let signal = match name.trim() {
-                "memory.available" => Signal::MemoryAvailable,
-                "nodefs.available" => Signal::NodefsAvailable,
-                _ => return Err(ThresholdError::Signal(item.to_string())),
-            };
+            let signal =
+                Signal::parse(name).ok_or_else(|| ThresholdError::Signal(item.to_string()))?;
             let value = value.trim();
             let bad = || ThresholdError::Amount(item.to_string());
             let amount = match value.strip_suffix('%') {
@@ -147,6 +157,28 @@ impl FromStr for Thresholds {
             out.push(Threshold { signal, amount });
         }
         Ok(Thresholds(out))
+    }
+}
+
+/// The soft thresholds' grace periods (`--eviction-soft-grace-period`): `SIGNAL=DURATION`,
+/// comma-separated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GracePeriods(pub HashMap<Signal, Duration>);
+
+impl FromStr for GracePeriods {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<GracePeriods, String> {
+        let mut out = HashMap::new();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (name, value) = item.split_once('=').ok_or_else(|| {
+                format!("eviction grace period {item:?}: expected SIGNAL=DURATION")
+            })?;
+            let signal = Signal::parse(name)
+                .ok_or_else(|| format!("eviction grace period {item:?}: unknown signal"))?;
+            out.insert(signal, parse_duration(value.trim())?);
+        }
+        Ok(GracePeriods(out))
     }
 }
 
@@ -242,7 +274,18 @@ pub struct Pressure {
 /// The order a pod's worker gets: fail the pod as evicted, reclaim what it holds, then say so.
 pub struct EvictionOrder {
     pub message: String,
+    /// A soft threshold's cap on the pod's termination grace period; `None` (a hard threshold):
+    /// killed at once.
+    pub max_grace: Option<Duration>,
     pub reclaimed: oneshot::Sender<()>,
+}
+
+impl EvictionOrder {
+    /// The grace period the pod's containers get.
+    pub fn grace(&self, pod_grace: Duration) -> Duration {
+        self.max_grace
+            .map_or(Duration::ZERO, |max| pod_grace.min(max))
+    }
 }
 
 /// The pending orders, by pod uid (shared between the manager and the workers).
@@ -266,6 +309,9 @@ impl EvictionOrders {
 #[derive(Debug, Clone)]
 pub struct EvictionConfig {
     pub thresholds: Thresholds,
+    pub soft: Thresholds,
+    pub soft_grace: GracePeriods,
+    pub max_pod_grace_period: Duration,
     pub monitoring_period: Duration,
     pub pressure_transition_period: Duration,
 }
@@ -275,9 +321,29 @@ pub struct EvictionManager {
     pub config: EvictionConfig,
     /// When each signal's threshold was last met.
     last_met: HashMap<Signal, Instant>,
+    /// Since when each signal has been past its soft threshold without a break.
+    soft_since: HashMap<Signal, Instant>,
     pressure: watch::Sender<Pressure>,
     /// The last evicted pod's reclaim, and when the manager stops waiting for it.
     pending: Option<(oneshot::Receiver<()>, Instant)>,
+}
+
+impl EvictionConfig {
+    /// Every soft threshold needs its grace period, as the kubelet demands.
+    pub fn validate(&self) -> Result<(), String> {
+        match self
+            .soft
+            .0
+            .iter()
+            .find(|t| !self.soft_grace.0.contains_key(&t.signal))
+        {
+            Some(t) => Err(format!(
+                "--eviction-soft {}: no grace period for it in --eviction-soft-grace-period",
+                t.signal.name()
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 impl EvictionManager {
@@ -285,6 +351,7 @@ impl EvictionManager {
         EvictionManager {
             config,
             last_met: HashMap::new(),
+            soft_since: HashMap::new(),
             pressure: watch::channel(Pressure::default()).0,
             pending: None,
         }
@@ -307,19 +374,16 @@ impl EvictionManager {
     ) -> Option<(String, EvictionOrder)> {
         let run_dir = config.run_dir.clone();
         let pods_in_use = pods.clone();
-        let thresholds = self.config.thresholds.clone();
-        let (observed, met, usage) = tokio::task::spawn_blocking(move || {
-            let o = Observation::read(&config.root_dir, &cgroups, &config.cgroup_root);
-            let met = thresholds.met(&o);
-            let usage = met
-                .first()
-                .map(|(signal, ..)| pod_usage(&config, &cgroups, &pods, *signal))
-                .unwrap_or_default();
-            (o, met, usage)
-        })
-        .await
-        .ok()?;
+        let observed = {
+            let (config, cgroups) = (config.clone(), cgroups.clone());
+            tokio::task::spawn_blocking(move || {
+                Observation::read(&config.root_dir, &cgroups, &config.cgroup_root)
+            })
+            .await
+            .ok()?
+        };
         let now = Instant::now();
+        let met = self.met(&observed, now);
         for (signal, ..) in &met {
             self.last_met.insert(*signal, now);
         }
@@ -337,7 +401,7 @@ impl EvictionManager {
             *p = pressure;
             changed
         });
-        let (signal, limit, available) = *met.first()?;
+        let (signal, limit, available, max_grace) = *met.first()?;
         tracing::info!(
             signal = signal.name(),
             available = %format_bytes(available),
@@ -375,12 +439,56 @@ impl EvictionManager {
                 Err(e) => tracing::warn!("collecting unused images: {e}"),
             }
         }
+        let usage =
+            tokio::task::spawn_blocking(move || pod_usage(&config, &cgroups, &pods, signal))
+                .await
+                .ok()?;
         let victim = rank(usage).into_iter().next()?;
         let message = eviction_message(signal, limit, available, &victim);
         tracing::info!(pod = %victim.uid, "evicting: {message}");
         let (reclaimed, rx) = oneshot::channel();
         self.pending = Some((rx, now + CLEANUP_WAIT));
-        Some((victim.uid, EvictionOrder { message, reclaimed }))
+        let order = EvictionOrder {
+            message,
+            max_grace,
+            reclaimed,
+        };
+        Some((victim.uid, order))
+    }
+
+    /// The thresholds `o` meets: the hard ones, then the soft ones past their grace period (with
+    /// the cap on the evicted pod's grace period).
+    fn met(&mut self, o: &Observation, now: Instant) -> Vec<(Signal, u64, u64, Option<Duration>)> {
+        let soft = self.config.soft.met(o);
+        self.soft_since
+            .retain(|s, _| soft.iter().any(|(signal, ..)| signal == s));
+        let mut met: Vec<_> = self
+            .config
+            .thresholds
+            .met(o)
+            .into_iter()
+            .map(|(s, limit, available)| (s, limit, available, None))
+            .collect();
+        for (signal, limit, available) in soft {
+            let since = *self.soft_since.entry(signal).or_insert(now);
+            let grace = self.config.soft_grace.0.get(&signal).copied();
+            if grace.is_some_and(|g| now.duration_since(since) >= g) {
+                met.push((
+                    signal,
+                    limit,
+                    available,
+                    Some(self.config.max_pod_grace_period),
+                ));
+            } else {
+                tracing::info!(
+                    signal = signal.name(),
+                    available = %format_bytes(available),
+                    threshold = %format_bytes(limit),
+                    "soft eviction threshold met, within its grace period"
+                );
+            }
+        }
+        met
     }
 }
 
@@ -660,6 +768,70 @@ mod tests {
             nodefs: (99, 1000),
         };
         assert_eq!(t.met(&o), vec![(Signal::NodefsAvailable, 100, 99)]);
+    }
+
+    #[test]
+    fn soft_thresholds_count_after_their_grace_period() {
+        let config = EvictionConfig {
+            thresholds: "memory.available<10Mi".parse().unwrap(),
+            soft: "memory.available<100Mi,nodefs.available<10%"
+                .parse()
+                .unwrap(),
+            soft_grace: "memory.available=1m".parse().unwrap(),
+            max_pod_grace_period: Duration::from_secs(5),
+            monitoring_period: Duration::from_secs(1),
+            pressure_transition_period: Duration::from_secs(1),
+        };
+        assert_eq!(
+            config.validate().unwrap_err(),
+            "--eviction-soft nodefs.available: no grace period for it in --eviction-soft-grace-period"
+        );
+        let mut m = EvictionManager::new(config);
+        let low = Observation {
+            memory: (50 << 20, 1 << 30),
+            nodefs: (900, 1000),
+        };
+        let fine = Observation {
+            memory: (500 << 20, 1 << 30),
+            ..low
+        };
+        let t0 = Instant::now();
+        let soft = vec![(
+            Signal::MemoryAvailable,
+            100 << 20,
+            50 << 20,
+            Some(Duration::from_secs(5)),
+        )];
+        assert!(m.met(&low, t0).is_empty());
+        assert!(m.met(&low, t0 + Duration::from_secs(59)).is_empty());
+        assert_eq!(m.met(&low, t0 + Duration::from_secs(60)), soft);
+        // A break restarts the grace period.
+        assert!(m.met(&fine, t0 + Duration::from_secs(61)).is_empty());
+        assert!(m.met(&low, t0 + Duration::from_secs(62)).is_empty());
+        assert_eq!(m.met(&low, t0 + Duration::from_secs(122)), soft);
+        // A hard threshold counts at once, before the soft one.
+        let very_low = Observation {
+            memory: (5 << 20, 1 << 30),
+            ..low
+        };
+        assert_eq!(
+            m.met(&very_low, t0 + Duration::from_secs(123))[0],
+            (Signal::MemoryAvailable, 10 << 20, 5 << 20, None)
+        );
+        let order = |max_grace| EvictionOrder {
+            message: String::new(),
+            max_grace,
+            reclaimed: oneshot::channel().0,
+        };
+        let thirty = Duration::from_secs(30);
+        assert_eq!(order(None).grace(thirty), Duration::ZERO);
+        assert_eq!(
+            order(Some(Duration::from_secs(5))).grace(thirty),
+            Duration::from_secs(5)
+        );
+        assert_eq!(order(Some(Duration::from_secs(60))).grace(thirty), thirty);
+        assert!("memory.available:1m".parse::<GracePeriods>().is_err());
+        assert!("pid.available=1m".parse::<GracePeriods>().is_err());
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub struct ContainerSetup<'a> {
     pub seccomp_dir: &'a Path,
     /// The PID namespace to join (an ephemeral container's target's), or `None` for a new one.
     pub pid_namespace: Option<PathBuf>,
+    /// A cgroup namespace of the container's own, as containerd gives every container on a
+    /// unified (cgroup v2) host: /sys/fs/cgroup shows the container's cgroup as its root.
+    pub cgroup_namespace: bool,
 }
 
 /// The container's args: `command` replaces the entrypoint, `args` the cmd; both expanded.
@@ -381,6 +384,7 @@ pub fn generate(setup: &ContainerSetup) -> Result<Value, ConfigError> {
         .or(own_pid)
         .into_iter()
         .chain(std::iter::once(("mount".to_string(), None)))
+        .chain(setup.cgroup_namespace.then(|| ("cgroup".to_string(), None)))
         .chain(sandbox_namespaces)
         .map(|(t, path)| match path {
             Some(p) => json!({"type": t, "path": p}),
@@ -630,6 +634,7 @@ mod tests {
             volume_mounts: &[],
             seccomp_dir: Path::new("/var/lib/kubelet/seccomp"),
             pid_namespace: None,
+            cgroup_namespace: false,
         };
         let spec = generate(&setup).unwrap();
         assert_eq!(spec["process"]["user"]["uid"], 33);
@@ -675,6 +680,7 @@ mod tests {
                 volume_mounts: &[],
                 seccomp_dir: Path::new("/var/lib/kubelet/seccomp"),
                 pid_namespace: join,
+                cgroup_namespace: false,
             };
             let spec = generate(&setup).unwrap();
             spec["linux"]["namespaces"]

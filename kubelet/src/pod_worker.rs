@@ -59,6 +59,8 @@ pub struct KubeletConfig {
     pub run_dir: PathBuf,
     pub pod_logs_dir: PathBuf,
     pub cgroup_root: String,
+    /// Every pod cgroup's pids.max (`--pod-max-pids`), `None` for no limit.
+    pub pod_pids_limit: Option<i64>,
     pub shim_path: PathBuf,
     pub container_log_max_size: u64,
     pub cluster_dns: Vec<IpAddr>,
@@ -549,8 +551,9 @@ impl PodWorker {
     }
 
     /// Node-pressure eviction: the containers are killed at once (a hard threshold gives no grace
-    /// period), the pod fails as Evicted, and everything it held on the node — writable layers,
-    /// volumes, logs, cgroup, sandbox — is reclaimed before the eviction manager hears so.
+    /// period) or stopped within the pod's grace period capped by the soft threshold's maximum,
+    /// the pod fails as Evicted, and everything it held on the node — writable layers, volumes,
+    /// logs, cgroup, sandbox — is reclaimed before the eviction manager hears so.
     async fn evict(&mut self, pod: &Pod, order: EvictionOrder) {
         self.k
             .events
@@ -562,7 +565,8 @@ impl PodWorker {
                 &order.message,
             )
             .await;
-        self.stop_all(Duration::ZERO).await;
+        self.stop_all(order.grace(lifecycle::grace_period(pod, None)))
+            .await;
         self.failed = Some((crate::eviction::EVICTED_REASON.to_string(), order.message));
         self.report(pod, true, false, self.failed.clone()).await;
         self.release().await;
@@ -579,7 +583,7 @@ impl PodWorker {
             qos,
             &self.uid,
             &res,
-            None,
+            self.k.config.pod_pids_limit,
         ) {
             Ok(p) => p,
             Err(e) => {
@@ -955,6 +959,7 @@ impl PodWorker {
                 volume_mounts: &volume_mounts,
                 seccomp_dir: &cfg.root_dir.join("seccomp"),
                 pid_namespace: pid_namespace.clone(),
+                cgroup_namespace: self.k.cgroups.unified(),
             })
             .map_err(|e| e.to_string())?;
             shim::write_json(&record.bundle(), "config.json", &spec)

@@ -4,7 +4,8 @@
 //! root that a BestEffort pod fills with a memory-backed emptyDir. In both the node reports the
 //! pressure, the greedy BestEffort pod is evicted first (Failed, reason Evicted, the kubelet's
 //! message, an Evicted event), its resources are reclaimed, the pressure ends, and the idle
-//! BestEffort and the Guaranteed pods keep running.
+//! BestEffort and the Guaranteed pods keep running. A soft threshold evicts only after its grace
+//! period, and gives the pod SIGTERM and a grace period capped by the maximum.
 
 mod common;
 
@@ -134,6 +135,76 @@ fn expect_pressure_ends(node: &Node, condition: &str) {
     );
 }
 
+/// The node's root directory on a 64 MiB tmpfs.
+fn mount_small_disk(root: &Path) {
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "skiff-eviction-test"])
+        .arg(root)
+        .status()
+        .expect("mount");
+    assert!(ok.success(), "mounting a tmpfs on {}", root.display());
+}
+
+#[test]
+fn soft_threshold_evicts_after_its_grace_period_with_the_capped_pod_grace_period() {
+    let node = Node::start_with_root(
+        &[
+            "--eviction-hard",
+            "memory.available<100Mi",
+            "--eviction-soft",
+            "nodefs.available<40%",
+            "--eviction-soft-grace-period",
+            "nodefs.available=3s",
+            "--eviction-max-pod-grace-period",
+            "2",
+            "--eviction-monitoring-period",
+            "1s",
+        ],
+        mount_small_disk,
+    );
+    // Fills the disk past the soft threshold, then notes when SIGTERM came and ignores it: only
+    // the end of the capped grace period (2 s, not the pod's 30 s) kills it.
+    let greedy = pod(
+        "greedy",
+        "trap 'date +%s > /dev/termination-log' TERM; \
+         dd if=/dev/zero of=/fill bs=1M count=40 && while :; do sleep 1; done",
+        "",
+        "",
+    )
+    .replace(
+        "terminationGracePeriodSeconds: 1",
+        "terminationGracePeriodSeconds: 30",
+    );
+    node.apply(&greedy);
+    let p = node.wait_pod("greedy", "evicted", WAIT, |p| phase(p) == "Failed");
+    assert_eq!(p["status"]["reason"], "Evicted", "{}", p["status"]);
+    let terminated = &p["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(terminated["exitCode"], 137, "{terminated}");
+    let term_at: i64 = terminated["message"]
+        .as_str()
+        .and_then(|m| m.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no SIGTERM before the kill: {terminated}"));
+    let finished = chrono::DateTime::parse_from_rfc3339(terminated["finishedAt"].as_str().unwrap())
+        .unwrap()
+        .timestamp();
+    assert!(
+        (1..=10).contains(&(finished - term_at)),
+        "killed {}s after SIGTERM (max grace 2s, the pod's 30s): {terminated}",
+        finished - term_at
+    );
+    // The soft grace period: no eviction before the signal stayed past the threshold for 3 s.
+    let started: i64 = terminated["startedAt"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .unwrap()
+        .timestamp();
+    assert!(
+        term_at - started >= 3,
+        "SIGTERM {}s after start: {terminated}",
+        term_at - started
+    );
+}
+
 #[test]
 fn disk_pressure_evicts_the_best_effort_pod_filling_the_disk() {
     let node = Node::start_with_root(
@@ -146,12 +217,7 @@ fn disk_pressure_evicts_the_best_effort_pod_filling_the_disk() {
             "10s",
         ],
         |root: &Path| {
-            let ok = Command::new("mount")
-                .args(["-t", "tmpfs", "-o", "size=64m", "skiff-eviction-test"])
-                .arg(root)
-                .status()
-                .expect("mount");
-            assert!(ok.success(), "mounting a tmpfs on {}", root.display());
+            mount_small_disk(root);
             // An image no pod uses: collected before any pod is evicted.
             let archive = root.join("unused.tar");
             skiff_kubelet::image::busybox::BusyboxImage {

@@ -14,5 +14,6 @@ pub mod health;
 pub mod iptables;
 pub mod model;
 pub mod netlink;
+pub mod nft_batch;
 pub mod nftables;
 pub mod sync;

@@ -31,6 +31,7 @@ use std::net::Ipv4Addr;
 
 use crate::dataplane::{Applied, DataPlane, Error, MASQ_MARK, RenderConfig, run_tool};
 use crate::model::{Endpoint, Model, ServicePort, ServicePortName};
+use crate::nft_batch::{self, Batch, Data};
 
 pub const TABLE: &str = "skiff";
 
@@ -526,20 +527,20 @@ fn spread(r: &mut Ruleset, chain: &str, p: &ServicePort, endpoints: &[Endpoint])
 }
 
 /// The whole table, created afresh (after deleting whatever table of that name exists), as
-/// one transaction.
-fn full_text(want: &Ruleset) -> String {
+/// one transaction; with `want_elements` false, its maps and sets are left empty (for [`Batch`]).
+fn full_text(want: &Ruleset, want_elements: bool) -> String {
     let mut out = format!("add table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n");
     for (name, kind, decl) in MAPS {
         let _ = write!(out, "\t{kind} {name} {{ {decl}");
         let elements = &want.elements[name];
-        if !elements.is_empty() {
+        if !elements.is_empty() && want_elements {
             let items: Vec<String> = elements.iter().map(|(k, v)| element(k, v)).collect();
             let _ = write!(out, " elements = {{ {} }}", items.join(", "));
         }
         out.push_str(" }\n");
     }
     let _ = write!(out, "\tset {HAIRPIN} {{ {HAIRPIN_DECL}");
-    if !want.hairpin.is_empty() {
+    if !want.hairpin.is_empty() && want_elements {
         let _ = write!(out, " elements = {{ {} }}", hairpin_elements(&want.hairpin));
     }
     out.push_str(" }\n");
@@ -576,9 +577,21 @@ fn element(key: &str, value: &str) -> String {
 
 /// The transaction taking the table from `have` (what we last wrote) to `want`: new chains and
 /// sets added, changed chains flushed and refilled, map elements deleted and added, gone chains
-/// and sets deleted last (once nothing refers to them). With `rewrite_all`, every chain and map
-/// is rewritten (a periodic full sync) while affinity sets keep their state.
-fn diff_text(want: &Ruleset, have: &Ruleset, rewrite_all: bool) -> (String, usize) {
+/// and sets deleted last (once nothing refers to them).
+fn diff_text(want: &Ruleset, have: &Ruleset) -> (String, usize) {
+    let d = diff(want, have, true);
+    (d.head + &d.tail, d.changes)
+}
+
+/// A transaction in two parts: `head` adds and rewrites chains and sets (and, with
+/// `text_elements`, changes map elements), `tail` deletes what is no longer wanted.
+struct Diff {
+    head: String,
+    tail: String,
+    changes: usize,
+}
+
+fn diff(want: &Ruleset, have: &Ruleset, text_elements: bool) -> Diff {
     let mut out = String::new();
     let mut changes = 0;
     for (name, decl) in &want.sets {
@@ -601,7 +614,7 @@ fn diff_text(want: &Ruleset, have: &Ruleset, rewrite_all: bool) -> (String, usiz
     }
     for (name, rules) in &want.chains {
         let old = have.chains.get(name);
-        if old == Some(rules) && !rewrite_all {
+        if old == Some(rules) {
             continue;
         }
         changes += 1;
@@ -612,64 +625,11 @@ fn diff_text(want: &Ruleset, have: &Ruleset, rewrite_all: bool) -> (String, usiz
             let _ = writeln!(out, "add rule ip {TABLE} {name} {rule}");
         }
     }
-    let empty = BTreeMap::new();
-    for (map, elements) in &want.elements {
-        let old = have.elements.get(map).unwrap_or(&empty);
-        if rewrite_all {
-            if !old.is_empty() {
-                let _ = writeln!(out, "flush {} ip {TABLE} {map}", map_kind(map));
-            }
-        } else {
-            let gone: Vec<&String> = old
-                .iter()
-                .filter(|(k, v)| elements.get(*k) != Some(*v))
-                .map(|(k, _)| k)
-                .collect();
-            if !gone.is_empty() {
-                changes += gone.len();
-                let keys: Vec<&str> = gone.iter().map(|k| k.as_str()).collect();
-                let _ = writeln!(
-                    out,
-                    "delete element ip {TABLE} {map} {{ {} }}",
-                    keys.join(", ")
-                );
-            }
-        }
-        let added: Vec<String> = elements
-            .iter()
-            .filter(|(k, v)| rewrite_all || old.get(*k) != Some(*v))
-            .map(|(k, v)| element(k, v))
-            .collect();
-        if !added.is_empty() {
-            changes += added.len();
-            let _ = writeln!(
-                out,
-                "add element ip {TABLE} {map} {{ {} }}",
-                added.join(", ")
-            );
-        }
+    if text_elements {
+        changes += diff_elements(&mut out, want, have);
     }
-    let (gone, added): (Vec<&Ipv4Addr>, Vec<&Ipv4Addr>) = if rewrite_all {
-        if !have.hairpin.is_empty() {
-            let _ = writeln!(out, "flush set ip {TABLE} {HAIRPIN}");
-        }
-        (Vec::new(), want.hairpin.iter().collect())
-    } else {
-        (
-            have.hairpin.difference(&want.hairpin).collect(),
-            want.hairpin.difference(&have.hairpin).collect(),
-        )
-    };
-    for (verb, ips) in [("delete", gone), ("add", added)] {
-        if !ips.is_empty() {
-            changes += ips.len();
-            let _ = writeln!(
-                out,
-                "{verb} element ip {TABLE} {HAIRPIN} {{ {} }}",
-                hairpin_elements(ips)
-            );
-        }
-    }
+    let head = out;
+    let mut out = String::new();
     let gone: Vec<&String> = have
         .chains
         .keys()
@@ -686,17 +646,137 @@ fn diff_text(want: &Ruleset, have: &Ruleset, rewrite_all: bool) -> (String, usiz
         let _ = writeln!(out, "delete set ip {TABLE} {name}");
         changes += 1;
     }
-    (out, changes)
+    Diff {
+        head,
+        tail: out,
+        changes,
+    }
 }
 
-fn map_kind(name: &str) -> &'static str {
-    MAPS.iter()
-        .find(|(n, _, _)| *n == name)
-        .map_or("map", |(_, kind, _)| kind)
+/// Map and hairpin elements from `have` to `want` as text; returns how many change.
+fn diff_elements(out: &mut String, want: &Ruleset, have: &Ruleset) -> usize {
+    let mut changes = 0;
+    let empty = BTreeMap::new();
+    for (map, elements) in &want.elements {
+        let old = have.elements.get(map).unwrap_or(&empty);
+        let gone: Vec<&String> = old
+            .iter()
+            .filter(|(k, v)| elements.get(*k) != Some(*v))
+            .map(|(k, _)| k)
+            .collect();
+        if !gone.is_empty() {
+            changes += gone.len();
+            let keys: Vec<&str> = gone.iter().map(|k| k.as_str()).collect();
+            let _ = writeln!(
+                out,
+                "delete element ip {TABLE} {map} {{ {} }}",
+                keys.join(", ")
+            );
+        }
+        let added: Vec<String> = elements
+            .iter()
+            .filter(|(k, v)| old.get(*k) != Some(*v))
+            .map(|(k, v)| element(k, v))
+            .collect();
+        if !added.is_empty() {
+            changes += added.len();
+            let _ = writeln!(
+                out,
+                "add element ip {TABLE} {map} {{ {} }}",
+                added.join(", ")
+            );
+        }
+    }
+    let gone: Vec<&Ipv4Addr> = have.hairpin.difference(&want.hairpin).collect();
+    let added: Vec<&Ipv4Addr> = want.hairpin.difference(&have.hairpin).collect();
+    for (verb, ips) in [("delete", gone), ("add", added)] {
+        if !ips.is_empty() {
+            changes += ips.len();
+            let _ = writeln!(
+                out,
+                "{verb} element ip {TABLE} {HAIRPIN} {{ {} }}",
+                hairpin_elements(ips)
+            );
+        }
+    }
+    changes
 }
 
 fn apply(text: &str) -> Result<(), Error> {
     run_tool("nft", &["-f", "-"], Some(text)).map(|_| ())
+}
+
+/// Every map and set element of `want` as one netlink batch, each map flushed first: the
+/// elements change in one transaction.
+fn elements_batch(want: &Ruleset) -> Batch {
+    let mut batch = Batch::new();
+    let (mut key, mut value) = (Vec::with_capacity(16), Vec::with_capacity(8));
+    for (map, elements) in &want.elements {
+        batch.flush(TABLE, map);
+        // Endpoint maps' keys end in the endpoint's index (numgen's value, host order).
+        let indexed = map.starts_with("endpoints-");
+        for (k, v) in elements {
+            key.clear();
+            encode(k, indexed, &mut key);
+            let data = if v.is_empty() {
+                Data::None
+            } else if let Some(chain) = v.strip_prefix("goto ") {
+                Data::Verdict(nft_batch::NFT_GOTO, Some(chain))
+            } else if let Some(chain) = v.strip_prefix("jump ") {
+                Data::Verdict(nft_batch::NFT_JUMP, Some(chain))
+            } else if v == "drop" {
+                Data::Verdict(nft_batch::NF_DROP, None)
+            } else if v == "accept" {
+                Data::Verdict(nft_batch::NF_ACCEPT, None)
+            } else {
+                value.clear();
+                encode(v, false, &mut value);
+                Data::Value(&value)
+            };
+            batch.add(TABLE, map, &key, data);
+        }
+    }
+    batch.flush(TABLE, HAIRPIN);
+    for ip in &want.hairpin {
+        key.clear();
+        key.extend_from_slice(&ip.octets());
+        key.extend_from_slice(&ip.octets());
+        batch.add(TABLE, HAIRPIN, &key, Data::None);
+    }
+    batch
+}
+
+/// A rendered key or value (`10.96.0.1 . tcp . 80 . 3`) in the kernel's layout: each field in
+/// 4-byte slots, addresses and ports in network order, the protocol a byte, and with `indexed`
+/// the last field an endpoint index in host order.
+fn encode(text: &str, indexed: bool, out: &mut Vec<u8>) {
+    let mut fields = text.split(" . ").peekable();
+    while let Some(field) = fields.next() {
+        if let Ok(ip) = field.parse::<Ipv4Addr>() {
+            out.extend_from_slice(&ip.octets());
+        } else if let Some(proto) = match field {
+            "tcp" => Some(libc::IPPROTO_TCP),
+            "udp" => Some(libc::IPPROTO_UDP),
+            "sctp" => Some(libc::IPPROTO_SCTP),
+            _ => None,
+        } {
+            out.extend_from_slice(&[proto as u8, 0, 0, 0]);
+        } else if indexed && fields.peek().is_none() {
+            let i: u32 = field.parse().expect("rendered endpoint index");
+            out.extend_from_slice(&i.to_ne_bytes());
+        } else {
+            let port: u16 = field.parse().expect("rendered port");
+            out.extend_from_slice(&port.to_be_bytes());
+            out.extend_from_slice(&[0, 0]);
+        }
+    }
+}
+
+fn table_exists() -> Result<bool, Error> {
+    let tables = run_tool("nft", &["list", "tables", "ip"], None)?;
+    Ok(tables
+        .lines()
+        .any(|l| l.trim() == format!("table ip {TABLE}")))
 }
 
 /// A map element: (map, key).
@@ -920,35 +1000,96 @@ impl DataPlane for Nftables {
             // A partial sync: only the ports that changed are rendered and compared.
             Some(mut inst) if !full && inst.cfg == *cfg => {
                 let (before, after) = inst.update(model);
-                let (text, changes) = diff_text(&after, &before, false);
+                let (text, changes) = diff_text(&after, &before);
                 Applied::install(&mut self.last, inst, &text, changes, apply)
+            }
+            // The node's facts changed: what they touch is rewritten.
+            Some(last) if !full => {
+                let next = Installed::build(model, cfg);
+                let (text, changes) = diff_text(&next.assemble(), &last.assemble());
+                Applied::install(&mut self.last, next, &text, changes, apply)
+            }
+            // First sync of this process over a table of an earlier run (or half of one): it
+            // is replaced whole, in one transaction, since what it holds is not known.
+            None if table_exists()? => {
+                let next = Installed::build(model, cfg);
+                let want = next.assemble();
+                let changes = want.chains.len();
+                Applied::install(
+                    &mut self.last,
+                    next,
+                    &full_text(&want, true),
+                    changes,
+                    apply,
+                )
             }
             last => {
                 let next = Installed::build(model, cfg);
                 let want = next.assemble();
-                let (text, changes) = match last {
-                    // First sync of this process: whatever table is there (ours from an
-                    // earlier run, or half of one) is replaced whole.
-                    None => (full_text(&want), want.chains.len()),
-                    Some(last) => diff_text(&want, &last.assemble(), full),
-                };
-                Applied::install(&mut self.last, next, &text, changes, apply)
+                Self::full_sync(&mut self.last, next, &want, last.map(|l| l.assemble()))
             }
         }
     }
 }
 
+impl Nftables {
+    /// A full sync over no table or the one we last wrote (`have`), in three transactions
+    /// whose every intermediate state routes traffic as either the old or the new table would:
+    /// `nft -f` adds new chains and sets and rewrites changed chains (old map elements still
+    /// lead to the same places); one netlink batch then flushes every map and loads all the
+    /// elements (the switch, atomic); `nft -f` last deletes the chains and sets nothing refers
+    /// to any more. Elements go as a batch because `nft` parsing ~200,000 of them as text costs
+    /// most of a second. Should a step fail, the table is replaced whole as text, in one
+    /// transaction: nft 1.0.6 cannot add a rule naming an endpoint map it read back from the
+    /// kernel ("conflicting protocols specified: ip vs. th", from the map's `typeof`), which
+    /// a new pick chain needs.
+    fn full_sync(
+        last: &mut Option<Installed>,
+        next: Installed,
+        want: &Ruleset,
+        have: Option<Ruleset>,
+    ) -> Result<Applied, Error> {
+        let (head, tail, changes) = match have {
+            None => (full_text(want, false), String::new(), want.chains.len()),
+            // (`add table`, a no-op, keeps the head from being empty: the batch always goes.)
+            Some(have) => {
+                let d = diff(want, &have, false);
+                (
+                    format!("add table ip {TABLE}\n{}", d.head),
+                    d.tail,
+                    d.changes,
+                )
+            }
+        };
+        let elements: usize =
+            want.elements.values().map(BTreeMap::len).sum::<usize>() + want.hairpin.len();
+        let mut extra = 0;
+        let mut applied = Applied::install(last, next, &head, changes + elements, |head| {
+            let batched = apply(head).and_then(|()| {
+                extra = elements_batch(want).commit()?;
+                if !tail.is_empty() {
+                    apply(&tail)?;
+                }
+                extra += tail.len();
+                Ok(())
+            });
+            batched.or_else(|e| {
+                tracing::warn!(error = %e, "full sync through a netlink batch failed; replacing the table as text");
+                let text = full_text(want, true);
+                extra = text.len();
+                apply(&text)
+            })
+        })?;
+        applied.bytes += extra;
+        Ok(applied)
+    }
+}
+
 /// Deletes our table, if present.
 pub fn cleanup() -> Result<(), Error> {
-    match run_tool("nft", &["list", "tables", "ip"], None) {
-        Ok(tables)
-            if tables
-                .lines()
-                .any(|l| l.trim() == format!("table ip {TABLE}")) =>
-        {
-            apply(&format!("delete table ip {TABLE}\n"))
-        }
-        Ok(_) => Ok(()),
+    match table_exists() {
+        Ok(true) => apply(&format!("delete table ip {TABLE}\n")),
+        Ok(false) => Ok(()),
         // No nft on the node: nothing of ours can be there.
         Err(Error::Spawn { .. }) => Ok(()),
         Err(e) => Err(e),
@@ -1029,7 +1170,7 @@ mod tests {
         );
         assert!(r.sets.is_empty());
         assert!(r.hairpin.contains(&"10.244.0.3".parse().unwrap()));
-        let text = full_text(&r);
+        let text = full_text(&r, true);
         assert!(text.starts_with("add table ip skiff\ndelete table ip skiff\n"));
         assert!(text.contains("elements = { 10.96.0.20 . udp . 53 : goto cluster-addr-3 }"));
     }
@@ -1089,6 +1230,18 @@ mod tests {
     }
 
     #[test]
+    fn elements_are_encoded_in_the_kernels_layout() {
+        let mut key = Vec::new();
+        encode("10.96.0.20 . udp . 53 . 2", true, &mut key);
+        let mut want = vec![10, 96, 0, 20, 17, 0, 0, 0, 0, 53, 0, 0];
+        want.extend_from_slice(&2u32.to_ne_bytes());
+        assert_eq!(key, want);
+        let mut value = Vec::new();
+        encode("10.244.0.4 . 5353", false, &mut value);
+        assert_eq!(value, [10, 244, 0, 4, 0x14, 0xe9, 0, 0]);
+    }
+
+    #[test]
     fn affinity_keeps_a_chain_and_set_per_endpoint() {
         let mut p = port("sticky", &["10.244.0.2", "10.244.0.3"]);
         p.affinity_seconds = Some(60);
@@ -1131,7 +1284,7 @@ mod tests {
         let mut b2 = b.clone();
         b2.endpoints.pop();
         let (before, after) = inst.update(&model(vec![a.clone(), b2]));
-        let (text, changes) = diff_text(&after, &before, false);
+        let (text, changes) = diff_text(&after, &before);
         assert_eq!(
             text,
             "delete element ip skiff endpoints-addr-cluster { 10.96.0.21 . udp . 53 . 1 }\n\
@@ -1141,7 +1294,7 @@ mod tests {
         );
         assert_eq!(changes, 4);
         let (before, after) = inst.update(&model(vec![a, b]));
-        let (text, _) = diff_text(&after, &before, false);
+        let (text, _) = diff_text(&after, &before);
         assert!(!text.contains("chain") && !text.contains("rule"), "{text}");
     }
 
@@ -1152,7 +1305,7 @@ mod tests {
             &RenderConfig::default(),
         );
         let after = render(&model(vec![port("a", &[])]), &RenderConfig::default());
-        let (text, _) = diff_text(&after, &before, false);
+        let (text, _) = diff_text(&after, &before);
         assert!(
             text.contains("delete element ip skiff service-ips { 10.96.0.20 . udp . 53 }"),
             "{text}"
@@ -1186,7 +1339,7 @@ mod tests {
 
         let mut inst = Installed::build(&old, &cfg);
         let (before, after) = inst.update(&new);
-        let (partial, _) = diff_text(&after, &before, false);
+        let (partial, _) = diff_text(&after, &before);
         assert!(!partial.contains("10.96.0.20"), "{partial}");
         // c's going hands the external IP to b and keeps a's endpoint in the hairpin set.
         assert!(partial.contains("192.0.2.1 . udp . 53 : goto external-addr-1"));
@@ -1209,13 +1362,13 @@ mod tests {
             .collect();
         assert_eq!(extra, ["external-addr-2"]);
         // A full sync from there removes it.
-        let (text, _) = diff_text(&whole, &kept, false);
+        let (text, _) = diff_text(&whole, &kept);
         assert!(
             text.contains("delete chain ip skiff external-addr-2"),
             "{text}"
         );
         // Nothing changed: nothing touched.
         let (before, after) = inst.update(&new);
-        assert_eq!(diff_text(&after, &before, false).0, "");
+        assert_eq!(diff_text(&after, &before).0, "");
     }
 }

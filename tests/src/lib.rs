@@ -116,18 +116,7 @@ impl Netns {
     /// A command that runs inside the namespace (its network only: mounts and cgroups stay the
     /// machine's, as for a process started there).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new(program);
-        let path = format!("/var/run/netns/{}", self.name);
-        // SAFETY: pre_exec runs in the forked child before exec; it only opens a file and
-        // calls setns.
-        unsafe {
-            c.pre_exec(move || {
-                let f = std::fs::File::open(&path)?;
-                nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        c
+        command_in_netns(&self.name, program)
     }
 
     /// A command's stdout inside the namespace ("" when it fails).
@@ -178,6 +167,21 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .status();
     }
+}
+
+/// A command that runs inside the named network namespace (under /var/run/netns).
+pub fn command_in_netns(netns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new(program);
+    let path = format!("/var/run/netns/{netns}");
+    // SAFETY: pre_exec runs in the forked child before exec; it only opens a file and calls
+    // setns.
+    unsafe {
+        c.pre_exec(move || {
+            let f = std::fs::File::open(&path)?;
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+        });
+    }
+    c
 }
 
 fn ip(args: &[&str]) {

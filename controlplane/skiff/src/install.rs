@@ -149,9 +149,8 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<()> {
         "agent".into(),
         "--server".into(),
         args.server.clone(),
-        // From the environment file, so that the token is not in a world-readable unit.
-        "--token".into(),
-        "${SKIFF_TOKEN}".into(),
+        // No --token: the agent reads SKIFF_TOKEN from the environment file, so that the
+        // token is neither in a world-readable unit nor in the process's command line.
         "--data-dir".into(),
         path_word("--data-dir", &args.data_dir)?,
     ];

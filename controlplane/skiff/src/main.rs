@@ -638,12 +638,12 @@ fn main() -> anyhow::Result<()> {
                 bindings,
                 objects: sizes.first().copied().unwrap_or(1000).max(1),
                 concurrency: concurrency.max(1),
-                rounds: 3,
+                rounds: 10,
             };
             let rows = rt
                 .block_on(bench::rbac::run(&cfg))
                 .context("skiff bench --mode rbac")?;
-            print!("{}", bench::api::render(&rows));
+            print!("{}", bench::rbac::render(&rows));
         }
         Command::Bench {
             sizes,

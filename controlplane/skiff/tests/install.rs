@@ -109,7 +109,7 @@ fn units_pass_systemd_analyze_verify() {
     let server = std::fs::read_to_string(dir.join("skiff-server.service")).expect("server unit");
     for line in [
         &format!(
-            "ExecStart={SKIFF} agent --server https://10.0.0.1:6443 --token ${{SKIFF_TOKEN}} --data-dir /var/lib/skiff/agent --node-name node-1 --node-ip 10.0.0.2 --kubelet-arg=--max-pods=50"
+            "ExecStart={SKIFF} agent --server https://10.0.0.1:6443 --data-dir /var/lib/skiff/agent --node-name node-1 --node-ip 10.0.0.2 --kubelet-arg=--max-pods=50"
         ),
         &format!("EnvironmentFile={}", dir.join("agent.env").display()),
         "KillMode=process",

@@ -66,7 +66,7 @@ fn configmaps_in_mig(s: &Server) -> usize {
 
 #[test]
 fn objects_move_from_the_embedded_store_to_etcd_and_back() {
-    let mut s = Server::start();
+    let mut s = Server::start_embedded_with(&[]);
     s.kubectl(&["create", "namespace", "mig"]);
     let items: Vec<String> = (0..OBJECTS)
         .map(|i| {

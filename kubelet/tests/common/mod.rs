@@ -31,7 +31,7 @@ pub fn require(tool: &str, probe: &[&str], hint: &str) {
 }
 
 /// The workspace's target directory of this build (`target/debug`).
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     exe.parent()
         .and_then(Path::parent)
@@ -250,7 +250,14 @@ impl Node {
             "skiff token create: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        // `skiff token create` prints a join token, K10<CA hash>::<bootstrap token>; a
+        // kubelet's bootstrap kubeconfig holds the bootstrap token alone.
+        let join = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let token = join
+            .split_once("::")
+            .unwrap_or_else(|| panic!("not a join token: {join}"))
+            .1
+            .to_string();
         let raw = |path: &str| {
             self.kubectl(&[
                 "config",

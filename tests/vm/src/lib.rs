@@ -1,7 +1,9 @@
 //! skiff-testvm: the pieces every VM test needs to boot Debian's cloud kernel under qemu with an
 //! initramfs made here — the kernel package fetched once, a newc cpio writer, a binary with its
-//! shared libraries, busybox, and qemu started with the serial console captured. Used by the
-//! runtime's cgroup v2 VM test and by the two-machine cluster test of skiff-tests.
+//! shared libraries, busybox, and qemu started with the serial console captured — and on top of
+//! them [`run_scenario`], a cgroup-v2-only VM running a script of checks against an OCI runtime.
+//! Used by the runtime's and the kubelet's cgroup v2 VM tests and by the two-machine cluster test
+//! of skiff-tests.
 //!
 //! Always TCG (`-accel tcg,thread=single`), never KVM: it hangs on the development machine.
 //! Written by hand rather than with crates: the pieces are small and only std and anyhow are used.
@@ -13,6 +15,10 @@
 //!   `fallback_cache` given by the caller when that is not writable);
 //! - `SKIFF_VM_KERNEL_PACKAGE`: a package name to use instead of the newest cached or available
 //!   `linux-image-6.12.*-cloud-amd64-unsigned`.
+
+mod scenario;
+
+pub use scenario::{Check, Outcome, Scenario, parse, run_scenario};
 
 use anyhow::{Context, Result, bail, ensure};
 use std::collections::BTreeSet;

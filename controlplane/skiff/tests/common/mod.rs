@@ -63,6 +63,12 @@ impl Server {
         Self::launch(extra, false)
     }
 
+    /// The API server alone on its embedded store whatever `SKIFF_TEST_STORE` says: for tests
+    /// of the store file itself.
+    pub fn start_embedded_with(extra: &[&str]) -> Self {
+        Self::launch_on(extra, false, 0)
+    }
+
     /// The API server alone, keeping its objects in a fresh etcd.
     pub fn start_on_etcd(extra: &[&str]) -> Self {
         Self::launch_on(extra, false, 1)

@@ -1,0 +1,326 @@
+//! Set elements written straight to nf_tables as one netlink batch (BATCH_BEGIN, DELSETELEM
+//! flushes, NEWSETELEM …, BATCH_END), which the kernel applies as one transaction. It is how a
+//! full sync loads its ~200,000 map elements: `nft -f` spends most of a second parsing and
+//! evaluating that many as text, while their encoding is simple (fixed-size keys and data, or a
+//! verdict). Chains, rules and set declarations stay with `nft -f`.
+
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+
+use crate::dataplane::Error;
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_CREATE: u16 = 0x400;
+const NLA_F_NESTED: u16 = 0x8000;
+
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+
+/// An element list's attribute length is 16 bits: a message holds at most this much of it.
+const MAX_ELEMENTS_BYTES: usize = 60_000;
+
+/// What an element maps to.
+#[derive(Debug, Clone, Copy)]
+pub enum Data<'a> {
+    /// A set's element: nothing.
+    None,
+    Value(&'a [u8]),
+    /// A verdict code (`NF_DROP`, `NFT_GOTO`, …) and the chain it names.
+    Verdict(i32, Option<&'a str>),
+}
+
+pub const NF_DROP: i32 = 0;
+pub const NF_ACCEPT: i32 = 1;
+pub const NFT_JUMP: i32 = -3;
+pub const NFT_GOTO: i32 = -4;
+
+/// One transaction on an `ip` family table being built.
+pub struct Batch {
+    buf: Vec<u8>,
+    seq: u32,
+    /// The open NEWSETELEM message: its set, its start and its element list's start.
+    open: Option<(String, usize, usize)>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        let mut b = Batch {
+            buf: Vec::with_capacity(1 << 20),
+            seq: 0,
+            open: None,
+        };
+        let start = b.header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, libc::AF_UNSPEC as u8);
+        // The batch's subsystem, in network order.
+        b.buf[start + 18..start + 20].copy_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
+        b.end_message(start);
+        b
+    }
+
+    /// Removes every element of `set` (a DELSETELEM naming no element).
+    pub fn flush(&mut self, table: &str, set: &str) {
+        self.close();
+        let start = self.header(
+            nft_type(NFT_MSG_DELSETELEM),
+            NLM_F_REQUEST,
+            libc::AF_INET as u8,
+        );
+        self.attr(NFTA_SET_ELEM_LIST_TABLE, &nul_terminated(table));
+        self.attr(NFTA_SET_ELEM_LIST_SET, &nul_terminated(set));
+        self.end_message(start);
+    }
+
+    /// Adds one element to `set` (its key and data encoded as the set's declaration says).
+    pub fn add(&mut self, table: &str, set: &str, key: &[u8], data: Data) {
+        let fits = self
+            .open
+            .as_ref()
+            .is_some_and(|(s, _, list)| s == set && self.buf.len() - list < MAX_ELEMENTS_BYTES);
+        if !fits {
+            self.close();
+            let start = self.header(
+                nft_type(NFT_MSG_NEWSETELEM),
+                NLM_F_REQUEST | NLM_F_CREATE,
+                libc::AF_INET as u8,
+            );
+            self.attr(NFTA_SET_ELEM_LIST_TABLE, &nul_terminated(table));
+            self.attr(NFTA_SET_ELEM_LIST_SET, &nul_terminated(set));
+            let list = self.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
+            self.open = Some((set.to_string(), start, list));
+        }
+        let elem = self.nest(NFTA_LIST_ELEM);
+        let k = self.nest(NFTA_SET_ELEM_KEY);
+        self.attr(NFTA_DATA_VALUE, key);
+        self.end_nest(k);
+        match data {
+            Data::None => {}
+            Data::Value(v) => {
+                let d = self.nest(NFTA_SET_ELEM_DATA);
+                self.attr(NFTA_DATA_VALUE, v);
+                self.end_nest(d);
+            }
+            Data::Verdict(code, chain) => {
+                let d = self.nest(NFTA_SET_ELEM_DATA);
+                let v = self.nest(NFTA_DATA_VERDICT);
+                self.attr(NFTA_VERDICT_CODE, &code.to_be_bytes());
+                if let Some(chain) = chain {
+                    self.attr(NFTA_VERDICT_CHAIN, &nul_terminated(chain));
+                }
+                self.end_nest(v);
+                self.end_nest(d);
+            }
+        }
+        self.end_nest(elem);
+    }
+
+    /// Sends the batch and waits for the kernel's verdict on it: all of it applied, or none.
+    /// Returns its size in bytes (0 when there was nothing to send).
+    pub fn commit(mut self) -> Result<usize, Error> {
+        self.close();
+        if self.seq == 1 {
+            return Ok(0);
+        }
+        // The last message before BATCH_END asks for an acknowledgement: the kernel sends it
+        // (and the error of any message that failed) once the transaction is committed or
+        // aborted.
+        let last_seq = self.seq;
+        let last = last_message(&self.buf);
+        let flags = u16::from_ne_bytes([self.buf[last + 6], self.buf[last + 7]]) | NLM_F_ACK;
+        self.buf[last + 6..last + 8].copy_from_slice(&flags.to_ne_bytes());
+        let start = self.header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, libc::AF_UNSPEC as u8);
+        self.buf[start + 18..start + 20].copy_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
+        self.end_message(start);
+
+        let io = |source| Error::Spawn {
+            tool: "nf_tables netlink".into(),
+            source,
+        };
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io)?;
+        socket.bind_auto().map_err(io)?;
+        socket.connect(&SocketAddr::new(0, 0)).map_err(io)?;
+        let fd = socket.as_raw_fd();
+        // The whole batch goes in one message (the kernel takes a batch from one send); error
+        // answers carry only their header.
+        let bytes = self.buf.len() + (1 << 16);
+        setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            bytes as libc::c_int,
+        )
+        .map_err(io)?;
+        socket
+            .set_cap_ack(true)
+            .and_then(|()| set_timeout(fd, Duration::from_secs(30)))
+            .map_err(io)?;
+        socket.send(&self.buf, 0).map_err(io)?;
+
+        let mut answer = vec![0u8; 1 << 16];
+        loop {
+            let n = socket.recv(&mut &mut answer[..], 0).map_err(io)?;
+            let mut offset = 0;
+            while offset + 20 <= n {
+                let len = u32::from_ne_bytes(answer[offset..offset + 4].try_into().unwrap());
+                let kind = u16::from_ne_bytes([answer[offset + 4], answer[offset + 5]]);
+                if kind == NLMSG_ERROR {
+                    let code =
+                        i32::from_ne_bytes(answer[offset + 16..offset + 20].try_into().unwrap());
+                    let seq =
+                        u32::from_ne_bytes(answer[offset + 8..offset + 12].try_into().unwrap());
+                    if code != 0 {
+                        return Err(Error::Failed {
+                            tool: "nf_tables netlink batch".into(),
+                            stderr: format!(
+                                "message {seq} of {last_seq}: {}",
+                                std::io::Error::from_raw_os_error(-code)
+                            ),
+                        });
+                    }
+                    if seq == last_seq {
+                        return Ok(self.buf.len());
+                    }
+                }
+                offset += (len as usize).max(20).next_multiple_of(4);
+            }
+        }
+    }
+
+    /// Starts a message (nlmsghdr + nfgenmsg), returning its offset.
+    fn header(&mut self, kind: u16, flags: u16, family: u8) -> usize {
+        self.seq += 1;
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&0u32.to_ne_bytes());
+        self.buf.extend_from_slice(&kind.to_ne_bytes());
+        self.buf.extend_from_slice(&flags.to_ne_bytes());
+        self.buf.extend_from_slice(&self.seq.to_ne_bytes());
+        self.buf.extend_from_slice(&0u32.to_ne_bytes());
+        // nfgenmsg: family, version (NFNETLINK_V0), resource id.
+        self.buf.extend_from_slice(&[family, 0, 0, 0]);
+        start
+    }
+
+    fn end_message(&mut self, start: usize) {
+        let len = (self.buf.len() - start) as u32;
+        self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    fn close(&mut self) {
+        if let Some((_, start, list)) = self.open.take() {
+            self.end_nest(list);
+            self.end_message(start);
+        }
+    }
+
+    fn attr(&mut self, kind: u16, data: &[u8]) {
+        self.buf
+            .extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+        self.buf.extend_from_slice(&kind.to_ne_bytes());
+        self.buf.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn nest(&mut self, kind: u16) -> usize {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&0u16.to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+        start
+    }
+
+    fn end_nest(&mut self, start: usize) {
+        let len = (self.buf.len() - start) as u16;
+        self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    fn pad(&mut self) {
+        let padded = self.buf.len().next_multiple_of(4);
+        self.buf.resize(padded, 0);
+    }
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn nft_type(msg: u16) -> u16 {
+    (NFNL_SUBSYS_NFTABLES << 8) | msg
+}
+
+fn nul_terminated(s: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(s.len() + 1);
+    v.extend_from_slice(s.as_bytes());
+    v.push(0);
+    v
+}
+
+/// The offset of the last complete message in `buf`.
+fn last_message(buf: &[u8]) -> usize {
+    let (mut offset, mut last) = (0, 0);
+    while offset < buf.len() {
+        last = offset;
+        offset += u32::from_ne_bytes(buf[offset..offset + 4].try_into().unwrap()) as usize;
+    }
+    last
+}
+
+fn setsockopt(
+    fd: libc::c_int,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    // SAFETY: the option value is a c_int that outlives the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A kernel that never answers is an error, not a hung sync.
+fn set_timeout(fd: libc::c_int, timeout: Duration) -> std::io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    // SAFETY: the option value is a timeval that outlives the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
