@@ -6,10 +6,9 @@
 //! with kubectl 1.32 through qemu's user network (restricted: no way out) forwarded to a port in
 //! the lab namespace.
 //!
-//! Not yet: a pod on the agent behind a Service. On this cgroup-v2-only kernel the pod's
-//! container fails to start (`mounts[5] (/sys/fs/cgroup): remount /proc/self/fd/N …: ENOENT`,
-//! the runtime binding the pod's own cgroup without a cgroup namespace), so the pod never
-//! becomes Ready and the Service has no endpoint.
+//! Then a Deployment's pod (busybox httpd, the image built and imported on the agent at boot)
+//! runs on the agent behind a Service, and the server machine, which runs no proxy, asks it by
+//! the Service's ClusterIP and by the agent's NodePort: the answer is the pod's name.
 //!
 //! The machines boot one initramfs (tests/tests/machines/init.sh as init) holding this build's
 //! `skiff`, `skiff-runc` and `skiff-shim` without debug info, iptables and nft from the host and
@@ -30,7 +29,7 @@ const AGENT_IP: &str = "192.168.77.2";
 const API_PORT: u16 = 6443;
 const LINK_PORT: u16 = 7077;
 /// The whole test, boots included.
-const DEADLINE: Duration = Duration::from_secs(300);
+const DEADLINE: Duration = Duration::from_secs(240);
 
 /// Host programs copied into the machines with their libraries: the node's netfilter tools.
 const HOST_PROGRAMS: &[(&str, &[&str])] = &[
@@ -64,7 +63,7 @@ fn work_dir() -> PathBuf {
 }
 
 #[test]
-fn an_agent_vm_joins_a_server_vm_with_its_token() {
+fn an_agent_vm_joins_a_server_vm_and_serves_a_service_to_it() {
     require_root();
     require("kubectl", &["version", "--client"], "kubectl 1.32 on PATH");
     require("busybox", &["true"], "Debian package busybox-static");
@@ -234,8 +233,93 @@ fn an_agent_vm_joins_a_server_vm_with_its_token() {
         "{csrs}"
     );
     machines.agent = Some(agent);
+
+    // A web server on the agent behind a Service, asked from the server machine.
+    let manifest = work.join("web.yaml");
+    std::fs::write(&manifest, WEB).unwrap();
+    let (applied, out) = kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(applied, "kubectl apply: {out}");
+    let pod = loop {
+        let (ready, _) = kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod",
+            "-l",
+            "app=web",
+            "--timeout=1s",
+        ]);
+        if ready {
+            break kubectl(&["get", "pod", "-l", "app=web", "-o", "name"])
+                .1
+                .trim()
+                .trim_start_matches("pod/")
+                .to_string();
+        }
+        machines.check_both(started, "the web pod to be Ready");
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    eprintln!(
+        "web pod {pod} Ready after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let (_, wide) = kubectl(&["get", "pod", "-l", "app=web", "-o", "wide"]);
+    assert!(
+        wide.contains(" agent "),
+        "the pod runs on the agent:\n{wide}"
+    );
+    for how in ["clusterip", "nodeport"] {
+        let prefix = format!("SKIFF-HTTP {how} ");
+        let answer = loop {
+            let serial = machines.server.as_ref().unwrap().serial();
+            if let Some(line) = find_line(&serial, &prefix) {
+                break line;
+            }
+            machines.check_both(started, &format!("the server's request by {how}"));
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        eprintln!(
+            "server: answered by {how} after {:.1}s: {answer}",
+            started.elapsed().as_secs_f64()
+        );
+        assert_eq!(answer.trim(), pod, "the pod answers by {how}");
+    }
     machines.keep_logs();
 }
+
+/// One busybox httpd serving its hostname (the pod's name) on the agent, behind a Service with a
+/// ClusterIP and a NodePort the server machine's init.sh asks.
+const WEB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: agent}
+      containers:
+      - name: httpd
+        image: busybox:latest
+        imagePullPolicy: IfNotPresent
+        command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"]
+        ports:
+        - containerPort: 80
+        readinessProbe:
+          httpGet: {path: /, port: 80}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  clusterIP: 10.96.100.100
+  selector: {app: web}
+  ports:
+  - {port: 80, targetPort: 80, nodePort: 30080}
+"#;
 
 /// The two machines once both run, their consoles written out for inspection at the end or on
 /// failure.
@@ -274,6 +358,13 @@ impl Machines<'_> {
                     .unwrap_or_default()
             );
         }
+    }
+
+    /// [`Machines::check`] once both machines run.
+    fn check_both(&mut self, started: Instant, what: &str) {
+        let mut agent = self.agent.take().unwrap();
+        self.check(&mut agent, started, what);
+        self.agent = Some(agent);
     }
 
     fn keep_logs(&self) {

@@ -68,7 +68,26 @@ if [ "$skiff_role" = server ]; then
 	done
 	say "JOIN $(sed -n 's/^join a node: //p' /tmp/server.out)"
 	say "KUBECONFIG $(base64 -w 0 $dir/admin.kubeconfig)"
+	# Requests to the test's Service from this machine, which has no proxy: the default route
+	# takes them to the agent, whose proxy translates them. By the ClusterIP the test gives the
+	# Service and by the NodePort on the agent's address; the first answer of each is printed.
+	# (busybox wget segfaults on this kernel: nc.)
+	probe() {
+		while :; do
+			out=$(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 "$2" "$3" 2>/dev/null | tr -d '\r')
+			case "$out" in "HTTP/1."?" 200"*) break ;; esac
+			sleep 2
+		done
+		say "HTTP $1 $(echo "$out" | sed '1,/^$/d' | tr '\n' ' ')"
+	}
+	probe clusterip 10.96.100.100 80 &
+	probe nodeport "$skiff_peer" 30080 &
 else
+	# The image the test's pod runs, in the node's store before the node joins.
+	skiff image build-busybox -o /tmp/busybox.tar busybox:latest >/tmp/image.log 2>&1 &&
+		skiff image --data-dir /var/lib/skiff/agent import /tmp/busybox.tar >>/tmp/image.log 2>&1 ||
+		fatal "loading busybox: $(tail -3 /tmp/image.log | tr '\n' ' ')"
+	rm -f /tmp/busybox.tar
 	skiff agent --server "https://$skiff_peer:6443" --token "$skiff_token" \
 		--data-dir /var/lib/skiff/agent --node-name agent --node-ip "$skiff_ip" \
 		'--kubelet-arg=--eviction-hard=memory.available<50Mi' >/tmp/agent.out 2>/tmp/agent.log &
