@@ -1,6 +1,6 @@
-//! Pod cgroups on cgroup v2, for real: the runtime's test VM (runtime/tests/vm: Debian's cloud
-//! kernel under qemu TCG, cgroup2 the only hierarchy) booted with `cgroup_v2_vm.sh` as its
-//! scenario and this test binary as a tool. In the VM the binary runs its ignored test
+//! Pod cgroups on cgroup v2, for real: skiff-testvm's scenario VM (tests/vm: Debian's cloud
+//! kernel under qemu TCG, cgroup2 the only hierarchy), the one the runtime's cgroup v2 test boots,
+//! with `cgroup_v2_vm.sh` as its scenario and this test binary as a tool. In the VM the binary runs its ignored test
 //! [`in_vm_pod_cgroups`]: the kubelet's cgroup code makes three pods' cgroups (Guaranteed,
 //! Burstable, BestEffort) with their limits, and its OCI config code writes a container bundle
 //! for each; the scenario reads the pod and QoS cgroups' files back, starts each container with
@@ -12,9 +12,6 @@
 //! every check.
 
 mod common;
-#[allow(dead_code)]
-#[path = "../../runtime/tests/vm/mod.rs"]
-mod vm;
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +20,7 @@ use serde_json::json;
 use skiff_kubelet::cgroups::{CgroupMounts, ensure_pod_cgroup};
 use skiff_kubelet::image::ImageConfig;
 use skiff_kubelet::oci_config::{ContainerSetup, SandboxView, generate};
+use skiff_testvm::{Scenario, run_scenario};
 
 /// The pods' pids limit (the kubelet's `--pod-max-pids`).
 const POD_PIDS: i64 = 100;
@@ -34,12 +32,20 @@ fn pod_cgroups_in_a_cgroup_v2_vm() {
         "cargo build -p skiff-runtime --bin skiff-runc",
     );
     let me = std::env::current_exe().unwrap();
-    let outcome = vm::run_scenario(
-        "kubelet-pod-cgroups",
-        &runtime,
-        include_str!("cgroup_v2_vm.sh"),
-        &[&me],
-    )
+    let outcome = run_scenario(&Scenario {
+        name: "kubelet-pod-cgroups",
+        tmp_dir: Path::new(env!("CARGO_TARGET_TMPDIR")),
+        runtime: &runtime,
+        script: include_str!("cgroup_v2_vm.sh"),
+        tools: &[&me],
+        kernel_config: &[
+            ("CONFIG_CFS_BANDWIDTH", "y"),
+            ("CONFIG_MEMCG", "y"),
+            ("CONFIG_CGROUP_PIDS", "y"),
+        ],
+        modules: &[],
+        files: Vec::new(),
+    })
     .unwrap_or_else(|e| panic!("cgroup v2 VM: {e:#}"));
     let log = std::fs::read_to_string(&outcome.serial_log).unwrap_or_default();
     for line in log.lines().filter(|l| l.contains("SKIFF-LOG")) {
@@ -72,7 +78,7 @@ fn pod_cgroups_in_a_cgroup_v2_vm() {
     assert!(
         outcome.done.is_some(),
         "the VM did not finish the scenario; last serial lines:\n{}",
-        vm::tail(&log, 30)
+        skiff_testvm::tail(&log, 30)
     );
     // 3 pods × (4 pod files + 2 container checks + start/stop) and the tiers: fewer means a
     // pod was skipped.

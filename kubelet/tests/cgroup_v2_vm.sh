@@ -1,6 +1,6 @@
 #!/bin/sh
-# The kubelet's pod cgroups in the cgroup v2 VM (see cgroup_v2_vm.rs), run by the runtime's
-# harness with the runtime as $1 and the kubelet's test binary in /skiff/tools. Prints
+# The kubelet's pod cgroups in the cgroup v2 VM (see cgroup_v2_vm.rs), run by skiff-testvm's
+# scenario VM with the runtime as $1 and the kubelet's test binary in /skiff/tools. Prints
 # `SKIFF-CHECK ok|fail <name> <detail>` for every check and `SKIFF-DONE <ok> <fail>` at the end.
 RUNTIME=$1
 ROOT=/run/skiff-vm-state

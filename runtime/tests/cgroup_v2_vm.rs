@@ -66,7 +66,7 @@ fn cgroup_v2_in_a_vm() {
     if outcome.done.is_none() {
         problems.push(format!(
             "the VM did not finish the scenario (no SKIFF-DONE); last serial lines:\n{}",
-            vm::tail(&log, 30)
+            skiff_testvm::tail(&log, 30)
         ));
     } else if outcome.checks.len() < MIN_CHECKS {
         problems.push(format!(

@@ -1,5 +1,5 @@
 #!/bin/sh
-# PID 1 of the cgroup v2 test VM (stage 2, chrooted into /r by stage 1; see vm/mod.rs).
+# PID 1 of a scenario VM (stage 2, chrooted into /r by stage 1; see scenario.rs).
 # Sets up a cgroup-v2-only machine, runs /skiff/scenario.sh against the runtime in /skiff/bin, and
 # powers off. Everything the harness reads is a `SKIFF-…` line on the serial console.
 /bin/busybox --install -s /bin
