@@ -47,28 +47,8 @@ fn pod_cgroups_in_a_cgroup_v2_vm() {
         files: Vec::new(),
     })
     .unwrap_or_else(|e| panic!("cgroup v2 VM: {e:#}"));
-    let log = std::fs::read_to_string(&outcome.serial_log).unwrap_or_default();
-    for line in log.lines().filter(|l| l.contains("SKIFF-LOG")) {
-        eprintln!("{}", line.trim_end_matches('\r'));
-    }
-    for c in &outcome.checks {
-        let verdict = if c.ok { "ok  " } else { "FAIL" };
-        eprintln!("{verdict} {} {}", c.name, c.detail);
-    }
-    eprintln!(
-        "cgroup v2 VM ({}): {} checks, {} failed, {:.1}s; serial log {}",
-        outcome.kernel,
-        outcome.checks.len(),
-        outcome.checks.iter().filter(|c| !c.ok).count(),
-        outcome.elapsed.as_secs_f64(),
-        outcome.serial_log.display()
-    );
-    let failed: Vec<String> = outcome
-        .checks
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| format!("  {}: {}", c.name, c.detail))
-        .collect();
+    let log = outcome.report("cgroup v2 VM");
+    let failed = outcome.failed();
     assert!(
         failed.is_empty(),
         "{} checks failed:\n{}",

@@ -27,33 +27,8 @@ fn cgroup_v2_in_a_vm() {
         _ => PathBuf::from(env!("CARGO_BIN_EXE_skiff-runc")),
     };
     let outcome = vm::run(&runtime).unwrap_or_else(|e| panic!("cgroup v2 VM: {e:#}"));
-    let log = std::fs::read_to_string(&outcome.serial_log).unwrap_or_default();
-    for line in log.lines().filter(|l| l.contains("SKIFF-LOG")) {
-        eprintln!("{}", line.trim_end_matches('\r'));
-    }
-    for c in &outcome.checks {
-        eprintln!(
-            "{} {} {}",
-            if c.ok { "ok  " } else { "FAIL" },
-            c.name,
-            c.detail
-        );
-    }
-    eprintln!(
-        "cgroup v2 VM ({}) with {}: {} checks, {} failed, {:.1}s; serial log {}",
-        outcome.kernel,
-        runtime.display(),
-        outcome.checks.len(),
-        outcome.checks.iter().filter(|c| !c.ok).count(),
-        outcome.elapsed.as_secs_f64(),
-        outcome.serial_log.display()
-    );
-    let failed: Vec<String> = outcome
-        .checks
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| format!("  {}: {}", c.name, c.detail))
-        .collect();
+    let log = outcome.report(&format!("cgroup v2 VM with {}", runtime.display()));
+    let failed = outcome.failed();
     let mut problems = Vec::new();
     if !failed.is_empty() {
         problems.push(format!(

@@ -59,6 +59,39 @@ pub struct Outcome {
     pub kernel: String,
 }
 
+impl Outcome {
+    /// Prints the scenario's `SKIFF-LOG` lines, every check and a summary line naming `label`
+    /// to stderr (the test's output), and returns the serial log's text.
+    pub fn report(&self, label: &str) -> String {
+        let log = std::fs::read_to_string(&self.serial_log).unwrap_or_default();
+        for line in log.lines().filter(|l| l.contains("SKIFF-LOG")) {
+            eprintln!("{}", line.trim_end_matches('\r'));
+        }
+        for c in &self.checks {
+            let verdict = if c.ok { "ok  " } else { "FAIL" };
+            eprintln!("{verdict} {} {}", c.name, c.detail);
+        }
+        eprintln!(
+            "{label} ({}): {} checks, {} failed, {:.1}s; serial log {}",
+            self.kernel,
+            self.checks.len(),
+            self.failed().len(),
+            self.elapsed.as_secs_f64(),
+            self.serial_log.display()
+        );
+        log
+    }
+
+    /// The checks that failed, one `  name: detail` line each.
+    pub fn failed(&self) -> Vec<String> {
+        self.checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("  {}: {}", c.name, c.detail))
+            .collect()
+    }
+}
+
 /// Builds the initramfs, boots it and collects the checks.
 pub fn run_scenario(scenario: &Scenario) -> Result<Outcome> {
     let qemu = crate::qemu()?;
