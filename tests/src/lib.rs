@@ -169,6 +169,29 @@ impl Drop for Netns {
     }
 }
 
+/// Runs `command` with `stdin` written to its input (closed at once when `None`): its success
+/// and its stdout followed by its stderr.
+pub fn run_with_stdin(command: &mut Command, stdin: Option<&str>) -> (bool, String) {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the command");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(s) = stdin {
+        input
+            .write_all(s.as_bytes())
+            .expect("writing the command's stdin");
+    }
+    drop(input);
+    let out = child.wait_with_output().expect("waiting for the command");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
 /// A command that runs inside the named network namespace (under /var/run/netns).
 pub fn command_in_netns(netns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut c = Command::new(program);

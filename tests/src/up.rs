@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{Netns, tail, target_dir};
+use crate::{Netns, run_with_stdin, tail, target_dir};
 
 /// A `skiff up` node in `netns` whose working directory is `dir` (its data in `dir/skiff-data`).
 pub struct UpCluster<'a> {
@@ -39,24 +39,7 @@ impl UpCluster<'_> {
 
     /// kubectl's success and its stdout and stderr.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-        use std::io::Write;
-        let mut child = self
-            .command("kubectl")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running kubectl");
-        let mut input = child.stdin.take().expect("stdin");
-        if let Some(s) = stdin {
-            input.write_all(s.as_bytes()).expect("kubectl stdin");
-        }
-        drop(input);
-        let out = child.wait_with_output().expect("kubectl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
+        run_with_stdin(self.command("kubectl").args(args), stdin)
     }
 
     /// `kubectl get … -o json`, parsed; `None` when it fails.

@@ -372,25 +372,7 @@ struct Story<'a> {
 impl Story<'_> {
     /// kubectl's success and its stdout and stderr.
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-        use std::io::Write;
-        let mut child = self
-            .cluster
-            .command("kubectl")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running kubectl");
-        let mut input = child.stdin.take().expect("stdin");
-        if let Some(s) = stdin {
-            input.write_all(s.as_bytes()).expect("kubectl stdin");
-        }
-        drop(input);
-        let out = child.wait_with_output().expect("kubectl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
+        run_with_stdin(self.cluster.command("kubectl").args(args), stdin)
     }
 
     /// kubectl's stdout; fails naming the command unless it succeeds.
