@@ -414,6 +414,14 @@ impl Pki {
     }
 }
 
+/// A PEM that did not parse, named by the file it came from.
+fn pem_err(what: &str, e: rustls::pki_types::pem::Error) -> PkiError {
+    PkiError::Pem {
+        path: PathBuf::from(what),
+        detail: e.to_string(),
+    }
+}
+
 impl ServingMaterial {
     /// The serving certificate followed by the CA (a joining node fetches the CA from here
     /// without trusting it and checks it against its join token's hash), with its key.
@@ -421,10 +429,6 @@ impl ServingMaterial {
         &self,
         provider: &rustls::crypto::CryptoProvider,
     ) -> Result<rustls::sign::CertifiedKey, PkiError> {
-        let pem_err = |what: &str, e: rustls::pki_types::pem::Error| PkiError::Pem {
-            path: PathBuf::from(what),
-            detail: e.to_string(),
-        };
         let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
             .chain(CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()))
             .collect::<Result<Vec<_>, _>>()
@@ -442,10 +446,6 @@ impl ServingMaterial {
     pub fn server_config(
         &self,
     ) -> Result<(Arc<rustls::ServerConfig>, Arc<RotatingServingCert>), PkiError> {
-        let pem_err = |what: &str, e: rustls::pki_types::pem::Error| PkiError::Pem {
-            path: PathBuf::from(what),
-            detail: e.to_string(),
-        };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
