@@ -136,7 +136,7 @@ fn bench_node(node: &common::Node) -> Figures {
         .build()
         .expect("tokio runtime");
     rt.block_on(async {
-        let client = skiff_kubelet::agent::client(&node.kubeconfig())
+        let client = skiff_client::client(&node.kubeconfig())
             .await
             .expect("kube client");
         let pods: Api<Pod> = Api::namespaced(client.clone(), "default");

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kube::Client;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::node::{NodeAgent, NodeConfig};
 
@@ -140,16 +139,6 @@ pub fn find_companion(name: &str) -> anyhow::Result<PathBuf> {
         .map(|d| d.join(name))
         .find(|p| p.is_file())
         .with_context(|| format!("{name} is neither next to the kubelet nor on PATH"))
-}
-
-/// The kube client for the kubeconfig at `path`.
-pub async fn client(path: &Path) -> anyhow::Result<Client> {
-    let kc = Kubeconfig::read_from(path)
-        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .with_context(|| format!("kubeconfig {}", path.display()))?;
-    Client::try_from(cfg).with_context(|| format!("client for {}", path.display()))
 }
 
 /// Runs the node agent until it is stopped. Its pods outlive it: a kubelet started again

@@ -61,7 +61,7 @@ pub async fn bootstrap(config: &ClientCertificateConfig) -> anyhow::Result<()> {
         return write_kubeconfig(&config.kubeconfig, &bootstrap_config, bootstrap, &pair.path);
     }
     tracing::info!(bootstrap = %bootstrap.display(), "requesting a client certificate with the bootstrap credentials");
-    let client = crate::agent::client(bootstrap).await?;
+    let client = skiff_client::client(bootstrap).await?;
     let issued = request_certificate(
         &client,
         &CertificateRequest::node_client(&config.node_name),

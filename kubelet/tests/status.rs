@@ -84,9 +84,7 @@ fn readiness_gates_and_conflicting_status_writes() {
     // nobody runs, so that only this test writes its status.)
     let kubeconfig = node.kubeconfig();
     let (phase, conditions) = in_node(&node, async move || {
-        let client = skiff_kubelet::agent::client(&kubeconfig)
-            .await
-            .expect("a client");
+        let client = skiff_client::client(&kubeconfig).await.expect("a client");
         let api: Api<Pod> = Api::namespaced(client.clone(), "default");
         let pod: Pod = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
