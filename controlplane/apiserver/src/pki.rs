@@ -252,9 +252,29 @@ impl Pki {
         }
     }
 
-    /// Makes whatever is missing (CA, serving and admin certificates, kubeconfig) and returns the
-    /// serving material. `server_url` is what the kubeconfig points at.
+    /// Makes whatever is missing (CA, serving and admin certificates, kubeconfig) and the
+    /// in-server components' kubeconfigs, and returns the serving material. `server_url` is
+    /// what the kubeconfigs point at.
     pub fn ensure(
+        &self,
+        listen: SocketAddr,
+        first_service_ip: IpAddr,
+        server_url: &str,
+    ) -> Result<ServingMaterial, PkiError> {
+        let material = self.renew_certificates(listen, first_service_ip, server_url)?;
+        // The in-server components' own identities (their bootstrap ClusterRoles are bound to
+        // these users), re-issued with the server's address of this start.
+        for (file, user) in [SCHEDULER_KUBECONFIG, CONTROLLER_MANAGER_KUBECONFIG] {
+            let kc = self.user_kubeconfig(user, &[], Some(server_url))?;
+            write(&self.path(file), kc.as_bytes(), true)?;
+        }
+        Ok(material)
+    }
+
+    /// Makes or re-issues whatever certificate is missing or due (CA, serving, admin and
+    /// kubelet-client certificates, `admin.kubeconfig`) and returns the serving material: what
+    /// a running server checks for twice a day.
+    pub fn renew_certificates(
         &self,
         listen: SocketAddr,
         first_service_ip: IpAddr,
@@ -312,12 +332,6 @@ impl Pki {
         let kc_path = self.path("admin.kubeconfig");
         if fs::read_to_string(&kc_path).ok().as_deref() != Some(kubeconfig.as_str()) {
             write(&kc_path, kubeconfig.as_bytes(), true)?;
-        }
-        // The in-server components' own identities (their bootstrap ClusterRoles are bound to
-        // these users), re-issued with the server's address of this start.
-        for (file, user) in [SCHEDULER_KUBECONFIG, CONTROLLER_MANAGER_KUBECONFIG] {
-            let kc = self.user_kubeconfig(user, &[], Some(server_url))?;
-            write(&self.path(file), kc.as_bytes(), true)?;
         }
         Ok(ServingMaterial {
             ca_pem,

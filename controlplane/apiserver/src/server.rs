@@ -351,7 +351,7 @@ fn renew_serving_certificate(
         loop {
             tick.tick().await;
             let renewed = pki
-                .ensure(named, first_service_ip, &server_url)
+                .renew_certificates(named, first_service_ip, &server_url)
                 .and_then(|m| serving.replace(&m));
             if let Err(e) = renewed {
                 tracing::error!(error = %e, "renewing the serving certificate");
