@@ -584,9 +584,7 @@ impl Runtime {
         std::fs::remove_dir_all(&sd.dir).ctx(|| format!("remove {}", sd.dir.display()))?;
         if let Some(h) = record.hooks.as_ref().and_then(|h| h.poststop().as_ref()) {
             let json = state_json(record, Status::Stopped);
-            if let Err(e) = hooks::run("poststop", h, json.as_bytes()) {
-                tracing::warn!("{e}");
-            }
+            hooks::run_warn("poststop", h, json.as_bytes());
         }
         Ok(())
     }
@@ -659,9 +657,7 @@ enum Start {
 fn poststart(record: &Record) {
     if let Some(h) = record.hooks.as_ref().and_then(|h| h.poststart().as_ref()) {
         let json = state_json(record, Status::Running);
-        if let Err(e) = hooks::run("poststart", h, json.as_bytes()) {
-            tracing::warn!("{e}");
-        }
+        hooks::run_warn("poststart", h, json.as_bytes());
     }
 }
 

@@ -17,6 +17,17 @@ pub fn run(phase: &str, hooks: &[Hook], state_json: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Runs every one of `hooks` in order, a failure logged as a warning: for poststart and
+/// poststop, whose failures must not stop the remaining hooks or the lifecycle (runtime-spec,
+/// runtime.md "Lifecycle").
+pub fn run_warn(phase: &str, hooks: &[Hook], state_json: &[u8]) {
+    for hook in hooks {
+        if let Err(e) = run_one(hook, state_json) {
+            tracing::warn!("{phase} hook {}: {e}", hook.path().display());
+        }
+    }
+}
+
 fn run_one(hook: &Hook, state_json: &[u8]) -> std::result::Result<(), String> {
     let args = hook.args().clone().unwrap_or_default();
     let mut cmd = Command::new(hook.path());

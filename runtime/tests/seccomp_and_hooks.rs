@@ -336,7 +336,7 @@ fn hooks_run_at_their_moments_in_their_namespaces() {
 }
 
 #[test]
-fn failing_create_runtime_hook_aborts_and_cleans_up_failing_poststop_is_logged() {
+fn failing_create_runtime_hook_aborts_and_cleans_up_failing_poststart_and_poststop_are_logged() {
     let runc = Runc::new();
     let cg = format!("/skiff-test-{}", unique("hookfail"));
     let b = Bundle::new(&["true"]).with(|c| {
@@ -363,14 +363,31 @@ fn failing_create_runtime_hook_aborts_and_cleans_up_failing_poststop_is_logged()
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let b =
-        Bundle::new(&["true"]).with(|c| c["hooks"] = json!({"poststop": [{"path": "/bin/false"}]}));
+    // A failing poststart or poststop hook is a warning: the hooks after it still run, and
+    // the container's lifecycle goes on.
+    let logdir = tempfile::tempdir().unwrap();
+    let log = logdir.path().join("hooks.log");
+    let after = |phase: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("echo {phase} >> {}", log.display())]});
+    let b = Bundle::new(&["true"]).with(|c| {
+        c["hooks"] = json!({
+            "poststart": [{"path": "/bin/false"}, after("poststart")],
+            "poststop": [{"path": "/bin/false"}, after("poststop")],
+        })
+    });
     let id = unique("poststop");
     let out = runc.run(&["run", "--bundle", b.path_str(), &id]);
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "a failing poststop must not fail the container"
+        "a failing poststart or poststop hook must not fail the container: {err}"
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("poststop hook /bin/false"));
+    assert!(
+        err.contains("poststart hook /bin/false") && err.contains("poststop hook /bin/false"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "poststart\npoststop\n"
+    );
     assert!(!runc.root.path().join(&id).exists());
 }
