@@ -93,6 +93,56 @@ fn resources_are_written_and_removed_on_delete() {
     }
 }
 
+/// The init and an exec'd process join their v1 cgroups themselves, through `tasks` files the
+/// runtime opened: in a user namespace too, where their own credentials could not open them.
+#[test]
+fn processes_in_a_user_namespace_join_every_hierarchy() {
+    let runc = Runc::new();
+    let cg = format!("/skiff-test-{}", unique("userns-cg"));
+    let b = Bundle::new(&["sleep", "1000"]).with(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        c["linux"]["cgroupsPath"] = json!(cg);
+    });
+    let id = unique("userns-cg");
+    runc.ok(&["run", "--detach", "--bundle", b.path_str(), &id]);
+    let init = runc.state(&id)["pid"].as_i64().unwrap().to_string();
+    let pid_file = b.path().join("exec.pid");
+    runc.ok(&[
+        "exec",
+        "--detach",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        &id,
+        "sleep",
+        "1000",
+    ]);
+    let exec = read(&pid_file);
+    let dirs = cgroup_dirs(&cg);
+    // Every v1 hierarchy of this host, and the hybrid's cgroup2 one.
+    assert_eq!(
+        dirs.len(),
+        read("/proc/self/cgroup").lines().count(),
+        "{dirs:?}"
+    );
+    for dir in dirs {
+        let procs = read(dir.join("cgroup.procs"));
+        for pid in [&init, &exec] {
+            assert!(
+                procs.lines().any(|l| l == pid),
+                "{pid} not in {}: {procs}",
+                dir.display()
+            );
+        }
+    }
+    runc.ok(&["delete", "--force", &id]);
+    assert!(cgroup_dirs(&cg).is_empty(), "{cg} left behind");
+}
+
 #[test]
 fn the_container_sees_its_own_cgroup_and_limits() {
     let runc = Runc::new();

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Msg {
-    /// parent → child: uid/gid maps written and cgroup joined; go on.
+    /// parent → child: uid/gid maps and oom_score_adj written; go on.
     Go,
     /// child → parent: setup done, now blocked on the exec fifo.
     Ready,

@@ -175,8 +175,9 @@ fn wait_for_start(fifo: &OwnedFd, host_proc: &OwnedFd, has_process: bool) -> Res
     Ok(writer)
 }
 
-/// The child's first steps: die with the runtime until ready, take back the signals the parent
-/// blocked, and wait until the parent has put us in our cgroup (and written the id maps).
+/// The child's first steps (after joining its v1 cgroups, see `cgroups::join_v1`): die with
+/// the runtime until ready, take back the signals the parent blocked, and wait until the
+/// parent has written the id maps.
 fn await_go(chan: &Channel) -> Result<()> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .ctx(|| "prctl PDEATHSIG".into())?;

@@ -1,5 +1,6 @@
 //! The container's init process: one clone3 carrying every new namespace (and, on a unified
-//! cgroup2 host, CLONE_INTO_CGROUP so no migration write is needed), synchronised with the parent
+//! cgroup2 host, CLONE_INTO_CGROUP so no migration write is needed; v1 hierarchies the child
+//! joins itself, see `cgroups::join_v1`), synchronised with the parent
 //! over a SOCK_SEQPACKET pair. The child is a fork of the runtime, not a re-exec: it runs the
 //! setup in `init.rs` straight away and its last act is execve of the user's program.
 
@@ -134,10 +135,13 @@ pub fn spawn(cfg: InitConfig, on_hooks: &mut dyn FnMut(Pid) -> Result<String>) -
         }
     }
     let cgroup_dir = clone_into(cfg.cgroup)?;
+    let v1_tasks = cfg.cgroup.open_v1_tasks()?;
     let pid = clone3(ns.clone_flags, cgroup_dir.as_ref())?;
     if pid == 0 {
         drop(parent);
-        let err = init::run(cfg, &child).unwrap_err();
+        let err = crate::cgroups::join_v1(v1_tasks)
+            .and_then(|()| init::run(cfg, &child))
+            .unwrap_err();
         // Before Ready the parent reports it; after, the parent is gone and stderr is all we have.
         if child.send(&Msg::Failed(err.to_string())).is_err() {
             eprintln!("skiff-runc init: {err}");
@@ -146,7 +150,7 @@ pub fn spawn(cfg: InitConfig, on_hooks: &mut dyn FnMut(Pid) -> Result<String>) -
         // SAFETY: leave the forked child without running the parent's destructors.
         unsafe { libc::_exit(1) };
     }
-    drop(child);
+    drop((child, v1_tasks));
     let pid = Pid::from_raw(pid);
     let result = drive(&cfg, pid, &parent, on_hooks);
     if result.is_err() {
@@ -192,7 +196,6 @@ fn drive(
         }
         write_map("gid_map", linux.map(|l| l.gid_mappings()).unwrap_or(&None))?;
     }
-    cfg.cgroup.join_v1(pid.as_raw())?;
     if let Some(adj) = cfg.spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
         match std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string()) {
             Ok(()) => {}
@@ -281,20 +284,22 @@ pub fn spawn_exec(cfg: ExecConfig) -> Result<Pid> {
     }
     let (parent, child) = channel::pair()?;
     let cgroup_dir = clone_into(cfg.cgroup)?;
+    let v1_tasks = cfg.cgroup.open_v1_tasks()?;
     let pid = clone3(0, cgroup_dir.as_ref())?;
     if pid == 0 {
         drop(parent);
-        let err = init::run_exec(cfg, &join, in_user_ns, &child).unwrap_err();
+        let err = crate::cgroups::join_v1(v1_tasks)
+            .and_then(|()| init::run_exec(cfg, &join, in_user_ns, &child))
+            .unwrap_err();
         if child.send(&Msg::Failed(err.to_string())).is_err() {
             eprintln!("skiff-runc exec: {err}");
         }
         // SAFETY: leave the forked child without running the parent's destructors.
         unsafe { libc::_exit(255) };
     }
-    drop(child);
+    drop((child, v1_tasks));
     let pid = Pid::from_raw(pid);
     let result = (|| {
-        cfg.cgroup.join_v1(pid.as_raw())?;
         parent.send(&Msg::Go)?;
         match parent.recv()? {
             Some(Msg::Ready) => Ok(()),
