@@ -307,9 +307,11 @@ fn mount_cgroup(
         );
     }
     if ctx.layout.is_unified() {
-        if ctx.new_cgroup_ns {
-            return mount(Some("cgroup2"), dest, Some("cgroup2"), flags, None::<&str>)
-                .ctx(|| format!("mount cgroup2 on {}", dest_path.display()));
+        if ctx.new_cgroup_ns
+            && fresh_cgroup_mount(dest, "cgroup2", flags, None)
+                .ctx(|| format!("mount cgroup2 on {}", dest_path.display()))?
+        {
+            return Ok(());
         }
         // Without a cgroup namespace a cgroup2 mount would show the whole host (what runc and
         // crun mount there): bind our own.
@@ -335,16 +337,10 @@ fn mount_cgroup(
         let name = opts.strip_prefix("name=").unwrap_or(&opts).to_string();
         let target = dest.join(&name);
         std::fs::create_dir_all(&target).ctx(|| format!("create {}", target.display()))?;
-        if ctx.new_cgroup_ns {
-            mount(
-                Some("cgroup"),
-                &target,
-                Some("cgroup"),
-                flags,
-                Some(opts.as_str()),
-            )
-            .ctx(|| format!("mount cgroup {opts} on {}", target.display()))?;
-        } else if let Some(dir) = ctx.cgroup.v1.get(&h.mountpoint) {
+        let mounted = ctx.new_cgroup_ns
+            && fresh_cgroup_mount(&target, "cgroup", flags, Some(&opts))
+                .ctx(|| format!("mount cgroup {opts} on {}", target.display()))?;
+        if !mounted && let Some(dir) = ctx.cgroup.v1.get(&h.mountpoint) {
             bind_cgroup(dir, &target, flags, || open_mounted(&target))?;
         }
         // "cpu,cpuacct" is also reachable as "cpu" and "cpuacct".
@@ -359,14 +355,8 @@ fn mount_cgroup(
         let target = dest.join("unified");
         std::fs::create_dir_all(&target).ctx(|| format!("create {}", target.display()))?;
         let mounted = ctx.new_cgroup_ns
-            && mount(
-                Some("cgroup2"),
-                &target,
-                Some("cgroup2"),
-                flags,
-                None::<&str>,
-            )
-            .is_ok();
+            && fresh_cgroup_mount(&target, "cgroup2", flags, None)
+                .ctx(|| format!("mount cgroup2 on {}", target.display()))?;
         if !mounted && let Some(dir) = &ctx.cgroup.v2 {
             bind_cgroup(dir, &target, flags, || open_mounted(&target))?;
         }
@@ -378,6 +368,30 @@ fn mount_cgroup(
         )?;
     }
     Ok(())
+}
+
+/// A fresh cgroup filesystem (`fstype` cgroup or cgroup2) at `target`, for a container in its
+/// own cgroup namespace. Ok(false) when the kernel refuses it with EPERM or EBUSY, as inside a
+/// user namespace that does not own our cgroup namespace, under a nested container's LSM or
+/// seccomp profile, or where a v1 hierarchy's options clash: the caller then binds the
+/// container's own cgroup directory instead, which shows the container the same tree.
+fn fresh_cgroup_mount(
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    opts: Option<&str>,
+) -> nix::Result<bool> {
+    match mount(Some(fstype), target, Some(fstype), flags, opts) {
+        Ok(()) => Ok(true),
+        Err(e @ (nix::errno::Errno::EPERM | nix::errno::Errno::EBUSY)) => {
+            tracing::debug!(
+                "mount {fstype} on {}: {e}; binding the container's cgroup instead",
+                target.display()
+            );
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// A path under the fresh tmpfs of a v1 /sys/fs/cgroup, opened: it is ours, nothing in it can

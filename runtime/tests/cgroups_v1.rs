@@ -4,6 +4,7 @@
 mod common;
 use common::*;
 use serde_json::json;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 fn read(path: impl AsRef<Path>) -> String {
@@ -386,4 +387,81 @@ fn network_class_and_priorities_or_a_clear_error() {
     assert_eq!(read(dir("net_cls").join("net_cls.classid")), "1048577");
     assert!(read(dir("net_prio").join("net_prio.ifpriomap")).contains("lo 7"));
     runc.ok(&["delete", "--force", &id]);
+}
+
+/// A fresh cgroup mount refused with EPERM (a user namespace that does not own the cgroup
+/// namespace, a nested container's LSM or seccomp profile) falls back to binding the
+/// container's own cgroup directories. Provoked with a seccomp filter on the runtime (inherited
+/// by the init that mounts) that refuses mount(2) with MS_DIRSYNC, which only this config's
+/// cgroup mount asks for.
+#[test]
+fn a_refused_cgroup_mount_falls_back_to_the_containers_own_directory() {
+    use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
+    let runc = Runc::new();
+    let cg = format!("/skiff-test-{}", unique("cg-refused"));
+    let b = Bundle::new(&[
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes; \
+         awk '$5 == \"/sys/fs/cgroup/memory\" { split($6, o, \",\"); print o[1] }' /proc/self/mountinfo; \
+         (echo 1 > /sys/fs/cgroup/memory/memory.limit_in_bytes) 2>&1 | sed 's/.*: //'",
+    ])
+    .with(|c| {
+        c["linux"]["cgroupsPath"] = json!(cg);
+        c["linux"]["resources"] = json!({"memory": {"limit": 64 << 20}});
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        let m = mounts.iter_mut().find(|m| m["type"] == "cgroup").unwrap();
+        m["options"] = json!(["nosuid", "noexec", "nodev", "relatime", "ro", "dirsync"]);
+    });
+    let dirsync = libc::MS_DIRSYNC;
+    let mut filter = ScmpFilterContext::new(ScmpAction::Allow).unwrap();
+    filter
+        .add_rule_conditional(
+            ScmpAction::Errno(libc::EPERM),
+            ScmpSyscall::from_name("mount").unwrap(),
+            &[ScmpArgCompare::new(
+                3,
+                ScmpCompareOp::MaskedEqual(dirsync),
+                dirsync,
+            )],
+        )
+        .unwrap();
+    let bpf_file = tempfile::NamedTempFile::new().unwrap();
+    filter.export_bpf(bpf_file.as_file()).unwrap();
+    let program = std::fs::read(bpf_file.path()).unwrap();
+    let mut cmd = runc.cmd();
+    cmd.args(["run", "--bundle", b.path_str(), &unique("cg-refused")]);
+    // SAFETY: only prctl and seccomp between fork and exec, on memory prepared before.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fprog = libc::sock_fprog {
+                len: (program.len() / 8) as u16,
+                filter: program.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::syscall(libc::SYS_seccomp, 1, 0, &fprog as *const libc::sock_fprog) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    // The container's own memory cgroup, read-only.
+    assert_eq!(
+        lines,
+        [
+            (64u64 << 20).to_string().as_str(),
+            "ro",
+            "Read-only file system"
+        ]
+    );
+    assert!(cgroup_dirs(&cg).is_empty(), "{cg} left behind");
 }
