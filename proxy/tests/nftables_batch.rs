@@ -1,9 +1,10 @@
-//! A full nftables sync loads its map elements as a netlink batch: the table it leaves must be
-//! the one the same model written whole as `nft -f` text leaves (what a process's first sync over
-//! an existing table does), for every kind of element (verdicts, endpoint maps with their index,
-//! NodePort keys, the hairpin and NodePort address sets), when creating the table and when
-//! replacing a table it wrote before. Run as root in a network namespace of its own (the test's
-//! thread unshares it; `nft` inherits it).
+//! A full nftables sync loads its map elements (and writes its endpoint pick chains) as a netlink
+//! batch: the table it leaves must be the one the same model written whole as `nft -f` text
+//! leaves (what a fresh start leaves, and what a failed step falls back to), for every kind of
+//! element (verdicts, endpoint maps with their index, NodePort keys, the hairpin and NodePort
+//! address sets), when creating the table and when replacing a table it wrote before; a partial
+//! sync adding pick chains must not fail. Run as root in a network namespace of its own (the
+//! test's thread unshares it; `nft` inherits it).
 
 use std::process::Command;
 
@@ -111,10 +112,33 @@ fn table() -> Vec<String> {
     items
 }
 
+/// The table's handle: a new one means it was replaced whole (the text fallback).
+fn handle() -> String {
+    let out = Command::new("nft")
+        .args(["-j", "list", "tables", "ip"])
+        .output()
+        .expect("nft");
+    let tables: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft -j");
+    tables["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| &t["table"])
+        .find(|t| t["name"] == "skiff")
+        .unwrap_or_else(|| panic!("no table ip skiff in {tables}"))["handle"]
+        .to_string()
+}
+
+/// The proxy's warnings (a step falling back) in the test's output.
+fn log() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+}
+
 #[test]
 fn a_full_sync_through_the_netlink_batch_leaves_the_table_the_text_would() {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
         .expect("unsharing a network namespace (this test needs root)");
+    log();
     let cfg = RenderConfig {
         cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
         node_ips: Some(vec!["172.16.0.1".parse().unwrap()]),
@@ -151,9 +175,9 @@ fn a_full_sync_through_the_netlink_batch_leaves_the_table_the_text_would() {
     }
 
     // The table we wrote, replaced by a periodic full sync of another model (which needs new
-    // pick chains: nft 1.0.6 cannot add them, so it falls back to the whole table as text),
-    // then by one of the same model (the batch path), then partially back to the first model
-    // (text elements over batch-loaded ones).
+    // pick chains, written through netlink), then by a fresh process (the whole text), then by
+    // one of the same model (the batch path), then partially back to the first
+    // model (text elements over batch-loaded ones).
     batched.sync(&large, &cfg, true).unwrap();
     let replaced = table();
     dataplane::new(Mode::Nftables)
@@ -164,5 +188,38 @@ fn a_full_sync_through_the_netlink_batch_leaves_the_table_the_text_would() {
     batched.sync(&large, &cfg, true).unwrap();
     assert_eq!(replaced, table());
     batched.sync(&small, &cfg, false).unwrap();
+    dataplane::cleanup_all().unwrap();
+}
+
+/// A partial sync that needs a pick chain no Service needed before (more endpoints than any)
+/// succeeds on its own: the chain is written through netlink (nft 1.0.6 cannot add its rule
+/// over a table it read back), before the text that sends the Service to it.
+#[test]
+fn a_partial_sync_growing_past_the_largest_endpoint_count_needs_no_full_sync() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("unsharing a network namespace (this test needs root)");
+    log();
+    let cfg = RenderConfig::default();
+    let model = |endpoints| {
+        let (services, slices) = objects(endpoints);
+        Model::build(&services, &slices, "n1").0
+    };
+    let mut proxy = dataplane::new(Mode::Nftables);
+    proxy.sync(&model(2), &cfg, true).unwrap();
+    let kept = handle();
+    proxy
+        .sync(&model(5), &cfg, false)
+        .expect("the partial sync adding pick chains");
+    let grown = table();
+    for item in [
+        "10.96.0.10 . tcp . 80 : goto cluster-addr-5",
+        "10.96.0.10 . tcp . 80 . 4 : 10.244.1.6 . 8080",
+        "udp . 30053 : goto policy-local-port-3",
+        "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 5 map @endpoints-addr-cluster",
+        "dnat ip to meta l4proto . th dport . numgen random mod 3 map @endpoints-port-external",
+    ] {
+        assert!(grown.iter().any(|i| i == item), "{item} not in {grown:#?}");
+    }
+    assert_eq!(kept, handle());
     dataplane::cleanup_all().unwrap();
 }
