@@ -1128,19 +1128,13 @@ impl DataPlane for Nftables {
                 let d = diff(&next.assemble(), &last.assemble(), true);
                 Applied::install(&mut self.last, next, &d.text(), d.changes, |t| d.apply(t))
             }
-            // First sync of this process over a table of an earlier run (or half of one): it
-            // is replaced whole, in one transaction, since what it holds is not known.
+            // First sync of this process over a table of an earlier run (or half of one): what
+            // it holds is known by name only.
             None if table_exists()? => {
                 let next = Installed::build(model, cfg);
                 let want = next.assemble();
-                let changes = want.chains.len();
-                Applied::install(
-                    &mut self.last,
-                    next,
-                    &full_text(&want, true),
-                    changes,
-                    apply,
-                )
+                let (chains, sets) = nft_batch::names(libc::AF_INET as u8, TABLE)?;
+                Self::full_sync(&mut self.last, next, &want, Have::Unknown(chains, sets))
             }
             last => {
                 let next = Installed::build(model, cfg);
@@ -1161,6 +1155,8 @@ enum Have {
     Nothing,
     /// The table this process last wrote.
     Known(Ruleset),
+    /// A table of an earlier run, by its chains' and sets' names.
+    Unknown(Vec<String>, Vec<String>),
 }
 
 impl Nftables {
@@ -1171,7 +1167,9 @@ impl Nftables {
     /// over an existing table), flushes every map and loads all the elements (the switch,
     /// atomic); `nft -f` last deletes the chains and sets nothing refers to any more. Elements
     /// go as a batch because `nft` parsing ~200,000 of them as text costs most of a second.
-    /// Should a step fail, the table is replaced whole as text, in one transaction.
+    /// Over a table of an earlier run, every chain is rewritten and every map declared (a
+    /// declaration that differs fails the step). Should a step fail, the table is replaced
+    /// whole as text, in one transaction.
     fn full_sync(
         last: &mut Option<Installed>,
         next: Installed,
@@ -1189,6 +1187,35 @@ impl Nftables {
             Have::Known(have) => {
                 let mut d = diff(want, &have, false);
                 d.head.insert_str(0, &format!("add table ip {TABLE}\n"));
+                d
+            }
+            Have::Unknown(chains, sets) => {
+                // Every chain found is rewritten; sets found that are not wanted are deleted
+                // (the fixed maps are declared below, the wanted dynamic sets added).
+                let fixed: BTreeSet<&str> = MAPS
+                    .iter()
+                    .map(|(name, _, _)| *name)
+                    .chain([HAIRPIN])
+                    .collect();
+                let found = Ruleset {
+                    chains: chains
+                        .into_iter()
+                        .map(|c| (c, vec!["(unknown)".to_string()]))
+                        .collect(),
+                    sets: sets
+                        .into_iter()
+                        .filter(|s| !fixed.contains(s.as_str()) && !want.sets.contains_key(s))
+                        .map(|s| (s, String::new()))
+                        .collect(),
+                    ..Default::default()
+                };
+                let mut d = diff(want, &found, false);
+                let mut head = format!("add table ip {TABLE}\n");
+                for (name, kind, decl) in MAPS {
+                    let _ = writeln!(head, "add {kind} ip {TABLE} {name} {{ {decl} }}");
+                }
+                let _ = writeln!(head, "add set ip {TABLE} {HAIRPIN} {{ {HAIRPIN_DECL} }}");
+                d.head.insert_str(0, &head);
                 d
             }
         };

@@ -2,9 +2,10 @@
 //! batch: the table it leaves must be the one the same model written whole as `nft -f` text
 //! leaves (what a fresh start leaves, and what a failed step falls back to), for every kind of
 //! element (verdicts, endpoint maps with their index, NodePort keys, the hairpin and NodePort
-//! address sets), when creating the table and when replacing a table it wrote before; a partial
-//! sync adding pick chains must not fail. Run as root in a network namespace of its own (the
-//! test's thread unshares it; `nft` inherits it).
+//! address sets), when creating the table, when replacing a table it wrote before, and when a
+//! new process finds a table an earlier run left (stale, partly changed). None of these may
+//! fall back to the whole text, which replaces the table (it then gets a new handle). Run as root
+//! in a network namespace of its own (the test's thread unshares it; `nft` inherits it).
 
 use std::process::Command;
 
@@ -134,6 +135,22 @@ fn log() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
 }
 
+fn nft(text: &str) {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "nft -f of {text}");
+}
+
 #[test]
 fn a_full_sync_through_the_netlink_batch_leaves_the_table_the_text_would() {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
@@ -154,11 +171,13 @@ fn a_full_sync_through_the_netlink_batch_leaves_the_table_the_text_would() {
     let mut batched = dataplane::new(Mode::Nftables);
     batched.sync(&small, &cfg, true).unwrap();
     let created = table();
-    // A fresh process over that table: replaced whole as text.
+    let kept = handle();
+    // A fresh process over that table (a restart): rewritten in place, to the same table.
     dataplane::new(Mode::Nftables)
         .sync(&small, &cfg, true)
         .unwrap();
     assert_eq!(created, table());
+    assert_eq!(kept, handle(), "the restart replaced the table whole");
     for item in [
         "10.96.0.10 . tcp . 80 : goto cluster-addr-3",
         "10.96.0.10 . tcp . 80 . 2 : 10.244.1.4 . 8080",
@@ -175,8 +194,8 @@ fn a_full_sync_through_the_netlink_batch_leaves_the_table_the_text_would() {
     }
 
     // The table we wrote, replaced by a periodic full sync of another model (which needs new
-    // pick chains, written through netlink), then by a fresh process (the whole text), then by
-    // one of the same model (the batch path), then partially back to the first
+    // pick chains, written through netlink), then by a fresh process (its first sync over the
+    // table), then by one of the same model (the batch path), then partially back to the first
     // model (text elements over batch-loaded ones).
     batched.sync(&large, &cfg, true).unwrap();
     let replaced = table();
@@ -188,6 +207,54 @@ fn a_full_sync_through_the_netlink_batch_leaves_the_table_the_text_would() {
     batched.sync(&large, &cfg, true).unwrap();
     assert_eq!(replaced, table());
     batched.sync(&small, &cfg, false).unwrap();
+    assert_eq!(kept, handle(), "a sync replaced the table whole");
+    dataplane::cleanup_all().unwrap();
+}
+
+/// A restart over a table an earlier run left, changed since (a stale chain jumped to from a
+/// base chain, a stale set, a pick chain emptied, a Service chain's rules gone, a stale element,
+/// a missing element), converges to the table a fresh start writes, in place.
+#[test]
+fn a_restart_over_an_old_table_converges_to_a_fresh_start() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("unsharing a network namespace (this test needs root)");
+    log();
+    let cfg = RenderConfig {
+        cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+        ..Default::default()
+    };
+    let (services, slices) = objects(4);
+    let model = Model::build(&services, &slices, "n1").0;
+    dataplane::new(Mode::Nftables)
+        .sync(&model, &cfg, true)
+        .unwrap();
+    let fresh = table();
+    let kept = handle();
+    nft("add chain ip skiff svc-stale\n\
+         add rule ip skiff svc-stale counter\n\
+         add rule ip skiff nat-output jump svc-stale\n\
+         add set ip skiff aff-stale { type ipv4_addr ; }\n\
+         add rule ip skiff svc-stale ip saddr @aff-stale counter\n\
+         flush chain ip skiff cluster-addr-4\n\
+         flush chain ip skiff services\n\
+         add element ip skiff service-ips { 10.96.0.99 . tcp . 80 : goto svc-stale }\n\
+         delete element ip skiff hairpin-endpoints { 10.244.1.3 . 10.244.1.3 }");
+    assert_ne!(fresh, table());
+    dataplane::new(Mode::Nftables)
+        .sync(&model, &cfg, true)
+        .unwrap();
+    assert_eq!(fresh, table());
+    assert_eq!(kept, handle(), "the restart replaced the table whole");
+    // A table of another layout (a fixed map declared otherwise) is replaced whole.
+    nft("flush chain ip skiff policy-local-port-1\n\
+         flush chain ip skiff policy-local-port-2\n\
+         delete map ip skiff cluster-path-port\n\
+         add map ip skiff cluster-path-port { type inet_service : verdict ; }");
+    dataplane::new(Mode::Nftables)
+        .sync(&model, &cfg, true)
+        .unwrap();
+    assert_eq!(fresh, table());
+    assert_ne!(kept, handle());
     dataplane::cleanup_all().unwrap();
 }
 

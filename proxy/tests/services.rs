@@ -259,7 +259,8 @@ fn session_affinity_and_local_policy(mode: &'static str) {
     );
 }
 
-/// A restarted proxy keeps traffic flowing and removes what was deleted while it was down; a
+/// A restarted proxy keeps traffic flowing and removes what was deleted while it was down
+/// (without replacing the table whole in nftables mode); a
 /// bad Service is skipped (an Event says why) while the others keep working; `cleanup` leaves
 /// nothing behind.
 fn restart_bad_input_and_cleanup(mode: &'static str) {
@@ -292,6 +293,9 @@ fn restart_bad_input_and_cleanup(mode: &'static str) {
         || !rules(&lab).contains(&gone_ip),
     );
     lab.wait_spread(&node, &addr, &["pod-a", "pod-b"], 20);
+    // The first sync over the table the first run left rewrote it in place.
+    let log = lab.proxy_log();
+    assert!(!log.contains("replacing the table as text"), "{log}");
     common::eventually(
         "an event about the bad Service",
         Duration::from_secs(10),
