@@ -1,7 +1,8 @@
 //! `skiff-proxy bench`: for each mode and Service count (10 endpoints each), the time and rule
 //! text size of a full sync and of a partial sync after one EndpointSlice change (Model::build
 //! from the API objects + render + install, i.e. a change's path to the rules minus the watch
-//! delivery; wall-clock and CPU time), the time from an EndpointSlice change to the first
+//! delivery; wall-clock and CPU time), of a restart's first sync (a new process's full sync over
+//! the rules the last one left), the time from an EndpointSlice change to the first
 //! connection through the rule it makes (a probe connecting in a loop meanwhile), and the
 //! connect time to the first and the last Service in rule order.
 //!
@@ -76,6 +77,8 @@ struct Row {
     full_bytes: usize,
     partial: Timed,
     partial_bytes: usize,
+    /// A new process's first (full) sync over the installed rules.
+    restart: Timed,
     /// EndpointSlice change handed over → first connection through the new rule.
     change_to_rule: Duration,
     connect_first: Duration,
@@ -147,6 +150,14 @@ fn measure(mode: Mode, n: usize) -> anyhow::Result<Row> {
         .with_context(|| format!("{mode:?} partial sync of {n} Services"))?
         .bytes;
 
+    // A restart: a new process's first sync over what the last one installed.
+    plane = dataplane::new(mode);
+    let (applied, restart) = timed(|| {
+        let (model, _) = Model::build(&services, &slices, "bench");
+        plane.sync(&model, &cfg, true)
+    });
+    applied.with_context(|| format!("{mode:?} restart's sync of {n} Services"))?;
+
     let first = SocketAddr::from((cluster_ip(0), 80));
     let last = SocketAddr::from((cluster_ip(n - 1), 80));
     let connect_first = mean_connect(first).context("connecting to the first Service")?;
@@ -165,6 +176,7 @@ fn measure(mode: Mode, n: usize) -> anyhow::Result<Row> {
         full_bytes,
         partial,
         partial_bytes,
+        restart,
         change_to_rule,
         connect_first,
         connect_last,
@@ -238,7 +250,7 @@ pub fn run(modes: &[Mode], sizes: &[usize]) -> anyhow::Result<()> {
     });
 
     println!(
-        "{:<9} {:>8} {:>9} {:>12} {:>9} {:>11} {:>15} {:>9} {:>16} {:>16} {:>15}",
+        "{:<9} {:>8} {:>9} {:>12} {:>9} {:>11} {:>15} {:>9} {:>11} {:>15} {:>16} {:>16} {:>15}",
         "mode",
         "services",
         "full ms",
@@ -247,6 +259,8 @@ pub fn run(modes: &[Mode], sizes: &[usize]) -> anyhow::Result<()> {
         "partial ms",
         "partial cpu ms",
         "partial B",
+        "restart ms",
+        "restart cpu ms",
         "slice→rule ms",
         "connect 1st µs",
         "connect last µs"
@@ -255,7 +269,7 @@ pub fn run(modes: &[Mode], sizes: &[usize]) -> anyhow::Result<()> {
         for &n in sizes {
             let r = measure(mode, n.max(2))?;
             println!(
-                "{:<9} {:>8} {:>9} {:>12} {:>9} {:>11} {:>15} {:>9} {:>16} {:>16.0} {:>15.0}",
+                "{:<9} {:>8} {:>9} {:>12} {:>9} {:>11} {:>15} {:>9} {:>11} {:>15} {:>16} {:>16.0} {:>15.0}",
                 format!("{:?}", r.mode).to_lowercase(),
                 r.services,
                 ms(r.full.wall),
@@ -264,6 +278,8 @@ pub fn run(modes: &[Mode], sizes: &[usize]) -> anyhow::Result<()> {
                 ms(r.partial.wall),
                 ms(r.partial.cpu),
                 r.partial_bytes,
+                ms(r.restart.wall),
+                ms(r.restart.cpu),
                 ms(r.change_to_rule),
                 r.connect_first.as_secs_f64() * 1e6,
                 r.connect_last.as_secs_f64() * 1e6,

@@ -1,8 +1,11 @@
-//! Set elements written straight to nf_tables as one netlink batch (BATCH_BEGIN, DELSETELEM
-//! flushes, NEWSETELEM …, BATCH_END), which the kernel applies as one transaction. It is how a
-//! full sync loads its ~200,000 map elements: `nft -f` spends most of a second parsing and
-//! evaluating that many as text, while their encoding is simple (fixed-size keys and data, or a
-//! verdict). Chains, rules and set declarations stay with `nft -f`.
+//! Set elements, and the few rules nft 1.0.6 cannot write, sent straight to nf_tables as one
+//! netlink batch (BATCH_BEGIN, messages, BATCH_END), which the kernel applies as one
+//! transaction. It is how a full sync loads its ~200,000 map elements: `nft -f` spends most of a
+//! second parsing and evaluating that many as text, while their encoding is simple (fixed-size
+//! keys and data, or a verdict). The rules are the endpoint picks' `dnat … map @endpoints-…`:
+//! nft 1.0.6 cannot add a rule naming such a map once it reads the map back from the kernel
+//! ("conflicting protocols specified: ip vs. th", from the map's `typeof … : ip daddr . th
+//! dport`), and their expressions are few and fixed. Everything else stays with `nft -f`.
 
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -14,12 +17,20 @@ use crate::dataplane::Error;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_DELRULE: u16 = 8;
+const NFT_MSG_GETSET: u16 = 10;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
+const NLMSG_DONE: u16 = 3;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_APPEND: u16 = 0x800;
 const NLA_F_NESTED: u16 = 0x8000;
 
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
@@ -32,6 +43,15 @@ const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
 
 /// An element list's attribute length is 16 bits: a message holds at most this much of it.
 const MAX_ELEMENTS_BYTES: usize = 60_000;
@@ -51,19 +71,45 @@ pub const NF_ACCEPT: i32 = 1;
 pub const NFT_JUMP: i32 = -3;
 pub const NFT_GOTO: i32 = -4;
 
-/// One transaction on an `ip` family table being built.
+/// A rule expression as nft encodes it. Registers are nft's numbers: 1 is the 16-byte
+/// `NFT_REG_1`, 9 and up the 4-byte `NFT_REG32_01` and up (8, `NFT_REG32_00`, is 1's first word).
+#[derive(Debug, Clone, Copy)]
+pub enum Expr<'a> {
+    /// `len` bytes at `offset` of the network header (or, with `transport`, the transport
+    /// header) into `dreg`.
+    Payload {
+        transport: bool,
+        offset: u32,
+        len: u32,
+        dreg: u32,
+    },
+    /// The packet's layer 4 protocol (`meta l4proto`) into `dreg`.
+    L4proto { dreg: u32 },
+    /// `numgen random mod modulus` into `dreg`.
+    Numgen { modulus: u32, dreg: u32 },
+    /// The data of the key at `sreg` in map `map` into `dreg` (no match ends the rule).
+    Lookup { map: &'a str, sreg: u32, dreg: u32 },
+    /// DNAT to the address in `addr` and the port in `port`, for `family` (`NFPROTO_IPV4`…).
+    Dnat { family: u8, addr: u32, port: u32 },
+    /// A verdict code (`NFT_JUMP`, `NFT_GOTO`) and the chain it names.
+    Verdict(i32, &'a str),
+}
+
+/// One transaction on the tables of one family (`AF_INET`, `AF_INET6`) being built.
 pub struct Batch {
     buf: Vec<u8>,
     seq: u32,
+    family: u8,
     /// The open NEWSETELEM message: its set, its start and its element list's start.
     open: Option<(String, usize, usize)>,
 }
 
 impl Batch {
-    pub fn new() -> Self {
+    pub fn new(family: u8) -> Self {
         let mut b = Batch {
             buf: Vec::with_capacity(1 << 20),
             seq: 0,
+            family,
             open: None,
         };
         let start = b.header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, libc::AF_UNSPEC as u8);
@@ -73,14 +119,117 @@ impl Batch {
         b
     }
 
+    /// Adds a regular chain (a no-op if it exists).
+    pub fn add_chain(&mut self, table: &str, chain: &str) {
+        self.close();
+        let start = self.header(
+            nft_type(NFT_MSG_NEWCHAIN),
+            NLM_F_REQUEST | NLM_F_CREATE,
+            self.family,
+        );
+        self.attr(NFTA_CHAIN_TABLE, &nul_terminated(table));
+        self.attr(NFTA_CHAIN_NAME, &nul_terminated(chain));
+        self.end_message(start);
+    }
+
+    /// Removes every rule of `chain` (a DELRULE naming no rule).
+    pub fn flush_chain(&mut self, table: &str, chain: &str) {
+        self.close();
+        let start = self.header(nft_type(NFT_MSG_DELRULE), NLM_F_REQUEST, self.family);
+        self.attr(NFTA_RULE_TABLE, &nul_terminated(table));
+        self.attr(NFTA_RULE_CHAIN, &nul_terminated(chain));
+        self.end_message(start);
+    }
+
+    /// Appends a rule of these expressions to `chain`.
+    pub fn add_rule(&mut self, table: &str, chain: &str, exprs: &[Expr]) {
+        self.close();
+        let start = self.header(
+            nft_type(NFT_MSG_NEWRULE),
+            NLM_F_REQUEST | NLM_F_CREATE | NLM_F_APPEND,
+            self.family,
+        );
+        self.attr(NFTA_RULE_TABLE, &nul_terminated(table));
+        self.attr(NFTA_RULE_CHAIN, &nul_terminated(chain));
+        let list = self.nest(NFTA_RULE_EXPRESSIONS);
+        for e in exprs {
+            self.expr(e);
+        }
+        self.end_nest(list);
+        self.end_message(start);
+    }
+
+    fn expr(&mut self, e: &Expr) {
+        let elem = self.nest(NFTA_LIST_ELEM);
+        let name = match e {
+            Expr::Payload { .. } => "payload",
+            Expr::L4proto { .. } => "meta",
+            Expr::Numgen { .. } => "numgen",
+            Expr::Lookup { .. } => "lookup",
+            Expr::Dnat { .. } => "nat",
+            Expr::Verdict(..) => "immediate",
+        };
+        self.attr(NFTA_EXPR_NAME, &nul_terminated(name));
+        let data = self.nest(NFTA_EXPR_DATA);
+        let u32_attr = |b: &mut Self, kind: u16, v: u32| b.attr(kind, &v.to_be_bytes());
+        match *e {
+            Expr::Payload {
+                transport,
+                offset,
+                len,
+                dreg,
+            } => {
+                // NFTA_PAYLOAD_DREG, _BASE (NFT_PAYLOAD_NETWORK_HEADER 1, _TRANSPORT_HEADER 2),
+                // _OFFSET, _LEN.
+                u32_attr(self, 1, dreg);
+                u32_attr(self, 2, if transport { 2 } else { 1 });
+                u32_attr(self, 3, offset);
+                u32_attr(self, 4, len);
+            }
+            Expr::L4proto { dreg } => {
+                // NFTA_META_DREG, NFTA_META_KEY (NFT_META_L4PROTO).
+                u32_attr(self, 1, dreg);
+                u32_attr(self, 2, 16);
+            }
+            Expr::Numgen { modulus, dreg } => {
+                // NFTA_NG_DREG, _MODULUS, _TYPE (NFT_NG_RANDOM), _OFFSET.
+                u32_attr(self, 1, dreg);
+                u32_attr(self, 2, modulus);
+                u32_attr(self, 3, 1);
+                u32_attr(self, 4, 0);
+            }
+            Expr::Lookup { map, sreg, dreg } => {
+                // NFTA_LOOKUP_SET, _SREG, _DREG.
+                self.attr(1, &nul_terminated(map));
+                u32_attr(self, 2, sreg);
+                u32_attr(self, 3, dreg);
+            }
+            Expr::Dnat { family, addr, port } => {
+                // NFTA_NAT_TYPE (NFT_NAT_DNAT), _FAMILY, _REG_ADDR_MIN, _REG_PROTO_MIN.
+                u32_attr(self, 1, 1);
+                u32_attr(self, 2, family as u32);
+                u32_attr(self, 3, addr);
+                u32_attr(self, 5, port);
+            }
+            Expr::Verdict(code, chain) => {
+                // NFTA_IMMEDIATE_DREG (NFT_REG_VERDICT), NFTA_IMMEDIATE_DATA.
+                u32_attr(self, 1, 0);
+                let d = self.nest(2);
+                let v = self.nest(NFTA_DATA_VERDICT);
+                self.attr(NFTA_VERDICT_CODE, &code.to_be_bytes());
+                self.attr(NFTA_VERDICT_CHAIN, &nul_terminated(chain));
+                self.end_nest(v);
+                self.end_nest(d);
+            }
+        }
+        self.end_nest(data);
+        self.end_nest(elem);
+    }
+
     /// Removes every element of `set` (a DELSETELEM naming no element).
     pub fn flush(&mut self, table: &str, set: &str) {
         self.close();
-        let start = self.header(
-            nft_type(NFT_MSG_DELSETELEM),
-            NLM_F_REQUEST,
-            libc::AF_INET as u8,
-        );
+        let start = self.header(nft_type(NFT_MSG_DELSETELEM), NLM_F_REQUEST, self.family);
         self.attr(NFTA_SET_ELEM_LIST_TABLE, &nul_terminated(table));
         self.attr(NFTA_SET_ELEM_LIST_SET, &nul_terminated(set));
         self.end_message(start);
@@ -97,7 +246,7 @@ impl Batch {
             let start = self.header(
                 nft_type(NFT_MSG_NEWSETELEM),
                 NLM_F_REQUEST | NLM_F_CREATE,
-                libc::AF_INET as u8,
+                self.family,
             );
             self.attr(NFTA_SET_ELEM_LIST_TABLE, &nul_terminated(table));
             self.attr(NFTA_SET_ELEM_LIST_SET, &nul_terminated(set));
@@ -147,28 +296,7 @@ impl Batch {
         self.buf[start + 18..start + 20].copy_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
         self.end_message(start);
 
-        let io = |source| Error::Spawn {
-            tool: "nf_tables netlink".into(),
-            source,
-        };
-        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io)?;
-        socket.bind_auto().map_err(io)?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(io)?;
-        let fd = socket.as_raw_fd();
-        // The whole batch goes in one message (the kernel takes a batch from one send); error
-        // answers carry only their header.
-        let bytes = self.buf.len() + (1 << 16);
-        setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUFFORCE,
-            bytes as libc::c_int,
-        )
-        .map_err(io)?;
-        socket
-            .set_cap_ack(true)
-            .and_then(|()| set_timeout(fd, Duration::from_secs(30)))
-            .map_err(io)?;
+        let socket = open(self.buf.len() + (1 << 16))?;
         socket.send(&self.buf, 0).map_err(io)?;
 
         let mut answer = vec![0u8; 1 << 16];
@@ -254,9 +382,119 @@ impl Batch {
     }
 }
 
-impl Default for Batch {
-    fn default() -> Self {
-        Self::new()
+fn io(source: std::io::Error) -> Error {
+    Error::Spawn {
+        tool: "nf_tables netlink".into(),
+        source,
+    }
+}
+
+/// A netfilter netlink socket able to send `send_bytes` in one message (a batch goes in one
+/// send), whose answers come within 30 s (a kernel that never answers is an error, not a hung
+/// sync) and carry only the header of a failed request.
+fn open(send_bytes: usize) -> Result<Socket, Error> {
+    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io)?;
+    socket.bind_auto().map_err(io)?;
+    socket.connect(&SocketAddr::new(0, 0)).map_err(io)?;
+    let fd = socket.as_raw_fd();
+    setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_SNDBUFFORCE,
+        send_bytes as libc::c_int,
+    )
+    .map_err(io)?;
+    socket
+        .set_cap_ack(true)
+        .and_then(|()| set_timeout(fd, Duration::from_secs(30)))
+        .map_err(io)?;
+    Ok(socket)
+}
+
+/// The names of the chains and of the sets (maps included) in `table` of `family`, read by
+/// netlink dumps: `nft list sets` would fetch every element too (seconds at 10,000 Services).
+pub fn names(family: u8, table: &str) -> Result<(Vec<String>, Vec<String>), Error> {
+    Ok((
+        dump(
+            family,
+            NFT_MSG_GETCHAIN,
+            NFTA_CHAIN_TABLE,
+            NFTA_CHAIN_NAME,
+            table,
+        )?,
+        dump(family, NFT_MSG_GETSET, NFTA_SET_TABLE, NFTA_SET_NAME, table)?,
+    ))
+}
+
+/// Dumps objects of kind `msg` of `family`, returning the `name_attr` of those whose
+/// `table_attr` is `table`.
+fn dump(
+    family: u8,
+    msg: u16,
+    table_attr: u16,
+    name_attr: u16,
+    table: &str,
+) -> Result<Vec<String>, Error> {
+    let socket = open(1 << 16)?;
+    let mut req = Batch {
+        buf: Vec::new(),
+        seq: 0,
+        family,
+        open: None,
+    };
+    let start = req.header(nft_type(msg), NLM_F_REQUEST | NLM_F_DUMP, family);
+    req.end_message(start);
+    socket.send(&req.buf, 0).map_err(io)?;
+    let mut names = Vec::new();
+    let mut answer = vec![0u8; 1 << 17];
+    loop {
+        let n = socket.recv(&mut &mut answer[..], 0).map_err(io)?;
+        let mut offset = 0;
+        while offset + 16 <= n {
+            let len = u32::from_ne_bytes(answer[offset..offset + 4].try_into().unwrap()) as usize;
+            let kind = u16::from_ne_bytes([answer[offset + 4], answer[offset + 5]]);
+            let message = &answer[offset..(offset + len).min(n)];
+            match kind {
+                NLMSG_DONE => return Ok(names),
+                NLMSG_ERROR => {
+                    let code = i32::from_ne_bytes(message[16..20].try_into().unwrap());
+                    if code != 0 {
+                        return Err(Error::Failed {
+                            tool: "nf_tables netlink dump".into(),
+                            stderr: std::io::Error::from_raw_os_error(-code).to_string(),
+                        });
+                    }
+                }
+                _ => {
+                    let (mut t, mut name) = (None, None);
+                    let mut a = 20;
+                    while a + 4 <= message.len() {
+                        let alen = u16::from_ne_bytes([message[a], message[a + 1]]) as usize;
+                        let akind = u16::from_ne_bytes([message[a + 2], message[a + 3]]) & 0x3fff;
+                        if alen < 4 || a + alen > message.len() {
+                            break;
+                        }
+                        let value = &message[a + 4..a + alen];
+                        let text = || {
+                            String::from_utf8_lossy(value.split(|b| *b == 0).next().unwrap_or(&[]))
+                                .into_owned()
+                        };
+                        if akind == table_attr {
+                            t = Some(text());
+                        } else if akind == name_attr {
+                            name = Some(text());
+                        }
+                        a += alen.next_multiple_of(4);
+                    }
+                    if let (Some(t), Some(name)) = (t, name)
+                        && t == table
+                    {
+                        names.push(name);
+                    }
+                }
+            }
+            offset += len.max(16).next_multiple_of(4);
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! The nftables renderer: one `ip skiff` table in kube-proxy's nftables shape. Packets are
 //! dispatched by verdict maps keyed on `address . protocol . port`, so their cost does not grow
 //! with the number of Services, and endpoints are picked from data maps, so a change to a
-//! Service's endpoints is a change of map elements only. The whole change is one transaction
-//! through `nft -f -` (the kernel applies a batch atomically).
+//! Service's endpoints is a change of map elements only. A partial change is one transaction
+//! through `nft -f -` (the kernel applies a batch atomically), preceded by a netlink batch when
+//! it needs new pick chains; a full sync is described at [`Nftables::full_sync`].
 //!
 //! services (nat, prerouting and output) → @service-ips / @service-nodeports → a pick chain
 //! shared by every front with the same number of endpoints k, whose one rule DNATs through
@@ -13,7 +14,8 @@
 //!
 //! A front is keyed by `ip daddr . meta l4proto . th dport` (ClusterIP, externalIP, load-balancer
 //! IP) or `meta l4proto . th dport` (NodePort, on any node address). Pick chains:
-//! `cluster-<key>-<k>` (masquerade what comes from outside the cluster CIDR),
+//! `cluster-<key>-<k>` (masquerade what comes from outside the cluster CIDR, through
+//! `masquerade-outsiders`),
 //! `external-<key>-<k>` (masquerade all), `local-<key>-<k>` (no masquerade:
 //! externalTrafficPolicy Local) and `policy-local-<key>-<k>` (Local's exceptions: pods and the
 //! node itself take the cluster path, found in @cluster-path-<key>).
@@ -31,7 +33,7 @@ use std::net::Ipv4Addr;
 
 use crate::dataplane::{Applied, DataPlane, Error, MASQ_MARK, RenderConfig, run_tool};
 use crate::model::{Endpoint, Model, ServicePort, ServicePortName};
-use crate::nft_batch::{self, Batch, Data};
+use crate::nft_batch::{self, Batch, Data, Expr};
 
 pub const TABLE: &str = "skiff";
 
@@ -133,10 +135,7 @@ impl Pick {
             )
         };
         match self.kind {
-            PickKind::Cluster => masquerade_outsiders(cfg)
-                .into_iter()
-                .chain([dnat(false)])
-                .collect(),
+            PickKind::Cluster => vec![format!("jump {MASQUERADE_OUTSIDERS}"), dnat(false)],
             PickKind::External => vec!["jump mark-for-masquerade".into(), dnat(true)],
             PickKind::Local => vec![dnat(true)],
             PickKind::PolicyLocal => {
@@ -161,6 +160,63 @@ impl Pick {
         }
     }
 
+    /// The rules as netlink expressions (those of [`Pick::rules`]) for the picks that DNAT
+    /// through an endpoint map: nft 1.0.6 cannot add such a rule once the map is read back from
+    /// the kernel. `None` for policy-local picks, written as text.
+    fn exprs(&self) -> Option<Vec<Vec<Expr<'static>>>> {
+        let map = self.front.endpoint_map(self.kind != PickKind::Cluster);
+        let k = self.k as u32;
+        // The key into 4-byte registers from 1 (nft's layout: each field in its own), the
+        // endpoint's address and port back into 1 and the next.
+        let th_dport = |dreg| Expr::Payload {
+            transport: true,
+            offset: 2,
+            len: 2,
+            dreg,
+        };
+        let mut dnat = match self.front {
+            Front::Addr => vec![
+                Expr::Payload {
+                    transport: false,
+                    offset: 16,
+                    len: 4,
+                    dreg: 1,
+                },
+                Expr::L4proto { dreg: 9 },
+                th_dport(10),
+                Expr::Numgen {
+                    modulus: k,
+                    dreg: 11,
+                },
+            ],
+            Front::Port => vec![
+                Expr::L4proto { dreg: 1 },
+                th_dport(9),
+                Expr::Numgen {
+                    modulus: k,
+                    dreg: 10,
+                },
+            ],
+        };
+        dnat.push(Expr::Lookup {
+            map,
+            sreg: 1,
+            dreg: 1,
+        });
+        dnat.push(Expr::Dnat {
+            family: libc::NFPROTO_IPV4 as u8,
+            addr: 1,
+            port: 9,
+        });
+        let jump = |chain| vec![Expr::Verdict(nft_batch::NFT_JUMP, chain)];
+        Some(match self.kind {
+            PickKind::Cluster => vec![jump(MASQUERADE_OUTSIDERS), dnat],
+            PickKind::External => vec![jump("mark-for-masquerade"), dnat],
+            PickKind::Local => vec![dnat],
+            PickKind::PolicyLocal => return None,
+        })
+    }
+
     /// The picks this one sends packets to, which must exist first.
     fn needs(&self) -> Option<Pick> {
         (self.kind == PickKind::PolicyLocal).then_some(Pick {
@@ -169,6 +225,10 @@ impl Pick {
         })
     }
 }
+
+/// The chain the cluster pick chains jump to first: it marks traffic from outside the cluster
+/// network for masquerading (their rules then depend on nothing but their name).
+const MASQUERADE_OUTSIDERS: &str = "masquerade-outsiders";
 
 /// The cluster path's masquerade rule: traffic to a ClusterIP from outside the cluster network.
 fn masquerade_outsiders(cfg: &RenderConfig) -> Option<String> {
@@ -337,6 +397,10 @@ fn base_rules(cfg: &RenderConfig) -> Ruleset {
     r.rule(
         "mark-for-masquerade",
         format!("meta mark set meta mark | {MASQ_MARK:#x}"),
+    );
+    r.chains.insert(
+        MASQUERADE_OUTSIDERS.to_string(),
+        masquerade_outsiders(cfg).into_iter().collect(),
     );
     r.rule(
         "masquerading",
@@ -577,23 +641,67 @@ fn element(key: &str, value: &str) -> String {
 
 /// The transaction taking the table from `have` (what we last wrote) to `want`: new chains and
 /// sets added, changed chains flushed and refilled, map elements deleted and added, gone chains
-/// and sets deleted last (once nothing refers to them).
+/// and sets deleted last (once nothing refers to them). Pick chains that DNAT through an
+/// endpoint map are left out (see [`Diff::picks`]).
+#[cfg(test)]
 fn diff_text(want: &Ruleset, have: &Ruleset) -> (String, usize) {
     let d = diff(want, have, true);
     (d.head + &d.tail, d.changes)
 }
 
 /// A transaction in two parts: `head` adds and rewrites chains and sets (and, with
-/// `text_elements`, changes map elements), `tail` deletes what is no longer wanted.
+/// `text_elements`, changes map elements), `tail` deletes what is no longer wanted; and the
+/// pick chains to write through netlink first ([`Pick::exprs`]), each with whether it exists.
 struct Diff {
     head: String,
     tail: String,
     changes: usize,
+    picks: Vec<(Pick, bool)>,
+}
+
+impl Diff {
+    /// Writes the pick chains into `batch`: created, or flushed, then their rules.
+    fn add_picks(&self, batch: &mut Batch) {
+        for (pick, exists) in &self.picks {
+            let name = pick.name();
+            if *exists {
+                batch.flush_chain(TABLE, &name);
+            } else {
+                batch.add_chain(TABLE, &name);
+            }
+            for rule in pick.exprs().into_iter().flatten() {
+                batch.add_rule(TABLE, &name, &rule);
+            }
+        }
+    }
+
+    /// The whole transaction as text (its pick chains aside).
+    fn text(&self) -> String {
+        self.head.clone() + &self.tail
+    }
+
+    /// Applies a partial change: the new pick chains first (nothing refers to them yet), then
+    /// `text`, which does.
+    fn apply(&self, text: &str) -> Result<(), Error> {
+        if !self.picks.is_empty() {
+            let mut batch = Batch::new(libc::AF_INET as u8);
+            self.add_picks(&mut batch);
+            batch.commit()?;
+        }
+        apply(text)
+    }
 }
 
 fn diff(want: &Ruleset, have: &Ruleset, text_elements: bool) -> Diff {
     let mut out = String::new();
     let mut changes = 0;
+    let batched: BTreeMap<String, Pick> = want
+        .picks
+        .iter()
+        .filter(|p| p.exprs().is_some())
+        .map(|p| (p.name(), *p))
+        .collect();
+    let mut picks = Vec::new();
     for (name, decl) in &want.sets {
         if have.sets.get(name) != Some(decl) {
             if have.sets.contains_key(name) {
@@ -609,8 +717,14 @@ fn diff(want: &Ruleset, have: &Ruleset, text_elements: bool) -> Diff {
             changes += 1;
         }
     }
+    // (New pick chains are added here too, empty: another new chain's rule may name one.)
     for name in want.chains.keys().filter(|n| !have.chains.contains_key(*n)) {
-        let _ = writeln!(out, "add chain ip {TABLE} {name}");
+        let _ = write!(out, "add chain ip {TABLE} {name}");
+        // (A base chain is new only in a table of an earlier run that lacks it.)
+        if let Some((_, hook)) = BASE_CHAINS.iter().find(|(n, _)| n == name) {
+            let _ = write!(out, " {{ {hook} }}");
+        }
+        out.push('\n');
     }
     for (name, rules) in &want.chains {
         let old = have.chains.get(name);
@@ -618,6 +732,10 @@ fn diff(want: &Ruleset, have: &Ruleset, text_elements: bool) -> Diff {
             continue;
         }
         changes += 1;
+        if let Some(pick) = batched.get(name) {
+            picks.push((*pick, old.is_some()));
+            continue;
+        }
         if old.is_some() {
             let _ = writeln!(out, "flush chain ip {TABLE} {name}");
         }
@@ -650,6 +768,7 @@ fn diff(want: &Ruleset, have: &Ruleset, text_elements: bool) -> Diff {
         head,
         tail: out,
         changes,
+        picks,
     }
 }
 
@@ -706,10 +825,9 @@ fn apply(text: &str) -> Result<(), Error> {
     run_tool("nft", &["-f", "-"], Some(text)).map(|_| ())
 }
 
-/// Every map and set element of `want` as one netlink batch, each map flushed first: the
-/// elements change in one transaction.
-fn elements_batch(want: &Ruleset) -> Batch {
-    let mut batch = Batch::new();
+/// Every map and set element of `want` into `batch`, each map flushed first: the elements
+/// change in one transaction.
+fn elements_batch(batch: &mut Batch, want: &Ruleset) {
     let (mut key, mut value) = (Vec::with_capacity(16), Vec::with_capacity(8));
     for (map, elements) in &want.elements {
         batch.flush(TABLE, map);
@@ -743,7 +861,6 @@ fn elements_batch(want: &Ruleset) -> Batch {
         key.extend_from_slice(&ip.octets());
         batch.add(TABLE, HAIRPIN, &key, Data::None);
     }
-    batch
 }
 
 /// A rendered key or value (`10.96.0.1 . tcp . 80 . 3`) in the kernel's layout: each field in
@@ -899,12 +1016,13 @@ impl Installed {
         for p in &self.picks {
             r.chains.insert(p.name(), p.rules(&self.cfg));
         }
+        r.picks = self.picks.clone();
         r
     }
 
     /// Brings the ports up to `model`, returning the touched part of the table before and
     /// after (chains, sets, elements and hairpin addresses of the ports that changed or went),
-    /// which [`diff_text`] turns into the transaction.
+    /// which [`diff`] turns into the transaction.
     fn update(&mut self, model: &Model) -> (Ruleset, Ruleset) {
         let gone: Vec<ServicePortName> = self
             .ports
@@ -953,6 +1071,7 @@ impl Installed {
             .collect();
         for p in self.add_picks(wanted) {
             after.chains.insert(p.name(), p.rules(&self.cfg));
+            after.picks.insert(p);
         }
         for (port, rules) in changed {
             after.merge_port(&rules);
@@ -1000,77 +1119,119 @@ impl DataPlane for Nftables {
             // A partial sync: only the ports that changed are rendered and compared.
             Some(mut inst) if !full && inst.cfg == *cfg => {
                 let (before, after) = inst.update(model);
-                let (text, changes) = diff_text(&after, &before);
-                Applied::install(&mut self.last, inst, &text, changes, apply)
+                let d = diff(&after, &before, true);
+                Applied::install(&mut self.last, inst, &d.text(), d.changes, |t| d.apply(t))
             }
             // The node's facts changed: what they touch is rewritten.
             Some(last) if !full => {
                 let next = Installed::build(model, cfg);
-                let (text, changes) = diff_text(&next.assemble(), &last.assemble());
-                Applied::install(&mut self.last, next, &text, changes, apply)
+                let d = diff(&next.assemble(), &last.assemble(), true);
+                Applied::install(&mut self.last, next, &d.text(), d.changes, |t| d.apply(t))
             }
-            // First sync of this process over a table of an earlier run (or half of one): it
-            // is replaced whole, in one transaction, since what it holds is not known.
+            // First sync of this process over a table of an earlier run (or half of one): what
+            // it holds is known by name only.
             None if table_exists()? => {
                 let next = Installed::build(model, cfg);
                 let want = next.assemble();
-                let changes = want.chains.len();
-                Applied::install(
-                    &mut self.last,
-                    next,
-                    &full_text(&want, true),
-                    changes,
-                    apply,
-                )
+                let (chains, sets) = nft_batch::names(libc::AF_INET as u8, TABLE)?;
+                Self::full_sync(&mut self.last, next, &want, Have::Unknown(chains, sets))
             }
             last => {
                 let next = Installed::build(model, cfg);
                 let want = next.assemble();
-                Self::full_sync(&mut self.last, next, &want, last.map(|l| l.assemble()))
+                let have = match last {
+                    Some(last) => Have::Known(last.assemble()),
+                    None => Have::Nothing,
+                };
+                Self::full_sync(&mut self.last, next, &want, have)
             }
         }
     }
 }
 
+/// What a full sync starts from.
+enum Have {
+    /// No table.
+    Nothing,
+    /// The table this process last wrote.
+    Known(Ruleset),
+    /// A table of an earlier run, by its chains' and sets' names.
+    Unknown(Vec<String>, Vec<String>),
+}
+
 impl Nftables {
-    /// A full sync over no table or the one we last wrote (`have`), in three transactions
-    /// whose every intermediate state routes traffic as either the old or the new table would:
-    /// `nft -f` adds new chains and sets and rewrites changed chains (old map elements still
-    /// lead to the same places); one netlink batch then flushes every map and loads all the
-    /// elements (the switch, atomic); `nft -f` last deletes the chains and sets nothing refers
-    /// to any more. Elements go as a batch because `nft` parsing ~200,000 of them as text costs
-    /// most of a second. Should a step fail, the table is replaced whole as text, in one
-    /// transaction: nft 1.0.6 cannot add a rule naming an endpoint map it read back from the
-    /// kernel ("conflicting protocols specified: ip vs. th", from the map's `typeof`), which
-    /// a new pick chain needs.
+    /// A full sync in three transactions whose every intermediate state routes traffic as
+    /// either the old or the new table would: `nft -f` adds new chains and sets and rewrites
+    /// changed chains (old map elements still lead to the same places); one netlink batch then
+    /// rewrites the pick chains that DNAT through endpoint maps (which nft 1.0.6 cannot write
+    /// over an existing table), flushes every map and loads all the elements (the switch,
+    /// atomic); `nft -f` last deletes the chains and sets nothing refers to any more. Elements
+    /// go as a batch because `nft` parsing ~200,000 of them as text costs most of a second.
+    /// Over a table of an earlier run, every chain is rewritten and every map declared (a
+    /// declaration that differs fails the step). Should a step fail, the table is replaced
+    /// whole as text, in one transaction.
     fn full_sync(
         last: &mut Option<Installed>,
         next: Installed,
         want: &Ruleset,
-        have: Option<Ruleset>,
+        have: Have,
     ) -> Result<Applied, Error> {
-        let (head, tail, changes) = match have {
-            None => (full_text(want, false), String::new(), want.chains.len()),
+        let d = match have {
+            Have::Nothing => Diff {
+                head: full_text(want, false),
+                tail: String::new(),
+                changes: want.chains.len(),
+                picks: Vec::new(),
+            },
             // (`add table`, a no-op, keeps the head from being empty: the batch always goes.)
-            Some(have) => {
-                let d = diff(want, &have, false);
-                (
-                    format!("add table ip {TABLE}\n{}", d.head),
-                    d.tail,
-                    d.changes,
-                )
+            Have::Known(have) => {
+                let mut d = diff(want, &have, false);
+                d.head.insert_str(0, &format!("add table ip {TABLE}\n"));
+                d
+            }
+            Have::Unknown(chains, sets) => {
+                // Every chain found is rewritten; sets found that are not wanted are deleted
+                // (the fixed maps are declared below, the wanted dynamic sets added).
+                let fixed: BTreeSet<&str> = MAPS
+                    .iter()
+                    .map(|(name, _, _)| *name)
+                    .chain([HAIRPIN])
+                    .collect();
+                let found = Ruleset {
+                    chains: chains
+                        .into_iter()
+                        .map(|c| (c, vec!["(unknown)".to_string()]))
+                        .collect(),
+                    sets: sets
+                        .into_iter()
+                        .filter(|s| !fixed.contains(s.as_str()) && !want.sets.contains_key(s))
+                        .map(|s| (s, String::new()))
+                        .collect(),
+                    ..Default::default()
+                };
+                let mut d = diff(want, &found, false);
+                let mut head = format!("add table ip {TABLE}\n");
+                for (name, kind, decl) in MAPS {
+                    let _ = writeln!(head, "add {kind} ip {TABLE} {name} {{ {decl} }}");
+                }
+                let _ = writeln!(head, "add set ip {TABLE} {HAIRPIN} {{ {HAIRPIN_DECL} }}");
+                d.head.insert_str(0, &head);
+                d
             }
         };
         let elements: usize =
             want.elements.values().map(BTreeMap::len).sum::<usize>() + want.hairpin.len();
         let mut extra = 0;
-        let mut applied = Applied::install(last, next, &head, changes + elements, |head| {
+        let mut applied = Applied::install(last, next, &d.head, d.changes + elements, |head| {
             let batched = apply(head).and_then(|()| {
-                extra = elements_batch(want).commit()?;
-                if !tail.is_empty() {
-                    apply(&tail)?;
+                let mut batch = Batch::new(libc::AF_INET as u8);
+                d.add_picks(&mut batch);
+                elements_batch(&mut batch, want);
+                extra = batch.commit()?;
+                if !d.tail.is_empty() {
+                    apply(&d.tail)?;
                 }
-                extra += tail.len();
+                extra += d.tail.len();
                 Ok(())
             });
             batched.or_else(|e| {
@@ -1157,7 +1318,7 @@ mod tests {
         assert_eq!(
             r.chains["cluster-addr-3"],
             [
-                "ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
+                "jump masquerade-outsiders",
                 "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 3 map @endpoints-addr-cluster",
             ]
         );
@@ -1169,6 +1330,10 @@ mod tests {
                 .any(|c| c.starts_with("svc-") || c.starts_with("sep-"))
         );
         assert!(r.sets.is_empty());
+        assert_eq!(
+            r.chains["masquerade-outsiders"],
+            ["ip saddr != 10.244.0.0/16 jump mark-for-masquerade"]
+        );
         assert!(r.hairpin.contains(&"10.244.0.3".parse().unwrap()));
         let text = full_text(&r, true);
         assert!(text.starts_with("add table ip skiff\ndelete table ip skiff\n"));
@@ -1339,15 +1504,26 @@ mod tests {
 
         let mut inst = Installed::build(&old, &cfg);
         let (before, after) = inst.update(&new);
-        let (partial, _) = diff_text(&after, &before);
+        let d = diff(&after, &before, true);
+        let partial = d.text();
         assert!(!partial.contains("10.96.0.20"), "{partial}");
         // c's going hands the external IP to b and keeps a's endpoint in the hairpin set.
         assert!(partial.contains("192.0.2.1 . udp . 53 : goto external-addr-1"));
         assert!(partial.contains(&format!("delete chain ip skiff {}", svc_chain(&c))));
         assert!(!partial.contains("10.244.0.2 . 10.244.0.2"));
-        // d is the first with 3 endpoints: its pick chain is added; external-addr-2, no longer
-        // used, stays until the next full sync.
-        assert!(partial.contains("add chain ip skiff cluster-addr-3"));
+        // d is the first with 3 endpoints: its pick chain is added (through netlink, before the
+        // text); external-addr-2, no longer used, stays until the next full sync.
+        let cluster_3 = Pick {
+            kind: PickKind::Cluster,
+            front: Front::Addr,
+            k: 3,
+        };
+        assert_eq!(d.picks, [(cluster_3, false)]);
+        assert!(
+            partial.contains("add chain ip skiff cluster-addr-3\n")
+                && !partial.contains("add rule ip skiff cluster-addr-3"),
+            "{partial}"
+        );
         assert!(!partial.contains("delete chain ip skiff external-addr-2"));
         // The table is the whole render's, plus the pick chains kept.
         let (kept, whole) = (inst.assemble(), render(&new, &cfg));

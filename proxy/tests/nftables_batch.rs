@@ -1,9 +1,11 @@
-//! A full nftables sync loads its map elements as a netlink batch: the table it leaves must be
-//! the one the same model written whole as `nft -f` text leaves (what a process's first sync over
-//! an existing table does), for every kind of element (verdicts, endpoint maps with their index,
-//! NodePort keys, the hairpin and NodePort address sets), when creating the table and when
-//! replacing a table it wrote before. Run as root in a network namespace of its own (the test's
-//! thread unshares it; `nft` inherits it).
+//! A full nftables sync loads its map elements (and writes its endpoint pick chains) as a netlink
+//! batch: the table it leaves must be the one the same model written whole as `nft -f` text
+//! leaves (what a fresh start leaves, and what a failed step falls back to), for every kind of
+//! element (verdicts, endpoint maps with their index, NodePort keys, the hairpin and NodePort
+//! address sets), when creating the table, when replacing a table it wrote before, and when a
+//! new process finds a table an earlier run left (stale, partly changed). None of these may
+//! fall back to the whole text, which replaces the table (it then gets a new handle). Run as root
+//! in a network namespace of its own (the test's thread unshares it; `nft` inherits it).
 
 use std::process::Command;
 
@@ -111,10 +113,49 @@ fn table() -> Vec<String> {
     items
 }
 
+/// The table's handle: a new one means it was replaced whole (the text fallback).
+fn handle() -> String {
+    let out = Command::new("nft")
+        .args(["-j", "list", "tables", "ip"])
+        .output()
+        .expect("nft");
+    let tables: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft -j");
+    tables["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| &t["table"])
+        .find(|t| t["name"] == "skiff")
+        .unwrap_or_else(|| panic!("no table ip skiff in {tables}"))["handle"]
+        .to_string()
+}
+
+/// The proxy's warnings (a step falling back) in the test's output.
+fn log() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+}
+
+fn nft(text: &str) {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "nft -f of {text}");
+}
+
 #[test]
 fn a_full_sync_through_the_netlink_batch_leaves_the_table_the_text_would() {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
         .expect("unsharing a network namespace (this test needs root)");
+    log();
     let cfg = RenderConfig {
         cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
         node_ips: Some(vec!["172.16.0.1".parse().unwrap()]),
@@ -130,11 +171,13 @@ fn a_full_sync_through_the_netlink_batch_leaves_the_table_the_text_would() {
     let mut batched = dataplane::new(Mode::Nftables);
     batched.sync(&small, &cfg, true).unwrap();
     let created = table();
-    // A fresh process over that table: replaced whole as text.
+    let kept = handle();
+    // A fresh process over that table (a restart): rewritten in place, to the same table.
     dataplane::new(Mode::Nftables)
         .sync(&small, &cfg, true)
         .unwrap();
     assert_eq!(created, table());
+    assert_eq!(kept, handle(), "the restart replaced the table whole");
     for item in [
         "10.96.0.10 . tcp . 80 : goto cluster-addr-3",
         "10.96.0.10 . tcp . 80 . 2 : 10.244.1.4 . 8080",
@@ -151,9 +194,9 @@ fn a_full_sync_through_the_netlink_batch_leaves_the_table_the_text_would() {
     }
 
     // The table we wrote, replaced by a periodic full sync of another model (which needs new
-    // pick chains: nft 1.0.6 cannot add them, so it falls back to the whole table as text),
-    // then by one of the same model (the batch path), then partially back to the first model
-    // (text elements over batch-loaded ones).
+    // pick chains, written through netlink), then by a fresh process (its first sync over the
+    // table), then by one of the same model (the batch path), then partially back to the first
+    // model (text elements over batch-loaded ones).
     batched.sync(&large, &cfg, true).unwrap();
     let replaced = table();
     dataplane::new(Mode::Nftables)
@@ -164,5 +207,86 @@ fn a_full_sync_through_the_netlink_batch_leaves_the_table_the_text_would() {
     batched.sync(&large, &cfg, true).unwrap();
     assert_eq!(replaced, table());
     batched.sync(&small, &cfg, false).unwrap();
+    assert_eq!(kept, handle(), "a sync replaced the table whole");
+    dataplane::cleanup_all().unwrap();
+}
+
+/// A restart over a table an earlier run left, changed since (a stale chain jumped to from a
+/// base chain, a stale set, a pick chain emptied, a Service chain's rules gone, a stale element,
+/// a missing element), converges to the table a fresh start writes, in place.
+#[test]
+fn a_restart_over_an_old_table_converges_to_a_fresh_start() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("unsharing a network namespace (this test needs root)");
+    log();
+    let cfg = RenderConfig {
+        cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+        ..Default::default()
+    };
+    let (services, slices) = objects(4);
+    let model = Model::build(&services, &slices, "n1").0;
+    dataplane::new(Mode::Nftables)
+        .sync(&model, &cfg, true)
+        .unwrap();
+    let fresh = table();
+    let kept = handle();
+    nft("add chain ip skiff svc-stale\n\
+         add rule ip skiff svc-stale counter\n\
+         add rule ip skiff nat-output jump svc-stale\n\
+         add set ip skiff aff-stale { type ipv4_addr ; }\n\
+         add rule ip skiff svc-stale ip saddr @aff-stale counter\n\
+         flush chain ip skiff cluster-addr-4\n\
+         flush chain ip skiff services\n\
+         add element ip skiff service-ips { 10.96.0.99 . tcp . 80 : goto svc-stale }\n\
+         delete element ip skiff hairpin-endpoints { 10.244.1.3 . 10.244.1.3 }");
+    assert_ne!(fresh, table());
+    dataplane::new(Mode::Nftables)
+        .sync(&model, &cfg, true)
+        .unwrap();
+    assert_eq!(fresh, table());
+    assert_eq!(kept, handle(), "the restart replaced the table whole");
+    // A table of another layout (a fixed map declared otherwise) is replaced whole.
+    nft("flush chain ip skiff policy-local-port-1\n\
+         flush chain ip skiff policy-local-port-2\n\
+         delete map ip skiff cluster-path-port\n\
+         add map ip skiff cluster-path-port { type inet_service : verdict ; }");
+    dataplane::new(Mode::Nftables)
+        .sync(&model, &cfg, true)
+        .unwrap();
+    assert_eq!(fresh, table());
+    assert_ne!(kept, handle());
+    dataplane::cleanup_all().unwrap();
+}
+
+/// A partial sync that needs a pick chain no Service needed before (more endpoints than any)
+/// succeeds on its own: the chain is written through netlink (nft 1.0.6 cannot add its rule
+/// over a table it read back), before the text that sends the Service to it.
+#[test]
+fn a_partial_sync_growing_past_the_largest_endpoint_count_needs_no_full_sync() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("unsharing a network namespace (this test needs root)");
+    log();
+    let cfg = RenderConfig::default();
+    let model = |endpoints| {
+        let (services, slices) = objects(endpoints);
+        Model::build(&services, &slices, "n1").0
+    };
+    let mut proxy = dataplane::new(Mode::Nftables);
+    proxy.sync(&model(2), &cfg, true).unwrap();
+    let kept = handle();
+    proxy
+        .sync(&model(5), &cfg, false)
+        .expect("the partial sync adding pick chains");
+    let grown = table();
+    for item in [
+        "10.96.0.10 . tcp . 80 : goto cluster-addr-5",
+        "10.96.0.10 . tcp . 80 . 4 : 10.244.1.6 . 8080",
+        "udp . 30053 : goto policy-local-port-3",
+        "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 5 map @endpoints-addr-cluster",
+        "dnat ip to meta l4proto . th dport . numgen random mod 3 map @endpoints-port-external",
+    ] {
+        assert!(grown.iter().any(|i| i == item), "{item} not in {grown:#?}");
+    }
+    assert_eq!(kept, handle());
     dataplane::cleanup_all().unwrap();
 }

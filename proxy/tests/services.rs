@@ -25,6 +25,7 @@ both_modes!(
     restart_bad_input_and_cleanup,
     node_port_addresses_external_ips_and_switching_modes,
     sctp_and_load_balancer_ips,
+    growing_past_the_largest_endpoint_count,
 );
 
 const WEB: &str = "  type: NodePort\n  ports:\n  - name: tcp\n    port: 80\n    protocol: TCP\n    nodePort: 30080\n  - name: udp\n    port: 53\n    protocol: UDP\n    nodePort: 30053\n";
@@ -258,7 +259,8 @@ fn session_affinity_and_local_policy(mode: &'static str) {
     );
 }
 
-/// A restarted proxy keeps traffic flowing and removes what was deleted while it was down; a
+/// A restarted proxy keeps traffic flowing and removes what was deleted while it was down
+/// (without replacing the table whole in nftables mode); a
 /// bad Service is skipped (an Event says why) while the others keep working; `cleanup` leaves
 /// nothing behind.
 fn restart_bad_input_and_cleanup(mode: &'static str) {
@@ -291,6 +293,9 @@ fn restart_bad_input_and_cleanup(mode: &'static str) {
         || !rules(&lab).contains(&gone_ip),
     );
     lab.wait_spread(&node, &addr, &["pod-a", "pod-b"], 20);
+    // The first sync over the table the first run left rewrote it in place.
+    let log = lab.proxy_log();
+    assert!(!log.contains("replacing the table as text"), "{log}");
     common::eventually(
         "an event about the bad Service",
         Duration::from_secs(10),
@@ -426,6 +431,42 @@ fn sctp_and_load_balancer_ips(mode: &'static str) {
         "the load-balancer IP stops answering",
         Duration::from_secs(10),
         || lab.tcp(&outside, "172.16.0.60:80").is_err(),
+    );
+}
+
+/// A Service growing past the largest endpoint count the rules have held (in nftables mode a
+/// new endpoint pick chain, which nft 1.0.6 cannot add over the table it reads back) is
+/// programmed by the partial sync itself: no sync fails and no full sync is needed, and
+/// traffic to the ClusterIP and the NodePort reaches every endpoint, the new ones too.
+fn growing_past_the_largest_endpoint_count(mode: &'static str) {
+    let mut lab = Lab::new(mode);
+    lab.add_pod(POD_C_IP, "pod-c");
+    lab.start_proxy(&[]);
+    let cip = lab.service("web", WEB);
+    lab.endpoints("web", &[(POD_A_IP, true, NODE)]);
+    let node = lab.node.clone();
+    let addr = format!("{cip}:80");
+    lab.wait_spread(&node, &addr, &["pod-a"], 10);
+    lab.endpoints(
+        "web",
+        &[
+            (POD_A_IP, true, NODE),
+            (POD_B_IP, true, NODE),
+            (POD_C_IP, true, NODE),
+        ],
+    );
+    let all = ["pod-a", "pod-b", "pod-c"];
+    lab.wait_spread(&node, &addr, &all, 40);
+    lab.wait_spread(
+        &lab.outside.clone(),
+        &format!("{NODE_OUTSIDE_IP}:30080"),
+        &all,
+        40,
+    );
+    let log = lab.proxy_log();
+    assert!(
+        !log.contains("installing rules failed") && !log.contains("replacing the table as text"),
+        "{log}"
     );
 }
 

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 pub const NODE: &str = "node1";
 pub const POD_A_IP: &str = "10.244.0.2";
 pub const POD_B_IP: &str = "10.244.0.3";
+/// A third pod's address, for [`Lab::add_pod`].
+pub const POD_C_IP: &str = "10.244.0.4";
 pub const NODE_OUTSIDE_IP: &str = "192.168.200.1";
 pub const OUTSIDE_IP: &str = "192.168.200.2";
 pub const TCP_PORT: u16 = 8080;
@@ -92,6 +94,8 @@ pub struct Lab {
     pub pod_a: String,
     pub pod_b: String,
     pub outside: String,
+    /// Pods added by [`Lab::add_pod`].
+    extra_pods: Vec<String>,
     pub dir: tempfile::TempDir,
     server: Option<Child>,
     proxy: Option<Child>,
@@ -119,6 +123,7 @@ impl Lab {
             pod_a: format!("{id}a"),
             pod_b: format!("{id}b"),
             outside: format!("{id}o"),
+            extra_pods: Vec::new(),
             dir: tempfile::tempdir().expect("tempdir"),
             server: None,
             proxy: None,
@@ -135,34 +140,7 @@ impl Lab {
         ip(&["-n", n, "addr", "add", "10.244.0.1/24", "dev", "skiff0"]);
         ip(&["-n", n, "link", "set", "skiff0", "up"]);
         for (veth, pod, addr) in [("va", &lab.pod_a, POD_A_IP), ("vb", &lab.pod_b, POD_B_IP)] {
-            ip(&[
-                "-n", n, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", pod,
-            ]);
-            ip(&["-n", n, "link", "set", veth, "master", "skiff0", "up"]);
-            // What the kubelet's hairpin-veth mode does: a pod reaching itself through a
-            // Service is bridged back out of the port it came in on.
-            ip(&[
-                "-n",
-                n,
-                "link",
-                "set",
-                veth,
-                "type",
-                "bridge_slave",
-                "hairpin",
-                "on",
-            ]);
-            ip(&[
-                "-n",
-                pod,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                "eth0",
-            ]);
-            ip(&["-n", pod, "link", "set", "eth0", "up"]);
-            ip(&["-n", pod, "route", "add", "default", "via", "10.244.0.1"]);
+            lab.plug_pod(veth, pod, addr);
         }
         let o = lab.outside.as_str();
         ip(&[
@@ -200,6 +178,51 @@ impl Lab {
         let mut lab = lab;
         lab.start_server();
         lab
+    }
+
+    /// Links pod namespace `pod` to the bridge through `veth`, at `addr`.
+    fn plug_pod(&self, veth: &str, pod: &str, addr: &str) {
+        let n = self.node.as_str();
+        ip(&[
+            "-n", n, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", pod,
+        ]);
+        ip(&["-n", n, "link", "set", veth, "master", "skiff0", "up"]);
+        // What the kubelet's hairpin-veth mode does: a pod reaching itself through a
+        // Service is bridged back out of the port it came in on.
+        ip(&[
+            "-n",
+            n,
+            "link",
+            "set",
+            veth,
+            "type",
+            "bridge_slave",
+            "hairpin",
+            "on",
+        ]);
+        ip(&[
+            "-n",
+            pod,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", pod, "link", "set", "eth0", "up"]);
+        ip(&["-n", pod, "route", "add", "default", "via", "10.244.0.1"]);
+    }
+
+    /// Another pod on the bridge at `addr`, its listeners answering `name`; returns its
+    /// namespace (removed with the lab).
+    pub fn add_pod(&mut self, addr: &str, name: &'static str) -> String {
+        let ns = format!("{}p{}", self.node, self.extra_pods.len());
+        ip(&["netns", "add", &ns]);
+        self.extra_pods.push(ns.clone());
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        self.plug_pod(&format!("vp{}", self.extra_pods.len()), &ns, addr);
+        self.listen(&ns, name);
+        ns
     }
 
     /// An SCTP endpoint in the pod `ns` on `port` answering `name` (see [`sctp`]), stopped with
@@ -534,7 +557,10 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for ns in [&self.node, &self.pod_a, &self.pod_b, &self.outside] {
+        for ns in [&self.node, &self.pod_a, &self.pod_b, &self.outside]
+            .into_iter()
+            .chain(&self.extra_pods)
+        {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         if !std::thread::panicking() {
