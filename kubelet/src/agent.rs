@@ -246,7 +246,7 @@ pub async fn run_until(
     });
     let status = tokio::spawn({
         let node = node.clone();
-        async move { node.run_status(registered).await }
+        async move { node.run_status().await }
     });
 
     let config = crate::pod_worker::KubeletConfig {
