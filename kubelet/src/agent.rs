@@ -195,7 +195,7 @@ pub async fn run_until(
         api_servers: args.api_servers.clone(),
     };
     crate::client_certificate::bootstrap(&certificates).await?;
-    let rotating = crate::client_certificate::RotatingClient::new(
+    let rotating = skiff_client::rotating::RotatingClient::new(
         skiff_client::failover::client(&kubeconfig, &args.api_servers).await?,
     );
     let client = rotating.client();
