@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 
 use crate::ControllerFlags;
 use crate::components::{self, Components};
-use crate::node::{self, NodeConfig, NodeDirs, NodeFlags, RunningNode};
+use crate::node::{self, NodeConfig, NodeCredentials, NodeDirs, NodeFlags, RunningNode};
 
 /// `skiff up`'s flags.
 #[derive(clap::Args)]
@@ -96,7 +96,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let node_config = NodeConfig::new(
         &args.node,
         &layout.node,
-        &layout.node_kubeconfig,
+        &NodeCredentials::Issued {
+            kubeconfig: layout.node_kubeconfig.clone(),
+        },
         &node_name,
         args.settings
             .cluster_cidr
@@ -142,20 +144,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let control =
         tokio::spawn(async move { components::run_as_their_users(&server_dir, components).await });
 
-    let node_client = async {
-        write_node_kubeconfig(&layout, &node_name)?;
-        anyhow::Ok(skiff_client::client(&layout.node_kubeconfig).await?)
-    };
-    let node_client = match node_client.await {
-        Ok(c) => c,
-        Err(e) => {
-            control.abort();
-            let _ = stop_server.send(());
-            let _ = server.await;
-            return Err(e.context("the node's credentials"));
-        }
-    };
-    let mut node = RunningNode::start(node_client, node_config);
+    if let Err(e) = write_node_kubeconfig(&layout, &node_name) {
+        control.abort();
+        let _ = stop_server.send(());
+        let _ = server.await;
+        return Err(e.context("the node's credentials"));
+    }
+    let mut node = RunningNode::start(node_config);
     let announce = tokio::spawn(announce(client, node_name, kubeconfig));
 
     let failed = tokio::select! {
