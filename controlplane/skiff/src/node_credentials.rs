@@ -121,18 +121,24 @@ pub struct CaMismatch {
 /// Why the kubeconfig at `path` cannot be used: missing, or for another server or CA. (Its
 /// certificate's validity is the kubelet's to check: it bootstraps again when it expired.)
 fn for_this_cluster(path: &Path, server: &str, ca_hash: &str) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(name))
-            .map(str::trim)
-            .with_context(|| format!("{}: no {name}", path.display()))
-    };
-    if field("server:")? != server {
+    let kc =
+        kube::config::Kubeconfig::read_from(path).with_context(|| format!("{}", path.display()))?;
+    let cluster = kc
+        .current_context
+        .as_ref()
+        .and_then(|name| kc.contexts.iter().find(|c| &c.name == name))
+        .and_then(|c| c.context.as_ref())
+        .and_then(|c| kc.clusters.iter().find(|n| n.name == c.cluster))
+        .and_then(|n| n.cluster.as_ref())
+        .with_context(|| format!("{}: no cluster for the current context", path.display()))?;
+    if cluster.server.as_deref() != Some(server) {
         bail!("{} is for another server", path.display());
     }
-    let pem =
-        base64::engine::general_purpose::STANDARD.decode(field("certificate-authority-data:")?)?;
+    let ca_data = cluster
+        .certificate_authority_data
+        .as_deref()
+        .with_context(|| format!("{}: no certificate-authority-data", path.display()))?;
+    let pem = base64::engine::general_purpose::STANDARD.decode(ca_data.trim())?;
     let (_, ca) = x509_parser::pem::parse_x509_pem(&pem)
         .map_err(|e| anyhow::anyhow!("{}: the CA is not a PEM certificate: {e}", path.display()))?;
     if spki_hash(&ca.contents)? != ca_hash {
@@ -326,7 +332,7 @@ mod tests {
         assert!(for_this_cluster(&path, server, "x").is_err(), "missing");
         let in_a_day = time::OffsetDateTime::now_utc() + time::Duration::days(1);
         let (text, hash) = kubeconfig(server, in_a_day);
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, &text).unwrap();
         for_this_cluster(&path, server, &hash).unwrap();
         let other = for_this_cluster(&path, "https://10.0.0.2:6443", &hash).unwrap_err();
         assert!(format!("{other}").contains("another server"), "{other}");
@@ -335,6 +341,13 @@ mod tests {
             format!("{other_ca}").contains("another cluster CA"),
             "{other_ca}"
         );
+        // As the kubelet's TLS bootstrap writes it: the CA as a folded YAML scalar.
+        let folded = text.replace(
+            "certificate-authority-data: ",
+            "certificate-authority-data: >-\n      ",
+        );
+        std::fs::write(&path, folded).unwrap();
+        for_this_cluster(&path, server, &hash).unwrap();
     }
 
     #[test]
