@@ -144,16 +144,19 @@ pub fn find_companion(name: &str) -> anyhow::Result<PathBuf> {
 /// Runs the node agent until it is stopped. Its pods outlive it: a kubelet started again
 /// adopts them.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    run_until(args, std::future::pending()).await
+    run_until(args, std::future::pending(), None).await
 }
 
 /// Runs the node agent until `stop` yields a grace period, then stops the node as a whole:
 /// every pod stopped within that grace period at most and cleaned up, then the pod network
 /// (bridge, routes, rules) and the pods' cgroup root removed. The pods' API objects stay, so a
-/// node started again with the same directories runs them again.
+/// node started again with the same directories runs them again. `share_client`, when given,
+/// receives the node's API client once the node has its credentials: a process running the
+/// node's other components (the proxy) uses it, and so follows its certificate's rotation.
 pub async fn run_until(
     args: AgentArgs,
     stop: impl std::future::Future<Output = std::time::Duration>,
+    share_client: Option<tokio::sync::oneshot::Sender<kube::Client>>,
 ) -> anyhow::Result<()> {
     let kubeconfig = args
         .kubeconfig
@@ -195,10 +198,13 @@ pub async fn run_until(
         api_servers: args.api_servers.clone(),
     };
     crate::client_certificate::bootstrap(&certificates).await?;
-    let rotating = crate::client_certificate::RotatingClient::new(
+    let rotating = skiff_client::rotating::RotatingClient::new(
         skiff_client::failover::client(&kubeconfig, &args.api_servers).await?,
     );
     let client = rotating.client();
+    if let Some(share) = share_client {
+        let _ = share.send(client.clone());
+    }
     let rotation = args.rotate_certificates.then(|| {
         tokio::spawn(crate::client_certificate::run_rotation(
             certificates,
@@ -246,7 +252,7 @@ pub async fn run_until(
     });
     let status = tokio::spawn({
         let node = node.clone();
-        async move { node.run_status(registered).await }
+        async move { node.run_status().await }
     });
 
     let config = crate::pod_worker::KubeletConfig {

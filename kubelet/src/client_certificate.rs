@@ -5,22 +5,19 @@
 //! which the cluster approves and signs) and writes `--kubeconfig` pointing at it in
 //! `--cert-dir`. With `--rotate-certificates` the certificate is renewed with the node's own
 //! credentials at 70–84% of its lifetime, and the node's API client switches to it in place:
-//! every request goes through [`RotatingClient`], which sends it with the client of the newest
+//! every request goes through `RotatingClient`, which sends it with the client of the newest
 //! certificate, so nothing that holds a client (pod workers, watches) has to restart.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::task::{Context as TaskContext, Poll};
 use std::time::SystemTime;
 
 use anyhow::Context;
 use base64::Engine;
-use futures::future::BoxFuture;
-use kube::Client;
 use kube::config::{
     AuthInfo, Context as KubeContext, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext,
 };
 use skiff_client::certificates::{CertificateRequest, request_certificate};
+use skiff_client::rotating::RotatingClient;
 
 use crate::certificate_rotation::SIGNING_WAIT;
 use crate::certificate_store::{CertificateStore, StoredPair};
@@ -184,52 +181,6 @@ fn write_kubeconfig(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     crate::network::write_file_atomically(path, yaml.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
-}
-
-/// A kube client whose requests are sent with whichever client [`RotatingClient::replace`] set
-/// last: a rotated certificate takes effect for the next request, on new connections.
-#[derive(Clone)]
-pub struct RotatingClient {
-    current: Arc<RwLock<Client>>,
-}
-
-impl RotatingClient {
-    pub fn new(client: Client) -> RotatingClient {
-        RotatingClient {
-            current: Arc::new(RwLock::new(client)),
-        }
-    }
-
-    /// The client every component uses; it follows [`RotatingClient::replace`].
-    pub fn client(&self) -> Client {
-        Client::new(self.clone(), "default")
-    }
-
-    pub fn replace(&self, client: Client) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = client;
-    }
-
-    fn current(&self) -> Client {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
-
-impl tower::Service<hyper::http::Request<kube::client::Body>> for RotatingClient {
-    type Response = hyper::http::Response<kube::client::Body>;
-    type Error = kube::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, kube::Error>>;
-
-    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), kube::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: hyper::http::Request<kube::client::Body>) -> Self::Future {
-        let client = self.current();
-        Box::pin(async move { client.send(request).await })
-    }
 }
 
 /// Renews the client certificate before it expires, for as long as the node runs: a new CSR

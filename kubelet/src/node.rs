@@ -1,5 +1,6 @@
 //! The node's record in the API: registration, the status (capacity, allocatable, addresses,
-//! nodeInfo, pressure conditions, the images it holds) patched when it changes and at least every five minutes, and
+//! nodeInfo, pressure conditions, the images it holds) patched when the API's copy differs from it
+//! and at least every five minutes, and
 //! the Lease in `kube-node-lease` renewed every ten seconds (the heartbeat the node lifecycle
 //! controller reads).
 
@@ -278,9 +279,11 @@ impl NodeAgent {
     }
 
     /// Keeps the status current: recomputed every ten seconds and when the pressure changes,
-    /// patched when it differs from what was last written (heartbeat times aside) or when five
-    /// minutes have passed.
-    pub async fn run_status(&self, mut written: Node) {
+    /// and patched when it differs from the Node the API server holds (heartbeat times aside)
+    /// or when five minutes have passed. Comparing with the API's copy, read each time, and not
+    /// with what was last written, lets the kubelet's truth win over another writer's (the node
+    /// lifecycle controller's `Ready=Unknown` once the node is reachable again).
+    pub async fn run_status(&self) {
         let api: Api<Node> = Api::all(self.client.clone());
         let mut last_write = Instant::now();
         let mut pressure = self.pressure.clone();
@@ -294,10 +297,16 @@ impl NodeAgent {
                     }
                 }
             }
-            let before = written.status.clone().unwrap_or_default();
-            let now = self.status(Some(&before), self.node_images().await);
+            let held = match api.get(&self.config.name).await {
+                Ok(n) => n.status.unwrap_or_default(),
+                Err(e) => {
+                    tracing::warn!(node = %self.config.name, "reading the node for its status: {e}");
+                    continue;
+                }
+            };
+            let now = self.status(Some(&held), self.node_images().await);
             let due = last_write.elapsed() >= STATUS_REPORT;
-            if !due && without_heartbeats(&now) == without_heartbeats(&before) {
+            if !due && !differs(&now, &held) {
                 continue;
             }
             match api
@@ -308,10 +317,7 @@ impl NodeAgent {
                 )
                 .await
             {
-                Ok(n) => {
-                    written = n;
-                    last_write = Instant::now();
-                }
+                Ok(_) => last_write = Instant::now(),
                 Err(e) => tracing::warn!(node = %self.config.name, "status update failed: {e}"),
             }
         }
@@ -357,12 +363,68 @@ impl NodeAgent {
     }
 }
 
-/// The status with heartbeat times cleared, to compare two statuses for a real change.
-fn without_heartbeats(s: &NodeStatus) -> NodeStatus {
-    let mut s = s.clone();
-    for c in s.conditions.iter_mut().flatten() {
-        c.last_heartbeat_time = None;
+/// Whether the API's copy `held` of the status lacks something of `now`: the fields the kubelet
+/// sets and the conditions it reports, heartbeat times aside; fields and conditions that others
+/// own are not compared.
+fn differs(now: &NodeStatus, held: &NodeStatus) -> bool {
+    let value = |s: &NodeStatus| {
+        let mut s = s.clone();
+        for c in s.conditions.iter_mut().flatten() {
+            c.last_heartbeat_time = None;
+        }
+        s.daemon_endpoints = None;
+        serde_json::to_value(s).expect("a node status serialises")
+    };
+    let (now, mut held) = (value(now), value(held));
+    let kinds: Vec<&serde_json::Value> = now["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| &c["type"])
+        .collect();
+    if let Some(conditions) = held["conditions"].as_array_mut() {
+        conditions.retain(|c| kinds.contains(&&c["type"]));
     }
-    s.daemon_endpoints = None;
-    s
+    now.as_object()
+        .into_iter()
+        .flatten()
+        .any(|(k, v)| held.get(k) != Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn condition(kind: &str, status: &str) -> NodeCondition {
+        NodeCondition {
+            type_: kind.to_string(),
+            status: status.to_string(),
+            last_heartbeat_time: Some(Time(k8s_openapi::jiff::Timestamp::now())),
+            ..NodeCondition::default()
+        }
+    }
+
+    #[test]
+    fn differs_from_what_another_writer_changed_only() {
+        let now = NodeStatus {
+            conditions: Some(vec![condition("Ready", "True")]),
+            ..NodeStatus::default()
+        };
+        // Another writer's fields and conditions, and heartbeat times, do not count.
+        let mut held = now.clone();
+        held.phase = Some("Running".to_string());
+        held.conditions = Some(vec![
+            condition("NetworkUnavailable", "False"),
+            NodeCondition {
+                last_heartbeat_time: None,
+                ..condition("Ready", "True")
+            },
+        ]);
+        assert!(!differs(&now, &held));
+        // The node lifecycle controller's Ready=Unknown does.
+        held.conditions = Some(vec![condition("Ready", "Unknown")]);
+        assert!(differs(&now, &held));
+        held.conditions = None;
+        assert!(differs(&now, &held));
+    }
 }

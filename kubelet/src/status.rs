@@ -355,8 +355,15 @@ const CONFLICT_RETRIES: usize = 5;
 /// Writes pod statuses, each only when it differs from what the API holds.
 pub struct StatusManager {
     client: Client,
-    /// pod uid → the status last written (as JSON).
-    written: Mutex<HashMap<String, serde_json::Value>>,
+    /// pod uid → the status last written (as JSON) and the pod's resourceVersion after it.
+    written: Mutex<HashMap<String, Written>>,
+}
+
+/// A status the manager wrote.
+#[derive(Clone)]
+struct Written {
+    status: serde_json::Value,
+    resource_version: Option<String>,
 }
 
 /// How one write went.
@@ -444,14 +451,27 @@ impl StatusManager {
         }
         status.start_time = old.start_time.clone().or(Some(now));
         let new = serde_json::to_value(&status).expect("a status serialises");
+        if same_status(&old, &new) {
+            let rv = base.metadata.resource_version.clone();
+            self.remember(uid, new, rv);
+            return Write::Done;
+        }
+        // `base` may be a copy from before the last write (the watch not there yet): then the
+        // write is not redone. A copy from after it that differs was changed by another writer
+        // (the node lifecycle controller marking the pod NotReady): the kubelet's status wins.
         let cached = self
             .written
             .lock()
             .expect("status cache")
             .get(&uid)
             .cloned();
-        if cached.as_ref() == Some(&new) || same_status(&old, &new) {
-            self.written.lock().expect("status cache").insert(uid, new);
+        if let Some(w) = cached
+            && w.status == new
+            && !newer(
+                base.metadata.resource_version.as_deref(),
+                w.resource_version.as_deref(),
+            )
+        {
             return Write::Done;
         }
         let name = base.metadata.name.clone().unwrap_or_default();
@@ -475,9 +495,9 @@ impl StatusManager {
             )
             .await
         {
-            Ok(_) => {
+            Ok(written) => {
                 tracing::debug!(pod = %pod_name, phase = ?status.phase, "status written");
-                self.written.lock().expect("status cache").insert(uid, new);
+                self.remember(uid, new, written.metadata.resource_version);
                 Write::Done
             }
             Err(kube::Error::Api(e))
@@ -492,8 +512,31 @@ impl StatusManager {
         }
     }
 
+    fn remember(&self, uid: String, status: serde_json::Value, resource_version: Option<String>) {
+        self.written.lock().expect("status cache").insert(
+            uid,
+            Written {
+                status,
+                resource_version,
+            },
+        );
+    }
+
     pub fn forget(&self, uid: &str) {
         self.written.lock().expect("status cache").remove(uid);
+    }
+}
+
+/// Whether resourceVersion `a` is newer than `b`. They are etcd revisions (skiff's store
+/// revisions too); anything else that differs is taken as newer, which costs at most a write
+/// that the resourceVersion precondition turns down.
+fn newer(a: Option<&str>, b: Option<&str>) -> bool {
+    match (
+        a.and_then(|a| a.parse::<u64>().ok()),
+        b.and_then(|b| b.parse::<u64>().ok()),
+    ) {
+        (Some(a), Some(b)) => a > b,
+        _ => a != b,
     }
 }
 
@@ -531,6 +574,16 @@ mod tests {
             last_state: Some(last),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn resource_versions_are_ordered_as_revisions() {
+        assert!(newer(Some("12"), Some("9")));
+        assert!(!newer(Some("9"), Some("12")));
+        assert!(!newer(Some("12"), Some("12")));
+        // Not numbers: different counts as newer.
+        assert!(newer(Some("b"), Some("a")));
+        assert!(!newer(None, None));
     }
 
     #[test]

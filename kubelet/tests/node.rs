@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{NODE_IP, Node};
 
@@ -132,4 +132,82 @@ fn a_kubelet_given_an_unreachable_api_server_first_uses_the_next() {
         log.contains("API server unreachable; trying the next"),
         "{log}"
     );
+}
+
+/// The status of the Node or the pod's Ready condition, as JSON.
+fn ready_of(object: &serde_json::Value) -> String {
+    object["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// What the node lifecycle controller writes about a node it lost (`Ready=Unknown`) and its pods
+/// (`Ready=False`) is set back by the kubelet, which still runs, within its ten-second sync
+/// period; and once the statuses agree again nothing more is written.
+#[test]
+fn statuses_another_writer_changed_are_set_back() {
+    let node = Node::start();
+    node.apply(&common::busybox_pod("steady", "Always", "sleep 3600", ""));
+    node.wait_pod("steady", "Ready", Duration::from_secs(60), |p| {
+        ready_of(p) == "True"
+    });
+    node.wait_for("the node to be Ready", Duration::from_secs(20), |n| {
+        n.get_json(&["node", &n.name])
+            .is_some_and(|j| ready_of(&j) == "True")
+    });
+    let written = |kind: &str, name: &str, patch: &str| {
+        node.kubectl(&[
+            "patch",
+            kind,
+            name,
+            "--subresource=status",
+            "-p",
+            patch,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ])
+    };
+    let start = Instant::now();
+    assert_eq!(
+        written(
+            "node",
+            &node.name,
+            r#"{"status":{"conditions":[{"type":"Ready","status":"Unknown","reason":"NodeStatusUnknown","message":"Kubelet stopped posting node status."}]}}"#,
+        ),
+        "Unknown"
+    );
+    assert_eq!(
+        written(
+            "pod",
+            "steady",
+            r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#,
+        ),
+        "False"
+    );
+    node.wait_pod("steady", "Ready again", Duration::from_secs(15), |p| {
+        ready_of(p) == "True"
+    });
+    node.wait_for("the node Ready again", Duration::from_secs(15), |n| {
+        n.get_json(&["node", &n.name])
+            .is_some_and(|j| ready_of(&j) == "True")
+    });
+    eprintln!("both set back after {:?}", start.elapsed());
+    // Settled: a whole sync period later neither object was written again.
+    let versions = || {
+        node.kubectl(&[
+            "get",
+            &format!("node/{}", node.name),
+            "pod/steady",
+            "-o",
+            "jsonpath={.items[*].metadata.resourceVersion}",
+        ])
+    };
+    let before = versions();
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(versions(), before);
 }

@@ -92,6 +92,8 @@ fn an_agent_joins_with_the_servers_join_line_and_runs_a_pod() {
             .arg("--data-dir")
             .arg(&server_dir)
             .args(["--listen", &format!("{SERVER_IP}:6443")])
+            // Node certificates short enough to see the agent renew its own.
+            .args(["--cluster-signing-duration", "45s"])
             .stdout(std::fs::File::create(dir.join("server.out")).expect("stdout file"))
             .stderr(std::fs::File::create(dir.join("server.log")).expect("log file"))
             .spawn()
@@ -254,6 +256,26 @@ fn an_agent_joins_with_the_servers_join_line_and_runs_a_pod() {
         &["get", "pod", "hello", "-o", "jsonpath={.spec.nodeName}"],
     );
     assert_eq!(on, NODE);
+    let (ok, logs) = kubectl(&server_ns, &admin, &["logs", "hello"]);
+    assert!(ok && logs.contains("hello from the agent"), "{logs}");
+
+    // The node renews its certificate with its own credentials before it expires (at 70-84% of
+    // its 45 s), the kubelet and the proxy switching to it in place.
+    wait_until(
+        "the node's certificate renewed",
+        Duration::from_secs(60),
+        || log("agent.log"),
+        || {
+            let (_, csrs) = kubectl(&server_ns, &admin, &["get", "csr", "--no-headers"]);
+            csrs.lines()
+                .filter(|l| {
+                    l.contains(&format!("system:node:{NODE}")) && l.contains("Approved,Issued")
+                })
+                .count()
+                >= 1
+        },
+    );
+    assert!(log("agent.log").contains("client certificate rotated"));
     let (ok, logs) = kubectl(&server_ns, &admin, &["logs", "hello"]);
     assert!(ok && logs.contains("hello from the agent"), "{logs}");
 

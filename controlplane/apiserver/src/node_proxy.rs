@@ -156,36 +156,24 @@ impl NodeRequest {
     }
 }
 
-/// The API server's TLS client for kubelets.
+/// The API server's TLS client for kubelets; its certificate is replaced in place when renewed.
 pub struct KubeletClient {
-    connector: tokio_rustls::TlsConnector,
+    connector: std::sync::RwLock<tokio_rustls::TlsConnector>,
 }
 
 impl KubeletClient {
     /// A client presenting the certificate `cert_pem` with `key_pem`.
     pub fn new(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
-        let pem_err = |what: &str, e: rustls::pki_types::pem::Error| PkiError::Pem {
-            path: what.into(),
-            detail: e.to_string(),
-        };
-        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| pem_err("kubelet-client.crt", e))?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-            .map_err(|e| pem_err("kubelet-client.key", e))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| PkiError::Tls(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(KubeletServing(provider)))
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| PkiError::Tls(e.to_string()))?;
-        // Upgrades are HTTP/1.1's.
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
-            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            connector: std::sync::RwLock::new(connector(cert_pem, key_pem)?),
         })
+    }
+
+    /// Presents `cert_pem` with `key_pem` from the next connection on.
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<(), PkiError> {
+        let renewed = connector(cert_pem, key_pem)?;
+        *self.connector.write().unwrap_or_else(|e| e.into_inner()) = renewed;
+        Ok(())
     }
 
     async fn connect(
@@ -195,7 +183,12 @@ impl KubeletClient {
         let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
             let tcp = TcpStream::connect(addr).await?;
             let _ = tcp.set_nodelay(true);
-            self.connector
+            let connector = self
+                .connector
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            connector
                 .connect(ServerName::IpAddress(addr.ip().into()), tcp)
                 .await
         })
@@ -207,6 +200,30 @@ impl KubeletClient {
             ))
         })
     }
+}
+
+/// A TLS connector presenting `cert_pem` with `key_pem` to kubelets.
+fn connector(cert_pem: &str, key_pem: &str) -> Result<tokio_rustls::TlsConnector, PkiError> {
+    let pem_err = |what: &str, e: rustls::pki_types::pem::Error| PkiError::Pem {
+        path: what.into(),
+        detail: e.to_string(),
+    };
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_err("kubelet-client.crt", e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| pem_err("kubelet-client.key", e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PkiError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(KubeletServing(provider)))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| PkiError::Tls(e.to_string()))?;
+    // Upgrades are HTTP/1.1's.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// Accepts the kubelet's serving certificate whatever signed it, checking the handshake's

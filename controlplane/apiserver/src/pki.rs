@@ -61,6 +61,19 @@ pub fn expiry(path: &Path) -> Option<time::OffsetDateTime> {
     Some(cert.validity().not_after.to_datetime())
 }
 
+/// The expiry of the client certificate embedded in a kubeconfig's text.
+pub fn kubeconfig_expiry(kubeconfig: &str) -> Option<time::OffsetDateTime> {
+    let b64 = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("client-certificate-data: "))?;
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let (_, der) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    let cert = der.parse_x509().ok()?;
+    Some(cert.validity().not_after.to_datetime())
+}
+
 /// Whether the certificate at `path` is missing, unreadable or in its last fifth.
 fn due_for_renewal(path: &Path) -> bool {
     expiry(path).is_none_or(|t| t - time::OffsetDateTime::now_utc() < RENEW_WITHIN)
@@ -252,28 +265,10 @@ impl Pki {
         }
     }
 
-    /// Makes whatever is missing (CA, serving and admin certificates, kubeconfig) and the
-    /// in-server components' kubeconfigs, and returns the serving material. `server_url` is
-    /// what the kubeconfigs point at.
-    pub fn ensure(
-        &self,
-        listen: SocketAddr,
-        first_service_ip: IpAddr,
-        server_url: &str,
-    ) -> Result<ServingMaterial, PkiError> {
-        let material = self.renew_certificates(listen, first_service_ip, server_url)?;
-        // The in-server components' own identities (their bootstrap ClusterRoles are bound to
-        // these users), re-issued with the server's address of this start.
-        for (file, user) in [SCHEDULER_KUBECONFIG, CONTROLLER_MANAGER_KUBECONFIG] {
-            let kc = self.user_kubeconfig(user, &[], Some(server_url))?;
-            write(&self.path(file), kc.as_bytes(), true)?;
-        }
-        Ok(material)
-    }
-
     /// Makes or re-issues whatever certificate is missing or due (CA, serving, admin and
-    /// kubelet-client certificates, `admin.kubeconfig`) and returns the serving material: what
-    /// a running server checks for twice a day.
+    /// kubelet-client certificates, `admin.kubeconfig`, the in-server components' kubeconfigs)
+    /// and returns the serving material: what a server does at start and twice a day while it
+    /// runs. `server_url` is what the kubeconfigs point at.
     pub fn renew_certificates(
         &self,
         listen: SocketAddr,
@@ -332,6 +327,22 @@ impl Pki {
         let kc_path = self.path("admin.kubeconfig");
         if fs::read_to_string(&kc_path).ok().as_deref() != Some(kubeconfig.as_str()) {
             write(&kc_path, kubeconfig.as_bytes(), true)?;
+        }
+        // The in-server components' own identities (their bootstrap ClusterRoles are bound to
+        // these users), re-issued when due or when the server's address changed; each component
+        // follows its file (see `skiff server`).
+        for (file, user) in [SCHEDULER_KUBECONFIG, CONTROLLER_MANAGER_KUBECONFIG] {
+            let path = self.path(file);
+            let current = fs::read_to_string(&path).unwrap_or_default();
+            let same_server = current
+                .lines()
+                .any(|l| l.trim().strip_prefix("server: ") == Some(server_url));
+            let due = kubeconfig_expiry(&current)
+                .is_none_or(|t| t - time::OffsetDateTime::now_utc() < RENEW_WITHIN);
+            if due || !same_server {
+                let kc = self.user_kubeconfig(user, &[], Some(server_url))?;
+                write(&path, kc.as_bytes(), true)?;
+            }
         }
         Ok(ServingMaterial {
             ca_pem,
@@ -532,9 +543,9 @@ mod tests {
         (expiry(path).expect("a certificate") - time::OffsetDateTime::now_utc()).whole_days()
     }
 
-    fn ensure(pki: &Pki) -> ServingMaterial {
+    fn renew(pki: &Pki) -> ServingMaterial {
         let listen = SocketAddr::from(([127, 0, 0, 1], 6443));
-        pki.ensure(
+        pki.renew_certificates(
             listen,
             IpAddr::from([10, 96, 0, 1]),
             "https://127.0.0.1:6443",
@@ -546,7 +557,7 @@ mod tests {
     fn the_ca_lives_ten_years_and_what_it_signs_one() {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(dir.path());
-        ensure(&pki);
+        renew(&pki);
         assert!((3649..=3650).contains(&days_left(&pki.path("ca.crt"))));
         for f in ["apiserver.crt", "admin.crt", "kubelet-client.crt"] {
             assert!((364..=365).contains(&days_left(&pki.path(f))), "{f}");
@@ -557,7 +568,7 @@ mod tests {
     fn a_certificate_in_its_last_fifth_is_reissued_and_served_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(dir.path());
-        let (_, serving) = ensure(&pki).server_config().unwrap();
+        let (_, serving) = renew(&pki).server_config().unwrap();
         // Replace the serving and admin certificates with ones that end in 10 days.
         let issuer = pki.ca_issuer().unwrap();
         for (crt, key) in [
@@ -573,16 +584,57 @@ mod tests {
         }
         assert_eq!(days_left(&pki.path("apiserver.crt")), 9);
         let before = serving.current();
-        let material = ensure(&pki);
+        let material = renew(&pki);
         assert!(days_left(&pki.path("apiserver.crt")) >= 364);
         assert!(days_left(&pki.path("admin.crt")) >= 364);
         // A certificate with time left is kept.
         let kept = fs::read(pki.path("apiserver.crt")).unwrap();
-        ensure(&pki);
+        renew(&pki);
         assert_eq!(fs::read(pki.path("apiserver.crt")).unwrap(), kept);
         serving.replace(&material).unwrap();
         assert_ne!(serving.current(), before);
         let (_, der) = x509_parser::pem::parse_x509_pem(&kept).unwrap();
         assert_eq!(serving.current().as_ref(), der.contents.as_slice());
+    }
+
+    #[test]
+    fn a_components_kubeconfig_is_reissued_when_due_or_when_the_server_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        renew(&pki);
+        let path = pki.path(SCHEDULER_KUBECONFIG.0);
+        let first = fs::read_to_string(&path).unwrap();
+        let days = |kc: &str| {
+            (kubeconfig_expiry(kc).expect("a certificate") - time::OffsetDateTime::now_utc())
+                .whole_days()
+        };
+        assert!((364..=365).contains(&days(&first)));
+        // Time left and the same server: kept.
+        renew(&pki);
+        assert_eq!(fs::read_to_string(&path).unwrap(), first);
+        // In its last fifth: re-issued.
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        valid_for(&mut p, time::Duration::days(10));
+        p.distinguished_name
+            .push(DnType::CommonName, SCHEDULER_KUBECONFIG.1);
+        let k = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&k, &pki.ca_issuer().unwrap()).unwrap();
+        let ca = read(&pki.path("ca.crt")).unwrap();
+        let url = "https://127.0.0.1:6443";
+        let short = kubeconfig(url, &ca, "s", &cert.pem(), &k.serialize_pem());
+        write(&path, short.as_bytes(), true).unwrap();
+        assert_eq!(days(&short), 9);
+        renew(&pki);
+        let renewed = fs::read_to_string(&path).unwrap();
+        assert!(days(&renewed) >= 364);
+        // Another address for the server: re-issued for it.
+        pki.renew_certificates(
+            "127.0.0.1:7443".parse().unwrap(),
+            IpAddr::from([10, 96, 0, 1]),
+            "https://127.0.0.1:7443",
+        )
+        .unwrap();
+        let moved = fs::read_to_string(&path).unwrap();
+        assert!(moved.contains("server: https://127.0.0.1:7443"));
     }
 }

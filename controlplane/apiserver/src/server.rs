@@ -334,15 +334,17 @@ async fn bootstrap(app: &Arc<ApiServer>, listen: SocketAddr) -> Result<(), ApiEr
 /// repair interval).
 const SERVICE_REPAIR_INTERVAL: Duration = Duration::from_secs(180);
 
-/// How often a running server checks whether its serving certificate is due for renewal.
+/// How often a running server checks whether its certificates are due for renewal.
 const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(12 * 3600);
 
-/// Re-issues what is due under the data directory twice a day and presents the renewed serving
-/// certificate from the next handshake on, so that a server running for a year never serves
-/// an expired one.
-fn renew_serving_certificate(
+/// Re-issues what is due under the data directory twice a day, presents the renewed serving
+/// certificate from the next handshake on and the renewed kubelet client certificate from the
+/// next connection to a kubelet on, so that a server running for a year never presents an
+/// expired one. (The in-server components follow their re-issued kubeconfigs themselves.)
+fn renew_certificates(
     pki: Pki,
     serving: Arc<crate::pki::RotatingServingCert>,
+    app: Arc<ApiServer>,
     (named, first_service_ip, server_url): (SocketAddr, IpAddr, String),
 ) {
     tokio::spawn(async move {
@@ -352,9 +354,15 @@ fn renew_serving_certificate(
             tick.tick().await;
             let renewed = pki
                 .renew_certificates(named, first_service_ip, &server_url)
-                .and_then(|m| serving.replace(&m));
+                .and_then(|m| {
+                    serving.replace(&m)?;
+                    match app.kubelet_client.get() {
+                        Some(c) => c.replace(&m.kubelet_client_cert_pem, &m.kubelet_client_key_pem),
+                        None => Ok(()),
+                    }
+                });
             if let Err(e) = renewed {
-                tracing::error!(error = %e, "renewing the serving certificate");
+                tracing::error!(error = %e, "renewing the certificates");
             }
         }
     });
@@ -436,14 +444,10 @@ pub async fn run(
     }
     crate::cluster_secrets::share(store.as_ref(), &cfg.data_dir).await?;
     let first_service_ip = IpAddr::V4(network.first_service_ip());
-    let material = Pki::new(&cfg.data_dir).ensure(named, first_service_ip, &server_url)?;
+    let material =
+        Pki::new(&cfg.data_dir).renew_certificates(named, first_service_ip, &server_url)?;
     let (tls_config, serving) = material.server_config()?;
     let tls = tokio_rustls::TlsAcceptor::from(tls_config);
-    renew_serving_certificate(
-        Pki::new(&cfg.data_dir),
-        serving,
-        (named, first_service_ip, server_url.clone()),
-    );
     let app = ApiServer::new(store.clone(), network, cfg.bookmark_interval);
     if app
         .tokens
@@ -461,6 +465,12 @@ pub async fn run(
     )?;
     // The server was just made: nothing set it before.
     let _ = app.kubelet_client.set(kubelet_client);
+    renew_certificates(
+        Pki::new(&cfg.data_dir),
+        serving,
+        app.clone(),
+        (named, first_service_ip, server_url.clone()),
+    );
     crate::ranges::start_repair(store.clone(), app.network.clone(), SERVICE_REPAIR_INTERVAL)
         .await?;
     bootstrap(&app, local).await?;

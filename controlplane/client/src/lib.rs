@@ -9,6 +9,7 @@ pub mod certificates;
 pub mod events;
 pub mod failover;
 pub mod leader;
+pub mod rotating;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,7 +1,9 @@
 //! Node lifecycle: a node whose heartbeat (its Lease in `kube-node-lease`, or its Ready
 //! condition's `lastHeartbeatTime`) is older than the grace period goes `Ready=Unknown` and gets
 //! the `node.kubernetes.io/unreachable` NoSchedule and NoExecute taints; a node reporting
-//! `Ready=False` gets the `not-ready` ones. Pods on a node with a NoExecute taint are evicted once
+//! `Ready=False` gets the `not-ready` ones. The pods of such a node are marked NotReady at once
+//! (their Ready condition False, as MarkPodsNotReady does), so that Services stop sending them
+//! traffic long before they are evicted. Pods on a node with a NoExecute taint are evicted once
 //! their toleration runs out (the API server gives pods 300 s ones, as the DefaultTolerationSeconds
 //! admission plugin does); pods with no matching toleration at all get the configured default.
 //! A node that heartbeats again has its taints removed.
@@ -11,11 +13,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use super::{ControllerError, drive, is_not_found};
@@ -44,12 +48,14 @@ impl Default for LifecycleConfig {
 struct Ctx {
     client: Client,
     cfg: LifecycleConfig,
+    recorder: skiff_client::events::Recorder,
 }
 
 pub async fn run(client: Client, cfg: LifecycleConfig) {
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         cfg,
+        recorder: skiff_client::events::Recorder::new(client.clone(), "node-controller"),
     });
     let stream = Controller::new(Api::<Node>::all(client), watcher::Config::default()).run(
         reconcile,
@@ -138,7 +144,7 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, ControllerE
                 next.push(Taint {
                     key: key.into(),
                     effect: effect.into(),
-                    time_added: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
+                    time_added: Some(Time(now)),
                     value: None,
                 });
             }
@@ -154,13 +160,74 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, ControllerE
         tracing::info!(node = %name, taint = ?want_key, "node taints updated");
     }
     let mut wake = if lost { None } else { Some(grace - silent) };
-    if want_key.is_some()
-        && let Some(ms) = evict(&ctx, &name, &next, now).await?
-    {
-        wake = Some(wake.map_or(ms, |w| w.min(ms)));
+    if want_key.is_some() {
+        let pods = Api::<Pod>::all(ctx.client.clone())
+            .list(&ListParams::default().fields(&format!("spec.nodeName={name}")))
+            .await?
+            .items;
+        mark_not_ready(&ctx, &pods, now).await?;
+        if let Some(ms) = evict(&ctx, &name, &pods, &next, now).await? {
+            wake = Some(wake.map_or(ms, |w| w.min(ms)));
+        }
     }
     let wait = wake.unwrap_or(grace).clamp(200, 5000);
     Ok(Action::requeue(Duration::from_millis(wait as u64)))
+}
+
+/// Sets the Ready condition of each of `pods` (those of a node that is not Ready) to False, as
+/// MarkPodsNotReady does; pods without one, or already not ready, are left alone. The node's
+/// kubelet sets it back once it reports again. Each write is conditional on the pod's
+/// resourceVersion, so nothing the kubelet wrote meanwhile is lost.
+async fn mark_not_ready(ctx: &Ctx, pods: &[Pod], now: Timestamp) -> Result<(), ControllerError> {
+    for p in pods {
+        let Some(status) = &p.status else { continue };
+        let conditions = status.conditions.clone().unwrap_or_default();
+        if !conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status != "False")
+        {
+            continue;
+        }
+        let conditions: Vec<_> = conditions
+            .into_iter()
+            .map(|mut c| {
+                if c.type_ == "Ready" {
+                    c.status = "False".into();
+                    c.last_transition_time = Some(Time(now));
+                }
+                c
+            })
+            .collect();
+        let ns = p.namespace().unwrap_or_default();
+        let patch = json!({
+            "metadata": {"uid": p.metadata.uid, "resourceVersion": p.metadata.resource_version},
+            "status": {"conditions": conditions},
+        });
+        match Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+            .patch_status(
+                &p.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(pod = %format!("{ns}/{}", p.name_any()), "node not ready: pod marked NotReady");
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "NodeNotReady".into(),
+            note: Some("Node is not ready".into()),
+            action: "MarkNotReady".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &p.object_ref(&())).await {
+            tracing::debug!(error = %e, "recording an event");
+        }
+    }
+    Ok(())
 }
 
 /// Evicts the node's pods whose tolerations of its NoExecute taints ran out; returns the
@@ -168,13 +235,10 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, ControllerE
 async fn evict(
     ctx: &Ctx,
     node: &str,
+    pods: &[Pod],
     taints: &[Taint],
     now: Timestamp,
 ) -> Result<Option<i64>, ControllerError> {
-    let pods = Api::<Pod>::all(ctx.client.clone())
-        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
-        .await?
-        .items;
     let mut next_due: Option<i64> = None;
     for p in pods
         .iter()

@@ -10,7 +10,7 @@ use anyhow::Context;
 use ipnet::Ipv4Net;
 
 use crate::join::JoinToken;
-use crate::node::{self, NodeConfig, NodeDirs, NodeFlags, RunningNode};
+use crate::node::{self, NodeConfig, NodeCredentials, NodeDirs, NodeFlags, RunningNode};
 use crate::node_credentials::{self, CredentialFiles};
 
 /// `skiff agent`'s flags.
@@ -53,19 +53,20 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let config = NodeConfig::new(
         &args.node,
         &NodeDirs::new(&data_dir),
-        &files.kubeconfig,
+        &NodeCredentials::Bootstrap {
+            bootstrap_kubeconfig: files.bootstrap_kubeconfig.clone(),
+            kubeconfig: files.kubeconfig.clone(),
+            cert_dir: files.cert_dir.clone(),
+        },
         &node_name,
         args.cluster_cidr,
         args.service_cidr,
     )?;
     tokio::select! {
-        joined = node_credentials::ensure(&files, &server, &args.token, &node_name) => joined?,
+        joined = node_credentials::ensure(&files, &server, &args.token) => joined?,
         _ = crate::shutdown_signal() => return Ok(()),
     }
-    let client = skiff_client::client(&files.kubeconfig)
-        .await
-        .context("the node's kubeconfig")?;
-    let mut running = RunningNode::start(client, config);
+    let mut running = RunningNode::start(config);
     tracing::info!(node = %node_name, %server, "node started");
     let failed = tokio::select! {
         _ = crate::shutdown_signal() => None,

@@ -419,8 +419,6 @@ fn main() -> anyhow::Result<()> {
                 controllers: !disable_controllers,
                 settings: settings.config(),
             };
-            let scheduler_kubeconfig = data_dir.join(pki::SCHEDULER_KUBECONFIG.0);
-            let controllers_kubeconfig = data_dir.join(pki::CONTROLLER_MANAGER_KUBECONFIG.0);
             let cfg = ServerConfig {
                 data_dir,
                 listen,
@@ -435,32 +433,15 @@ fn main() -> anyhow::Result<()> {
             };
             let admin_kubeconfig = cfg.data_dir.join("admin.kubeconfig");
             let (join_data_dir, join_listen) = (cfg.data_dir.clone(), cfg.listen);
+            let components_dir = cfg.data_dir.clone();
             rt.block_on(async {
                 tokio::spawn(async move {
                     let client = skiff_client::wait_for_api(&admin_kubeconfig).await;
                     join::print_join_line(client, &join_data_dir, join_listen).await;
                 });
-                // Each component as its own user, with its bootstrap role.
-                if which.scheduler {
-                    tokio::spawn(async move {
-                        let client = skiff_client::wait_for_api(&scheduler_kubeconfig).await;
-                        let only = Components {
-                            controllers: false,
-                            ..which
-                        };
-                        components::run(client, only).await;
-                    });
-                }
-                if which.controllers {
-                    tokio::spawn(async move {
-                        let client = skiff_client::wait_for_api(&controllers_kubeconfig).await;
-                        let only = Components {
-                            scheduler: false,
-                            ..which
-                        };
-                        components::run(client, only).await;
-                    });
-                }
+                tokio::spawn(async move {
+                    components::run_as_their_users(&components_dir, which).await
+                });
                 server::run(cfg, shutdown_signal()).await
             })
             .context("skiff server")?;

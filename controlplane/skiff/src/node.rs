@@ -82,12 +82,12 @@ impl NodeConfig {
     pub fn new(
         flags: &NodeFlags,
         dirs: &NodeDirs,
-        kubeconfig: &Path,
+        credentials: &NodeCredentials,
         node_name: &str,
         cluster_cidr: Ipv4Net,
         service_cidr: Ipv4Net,
     ) -> anyhow::Result<NodeConfig> {
-        let kubelet = kubelet_args(flags, dirs, kubeconfig, node_name)?;
+        let kubelet = kubelet_args(flags, dirs, credentials, node_name)?;
         let dns = flags.dns.config().context("cluster DNS flags")?;
         let proxy = skiff_proxy::sync::Config {
             node_name: node_name.to_string(),
@@ -109,19 +109,49 @@ impl NodeConfig {
     }
 }
 
+/// Where the node's kubelet gets its credentials.
+pub enum NodeCredentials {
+    /// A kubeconfig with a node certificate, as `skiff up` issues it.
+    Issued { kubeconfig: PathBuf },
+    /// The kubelet's TLS bootstrap from a bootstrap kubeconfig, then its client certificate
+    /// renewed before it expires (`--rotate-certificates`), kept in `cert_dir`: a joined node.
+    Bootstrap {
+        bootstrap_kubeconfig: PathBuf,
+        kubeconfig: PathBuf,
+        cert_dir: PathBuf,
+    },
+}
+
 /// The kubelet's flags for this node: its directories, its credentials and any `--kubelet-arg`.
 fn kubelet_args(
     flags: &NodeFlags,
     dirs: &NodeDirs,
-    kubeconfig: &Path,
+    credentials: &NodeCredentials,
     node_name: &str,
 ) -> anyhow::Result<AgentArgs> {
     let mut argv: Vec<OsString> = vec!["skiff-kubelet".into()];
+    match credentials {
+        NodeCredentials::Issued { kubeconfig } => {
+            argv.extend(["--kubeconfig".into(), kubeconfig.into()]);
+        }
+        NodeCredentials::Bootstrap {
+            bootstrap_kubeconfig,
+            kubeconfig,
+            cert_dir,
+        } => argv.extend([
+            "--kubeconfig".into(),
+            kubeconfig.into(),
+            "--bootstrap-kubeconfig".into(),
+            bootstrap_kubeconfig.into(),
+            "--cert-dir".into(),
+            cert_dir.into(),
+            "--rotate-certificates".into(),
+        ]),
+    }
     let mut flag = |name: &str, value: OsString| {
         argv.push(format!("--{name}").into());
         argv.push(value);
     };
-    flag("kubeconfig", kubeconfig.into());
     flag("node-name", node_name.into());
     flag("root-dir", dirs.root.clone().into());
     flag("run-dir", dirs.run.clone().into());
@@ -150,17 +180,20 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
-    /// Starts the kubelet (with its own credentials, from its `--kubeconfig`) and the proxy
-    /// (with `client`).
-    pub fn start(client: Client, config: NodeConfig) -> RunningNode {
+    /// Starts the kubelet (with its own credentials, from its `--kubeconfig` or its TLS
+    /// bootstrap) and the proxy, with the kubelet's API client once it has one: one identity for
+    /// the node, renewed in place for both.
+    pub fn start(config: NodeConfig) -> RunningNode {
         let (stop_kubelet, kubelet_stopped) = oneshot::channel::<Duration>();
+        let (share_client, node_client) = oneshot::channel::<Client>();
         let grace = config.grace;
         let kubelet = tokio::spawn(skiff_kubelet::agent::run_until(
             config.kubelet,
             async move { kubelet_stopped.await.unwrap_or(grace) },
+            Some(share_client),
         ));
         let (stop_proxy, proxy_stopped) = oneshot::channel::<()>();
-        let proxy = tokio::spawn(run_proxy(client, config.proxy, proxy_stopped));
+        let proxy = tokio::spawn(run_proxy(node_client, config.proxy, proxy_stopped));
         RunningNode {
             kubelet,
             stop_kubelet,
@@ -200,13 +233,25 @@ impl RunningNode {
 /// The proxy until `stop`, then everything it set up removed. A sync in progress finishes
 /// first: the rules are written in a blocking section the task is never stopped inside.
 async fn run_proxy(
-    client: Client,
+    client: oneshot::Receiver<Client>,
     config: skiff_proxy::sync::Config,
-    stop: oneshot::Receiver<()>,
+    mut stop: oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
-    let result = tokio::select! {
-        ended = skiff_proxy::sync::run(client, config) => ended,
-        _ = stop => Ok(()),
+    let client = tokio::select! {
+        client = client => Some(client),
+        _ = &mut stop => None,
+    };
+    let result = match client {
+        Some(Ok(client)) => tokio::select! {
+            ended = skiff_proxy::sync::run(client, config) => ended,
+            _ = stop => Ok(()),
+        },
+        // The kubelet ended before it had credentials; its own error says why.
+        Some(Err(_)) => {
+            let _ = stop.await;
+            Ok(())
+        }
+        None => Ok(()),
     };
     let cleaned = skiff_proxy::dataplane::cleanup_node().await;
     tracing::info!("Service rules and cluster DNS address removed");
@@ -278,8 +323,10 @@ mod tests {
     fn the_kubelet_gets_the_node_directories_and_extra_flags() {
         let cli = Cli::parse_from(["skiff", "--node-name", "n1", "--kubelet-arg=--max-pods=7"]);
         let dirs = NodeDirs::new(Path::new("/d"));
-        let kubelet = kubelet_args(&cli.node, &dirs, Path::new("/d/k.kubeconfig"), "n1")
-            .expect("kubelet flags");
+        let issued = NodeCredentials::Issued {
+            kubeconfig: "/d/k.kubeconfig".into(),
+        };
+        let kubelet = kubelet_args(&cli.node, &dirs, &issued, "n1").expect("kubelet flags");
         assert_eq!(kubelet.root_dir, Path::new("/d/node"));
         assert_eq!(kubelet.run_dir, Path::new("/d/run"));
         assert_eq!(kubelet.pod_logs_dir, Path::new("/d/pod-logs"));
@@ -290,13 +337,29 @@ mod tests {
         assert_eq!(kubelet.node_name.as_deref(), Some("n1"));
         assert_eq!(kubelet.max_pods, 7);
         assert_eq!(kubelet.cluster_dns, vec![IpAddr::from([10, 96, 0, 10])]);
+        assert!(kubelet.bootstrap_kubeconfig.is_none() && !kubelet.rotate_certificates);
+        let joined = NodeCredentials::Bootstrap {
+            bootstrap_kubeconfig: "/d/b.kubeconfig".into(),
+            kubeconfig: "/d/k.kubeconfig".into(),
+            cert_dir: "/d/pki".into(),
+        };
+        let kubelet = kubelet_args(&cli.node, &dirs, &joined, "n1").expect("kubelet flags");
+        assert_eq!(
+            kubelet.bootstrap_kubeconfig.as_deref(),
+            Some(Path::new("/d/b.kubeconfig"))
+        );
+        assert_eq!(kubelet.cert_dir.as_deref(), Some(Path::new("/d/pki")));
+        assert!(kubelet.rotate_certificates);
     }
 
     #[test]
     fn a_bad_kubelet_flag_is_refused_naming_it() {
         let cli = Cli::parse_from(["skiff", "--kubelet-arg=--no-such-flag"]);
         let dirs = NodeDirs::new(Path::new("/d"));
-        let err = kubelet_args(&cli.node, &dirs, Path::new("/k"), "n1").unwrap_err();
+        let issued = NodeCredentials::Issued {
+            kubeconfig: "/k".into(),
+        };
+        let err = kubelet_args(&cli.node, &dirs, &issued, "n1").unwrap_err();
         assert!(format!("{err:#}").contains("--no-such-flag"), "{err:#}");
     }
 }

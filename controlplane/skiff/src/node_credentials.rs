@@ -1,10 +1,11 @@
-//! A joining node's credentials, as kubeadm's and the kubelet's TLS bootstrap make them: the
-//! cluster CA fetched from the server without trusting it and checked against the join token's
-//! hash, a bootstrap kubeconfig (that CA and the bootstrap token), then a node client
-//! certificate (`system:node:<name>` in `system:nodes`) asked for with a
-//! CertificateSigningRequest to `kubernetes.io/kube-apiserver-client-kubelet`, which the server
-//! approves for bootstrappers. The node's kubeconfig is written atomically and reused while its
-//! certificate is valid for the same CA and server.
+//! A joining node's trust in its server, as kubeadm's join makes it: the cluster CA fetched from
+//! the server without trusting it and checked against the join token's hash, and a bootstrap
+//! kubeconfig (that CA and the bootstrap token). The kubelet then does the rest as its TLS
+//! bootstrap does: trades the token for a node client certificate (`system:node:<name>` in
+//! `system:nodes`) through a CertificateSigningRequest to
+//! `kubernetes.io/kube-apiserver-client-kubelet`, which the server approves for bootstrappers,
+//! and renews it before it expires (`--rotate-certificates`). The node's kubeconfig is reused
+//! while it is for the same server and CA.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,30 +13,21 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use base64::Engine;
-use k8s_openapi::ByteString;
-use k8s_openapi::api::certificates::v1::{
-    CertificateSigningRequest, CertificateSigningRequestSpec,
-};
-use kube::Api;
-use kube::api::{ObjectMeta, PostParams};
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::join::{JoinToken, spki_hash};
 
-const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
-/// How long the server gets to sign the node's certificate.
-const SIGNING_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a server that cannot be reached or does not sign is tried again.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
-/// A certificate valid for less than this is renewed before the node starts.
-const RENEW_BEFORE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
 /// The files of a node's credentials under its data directory.
 pub struct CredentialFiles {
     pub bootstrap_kubeconfig: PathBuf,
     pub kubeconfig: PathBuf,
+    /// The kubelet's `--cert-dir`, where its certificates are kept.
+    pub cert_dir: PathBuf,
 }
 
 impl CredentialFiles {
@@ -43,19 +35,20 @@ impl CredentialFiles {
         CredentialFiles {
             bootstrap_kubeconfig: data_dir.join("bootstrap.kubeconfig"),
             kubeconfig: data_dir.join("kubelet.kubeconfig"),
+            cert_dir: data_dir.join("pki"),
         }
     }
 }
 
-/// The node's kubeconfig: the one on disk when it is still good for this server and CA,
-/// otherwise new credentials through the bootstrap token.
+/// Makes the node ready for the kubelet's TLS bootstrap: its kubeconfig is kept when it is for
+/// this server and CA; otherwise it and the certificates kept for another cluster are removed,
+/// and a bootstrap kubeconfig is written with the CA checked against the token.
 pub async fn ensure(
     files: &CredentialFiles,
     server: &str,
     token: &JoinToken,
-    node_name: &str,
 ) -> anyhow::Result<()> {
-    match still_good(&files.kubeconfig, server, &token.ca_hash) {
+    match for_this_cluster(&files.kubeconfig, server, &token.ca_hash) {
         Ok(()) => {
             tracing::info!(kubeconfig = %files.kubeconfig.display(), "reusing the node's credentials");
             return Ok(());
@@ -65,9 +58,9 @@ pub async fn ensure(
     // A server still starting or briefly unreachable is waited for; a CA that does not match
     // is refused at once.
     let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
-    loop {
-        match join(files, server, token, node_name).await {
-            Ok(()) => return Ok(()),
+    let ca_pem = loop {
+        match fetch_ca(server, &token.ca_hash).await {
+            Ok(ca) => break ca,
             Err(e) if e.downcast_ref::<CaMismatch>().is_some() => return Err(e),
             Err(e) if tokio::time::Instant::now() > deadline => {
                 return Err(e.context(format!("joining {server}: gave up after {JOIN_TIMEOUT:?}")));
@@ -77,7 +70,41 @@ pub async fn ensure(
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    };
+    forget_other_cluster(files)?;
+    let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+    let bootstrap = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: bootstrap\n  user:\n    token: {}\ncontexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: bootstrap\ncurrent-context: skiff\n",
+        b64(ca_pem.as_bytes()),
+        token.bootstrap
+    );
+    skiff_apiserver::pki::write(&files.bootstrap_kubeconfig, bootstrap.as_bytes(), true)
+        .with_context(|| format!("writing {}", files.bootstrap_kubeconfig.display()))
+}
+
+/// Removes the kubeconfig and the kubelet's client certificates, which belong to another
+/// server or CA (or are missing), so that the kubelet asks this cluster for new ones.
+fn forget_other_cluster(files: &CredentialFiles) -> anyhow::Result<()> {
+    let remove = |path: &Path| match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    };
+    remove(&files.kubeconfig)?;
+    let Ok(entries) = std::fs::read_dir(&files.cert_dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("kubelet-client")
+        {
+            remove(&entry.path())?;
+        }
     }
+    Ok(())
 }
 
 /// The CA presented by the server is not the one the join token names.
@@ -91,74 +118,31 @@ pub struct CaMismatch {
     presented: String,
 }
 
-/// The CA checked, the bootstrap kubeconfig written, the certificate asked for and written.
-async fn join(
-    files: &CredentialFiles,
-    server: &str,
-    token: &JoinToken,
-    node_name: &str,
-) -> anyhow::Result<()> {
-    let ca_pem = fetch_ca(server, &token.ca_hash).await?;
-    let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
-    let bootstrap = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: bootstrap\n  user:\n    token: {}\ncontexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: bootstrap\ncurrent-context: skiff\n",
-        b64(ca_pem.as_bytes()),
-        token.bootstrap
-    );
-    write_private(&files.bootstrap_kubeconfig, &bootstrap)?;
-    let client = skiff_client::client(&files.bootstrap_kubeconfig)
-        .await
-        .context("the bootstrap kubeconfig")?;
-    let (cert_pem, key_pem) = request_client_certificate(client, node_name).await?;
-    let kubeconfig = skiff_apiserver::pki::kubeconfig(
-        server,
-        &ca_pem,
-        &format!("system:node:{node_name}"),
-        &cert_pem,
-        &key_pem,
-    );
-    write_private(&files.kubeconfig, &kubeconfig)?;
-    tracing::info!(kubeconfig = %files.kubeconfig.display(), "node credentials issued");
-    Ok(())
-}
-
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    skiff_apiserver::pki::write(path, text.as_bytes(), true)
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-/// Why the kubeconfig at `path` cannot be used (missing, for another server or CA, expiring).
-fn still_good(path: &Path, server: &str, ca_hash: &str) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(name))
-            .map(str::trim)
-            .with_context(|| format!("{}: no {name}", path.display()))
-    };
-    if field("server:")? != server {
+/// Why the kubeconfig at `path` cannot be used: missing, or for another server or CA. (Its
+/// certificate's validity is the kubelet's to check: it bootstraps again when it expired.)
+fn for_this_cluster(path: &Path, server: &str, ca_hash: &str) -> anyhow::Result<()> {
+    let kc =
+        kube::config::Kubeconfig::read_from(path).with_context(|| format!("{}", path.display()))?;
+    let cluster = kc
+        .current_context
+        .as_ref()
+        .and_then(|name| kc.contexts.iter().find(|c| &c.name == name))
+        .and_then(|c| c.context.as_ref())
+        .and_then(|c| kc.clusters.iter().find(|n| n.name == c.cluster))
+        .and_then(|n| n.cluster.as_ref())
+        .with_context(|| format!("{}: no cluster for the current context", path.display()))?;
+    if cluster.server.as_deref() != Some(server) {
         bail!("{} is for another server", path.display());
     }
-    let pem_der = |b64: &str| -> anyhow::Result<Vec<u8>> {
-        let pem = base64::engine::general_purpose::STANDARD.decode(b64)?;
-        let (_, block) = x509_parser::pem::parse_x509_pem(&pem)
-            .map_err(|e| anyhow::anyhow!("not a PEM certificate: {e}"))?;
-        Ok(block.contents)
-    };
-    let ca = pem_der(field("certificate-authority-data:")?)?;
-    if spki_hash(&ca)? != ca_hash {
+    let ca_data = cluster
+        .certificate_authority_data
+        .as_deref()
+        .with_context(|| format!("{}: no certificate-authority-data", path.display()))?;
+    let pem = base64::engine::general_purpose::STANDARD.decode(ca_data.trim())?;
+    let (_, ca) = x509_parser::pem::parse_x509_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("{}: the CA is not a PEM certificate: {e}", path.display()))?;
+    if spki_hash(&ca.contents)? != ca_hash {
         bail!("{} is for another cluster CA", path.display());
-    }
-    let cert = pem_der(field("client-certificate-data:")?)?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&cert)
-        .map_err(|e| anyhow::anyhow!("{}: the client certificate: {e}", path.display()))?;
-    let not_after = chrono::DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)
-        .context("the certificate's expiry")?;
-    if not_after - RENEW_BEFORE < chrono::Utc::now() {
-        bail!(
-            "the certificate in {} expires at {not_after}",
-            path.display()
-        );
     }
     Ok(())
 }
@@ -314,78 +298,6 @@ fn pem(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// Asks for a node client certificate with a new key; returns (certificate, key) as PEM.
-async fn request_client_certificate(
-    client: kube::Client,
-    node_name: &str,
-) -> anyhow::Result<(String, String)> {
-    let key = rcgen::KeyPair::generate().context("generating the node's key")?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "system:nodes");
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        format!("system:node:{node_name}"),
-    );
-    let request = params
-        .serialize_request(&key)
-        .context("making the certificate request")?
-        .pem()
-        .context("encoding the certificate request")?;
-    let name = format!("node-csr-{node_name}-{}", crate::token::random(5));
-    let csr = CertificateSigningRequest {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            ..Default::default()
-        },
-        spec: CertificateSigningRequestSpec {
-            request: ByteString(request.into_bytes()),
-            signer_name: KUBELET_CLIENT_SIGNER.into(),
-            usages: Some(vec!["digital signature".into(), "client auth".into()]),
-            ..Default::default()
-        },
-        status: None,
-    };
-    let csrs: Api<CertificateSigningRequest> = Api::all(client);
-    csrs.create(&PostParams::default(), &csr)
-        .await
-        .with_context(|| format!("creating CertificateSigningRequest {name}"))?;
-    tracing::info!(csr = %name, "asked for the node's client certificate");
-    let deadline = tokio::time::Instant::now() + SIGNING_TIMEOUT;
-    loop {
-        let got = csrs
-            .get(&name)
-            .await
-            .with_context(|| format!("reading CertificateSigningRequest {name}"))?;
-        let status = got.status.unwrap_or_default();
-        if let Some(cert) = status.certificate.filter(|c| !c.0.is_empty()) {
-            let cert = String::from_utf8(cert.0).context("the issued certificate is not PEM")?;
-            return Ok((cert, key.serialize_pem()));
-        }
-        if let Some(c) = status
-            .conditions
-            .unwrap_or_default()
-            .into_iter()
-            .find(|c| (c.type_ == "Denied" || c.type_ == "Failed") && c.status == "True")
-        {
-            bail!(
-                "CertificateSigningRequest {name} was {}: {}",
-                c.type_.to_lowercase(),
-                c.message.unwrap_or_default()
-            );
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!(
-                "CertificateSigningRequest {name} was not signed within {}s (is it approved?)",
-                SIGNING_TIMEOUT.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,27 +325,29 @@ mod tests {
     }
 
     #[test]
-    fn node_credentials_are_reused_only_while_good_for_this_server_and_ca() {
+    fn node_credentials_are_reused_only_for_this_server_and_ca() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kubelet.kubeconfig");
         let server = "https://10.0.0.1:6443";
-        assert!(still_good(&path, server, "x").is_err(), "missing");
+        assert!(for_this_cluster(&path, server, "x").is_err(), "missing");
         let in_a_day = time::OffsetDateTime::now_utc() + time::Duration::days(1);
         let (text, hash) = kubeconfig(server, in_a_day);
-        std::fs::write(&path, text).unwrap();
-        still_good(&path, server, &hash).unwrap();
-        let other = still_good(&path, "https://10.0.0.2:6443", &hash).unwrap_err();
+        std::fs::write(&path, &text).unwrap();
+        for_this_cluster(&path, server, &hash).unwrap();
+        let other = for_this_cluster(&path, "https://10.0.0.2:6443", &hash).unwrap_err();
         assert!(format!("{other}").contains("another server"), "{other}");
-        let other_ca = still_good(&path, server, &"0".repeat(64)).unwrap_err();
+        let other_ca = for_this_cluster(&path, server, &"0".repeat(64)).unwrap_err();
         assert!(
             format!("{other_ca}").contains("another cluster CA"),
             "{other_ca}"
         );
-        let soon = time::OffsetDateTime::now_utc() + time::Duration::minutes(5);
-        let (text, hash) = kubeconfig(server, soon);
-        std::fs::write(&path, text).unwrap();
-        let expiring = still_good(&path, server, &hash).unwrap_err();
-        assert!(format!("{expiring}").contains("expires"), "{expiring}");
+        // As the kubelet's TLS bootstrap writes it: the CA as a folded YAML scalar.
+        let folded = text.replace(
+            "certificate-authority-data: ",
+            "certificate-authority-data: >-\n      ",
+        );
+        std::fs::write(&path, folded).unwrap();
+        for_this_cluster(&path, server, &hash).unwrap();
     }
 
     #[test]

@@ -20,12 +20,13 @@ use anyhow::Context;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::{Api, Client};
+use skiff_apiserver::pki;
 use skiff_apiserver::server::{self, ServerConfig};
 use tokio::sync::oneshot;
 
 use crate::ControllerFlags;
 use crate::components::{self, Components};
-use crate::node::{self, NodeConfig, NodeDirs, NodeFlags, RunningNode};
+use crate::node::{self, NodeConfig, NodeCredentials, NodeDirs, NodeFlags, RunningNode};
 
 /// `skiff up`'s flags.
 #[derive(clap::Args)]
@@ -51,6 +52,8 @@ pub struct UpArgs {
 pub struct Layout {
     pub server: PathBuf,
     pub node: NodeDirs,
+    /// The node's own credentials (`system:node:<name>` in `system:nodes`), as a joined node's.
+    pub node_kubeconfig: PathBuf,
 }
 
 impl Layout {
@@ -58,12 +61,27 @@ impl Layout {
         Layout {
             server: data_dir.join("server"),
             node: NodeDirs::new(data_dir),
+            node_kubeconfig: data_dir.join("kubelet.kubeconfig"),
         }
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
         self.server.join("admin.kubeconfig")
     }
+}
+
+/// Writes the node's kubeconfig: a client certificate for `system:node:<node_name>` from the
+/// cluster CA, issued at each start, so that the kubelet and the proxy run with a node's rights
+/// (the Node authorizer's), not the administrator's.
+fn write_node_kubeconfig(layout: &Layout, node_name: &str) -> anyhow::Result<()> {
+    let kubeconfig = pki::Pki::new(&layout.server).user_kubeconfig(
+        &format!("system:node:{node_name}"),
+        &["system:nodes".to_string()],
+        None,
+    )?;
+    let path = &layout.node_kubeconfig;
+    pki::write(path, kubeconfig.as_bytes(), true)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Runs the cluster until SIGINT or SIGTERM; an error when a component failed.
@@ -75,11 +93,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let layout = Layout::new(&data_dir);
     let kubeconfig = layout.kubeconfig();
     let node_name = args.node.node_name();
-    // The kubelet runs with the admin credentials: this machine is the control plane.
     let node_config = NodeConfig::new(
         &args.node,
         &layout.node,
-        &kubeconfig,
+        &NodeCredentials::Issued {
+            kubeconfig: layout.node_kubeconfig.clone(),
+        },
         &node_name,
         args.settings
             .cluster_cidr
@@ -116,16 +135,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     crate::join::print_join_line(client.clone(), &layout.server, args.api_listen).await;
-    let control = tokio::spawn(components::run(
-        client.clone(),
-        Components {
-            scheduler: true,
-            controllers: true,
-            settings: args.settings.config(),
-        },
-    ));
+    let components = Components {
+        scheduler: true,
+        controllers: true,
+        settings: args.settings.config(),
+    };
+    let server_dir = layout.server.clone();
+    let control =
+        tokio::spawn(async move { components::run_as_their_users(&server_dir, components).await });
 
-    let mut node = RunningNode::start(client.clone(), node_config);
+    if let Err(e) = write_node_kubeconfig(&layout, &node_name) {
+        control.abort();
+        let _ = stop_server.send(());
+        let _ = server.await;
+        return Err(e.context("the node's credentials"));
+    }
+    let mut node = RunningNode::start(node_config);
     let announce = tokio::spawn(announce(client, node_name, kubeconfig));
 
     let failed = tokio::select! {

@@ -505,6 +505,103 @@ async fn a_silent_node_is_tainted_and_its_pods_move() {
     .await;
 }
 
+/// A node that stops heartbeating has its pods marked NotReady at once (MarkPodsNotReady), long
+/// before their 300 s toleration evicts them, and their Service endpoints stop being ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_nodes_pods_turn_not_ready_and_leave_the_ready_endpoints() {
+    let s = Server::start_cluster_with(&["--node-monitor-grace-period", "6"]);
+    let client = hollow::client(&s).await;
+    let h = Hollow::start(
+        client.clone(),
+        &[
+            NodeSpec::new("node-a", "4", "8Gi"),
+            NodeSpec::new("node-b", "4", "8Gi"),
+        ],
+    )
+    .await;
+    let f = s.write(
+        "web.yaml",
+        &deployment(
+            "web",
+            2,
+            "registry.invalid/web:1",
+            "  strategy: {type: RollingUpdate}\n",
+        ),
+    );
+    s.kubectl(&["apply", "-f", common::path_str(&f)]);
+    s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n",
+    );
+    s.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let endpoints = || {
+        let mut e: Vec<String> = s
+            .kubectl(&[
+                "get",
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=web",
+                "-o",
+                "jsonpath={range .items[*].endpoints[*]}{.nodeName}={.conditions.ready} {end}",
+            ])
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        e.sort();
+        e
+    };
+    eventually("a ready endpoint on each node", || async {
+        endpoints() == ["node-a=true", "node-b=true"]
+    })
+    .await;
+    let on_a = active_pods(&client, "app=web")
+        .await
+        .into_iter()
+        .find(|p| p.spec.as_ref().unwrap().node_name.as_deref() == Some("node-a"))
+        .expect("a pod on node-a")
+        .metadata
+        .name
+        .unwrap();
+    h.silence("node-a");
+    let ready = |pod: &str| {
+        s.kubectl(&[
+            "get",
+            "pod",
+            pod,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ])
+    };
+    eventually("node-a's pod Ready=False", || async {
+        ready(&on_a) == "False"
+    })
+    .await;
+    eventually("node-a's endpoint not ready", || async {
+        endpoints() == ["node-a=false", "node-b=true"]
+    })
+    .await;
+    // Marked, not evicted: the same pod, still there, and the other node's pod untouched.
+    let pods = active_pods(&client, "app=web").await;
+    assert!(
+        pods.iter()
+            .any(|p| p.metadata.name.as_deref() == Some(on_a.as_str()))
+    );
+    assert!(
+        pods.iter()
+            .filter(|p| p.metadata.name.as_deref() != Some(on_a.as_str()))
+            .all(|p| ready(p.metadata.name.as_deref().unwrap()) == "True")
+    );
+    let reasons = s.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={on_a}"),
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    assert!(reasons.contains("NodeNotReady"), "{reasons}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leading_controllers_process_hands_over() {
     // The API server alone; the controllers run as two separate processes.

@@ -121,7 +121,7 @@ mod tests {
         use rustls::pki_types::pem::PemObject;
         let dir = tempfile::tempdir().unwrap();
         let pki = crate::pki::Pki::new(dir.path());
-        pki.ensure(
+        pki.renew_certificates(
             "127.0.0.1:6443".parse().unwrap(),
             "10.96.0.1".parse().unwrap(),
             "https://127.0.0.1:6443",

@@ -1,6 +1,6 @@
 //! Simulated nodes for scheduler and controller tests, as kubemark's hollow nodes: Node objects
 //! with capacity and a Ready condition, a Lease renewed every few seconds, and a pod loop that
-//! marks the pods bound to them Running (Ready unless labelled `hollow/ready=false`), gives them
+//! (unless the node is silenced) marks the pods bound to them Running (Ready unless labelled `hollow/ready=false`), gives them
 //! an address from the node's range, and confirms deletions as a kubelet would. A pod labelled
 //! `hollow/exit=CODE` runs to completion instead: Succeeded for 0, else Failed with its containers
 //! terminated with that exit code (what Job tests need); the label may be added to a running pod.
@@ -215,9 +215,10 @@ impl Hollow {
         h.tasks.push(tokio::spawn(heartbeats(
             client.clone(),
             nodes.clone(),
-            silenced,
+            silenced.clone(),
         )));
-        h.tasks.push(tokio::spawn(pod_loop(client, nodes)));
+        h.tasks
+            .push(tokio::spawn(pod_loop(client, nodes, silenced)));
         h
     }
 
@@ -283,7 +284,11 @@ fn pod_ip(node_index: usize, pod: &Pod) -> String {
     format!("10.244.{}.{}", node_index, h % 250 + 2)
 }
 
-async fn pod_loop(client: Client, nodes: Arc<Mutex<Vec<String>>>) {
+async fn pod_loop(
+    client: Client,
+    nodes: Arc<Mutex<Vec<String>>>,
+    silenced: Arc<Mutex<Vec<String>>>,
+) {
     let all: Api<Pod> = Api::all(client.clone());
     let mut stream = std::pin::pin!(
         watcher(all, watcher::Config::default())
@@ -304,6 +309,10 @@ async fn pod_loop(client: Client, nodes: Arc<Mutex<Vec<String>>>) {
             let _ = api
                 .delete(&name, &DeleteParams::default().grace_period(0))
                 .await;
+            continue;
+        }
+        // A silenced node writes no status (deletions are still confirmed, as above).
+        if silenced.lock().unwrap().contains(&node) {
             continue;
         }
         // Pods labelled `hollow/exit=CODE` run to completion with that exit code.
