@@ -938,6 +938,7 @@ impl PodWorker {
             dir: dir.clone(),
             started: None,
             exit: None,
+            termination_message: None,
         };
         // Directories, the overlay mount and fsynced files, off the runtime's worker threads.
         let made = crate::blocking::run(|| {
@@ -945,7 +946,7 @@ impl PodWorker {
             let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
             std::fs::create_dir_all(record.bundle()).map_err(|e| io("state directory", e))?;
             image::mount_rootfs(&image, &meta.layer_dir).map_err(|e| e.to_string())?;
-            let termination_log = dir.join("termination-log");
+            let termination_log = record.termination_log();
             std::fs::write(&termination_log, b"").map_err(|e| io("termination log", e))?;
             let spec = oci_config::generate(&ContainerSetup {
                 pod,

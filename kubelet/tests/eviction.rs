@@ -146,7 +146,6 @@ fn mount_small_disk(root: &Path) {
 }
 
 #[test]
-#[ignore = "timing-dependent: in most runs the evicted container ends with 137 but without the termination message its SIGTERM trap writes; under investigation"]
 fn soft_threshold_evicts_after_its_grace_period_with_the_capped_pod_grace_period() {
     let node = Node::start_with_root(
         &[
