@@ -72,6 +72,8 @@ pub struct KubeletConfig {
     pub volume_sync_period: Duration,
     /// The directory of static pod manifests.
     pub pod_manifest_path: Option<PathBuf>,
+    /// When unused images are collected.
+    pub image_gc: crate::image_gc::ImageGcPolicy,
 }
 
 /// What every worker shares: the client, the runtime and the managers.

@@ -215,6 +215,9 @@ fn disk_pressure_evicts_the_best_effort_pod_filling_the_disk() {
             "1s",
             "--eviction-pressure-transition-period",
             "10s",
+            // The unused image is collected although it came in just before the kubelet.
+            "--minimum-image-ttl-duration",
+            "0s",
         ],
         |root: &Path| {
             mount_small_disk(root);
