@@ -122,6 +122,19 @@ pub struct AgentArgs {
     /// How often the eviction signals are observed (and at most one pod evicted).
     #[arg(long, default_value = "10s", value_parser = crate::eviction::parse_duration)]
     pub eviction_monitoring_period: std::time::Duration,
+    /// The percent of the image filesystem's disk in use at which unused images are collected;
+    /// 100 turns image garbage collection off.
+    #[arg(long, default_value_t = 85)]
+    pub image_gc_high_threshold: u8,
+    /// The percent of disk usage image garbage collection brings the image filesystem down to.
+    #[arg(long, default_value_t = 80)]
+    pub image_gc_low_threshold: u8,
+    /// How long an image stays unused before it may be collected.
+    #[arg(long, default_value = "2m", value_parser = crate::eviction::parse_duration)]
+    pub minimum_image_ttl_duration: std::time::Duration,
+    /// How often the image filesystem's usage is checked (fixed at five minutes in the kubelet).
+    #[arg(long, default_value = "5m", value_parser = crate::eviction::parse_duration)]
+    pub image_gc_period: std::time::Duration,
 }
 
 /// Finds `name` next to the running kubelet, then on PATH.
@@ -230,6 +243,13 @@ pub async fn run_until(
         pressure_transition_period: args.eviction_pressure_transition_period,
     };
     eviction_config.validate().map_err(anyhow::Error::msg)?;
+    let image_gc = crate::image_gc::ImageGcPolicy {
+        high_threshold_percent: args.image_gc_high_threshold,
+        low_threshold_percent: args.image_gc_low_threshold,
+        min_age: args.minimum_image_ttl_duration,
+        period: args.image_gc_period.max(Duration::from_millis(100)),
+    };
+    image_gc.validate().map_err(anyhow::Error::msg)?;
     let eviction = crate::eviction::EvictionManager::new(eviction_config);
     let node = Arc::new(NodeAgent::new(
         client.clone(),
@@ -272,6 +292,7 @@ pub async fn run_until(
         node_memory_bytes: facts.memory_bytes,
         volume_sync_period: std::time::Duration::from_secs(args.volume_sync_seconds.max(1)),
         pod_manifest_path: args.pod_manifest_path.clone(),
+        image_gc,
     };
     let serving = args.rotate_server_certificates.then(|| {
         let serving_config = crate::serving_certificate::ServingConfig {

@@ -3,11 +3,15 @@
 //! writes the pod-level limits (cpu shares and quota, memory limit, pids) and the runtime puts each
 //! container in a child `<pod cgroup>/<container id>` through `linux.cgroupsPath`.
 //!
+//! The Burstable tier's cpu weight follows its pods' requests ([`BurstableTier`]).
+//!
 //! A thin cgroupfs layer of our own rather than cgroups-rs: the kubelet only makes directories and
 //! writes a handful of files, in hierarchies the runtime also manages; cgroups-rs' hierarchy
 //! objects would add nothing but another view of the same mounts.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use skiff_k8s::qos::{QosClass, Resources};
 
@@ -181,6 +185,66 @@ pub fn ensure_pod_cgroup(
         write(&dir.join("pids.max"), &limit.to_string())?;
     }
     Ok(path)
+}
+
+/// The Burstable tier's cpu weight, as the kubelet's QoS container manager keeps it: cpu.shares
+/// from the sum of the active Burstable pods' cpu requests (millicores → shares, 2 at least) on
+/// v1, the matching cpu.weight on v2, written whenever that changes as Burstable pods come and
+/// go. (BestEffort's tier always has the minimum; Guaranteed pods sit under the root.)
+#[derive(Debug, Default)]
+pub struct BurstableTier {
+    state: Mutex<TierState>,
+}
+
+#[derive(Debug, Default)]
+struct TierState {
+    /// Pod uid → its cpu request in millicores.
+    requests: HashMap<String, i128>,
+    /// The shares last written.
+    written: Option<u64>,
+}
+
+impl BurstableTier {
+    /// Records the cpu request of the Burstable pod `uid` (`None`: it finished or is gone) and
+    /// writes the tier's weight if it changed. The tier is written only once it exists (made
+    /// with the first Burstable pod's cgroup).
+    pub fn set(
+        &self,
+        mounts: &CgroupMounts,
+        root: &str,
+        uid: &str,
+        request: Option<i128>,
+    ) -> Result<(), CgroupError> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match request {
+            Some(milli) => state.requests.insert(uid.to_string(), milli),
+            None => state.requests.remove(uid),
+        };
+        let total: i128 = state.requests.values().sum();
+        let shares = cpu_shares(Some(total));
+        if state.written == Some(shares) {
+            return Ok(());
+        }
+        let tier = format!("{}/burstable", root.trim_matches('/'));
+        let (file, value) = match (&mounts.v2, mounts.v1_dir("cpu")) {
+            (Some(v2), _) if mounts.unified() => {
+                (v2.join(&tier).join("cpu.weight"), cpu_weight(shares))
+            }
+            (_, Some(cpu)) => (cpu.join(&tier).join("cpu.shares"), shares),
+            _ => return Ok(()),
+        };
+        if !file.parent().is_some_and(Path::exists) {
+            return Ok(());
+        }
+        write(&file, &value.to_string())?;
+        tracing::debug!(
+            shares,
+            pods = state.requests.len(),
+            "burstable tier cpu weight"
+        );
+        state.written = Some(shares);
+        Ok(())
+    }
 }
 
 /// cgroup v2's cpu.weight for v1 cpu.shares (the kubelet's CpuSharesToCpuWeight: 2 → 1,
@@ -384,5 +448,41 @@ mod tests {
             (cpu_weight(2), cpu_weight(1024), cpu_weight(262_144)),
             (1, 39, 10_000)
         );
+    }
+
+    #[test]
+    fn burstable_tier_weight_follows_its_pods_requests() {
+        let cpu = tempfile::tempdir().unwrap();
+        let v1 = CgroupMounts {
+            v1: vec![(cpu.path().to_path_buf(), vec!["cpu".to_string()])],
+            v2: None,
+        };
+        let tier = BurstableTier::default();
+        let shares = || std::fs::read_to_string(cpu.path().join("kubepods/burstable/cpu.shares"));
+        // No tier yet: nothing is written (nor made).
+        tier.set(&v1, "/kubepods", "a", Some(250)).unwrap();
+        assert!(shares().is_err());
+        std::fs::create_dir_all(cpu.path().join("kubepods/burstable")).unwrap();
+        tier.set(&v1, "/kubepods", "a", Some(250)).unwrap();
+        assert_eq!(shares().unwrap(), "256");
+        tier.set(&v1, "/kubepods", "b", Some(500)).unwrap();
+        assert_eq!(shares().unwrap(), "768");
+        tier.set(&v1, "/kubepods", "a", None).unwrap();
+        assert_eq!(shares().unwrap(), "512");
+        // A Burstable pod requesting no cpu (only memory), then none left: the minimum.
+        tier.set(&v1, "/kubepods", "b", None).unwrap();
+        tier.set(&v1, "/kubepods", "c", Some(0)).unwrap();
+        assert_eq!(shares().unwrap(), "2");
+
+        let v2dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(v2dir.path().join("kubepods/burstable")).unwrap();
+        let v2 = CgroupMounts {
+            v1: vec![],
+            v2: Some(v2dir.path().to_path_buf()),
+        };
+        let tier = BurstableTier::default();
+        tier.set(&v2, "/kubepods", "a", Some(1000)).unwrap();
+        let weight = std::fs::read_to_string(v2dir.path().join("kubepods/burstable/cpu.weight"));
+        assert_eq!(weight.unwrap(), "39");
     }
 }

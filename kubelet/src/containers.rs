@@ -40,7 +40,14 @@ pub struct ContainerRecord {
     pub dir: PathBuf,
     pub started: Option<StartRecord>,
     pub exit: Option<ExitRecord>,
+    /// What the container wrote to its termination log, read once when its exit is first seen:
+    /// the state directory (and the file) goes when the pod's resources are reclaimed, while the
+    /// status keeps reporting the terminated container.
+    pub termination_message: Option<String>,
 }
+
+/// The longest termination message read from a container's termination log.
+const MAX_TERMINATION_MESSAGE: usize = 4096;
 
 impl ContainerRecord {
     /// Re-reads the shim's records.
@@ -50,7 +57,21 @@ impl ContainerRecord {
         }
         if self.exit.is_none() {
             self.exit = shim::read_json(&self.dir, shim::EXIT);
+            if self.exit.is_some() {
+                self.termination_message = self.read_termination_log();
+            }
         }
+    }
+
+    /// The path of the file bound to the container's terminationMessagePath.
+    pub fn termination_log(&self) -> PathBuf {
+        self.dir.join("termination-log")
+    }
+
+    fn read_termination_log(&self) -> Option<String> {
+        let bytes = std::fs::read(self.termination_log()).ok()?;
+        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_TERMINATION_MESSAGE)]);
+        (!text.is_empty()).then(|| text.into_owned())
     }
 
     pub fn running(&self) -> bool {
@@ -95,6 +116,7 @@ pub fn load(dir: &Path) -> Option<ContainerRecord> {
         dir: dir.to_path_buf(),
         started: None,
         exit: None,
+        termination_message: None,
     };
     r.refresh();
     Some(r)
@@ -121,4 +143,47 @@ pub fn list(run_dir: &Path) -> (Vec<ContainerRecord>, Vec<PathBuf>) {
 pub fn new_id() -> String {
     let bytes: [u8; 16] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_termination_message_outlives_the_state_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("c1");
+        std::fs::create_dir(&dir).unwrap();
+        let meta = ContainerMeta {
+            id: "c1".to_string(),
+            pod_uid: "u".to_string(),
+            pod_namespace: "default".to_string(),
+            pod_name: "p".to_string(),
+            name: "main".to_string(),
+            init: false,
+            attempt: 0,
+            image: "busybox".to_string(),
+            image_id: String::new(),
+            created_at: Utc::now(),
+            pod_cgroup: "/pods/u".to_string(),
+            layer_dir: tmp.path().join("layer"),
+        };
+        shim::write_json(&dir, META, &meta).unwrap();
+        let mut r = load(&dir).unwrap();
+        std::fs::write(r.termination_log(), "bye\n").unwrap();
+        assert!(r.running() && r.termination_message.is_none());
+        let exit = ExitRecord {
+            exit_code: 137,
+            finished_at: Utc::now(),
+            oom_killed: false,
+            start_error: None,
+        };
+        shim::write_json(&dir, shim::EXIT, &exit).unwrap();
+        r.refresh();
+        // The pod's resources reclaimed: the status still has the message.
+        std::fs::remove_dir_all(&dir).unwrap();
+        r.refresh();
+        assert_eq!(r.exit, Some(exit));
+        assert_eq!(r.termination_message.as_deref(), Some("bye\n"));
+    }
 }

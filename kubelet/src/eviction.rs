@@ -17,7 +17,7 @@
 //! and SIGTERM first), where a hard threshold kills at once.
 
 use std::cmp::Reverse;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -422,9 +422,10 @@ impl EvictionManager {
         // container on the node uses; a pod is evicted only if that cannot free enough.
         if signal == Signal::NodefsAvailable {
             let needed = limit.saturating_sub(available);
+            let min_age = config.image_gc.min_age;
             let report = tokio::task::spawn_blocking(move || {
-                let in_use = images_in_use(&images, &run_dir, &pods_in_use);
-                images.collect_garbage(&in_use, needed)
+                let in_use = crate::image_gc::images_in_use(&images, &run_dir, &pods_in_use);
+                images.collect_garbage(&in_use, needed, min_age)
             })
             .await
             .ok()?;
@@ -490,29 +491,6 @@ impl EvictionManager {
         }
         met
     }
-}
-
-/// The ids of the images the pods' containers name and those of the containers on disk.
-fn images_in_use(images: &ImageStore, run_dir: &Path, pods: &[Arc<Pod>]) -> HashSet<String> {
-    let from_pods = pods.iter().flat_map(|p| p.spec.iter()).flat_map(|s| {
-        s.init_containers
-            .iter()
-            .flatten()
-            .chain(&s.containers)
-            .filter_map(|c| c.image.clone())
-            .chain(
-                s.ephemeral_containers
-                    .iter()
-                    .flatten()
-                    .filter_map(|c| c.image.clone()),
-            )
-    });
-    let (records, _) = containers::list(run_dir);
-    from_pods
-        .chain(records.into_iter().map(|r| r.meta.image))
-        .filter_map(|reference| images.lookup(&reference).ok())
-        .map(|image| image.id)
-        .collect()
 }
 
 /// One pod's use of the starved resource.

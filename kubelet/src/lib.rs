@@ -11,7 +11,7 @@
 //!   `listers`: the Node and Services kept current by watches for them; `static_pods`: pods
 //!   from manifest files and their mirror pods in the API; `eviction`: the
 //!   memory.available/nodefs.available signals, the pressure conditions and node-pressure
-//!   eviction.
+//!   eviction; `image_gc`: unused images collected by the image filesystem's usage.
 //! - `probes`, `lifecycle`: liveness/readiness/startup probes with their thresholds; postStart and
 //!   preStop hooks, stopping one container, activeDeadlineSeconds.
 //! - `volumes`: emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes.
@@ -49,6 +49,7 @@ pub mod events;
 pub mod eviction;
 pub mod host;
 pub mod image;
+pub mod image_gc;
 pub mod lifecycle;
 pub mod listers;
 pub mod network;

@@ -46,6 +46,8 @@ struct Workers {
     eviction: EvictionManager,
     /// The node's pressure conditions (pods are not admitted under some of them).
     pressure: watch::Receiver<Pressure>,
+    /// The image garbage collection under way, if any.
+    image_gc: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Whether the API already reports the pod finished.
@@ -198,6 +200,31 @@ impl Workers {
         }
     }
 
+    /// One image garbage collection period: unless the last collection still runs (it waits
+    /// for running pulls), one starts in the background; the images of the pods the workers
+    /// hold and of the containers on disk are in use.
+    fn collect_images(&mut self) {
+        if self.image_gc.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let pods: Vec<Arc<Pod>> = self
+            .running
+            .values()
+            .filter_map(|tx| tx.borrow().clone())
+            .collect();
+        let k = self.k.clone();
+        self.image_gc = Some(tokio::task::spawn_blocking(move || {
+            let config = &k.config;
+            match crate::image_gc::collect(&config.image_gc, &k.images, &config.run_dir, &pods) {
+                Ok(Some(r)) => {
+                    tracing::info!(removed = ?r.removed, freed = r.freed_bytes, "unused images collected");
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("image garbage collection: {e}"),
+            }
+        }));
+    }
+
     /// The pod is gone from the API: its worker stops what is left.
     fn gone(&mut self, uid: &str) {
         if let Some(tx) = self.running.get(uid) {
@@ -287,6 +314,7 @@ pub async fn run_until(
         static_pods: HashMap::new(),
         pressure: eviction.subscribe(),
         eviction,
+        image_gc: None,
     };
     // Static pods first, so that their containers are adopted before the first listing decides
     // which containers belong to no pod.
@@ -298,6 +326,13 @@ pub async fn run_until(
     manifest_check.tick().await;
     let mut eviction_check = tokio::time::interval(workers.eviction.config.monitoring_period);
     eviction_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first collection one period after start: by then the pods' containers are known.
+    let gc_policy = workers.k.config.image_gc.clone();
+    let mut image_gc = tokio::time::interval_at(
+        tokio::time::Instant::now() + gc_policy.period,
+        gc_policy.period,
+    );
+    image_gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let api: Api<Pod> = Api::all(client);
     let selector = format!("spec.nodeName={node}");
     let mut events = watcher(api, watcher::Config::default().fields(&selector))
@@ -325,6 +360,10 @@ pub async fn run_until(
             }
             _ = eviction_check.tick() => {
                 workers.check_eviction().await;
+                continue;
+            }
+            _ = image_gc.tick(), if gc_policy.enabled() => {
+                workers.collect_images();
                 continue;
             }
         };

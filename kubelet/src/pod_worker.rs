@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::api::{DeleteParams, Preconditions};
 use kube::{Api, Client};
+use skiff_k8s::qos::QosClass;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
@@ -72,6 +73,8 @@ pub struct KubeletConfig {
     pub volume_sync_period: Duration,
     /// The directory of static pod manifests.
     pub pod_manifest_path: Option<PathBuf>,
+    /// When unused images are collected.
+    pub image_gc: crate::image_gc::ImageGcPolicy,
 }
 
 /// What every worker shares: the client, the runtime and the managers.
@@ -84,6 +87,8 @@ pub struct Kubelet {
     pub images: ImageStore,
     pub sandboxes: Sandboxes,
     pub cgroups: CgroupMounts,
+    /// The Burstable QoS tier's cpu weight from its pods' requests.
+    pub burstable: cgroups::BurstableTier,
     /// Set when the whole node stops: no pod's grace period runs longer than this.
     pub node_shutdown_grace: std::sync::OnceLock<Duration>,
     /// Pods the eviction manager picked, for their workers.
@@ -113,6 +118,7 @@ impl Kubelet {
             events: Recorder::new(client.clone(), config.node_name.clone()),
             images,
             cgroups: CgroupMounts::read(),
+            burstable: cgroups::BurstableTier::default(),
             node_shutdown_grace: std::sync::OnceLock::new(),
             evictions: EvictionOrders::default(),
             listers: crate::listers::Listers::start(client.clone(), &config.node_name),
@@ -269,6 +275,7 @@ impl PodWorker {
             self.exceed_deadline(pod).await;
         }
         if self.failed.is_some() {
+            self.set_burstable_request(None);
             self.report(pod, true, false, self.failed.clone()).await;
             return RESYNC;
         }
@@ -400,6 +407,7 @@ impl PodWorker {
             // running by a kubelet that stopped before it could stop them are stopped now).
             self.probes.stop_all();
             self.stop_all(lifecycle::grace_period(pod, None)).await;
+            self.set_burstable_request(None);
             return RESYNC;
         }
         self.report(pod, init_done, init_failed, pod_error).await;
@@ -577,7 +585,7 @@ impl PodWorker {
         let spec = pod.spec.clone().unwrap_or_default();
         let qos = skiff_k8s::qos::qos_class(&spec);
         let res = skiff_k8s::qos::pod_resources(&spec);
-        match cgroups::ensure_pod_cgroup(
+        let path = match cgroups::ensure_pod_cgroup(
             &self.k.cgroups,
             &self.k.config.cgroup_root,
             qos,
@@ -590,6 +598,21 @@ impl PodWorker {
                 tracing::warn!(pod = %self.uid, "{e}");
                 cgroups::pod_cgroup(&self.k.config.cgroup_root, qos, &self.uid)
             }
+        };
+        if qos == QosClass::Burstable {
+            self.set_burstable_request(Some(res.cpu_request.unwrap_or(0)));
+        }
+        path
+    }
+
+    /// The pod's cpu request in the Burstable tier's weight; `None` once it no longer runs.
+    fn set_burstable_request(&self, request: Option<i128>) {
+        let k = &self.k;
+        if let Err(e) = k
+            .burstable
+            .set(&k.cgroups, &k.config.cgroup_root, &self.uid, request)
+        {
+            tracing::warn!("burstable tier: {e}");
         }
     }
 
@@ -938,6 +961,7 @@ impl PodWorker {
             dir: dir.clone(),
             started: None,
             exit: None,
+            termination_message: None,
         };
         // Directories, the overlay mount and fsynced files, off the runtime's worker threads.
         let made = crate::blocking::run(|| {
@@ -945,7 +969,7 @@ impl PodWorker {
             let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
             std::fs::create_dir_all(record.bundle()).map_err(|e| io("state directory", e))?;
             image::mount_rootfs(&image, &meta.layer_dir).map_err(|e| e.to_string())?;
-            let termination_log = dir.join("termination-log");
+            let termination_log = record.termination_log();
             std::fs::write(&termination_log, b"").map_err(|e| io("termination log", e))?;
             let spec = oci_config::generate(&ContainerSetup {
                 pod,
@@ -1364,6 +1388,7 @@ impl PodWorker {
         for cg in pod_cgroups {
             cgroups::remove_pod_cgroup(&self.k.cgroups, &cg);
         }
+        self.set_burstable_request(None);
         for d in log_dirs {
             let _ = std::fs::remove_dir_all(d);
         }

@@ -26,9 +26,6 @@ pub fn k8s_time(t: chrono::DateTime<Utc>) -> Time {
     )
 }
 
-/// The longest termination message read from a container's termination log.
-const MAX_TERMINATION_MESSAGE: usize = 4096;
-
 /// What the worker knows of one container of the spec.
 pub struct ContainerView<'a> {
     pub name: &'a str,
@@ -60,12 +57,10 @@ fn terminated(r: &ContainerRecord) -> Option<ContainerStateTerminated> {
     } else {
         "Error"
     };
-    let message = exit.start_error.clone().or_else(|| {
-        let bytes = std::fs::read(r.dir.join("termination-log")).ok()?;
-        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_TERMINATION_MESSAGE)])
-            .into_owned();
-        (!text.is_empty()).then_some(text)
-    });
+    let message = exit
+        .start_error
+        .clone()
+        .or_else(|| r.termination_message.clone());
     Some(ContainerStateTerminated {
         exit_code: exit.exit_code,
         reason: Some(reason.to_string()),

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
-use skiff_kubelet::cgroups::{CgroupMounts, ensure_pod_cgroup};
+use skiff_kubelet::cgroups::{BurstableTier, CgroupMounts, ensure_pod_cgroup};
 use skiff_kubelet::image::ImageConfig;
 use skiff_kubelet::oci_config::{ContainerSetup, SandboxView, generate};
 use skiff_testvm::{Scenario, run_scenario};
@@ -120,6 +120,12 @@ fn in_vm_pod_cgroups() {
             Some(POD_PIDS),
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));
+        // The Burstable tier's weight from its one pod's 250m request (as the pod worker does).
+        if name == "burstable" {
+            BurstableTier::default()
+                .set(&mounts, "/kubepods", &format!("uid-{name}"), Some(250))
+                .unwrap();
+        }
         let dir = bundles.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let file = |f: &str, content: &str| {

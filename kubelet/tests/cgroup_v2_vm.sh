@@ -34,6 +34,8 @@ for tier in /kubepods /kubepods/burstable /kubepods/besteffort; do
 	file_is "tier$tier" "$tier" cgroup.subtree_control "cpu memory pids"
 done
 file_is tier/kubepods/besteffort /kubepods/besteffort cpu.weight 1
+# Burstable's from its pods' requests: 250m → 256 shares → weight 10.
+file_is tier/kubepods/burstable /kubepods/burstable cpu.weight 10
 file_is tier/kubepods/burstable /kubepods/burstable memory.max max
 
 # Per pod: cpu.weight cpu.max memory.max pids.max (the pod's cgroup, written by the kubelet, and

@@ -146,7 +146,6 @@ fn mount_small_disk(root: &Path) {
 }
 
 #[test]
-#[ignore = "timing-dependent: in most runs the evicted container ends with 137 but without the termination message its SIGTERM trap writes; under investigation"]
 fn soft_threshold_evicts_after_its_grace_period_with_the_capped_pod_grace_period() {
     let node = Node::start_with_root(
         &[
@@ -216,6 +215,9 @@ fn disk_pressure_evicts_the_best_effort_pod_filling_the_disk() {
             "1s",
             "--eviction-pressure-transition-period",
             "10s",
+            // The unused image is collected although it came in just before the kubelet.
+            "--minimum-image-ttl-duration",
+            "0s",
         ],
         |root: &Path| {
             mount_small_disk(root);

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use skiff_kubelet::image::busybox::{BusyboxImage, ExtraFile};
 use skiff_kubelet::image::oci_archive::{LayerBuilder, LayerCompression, write_oci_archive};
@@ -157,7 +158,9 @@ fn busybox_oci_archive_imports_and_mounts_on_overlayfs() {
     assert!(other_root.join("bin/busybox").is_file());
     assert!(image.layers[0].join("bin/busybox").is_file());
     unmount_rootfs(&other).unwrap();
-    let report = store.collect_garbage(&Default::default(), 0).unwrap();
+    let report = store
+        .collect_garbage(&Default::default(), 0, Duration::ZERO)
+        .unwrap();
     assert_eq!(report.freed_bytes, image.size, "freed once no root uses it");
     assert!(!image.layers[0].exists());
 }
@@ -885,14 +888,21 @@ fn garbage_collection_removes_unused_images_least_recently_used_first() {
     std::thread::sleep(std::time::Duration::from_millis(5));
     store.mark_used(&ids[2]).unwrap();
     let in_use = std::collections::HashSet::from([ids[0].clone()]);
-    let report = store.collect_garbage(&in_use, 1).unwrap();
+    // Images younger than the minimum age are kept.
+    let report = store
+        .collect_garbage(&in_use, u64::MAX, Duration::from_secs(3600))
+        .unwrap();
+    assert!(report.removed.is_empty(), "{report:?}");
+    let report = store.collect_garbage(&in_use, 1, Duration::ZERO).unwrap();
     assert_eq!(report.removed, [ids[1].clone()]);
     assert_eq!(report.freed_bytes, per_image);
     assert!(matches!(
         store.lookup("busybox:2"),
         Err(ImageError::NotFound(_))
     ));
-    let report = store.collect_garbage(&in_use, u64::MAX).unwrap();
+    let report = store
+        .collect_garbage(&in_use, u64::MAX, Duration::ZERO)
+        .unwrap();
     assert_eq!(report.removed, [ids[2].clone()]);
     assert_eq!(store.disk_usage().unwrap(), per_image);
     assert_eq!(store.list().unwrap().len(), 1);

@@ -1,8 +1,10 @@
 //! Pods in real containers (skiff-runc through skiff-shim) on a node with a real `skiff server`:
-//! running with a CRI log, completion with exit codes, restarts with back-off, graceful deletion.
+//! running with a CRI log, completion with exit codes, restarts with back-off, graceful deletion,
+//! the Burstable QoS tier's cpu.shares following its pods' requests.
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Node, busybox_pod};
@@ -391,4 +393,62 @@ spec:
     node.wait_for("the pause process to end", Duration::from_secs(10), |_| {
         pause_process(&uid).is_none()
     });
+}
+
+#[test]
+fn burstable_tier_cpu_shares_follow_its_pods_requests() {
+    let node = Node::start();
+    let shares = Path::new("/sys/fs/cgroup/cpu")
+        .join(node.cgroup_root.trim_start_matches('/'))
+        .join("burstable/cpu.shares");
+    let pod = |name: &str, policy: &str, script: &str, resources: &str| {
+        busybox_pod(name, policy, script, "  terminationGracePeriodSeconds: 1\n").replace(
+            "    command:",
+            &format!("    resources: {resources}\n    command:"),
+        )
+    };
+    node.apply(&pod(
+        "small",
+        "Always",
+        "sleep 3600",
+        "{requests: {cpu: 250m}}",
+    ));
+    node.apply(&pod(
+        "large",
+        "Always",
+        "sleep 3600",
+        "{requests: {cpu: 500m, memory: 16Mi}, limits: {memory: 64Mi}}",
+    ));
+    // Neither a Guaranteed pod nor a finished Burstable one counts.
+    node.apply(&pod(
+        "fixed",
+        "Always",
+        "sleep 3600",
+        "{limits: {cpu: 300m, memory: 64Mi}}",
+    ));
+    node.apply(&pod("done", "Never", "true", "{requests: {cpu: 500m}}"));
+    for name in ["small", "large", "fixed"] {
+        node.wait_pod(name, "Running", Duration::from_secs(30), |p| {
+            phase(p) == "Running"
+        });
+    }
+    node.wait_pod("done", "Succeeded", Duration::from_secs(30), |p| {
+        phase(p) == "Succeeded"
+    });
+    let read = || {
+        std::fs::read_to_string(&shares)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    // 750m → 768 shares.
+    node.wait_for("cpu.shares 768", Duration::from_secs(10), |_| {
+        read() == "768"
+    });
+    node.kubectl(&["delete", "pod", "small", "--wait=true", "--timeout=30s"]);
+    node.wait_for("cpu.shares 512", Duration::from_secs(10), |_| {
+        read() == "512"
+    });
+    node.kubectl(&["delete", "pod", "large", "--wait=true", "--timeout=30s"]);
+    node.wait_for("cpu.shares 2", Duration::from_secs(10), |_| read() == "2");
 }

@@ -2,10 +2,12 @@
 //! images no container uses, least recently used first, and the layers only they used.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use nix::fcntl::FlockArg;
 
 use super::records::{self, Durability};
+use super::store::now;
 use super::{ImageError, ImageStore};
 
 /// What [`ImageStore::collect_garbage`] did.
@@ -38,13 +40,15 @@ impl ImageStore {
     }
 
     /// Frees at least `bytes_to_free` bytes if it can: first layers no image names (left by
-    /// interrupted imports), then images whose id is not in `in_use`, least recently used first,
-    /// with the layers no remaining image shares. Waits for running imports and pulls to end,
-    /// so it must not be called while this thread holds a staging directory.
+    /// interrupted imports), then images whose id is not in `in_use` and that have been in the
+    /// store for at least `min_age`, least recently used first, with the layers no remaining
+    /// image shares. Waits for running imports and pulls to end, so it must not be called while
+    /// this thread holds a staging directory.
     pub fn collect_garbage(
         &self,
         in_use: &HashSet<String>,
         bytes_to_free: u64,
+        min_age: Duration,
     ) -> Result<GcReport, ImageError> {
         let _exclusive = self.lock(FlockArg::LockExclusive)?;
         let mut report = GcReport {
@@ -53,10 +57,11 @@ impl ImageStore {
         };
         let mut expected = report.freed_bytes;
         let snapshot = self.records()?;
+        let newest = now().saturating_sub(i64::try_from(min_age.as_millis()).unwrap_or(i64::MAX));
         let mut candidates: Vec<(&String, &records::ImageRecord)> = snapshot
             .images
             .iter()
-            .filter(|(_, r)| !in_use.contains(&r.config_digest))
+            .filter(|(_, r)| !in_use.contains(&r.config_digest) && r.created <= newest)
             .collect();
         candidates.sort_by_key(|(manifest, r)| (r.last_used, manifest.as_str()));
         let mut remaining = snapshot.images.clone();

@@ -19,7 +19,7 @@
 //!   `image.repo_digests.first()` (else `image.id`).
 //! - node status: `store.list()` — names are `repo_tags` and `repo_digests`, `sizeBytes` is
 //!   `size`.
-//! - disk pressure: `store.collect_garbage(&ids_of_images_in_use, bytes_to_free)` in
+//! - disk pressure and image GC: `store.collect_garbage(&ids_in_use, bytes_to_free, min_age)` in
 //!   `spawn_blocking`; `store.disk_usage()` is the store's share of the disk.
 //! - container removal: `unmount_rootfs(&container_dir)`, then remove the directory.
 //!

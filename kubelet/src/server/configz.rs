@@ -26,6 +26,9 @@ pub fn document(config: &KubeletConfig, port: u16, max_pods: u32) -> Value {
             "clusterDomain": config.cluster_domain,
             "maxPods": max_pods,
             "containerLogMaxSize": format!("{}", config.container_log_max_size),
+            "imageGCHighThresholdPercent": config.image_gc.high_threshold_percent,
+            "imageGCLowThresholdPercent": config.image_gc.low_threshold_percent,
+            "imageMinimumGCAge": go_duration(config.image_gc.min_age),
             "authentication": {
                 "anonymous": {"enabled": false},
                 "x509": {},
