@@ -49,6 +49,10 @@ struct WriteRequest {
 /// Most writes one transaction carries.
 const MAX_BATCH: usize = 512;
 
+/// redb's page cache. Its default, 1 GiB, keeps every page written (the log included) until it
+/// is full, so the server's memory grew with each write; the kernel caches the file anyway.
+const CACHE_BYTES: usize = 32 << 20;
+
 /// The database, shared by the writer thread and the readers; taken alone only to give the
 /// file's free space back (redb's compaction wants no transaction open meanwhile).
 type SharedDb = Arc<RwLock<Database>>;
@@ -89,12 +93,15 @@ pub struct EmbeddedStore {
 impl EmbeddedStore {
     /// Opens (or creates) the store file at `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                StoreError::InUse(path.display().to_string())
-            }
-            e => backend(e),
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    StoreError::InUse(path.display().to_string())
+                }
+                e => backend(e),
+            })?;
         let txn = db.begin_write().map_err(backend)?;
         let compacted;
         {
@@ -943,6 +950,38 @@ mod tests {
         drop(s);
         let s = EmbeddedStore::open(&path).unwrap();
         assert_eq!(s.range("/registry/", None, 0).await.unwrap().kvs.len(), 2);
+    }
+
+    /// The process's resident memory, in MiB.
+    fn rss_mib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib / 1024
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_do_not_grow_memory_past_the_page_cache() {
+        let (_d, s) = open();
+        let value = vec![7u8; 1024 * 1024];
+        let mut rev = s.create("/big", value.clone()).await.unwrap().mod_revision;
+        let start = rss_mib();
+        // 300 MiB into the file: the value and, in the log, each write with its previous value.
+        for _ in 0..150 {
+            rev = s
+                .update("/big", value.clone(), rev)
+                .await
+                .unwrap()
+                .mod_revision;
+        }
+        let grown = rss_mib().saturating_sub(start);
+        assert!(
+            grown < 150,
+            "the process grew by {grown} MiB for a 1 MiB value"
+        );
     }
 
     #[test]

@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
-use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams, WatchParams};
+use kube::core::Request;
 use kube::{Api, Client};
 
 use super::api::{BenchError, Row, concurrently, namespace, row};
@@ -28,12 +29,18 @@ pub struct SoakConfig {
     pub server_binary: PathBuf,
 }
 
-/// The server's memory at one moment, in KiB.
+/// The server's memory at one moment, in KiB, with the machine's load and the CPU time the
+/// server and this bench process have used so far (both share the machine's cores: a bench
+/// process using most of a core distorts delivery latency).
 #[derive(Debug, Clone)]
 pub struct Memory {
     pub when: &'static str,
     pub rss_kib: u64,
     pub peak_kib: u64,
+    /// The 1-minute load average.
+    pub load: f64,
+    pub server_cpu: Duration,
+    pub bench_cpu: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -91,10 +98,17 @@ impl ServerProcess {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
                 .unwrap_or(0)
         };
+        let load = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
         Memory {
             when,
             rss_kib: field("VmRSS:"),
             peak_kib: field("VmHWM:"),
+            load,
+            server_cpu: cpu_time(&self.child.id().to_string()),
+            bench_cpu: cpu_time("self"),
         }
     }
 }
@@ -105,6 +119,23 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// User and system CPU time of a process (`self` or a pid).
+fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command (which may hold spaces), from the third on: utime and stime
+    // are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
 }
 
 fn pod(i: usize, nodes: usize, shards: usize) -> Pod {
@@ -127,10 +158,33 @@ fn pod(i: usize, nodes: usize, shards: usize) -> Pod {
     }
 }
 
+/// The part of a watch line a watcher reads. The rest of the object is skipped unparsed: with a
+/// thousand watchers in this one process, decoding whole Pods would make the bench, not the
+/// server, the bottleneck of delivery.
+#[derive(serde::Deserialize)]
+struct Line {
+    #[serde(rename = "type")]
+    ty: String,
+    object: Head,
+}
+
+#[derive(serde::Deserialize)]
+struct Head {
+    #[serde(default)]
+    metadata: Meta,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Meta {
+    resource_version: Option<String>,
+    annotations: Option<std::collections::HashMap<String, String>>,
+}
+
 /// Follows one selection of pods until `stop`, recording how long each change took to arrive;
 /// reopens the watch (from the last resourceVersion read) whenever the server ends it.
 async fn follow(
-    api: Api<Pod>,
+    client: Client,
     params: WatchParams,
     mut rv: String,
     base: Instant,
@@ -138,32 +192,32 @@ async fn follow(
     latencies: Arc<Mutex<Vec<Duration>>>,
     rewatches: Arc<AtomicUsize>,
 ) {
+    let pods = Request::new(format!("/api/v1/namespaces/{NAMESPACE}/pods"));
+    let api: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     while !stop.load(Ordering::Relaxed) {
-        let stream = match api.watch(&params, &rv).await {
-            Ok(s) => s,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                // Too old a revision (or the server busy): start again from now.
-                if let Ok(l) = api.list_metadata(&ListParams::default().limit(1)).await {
-                    rv = l.metadata.resource_version.unwrap_or(rv);
-                }
-                continue;
-            }
+        let opened = match pods.watch(&params, &rv) {
+            Ok(req) => client.request_stream(req).await.ok(),
+            Err(_) => None,
         };
-        let mut stream = std::pin::pin!(stream);
-        while let Some(Ok(ev)) = stream.next().await {
-            let p = match ev {
-                WatchEvent::Modified(p) => p,
-                WatchEvent::Bookmark(b) => {
-                    rv = b.metadata.resource_version;
-                    continue;
-                }
-                WatchEvent::Added(p) | WatchEvent::Deleted(p) => p,
-                WatchEvent::Error(_) => break,
-            };
+        let Some(body) = opened else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Too old a revision (or the server busy): start again from now.
+            if let Ok(l) = api.list_metadata(&ListParams::default().limit(1)).await {
+                rv = l.metadata.resource_version.unwrap_or(rv);
+            }
+            continue;
+        };
+        let mut lines = std::pin::pin!(body.lines());
+        while let Some(Ok(line)) = lines.next().await {
             let now = base.elapsed();
-            if let Some(sent) = p
-                .metadata
+            let Ok(ev) = serde_json::from_str::<Line>(&line) else {
+                break;
+            };
+            if ev.ty == "ERROR" {
+                break;
+            }
+            let meta = ev.object.metadata;
+            if let Some(sent) = meta
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get(SENT))
@@ -175,7 +229,7 @@ async fn follow(
                     .unwrap_or_else(|p| p.into_inner())
                     .push(now.saturating_sub(sent));
             }
-            if let Some(v) = p.metadata.resource_version {
+            if let Some(v) = meta.resource_version {
                 rv = v;
             }
             if stop.load(Ordering::Relaxed) {
@@ -238,7 +292,7 @@ async fn measure(
         .chain((0..shards).map(|s| WatchParams::default().labels(&format!("shard={s}"))));
     for params in selections {
         watchers.push(tokio::spawn(follow(
-            api.clone(),
+            client.clone(),
             params.timeout(290),
             rv.clone(),
             base,
@@ -327,15 +381,18 @@ pub fn render(r: &SoakReport) -> String {
         r.delivered_events, r.expected_events, r.rewatches, r.write_errors
     ));
     out.push_str(&format!(
-        "{:<10} {:>12} {:>12}\n",
-        "server", "RSS MiB", "peak MiB"
+        "{:<10} {:>12} {:>12} {:>8} {:>14} {:>13}\n",
+        "server", "RSS MiB", "peak MiB", "load 1m", "server CPU s", "bench CPU s"
     ));
     for m in &r.memory {
         out.push_str(&format!(
-            "{:<10} {:>12.1} {:>12.1}\n",
+            "{:<10} {:>12.1} {:>12.1} {:>8.2} {:>14.1} {:>13.1}\n",
             m.when,
             m.rss_kib as f64 / 1024.0,
-            m.peak_kib as f64 / 1024.0
+            m.peak_kib as f64 / 1024.0,
+            m.load,
+            m.server_cpu.as_secs_f64(),
+            m.bench_cpu.as_secs_f64()
         ));
     }
     out
