@@ -300,14 +300,14 @@ spec:
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn service_endpoint_slices_follow_readiness() {
-    let (s, client, _h) = cluster().await;
+/// A Deployment `web` of `replicas` (rolling update) behind a Service `web` on its `http` port,
+/// rolled out.
+fn web_behind_a_service(s: &Server, replicas: u32) {
     let f = s.write(
         "web.yaml",
         &deployment(
             "web",
-            3,
+            replicas,
             "registry.invalid/web:1",
             "  strategy: {type: RollingUpdate}\n",
         ),
@@ -318,6 +318,12 @@ async fn service_endpoint_slices_follow_readiness() {
         "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n",
     );
     s.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_endpoint_slices_follow_readiness() {
+    let (s, client, _h) = cluster().await;
+    web_behind_a_service(&s, 3);
     let slice = |jsonpath: &str| {
         s.kubectl(&[
             "get",
@@ -519,21 +525,7 @@ async fn a_silent_nodes_pods_turn_not_ready_and_leave_the_ready_endpoints() {
         ],
     )
     .await;
-    let f = s.write(
-        "web.yaml",
-        &deployment(
-            "web",
-            2,
-            "registry.invalid/web:1",
-            "  strategy: {type: RollingUpdate}\n",
-        ),
-    );
-    s.kubectl(&["apply", "-f", common::path_str(&f)]);
-    s.kubectl_stdin(
-        &["apply", "-f", "-"],
-        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n",
-    );
-    s.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    web_behind_a_service(&s, 2);
     let endpoints = || {
         let mut e: Vec<String> = s
             .kubectl(&[
