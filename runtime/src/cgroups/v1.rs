@@ -5,12 +5,19 @@ use crate::fsutil::{read_trimmed, write_value};
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
 use std::path::Path;
 
-/// A new cpuset cgroup starts with empty cpus/mems and refuses tasks: copy the parent's.
+/// A new cpuset cgroup starts with empty cpus/mems and refuses tasks: copy the parent's. A
+/// parent that another runtime made a moment ago may not be filled in yet (containers created
+/// side by side share their parents): it is filled in first, up to the first ancestor that is.
 pub fn inherit_cpuset(dir: &Path) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("/"));
     for file in ["cpuset.cpus", "cpuset.mems"] {
         if read_trimmed(&dir.join(file))?.is_empty() {
-            write_value(&dir.join(file), &read_trimmed(&parent.join(file))?)?;
+            let mut value = read_trimmed(&parent.join(file))?;
+            if value.is_empty() {
+                inherit_cpuset(parent)?;
+                value = read_trimmed(&parent.join(file))?;
+            }
+            write_value(&dir.join(file), &value)?;
         }
     }
     Ok(())

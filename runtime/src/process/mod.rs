@@ -160,6 +160,15 @@ pub fn spawn(cfg: InitConfig, on_hooks: &mut dyn FnMut(Pid) -> Result<String>) -
     result.map(|_| pid)
 }
 
+/// Sends `msg` to the child; when the child is already gone, the reason it sent before it
+/// exited is the error (rather than the broken pipe).
+fn send_or_why(chan: &Channel, msg: &Msg) -> Result<()> {
+    chan.send(msg).map_err(|broken| match chan.recv() {
+        Ok(Some(Msg::Failed(why))) => Error::Other(why),
+        _ => broken,
+    })
+}
+
 fn drive(
     cfg: &InitConfig,
     pid: Pid,
@@ -205,7 +214,7 @@ fn drive(
             Err(e) => return Err(Error::Other(format!("process.oomScoreAdj {adj}: {e}"))),
         }
     }
-    chan.send(&Msg::Go)?;
+    send_or_why(chan, &Msg::Go)?;
     loop {
         match chan.recv()? {
             Some(Msg::Ready) => return Ok(()),
@@ -300,7 +309,7 @@ pub fn spawn_exec(cfg: ExecConfig) -> Result<Pid> {
     drop((child, v1_tasks));
     let pid = Pid::from_raw(pid);
     let result = (|| {
-        parent.send(&Msg::Go)?;
+        send_or_why(&parent, &Msg::Go)?;
         match parent.recv()? {
             Some(Msg::Ready) => Ok(()),
             Some(Msg::Failed(e)) => Err(Error::Other(e)),
