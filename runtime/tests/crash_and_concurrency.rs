@@ -100,6 +100,10 @@ fn delete_force_cleans_up_after_a_runtime_killed_mid_create() {
 fn concurrent_lifecycles_of_distinct_ids() {
     let runc = std::sync::Arc::new(Runc::new());
     let parent = format!("/skiff-test-{}", unique("conc"));
+    let _cleanup = SharedParents {
+        runc: runc.clone(),
+        parent: parent.clone(),
+    };
     let threads: Vec<_> = (0..8)
         .map(|i| {
             let runc = runc.clone();
@@ -130,9 +134,31 @@ fn concurrent_lifecycles_of_distinct_ids() {
     let leaves: Vec<_> = (0..8)
         .flat_map(|i| cgroup_dirs(&format!("{parent}/shared/conc-{i}")))
         .collect();
-    for dir in cgroup_dirs(&parent) {
-        let _ = std::fs::remove_dir(dir.join("shared"));
-        let _ = std::fs::remove_dir(dir);
-    }
     assert!(leaves.is_empty(), "{leaves:?}");
+}
+
+/// Removes what the concurrent test made, also when it fails: containers left in its runtime
+/// root, then every cgroup under its parent in every hierarchy.
+struct SharedParents {
+    runc: std::sync::Arc<Runc>,
+    parent: String,
+}
+
+impl Drop for SharedParents {
+    fn drop(&mut self) {
+        let listed = self.runc.run(&["list", "-q"]);
+        for id in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+            self.runc.run(&["delete", "--force", id]);
+        }
+        for dir in cgroup_dirs(&self.parent) {
+            let shared = dir.join("shared");
+            for leaf in std::fs::read_dir(&shared).into_iter().flatten().flatten() {
+                if leaf.path().is_dir() {
+                    let _ = std::fs::remove_dir(leaf.path());
+                }
+            }
+            let _ = std::fs::remove_dir(shared);
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
