@@ -78,6 +78,30 @@ impl CertificateStore {
         }
     }
 
+    /// Removes every pair of this store and its link (none kept), as for a node that joins
+    /// another cluster.
+    pub fn clear(&self) -> Result<(), StoreError> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Ok(());
+        };
+        let prefix = format!("{}-", self.prefix);
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                match std::fs::remove_file(entry.path()) {
+                    Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(StoreError::Io {
+                            what: "removing",
+                            path: entry.path(),
+                            source,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The link to the pair in use (whether or not one exists yet).
     pub fn current_path(&self) -> PathBuf {
         self.dir.join(format!("{}-current.pem", self.prefix))
@@ -198,5 +222,29 @@ mod tests {
         let store = CertificateStore::new(dir.path(), "kubelet-client");
         let (cert, key) = pair(1);
         assert!(!store.update(&cert, &key).unwrap().is_current());
+    }
+
+    #[test]
+    fn clearing_removes_this_stores_pairs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = CertificateStore::new(dir.path(), "kubelet-client");
+        let server = CertificateStore::new(dir.path(), "kubelet-server");
+        let (cert, key) = pair(90);
+        client.update(&cert, &key).unwrap();
+        server.update(&cert, &key).unwrap();
+        client.clear().unwrap();
+        assert!(client.current().is_none());
+        assert!(server.current().is_some());
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            left.iter().all(|n| n.starts_with("kubelet-server-")),
+            "{left:?}"
+        );
+        CertificateStore::new(&dir.path().join("missing"), "kubelet-client")
+            .clear()
+            .unwrap();
     }
 }

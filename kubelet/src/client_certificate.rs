@@ -35,8 +35,13 @@ pub struct ClientCertificateConfig {
 
 impl ClientCertificateConfig {
     fn store(&self) -> CertificateStore {
-        CertificateStore::new(&self.cert_dir, "kubelet-client")
+        client_store(&self.cert_dir)
     }
+}
+
+/// The store of the node's client certificates in `cert_dir` (`--cert-dir`).
+pub fn client_store(cert_dir: &Path) -> CertificateStore {
+    CertificateStore::new(cert_dir, "kubelet-client")
 }
 
 /// The TLS bootstrap: makes sure `--kubeconfig` holds a client identity that is valid now,

@@ -85,25 +85,13 @@ pub async fn ensure(
 /// Removes the kubeconfig and the kubelet's client certificates, which belong to another
 /// server or CA (or are missing), so that the kubelet asks this cluster for new ones.
 fn forget_other_cluster(files: &CredentialFiles) -> anyhow::Result<()> {
-    let remove = |path: &Path| match std::fs::remove_file(path) {
+    match std::fs::remove_file(&files.kubeconfig) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", path.display()))
+            return Err(e).with_context(|| format!("removing {}", files.kubeconfig.display()));
         }
-        _ => Ok(()),
-    };
-    remove(&files.kubeconfig)?;
-    let Ok(entries) = std::fs::read_dir(&files.cert_dir) else {
-        return Ok(());
-    };
-    for entry in entries.flatten() {
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with("kubelet-client")
-        {
-            remove(&entry.path())?;
-        }
+        _ => {}
     }
+    skiff_kubelet::client_certificate::client_store(&files.cert_dir).clear()?;
     Ok(())
 }
 
