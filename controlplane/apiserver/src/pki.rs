@@ -55,8 +55,12 @@ fn valid_for(p: &mut CertificateParams, lifetime: time::Duration) {
 /// The certificate's expiry, from the first PEM certificate in `path`; `None` when there is no
 /// readable certificate.
 pub fn expiry(path: &Path) -> Option<time::OffsetDateTime> {
-    let pem = fs::read(path).ok()?;
-    let (_, der) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    pem_expiry(&fs::read(path).ok()?)
+}
+
+/// The expiry of the first certificate in `pem`.
+fn pem_expiry(pem: &[u8]) -> Option<time::OffsetDateTime> {
+    let (_, der) = x509_parser::pem::parse_x509_pem(pem).ok()?;
     let cert = der.parse_x509().ok()?;
     Some(cert.validity().not_after.to_datetime())
 }
@@ -69,9 +73,7 @@ pub fn kubeconfig_expiry(kubeconfig: &str) -> Option<time::OffsetDateTime> {
     let pem = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .ok()?;
-    let (_, der) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
-    let cert = der.parse_x509().ok()?;
-    Some(cert.validity().not_after.to_datetime())
+    pem_expiry(&pem)
 }
 
 /// Whether the certificate at `path` is missing, unreadable or in its last fifth.
