@@ -194,9 +194,14 @@ enum Command {
         /// Soak: seconds of load.
         #[arg(long, default_value_t = 60)]
         duration: u64,
-        /// Soak: clients patching pods without pause.
+        /// Soak: clients patching pods.
         #[arg(long, default_value_t = 100)]
         writers: usize,
+        /// Soak: patches per second from all writers together, evenly paced (0: each writer
+        /// patches again as soon as its last patch is answered, which saturates the server and
+        /// measures its throughput; its latencies are then mostly queueing).
+        #[arg(long, default_value_t = 0)]
+        write_rate: u32,
         /// Soak: the `skiff` binary whose server is measured (default: this one), to compare
         /// builds.
         #[arg(long)]
@@ -564,6 +569,7 @@ fn main() -> anyhow::Result<()> {
             pods,
             duration,
             writers,
+            write_rate,
             server_binary,
             ..
         } => {
@@ -574,6 +580,7 @@ fn main() -> anyhow::Result<()> {
             let cfg = bench::soak::SoakConfig {
                 duration: Duration::from_secs(duration.max(1)),
                 writers,
+                write_rate,
                 watchers,
                 pods: pods.unwrap_or(10000),
                 server_binary,

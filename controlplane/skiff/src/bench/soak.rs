@@ -1,7 +1,8 @@
 //! `skiff bench --mode soak`: a server started as a process of its own (this binary, or another
 //! build given with `--server-binary` to compare against), loaded for a bounded time by writers
-//! patching pods while watchers follow them — half by `spec.nodeName` (as kubelets watch), half
-//! by a label — and measured from outside: write throughput and latency, event delivery latency
+//! patching pods (paced at `--write-rate`, or each as fast as it is answered) while watchers
+//! follow them — half by `spec.nodeName` (as kubelets watch), half by a label — and measured
+//! from outside: write throughput and latency, event delivery latency
 //! (from the write being sent to a watcher reading its event) and the server's resident memory
 //! (current and peak) at the start, the middle and the end of the load.
 
@@ -23,6 +24,8 @@ use super::api::{BenchError, Row, concurrently, namespace, row};
 pub struct SoakConfig {
     pub duration: Duration,
     pub writers: usize,
+    /// Patches per second from all writers together; 0 for as fast as answered.
+    pub write_rate: u32,
     pub watchers: usize,
     pub pods: usize,
     /// The `skiff` binary whose `server` is measured.
@@ -310,11 +313,24 @@ async fn measure(
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..writers {
+    // Paced writers take turns: writer k starts k/rate seconds in, then writes every
+    // writers/rate seconds; a writer whose patch outlasts its period skips the missed turns.
+    let period = (cfg.write_rate > 0)
+        .then(|| Duration::from_secs_f64(writers as f64 / f64::from(cfg.write_rate)));
+    for k in 0..writers {
         let (api, next, errors) = (api.clone(), next.clone(), write_errors.clone());
+        let mut pace = period.map(|p| {
+            let first = tokio::time::Instant::now() + p.mul_f64(k as f64 / writers as f64);
+            let mut pace = tokio::time::interval_at(first, p);
+            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            pace
+        });
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             while Instant::now() < deadline {
+                if let Some(pace) = pace.as_mut() {
+                    pace.tick().await;
+                }
                 let i = next.fetch_add(1, Ordering::Relaxed) % pods;
                 let sent = base.elapsed().as_nanos().to_string();
                 let patch = serde_json::json!({"metadata": {"annotations": {SENT: sent}}});
@@ -352,8 +368,12 @@ async fn measure(
         w.abort();
     }
     let written = writes.len();
+    let pace = match cfg.write_rate {
+        0 => "unpaced".to_string(),
+        r => format!("{r}/s"),
+    };
     rows.push(row(
-        format!("patch a pod ({writers} writers)"),
+        format!("patch a pod ({writers} writers, {pace})"),
         writes,
         wall,
     ));
