@@ -36,6 +36,7 @@ mod layer;
 pub mod oci_archive;
 mod pull;
 mod records;
+mod reference;
 mod rootfs;
 mod spec;
 mod store;
@@ -54,12 +55,10 @@ pub fn normalize_reference(reference: &str) -> Result<String, ImageError> {
 }
 
 pub(crate) fn parse_reference(reference: &str) -> Result<oci_client::Reference, ImageError> {
-    reference
-        .parse::<oci_client::Reference>()
-        .map_err(|e| ImageError::InvalidReference {
-            reference: reference.to_string(),
-            reason: e.to_string(),
-        })
+    reference::parse(reference).map_err(|reason| ImageError::InvalidReference {
+        reference: reference.to_string(),
+        reason,
+    })
 }
 
 /// `registry/repository` of a normalised reference (its tag and digest dropped).
