@@ -83,11 +83,11 @@ impl Workers {
             tx.send_replace(Some(pod));
             return;
         }
-        let rejection = if terminal(&pod) || pod.metadata.deletion_timestamp.is_some() {
-            None
-        } else {
-            self.admit(&pod).await
-        };
+        let active = !terminal(&pod) && pod.metadata.deletion_timestamp.is_none();
+        let rejection = if active { self.admit(&pod).await } else { None };
+        if active && rejection.is_none() {
+            self.reserve_burstable(&uid, &pod);
+        }
         if let Some(r) = &rejection {
             self.rejected.insert(uid.clone());
             tracing::info!(pod = %uid, reason = %r.reason, "pod rejected: {}", r.message);
@@ -97,6 +97,25 @@ impl Workers {
                 .await;
         }
         self.spawn(uid, Some(pod), rejection);
+    }
+
+    /// An admitted Burstable pod's cpu request counts in its QoS tier's weight from now on, as
+    /// the kubelet updates its QoS cgroups for a pod before making the pod's cgroup.
+    fn reserve_burstable(&self, uid: &str, pod: &Pod) {
+        let spec = pod.spec.clone().unwrap_or_default();
+        if skiff_k8s::qos::qos_class(&spec) != skiff_k8s::qos::QosClass::Burstable {
+            return;
+        }
+        let request = skiff_k8s::qos::pod_resources(&spec)
+            .cpu_request
+            .unwrap_or(0);
+        let k = &self.k;
+        if let Err(e) = k
+            .burstable
+            .set(&k.cgroups, &k.config.cgroup_root, uid, Some(request))
+        {
+            tracing::warn!("burstable tier: {e}");
+        }
     }
 
     /// Admission against the node's pressure, its current record and the pods admitted so far
@@ -333,6 +352,10 @@ pub async fn run_until(
         gc_policy.period,
     );
     image_gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let qos_period = workers.k.config.qos_update_period;
+    let mut qos_update =
+        tokio::time::interval_at(tokio::time::Instant::now() + qos_period, qos_period);
+    qos_update.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let api: Api<Pod> = Api::all(client);
     let selector = format!("spec.nodeName={node}");
     let mut events = watcher(api, watcher::Config::default().fields(&selector))
@@ -364,6 +387,13 @@ pub async fn run_until(
             }
             _ = image_gc.tick(), if gc_policy.enabled() => {
                 workers.collect_images();
+                continue;
+            }
+            _ = qos_update.tick() => {
+                let k = &workers.k;
+                if let Err(e) = k.burstable.reapply(&k.cgroups, &k.config.cgroup_root) {
+                    tracing::warn!("QoS tiers: {e}");
+                }
                 continue;
             }
         };
