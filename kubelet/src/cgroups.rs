@@ -540,7 +540,10 @@ mod tests {
         };
         let tier = BurstableTier::default();
         tier.set(&v2, "/kubepods", "a", Some(1000)).unwrap();
-        let weight = std::fs::read_to_string(v2dir.path().join("kubepods/burstable/cpu.weight"));
-        assert_eq!(weight.unwrap(), "39");
+        let weight = || std::fs::read_to_string(v2dir.path().join("kubepods/burstable/cpu.weight"));
+        assert_eq!(weight().unwrap(), "39");
+        std::fs::write(v2dir.path().join("kubepods/burstable/cpu.weight"), "100\n").unwrap();
+        tier.reapply(&v2, "/kubepods").unwrap();
+        assert_eq!(weight().unwrap(), "39");
     }
 }
