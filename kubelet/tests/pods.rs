@@ -398,7 +398,7 @@ spec:
 #[test]
 fn burstable_tier_cpu_shares_follow_its_pods_requests() {
     // The kubelet's minute between QoS tier updates, shortened (a hidden flag).
-    let node = Node::start_with(&["--qos-update-period", "2s"]);
+    let mut node = Node::start_with(&["--qos-update-period", "2s"]);
     let shares = Path::new("/sys/fs/cgroup/cpu")
         .join(node.cgroup_root.trim_start_matches('/'))
         .join("burstable/cpu.shares");
@@ -464,6 +464,15 @@ fn burstable_tier_cpu_shares_follow_its_pods_requests() {
         edited.elapsed()
     );
     assert!(node.kubelet_log().contains("QoS tier cpu weight put back"));
+    // A kubelet killed and started again counts the pod it adopts.
+    node.kill9_kubelet();
+    std::fs::write(&shares, "4096").expect("writing cpu.shares");
+    node.start_kubelet();
+    node.wait_for(
+        "cpu.shares 512 after a restart",
+        Duration::from_secs(20),
+        |_| read() == "512",
+    );
     node.kubectl(&["delete", "pod", "large", "--wait=true", "--timeout=30s"]);
     node.wait_for("cpu.shares 2", Duration::from_secs(10), |_| read() == "2");
 }
