@@ -266,7 +266,7 @@ impl BurstableTier {
     pub fn reapply(&self, mounts: &CgroupMounts, root: &str) -> Result<(), CgroupError> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let burstable = state.shares();
-        for (tier, shares) in [("burstable", burstable), ("besteffort", 2)] {
+        for (tier, shares) in [("burstable", burstable), ("besteffort", cpu_shares(None))] {
             let Some((file, value)) = tier_weight(mounts, root, tier, shares) else {
                 continue;
             };
