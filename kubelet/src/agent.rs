@@ -135,6 +135,10 @@ pub struct AgentArgs {
     /// How often the image filesystem's usage is checked (fixed at five minutes in the kubelet).
     #[arg(long, default_value = "5m", value_parser = crate::eviction::parse_duration)]
     pub image_gc_period: std::time::Duration,
+    /// How often the QoS tiers' cpu weights are put back: fixed at one minute in the kubelet,
+    /// so hidden; tests shorten it.
+    #[arg(long, hide = true, default_value = "1m", value_parser = crate::eviction::parse_duration)]
+    pub qos_update_period: std::time::Duration,
 }
 
 /// Finds `name` next to the running kubelet, then on PATH.
@@ -293,6 +297,7 @@ pub async fn run_until(
         volume_sync_period: std::time::Duration::from_secs(args.volume_sync_seconds.max(1)),
         pod_manifest_path: args.pod_manifest_path.clone(),
         image_gc,
+        qos_update_period: args.qos_update_period.max(Duration::from_millis(100)),
     };
     let serving = args.rotate_server_certificates.then(|| {
         let serving_config = crate::serving_certificate::ServingConfig {

@@ -189,8 +189,11 @@ pub fn ensure_pod_cgroup(
 
 /// The Burstable tier's cpu weight, as the kubelet's QoS container manager keeps it: cpu.shares
 /// from the sum of the active Burstable pods' cpu requests (millicores → shares, 2 at least) on
-/// v1, the matching cpu.weight on v2, written whenever that changes as Burstable pods come and
-/// go. (BestEffort's tier always has the minimum; Guaranteed pods sit under the root.)
+/// v1, the matching cpu.weight on v2. Written when that sum changes (a Burstable pod admitted,
+/// its cgroup made or removed) and put back by [`BurstableTier::reapply`], which the pod manager
+/// calls periodically (the kubelet's one minute) so that a stale or hand-edited value does not
+/// last. (BestEffort's tier always has the minimum, put back the same way; Guaranteed pods sit
+/// under the root.)
 #[derive(Debug, Default)]
 pub struct BurstableTier {
     state: Mutex<TierState>,
@@ -204,10 +207,31 @@ struct TierState {
     written: Option<u64>,
 }
 
+/// The tier's cpu weight file and its value for `shares` (v2: cpu.weight, v1: cpu.shares);
+/// `None` without a cpu hierarchy or before the tier exists (it is made with its first pod's
+/// cgroup).
+fn tier_weight(
+    mounts: &CgroupMounts,
+    root: &str,
+    tier: &str,
+    shares: u64,
+) -> Option<(PathBuf, u64)> {
+    let tier = format!("{}/{tier}", root.trim_matches('/'));
+    let (file, value) = match (&mounts.v2, mounts.v1_dir("cpu")) {
+        (Some(v2), _) if mounts.unified() => {
+            (v2.join(&tier).join("cpu.weight"), cpu_weight(shares))
+        }
+        (_, Some(cpu)) => (cpu.join(&tier).join("cpu.shares"), shares),
+        _ => return None,
+    };
+    file.parent()
+        .is_some_and(Path::exists)
+        .then_some((file, value))
+}
+
 impl BurstableTier {
     /// Records the cpu request of the Burstable pod `uid` (`None`: it finished or is gone) and
-    /// writes the tier's weight if it changed. The tier is written only once it exists (made
-    /// with the first Burstable pod's cgroup).
+    /// writes the tier's weight if it changed.
     pub fn set(
         &self,
         mounts: &CgroupMounts,
@@ -220,22 +244,13 @@ impl BurstableTier {
             Some(milli) => state.requests.insert(uid.to_string(), milli),
             None => state.requests.remove(uid),
         };
-        let total: i128 = state.requests.values().sum();
-        let shares = cpu_shares(Some(total));
+        let shares = state.shares();
         if state.written == Some(shares) {
             return Ok(());
         }
-        let tier = format!("{}/burstable", root.trim_matches('/'));
-        let (file, value) = match (&mounts.v2, mounts.v1_dir("cpu")) {
-            (Some(v2), _) if mounts.unified() => {
-                (v2.join(&tier).join("cpu.weight"), cpu_weight(shares))
-            }
-            (_, Some(cpu)) => (cpu.join(&tier).join("cpu.shares"), shares),
-            _ => return Ok(()),
-        };
-        if !file.parent().is_some_and(Path::exists) {
+        let Some((file, value)) = tier_weight(mounts, root, "burstable", shares) else {
             return Ok(());
-        }
+        };
         write(&file, &value.to_string())?;
         tracing::debug!(
             shares,
@@ -244,6 +259,38 @@ impl BurstableTier {
         );
         state.written = Some(shares);
         Ok(())
+    }
+
+    /// Puts the Burstable and BestEffort tiers' weights back where they differ from what they
+    /// should be (someone wrote the file, or a write was lost).
+    pub fn reapply(&self, mounts: &CgroupMounts, root: &str) -> Result<(), CgroupError> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let burstable = state.shares();
+        for (tier, shares) in [("burstable", burstable), ("besteffort", cpu_shares(None))] {
+            let Some((file, value)) = tier_weight(mounts, root, tier, shares) else {
+                continue;
+            };
+            let found = std::fs::read_to_string(&file).unwrap_or_default();
+            if found.trim() != value.to_string() {
+                tracing::info!(
+                    file = %file.display(),
+                    found = found.trim(),
+                    value,
+                    "QoS tier cpu weight put back"
+                );
+                write(&file, &value.to_string())?;
+            }
+            if tier == "burstable" {
+                state.written = Some(burstable);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TierState {
+    fn shares(&self) -> u64 {
+        cpu_shares(Some(self.requests.values().sum()))
     }
 }
 
@@ -469,6 +516,17 @@ mod tests {
         assert_eq!(shares().unwrap(), "768");
         tier.set(&v1, "/kubepods", "a", None).unwrap();
         assert_eq!(shares().unwrap(), "512");
+        // A hand-edited value (and BestEffort's) is put back by the periodic pass only.
+        let best_effort = cpu.path().join("kubepods/besteffort");
+        std::fs::create_dir_all(&best_effort).unwrap();
+        std::fs::write(cpu.path().join("kubepods/burstable/cpu.shares"), "1000").unwrap();
+        std::fs::write(best_effort.join("cpu.shares"), "50").unwrap();
+        tier.set(&v1, "/kubepods", "b", Some(500)).unwrap();
+        assert_eq!(shares().unwrap(), "1000");
+        tier.reapply(&v1, "/kubepods").unwrap();
+        assert_eq!(shares().unwrap(), "512");
+        let best_effort_shares = std::fs::read_to_string(best_effort.join("cpu.shares"));
+        assert_eq!(best_effort_shares.unwrap(), "2");
         // A Burstable pod requesting no cpu (only memory), then none left: the minimum.
         tier.set(&v1, "/kubepods", "b", None).unwrap();
         tier.set(&v1, "/kubepods", "c", Some(0)).unwrap();
@@ -482,7 +540,10 @@ mod tests {
         };
         let tier = BurstableTier::default();
         tier.set(&v2, "/kubepods", "a", Some(1000)).unwrap();
-        let weight = std::fs::read_to_string(v2dir.path().join("kubepods/burstable/cpu.weight"));
-        assert_eq!(weight.unwrap(), "39");
+        let weight = || std::fs::read_to_string(v2dir.path().join("kubepods/burstable/cpu.weight"));
+        assert_eq!(weight().unwrap(), "39");
+        std::fs::write(v2dir.path().join("kubepods/burstable/cpu.weight"), "100\n").unwrap();
+        tier.reapply(&v2, "/kubepods").unwrap();
+        assert_eq!(weight().unwrap(), "39");
     }
 }

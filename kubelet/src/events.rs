@@ -1,8 +1,9 @@
 //! Events about pods as the kubelet writes them (core/v1 Events with source `kubelet` and the
-//! node as host): Pulling, Pulled, Created, Started, Killing, BackOff, Failed. A repeat of the
-//! same event for the same object bumps its count instead of making a new one. Events are written
-//! in the background, as the kubelet's event broadcaster does: a pod's start does not wait for
-//! the API to take its Pulled, Created and Started events.
+//! node as host): Pulling, Pulled, Created, Started, Killing, BackOff, Failed; and about the node
+//! itself (FreeDiskSpaceFailed, ImageGCFailed). A repeat of the same event for the same object
+//! bumps its count instead of making a new one. Events are written in the background, as the
+//! kubelet's event broadcaster does: a pod's start does not wait for the API to take its Pulled,
+//! Created and Started events.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,7 @@ use chrono::Utc;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
@@ -19,7 +20,7 @@ pub enum EventType {
     Warning,
 }
 
-/// An event's identity for folding repeats: (pod uid, field path, reason, message).
+/// An event's identity for folding repeats: (object uid, field path, reason, message).
 type EventKey = (String, String, String, String);
 
 pub struct Recorder {
@@ -50,22 +51,39 @@ impl Recorder {
     ) {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let field_path = container
-            .map(|(name, init)| {
-                if init {
-                    format!("spec.initContainers{{{name}}}")
-                } else {
-                    format!("spec.containers{{{name}}}")
-                }
-            })
-            .unwrap_or_default();
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let mut involved = json!({
+            "apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": pod_name, "uid": uid,
+        });
+        if let Some((name, init)) = container {
+            involved["fieldPath"] = json!(if init {
+                format!("spec.initContainers{{{name}}}")
+            } else {
+                format!("spec.containers{{{name}}}")
+            });
+        }
+        self.emit(&ns, involved, kind, reason, message);
+    }
+
+    /// Records an event about the node itself, as the kubelet's node reference names it (kind
+    /// Node, the node's name as its uid too, which `kubectl describe node` looks for), in the
+    /// default namespace; written in the background.
+    pub fn record_node(&self, kind: EventType, reason: &str, message: &str) {
+        let involved = json!({"kind": "Node", "name": self.node, "uid": self.node});
+        self.emit("default", involved, kind, reason, message);
+    }
+
+    /// Writes an event about `involved` (its name and uid set, a field path maybe) in `ns`, or
+    /// bumps the count of the same one written before.
+    fn emit(&self, ns: &str, involved: Value, kind: EventType, reason: &str, message: &str) {
+        let text = |field: &str| involved[field].as_str().unwrap_or_default().to_string();
         let key = (
-            uid.clone(),
-            field_path.clone(),
+            text("uid"),
+            text("fieldPath"),
             reason.to_string(),
             message.to_string(),
         );
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
         let now = Utc::now();
         let seen = self.seen.clone();
         let repeat = {
@@ -78,17 +96,11 @@ impl Recorder {
                 None => None,
             }
         };
-        let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let name = format!(
-            "{pod_name}.{:x}",
+            "{}.{:x}",
+            text("name"),
             now.timestamp_nanos_opt().unwrap_or_default()
         );
-        let mut involved = json!({
-            "apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": pod_name, "uid": uid,
-        });
-        if !field_path.is_empty() {
-            involved["fieldPath"] = json!(field_path);
-        }
         let event: Event = serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": ns},
             "involvedObject": involved,
@@ -143,7 +155,7 @@ async fn write(
             seen.lock().expect("event cache").insert(key, (name, 1));
         }
         Err(e) => tracing::warn!(
-            pod = ?event.involved_object.name,
+            object = ?event.involved_object.name,
             reason = ?event.reason,
             "event not recorded: {e}"
         ),

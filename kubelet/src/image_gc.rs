@@ -4,6 +4,10 @@
 //! and no container on the node uses are removed, least recently used first, until usage is down
 //! to `--image-gc-low-threshold` percent. Images that came in less than
 //! `--minimum-image-ttl-duration` ago are kept. A high threshold of 100 turns collection off.
+//!
+//! A collection that cannot get below the low threshold fails with the kubelet's message, which
+//! the pod manager also writes as a `FreeDiskSpaceFailed` event on the Node (and, from the second
+//! failed collection in a row, `ImageGCFailed`, as the kubelet's garbage collection loop does).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -13,7 +17,20 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::containers;
-use crate::image::{GcReport, ImageError, ImageStore};
+use crate::image::{ImageError, ImageStore};
+
+/// Why a collection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    /// Past the high threshold, the unused images were too few to get below the low one (the
+    /// kubelet's words, which its FreeDiskSpaceFailed event carries).
+    #[error(
+        "Failed to garbage collect required amount of images. Attempted to free {attempted} bytes, but only found {freed} bytes eligible to free."
+    )]
+    NotEnoughFreed { attempted: u64, freed: u64 },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+}
 
 /// When and how far unused images are collected.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,14 +89,13 @@ impl ImageGcPolicy {
 
 /// One collection: reads the usage of the image filesystem and, past the high threshold,
 /// removes unused images. `pods` are the pods on the node; their images and those of every
-/// container on disk (in `run_dir`) are in use. Returns what was removed, `None` when usage is
-/// below the high threshold. Blocking.
+/// container on disk (in `run_dir`) are in use. Blocking.
 pub fn collect(
     policy: &ImageGcPolicy,
     images: &ImageStore,
     run_dir: &Path,
     pods: &[Arc<Pod>],
-) -> Result<Option<GcReport>, ImageError> {
+) -> Result<(), GcError> {
     let fs = nix::sys::statvfs::statvfs(images.dir()).map_err(|e| ImageError::Io {
         context: format!("statvfs of {}", images.dir().display()),
         source: e.into(),
@@ -87,7 +103,7 @@ pub fn collect(
     let frag = fs.fragment_size();
     let (available, capacity) = (fs.blocks_available() * frag, fs.blocks() * frag);
     let Some(needed) = policy.amount_to_free(available, capacity) else {
-        return Ok(None);
+        return Ok(());
     };
     tracing::info!(
         usage = 100 - available * 100 / capacity,
@@ -98,13 +114,16 @@ pub fn collect(
     );
     let in_use = images_in_use(images, run_dir, pods);
     let report = images.collect_garbage(&in_use, needed, policy.min_age)?;
-    if report.freed_bytes < needed {
-        tracing::warn!(
-            "failed to garbage collect the required amount of images: attempted to free {needed} bytes, but only found {} bytes eligible to free",
-            report.freed_bytes
-        );
+    if !report.removed.is_empty() {
+        tracing::info!(removed = ?report.removed, freed = report.freed_bytes, "unused images collected");
     }
-    Ok(Some(report))
+    if report.freed_bytes < needed {
+        return Err(GcError::NotEnoughFreed {
+            attempted: needed,
+            freed: report.freed_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// The ids of the images the pods' containers name and those of the containers on disk.

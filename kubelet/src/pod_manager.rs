@@ -46,8 +46,8 @@ struct Workers {
     eviction: EvictionManager,
     /// The node's pressure conditions (pods are not admitted under some of them).
     pressure: watch::Receiver<Pressure>,
-    /// The image garbage collection under way, if any.
-    image_gc: Option<tokio::task::JoinHandle<()>>,
+    /// The last image garbage collection (it may still run); it yields whether it failed.
+    image_gc: Option<tokio::task::JoinHandle<bool>>,
 }
 
 /// Whether the API already reports the pod finished.
@@ -83,11 +83,11 @@ impl Workers {
             tx.send_replace(Some(pod));
             return;
         }
-        let rejection = if terminal(&pod) || pod.metadata.deletion_timestamp.is_some() {
-            None
-        } else {
-            self.admit(&pod).await
-        };
+        let active = !terminal(&pod) && pod.metadata.deletion_timestamp.is_none();
+        let rejection = if active { self.admit(&pod).await } else { None };
+        if active && rejection.is_none() {
+            self.reserve_burstable(&uid, &pod);
+        }
         if let Some(r) = &rejection {
             self.rejected.insert(uid.clone());
             tracing::info!(pod = %uid, reason = %r.reason, "pod rejected: {}", r.message);
@@ -97,6 +97,25 @@ impl Workers {
                 .await;
         }
         self.spawn(uid, Some(pod), rejection);
+    }
+
+    /// An admitted Burstable pod's cpu request counts in its QoS tier's weight from now on, as
+    /// the kubelet updates its QoS cgroups for a pod before making the pod's cgroup.
+    fn reserve_burstable(&self, uid: &str, pod: &Pod) {
+        let spec = pod.spec.clone().unwrap_or_default();
+        if skiff_k8s::qos::qos_class(&spec) != skiff_k8s::qos::QosClass::Burstable {
+            return;
+        }
+        let request = skiff_k8s::qos::pod_resources(&spec)
+            .cpu_request
+            .unwrap_or(0);
+        let k = &self.k;
+        if let Err(e) = k
+            .burstable
+            .set(&k.cgroups, &k.config.cgroup_root, uid, Some(request))
+        {
+            tracing::warn!("burstable tier: {e}");
+        }
     }
 
     /// Admission against the node's pressure, its current record and the pods admitted so far
@@ -202,26 +221,54 @@ impl Workers {
 
     /// One image garbage collection period: unless the last collection still runs (it waits
     /// for running pulls), one starts in the background; the images of the pods the workers
-    /// hold and of the containers on disk are in use.
-    fn collect_images(&mut self) {
+    /// hold and of the containers on disk are in use. A failure is a Warning event on the Node:
+    /// FreeDiskSpaceFailed when the unused images were not enough, and ImageGCFailed when the
+    /// collection before failed too (the kubelet's events, so at most one of each per period).
+    async fn collect_images(&mut self) {
         if self.image_gc.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
         }
+        let failed_before = match self.image_gc.take() {
+            Some(last) => last.await.unwrap_or(true),
+            None => false,
+        };
         let pods: Vec<Arc<Pod>> = self
             .running
             .values()
             .filter_map(|tx| tx.borrow().clone())
             .collect();
         let k = self.k.clone();
-        self.image_gc = Some(tokio::task::spawn_blocking(move || {
-            let config = &k.config;
-            match crate::image_gc::collect(&config.image_gc, &k.images, &config.run_dir, &pods) {
-                Ok(Some(r)) => {
-                    tracing::info!(removed = ?r.removed, freed = r.freed_bytes, "unused images collected");
+        self.image_gc = Some(tokio::spawn(async move {
+            let collect = {
+                let k = k.clone();
+                move || {
+                    let config = &k.config;
+                    crate::image_gc::collect(&config.image_gc, &k.images, &config.run_dir, &pods)
                 }
-                Ok(None) => {}
-                Err(e) => tracing::warn!("image garbage collection: {e}"),
+            };
+            let e = match tokio::task::spawn_blocking(collect).await {
+                Ok(Ok(())) => return false,
+                Ok(Err(e)) => e,
+                Err(e) => {
+                    tracing::warn!("image garbage collection: {e}");
+                    return true;
+                }
+            };
+            let message = e.to_string();
+            if matches!(e, crate::image_gc::GcError::NotEnoughFreed { .. }) {
+                k.events
+                    .record_node(EventType::Warning, "FreeDiskSpaceFailed", &message);
             }
+            if failed_before {
+                tracing::warn!(
+                    "image garbage collection failed multiple times in a row: {message}"
+                );
+                k.events
+                    .record_node(EventType::Warning, "ImageGCFailed", &message);
+            } else {
+                tracing::warn!("image garbage collection failed: {message}");
+            }
+            true
         }));
     }
 
@@ -333,6 +380,10 @@ pub async fn run_until(
         gc_policy.period,
     );
     image_gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let qos_period = workers.k.config.qos_update_period;
+    let mut qos_update =
+        tokio::time::interval_at(tokio::time::Instant::now() + qos_period, qos_period);
+    qos_update.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let api: Api<Pod> = Api::all(client);
     let selector = format!("spec.nodeName={node}");
     let mut events = watcher(api, watcher::Config::default().fields(&selector))
@@ -363,7 +414,14 @@ pub async fn run_until(
                 continue;
             }
             _ = image_gc.tick(), if gc_policy.enabled() => {
-                workers.collect_images();
+                workers.collect_images().await;
+                continue;
+            }
+            _ = qos_update.tick() => {
+                let k = &workers.k;
+                if let Err(e) = k.burstable.reapply(&k.cgroups, &k.config.cgroup_root) {
+                    tracing::warn!("QoS tiers: {e}");
+                }
                 continue;
             }
         };

@@ -75,6 +75,8 @@ pub struct KubeletConfig {
     pub pod_manifest_path: Option<PathBuf>,
     /// When unused images are collected.
     pub image_gc: crate::image_gc::ImageGcPolicy,
+    /// How often the QoS tiers' cpu weights are put back (the kubelet's fixed minute).
+    pub qos_update_period: Duration,
 }
 
 /// What every worker shares: the client, the runtime and the managers.

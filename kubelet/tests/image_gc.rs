@@ -3,7 +3,9 @@
 //! file pushes usage past `--image-gc-high-threshold`, the kubelet removes unused images, least
 //! recently used first, just enough to get below `--image-gc-low-threshold`; the images the pods
 //! use are kept although they were used longer ago. With `--image-gc-high-threshold 100` nothing
-//! is collected even on a nearly full disk.
+//! is collected even on a nearly full disk. When the unused images cannot bring usage below the
+//! low threshold (here: every image is used by a running pod), the Node gets the kubelet's
+//! Warning events, FreeDiskSpaceFailed once per period and ImageGCFailed from the second failure.
 
 mod common;
 
@@ -12,6 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Node, busybox_pod};
+use serde_json::Value;
 use skiff_kubelet::image::ImageStore;
 use skiff_kubelet::image::busybox::{BusyboxImage, ExtraFile};
 
@@ -30,8 +33,12 @@ fn usage(dir: &Path) -> (u64, u64) {
 
 /// Imports `<name>:1`, busybox with 10 MiB of its own.
 fn import(root: &Path, name: &str) {
-    let archive =
-        std::env::temp_dir().join(format!("skiff-image-gc-{name}-{}.tar", std::process::id()));
+    // Beside the root (in the node's own directory): tests running side by side import the
+    // same names.
+    let archive = root
+        .parent()
+        .expect("the node's directory")
+        .join(format!("{name}.tar"));
     BusyboxImage {
         extra_files: vec![ExtraFile {
             path: format!("/{name}.bin"),
@@ -163,5 +170,140 @@ fn unused_images_are_collected_least_recently_used_first_down_to_the_low_thresho
         node.kubelet_log().matches(OVER_HIGH).count(),
         collections,
         "image garbage collection ran with --image-gc-high-threshold 100"
+    );
+}
+
+/// The Node's events with `reason`, as `kubectl get events -A` lists them.
+fn node_events(node: &Node, reason: &str) -> Vec<Value> {
+    let selector = format!(
+        "involvedObject.kind=Node,involvedObject.name={},reason={reason}",
+        node.name
+    );
+    let list = node
+        .get_json(&["events", "-A", "--field-selector", &selector])
+        .unwrap_or_default();
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// How many times the events were recorded (repeats fold into one event's count).
+fn total_count(events: &[Value]) -> u64 {
+    events
+        .iter()
+        .map(|e| e["count"].as_u64().unwrap_or(1))
+        .sum()
+}
+
+#[test]
+fn images_in_use_cannot_be_freed_and_the_node_gets_free_disk_space_failed_events() {
+    let high = HIGH.to_string();
+    let low = LOW.to_string();
+    let period = Duration::from_secs(2);
+    let node = Node::start_with_root(
+        &[
+            "--eviction-hard",
+            "memory.available<100Mi",
+            "--image-gc-high-threshold",
+            &high,
+            "--image-gc-low-threshold",
+            &low,
+            "--image-gc-period",
+            "2s",
+            "--minimum-image-ttl-duration",
+            "0s",
+        ],
+        |root| {
+            let ok = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=128m", "skiff-image-gc-test"])
+                .arg(root)
+                .status()
+                .expect("mount");
+            assert!(ok.success(), "mounting a tmpfs on {}", root.display());
+            import(root, "a");
+        },
+    );
+    let root = node.root_dir();
+    // Both images on the node are held by running pods: none is eligible.
+    node.apply(&busybox_pod("idle", "Never", "sleep 3600", ""));
+    node.apply(
+        &busybox_pod("user", "Never", "sleep 3600", "").replace("image: busybox", "image: a:1"),
+    );
+    for name in ["idle", "user"] {
+        node.wait_pod(name, "Running", WAIT, |p| p["status"]["phase"] == "Running");
+    }
+    std::thread::sleep(period * 2);
+    assert!(
+        node_events(&node, "FreeDiskSpaceFailed").is_empty(),
+        "FreeDiskSpaceFailed below the high threshold"
+    );
+
+    // Past the high threshold, with nothing to free.
+    let (available, capacity) = usage(&root);
+    let filler = available - capacity * (100 - HIGH) / 100 + (4 << 20);
+    std::fs::write(root.join("filler"), vec![1u8; filler as usize]).expect("filling the disk");
+    let (after_fill, _) = usage(&root);
+    assert!((capacity - after_fill) * 100 / capacity >= HIGH);
+    node.wait_for("a FreeDiskSpaceFailed event on the Node", WAIT, |n| {
+        !node_events(n, "FreeDiskSpaceFailed").is_empty()
+    });
+    let first = node_events(&node, "FreeDiskSpaceFailed").remove(0);
+    assert_eq!(first["type"], "Warning", "{first}");
+    assert_eq!(first["source"]["component"], "kubelet", "{first}");
+    assert_eq!(first["involvedObject"]["kind"], "Node", "{first}");
+    // The kubelet's node reference: the node's name as its uid too.
+    assert_eq!(
+        first["involvedObject"]["uid"],
+        node.name.as_str(),
+        "{first}"
+    );
+    let message = first["message"].as_str().unwrap_or_default();
+    let attempted: u64 = message
+        .strip_prefix("Failed to garbage collect required amount of images. Attempted to free ")
+        .and_then(|rest| rest.strip_suffix(" bytes, but only found 0 bytes eligible to free."))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("message: {message}"));
+    let expected = capacity * (100 - LOW) / 100 - after_fill;
+    assert!(
+        attempted.abs_diff(expected) < 1 << 20,
+        "attempted to free {attempted} bytes, expected about {expected}"
+    );
+
+    // Once per period at most, and ImageGCFailed from the second failure in a row.
+    let (start, before) = (
+        std::time::Instant::now(),
+        total_count(&node_events(&node, "FreeDiskSpaceFailed")),
+    );
+    std::thread::sleep(period * 4);
+    let after = total_count(&node_events(&node, "FreeDiskSpaceFailed"));
+    let periods = start.elapsed().as_secs() / period.as_secs();
+    assert!(
+        after > before && after - before <= periods + 1,
+        "FreeDiskSpaceFailed went from {before} to {after} in {:?}",
+        start.elapsed()
+    );
+    let gc_failed = node_events(&node, "ImageGCFailed");
+    assert!(!gc_failed.is_empty(), "no ImageGCFailed event");
+    assert_eq!(gc_failed[0]["message"].as_str(), Some(message));
+    let described = node.kubectl(&["describe", "node", &node.name]);
+    assert!(
+        described.contains("FreeDiskSpaceFailed"),
+        "kubectl describe node shows no FreeDiskSpaceFailed:\n{described}"
+    );
+    for name in ["a:1", "busybox"] {
+        assert!(present(&root, name), "{name} was collected while in use");
+    }
+    for name in ["idle", "user"] {
+        let p = node.pod(name).expect("the pod");
+        assert_eq!(p["status"]["phase"], "Running", "{name}: {}", p["status"]);
+    }
+
+    // Below the high threshold again: no more events.
+    std::fs::remove_file(root.join("filler")).expect("removing the filler");
+    std::thread::sleep(period * 2);
+    let settled = total_count(&node_events(&node, "FreeDiskSpaceFailed"));
+    std::thread::sleep(period * 2);
+    assert_eq!(
+        total_count(&node_events(&node, "FreeDiskSpaceFailed")),
+        settled,
+        "FreeDiskSpaceFailed below the high threshold"
     );
 }

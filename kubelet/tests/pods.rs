@@ -1,6 +1,6 @@
 //! Pods in real containers (skiff-runc through skiff-shim) on a node with a real `skiff server`:
 //! running with a CRI log, completion with exit codes, restarts with back-off, graceful deletion,
-//! the Burstable QoS tier's cpu.shares following its pods' requests.
+//! the Burstable QoS tier's cpu.shares following its pods' requests (and put back when edited).
 
 mod common;
 
@@ -397,7 +397,8 @@ spec:
 
 #[test]
 fn burstable_tier_cpu_shares_follow_its_pods_requests() {
-    let node = Node::start();
+    // The kubelet's minute between QoS tier updates, shortened (a hidden flag).
+    let mut node = Node::start_with(&["--qos-update-period", "2s"]);
     let shares = Path::new("/sys/fs/cgroup/cpu")
         .join(node.cgroup_root.trim_start_matches('/'))
         .join("burstable/cpu.shares");
@@ -449,6 +450,29 @@ fn burstable_tier_cpu_shares_follow_its_pods_requests() {
     node.wait_for("cpu.shares 512", Duration::from_secs(10), |_| {
         read() == "512"
     });
+    // A hand-edited value is put back within the update period.
+    std::fs::write(&shares, "4096").expect("writing cpu.shares");
+    let edited = Instant::now();
+    node.wait_for(
+        "cpu.shares put back to 512",
+        Duration::from_secs(10),
+        |_| read() == "512",
+    );
+    assert!(
+        edited.elapsed() < Duration::from_secs(5),
+        "put back only after {:?}",
+        edited.elapsed()
+    );
+    assert!(node.kubelet_log().contains("QoS tier cpu weight put back"));
+    // A kubelet killed and started again counts the pod it adopts.
+    node.kill9_kubelet();
+    std::fs::write(&shares, "4096").expect("writing cpu.shares");
+    node.start_kubelet();
+    node.wait_for(
+        "cpu.shares 512 after a restart",
+        Duration::from_secs(20),
+        |_| read() == "512",
+    );
     node.kubectl(&["delete", "pod", "large", "--wait=true", "--timeout=30s"]);
     node.wait_for("cpu.shares 2", Duration::from_secs(10), |_| read() == "2");
 }
