@@ -328,7 +328,15 @@ fn service_ports(svc: &Service, skipped: &mut Vec<Skipped>) -> Vec<ServicePort> 
         );
         return Vec::new();
     }
-    let cluster_ip = match spec.cluster_ip.as_deref() {
+    // This data plane is IPv4's: a dual-stack Service is proxied at its IPv4 ClusterIP,
+    // whichever family is its primary.
+    let ips = spec.cluster_ips.iter().flatten();
+    let cluster_ip = ips
+        .clone()
+        .find(|s| !s.contains(':'))
+        .or(ips.clone().next())
+        .or(spec.cluster_ip.as_ref());
+    let cluster_ip = match cluster_ip.map(String::as_str) {
         None | Some("") | Some("None") => return Vec::new(),
         Some(s) => match s.parse::<Ipv4Addr>() {
             Ok(ip) if usable_unicast(ip) => ip,
@@ -597,6 +605,32 @@ mod tests {
         let dns = m.ports.values().find(|p| p.id.port == "dns").unwrap();
         assert_eq!(dns.id.protocol, Protocol::Udp);
         assert!(dns.endpoints.iter().all(|e| e.port == 5353));
+    }
+
+    #[test]
+    fn dual_stack_services_are_proxied_at_their_ipv4_address() {
+        let mut v6_first = web();
+        let spec = v6_first.spec.as_mut().unwrap();
+        spec.cluster_ip = Some("fd00:10:96::10".into());
+        spec.cluster_ips = Some(vec!["fd00:10:96::10".into(), "10.96.0.11".into()]);
+        let v6_slice = slice(serde_json::json!({
+            "metadata": {"namespace": "default", "name": "web-v6",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv6",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["fd00:244::2"]}]
+        }));
+        let v4_slice = web_slice(serde_json::json!([{"addresses": ["10.244.0.2"]}]));
+        let (m, skipped) = Model::build([&v6_first], [&v6_slice, &v4_slice], "n1");
+        assert!(skipped.is_empty(), "{skipped:?}");
+        let p = http(&m);
+        assert_eq!(p.cluster_ip, Ipv4Addr::new(10, 96, 0, 11));
+        let ips: Vec<_> = p.cluster_endpoints().iter().map(|e| e.ip).collect();
+        assert_eq!(ips, vec![Ipv4Addr::new(10, 244, 0, 2)]);
+        // IPv6 alone is not this data plane's.
+        v6_first.spec.as_mut().unwrap().cluster_ips = Some(vec!["fd00:10:96::10".into()]);
+        let (m, skipped) = Model::build([&v6_first], [&v6_slice], "n1");
+        assert!(m.ports.is_empty() && skipped.is_empty(), "{skipped:?}");
     }
 
     #[test]
