@@ -1133,8 +1133,17 @@ impl DataPlane for Nftables {
             None if table_exists()? => {
                 let next = Installed::build(model, cfg);
                 let want = next.assemble();
-                let (chains, sets) = nft_batch::names(libc::AF_INET as u8, TABLE)?;
-                Self::full_sync(&mut self.last, next, &want, Have::Unknown(chains, sets))
+                match nft_batch::names(libc::AF_INET as u8, TABLE) {
+                    Ok((chains, sets)) => {
+                        Self::full_sync(&mut self.last, next, &want, Have::Unknown(chains, sets))
+                    }
+                    // Without the names the table is replaced whole, as text.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the earlier table's names over netlink failed; replacing the table as text");
+                        let text = full_text(&want, true);
+                        Applied::install(&mut self.last, next, &text, want.chains.len(), apply)
+                    }
+                }
             }
             last => {
                 let next = Installed::build(model, cfg);
