@@ -427,4 +427,45 @@ mod tests {
             )
         );
     }
+
+    #[tokio::test]
+    async fn a_dual_stack_cluster_keeps_the_other_family_in_a_second_bitmap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let net = NetworkConfig::default()
+            .with_service_cidr("10.96.0.0/16,fd00:10:96::/108")
+            .unwrap();
+        let ranges = ServiceRanges::new(&store, &net);
+        let v6 = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let mut a = held(&[[10, 96, 0, 5]], &[]);
+        a.ips.insert(v6("fd00:10:96::5"));
+        assert!(ranges.claim(&a).await.unwrap());
+        assert_eq!(ranges.snapshot().await.unwrap().ips, a.ips);
+        let kv = store.get(SECONDARY_SERVICE_IPS_KEY).await.unwrap().unwrap();
+        let obj: Value = serde_json::from_slice(&kv.value).unwrap();
+        assert_eq!(obj["range"], "fd00:10:96::/108");
+        // The IPv6 address is taken: nothing of b is recorded, its free IPv4 one included.
+        let mut b = held(&[[10, 96, 0, 6]], &[]);
+        b.ips.insert(v6("fd00:10:96::5"));
+        assert!(!ranges.claim(&b).await.unwrap());
+        assert_eq!(ranges.snapshot().await.unwrap().ips, a.ips);
+        // The repair pass frees a leak of either family seen twice.
+        let mut repair = Repair::default();
+        repair.pass(&store, &net).await.unwrap();
+        assert_eq!(ranges.snapshot().await.unwrap().ips, a.ips);
+        repair.pass(&store, &net).await.unwrap();
+        assert!(ranges.snapshot().await.unwrap().ips.is_empty());
+        // A server started with another secondary range refuses the stored bitmap.
+        let other = NetworkConfig::default()
+            .with_service_cidr("10.96.0.0/16,fd00:10:97::/108")
+            .unwrap();
+        let err = ServiceRanges::new(&store, &other)
+            .snapshot()
+            .await
+            .unwrap_err();
+        assert!(
+            err.message
+                .contains("every server must be started with the same ranges")
+        );
+    }
 }
