@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -200,15 +200,15 @@ impl Model {
 
     /// UDP endpoints present in `self` but gone (or no longer usable) in `next`: their conntrack
     /// entries must go or clients keep sending to a dead address.
-    pub fn stale_udp_endpoints(&self, next: &Model) -> BTreeSet<(Ipv4Addr, u16)> {
-        let used = |m: &Model| -> BTreeSet<(Ipv4Addr, u16)> {
+    pub fn stale_udp_endpoints(&self, next: &Model) -> BTreeSet<(IpAddr, u16)> {
+        let used = |m: &Model| -> BTreeSet<(IpAddr, u16)> {
             m.ports
                 .values()
                 .filter(|p| p.id.protocol == Protocol::Udp)
                 .flat_map(|p| {
                     let mut eps = p.cluster_endpoints();
                     eps.extend(p.external_endpoints());
-                    eps.into_iter().map(|e| (e.ip, e.port))
+                    eps.into_iter().map(|e| (e.ip.into(), e.port))
                 })
                 .collect()
         };
@@ -223,7 +223,7 @@ impl Model {
 /// Where a UDP flow to a Service was sent: a Service address, or a NodePort on any address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ServiceDst {
-    Addr(Ipv4Addr, u16),
+    Addr(IpAddr, u16),
     NodePort(u16),
 }
 
@@ -243,14 +243,14 @@ impl Model {
                 !p.cluster_endpoints().is_empty(),
                 before.map(|b| !b.cluster_endpoints().is_empty()),
             ) {
-                out.insert(ServiceDst::Addr(p.cluster_ip, p.port));
+                out.insert(ServiceDst::Addr(p.cluster_ip.into(), p.port));
             }
             if gained(
                 !p.external_endpoints().is_empty(),
                 before.map(|b| !b.external_endpoints().is_empty()),
             ) {
                 for ip in p.external_ips.iter().chain(&p.load_balancer_ips) {
-                    out.insert(ServiceDst::Addr(*ip, p.port));
+                    out.insert(ServiceDst::Addr((*ip).into(), p.port));
                 }
                 out.extend(p.node_port.map(ServiceDst::NodePort));
             }
@@ -747,7 +747,7 @@ mod tests {
         let (before, _) = Model::build([&web()], [&two], "n1");
         let (after, _) = Model::build([&web()], [&one], "n1");
         let stale: Vec<_> = before.stale_udp_endpoints(&after).into_iter().collect();
-        assert_eq!(stale, vec![(Ipv4Addr::new(10, 244, 0, 3), 5353)]);
+        assert_eq!(stale, vec![(Ipv4Addr::new(10, 244, 0, 3).into(), 5353)]);
         assert!(after.stale_udp_endpoints(&before).is_empty());
     }
 
@@ -764,7 +764,7 @@ mod tests {
         // The UDP port has no nodePort in this Service; its ClusterIP gained endpoints.
         assert_eq!(
             gained,
-            vec![ServiceDst::Addr(Ipv4Addr::new(10, 96, 0, 10), 53)]
+            vec![ServiceDst::Addr(Ipv4Addr::new(10, 96, 0, 10).into(), 53)]
         );
         assert!(full.udp_services_gaining_endpoints(&full).is_empty());
     }
