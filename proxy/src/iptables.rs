@@ -662,6 +662,7 @@ mod tests {
     fn model(ports: Vec<ServicePort>) -> Model {
         Model {
             ports: ports.into_iter().map(|p| (p.id.clone(), p)).collect(),
+            ..Default::default()
         }
     }
 

@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::dataplane::{Applied, DataPlane, Error, MASQ_MARK, RenderConfig, run_tool};
 use crate::model::{Endpoint, Model, ServicePort, ServicePortName};
@@ -46,7 +46,7 @@ pub struct Ruleset {
     /// Elements of the fixed maps and sets: key → value (empty for a set).
     pub elements: BTreeMap<&'static str, BTreeMap<String, String>>,
     /// The endpoint addresses in @hairpin-endpoints.
-    pub hairpin: BTreeSet<Ipv4Addr>,
+    pub hairpin: BTreeSet<IpAddr>,
     /// The shared pick chains a Service port sends its fronts to.
     picks: BTreeSet<Pick>,
 }
@@ -432,7 +432,7 @@ fn render_port(p: &ServicePort, cfg: &RenderConfig) -> Ruleset {
     } else {
         "goto reject-chain"
     };
-    let addr_key = |ip: &Ipv4Addr| format!("{ip} . {proto} . {}", p.port);
+    let addr_key = |ip: &IpAddr| format!("{ip} . {proto} . {}", p.port);
     let affinity = p.affinity_seconds.is_some();
     if affinity {
         affinity_chains(r, p, cfg, &cluster, &external);
@@ -626,7 +626,7 @@ fn full_text(want: &Ruleset, want_elements: bool) -> String {
     out
 }
 
-fn hairpin_elements<'a>(ips: impl IntoIterator<Item = &'a Ipv4Addr>) -> String {
+fn hairpin_elements<'a>(ips: impl IntoIterator<Item = &'a IpAddr>) -> String {
     let items: Vec<String> = ips.into_iter().map(|ip| format!("{ip} . {ip}")).collect();
     items.join(", ")
 }
@@ -806,8 +806,8 @@ fn diff_elements(out: &mut String, want: &Ruleset, have: &Ruleset) -> usize {
             );
         }
     }
-    let gone: Vec<&Ipv4Addr> = have.hairpin.difference(&want.hairpin).collect();
-    let added: Vec<&Ipv4Addr> = want.hairpin.difference(&have.hairpin).collect();
+    let gone: Vec<&IpAddr> = have.hairpin.difference(&want.hairpin).collect();
+    let added: Vec<&IpAddr> = want.hairpin.difference(&have.hairpin).collect();
     for (verb, ips) in [("delete", gone), ("add", added)] {
         if !ips.is_empty() {
             changes += ips.len();
@@ -857,9 +857,17 @@ fn elements_batch(batch: &mut Batch, want: &Ruleset) {
     batch.flush(TABLE, HAIRPIN);
     for ip in &want.hairpin {
         key.clear();
-        key.extend_from_slice(&ip.octets());
-        key.extend_from_slice(&ip.octets());
+        push_addr(&mut key, ip);
+        push_addr(&mut key, ip);
         batch.add(TABLE, HAIRPIN, &key, Data::None);
+    }
+}
+
+/// An address in network order: 4 bytes, or 16 for IPv6.
+fn push_addr(out: &mut Vec<u8>, ip: &IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => out.extend_from_slice(&v6.octets()),
     }
 }
 
@@ -869,8 +877,8 @@ fn elements_batch(batch: &mut Batch, want: &Ruleset) {
 fn encode(text: &str, indexed: bool, out: &mut Vec<u8>) {
     let mut fields = text.split(" . ").peekable();
     while let Some(field) = fields.next() {
-        if let Ok(ip) = field.parse::<Ipv4Addr>() {
-            out.extend_from_slice(&ip.octets());
+        if let Ok(ip) = field.parse::<IpAddr>() {
+            push_addr(out, &ip);
         } else if let Some(proto) = match field {
             "tcp" => Some(libc::IPPROTO_TCP),
             "udp" => Some(libc::IPPROTO_UDP),
@@ -911,7 +919,7 @@ struct Installed {
     /// Map element → the value each port asks for.
     owners: BTreeMap<ElementKey, BTreeMap<ServicePortName, String>>,
     /// Hairpin address → how many ports use it.
-    hairpin: BTreeMap<Ipv4Addr, usize>,
+    hairpin: BTreeMap<IpAddr, usize>,
     /// The pick chains in the table. A full build makes every k up to the largest in use for
     /// each kind, so that a Service losing endpoints changes map elements only; a partial sync
     /// adds the ones it lacks and removes none (the next full sync does).
@@ -1042,7 +1050,7 @@ impl Installed {
             after.elements.insert(map, BTreeMap::new());
         }
         let mut keys: BTreeSet<ElementKey> = BTreeSet::new();
-        let mut ips: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        let mut ips: BTreeSet<IpAddr> = BTreeSet::new();
         let mut touch = |rules: &Ruleset| {
             for (map, elements) in &rules.elements {
                 keys.extend(elements.keys().map(|k| (*map, k.clone())));
@@ -1082,7 +1090,7 @@ impl Installed {
     }
 
     /// Records the current value of elements `keys` and presence of hairpin `ips` into `r`.
-    fn snapshot(&self, r: &mut Ruleset, keys: &BTreeSet<ElementKey>, ips: &BTreeSet<Ipv4Addr>) {
+    fn snapshot(&self, r: &mut Ruleset, keys: &BTreeSet<ElementKey>, ips: &BTreeSet<IpAddr>) {
         for key @ (map, k) in keys {
             if let Some(v) = self.element(key) {
                 r.element(map, k.clone(), v.clone());
@@ -1305,6 +1313,7 @@ mod tests {
     fn model(ports: Vec<ServicePort>) -> Model {
         Model {
             ports: ports.into_iter().map(|p| (p.id.clone(), p)).collect(),
+            ..Default::default()
         }
     }
 
