@@ -119,9 +119,13 @@ pub struct Endpoint {
     pub local: bool,
 }
 
+/// `10.244.0.2:80`, `[fd00::2]:80`: as DNAT targets are written.
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.ip, self.port)
+        match self.ip {
+            IpAddr::V4(ip) => write!(f, "{ip}:{}", self.port),
+            IpAddr::V6(ip) => write!(f, "[{ip}]:{}", self.port),
+        }
     }
 }
 

@@ -26,6 +26,7 @@ both_modes!(
     node_port_addresses_external_ips_and_switching_modes,
     sctp_and_load_balancer_ips,
     growing_past_the_largest_endpoint_count,
+    dual_stack_services_over_ipv6,
 );
 
 const WEB: &str = "  type: NodePort\n  ports:\n  - name: tcp\n    port: 80\n    protocol: TCP\n    nodePort: 30080\n  - name: udp\n    port: 53\n    protocol: UDP\n    nodePort: 30053\n";
@@ -166,6 +167,86 @@ fn cluster_ip_and_node_port_reach_ready_endpoints(mode: &'static str) {
             "{name} missing from /metrics:\n{metrics}"
         );
     }
+}
+
+/// A dual-stack Service's IPv6 ClusterIP (the proxy given an IPv6 Service range) reaches every
+/// endpoint over TCP and UDP, from the node and from a pod, its IPv4 one still does, and with no
+/// IPv6 endpoints it is refused at once; the IPv6 rules are in their own table (chains) and go
+/// with `skiff-proxy cleanup`. A proxy given no IPv6 range writes no IPv6 rules at all.
+fn dual_stack_services_over_ipv6(mode: &'static str) {
+    let mut lab = Lab::new(mode);
+    let rules6 = |lab: &Lab| match mode {
+        "iptables" => lab.ip6tables_save(),
+        _ => lab.nft_ruleset(),
+    };
+    let ours6 = |rules: &str| match mode {
+        "iptables" => rules.contains("SKIFF-SERVICES"),
+        _ => rules.contains("table ip6 skiff"),
+    };
+    lab.start_proxy(&[]);
+    assert!(!ours6(&rules6(&lab)), "{}", rules6(&lab));
+    lab.start_proxy(&[
+        "--cluster-cidr",
+        CLUSTER_CIDR6,
+        "--service-cluster-ip-range",
+        SERVICE_CIDRS,
+    ]);
+    let dual = format!("  ipFamilyPolicy: RequireDualStack\n{WEB}");
+    lab.service("web", &dual);
+    let ips = lab.kubectl(&[
+        "get",
+        "service",
+        "web",
+        "-o",
+        "jsonpath={.spec.clusterIPs[*]}",
+    ]);
+    let (cip, cip6) = ips.split_once(' ').expect("two ClusterIPs");
+    assert!(cip6.starts_with("fd00:10:96::"), "{ips}");
+    lab.endpoints("web", &[(POD_A_IP, true, NODE), (POD_B_IP, true, NODE)]);
+    lab.endpoints6("web", &[(POD_A_IP6, true, NODE), (POD_B_IP6, true, NODE)]);
+    let (tcp4, tcp6, udp6) = (
+        format!("{cip}:80"),
+        format!("[{cip6}]:80"),
+        format!("[{cip6}]:53"),
+    );
+    for ns in [lab.node.clone(), lab.pod_a.clone()] {
+        lab.wait_spread(&ns, &tcp6, &["pod-a", "pod-b"], 30);
+        lab.wait_spread(&ns, &tcp4, &["pod-a", "pod-b"], 30);
+        let answers: std::collections::BTreeSet<_> =
+            (0..30).filter_map(|_| lab.udp(&ns, &udp6)).collect();
+        assert_eq!(
+            answers,
+            ["pod-a", "pod-b"].map(String::from).into(),
+            "UDP to {udp6} from {ns}\n{}",
+            lab.proxy_log()
+        );
+    }
+    assert!(ours6(&rules6(&lab)), "{}", rules6(&lab));
+    // No IPv6 endpoints: refused at once (an ICMPv6 unreachable), not a timeout.
+    lab.endpoints6("web", &[]);
+    for ns in [lab.node.clone(), lab.pod_a.clone()] {
+        common::eventually("connection refused", Duration::from_secs(10), || {
+            let t = Instant::now();
+            let r = lab.tcp(&ns, &tcp6);
+            matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+                && t.elapsed() < Duration::from_secs(1)
+        });
+    }
+    lab.wait_spread(&lab.node.clone(), &tcp4, &["pod-a", "pod-b"], 10);
+    // Cleanup removes the rules of both families.
+    lab.stop_proxy();
+    common::run(std::process::Command::new("ip").args([
+        "netns",
+        "exec",
+        &lab.node,
+        env!("CARGO_BIN_EXE_skiff-proxy"),
+        "cleanup",
+    ]));
+    let (after4, after6) = (rules(&lab), rules6(&lab));
+    assert!(
+        !after4.contains(cip) && !ours6(&after6),
+        "{after4}\n{after6}"
+    );
 }
 
 fn rules(lab: &Lab) -> String {

@@ -92,8 +92,8 @@ impl NodeConfig {
         let proxy = skiff_proxy::sync::Config {
             node_name: node_name.to_string(),
             mode: skiff_proxy::dataplane::Mode::Iptables,
-            cluster_cidr: Some(cluster_cidr),
-            service_cidr,
+            cluster_cidrs: vec![cluster_cidr.into()],
+            service_cidrs: vec![service_cidr.into()],
             min_sync_period: Duration::from_secs(1),
             sync_period: Duration::from_secs(30),
             healthz_bind_address: SocketAddr::from(([0, 0, 0, 0], 10256)),
