@@ -170,9 +170,12 @@ fn cluster_ip_and_node_port_reach_ready_endpoints(mode: &'static str) {
 }
 
 /// A dual-stack Service's IPv6 ClusterIP (the proxy given an IPv6 Service range) reaches every
-/// endpoint over TCP and UDP, from the node and from a pod, its IPv4 one still does, and with no
-/// IPv6 endpoints it is refused at once; the IPv6 rules are in their own table (chains) and go
-/// with `skiff-proxy cleanup`. A proxy given no IPv6 range writes no IPv6 rules at all.
+/// endpoint over TCP and UDP, from the node and from a pod, its IPv4 one still does, and so does
+/// its NodePort on the node's IPv6 address from outside (only on the addresses
+/// `--nodeport-addresses` selects); a UDP flow moves when its endpoint goes (its IPv6 conntrack
+/// entry flushed); with no IPv6 endpoints it is refused at once; the IPv6 rules are in their own
+/// table (chains) and go with `skiff-proxy cleanup`. A proxy given no IPv6 range writes no IPv6
+/// rules at all.
 fn dual_stack_services_over_ipv6(mode: &'static str) {
     let mut lab = Lab::new(mode);
     let rules6 = |lab: &Lab| match mode {
@@ -222,7 +225,46 @@ fn dual_stack_services_over_ipv6(mode: &'static str) {
         );
     }
     assert!(ours6(&rules6(&lab)), "{}", rules6(&lab));
-    // No IPv6 endpoints: refused at once (an ICMPv6 unreachable), not a timeout.
+    let outside = lab.outside.clone();
+    let node_port6 = format!("[{NODE_OUTSIDE_IP6}]:30080");
+    let elsewhere = format!("[{BRIDGE_IP6}]:30080");
+    for addr in [&node_port6, &elsewhere] {
+        lab.wait_spread(&outside, addr, &["pod-a", "pod-b"], 20);
+    }
+
+    // A long UDP flow to pod-a moves to pod-b when pod-a's endpoint goes.
+    let node = lab.node.clone();
+    let udp_addr: std::net::SocketAddr = udp6.parse().unwrap();
+    let fresh = || in_netns(&node, || UdpSocket::bind("[::]:0").unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut client = fresh();
+    while udp_exchange(&client, udp_addr).as_deref() != Some("pod-a") {
+        assert!(Instant::now() < deadline, "no UDP flow landed on pod-a");
+        client = fresh();
+    }
+    lab.endpoints6("web", &[(POD_B_IP6, true, NODE)]);
+    common::eventually(
+        "the UDP flow moves to pod-b",
+        Duration::from_secs(10),
+        || udp_exchange(&client, udp_addr).as_deref() == Some("pod-b"),
+    );
+    lab.endpoints6("web", &[(POD_A_IP6, true, NODE), (POD_B_IP6, true, NODE)]);
+
+    // NodePorts only on the addresses --nodeport-addresses selects, in either family.
+    lab.start_proxy(&[
+        "--cluster-cidr",
+        CLUSTER_CIDR6,
+        "--service-cluster-ip-range",
+        SERVICE_CIDRS,
+        "--nodeport-addresses",
+        "fd00:200::/64,192.168.200.0/24",
+    ]);
+    lab.wait_spread(&outside, &node_port6, &["pod-a", "pod-b"], 20);
+    common::eventually("no NodePort on the bridge", Duration::from_secs(10), || {
+        lab.tcp(&outside, &elsewhere).is_err()
+    });
+
+    // No IPv6 endpoints: refused at once, not a timeout.
     lab.endpoints6("web", &[]);
     for ns in [lab.node.clone(), lab.pod_a.clone()] {
         common::eventually("connection refused", Duration::from_secs(10), || {

@@ -32,6 +32,8 @@ pub const CLUSTER_CIDR6: &str = "fd00:244::/64";
 pub const SERVICE_CIDRS: &str = "10.96.0.0/12,fd00:10:96::/108";
 pub const NODE_OUTSIDE_IP: &str = "192.168.200.1";
 pub const OUTSIDE_IP: &str = "192.168.200.2";
+pub const NODE_OUTSIDE_IP6: &str = "fd00:200::1";
+pub const OUTSIDE_IP6: &str = "fd00:200::2";
 pub const TCP_PORT: u16 = 8080;
 pub const UDP_PORT: u16 = 5353;
 
@@ -199,6 +201,16 @@ impl Lab {
             "dev",
             "vo",
         ]);
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{NODE_OUTSIDE_IP6}/64"),
+            "dev",
+            "vo",
+            "nodad",
+        ]);
         ip(&["-n", n, "link", "set", "vo", "up"]);
         ip(&[
             "-n",
@@ -209,8 +221,28 @@ impl Lab {
             "dev",
             "eth0",
         ]);
+        ip(&[
+            "-n",
+            o,
+            "addr",
+            "add",
+            &format!("{OUTSIDE_IP6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
         ip(&["-n", o, "link", "set", "eth0", "up"]);
         ip(&["-n", o, "route", "add", "default", "via", NODE_OUTSIDE_IP]);
+        ip(&[
+            "-n",
+            o,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            NODE_OUTSIDE_IP6,
+        ]);
         for sysctl in [
             "net.ipv4.ip_forward=1",
             "net.ipv6.conf.all.forwarding=1",
