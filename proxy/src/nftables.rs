@@ -472,7 +472,10 @@ fn base_rules(cfg: &RenderConfig) -> Ruleset {
 /// One Service port's share of the table: its map elements, the pick chains they send to,
 /// hairpin addresses, and (ClientIP affinity only) its own chains and sets.
 fn render_port(p: &ServicePort, cfg: &RenderConfig) -> Ruleset {
-    let mut rules = Ruleset::default();
+    let mut rules = Ruleset {
+        family: cfg.family,
+        ..Default::default()
+    };
     let r = &mut rules;
     let proto = p.id.protocol.as_str();
     let cluster = p.cluster_endpoints();
@@ -1117,7 +1120,11 @@ impl Installed {
             .filter(|p| self.ports.get(&p.id).map(|(old, _)| old) != Some(*p))
             .map(|p| (p, render_port(p, &self.cfg)))
             .collect();
-        let (mut before, mut after) = (Ruleset::default(), Ruleset::default());
+        let empty = Ruleset {
+            family: self.cfg.family,
+            ..Default::default()
+        };
+        let (mut before, mut after) = (empty.clone(), empty);
         for (map, _, _) in MAPS {
             before.elements.insert(map, BTreeMap::new());
             after.elements.insert(map, BTreeMap::new());

@@ -275,6 +275,9 @@ fn dual_stack_services_over_ipv6(mode: &'static str) {
         });
     }
     lab.wait_spread(&lab.node.clone(), &tcp4, &["pod-a", "pod-b"], 10);
+    // Every sync went through, partial ones included (a failed one is redone whole).
+    let log = lab.proxy_log();
+    assert!(!log.contains("installing rules failed"), "{log}");
     // Cleanup removes the rules of both families.
     lab.stop_proxy();
     common::run(std::process::Command::new("ip").args([
