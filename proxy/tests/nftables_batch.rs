@@ -242,10 +242,7 @@ fn full_sync_through_the_netlink_batch(f: Family) {
             nf(f)
         ),
     ] {
-        assert!(
-            created.iter().any(|i| *i == item),
-            "{item} not in {created:#?}"
-        );
+        assert!(created.contains(&item), "{item} not in {created:#?}");
     }
 
     // The table we wrote, replaced by a periodic full sync of another model (which needs new
