@@ -26,6 +26,15 @@ fn tools(f: Family) -> (&'static str, &'static str, &'static str, &'static str) 
     }
 }
 
+/// `-m recent`'s mask keeping the whole client address, in the family of `ip`.
+fn whole_mask(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "255.255.255.255"
+    } else {
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+    }
+}
+
 /// One address as a match: `10.96.0.10/32`, `fd00::a/128`.
 struct Host(IpAddr);
 
@@ -304,7 +313,8 @@ fn render_port(r: &mut Ruleset, p: &ServicePort, cfg: &RenderConfig) {
         // comes back through the node.
         r.add("nat", &sep, format!("-s {} -j {MARK_MASQ}", Host(e.ip)));
         let affinity = if p.affinity_seconds.is_some() {
-            format!(" -m recent --set --name {sep} --mask 255.255.255.255 --rsource")
+            let mask = whole_mask(e.ip);
+            format!(" -m recent --set --name {sep} --mask {mask} --rsource")
         } else {
             String::new()
         };
@@ -327,8 +337,9 @@ fn spread(r: &mut Ruleset, chain: &str, p: &ServicePort, endpoints: &[Endpoint])
                 "nat",
                 chain,
                 format!(
-                    "-m comment --comment \"{} -> {e}\" -m recent --rcheck --seconds {seconds} --reap --name {sep} --mask 255.255.255.255 --rsource -j {sep}",
-                    p.id
+                    "-m comment --comment \"{} -> {e}\" -m recent --rcheck --seconds {seconds} --reap --name {sep} --mask {} --rsource -j {sep}",
+                    p.id,
+                    whole_mask(e.ip)
                 ),
             );
         }

@@ -172,7 +172,7 @@ fn cluster_ip_and_node_port_reach_ready_endpoints(mode: &'static str) {
 /// A dual-stack Service's IPv6 ClusterIP (the proxy given an IPv6 Service range) reaches every
 /// endpoint over TCP and UDP, from the node and from a pod, its IPv4 one still does, and so does
 /// its NodePort on the node's IPv6 address from outside (only on the addresses
-/// `--nodeport-addresses` selects); a UDP flow moves when its endpoint goes (its IPv6 conntrack
+/// `--nodeport-addresses` selects); ClientIP affinity sticks; a Local policy holds; a UDP flow moves when its endpoint goes (its IPv6 conntrack
 /// entry flushed); with no IPv6 endpoints it is refused at once; the IPv6 rules are in their own
 /// table (chains) and go with `skiff-proxy cleanup`. A proxy given no IPv6 range writes no IPv6
 /// rules at all.
@@ -249,6 +249,40 @@ fn dual_stack_services_over_ipv6(mode: &'static str) {
         || udp_exchange(&client, udp_addr).as_deref() == Some("pod-b"),
     );
     lab.endpoints6("web", &[(POD_A_IP6, true, NODE), (POD_B_IP6, true, NODE)]);
+
+    // ClientIP affinity holds over IPv6 (the endpoint chains DNAT to `[address]:port`).
+    let sticky = lab.service(
+        "sticky",
+        "  ipFamilies: [IPv6]\n  sessionAffinity: ClientIP\n  ports:\n  - name: tcp\n    port: 80\n",
+    );
+    lab.endpoints6(
+        "sticky",
+        &[(POD_A_IP6, true, NODE), (POD_B_IP6, true, NODE)],
+    );
+    let sticky = format!("[{sticky}]:80");
+    common::eventually("sticky service answers", Duration::from_secs(20), || {
+        lab.tcp(&node, &sticky).is_ok()
+    });
+    for ns in [node.clone(), lab.pod_a.clone()] {
+        let seen = lab.spread(&ns, &sticky, 20);
+        assert_eq!(seen.len(), 1, "affinity did not stick from {ns}: {seen:?}");
+    }
+
+    // externalTrafficPolicy Local over IPv6: outside clients reach only this node's endpoint.
+    lab.service(
+        "local",
+        "  ipFamilies: [IPv6]\n  type: NodePort\n  externalTrafficPolicy: Local\n  ports:\n  - name: tcp\n    port: 80\n    nodePort: 30082\n",
+    );
+    lab.endpoints6(
+        "local",
+        &[(POD_A_IP6, true, NODE), (POD_B_IP6, true, "node2")],
+    );
+    lab.wait_spread(
+        &outside,
+        &format!("[{NODE_OUTSIDE_IP6}]:30082"),
+        &["pod-a"],
+        20,
+    );
 
     // NodePorts only on the addresses --nodeport-addresses selects, in either family.
     lab.start_proxy(&[
