@@ -172,7 +172,8 @@ fn cluster_ip_and_node_port_reach_ready_endpoints(mode: &'static str) {
 /// A dual-stack Service's IPv6 ClusterIP (the proxy given an IPv6 Service range) reaches every
 /// endpoint over TCP and UDP, from the node and from a pod, its IPv4 one still does, and so does
 /// its NodePort on the node's IPv6 address from outside (only on the addresses
-/// `--nodeport-addresses` selects); ClientIP affinity sticks; a Local policy holds; a UDP flow moves when its endpoint goes (its IPv6 conntrack
+/// `--nodeport-addresses` selects) and at an externalIP; ClientIP affinity sticks; a Local
+/// policy holds; a UDP flow moves when its endpoint goes (its IPv6 conntrack
 /// entry flushed); with no IPv6 endpoints it is refused at once; the IPv6 rules are in their own
 /// table (chains) and go with `skiff-proxy cleanup`. A proxy given no IPv6 range writes no IPv6
 /// rules at all.
@@ -283,6 +284,14 @@ fn dual_stack_services_over_ipv6(mode: &'static str) {
         &["pod-a"],
         20,
     );
+
+    // An IPv6 externalIP, reached from outside through the node.
+    lab.service(
+        "ext",
+        "  ipFamilies: [IPv6]\n  externalIPs: [\"fd00:300::99\"]\n  ports:\n  - name: tcp\n    port: 80\n",
+    );
+    lab.endpoints6("ext", &[(POD_A_IP6, true, NODE), (POD_B_IP6, true, NODE)]);
+    lab.wait_spread(&outside, "[fd00:300::99]:80", &["pod-a", "pod-b"], 20);
 
     // NodePorts only on the addresses --nodeport-addresses selects, in either family.
     lab.start_proxy(&[
