@@ -173,7 +173,7 @@ fn cluster_ip_and_node_port_reach_ready_endpoints(mode: &'static str) {
 /// endpoint over TCP and UDP, from the node and from a pod, its IPv4 one still does, and so does
 /// its NodePort on the node's IPv6 address from outside (only on the addresses
 /// `--nodeport-addresses` selects) and at an externalIP; ClientIP affinity sticks; a Local
-/// policy holds; a UDP flow moves when its endpoint goes (its IPv6 conntrack
+/// policy holds and its healthCheckNodePort answers over IPv6; a UDP flow moves when its endpoint goes (its IPv6 conntrack
 /// entry flushed); with no IPv6 endpoints it is refused at once; the IPv6 rules are in their own
 /// table (chains) and go with `skiff-proxy cleanup`. A proxy given no IPv6 range writes no IPv6
 /// rules at all.
@@ -272,7 +272,7 @@ fn dual_stack_services_over_ipv6(mode: &'static str) {
     // externalTrafficPolicy Local over IPv6: outside clients reach only this node's endpoint.
     lab.service(
         "local",
-        "  ipFamilies: [IPv6]\n  type: NodePort\n  externalTrafficPolicy: Local\n  ports:\n  - name: tcp\n    port: 80\n    nodePort: 30082\n",
+        "  ipFamilies: [IPv6]\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32001\n  ports:\n  - name: tcp\n    port: 80\n    nodePort: 30082\n",
     );
     lab.endpoints6(
         "local",
@@ -283,6 +283,15 @@ fn dual_stack_services_over_ipv6(mode: &'static str) {
         &format!("[{NODE_OUTSIDE_IP6}]:30082"),
         &["pod-a"],
         20,
+    );
+    let health = format!("[{NODE_OUTSIDE_IP6}]:32001");
+    common::eventually(
+        "healthCheckNodePort answers over IPv6",
+        Duration::from_secs(10),
+        || {
+            lab.http(&outside, &health, "/")
+                .is_some_and(|(code, body)| code == 200 && body.contains("\"localEndpoints\":1"))
+        },
     );
 
     // An IPv6 externalIP, reached from outside through the node.
