@@ -238,7 +238,7 @@ pub fn run(modes: &[Mode], sizes: &[usize]) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         crate::netlink::set_up_loopback(LOCAL_ENDPOINT).await?;
-        crate::netlink::ensure_service_route("10.96.0.0/12".parse().expect("cidr")).await
+        crate::netlink::ensure_service_route(&["10.96.0.0/12".parse().expect("cidr")]).await
     })
     .context("setting up the benchmark namespace")?;
     let listener =

@@ -2,11 +2,11 @@
 //! endpoint goes away, its entries would keep steering a client's datagrams to the dead address
 //! until they time out, since UDP has no connection to break. Likewise a UDP Service that gets
 //! its first endpoint: datagrams sent while it had none left entries that bypass the new DNAT.
-//! We dump the IPv4 table and delete every UDP entry whose reply comes from a stale endpoint
-//! (it was DNATed to it) or whose original destination is such a Service.
+//! We dump the IPv4 and the IPv6 table and delete every UDP entry whose reply comes from a stale
+//! endpoint (it was DNATed to it) or whose original destination is such a Service.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
@@ -29,13 +29,18 @@ pub enum Error {
     Kernel(i32),
 }
 
-fn send(socket: &Socket, msg: ConntrackMessage, flags: u16) -> Result<(), Error> {
+fn send(
+    socket: &Socket,
+    family: NetfilterProtoFamily,
+    msg: ConntrackMessage,
+    flags: u16,
+) -> Result<(), Error> {
     let mut header = NetlinkHeader::default();
     header.flags = flags;
     let mut packet = NetlinkMessage::new(
         header,
         NetlinkPayload::from(NetfilterMessage::new(
-            NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
+            NetfilterHeader::new(family, 0, 0),
             msg,
         )),
     );
@@ -86,7 +91,7 @@ fn receive(socket: &Socket, mut each: impl FnMut(Vec<ConntrackAttribute>)) -> Re
 }
 
 /// (source, destination, source port, destination port, protocol) of a tuple.
-type Fields = (Ipv4Addr, Ipv4Addr, u16, u16, Protocol);
+type Fields = (IpAddr, IpAddr, u16, u16, Protocol);
 
 fn tuple_fields(tuples: &[Tuple]) -> Option<Fields> {
     let (mut src, mut dst, mut sport, mut dport, mut proto) = (None, None, None, None, None);
@@ -95,8 +100,8 @@ fn tuple_fields(tuples: &[Tuple]) -> Option<Fields> {
             Tuple::Ip(ips) => {
                 for i in ips {
                     match i {
-                        IPTuple::SourceAddress(IpAddr::V4(a)) => src = Some(*a),
-                        IPTuple::DestinationAddress(IpAddr::V4(a)) => dst = Some(*a),
+                        IPTuple::SourceAddress(a) => src = Some(*a),
+                        IPTuple::DestinationAddress(a) => dst = Some(*a),
                         _ => {}
                     }
                 }
@@ -120,19 +125,34 @@ fn tuple_fields(tuples: &[Tuple]) -> Option<Fields> {
 /// Deletes every UDP conntrack entry DNATed to one of `endpoints` or sent to one of
 /// `services`; returns how many.
 pub fn flush_udp(
-    endpoints: &BTreeSet<(Ipv4Addr, u16)>,
+    endpoints: &BTreeSet<(IpAddr, u16)>,
     services: &BTreeSet<ServiceDst>,
 ) -> Result<usize, Error> {
     let mut socket = Socket::new(NETLINK_NETFILTER)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
+    let mut deleted = 0;
+    for family in [NetfilterProtoFamily::IPv4, NetfilterProtoFamily::IPv6] {
+        deleted += flush_family(&socket, family, endpoints, services)?;
+    }
+    Ok(deleted)
+}
+
+/// [`flush_udp`] over the table of one family.
+fn flush_family(
+    socket: &Socket,
+    family: NetfilterProtoFamily,
+    endpoints: &BTreeSet<(IpAddr, u16)>,
+    services: &BTreeSet<ServiceDst>,
+) -> Result<usize, Error> {
     send(
-        &socket,
+        socket,
+        family,
         ConntrackMessage::Get(vec![]),
         NLM_F_REQUEST | NLM_F_DUMP,
     )?;
     let mut doomed = Vec::new();
-    receive(&socket, |attrs| {
+    receive(socket, |attrs| {
         let mut orig = None;
         let mut reply = None;
         for a in attrs {
@@ -160,11 +180,12 @@ pub fn flush_udp(
     })?;
     for orig in &doomed {
         send(
-            &socket,
+            socket,
+            family,
             ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(orig.clone())]),
             NLM_F_REQUEST | NLM_F_ACK,
         )?;
-        receive(&socket, |_| {})?;
+        receive(socket, |_| {})?;
     }
     Ok(doomed.len())
 }

@@ -2,12 +2,12 @@
 //! sync, the errors, and running the rule tools (`iptables-restore`, `nft`) with text on stdin.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
-use crate::model::Model;
+use crate::model::{Family, Model};
 
 /// The mark a packet carries when it must be masqueraded on its way out (kube-proxy's bit).
 pub const MASQ_MARK: u32 = 0x4000;
@@ -18,14 +18,16 @@ pub enum Mode {
     Nftables,
 }
 
-/// Node facts the rules depend on.
+/// Node facts the rules of one IP family depend on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RenderConfig {
-    /// Traffic to a ClusterIP from outside this range is masqueraded.
-    pub cluster_cidr: Option<Ipv4Net>,
+    /// The family of the table (nftables) or the tool (iptables, ip6tables) written.
+    pub family: Family,
+    /// Traffic to a ClusterIP from outside this range (of `family`) is masqueraded.
+    pub cluster_cidr: Option<IpNet>,
     pub masquerade_all: bool,
-    /// The addresses NodePorts answer on; `None` means every local address.
-    pub node_ips: Option<Vec<Ipv4Addr>>,
+    /// The addresses (of `family`) NodePorts answer on; `None` means every local address.
+    pub node_ips: Option<Vec<IpAddr>>,
 }
 
 /// What one sync wrote.

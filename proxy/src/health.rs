@@ -286,12 +286,16 @@ impl ServiceHealthServers {
                 *shared.lock().unwrap_or_else(|e| e.into_inner()) = health;
                 continue;
             }
-            let listener = match tokio::net::TcpListener::bind(SocketAddr::from((
-                [0, 0, 0, 0],
-                port,
-            )))
-            .await
-            {
+            // Every address of both families (`::` takes IPv4 too); `0.0.0.0` where the node
+            // has no IPv6.
+            let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+            let bound = match tokio::net::TcpListener::bind(any6).await {
+                Ok(l) => Ok(l),
+                Err(_) => {
+                    tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await
+                }
+            };
+            let listener = match bound {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(port, error = %e, service = %format!("{}/{}", health.namespace, health.name), "cannot serve healthCheckNodePort");

@@ -8,12 +8,42 @@
 //! SKIFF-POSTROUTING masquerades what SKIFF-MARK-MASQ marked.
 //! filter: INPUT/FORWARD/OUTPUT (new connections) → SKIFF-SERVICES rejects Services without
 //! endpoints; FORWARD → SKIFF-FORWARD accepts marked and established Service traffic.
+//!
+//! The IPv6 model is written the same way with ip6tables (`ip6tables-restore --noflush`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write;
+use std::fmt::{self, Write};
+use std::net::IpAddr;
 
 use crate::dataplane::{Applied, DataPlane, Error, MASQ_MARK, RenderConfig, run_tool};
-use crate::model::{Endpoint, Model, ServicePort};
+use crate::model::{Endpoint, Family, Model, Protocol, ServicePort};
+
+/// The tools of a family: (iptables, iptables-restore, iptables-save, nft's table family).
+fn tools(f: Family) -> (&'static str, &'static str, &'static str, &'static str) {
+    match f {
+        Family::V4 => ("iptables", "iptables-restore", "iptables-save", "ip"),
+        Family::V6 => ("ip6tables", "ip6tables-restore", "ip6tables-save", "ip6"),
+    }
+}
+
+/// `-m recent`'s mask keeping the whole client address, in the family of `ip`.
+fn whole_mask(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "255.255.255.255"
+    } else {
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+    }
+}
+
+/// One address as a match: `10.96.0.10/32`, `fd00::a/128`.
+struct Host(IpAddr);
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bits = if self.0.is_ipv4() { 32 } else { 128 };
+        write!(f, "{}/{bits}", self.0)
+    }
+}
 
 /// The per-Service chains; with the fixed chains below, everything the proxy owns. Other
 /// `SKIFF-` chains (the kubelet's masquerade and hostPort chains) are not ours to touch.
@@ -144,7 +174,7 @@ pub fn render(model: &Model, cfg: &RenderConfig) -> Ruleset {
 fn node_destinations(cfg: &RenderConfig) -> Vec<String> {
     match &cfg.node_ips {
         None => vec!["-m addrtype --dst-type LOCAL".to_string()],
-        Some(ips) => ips.iter().map(|ip| format!("-d {ip}/32")).collect(),
+        Some(ips) => ips.iter().map(|ip| format!("-d {}", Host(*ip))).collect(),
     }
 }
 
@@ -154,13 +184,19 @@ fn render_port(r: &mut Ruleset, p: &ServicePort, cfg: &RenderConfig) {
     let external = p.external_endpoints();
     let svc = svc_chain(p);
     let ext = ext_chain(p);
-    let cip = p.cluster_ip;
+    let cip = Host(p.cluster_ip);
     // No endpoints at all: REJECT, so clients fail fast. Endpoints only elsewhere (a Local
     // policy): DROP, as kube-proxy does.
     let no_endpoints = if p.endpoints.iter().any(|e| e.ready || e.serving) {
         "DROP"
     } else {
-        "REJECT --reject-with icmp-port-unreachable"
+        match (cfg.family, p.id.protocol) {
+            (Family::V4, _) => "REJECT --reject-with icmp-port-unreachable",
+            // The node's own TCP connections take an ICMPv6 error only when their SYN is sent
+            // again, a second later: a reset refuses them at once.
+            (Family::V6, Protocol::Tcp) => "REJECT --reject-with tcp-reset",
+            (Family::V6, _) => "REJECT --reject-with icmp6-port-unreachable",
+        }
     };
 
     if cluster.is_empty() {
@@ -168,7 +204,7 @@ fn render_port(r: &mut Ruleset, p: &ServicePort, cfg: &RenderConfig) {
             "filter",
             SERVICES,
             format!(
-                "-d {cip}/32 -m comment --comment \"{id} has no endpoints\" {} -j {no_endpoints}",
+                "-d {cip} -m comment --comment \"{id} has no endpoints\" {} -j {no_endpoints}",
                 dport(p, p.port)
             ),
         );
@@ -177,7 +213,7 @@ fn render_port(r: &mut Ruleset, p: &ServicePort, cfg: &RenderConfig) {
             "nat",
             SERVICES,
             format!(
-                "-d {cip}/32 -m comment --comment \"{id} cluster IP\" {} -j {svc}",
+                "-d {cip} -m comment --comment \"{id} cluster IP\" {} -j {svc}",
                 dport(p, p.port)
             ),
         );
@@ -185,30 +221,31 @@ fn render_port(r: &mut Ruleset, p: &ServicePort, cfg: &RenderConfig) {
             r.add(
                 "nat",
                 &svc,
-                format!("-d {cip}/32 {} -j {MARK_MASQ}", dport(p, p.port)),
+                format!("-d {cip} {} -j {MARK_MASQ}", dport(p, p.port)),
             );
         } else if let Some(cidr) = cfg.cluster_cidr {
             r.add(
                 "nat",
                 &svc,
-                format!(
-                    "! -s {cidr} -d {cip}/32 {} -j {MARK_MASQ}",
-                    dport(p, p.port)
-                ),
+                format!("! -s {cidr} -d {cip} {} -j {MARK_MASQ}", dport(p, p.port)),
             );
         }
         spread(r, &svc, p, &cluster);
     }
 
     if p.has_external() {
-        let external_dsts = p.external_ips.iter().chain(&p.load_balancer_ips);
+        let external_dsts = p
+            .external_ips
+            .iter()
+            .chain(&p.load_balancer_ips)
+            .map(|ip| Host(*ip));
         if external.is_empty() {
             for ip in external_dsts {
                 r.add(
                     "filter",
                     SERVICES,
                     format!(
-                        "-d {ip}/32 -m comment --comment \"{id} has no endpoints\" {} -j {no_endpoints}",
+                        "-d {ip} -m comment --comment \"{id} has no endpoints\" {} -j {no_endpoints}",
                         dport(p, p.port)
                     ),
                 );
@@ -231,7 +268,7 @@ fn render_port(r: &mut Ruleset, p: &ServicePort, cfg: &RenderConfig) {
                     "nat",
                     SERVICES,
                     format!(
-                        "-d {ip}/32 -m comment --comment \"{id} external IP\" {} -j {ext}",
+                        "-d {ip} -m comment --comment \"{id} external IP\" {} -j {ext}",
                         dport(p, p.port)
                     ),
                 );
@@ -274,9 +311,10 @@ fn render_port(r: &mut Ruleset, p: &ServicePort, cfg: &RenderConfig) {
         let sep = sep_chain(p, &e);
         // Hairpin: a pod reaching itself through the Service is masqueraded so the reply
         // comes back through the node.
-        r.add("nat", &sep, format!("-s {}/32 -j {MARK_MASQ}", e.ip));
+        r.add("nat", &sep, format!("-s {} -j {MARK_MASQ}", Host(e.ip)));
         let affinity = if p.affinity_seconds.is_some() {
-            format!(" -m recent --set --name {sep} --mask 255.255.255.255 --rsource")
+            let mask = whole_mask(e.ip);
+            format!(" -m recent --set --name {sep} --mask {mask} --rsource")
         } else {
             String::new()
         };
@@ -299,8 +337,9 @@ fn spread(r: &mut Ruleset, chain: &str, p: &ServicePort, endpoints: &[Endpoint])
                 "nat",
                 chain,
                 format!(
-                    "-m comment --comment \"{} -> {e}\" -m recent --rcheck --seconds {seconds} --reap --name {sep} --mask 255.255.255.255 --rsource -j {sep}",
-                    p.id
+                    "-m comment --comment \"{} -> {e}\" -m recent --rcheck --seconds {seconds} --reap --name {sep} --mask {} --rsource -j {sep}",
+                    p.id,
+                    whole_mask(e.ip)
                 ),
             );
         }
@@ -335,13 +374,14 @@ struct Installed {
 /// to show a few jumps. The chain names come from `nft list chains ip` (names only, no rules)
 /// and the jumps from `iptables -S` of each built-in chain we jump from. The legacy backend's
 /// `iptables-save` reads the table in one piece from the kernel and is used as it is.
-fn read_installed() -> Result<Installed, Error> {
-    let version = run_tool("iptables", &["-V"], None)?;
+fn read_installed(family: Family) -> Result<Installed, Error> {
+    let (iptables, _, save, nft_family) = tools(family);
+    let version = run_tool(iptables, &["-V"], None)?;
     if version.contains("nf_tables") {
-        match run_tool("nft", &["list", "chains", "ip"], None) {
+        match run_tool("nft", &["list", "chains", nft_family], None) {
             Ok(listing) => {
                 let mut inst = Installed {
-                    chains: parse_nft_chains(&listing),
+                    chains: parse_nft_chains(&listing, nft_family),
                     ..Default::default()
                 };
                 let builtins: BTreeSet<(&str, &str)> = JUMPS
@@ -349,8 +389,14 @@ fn read_installed() -> Result<Installed, Error> {
                     .chain([&POSTROUTING_JUMP])
                     .map(|(table, builtin, _, _)| (*table, *builtin))
                     .collect();
-                for (table, builtin) in builtins {
-                    let rules = run_tool("iptables", &["-w", "-t", table, "-S", builtin], None)?;
+                // (Listing a built-in chain of a table that is not there would create it.)
+                let present = |table: &str| {
+                    listing
+                        .lines()
+                        .any(|l| l.trim() == format!("table {nft_family} {table} {{"))
+                };
+                for (table, builtin) in builtins.into_iter().filter(|(t, _)| present(t)) {
+                    let rules = run_tool(iptables, &["-w", "-t", table, "-S", builtin], None)?;
                     let found = parse_installed(&format!("*{table}\n{rules}"));
                     for (table, lines) in found.jumps {
                         inst.jumps.entry(table).or_default().extend(lines);
@@ -363,16 +409,18 @@ fn read_installed() -> Result<Installed, Error> {
             Err(e) => return Err(e),
         }
     }
-    let saved = run_tool("iptables-save", &[], None)?;
+    let saved = run_tool(save, &[], None)?;
     Ok(parse_installed(&saved))
 }
 
-/// Our chains in iptables-nft's `ip filter` and `ip nat` tables, from `nft list chains ip`.
-fn parse_nft_chains(listing: &str) -> BTreeMap<String, BTreeSet<String>> {
+/// Our chains in iptables-nft's `ip filter` and `ip nat` tables (`ip6` with `nft_family`
+/// `ip6`), from `nft list chains ip` (`ip6`).
+fn parse_nft_chains(listing: &str, nft_family: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut chains: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut table: Option<&str> = None;
+    let prefix = format!("table {nft_family} ");
     for line in listing.lines().map(str::trim) {
-        if let Some(rest) = line.strip_prefix("table ip ") {
+        if let Some(rest) = line.strip_prefix(prefix.as_str()) {
             table = rest
                 .strip_suffix('{')
                 .map(str::trim)
@@ -558,8 +606,8 @@ fn section(
     out.push_str("COMMIT\n");
 }
 
-fn restore(text: &str) -> Result<(), Error> {
-    run_tool("iptables-restore", &["-w", "--noflush"], Some(text)).map(|_| ())
+fn restore(family: Family, text: &str) -> Result<(), Error> {
+    run_tool(tools(family).1, &["-w", "--noflush"], Some(text)).map(|_| ())
 }
 
 /// The iptables data plane, remembering what it last wrote for partial syncs.
@@ -577,7 +625,7 @@ impl DataPlane for Iptables {
                 // Full: reconcile with what is installed, whoever wrote it (an earlier run of
                 // ours, or a crash half way): every chain of ours is rewritten, strays deleted
                 // and missing jumps added.
-                let inst = read_installed()?;
+                let inst = read_installed(cfg.family)?;
                 let missing: Vec<_> = JUMPS
                     .into_iter()
                     .chain([POSTROUTING_JUMP])
@@ -586,13 +634,21 @@ impl DataPlane for Iptables {
                 restore_text(&want, &BTreeMap::new(), &inst.chains, &missing)
             }
         };
-        Applied::install(&mut self.last, want, &text, changes, restore)
+        Applied::install(&mut self.last, want, &text, changes, |t| {
+            restore(cfg.family, t)
+        })
     }
 }
 
-/// Removes our jumps and chains from both tables.
+/// Removes our jumps and chains from both tables, of both families.
 pub fn cleanup() -> Result<(), Error> {
-    let inst = match read_installed() {
+    cleanup_family(Family::V4)?;
+    cleanup_family(Family::V6)
+}
+
+/// Removes our jumps and chains from both tables of `family`.
+pub fn cleanup_family(family: Family) -> Result<(), Error> {
+    let inst = match read_installed(family) {
         Ok(i) => i,
         // No iptables on the node: nothing of ours can be there.
         Err(Error::Spawn { .. }) => return Ok(()),
@@ -620,7 +676,7 @@ pub fn cleanup() -> Result<(), Error> {
     if out.is_empty() {
         return Ok(());
     }
-    restore(&out)
+    restore(family, &out)
 }
 
 #[cfg(test)]
@@ -662,6 +718,7 @@ mod tests {
     fn model(ports: Vec<ServicePort>) -> Model {
         Model {
             ports: ports.into_iter().map(|p| (p.id.clone(), p)).collect(),
+            ..Default::default()
         }
     }
 
@@ -825,7 +882,7 @@ mod tests {
                        \tchain PREROUTING {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t}\n}\n\
                        table ip filter {\n\tchain SKIFF-SERVICES {\n\t}\n}\n\
                        table ip skiff {\n\tchain SKIFF-SEP-X {\n\t}\n}\n";
-        let chains = parse_nft_chains(listing);
+        let chains = parse_nft_chains(listing, "ip");
         assert_eq!(chains.len(), 2, "{chains:?}");
         assert_eq!(chains["nat"].iter().collect::<Vec<_>>(), ["SKIFF-SVC-AAA"]);
         assert_eq!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use skiff_proxy::dataplane::Mode;
 
 #[derive(Parser)]
@@ -55,12 +55,15 @@ struct RunArgs {
     node_name: Option<String>,
     #[arg(long, value_enum, default_value = "iptables")]
     mode: Mode,
-    /// Pod network; traffic to a ClusterIP from outside it is masqueraded.
-    #[arg(long)]
-    cluster_cidr: Option<Ipv4Net>,
-    /// Service network, routed to the skiff-svc dummy interface.
-    #[arg(long, default_value = "10.96.0.0/12")]
-    service_cluster_ip_range: Ipv4Net,
+    /// Pod network (one range per family, `v4,v6`); traffic to a ClusterIP from outside it is
+    /// masqueraded.
+    #[arg(long, value_delimiter = ',')]
+    cluster_cidr: Vec<IpNet>,
+    /// Service network (one range per family, `v4,v6`), routed to the skiff-svc dummy
+    /// interface; its families are the ones programmed (an IPv6 range: the `ip6 skiff` table
+    /// or ip6tables chains).
+    #[arg(long, value_delimiter = ',', default_value = "10.96.0.0/12")]
+    service_cluster_ip_range: Vec<IpNet>,
     /// Changes closer together than this are programmed in one sync.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     min_sync_period: Duration,
@@ -71,7 +74,7 @@ struct RunArgs {
     healthz_bind_address: SocketAddr,
     /// NodePorts answer only on node addresses in these CIDRs (default: all).
     #[arg(long, value_delimiter = ',')]
-    nodeport_addresses: Vec<Ipv4Net>,
+    nodeport_addresses: Vec<IpNet>,
     /// Masquerade all traffic sent to ClusterIPs.
     #[arg(long)]
     masquerade_all: bool,
@@ -138,7 +141,23 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// At most one range of each family, as kube-proxy takes them.
+fn one_per_family(flag: &str, cidrs: &[IpNet]) -> anyhow::Result<()> {
+    let v4 = cidrs.iter().filter(|c| matches!(c, IpNet::V4(_))).count();
+    anyhow::ensure!(
+        v4 <= 1 && cidrs.len() - v4 <= 1,
+        "--{flag}: at most one IPv4 and one IPv6 range, got {cidrs:?}"
+    );
+    Ok(())
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    one_per_family("cluster-cidr", &args.cluster_cidr)?;
+    one_per_family("service-cluster-ip-range", &args.service_cluster_ip_range)?;
+    anyhow::ensure!(
+        !args.service_cluster_ip_range.is_empty(),
+        "--service-cluster-ip-range: a range is required"
+    );
     let kubeconfig = args.kubeconfig.context("--kubeconfig is required")?;
     let node_name = args.node_name.context("--node-name is required")?;
     let client = skiff_client::failover::client(&kubeconfig, &args.api_servers)
@@ -154,8 +173,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         skiff_proxy::sync::Config {
             node_name,
             mode: args.mode,
-            cluster_cidr: args.cluster_cidr,
-            service_cidr: args.service_cluster_ip_range,
+            cluster_cidrs: args.cluster_cidr,
+            service_cidrs: args.service_cluster_ip_range,
             min_sync_period: args.min_sync_period,
             sync_period: args.sync_period,
             healthz_bind_address: args.healthz_bind_address,

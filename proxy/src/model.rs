@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -14,6 +14,29 @@ use sha2::{Digest, Sha256};
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// kube's default ClientIP affinity timeout (3 hours).
 pub const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
+
+/// The IP family a model (and the table or chains rendered from it) is for: a dual-stack
+/// Service is one Service port in each family's model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    #[default]
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Self {
+        if ip.is_ipv4() { Self::V4 } else { Self::V6 }
+    }
+
+    /// As `ipFamilies` and an EndpointSlice's `addressType` name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
@@ -87,7 +110,7 @@ fn base32_80(bytes: &[u8]) -> String {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Endpoint {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub ready: bool,
     pub serving: bool,
@@ -96,9 +119,13 @@ pub struct Endpoint {
     pub local: bool,
 }
 
+/// `10.244.0.2:80`, `[fd00::2]:80`: as DNAT targets are written.
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.ip, self.port)
+        match self.ip {
+            IpAddr::V4(ip) => write!(f, "{ip}:{}", self.port),
+            IpAddr::V6(ip) => write!(f, "[{ip}]:{}", self.port),
+        }
     }
 }
 
@@ -106,11 +133,11 @@ impl fmt::Display for Endpoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServicePort {
     pub id: ServicePortName,
-    pub cluster_ip: Ipv4Addr,
+    pub cluster_ip: IpAddr,
     pub port: u16,
     pub node_port: Option<u16>,
-    pub external_ips: Vec<Ipv4Addr>,
-    pub load_balancer_ips: Vec<Ipv4Addr>,
+    pub external_ips: Vec<IpAddr>,
+    pub load_balancer_ips: Vec<IpAddr>,
     /// ClientIP session affinity timeout in seconds, when affinity is on.
     pub affinity_seconds: Option<u32>,
     pub internal_local: bool,
@@ -168,13 +195,26 @@ pub struct Skipped {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Model {
+    pub family: Family,
     pub ports: BTreeMap<ServicePortName, ServicePort>,
 }
 
 impl Model {
-    /// Builds the model for node `node` from the current objects; what cannot be programmed
-    /// safely is left out and reported, never passed on to a renderer.
+    /// [`Model::build_for`] IPv4.
     pub fn build<'a>(
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        node: &str,
+    ) -> (Model, Vec<Skipped>) {
+        Self::build_for(Family::V4, services, slices, node)
+    }
+
+    /// Builds the model of `family` for node `node` from the current objects: each Service at
+    /// its ClusterIP of that family (none: not in this model) with the endpoints of its slices
+    /// of that `addressType`. What cannot be programmed safely is left out and reported, never
+    /// passed on to a renderer.
+    pub fn build_for<'a>(
+        family: Family,
         services: impl IntoIterator<Item = &'a Service>,
         slices: impl IntoIterator<Item = &'a EndpointSlice>,
         node: &str,
@@ -182,12 +222,12 @@ impl Model {
         let mut skipped = Vec::new();
         let mut ports = BTreeMap::new();
         for svc in services {
-            for port in service_ports(svc, &mut skipped) {
+            for port in service_ports(svc, family, &mut skipped) {
                 ports.insert(port.id.clone(), port);
             }
         }
         for slice in slices {
-            add_slice(&mut ports, slice, node, &mut skipped);
+            add_slice(&mut ports, slice, family, node, &mut skipped);
         }
         for port in ports.values_mut() {
             port.endpoints.sort();
@@ -195,13 +235,13 @@ impl Model {
         }
         skipped.sort();
         skipped.dedup();
-        (Model { ports }, skipped)
+        (Model { family, ports }, skipped)
     }
 
     /// UDP endpoints present in `self` but gone (or no longer usable) in `next`: their conntrack
     /// entries must go or clients keep sending to a dead address.
-    pub fn stale_udp_endpoints(&self, next: &Model) -> BTreeSet<(Ipv4Addr, u16)> {
-        let used = |m: &Model| -> BTreeSet<(Ipv4Addr, u16)> {
+    pub fn stale_udp_endpoints(&self, next: &Model) -> BTreeSet<(IpAddr, u16)> {
+        let used = |m: &Model| -> BTreeSet<(IpAddr, u16)> {
             m.ports
                 .values()
                 .filter(|p| p.id.protocol == Protocol::Udp)
@@ -223,7 +263,7 @@ impl Model {
 /// Where a UDP flow to a Service was sent: a Service address, or a NodePort on any address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ServiceDst {
-    Addr(Ipv4Addr, u16),
+    Addr(IpAddr, u16),
     NodePort(u16),
 }
 
@@ -268,23 +308,26 @@ fn skip(skipped: &mut Vec<Skipped>, kind: &'static str, ns: &str, name: &str, re
     });
 }
 
-fn parse_ipv4_list<'a>(
+/// The addresses of `family` in `list` (those of the other family are its model's).
+fn parse_ip_list<'a>(
     list: impl IntoIterator<Item = &'a String>,
+    family: Family,
     field: &str,
     ns: &str,
     name: &str,
     skipped: &mut Vec<Skipped>,
-) -> Vec<Ipv4Addr> {
+) -> Vec<IpAddr> {
     let mut out = Vec::new();
     for s in list {
-        match s.parse::<Ipv4Addr>() {
+        match s.parse::<IpAddr>() {
+            Ok(ip) if Family::of(&ip) != family => {}
             Ok(ip) if usable_unicast(ip) => out.push(ip),
             _ => skip(
                 skipped,
                 "Service",
                 ns,
                 name,
-                format!("{field}: {s:?} is not a usable IPv4 address; ignored"),
+                format!("{field}: {s:?} is not a usable IP address; ignored"),
             ),
         }
     }
@@ -293,8 +336,13 @@ fn parse_ipv4_list<'a>(
     out
 }
 
-fn usable_unicast(ip: Ipv4Addr) -> bool {
-    !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback())
+fn usable_unicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast() || v4.is_loopback())
+        }
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast() || v6.is_loopback()),
+    }
 }
 
 /// Names end up in rule comments and chain hashes: only what a DNS label may hold gets there.
@@ -308,7 +356,7 @@ fn port_u16(v: i32) -> Option<u16> {
     u16::try_from(v).ok().filter(|p| *p != 0)
 }
 
-fn service_ports(svc: &Service, skipped: &mut Vec<Skipped>) -> Vec<ServicePort> {
+fn service_ports(svc: &Service, family: Family, skipped: &mut Vec<Skipped>) -> Vec<ServicePort> {
     let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
     let name = svc.metadata.name.as_deref().unwrap_or_default();
     let Some(spec) = &svc.spec else {
@@ -328,26 +376,41 @@ fn service_ports(svc: &Service, skipped: &mut Vec<Skipped>) -> Vec<ServicePort> 
         );
         return Vec::new();
     }
-    let cluster_ip = match spec.cluster_ip.as_deref() {
-        None | Some("") | Some("None") => return Vec::new(),
-        Some(s) => match s.parse::<Ipv4Addr>() {
-            Ok(ip) if usable_unicast(ip) => ip,
-            // IPv6 single-stack Services are not proxied by this IPv4 data plane.
-            _ if s.contains(':') => return Vec::new(),
+    // `clusterIPs` (one per family), or `clusterIP` alone from an older server.
+    let listed: Vec<&String> = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips.iter().collect(),
+        _ => spec.cluster_ip.iter().collect(),
+    };
+    if matches!(
+        listed.first().map(|s| s.as_str()),
+        None | Some("") | Some("None")
+    ) {
+        return Vec::new();
+    }
+    let mut cluster_ip = None;
+    for s in listed {
+        match s.parse::<IpAddr>() {
+            Ok(ip) if Family::of(&ip) != family => {}
+            Ok(ip) if usable_unicast(ip) => cluster_ip = Some(ip),
             _ => {
                 skip(
                     skipped,
                     "Service",
                     ns,
                     name,
-                    format!("spec.clusterIP: {s:?} is not a usable IPv4 address"),
+                    format!("spec.clusterIPs: {s:?} is not a usable IP address"),
                 );
                 return Vec::new();
             }
-        },
+        }
+    }
+    // No address of this family: the Service is the other family's model's.
+    let Some(cluster_ip) = cluster_ip else {
+        return Vec::new();
     };
-    let external_ips = parse_ipv4_list(
+    let external_ips = parse_ip_list(
         spec.external_ips.iter().flatten(),
+        family,
         "spec.externalIPs",
         ns,
         name,
@@ -365,8 +428,9 @@ fn service_ports(svc: &Service, skipped: &mut Vec<Skipped>) -> Vec<ServicePort> 
     } else {
         Vec::new()
     };
-    let load_balancer_ips = parse_ipv4_list(
+    let load_balancer_ips = parse_ip_list(
         &lb_strings,
+        family,
         "status.loadBalancer.ingress.ip",
         ns,
         name,
@@ -466,10 +530,11 @@ fn service_ports(svc: &Service, skipped: &mut Vec<Skipped>) -> Vec<ServicePort> 
 fn add_slice(
     ports: &mut BTreeMap<ServicePortName, ServicePort>,
     slice: &EndpointSlice,
+    family: Family,
     node: &str,
     skipped: &mut Vec<Skipped>,
 ) {
-    if slice.address_type != "IPv4" {
+    if slice.address_type != family.name() {
         return;
     }
     let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
@@ -523,21 +588,26 @@ fn add_slice(
             let Some(addr) = ep.addresses.first() else {
                 continue;
             };
-            match addr.parse::<Ipv4Addr>() {
-                Ok(ip) if usable_unicast(ip) => target.endpoints.push(Endpoint {
-                    ip,
-                    port,
-                    ready,
-                    serving,
-                    terminating,
-                    local,
-                }),
+            match addr.parse::<IpAddr>() {
+                Ok(ip) if Family::of(&ip) == family && usable_unicast(ip) => {
+                    target.endpoints.push(Endpoint {
+                        ip,
+                        port,
+                        ready,
+                        serving,
+                        terminating,
+                        local,
+                    })
+                }
                 _ => skip(
                     skipped,
                     "EndpointSlice",
                     ns,
                     slice_name,
-                    format!("endpoints.addresses: {addr:?} is not a usable IPv4 address; ignored"),
+                    format!(
+                        "endpoints.addresses: {addr:?} is not a usable {} address; ignored",
+                        family.name()
+                    ),
                 ),
             }
         }
@@ -547,6 +617,7 @@ fn add_slice(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn svc(v: serde_json::Value) -> Service {
         serde_json::from_value(v).unwrap()
@@ -597,6 +668,49 @@ mod tests {
         let dns = m.ports.values().find(|p| p.id.port == "dns").unwrap();
         assert_eq!(dns.id.protocol, Protocol::Udp);
         assert!(dns.endpoints.iter().all(|e| e.port == 5353));
+    }
+
+    #[test]
+    fn each_family_models_a_service_at_its_address_of_that_family() {
+        let mut dual = web();
+        let spec = dual.spec.as_mut().unwrap();
+        spec.cluster_ip = Some("fd00:10:96::10".into());
+        spec.cluster_ips = Some(vec!["fd00:10:96::10".into(), "10.96.0.11".into()]);
+        spec.external_ips = Some(vec!["1.2.3.4".into(), "2001:db8::4".into()]);
+        let v6_slice = slice(serde_json::json!({
+            "metadata": {"namespace": "default", "name": "web-v6",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv6",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["fd00:244::2"]}]
+        }));
+        let v4_slice = web_slice(serde_json::json!([{"addresses": ["10.244.0.2"]}]));
+        let build = |family, svc: &Service| {
+            let (m, skipped) = Model::build_for(family, [svc], [&v6_slice, &v4_slice], "n1");
+            assert!(skipped.is_empty(), "{skipped:?}");
+            assert_eq!(m.family, family);
+            m
+        };
+        let v4 = build(Family::V4, &dual);
+        let p = http(&v4);
+        assert_eq!(p.cluster_ip, Ipv4Addr::new(10, 96, 0, 11));
+        assert_eq!(p.external_ips, vec![Ipv4Addr::new(1, 2, 3, 4)]);
+        let ips: Vec<_> = p.cluster_endpoints().iter().map(|e| e.ip).collect();
+        assert_eq!(ips, vec![Ipv4Addr::new(10, 244, 0, 2)]);
+        let v6 = build(Family::V6, &dual);
+        let p = http(&v6);
+        assert_eq!(p.cluster_ip.to_string(), "fd00:10:96::10");
+        assert_eq!(p.external_ips[0].to_string(), "2001:db8::4");
+        let ips: Vec<_> = p
+            .cluster_endpoints()
+            .iter()
+            .map(|e| e.ip.to_string())
+            .collect();
+        assert_eq!(ips, ["fd00:244::2"]);
+        // An IPv6-only Service is the IPv6 model's alone.
+        dual.spec.as_mut().unwrap().cluster_ips = Some(vec!["fd00:10:96::10".into()]);
+        assert!(build(Family::V4, &dual).ports.is_empty());
+        assert_eq!(build(Family::V6, &dual).ports.len(), 2);
     }
 
     #[test]
@@ -713,7 +827,7 @@ mod tests {
         let (before, _) = Model::build([&web()], [&two], "n1");
         let (after, _) = Model::build([&web()], [&one], "n1");
         let stale: Vec<_> = before.stale_udp_endpoints(&after).into_iter().collect();
-        assert_eq!(stale, vec![(Ipv4Addr::new(10, 244, 0, 3), 5353)]);
+        assert_eq!(stale, vec![(Ipv4Addr::new(10, 244, 0, 3).into(), 5353)]);
         assert!(after.stale_udp_endpoints(&before).is_empty());
     }
 
@@ -730,7 +844,7 @@ mod tests {
         // The UDP port has no nodePort in this Service; its ClusterIP gained endpoints.
         assert_eq!(
             gained,
-            vec![ServiceDst::Addr(Ipv4Addr::new(10, 96, 0, 10), 53)]
+            vec![ServiceDst::Addr(Ipv4Addr::new(10, 96, 0, 10).into(), 53)]
         );
         assert!(full.udp_services_gaining_endpoints(&full).is_empty());
     }

@@ -4,10 +4,10 @@
 //! device stands in where the kernel lacks the dummy driver), the
 //! node's addresses for NodePorts, and a stream of address changes that triggers a resync.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::{StreamExt, TryStreamExt};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_sys::AsyncSocket;
 use rtnetlink::{Handle, LinkDummy, LinkIfb, LinkUnspec, RouteMessageBuilder};
@@ -48,8 +48,9 @@ async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, Error> {
     }
 }
 
-/// Creates `skiff-svc` (if missing), sets it up and routes `service_cidr` to it.
-pub async fn ensure_service_route(service_cidr: Ipv4Net) -> Result<(), Error> {
+/// Creates `skiff-svc` (if missing), sets it up and routes the Service CIDRs (one per family)
+/// to it.
+pub async fn ensure_service_route(service_cidrs: &[IpNet]) -> Result<(), Error> {
     let handle = connect()?;
     let index = match link_index(&handle, DUMMY).await? {
         Some(i) => i,
@@ -86,17 +87,26 @@ pub async fn ensure_service_route(service_cidr: Ipv4Net) -> Result<(), Error> {
         .execute()
         .await
         .map_err(request(format!("setting {DUMMY} up")))?;
-    let route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(service_cidr.network(), service_cidr.prefix_len())
-        .output_interface(index)
-        .build();
-    handle
-        .route()
-        .add(route)
-        .replace()
-        .execute()
-        .await
-        .map_err(request(format!("routing {service_cidr} to {DUMMY}")))
+    for cidr in service_cidrs {
+        let route = match cidr {
+            IpNet::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(v4.network(), v4.prefix_len())
+                .output_interface(index)
+                .build(),
+            IpNet::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(v6.network(), v6.prefix_len())
+                .output_interface(index)
+                .build(),
+        };
+        handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(request(format!("routing {cidr} to {DUMMY}")))?;
+    }
+    Ok(())
 }
 
 /// Deletes `skiff-svc` (and with it the Service CIDR route), if present.
@@ -148,8 +158,8 @@ pub async fn set_up_loopback(ip: Ipv4Addr) -> Result<(), Error> {
         .map_err(request(format!("adding {ip} to lo")))
 }
 
-/// The node's IPv4 addresses inside any of `cidrs`, sorted.
-pub async fn node_ips(cidrs: &[Ipv4Net]) -> Result<Vec<Ipv4Addr>, Error> {
+/// The node's addresses (either family) inside any of `cidrs`, sorted.
+pub async fn node_ips(cidrs: &[IpNet]) -> Result<Vec<IpAddr>, Error> {
     let handle = connect()?;
     let mut addrs = handle.address().get().execute();
     let mut out = Vec::new();
@@ -159,7 +169,7 @@ pub async fn node_ips(cidrs: &[Ipv4Net]) -> Result<Vec<Ipv4Addr>, Error> {
         .map_err(request("listing addresses"))?
     {
         for attr in msg.attributes {
-            if let AddressAttribute::Address(IpAddr::V4(ip)) = attr
+            if let AddressAttribute::Address(ip) = attr
                 && cidrs.iter().any(|c| c.contains(&ip))
             {
                 out.push(ip);
@@ -171,10 +181,10 @@ pub async fn node_ips(cidrs: &[Ipv4Net]) -> Result<Vec<Ipv4Addr>, Error> {
     Ok(out)
 }
 
-/// Calls `changed` whenever an IPv4 address is added to or removed from the node.
+/// Calls `changed` whenever an address is added to or removed from the node.
 pub async fn watch_addresses(changed: impl Fn() + Send + 'static) -> Result<(), Error> {
     let (mut conn, _handle, mut messages) = rtnetlink::new_connection().map_err(Error::Connect)?;
-    let groups = libc::RTMGRP_IPV4_IFADDR as u32;
+    let groups = (libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
     conn.socket_mut()
         .socket_mut()
         .bind(&netlink_sys::SocketAddr::new(0, groups))

@@ -1,4 +1,5 @@
-//! The nftables renderer: one `ip skiff` table in kube-proxy's nftables shape. Packets are
+//! The nftables renderer: one `ip skiff` table (and one `ip6 skiff`, the same rendered from the
+//! IPv6 model, where IPv6 is in use) in kube-proxy's nftables shape. Packets are
 //! dispatched by verdict maps keyed on `address . protocol . port`, so their cost does not grow
 //! with the number of Services, and endpoints are picked from data maps, so a change to a
 //! Service's endpoints is a change of map elements only. A partial change is one transaction
@@ -29,24 +30,52 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::dataplane::{Applied, DataPlane, Error, MASQ_MARK, RenderConfig, run_tool};
-use crate::model::{Endpoint, Model, ServicePort, ServicePortName};
+use crate::model::{Endpoint, Family, Model, ServicePort, ServicePortName};
 use crate::nft_batch::{self, Batch, Data, Expr};
 
 pub const TABLE: &str = "skiff";
 
+/// nft's name of a family's tables, also the prefix of its address matches (`ip6 daddr`).
+fn nf(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
+}
+
+/// The netlink family of a family's tables.
+fn af(f: Family) -> u8 {
+    match f {
+        Family::V4 => libc::AF_INET as u8,
+        Family::V6 => libc::AF_INET6 as u8,
+    }
+}
+
+/// A declaration written for IPv4 (the constants below), in `f`'s spelling.
+fn for_family(f: Family, decl: &str) -> String {
+    match f {
+        Family::V4 => decl.to_string(),
+        Family::V6 => decl
+            .replace("ipv4_addr", "ipv6_addr")
+            .replace("ip daddr", "ip6 daddr"),
+    }
+}
+
 /// Our table's contents: chains with their rules, sets (declaration) and map/set elements.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
+    /// The table's family (`ip` or `ip6`).
+    pub family: Family,
     pub chains: BTreeMap<String, Vec<String>>,
     /// Dynamic sets (ClientIP affinity), by name: their declaration body.
     pub sets: BTreeMap<String, String>,
     /// Elements of the fixed maps and sets: key → value (empty for a set).
     pub elements: BTreeMap<&'static str, BTreeMap<String, String>>,
     /// The endpoint addresses in @hairpin-endpoints.
-    pub hairpin: BTreeSet<Ipv4Addr>,
+    pub hairpin: BTreeSet<IpAddr>,
     /// The shared pick chains a Service port sends its fronts to.
     picks: BTreeSet<Pick>,
 }
@@ -67,10 +96,10 @@ impl Front {
     }
 
     /// The packet's fields that make the key.
-    fn key(self) -> &'static str {
+    fn key(self, f: Family) -> String {
         match self {
-            Self::Addr => "ip daddr . meta l4proto . th dport",
-            Self::Port => "meta l4proto . th dport",
+            Self::Addr => format!("{} daddr . meta l4proto . th dport", nf(f)),
+            Self::Port => "meta l4proto . th dport".into(),
         }
     }
 
@@ -126,10 +155,11 @@ impl Pick {
     }
 
     fn rules(&self, cfg: &RenderConfig) -> Vec<String> {
-        let key = self.front.key();
+        let f = nf(cfg.family);
+        let key = self.front.key(cfg.family);
         let dnat = |external| {
             format!(
-                "dnat ip to {key} . numgen random mod {} map @{}",
+                "dnat {f} to {key} . numgen random mod {} map @{}",
                 self.k,
                 self.front.endpoint_map(external)
             )
@@ -142,7 +172,7 @@ impl Pick {
                 let cluster_path = format!("{key} vmap @{}", self.front.cluster_path_map());
                 let mut rules: Vec<String> = cfg
                     .cluster_cidr
-                    .map(|cidr| format!("ip saddr {cidr} {cluster_path}"))
+                    .map(|cidr| format!("{f} saddr {cidr} {cluster_path}"))
                     .into_iter()
                     .collect();
                 rules.push("fib saddr type local jump mark-for-masquerade".into());
@@ -163,11 +193,17 @@ impl Pick {
     /// The rules as netlink expressions (those of [`Pick::rules`]) for the picks that DNAT
     /// through an endpoint map: nft 1.0.6 cannot add such a rule once the map is read back from
     /// the kernel. `None` for policy-local picks, written as text.
-    fn exprs(&self) -> Option<Vec<Vec<Expr<'static>>>> {
+    fn exprs(&self, family: Family) -> Option<Vec<Vec<Expr<'static>>>> {
         let map = self.front.endpoint_map(self.kind != PickKind::Cluster);
         let k = self.k as u32;
-        // The key into 4-byte registers from 1 (nft's layout: each field in its own), the
-        // endpoint's address and port back into 1 and the next.
+        // The key into 4-byte registers from 1 (nft's layout: each field in its own, an
+        // address in as many as it needs: 8 is 1's first word), the endpoint's address and
+        // port back into 1 and the register after the address.
+        let (daddr_offset, addr_len, nfproto) = match family {
+            Family::V4 => (16, 4, libc::NFPROTO_IPV4),
+            Family::V6 => (24, 16, libc::NFPROTO_IPV6),
+        };
+        let after_addr = 8 + addr_len / 4;
         let th_dport = |dreg| Expr::Payload {
             transport: true,
             offset: 2,
@@ -178,15 +214,15 @@ impl Pick {
             Front::Addr => vec![
                 Expr::Payload {
                     transport: false,
-                    offset: 16,
-                    len: 4,
+                    offset: daddr_offset,
+                    len: addr_len,
                     dreg: 1,
                 },
-                Expr::L4proto { dreg: 9 },
-                th_dport(10),
+                Expr::L4proto { dreg: after_addr },
+                th_dport(after_addr + 1),
                 Expr::Numgen {
                     modulus: k,
-                    dreg: 11,
+                    dreg: after_addr + 2,
                 },
             ],
             Front::Port => vec![
@@ -204,9 +240,9 @@ impl Pick {
             dreg: 1,
         });
         dnat.push(Expr::Dnat {
-            family: libc::NFPROTO_IPV4 as u8,
+            family: nfproto as u8,
             addr: 1,
-            port: 9,
+            port: after_addr,
         });
         let jump = |chain| vec![Expr::Verdict(nft_batch::NFT_JUMP, chain)];
         Some(match self.kind {
@@ -235,12 +271,17 @@ fn masquerade_outsiders(cfg: &RenderConfig) -> Option<String> {
     if cfg.masquerade_all {
         Some("jump mark-for-masquerade".into())
     } else {
-        cfg.cluster_cidr
-            .map(|cidr| format!("ip saddr != {cidr} jump mark-for-masquerade"))
+        cfg.cluster_cidr.map(|cidr| {
+            format!(
+                "{} saddr != {cidr} jump mark-for-masquerade",
+                nf(cfg.family)
+            )
+        })
     }
 }
 
-/// Fixed maps and sets, declared on table creation: (name, kind, declaration).
+/// Fixed maps and sets, declared on table creation: (name, kind, declaration, written for IPv4:
+/// see [`for_family`]).
 const MAPS: [(&str, &str, &str); 11] = [
     (
         "service-ips",
@@ -356,7 +397,11 @@ pub fn render(model: &Model, cfg: &RenderConfig) -> Ruleset {
 
 /// What does not depend on any Service: base and fixed chains, declared maps, NodePort addresses.
 fn base_rules(cfg: &RenderConfig) -> Ruleset {
-    let mut r = Ruleset::default();
+    let mut r = Ruleset {
+        family: cfg.family,
+        ..Default::default()
+    };
+    let f = nf(cfg.family);
     for (name, _) in BASE_CHAINS {
         r.chains.insert(name.to_string(), Vec::new());
     }
@@ -371,11 +416,11 @@ fn base_rules(cfg: &RenderConfig) -> Ruleset {
     r.rule("filter-output", "ct state new jump service-reject");
     r.rule(
         "service-reject",
-        "ip daddr . meta l4proto . th dport vmap @no-endpoint-services",
+        format!("{f} daddr . meta l4proto . th dport vmap @no-endpoint-services"),
     );
     r.rule(
         "services",
-        "ip daddr . meta l4proto . th dport vmap @service-ips",
+        format!("{f} daddr . meta l4proto . th dport vmap @service-ips"),
     );
     let node_dst = match &cfg.node_ips {
         None => "fib daddr type local".to_string(),
@@ -383,7 +428,7 @@ fn base_rules(cfg: &RenderConfig) -> Ruleset {
             for ip in ips {
                 r.element("nodeport-ips", ip.to_string(), "");
             }
-            "ip daddr @nodeport-ips".to_string()
+            format!("{f} daddr @nodeport-ips")
         }
     };
     r.rule(
@@ -404,7 +449,7 @@ fn base_rules(cfg: &RenderConfig) -> Ruleset {
     );
     r.rule(
         "masquerading",
-        format!("ct status dnat ip saddr . ip daddr @{HAIRPIN} jump mark-for-masquerade"),
+        format!("ct status dnat {f} saddr . {f} daddr @{HAIRPIN} jump mark-for-masquerade"),
     );
     r.rule(
         "masquerading",
@@ -415,6 +460,11 @@ fn base_rules(cfg: &RenderConfig) -> Ruleset {
         format!("meta mark set meta mark ^ {MASQ_MARK:#x}"),
     );
     r.rule("masquerading", "masquerade fully-random");
+    // The node's own TCP connections take an ICMPv6 error only when their SYN is sent again,
+    // a second later: IPv6 TCP is refused with a reset, at once.
+    if cfg.family == Family::V6 {
+        r.rule("reject-chain", "meta l4proto tcp reject with tcp reset");
+    }
     r.rule("reject-chain", "reject");
     r
 }
@@ -422,7 +472,10 @@ fn base_rules(cfg: &RenderConfig) -> Ruleset {
 /// One Service port's share of the table: its map elements, the pick chains they send to,
 /// hairpin addresses, and (ClientIP affinity only) its own chains and sets.
 fn render_port(p: &ServicePort, cfg: &RenderConfig) -> Ruleset {
-    let mut rules = Ruleset::default();
+    let mut rules = Ruleset {
+        family: cfg.family,
+        ..Default::default()
+    };
     let r = &mut rules;
     let proto = p.id.protocol.as_str();
     let cluster = p.cluster_endpoints();
@@ -432,7 +485,7 @@ fn render_port(p: &ServicePort, cfg: &RenderConfig) -> Ruleset {
     } else {
         "goto reject-chain"
     };
-    let addr_key = |ip: &Ipv4Addr| format!("{ip} . {proto} . {}", p.port);
+    let addr_key = |ip: &IpAddr| format!("{ip} . {proto} . {}", p.port);
     let affinity = p.affinity_seconds.is_some();
     if affinity {
         affinity_chains(r, p, cfg, &cluster, &external);
@@ -539,13 +592,13 @@ fn affinity_chains(
     if !cluster.is_empty() {
         r.chains
             .insert(svc.clone(), masquerade_outsiders(cfg).into_iter().collect());
-        spread(r, &svc, p, cluster);
+        spread(r, &svc, p, cfg.family, cluster);
     }
     if p.has_external() && !external.is_empty() {
         if p.external_local {
             if !cluster.is_empty() {
                 if let Some(cidr) = cfg.cluster_cidr {
-                    r.rule(&ext, format!("ip saddr {cidr} goto {svc}"));
+                    r.rule(&ext, format!("{} saddr {cidr} goto {svc}", nf(cfg.family)));
                 }
                 r.rule(&ext, "fib saddr type local jump mark-for-masquerade");
                 r.rule(&ext, format!("fib saddr type local goto {svc}"));
@@ -553,7 +606,7 @@ fn affinity_chains(
         } else {
             r.rule(&ext, "jump mark-for-masquerade");
         }
-        spread(r, &ext, p, external);
+        spread(r, &ext, p, cfg.family, external);
     }
     let endpoints: BTreeSet<&Endpoint> = cluster.iter().chain(external).collect();
     for e in endpoints {
@@ -561,9 +614,15 @@ fn affinity_chains(
         let set = affinity_set(p, e);
         r.sets.insert(
             set.clone(),
-            format!("type ipv4_addr ; flags dynamic,timeout ; timeout {seconds}s ;"),
+            for_family(
+                cfg.family,
+                &format!("type ipv4_addr ; flags dynamic,timeout ; timeout {seconds}s ;"),
+            ),
         );
-        r.rule(&sep, format!("update @{set} {{ ip saddr }}"));
+        r.rule(
+            &sep,
+            format!("update @{set} {{ {} saddr }}", nf(cfg.family)),
+        );
         r.rule(
             &sep,
             format!("meta l4proto {} dnat to {e}", p.id.protocol.as_str()),
@@ -573,11 +632,16 @@ fn affinity_chains(
 
 /// Affinity first (a client seen recently returns to its endpoint), then a random pick:
 /// endpoint i of n is taken with probability 1/(n-i), which makes every endpoint equally likely.
-fn spread(r: &mut Ruleset, chain: &str, p: &ServicePort, endpoints: &[Endpoint]) {
+fn spread(r: &mut Ruleset, chain: &str, p: &ServicePort, f: Family, endpoints: &[Endpoint]) {
     for e in endpoints {
         r.rule(
             chain,
-            format!("ip saddr @{} goto {}", affinity_set(p, e), sep_chain(p, e)),
+            format!(
+                "{} saddr @{} goto {}",
+                nf(f),
+                affinity_set(p, e),
+                sep_chain(p, e)
+            ),
         );
     }
     let n = endpoints.len();
@@ -593,8 +657,11 @@ fn spread(r: &mut Ruleset, chain: &str, p: &ServicePort, endpoints: &[Endpoint])
 /// The whole table, created afresh (after deleting whatever table of that name exists), as
 /// one transaction; with `want_elements` false, its maps and sets are left empty (for [`Batch`]).
 fn full_text(want: &Ruleset, want_elements: bool) -> String {
-    let mut out = format!("add table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n");
+    let f = nf(want.family);
+    let mut out =
+        format!("add table {f} {TABLE}\ndelete table {f} {TABLE}\ntable {f} {TABLE} {{\n");
     for (name, kind, decl) in MAPS {
+        let decl = for_family(want.family, decl);
         let _ = write!(out, "\t{kind} {name} {{ {decl}");
         let elements = &want.elements[name];
         if !elements.is_empty() && want_elements {
@@ -603,7 +670,11 @@ fn full_text(want: &Ruleset, want_elements: bool) -> String {
         }
         out.push_str(" }\n");
     }
-    let _ = write!(out, "\tset {HAIRPIN} {{ {HAIRPIN_DECL}");
+    let _ = write!(
+        out,
+        "\tset {HAIRPIN} {{ {}",
+        for_family(want.family, HAIRPIN_DECL)
+    );
     if !want.hairpin.is_empty() && want_elements {
         let _ = write!(out, " elements = {{ {} }}", hairpin_elements(&want.hairpin));
     }
@@ -626,7 +697,7 @@ fn full_text(want: &Ruleset, want_elements: bool) -> String {
     out
 }
 
-fn hairpin_elements<'a>(ips: impl IntoIterator<Item = &'a Ipv4Addr>) -> String {
+fn hairpin_elements<'a>(ips: impl IntoIterator<Item = &'a IpAddr>) -> String {
     let items: Vec<String> = ips.into_iter().map(|ip| format!("{ip} . {ip}")).collect();
     items.join(", ")
 }
@@ -653,6 +724,7 @@ fn diff_text(want: &Ruleset, have: &Ruleset) -> (String, usize) {
 /// `text_elements`, changes map elements), `tail` deletes what is no longer wanted; and the
 /// pick chains to write through netlink first ([`Pick::exprs`]), each with whether it exists.
 struct Diff {
+    family: Family,
     head: String,
     tail: String,
     changes: usize,
@@ -669,7 +741,7 @@ impl Diff {
             } else {
                 batch.add_chain(TABLE, &name);
             }
-            for rule in pick.exprs().into_iter().flatten() {
+            for rule in pick.exprs(self.family).into_iter().flatten() {
                 batch.add_rule(TABLE, &name, &rule);
             }
         }
@@ -684,7 +756,7 @@ impl Diff {
     /// `text`, which does.
     fn apply(&self, text: &str) -> Result<(), Error> {
         if !self.picks.is_empty() {
-            let mut batch = Batch::new(libc::AF_INET as u8);
+            let mut batch = Batch::new(af(self.family));
             self.add_picks(&mut batch);
             batch.commit()?;
         }
@@ -693,12 +765,13 @@ impl Diff {
 }
 
 fn diff(want: &Ruleset, have: &Ruleset, text_elements: bool) -> Diff {
+    let f = nf(want.family);
     let mut out = String::new();
     let mut changes = 0;
     let batched: BTreeMap<String, Pick> = want
         .picks
         .iter()
-        .filter(|p| p.exprs().is_some())
+        .filter(|p| p.exprs(want.family).is_some())
         .map(|p| (p.name(), *p))
         .collect();
     let mut picks = Vec::new();
@@ -708,18 +781,18 @@ fn diff(want: &Ruleset, have: &Ruleset, text_elements: bool) -> Diff {
                 // A changed timeout: the set is replaced (its chain is rewritten below).
                 let _ = writeln!(
                     out,
-                    "flush chain ip {TABLE} {}",
+                    "flush chain {f} {TABLE} {}",
                     name.replacen("aff-", "sep-", 1)
                 );
-                let _ = writeln!(out, "delete set ip {TABLE} {name}");
+                let _ = writeln!(out, "delete set {f} {TABLE} {name}");
             }
-            let _ = writeln!(out, "add set ip {TABLE} {name} {{ {decl} }}");
+            let _ = writeln!(out, "add set {f} {TABLE} {name} {{ {decl} }}");
             changes += 1;
         }
     }
     // (New pick chains are added here too, empty: another new chain's rule may name one.)
     for name in want.chains.keys().filter(|n| !have.chains.contains_key(*n)) {
-        let _ = write!(out, "add chain ip {TABLE} {name}");
+        let _ = write!(out, "add chain {f} {TABLE} {name}");
         // (A base chain is new only in a table of an earlier run that lacks it.)
         if let Some((_, hook)) = BASE_CHAINS.iter().find(|(n, _)| n == name) {
             let _ = write!(out, " {{ {hook} }}");
@@ -737,10 +810,10 @@ fn diff(want: &Ruleset, have: &Ruleset, text_elements: bool) -> Diff {
             continue;
         }
         if old.is_some() {
-            let _ = writeln!(out, "flush chain ip {TABLE} {name}");
+            let _ = writeln!(out, "flush chain {f} {TABLE} {name}");
         }
         for rule in rules {
-            let _ = writeln!(out, "add rule ip {TABLE} {name} {rule}");
+            let _ = writeln!(out, "add rule {f} {TABLE} {name} {rule}");
         }
     }
     if text_elements {
@@ -754,17 +827,18 @@ fn diff(want: &Ruleset, have: &Ruleset, text_elements: bool) -> Diff {
         .filter(|n| !want.chains.contains_key(*n))
         .collect();
     for name in &gone {
-        let _ = writeln!(out, "flush chain ip {TABLE} {name}");
+        let _ = writeln!(out, "flush chain {f} {TABLE} {name}");
     }
     for name in &gone {
-        let _ = writeln!(out, "delete chain ip {TABLE} {name}");
+        let _ = writeln!(out, "delete chain {f} {TABLE} {name}");
         changes += 1;
     }
     for name in have.sets.keys().filter(|n| !want.sets.contains_key(*n)) {
-        let _ = writeln!(out, "delete set ip {TABLE} {name}");
+        let _ = writeln!(out, "delete set {f} {TABLE} {name}");
         changes += 1;
     }
     Diff {
+        family: want.family,
         head,
         tail: out,
         changes,
@@ -774,6 +848,7 @@ fn diff(want: &Ruleset, have: &Ruleset, text_elements: bool) -> Diff {
 
 /// Map and hairpin elements from `have` to `want` as text; returns how many change.
 fn diff_elements(out: &mut String, want: &Ruleset, have: &Ruleset) -> usize {
+    let f = nf(want.family);
     let mut changes = 0;
     let empty = BTreeMap::new();
     for (map, elements) in &want.elements {
@@ -788,7 +863,7 @@ fn diff_elements(out: &mut String, want: &Ruleset, have: &Ruleset) -> usize {
             let keys: Vec<&str> = gone.iter().map(|k| k.as_str()).collect();
             let _ = writeln!(
                 out,
-                "delete element ip {TABLE} {map} {{ {} }}",
+                "delete element {f} {TABLE} {map} {{ {} }}",
                 keys.join(", ")
             );
         }
@@ -801,19 +876,19 @@ fn diff_elements(out: &mut String, want: &Ruleset, have: &Ruleset) -> usize {
             changes += added.len();
             let _ = writeln!(
                 out,
-                "add element ip {TABLE} {map} {{ {} }}",
+                "add element {f} {TABLE} {map} {{ {} }}",
                 added.join(", ")
             );
         }
     }
-    let gone: Vec<&Ipv4Addr> = have.hairpin.difference(&want.hairpin).collect();
-    let added: Vec<&Ipv4Addr> = want.hairpin.difference(&have.hairpin).collect();
+    let gone: Vec<&IpAddr> = have.hairpin.difference(&want.hairpin).collect();
+    let added: Vec<&IpAddr> = want.hairpin.difference(&have.hairpin).collect();
     for (verb, ips) in [("delete", gone), ("add", added)] {
         if !ips.is_empty() {
             changes += ips.len();
             let _ = writeln!(
                 out,
-                "{verb} element ip {TABLE} {HAIRPIN} {{ {} }}",
+                "{verb} element {f} {TABLE} {HAIRPIN} {{ {} }}",
                 hairpin_elements(ips)
             );
         }
@@ -857,9 +932,17 @@ fn elements_batch(batch: &mut Batch, want: &Ruleset) {
     batch.flush(TABLE, HAIRPIN);
     for ip in &want.hairpin {
         key.clear();
-        key.extend_from_slice(&ip.octets());
-        key.extend_from_slice(&ip.octets());
+        push_addr(&mut key, ip);
+        push_addr(&mut key, ip);
         batch.add(TABLE, HAIRPIN, &key, Data::None);
+    }
+}
+
+/// An address in network order: 4 bytes, or 16 for IPv6.
+fn push_addr(out: &mut Vec<u8>, ip: &IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => out.extend_from_slice(&v6.octets()),
     }
 }
 
@@ -869,8 +952,8 @@ fn elements_batch(batch: &mut Batch, want: &Ruleset) {
 fn encode(text: &str, indexed: bool, out: &mut Vec<u8>) {
     let mut fields = text.split(" . ").peekable();
     while let Some(field) = fields.next() {
-        if let Ok(ip) = field.parse::<Ipv4Addr>() {
-            out.extend_from_slice(&ip.octets());
+        if let Ok(ip) = field.parse::<IpAddr>() {
+            push_addr(out, &ip);
         } else if let Some(proto) = match field {
             "tcp" => Some(libc::IPPROTO_TCP),
             "udp" => Some(libc::IPPROTO_UDP),
@@ -889,11 +972,12 @@ fn encode(text: &str, indexed: bool, out: &mut Vec<u8>) {
     }
 }
 
-fn table_exists() -> Result<bool, Error> {
-    let tables = run_tool("nft", &["list", "tables", "ip"], None)?;
+fn table_exists(family: Family) -> Result<bool, Error> {
+    let f = nf(family);
+    let tables = run_tool("nft", &["list", "tables", f], None)?;
     Ok(tables
         .lines()
-        .any(|l| l.trim() == format!("table ip {TABLE}")))
+        .any(|l| l.trim() == format!("table {f} {TABLE}")))
 }
 
 /// A map element: (map, key).
@@ -911,7 +995,7 @@ struct Installed {
     /// Map element → the value each port asks for.
     owners: BTreeMap<ElementKey, BTreeMap<ServicePortName, String>>,
     /// Hairpin address → how many ports use it.
-    hairpin: BTreeMap<Ipv4Addr, usize>,
+    hairpin: BTreeMap<IpAddr, usize>,
     /// The pick chains in the table. A full build makes every k up to the largest in use for
     /// each kind, so that a Service losing endpoints changes map elements only; a partial sync
     /// adds the ones it lacks and removes none (the next full sync does).
@@ -1036,13 +1120,17 @@ impl Installed {
             .filter(|p| self.ports.get(&p.id).map(|(old, _)| old) != Some(*p))
             .map(|p| (p, render_port(p, &self.cfg)))
             .collect();
-        let (mut before, mut after) = (Ruleset::default(), Ruleset::default());
+        let empty = Ruleset {
+            family: self.cfg.family,
+            ..Default::default()
+        };
+        let (mut before, mut after) = (empty.clone(), empty);
         for (map, _, _) in MAPS {
             before.elements.insert(map, BTreeMap::new());
             after.elements.insert(map, BTreeMap::new());
         }
         let mut keys: BTreeSet<ElementKey> = BTreeSet::new();
-        let mut ips: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        let mut ips: BTreeSet<IpAddr> = BTreeSet::new();
         let mut touch = |rules: &Ruleset| {
             for (map, elements) in &rules.elements {
                 keys.extend(elements.keys().map(|k| (*map, k.clone())));
@@ -1082,7 +1170,7 @@ impl Installed {
     }
 
     /// Records the current value of elements `keys` and presence of hairpin `ips` into `r`.
-    fn snapshot(&self, r: &mut Ruleset, keys: &BTreeSet<ElementKey>, ips: &BTreeSet<Ipv4Addr>) {
+    fn snapshot(&self, r: &mut Ruleset, keys: &BTreeSet<ElementKey>, ips: &BTreeSet<IpAddr>) {
         for key @ (map, k) in keys {
             if let Some(v) = self.element(key) {
                 r.element(map, k.clone(), v.clone());
@@ -1130,11 +1218,20 @@ impl DataPlane for Nftables {
             }
             // First sync of this process over a table of an earlier run (or half of one): what
             // it holds is known by name only.
-            None if table_exists()? => {
+            None if table_exists(cfg.family)? => {
                 let next = Installed::build(model, cfg);
                 let want = next.assemble();
-                let (chains, sets) = nft_batch::names(libc::AF_INET as u8, TABLE)?;
-                Self::full_sync(&mut self.last, next, &want, Have::Unknown(chains, sets))
+                match nft_batch::names(af(cfg.family), TABLE) {
+                    Ok((chains, sets)) => {
+                        Self::full_sync(&mut self.last, next, &want, Have::Unknown(chains, sets))
+                    }
+                    // Without the names the table is replaced whole, as text.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the earlier table's names over netlink failed; replacing the table as text");
+                        let text = full_text(&want, true);
+                        Applied::install(&mut self.last, next, &text, want.chains.len(), apply)
+                    }
+                }
             }
             last => {
                 let next = Installed::build(model, cfg);
@@ -1178,6 +1275,7 @@ impl Nftables {
     ) -> Result<Applied, Error> {
         let d = match have {
             Have::Nothing => Diff {
+                family: want.family,
                 head: full_text(want, false),
                 tail: String::new(),
                 changes: want.chains.len(),
@@ -1186,7 +1284,8 @@ impl Nftables {
             // (`add table`, a no-op, keeps the head from being empty: the batch always goes.)
             Have::Known(have) => {
                 let mut d = diff(want, &have, false);
-                d.head.insert_str(0, &format!("add table ip {TABLE}\n"));
+                d.head
+                    .insert_str(0, &format!("add table {} {TABLE}\n", nf(want.family)));
                 d
             }
             Have::Unknown(chains, sets) => {
@@ -1210,11 +1309,14 @@ impl Nftables {
                     ..Default::default()
                 };
                 let mut d = diff(want, &found, false);
-                let mut head = format!("add table ip {TABLE}\n");
+                let (fam, f) = (want.family, nf(want.family));
+                let mut head = format!("add table {f} {TABLE}\n");
                 for (name, kind, decl) in MAPS {
-                    let _ = writeln!(head, "add {kind} ip {TABLE} {name} {{ {decl} }}");
+                    let decl = for_family(fam, decl);
+                    let _ = writeln!(head, "add {kind} {f} {TABLE} {name} {{ {decl} }}");
                 }
-                let _ = writeln!(head, "add set ip {TABLE} {HAIRPIN} {{ {HAIRPIN_DECL} }}");
+                let decl = for_family(fam, HAIRPIN_DECL);
+                let _ = writeln!(head, "add set {f} {TABLE} {HAIRPIN} {{ {decl} }}");
                 d.head.insert_str(0, &head);
                 d
             }
@@ -1224,7 +1326,7 @@ impl Nftables {
         let mut extra = 0;
         let mut applied = Applied::install(last, next, &d.head, d.changes + elements, |head| {
             let batched = apply(head).and_then(|()| {
-                let mut batch = Batch::new(libc::AF_INET as u8);
+                let mut batch = Batch::new(af(want.family));
                 d.add_picks(&mut batch);
                 elements_batch(&mut batch, want);
                 extra = batch.commit()?;
@@ -1246,10 +1348,16 @@ impl Nftables {
     }
 }
 
-/// Deletes our table, if present.
+/// Deletes our tables (both families), where present.
 pub fn cleanup() -> Result<(), Error> {
-    match table_exists() {
-        Ok(true) => apply(&format!("delete table ip {TABLE}\n")),
+    cleanup_family(Family::V4)?;
+    cleanup_family(Family::V6)
+}
+
+/// Deletes our table of `family`, if present.
+pub fn cleanup_family(family: Family) -> Result<(), Error> {
+    match table_exists(family) {
+        Ok(true) => apply(&format!("delete table {} {TABLE}\n", nf(family))),
         Ok(false) => Ok(()),
         // No nft on the node: nothing of ours can be there.
         Err(Error::Spawn { .. }) => Ok(()),
@@ -1296,6 +1404,7 @@ mod tests {
     fn model(ports: Vec<ServicePort>) -> Model {
         Model {
             ports: ports.into_iter().map(|p| (p.id.clone(), p)).collect(),
+            ..Default::default()
         }
     }
 

@@ -6,12 +6,12 @@
 //! for each object it had to skip.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -20,10 +20,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use tokio::sync::Notify;
 
-use crate::dataplane::{self, Mode, RenderConfig};
+use crate::dataplane::{self, Applied, DataPlane, Mode, RenderConfig};
 use crate::dns::{DnsConfig, DnsServer};
 use crate::health::{ServiceHealth, ServiceHealthServers, Status};
-use crate::model::{Model, Skipped};
+use crate::model::{Family, Model, Skipped};
 
 /// The `kube-dns` Service's metrics port.
 const DNS_METRICS_PORT: u16 = 9153;
@@ -32,16 +32,33 @@ const DNS_METRICS_PORT: u16 = 9153;
 pub struct Config {
     pub node_name: String,
     pub mode: Mode,
-    pub cluster_cidr: Option<Ipv4Net>,
-    pub service_cidr: Ipv4Net,
+    /// The pod network, one range per family at most.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// The Service network, one range per family at most: the families the proxy programs
+    /// (an `ip skiff` table or iptables chains for IPv4, `ip6 skiff` or ip6tables for IPv6).
+    pub service_cidrs: Vec<IpNet>,
     pub min_sync_period: Duration,
     pub sync_period: Duration,
     pub healthz_bind_address: SocketAddr,
     /// NodePorts answer only on node addresses inside these; empty means every address.
-    pub nodeport_addresses: Vec<Ipv4Net>,
+    pub nodeport_addresses: Vec<IpNet>,
     pub masquerade_all: bool,
     /// The cluster DNS server's settings; `None` when this node answers no cluster DNS.
     pub dns: Option<DnsConfig>,
+}
+
+impl Config {
+    /// The families in use, as the Service network has them.
+    pub fn families(&self) -> Vec<Family> {
+        let mut out: Vec<Family> = Vec::new();
+        for c in &self.service_cidrs {
+            let f = Family::of(&c.addr());
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+        out
+    }
 }
 
 /// A Service's ClusterIP, when it has one.
@@ -80,18 +97,32 @@ where
 pub async fn run(client: Client, cfg: Config) -> anyhow::Result<()> {
     use anyhow::Context;
 
-    // Switching modes: whatever the other mode installed goes.
-    match cfg.mode {
-        Mode::Iptables => tokio::task::spawn_blocking(crate::nftables::cleanup).await?,
-        Mode::Nftables => tokio::task::spawn_blocking(crate::iptables::cleanup).await?,
-    }
+    // Switching modes: whatever the other mode installed goes, and this mode's rules of a
+    // family no longer in use.
+    let families = cfg.families();
+    let unused: Vec<Family> = [Family::V4, Family::V6]
+        .into_iter()
+        .filter(|f| !families.contains(f))
+        .collect();
+    let mode = cfg.mode;
+    tokio::task::spawn_blocking(move || {
+        match mode {
+            Mode::Iptables => crate::nftables::cleanup()?,
+            Mode::Nftables => crate::iptables::cleanup()?,
+        }
+        unused.iter().try_for_each(|f| match mode {
+            Mode::Iptables => crate::iptables::cleanup_family(*f),
+            Mode::Nftables => crate::nftables::cleanup_family(*f),
+        })
+    })
+    .await?
     .context("removing the other mode's rules")?;
-    crate::netlink::ensure_service_route(cfg.service_cidr)
+    crate::netlink::ensure_service_route(&cfg.service_cidrs)
         .await
         .with_context(|| {
             format!(
-                "routing the Service CIDR {} to {}",
-                cfg.service_cidr,
+                "routing the Service CIDRs {:?} to {}",
+                cfg.service_cidrs,
                 crate::netlink::DUMMY
             )
         })?;
@@ -175,9 +206,18 @@ pub async fn run(client: Client, cfg: Config) -> anyhow::Result<()> {
             instance: Some(cfg.node_name.clone()),
         },
     );
-    let mut plane = dataplane::new(cfg.mode);
+    // One data plane per family, each with the model it last installed.
+    let mut planes: Vec<(Box<dyn DataPlane>, Model)> = families
+        .iter()
+        .map(|f| {
+            let none = Model {
+                family: *f,
+                ..Default::default()
+            };
+            (dataplane::new(cfg.mode), none)
+        })
+        .collect();
     let mut health_servers = ServiceHealthServers::default();
-    let mut installed = Model::default();
     let mut reported: BTreeSet<Skipped> = BTreeSet::new();
     let mut last_full: Option<Instant> = None;
     let mut last_start: Option<Instant> = None;
@@ -205,16 +245,25 @@ pub async fn run(client: Client, cfg: Config) -> anyhow::Result<()> {
         }
         // The cluster DNS address is answered on the node itself: no rules for its Service.
         let dns_ip = dns.as_ref().map(|d| d.listen().ip().to_string());
-        let (model, skipped) = Model::build(
-            svc_snapshot
-                .iter()
-                .map(|s| s.as_ref())
-                .filter(|s| cluster_ip(s) != dns_ip.as_deref()),
-            slice_snapshot.iter().map(|s| s.as_ref()),
-            &cfg.node_name,
-        );
-        let render_cfg = match render_config(&cfg).await {
-            Ok(c) => c,
+        let mut skipped: BTreeSet<Skipped> = BTreeSet::new();
+        let models: Vec<Model> = families
+            .iter()
+            .map(|f| {
+                let (model, skips) = Model::build_for(
+                    *f,
+                    svc_snapshot
+                        .iter()
+                        .map(|s| s.as_ref())
+                        .filter(|s| cluster_ip(s) != dns_ip.as_deref()),
+                    slice_snapshot.iter().map(|s| s.as_ref()),
+                    &cfg.node_name,
+                );
+                skipped.extend(skips);
+                model
+            })
+            .collect();
+        let node_ips = match node_ips(&cfg).await {
+            Ok(ips) => ips,
             Err(e) => {
                 tracing::error!(error = %e, "reading node addresses");
                 status.failed(pending);
@@ -222,7 +271,16 @@ pub async fn run(client: Client, cfg: Config) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let result = tokio::task::block_in_place(|| plane.sync(&model, &render_cfg, full));
+        let result = tokio::task::block_in_place(|| {
+            let mut all = Applied::default();
+            for ((plane, _), model) in planes.iter_mut().zip(&models) {
+                let render_cfg = render_config(&cfg, model.family, node_ips.as_deref());
+                let applied = plane.sync(model, &render_cfg, full)?;
+                all.bytes += applied.bytes;
+                all.changes += applied.changes;
+            }
+            Ok::<_, dataplane::Error>(all)
+        });
         match result {
             Ok(applied) => {
                 let took = start.elapsed();
@@ -246,8 +304,11 @@ pub async fn run(client: Client, cfg: Config) -> anyhow::Result<()> {
             }
         }
 
-        let stale = installed.stale_udp_endpoints(&model);
-        let gaining = installed.udp_services_gaining_endpoints(&model);
+        let (mut stale, mut gaining) = (BTreeSet::new(), BTreeSet::new());
+        for ((_, installed), model) in planes.iter().zip(&models) {
+            stale.extend(installed.stale_udp_endpoints(model));
+            gaining.extend(installed.udp_services_gaining_endpoints(model));
+        }
         if !stale.is_empty() || !gaining.is_empty() {
             match tokio::task::block_in_place(|| crate::conntrack::flush_udp(&stale, &gaining)) {
                 Ok(n) => tracing::debug!(
@@ -259,33 +320,47 @@ pub async fn run(client: Client, cfg: Config) -> anyhow::Result<()> {
                 Err(e) => tracing::warn!(error = %e, "flushing UDP conntrack entries"),
             }
         }
-        health_servers.reconcile(health_checks(&model)).await;
-        installed = model;
+        health_servers.reconcile(health_checks(&models)).await;
+        for ((_, installed), model) in planes.iter_mut().zip(models) {
+            *installed = model;
+        }
 
-        let now: BTreeSet<Skipped> = skipped.into_iter().collect();
-        for s in now.difference(&reported) {
+        for s in skipped.difference(&reported) {
             report_skipped(&recorder, &svc_snapshot, &slice_snapshot, s).await;
         }
-        reported = now;
+        reported = skipped;
     }
 }
 
-async fn render_config(cfg: &Config) -> Result<RenderConfig, crate::netlink::Error> {
-    let node_ips = if cfg.nodeport_addresses.is_empty() {
-        None
-    } else {
-        Some(crate::netlink::node_ips(&cfg.nodeport_addresses).await?)
-    };
-    Ok(RenderConfig {
-        cluster_cidr: cfg.cluster_cidr,
-        masquerade_all: cfg.masquerade_all,
-        node_ips,
-    })
+/// The node addresses NodePorts answer on (both families); `None` for every address.
+async fn node_ips(cfg: &Config) -> Result<Option<Vec<IpAddr>>, crate::netlink::Error> {
+    if cfg.nodeport_addresses.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        crate::netlink::node_ips(&cfg.nodeport_addresses).await?,
+    ))
 }
 
-fn health_checks(model: &Model) -> BTreeMap<u16, ServiceHealth> {
+/// The node's facts for `family`'s rules.
+fn render_config(cfg: &Config, family: Family, node_ips: Option<&[IpAddr]>) -> RenderConfig {
+    let of_family = |ip: &IpAddr| Family::of(ip) == family;
+    RenderConfig {
+        family,
+        cluster_cidr: cfg
+            .cluster_cidrs
+            .iter()
+            .find(|c| of_family(&c.addr()))
+            .copied(),
+        masquerade_all: cfg.masquerade_all,
+        node_ips: node_ips.map(|ips| ips.iter().filter(|ip| of_family(ip)).copied().collect()),
+    }
+}
+
+/// healthCheckNodePort answers from every family's model (a dual-stack Service is in both).
+fn health_checks(models: &[Model]) -> BTreeMap<u16, ServiceHealth> {
     let mut out: BTreeMap<u16, ServiceHealth> = BTreeMap::new();
-    for p in model.ports.values() {
+    for p in models.iter().flat_map(|m| m.ports.values()) {
         if let Some(port) = p.health_check_node_port {
             let entry = out.entry(port).or_insert_with(|| ServiceHealth {
                 namespace: p.id.namespace.clone(),

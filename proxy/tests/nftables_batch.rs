@@ -12,7 +12,30 @@ use std::process::Command;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use skiff_proxy::dataplane::{self, Mode, RenderConfig};
-use skiff_proxy::model::Model;
+use skiff_proxy::model::{Family, Model};
+
+/// An address written as IPv4 (`10.96.0.10`), in `family`: as it is, or `fd00:10:96:0::10`
+/// (as nft prints it).
+fn ip(family: Family, v4: &str) -> String {
+    match family {
+        Family::V4 => v4.to_string(),
+        Family::V6 => {
+            let o: Vec<&str> = v4.split('.').collect();
+            let v6: std::net::Ipv6Addr = format!("fd00:{}:{}:{}::{}", o[0], o[1], o[2], o[3])
+                .parse()
+                .unwrap();
+            v6.to_string()
+        }
+    }
+}
+
+/// nft's name of the family's tables.
+fn nf(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
+}
 
 fn service(name: &str, ip: &str, spec: serde_json::Value) -> Service {
     let mut spec = spec;
@@ -23,7 +46,13 @@ fn service(name: &str, ip: &str, spec: serde_json::Value) -> Service {
     .unwrap()
 }
 
-fn slice(name: &str, port: u16, proto: &str, endpoints: &[(&str, bool, &str)]) -> EndpointSlice {
+fn slice(
+    family: Family,
+    name: &str,
+    port: u16,
+    proto: &str,
+    endpoints: &[(&str, bool, &str)],
+) -> EndpointSlice {
     let eps: Vec<serde_json::Value> = endpoints
         .iter()
         .map(|(ip, ready, node)| {
@@ -33,7 +62,7 @@ fn slice(name: &str, port: u16, proto: &str, endpoints: &[(&str, bool, &str)]) -
     serde_json::from_value(serde_json::json!({
         "metadata": {"namespace": "t", "name": format!("{name}-1"),
                      "labels": {"kubernetes.io/service-name": name}},
-        "addressType": "IPv4",
+        "addressType": family.name(),
         "ports": [{"port": port, "protocol": proto}],
         "endpoints": eps
     }))
@@ -43,9 +72,10 @@ fn slice(name: &str, port: u16, proto: &str, endpoints: &[(&str, bool, &str)]) -
 /// Services covering every map: ClusterIP with several endpoints, NodePort + externalIP with
 /// Local policy and endpoints on two nodes, UDP and SCTP, ClientIP affinity, no endpoints
 /// (reject).
-fn objects(endpoints: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
+fn objects(endpoints: usize, family: Family) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let f = family;
     let ips: Vec<String> = (0..endpoints)
-        .map(|i| format!("10.244.1.{}", i + 2))
+        .map(|i| ip(f, &format!("10.244.1.{}", i + 2)))
         .collect();
     let eps: Vec<(&str, bool, &str)> = ips
         .iter()
@@ -56,47 +86,47 @@ fn objects(endpoints: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
     let services = vec![
         service(
             "a",
-            "10.96.0.10",
+            &ip(f, "10.96.0.10"),
             serde_json::json!({"ports": port(80, "TCP")}),
         ),
         service(
             "b",
-            "10.96.0.11",
+            &ip(f, "10.96.0.11"),
             serde_json::json!({"type": "NodePort", "externalTrafficPolicy": "Local",
-                "externalIPs": ["192.0.2.7"],
+                "externalIPs": [ip(f, "192.0.2.7")],
                 "ports": [{"port": 53, "protocol": "UDP", "nodePort": 30053}]}),
         ),
         service(
             "c",
-            "10.96.0.12",
+            &ip(f, "10.96.0.12"),
             serde_json::json!({"type": "NodePort",
                 "ports": [{"port": 7, "protocol": "SCTP", "nodePort": 30007}]}),
         ),
         service(
             "d",
-            "10.96.0.13",
+            &ip(f, "10.96.0.13"),
             serde_json::json!({"sessionAffinity": "ClientIP", "ports": port(80, "TCP")}),
         ),
         service(
             "e",
-            "10.96.0.14",
+            &ip(f, "10.96.0.14"),
             serde_json::json!({"ports": port(80, "TCP")}),
         ),
     ];
     let slices = vec![
-        slice("a", 8080, "TCP", &eps),
-        slice("b", 5353, "UDP", &eps),
-        slice("c", 7007, "SCTP", &eps[..1]),
-        slice("d", 8080, "TCP", &eps[..2]),
+        slice(f, "a", 8080, "TCP", &eps),
+        slice(f, "b", 5353, "UDP", &eps),
+        slice(f, "c", 7007, "SCTP", &eps[..1]),
+        slice(f, "d", 8080, "TCP", &eps[..2]),
     ];
     (services, slices)
 }
 
 /// The table's listing as a sorted list of its items (elements and rules), so that two tables
 /// holding the same in another order compare equal.
-fn table() -> Vec<String> {
+fn table_of(family: Family) -> Vec<String> {
     let out = Command::new("nft")
-        .args(["list", "table", "ip", "skiff"])
+        .args(["list", "table", nf(family), "skiff"])
         .output()
         .expect("nft");
     assert!(
@@ -114,9 +144,17 @@ fn table() -> Vec<String> {
 }
 
 /// The table's handle: a new one means it was replaced whole (the text fallback).
+fn table() -> Vec<String> {
+    table_of(Family::V4)
+}
+
 fn handle() -> String {
+    handle_of(Family::V4)
+}
+
+fn handle_of(family: Family) -> String {
     let out = Command::new("nft")
-        .args(["-j", "list", "tables", "ip"])
+        .args(["-j", "list", "tables", nf(family)])
         .output()
         .expect("nft");
     let tables: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft -j");
@@ -126,7 +164,7 @@ fn handle() -> String {
         .flatten()
         .map(|t| &t["table"])
         .find(|t| t["name"] == "skiff")
-        .unwrap_or_else(|| panic!("no table ip skiff in {tables}"))["handle"]
+        .unwrap_or_else(|| panic!("no table {} skiff in {tables}", nf(family)))["handle"]
         .to_string()
 }
 
@@ -153,19 +191,30 @@ fn nft(text: &str) {
 
 #[test]
 fn a_full_sync_through_the_netlink_batch_leaves_the_table_the_text_would() {
+    full_sync_through_the_netlink_batch(Family::V4);
+}
+
+#[test]
+fn an_ipv6_full_sync_through_the_netlink_batch_leaves_the_table_the_text_would() {
+    full_sync_through_the_netlink_batch(Family::V6);
+}
+
+fn full_sync_through_the_netlink_batch(f: Family) {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
         .expect("unsharing a network namespace (this test needs root)");
     log();
     let cfg = RenderConfig {
-        cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
-        node_ips: Some(vec!["172.16.0.1".parse().unwrap()]),
+        family: f,
+        cluster_cidr: Some(format!("{}/16", ip(f, "10.244.0.0")).parse().unwrap()),
+        node_ips: Some(vec![ip(f, "172.16.0.1").parse().unwrap()]),
         ..Default::default()
     };
     let model = |endpoints| {
-        let (services, slices) = objects(endpoints);
-        Model::build(&services, &slices, "n1").0
+        let (services, slices) = objects(endpoints, f);
+        Model::build_for(f, &services, &slices, "n1").0
     };
     let (small, large) = (model(3), model(6));
+    let (table, handle) = (|| table_of(f), || handle_of(f));
 
     // No table: created empty by nft, filled by the batch.
     let mut batched = dataplane::new(Mode::Nftables);
@@ -178,19 +227,22 @@ fn a_full_sync_through_the_netlink_batch_leaves_the_table_the_text_would() {
         .unwrap();
     assert_eq!(created, table());
     assert_eq!(kept, handle(), "the restart replaced the table whole");
+    let (cip, ep) = (ip(f, "10.96.0.10"), ip(f, "10.244.1.3"));
     for item in [
-        "10.96.0.10 . tcp . 80 : goto cluster-addr-3",
-        "10.96.0.10 . tcp . 80 . 2 : 10.244.1.4 . 8080",
-        "udp . 30053 : goto policy-local-port-2",
-        "sctp . 30007 : goto external-port-1",
-        "10.96.0.14 . tcp . 80 : goto reject-chain",
-        "10.244.1.3 . 10.244.1.3",
-        "172.16.0.1",
+        format!("{cip} . tcp . 80 : goto cluster-addr-3"),
+        format!("{cip} . tcp . 80 . 2 : {} . 8080", ip(f, "10.244.1.4")),
+        "udp . 30053 : goto policy-local-port-2".into(),
+        "sctp . 30007 : goto external-port-1".into(),
+        format!("{} . tcp . 80 : goto reject-chain", ip(f, "10.96.0.14")),
+        format!("{ep} . {ep}"),
+        ip(f, "172.16.0.1"),
+        format!(
+            "dnat {} to {} daddr . meta l4proto . th dport . numgen random mod 3 map @endpoints-addr-cluster",
+            nf(f),
+            nf(f)
+        ),
     ] {
-        assert!(
-            created.iter().any(|i| i == item),
-            "{item} not in {created:#?}"
-        );
+        assert!(created.contains(&item), "{item} not in {created:#?}");
     }
 
     // The table we wrote, replaced by a periodic full sync of another model (which needs new
@@ -223,7 +275,7 @@ fn a_restart_over_an_old_table_converges_to_a_fresh_start() {
         cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
         ..Default::default()
     };
-    let (services, slices) = objects(4);
+    let (services, slices) = objects(4, Family::V4);
     let model = Model::build(&services, &slices, "n1").0;
     dataplane::new(Mode::Nftables)
         .sync(&model, &cfg, true)
@@ -268,7 +320,7 @@ fn a_partial_sync_growing_past_the_largest_endpoint_count_needs_no_full_sync() {
     log();
     let cfg = RenderConfig::default();
     let model = |endpoints| {
-        let (services, slices) = objects(endpoints);
+        let (services, slices) = objects(endpoints, Family::V4);
         Model::build(&services, &slices, "n1").0
     };
     let mut proxy = dataplane::new(Mode::Nftables);

@@ -26,6 +26,7 @@ both_modes!(
     node_port_addresses_external_ips_and_switching_modes,
     sctp_and_load_balancer_ips,
     growing_past_the_largest_endpoint_count,
+    dual_stack_services_over_ipv6,
 );
 
 const WEB: &str = "  type: NodePort\n  ports:\n  - name: tcp\n    port: 80\n    protocol: TCP\n    nodePort: 30080\n  - name: udp\n    port: 53\n    protocol: UDP\n    nodePort: 30053\n";
@@ -166,6 +167,183 @@ fn cluster_ip_and_node_port_reach_ready_endpoints(mode: &'static str) {
             "{name} missing from /metrics:\n{metrics}"
         );
     }
+}
+
+/// A dual-stack Service's IPv6 ClusterIP (the proxy given an IPv6 Service range) reaches every
+/// endpoint over TCP and UDP, from the node and from a pod, its IPv4 one still does, and so does
+/// its NodePort on the node's IPv6 address from outside (only on the addresses
+/// `--nodeport-addresses` selects) and at an externalIP; ClientIP affinity sticks; a Local
+/// policy holds and its healthCheckNodePort answers over IPv6; a UDP flow moves when its endpoint goes (its IPv6 conntrack
+/// entry flushed); with no IPv6 endpoints it is refused at once; the IPv6 rules are in their own
+/// table (chains) and go with `skiff-proxy cleanup`. A proxy given no IPv6 range writes no IPv6
+/// rules at all.
+fn dual_stack_services_over_ipv6(mode: &'static str) {
+    let mut lab = Lab::new(mode);
+    let rules6 = |lab: &Lab| match mode {
+        "iptables" => lab.ip6tables_save(),
+        _ => lab.nft_ruleset(),
+    };
+    let ours6 = |rules: &str| match mode {
+        "iptables" => rules.contains("SKIFF-SERVICES"),
+        _ => rules.contains("table ip6 skiff"),
+    };
+    lab.start_proxy(&[]);
+    assert!(!ours6(&rules6(&lab)), "{}", rules6(&lab));
+    lab.start_proxy(&[
+        "--cluster-cidr",
+        CLUSTER_CIDR6,
+        "--service-cluster-ip-range",
+        SERVICE_CIDRS,
+    ]);
+    let dual = format!("  ipFamilyPolicy: RequireDualStack\n{WEB}");
+    lab.service("web", &dual);
+    let ips = lab.kubectl(&[
+        "get",
+        "service",
+        "web",
+        "-o",
+        "jsonpath={.spec.clusterIPs[*]}",
+    ]);
+    let (cip, cip6) = ips.split_once(' ').expect("two ClusterIPs");
+    assert!(cip6.starts_with("fd00:10:96::"), "{ips}");
+    lab.endpoints("web", &[(POD_A_IP, true, NODE), (POD_B_IP, true, NODE)]);
+    lab.endpoints6("web", &[(POD_A_IP6, true, NODE), (POD_B_IP6, true, NODE)]);
+    let (tcp4, tcp6, udp6) = (
+        format!("{cip}:80"),
+        format!("[{cip6}]:80"),
+        format!("[{cip6}]:53"),
+    );
+    for ns in [lab.node.clone(), lab.pod_a.clone()] {
+        lab.wait_spread(&ns, &tcp6, &["pod-a", "pod-b"], 30);
+        lab.wait_spread(&ns, &tcp4, &["pod-a", "pod-b"], 30);
+        let answers: std::collections::BTreeSet<_> =
+            (0..30).filter_map(|_| lab.udp(&ns, &udp6)).collect();
+        assert_eq!(
+            answers,
+            ["pod-a", "pod-b"].map(String::from).into(),
+            "UDP to {udp6} from {ns}\n{}",
+            lab.proxy_log()
+        );
+    }
+    assert!(ours6(&rules6(&lab)), "{}", rules6(&lab));
+    let outside = lab.outside.clone();
+    let node_port6 = format!("[{NODE_OUTSIDE_IP6}]:30080");
+    let elsewhere = format!("[{BRIDGE_IP6}]:30080");
+    for addr in [&node_port6, &elsewhere] {
+        lab.wait_spread(&outside, addr, &["pod-a", "pod-b"], 20);
+    }
+
+    // A long UDP flow to pod-a moves to pod-b when pod-a's endpoint goes.
+    let node = lab.node.clone();
+    let udp_addr: std::net::SocketAddr = udp6.parse().unwrap();
+    let fresh = || in_netns(&node, || UdpSocket::bind("[::]:0").unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut client = fresh();
+    while udp_exchange(&client, udp_addr).as_deref() != Some("pod-a") {
+        assert!(Instant::now() < deadline, "no UDP flow landed on pod-a");
+        client = fresh();
+    }
+    lab.endpoints6("web", &[(POD_B_IP6, true, NODE)]);
+    common::eventually(
+        "the UDP flow moves to pod-b",
+        Duration::from_secs(10),
+        || udp_exchange(&client, udp_addr).as_deref() == Some("pod-b"),
+    );
+    lab.endpoints6("web", &[(POD_A_IP6, true, NODE), (POD_B_IP6, true, NODE)]);
+
+    // ClientIP affinity holds over IPv6 (the endpoint chains DNAT to `[address]:port`).
+    let sticky = lab.service(
+        "sticky",
+        "  ipFamilies: [IPv6]\n  sessionAffinity: ClientIP\n  ports:\n  - name: tcp\n    port: 80\n",
+    );
+    lab.endpoints6(
+        "sticky",
+        &[(POD_A_IP6, true, NODE), (POD_B_IP6, true, NODE)],
+    );
+    let sticky = format!("[{sticky}]:80");
+    common::eventually("sticky service answers", Duration::from_secs(20), || {
+        lab.tcp(&node, &sticky).is_ok()
+    });
+    for ns in [node.clone(), lab.pod_a.clone()] {
+        let seen = lab.spread(&ns, &sticky, 20);
+        assert_eq!(seen.len(), 1, "affinity did not stick from {ns}: {seen:?}");
+    }
+
+    // externalTrafficPolicy Local over IPv6: outside clients reach only this node's endpoint.
+    lab.service(
+        "local",
+        "  ipFamilies: [IPv6]\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32001\n  ports:\n  - name: tcp\n    port: 80\n    nodePort: 30082\n",
+    );
+    lab.endpoints6(
+        "local",
+        &[(POD_A_IP6, true, NODE), (POD_B_IP6, true, "node2")],
+    );
+    lab.wait_spread(
+        &outside,
+        &format!("[{NODE_OUTSIDE_IP6}]:30082"),
+        &["pod-a"],
+        20,
+    );
+    let health = format!("[{NODE_OUTSIDE_IP6}]:32001");
+    common::eventually(
+        "healthCheckNodePort answers over IPv6",
+        Duration::from_secs(10),
+        || {
+            lab.http(&outside, &health, "/")
+                .is_some_and(|(code, body)| code == 200 && body.contains("\"localEndpoints\":1"))
+        },
+    );
+
+    // An IPv6 externalIP, reached from outside through the node.
+    lab.service(
+        "ext",
+        "  ipFamilies: [IPv6]\n  externalIPs: [\"fd00:300::99\"]\n  ports:\n  - name: tcp\n    port: 80\n",
+    );
+    lab.endpoints6("ext", &[(POD_A_IP6, true, NODE), (POD_B_IP6, true, NODE)]);
+    lab.wait_spread(&outside, "[fd00:300::99]:80", &["pod-a", "pod-b"], 20);
+
+    // NodePorts only on the addresses --nodeport-addresses selects, in either family.
+    lab.start_proxy(&[
+        "--cluster-cidr",
+        CLUSTER_CIDR6,
+        "--service-cluster-ip-range",
+        SERVICE_CIDRS,
+        "--nodeport-addresses",
+        "fd00:200::/64,192.168.200.0/24",
+    ]);
+    lab.wait_spread(&outside, &node_port6, &["pod-a", "pod-b"], 20);
+    common::eventually("no NodePort on the bridge", Duration::from_secs(10), || {
+        lab.tcp(&outside, &elsewhere).is_err()
+    });
+
+    // No IPv6 endpoints: refused at once, not a timeout.
+    lab.endpoints6("web", &[]);
+    for ns in [lab.node.clone(), lab.pod_a.clone()] {
+        common::eventually("connection refused", Duration::from_secs(10), || {
+            let t = Instant::now();
+            let r = lab.tcp(&ns, &tcp6);
+            matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+                && t.elapsed() < Duration::from_secs(1)
+        });
+    }
+    lab.wait_spread(&lab.node.clone(), &tcp4, &["pod-a", "pod-b"], 10);
+    // Every sync went through, partial ones included (a failed one is redone whole).
+    let log = lab.proxy_log();
+    assert!(!log.contains("installing rules failed"), "{log}");
+    // Cleanup removes the rules of both families.
+    lab.stop_proxy();
+    common::run(std::process::Command::new("ip").args([
+        "netns",
+        "exec",
+        &lab.node,
+        env!("CARGO_BIN_EXE_skiff-proxy"),
+        "cleanup",
+    ]));
+    let (after4, after6) = (rules(&lab), rules6(&lab));
+    assert!(
+        !after4.contains(cip) && !ours6(&after6),
+        "{after4}\n{after6}"
+    );
 }
 
 fn rules(lab: &Lab) -> String {

@@ -1,6 +1,7 @@
-//! Service address and NodePort allocations shared by every server on one store: two bitmaps
-//! kept as kube-apiserver's RangeAllocation objects at `/registry/ranges/serviceips` and
-//! `/registry/ranges/servicenodeports`. A claim or a release is a read-modify-write guarded by
+//! Service address and NodePort allocations shared by every server on one store: bitmaps kept
+//! as kube-apiserver's RangeAllocation objects at `/registry/ranges/serviceips` (the primary
+//! Service CIDR), `/registry/ranges/secondaryserviceips` (the other family's, on a dual-stack
+//! cluster) and `/registry/ranges/servicenodeports`. A claim or a release is a read-modify-write guarded by
 //! the key's mod_revision and retried on conflict, so that servers sharing an etcd (or the
 //! embedded store) never hand one address to two Services. [`alloc`](crate::alloc) picks the
 //! addresses; this module records them.
@@ -11,7 +12,6 @@
 //! existed).
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use base64::Engine;
@@ -24,6 +24,7 @@ use crate::resources;
 use crate::status::{ApiError, ApiResult};
 
 pub const SERVICE_IPS_KEY: &str = "/registry/ranges/serviceips";
+pub const SECONDARY_SERVICE_IPS_KEY: &str = "/registry/ranges/secondaryserviceips";
 pub const NODE_PORTS_KEY: &str = "/registry/ranges/servicenodeports";
 
 /// Attempts at a guarded write before giving up (each lost one means another server wrote).
@@ -72,17 +73,24 @@ impl Bitmap {
     }
 }
 
-/// Which of the two ranges.
+/// Which of the ranges: the `n`-th Service CIDR's addresses, or the NodePorts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    ServiceIps,
+    ServiceIps(usize),
     NodePorts,
 }
 
 impl Kind {
+    fn all(net: &NetworkConfig) -> impl Iterator<Item = Kind> {
+        (0..net.service_cidrs.len())
+            .map(Kind::ServiceIps)
+            .chain([Kind::NodePorts])
+    }
+
     fn key(self) -> &'static str {
         match self {
-            Kind::ServiceIps => SERVICE_IPS_KEY,
+            Kind::ServiceIps(0) => SERVICE_IPS_KEY,
+            Kind::ServiceIps(_) => SECONDARY_SERVICE_IPS_KEY,
             Kind::NodePorts => NODE_PORTS_KEY,
         }
     }
@@ -90,7 +98,7 @@ impl Kind {
     /// The range as kube-apiserver records it: a CIDR, or `MIN-MAX` for ports.
     fn range(self, net: &NetworkConfig) -> String {
         match self {
-            Kind::ServiceIps => net.cidr(),
+            Kind::ServiceIps(n) => net.service_cidrs[n].cidr(),
             Kind::NodePorts => format!("{}-{}", net.node_port_min, net.node_port_max),
         }
     }
@@ -98,11 +106,10 @@ impl Kind {
     /// The offsets of what `held` holds in this range (ones outside it are not recorded).
     fn offsets(self, net: &NetworkConfig, held: &InUse) -> Vec<u32> {
         match self {
-            Kind::ServiceIps => held
+            Kind::ServiceIps(n) => held
                 .ips
                 .iter()
-                .filter(|ip| net.contains(**ip))
-                .map(|ip| u32::from(*ip) - u32::from(net.service_network))
+                .filter_map(|ip| net.service_cidrs[n].offset(ip))
                 .collect(),
             Kind::NodePorts => held
                 .node_ports
@@ -117,9 +124,8 @@ impl Kind {
 
     fn add_to(self, net: &NetworkConfig, offset: u32, to: &mut InUse) {
         match self {
-            Kind::ServiceIps => {
-                to.ips
-                    .insert(Ipv4Addr::from(u32::from(net.service_network) + offset));
+            Kind::ServiceIps(n) => {
+                to.ips.insert(net.service_cidrs[n].at(offset));
             }
             Kind::NodePorts => {
                 to.node_ports
@@ -216,7 +222,7 @@ impl<'a> ServiceRanges<'a> {
     /// Everything allocated, as recorded.
     pub async fn snapshot(&self) -> ApiResult<InUse> {
         let mut all = InUse::default();
-        for kind in [Kind::ServiceIps, Kind::NodePorts] {
+        for kind in Kind::all(self.net) {
             let (_, bits) = self.read(kind).await?;
             for i in bits.ones() {
                 kind.add_to(self.net, i, &mut all);
@@ -228,35 +234,33 @@ impl<'a> ServiceRanges<'a> {
     /// Records `want` as allocated; false (and nothing recorded) when another writer took one
     /// of them first.
     pub async fn claim(&self, want: &InUse) -> ApiResult<bool> {
-        let ips = Kind::ServiceIps.offsets(self.net, want);
-        let ports = Kind::NodePorts.offsets(self.net, want);
-        let take = |offsets: &[u32]| {
-            let offsets = offsets.to_vec();
-            move |b: &mut Bitmap| {
+        let mut done = InUse::default();
+        for kind in Kind::all(self.net) {
+            let offsets = kind.offsets(self.net, want);
+            if offsets.is_empty() {
+                continue;
+            }
+            let take = |b: &mut Bitmap| {
                 if offsets.iter().any(|i| b.get(*i)) {
                     return false;
                 }
                 offsets.iter().for_each(|i| b.set(*i, true));
                 true
+            };
+            if !self.modify(kind, take).await? {
+                self.release(&done).await;
+                return Ok(false);
             }
-        };
-        if !ips.is_empty() && !self.modify(Kind::ServiceIps, take(&ips)).await? {
-            return Ok(false);
-        }
-        if !ports.is_empty() && !self.modify(Kind::NodePorts, take(&ports)).await? {
-            self.release(&InUse {
-                ips: want.ips.clone(),
-                node_ports: HashSet::new(),
-            })
-            .await;
-            return Ok(false);
+            for i in offsets {
+                kind.add_to(self.net, i, &mut done);
+            }
         }
         Ok(true)
     }
 
     /// Frees `held`. A failure leaves a leak for the repair pass, so it is logged, not returned.
     pub async fn release(&self, held: &InUse) {
-        for kind in [Kind::ServiceIps, Kind::NodePorts] {
+        for kind in Kind::all(self.net) {
             let offsets = kind.offsets(self.net, held);
             if offsets.is_empty() {
                 continue;
@@ -300,7 +304,7 @@ impl Repair {
         }
         let ranges = ServiceRanges::new(store, net);
         let mut leaked = InUse::default();
-        for kind in [Kind::ServiceIps, Kind::NodePorts] {
+        for kind in Kind::all(net) {
             let held_bits: HashSet<u32> = kind.offsets(net, &held).into_iter().collect();
             let suspected: HashSet<u32> = kind.offsets(net, &self.suspected).into_iter().collect();
             let mut seen = InUse::default();
@@ -358,10 +362,11 @@ pub async fn start_repair(
 mod tests {
     use super::*;
     use skiff_store::embedded::EmbeddedStore;
+    use std::net::IpAddr;
 
     fn held(ips: &[[u8; 4]], ports: &[i64]) -> InUse {
         InUse {
-            ips: ips.iter().map(|ip| Ipv4Addr::from(*ip)).collect(),
+            ips: ips.iter().map(|ip| IpAddr::from(*ip)).collect(),
             node_ports: ports.iter().copied().collect(),
         }
     }
@@ -420,6 +425,47 @@ mod tests {
                 held(&[[10, 96, 0, 7]], &[]).ips,
                 held(&[], &[30007]).node_ports
             )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dual_stack_cluster_keeps_the_other_family_in_a_second_bitmap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let net = NetworkConfig::default()
+            .with_service_cidr("10.96.0.0/16,fd00:10:96::/108")
+            .unwrap();
+        let ranges = ServiceRanges::new(&store, &net);
+        let v6 = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let mut a = held(&[[10, 96, 0, 5]], &[]);
+        a.ips.insert(v6("fd00:10:96::5"));
+        assert!(ranges.claim(&a).await.unwrap());
+        assert_eq!(ranges.snapshot().await.unwrap().ips, a.ips);
+        let kv = store.get(SECONDARY_SERVICE_IPS_KEY).await.unwrap().unwrap();
+        let obj: Value = serde_json::from_slice(&kv.value).unwrap();
+        assert_eq!(obj["range"], "fd00:10:96::/108");
+        // The IPv6 address is taken: nothing of b is recorded, its free IPv4 one included.
+        let mut b = held(&[[10, 96, 0, 6]], &[]);
+        b.ips.insert(v6("fd00:10:96::5"));
+        assert!(!ranges.claim(&b).await.unwrap());
+        assert_eq!(ranges.snapshot().await.unwrap().ips, a.ips);
+        // The repair pass frees a leak of either family seen twice.
+        let mut repair = Repair::default();
+        repair.pass(&store, &net).await.unwrap();
+        assert_eq!(ranges.snapshot().await.unwrap().ips, a.ips);
+        repair.pass(&store, &net).await.unwrap();
+        assert!(ranges.snapshot().await.unwrap().ips.is_empty());
+        // A server started with another secondary range refuses the stored bitmap.
+        let other = NetworkConfig::default()
+            .with_service_cidr("10.96.0.0/16,fd00:10:97::/108")
+            .unwrap();
+        let err = ServiceRanges::new(&store, &other)
+            .snapshot()
+            .await
+            .unwrap_err();
+        assert!(
+            err.message
+                .contains("every server must be started with the same ranges")
         );
     }
 }

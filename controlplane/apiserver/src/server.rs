@@ -443,7 +443,7 @@ pub async fn run(
         ));
     }
     crate::cluster_secrets::share(store.as_ref(), &cfg.data_dir).await?;
-    let first_service_ip = IpAddr::V4(network.first_service_ip());
+    let first_service_ip = network.first_service_ip();
     let material =
         Pki::new(&cfg.data_dir).renew_certificates(named, first_service_ip, &server_url)?;
     let (tls_config, serving) = material.server_config()?;

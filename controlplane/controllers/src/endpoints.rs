@@ -2,14 +2,17 @@
 //! with a selector, the pods it selects that have an address, ready or not (a not-ready pod counts
 //! as ready with `publishNotReadyAddresses`), with each Service port's `targetPort` resolved —
 //! by name against the pod's container ports. Endpoints groups addresses by resolved port set;
-//! EndpointSlices carry up to 100 endpoints per port set, labelled with the Service's name and
-//! owned by it, updated in place and only when they change.
+//! EndpointSlices carry up to 100 endpoints per port set and per IP family of the Service
+//! (`addressType` IPv4 or IPv6, from the pods' `status.podIPs` of that family; Endpoints only
+//! the primary family's, as kube-controller-manager), labelled with the Service's name and owned
+//! by it, updated in place and only when they change.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -126,7 +129,7 @@ fn node_name(p: &Pod) -> Option<String> {
     p.spec.as_ref().and_then(|s| s.node_name.clone())
 }
 
-fn endpoints_subsets(groups: &BTreeMap<Vec<Port>, Vec<Member<'_>>>) -> Value {
+fn endpoints_subsets(groups: &Groups<'_>) -> Value {
     let mut subsets = Vec::new();
     for (ports, members) in groups {
         let addr = |m: &Member<'_>| json!({"ip": m.ip, "nodeName": node_name(m.pod), "targetRef": target_ref(m.pod)});
@@ -212,28 +215,53 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Contr
         .list(&ListParams::default().labels(&label_selector))
         .await?
         .items;
-    let mut groups: BTreeMap<Vec<Port>, Vec<Member<'_>>> = BTreeMap::new();
-    for p in &pods {
-        let Some(ip) = p
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.clone())
-            .filter(|ip| !ip.is_empty())
-        else {
+    let mut families = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ip_families.clone())
+        .unwrap_or_default();
+    families.retain(|f| f == "IPv4" || f == "IPv6");
+    if families.is_empty() {
+        families.push("IPv4".into());
+    }
+    let per_family: Vec<(String, Groups<'_>)> = families
+        .iter()
+        .map(|f| (f.clone(), group_pods(&svc, &pods, f, publish_not_ready)))
+        .collect();
+    sync_endpoints(&ctx, &svc, &ns, &name, &per_family[0].1).await?;
+    sync_slices(&ctx, &svc, &ns, &name, &per_family).await?;
+    Ok(Action::await_change())
+}
+
+type Groups<'a> = BTreeMap<Vec<Port>, Vec<Member<'a>>>;
+
+/// The pods' addresses of `family` (`IPv4` or `IPv6`), grouped by the ports they serve.
+fn group_pods<'a>(
+    svc: &Service,
+    pods: &'a [Pod],
+    family: &str,
+    publish_not_ready: bool,
+) -> Groups<'a> {
+    let mut groups: Groups<'a> = BTreeMap::new();
+    for p in pods {
+        let Some(status) = p.status.as_ref() else {
             continue;
         };
-        if matches!(
-            p.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded" | "Failed")
-        ) {
+        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
             continue;
         }
+        let listed = status.pod_ips.iter().flatten().map(|a| a.ip.clone());
+        let ip = listed
+            .chain(status.pod_ip.clone())
+            .filter_map(|ip| ip.parse::<std::net::IpAddr>().ok())
+            .find(|ip| (family == "IPv6") == ip.is_ipv6());
+        let Some(ip) = ip else { continue };
         groups
-            .entry(resolve_ports(&svc, p))
+            .entry(resolve_ports(svc, p))
             .or_default()
             .push(Member {
                 pod: p,
-                ip,
+                ip: ip.to_string(),
                 ready: publish_not_ready || is_ready(p),
                 terminating: p.metadata.deletion_timestamp.is_some(),
             });
@@ -244,9 +272,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Contr
                 .then_with(|| a.pod.name_any().cmp(&b.pod.name_any()))
         });
     }
-    sync_endpoints(&ctx, &svc, &ns, &name, &groups).await?;
-    sync_slices(&ctx, &svc, &ns, &name, &groups).await?;
-    Ok(Action::await_change())
+    groups
 }
 
 async fn sync_endpoints(
@@ -254,7 +280,7 @@ async fn sync_endpoints(
     svc: &Service,
     ns: &str,
     name: &str,
-    groups: &BTreeMap<Vec<Port>, Vec<Member<'_>>>,
+    groups: &Groups<'_>,
 ) -> Result<(), ControllerError> {
     let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), ns);
     let subsets = endpoints_subsets(groups);
@@ -295,7 +321,7 @@ async fn sync_slices(
     svc: &Service,
     ns: &str,
     name: &str,
-    groups: &BTreeMap<Vec<Port>, Vec<Member<'_>>>,
+    per_family: &[(String, Groups<'_>)],
 ) -> Result<(), ControllerError> {
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), ns);
     let mut existing = api
@@ -305,21 +331,56 @@ async fn sync_slices(
         .await?
         .items;
     existing.sort_by_key(|s| s.name_any());
-    let mut desired: Vec<(Value, Value)> = Vec::new();
-    for (ports, members) in groups {
-        let refs: Vec<&Member<'_>> = members.iter().collect();
-        for chunk in refs.chunks(MAX_PER_SLICE) {
-            desired.push(slice_body(ports, chunk));
-        }
-    }
-    if desired.is_empty() {
-        // A Service with no endpoints still gets one empty slice.
-        desired.push((json!([]), json!([])));
-    }
     let mut labels = svc.labels().clone();
     labels.insert(SERVICE_NAME_LABEL.into(), name.into());
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     let owner = controller_ref(svc);
+    // A slice's addressType cannot change: each family's slices are matched with its own.
+    let mut kept = Vec::new();
+    for (family, groups) in per_family {
+        let mine: Vec<&EndpointSlice> = existing
+            .iter()
+            .filter(|s| &s.address_type == family)
+            .collect();
+        let mut desired: Vec<(Value, Value)> = Vec::new();
+        for (ports, members) in groups {
+            let refs: Vec<&Member<'_>> = members.iter().collect();
+            for chunk in refs.chunks(MAX_PER_SLICE) {
+                desired.push(slice_body(ports, chunk));
+            }
+        }
+        if desired.is_empty() {
+            // A Service with no endpoints still gets one empty slice.
+            desired.push((json!([]), json!([])));
+        }
+        kept.extend(mine.iter().take(desired.len()).map(|s| s.name_any()));
+        write_slices(&api, ns, name, family, &labels, &owner, &mine, &desired).await?;
+    }
+    for extra in existing.iter().filter(|s| !kept.contains(&s.name_any())) {
+        match api
+            .delete(&extra.name_any(), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Brings one family's slices (`existing`) to `desired`, in place where one exists.
+#[allow(clippy::too_many_arguments)]
+async fn write_slices(
+    api: &Api<EndpointSlice>,
+    ns: &str,
+    name: &str,
+    family: &str,
+    labels: &BTreeMap<String, String>,
+    owner: &OwnerReference,
+    existing: &[&EndpointSlice],
+    desired: &[(Value, Value)],
+) -> Result<(), ControllerError> {
     for (i, (endpoints, ports)) in desired.iter().enumerate() {
         match existing.get(i) {
             Some(cur) => {
@@ -332,7 +393,7 @@ async fn sync_slices(
                     == serde_json::to_value(&want_eps).unwrap_or_default()
                     && cur_v.get("ports").cloned().unwrap_or(json!([]))
                         == serde_json::to_value(&want_ports).unwrap_or_default()
-                    && cur.labels() == &labels;
+                    && cur.labels() == labels;
                 if same {
                     continue;
                 }
@@ -348,23 +409,13 @@ async fn sync_slices(
             None => {
                 let slice: EndpointSlice = serde_json::from_value(json!({
                     "metadata": {"generateName": format!("{name}-"), "namespace": ns, "labels": labels, "ownerReferences": [owner]},
-                    "addressType": "IPv4",
+                    "addressType": family,
                     "endpoints": endpoints,
                     "ports": ports,
                 }))
                 .map_err(|e| ControllerError::Invalid(e.to_string()))?;
                 api.create(&PostParams::default(), &slice).await?;
             }
-        }
-    }
-    for extra in existing.iter().skip(desired.len()) {
-        match api
-            .delete(&extra.name_any(), &DeleteParams::default())
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -394,5 +445,33 @@ mod tests {
         let bare: Pod =
             serde_json::from_value(json!({"spec": {"containers": [{"name": "c"}]}})).unwrap();
         assert_eq!(resolve_ports(&svc, &bare).len(), 1);
+    }
+
+    #[test]
+    fn each_family_takes_the_pods_addresses_of_its_own() {
+        let svc: Service =
+            serde_json::from_value(json!({"spec": {"ports": [{"port": 80}]}})).unwrap();
+        let pod = |name: &str, ips: &[&str]| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"containers": [{"name": "c"}]},
+                "status": {"phase": "Running", "podIP": ips[0],
+                    "podIPs": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>()}}))
+            .unwrap()
+        };
+        let pods = [
+            pod("dual", &["10.244.0.5", "fd00:244::5"]),
+            pod("v4", &["10.244.0.6"]),
+            pod("v6", &["fd00:244::7"]),
+        ];
+        let ips = |family: &str| -> Vec<String> {
+            group_pods(&svc, &pods, family, true)
+                .into_values()
+                .flatten()
+                .map(|m| m.ip)
+                .collect()
+        };
+        assert_eq!(ips("IPv4"), ["10.244.0.5", "10.244.0.6"]);
+        assert_eq!(ips("IPv6"), ["fd00:244::5", "fd00:244::7"]);
     }
 }

@@ -30,9 +30,9 @@ pub struct AgentArgs {
     /// The cluster's pod range (traffic from outside it to Services is masqueraded).
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: Ipv4Net,
-    /// The cluster's Service range.
+    /// The cluster's Service range (two, one per family, on a dual-stack cluster).
     #[arg(long, default_value = "10.96.0.0/12")]
-    service_cidr: Ipv4Net,
+    service_cidr: node::ServiceCidrs,
     #[command(flatten)]
     node: NodeFlags,
 }

@@ -46,7 +46,8 @@ enum Command {
         /// Address and port to serve HTTPS on.
         #[arg(long, default_value = "0.0.0.0:6443", value_parser = server::parse_listen)]
         listen: std::net::SocketAddr,
-        /// Range Service ClusterIPs are allocated from.
+        /// Range Service ClusterIPs are allocated from; two of different families
+        /// (`10.96.0.0/12,fd00:10:96::/108`) for dual-stack Services, the first the primary.
         #[arg(long, default_value = "10.96.0.0/12")]
         service_cidr: String,
         /// Seconds between compactions of the store's history.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, FromArgMatches};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use skiff_kubelet::agent::AgentArgs;
@@ -85,15 +85,15 @@ impl NodeConfig {
         credentials: &NodeCredentials,
         node_name: &str,
         cluster_cidr: Ipv4Net,
-        service_cidr: Ipv4Net,
+        service_cidrs: ServiceCidrs,
     ) -> anyhow::Result<NodeConfig> {
         let kubelet = kubelet_args(flags, dirs, credentials, node_name)?;
         let dns = flags.dns.config().context("cluster DNS flags")?;
         let proxy = skiff_proxy::sync::Config {
             node_name: node_name.to_string(),
             mode: skiff_proxy::dataplane::Mode::Iptables,
-            cluster_cidr: Some(cluster_cidr),
-            service_cidr,
+            cluster_cidrs: vec![cluster_cidr.into()],
+            service_cidrs: service_cidrs.0,
             min_sync_period: Duration::from_secs(1),
             sync_period: Duration::from_secs(30),
             healthz_bind_address: SocketAddr::from(([0, 0, 0, 0], 10256)),
@@ -308,10 +308,55 @@ pub fn combine(errors: Vec<anyhow::Error>) -> anyhow::Result<()> {
     }
 }
 
+/// `--service-cidr` of `skiff up` and `skiff agent`: the Service range, or two of different
+/// families (`10.96.0.0/12,fd00:10:96::/108`) for dual-stack Services, the first the primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceCidrs(pub Vec<IpNet>);
+
+impl std::str::FromStr for ServiceCidrs {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let cidrs = s
+            .split(',')
+            .map(|c| c.trim().parse::<IpNet>().map_err(|e| format!("{c}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        match cidrs.as_slice() {
+            [_] => {}
+            [IpNet::V4(_), IpNet::V6(_)] | [IpNet::V6(_), IpNet::V4(_)] => {}
+            _ => return Err(format!("{s}: one range, or one IPv4 and one IPv6")),
+        }
+        Ok(Self(cidrs))
+    }
+}
+
+impl std::fmt::Display for ServiceCidrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let all: Vec<String> = self.0.iter().map(IpNet::to_string).collect();
+        f.write_str(&all.join(","))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn service_cidrs_are_one_range_or_one_per_family() {
+        let dual: ServiceCidrs = "10.96.0.0/12,fd00:10:96::/108".parse().unwrap();
+        assert_eq!(dual.0.len(), 2);
+        assert_eq!(dual.to_string(), "10.96.0.0/12,fd00:10:96::/108");
+        assert_eq!("10.96.0.0/12".parse::<ServiceCidrs>().unwrap().0.len(), 1);
+        for bad in [
+            "10.96.0.0/12,10.100.0.0/16",
+            "fd00::/108,fd01::/108",
+            "x",
+            "",
+        ] {
+            assert!(bad.parse::<ServiceCidrs>().is_err(), "{bad}");
+        }
+    }
 
     #[derive(Parser)]
     struct Cli {

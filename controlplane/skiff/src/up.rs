@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::{Api, Client};
 use skiff_apiserver::pki;
@@ -39,9 +38,10 @@ pub struct UpArgs {
     /// Address and port the API server serves HTTPS on.
     #[arg(long = "listen", default_value = "0.0.0.0:6443", value_parser = server::parse_listen)]
     api_listen: SocketAddr,
-    /// Range Service ClusterIPs are allocated from.
+    /// Range Service ClusterIPs are allocated from; two of different families
+    /// (`10.96.0.0/12,fd00:10:96::/108`) for dual-stack Services, the first the primary.
     #[arg(long, default_value = "10.96.0.0/12")]
-    service_cidr: Ipv4Net,
+    service_cidr: crate::node::ServiceCidrs,
     #[command(flatten)]
     node: NodeFlags,
     #[command(flatten)]
@@ -105,7 +105,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .to_string()
             .parse()
             .expect("a parsed cluster CIDR prints as a CIDR"),
-        args.service_cidr,
+        args.service_cidr.clone(),
     )?;
 
     let (stop_server, server_stopped) = oneshot::channel::<()>();

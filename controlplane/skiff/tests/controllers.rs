@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::Server;
 use futures::TryStreamExt;
-use hollow::{Hollow, NodeSpec, active_pods, cluster, deployment, eventually, image};
+use hollow::{Hollow, NodeSpec, active_pods, cluster, cluster_with, deployment, eventually, image};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -318,6 +318,72 @@ fn web_behind_a_service(s: &Server, replicas: u32) {
         "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n",
     );
     s.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_services_get_a_slice_per_family() {
+    let (s, _client, _h) = cluster_with(&["--service-cidr", "10.96.0.0/16,fd00:10:96::/108"]).await;
+    web_behind_a_service(&s, 2);
+    s.kubectl(&[
+        "patch",
+        "svc",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"ipFamilyPolicy": "PreferDualStack"}}"#,
+    ]);
+    let families = || {
+        s.kubectl(&[
+            "get",
+            "svc",
+            "web",
+            "-o",
+            "jsonpath={.spec.ipFamilies[*]} {.spec.clusterIPs[*]}",
+        ])
+    };
+    let got = families();
+    assert!(got.starts_with("IPv4 IPv6 10.96."), "{got}");
+    assert!(got.contains(" fd00:10:96::"), "{got}");
+    let slices = || {
+        let out = s.kubectl(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            "jsonpath={range .items[*]}{.addressType}={.endpoints[*].addresses[0]};{end}",
+        ]);
+        let mut per: Vec<String> = out
+            .split(';')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        per.sort();
+        per
+    };
+    eventually("an IPv4 and an IPv6 slice of 2 endpoints each", || async {
+        let per = slices();
+        per.len() == 2
+            && per[0].starts_with("IPv4=10.244.")
+            && per[1].starts_with("IPv6=fd00:244:")
+            && per.iter().all(|s| s.split(' ').count() == 2)
+    })
+    .await;
+    // Back to one family: the IPv6 slice goes.
+    s.kubectl(&[
+        "patch",
+        "svc",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"ipFamilyPolicy": "SingleStack"}}"#,
+    ]);
+    eventually("the IPv4 slice alone", || async {
+        let per = slices();
+        per.len() == 1 && per[0].starts_with("IPv4=")
+    })
+    .await;
+    assert!(families().starts_with("IPv4 10.96."), "{}", families());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

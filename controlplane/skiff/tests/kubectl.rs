@@ -704,3 +704,65 @@ fn server_side_apply_of_a_deployment_merges_lists_by_key_and_sees_scale() {
         "2"
     );
 }
+
+#[test]
+fn dual_stack_services() {
+    let s = Server::start_with(&["--service-cidr", "10.96.0.0/16,fd00:10:96::/108"]);
+    let svc = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n{extra}  ports:\n  - port: 80\n"
+        )
+    };
+    let spec = |name: &str| -> serde_json::Value {
+        let out = s.kubectl(&["get", "svc", name, "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["spec"].clone()
+    };
+    // Asked for: one address per family, the IPv6 one as requested.
+    let dual = svc(
+        "dual",
+        "  ipFamilyPolicy: RequireDualStack\n  clusterIPs: [10.96.0.50, \"fd00:10:96::50\"]\n",
+    );
+    s.kubectl_stdin(&["apply", "-f", "-"], &dual);
+    let d = spec("dual");
+    assert_eq!(d["clusterIP"], "10.96.0.50");
+    assert_eq!(
+        d["clusterIPs"],
+        serde_json::json!(["10.96.0.50", "fd00:10:96::50"])
+    );
+    assert_eq!(d["ipFamilies"], serde_json::json!(["IPv4", "IPv6"]));
+    // Not asked for: the primary family alone.
+    s.kubectl_stdin(&["apply", "-f", "-"], &svc("single", ""));
+    assert_eq!(spec("single")["ipFamilies"], serde_json::json!(["IPv4"]));
+    // The IPv6 address is held until the Service goes, then free again.
+    let taken = svc(
+        "taken",
+        "  ipFamilies: [IPv6]\n  clusterIP: \"fd00:10:96::50\"\n",
+    );
+    let err = s.kubectl_err(&["apply", "-f", "-"], Some(&taken));
+    assert!(err.contains("provided IP is already allocated"), "{err}");
+    let outside = svc(
+        "outside",
+        "  ipFamilies: [IPv6]\n  clusterIP: \"fd00:10:97::1\"\n",
+    );
+    let err = s.kubectl_err(&["apply", "-f", "-"], Some(&outside));
+    assert!(
+        err.contains("The range of valid IPs is fd00:10:96::/108"),
+        "{err}"
+    );
+    s.kubectl(&["delete", "svc", "dual"]);
+    s.kubectl_stdin(&["apply", "-f", "-"], &taken);
+    assert_eq!(
+        spec("taken")["clusterIPs"],
+        serde_json::json!(["fd00:10:96::50"])
+    );
+    // A single-stack server refuses RequireDualStack as kube-apiserver does.
+    let v4 = Server::start();
+    let err = v4.kubectl_err(
+        &["apply", "-f", "-"],
+        Some(&svc("dual", "  ipFamilyPolicy: RequireDualStack\n")),
+    );
+    assert!(
+        err.contains("spec.ipFamilyPolicy: Invalid value: \"RequireDualStack\": this cluster is not configured for dual-stack services"),
+        "{err}"
+    );
+}

@@ -1,8 +1,10 @@
 //! The proxy's test lab: a "node" network namespace (the lab itself: nothing in it routes out)
 //! running the real `skiff server` and `skiff-proxy`, two "pod" namespaces on its `skiff0`
 //! bridge with TCP and UDP listeners answering their own name, and an "outside" namespace on a
-//! second link for NodePort traffic from another machine. Everything is made with `ip -n`/
-//! `ip netns exec` and removed by Drop; nothing touches the root namespace.
+//! second link for NodePort traffic from another machine. The bridge and the pods are dual-stack
+//! (IPv6 addresses without duplicate address detection, so they are usable at once) and the
+//! server's Service network is too. Everything is made with `ip -n`/`ip netns exec` and removed
+//! by Drop; nothing touches the root namespace.
 
 #![allow(dead_code)]
 
@@ -22,8 +24,16 @@ pub const POD_A_IP: &str = "10.244.0.2";
 pub const POD_B_IP: &str = "10.244.0.3";
 /// A third pod's address, for [`Lab::add_pod`].
 pub const POD_C_IP: &str = "10.244.0.4";
+pub const BRIDGE_IP6: &str = "fd00:244::1";
+pub const POD_A_IP6: &str = "fd00:244::2";
+pub const POD_B_IP6: &str = "fd00:244::3";
+/// The pod network's and the Service network's IPv6 ranges.
+pub const CLUSTER_CIDR6: &str = "fd00:244::/64";
+pub const SERVICE_CIDRS: &str = "10.96.0.0/12,fd00:10:96::/108";
 pub const NODE_OUTSIDE_IP: &str = "192.168.200.1";
 pub const OUTSIDE_IP: &str = "192.168.200.2";
+pub const NODE_OUTSIDE_IP6: &str = "fd00:200::1";
+pub const OUTSIDE_IP6: &str = "fd00:200::2";
 pub const TCP_PORT: u16 = 8080;
 pub const UDP_PORT: u16 = 5353;
 
@@ -60,6 +70,19 @@ fn ip(args: &[&str]) {
     run(Command::new("ip").args(args));
 }
 
+/// A network namespace with `lo` up and no duplicate address detection (an address is
+/// usable at once, not seconds later).
+fn add_netns(ns: &str) {
+    ip(&["netns", "add", ns]);
+    for sysctl in [
+        "net.ipv6.conf.all.accept_dad=0",
+        "net.ipv6.conf.default.accept_dad=0",
+    ] {
+        run(Command::new("ip").args(["netns", "exec", ns, "sysctl", "-qw", sysctl]));
+    }
+    ip(&["-n", ns, "link", "set", "lo", "up"]);
+}
+
 /// Runs `f` on a thread inside network namespace `ns`; sockets it makes stay in `ns`.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let path = format!("/run/netns/{ns}");
@@ -82,11 +105,22 @@ pub fn host_rules() -> String {
         .filter(|l| !l.starts_with('#'))
         .map(|l| format!("{l}\n"))
         .collect();
+    let save6 = Command::new("ip6tables-save")
+        .output()
+        .expect("ip6tables-save");
+    let saved6: String = String::from_utf8_lossy(&save6.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
     let nft = Command::new("nft")
         .args(["list", "ruleset"])
         .output()
         .expect("nft");
-    format!("{saved}\n{}", String::from_utf8_lossy(&nft.stdout))
+    format!(
+        "{saved}\n{saved6}\n{}",
+        String::from_utf8_lossy(&nft.stdout)
+    )
 }
 
 pub struct Lab {
@@ -132,15 +166,27 @@ impl Lab {
             mode,
         };
         for ns in [&lab.node, &lab.pod_a, &lab.pod_b, &lab.outside] {
-            ip(&["netns", "add", ns]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            add_netns(ns);
         }
         let n = lab.node.as_str();
         ip(&["-n", n, "link", "add", "skiff0", "type", "bridge"]);
         ip(&["-n", n, "addr", "add", "10.244.0.1/24", "dev", "skiff0"]);
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{BRIDGE_IP6}/64"),
+            "dev",
+            "skiff0",
+            "nodad",
+        ]);
         ip(&["-n", n, "link", "set", "skiff0", "up"]);
-        for (veth, pod, addr) in [("va", &lab.pod_a, POD_A_IP), ("vb", &lab.pod_b, POD_B_IP)] {
-            lab.plug_pod(veth, pod, addr);
+        for (veth, pod, addr, addr6) in [
+            ("va", &lab.pod_a, POD_A_IP, Some(POD_A_IP6)),
+            ("vb", &lab.pod_b, POD_B_IP, Some(POD_B_IP6)),
+        ] {
+            lab.plug_pod(veth, pod, addr, addr6);
         }
         let o = lab.outside.as_str();
         ip(&[
@@ -155,6 +201,16 @@ impl Lab {
             "dev",
             "vo",
         ]);
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{NODE_OUTSIDE_IP6}/64"),
+            "dev",
+            "vo",
+            "nodad",
+        ]);
         ip(&["-n", n, "link", "set", "vo", "up"]);
         ip(&[
             "-n",
@@ -165,11 +221,33 @@ impl Lab {
             "dev",
             "eth0",
         ]);
+        ip(&[
+            "-n",
+            o,
+            "addr",
+            "add",
+            &format!("{OUTSIDE_IP6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
         ip(&["-n", o, "link", "set", "eth0", "up"]);
         ip(&["-n", o, "route", "add", "default", "via", NODE_OUTSIDE_IP]);
+        ip(&[
+            "-n",
+            o,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            NODE_OUTSIDE_IP6,
+        ]);
         for sysctl in [
             "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
             "net.bridge.bridge-nf-call-iptables=1",
+            "net.bridge.bridge-nf-call-ip6tables=1",
         ] {
             run(Command::new("ip").args(["netns", "exec", n, "sysctl", "-qw", sysctl]));
         }
@@ -180,8 +258,8 @@ impl Lab {
         lab
     }
 
-    /// Links pod namespace `pod` to the bridge through `veth`, at `addr`.
-    fn plug_pod(&self, veth: &str, pod: &str, addr: &str) {
+    /// Links pod namespace `pod` to the bridge through `veth`, at `addr` (and `addr6`).
+    fn plug_pod(&self, veth: &str, pod: &str, addr: &str, addr6: Option<&str>) {
         let n = self.node.as_str();
         ip(&[
             "-n", n, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", pod,
@@ -211,16 +289,30 @@ impl Lab {
         ]);
         ip(&["-n", pod, "link", "set", "eth0", "up"]);
         ip(&["-n", pod, "route", "add", "default", "via", "10.244.0.1"]);
+        if let Some(addr6) = addr6 {
+            ip(&[
+                "-n",
+                pod,
+                "addr",
+                "add",
+                &format!("{addr6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+            ip(&[
+                "-n", pod, "-6", "route", "add", "default", "via", BRIDGE_IP6,
+            ]);
+        }
     }
 
     /// Another pod on the bridge at `addr`, its listeners answering `name`; returns its
     /// namespace (removed with the lab).
     pub fn add_pod(&mut self, addr: &str, name: &'static str) -> String {
         let ns = format!("{}p{}", self.node, self.extra_pods.len());
-        ip(&["netns", "add", &ns]);
+        add_netns(&ns);
         self.extra_pods.push(ns.clone());
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        self.plug_pod(&format!("vp{}", self.extra_pods.len()), &ns, addr);
+        self.plug_pod(&format!("vp{}", self.extra_pods.len()), &ns, addr, None);
         self.listen(&ns, name);
         ns
     }
@@ -231,12 +323,13 @@ impl Lab {
         sctp::answer(ns, port, name, self.stop.clone());
     }
 
-    /// A TCP and a UDP listener in `ns`, each answering `name`.
+    /// A TCP and a UDP listener in `ns`, each answering `name`, on both families (`::`, which
+    /// takes IPv4 too).
     fn listen(&self, ns: &str, name: &'static str) {
         let (tcp, udp) = in_netns(ns, || {
             (
-                TcpListener::bind(("0.0.0.0", TCP_PORT)).expect("tcp listener"),
-                UdpSocket::bind(("0.0.0.0", UDP_PORT)).expect("udp socket"),
+                TcpListener::bind(("::", TCP_PORT)).expect("tcp listener"),
+                UdpSocket::bind(("::", UDP_PORT)).expect("udp socket"),
             )
         });
         let stop = self.stop.clone();
@@ -294,6 +387,8 @@ impl Lab {
             .args([
                 "--listen",
                 "127.0.0.1:0",
+                "--service-cidr",
+                SERVICE_CIDRS,
                 "--disable-scheduler",
                 "--disable-controllers",
             ])
@@ -420,8 +515,17 @@ impl Lab {
     /// The Service's EndpointSlice with ports `tcp` (8080) and `udp` (5353) and these
     /// endpoints: (ip, ready, nodeName).
     pub fn endpoints(&self, service: &str, endpoints: &[(&str, bool, &str)]) {
+        self.slice(service, "1", "IPv4", endpoints);
+    }
+
+    /// [`Lab::endpoints`] of IPv6 (the slice `<service>-6`).
+    pub fn endpoints6(&self, service: &str, endpoints: &[(&str, bool, &str)]) {
+        self.slice(service, "6", "IPv6", endpoints);
+    }
+
+    fn slice(&self, service: &str, suffix: &str, family: &str, endpoints: &[(&str, bool, &str)]) {
         let mut yaml = format!(
-            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-1\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n- name: tcp\n  port: {TCP_PORT}\n  protocol: TCP\n- name: udp\n  port: {UDP_PORT}\n  protocol: UDP\nendpoints:"
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-{suffix}\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: {family}\nports:\n- name: tcp\n  port: {TCP_PORT}\n  protocol: TCP\n- name: udp\n  port: {UDP_PORT}\n  protocol: UDP\nendpoints:"
         );
         if endpoints.is_empty() {
             yaml.push_str(" []\n");
@@ -452,7 +556,12 @@ impl Lab {
     pub fn udp(&self, ns: &str, addr: &str) -> Option<String> {
         let addr: SocketAddr = addr.parse().expect("address");
         in_netns(ns, move || {
-            let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+            let any = if addr.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            };
+            let s = UdpSocket::bind(any).ok()?;
             udp_exchange(&s, addr)
         })
     }
@@ -515,6 +624,13 @@ impl Lab {
     pub fn iptables_save(&self) -> String {
         String::from_utf8_lossy(
             &run(Command::new("ip").args(["netns", "exec", &self.node, "iptables-save"])).stdout,
+        )
+        .into_owned()
+    }
+
+    pub fn ip6tables_save(&self) -> String {
+        String::from_utf8_lossy(
+            &run(Command::new("ip").args(["netns", "exec", &self.node, "ip6tables-save"])).stdout,
         )
         .into_owned()
     }

@@ -32,8 +32,6 @@ impl Strategy for ServiceStrategy {
         let ty = spec["type"].as_str().unwrap_or_default().to_string();
         if ty != "ExternalName" {
             default(spec, "sessionAffinity", json!("None"));
-            default(spec, "ipFamilies", json!(["IPv4"]));
-            default(spec, "ipFamilyPolicy", json!("SingleStack"));
             default(spec, "internalTrafficPolicy", json!("Cluster"));
         }
         if ty == "NodePort" || ty == "LoadBalancer" {

@@ -30,7 +30,12 @@ pub async fn client(s: &Server) -> Client {
 
 /// A server with its scheduler and controllers and three hollow nodes of 4 CPUs and 8 GiB.
 pub async fn cluster() -> (Server, Client, Hollow) {
-    let s = Server::start_cluster();
+    cluster_with(&[]).await
+}
+
+/// [`cluster`] with extra flags for the server.
+pub async fn cluster_with(extra: &[&str]) -> (Server, Client, Hollow) {
+    let s = Server::start_cluster_with(extra);
     let client = client(&s).await;
     let h = Hollow::start(
         client.clone(),
@@ -284,6 +289,13 @@ fn pod_ip(node_index: usize, pod: &Pod) -> String {
     format!("10.244.{}.{}", node_index, h % 250 + 2)
 }
 
+/// The pod's IPv6 address: hollow nodes are dual-stack, as a real node may be.
+fn pod_ip6(node_index: usize, pod: &Pod) -> String {
+    let v4: std::net::Ipv4Addr = pod_ip(node_index, pod).parse().expect("an IPv4 address");
+    let [_, _, n, h] = v4.octets();
+    format!("fd00:244:{n}::{h:x}")
+}
+
 async fn pod_loop(
     client: Client,
     nodes: Arc<Mutex<Vec<String>>>,
@@ -366,7 +378,7 @@ async fn pod_loop(
         let t = now();
         let patch = json!({"status": {
             "phase": "Running", "hostIP": format!("10.0.0.{}", index + 2),
-            "podIP": pod_ip(index, &pod), "podIPs": [{"ip": pod_ip(index, &pod)}], "startTime": t,
+            "podIP": pod_ip(index, &pod), "podIPs": [{"ip": pod_ip(index, &pod)}, {"ip": pod_ip6(index, &pod)}], "startTime": t,
             "conditions": [
                 {"type": "Initialized", "status": "True", "lastTransitionTime": t},
                 {"type": "Ready", "status": ready, "lastTransitionTime": t},
