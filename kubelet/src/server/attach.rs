@@ -64,10 +64,13 @@ async fn run_attach(
 ) {
     let (mut sink, mut source) = socket.split();
     let (tx, mut rx) = mpsc::channel::<(u8, Vec<u8>)>(16);
-    let (meta, dir) = (record.meta.clone(), record.dir.clone());
+    // The log is opened past its end here, before any input is forwarded: output the input
+    // causes must not be skipped as old (opening it on the follower thread raced with that).
+    let output = logs::new_output(&logs_dir, &record.meta);
+    let dir = record.dir.clone();
     let follower = std::thread::spawn(move || {
         let ended = || !dir.exists() || dir.join(shim::EXIT).exists();
-        logs::follow_new_output(&logs_dir, &meta, ended, tx)
+        output?.follow(ended, tx)
     });
     // A container without `stdin: true` has no attach socket: its input is dropped.
     let mut input = match stdin {

@@ -300,22 +300,31 @@ fn follow(
 
 /// The container's output written from now on, as (stream, line) with stream 0 for stdout and
 /// 1 for stderr, until it ends or `tx` closes; blocking. What `attach` shows.
-pub(super) fn follow_new_output(
-    logs_dir: &Path,
-    meta: &ContainerMeta,
-    container_ended: impl Fn() -> bool,
-    tx: mpsc::Sender<(u8, Vec<u8>)>,
-) -> io::Result<()> {
+/// A container's log opened past what is written already: attach shows only the output that
+/// comes after its client.
+pub(super) struct NewOutput(LogReader);
+
+pub(super) fn new_output(logs_dir: &Path, meta: &ContainerMeta) -> io::Result<NewOutput> {
     let mut reader = LogReader::open(&log_path(logs_dir, meta, meta.attempt))?;
-    // What was written before the client came is not attach's to show.
     reader.read_new()?;
-    let client = tx.clone();
-    follow(
-        &mut reader,
-        container_ended,
-        || client.is_closed(),
-        |line| tx.blocking_send((line.stream, line.text)).is_ok(),
-    )
+    Ok(NewOutput(reader))
+}
+
+impl NewOutput {
+    /// Sends each new line to `tx` until the container ended or the receiver is gone.
+    pub(super) fn follow(
+        mut self,
+        container_ended: impl Fn() -> bool,
+        tx: mpsc::Sender<(u8, Vec<u8>)>,
+    ) -> io::Result<()> {
+        let client = tx.clone();
+        follow(
+            &mut self.0,
+            container_ended,
+            || client.is_closed(),
+            |line| tx.blocking_send((line.stream, line.text)).is_ok(),
+        )
+    }
 }
 
 pub(super) async fn container_logs(
