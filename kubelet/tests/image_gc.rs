@@ -62,13 +62,14 @@ fn present(root: &Path, reference: &str) -> bool {
         .is_ok()
 }
 
-#[test]
-fn unused_images_are_collected_least_recently_used_first_down_to_the_low_threshold() {
+/// A node whose root is a 128 MiB tmpfs holding `images` beside busybox, collecting images
+/// every `period` between the thresholds, with no nodefs eviction threshold: only image
+/// garbage collection frees the disk.
+fn gc_node(period: &str, images: &[&str]) -> Node {
     let high = HIGH.to_string();
     let low = LOW.to_string();
-    let mut node = Node::start_with_root(
+    Node::start_with_root(
         &[
-            // No nodefs eviction threshold: only image garbage collection frees the disk.
             "--eviction-hard",
             "memory.available<100Mi",
             "--image-gc-high-threshold",
@@ -76,7 +77,7 @@ fn unused_images_are_collected_least_recently_used_first_down_to_the_low_thresho
             "--image-gc-low-threshold",
             &low,
             "--image-gc-period",
-            "1s",
+            period,
             "--minimum-image-ttl-duration",
             "0s",
         ],
@@ -87,11 +88,16 @@ fn unused_images_are_collected_least_recently_used_first_down_to_the_low_thresho
                 .status()
                 .expect("mount");
             assert!(ok.success(), "mounting a tmpfs on {}", root.display());
-            for name in ["a", "b", "c", "d"] {
+            for name in images {
                 import(root, name);
             }
         },
-    );
+    )
+}
+
+#[test]
+fn unused_images_are_collected_least_recently_used_first_down_to_the_low_threshold() {
+    let mut node = gc_node("1s", &["a", "b", "c", "d"]);
     let root = node.root_dir();
     // busybox and d are used by pods, before a, b and c are used (in that order): the two in
     // use are the least recently used.
@@ -149,6 +155,7 @@ fn unused_images_are_collected_least_recently_used_first_down_to_the_low_thresho
     // --image-gc-high-threshold 100: a nearly full disk, and c is still kept.
     let collections = node.kubelet_log().matches(OVER_HIGH).count();
     node.kill9_kubelet();
+    let high = HIGH.to_string();
     for arg in node.kubelet_args_mut().iter_mut() {
         if *arg == high {
             *arg = "100".to_string();
@@ -195,32 +202,8 @@ fn total_count(events: &[Value]) -> u64 {
 
 #[test]
 fn images_in_use_cannot_be_freed_and_the_node_gets_free_disk_space_failed_events() {
-    let high = HIGH.to_string();
-    let low = LOW.to_string();
     let period = Duration::from_secs(2);
-    let node = Node::start_with_root(
-        &[
-            "--eviction-hard",
-            "memory.available<100Mi",
-            "--image-gc-high-threshold",
-            &high,
-            "--image-gc-low-threshold",
-            &low,
-            "--image-gc-period",
-            "2s",
-            "--minimum-image-ttl-duration",
-            "0s",
-        ],
-        |root| {
-            let ok = Command::new("mount")
-                .args(["-t", "tmpfs", "-o", "size=128m", "skiff-image-gc-test"])
-                .arg(root)
-                .status()
-                .expect("mount");
-            assert!(ok.success(), "mounting a tmpfs on {}", root.display());
-            import(root, "a");
-        },
-    );
+    let node = gc_node("2s", &["a"]);
     let root = node.root_dir();
     // Both images on the node are held by running pods: none is eligible.
     node.apply(&busybox_pod("idle", "Never", "sleep 3600", ""));
