@@ -324,14 +324,11 @@ fn web_behind_a_service(s: &Server, replicas: u32) {
 async fn dual_stack_services_get_a_slice_per_family() {
     let (s, _client, _h) = cluster_with(&["--service-cidr", "10.96.0.0/16,fd00:10:96::/108"]).await;
     web_behind_a_service(&s, 2);
-    s.kubectl(&[
-        "patch",
-        "svc",
-        "web",
-        "--type=merge",
-        "-p",
-        r#"{"spec": {"ipFamilyPolicy": "PreferDualStack"}}"#,
-    ]);
+    let set_policy = |policy: &str| {
+        let patch = format!(r#"{{"spec": {{"ipFamilyPolicy": "{policy}"}}}}"#);
+        s.kubectl(&["patch", "svc", "web", "--type=merge", "-p", &patch]);
+    };
+    set_policy("PreferDualStack");
     let families = || {
         s.kubectl(&[
             "get",
@@ -370,14 +367,7 @@ async fn dual_stack_services_get_a_slice_per_family() {
     })
     .await;
     // Back to one family: the IPv6 slice goes.
-    s.kubectl(&[
-        "patch",
-        "svc",
-        "web",
-        "--type=merge",
-        "-p",
-        r#"{"spec": {"ipFamilyPolicy": "SingleStack"}}"#,
-    ]);
+    set_policy("SingleStack");
     eventually("the IPv4 slice alone", || async {
         let per = slices();
         per.len() == 1 && per[0].starts_with("IPv4=")
