@@ -64,9 +64,13 @@ async fn run_attach(
 ) {
     let (mut sink, mut source) = socket.split();
     let (tx, mut rx) = mpsc::channel::<(u8, Vec<u8>)>(16);
-    // The log is opened past its end here, before any input is forwarded: output the input
-    // causes must not be skipped as old (opening it on the follower thread raced with that).
-    let output = logs::new_output(&logs_dir, &record.meta);
+    // The log is opened past its end (reading what is there) before any input is forwarded:
+    // output the input causes must not be skipped as old (opening it on the follower thread
+    // raced with that).
+    let meta = record.meta.clone();
+    let output = tokio::task::spawn_blocking(move || logs::new_output(&logs_dir, &meta))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
     let dir = record.dir.clone();
     let follower = std::thread::spawn(move || {
         let ended = || !dir.exists() || dir.join(shim::EXIT).exists();
