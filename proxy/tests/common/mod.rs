@@ -97,22 +97,16 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
 
 /// The host's own rules, to prove the tests never touch them.
 pub fn host_rules() -> String {
-    let save = Command::new("iptables-save")
-        .output()
-        .expect("iptables-save");
-    let saved: String = String::from_utf8_lossy(&save.stdout)
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let save6 = Command::new("ip6tables-save")
-        .output()
-        .expect("ip6tables-save");
-    let saved6: String = String::from_utf8_lossy(&save6.stdout)
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    // A save's rules without its comments (they carry the time).
+    let saved = |tool: &str| -> String {
+        let save = Command::new(tool).output().expect(tool);
+        String::from_utf8_lossy(&save.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let (saved, saved6) = (saved("iptables-save"), saved("ip6tables-save"));
     let nft = Command::new("nft")
         .args(["list", "ruleset"])
         .output()
