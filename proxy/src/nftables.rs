@@ -1199,18 +1199,19 @@ impl Installed {
     /// after (chains, sets, elements and hairpin addresses of the ports that changed or went),
     /// which [`diff`] turns into the transaction.
     fn update(&mut self, model: &Model) -> (Ruleset, Ruleset) {
-        let gone: Vec<ServicePortName> = self
-            .ports
-            .keys()
-            .filter(|id| !model.ports.contains_key(*id))
-            .cloned()
-            .collect();
-        let changed: Vec<(&ServicePort, Ruleset)> = model
-            .ports
-            .values()
-            .filter(|p| self.ports.get(&p.id).map(|(old, _)| old) != Some(*p))
-            .map(|p| (p, render_port(p, &self.cfg)))
-            .collect();
+        // Both are sorted by port: one walk through the two finds what went and what changed.
+        let (mut gone, mut changed) = (Vec::new(), Vec::new());
+        let mut old = self.ports.iter().peekable();
+        for (id, p) in &model.ports {
+            while let Some((old_id, _)) = old.next_if(|(old_id, _)| *old_id < id) {
+                gone.push(old_id.clone());
+            }
+            match old.next_if(|(old_id, _)| *old_id == id) {
+                Some((_, (was, _))) if was == p => {}
+                _ => changed.push((p, render_port(p, &self.cfg))),
+            }
+        }
+        gone.extend(old.map(|(id, _)| id.clone()));
         let empty = Ruleset {
             family: self.cfg.family,
             ..Default::default()
