@@ -31,6 +31,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::dataplane::{Applied, DataPlane, Error, MASQ_MARK, RenderConfig, run_tool};
 use crate::model::{Endpoint, Family, Model, ServicePort, ServicePortName};
@@ -975,18 +976,24 @@ fn apply(text: &str) -> Result<(), Error> {
     run_tool("nft", &["-f", "-"], Some(text)).map(|_| ())
 }
 
-/// Every map and set element of `want` into `batch`, each map flushed first: the elements
-/// change in one transaction.
-fn elements_batch(batch: &mut Batch, want: &Ruleset) {
+/// Every map and set element of the table `inst` holds into `batch`, each map flushed first:
+/// the elements change in one transaction.
+fn elements_batch(batch: &mut Batch, inst: &Installed) {
     let (mut key, mut value) = (Vec::with_capacity(40), Vec::with_capacity(20));
-    for (map, elements) in &want.elements {
+    for (map, _, _) in MAPS {
         batch.flush(TABLE, map);
-        for (k, v) in elements {
-            add_element(batch, map, k, v, &mut key, &mut value);
-        }
+    }
+    let fixed = inst.base.elements.iter();
+    let fixed = fixed.flat_map(|(map, elements)| {
+        elements
+            .iter()
+            .map(|(k, v)| ((*map, k.as_str()), v.as_str()))
+    });
+    for ((map, k), v) in fixed.chain(inst.elements()) {
+        add_element(batch, map, k, v, &mut key, &mut value);
     }
     batch.flush(TABLE, HAIRPIN);
-    for ip in &want.hairpin {
+    for ip in inst.hairpin.keys() {
         hairpin_key(ip, &mut key);
         batch.add(TABLE, HAIRPIN, &key, Data::None);
     }
@@ -1084,7 +1091,7 @@ struct Installed {
     base: Ruleset,
     ports: BTreeMap<ServicePortName, (ServicePort, Ruleset)>,
     /// Map element → the value each port asks for.
-    owners: BTreeMap<ElementKey, BTreeMap<ServicePortName, String>>,
+    owners: BTreeMap<ElementKey, BTreeMap<Arc<ServicePortName>, String>>,
     /// Hairpin address → how many ports use it.
     hairpin: BTreeMap<IpAddr, usize>,
     /// The pick chains in the table. A full build makes every k up to the largest in use for
@@ -1130,12 +1137,13 @@ impl Installed {
     }
 
     fn insert(&mut self, port: ServicePort, rules: Ruleset) {
+        let id = Arc::new(port.id.clone());
         for (map, elements) in &rules.elements {
             for (key, value) in elements {
                 self.owners
                     .entry((*map, key.clone()))
                     .or_default()
-                    .insert(port.id.clone(), value.clone());
+                    .insert(id.clone(), value.clone());
             }
         }
         for ip in &rules.hairpin {
@@ -1175,6 +1183,17 @@ impl Installed {
 
     /// The whole table's contents.
     fn assemble(&self) -> Ruleset {
+        let mut r = self.layout();
+        for ((map, k), v) in self.elements() {
+            r.element(map, k.to_string(), v);
+        }
+        r
+    }
+
+    /// The table's contents but the Services' map elements (the fixed ones, NodePort
+    /// addresses, are there): what a full sync compares, its elements going whole as a batch
+    /// (see [`elements_batch`]).
+    fn layout(&self) -> Ruleset {
         let mut r = self.base.clone();
         for (_, rules) in self.ports.values() {
             r.chains
@@ -1182,17 +1201,20 @@ impl Installed {
             r.sets
                 .extend(rules.sets.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
-        for key @ (map, k) in self.owners.keys() {
-            if let Some(v) = self.element(key) {
-                r.element(map, k.clone(), v.clone());
-            }
-        }
         r.hairpin = self.hairpin.keys().copied().collect();
         for p in &self.picks {
             r.chains.insert(p.name(), p.rules(&self.cfg));
         }
         r.picks = self.picks.clone();
         r
+    }
+
+    /// The Services' map elements in the table: (map, key) and value.
+    fn elements(&self) -> impl Iterator<Item = ((&'static str, &str), &str)> {
+        self.owners.iter().filter_map(|((map, k), owners)| {
+            let v = owners.values().next_back()?;
+            Some(((*map, k.as_str()), v.as_str()))
+        })
     }
 
     /// Brings the ports up to `model`, returning the touched part of the table before and
@@ -1311,14 +1333,14 @@ impl DataPlane for Nftables {
             // it holds is known by name only.
             None if table_exists(cfg.family)? => {
                 let next = Installed::build(model, cfg);
-                let want = next.assemble();
                 match nft_batch::names(af(cfg.family), TABLE) {
                     Ok((chains, sets)) => {
-                        Self::full_sync(&mut self.last, next, &want, Have::Unknown(chains, sets))
+                        Self::full_sync(&mut self.last, next, Have::Unknown(chains, sets))
                     }
                     // Without the names the table is replaced whole, as text.
                     Err(e) => {
                         tracing::warn!(error = %e, "reading the earlier table's names over netlink failed; replacing the table as text");
+                        let want = next.assemble();
                         let text = full_text(&want, true);
                         Applied::install(&mut self.last, next, &text, want.chains.len(), apply)
                     }
@@ -1326,12 +1348,11 @@ impl DataPlane for Nftables {
             }
             last => {
                 let next = Installed::build(model, cfg);
-                let want = next.assemble();
                 let have = match last {
-                    Some(last) => Have::Known(last.assemble()),
+                    Some(last) => Have::Known(last.layout()),
                     None => Have::Nothing,
                 };
-                Self::full_sync(&mut self.last, next, &want, have)
+                Self::full_sync(&mut self.last, next, have)
             }
         }
     }
@@ -1341,7 +1362,7 @@ impl DataPlane for Nftables {
 enum Have {
     /// No table.
     Nothing,
-    /// The table this process last wrote.
+    /// The table this process last wrote (its [`Installed::layout`]).
     Known(Ruleset),
     /// A table of an earlier run, by its chains' and sets' names.
     Unknown(Vec<String>, Vec<String>),
@@ -1395,9 +1416,9 @@ impl Nftables {
     fn full_sync(
         last: &mut Option<Installed>,
         next: Installed,
-        want: &Ruleset,
         have: Have,
     ) -> Result<Applied, Error> {
+        let want = &next.layout();
         let d = match have {
             Have::Nothing => Diff {
                 family: want.family,
@@ -1446,13 +1467,12 @@ impl Nftables {
                 d
             }
         };
-        let elements: usize =
-            want.elements.values().map(BTreeMap::len).sum::<usize>() + want.hairpin.len();
+        let elements = next.owners.len() + next.hairpin.len();
         let written = d
-            .apply(|batch| elements_batch(batch, want))
+            .apply(|batch| elements_batch(batch, &next))
             .or_else(|e| {
                 tracing::warn!(error = %e, "full sync through a netlink batch failed; replacing the table as text");
-                let text = full_text(want, true);
+                let text = full_text(&next.assemble(), true);
                 apply(&text).map(|()| text.len())
             });
         Self::record(last, next, written, d.changes + elements)
