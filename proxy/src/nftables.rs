@@ -28,7 +28,7 @@
 //! Only a ClientIP-affinity Service keeps chains of its own (a chain and a dynamic set per
 //! endpoint), because its endpoint choice depends on the client.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -1081,6 +1081,10 @@ fn table_exists(family: Family) -> Result<bool, Error> {
 /// A map element: (map, key).
 type ElementKey = (&'static str, String);
 
+/// The ports asking for one element, each with the value it asks for, sorted by port (almost
+/// always one).
+type Owners = Vec<(Arc<ServicePortName>, String)>;
+
 /// What the table holds, kept per Service port so that a partial sync renders and compares only
 /// the ports that changed. Two ports may ask for the same map element (an external IP claimed
 /// twice): the last in name order wins, as in a whole render, and the element stays while any
@@ -1090,8 +1094,9 @@ struct Installed {
     cfg: RenderConfig,
     base: Ruleset,
     ports: BTreeMap<ServicePortName, (ServicePort, Ruleset)>,
-    /// Map element → the value each port asks for.
-    owners: BTreeMap<ElementKey, BTreeMap<Arc<ServicePortName>, String>>,
+    /// Map → element key → the ports asking for it (hashed, not ordered: ~210,000 keys at
+    /// 10,000 Services, each found or added by one hash instead of ~18 string compares).
+    owners: BTreeMap<&'static str, HashMap<String, Owners>>,
     /// Hairpin address → how many ports use it.
     hairpin: BTreeMap<IpAddr, usize>,
     /// The pick chains in the table. A full build makes every k up to the largest in use for
@@ -1139,11 +1144,13 @@ impl Installed {
     fn insert(&mut self, port: ServicePort, rules: Ruleset) {
         let id = Arc::new(port.id.clone());
         for (map, elements) in &rules.elements {
+            let owners = self.owners.entry(*map).or_default();
             for (key, value) in elements {
-                self.owners
-                    .entry((*map, key.clone()))
-                    .or_default()
-                    .insert(id.clone(), value.clone());
+                let owners = owners.entry(key.clone()).or_default();
+                match owners.binary_search_by(|(p, _)| p.as_ref().cmp(&port.id)) {
+                    Ok(i) => owners[i].1 = value.clone(),
+                    Err(i) => owners.insert(i, (id.clone(), value.clone())),
+                }
             }
         }
         for ip in &rules.hairpin {
@@ -1155,12 +1162,14 @@ impl Installed {
     fn remove(&mut self, id: &ServicePortName) -> Option<Ruleset> {
         let (_, rules) = self.ports.remove(id)?;
         for (map, elements) in &rules.elements {
+            let Some(map) = self.owners.get_mut(map) else {
+                continue;
+            };
             for key in elements.keys() {
-                let k = (*map, key.clone());
-                if let Some(owners) = self.owners.get_mut(&k) {
-                    owners.remove(id);
+                if let Some(owners) = map.get_mut(key) {
+                    owners.retain(|(p, _)| p.as_ref() != id);
                     if owners.is_empty() {
-                        self.owners.remove(&k);
+                        map.remove(key);
                     }
                 }
             }
@@ -1177,8 +1186,8 @@ impl Installed {
     }
 
     /// The element's value in the table (the last owner's).
-    fn element(&self, key: &ElementKey) -> Option<&String> {
-        self.owners.get(key)?.values().next_back()
+    fn element(&self, (map, key): &ElementKey) -> Option<&String> {
+        Some(&self.owners.get(map)?.get(key)?.last()?.1)
     }
 
     /// The whole table's contents.
@@ -1211,9 +1220,11 @@ impl Installed {
 
     /// The Services' map elements in the table: (map, key) and value.
     fn elements(&self) -> impl Iterator<Item = ((&'static str, &str), &str)> {
-        self.owners.iter().filter_map(|((map, k), owners)| {
-            let v = owners.values().next_back()?;
-            Some(((*map, k.as_str()), v.as_str()))
+        self.owners.iter().flat_map(|(map, elements)| {
+            elements.iter().filter_map(|(k, owners)| {
+                let (_, v) = owners.last()?;
+                Some(((*map, k.as_str()), v.as_str()))
+            })
         })
     }
 
@@ -1467,7 +1478,7 @@ impl Nftables {
                 d
             }
         };
-        let elements = next.owners.len() + next.hairpin.len();
+        let elements = next.owners.values().map(HashMap::len).sum::<usize>() + next.hairpin.len();
         let written = d
             .apply(|batch| elements_batch(batch, &next))
             .or_else(|e| {
