@@ -1,7 +1,7 @@
 //! `skiff-proxy bench`: for each mode and Service count (10 endpoints each), the time and rule
-//! text size of a full sync and of a partial sync after one EndpointSlice change (Model::build
-//! from the API objects + render + install, i.e. a change's path to the rules minus the watch
-//! delivery; wall-clock and CPU time), of a restart's first sync (a new process's full sync over
+//! text size of a full sync and of a partial sync after one EndpointSlice change (the model
+//! from the API objects, as the sync loop's [`Builder`] keeps it, + render + install, i.e. a
+//! change's path to the rules minus the watch delivery; wall-clock and CPU time), of a restart's first sync (a new process's full sync over
 //! the rules the last one left), the time from an EndpointSlice change to the first
 //! connection through the rule it makes (a probe connecting in a loop meanwhile), and the
 //! connect time to the first and the last Service in rule order.
@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::dataplane::{self, Mode, RenderConfig};
-use crate::model::Model;
+use crate::model::{Builder, Family};
 
 const ENDPOINTS: usize = 10;
 /// The address every endpoint of the first and last Services uses (so they have one endpoint
@@ -38,7 +38,7 @@ fn name(i: usize) -> String {
 
 fn service(i: usize) -> Service {
     serde_json::from_value(serde_json::json!({
-        "metadata": {"namespace": "bench", "name": name(i)},
+        "metadata": {"namespace": "bench", "name": name(i), "resourceVersion": "1"},
         "spec": {"clusterIP": cluster_ip(i).to_string(), "ports": [{"name": "http", "port": 80}]}
     }))
     .expect("service")
@@ -48,6 +48,7 @@ fn slice(i: usize, n: usize, endpoints: usize) -> EndpointSlice {
     slice_on_port(i, n, endpoints, ENDPOINT_PORT)
 }
 
+/// Service `i`'s slice; its resourceVersion tells its versions apart as an API server's would.
 fn slice_on_port(i: usize, n: usize, endpoints: usize, port: u16) -> EndpointSlice {
     let eps: Vec<serde_json::Value> = (0..endpoints)
         .map(|e| {
@@ -62,6 +63,7 @@ fn slice_on_port(i: usize, n: usize, endpoints: usize, port: u16) -> EndpointSli
         .collect();
     serde_json::from_value(serde_json::json!({
         "metadata": {"namespace": "bench", "name": format!("{}-1", name(i)),
+                     "resourceVersion": format!("{endpoints}.{port}"),
                      "labels": {"kubernetes.io/service-name": name(i)}},
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
@@ -131,10 +133,11 @@ fn measure(mode: Mode, n: usize) -> anyhow::Result<Row> {
         ..Default::default()
     };
     let mut plane = dataplane::new(mode);
+    let mut builder = Builder::new(Family::V4, "bench");
 
     let (applied, full) = timed(|| {
-        let (model, _) = Model::build(&services, &slices, "bench");
-        plane.sync(&model, &cfg, true)
+        let (model, _) = builder.build(&services, &slices);
+        plane.sync(model, &cfg, true)
     });
     let full_bytes = applied
         .with_context(|| format!("{mode:?} full sync of {n} Services"))?
@@ -143,8 +146,8 @@ fn measure(mode: Mode, n: usize) -> anyhow::Result<Row> {
     // One EndpointSlice loses an endpoint.
     slices[n / 2] = slice(n / 2, n, ENDPOINTS - 1);
     let (applied, partial) = timed(|| {
-        let (model, _) = Model::build(&services, &slices, "bench");
-        plane.sync(&model, &cfg, false)
+        let (model, _) = builder.build(&services, &slices);
+        plane.sync(model, &cfg, false)
     });
     let partial_bytes = applied
         .with_context(|| format!("{mode:?} partial sync of {n} Services"))?
@@ -152,9 +155,10 @@ fn measure(mode: Mode, n: usize) -> anyhow::Result<Row> {
 
     // A restart: a new process's first sync over what the last one installed.
     plane = dataplane::new(mode);
+    builder = Builder::new(Family::V4, "bench");
     let (applied, restart) = timed(|| {
-        let (model, _) = Model::build(&services, &slices, "bench");
-        plane.sync(&model, &cfg, true)
+        let (model, _) = builder.build(&services, &slices);
+        plane.sync(model, &cfg, true)
     });
     applied.with_context(|| format!("{mode:?} restart's sync of {n} Services"))?;
 
@@ -164,8 +168,8 @@ fn measure(mode: Mode, n: usize) -> anyhow::Result<Row> {
     let connect_last = mean_connect(last).context("connecting to the last Service")?;
     let change_to_rule = change_to_rule(last, || {
         slices[n - 1] = slice_on_port(n - 1, n, ENDPOINTS, MOVED_PORT);
-        let (model, _) = Model::build(&services, &slices, "bench");
-        plane.sync(&model, &cfg, false).map(|_| ())
+        let (model, _) = builder.build(&services, &slices);
+        plane.sync(model, &cfg, false).map(|_| ())
     })
     .with_context(|| format!("{mode:?} change-to-rule latency at {n} Services"))?;
     dataplane::cleanup_all()?;

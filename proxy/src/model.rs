@@ -2,8 +2,8 @@
 //! and EndpointSlices on every sync. Pure: no I/O, so every rule of endpoint selection is unit
 //! tested here and both renderers (iptables, nftables) read the same answer.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::{self, Write};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
@@ -212,30 +212,30 @@ impl Model {
     /// Builds the model of `family` for node `node` from the current objects: each Service at
     /// its ClusterIP of that family (none: not in this model) with the endpoints of its slices
     /// of that `addressType`. What cannot be programmed safely is left out and reported, never
-    /// passed on to a renderer.
+    /// passed on to a renderer. (A one-off [`Builder::build`].)
     pub fn build_for<'a>(
         family: Family,
         services: impl IntoIterator<Item = &'a Service>,
         slices: impl IntoIterator<Item = &'a EndpointSlice>,
         node: &str,
     ) -> (Model, Vec<Skipped>) {
-        let mut skipped = Vec::new();
-        let mut ports = BTreeMap::new();
-        for svc in services {
-            for port in service_ports(svc, family, &mut skipped) {
-                ports.insert(port.id.clone(), port);
-            }
+        let mut builder = Builder::new(family, node);
+        let skipped = builder.build(services, slices).1;
+        (builder.model, skipped)
+    }
+
+    /// Its UDP ports alone: all that [`Model::stale_udp_endpoints`] and
+    /// [`Model::udp_services_gaining_endpoints`] read of the model a sync replaces.
+    pub fn udp(&self) -> Model {
+        Model {
+            family: self.family,
+            ports: self
+                .ports
+                .iter()
+                .filter(|(id, _)| id.protocol == Protocol::Udp)
+                .map(|(id, p)| (id.clone(), p.clone()))
+                .collect(),
         }
-        for slice in slices {
-            add_slice(&mut ports, slice, family, node, &mut skipped);
-        }
-        for port in ports.values_mut() {
-            port.endpoints.sort();
-            port.endpoints.dedup_by_key(|e| (e.ip, e.port));
-        }
-        skipped.sort();
-        skipped.dedup();
-        (Model { family, ports }, skipped)
     }
 
     /// UDP endpoints present in `self` but gone (or no longer usable) in `next`: their conntrack
@@ -257,6 +257,158 @@ impl Model {
             .into_iter()
             .filter(|e| !after.contains(e))
             .collect()
+    }
+}
+
+/// Keeps a family's model from sync to sync, changing only the part of each Service that
+/// changed: a Service's ports are rebuilt when the Service or one of its EndpointSlices has
+/// another resourceVersion, so a sync after one change among 10,000 Services compares versions
+/// instead of parsing every object and building the whole model again. Objects without a
+/// resourceVersion (not from an API server) are rebuilt every time.
+#[derive(Debug)]
+pub struct Builder {
+    node: String,
+    model: Model,
+    /// By `namespace/name` of the Service.
+    built: HashMap<String, Built>,
+    /// Which build this is: a Service not seen in it is gone.
+    generation: u64,
+}
+
+/// What one Service was built from and what it put in the model.
+#[derive(Debug)]
+struct Built {
+    service_version: Option<String>,
+    /// Its slices' names and resourceVersions, sorted by name.
+    slice_versions: Vec<(Option<String>, Option<String>)>,
+    ports: Vec<ServicePortName>,
+    skipped: Vec<Skipped>,
+    generation: u64,
+}
+
+impl Built {
+    /// Whether it was built from these very versions of `svc` and `slices`.
+    fn current(&self, svc: &Service, slices: &[&EndpointSlice]) -> bool {
+        let same = |built: &Option<String>, now: &Option<String>| built.is_some() && built == now;
+        same(&self.service_version, &svc.metadata.resource_version)
+            && self.slice_versions.len() == slices.len()
+            && self
+                .slice_versions
+                .iter()
+                .zip(slices)
+                .all(|((name, version), s)| {
+                    *name == s.metadata.name && same(version, &s.metadata.resource_version)
+                })
+    }
+}
+
+impl Builder {
+    pub fn new(family: Family, node: &str) -> Self {
+        Builder {
+            node: node.to_string(),
+            model: Model {
+                family,
+                ports: BTreeMap::new(),
+            },
+            built: HashMap::new(),
+            generation: 0,
+        }
+    }
+
+    /// The model of the current objects (see [`Model::build_for`]), and what was skipped.
+    pub fn build<'a>(
+        &mut self,
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    ) -> (&Model, Vec<Skipped>) {
+        let family = self.model.family;
+        self.generation += 1;
+        let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for slice in slices {
+            let service = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL));
+            if let (true, Some(service)) = (slice.address_type == family.name(), service) {
+                let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
+                by_service.entry((ns, service)).or_default().push(slice);
+            }
+        }
+        let mut skipped = Vec::new();
+        let mut key = String::new();
+        for svc in services {
+            let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+            let name = svc.metadata.name.as_deref().unwrap_or_default();
+            let mut mine = by_service.remove(&(ns, name)).unwrap_or_default();
+            mine.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            key.clear();
+            let _ = write!(key, "{ns}/{name}");
+            if !self.built.get(&key).is_some_and(|b| b.current(svc, &mine)) {
+                for id in self.built.remove(&key).into_iter().flat_map(|b| b.ports) {
+                    self.model.ports.remove(&id);
+                }
+                let b = self.rebuild(svc, &mine);
+                self.built.insert(key.clone(), b);
+            }
+            let built = self.built.get_mut(&key).expect("built above");
+            built.generation = self.generation;
+            skipped.extend(built.skipped.iter().cloned());
+        }
+        // Services gone take their ports along.
+        let (generation, ports) = (self.generation, &mut self.model.ports);
+        self.built.retain(|_, b| {
+            if b.generation != generation {
+                for id in &b.ports {
+                    ports.remove(id);
+                }
+            }
+            b.generation == generation
+        });
+        // Slices of no Service: only their own faults are reported.
+        for slice in by_service.into_values().flatten() {
+            add_slice(
+                &mut BTreeMap::new(),
+                slice,
+                family,
+                &self.node,
+                &mut skipped,
+            );
+        }
+        skipped.sort();
+        skipped.dedup();
+        (&self.model, skipped)
+    }
+
+    /// Builds `svc`'s ports with the endpoints of `slices` (its own, sorted by name) into the
+    /// model.
+    fn rebuild(&mut self, svc: &Service, slices: &[&EndpointSlice]) -> Built {
+        let family = self.model.family;
+        let mut skipped = Vec::new();
+        let mut ports: BTreeMap<ServicePortName, ServicePort> =
+            service_ports(svc, family, &mut skipped)
+                .into_iter()
+                .map(|p| (p.id.clone(), p))
+                .collect();
+        for slice in slices {
+            add_slice(&mut ports, slice, family, &self.node, &mut skipped);
+        }
+        let ids = ports.keys().cloned().collect();
+        for (id, mut port) in ports {
+            port.endpoints.sort();
+            port.endpoints.dedup_by_key(|e| (e.ip, e.port));
+            self.model.ports.insert(id, port);
+        }
+        Built {
+            service_version: svc.metadata.resource_version.clone(),
+            slice_versions: slices
+                .iter()
+                .map(|s| (s.metadata.name.clone(), s.metadata.resource_version.clone()))
+                .collect(),
+            ports: ids,
+            skipped,
+            generation: self.generation,
+        }
     }
 }
 
@@ -847,6 +999,66 @@ mod tests {
             vec![ServiceDst::Addr(Ipv4Addr::new(10, 96, 0, 10).into(), 53)]
         );
         assert!(full.udp_services_gaining_endpoints(&full).is_empty());
+    }
+
+    #[test]
+    fn the_builder_rebuilds_only_services_whose_objects_changed() {
+        let versioned = |mut s: Service, v: &str| {
+            s.metadata.resource_version = Some(v.into());
+            s
+        };
+        let versioned_slice = |mut s: EndpointSlice, v: &str| {
+            s.metadata.resource_version = Some(v.into());
+            s
+        };
+        let mut other = web();
+        other.metadata.name = Some("other".into());
+        other.spec.as_mut().unwrap().cluster_ip = Some("10.96.0.11".into());
+        let services = [versioned(web(), "1"), versioned(other, "2")];
+        let one = web_slice(serde_json::json!([{"addresses": ["10.244.0.2"]}]));
+        let two = web_slice(serde_json::json!([
+            {"addresses": ["10.244.0.2"]}, {"addresses": ["10.244.0.3"]}
+        ]));
+        // A slice of no Service: its own faults are still reported.
+        let orphan = slice(serde_json::json!({
+            "metadata": {"namespace": "default", "name": "gone-1",
+                         "labels": {"kubernetes.io/service-name": "gone"}},
+            "addressType": "IPv4", "ports": [{"port": 1, "protocol": "ICMP"}], "endpoints": []
+        }));
+        let web_http = |m: &Model| {
+            let p = m
+                .ports
+                .values()
+                .find(|p| p.id.name == "web" && p.id.port == "http");
+            p.unwrap().endpoints.len()
+        };
+        let mut b = Builder::new(Family::V4, "n1");
+        let built = |b: &mut Builder, slices: &[EndpointSlice]| {
+            let (model, skipped) = b.build(&services, slices);
+            (
+                (model.clone(), skipped),
+                Model::build(&services, slices, "n1"),
+            )
+        };
+        let slices = [versioned_slice(one.clone(), "3"), orphan.clone()];
+        let (got, fresh) = built(&mut b, &slices);
+        assert_eq!(got, fresh);
+        assert_eq!(got.1.len(), 1, "{:?}", got.1);
+        // The same versions: the Service's ports are kept, not read again (the slice's other
+        // content under the same version shows it).
+        let (got, _) = built(&mut b, &[versioned_slice(two.clone(), "3"), orphan.clone()]);
+        assert_eq!(got.0, fresh.0);
+        // A new version is read; without versions every object is read every time.
+        let (got, fresh) = built(&mut b, &[versioned_slice(two.clone(), "4"), orphan]);
+        assert_eq!(got, fresh);
+        assert_eq!(web_http(&got.0), 2);
+        let (got, fresh) = built(&mut b, &[one]);
+        assert_eq!(got, fresh);
+        assert_eq!(web_http(&got.0), 1);
+        // A Service gone takes its ports along.
+        let (got, _) = b.build(&services[1..], &[two]);
+        assert!(!got.ports.is_empty());
+        assert!(got.ports.keys().all(|id| id.name == "other"), "{got:?}");
     }
 
     #[test]

@@ -28,9 +28,10 @@
 //! Only a ClientIP-affinity Service keeps chains of its own (a chain and a dynamic set per
 //! endpoint), because its endpoint choice depends on the client.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::dataplane::{Applied, DataPlane, Error, MASQ_MARK, RenderConfig, run_tool};
 use crate::model::{Endpoint, Family, Model, ServicePort, ServicePortName};
@@ -710,19 +711,22 @@ fn element(key: &str, value: &str) -> String {
     }
 }
 
-/// The transaction taking the table from `have` (what we last wrote) to `want`: new chains and
-/// sets added, changed chains flushed and refilled, map elements deleted and added, gone chains
-/// and sets deleted last (once nothing refers to them). Pick chains that DNAT through an
-/// endpoint map are left out (see [`Diff::picks`]).
+/// The change taking the table from `have` (what we last wrote) to `want`, as the text of its
+/// transactions: new chains and sets added, changed chains flushed and refilled, map elements
+/// deleted and added, gone chains and sets deleted last (once nothing refers to them). Pick
+/// chains that DNAT through an endpoint map are left out (see [`Diff::picks`]).
 #[cfg(test)]
 fn diff_text(want: &Ruleset, have: &Ruleset) -> (String, usize) {
-    let d = diff(want, have, true);
-    (d.head + &d.tail, d.changes)
+    let (d, elements) = (diff(want, have), ElementDelta::new(want, have));
+    (
+        d.head + &elements.text(want.family) + &d.tail,
+        d.changes + elements.len(),
+    )
 }
 
-/// A transaction in two parts: `head` adds and rewrites chains and sets (and, with
-/// `text_elements`, changes map elements), `tail` deletes what is no longer wanted; and the
-/// pick chains to write through netlink first ([`Pick::exprs`]), each with whether it exists.
+/// A change of chains and sets in two parts: `head` adds and rewrites chains and sets, `tail`
+/// deletes what is no longer wanted; and the pick chains to write through netlink
+/// ([`Pick::exprs`]), each with whether it exists.
 struct Diff {
     family: Family,
     head: String,
@@ -747,24 +751,29 @@ impl Diff {
         }
     }
 
-    /// The whole transaction as text (its pick chains aside).
-    fn text(&self) -> String {
-        self.head.clone() + &self.tail
-    }
-
-    /// Applies a partial change: the new pick chains first (nothing refers to them yet), then
-    /// `text`, which does.
-    fn apply(&self, text: &str) -> Result<(), Error> {
-        if !self.picks.is_empty() {
-            let mut batch = Batch::new(af(self.family));
-            self.add_picks(&mut batch);
-            batch.commit()?;
+    /// Applies the change in up to three transactions, each of whose results routes traffic
+    /// as the old or the new table would: `head` through `nft -f` (new chains and sets,
+    /// rewritten chains: old elements still lead where they did), when there is one; one
+    /// netlink batch of the pick chains and of the elements `elements` writes (the switch);
+    /// `tail` through `nft -f` (what nothing refers to any more), when there is one. A change
+    /// of endpoints is the batch alone: no `nft` process. Returns the bytes written.
+    fn apply(&self, elements: impl FnOnce(&mut Batch)) -> Result<usize, Error> {
+        if !self.head.is_empty() {
+            apply(&self.head)?;
         }
-        apply(text)
+        let mut batch = Batch::new(af(self.family));
+        self.add_picks(&mut batch);
+        elements(&mut batch);
+        let mut bytes = self.head.len() + batch.commit()?;
+        if !self.tail.is_empty() {
+            apply(&self.tail)?;
+            bytes += self.tail.len();
+        }
+        Ok(bytes)
     }
 }
 
-fn diff(want: &Ruleset, have: &Ruleset, text_elements: bool) -> Diff {
+fn diff(want: &Ruleset, have: &Ruleset) -> Diff {
     let f = nf(want.family);
     let mut out = String::new();
     let mut changes = 0;
@@ -775,15 +784,31 @@ fn diff(want: &Ruleset, have: &Ruleset, text_elements: bool) -> Diff {
         .map(|p| (p.name(), *p))
         .collect();
     let mut picks = Vec::new();
+    // A set whose declaration changed (an affinity timeout) is replaced; the kernel deletes a
+    // set only once no rule names it, so the chains that do are emptied first and refilled
+    // below, changed or not.
+    let replaced: Vec<&String> = want
+        .sets
+        .iter()
+        .filter(|(name, decl)| have.sets.get(*name).is_some_and(|d| d != *decl))
+        .map(|(name, _)| name)
+        .collect();
+    let refill: BTreeSet<&String> = have
+        .chains
+        .iter()
+        .filter(|(_, rules)| {
+            replaced
+                .iter()
+                .any(|set| rules.iter().any(|r| r.contains(&format!("@{set} "))))
+        })
+        .map(|(chain, _)| chain)
+        .collect();
+    for chain in &refill {
+        let _ = writeln!(out, "flush chain {f} {TABLE} {chain}");
+    }
     for (name, decl) in &want.sets {
         if have.sets.get(name) != Some(decl) {
             if have.sets.contains_key(name) {
-                // A changed timeout: the set is replaced (its chain is rewritten below).
-                let _ = writeln!(
-                    out,
-                    "flush chain {f} {TABLE} {}",
-                    name.replacen("aff-", "sep-", 1)
-                );
                 let _ = writeln!(out, "delete set {f} {TABLE} {name}");
             }
             let _ = writeln!(out, "add set {f} {TABLE} {name} {{ {decl} }}");
@@ -801,7 +826,8 @@ fn diff(want: &Ruleset, have: &Ruleset, text_elements: bool) -> Diff {
     }
     for (name, rules) in &want.chains {
         let old = have.chains.get(name);
-        if old == Some(rules) {
+        let emptied = refill.contains(name);
+        if old == Some(rules) && !emptied {
             continue;
         }
         changes += 1;
@@ -809,15 +835,12 @@ fn diff(want: &Ruleset, have: &Ruleset, text_elements: bool) -> Diff {
             picks.push((*pick, old.is_some()));
             continue;
         }
-        if old.is_some() {
+        if old.is_some() && !emptied {
             let _ = writeln!(out, "flush chain {f} {TABLE} {name}");
         }
         for rule in rules {
             let _ = writeln!(out, "add rule {f} {TABLE} {name} {rule}");
         }
-    }
-    if text_elements {
-        changes += diff_elements(&mut out, want, have);
     }
     let head = out;
     let mut out = String::new();
@@ -846,96 +869,175 @@ fn diff(want: &Ruleset, have: &Ruleset, text_elements: bool) -> Diff {
     }
 }
 
-/// Map and hairpin elements from `have` to `want` as text; returns how many change.
-fn diff_elements(out: &mut String, want: &Ruleset, have: &Ruleset) -> usize {
-    let f = nf(want.family);
-    let mut changes = 0;
-    let empty = BTreeMap::new();
-    for (map, elements) in &want.elements {
-        let old = have.elements.get(map).unwrap_or(&empty);
-        let gone: Vec<&String> = old
+/// A map's name, the keys deleted from it and the elements (key, value) added.
+type MapDelta<'a> = (&'static str, Vec<&'a str>, Vec<(&'a str, &'a str)>);
+
+/// The element changes from `have` to `want`: per map, the keys to delete (gone, or their value
+/// changed) and the elements to add; the hairpin addresses gone and added.
+struct ElementDelta<'a> {
+    maps: Vec<MapDelta<'a>>,
+    hairpin: [Vec<&'a IpAddr>; 2],
+}
+
+impl<'a> ElementDelta<'a> {
+    fn new(want: &'a Ruleset, have: &'a Ruleset) -> Self {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        let maps = want
+            .elements
             .iter()
-            .filter(|(k, v)| elements.get(*k) != Some(*v))
-            .map(|(k, _)| k)
+            .map(|(map, elements)| {
+                let old = have.elements.get(map).unwrap_or(&EMPTY);
+                let gone = old
+                    .iter()
+                    .filter(|(k, v)| elements.get(*k) != Some(*v))
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                let added = elements
+                    .iter()
+                    .filter(|(k, v)| old.get(*k) != Some(*v))
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                (*map, gone, added)
+            })
             .collect();
-        if !gone.is_empty() {
-            changes += gone.len();
-            let keys: Vec<&str> = gone.iter().map(|k| k.as_str()).collect();
-            let _ = writeln!(
-                out,
-                "delete element {f} {TABLE} {map} {{ {} }}",
-                keys.join(", ")
-            );
-        }
-        let added: Vec<String> = elements
-            .iter()
-            .filter(|(k, v)| old.get(*k) != Some(*v))
-            .map(|(k, v)| element(k, v))
-            .collect();
-        if !added.is_empty() {
-            changes += added.len();
-            let _ = writeln!(
-                out,
-                "add element {f} {TABLE} {map} {{ {} }}",
-                added.join(", ")
-            );
+        ElementDelta {
+            maps,
+            hairpin: [
+                have.hairpin.difference(&want.hairpin).collect(),
+                want.hairpin.difference(&have.hairpin).collect(),
+            ],
         }
     }
-    let gone: Vec<&IpAddr> = have.hairpin.difference(&want.hairpin).collect();
-    let added: Vec<&IpAddr> = want.hairpin.difference(&have.hairpin).collect();
-    for (verb, ips) in [("delete", gone), ("add", added)] {
-        if !ips.is_empty() {
-            changes += ips.len();
-            let _ = writeln!(
-                out,
-                "{verb} element {f} {TABLE} {HAIRPIN} {{ {} }}",
-                hairpin_elements(ips)
-            );
+
+    fn len(&self) -> usize {
+        let maps: usize = self.maps.iter().map(|(_, g, a)| g.len() + a.len()).sum();
+        maps + self.hairpin[0].len() + self.hairpin[1].len()
+    }
+
+    /// Into `batch`: each map's deletions before its additions (a changed value is both).
+    fn write(&self, batch: &mut Batch) {
+        let (mut key, mut value) = (Vec::with_capacity(40), Vec::with_capacity(20));
+        for (map, gone, added) in &self.maps {
+            for k in gone {
+                element_key(map, k, &mut key);
+                batch.delete(TABLE, map, &key);
+            }
+            for (k, v) in added {
+                add_element(batch, map, k, v, &mut key, &mut value);
+            }
+        }
+        let [gone, added] = &self.hairpin;
+        for ip in gone {
+            hairpin_key(ip, &mut key);
+            batch.delete(TABLE, HAIRPIN, &key);
+        }
+        for ip in added {
+            hairpin_key(ip, &mut key);
+            batch.add(TABLE, HAIRPIN, &key, Data::None);
         }
     }
-    changes
+
+    /// As `nft -f` text (what the tests read).
+    #[cfg(test)]
+    fn text(&self, family: Family) -> String {
+        let f = nf(family);
+        let mut out = String::new();
+        for (map, gone, added) in &self.maps {
+            if !gone.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "delete element {f} {TABLE} {map} {{ {} }}",
+                    gone.join(", ")
+                );
+            }
+            if !added.is_empty() {
+                let items: Vec<String> = added.iter().map(|(k, v)| element(k, v)).collect();
+                let _ = writeln!(
+                    out,
+                    "add element {f} {TABLE} {map} {{ {} }}",
+                    items.join(", ")
+                );
+            }
+        }
+        for (verb, ips) in ["delete", "add"].iter().zip(&self.hairpin) {
+            if !ips.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "{verb} element {f} {TABLE} {HAIRPIN} {{ {} }}",
+                    hairpin_elements(ips.iter().copied())
+                );
+            }
+        }
+        out
+    }
 }
 
 fn apply(text: &str) -> Result<(), Error> {
     run_tool("nft", &["-f", "-"], Some(text)).map(|_| ())
 }
 
-/// Every map and set element of `want` into `batch`, each map flushed first: the elements
-/// change in one transaction.
-fn elements_batch(batch: &mut Batch, want: &Ruleset) {
-    let (mut key, mut value) = (Vec::with_capacity(16), Vec::with_capacity(8));
-    for (map, elements) in &want.elements {
+/// Every map and set element of the table `inst` holds into `batch`, each map flushed first:
+/// the elements change in one transaction.
+fn elements_batch(batch: &mut Batch, inst: &Installed) {
+    let (mut key, mut value) = (Vec::with_capacity(40), Vec::with_capacity(20));
+    for (map, _, _) in MAPS {
         batch.flush(TABLE, map);
-        // Endpoint maps' keys end in the endpoint's index (numgen's value, host order).
-        let indexed = map.starts_with("endpoints-");
-        for (k, v) in elements {
-            key.clear();
-            encode(k, indexed, &mut key);
-            let data = if v.is_empty() {
-                Data::None
-            } else if let Some(chain) = v.strip_prefix("goto ") {
-                Data::Verdict(nft_batch::NFT_GOTO, Some(chain))
-            } else if let Some(chain) = v.strip_prefix("jump ") {
-                Data::Verdict(nft_batch::NFT_JUMP, Some(chain))
-            } else if v == "drop" {
-                Data::Verdict(nft_batch::NF_DROP, None)
-            } else if v == "accept" {
-                Data::Verdict(nft_batch::NF_ACCEPT, None)
-            } else {
-                value.clear();
-                encode(v, false, &mut value);
-                Data::Value(&value)
-            };
-            batch.add(TABLE, map, &key, data);
-        }
+    }
+    let fixed = inst.base.elements.iter();
+    let fixed = fixed.flat_map(|(map, elements)| {
+        elements
+            .iter()
+            .map(|(k, v)| ((*map, k.as_str()), v.as_str()))
+    });
+    for ((map, k), v) in fixed.chain(inst.elements()) {
+        add_element(batch, map, k, v, &mut key, &mut value);
     }
     batch.flush(TABLE, HAIRPIN);
-    for ip in &want.hairpin {
-        key.clear();
-        push_addr(&mut key, ip);
-        push_addr(&mut key, ip);
+    for ip in inst.hairpin.keys() {
+        hairpin_key(ip, &mut key);
         batch.add(TABLE, HAIRPIN, &key, Data::None);
     }
+}
+
+/// A rendered key of `map` into `key`, in the kernel's layout: endpoint maps' keys end in the
+/// endpoint's index (numgen's value, host order).
+fn element_key(map: &str, k: &str, key: &mut Vec<u8>) {
+    key.clear();
+    encode(k, map.starts_with("endpoints-"), key);
+}
+
+fn hairpin_key(ip: &IpAddr, key: &mut Vec<u8>) {
+    key.clear();
+    push_addr(key, ip);
+    push_addr(key, ip);
+}
+
+/// Adds the rendered element `k : v` of `map` to `batch` (`key` and `value` are scratch space).
+fn add_element(
+    batch: &mut Batch,
+    map: &str,
+    k: &str,
+    v: &str,
+    key: &mut Vec<u8>,
+    value: &mut Vec<u8>,
+) {
+    element_key(map, k, key);
+    let data = if v.is_empty() {
+        Data::None
+    } else if let Some(chain) = v.strip_prefix("goto ") {
+        Data::Verdict(nft_batch::NFT_GOTO, Some(chain))
+    } else if let Some(chain) = v.strip_prefix("jump ") {
+        Data::Verdict(nft_batch::NFT_JUMP, Some(chain))
+    } else if v == "drop" {
+        Data::Verdict(nft_batch::NF_DROP, None)
+    } else if v == "accept" {
+        Data::Verdict(nft_batch::NF_ACCEPT, None)
+    } else {
+        value.clear();
+        encode(v, false, value);
+        Data::Value(value)
+    };
+    batch.add(TABLE, map, key, data);
 }
 
 /// An address in network order: 4 bytes, or 16 for IPv6.
@@ -973,15 +1075,15 @@ fn encode(text: &str, indexed: bool, out: &mut Vec<u8>) {
 }
 
 fn table_exists(family: Family) -> Result<bool, Error> {
-    let f = nf(family);
-    let tables = run_tool("nft", &["list", "tables", f], None)?;
-    Ok(tables
-        .lines()
-        .any(|l| l.trim() == format!("table {f} {TABLE}")))
+    nft_batch::table_exists(af(family), TABLE)
 }
 
 /// A map element: (map, key).
 type ElementKey = (&'static str, String);
+
+/// The ports asking for one element, each with the value it asks for, sorted by port (almost
+/// always one).
+type Owners = Vec<(Arc<ServicePortName>, String)>;
 
 /// What the table holds, kept per Service port so that a partial sync renders and compares only
 /// the ports that changed. Two ports may ask for the same map element (an external IP claimed
@@ -992,8 +1094,9 @@ struct Installed {
     cfg: RenderConfig,
     base: Ruleset,
     ports: BTreeMap<ServicePortName, (ServicePort, Ruleset)>,
-    /// Map element → the value each port asks for.
-    owners: BTreeMap<ElementKey, BTreeMap<ServicePortName, String>>,
+    /// Map → element key → the ports asking for it (hashed, not ordered: ~210,000 keys at
+    /// 10,000 Services, each found or added by one hash instead of ~18 string compares).
+    owners: BTreeMap<&'static str, HashMap<String, Owners>>,
     /// Hairpin address → how many ports use it.
     hairpin: BTreeMap<IpAddr, usize>,
     /// The pick chains in the table. A full build makes every k up to the largest in use for
@@ -1039,12 +1142,15 @@ impl Installed {
     }
 
     fn insert(&mut self, port: ServicePort, rules: Ruleset) {
+        let id = Arc::new(port.id.clone());
         for (map, elements) in &rules.elements {
+            let owners = self.owners.entry(*map).or_default();
             for (key, value) in elements {
-                self.owners
-                    .entry((*map, key.clone()))
-                    .or_default()
-                    .insert(port.id.clone(), value.clone());
+                let owners = owners.entry(key.clone()).or_default();
+                match owners.binary_search_by(|(p, _)| p.as_ref().cmp(&port.id)) {
+                    Ok(i) => owners[i].1 = value.clone(),
+                    Err(i) => owners.insert(i, (id.clone(), value.clone())),
+                }
             }
         }
         for ip in &rules.hairpin {
@@ -1056,12 +1162,14 @@ impl Installed {
     fn remove(&mut self, id: &ServicePortName) -> Option<Ruleset> {
         let (_, rules) = self.ports.remove(id)?;
         for (map, elements) in &rules.elements {
+            let Some(map) = self.owners.get_mut(map) else {
+                continue;
+            };
             for key in elements.keys() {
-                let k = (*map, key.clone());
-                if let Some(owners) = self.owners.get_mut(&k) {
-                    owners.remove(id);
+                if let Some(owners) = map.get_mut(key) {
+                    owners.retain(|(p, _)| p.as_ref() != id);
                     if owners.is_empty() {
-                        self.owners.remove(&k);
+                        map.remove(key);
                     }
                 }
             }
@@ -1078,23 +1186,29 @@ impl Installed {
     }
 
     /// The element's value in the table (the last owner's).
-    fn element(&self, key: &ElementKey) -> Option<&String> {
-        self.owners.get(key)?.values().next_back()
+    fn element(&self, (map, key): &ElementKey) -> Option<&String> {
+        Some(&self.owners.get(map)?.get(key)?.last()?.1)
     }
 
     /// The whole table's contents.
     fn assemble(&self) -> Ruleset {
+        let mut r = self.layout();
+        for ((map, k), v) in self.elements() {
+            r.element(map, k.to_string(), v);
+        }
+        r
+    }
+
+    /// The table's contents but the Services' map elements (the fixed ones, NodePort
+    /// addresses, are there): what a full sync compares, its elements going whole as a batch
+    /// (see [`elements_batch`]).
+    fn layout(&self) -> Ruleset {
         let mut r = self.base.clone();
         for (_, rules) in self.ports.values() {
             r.chains
                 .extend(rules.chains.iter().map(|(k, v)| (k.clone(), v.clone())));
             r.sets
                 .extend(rules.sets.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
-        for key @ (map, k) in self.owners.keys() {
-            if let Some(v) = self.element(key) {
-                r.element(map, k.clone(), v.clone());
-            }
         }
         r.hairpin = self.hairpin.keys().copied().collect();
         for p in &self.picks {
@@ -1104,22 +1218,33 @@ impl Installed {
         r
     }
 
+    /// The Services' map elements in the table: (map, key) and value.
+    fn elements(&self) -> impl Iterator<Item = ((&'static str, &str), &str)> {
+        self.owners.iter().flat_map(|(map, elements)| {
+            elements.iter().filter_map(|(k, owners)| {
+                let (_, v) = owners.last()?;
+                Some(((*map, k.as_str()), v.as_str()))
+            })
+        })
+    }
+
     /// Brings the ports up to `model`, returning the touched part of the table before and
     /// after (chains, sets, elements and hairpin addresses of the ports that changed or went),
     /// which [`diff`] turns into the transaction.
     fn update(&mut self, model: &Model) -> (Ruleset, Ruleset) {
-        let gone: Vec<ServicePortName> = self
-            .ports
-            .keys()
-            .filter(|id| !model.ports.contains_key(*id))
-            .cloned()
-            .collect();
-        let changed: Vec<(&ServicePort, Ruleset)> = model
-            .ports
-            .values()
-            .filter(|p| self.ports.get(&p.id).map(|(old, _)| old) != Some(*p))
-            .map(|p| (p, render_port(p, &self.cfg)))
-            .collect();
+        // Both are sorted by port: one walk through the two finds what went and what changed.
+        let (mut gone, mut changed) = (Vec::new(), Vec::new());
+        let mut old = self.ports.iter().peekable();
+        for (id, p) in &model.ports {
+            while let Some((old_id, _)) = old.next_if(|(old_id, _)| *old_id < id) {
+                gone.push(old_id.clone());
+            }
+            match old.next_if(|(old_id, _)| *old_id == id) {
+                Some((_, (was, _))) if was == p => {}
+                _ => changed.push((p, render_port(p, &self.cfg))),
+            }
+        }
+        gone.extend(old.map(|(id, _)| id.clone()));
         let empty = Ruleset {
             family: self.cfg.family,
             ..Default::default()
@@ -1207,27 +1332,26 @@ impl DataPlane for Nftables {
             // A partial sync: only the ports that changed are rendered and compared.
             Some(mut inst) if !full && inst.cfg == *cfg => {
                 let (before, after) = inst.update(model);
-                let d = diff(&after, &before, true);
-                Applied::install(&mut self.last, inst, &d.text(), d.changes, |t| d.apply(t))
+                Self::change(&mut self.last, inst, &after, &before)
             }
             // The node's facts changed: what they touch is rewritten.
             Some(last) if !full => {
                 let next = Installed::build(model, cfg);
-                let d = diff(&next.assemble(), &last.assemble(), true);
-                Applied::install(&mut self.last, next, &d.text(), d.changes, |t| d.apply(t))
+                let (want, have) = (next.assemble(), last.assemble());
+                Self::change(&mut self.last, next, &want, &have)
             }
             // First sync of this process over a table of an earlier run (or half of one): what
             // it holds is known by name only.
             None if table_exists(cfg.family)? => {
                 let next = Installed::build(model, cfg);
-                let want = next.assemble();
                 match nft_batch::names(af(cfg.family), TABLE) {
                     Ok((chains, sets)) => {
-                        Self::full_sync(&mut self.last, next, &want, Have::Unknown(chains, sets))
+                        Self::full_sync(&mut self.last, next, Have::Unknown(chains, sets))
                     }
                     // Without the names the table is replaced whole, as text.
                     Err(e) => {
                         tracing::warn!(error = %e, "reading the earlier table's names over netlink failed; replacing the table as text");
+                        let want = next.assemble();
                         let text = full_text(&want, true);
                         Applied::install(&mut self.last, next, &text, want.chains.len(), apply)
                     }
@@ -1235,12 +1359,11 @@ impl DataPlane for Nftables {
             }
             last => {
                 let next = Installed::build(model, cfg);
-                let want = next.assemble();
                 let have = match last {
-                    Some(last) => Have::Known(last.assemble()),
+                    Some(last) => Have::Known(last.layout()),
                     None => Have::Nothing,
                 };
-                Self::full_sync(&mut self.last, next, &want, have)
+                Self::full_sync(&mut self.last, next, have)
             }
         }
     }
@@ -1250,13 +1373,47 @@ impl DataPlane for Nftables {
 enum Have {
     /// No table.
     Nothing,
-    /// The table this process last wrote.
+    /// The table this process last wrote (its [`Installed::layout`]).
     Known(Ruleset),
     /// A table of an earlier run, by its chains' and sets' names.
     Unknown(Vec<String>, Vec<String>),
 }
 
 impl Nftables {
+    /// A partial change from `have` to `want` (see [`Diff::apply`]): only the changed elements
+    /// go, as a netlink batch.
+    fn change(
+        last: &mut Option<Installed>,
+        next: Installed,
+        want: &Ruleset,
+        have: &Ruleset,
+    ) -> Result<Applied, Error> {
+        let (d, elements) = (diff(want, have), ElementDelta::new(want, have));
+        let changes = d.changes + elements.len();
+        let written = d.apply(|batch| elements.write(batch));
+        Self::record(last, next, written, changes)
+    }
+
+    /// Records `next` as installed when `written` (bytes) is Ok; a failure forgets what was
+    /// installed, so that the next sync rewrites everything.
+    fn record(
+        last: &mut Option<Installed>,
+        next: Installed,
+        written: Result<usize, Error>,
+        changes: usize,
+    ) -> Result<Applied, Error> {
+        match written {
+            Ok(bytes) => {
+                *last = Some(next);
+                Ok(Applied { bytes, changes })
+            }
+            Err(e) => {
+                *last = None;
+                Err(e)
+            }
+        }
+    }
+
     /// A full sync in three transactions whose every intermediate state routes traffic as
     /// either the old or the new table would: `nft -f` adds new chains and sets and rewrites
     /// changed chains (old map elements still lead to the same places); one netlink batch then
@@ -1270,9 +1427,9 @@ impl Nftables {
     fn full_sync(
         last: &mut Option<Installed>,
         next: Installed,
-        want: &Ruleset,
         have: Have,
     ) -> Result<Applied, Error> {
+        let want = &next.layout();
         let d = match have {
             Have::Nothing => Diff {
                 family: want.family,
@@ -1281,9 +1438,9 @@ impl Nftables {
                 changes: want.chains.len(),
                 picks: Vec::new(),
             },
-            // (`add table`, a no-op, keeps the head from being empty: the batch always goes.)
+            // (`add table`, a no-op, puts back a table deleted under us.)
             Have::Known(have) => {
-                let mut d = diff(want, &have, false);
+                let mut d = diff(want, &have);
                 d.head
                     .insert_str(0, &format!("add table {} {TABLE}\n", nf(want.family)));
                 d
@@ -1308,7 +1465,7 @@ impl Nftables {
                         .collect(),
                     ..Default::default()
                 };
-                let mut d = diff(want, &found, false);
+                let mut d = diff(want, &found);
                 let (fam, f) = (want.family, nf(want.family));
                 let mut head = format!("add table {f} {TABLE}\n");
                 for (name, kind, decl) in MAPS {
@@ -1321,30 +1478,15 @@ impl Nftables {
                 d
             }
         };
-        let elements: usize =
-            want.elements.values().map(BTreeMap::len).sum::<usize>() + want.hairpin.len();
-        let mut extra = 0;
-        let mut applied = Applied::install(last, next, &d.head, d.changes + elements, |head| {
-            let batched = apply(head).and_then(|()| {
-                let mut batch = Batch::new(af(want.family));
-                d.add_picks(&mut batch);
-                elements_batch(&mut batch, want);
-                extra = batch.commit()?;
-                if !d.tail.is_empty() {
-                    apply(&d.tail)?;
-                }
-                extra += d.tail.len();
-                Ok(())
-            });
-            batched.or_else(|e| {
+        let elements = next.owners.values().map(HashMap::len).sum::<usize>() + next.hairpin.len();
+        let written = d
+            .apply(|batch| elements_batch(batch, &next))
+            .or_else(|e| {
                 tracing::warn!(error = %e, "full sync through a netlink batch failed; replacing the table as text");
-                let text = full_text(want, true);
-                extra = text.len();
-                apply(&text)
-            })
-        })?;
-        applied.bytes += extra;
-        Ok(applied)
+                let text = full_text(&next.assemble(), true);
+                apply(&text).map(|()| text.len())
+            });
+        Self::record(last, next, written, d.changes + elements)
     }
 }
 
@@ -1613,8 +1755,8 @@ mod tests {
 
         let mut inst = Installed::build(&old, &cfg);
         let (before, after) = inst.update(&new);
-        let d = diff(&after, &before, true);
-        let partial = d.text();
+        let d = diff(&after, &before);
+        let (partial, _) = diff_text(&after, &before);
         assert!(!partial.contains("10.96.0.20"), "{partial}");
         // c's going hands the external IP to b and keeps a's endpoint in the hairpin set.
         assert!(partial.contains("192.0.2.1 . udp . 53 : goto external-addr-1"));

@@ -1,6 +1,6 @@
 //! The sync loop: reflectors keep Services and EndpointSlices current; every change marks the
 //! rules stale and wakes the loop, which waits out `min_sync_period` (so a burst of changes is
-//! one sync), computes the whole model, and hands it to the data plane. Every `sync_period` the
+//! one sync), computes the whole model (rebuilding only the Services whose objects changed), and hands it to the data plane. Every `sync_period` the
 //! sync is full (reconciling whatever is installed). Then the loop flushes UDP conntrack entries
 //! to endpoints that went away and to Services that got their first endpoint, updates the healthCheckNodePort servers, and records an Event
 //! for each object it had to skip.
@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 use crate::dataplane::{self, Applied, DataPlane, Mode, RenderConfig};
 use crate::dns::{DnsConfig, DnsServer};
 use crate::health::{ServiceHealth, ServiceHealthServers, Status};
-use crate::model::{Family, Model, Skipped};
+use crate::model::{Builder, Family, Model, Skipped};
 
 /// The `kube-dns` Service's metrics port.
 const DNS_METRICS_PORT: u16 = 9153;
@@ -206,7 +206,7 @@ pub async fn run(client: Client, cfg: Config) -> anyhow::Result<()> {
             instance: Some(cfg.node_name.clone()),
         },
     );
-    // One data plane per family, each with the model it last installed.
+    // One data plane per family, each with the UDP ports of the model it last installed.
     let mut planes: Vec<(Box<dyn DataPlane>, Model)> = families
         .iter()
         .map(|f| {
@@ -216,6 +216,11 @@ pub async fn run(client: Client, cfg: Config) -> anyhow::Result<()> {
             };
             (dataplane::new(cfg.mode), none)
         })
+        .collect();
+    // One model builder per family, keeping each Service's part from sync to sync.
+    let mut builders: Vec<Builder> = families
+        .iter()
+        .map(|f| Builder::new(*f, &cfg.node_name))
         .collect();
     let mut health_servers = ServiceHealthServers::default();
     let mut reported: BTreeSet<Skipped> = BTreeSet::new();
@@ -246,17 +251,15 @@ pub async fn run(client: Client, cfg: Config) -> anyhow::Result<()> {
         // The cluster DNS address is answered on the node itself: no rules for its Service.
         let dns_ip = dns.as_ref().map(|d| d.listen().ip().to_string());
         let mut skipped: BTreeSet<Skipped> = BTreeSet::new();
-        let models: Vec<Model> = families
-            .iter()
-            .map(|f| {
-                let (model, skips) = Model::build_for(
-                    *f,
+        let models: Vec<&Model> = builders
+            .iter_mut()
+            .map(|builder| {
+                let (model, skips) = builder.build(
                     svc_snapshot
                         .iter()
                         .map(|s| s.as_ref())
                         .filter(|s| cluster_ip(s) != dns_ip.as_deref()),
                     slice_snapshot.iter().map(|s| s.as_ref()),
-                    &cfg.node_name,
                 );
                 skipped.extend(skips);
                 model
@@ -321,8 +324,8 @@ pub async fn run(client: Client, cfg: Config) -> anyhow::Result<()> {
             }
         }
         health_servers.reconcile(health_checks(&models)).await;
-        for ((_, installed), model) in planes.iter_mut().zip(models) {
-            *installed = model;
+        for ((_, installed), model) in planes.iter_mut().zip(&models) {
+            *installed = model.udp();
         }
 
         for s in skipped.difference(&reported) {
@@ -358,7 +361,7 @@ fn render_config(cfg: &Config, family: Family, node_ips: Option<&[IpAddr]>) -> R
 }
 
 /// healthCheckNodePort answers from every family's model (a dual-stack Service is in both).
-fn health_checks(models: &[Model]) -> BTreeMap<u16, ServiceHealth> {
+fn health_checks(models: &[&Model]) -> BTreeMap<u16, ServiceHealth> {
     let mut out: BTreeMap<u16, ServiceHealth> = BTreeMap::new();
     for p in models.iter().flat_map(|m| m.ports.values()) {
         if let Some(port) = p.health_check_node_port {

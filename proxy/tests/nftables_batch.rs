@@ -342,3 +342,89 @@ fn a_partial_sync_growing_past_the_largest_endpoint_count_needs_no_full_sync() {
     assert_eq!(kept, handle());
     dataplane::cleanup_all().unwrap();
 }
+
+/// Partial syncs send only the changed elements, as a netlink batch (with `nft -f` text only
+/// for chains and sets that change: an affinity Service's): after a sequence of them (endpoints
+/// lost and gained past the largest count, a Service gone and back, an affinity timeout
+/// changed, an affinity Service added and gone) the table is, item by item, the one a fresh
+/// full sync of the last model writes, and it was never replaced whole.
+#[test]
+fn partial_syncs_leave_the_table_a_full_sync_would() {
+    partial_syncs(Family::V4);
+}
+
+#[test]
+fn ipv6_partial_syncs_leave_the_table_a_full_sync_would() {
+    partial_syncs(Family::V6);
+}
+
+fn partial_syncs(f: Family) {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("unsharing a network namespace (this test needs root)");
+    log();
+    let cfg = RenderConfig {
+        family: f,
+        cluster_cidr: Some(format!("{}/16", ip(f, "10.244.0.0")).parse().unwrap()),
+        node_ips: Some(vec![ip(f, "172.16.0.1").parse().unwrap()]),
+        ..Default::default()
+    };
+    let build = |(services, slices): (Vec<Service>, Vec<EndpointSlice>)| {
+        Model::build_for(f, &services, &slices, "n1").0
+    };
+    // Between: b gone, d's affinity timeout changed, an affinity Service g added.
+    let (mut services, mut slices) = objects(2, f);
+    services.retain(|s| s.metadata.name.as_deref() != Some("b"));
+    slices.retain(|s| s.metadata.name.as_deref() != Some("b-1"));
+    let d = services
+        .iter_mut()
+        .find(|s| s.metadata.name.as_deref() == Some("d"))
+        .unwrap();
+    d.spec.as_mut().unwrap().session_affinity_config =
+        serde_json::from_value(serde_json::json!({"clientIP": {"timeoutSeconds": 60}})).unwrap();
+    services.push(service(
+        "g",
+        &ip(f, "10.96.0.16"),
+        serde_json::json!({"sessionAffinity": "ClientIP",
+            "ports": [{"port": 81, "protocol": "TCP"}]}),
+    ));
+    let g_ep = ip(f, "10.244.2.2");
+    slices.push(slice(f, "g", 8081, "TCP", &[(g_ep.as_str(), true, "n1")]));
+    let steps = [
+        build(objects(3, f)),
+        build((services, slices)),
+        build(objects(2, f)),
+        // (One more endpoint than the first: the pick chains of every count up to the largest
+        // are there, as a full sync makes them.)
+        build(objects(4, f)),
+    ];
+    let (table, handle) = (|| table_of(f), || handle_of(f));
+
+    let mut proxy = dataplane::new(Mode::Nftables);
+    proxy.sync(&steps[0], &cfg, true).unwrap();
+    let kept = handle();
+    let mut seen = Vec::new();
+    for model in &steps[1..] {
+        proxy.sync(model, &cfg, false).expect("a partial sync");
+        seen.push(table());
+    }
+    assert_eq!(kept, handle(), "a partial sync replaced the table whole");
+    let g_dnat = match f {
+        Family::V4 => format!("dnat to {g_ep}:8081"),
+        Family::V6 => format!("dnat to [{g_ep}]:8081"),
+    };
+    let g_chain = seen[0].iter().any(|i| i.contains(&g_dnat));
+    assert!(g_chain, "g's endpoint chain not in {:#?}", seen[0]);
+    assert!(
+        seen[0].iter().any(|i| i.contains("timeout 1m")),
+        "{:#?}",
+        seen[0]
+    );
+
+    let partial = table();
+    dataplane::cleanup_all().unwrap();
+    dataplane::new(Mode::Nftables)
+        .sync(&steps[3], &cfg, true)
+        .unwrap();
+    assert_eq!(partial, table());
+    dataplane::cleanup_all().unwrap();
+}
