@@ -53,11 +53,14 @@ impl Encoder {
         Bytes::from(s)
     }
 
-    /// An event's line: the shared bytes of the cache for the object itself.
+    /// An event's line: bytes the event shares with every watcher of this shape (a Table or
+    /// metadata is rendered once per event, not once per watcher).
     fn event(&self, ev: &CachedEvent, ty: EventType) -> Bytes {
         match self.shape {
             Shape::Object => ev.line(ty),
-            _ => self.line(ty.name(), &ev.object.value()),
+            shape => ev.shaped_line(ty, shape as usize, || {
+                self.line(ty.name(), &ev.object.value())
+            }),
         }
     }
 

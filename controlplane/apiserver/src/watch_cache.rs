@@ -168,8 +168,9 @@ pub struct CachedEvent {
     /// The new object; for a delete, the last state (at the delete's revision).
     pub object: Arc<CachedObject>,
     prev: Option<Arc<CachedObject>>,
-    /// The watch line of each event type, encoded on first use.
-    lines: [OnceLock<Bytes>; 3],
+    /// The watch line of each response shape (object, Table, metadata) and event type, encoded
+    /// on first use: every watcher of the same shape gets the same bytes.
+    lines: [OnceLock<Bytes>; 9],
 }
 
 impl CachedEvent {
@@ -218,6 +219,19 @@ impl CachedEvent {
     pub fn line(&self, ty: EventType) -> Bytes {
         self.lines[ty as usize]
             .get_or_init(|| watch_line(ty, &self.object.json))
+            .clone()
+    }
+
+    /// The watch line of this event as `ty` in another response shape (`shape` 1 or 2), made by
+    /// `encode` for the first watcher that asks and shared with the rest.
+    pub fn shaped_line(
+        &self,
+        ty: EventType,
+        shape: usize,
+        encode: impl FnOnce() -> Bytes,
+    ) -> Bytes {
+        self.lines[shape * 3 + ty as usize]
+            .get_or_init(encode)
             .clone()
     }
 }

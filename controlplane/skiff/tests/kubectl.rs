@@ -364,22 +364,22 @@ fn optimistic_concurrency_conflicts() {
     assert!(err.contains("the object has been modified"), "{err}");
 }
 
-#[test]
-fn watch_sees_changes() {
-    let s = Server::start();
+/// `kubectl get configmaps --watch` of the test's own ConfigMap `w1` with `output` args, and
+/// a function returning its next line (30 s at most).
+fn watch_w1(s: &Server, output: &[&str]) -> (std::process::Child, impl Fn() -> String) {
+    let mut args = vec![
+        "get",
+        "configmaps",
+        "-n",
+        "default",
+        // Only the test's own (the namespace also holds kube-root-ca.crt).
+        "--field-selector=metadata.name=w1",
+        "--watch",
+        "--output-watch-events",
+    ];
+    args.extend_from_slice(output);
     let mut child = s
-        .kubectl_cmd(&[
-            "get",
-            "configmaps",
-            "-n",
-            "default",
-            // Only the test's own (the namespace also holds kube-root-ca.crt).
-            "--field-selector=metadata.name=w1",
-            "--watch",
-            "--output-watch-events",
-            "-o",
-            "jsonpath={.type} {.object.metadata.name}{\"\\n\"}",
-        ])
+        .kubectl_cmd(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -393,17 +393,25 @@ fn watch_sees_changes() {
             }
         }
     });
-    let next = || {
+    let next = move || {
         rx.recv_timeout(Duration::from_secs(30))
             .expect("a watch event")
     };
-    // Wait for the watch to be established by creating objects until kubectl reports one.
-    let cm = |name: &str| {
-        format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: default\n"
-        )
-    };
-    s.kubectl_stdin(&["apply", "-f", "-"], &cm("w1"));
+    (child, next)
+}
+
+fn configmap_w1() -> &'static str {
+    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: w1\n  namespace: default\n"
+}
+
+#[test]
+fn watch_sees_changes() {
+    let s = Server::start();
+    let (mut child, next) = watch_w1(
+        &s,
+        &["-o", "jsonpath={.type} {.object.metadata.name}{\"\\n\"}"],
+    );
+    s.kubectl_stdin(&["apply", "-f", "-"], configmap_w1());
     assert_eq!(next(), "ADDED w1");
     s.kubectl(&["label", "cm", "w1", "x=y"]);
     assert_eq!(next(), "MODIFIED w1");
@@ -411,6 +419,36 @@ fn watch_sees_changes() {
     assert_eq!(next(), "DELETED w1");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Watches asking for Tables (kubectl's default output) get rows rendered once per event and
+/// shared: two of them both see each change as its own row.
+#[test]
+fn table_watches_see_changes_as_rows() {
+    let s = Server::start();
+    let mut watches: Vec<_> = (0..2).map(|_| watch_w1(&s, &[])).collect();
+    let row = |next: &dyn Fn() -> String, event: &str| {
+        let line = next();
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells[..2], [event, "w1"], "{line}");
+    };
+    s.kubectl_stdin(&["apply", "-f", "-"], configmap_w1());
+    for (_, next) in &watches {
+        assert!(next().starts_with("EVENT"), "a Table header first");
+        row(next, "ADDED");
+    }
+    s.kubectl(&["label", "cm", "w1", "x=y"]);
+    for (_, next) in &watches {
+        row(next, "MODIFIED");
+    }
+    s.kubectl(&["delete", "cm", "w1"]);
+    for (_, next) in &watches {
+        row(next, "DELETED");
+    }
+    for (child, _) in &mut watches {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 #[test]
