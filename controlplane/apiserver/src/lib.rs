@@ -30,6 +30,7 @@ pub mod ranges;
 pub mod registry;
 pub mod resources;
 pub mod revisions;
+mod scavenger;
 pub mod schema;
 pub mod selectors;
 pub mod server;

@@ -497,6 +497,7 @@ pub async fn run(
     // from a list taken since is served from memory).
     app.watch_cache.start_all(&app.store).await;
     spawn_compactor(store, cfg.compaction_interval);
+    crate::scavenger::spawn();
     let server_address = Arc::new(format!("{host}:{}", local.port()));
     let bounds = Arc::new(RequestBounds::new(cfg.limits.clone()));
     tracing::info!(listen = %local, kubeconfig = %cfg.data_dir.join("admin.kubeconfig").display(), "serving the Kubernetes API");
