@@ -168,9 +168,22 @@ fn handle_of(family: Family) -> String {
         .to_string()
 }
 
-/// The proxy's warnings (a step falling back) in the test's output.
-fn log() {
+/// Moves the test into a network namespace of its own (its tables are gone with it), with the
+/// proxy's warnings (a step falling back) in the test's output.
+fn isolated() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("unsharing a network namespace (this test needs root)");
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+}
+
+/// The render configuration of the family-parametrised tests: a pod range and a node address.
+fn config(f: Family) -> RenderConfig {
+    RenderConfig {
+        family: f,
+        cluster_cidr: Some(format!("{}/16", ip(f, "10.244.0.0")).parse().unwrap()),
+        node_ips: Some(vec![ip(f, "172.16.0.1").parse().unwrap()]),
+        ..Default::default()
+    }
 }
 
 fn nft(text: &str) {
@@ -200,15 +213,8 @@ fn an_ipv6_full_sync_through_the_netlink_batch_leaves_the_table_the_text_would()
 }
 
 fn full_sync_through_the_netlink_batch(f: Family) {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-        .expect("unsharing a network namespace (this test needs root)");
-    log();
-    let cfg = RenderConfig {
-        family: f,
-        cluster_cidr: Some(format!("{}/16", ip(f, "10.244.0.0")).parse().unwrap()),
-        node_ips: Some(vec![ip(f, "172.16.0.1").parse().unwrap()]),
-        ..Default::default()
-    };
+    isolated();
+    let cfg = config(f);
     let model = |endpoints| {
         let (services, slices) = objects(endpoints, f);
         Model::build_for(f, &services, &slices, "n1").0
@@ -268,9 +274,7 @@ fn full_sync_through_the_netlink_batch(f: Family) {
 /// a missing element), converges to the table a fresh start writes, in place.
 #[test]
 fn a_restart_over_an_old_table_converges_to_a_fresh_start() {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-        .expect("unsharing a network namespace (this test needs root)");
-    log();
+    isolated();
     let cfg = RenderConfig {
         cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
         ..Default::default()
@@ -315,9 +319,7 @@ fn a_restart_over_an_old_table_converges_to_a_fresh_start() {
 /// over a table it read back), before the text that sends the Service to it.
 #[test]
 fn a_partial_sync_growing_past_the_largest_endpoint_count_needs_no_full_sync() {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-        .expect("unsharing a network namespace (this test needs root)");
-    log();
+    isolated();
     let cfg = RenderConfig::default();
     let model = |endpoints| {
         let (services, slices) = objects(endpoints, Family::V4);
@@ -359,15 +361,8 @@ fn ipv6_partial_syncs_leave_the_table_a_full_sync_would() {
 }
 
 fn partial_syncs(f: Family) {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-        .expect("unsharing a network namespace (this test needs root)");
-    log();
-    let cfg = RenderConfig {
-        family: f,
-        cluster_cidr: Some(format!("{}/16", ip(f, "10.244.0.0")).parse().unwrap()),
-        node_ips: Some(vec![ip(f, "172.16.0.1").parse().unwrap()]),
-        ..Default::default()
-    };
+    isolated();
+    let cfg = config(f);
     let build = |(services, slices): (Vec<Service>, Vec<EndpointSlice>)| {
         Model::build_for(f, &services, &slices, "n1").0
     };
