@@ -58,9 +58,7 @@ impl Encoder {
     fn event(&self, ev: &CachedEvent, ty: EventType) -> Bytes {
         match self.shape {
             Shape::Object => ev.line(ty),
-            shape => ev.shaped_line(ty, shape as usize, || {
-                self.line(ty.name(), &ev.object.value())
-            }),
+            shape => ev.shaped_line(ty, shape, || self.line(ty.name(), &ev.object.value())),
         }
     }
 

@@ -21,6 +21,7 @@ use serde_json::Value;
 use skiff_store::{Event, EventKind, KeyValue, Store, WatchStream};
 use tokio::sync::mpsc;
 
+use crate::handlers::Shape;
 use crate::object::decode_kv;
 use crate::resources::ResourceInfo;
 use crate::selectors::{FieldSelector, LabelSelector, field_value, string_labels};
@@ -217,20 +218,18 @@ impl CachedEvent {
 
     /// The JSON watch line of this event as `ty`.
     pub fn line(&self, ty: EventType) -> Bytes {
-        self.lines[ty as usize]
-            .get_or_init(|| watch_line(ty, &self.object.json))
-            .clone()
+        self.shaped_line(ty, Shape::Object, || watch_line(ty, &self.object.json))
     }
 
-    /// The watch line of this event as `ty` in another response shape (`shape` 1 or 2), made by
-    /// `encode` for the first watcher that asks and shared with the rest.
+    /// The watch line of this event as `ty` in response shape `shape`, made by `encode` for the
+    /// first watcher that asks and shared with the rest.
     pub fn shaped_line(
         &self,
         ty: EventType,
-        shape: usize,
+        shape: Shape,
         encode: impl FnOnce() -> Bytes,
     ) -> Bytes {
-        self.lines[shape * 3 + ty as usize]
+        self.lines[shape as usize * 3 + ty as usize]
             .get_or_init(encode)
             .clone()
     }
