@@ -1,9 +1,9 @@
-//! `skiff-proxy bench`: for each mode and Service count (10 endpoints each), the time and rule
-//! text size of a full sync and of a partial sync after one EndpointSlice change (the model
-//! from the API objects, as the sync loop's [`Builder`] keeps it, + render + install, i.e. a
-//! change's path to the rules minus the watch delivery; wall-clock and CPU time), of a restart's first sync (a new process's full sync over
-//! the rules the last one left), the time from an EndpointSlice change to the first
-//! connection through the rule it makes (a probe connecting in a loop meanwhile), and the
+//! `skiff-proxy bench`: for each mode and Service count (10 endpoints each), the time and rule text
+//! size of a full sync and of a partial sync after one EndpointSlice change (the model from the API
+//! objects, as the sync loop's [`Builder`] keeps it, + render + install, i.e. a change's path to
+//! the rules minus the watch delivery; wall-clock and CPU time), of a restart's first sync (a new
+//! process's full sync over the rules the last one left), the time from an EndpointSlice change to
+//! the first connection through the rule it makes (a probe connecting in a loop meanwhile), and the
 //! connect time to the first and the last Service in rule order.
 //!
 //! It runs in a network namespace of its own (unshared before any thread starts), so the

@@ -1,9 +1,10 @@
-//! The sync loop: reflectors keep Services and EndpointSlices current; every change marks the
-//! rules stale and wakes the loop, which waits out `min_sync_period` (so a burst of changes is
-//! one sync), computes the whole model (rebuilding only the Services whose objects changed), and hands it to the data plane. Every `sync_period` the
-//! sync is full (reconciling whatever is installed). Then the loop flushes UDP conntrack entries
-//! to endpoints that went away and to Services that got their first endpoint, updates the healthCheckNodePort servers, and records an Event
-//! for each object it had to skip.
+//! The sync loop: reflectors keep Services and EndpointSlices current; every change marks the rules
+//! stale and wakes the loop, which waits out `min_sync_period` (so a burst of changes is one sync),
+//! computes the whole model (rebuilding only the Services whose objects changed), and hands it to
+//! the data plane. Every `sync_period` the sync is full (reconciling whatever is installed). Then
+//! the loop flushes UDP conntrack entries to endpoints that went away and to Services that got
+//! their first endpoint, updates the healthCheckNodePort servers, and records an Event for each
+//! object it had to skip.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
