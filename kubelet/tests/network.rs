@@ -212,11 +212,18 @@ fn ping(from_netns: &Path, to: Ipv4Addr) -> bool {
         .success()
 }
 
-/// A listener in `netns` that accepts one connection, says hello and reports the peer address
-/// it saw.
-fn serve_once(netns: &Path, addr: SocketAddr) -> std::thread::JoinHandle<Option<SocketAddr>> {
+/// A listener bound in `netns`. A test binds a port once and accepts on it as often as it
+/// needs: the server side closes first, and rebinding a port that still has TIME_WAIT sockets
+/// has failed with EADDRINUSE on a loaded machine.
+fn listen(netns: &Path, addr: SocketAddr) -> TcpListener {
     let listener = in_netns(netns, || TcpListener::bind(addr).unwrap());
     listener.set_nonblocking(true).unwrap();
+    listener
+}
+
+/// Accepts one connection on `listener`, says hello and reports the peer address it saw.
+fn serve_once(listener: &TcpListener) -> std::thread::JoinHandle<Option<SocketAddr>> {
+    let listener = listener.try_clone().unwrap();
     std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -317,7 +324,10 @@ fn pods_reach_each_other_the_outside_and_host_ports() {
     );
 
     // Leaving the cluster CIDR, a pod's packets carry the node's address.
-    let outside = serve_once(&external.path(), SocketAddr::from((EXTERNAL_IP, 9000)));
+    let outside = serve_once(&listen(
+        &external.path(),
+        SocketAddr::from((EXTERNAL_IP, 9000)),
+    ));
     assert_eq!(
         connect_from(&a.net(), SocketAddr::from((EXTERNAL_IP, 9000))),
         "hello"
@@ -325,28 +335,29 @@ fn pods_reach_each_other_the_outside_and_host_ports() {
     assert_eq!(outside.join().unwrap().unwrap().ip(), NODE_IP);
 
     // The hostPort reaches pod-a from outside the node, with the client's own address.
-    let pod = serve_once(&a.net(), SocketAddr::from((Ipv4Addr::UNSPECIFIED, 80)));
+    let pod_a = listen(&a.net(), SocketAddr::from((Ipv4Addr::UNSPECIFIED, 80)));
+    let pod = serve_once(&pod_a);
     assert_eq!(
         connect_from(&external.path(), SocketAddr::from((NODE_IP, 8080))),
         "hello"
     );
     assert_eq!(pod.join().unwrap().unwrap().ip(), EXTERNAL_IP);
     // ... from a process on the node (the OUTPUT chain) ...
-    let pod = serve_once(&a.net(), SocketAddr::from((Ipv4Addr::UNSPECIFIED, 80)));
+    let pod = serve_once(&pod_a);
     assert_eq!(
         connect_from(&node.path(), SocketAddr::from((NODE_IP, 8080))),
         "hello"
     );
     assert_eq!(pod.join().unwrap().unwrap().ip(), NODE_IP);
     // ... from pod-b on the same bridge (the reply un-DNATed thanks to br_netfilter) ...
-    let pod = serve_once(&a.net(), SocketAddr::from((Ipv4Addr::UNSPECIFIED, 80)));
+    let pod = serve_once(&pod_a);
     assert_eq!(
         connect_from(&b.net(), SocketAddr::from((NODE_IP, 8080))),
         "hello"
     );
     assert_eq!(pod.join().unwrap().unwrap().ip(), ip_b);
     // ... and from pod-a itself (hairpin, masqueraded).
-    let pod = serve_once(&a.net(), SocketAddr::from((Ipv4Addr::UNSPECIFIED, 80)));
+    let pod = serve_once(&pod_a);
     assert_eq!(
         connect_from(&a.net(), SocketAddr::from((NODE_IP, 8080))),
         "hello"
@@ -932,7 +943,10 @@ fn pods_on_two_nodes_reach_each_other_through_the_routes() {
         }));
     }
     assert!(ping(&pod1.net(), ips[1]), "pod-on-1 cannot ping pod-on-2");
-    let server = serve_once(&pod2.net(), SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7000)));
+    let server = serve_once(&listen(
+        &pod2.net(),
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7000)),
+    ));
     assert_eq!(
         connect_from(&pod1.net(), SocketAddr::from((ips[1], 7000))),
         "hello"
