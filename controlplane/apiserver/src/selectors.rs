@@ -1,22 +1,20 @@
 //! Label selectors (`a=b,c!=d,e in (x,y),f notin (z),g,!h`, parsed by skiff-k8s) and field selectors
 //! (`metadata.name=x,spec.nodeName!=y`) as list and watch requests carry them.
 
-use std::collections::BTreeMap;
-
 use serde_json::{Map, Value};
-use skiff_k8s::labels::{self, Selector, SelectorExt};
+use skiff_k8s::labels::{self, Expression, Selector};
 
 use super::resources::ResourceInfo;
 use super::status::ApiError;
 
-/// A label selector (kube's, from skiff-k8s) applied to objects as JSON.
+/// A label selector (parsed by skiff-k8s into kube's expressions) applied to objects' labels.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct LabelSelector(Selector);
+pub struct LabelSelector(Vec<Expression>);
 
 impl LabelSelector {
     pub fn parse(s: &str) -> Result<Self, ApiError> {
         labels::parse(s)
-            .map(Self)
+            .map(|s| Self(s.into_iter().collect()))
             .map_err(|e| ApiError::bad_request(e.to_string()))
     }
 
@@ -24,43 +22,63 @@ impl LabelSelector {
     /// `LabelSelector` (a wrong type, an unknown operator).
     pub fn from_label_selector(sel: &Value) -> Option<Self> {
         let typed = serde_json::from_value(sel.clone()).ok()?;
-        labels::from_label_selector(&typed).map(Self)
+        labels::from_label_selector(&typed).map(|s| Self(s.into_iter().collect()))
     }
 
+    /// Whether an object with `metadata.labels` = `labels` is selected (labels whose value is
+    /// not a string count as absent).
     pub fn matches(&self, labels: Option<&Map<String, Value>>) -> bool {
-        if self.0.selects_all() {
-            return true;
-        }
-        self.matches_map(&string_labels(labels))
+        self.matches_with(|key| labels?.get(key)?.as_str())
     }
 
-    pub fn matches_map(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.0.selects_all() || self.0.matches(labels)
+    /// Whether an object whose label `key` has the value `label(key)` is selected.
+    pub fn matches_with<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.0.iter().all(|e| match e {
+            Expression::In(key, values) => label(key).is_some_and(|v| values.contains(v)),
+            Expression::NotIn(key, values) => label(key).is_none_or(|v| !values.contains(v)),
+            Expression::Exists(key) => label(key).is_some(),
+            Expression::DoesNotExist(key) => label(key).is_none(),
+            Expression::Equal(key, value) => label(key) == Some(value.as_str()),
+            Expression::NotEqual(key, value) => label(key) != Some(value.as_str()),
+        })
     }
 
     /// The one value this selector requires `key` to equal (`key=value`), if any.
-    pub fn required_value(&self, key: &str) -> Option<String> {
-        self.0.clone().into_iter().find_map(|e| match e {
-            labels::Expression::Equal(k, v) if k == key => Some(v),
+    pub fn required_value(&self, key: &str) -> Option<&str> {
+        self.0.iter().find_map(|e| match e {
+            Expression::Equal(k, v) if k == key => Some(v.as_str()),
             _ => None,
         })
     }
 }
 
-/// The string-valued labels of an object's `metadata.labels`.
-pub fn string_labels(labels: Option<&Map<String, Value>>) -> BTreeMap<String, String> {
-    labels
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-        .collect()
+/// An object's string-valued labels, compact and sorted by key, as the watch cache keeps them
+/// for every object (a map would cost a node allocation of eleven entries per object).
+#[derive(Debug, Default)]
+pub struct Labels(Box<[(Box<str>, Box<str>)]>);
+
+impl Labels {
+    pub fn of(labels: Option<&Map<String, Value>>) -> Self {
+        let mut pairs: Vec<(Box<str>, Box<str>)> = labels
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.as_str().into(), v.as_str()?.into())))
+            .collect();
+        pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Self(pairs.into_boxed_slice())
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        let i = self.0.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
+        Some(&self.0[i].1)
+    }
 }
 
 /// `a=b,c in (d)` — the form `kubectl` shows a workload's `spec.selector` in (a Scale's
 /// `status.selector`, wide columns).
 pub fn selector_string(sel: &Value) -> String {
     LabelSelector::from_label_selector(sel)
-        .map(|s| s.0.to_string())
+        .map(|s| Selector::from_iter(s.0).to_string())
         .unwrap_or_default()
 }
 
@@ -118,10 +136,10 @@ impl FieldSelector {
     }
 
     /// As [`FieldSelector::matches`], with the fields' values given by `value_of`.
-    pub fn matches_with(&self, value_of: impl Fn(&str) -> String) -> bool {
+    pub fn matches_with<V: AsRef<str>>(&self, value_of: impl Fn(&str) -> V) -> bool {
         self.0
             .iter()
-            .all(|(field, eq, want)| (value_of(field) == *want) == *eq)
+            .all(|(field, eq, want)| (value_of(field).as_ref() == want) == *eq)
     }
 }
 
@@ -164,6 +182,32 @@ mod tests {
             assert_eq!(LabelSelector::parse(sel).unwrap().matches(l), want, "{sel}");
         }
         assert!(LabelSelector::parse("a in b").is_err());
+    }
+
+    #[test]
+    fn compact_labels_answer_as_the_object_does() {
+        let object = json!({"b": "2", "a": "1", "n": 3, "c": "3"});
+        let labels = Labels::of(object.as_object());
+        assert_eq!(
+            ["a", "b", "c", "n", "z"].map(|k| labels.get(k)),
+            [Some("1"), Some("2"), Some("3"), None, None]
+        );
+        for sel in [
+            "a=1,b in (2)",
+            "n",
+            "!n,c notin (4)",
+            "z!=1",
+            "a=2",
+            "b notin (2)",
+        ] {
+            let sel = LabelSelector::parse(sel).unwrap();
+            assert_eq!(
+                sel.matches_with(|k| labels.get(k)),
+                sel.matches(object.as_object()),
+                "{sel:?}"
+            );
+        }
+        assert!(Labels::of(None).get("a").is_none());
     }
 
     fn pods() -> &'static ResourceInfo {

@@ -24,7 +24,7 @@ use super::handlers::{Shape, partial};
 use super::resources::ResourceInfo;
 use super::status::{ApiError, ApiResult};
 use super::table;
-use super::watch_cache::{CacheWatch, CachedEvent, CachedObject, EventType, Filter, watch_line};
+use super::watch_cache::{CacheWatch, CachedEvent, CachedObject, EventType, Filter, Line};
 use skiff_store::{RangeResult, StoreError, WatchStream};
 
 struct Encoder {
@@ -33,7 +33,8 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn line(&self, ty: &str, obj: &Value) -> Bytes {
+    /// The line of `obj` as `ty`, rendered in this watch's shape.
+    fn render(&self, ty: &str, obj: &Value) -> Bytes {
         let object = match self.shape {
             _ if ty == "ERROR" || ty == "BOOKMARK" => obj.clone(),
             Shape::Table => {
@@ -47,41 +48,45 @@ impl Encoder {
             Shape::Metadata => partial(obj),
             Shape::Object => obj.clone(),
         };
-        let mut s =
-            serde_json::to_vec(&json!({"type": ty, "object": object})).expect("serialisable");
-        s.push(b'\n');
-        Bytes::from(s)
+        rendered_line(ty, &object)
+    }
+
+    fn error(&self, status: &Value) -> Line {
+        Line::Whole(self.render("ERROR", status))
     }
 
     /// An event's line: bytes the event shares with every watcher of this shape (a Table or
     /// metadata is rendered once per event, not once per watcher).
-    fn event(&self, ev: &CachedEvent, ty: EventType) -> Bytes {
-        match self.shape {
-            Shape::Object => ev.line(ty),
-            shape => ev.shaped_line(ty, shape, || self.line(ty.name(), &ev.object.value())),
-        }
+    fn event(&self, ev: &CachedEvent, ty: EventType) -> Line {
+        ev.line(ty, self.shape, || {
+            self.render(ty.name(), &ev.object.value())
+        })
     }
 
     /// The ADDED line of an object of the initial state.
-    fn added(&self, o: &CachedObject) -> Bytes {
+    fn added(&self, o: &CachedObject) -> Line {
         match self.shape {
-            Shape::Object => watch_line(EventType::Added, &o.json),
-            _ => self.line(EventType::Added.name(), &o.value()),
+            Shape::Object => Line::Object(EventType::Added, o.json.clone()),
+            _ => Line::Whole(self.render(EventType::Added.name(), &o.value())),
         }
     }
 
-    fn bookmark(&self, rev: u64, initial_end: bool) -> Bytes {
+    fn bookmark(&self, rev: u64, initial_end: bool) -> Line {
         let mut meta = json!({"resourceVersion": rev.to_string()});
         if initial_end {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
         let obj =
             json!({"kind": self.r.kind, "apiVersion": self.r.api_version(), "metadata": meta});
-        let mut s =
-            serde_json::to_vec(&json!({"type": "BOOKMARK", "object": obj})).expect("serialisable");
-        s.push(b'\n');
-        Bytes::from(s)
+        Line::Whole(rendered_line("BOOKMARK", &obj))
     }
+}
+
+/// `{"type": ty, "object": object}` and a newline.
+fn rendered_line(ty: &str, object: &Value) -> Bytes {
+    let mut s = serde_json::to_vec(&json!({"type": ty, "object": object})).expect("serialisable");
+    s.push(b'\n');
+    Bytes::from(s)
 }
 
 /// What a watch sends before its events.
@@ -231,7 +236,7 @@ pub async fn serve(
             (start_rev, initial, source)
         }
     };
-    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    let (tx, rx) = mpsc::channel::<Line>(256);
     let interval = app.bookmark_interval;
     let patience = app.slow_watcher_timeout;
     let end_bookmark = send_initial == Some("true") && bookmarks;
@@ -261,7 +266,7 @@ pub async fn serve(
         let mut source = match source {
             Ok(s) => s,
             Err(status) => {
-                let _ = deliver(&tx, enc.line("ERROR", &status), patience).await;
+                let _ = deliver(&tx, enc.error(&status), patience).await;
                 return;
             }
         };
@@ -285,7 +290,7 @@ pub async fn serve(
                         None => return,
                         Some(Ok(ev)) => ev,
                         Some(Err(e)) => {
-                            let _ = deliver(&tx, enc.line("ERROR", &e.to_status()), patience).await;
+                            let _ = deliver(&tx, enc.error(&e.to_status()), patience).await;
                             return;
                         }
                     };
@@ -298,8 +303,9 @@ pub async fn serve(
         }
     });
     let body = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
-    });
+        rx.recv().await.map(|line| (line, rx))
+    })
+    .flat_map(|line| futures::stream::iter(line.frames().map(Ok::<_, Infallible>)));
     let mut resp = Response::new(Body::from_stream(body));
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut().insert(
@@ -315,7 +321,7 @@ pub async fn serve(
 /// `patience` while its buffer is full: the watch ends once the client drains what is buffered
 /// (it then watches again from its last resourceVersion), instead of the server holding events
 /// for a reader that is gone or too slow.
-async fn deliver(tx: &mpsc::Sender<Bytes>, line: Bytes, patience: Duration) -> bool {
+async fn deliver(tx: &mpsc::Sender<Line>, line: Line, patience: Duration) -> bool {
     match tx.send_timeout(line, patience).await {
         Ok(()) => true,
         Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
@@ -338,11 +344,11 @@ fn initial_events<'a>(
     first: skiff_store::RangeResult,
     filter: &'a Filter,
     enc: &'a Encoder,
-) -> impl futures::Stream<Item = Bytes> + 'a {
+) -> impl futures::Stream<Item = Line> + 'a {
     let at = first.revision;
     futures::stream::unfold(Some(first), move |page| async move {
         let page = page?;
-        let lines: Vec<Bytes> = page
+        let lines: Vec<Line> = page
             .kvs
             .iter()
             .filter_map(|kv| CachedObject::from_kv(enc.r, kv).ok())
@@ -357,7 +363,7 @@ fn initial_events<'a>(
                     .await
                 {
                     Ok(p) => Some(Ok(p)),
-                    Err(e) => Some(Err(enc.line("ERROR", &ApiError::from(e).to_status()))),
+                    Err(e) => Some(Err(enc.error(&ApiError::from(e).to_status()))),
                 }
             }
             _ => None,

@@ -24,12 +24,12 @@ use tokio::sync::mpsc;
 use crate::handlers::Shape;
 use crate::object::decode_kv;
 use crate::resources::ResourceInfo;
-use crate::selectors::{FieldSelector, LabelSelector, field_value, string_labels};
+use crate::selectors::{FieldSelector, LabelSelector, Labels, field_value};
 use crate::status::ApiResult;
 
 /// Events a resource's ring keeps: watches resuming from a revision within them are served from
 /// memory.
-const RING_EVENTS: usize = 2048;
+const RING_EVENTS: usize = 1024;
 /// Events queued for one watcher before it counts as unable to keep up and is closed.
 const WATCHER_QUEUE: usize = 1024;
 /// Objects per read while a cache loads.
@@ -68,13 +68,12 @@ impl Filter {
     }
 
     pub fn matches(&self, o: &CachedObject) -> bool {
-        self.labels.matches_map(&o.labels)
+        self.labels.matches_with(|key| o.labels.get(key))
             && self.fields.matches_with(|field| {
                 o.fields
                     .iter()
                     .find(|(f, _)| *f == field)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default()
+                    .map_or("", |(_, v)| v)
             })
     }
 
@@ -82,7 +81,7 @@ impl Filter {
     fn index_value(&self, on: Option<IndexOn>) -> Option<String> {
         match on? {
             IndexOn::Field(f) => self.fields.required_value(f).map(str::to_string),
-            IndexOn::Label(l) => self.labels.required_value(l),
+            IndexOn::Label(l) => self.labels.required_value(l).map(str::to_string),
         }
     }
 }
@@ -92,9 +91,9 @@ impl Filter {
 #[derive(Debug)]
 pub struct CachedObject {
     pub key: String,
-    labels: BTreeMap<String, String>,
+    labels: Labels,
     /// `metadata.name`, `metadata.namespace` and the resource's selectable fields.
-    fields: Vec<(&'static str, String)>,
+    fields: Box<[(&'static str, Box<str>)]>,
     index: Option<String>,
     pub json: Bytes,
 }
@@ -102,15 +101,15 @@ pub struct CachedObject {
 impl CachedObject {
     fn decode(r: &ResourceInfo, index: Option<IndexOn>, kv: &KeyValue) -> ApiResult<Self> {
         let v = r.strategy.served_form(decode_kv(kv)?);
-        let labels = string_labels(v.pointer("/metadata/labels").and_then(Value::as_object));
-        let fields: Vec<(&'static str, String)> = ["metadata.name", "metadata.namespace"]
+        let labels = Labels::of(v.pointer("/metadata/labels").and_then(Value::as_object));
+        let fields = ["metadata.name", "metadata.namespace"]
             .iter()
             .chain(r.strategy.selectable_fields())
-            .map(|f| (*f, field_value(&v, f)))
+            .map(|f| (*f, field_value(&v, f).into()))
             .collect();
         let index = match index {
             Some(IndexOn::Field(f)) => Some(field_value(&v, f)),
-            Some(IndexOn::Label(l)) => labels.get(l).cloned(),
+            Some(IndexOn::Label(l)) => labels.get(l).map(str::to_string),
             None => None,
         };
         let json = Bytes::from(serde_json::to_vec(&v).expect("JSON values serialise"));
@@ -149,16 +148,39 @@ impl EventType {
             Self::Deleted => "DELETED",
         }
     }
+
+    /// What a watch line of this type has before its object.
+    fn line_head(self) -> &'static [u8] {
+        match self {
+            Self::Added => b"{\"type\":\"ADDED\",\"object\":",
+            Self::Modified => b"{\"type\":\"MODIFIED\",\"object\":",
+            Self::Deleted => b"{\"type\":\"DELETED\",\"object\":",
+        }
+    }
 }
 
-/// One watch line, `{"type":…,"object":…}` and a newline, around an object's JSON.
-pub fn watch_line(ty: EventType, object: &[u8]) -> Bytes {
-    let head = format!("{{\"type\":\"{}\",\"object\":", ty.name());
-    let mut line = Vec::with_capacity(head.len() + object.len() + 2);
-    line.extend_from_slice(head.as_bytes());
-    line.extend_from_slice(object);
-    line.extend_from_slice(b"}\n");
-    Bytes::from(line)
+/// One watch line (`{"type":…,"object":…}` and a newline) as the frames it is sent in.
+#[derive(Debug, Clone)]
+pub enum Line {
+    /// An object's line: its cached JSON between a static head and tail, so that sending it
+    /// copies nothing.
+    Object(EventType, Bytes),
+    /// A line rendered whole (a Table, metadata, a bookmark, an error).
+    Whole(Bytes),
+}
+
+impl Line {
+    pub fn frames(self) -> impl Iterator<Item = Bytes> {
+        let frames = match self {
+            Self::Object(ty, json) => [
+                Some(Bytes::from_static(ty.line_head())),
+                Some(json),
+                Some(Bytes::from_static(b"}\n")),
+            ],
+            Self::Whole(line) => [Some(line), None, None],
+        };
+        frames.into_iter().flatten()
+    }
 }
 
 /// A change of one object, decoded once and shared by every watcher it concerns.
@@ -169,9 +191,9 @@ pub struct CachedEvent {
     /// The new object; for a delete, the last state (at the delete's revision).
     pub object: Arc<CachedObject>,
     prev: Option<Arc<CachedObject>>,
-    /// The watch line of each response shape (object, Table, metadata) and event type, encoded
-    /// on first use: every watcher of the same shape gets the same bytes.
-    lines: [OnceLock<Bytes>; 9],
+    /// The Table and metadata watch lines of each event type, encoded on first use: every
+    /// watcher of the same shape gets the same bytes.
+    rendered: [OnceLock<Bytes>; 6],
 }
 
 impl CachedEvent {
@@ -186,7 +208,7 @@ impl CachedEvent {
             kind,
             object: Arc::new(object),
             prev,
-            lines: Default::default(),
+            rendered: Default::default(),
         }
     }
 
@@ -216,22 +238,17 @@ impl CachedEvent {
         }
     }
 
-    /// The JSON watch line of this event as `ty`.
-    pub fn line(&self, ty: EventType) -> Bytes {
-        self.shaped_line(ty, Shape::Object, || watch_line(ty, &self.object.json))
-    }
-
-    /// The watch line of this event as `ty` in response shape `shape`, made by `encode` for the
-    /// first watcher that asks and shared with the rest.
-    pub fn shaped_line(
-        &self,
-        ty: EventType,
-        shape: Shape,
-        encode: impl FnOnce() -> Bytes,
-    ) -> Bytes {
-        self.lines[shape as usize * 3 + ty as usize]
-            .get_or_init(encode)
-            .clone()
+    /// The watch line of this event as `ty` in response shape `shape`. The object's own line
+    /// shares its cached JSON; a Table or metadata line is made by `render` for the first
+    /// watcher that asks and shared with the rest.
+    pub fn line(&self, ty: EventType, shape: Shape, render: impl FnOnce() -> Bytes) -> Line {
+        let row = match shape {
+            Shape::Object => return Line::Object(ty, self.object.json.clone()),
+            Shape::Table => 0,
+            Shape::Metadata => 1,
+        };
+        let rendered = &self.rendered[row * 3 + ty as usize];
+        Line::Whole(rendered.get_or_init(render).clone())
     }
 }
 
@@ -504,7 +521,7 @@ impl ResourceCache {
             kind: ev.kind,
             object: event,
             prev,
-            lines: Default::default(),
+            rendered: Default::default(),
         });
         state.dispatch(&event);
         state.ring.push_back(event);
@@ -667,5 +684,27 @@ impl WatchCaches {
                 tracing::warn!(resource = %r.group_resource(), error = %e.message, "watch cache not started; it starts on first use");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_objects_line_is_its_json_between_static_frames() {
+        let json = Bytes::from_static(br#"{"kind":"Pod","metadata":{"name":"p"}}"#);
+        for ty in [EventType::Added, EventType::Modified, EventType::Deleted] {
+            let frames: Vec<Bytes> = Line::Object(ty, json.clone()).frames().collect();
+            assert_eq!(frames.len(), 3);
+            assert_eq!(frames[1].as_ptr(), json.as_ptr(), "the JSON is shared, not copied");
+            let line = frames.concat();
+            assert_eq!(line.last(), Some(&b'\n'));
+            let v: Value = serde_json::from_slice(&line).unwrap();
+            assert_eq!(v["type"], ty.name());
+            assert_eq!(v["object"]["metadata"]["name"], "p");
+        }
+        let whole = Bytes::from_static(b"{}\n");
+        assert_eq!(Line::Whole(whole.clone()).frames().collect::<Vec<_>>(), [whole]);
     }
 }
