@@ -68,9 +68,13 @@ impl Filter {
     }
 
     pub fn matches(&self, o: &CachedObject) -> bool {
-        self.labels.matches_with(|key| o.labels.get(key))
+        self.selects(&o.selection)
+    }
+
+    fn selects(&self, s: &Selection) -> bool {
+        self.labels.matches_with(|key| s.labels.get(key))
             && self.fields.matches_with(|field| {
-                o.fields
+                s.fields
                     .iter()
                     .find(|(f, _)| *f == field)
                     .map_or("", |(_, v)| v)
@@ -91,11 +95,18 @@ impl Filter {
 #[derive(Debug)]
 pub struct CachedObject {
     pub key: String,
+    selection: Arc<Selection>,
+    pub json: Bytes,
+}
+
+/// What label and field selectors look at in an object. An event keeps only this of the state
+/// it replaced, not that state's JSON.
+#[derive(Debug)]
+struct Selection {
     labels: Labels,
     /// `metadata.name`, `metadata.namespace` and the resource's selectable fields.
     fields: Box<[(&'static str, Box<str>)]>,
     index: Option<String>,
-    pub json: Bytes,
 }
 
 impl CachedObject {
@@ -115,9 +126,11 @@ impl CachedObject {
         let json = Bytes::from(serde_json::to_vec(&v).expect("JSON values serialise"));
         Ok(Self {
             key: kv.key.clone(),
-            labels,
-            fields,
-            index,
+            selection: Arc::new(Selection {
+                labels,
+                fields,
+                index,
+            }),
             json,
         })
     }
@@ -190,7 +203,8 @@ pub struct CachedEvent {
     kind: EventKind,
     /// The new object; for a delete, the last state (at the delete's revision).
     pub object: Arc<CachedObject>,
-    prev: Option<Arc<CachedObject>>,
+    /// What selectors saw of the state this change replaced.
+    prev: Option<Arc<Selection>>,
     /// The Table and metadata watch lines of each event type, encoded on first use: every
     /// watcher of the same shape gets the same bytes.
     rendered: [OnceLock<Bytes>; 6],
@@ -201,7 +215,7 @@ impl CachedEvent {
         revision: u64,
         kind: EventKind,
         object: CachedObject,
-        prev: Option<Arc<CachedObject>>,
+        prev: Option<Arc<Selection>>,
     ) -> Self {
         Self {
             revision,
@@ -217,7 +231,7 @@ impl CachedEvent {
         let index = index_of(r);
         let object = CachedObject::decode(r, index, &ev.kv)?;
         let prev = match &ev.prev {
-            Some(p) => Some(Arc::new(CachedObject::decode(r, index, p)?)),
+            Some(p) => Some(CachedObject::decode(r, index, p)?.selection),
             None => None,
         };
         Ok(Self::new(ev.revision(), ev.kind, object, prev))
@@ -226,7 +240,7 @@ impl CachedEvent {
     /// What a watcher selecting with `filter` sees of this change: an object entering its
     /// selection is ADDED, one leaving it DELETED, as kube-apiserver reports them.
     pub fn seen_by(&self, filter: &Filter) -> Option<EventType> {
-        let was = self.prev.as_ref().is_some_and(|p| filter.matches(p));
+        let was = self.prev.as_ref().is_some_and(|p| filter.selects(p));
         match self.kind {
             EventKind::Delete => was.then_some(EventType::Deleted),
             EventKind::Put => match (was, filter.matches(&self.object)) {
@@ -282,7 +296,7 @@ struct State {
 
 impl State {
     fn insert_object(&mut self, o: Arc<CachedObject>) -> Option<Arc<CachedObject>> {
-        if let Some(i) = &o.index {
+        if let Some(i) = &o.selection.index {
             self.objects_by_index
                 .entry(i.clone())
                 .or_default()
@@ -290,7 +304,7 @@ impl State {
         }
         let prev = self.objects.insert(o.key.clone(), o.clone());
         if let Some(p) = &prev
-            && p.index != o.index
+            && p.selection.index != o.selection.index
         {
             self.unindex_object(p);
         }
@@ -304,7 +318,7 @@ impl State {
     }
 
     fn unindex_object(&mut self, o: &CachedObject) {
-        if let Some(i) = &o.index
+        if let Some(i) = &o.selection.index
             && let Some(keys) = self.objects_by_index.get_mut(i)
         {
             keys.remove(&o.key);
@@ -354,7 +368,7 @@ impl State {
     /// Hands `ev` to every watcher it concerns; closes those whose queue is full.
     fn dispatch(&mut self, ev: &Arc<CachedEvent>) {
         let mut ids: Vec<u64> = self.unindexed.iter().copied().collect();
-        let new = ev.object.index.as_ref();
+        let new = ev.object.selection.index.as_ref();
         let old = ev.prev.as_ref().and_then(|p| p.index.as_ref());
         for i in [new, old.filter(|o| Some(*o) != new)].into_iter().flatten() {
             ids.extend(self.watchers_by_index.get(i).into_iter().flatten());
@@ -509,11 +523,11 @@ impl ResourceCache {
             EventKind::Put => {
                 let object = Arc::new(object);
                 let prev = state.insert_object(object.clone());
-                (object, prev)
+                (object, prev.map(|p| p.selection.clone()))
             }
             EventKind::Delete => {
                 let prev = state.remove_object(&ev.kv.key);
-                (Arc::new(object), prev)
+                (Arc::new(object), prev.map(|p| p.selection.clone()))
             }
         };
         let event = Arc::new(CachedEvent {
@@ -697,7 +711,11 @@ mod tests {
         for ty in [EventType::Added, EventType::Modified, EventType::Deleted] {
             let frames: Vec<Bytes> = Line::Object(ty, json.clone()).frames().collect();
             assert_eq!(frames.len(), 3);
-            assert_eq!(frames[1].as_ptr(), json.as_ptr(), "the JSON is shared, not copied");
+            assert_eq!(
+                frames[1].as_ptr(),
+                json.as_ptr(),
+                "the JSON is shared, not copied"
+            );
             let line = frames.concat();
             assert_eq!(line.last(), Some(&b'\n'));
             let v: Value = serde_json::from_slice(&line).unwrap();
@@ -705,6 +723,9 @@ mod tests {
             assert_eq!(v["object"]["metadata"]["name"], "p");
         }
         let whole = Bytes::from_static(b"{}\n");
-        assert_eq!(Line::Whole(whole.clone()).frames().collect::<Vec<_>>(), [whole]);
+        assert_eq!(
+            Line::Whole(whole.clone()).frames().collect::<Vec<_>>(),
+            [whole]
+        );
     }
 }

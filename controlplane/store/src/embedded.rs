@@ -51,9 +51,10 @@ const MAX_BATCH: usize = 512;
 
 /// redb's page cache. Its default, 1 GiB, keeps every page written (the log included) until it
 /// is full, so the server's memory grew with each write; the kernel caches the file anyway.
-/// 8 MiB holds the trees' branch pages and the log's tail; the soak benchmark's writes (10,000
-/// pods, 500 patches/s) keep their latency with it and the server is 24 MiB smaller than at 32.
-const CACHE_BYTES: usize = 8 << 20;
+/// 4 MiB holds the trees' branch pages and the log's tail: under the soak benchmark (10,000
+/// pods, 500 patches/s) writes keep their latency, and each halving from 32 MiB left the server
+/// that much smaller.
+const CACHE_BYTES: usize = 4 << 20;
 
 /// The database, shared by the writer thread and the readers; taken alone only to give the
 /// file's free space back (redb's compaction wants no transaction open meanwhile).
