@@ -36,7 +36,6 @@ impl Encoder {
     /// The line of `obj` as `ty`, rendered in this watch's shape.
     fn render(&self, ty: &str, obj: &Value) -> Bytes {
         let object = match self.shape {
-            _ if ty == "ERROR" || ty == "BOOKMARK" => obj.clone(),
             Shape::Table => {
                 let rv = obj
                     .pointer("/metadata/resourceVersion")
@@ -51,8 +50,9 @@ impl Encoder {
         rendered_line(ty, &object)
     }
 
+    /// An `ERROR` line: the Status as it is, whatever the watch's shape.
     fn error(&self, status: &Value) -> Line {
-        Line::Whole(self.render("ERROR", status))
+        Line::Whole(rendered_line("ERROR", status))
     }
 
     /// An event's line: bytes the event shares with every watcher of this shape (a Table or
