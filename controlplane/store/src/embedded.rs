@@ -32,6 +32,9 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_REVISION: &str = "revision";
 const META_COMPACTED: &str = "compacted";
+/// Bytes of keys and values the KV and LOG tables hold, kept with every write: whether the file
+/// is worth compacting is judged from it, where redb's own statistics walk every page.
+const META_STORED: &str = "stored_bytes";
 
 fn backend<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -44,6 +47,21 @@ struct WriteRequest {
     key: String,
     decide: Decide,
     reply: oneshot::Sender<StoreResult<Event>>,
+}
+
+/// What the writer thread is asked to do. Every change to the file is made there, compaction
+/// included: its scan of the log turns redb's page cache over, and on the thread that allocated
+/// most of the cache's pages the memory freed is used again at once, where on another thread
+/// each compaction grew the process by twice the cache for the seconds until the heap was
+/// trimmed.
+enum Request {
+    Write(WriteRequest),
+    /// Drop one batch of the log, up to `revision` at most; answers the revision reached, or
+    /// `None` once the log is compacted that far already.
+    CompactBatch {
+        revision: u64,
+        reply: std::sync::mpsc::Sender<StoreResult<Option<u64>>>,
+    },
 }
 
 /// Most writes one transaction carries.
@@ -67,7 +85,7 @@ fn shared(db: &SharedDb) -> std::sync::RwLockReadGuard<'_, Database> {
 struct Inner {
     db: SharedDb,
     path: std::path::PathBuf,
-    writer: Mutex<Option<std::sync::mpsc::Sender<WriteRequest>>>,
+    writer: Mutex<Option<std::sync::mpsc::Sender<Request>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     events: broadcast::Sender<Arc<Event>>,
     compacted: AtomicU64,
@@ -108,14 +126,15 @@ impl EmbeddedStore {
         let txn = db.begin_write().map_err(backend)?;
         let compacted;
         {
-            txn.open_table(KV).map_err(backend)?;
-            txn.open_table(LOG).map_err(backend)?;
-            let meta = txn.open_table(META).map_err(backend)?;
-            compacted = meta
-                .get(META_COMPACTED)
-                .map_err(backend)?
-                .map(|v| v.value())
-                .unwrap_or(0);
+            let kv = txn.open_table(KV).map_err(backend)?;
+            let log = txn.open_table(LOG).map_err(backend)?;
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            compacted = meta_value(&meta, META_COMPACTED)?;
+            // A file written before the count was kept is counted once.
+            if meta.get(META_STORED).map_err(backend)?.is_none() {
+                meta.insert(META_STORED, count_stored(&kv, &log)?)
+                    .map_err(backend)?;
+            }
         }
         txn.commit().map_err(backend)?;
         let (events, _) = broadcast::channel(4096);
@@ -140,6 +159,36 @@ impl EmbeddedStore {
             }),
         })
     }
+}
+
+/// A META entry, 0 when absent.
+fn meta_value(meta: &impl ReadableTable<&'static str, u64>, name: &str) -> StoreResult<u64> {
+    Ok(meta
+        .get(name)
+        .map_err(backend)?
+        .map(|v| v.value())
+        .unwrap_or(0))
+}
+
+/// What one log entry adds to the stored bytes: its 8-byte revision and the entry.
+fn log_entry_bytes(entry: &[u8]) -> u64 {
+    8 + entry.len() as u64
+}
+
+/// Counts the bytes the KV and LOG tables hold, reading every entry.
+fn count_stored(
+    kv: &impl ReadableTable<&'static str, &'static [u8]>,
+    log: &impl ReadableTable<u64, &'static [u8]>,
+) -> StoreResult<u64> {
+    let mut total = 0;
+    for item in kv.iter().map_err(backend)? {
+        let (k, v) = item.map_err(backend)?;
+        total += (k.value().len() + v.value().len()) as u64;
+    }
+    for item in log.iter().map_err(backend)? {
+        total += log_entry_bytes(item.map_err(backend)?.1.value());
+    }
+    Ok(total)
 }
 
 fn encode_kv(create: u64, modr: u64, value: &[u8]) -> Vec<u8> {
@@ -260,16 +309,21 @@ fn apply_one(
     revision: u64,
     key: &str,
     decide: Decide,
+    stored: &mut u64,
 ) -> StoreResult<Event> {
-    let current = match kv.get(key).map_err(backend)? {
-        Some(raw) => Some(decode_kv(key, raw.value())?),
-        None => None,
+    let (current, current_bytes) = match kv.get(key).map_err(backend)? {
+        Some(raw) => (
+            Some(decode_kv(key, raw.value())?),
+            (key.len() + raw.value().len()) as u64,
+        ),
+        None => (None, 0),
     };
     let event = match decide(current.as_ref())? {
         WriteOp::Put(value) => {
             let create = current.as_ref().map_or(revision, |c| c.create_revision);
-            kv.insert(key, encode_kv(create, revision, &value).as_slice())
-                .map_err(backend)?;
+            let record = encode_kv(create, revision, &value);
+            kv.insert(key, record.as_slice()).map_err(backend)?;
+            *stored += (key.len() + record.len()) as u64;
             Event {
                 kind: EventKind::Put,
                 kv: KeyValue {
@@ -296,8 +350,9 @@ fn apply_one(
             }
         }
     };
-    log.insert(revision, encode_event(&event).as_slice())
-        .map_err(backend)?;
+    let entry = encode_event(&event);
+    log.insert(revision, entry.as_slice()).map_err(backend)?;
+    *stored = stored.saturating_sub(current_bytes) + log_entry_bytes(&entry);
     Ok(event)
 }
 
@@ -312,60 +367,108 @@ fn commit_batch(
         let mut kv = txn.open_table(KV).map_err(backend)?;
         let mut log = txn.open_table(LOG).map_err(backend)?;
         let mut meta = txn.open_table(META).map_err(backend)?;
-        let mut revision = meta
-            .get(META_REVISION)
-            .map_err(backend)?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        let mut revision = meta_value(&meta, META_REVISION)?;
+        let mut stored = meta_value(&meta, META_STORED)?;
         for (key, decide) in batch {
-            let r = apply_one(&mut kv, &mut log, revision + 1, &key, decide);
+            let r = apply_one(&mut kv, &mut log, revision + 1, &key, decide, &mut stored);
             if r.is_ok() {
                 revision += 1;
             }
             out.push(r);
         }
         meta.insert(META_REVISION, revision).map_err(backend)?;
+        meta.insert(META_STORED, stored).map_err(backend)?;
     }
     txn.commit().map_err(backend)?;
     Ok(out)
 }
 
+/// Serves the writer's queue in order: queued writes go in one transaction (up to
+/// [`MAX_BATCH`]), a compaction batch in its own.
 fn writer_loop(
     db: &SharedDb,
     events: &broadcast::Sender<Arc<Event>>,
-    rx: std::sync::mpsc::Receiver<WriteRequest>,
+    rx: std::sync::mpsc::Receiver<Request>,
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut requests = vec![first];
-        while requests.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => requests.push(r),
-                Err(_) => break,
+    let mut next = None;
+    while let Some(request) = next.take().or_else(|| rx.recv().ok()) {
+        match request {
+            Request::CompactBatch { revision, reply } => {
+                let _ = reply.send(compact_batch(&shared(db), revision));
             }
-        }
-        let (batch, replies): (Vec<_>, Vec<_>) = requests
-            .into_iter()
-            .map(|r| ((r.key, r.decide), r.reply))
-            .unzip();
-        let committed = commit_batch(&shared(db), batch);
-        match committed {
-            Ok(results) => {
-                for (result, reply) in results.into_iter().zip(replies) {
-                    if let Ok(ev) = &result {
-                        // No receivers is fine: nobody is watching.
-                        let _ = events.send(Arc::new(ev.clone()));
+            Request::Write(first) => {
+                let mut writes = vec![first];
+                while writes.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(Request::Write(w)) => writes.push(w),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
                     }
-                    let _ = reply.send(result);
                 }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "store commit failed");
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::Backend(e.to_string())));
-                }
+                commit_writes(db, events, writes);
             }
         }
     }
+}
+
+/// Commits queued writes in one transaction and answers each.
+fn commit_writes(
+    db: &SharedDb,
+    events: &broadcast::Sender<Arc<Event>>,
+    requests: Vec<WriteRequest>,
+) {
+    let (batch, replies): (Vec<_>, Vec<_>) = requests
+        .into_iter()
+        .map(|r| ((r.key, r.decide), r.reply))
+        .unzip();
+    match commit_batch(&shared(db), batch) {
+        Ok(results) => {
+            for (result, reply) in results.into_iter().zip(replies) {
+                if let Ok(ev) = &result {
+                    // No receivers is fine: nobody is watching.
+                    let _ = events.send(Arc::new(ev.clone()));
+                }
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store commit failed");
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Backend(e.to_string())));
+            }
+        }
+    }
+}
+
+/// Drops the log up to `revision`, [`COMPACT_BATCH`] revisions at most, in one transaction
+/// that records the compacted revision it reached, so a reader never finds a gap. `None` when
+/// the log is compacted that far already.
+fn compact_batch(db: &Database, revision: u64) -> StoreResult<Option<u64>> {
+    let txn = db.begin_write().map_err(backend)?;
+    let upto = {
+        let mut log = txn.open_table(LOG).map_err(backend)?;
+        let mut meta = txn.open_table(META).map_err(backend)?;
+        let current = meta_value(&meta, META_COMPACTED)?;
+        if revision <= current {
+            return Ok(None);
+        }
+        let upto = revision.min(current + COMPACT_BATCH);
+        let mut dropped = 0;
+        log.retain_in(..=upto, |_, entry| {
+            dropped += log_entry_bytes(entry);
+            false
+        })
+        .map_err(backend)?;
+        let stored = meta_value(&meta, META_STORED)?.saturating_sub(dropped);
+        meta.insert(META_COMPACTED, upto).map_err(backend)?;
+        meta.insert(META_STORED, stored).map_err(backend)?;
+        upto
+    };
+    txn.commit().map_err(backend)?;
+    Ok(Some(upto))
 }
 
 impl Inner {
@@ -377,18 +480,11 @@ impl Inner {
         decide: impl FnOnce(Option<&KeyValue>) -> StoreResult<WriteOp> + Send + 'static,
     ) -> StoreResult<Event> {
         let (reply, rx) = oneshot::channel();
-        let request = WriteRequest {
+        self.queue(Request::Write(WriteRequest {
             key: key.to_string(),
             decide: Box::new(decide),
             reply,
-        };
-        self.writer
-            .lock()
-            .map_err(backend)?
-            .as_ref()
-            .ok_or_else(|| StoreError::Backend("store is closed".into()))?
-            .send(request)
-            .map_err(|_| StoreError::Backend("store writer stopped".into()))?;
+        }))?;
         rx.await
             .map_err(|_| StoreError::Backend("store writer stopped".into()))?
     }
@@ -413,11 +509,7 @@ impl Inner {
         let txn = db.begin_read().map_err(backend)?;
         let kv = txn.open_table(KV).map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
-        let revision = meta
-            .get(META_REVISION)
-            .map_err(backend)?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        let revision = meta_value(&meta, META_REVISION)?;
         let lower = match start_after {
             Some(s) if s >= prefix => Bound::Excluded(s),
             _ => Bound::Included(prefix),
@@ -459,11 +551,7 @@ impl Inner {
         let log = txn.open_table(LOG).map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
         history_available(&meta, at)?;
-        let current = meta
-            .get(META_REVISION)
-            .map_err(backend)?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        let current = meta_value(&meta, META_REVISION)?;
         let after = |k: &str| k.starts_with(prefix) && start_after.is_none_or(|s| k > s);
         // The state at `at` of every key changed since: what its first later event replaced.
         let mut changed: BTreeMap<String, Option<KeyValue>> = BTreeMap::new();
@@ -524,11 +612,7 @@ impl Inner {
         let db = shared(&self.db);
         let txn = db.begin_read().map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
-        Ok(meta
-            .get(META_REVISION)
-            .map_err(backend)?
-            .map(|v| v.value())
-            .unwrap_or(0))
+        meta_value(&meta, META_REVISION)
     }
 
     /// One page of the log under `prefix`: entries with revision > `after`, up to `upto` (the
@@ -548,11 +632,7 @@ impl Inner {
         history_available(&meta, after)?;
         let upto = match upto {
             Some(u) => u,
-            None => meta
-                .get(META_REVISION)
-                .map_err(backend)?
-                .map(|v| v.value())
-                .unwrap_or(0),
+            None => meta_value(&meta, META_REVISION)?,
         };
         let mut out = Vec::new();
         if after >= upto {
@@ -576,34 +656,33 @@ impl Inner {
         Ok((out, scanned, upto))
     }
 
-    /// Drops the log up to `revision`, [`COMPACT_BATCH`] revisions per transaction: each batch
-    /// commits with the compacted revision it reached, so a reader never finds a gap, and the
-    /// writes queued meanwhile go in between the batches.
+    /// Drops the log up to `revision`, one batch at a time on the writer thread: the writes
+    /// queued meanwhile go in between the batches.
     fn compact(&self, revision: u64) -> StoreResult<()> {
         loop {
-            let db = shared(&self.db);
-            let txn = db.begin_write().map_err(backend)?;
-            let upto = {
-                let mut log = txn.open_table(LOG).map_err(backend)?;
-                let mut meta = txn.open_table(META).map_err(backend)?;
-                let current = meta
-                    .get(META_COMPACTED)
-                    .map_err(backend)?
-                    .map(|v| v.value())
-                    .unwrap_or(0);
-                if revision <= current {
-                    break;
-                }
-                let upto = revision.min(current + COMPACT_BATCH);
-                log.retain_in(..=upto, |_, _| false).map_err(backend)?;
-                meta.insert(META_COMPACTED, upto).map_err(backend)?;
-                upto
-            };
-            txn.commit().map_err(backend)?;
-            self.compacted.store(upto, Ordering::SeqCst);
+            let (reply, rx) = std::sync::mpsc::channel();
+            self.queue(Request::CompactBatch { revision, reply })?;
+            let reached = rx
+                .recv()
+                .map_err(|_| StoreError::Backend("store writer stopped".into()))??;
+            match reached {
+                Some(upto) => self.compacted.store(upto, Ordering::SeqCst),
+                None => break,
+            }
         }
         self.reclaim_space()?;
         Ok(())
+    }
+
+    /// Hands a request to the writer thread.
+    fn queue(&self, request: Request) -> StoreResult<()> {
+        self.writer
+            .lock()
+            .map_err(backend)?
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("store is closed".into()))?
+            .send(request)
+            .map_err(|_| StoreError::Backend("store writer stopped".into()))
     }
 
     /// Gives the file's free space back to the filesystem once most of it is free: redb reuses
@@ -611,12 +690,10 @@ impl Inner {
     /// alone, so requests wait meanwhile; it is done only when it is worth that. redb compacts
     /// with a two-phase commit, so a crash in the middle leaves the last committed state.
     fn reclaim_space(&self) -> StoreResult<bool> {
-        let used = {
+        let stored = {
             let db = shared(&self.db);
-            let txn = db.begin_write().map_err(backend)?;
-            let stats = txn.stats().map_err(backend)?;
-            txn.abort().map_err(backend)?;
-            stats.allocated_pages() * stats.page_size() as u64
+            let txn = db.begin_read().map_err(backend)?;
+            meta_value(&txn.open_table(META).map_err(backend)?, META_STORED)?
         };
         let size = std::fs::metadata(&self.path).map_err(backend)?.len();
         let mut last = self
@@ -624,11 +701,11 @@ impl Inner {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let recent = last.is_some_and(|t| t.elapsed() < RECLAIM_MIN_INTERVAL);
-        if recent || !worth_reclaiming(size, used) {
+        if recent || !worth_reclaiming(size, stored) {
             return Ok(false);
         }
         *last = Some(std::time::Instant::now());
-        tracing::info!(size, used, "compacting the store file");
+        tracing::info!(size, stored, "compacting the store file");
         let started = std::time::Instant::now();
         let mut db = self
             .db
@@ -658,22 +735,20 @@ const RECLAIM_MIN_BYTES: u64 = 16 * 1024 * 1024;
 /// as it takes (about a second per 100 MiB in a debug build).
 const RECLAIM_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Whether a file of `size` bytes of which `used` hold data is worth compacting: big enough, and
-/// more than three quarters of it free. redb grows a file by doubling it, so a busy file is
-/// often half free; compacting it then would only have it grow again.
-fn worth_reclaiming(size: u64, used: u64) -> bool {
-    size >= RECLAIM_MIN_BYTES && used.saturating_mul(4) < size
+/// Whether a file of `size` bytes holding `stored` bytes of keys and values is worth compacting:
+/// big enough, and more than three quarters of it free. The pages the data takes are counted as
+/// twice the data, the most redb's pages and trees were seen to add (1.0–1.6 times). redb grows
+/// a file by doubling it, so a busy file is often half free; compacting it then would only have
+/// it grow again.
+fn worth_reclaiming(size: u64, stored: u64) -> bool {
+    size >= RECLAIM_MIN_BYTES && stored.saturating_mul(2 * 4) < size
 }
 
 /// Fails with `Compacted` unless the log after `requested` is whole, read from the same
 /// transaction as the history it guards: a compaction committed between a check and a later read
 /// would otherwise drop events silently.
 fn history_available(meta: &redb::ReadOnlyTable<&str, u64>, requested: u64) -> StoreResult<()> {
-    let compacted = meta
-        .get(META_COMPACTED)
-        .map_err(backend)?
-        .map(|v| v.value())
-        .unwrap_or(0);
+    let compacted = meta_value(meta, META_COMPACTED)?;
     if requested < compacted {
         return Err(StoreError::Compacted {
             requested,
@@ -1000,9 +1075,63 @@ mod tests {
     #[test]
     fn only_big_mostly_free_files_are_compacted() {
         let mib = 1024 * 1024;
-        assert!(worth_reclaiming(64 * mib, 12 * mib));
-        assert!(!worth_reclaiming(64 * mib, 20 * mib));
-        assert!(!worth_reclaiming(8 * mib, mib));
+        assert!(worth_reclaiming(64 * mib, 6 * mib));
+        assert!(!worth_reclaiming(64 * mib, 10 * mib));
+        assert!(!worth_reclaiming(8 * mib, mib / 2));
+    }
+
+    /// The stored-bytes count as kept, and as counted afresh from the tables.
+    fn stored_kept_and_counted(s: &EmbeddedStore) -> (u64, u64) {
+        let db = shared(&s.inner.db);
+        let txn = db.begin_read().unwrap();
+        let kept = meta_value(&txn.open_table(META).unwrap(), META_STORED).unwrap();
+        let counted =
+            count_stored(&txn.open_table(KV).unwrap(), &txn.open_table(LOG).unwrap()).unwrap();
+        (kept, counted)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_stored_bytes_are_counted_through_writes_compaction_and_reopening() {
+        let (dir, s) = open();
+        let mut revs = Vec::new();
+        for i in 0..50 {
+            let kv = s
+                .create(&format!("/registry/pods/p{i}"), vec![b'a'; 100 + i])
+                .await
+                .unwrap();
+            revs.push(kv.mod_revision);
+        }
+        for (i, rev) in revs.iter().enumerate().step_by(2) {
+            s.update(&format!("/registry/pods/p{i}"), vec![b'b'; 3000], *rev)
+                .await
+                .unwrap();
+        }
+        for i in (1..50).step_by(7) {
+            s.delete(&format!("/registry/pods/p{i}"), None)
+                .await
+                .unwrap();
+        }
+        // A refused write changes nothing.
+        assert!(s.create("/registry/pods/p0", vec![1]).await.is_err());
+        let (kept, counted) = stored_kept_and_counted(&s);
+        assert_eq!(kept, counted);
+        assert!(kept > 50 * 3000, "{kept}");
+
+        let rev = s.current_revision().await.unwrap();
+        s.compact(rev - 5).await.unwrap();
+        let (kept, counted) = stored_kept_and_counted(&s);
+        assert_eq!(kept, counted);
+
+        // A file from before the count was kept is counted when opened.
+        {
+            let db = shared(&s.inner.db);
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().remove(META_STORED).unwrap();
+            txn.commit().unwrap();
+        }
+        drop(s);
+        let s = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
+        assert_eq!(stored_kept_and_counted(&s), (counted, counted));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
