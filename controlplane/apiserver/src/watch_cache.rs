@@ -109,28 +109,41 @@ struct Selection {
     index: Option<String>,
 }
 
-impl CachedObject {
-    fn decode(r: &ResourceInfo, index: Option<IndexOn>, kv: &KeyValue) -> ApiResult<Self> {
-        let v = r.strategy.served_form(decode_kv(kv)?);
+impl Selection {
+    /// What selectors look at in `v`, an object of `r` in its served form.
+    fn of(r: &ResourceInfo, index: Option<IndexOn>, v: &Value) -> Self {
         let labels = Labels::of(v.pointer("/metadata/labels").and_then(Value::as_object));
         let fields = ["metadata.name", "metadata.namespace"]
             .iter()
             .chain(r.strategy.selectable_fields())
-            .map(|f| (*f, field_value(&v, f).into()))
+            .map(|f| (*f, field_value(v, f).into()))
             .collect();
         let index = match index {
-            Some(IndexOn::Field(f)) => Some(field_value(&v, f)),
+            Some(IndexOn::Field(f)) => Some(field_value(v, f)),
             Some(IndexOn::Label(l)) => labels.get(l).map(str::to_string),
             None => None,
         };
+        Self {
+            labels,
+            fields,
+            index,
+        }
+    }
+}
+
+/// A stored object of `r` in the form it is served.
+fn served(r: &ResourceInfo, kv: &KeyValue) -> ApiResult<Value> {
+    Ok(r.strategy.served_form(decode_kv(kv)?))
+}
+
+impl CachedObject {
+    fn decode(r: &ResourceInfo, index: Option<IndexOn>, kv: &KeyValue) -> ApiResult<Self> {
+        let v = served(r, kv)?;
+        let selection = Arc::new(Selection::of(r, index, &v));
         let json = Bytes::from(serde_json::to_vec(&v).expect("JSON values serialise"));
         Ok(Self {
             key: kv.key.clone(),
-            selection: Arc::new(Selection {
-                labels,
-                fields,
-                index,
-            }),
+            selection,
             json,
         })
     }
@@ -231,7 +244,8 @@ impl CachedEvent {
         let index = index_of(r);
         let object = CachedObject::decode(r, index, &ev.kv)?;
         let prev = match &ev.prev {
-            Some(p) => Some(CachedObject::decode(r, index, p)?.selection),
+            // Only what selectors look at: the replaced state's JSON is never sent.
+            Some(p) => Some(Arc::new(Selection::of(r, index, &served(r, p)?))),
             None => None,
         };
         Ok(Self::new(ev.revision(), ev.kind, object, prev))
