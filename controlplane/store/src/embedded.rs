@@ -40,6 +40,11 @@ fn backend<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// The writer thread is gone, so nothing queued will be answered.
+fn writer_stopped() -> StoreError {
+    StoreError::Backend("store writer stopped".into())
+}
+
 type Decide = Box<dyn FnOnce(Option<&KeyValue>) -> StoreResult<WriteOp> + Send>;
 
 /// One guarded write waiting for the writer thread.
@@ -485,8 +490,7 @@ impl Inner {
             decide: Box::new(decide),
             reply,
         }))?;
-        rx.await
-            .map_err(|_| StoreError::Backend("store writer stopped".into()))?
+        rx.await.map_err(|_| writer_stopped())?
     }
 
     fn get(&self, key: &str) -> StoreResult<Option<KeyValue>> {
@@ -662,9 +666,7 @@ impl Inner {
         loop {
             let (reply, rx) = std::sync::mpsc::channel();
             self.queue(Request::CompactBatch { revision, reply })?;
-            let reached = rx
-                .recv()
-                .map_err(|_| StoreError::Backend("store writer stopped".into()))??;
+            let reached = rx.recv().map_err(|_| writer_stopped())??;
             match reached {
                 Some(upto) => self.compacted.store(upto, Ordering::SeqCst),
                 None => break,
@@ -682,7 +684,7 @@ impl Inner {
             .as_ref()
             .ok_or_else(|| StoreError::Backend("store is closed".into()))?
             .send(request)
-            .map_err(|_| StoreError::Backend("store writer stopped".into()))
+            .map_err(|_| writer_stopped())
     }
 
     /// Gives the file's free space back to the filesystem once most of it is free: redb reuses
